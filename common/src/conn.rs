@@ -1,0 +1,432 @@
+//! Sockets ⇄ [`Frame`]s: a buffered, cancel-safe frame reader, a frame
+//! writer that sends matrix memory without copying it, the hello handshake,
+//! and [`Connection`], which pairs the two over a TCP stream.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use ndarray::ArrayView2;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use crate::frame::{self, BlockOp, Blocks, BlocksHeader, Frame, KIND_BLOCKS, LEN_PREFIX};
+use crate::matrix::{Element, Matrix, MatrixView};
+use crate::{deadline, Error, Message, Result, Role, PROTOCOL_VERSION};
+
+/// Slices per `writev` call when sending a matrix row by row.
+const IOV_BATCH: usize = 256;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 64 << 10;
+
+/// A blocks frame whose payload is being read straight into its matrices.
+#[derive(Debug)]
+struct PendingBlocks {
+    header: BlocksHeader,
+    mats: Vec<Matrix>,
+    /// Matrix being filled.
+    index: usize,
+    /// Bytes of it filled so far.
+    filled: usize,
+}
+
+impl PendingBlocks {
+    /// The unfilled bytes of the current matrix, skipping finished (or empty) ones.
+    fn unfilled(&mut self) -> Option<&mut [u8]> {
+        while self.index < self.mats.len() {
+            let len = frame::matrix_bytes_mut(&mut self.mats[self.index]).len();
+            if self.filled < len {
+                let filled = self.filled;
+                return Some(&mut frame::matrix_bytes_mut(&mut self.mats[self.index])[filled..]);
+            }
+            self.index += 1;
+            self.filled = 0;
+        }
+        None
+    }
+}
+
+/// Reads frames from a byte stream.
+///
+/// [`FrameReader::read_frame`] is cancel-safe: all partial state lives in
+/// the reader, so it can be raced against other events in `select!`.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_frame_len: usize,
+    pending: Option<PendingBlocks>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps `inner`, refusing frames longer than `max_frame_len` bytes.
+    pub fn new(inner: R, max_frame_len: usize) -> Self {
+        Self { inner, buf: BytesMut::with_capacity(READ_CHUNK), max_frame_len, pending: None }
+    }
+
+    /// Reads the next frame: `Ok(None)` on a clean close between frames.
+    ///
+    /// Matrix payloads are read from the socket straight into their final,
+    /// zero-initialised arrays (one copy, the kernel's).
+    ///
+    /// # Errors
+    /// [`Error::ClosedMidFrame`] if the peer closes inside a frame, the
+    /// decoding errors of [`frame::decode`], or [`Error::Io`].
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
+        loop {
+            if let Some(pending) = &mut self.pending {
+                match pending.unfilled() {
+                    Some(dst) => match self.inner.read(dst).await? {
+                        0 => return Err(Error::ClosedMidFrame),
+                        n => pending.filled += n,
+                    },
+                    None => {
+                        let PendingBlocks { header, mats, .. } = self.pending.take().expect("checked above");
+                        return Ok(Some(Frame::Blocks(Blocks { task_id: header.task_id, op: header.op, mats })));
+                    }
+                }
+                continue;
+            }
+            if let Some((frame, used)) = frame::decode(&self.buf, self.max_frame_len)? {
+                self.buf.advance(used);
+                return Ok(Some(frame));
+            }
+            if self.start_direct_read()? {
+                continue;
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(Error::ClosedMidFrame) };
+            }
+        }
+    }
+
+    /// Once a blocks header is buffered, allocates the matrices and moves the
+    /// buffered part of the payload into them, so the rest can be read in place.
+    fn start_direct_read(&mut self) -> Result<bool> {
+        let Some((len, KIND_BLOCKS)) = frame::parse_prefix(&self.buf, self.max_frame_len)? else {
+            return Ok(false);
+        };
+        let Some(header) = frame::parse_blocks_header(&self.buf[LEN_PREFIX + 1..], len)? else {
+            return Ok(false);
+        };
+        self.buf.advance(LEN_PREFIX + 1 + header.encoded_len());
+        let mats = header.allocate();
+        let mut pending = PendingBlocks { header, mats, index: 0, filled: 0 };
+        while !self.buf.is_empty() {
+            let Some(dst) = pending.unfilled() else { break };
+            let n = dst.len().min(self.buf.len());
+            dst[..n].copy_from_slice(&self.buf[..n]);
+            self.buf.advance(n);
+            pending.filled += n;
+        }
+        self.pending = Some(pending);
+        Ok(true)
+    }
+
+    /// Reads the next frame, which must be a control message.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] on a clean close, [`Error::Unexpected`] for a
+    /// blocks frame, or any error of [`FrameReader::read_frame`].
+    pub async fn read_message(&mut self, expected: &'static str) -> Result<Message> {
+        match self.read_frame().await? {
+            Some(Frame::Control(msg)) => Ok(msg),
+            Some(Frame::Blocks(b)) => Err(Error::Unexpected { expected, got: format!("{:?} blocks", b.op) }),
+            None => Err(Error::Closed(expected)),
+        }
+    }
+}
+
+/// Writes frames to a byte stream.
+#[derive(Debug)]
+pub struct FrameWriter<W> {
+    inner: W,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Self { inner }
+    }
+
+    /// Sends one control message.
+    ///
+    /// # Errors
+    /// [`Error::Io`] or [`Error::Encode`].
+    pub async fn send(&mut self, msg: &Message) -> Result<()> {
+        let bytes = frame::encode_control(msg)?;
+        self.inner.write_all(&bytes).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Sends a blocks frame straight from the matrices' memory: contiguous
+    /// matrices in one write, row-strided views (quadrants) with vectored
+    /// writes of their rows, and anything else after one copy.
+    ///
+    /// # Errors
+    /// [`Error::DtypeMismatch`] if the views differ in dtype, [`Error::Invalid`]
+    /// if a dimension exceeds `u32`, or [`Error::Io`].
+    pub async fn send_blocks(&mut self, task_id: u64, op: BlockOp, mats: &[MatrixView<'_>]) -> Result<()> {
+        let dtype = mats.first().map(MatrixView::dtype).unwrap_or(crate::Dtype::F64);
+        if let Some(other) = mats.iter().map(MatrixView::dtype).find(|d| *d != dtype) {
+            return Err(Error::DtypeMismatch { left: dtype, right: other });
+        }
+        let header = BlocksHeader { task_id, op, dtype, shapes: mats.iter().map(MatrixView::shape).collect() };
+        self.inner.write_all(&header.encode_prefix()?).await?;
+        for m in mats {
+            match m {
+                MatrixView::F64(a) => write_matrix(&mut self.inner, a).await?,
+                MatrixView::F32(a) => write_matrix(&mut self.inner, a).await?,
+            }
+        }
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Shuts down the write side.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub async fn shutdown(&mut self) -> Result<()> {
+        Ok(self.inner.shutdown().await?)
+    }
+}
+
+async fn write_matrix<W: AsyncWrite + Unpin, T: Element>(w: &mut W, a: &ArrayView2<'_, T>) -> Result<()> {
+    if let Some(slice) = a.as_slice() {
+        w.write_all(frame::as_bytes(slice)).await?;
+    } else if a.ncols() <= 1 || a.strides()[1] == 1 {
+        let rows: Vec<&[u8]> = a
+            .rows()
+            .into_iter()
+            .map(|r| frame::as_bytes(r.to_slice().expect("rows are contiguous")))
+            .filter(|r| !r.is_empty())
+            .collect();
+        write_all_vectored(w, &rows).await?;
+    } else {
+        let owned = a.as_standard_layout();
+        w.write_all(frame::as_bytes(owned.as_slice().expect("standard layout"))).await?;
+    }
+    Ok(())
+}
+
+/// `write_all` for many slices, `IOV_BATCH` at a time, coping with partial writes.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
+    let (mut index, mut offset) = (0, 0);
+    while index < parts.len() {
+        let end = (index + IOV_BATCH).min(parts.len());
+        let mut slices = Vec::with_capacity(end - index);
+        slices.push(IoSlice::new(&parts[index][offset..]));
+        slices.extend(parts[index + 1..end].iter().map(|p| IoSlice::new(p)));
+        let mut written = w.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let left = parts[index].len() - offset;
+            if written >= left {
+                written -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Limits that apply to one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Largest frame accepted.
+    pub max_frame_len: usize,
+    /// Deadline for connecting and for the hello exchange.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self { max_frame_len: frame::MAX_CONTROL_FRAME_LEN, handshake_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// A TCP connection that has completed the hello exchange.
+#[derive(Debug)]
+pub struct Connection {
+    /// The read side.
+    pub reader: FrameReader<OwnedReadHalf>,
+    /// The write side.
+    pub writer: FrameWriter<OwnedWriteHalf>,
+    /// The other end's address.
+    pub peer: SocketAddr,
+}
+
+impl Connection {
+    fn wrap(stream: TcpStream, limits: ConnLimits) -> Result<Self> {
+        let peer = stream.peer_addr()?;
+        // Control messages are tiny request/replies; Nagle would add 40 ms stalls.
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        Ok(Self { reader: FrameReader::new(r, limits.max_frame_len), writer: FrameWriter::new(w), peer })
+    }
+
+    /// Connects to `addr` and says hello as `role`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if connecting or the hello takes longer than the
+    /// handshake timeout, [`Error::VersionMismatch`] or [`Error::Remote`] if
+    /// the server refuses us, [`Error::Io`] if the connection fails.
+    pub async fn connect(addr: impl ToSocketAddrs, role: Role, limits: ConnLimits) -> Result<Self> {
+        deadline(limits.handshake_timeout, "the connection and hello", async {
+            let stream = TcpStream::connect(addr).await?;
+            let mut conn = Self::wrap(stream, limits)?;
+            conn.writer.send(&Message::Hello { version: PROTOCOL_VERSION, role }).await?;
+            match conn.reader.read_message("Welcome").await? {
+                Message::Welcome { version } if version == PROTOCOL_VERSION => Ok(conn),
+                Message::Welcome { version } => Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version }),
+                other => Err(other.into_error("Welcome")),
+            }
+        })
+        .await
+    }
+
+    /// Serves the hello on an accepted stream: the first frame must be a
+    /// `Hello` of our version. A bad hello is answered with an `Error` frame
+    /// (naming both versions on a mismatch) before the error is returned.
+    ///
+    /// # Errors
+    /// [`Error::VersionMismatch`], [`Error::Unexpected`], [`Error::Timeout`]
+    /// or any read error.
+    pub async fn accept(stream: TcpStream, limits: ConnLimits) -> Result<(Self, Role)> {
+        let mut conn = Self::wrap(stream, limits)?;
+        let hello = deadline(limits.handshake_timeout, "the hello", conn.reader.read_message("Hello")).await;
+        let result = match hello {
+            Ok(Message::Hello { version, role }) if version == PROTOCOL_VERSION => Ok(role),
+            Ok(Message::Hello { version, .. }) => {
+                Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version })
+            }
+            Ok(other) => Err(Error::Unexpected { expected: "Hello", got: other.kind().to_string() }),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(role) => {
+                conn.writer.send(&Message::Welcome { version: PROTOCOL_VERSION }).await?;
+                Ok((conn, role))
+            }
+            Err(e) => {
+                conn.refuse(&e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Best effort: tells the peer why it is being dropped.
+    pub async fn refuse(&mut self, err: &Error) {
+        if matches!(err, Error::Io(_) | Error::Closed(_) | Error::ClosedMidFrame) {
+            return;
+        }
+        let msg = Message::error(err, None);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.send(&msg)).await;
+    }
+
+    /// Sends `msg` and reads one reply within `timeout`. An `Error` reply
+    /// becomes [`Error::Remote`].
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::Remote`], or any read/write error.
+    pub async fn request(&mut self, msg: &Message, expected: &'static str, timeout: Duration) -> Result<Message> {
+        deadline(timeout, expected, async {
+            self.writer.send(msg).await?;
+            match self.reader.read_message(expected).await? {
+                err @ Message::Error { .. } => Err(err.into_error(expected)),
+                reply => Ok(reply),
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{s, Array2};
+    use tokio::io::duplex;
+
+    #[tokio::test]
+    async fn strided_quadrants_travel_without_a_copy_and_arrive_intact() {
+        let (a, b) = duplex(1 << 10); // small pipe: forces partial reads and writes
+        let big = Array2::from_shape_fn((9, 11), |(i, j)| (i * 11 + j) as f64);
+        let col = Array2::from_shape_fn((4, 6), |(i, j)| (i + 10 * j) as f32);
+        let (x, y) = (big.slice(s![1..6, 2..9]).to_owned(), big.slice(s![0..7, 3..5]).to_owned());
+        let (x2, y2) = (x.clone(), y.clone());
+        let writer = tokio::spawn(async move {
+            let mut w = FrameWriter::new(a);
+            w.send(&Message::ListPeers).await.unwrap();
+            w.send_blocks(5, BlockOp::Multiply, &[MatrixView::F64(x2.view()), MatrixView::F64(y2.view())])
+                .await
+                .unwrap();
+            w.send_blocks(6, BlockOp::Product, &[MatrixView::F32(col.t())]).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut r = FrameReader::new(b, 1 << 20);
+        assert_eq!(r.read_frame().await.unwrap(), Some(Frame::Control(Message::ListPeers)));
+        match r.read_frame().await.unwrap() {
+            Some(Frame::Blocks(blk)) => {
+                assert_eq!((blk.task_id, blk.op), (5, BlockOp::Multiply));
+                assert_eq!(blk.mats, vec![Matrix::F64(x), Matrix::F64(y)]);
+            }
+            other => panic!("expected blocks, got {other:?}"),
+        }
+        let col_t = Array2::from_shape_fn((6, 4), |(i, j)| (j + 10 * i) as f32);
+        match r.read_frame().await.unwrap() {
+            Some(Frame::Blocks(blk)) => assert_eq!(blk.mats, vec![Matrix::F32(col_t)]),
+            other => panic!("expected blocks, got {other:?}"),
+        }
+        assert_eq!(r.read_frame().await.unwrap(), None);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn row_strided_views_use_vectored_writes() {
+        let (a, b) = duplex(333);
+        let big = Array2::from_shape_fn((40, 30), |(i, j)| (i * 30 + j) as f64);
+        let expected = big.slice(s![20..40, 15..30]).to_owned();
+        let writer = tokio::spawn(async move {
+            let mut w = FrameWriter::new(a);
+            w.send_blocks(1, BlockOp::Product, &[MatrixView::F64(big.slice(s![20..40, 15..30]))]).await.unwrap();
+        });
+        let mut r = FrameReader::new(b, 1 << 20);
+        match r.read_frame().await.unwrap() {
+            Some(Frame::Blocks(blk)) => assert_eq!(blk.mats, vec![Matrix::F64(expected)]),
+            other => panic!("expected blocks, got {other:?}"),
+        }
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn close_inside_a_frame_is_an_error_and_between_frames_is_not() {
+        let bytes = frame::encode_control(&Message::Heartbeat { peer_id: 3 }).unwrap();
+        for cut in 1..bytes.len() {
+            let mut r = FrameReader::new(&bytes[..cut], 1 << 20);
+            assert!(matches!(r.read_frame().await, Err(Error::ClosedMidFrame)), "cut at {cut}");
+        }
+        let mut r = FrameReader::new(&[][..], 1 << 20);
+        assert!(r.read_frame().await.unwrap().is_none());
+        let blocks = frame::encode(&Frame::Blocks(Blocks {
+            task_id: 1,
+            op: BlockOp::Product,
+            mats: vec![Matrix::F64(Array2::ones((3, 3)))],
+        }))
+        .unwrap();
+        let mut r = FrameReader::new(&blocks[..blocks.len() - 1], 1 << 20);
+        assert!(matches!(r.read_frame().await, Err(Error::ClosedMidFrame)));
+    }
+}

@@ -1,0 +1,24 @@
+//! Everything two septet processes must agree on, and nothing that keeps state.
+//!
+//! This crate owns the wire protocol ([`frame`], [`proto`], [`conn`]), the
+//! matrix block types ([`matrix`]), the Strassen algebra ([`strassen`]) and
+//! the shared error enum ([`error`]). Servers, the peer table and the
+//! requester live in the `septet-tracker` and `septet-worker` crates.
+
+pub mod conn;
+pub mod error;
+pub mod frame;
+pub mod matrix;
+pub mod proto;
+
+pub mod time;
+
+pub use conn::{Connection, FrameReader, FrameWriter};
+pub use error::{Error, ErrorCode, Result};
+pub use frame::{BlockOp, Blocks, Frame, DEFAULT_MAX_FRAME_LEN, MAX_CONTROL_FRAME_LEN};
+pub use matrix::{Dtype, Element, Matrix, MatrixView};
+pub use proto::{Message, PeerAddr, Role, PROTOCOL_VERSION};
+pub use time::deadline;
+
+/// How many peers one Strassen job leases: one for each of M1..M7.
+pub const PEERS_PER_LEASE: u32 = 7;

@@ -1,0 +1,57 @@
+//! Errors of the tracker crate.
+
+use septet_common::ErrorCode;
+
+/// Result alias for the tracker crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every way a tracker operation can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No peer has this id.
+    #[error("no peer with id {0}")]
+    UnknownPeer(u64),
+    /// The peer was marked gone and must register again.
+    #[error("peer {0} was marked gone; register again")]
+    PeerGone(u64),
+    /// No live lease has this id (released, expired, or never issued).
+    #[error("no live lease with id {0} (released, expired or never issued)")]
+    UnknownLease(u64),
+    /// The peer is not part of the lease.
+    #[error("peer {peer_id} is not part of lease {lease_id}")]
+    NotInLease {
+        /// The lease.
+        lease_id: u64,
+        /// The peer.
+        peer_id: u64,
+    },
+    /// A request argument is out of range.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The configuration is inconsistent.
+    #[error("invalid tracker configuration: {0}")]
+    Config(String),
+    /// A polars operation on the peer table failed (a bug, not bad input).
+    #[error("peer table error: {0}")]
+    Table(#[from] polars::prelude::PolarsError),
+    /// A protocol or socket error.
+    #[error(transparent)]
+    Protocol(#[from] septet_common::Error),
+    /// Binding or accepting failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The wire code for an `Error` frame.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::UnknownPeer(_) => ErrorCode::UnknownPeer,
+            Error::PeerGone(_) => ErrorCode::PeerGone,
+            Error::UnknownLease(_) => ErrorCode::UnknownLease,
+            Error::NotInLease { .. } | Error::Invalid(_) => ErrorCode::InvalidRequest,
+            Error::Protocol(e) => e.code(),
+            Error::Config(_) | Error::Table(_) | Error::Io(_) => ErrorCode::Internal,
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The tracker's TCP server: accepts connections, turns their frames into
+//! calls on [`Tracker`], and cleans up after each connection. It never sees
+//! bytes (that is `septet_common::conn`) nor polars (that is the table).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use septet_common::conn::ConnLimits;
+use septet_common::{deadline, Connection, Frame, Message};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, instrument, warn};
+
+use crate::state::{ConnId, LeaseOutcome, Ticket};
+use crate::{Error, Result, Tracker, TrackerConfig};
+
+/// How long shutdown waits for connection tasks to finish.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves a new tracker on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// [`Error::Config`] for an invalid configuration.
+pub async fn run(listener: TcpListener, config: TrackerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    serve(Tracker::new(config)?, listener, shutdown).await
+}
+
+/// Serves `tracker` on `listener` until `shutdown` completes: stops
+/// accepting, tells every connection to stop between frames, and waits
+/// (with a deadline) for them to finish.
+///
+/// # Errors
+/// None in practice: accept errors are logged and retried.
+pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(sweep_loop(tracker.clone(), cancel.clone()));
+    info!(addr = %listener.local_addr()?, "tracker listening");
+    tokio::pin!(shutdown);
+    let mut next_conn: ConnId = 0;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    next_conn += 1;
+                    tasks.spawn(serve_connection(tracker.clone(), stream, addr, next_conn, cancel.clone()));
+                }
+                Err(e) => {
+                    // Usually descriptor exhaustion: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    info!("tracker shutting down");
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
+        warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+    }
+    Ok(())
+}
+
+async fn sweep_loop(tracker: Tracker, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(tracker.config().sweep_period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = tracker.sweep() {
+                    warn!(error = %e, "sweep failed");
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the queued request's grant arrives; never, without one.
+async fn next_grant(ticket: &mut Option<Ticket>) -> Option<septet_common::proto::LeaseGrant> {
+    match ticket {
+        Some(t) => (&mut t.grant).await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+#[instrument(skip_all, fields(conn = conn_id, peer = %addr))]
+async fn serve_connection(
+    tracker: Tracker,
+    stream: TcpStream,
+    addr: SocketAddr,
+    conn_id: ConnId,
+    cancel: CancellationToken,
+) {
+    let config = tracker.config().clone();
+    let limits = ConnLimits { max_frame_len: config.max_frame_len, handshake_timeout: config.io_timeout };
+    let mut conn = match Connection::accept(stream, limits).await {
+        Ok((conn, role)) => {
+            debug!(?role, "connection accepted");
+            conn
+        }
+        Err(e) => {
+            debug!(error = %e, "hello failed; connection dropped");
+            return;
+        }
+    };
+    let mut ticket: Option<Ticket> = None;
+    loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => {
+                conn.refuse(&septet_common::Error::Remote {
+                    code: septet_common::ErrorCode::ShuttingDown,
+                    message: "the tracker is shutting down".into(),
+                }).await;
+                break;
+            }
+            Some(grant) = next_grant(&mut ticket) => {
+                ticket = None;
+                if let Err(e) = send(&mut conn, &Message::Leased(grant), &config).await {
+                    debug!(error = %e, "could not deliver a queued lease");
+                    break;
+                }
+                continue;
+            }
+            frame = conn.reader.read_frame() => frame,
+        };
+        let msg = match frame {
+            Ok(Some(Frame::Control(msg))) => msg,
+            Ok(None) => break,
+            Ok(Some(Frame::Blocks(_))) => {
+                let err =
+                    septet_common::Error::Unexpected { expected: "a control message", got: "matrix blocks".into() };
+                conn.refuse(&err).await;
+                break;
+            }
+            Err(e) => {
+                warn!(error = %e, "bad frame; dropping the connection");
+                conn.refuse(&e).await;
+                break;
+            }
+        };
+        let (reply, close) = handle(&tracker, msg, conn_id, conn.peer, &mut ticket);
+        if let Err(e) = send(&mut conn, &reply, &config).await {
+            debug!(error = %e, "could not send a reply");
+            break;
+        }
+        if close {
+            break;
+        }
+    }
+    let ended = tracker.disconnect(conn_id);
+    if ended > 0 {
+        info!(leases = ended, "connection closed; its leases returned to the pool");
+    }
+}
+
+async fn send(conn: &mut Connection, msg: &Message, config: &TrackerConfig) -> septet_common::Result<()> {
+    deadline(config.io_timeout, "the client to take a reply", conn.writer.send(msg)).await
+}
+
+fn error_reply(e: &Error) -> Message {
+    Message::Error { code: e.code(), message: e.to_string(), task_id: None }
+}
+
+/// The listening address to hand out for a worker: its own, except that an
+/// unspecified host becomes the host the tracker sees it connect from.
+fn resolve_listen(listen: &str, seen_from: SocketAddr) -> Result<String> {
+    let addr: SocketAddr =
+        listen.parse().map_err(|_| Error::Invalid(format!("{listen:?} is not an ip:port listening address")))?;
+    if addr.port() == 0 {
+        return Err(Error::Invalid("a worker must register the port it actually listens on, not 0".into()));
+    }
+    let ip = if addr.ip().is_unspecified() { seen_from.ip() } else { addr.ip() };
+    Ok(SocketAddr::new(ip, addr.port()).to_string())
+}
+
+/// One request → one reply, and whether to close the connection after it.
+fn handle(
+    tracker: &Tracker,
+    msg: Message,
+    conn: ConnId,
+    peer: SocketAddr,
+    ticket: &mut Option<Ticket>,
+) -> (Message, bool) {
+    let heartbeat_ms = tracker.config().heartbeat_interval.as_millis() as u64;
+    let result = match msg {
+        Message::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
+            let peer_id = tracker.register(&addr, slots)?;
+            info!(peer_id, %addr, slots, "worker registered");
+            Ok(Message::Registered { peer_id, addr, heartbeat_ms })
+        }),
+        Message::Heartbeat { peer_id } => tracker.heartbeat(peer_id).map(|()| Message::HeartbeatAck),
+        Message::Deregister { peer_id } => tracker.deregister(peer_id).map(|()| {
+            info!(peer_id, "worker deregistered");
+            Message::Deregistered
+        }),
+        Message::ListPeers => tracker.peers().map(|(table, rows)| Message::Peers { table, rows }),
+        Message::Lease { .. } if ticket.is_some() => {
+            Err(Error::Invalid("this connection already has a lease request waiting".into()))
+        }
+        Message::Lease { count, detached } => tracker.lease(count, conn, detached).map(|outcome| match outcome {
+            LeaseOutcome::Granted(grant) => Message::Leased(grant),
+            LeaseOutcome::Queued(t) => {
+                let reply = Message::Waiting { position: t.position, free: t.free, needed: count };
+                *ticket = Some(t);
+                reply
+            }
+        }),
+        Message::Renew { lease_id } => {
+            tracker.renew(lease_id).map(|ttl| Message::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 })
+        }
+        Message::Release { lease_id } => tracker.release(lease_id).map(|()| Message::Released { lease_id }),
+        Message::ReportFailure { lease_id, peer_id, reason, replace } => {
+            warn!(lease_id, peer_id, %reason, "failure reported against a peer");
+            tracker
+                .report_failure(lease_id, peer_id, replace)
+                .map(|replacement| Message::FailureRecorded { lease_id, replacement })
+        }
+        other => {
+            let err = septet_common::Error::Unexpected { expected: "a tracker request", got: other.kind().into() };
+            return (Message::error(&err, None), true);
+        }
+    };
+    match result {
+        Ok(reply) => (reply, false),
+        Err(e) => (error_reply(&e), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_hosts_become_the_address_seen() {
+        let seen: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        assert_eq!(resolve_listen("0.0.0.0:7000", seen).unwrap(), "10.1.2.3:7000");
+        assert_eq!(resolve_listen("127.0.0.1:7000", seen).unwrap(), "127.0.0.1:7000");
+        assert_eq!(resolve_listen("[::]:7000", seen).unwrap(), "10.1.2.3:7000");
+        assert!(matches!(resolve_listen("127.0.0.1:0", seen), Err(Error::Invalid(_))));
+        assert!(matches!(resolve_listen("nonsense", seen), Err(Error::Invalid(_))));
+    }
+}

@@ -1,0 +1,626 @@
+//! [`Tracker`]: the peer table plus the lease bookkeeping around it, behind
+//! one mutex, with no sockets — so the lease queue can be tested on its own.
+//!
+//! The lease queue is a fair counting semaphore whose permits are the free
+//! slots of alive peers, read from the table itself. It is hand-written
+//! rather than `tokio::sync::Semaphore` because the permit count must also
+//! *shrink* when a peer goes away (tokio cannot take back permits it has
+//! already handed, partially, to a queued waiter) and because a waiter must
+//! be told its place in the queue. Requests are served strictly in arrival
+//! order: a request that cannot be served queues behind every earlier one,
+//! even if fewer slots would do for it. Every change to the table's free
+//! slots is followed by [`State::dispatch`] in the same critical section.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use septet_common::proto::{LeaseGrant, PeerAddr, PeerRow};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::table::{PeerState, PeerTable};
+use crate::{Error, Result};
+
+/// Identifies the connection that owns a lease or a waiting request.
+pub type ConnId = u64;
+
+/// Tracker settings.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Time a lease lives unless renewed.
+    pub lease_ttl: Duration,
+    /// How often workers are told to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A peer silent this long is marked gone (plus one sweep period of slack);
+    /// silent for half of it, suspect.
+    pub heartbeat_timeout: Duration,
+    /// Most slots one lease may ask for.
+    pub max_lease_count: u32,
+    /// Most slots one worker may offer.
+    pub max_slots_per_peer: u32,
+    /// Deadline for a client's hello and for writing each reply.
+    pub io_timeout: Duration,
+    /// Largest frame a client may send (the tracker only takes control
+    /// messages, so this is small).
+    pub max_frame_len: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_timeout: Duration::from_secs(6),
+            max_lease_count: 1024,
+            max_slots_per_peer: 1024,
+            io_timeout: Duration::from_secs(10),
+            max_frame_len: 1 << 20,
+        }
+    }
+}
+
+impl TrackerConfig {
+    /// Checks that the settings make sense together.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the offending setting.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("lease TTL", self.lease_ttl),
+            ("heartbeat interval", self.heartbeat_interval),
+            ("heartbeat timeout", self.heartbeat_timeout),
+            ("I/O timeout", self.io_timeout),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(Error::Config(format!("the {name} must be positive")));
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(Error::Config(format!(
+                "the heartbeat timeout ({:?}) must exceed the heartbeat interval ({:?})",
+                self.heartbeat_timeout, self.heartbeat_interval
+            )));
+        }
+        if self.max_frame_len < 64 {
+            return Err(Error::Config(format!("a maximum frame length of {} bytes is too small", self.max_frame_len)));
+        }
+        if self.max_lease_count == 0 || self.max_slots_per_peer == 0 {
+            return Err(Error::Config("slot limits must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// How often leases and heartbeats are checked; also the slack added to
+    /// the heartbeat timeout.
+    pub fn sweep_period(&self) -> Duration {
+        (self.lease_ttl.min(self.heartbeat_timeout) / 8).clamp(Duration::from_millis(10), Duration::from_millis(500))
+    }
+}
+
+/// A live lease.
+#[derive(Debug)]
+struct LeaseRecord {
+    /// One entry per slot held (replacements are appended).
+    slots: Vec<PeerAddr>,
+    /// The connection whose close ends the lease; `None` when detached.
+    owner: Option<ConnId>,
+    expires_at: Instant,
+}
+
+/// A request waiting in the queue.
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    count: u32,
+    conn: ConnId,
+    detached: bool,
+    tx: oneshot::Sender<LeaseGrant>,
+}
+
+/// The answer to a lease request.
+#[derive(Debug)]
+pub enum LeaseOutcome {
+    /// Served at once.
+    Granted(LeaseGrant),
+    /// Queued: the grant arrives on the ticket.
+    Queued(Ticket),
+}
+
+/// A queued lease request.
+#[derive(Debug)]
+pub struct Ticket {
+    /// Id to cancel the wait with.
+    pub waiter_id: u64,
+    /// 1-based place in the queue when queued.
+    pub position: u32,
+    /// Free slots when queued.
+    pub free: u32,
+    /// Resolves with the grant when the request reaches the front and enough
+    /// slots are free.
+    pub grant: oneshot::Receiver<LeaseGrant>,
+}
+
+#[derive(Debug)]
+struct State {
+    table: PeerTable,
+    leases: HashMap<u64, LeaseRecord>,
+    queue: VecDeque<Waiter>,
+    next_lease_id: u64,
+    next_waiter_id: u64,
+}
+
+impl State {
+    /// Leases `count` slots now; the caller has checked they are free.
+    fn grant(&mut self, count: u32, owner: Option<ConnId>, expires_at: Instant, ttl: Duration) -> Result<LeaseGrant> {
+        let slots = self.table.choose(count as usize)?;
+        if slots.len() != count as usize {
+            return Err(Error::Invalid(format!("only {} of {count} slots could be chosen", slots.len())));
+        }
+        self.table.take_slots(&slots)?;
+        self.next_lease_id += 1;
+        let lease_id = self.next_lease_id;
+        self.leases.insert(lease_id, LeaseRecord { slots: slots.clone(), owner, expires_at });
+        Ok(LeaseGrant { lease_id, peers: slots, ttl_ms: ttl.as_millis() as u64 })
+    }
+
+    /// Ends a lease and returns its slots. Removing the record first is what
+    /// makes this happen exactly once, whoever gets here first (release,
+    /// expiry, disconnect).
+    fn end_lease(&mut self, lease_id: u64) -> Result<()> {
+        let record = self.leases.remove(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
+        self.table.return_slots(&record.slots)?;
+        Ok(())
+    }
+
+    /// Serves queued requests, front first, while enough slots are free.
+    fn dispatch(&mut self, now: Instant, ttl: Duration) -> Result<()> {
+        while let Some(front) = self.queue.front() {
+            if self.table.free_slots()? < front.count {
+                break;
+            }
+            let waiter = self.queue.pop_front().expect("front exists");
+            let owner = (!waiter.detached).then_some(waiter.conn);
+            let grant = self.grant(waiter.count, owner, now + ttl, ttl)?;
+            if let Err(grant) = waiter.tx.send(grant) {
+                // The requester went away between queueing and now.
+                self.end_lease(grant.lease_id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cheap-to-clone handle on the tracker's state.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: TrackerConfig,
+    epoch: Instant,
+    state: Mutex<State>,
+}
+
+/// Counts for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Free slots on alive peers.
+    pub free: u32,
+    /// Live leases.
+    pub leases: usize,
+    /// Requests waiting.
+    pub waiting: usize,
+}
+
+impl Tracker {
+    /// A tracker with an empty peer table.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the configuration is invalid.
+    pub fn new(config: TrackerConfig) -> Result<Self> {
+        config.validate()?;
+        let state = State {
+            table: PeerTable::new(),
+            leases: HashMap::new(),
+            queue: VecDeque::new(),
+            next_lease_id: 0,
+            next_waiter_id: 0,
+        };
+        Ok(Self { inner: Arc::new(Inner { config, epoch: Instant::now(), state: Mutex::new(state) }) })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrackerConfig {
+        &self.inner.config
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.inner.epoch).as_millis() as u64
+    }
+
+    /// Runs `f` on the locked state, then serves the queue: every path that
+    /// can free slots goes through here.
+    fn mutate<T>(&self, f: impl FnOnce(&mut State, Instant) -> Result<T>) -> Result<T> {
+        let now = Instant::now();
+        let mut state = self.inner.state.lock();
+        let out = f(&mut state, now)?;
+        state.dispatch(now, self.inner.config.lease_ttl)?;
+        Ok(out)
+    }
+
+    /// Adds or revives a worker; returns its peer id.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for zero or too many slots.
+    pub fn register(&self, addr: &str, slots: u32) -> Result<u64> {
+        if slots == 0 || slots > self.inner.config.max_slots_per_peer {
+            return Err(Error::Invalid(format!(
+                "a worker must offer between 1 and {} slots, not {slots}",
+                self.inner.config.max_slots_per_peer
+            )));
+        }
+        self.mutate(|s, now| Ok(s.table.register(addr, slots, self.now_ms(now))?))
+    }
+
+    fn live_peer(state: &State, peer_id: u64) -> Result<()> {
+        match state.table.state(peer_id)? {
+            None => Err(Error::UnknownPeer(peer_id)),
+            Some(PeerState::Gone) => Err(Error::PeerGone(peer_id)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Records a heartbeat; a suspect peer becomes alive again.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`], or [`Error::PeerGone`] when it must register again.
+    pub fn heartbeat(&self, peer_id: u64) -> Result<()> {
+        self.mutate(|s, now| {
+            Self::live_peer(s, peer_id)?;
+            Ok(s.table.heartbeat(peer_id, self.now_ms(now))?)
+        })
+    }
+
+    /// Marks a worker gone at its own request.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`].
+    pub fn deregister(&self, peer_id: u64) -> Result<()> {
+        self.mutate(|s, _| {
+            if s.table.state(peer_id)?.is_none() {
+                return Err(Error::UnknownPeer(peer_id));
+            }
+            Ok(s.table.set_state(peer_id, PeerState::Gone)?)
+        })
+    }
+
+    /// Asks for `count` slots for connection `conn`. A detached lease is not
+    /// ended by the connection closing (a queued request still is).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a zero or oversized count.
+    pub fn lease(&self, count: u32, conn: ConnId, detached: bool) -> Result<LeaseOutcome> {
+        let max = self.inner.config.max_lease_count;
+        if count == 0 || count > max {
+            return Err(Error::Invalid(format!("a lease takes between 1 and {max} slots, not {count}")));
+        }
+        let ttl = self.inner.config.lease_ttl;
+        self.mutate(|s, now| {
+            let free = s.table.free_slots()?;
+            if s.queue.is_empty() && free >= count {
+                let owner = (!detached).then_some(conn);
+                return Ok(LeaseOutcome::Granted(s.grant(count, owner, now + ttl, ttl)?));
+            }
+            s.next_waiter_id += 1;
+            let (tx, grant) = oneshot::channel();
+            let waiter_id = s.next_waiter_id;
+            s.queue.push_back(Waiter { id: waiter_id, count, conn, detached, tx });
+            Ok(LeaseOutcome::Queued(Ticket { waiter_id, position: s.queue.len() as u32, free, grant }))
+        })
+    }
+
+    /// Takes a queued request out of the queue (the requester gave up).
+    pub fn cancel_wait(&self, waiter_id: u64) {
+        let _ = self.mutate(|s, _| {
+            s.queue.retain(|w| w.id != waiter_id);
+            Ok(())
+        });
+    }
+
+    /// Extends a lease to a full TTL from now; returns the TTL.
+    ///
+    /// # Errors
+    /// [`Error::UnknownLease`].
+    pub fn renew(&self, lease_id: u64) -> Result<Duration> {
+        let ttl = self.inner.config.lease_ttl;
+        self.mutate(|s, now| {
+            let lease = s.leases.get_mut(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
+            lease.expires_at = now + ttl;
+            Ok(ttl)
+        })
+    }
+
+    /// Ends a lease and returns its slots to the pool.
+    ///
+    /// # Errors
+    /// [`Error::UnknownLease`] if it already ended.
+    pub fn release(&self, lease_id: u64) -> Result<()> {
+        self.mutate(|s, _| s.end_lease(lease_id))
+    }
+
+    /// Records that a leased peer failed: its `failures` count goes up and
+    /// it is suspect (not leased again until it heartbeats healthily). With
+    /// `replace`, one more slot joins the lease at once if one is free.
+    ///
+    /// A replacement does not queue behind waiting requests: it finishes a
+    /// job that already holds its other six slots, which frees them sooner.
+    ///
+    /// # Errors
+    /// [`Error::UnknownLease`] or [`Error::NotInLease`].
+    pub fn report_failure(&self, lease_id: u64, peer_id: u64, replace: bool) -> Result<Option<PeerAddr>> {
+        self.mutate(|s, _| {
+            let lease = s.leases.get(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
+            if !lease.slots.iter().any(|p| p.peer_id == peer_id) {
+                return Err(Error::NotInLease { lease_id, peer_id });
+            }
+            s.table.record_failure(peer_id)?;
+            if !replace {
+                return Ok(None);
+            }
+            let Some(slot) = s.table.choose(1)?.pop() else { return Ok(None) };
+            s.table.take_slots(std::slice::from_ref(&slot))?;
+            s.leases.get_mut(&lease_id).expect("checked above").slots.push(slot.clone());
+            Ok(Some(slot))
+        })
+    }
+
+    /// A connection closed: its queued requests leave the queue and its
+    /// attached leases end. Returns how many leases ended.
+    pub fn disconnect(&self, conn: ConnId) -> usize {
+        self.mutate(|s, _| {
+            s.queue.retain(|w| w.conn != conn);
+            let owned: Vec<u64> = s.leases.iter().filter(|(_, l)| l.owner == Some(conn)).map(|(id, _)| *id).collect();
+            for id in &owned {
+                s.end_lease(*id)?;
+            }
+            Ok(owned.len())
+        })
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, conn, "cleaning up a closed connection failed");
+            0
+        })
+    }
+
+    /// Ends expired leases and marks silent peers suspect or gone.
+    ///
+    /// # Errors
+    /// Only peer-table errors.
+    pub fn sweep(&self) -> Result<()> {
+        let config = &self.inner.config;
+        let gone_after = (config.heartbeat_timeout + config.sweep_period()).as_millis() as u64;
+        let suspect_after = (config.heartbeat_timeout / 2).as_millis() as u64;
+        self.mutate(|s, now| {
+            let expired: Vec<u64> = s.leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(id, _)| *id).collect();
+            for id in expired {
+                tracing::info!(lease_id = id, "lease expired unrenewed; its slots return to the pool");
+                s.end_lease(id)?;
+            }
+            for peer_id in s.table.sweep(self.now_ms(now), suspect_after, gone_after)? {
+                tracing::warn!(peer_id, "peer missed its heartbeats; marked gone");
+            }
+            Ok(())
+        })
+    }
+
+    /// The peer table as polars prints it, and its rows.
+    ///
+    /// # Errors
+    /// Only peer-table errors.
+    pub fn peers(&self) -> Result<(String, Vec<PeerRow>)> {
+        let state = self.inner.state.lock();
+        Ok((state.table.display(), state.table.rows()?))
+    }
+
+    /// Free slots, live leases and waiting requests.
+    ///
+    /// # Errors
+    /// Only peer-table errors.
+    pub fn stats(&self) -> Result<Stats> {
+        let state = self.inner.state.lock();
+        Ok(Stats { free: state.table.free_slots()?, leases: state.leases.len(), waiting: state.queue.len() })
+    }
+
+    /// Checks the lease invariants; returns a description of the first violation.
+    ///
+    /// - each peer's `in_use` equals the slots live leases hold on it;
+    /// - no peer has more slots held than it offers (no slot is in two leases);
+    /// - the queue is not stuck: its front asks for more than is free.
+    ///
+    /// # Errors
+    /// A message describing the violation.
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        let state = self.inner.state.lock();
+        let usage = state.table.usage().map_err(|e| e.to_string())?;
+        let mut held = vec![0u32; usage.len()];
+        for lease in state.leases.values() {
+            for slot in &lease.slots {
+                *held.get_mut(slot.peer_id as usize).ok_or("lease holds an unknown peer")? += 1;
+            }
+        }
+        for (peer, ((slots, in_use), held)) in usage.iter().zip(&held).enumerate() {
+            if in_use != held {
+                return Err(format!("peer {peer}: in_use is {in_use} but live leases hold {held}"));
+            }
+            if held > slots {
+                return Err(format!("peer {peer}: {held} slots held but only {slots} exist"));
+            }
+        }
+        let free = state.table.free_slots().map_err(|e| e.to_string())?;
+        if let Some(front) = state.queue.front() {
+            if front.count <= free {
+                return Err(format!("queue stuck: front wants {} and {free} are free", front.count));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> Tracker {
+        Tracker::new(TrackerConfig { lease_ttl: Duration::from_secs(10), ..Default::default() }).unwrap()
+    }
+
+    fn granted(outcome: LeaseOutcome) -> LeaseGrant {
+        match outcome {
+            LeaseOutcome::Granted(g) => g,
+            LeaseOutcome::Queued(t) => panic!("expected a grant, queued at {}", t.position),
+        }
+    }
+
+    fn queued(outcome: LeaseOutcome) -> Ticket {
+        match outcome {
+            LeaseOutcome::Queued(t) => t,
+            LeaseOutcome::Granted(g) => panic!("expected to queue, got lease {}", g.lease_id),
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_requests_are_served_in_arrival_order_without_barging() {
+        let t = tracker();
+        for i in 0..7 {
+            t.register(&format!("w{i}"), 1).unwrap();
+        }
+        let first = granted(t.lease(7, 1, false).unwrap());
+        let mut a = queued(t.lease(7, 2, false).unwrap());
+        let mut b = queued(t.lease(2, 3, false).unwrap());
+        assert_eq!((a.position, b.position), (1, 2));
+        // A late small request may not overtake the queue even if it would fit.
+        t.register("extra", 2).unwrap();
+        let mut c = queued(t.lease(1, 4, false).unwrap());
+        assert_eq!(c.position, 3);
+        assert!(a.grant.try_recv().is_err());
+        t.check_invariants().unwrap();
+        t.release(first.lease_id).unwrap();
+        let ga = a.grant.try_recv().expect("a is served first");
+        let gb = b.grant.try_recv().expect("b fits in the two extra slots");
+        assert!(c.grant.try_recv().is_err(), "nothing left for c");
+        assert!(matches!(t.release(first.lease_id), Err(Error::UnknownLease(_))), "exactly once");
+        t.check_invariants().unwrap();
+        t.release(gb.lease_id).unwrap();
+        assert_eq!(c.grant.try_recv().unwrap().peers.len(), 1);
+        t.release(ga.lease_id).unwrap();
+        t.check_invariants().unwrap();
+        assert_eq!(t.stats().unwrap(), Stats { free: 8, leases: 1, waiting: 0 });
+    }
+
+    #[tokio::test]
+    async fn disconnect_ends_attached_leases_and_queued_requests_but_not_detached_ones() {
+        let t = tracker();
+        for i in 0..4 {
+            t.register(&format!("w{i}"), 2).unwrap();
+        }
+        let attached = granted(t.lease(3, 1, false).unwrap());
+        let detached = granted(t.lease(3, 1, true).unwrap());
+        let waiting = queued(t.lease(3, 1, false).unwrap());
+        let mut behind = queued(t.lease(2, 2, false).unwrap());
+        assert_eq!(t.disconnect(1), 1);
+        assert!(behind.grant.try_recv().is_ok(), "the queue moves once conn 1 leaves it");
+        drop(waiting);
+        assert!(matches!(t.release(attached.lease_id), Err(Error::UnknownLease(_))));
+        t.release(detached.lease_id).unwrap();
+        t.check_invariants().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_grant_to_a_requester_that_left_goes_straight_back() {
+        let t = tracker();
+        t.register("w", 7).unwrap();
+        let first = granted(t.lease(7, 1, false).unwrap());
+        let gone = queued(t.lease(7, 2, false).unwrap());
+        drop(gone.grant);
+        t.release(first.lease_id).unwrap();
+        assert_eq!(t.stats().unwrap(), Stats { free: 7, leases: 0, waiting: 0 });
+        t.check_invariants().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_expire_once_unless_renewed() {
+        let t = tracker();
+        for i in 0..7 {
+            t.register(&format!("w{i}"), 1).unwrap();
+        }
+        let kept = granted(t.lease(3, 1, true).unwrap());
+        let lost = granted(t.lease(4, 1, true).unwrap());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        t.renew(kept.lease_id).unwrap();
+        for i in 0..7 {
+            t.heartbeat(i).unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for i in 0..7 {
+            t.heartbeat(i).unwrap();
+        }
+        t.sweep().unwrap();
+        t.sweep().unwrap();
+        assert!(matches!(t.release(lost.lease_id), Err(Error::UnknownLease(_))));
+        assert_eq!(t.stats().unwrap().free, 4);
+        t.check_invariants().unwrap();
+        t.release(kept.lease_id).unwrap();
+        assert_eq!(t.stats().unwrap().free, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peers_leave_the_pool_and_return_only_by_registering() {
+        let t = tracker();
+        for i in 0..8 {
+            t.register(&format!("w{i}"), 1).unwrap();
+        }
+        let lease = granted(t.lease(7, 1, true).unwrap());
+        for step in 0..8 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            for peer in 0..7 {
+                t.heartbeat(peer).unwrap();
+            }
+            t.sweep().unwrap();
+            t.check_invariants().unwrap();
+            if step == 3 {
+                assert_eq!(t.peers().unwrap().1[7].state, "suspect");
+            }
+        }
+        let rows = t.peers().unwrap().1;
+        assert_eq!(rows[7].state, "gone");
+        assert!(matches!(t.heartbeat(7), Err(Error::PeerGone(7))));
+        t.release(lease.lease_id).unwrap();
+        assert_eq!(t.stats().unwrap().free, 7, "the gone peer's slot is not in the pool");
+        assert_eq!(t.register("w7", 1).unwrap(), 7);
+        assert_eq!(t.stats().unwrap().free, 8);
+        t.check_invariants().unwrap();
+    }
+
+    #[tokio::test]
+    async fn failures_mark_suspect_and_replacements_join_the_lease() {
+        let t = tracker();
+        for i in 0..8 {
+            t.register(&format!("w{i}"), 1).unwrap();
+        }
+        let lease = granted(t.lease(7, 1, false).unwrap());
+        let bad = lease.peers[2].peer_id;
+        let replacement = t.report_failure(lease.lease_id, bad, true).unwrap().expect("one slot is free");
+        assert_eq!(replacement.peer_id, 7);
+        assert!(t.report_failure(lease.lease_id, bad, true).unwrap().is_none(), "nothing left");
+        let row = &t.peers().unwrap().1[bad as usize];
+        assert_eq!((row.failures, row.state.as_str()), (2, "suspect"));
+        assert!(matches!(t.report_failure(lease.lease_id, 99, false), Err(Error::NotInLease { .. })));
+        t.check_invariants().unwrap();
+        t.release(lease.lease_id).unwrap();
+        assert_eq!(t.stats().unwrap().free, 7, "suspect peer stays out of the pool");
+        t.heartbeat(bad).unwrap();
+        assert_eq!(t.stats().unwrap().free, 8);
+    }
+}

@@ -1,0 +1,439 @@
+//! [`PeerTable`]: the grid's peers as a polars `DataFrame`, the one source of
+//! truth for who is in the grid. This is the only code in septet that sees
+//! polars. Every change is a vectorized expression over whole columns (a
+//! mask and a `set`, or a column-wide addition); nothing loops over cells.
+//!
+//! Rows are only ever appended, never removed: a peer that leaves is marked
+//! `gone` and a returning one revives its row, so a peer's id is its row
+//! index for the tracker's whole life.
+
+use polars::prelude::*;
+use septet_common::proto::{PeerAddr, PeerRow};
+
+/// Result alias for the table's polars operations.
+pub type TableResult<T> = PolarsResult<T>;
+
+/// Health of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Heartbeating; leaseable when it has free slots.
+    Alive,
+    /// Late heartbeat or reported failure; not leased until it heartbeats again.
+    Suspect,
+    /// Deregistered or silent past the heartbeat timeout; never leased until
+    /// it registers again.
+    Gone,
+}
+
+impl PeerState {
+    /// The value in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Gone => "gone",
+        }
+    }
+
+    fn parse(s: &str) -> PeerState {
+        match s {
+            "alive" => PeerState::Alive,
+            "suspect" => PeerState::Suspect,
+            _ => PeerState::Gone,
+        }
+    }
+}
+
+/// The peer table. Columns: `peer_id` (u64, = row index), `addr` (str),
+/// `slots`, `in_use`, `failures` (u32), `leases_total`, `joined_at`,
+/// `last_seen` (u64; times are milliseconds since the tracker started) and
+/// `state` (str: alive / suspect / gone).
+#[derive(Debug, Clone)]
+pub struct PeerTable {
+    df: DataFrame,
+}
+
+impl Default for PeerTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn col<T>(name: &str, values: Vec<T>) -> Column
+where
+    Series: NamedFrom<Vec<T>, [T]>,
+{
+    Column::new(name.into(), values)
+}
+
+impl PeerTable {
+    /// An empty table with the full schema.
+    pub fn new() -> Self {
+        let df = DataFrame::new(
+            0,
+            vec![
+                col::<u64>("peer_id", vec![]),
+                col::<String>("addr", vec![]),
+                col::<u32>("slots", vec![]),
+                col::<u32>("in_use", vec![]),
+                col::<u64>("leases_total", vec![]),
+                col::<u32>("failures", vec![]),
+                col::<u64>("joined_at", vec![]),
+                col::<u64>("last_seen", vec![]),
+                col::<String>("state", vec![]),
+            ],
+        )
+        .expect("static schema is valid");
+        Self { df }
+    }
+
+    /// Number of rows (peers ever registered).
+    pub fn len(&self) -> usize {
+        self.df.height()
+    }
+
+    /// True when no peer ever registered.
+    pub fn is_empty(&self) -> bool {
+        self.df.height() == 0
+    }
+
+    /// The underlying frame, for display and tests.
+    pub fn frame(&self) -> &DataFrame {
+        &self.df
+    }
+
+    fn u32s(&self, name: &str) -> TableResult<&UInt32Chunked> {
+        self.df.column(name)?.u32()
+    }
+
+    fn u64s(&self, name: &str) -> TableResult<&UInt64Chunked> {
+        self.df.column(name)?.u64()
+    }
+
+    fn strs(&self, name: &str) -> TableResult<&StringChunked> {
+        self.df.column(name)?.str()
+    }
+
+    fn replace(&mut self, name: &str, values: impl IntoColumn) -> TableResult<()> {
+        self.df.replace(name, values.into_column().with_name(name.into()))?;
+        Ok(())
+    }
+
+    fn mask_of(&self, peer_id: u64) -> TableResult<BooleanChunked> {
+        Ok(self.u64s("peer_id")?.equal(peer_id))
+    }
+
+    fn state_mask(&self, state: PeerState) -> TableResult<BooleanChunked> {
+        Ok(self.strs("state")?.equal(state.as_str()))
+    }
+
+    /// Alive peers with at least one free slot.
+    fn leaseable(&self) -> TableResult<BooleanChunked> {
+        let free = self.u32s("in_use")?.lt(self.u32s("slots")?);
+        Ok(&self.state_mask(PeerState::Alive)? & &free)
+    }
+
+    /// Adds a peer, or revives the row of a peer that registered before from
+    /// the same address (keeping its slots in use by live leases). Returns
+    /// the peer id.
+    ///
+    /// # Errors
+    /// Only polars errors, which would be a bug in this module.
+    pub fn register(&mut self, addr: &str, slots: u32, now: u64) -> TableResult<u64> {
+        let hit = self.strs("addr")?.equal(addr);
+        if let Some(row) = hit.iter().position(|v| v == Some(true)) {
+            let slots_col = self.u32s("slots")?.set(&hit, Some(slots))?;
+            let seen = self.u64s("last_seen")?.set(&hit, Some(now))?;
+            let state = self.strs("state")?.set(&hit, Some(PeerState::Alive.as_str()))?;
+            self.replace("slots", slots_col)?;
+            self.replace("last_seen", seen)?;
+            self.replace("state", state)?;
+            return Ok(row as u64);
+        }
+        let id = self.df.height() as u64;
+        let row = DataFrame::new(
+            1,
+            vec![
+                col("peer_id", vec![id]),
+                col("addr", vec![addr.to_string()]),
+                col("slots", vec![slots]),
+                col("in_use", vec![0u32]),
+                col("leases_total", vec![0u64]),
+                col("failures", vec![0u32]),
+                col("joined_at", vec![now]),
+                col("last_seen", vec![now]),
+                col("state", vec![PeerState::Alive.as_str().to_string()]),
+            ],
+        )?;
+        self.df.vstack_mut_owned(row)?;
+        self.df.rechunk_mut();
+        Ok(id)
+    }
+
+    /// The state of a peer, or `None` for an unknown id.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn state(&self, peer_id: u64) -> TableResult<Option<PeerState>> {
+        if peer_id >= self.df.height() as u64 {
+            return Ok(None);
+        }
+        Ok(self.strs("state")?.get(peer_id as usize).map(PeerState::parse))
+    }
+
+    /// Records a heartbeat: `last_seen = now`, and a suspect peer is alive
+    /// again. A gone peer stays gone (it must register again).
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn heartbeat(&mut self, peer_id: u64, now: u64) -> TableResult<()> {
+        let hit = self.mask_of(peer_id)?;
+        let seen = self.u64s("last_seen")?.set(&hit, Some(now))?;
+        let revive = &hit & &self.state_mask(PeerState::Suspect)?;
+        let state = self.strs("state")?.set(&revive, Some(PeerState::Alive.as_str()))?;
+        self.replace("last_seen", seen)?;
+        self.replace("state", state)
+    }
+
+    /// Sets a peer's state.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn set_state(&mut self, peer_id: u64, state: PeerState) -> TableResult<()> {
+        let hit = self.mask_of(peer_id)?;
+        let col = self.strs("state")?.set(&hit, Some(state.as_str()))?;
+        self.replace("state", col)
+    }
+
+    /// Counts a failure against a peer and marks it suspect (unless gone).
+    /// Returns its failure count.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn record_failure(&mut self, peer_id: u64) -> TableResult<u32> {
+        let hit = self.mask_of(peer_id)?;
+        let failures = self.u32s("failures")?;
+        let updated = failures.set(&hit, failures.get(peer_id as usize).map(|f| f.saturating_add(1)))?;
+        let demote = &hit & &!&self.state_mask(PeerState::Gone)?;
+        let state = self.strs("state")?.set(&demote, Some(PeerState::Suspect.as_str()))?;
+        let count = updated.get(peer_id as usize).unwrap_or(0);
+        self.replace("failures", updated)?;
+        self.replace("state", state)?;
+        Ok(count)
+    }
+
+    /// Marks peers silent for too long: `suspect` once `last_seen` is older
+    /// than `suspect_after`, `gone` once older than `gone_after` (both in ms
+    /// before `now`). Returns the ids that just became gone.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn sweep(&mut self, now: u64, suspect_after: u64, gone_after: u64) -> TableResult<Vec<u64>> {
+        let seen = self.u64s("last_seen")?;
+        let not_gone = !&self.state_mask(PeerState::Gone)?;
+        let to_gone = &seen.lt(now.saturating_sub(gone_after)) & &not_gone;
+        let to_suspect =
+            &(&seen.lt(now.saturating_sub(suspect_after)) & &self.state_mask(PeerState::Alive)?) & &!&to_gone;
+        if !to_gone.any() && !to_suspect.any() {
+            return Ok(Vec::new());
+        }
+        let gone_ids: Vec<u64> = self.u64s("peer_id")?.filter(&to_gone)?.into_no_null_iter().collect();
+        let state = self.strs("state")?.set(&to_gone, Some(PeerState::Gone.as_str()))?;
+        let state = state.set(&to_suspect, Some(PeerState::Suspect.as_str()))?;
+        self.replace("state", state)?;
+        Ok(gone_ids)
+    }
+
+    /// Free slots on alive peers: the lease queue's permits.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn free_slots(&self) -> TableResult<u32> {
+        let mask = self.leaseable()?;
+        let slots = self.u32s("slots")?.filter(&mask)?;
+        let in_use = self.u32s("in_use")?.filter(&mask)?;
+        Ok((&slots - &in_use).sum().unwrap_or(0))
+    }
+
+    /// Slots of alive peers, used or not.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn alive_slots(&self) -> TableResult<u32> {
+        Ok(self.u32s("slots")?.filter(&self.state_mask(PeerState::Alive)?)?.sum().unwrap_or(0))
+    }
+
+    /// Chooses `count` slots: alive peers with free slots, least `in_use`
+    /// first, then least `leases_total`, then lowest id. A peer with several
+    /// free slots may be chosen several times; its n-th extra slot ranks as
+    /// if its `in_use` were already n higher, so load spreads round the grid.
+    /// Returns fewer than `count` only if fewer slots are free.
+    ///
+    /// The polars query narrows the table to the `count` best peers (the
+    /// best `count` slots can only come from them); ranking their slots is
+    /// then a tiny sort over at most `count²` keys.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn choose(&self, count: usize) -> TableResult<Vec<PeerAddr>> {
+        let best =
+            self.df.select(["peer_id", "addr", "slots", "in_use", "leases_total"])?.filter(&self.leaseable()?)?;
+        let options = SortMultipleOptions {
+            limit: Some(count as IdxSize),
+            multithreaded: false,
+            maintain_order: true,
+            ..Default::default()
+        };
+        let best = best.sort(["in_use", "leases_total", "peer_id"], options)?.head(Some(count));
+        let (ids, addrs) = (best.column("peer_id")?.u64()?, best.column("addr")?.str()?);
+        let (slots, in_use, total) =
+            (best.column("slots")?.u32()?, best.column("in_use")?.u32()?, best.column("leases_total")?.u64()?);
+        let mut keys = Vec::new();
+        for row in 0..best.height() {
+            let (used, cap) = (in_use.get(row).unwrap_or(0), slots.get(row).unwrap_or(0));
+            for extra in 0..cap.saturating_sub(used).min(count as u32) {
+                keys.push((used + extra, total.get(row).unwrap_or(0), ids.get(row).unwrap_or(0), row));
+            }
+        }
+        keys.sort_unstable();
+        Ok(keys
+            .into_iter()
+            .take(count)
+            .map(|(_, _, peer_id, row)| PeerAddr { peer_id, addr: addrs.get(row).unwrap_or_default().to_string() })
+            .collect())
+    }
+
+    /// Per-row increments built from (peer_id, n) pairs.
+    fn deltas(&self, peers: &[PeerAddr]) -> Vec<u32> {
+        let mut delta = vec![0u32; self.df.height()];
+        for p in peers {
+            if let Some(d) = delta.get_mut(p.peer_id as usize) {
+                *d += 1;
+            }
+        }
+        delta
+    }
+
+    /// Takes one slot per entry of `slots` (an id may repeat): `in_use` and
+    /// `leases_total` grow by a column-wide addition.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn take_slots(&mut self, slots: &[PeerAddr]) -> TableResult<()> {
+        let delta = self.deltas(slots);
+        let in_use = self.u32s("in_use")? + &UInt32Chunked::from_vec("in_use".into(), delta.clone());
+        let delta64: Vec<u64> = delta.into_iter().map(u64::from).collect();
+        let total = self.u64s("leases_total")? + &UInt64Chunked::from_vec("leases_total".into(), delta64);
+        self.replace("in_use", in_use)?;
+        self.replace("leases_total", total)
+    }
+
+    /// Gives back one slot per entry of `slots`: a column-wide subtraction.
+    /// Callers give back exactly what they took, so `in_use` never underflows.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn return_slots(&mut self, slots: &[PeerAddr]) -> TableResult<()> {
+        let delta = UInt32Chunked::from_vec("in_use".into(), self.deltas(slots));
+        let in_use = self.u32s("in_use")? - &delta;
+        self.replace("in_use", in_use)
+    }
+
+    /// `(slots, in_use)` per peer id, for invariant checks.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn usage(&self) -> TableResult<Vec<(u32, u32)>> {
+        let (slots, in_use) = (self.u32s("slots")?, self.u32s("in_use")?);
+        Ok(slots.iter().zip(in_use.iter()).map(|(s, u)| (s.unwrap_or(0), u.unwrap_or(0))).collect())
+    }
+
+    /// The rows, structured.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn rows(&self) -> TableResult<Vec<PeerRow>> {
+        let (ids, addrs, states) = (self.u64s("peer_id")?, self.strs("addr")?, self.strs("state")?);
+        let (slots, in_use, failures) = (self.u32s("slots")?, self.u32s("in_use")?, self.u32s("failures")?);
+        let (total, joined, seen) = (self.u64s("leases_total")?, self.u64s("joined_at")?, self.u64s("last_seen")?);
+        Ok((0..self.df.height())
+            .map(|i| PeerRow {
+                peer_id: ids.get(i).unwrap_or(0),
+                addr: addrs.get(i).unwrap_or_default().to_string(),
+                slots: slots.get(i).unwrap_or(0),
+                in_use: in_use.get(i).unwrap_or(0),
+                leases_total: total.get(i).unwrap_or(0),
+                failures: failures.get(i).unwrap_or(0),
+                joined_at: joined.get(i).unwrap_or(0),
+                last_seen: seen.get(i).unwrap_or(0),
+                state: states.get(i).unwrap_or_default().to_string(),
+            })
+            .collect())
+    }
+
+    /// The table as polars prints it.
+    pub fn display(&self) -> String {
+        self.df.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(peers: &[PeerAddr]) -> Vec<u64> {
+        peers.iter().map(|p| p.peer_id).collect()
+    }
+
+    #[test]
+    fn registration_appends_rows_and_revives_by_address() {
+        let mut t = PeerTable::new();
+        assert_eq!(t.register("a:1", 1, 10).unwrap(), 0);
+        assert_eq!(t.register("b:1", 3, 11).unwrap(), 1);
+        assert_eq!(t.free_slots().unwrap(), 4);
+        t.set_state(0, PeerState::Gone).unwrap();
+        assert_eq!(t.free_slots().unwrap(), 3);
+        assert_eq!(t.register("a:1", 2, 20).unwrap(), 0, "same address, same row");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.free_slots().unwrap(), 5);
+        let rows = t.rows().unwrap();
+        assert_eq!((rows[0].slots, rows[0].joined_at, rows[0].last_seen, rows[0].state.as_str()), (2, 10, 20, "alive"));
+    }
+
+    #[test]
+    fn choice_prefers_idle_then_least_leased_and_spreads_multi_slot_peers() {
+        let mut t = PeerTable::new();
+        t.register("a", 3, 0).unwrap(); // 0
+        t.register("b", 1, 0).unwrap(); // 1
+        t.register("c", 1, 0).unwrap(); // 2
+                                        // Idle peers first; the 3-slot peer's extra slots rank after them.
+        let first = t.choose(4).unwrap();
+        assert_eq!(ids(&first), vec![0, 1, 2, 0]);
+        t.take_slots(&first).unwrap();
+        assert_eq!(t.free_slots().unwrap(), 1);
+        assert_eq!(ids(&t.choose(7).unwrap()), vec![0], "only what is free");
+        t.return_slots(&first).unwrap();
+        // Now every peer is idle but a, b and c have 2, 1 and 1 leases: b and c first.
+        assert_eq!(ids(&t.choose(2).unwrap()), vec![1, 2]);
+        t.record_failure(1).unwrap();
+        assert_eq!(ids(&t.choose(2).unwrap()), vec![2, 0], "suspect peers are not leased");
+    }
+
+    #[test]
+    fn sweep_marks_late_peers_suspect_then_gone_and_heartbeats_revive_suspects_only() {
+        let mut t = PeerTable::new();
+        t.register("a", 1, 0).unwrap();
+        t.register("b", 1, 0).unwrap();
+        t.heartbeat(1, 4_000).unwrap();
+        assert_eq!(t.sweep(4_000, 3_000, 6_000).unwrap(), Vec::<u64>::new());
+        assert_eq!(t.state(0).unwrap(), Some(PeerState::Suspect));
+        assert_eq!(t.state(1).unwrap(), Some(PeerState::Alive));
+        t.heartbeat(0, 4_500).unwrap();
+        assert_eq!(t.state(0).unwrap(), Some(PeerState::Alive));
+        assert_eq!(t.sweep(10_600, 3_000, 6_000).unwrap(), vec![0, 1]);
+        t.heartbeat(0, 10_700).unwrap();
+        assert_eq!(t.state(0).unwrap(), Some(PeerState::Gone), "gone peers must register again");
+        assert_eq!(t.state(7).unwrap(), None);
+        assert!(t.display().contains("last_seen"));
+    }
+}

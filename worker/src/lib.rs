@@ -1,0 +1,10 @@
+//! The septet worker: a compute server that multiplies the blocks it is sent
+//! ([`server`]), its registration and heartbeats with the tracker
+//! ([`agent`]), and the client side of the protocol ([`client`]).
+
+pub mod agent;
+pub mod client;
+pub mod server;
+
+pub use client::{Registration, TrackerClient};
+pub use server::{run, WorkerConfig};

@@ -1,0 +1,194 @@
+//! The worker's compute server: each connection reads multiply tasks, runs
+//! each product with faer on a blocking thread (at most `slots` at once),
+//! and writes the products back from a separate writer task, so the
+//! connection keeps reading frames while products compute.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use septet_common::conn::ConnLimits;
+use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
+use septet_common::matrix::{matmul_dyn, parallelism};
+use septet_common::{Connection, Error, Frame, Matrix, Message, Result};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, instrument, warn};
+
+use crate::agent;
+
+/// How long shutdown waits for connections (and their products) to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Tracker to register with; `None` serves without registering (tests, benches).
+    pub tracker: Option<String>,
+    /// Products computed at once.
+    pub slots: u32,
+    /// faer threads per product; 0 uses every thread of the rayon pool.
+    pub threads: usize,
+    /// Largest frame accepted (a task carries two operands).
+    pub max_frame_len: usize,
+    /// Deadline for the hello and for tracker requests.
+    pub io_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            tracker: None,
+            slots: 1,
+            threads: 0,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            io_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the bad setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.slots == 0 || self.slots > 1024 {
+            return Err(Error::Invalid(format!("slots must be between 1 and 1024, not {}", self.slots)));
+        }
+        if self.max_frame_len < 1024 {
+            return Err(Error::Invalid(format!("a maximum frame of {} bytes is too small", self.max_frame_len)));
+        }
+        if self.io_timeout.is_zero() {
+            return Err(Error::Invalid("the I/O timeout must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Serves multiply tasks on `listener` (and, with a tracker configured,
+/// stays registered with it) until `shutdown` completes; then deregisters,
+/// stops accepting and lets running products finish.
+///
+/// # Errors
+/// [`Error::Invalid`] for a bad configuration, [`Error::Io`] if the listener
+/// has no local address.
+pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    config.validate()?;
+    let local = listener.local_addr()?;
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    if let Some(tracker) = config.tracker.clone() {
+        tasks.spawn(agent::run(tracker, local, config.slots, config.io_timeout, cancel.clone()));
+    }
+    info!(addr = %local, slots = config.slots, "worker listening");
+    let slots = Arc::new(Semaphore::new(config.slots as usize));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    tasks.spawn(serve_connection(stream, addr, config.clone(), slots.clone(), cancel.clone()));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    info!("worker shutting down");
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
+        warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+    }
+    Ok(())
+}
+
+/// What the writer task sends back.
+enum Reply {
+    Product(u64, Matrix),
+    Error(Message),
+}
+
+/// Multiplies one task's operands.
+fn compute(task: Blocks, threads: usize) -> Result<Matrix> {
+    let [x, y] = <[Matrix; 2]>::try_from(task.mats).map_err(|m| Error::BadFrame(format!("{} operands", m.len())))?;
+    matmul_dyn(&x, &y, parallelism(threads))
+}
+
+#[instrument(skip_all, fields(client = %addr))]
+async fn serve_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    config: WorkerConfig,
+    slots: Arc<Semaphore>,
+    cancel: CancellationToken,
+) {
+    let limits = ConnLimits { max_frame_len: config.max_frame_len, handshake_timeout: config.io_timeout };
+    let Connection { mut reader, mut writer, .. } = match Connection::accept(stream, limits).await {
+        Ok((conn, _)) => conn,
+        Err(e) => {
+            debug!(error = %e, "hello failed; connection dropped");
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<Reply>(config.slots as usize + 1);
+    let writer_task = tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            let sent = match &reply {
+                Reply::Product(task_id, m) => writer.send_blocks(*task_id, BlockOp::Product, &[m.view()]).await,
+                Reply::Error(msg) => writer.send(msg).await,
+            };
+            if let Err(e) = sent {
+                debug!(error = %e, "could not send a reply; closing");
+                return;
+            }
+        }
+    });
+    loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => break,
+            frame = reader.read_frame() => frame,
+        };
+        match frame {
+            Ok(Some(Frame::Blocks(task))) if task.op == BlockOp::Multiply => {
+                let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                let (tx, threads, task_id) = (tx.clone(), config.threads, task.task_id);
+                tokio::task::spawn_blocking(move || {
+                    let reply = match compute(task, threads) {
+                        Ok(product) => Reply::Product(task_id, product),
+                        Err(e) => {
+                            debug!(task_id, error = %e, "task refused");
+                            Reply::Error(Message::error(&e, Some(task_id)))
+                        }
+                    };
+                    drop(permit);
+                    let _ = tx.blocking_send(reply);
+                });
+            }
+            Ok(Some(other)) => {
+                let got = match other {
+                    Frame::Control(m) => m.kind().to_string(),
+                    Frame::Blocks(b) => format!("{:?} blocks", b.op),
+                };
+                let err = Error::Unexpected { expected: "a multiply task", got };
+                let _ = tx.send(Reply::Error(Message::error(&err, None))).await;
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                warn!(error = %e, "bad frame; dropping the connection");
+                let _ = tx.send(Reply::Error(Message::error(&e, None))).await;
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer_task.await;
+}
