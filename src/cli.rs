@@ -1,0 +1,334 @@
+//! Argument parsing and the subcommands' glue. Library errors get context
+//! here with `anyhow`, and are printed as one line.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use septet_common::proto::LeaseGrant;
+use septet_common::{Role, PEERS_PER_LEASE};
+use septet_tracker::TrackerConfig;
+use septet_worker::client::DEFAULT_REQUEST_TIMEOUT;
+use septet_worker::{TrackerClient, WorkerConfig};
+use tokio::net::TcpListener;
+
+/// Tracker-coordinated Strassen matrix multiplication over seven peers.
+#[derive(Debug, Parser)]
+#[command(name = "septet", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the tracker: the table of worker peers and the lease queue.
+    Tracker(TrackerArgs),
+    /// Run a worker: serve block products and stay registered with the tracker.
+    Worker(WorkerArgs),
+    /// Print the tracker's peer table.
+    Peers(PeersArgs),
+    /// Lease slots (seven by default) and print the peers' addresses.
+    Lease(LeaseArgs),
+    /// Give a lease's slots back to the pool.
+    Release(ReleaseArgs),
+}
+
+#[derive(Debug, Args)]
+struct TrackerAddr {
+    /// Tracker address, host:port.
+    #[arg(long, env = "SEPTET_TRACKER", value_name = "ADDR")]
+    tracker: String,
+}
+
+#[derive(Debug, Args)]
+struct TrackerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7700", value_name = "ADDR")]
+    listen: String,
+    /// Seconds a lease lives unless renewed.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    lease_ttl: f64,
+    /// Seconds between the heartbeats workers are asked to send.
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    heartbeat_interval: f64,
+    /// Seconds of silence after which a worker is marked gone.
+    #[arg(long, default_value_t = 6.0, value_name = "SECS")]
+    heartbeat_timeout: f64,
+    /// Largest frame a client may send, in bytes.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    max_frame_len: usize,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    tracker: TrackerAddr,
+    /// Address to serve block products on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    listen: String,
+    /// Products this worker computes at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// faer threads per product (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Largest frame accepted, in bytes (a task carries two operands).
+    #[arg(long, default_value_t = septet_common::DEFAULT_MAX_FRAME_LEN, value_name = "BYTES")]
+    max_frame_len: usize,
+}
+
+#[derive(Debug, Args)]
+struct PeersArgs {
+    #[command(flatten)]
+    tracker: TrackerAddr,
+    /// Print the rows as a JSON array instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct LeaseArgs {
+    #[command(flatten)]
+    tracker: TrackerAddr,
+    /// Slots to lease.
+    #[arg(long, default_value_t = PEERS_PER_LEASE)]
+    count: u32,
+    /// Hold the lease this many seconds (renewing it), then release it.
+    /// Without --hold or --detach, hold until Ctrl-C.
+    #[arg(long, value_name = "SECS", conflicts_with = "detach")]
+    hold: Option<f64>,
+    /// Leave the lease running after exiting; it ends by `septet release` or its TTL.
+    #[arg(long)]
+    detach: bool,
+    /// Give up after waiting this many seconds in the queue.
+    #[arg(long, value_name = "SECS")]
+    max_wait: Option<f64>,
+    /// Print the lease as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReleaseArgs {
+    #[command(flatten)]
+    tracker: TrackerAddr,
+    /// The lease to release.
+    lease_id: u64,
+}
+
+/// Parses, runs, and maps errors to one line and an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Tracker(_)) {
+        // The tracker formats the peer table for `septet peers`; polars reads
+        // its layout from the environment. Set before any thread exists.
+        for (key, value) in
+            [("POLARS_FMT_MAX_COLS", "16"), ("POLARS_FMT_MAX_ROWS", "64"), ("POLARS_TABLE_WIDTH", "160")]
+        {
+            if std::env::var_os(key).is_none() {
+                std::env::set_var(key, value);
+            }
+        }
+    }
+    init_logging(&cli.command);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error chain on one line, skipping causes whose text the message
+/// before them already includes (library errors embed their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Tracker(_) | Command::Worker(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn secs(value: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("{what} must be a non-negative number of seconds"))
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM: both shut down cleanly.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn connect(addr: &str) -> Result<TrackerClient> {
+    TrackerClient::connect(addr, Role::Client, DEFAULT_REQUEST_TIMEOUT)
+        .await
+        .with_context(|| format!("could not reach the tracker at {addr}"))
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Tracker(args) => tracker(args).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Peers(args) => peers(args).await,
+        Command::Lease(args) => lease(args).await,
+        Command::Release(args) => {
+            let mut client = connect(&args.tracker.tracker).await?;
+            client.release(args.lease_id).await.with_context(|| format!("while releasing lease {}", args.lease_id))?;
+            println!("released lease {}", args.lease_id);
+            Ok(())
+        }
+    }
+}
+
+async fn tracker(args: TrackerArgs) -> Result<()> {
+    let config = TrackerConfig {
+        lease_ttl: secs(args.lease_ttl, "--lease-ttl")?,
+        heartbeat_interval: secs(args.heartbeat_interval, "--heartbeat-interval")?,
+        heartbeat_timeout: secs(args.heartbeat_timeout, "--heartbeat-timeout")?,
+        max_frame_len: args.max_frame_len,
+        ..TrackerConfig::default()
+    };
+    config.validate()?;
+    let listener =
+        TcpListener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    eprintln!("septet tracker listening on {}", listener.local_addr()?);
+    septet_tracker::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    let config = WorkerConfig {
+        tracker: Some(args.tracker.tracker),
+        slots: args.slots,
+        threads: args.threads,
+        max_frame_len: args.max_frame_len,
+        ..WorkerConfig::default()
+    };
+    config.validate()?;
+    let listener =
+        TcpListener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    eprintln!("septet worker listening on {}", listener.local_addr()?);
+    septet_worker::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn peers(args: PeersArgs) -> Result<()> {
+    let mut client = connect(&args.tracker.tracker).await?;
+    let (table, rows) = client.peers().await.context("while listing peers")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{table}");
+    }
+    Ok(())
+}
+
+fn print_lease(grant: &LeaseGrant, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let value = serde_json::json!({
+            "lease_id": grant.lease_id,
+            "ttl_ms": grant.ttl_ms,
+            "peers": grant.peers.iter().map(|p| serde_json::json!({"peer_id": p.peer_id, "addr": p.addr})).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out, "lease {} ({} slots, ttl {:.0}s)", grant.lease_id, grant.peers.len(), grant.ttl_ms as f64 / 1e3)?;
+        for p in &grant.peers {
+            writeln!(out, "  peer {:>4}  {}", p.peer_id, p.addr)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn lease(args: LeaseArgs) -> Result<()> {
+    let max_wait = args.max_wait.map(|s| secs(s, "--max-wait")).transpose()?;
+    let hold = args.hold.map(|s| secs(s, "--hold")).transpose()?;
+    let mut client = connect(&args.tracker.tracker).await?;
+    let on_wait = |position: u32, free: u32, needed: u32| {
+        eprintln!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)");
+    };
+    let grant = tokio::select! {
+        grant = client.lease(args.count, args.detach, max_wait, on_wait) => grant.context("while leasing peers")?,
+        _ = shutdown_signal() => bail!("interrupted while waiting for a lease; left the queue"),
+    };
+    print_lease(&grant, args.json)?;
+    if args.detach {
+        eprintln!("lease {} is detached: it ends with `septet release` or when its TTL passes", grant.lease_id);
+        return Ok(());
+    }
+    // Hold, renewing at half the TTL, until --hold passes or Ctrl-C.
+    let ttl = Duration::from_millis(grant.ttl_ms);
+    let until = hold.map(|h| tokio::time::Instant::now() + h);
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + ttl / 2, (ttl / 2).max(Duration::from_millis(10)));
+    let hold_done = async {
+        match until {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(hold_done);
+    loop {
+        tokio::select! {
+            _ = &mut hold_done => break,
+            _ = shutdown_signal() => break,
+            _ = renew.tick() => {
+                client.renew(grant.lease_id).await.with_context(|| format!("while renewing lease {}", grant.lease_id))?;
+            }
+        }
+    }
+    client.release(grant.lease_id).await.with_context(|| format!("while releasing lease {}", grant.lease_id))?;
+    eprintln!("released lease {}", grant.lease_id);
+    Ok(())
+}

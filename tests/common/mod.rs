@@ -1,0 +1,95 @@
+//! Helpers shared by the integration tests: in-process tracker and workers
+//! on real TCP sockets bound to 127.0.0.1:0, and the `septet` binary.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use septet_common::Role;
+use septet_tracker::{Tracker, TrackerConfig};
+use septet_worker::{TrackerClient, WorkerConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running in-process server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops the server and waits until its task (and so all its connections) ended.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("server did not shut down in time")
+            .expect("server task panicked");
+    }
+}
+
+/// A tracker on 127.0.0.1:0 plus a handle on its state.
+pub async fn spawn_tracker(config: TrackerConfig) -> (Server, Tracker) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tracker = Tracker::new(config).unwrap();
+    let stop = CancellationToken::new();
+    let (t, s) = (tracker.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        septet_tracker::server::serve(t, listener, async move { s.cancelled().await }).await.unwrap();
+    });
+    (Server { addr, stop, task }, tracker)
+}
+
+/// A worker on 127.0.0.1:0, registered with `tracker` when given.
+pub async fn spawn_worker(tracker: Option<SocketAddr>, slots: u32) -> Server {
+    spawn_worker_with(WorkerConfig { tracker: tracker.map(|a| a.to_string()), slots, threads: 1, ..Default::default() })
+        .await
+}
+
+/// A worker with an explicit configuration.
+pub async fn spawn_worker_with(config: WorkerConfig) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        septet_worker::run(listener, config, async move { s.cancelled().await }).await.unwrap();
+    });
+    Server { addr, stop, task }
+}
+
+/// `n` workers with `slots` slots each.
+pub async fn spawn_workers(tracker: SocketAddr, n: usize, slots: u32) -> Vec<Server> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(spawn_worker(Some(tracker), slots).await);
+    }
+    out
+}
+
+/// A client connection to the tracker.
+pub async fn client(tracker: SocketAddr) -> TrackerClient {
+    TrackerClient::connect(tracker, Role::Client, Duration::from_secs(5)).await.unwrap()
+}
+
+/// Polls until `tracker` has `alive` alive slots (or panics after 10 s).
+pub async fn wait_for_alive_slots(tracker: SocketAddr, alive: u32) {
+    let mut c = client(tracker).await;
+    for _ in 0..1000 {
+        let (_, rows) = c.peers().await.unwrap();
+        let n: u32 = rows.iter().filter(|r| r.state == "alive").map(|r| r.slots).sum();
+        if n == alive {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the grid never reached {alive} alive slots");
+}
+
+/// Path of the built `septet` binary.
+pub fn septet_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_septet"))
+}

@@ -1,0 +1,318 @@
+//! The tracker over real TCP: joining, listing, FIFO leasing, expiry, and
+//! surviving bad input. Every scenario ends with the lease invariants.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use septet_common::frame::{encode_control, KIND_BLOCKS, KIND_CONTROL};
+use septet_common::{Error, ErrorCode, Message, Role, PROTOCOL_VERSION};
+use septet_tracker::TrackerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn seven_workers_join_and_a_three_slot_worker_counts_three() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let mut workers = spawn_workers(tracker.addr, 6, 1).await;
+        workers.push(spawn_worker(Some(tracker.addr), 3).await);
+        wait_for_alive_slots(tracker.addr, 9).await;
+        let (table, rows) = client(tracker.addr).await.peers().await.unwrap();
+        assert_eq!(rows.len(), 7);
+        assert!(rows.iter().all(|r| r.state == "alive" && r.in_use == 0));
+        assert_eq!(rows.iter().filter(|r| r.slots == 3).count(), 1);
+        let mut addrs: Vec<_> = rows.iter().map(|r| r.addr.clone()).collect();
+        addrs.sort();
+        let mut expected: Vec<_> = workers.iter().map(|w| w.addr.to_string()).collect();
+        expected.sort();
+        assert_eq!(addrs, expected, "the tracker hands out the workers' real listening addresses");
+        assert!(table.contains("shape: (7, 9)") && table.contains("peer_id") && table.contains("alive"), "{table}");
+        state.check_invariants().unwrap();
+
+        // A worker that shuts down deregisters: its row is gone, not deleted.
+        workers.pop().unwrap().shutdown().await;
+        wait_for_alive_slots(tracker.addr, 6).await;
+        let (_, rows) = client(tracker.addr).await.peers().await.unwrap();
+        assert_eq!(rows.iter().filter(|r| r.state == "gone").count(), 1);
+        for w in workers {
+            w.shutdown().await;
+        }
+        tracker.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_second_lease_waits_is_told_so_and_gets_its_peers_after_release() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let workers = spawn_workers(tracker.addr, 7, 1).await;
+        wait_for_alive_slots(tracker.addr, 7).await;
+
+        let mut first = client(tracker.addr).await;
+        let lease = first.lease(7, false, None, |_, _, _| panic!("seven are free")).await.unwrap();
+        assert_eq!(lease.peers.len(), 7);
+        let (_, rows) = first.peers().await.unwrap();
+        assert!(rows.iter().all(|r| r.in_use == 1), "a lease of seven takes seven slots");
+        state.check_invariants().unwrap();
+
+        let (told_tx, told_rx) = tokio::sync::oneshot::channel();
+        let second = tokio::spawn(async move {
+            let mut c = client(tracker.addr).await;
+            let mut told = Some(told_tx);
+            let grant = c
+                .lease(7, false, None, |position, free, needed| {
+                    told.take().unwrap().send((position, free, needed)).unwrap();
+                })
+                .await
+                .unwrap();
+            (c, grant)
+        });
+        assert_eq!(told_rx.await.unwrap(), (1, 0, 7), "told it waits, first in line, with nothing free");
+        first.release(lease.lease_id).await.unwrap();
+        let (mut c, grant) = second.await.unwrap();
+        assert_eq!(grant.peers.len(), 7);
+        state.check_invariants().unwrap();
+        c.release(grant.lease_id).await.unwrap();
+        assert!(matches!(c.release(grant.lease_id).await, Err(Error::Remote { code: ErrorCode::UnknownLease, .. })));
+        assert_eq!(state.stats().unwrap().free, 7);
+        state.check_invariants().unwrap();
+        for w in workers {
+            w.shutdown().await;
+        }
+        tracker.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn queued_requesters_are_served_in_arrival_order() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let workers = spawn_workers(tracker.addr, 7, 1).await;
+        wait_for_alive_slots(tracker.addr, 7).await;
+        let mut holder = client(tracker.addr).await;
+        let held = holder.lease(7, false, None, |_, _, _| {}).await.unwrap();
+
+        let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiters = Vec::new();
+        for i in 0..3u32 {
+            let (queued_tx, queued_rx) = tokio::sync::oneshot::channel();
+            let order_tx = order_tx.clone();
+            waiters.push(tokio::spawn(async move {
+                let mut c = client(tracker.addr).await;
+                let mut queued = Some(queued_tx);
+                let grant =
+                    c.lease(7, false, None, |pos, _, _| queued.take().unwrap().send(pos).unwrap()).await.unwrap();
+                order_tx.send(i).unwrap();
+                // Hold briefly so the next in line really has to wait for us.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                c.release(grant.lease_id).await.unwrap();
+            }));
+            // Each requester is queued before the next one arrives.
+            assert_eq!(queued_rx.await.unwrap(), i + 1, "queue position");
+        }
+        state.check_invariants().unwrap();
+        holder.release(held.lease_id).await.unwrap();
+        for w in waiters {
+            w.await.unwrap();
+        }
+        drop(order_tx);
+        let mut order = Vec::new();
+        while let Some(i) = order_rx.recv().await {
+            order.push(i);
+        }
+        assert_eq!(order, vec![0, 1, 2]);
+        state.check_invariants().unwrap();
+        assert_eq!(state.stats().unwrap().leases, 0);
+        for w in workers {
+            w.shutdown().await;
+        }
+        tracker.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn closed_connections_ttl_expiry_and_dead_workers_return_slots_exactly_once() {
+    tokio::time::timeout(LIMIT, async {
+        let config = TrackerConfig {
+            lease_ttl: Duration::from_millis(400),
+            heartbeat_interval: Duration::from_millis(100),
+            heartbeat_timeout: Duration::from_millis(600),
+            ..TrackerConfig::default()
+        };
+        let (tracker, state) = spawn_tracker(config).await;
+        let workers = spawn_workers(tracker.addr, 8, 1).await;
+        wait_for_alive_slots(tracker.addr, 8).await;
+
+        // A requester that disconnects: its attached lease ends at once.
+        let mut c = client(tracker.addr).await;
+        c.lease(7, false, None, |_, _, _| {}).await.unwrap();
+        drop(c);
+        for _ in 0..200 {
+            if state.stats().unwrap().leases == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state.stats().unwrap().free, 8);
+
+        // A detached lease outlives its connection and ends at its TTL...
+        let mut c = client(tracker.addr).await;
+        let detached = c.lease(7, true, None, |_, _, _| {}).await.unwrap();
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(state.stats().unwrap().leases, 1);
+        // ...unless renewed.
+        let mut c = client(tracker.addr).await;
+        let renewed = c.lease(1, false, None, |_, _, _| {}).await.unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            c.renew(renewed.lease_id).await.unwrap();
+            state.check_invariants().unwrap();
+        }
+        assert!(matches!(c.release(detached.lease_id).await, Err(Error::Remote { code: ErrorCode::UnknownLease, .. })));
+        assert_eq!(state.stats().unwrap().free, 7);
+
+        // A worker that dies without deregistering (here: one that registers
+        // and never heartbeats) is marked gone; its slot leaves the pool once,
+        // even though a lease still holds it, and does not come back at release.
+        let mut dead = client(tracker.addr).await;
+        let reg = dead.register("127.0.0.1:1".parse().unwrap(), 1).await.unwrap();
+        let lease = c.lease(8, false, None, |_, _, _| {}).await.unwrap();
+        assert!(lease.peers.iter().any(|p| p.peer_id == reg.peer_id));
+        for _ in 0..300 {
+            c.renew(lease.lease_id).await.unwrap();
+            c.renew(renewed.lease_id).await.unwrap();
+            let (_, rows) = c.peers().await.unwrap();
+            if rows[reg.peer_id as usize].state == "gone" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(matches!(dead.heartbeat(reg.peer_id).await, Err(Error::Remote { code: ErrorCode::PeerGone, .. })));
+        state.check_invariants().unwrap();
+        c.release(lease.lease_id).await.unwrap();
+        c.release(renewed.lease_id).await.unwrap();
+        assert_eq!(state.stats().unwrap().free, 8, "eight live workers, one slot each");
+        state.check_invariants().unwrap();
+        for w in workers {
+            w.shutdown().await;
+        }
+        tracker.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+/// Sends raw bytes on a fresh connection and returns whatever comes back
+/// before the tracker closes it (or 2 s pass).
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let _ = s.shutdown().await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    out
+}
+
+fn hello(version: u32) -> Vec<u8> {
+    encode_control(&Message::Hello { version, role: Role::Client }).unwrap()
+}
+
+fn error_code(reply: &[u8]) -> Option<ErrorCode> {
+    let mut buf = reply;
+    while let Some((frame, used)) = septet_common::frame::decode(buf, 1 << 20).ok().flatten() {
+        if let septet_common::Frame::Control(Message::Error { code, .. }) = frame {
+            return Some(code);
+        }
+        buf = &buf[used..];
+    }
+    None
+}
+
+#[tokio::test]
+async fn the_tracker_survives_bad_bytes_and_keeps_serving_others() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let workers = spawn_workers(tracker.addr, 7, 1).await;
+        wait_for_alive_slots(tracker.addr, 7).await;
+        // A well-behaved client holds a connection open through all of it.
+        let mut good = client(tracker.addr).await;
+        let lease = good.lease(7, false, None, |_, _, _| {}).await.unwrap();
+
+        // Garbage instead of a hello.
+        let reply = raw_exchange(tracker.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(matches!(error_code(&reply), Some(ErrorCode::FrameTooLarge | ErrorCode::BadFrame)), "{reply:?}");
+        // A declared length far over the maximum: refused before allocating.
+        let mut huge = u32::MAX.to_le_bytes().to_vec();
+        huge.push(KIND_CONTROL);
+        assert_eq!(error_code(&raw_exchange(tracker.addr, &huge).await), Some(ErrorCode::FrameTooLarge));
+        // Matrix blocks are not for the tracker, even small ones.
+        let mut blocks = hello(PROTOCOL_VERSION);
+        blocks.extend_from_slice(&[30, 0, 0, 0, KIND_BLOCKS]);
+        blocks.extend_from_slice(&[0; 29]);
+        assert!(error_code(&raw_exchange(tracker.addr, &blocks).await).is_some());
+        // A truncated frame: the connection closes, nothing else happens.
+        let hb = hello(PROTOCOL_VERSION);
+        raw_exchange(tracker.addr, &hb[..hb.len() - 2]).await;
+        let mut truncated = hello(PROTOCOL_VERSION);
+        let ls = encode_control(&Message::ListPeers).unwrap();
+        truncated.extend_from_slice(&ls[..ls.len() - 1]);
+        raw_exchange(tracker.addr, &truncated).await;
+        // Wrong protocol version: an error naming both versions.
+        let reply = raw_exchange(tracker.addr, &hello(PROTOCOL_VERSION + 41)).await;
+        let (frame, _) = septet_common::frame::decode(&reply, 1 << 20).unwrap().unwrap();
+        match frame {
+            septet_common::Frame::Control(Message::Error { code: ErrorCode::VersionMismatch, message, .. }) => {
+                assert!(
+                    message.contains(&format!("v{PROTOCOL_VERSION}"))
+                        && message.contains(&format!("v{}", PROTOCOL_VERSION + 41)),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a version error, got {other:?}"),
+        }
+        // An unknown message kind after a good hello.
+        let mut unknown = hello(PROTOCOL_VERSION);
+        unknown.extend_from_slice(&[2, 0, 0, 0, KIND_CONTROL, 250]);
+        assert_eq!(error_code(&raw_exchange(tracker.addr, &unknown).await), Some(ErrorCode::BadFrame));
+        // A reply-kind message sent as a request.
+        let mut odd = hello(PROTOCOL_VERSION);
+        odd.extend_from_slice(&encode_control(&Message::HeartbeatAck).unwrap());
+        assert_eq!(error_code(&raw_exchange(tracker.addr, &odd).await), Some(ErrorCode::UnexpectedMessage));
+        // Well-formed requests with bad arguments get an error and the connection lives on.
+        assert!(matches!(good.heartbeat(999).await, Err(Error::Remote { code: ErrorCode::UnknownPeer, .. })));
+        assert!(matches!(
+            good.lease(0, false, None, |_, _, _| {}).await,
+            Err(Error::Remote { code: ErrorCode::InvalidRequest, .. })
+        ));
+        assert!(matches!(
+            good.register("127.0.0.1:0".parse().unwrap(), 1).await,
+            Err(Error::Remote { code: ErrorCode::InvalidRequest, .. })
+        ));
+
+        // The well-behaved client, and a new one, are still served.
+        let (_, rows) = good.peers().await.unwrap();
+        assert_eq!(rows.len(), 7);
+        good.release(lease.lease_id).await.unwrap();
+        let mut fresh = client(tracker.addr).await;
+        let again = fresh.lease(7, false, None, |_, _, _| {}).await.unwrap();
+        fresh.release(again.lease_id).await.unwrap();
+        state.check_invariants().unwrap();
+        for w in workers {
+            w.shutdown().await;
+        }
+        tracker.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
