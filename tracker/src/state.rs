@@ -85,8 +85,10 @@ impl TrackerConfig {
         if self.max_frame_len < 64 {
             return Err(Error::Config(format!("a maximum frame length of {} bytes is too small", self.max_frame_len)));
         }
-        if self.max_lease_count == 0 || self.max_slots_per_peer == 0 {
-            return Err(Error::Config("slot limits must be positive".into()));
+        // The peer table's ranking key has 11 bits for a peer's slots in use
+        // plus the extra slots one lease ranks on it.
+        if !(1..=1024).contains(&self.max_lease_count) || !(1..=1024).contains(&self.max_slots_per_peer) {
+            return Err(Error::Config("slot limits must be between 1 and 1024".into()));
         }
         Ok(())
     }
