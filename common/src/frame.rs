@@ -158,6 +158,11 @@ impl BlocksHeader {
         Ok(out)
     }
 
+    /// Bytes of the whole frame on the wire, or `None` on overflow.
+    pub fn frame_len(&self) -> Option<usize> {
+        self.payload_len()?.checked_add(LEN_PREFIX + 1 + self.encoded_len())
+    }
+
     /// Zero-filled matrices of the declared shapes, ready to be read into.
     pub fn allocate(&self) -> Vec<Matrix> {
         self.shapes
@@ -388,6 +393,7 @@ mod tests {
             Message::Released { lease_id: 9 },
             Message::ReportFailure { lease_id: 9, peer_id: 3, reason: "reset".into(), replace: true },
             Message::FailureRecorded { lease_id: 9, replacement: None },
+            Message::Computed { task_id: 3, compute_us: 1234 },
         ]
     }
 

@@ -192,6 +192,14 @@ pub enum Message {
         /// The replacement slot, if any.
         replacement: Option<PeerAddr>,
     },
+    /// Worker → requester, just before a product's blocks: how long the
+    /// product took to compute.
+    Computed {
+        /// The task.
+        task_id: u64,
+        /// Compute time in microseconds.
+        compute_us: u64,
+    },
 }
 
 impl Message {
@@ -218,6 +226,7 @@ impl Message {
             Message::Released { .. } => "Released",
             Message::ReportFailure { .. } => "ReportFailure",
             Message::FailureRecorded { .. } => "FailureRecorded",
+            Message::Computed { .. } => "Computed",
         }
     }
 

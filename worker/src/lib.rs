@@ -4,7 +4,9 @@
 
 pub mod agent;
 pub mod client;
+pub mod requester;
 pub mod server;
 
 pub use client::{Registration, TrackerClient};
+pub use requester::{JobReport, Progress, RequestError, Requester, RequesterConfig};
 pub use server::{run, WorkerConfig};

@@ -112,7 +112,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
 
 /// What the writer task sends back.
 enum Reply {
-    Product(u64, Matrix),
+    Product(u64, Matrix, Duration),
     Error(Message),
 }
 
@@ -142,7 +142,13 @@ async fn serve_connection(
     let writer_task = tokio::spawn(async move {
         while let Some(reply) = rx.recv().await {
             let sent = match &reply {
-                Reply::Product(task_id, m) => writer.send_blocks(*task_id, BlockOp::Product, &[m.view()]).await,
+                Reply::Product(task_id, m, took) => {
+                    let done = Message::Computed { task_id: *task_id, compute_us: took.as_micros() as u64 };
+                    match writer.send(&done).await {
+                        Ok(()) => writer.send_blocks(*task_id, BlockOp::Product, &[m.view()]).await,
+                        Err(e) => Err(e),
+                    }
+                }
                 Reply::Error(msg) => writer.send(msg).await,
             };
             if let Err(e) = sent {
@@ -161,8 +167,9 @@ async fn serve_connection(
                 let Ok(permit) = slots.clone().acquire_owned().await else { break };
                 let (tx, threads, task_id) = (tx.clone(), config.threads, task.task_id);
                 tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
                     let reply = match compute(task, threads) {
-                        Ok(product) => Reply::Product(task_id, product),
+                        Ok(product) => Reply::Product(task_id, product, started.elapsed()),
                         Err(e) => {
                             debug!(task_id, error = %e, "task refused");
                             Reply::Error(Message::error(&e, Some(task_id)))

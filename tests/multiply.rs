@@ -1,0 +1,181 @@
+//! End to end: a tracker, seven workers and a requester multiply over
+//! loopback and must match the local product; the lease is back in the pool
+//! afterwards. Bad input gets clear errors and leaves nothing leased.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ndarray::Array2;
+use rand::{RngExt, SeedableRng};
+use septet_common::frame::{encode_control, BlockOp};
+use septet_common::strassen::naive_matmul;
+use septet_common::{Connection, Element, Error, ErrorCode, Frame, MatrixView, Message, Role};
+use septet_tracker::{Tracker, TrackerConfig};
+use septet_worker::{RequestError, Requester, RequesterConfig};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn random<T: Element>(rows: usize, cols: usize, rng: &mut rand::rngs::StdRng) -> Array2<T> {
+    Array2::from_shape_fn((rows, cols), |_| T::from_f64(rng.random_range(-1.0..1.0)))
+}
+
+fn ints(rows: usize, cols: usize, salt: usize) -> Array2<f64> {
+    Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 3 + salt) % 11) as f64 - 5.0)
+}
+
+async fn grid() -> (Server, Tracker, Vec<Server>) {
+    let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+    let workers = spawn_workers(tracker.addr, 7, 1).await;
+    wait_for_alive_slots(tracker.addr, 7).await;
+    (tracker, state, workers)
+}
+
+async fn teardown(tracker: Server, workers: Vec<Server>) {
+    for w in workers {
+        w.shutdown().await;
+    }
+    tracker.shutdown().await;
+}
+
+fn requester(tracker: &Server) -> Requester {
+    Requester::new(RequesterConfig { tracker: tracker.addr.to_string(), ..Default::default() })
+}
+
+#[tokio::test]
+async fn seven_workers_multiply_odd_and_non_square_shapes_exactly_in_f64() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state, workers) = grid().await;
+        let req = requester(&tracker);
+        for (salt, &(m, k, n)) in
+            [(1, 1, 1), (3, 5, 7), (2, 1, 2), (1, 9, 1), (64, 64, 64), (129, 257, 65)].iter().enumerate()
+        {
+            let (a, b) = (ints(m, k, salt), ints(k, n, salt + 50));
+            let expected = naive_matmul(a.view(), b.view());
+            let (c, report) = req.multiply(Arc::new(a), Arc::new(b), |_| {}).await.unwrap();
+            assert_eq!(c, expected, "{m}x{k}x{n}");
+            assert_eq!(report.peers.len(), 7);
+            assert!(report.bytes_sent > 0 && report.bytes_received > 0);
+            assert!(report.failures.is_empty(), "{:?}", report.failures);
+            // The lease is back in the pool once multiply returns.
+            assert_eq!(state.stats().unwrap().free, 7);
+            assert_eq!(state.stats().unwrap().leases, 0);
+            state.check_invariants().unwrap();
+        }
+        teardown(tracker, workers).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn random_f32_and_f64_products_match_within_tolerance() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state, workers) = grid().await;
+        let seed = 20261121;
+        println!("seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let req = requester(&tracker);
+        let (a, b) = (random::<f32>(97, 130, &mut rng), random::<f32>(130, 33, &mut rng));
+        let expected = naive_matmul(a.view(), b.view());
+        let (c, _) = req.multiply(Arc::new(a), Arc::new(b), |_| {}).await.unwrap();
+        for (g, e) in c.iter().zip(&expected) {
+            assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{g} vs {e}");
+        }
+        let (a, b) = (random::<f64>(200, 100, &mut rng), random::<f64>(100, 150, &mut rng));
+        let expected = naive_matmul(a.view(), b.view());
+        let (c, _) = req.multiply(Arc::new(a), Arc::new(b), |_| {}).await.unwrap();
+        for (g, e) in c.iter().zip(&expected) {
+            assert!((g - e).abs() <= 1e-12 * (1.0 + e.abs()), "{g} vs {e}");
+        }
+        state.check_invariants().unwrap();
+        assert_eq!(state.stats().unwrap().leases, 0);
+        teardown(tracker, workers).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_shape_mismatch_is_refused_before_anything_is_leased() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state, workers) = grid().await;
+        let err =
+            requester(&tracker).multiply(Arc::new(ints(3, 4, 0)), Arc::new(ints(5, 2, 0)), |_| {}).await.unwrap_err();
+        assert!(matches!(err, RequestError::ShapeMismatch { left: (3, 4), right: (5, 2) }), "{err}");
+        assert!(err.to_string().contains("A has 4 columns but B has 5 rows"), "{err}");
+        let (_, rows) = client(tracker.addr).await.peers().await.unwrap();
+        assert!(rows.iter().all(|r| r.leases_total == 0), "nothing was ever leased");
+        state.check_invariants().unwrap();
+        teardown(tracker, workers).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() {
+    tokio::time::timeout(LIMIT, async {
+        let worker = spawn_worker(None, 1).await;
+        let mut conn = Connection::connect(worker.addr, Role::Client, Default::default()).await.unwrap();
+        let (x, y) = (ints(2, 3, 0), ints(4, 2, 0));
+        conn.writer
+            .send_blocks(9, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
+            .await
+            .unwrap();
+        match conn.reader.read_frame().await.unwrap() {
+            Some(Frame::Control(Message::Error { code: ErrorCode::ShapeMismatch, task_id: Some(9), message })) => {
+                assert!(message.contains("(2, 3)") && message.contains("(4, 2)"), "{message}");
+            }
+            other => panic!("expected a shape error, got {other:?}"),
+        }
+        // Mixed dtypes are refused the same way.
+        let yf = ints(3, 2, 0).mapv(|v| v as f32);
+        conn.writer
+            .send_blocks(10, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F32(yf.view())])
+            .await
+            .unwrap_err();
+        // The same connection still computes a good task.
+        let y = ints(3, 2, 0);
+        conn.writer
+            .send_blocks(11, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
+            .await
+            .unwrap();
+        assert!(matches!(
+            conn.reader.read_frame().await.unwrap(),
+            Some(Frame::Control(Message::Computed { task_id: 11, .. }))
+        ));
+        match conn.reader.read_frame().await.unwrap() {
+            Some(Frame::Blocks(b)) => assert_eq!(b.mats, vec![septet_common::Matrix::F64(x.dot(&y))]),
+            other => panic!("expected the product, got {other:?}"),
+        }
+        // Raw garbage on another connection does not disturb it.
+        let mut raw = tokio::net::TcpStream::connect(worker.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut raw, &encode_control(&Message::ListPeers).unwrap()).await.unwrap();
+        drop(raw);
+        conn.writer
+            .send_blocks(12, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
+            .await
+            .unwrap();
+        assert!(matches!(
+            conn.reader.read_frame().await.unwrap(),
+            Some(Frame::Control(Message::Computed { task_id: 12, .. }))
+        ));
+        worker.shutdown().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_tracker_is_a_clear_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let req = Requester::new(RequesterConfig { tracker: addr.to_string(), ..Default::default() });
+    let err = req.multiply(Arc::new(ints(2, 2, 0)), Arc::new(ints(2, 2, 0)), |_| {}).await.unwrap_err();
+    assert!(matches!(err, RequestError::Tracker { source: Error::Io(_), .. }), "{err}");
+    assert!(err.to_string().contains(&addr.to_string()));
+}
