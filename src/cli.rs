@@ -5,14 +5,20 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use septet_common::proto::LeaseGrant;
-use septet_common::{Role, PEERS_PER_LEASE};
+use septet_common::{Dtype, Role, PEERS_PER_LEASE};
 use septet_tracker::TrackerConfig;
 use septet_worker::client::DEFAULT_REQUEST_TIMEOUT;
-use septet_worker::{TrackerClient, WorkerConfig};
+use septet_worker::{Requester, RequesterConfig, TrackerClient, WorkerConfig};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{self, JobOptions};
+use crate::npy::{self, InputError};
 
 /// Tracker-coordinated Strassen matrix multiplication over seven peers.
 #[derive(Debug, Parser)]
@@ -34,6 +40,91 @@ enum Command {
     Lease(LeaseArgs),
     /// Give a lease's slots back to the pool.
     Release(ReleaseArgs),
+    /// Multiply A·B on seven leased workers (Strassen split, TCP fan-out).
+    Multiply(MultiplyArgs),
+    /// Start a tracker and workers in this process and multiply random
+    /// matrices through the real TCP path, checked against a local product.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("inputs").required(true).args(["a", "random"])))]
+struct MultiplyArgs {
+    #[command(flatten)]
+    tracker: TrackerAddr,
+    /// Left operand, a 2-D float64 or float32 .npy file.
+    #[arg(long = "a", value_name = "A.npy", requires = "b")]
+    a: Option<PathBuf>,
+    /// Right operand, a 2-D .npy file of the same dtype.
+    #[arg(long = "b", value_name = "B.npy", requires = "a")]
+    b: Option<PathBuf>,
+    /// Random inputs of shapes M×K and K×N instead of files.
+    #[arg(long, value_name = "M,K,N", value_parser = parse_mkn, conflicts_with_all = ["a", "b"])]
+    random: Option<(usize, usize, usize)>,
+    /// Seed for --random.
+    #[arg(long, default_value_t = 1, requires = "random")]
+    seed: u64,
+    /// Write C here as .npy.
+    #[arg(long, value_name = "C.npy")]
+    out: Option<PathBuf>,
+    /// Element type for --random (files carry their own; this must match them if given).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// Also compute the product locally and print the max relative error.
+    #[arg(long)]
+    check: bool,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Give up after waiting this many seconds for a lease.
+    #[arg(long, value_name = "SECS")]
+    max_wait: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Size of the random square matrices.
+    #[arg(long, default_value_t = 2048)]
+    n: usize,
+    /// Workers to start (each with one slot; at least seven).
+    #[arg(long, default_value_t = 7)]
+    workers: u32,
+    /// Element type.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F64)]
+    dtype: DtypeArg,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DtypeArg {
+    F64,
+    F32,
+}
+
+impl DtypeArg {
+    fn dtype(self) -> Dtype {
+        match self {
+            DtypeArg::F64 => Dtype::F64,
+            DtypeArg::F32 => Dtype::F32,
+        }
+    }
+}
+
+fn parse_mkn(s: &str) -> Result<(usize, usize, usize), String> {
+    let parts: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>().map_err(|_| format!("{p:?} is not a size")))
+        .collect::<Result<_, _>>()?;
+    match parts[..] {
+        [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
+        [_, _, _] => Err("sizes must be positive".into()),
+        _ => Err("expected three sizes, M,K,N".into()),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -145,7 +236,11 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            if e.downcast_ref::<InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -226,7 +321,127 @@ async fn run(command: Command) -> Result<()> {
             println!("released lease {}", args.lease_id);
             Ok(())
         }
+        Command::Multiply(args) => multiply(args).await,
+        Command::Demo(args) => demo(args).await,
     }
+}
+
+fn requester(tracker: String, max_wait: Option<Duration>) -> Requester {
+    Requester::new(RequesterConfig { tracker, max_lease_wait: max_wait, ..RequesterConfig::default() })
+}
+
+async fn multiply(args: MultiplyArgs) -> Result<()> {
+    let max_wait = args.max_wait.map(|s| secs(s, "--max-wait")).transpose()?;
+    let requester = requester(args.tracker.tracker, max_wait);
+    let mut opts = JobOptions { check: args.check, json: args.json, out: args.out, seed: None };
+    if let Some((m, k, n)) = args.random {
+        opts.seed = Some(args.seed);
+        return match args.dtype.unwrap_or(DtypeArg::F64).dtype() {
+            Dtype::F64 => {
+                let (a, b) = job::random_inputs::<f64>(m, k, n, args.seed);
+                job::run(&requester, a, b, &opts).await
+            }
+            Dtype::F32 => {
+                let (a, b) = job::random_inputs::<f32>(m, k, n, args.seed);
+                job::run(&requester, a, b, &opts).await
+            }
+        };
+    }
+    let (a_path, b_path) = (args.a.expect("clap requires --a"), args.b.expect("clap requires --b"));
+    // Every input check happens here, before anything is leased.
+    let (a_info, b_info) = (npy::inspect(&a_path)?, npy::inspect(&b_path)?);
+    let want = args.dtype.map(DtypeArg::dtype).unwrap_or(a_info.dtype);
+    for (path, info) in [(&a_path, a_info), (&b_path, b_info)] {
+        if info.dtype != want {
+            return Err(InputError {
+                path: path.display().to_string(),
+                reason: format!("holds {} but {want} is needed", info.dtype),
+            }
+            .into());
+        }
+    }
+    if a_info.shape.1 != b_info.shape.0 {
+        return Err(InputError {
+            path: b_path.display().to_string(),
+            reason: format!(
+                "shape mismatch: A is {}×{} and B is {}×{}; A's columns must equal B's rows",
+                a_info.shape.0, a_info.shape.1, b_info.shape.0, b_info.shape.1
+            ),
+        }
+        .into());
+    }
+    match want {
+        Dtype::F64 => job::run(&requester, npy::load::<f64>(&a_path)?, npy::load::<f64>(&b_path)?, &opts).await,
+        Dtype::F32 => job::run(&requester, npy::load::<f32>(&a_path)?, npy::load::<f32>(&b_path)?, &opts).await,
+    }
+}
+
+async fn demo(args: DemoArgs) -> Result<()> {
+    if args.workers < PEERS_PER_LEASE {
+        bail!(
+            "the demo needs at least {PEERS_PER_LEASE} workers, one per Strassen product (got --workers {})",
+            args.workers
+        );
+    }
+    anyhow::ensure!(args.n > 0, "--n must be positive");
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind the demo tracker")?;
+    let tracker_addr = listener.local_addr()?;
+    let s = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        septet_tracker::run(listener, TrackerConfig::default(), async move { s.cancelled().await })
+            .await
+            .map_err(anyhow::Error::from)
+    }));
+    for _ in 0..args.workers {
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind a demo worker")?;
+        let config = WorkerConfig { tracker: Some(tracker_addr.to_string()), ..WorkerConfig::default() };
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            septet_worker::run(listener, config, async move { s.cancelled().await }).await.map_err(anyhow::Error::from)
+        }));
+    }
+    let result = async {
+        let mut client = connect(&tracker_addr.to_string()).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, rows) = client.peers().await?;
+            if rows.iter().filter(|r| r.state == "alive").count() >= args.workers as usize {
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the demo workers did not register within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "demo: tracker on {tracker_addr}, {} workers on loopback; multiplying two random {n}×{n} {} matrices (seed {})",
+            args.workers,
+            args.dtype.dtype(),
+            args.seed,
+            n = args.n
+        );
+        let requester = requester(tracker_addr.to_string(), None);
+        let opts = JobOptions { check: true, json: args.json, out: None, seed: Some(args.seed) };
+        match args.dtype.dtype() {
+            Dtype::F64 => {
+                let (a, b) = job::random_inputs::<f64>(args.n, args.n, args.n, args.seed);
+                job::run(&requester, a, b, &opts).await
+            }
+            Dtype::F32 => {
+                let (a, b) = job::random_inputs::<f32>(args.n, args.n, args.n, args.seed);
+                job::run(&requester, a, b, &opts).await
+            }
+        }
+    }
+    .await;
+    stop.cancel();
+    for task in tasks {
+        task.await.context("a demo server panicked")??;
+    }
+    if result.is_ok() {
+        eprintln!("demo: tracker and workers shut down cleanly");
+    }
+    result
 }
 
 async fn tracker(args: TrackerArgs) -> Result<()> {

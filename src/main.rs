@@ -6,6 +6,8 @@
 //! non-zero exit status.
 
 mod cli;
+mod job;
+mod npy;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,195 @@
+//! Running one multiplication from the CLI (`multiply` and `demo`): inputs,
+//! progress display, the optional local check, and the summary.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::Array2;
+use rand::{RngExt, SeedableRng};
+use septet_common::matrix::{matmul, parallelism};
+use septet_common::Element;
+use septet_worker::{JobReport, Progress, Requester};
+use serde::Serialize;
+
+/// What to do around the multiplication.
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    /// Also compute the product locally and report the error and timing.
+    pub check: bool,
+    /// Print the summary as one JSON object on stdout.
+    pub json: bool,
+    /// Where to write C.
+    pub out: Option<PathBuf>,
+    /// Seed of random inputs, for the summary.
+    pub seed: Option<u64>,
+}
+
+/// The local reference product.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// max |C − C_ref| / max |C_ref|.
+    pub max_rel_error: f64,
+    /// Seconds of the single-process faer product.
+    pub local_s: f64,
+    /// Grid time over local time.
+    pub grid_over_local: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    #[serde(flatten)]
+    report: &'a JobReport,
+    seed: Option<u64>,
+    check: Option<Check>,
+    out: Option<String>,
+}
+
+/// Uniform [-1, 1) entries from a seeded generator.
+pub fn random_matrix<T: Element>(rows: usize, cols: usize, rng: &mut rand::rngs::StdRng) -> Array2<T> {
+    Array2::from_shape_simple_fn((rows, cols), || T::from_f64(rng.random_range(-1.0..1.0)))
+}
+
+/// A and B for `--random M,K,N`.
+pub fn random_inputs<T: Element>(m: usize, k: usize, n: usize, seed: u64) -> (Array2<T>, Array2<T>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (random_matrix(m, k, &mut rng), random_matrix(k, n, &mut rng))
+}
+
+fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(14);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:28}] {pos}/{len} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar.set_message("asking the tracker for seven peers");
+    bar
+}
+
+/// Multiplies on the grid, then checks, saves and reports as asked.
+///
+/// # Errors
+/// Any error of the request, the check or writing C, with context.
+pub async fn run<T>(requester: &Requester, a: Array2<T>, b: Array2<T>, opts: &JobOptions) -> Result<()>
+where
+    T: Element + ndarray_npy::WritableElement,
+{
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let bar = progress_bar();
+    let shown = bar.clone();
+    let on_progress = move |p: Progress| match p {
+        Progress::Waiting { position, free, needed } => {
+            let text = format!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)");
+            if shown.is_hidden() {
+                eprintln!("{text}");
+            }
+            shown.set_message(text);
+        }
+        Progress::Leased { lease_id } => shown.set_message(format!("lease {lease_id}: sending operands")),
+        Progress::Sent { product, .. } => {
+            shown.inc(1);
+            shown.set_message(format!("{product} sent"));
+        }
+        Progress::Received { product, .. } => {
+            shown.inc(1);
+            shown.set_message(format!("{product} received"));
+        }
+    };
+    let result = requester.multiply(a.clone(), b.clone(), on_progress).await;
+    bar.finish_and_clear();
+    let (c, report) = result.context("while multiplying on the grid")?;
+
+    let check = if opts.check {
+        let (a, b) = (a.clone(), b.clone());
+        let (reference, local_s) = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let r = matmul(a.view(), b.view(), parallelism(0));
+            (r, t.elapsed().as_secs_f64())
+        })
+        .await?;
+        let reference = reference.context("while computing the local reference product")?;
+        let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.to_f64().abs())).max(f64::MIN_POSITIVE);
+        let err = c.iter().zip(&reference).fold(0.0f64, |m, (x, y)| m.max((x.to_f64() - y.to_f64()).abs()));
+        Some(Check { max_rel_error: err / scale, local_s, grid_over_local: report.total_s / local_s })
+    } else {
+        None
+    };
+    if let Some(path) = &opts.out {
+        crate::npy::save(path, &c)?;
+    }
+    let summary =
+        Summary { report: &report, seed: opts.seed, check, out: opts.out.as_ref().map(|p| p.display().to_string()) };
+    if opts.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    if let Some(check) = &summary.check {
+        // f32 products carry ~1e-6 relative error, f64 ~1e-15; far above
+        // either means a wrong product, not rounding.
+        let limit = T::DTYPE.unit_roundoff() * (report.k.max(1) as f64) * 64.0;
+        anyhow::ensure!(
+            check.max_rel_error <= limit,
+            "the grid's product differs from the local one: max relative error {:.3e} > {limit:.1e}",
+            check.max_rel_error
+        );
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary<'_>) {
+    let r = s.report;
+    println!("septet: C = A·B, {}×{} · {}×{} {} on lease {}", r.m, r.k, r.k, r.n, r.dtype, r.lease_id);
+    println!("  total       {:>9.3} s   {:.1} GFLOP/s (2mkn / time)", r.total_s, r.gflops);
+    println!("  lease wait  {:>9.3} s   connect {:.3} s", r.lease_wait_s, r.connect_s);
+    println!(
+        "  moved       {:>9.1} MB sent, {:.1} MB received, {:.2} GB/s",
+        r.bytes_sent as f64 / 1e6,
+        r.bytes_received as f64 / 1e6,
+        r.throughput_gbps
+    );
+    if let Some(seed) = s.seed {
+        println!("  inputs      random, seed {seed}");
+    }
+    if let Some(c) = &s.check {
+        println!(
+            "  check       max relative error {:.2e}; local faer product {:.3} s; grid/local {:.2}×",
+            c.max_rel_error, c.local_s, c.grid_over_local
+        );
+    }
+    if let Some(out) = &s.out {
+        println!("  wrote       {out}");
+    }
+    println!(
+        "  {:<4} {:>5}  {:<22} {:>9} {:>8} {:>10} {:>10} {:>9}",
+        "prod", "peer", "addr", "sent MB", "send s", "compute s", "receive s", "done at"
+    );
+    for p in &r.peers {
+        println!(
+            "  {:<4} {:>5}  {:<22} {:>9.1} {:>8.3} {:>10.3} {:>10.3} {:>9.3}",
+            p.product,
+            p.peer_id,
+            p.addr,
+            p.bytes_sent as f64 / 1e6,
+            p.send_s,
+            p.compute_s,
+            p.receive_s,
+            p.done_at_s
+        );
+    }
+    if r.failures.is_empty() {
+        println!("  failures    none");
+    } else {
+        for f in &r.failures {
+            println!("  failure     {f}");
+        }
+    }
+}

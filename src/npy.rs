@@ -1,0 +1,176 @@
+//! Reading and writing `.npy` files for `septet multiply`, with the header
+//! checked before anything is allocated: a 2-D float64/float32 array whose
+//! file holds exactly the bytes its shape declares.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use ndarray::Array2;
+use ndarray_npy::{read_npy, write_npy};
+use septet_common::{Dtype, Element};
+
+/// A bad input file: reported on one line, exit status 2, before any lease.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct InputError {
+    /// The file.
+    pub path: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> InputError {
+    InputError { path: path.display().to_string(), reason: reason.into() }
+}
+
+/// What an `.npy` header declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NpyInfo {
+    /// Element type.
+    pub dtype: Dtype,
+    /// (rows, cols).
+    pub shape: (usize, usize),
+}
+
+/// The value of `key` in the header dict: from after `'key':` to the next
+/// top-level comma or closing brace.
+fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let start = header.find(&format!("'{key}'"))? + key.len() + 2;
+    let rest = header[start..].trim_start().strip_prefix(':')?.trim_start();
+    let end = if rest.starts_with('(') { rest.find(')')? + 1 } else { rest.find([',', '}'])? };
+    Some(rest[..end].trim())
+}
+
+/// Reads and checks an `.npy` header.
+///
+/// # Errors
+/// [`InputError`] when the file cannot be read, is not `.npy`, is not a
+/// 2-D float64/float32 array, or its size does not match its shape.
+pub fn inspect(path: &Path) -> Result<NpyInfo, InputError> {
+    let mut file = File::open(path).map_err(|e| bad(path, format!("cannot open: {e}")))?;
+    let size = file.metadata().map_err(|e| bad(path, format!("cannot stat: {e}")))?.len();
+    let mut prefix = [0u8; 10];
+    file.read_exact(&mut prefix).map_err(|_| bad(path, "too short to be an .npy file"))?;
+    if &prefix[..6] != b"\x93NUMPY" {
+        return Err(bad(path, "not an .npy file (bad magic bytes)"));
+    }
+    let (header_len, skip) = match prefix[6] {
+        1 => (u16::from_le_bytes([prefix[8], prefix[9]]) as usize, 0),
+        2 | 3 => {
+            let mut more = [0u8; 2];
+            file.read_exact(&mut more).map_err(|_| bad(path, "truncated header"))?;
+            (u32::from_le_bytes([prefix[8], prefix[9], more[0], more[1]]) as usize, 2)
+        }
+        v => return Err(bad(path, format!("unsupported .npy version {v}"))),
+    };
+    if header_len > 1 << 20 {
+        return Err(bad(path, format!("header of {header_len} bytes is implausibly large")));
+    }
+    let mut header = vec![0u8; header_len];
+    file.read_exact(&mut header).map_err(|_| bad(path, "truncated header"))?;
+    let header = String::from_utf8_lossy(&header);
+    let descr =
+        dict_value(&header, "descr").ok_or_else(|| bad(path, "header has no 'descr'"))?.trim_matches(['\'', '"']);
+    let dtype = match descr {
+        "<f8" | "=f8" | ">f8" => Dtype::F64,
+        "<f4" | "=f4" | ">f4" => Dtype::F32,
+        other => return Err(bad(path, format!("holds {other} elements; septet multiplies float64 or float32"))),
+    };
+    let shape_text = dict_value(&header, "shape").ok_or_else(|| bad(path, "header has no 'shape'"))?;
+    let dims: Vec<usize> = shape_text
+        .trim_matches(['(', ')'])
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|d| d.parse().map_err(|_| bad(path, format!("bad shape {shape_text}"))))
+        .collect::<Result<_, _>>()?;
+    let [rows, cols] = dims[..] else {
+        return Err(bad(
+            path,
+            format!("is a {}-D array with shape {shape_text}; septet needs a 2-D matrix", dims.len()),
+        ));
+    };
+    let data =
+        rows.checked_mul(cols).and_then(|e| e.checked_mul(dtype.size())).ok_or_else(|| bad(path, "shape overflows"))?;
+    let expected = (10 + skip + header_len) as u64 + data as u64;
+    if size != expected {
+        let what = if size < expected { "truncated" } else { "has trailing bytes" };
+        return Err(bad(
+            path,
+            format!("{what}: a {rows}×{cols} {dtype} array needs {expected} bytes, the file has {size}"),
+        ));
+    }
+    Ok(NpyInfo { dtype, shape: (rows, cols) })
+}
+
+/// Reads a checked `.npy` file as `T`.
+///
+/// # Errors
+/// [`InputError`] as [`inspect`], or when the file's dtype is not `T`.
+pub fn load<T: Element + ndarray_npy::ReadableElement>(path: &Path) -> Result<Array2<T>, InputError> {
+    let info = inspect(path)?;
+    if info.dtype != T::DTYPE {
+        return Err(bad(path, format!("holds {} but {} was asked for", info.dtype, T::DTYPE)));
+    }
+    read_npy(path).map_err(|e| bad(path, e.to_string()))
+}
+
+/// Writes C.
+///
+/// # Errors
+/// Any write error, with the path.
+pub fn save<T: Element + ndarray_npy::WritableElement>(path: &Path, c: &Array2<T>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    write_npy(path, c).with_context(|| format!("could not write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("septet-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn npy(descr: &str, shape: &str, data_len: usize) -> Vec<u8> {
+        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend(std::iter::repeat_n(0u8, data_len));
+        out
+    }
+
+    #[test]
+    fn headers_are_checked_before_reading_data() {
+        let ok = write("ok.npy", &npy("<f8", "(3, 4)", 96));
+        assert_eq!(inspect(&ok).unwrap(), NpyInfo { dtype: Dtype::F64, shape: (3, 4) });
+        assert_eq!(load::<f64>(&ok).unwrap().dim(), (3, 4));
+        assert!(load::<f32>(&ok).unwrap_err().reason.contains("holds f64"));
+        let f32s = write("f32.npy", &npy("<f4", "(2, 2)", 16));
+        assert_eq!(inspect(&f32s).unwrap().dtype, Dtype::F32);
+        for (name, bytes, needle) in [
+            ("short.npy", npy("<f8", "(3, 4)", 95), "truncated"),
+            ("long.npy", npy("<f8", "(3, 4)", 97), "trailing"),
+            ("int.npy", npy("<i8", "(3, 4)", 96), "<i8"),
+            ("cube.npy", npy("<f8", "(2, 2, 2)", 64), "3-D"),
+            ("vec.npy", npy("<f8", "(4,)", 32), "1-D"),
+            ("huge.npy", npy("<f8", "(4000000000, 4000000000)", 8), "overflows"),
+            ("text.npy", b"rows,cols\n1,2\n".to_vec(), "magic"),
+            ("empty.npy", Vec::new(), "too short"),
+        ] {
+            let err = inspect(&write(name, &bytes)).unwrap_err();
+            assert!(err.reason.contains(needle), "{name}: {err}");
+        }
+        assert!(inspect(Path::new("/nonexistent/septet.npy")).unwrap_err().reason.contains("cannot open"));
+    }
+}
