@@ -19,9 +19,8 @@
 //! the declared shapes account for exactly the declared length.
 
 use bytes::{Buf, BufMut};
-use ndarray::Array2;
 
-use crate::matrix::{Dtype, Element, Matrix};
+use crate::matrix::{alloc_zeroed, Dtype, Element, Matrix};
 use crate::{Error, Message, Result};
 
 #[cfg(target_endian = "big")]
@@ -168,8 +167,8 @@ impl BlocksHeader {
         self.shapes
             .iter()
             .map(|&shape| match self.dtype {
-                Dtype::F64 => Matrix::F64(Array2::zeros(shape)),
-                Dtype::F32 => Matrix::F32(Array2::zeros(shape)),
+                Dtype::F64 => Matrix::F64(alloc_zeroed(shape)),
+                Dtype::F32 => Matrix::F32(alloc_zeroed(shape)),
             })
             .collect()
     }
@@ -201,8 +200,12 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>> {
             let mut out = header.encode_prefix()?;
             for m in &blocks.mats {
                 match m {
-                    Matrix::F64(a) => a.iter().for_each(|v| out.put_f64_le(*v)),
-                    Matrix::F32(a) => a.iter().for_each(|v| out.put_f32_le(*v)),
+                    Matrix::F64(a) => {
+                        out.extend_from_slice(as_bytes(a.as_standard_layout().as_slice().expect("standard")))
+                    }
+                    Matrix::F32(a) => {
+                        out.extend_from_slice(as_bytes(a.as_standard_layout().as_slice().expect("standard")))
+                    }
                 }
             }
             Ok(out)
@@ -354,6 +357,7 @@ mod tests {
     use super::*;
     use crate::proto::{LeaseGrant, PeerAddr, PeerRow, Role};
     use crate::ErrorCode;
+    use ndarray::Array2;
 
     fn all_messages() -> Vec<Message> {
         let grant = LeaseGrant {
@@ -437,7 +441,7 @@ mod tests {
 
     #[test]
     fn oversized_lengths_are_rejected_from_the_prefix_alone() {
-        let mut bytes = vec![0u8; 5];
+        let mut bytes = [0u8; 5];
         bytes[..4].copy_from_slice(&(1u32 << 31).to_le_bytes());
         bytes[4] = KIND_BLOCKS;
         match decode(&bytes[..4], 1 << 20) {

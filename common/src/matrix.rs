@@ -226,6 +226,38 @@ impl MatrixView<'_> {
     }
 }
 
+/// A zero-filled row-major array, allocated for fast first touch.
+///
+/// Every large block septet handles (received operands, products, formed
+/// sums, C) is fresh memory that is written once. With 4 KiB pages, the
+/// page faults of that first write cost more than the write itself (about
+/// 20 ms per 32 MiB here, against 8 ms with huge pages), so on Linux the
+/// allocation is advised to use transparent huge pages before it is touched.
+/// Elsewhere, or if the kernel declines, this is plain `Array2::zeros`.
+pub fn alloc_zeroed<T: Element>(shape: (usize, usize)) -> Array2<T> {
+    let len = shape.0.checked_mul(shape.1).expect("matrix size overflows usize");
+    let data = vec![T::zero(); len];
+    advise_huge_pages(&data);
+    Array2::from_shape_vec(shape, data).expect("length matches shape")
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages<T>(data: &[T]) {
+    const HUGE: usize = 2 << 20;
+    let start = data.as_ptr() as usize;
+    let (first, last) = (start.next_multiple_of(HUGE), (start + std::mem::size_of_val(data)) & !(HUGE - 1));
+    if last > first {
+        // SAFETY: the range lies inside `data`'s allocation; MADV_HUGEPAGE
+        // only changes how the kernel backs the pages, never their contents.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages<T>(_data: &[T]) {}
+
 /// A faer view over an ndarray view, sharing its memory.
 fn faer_ref<'a, T: Element>(a: &ArrayView2<'a, T>) -> faer::MatRef<'a, T> {
     let (rows, cols) = a.dim();
@@ -288,7 +320,7 @@ pub fn matmul<T: Element>(x: ArrayView2<'_, T>, y: ArrayView2<'_, T>, par: faer:
     if x.ncols() != y.nrows() {
         return Err(Error::ShapeMismatch { left: x.dim(), right: y.dim() });
     }
-    let mut out = Array2::<T>::zeros((x.nrows(), y.ncols()));
+    let mut out = alloc_zeroed::<T>((x.nrows(), y.ncols()));
     matmul_into(out.view_mut(), x, y, false, par)?;
     Ok(out)
 }

@@ -25,7 +25,7 @@
 
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Zip};
 
-use crate::matrix::{matmul_into, Element};
+use crate::matrix::{alloc_zeroed, matmul_into, Element};
 use crate::{Error, Result};
 
 /// A quadrant of a matrix split in two both ways.
@@ -231,7 +231,7 @@ pub fn operand<'a, T: Element>(x: ArrayView2<'a, T>, terms: &[Term], shape: (usi
             return Operand::View(*only);
         }
     }
-    let mut out = Array2::<T>::zeros(shape);
+    let mut out = alloc_zeroed::<T>(shape);
     match quads.as_slice() {
         // The common case, full-size a ± b: one pass, no zero fill read back.
         [(Plus, a), (sb, b)] if a.dim() == shape && b.dim() == shape => {
@@ -297,8 +297,8 @@ pub fn accumulate<T: Element>(
 /// [`Error::ShapeMismatch`] when A's cols differ from B's rows.
 pub fn strassen_local<T: Element>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, par: faer::Par) -> Result<Array2<T>> {
     let split = Split::of(a.dim(), b.dim())?;
-    let mut c = Array2::<T>::zeros((split.m, split.n));
-    let mut m = Array2::<T>::zeros(split.product_shape());
+    let mut c = alloc_zeroed::<T>((split.m, split.n));
+    let mut m = alloc_zeroed::<T>(split.product_shape());
     for product in &PRODUCTS {
         let (x, y) = operands(a, b, product, split);
         matmul_into(m.view_mut(), x.view(), y.view(), false, par)?;
@@ -318,7 +318,7 @@ pub fn naive_matmul<T: Element>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> A
         for j in 0..b.ncols() {
             let mut acc = T::zero();
             for p in 0..a.ncols() {
-                acc = acc + a[[i, p]] * b[[p, j]];
+                acc += a[[i, p]] * b[[p, j]];
             }
             c[[i, j]] = acc;
         }

@@ -387,7 +387,7 @@ impl Requester {
 
         // Receivers: one task per product, at most `max_receiving` reading
         // and accumulating at once.
-        let c = Arc::new(Mutex::new(Array2::<T>::zeros((split.m, split.n))));
+        let c = Arc::new(Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n))));
         let receiving = Arc::new(Semaphore::new(self.config.max_receiving.max(1)));
         let (done_tx, mut done_rx) = mpsc::channel::<(usize, Result<Received, Error>)>(7);
         let mut writers = Vec::with_capacity(7);
@@ -406,7 +406,7 @@ impl Requester {
         drop(done_tx);
 
         // Send in SEND_ORDER, forming the next pair while the previous one is written.
-        let mut sent = vec![(0u64, 0.0f64); 7];
+        let mut sent = [(0u64, 0.0f64); 7];
         let form = |i: usize| {
             let (a, b) = (a.clone(), b.clone());
             tokio::task::spawn_blocking(move || {

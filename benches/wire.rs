@@ -1,0 +1,50 @@
+//! Matrix blocks on the wire: encoding and decoding a 2048×2048 f64 block
+//! in memory, and sending one over loopback TCP from ndarray memory
+//! straight into the receiver's array.
+//!
+//! `cargo bench --bench wire`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ndarray::Array2;
+use septet_common::frame::{decode, encode, BlockOp, Blocks, Frame, DEFAULT_MAX_FRAME_LEN};
+use septet_common::{FrameReader, FrameWriter, Matrix, MatrixView};
+use tokio::net::{TcpListener, TcpStream};
+
+const N: usize = 2048;
+
+fn bench(c: &mut Criterion) {
+    let block = Array2::from_shape_fn((N, N), |(i, j)| (i ^ j) as f64);
+    let bytes = (N * N * 8) as u64;
+    let mut group = c.benchmark_group("wire");
+    group.throughput(Throughput::Bytes(bytes));
+    group.sample_size(20);
+
+    let frame = Frame::Blocks(Blocks { task_id: 1, op: BlockOp::Product, mats: vec![Matrix::F64(block.clone())] });
+    group.bench_function("encode/2048", |b| b.iter(|| encode(&frame).unwrap()));
+    let encoded = encode(&frame).unwrap();
+    group.bench_function("decode/2048", |b| b.iter(|| decode(&encoded, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap()));
+
+    // Loopback: a writer task sends blocks back to back; each iteration
+    // reads one into a fresh array.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut reader = rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sender = block.clone();
+        tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let mut w = FrameWriter::new(stream);
+            while w.send_blocks(1, BlockOp::Product, &[MatrixView::F64(sender.view())]).await.is_ok() {}
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        FrameReader::new(stream, DEFAULT_MAX_FRAME_LEN)
+    });
+    group.bench_function("loopback/2048", |b| {
+        b.iter(|| rt.block_on(async { reader.read_frame().await.unwrap().unwrap() }))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
