@@ -79,6 +79,19 @@ struct MultiplyArgs {
     /// Give up after waiting this many seconds for a lease.
     #[arg(long, value_name = "SECS")]
     max_wait: Option<f64>,
+    /// Check every product with Freivalds' test before using it.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    verify: OnOff,
+    /// Seconds a peer may take beyond its product's compute allowance
+    /// (connecting, sending, replying) before it counts as failed.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    peer_timeout: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +182,9 @@ struct WorkerArgs {
     /// Largest frame accepted, in bytes (a task carries two operands).
     #[arg(long, default_value_t = septet_common::DEFAULT_MAX_FRAME_LEN, value_name = "BYTES")]
     max_frame_len: usize,
+    /// Misbehave for fault-tolerance tests: corrupt, drop, or delay=SECS.
+    #[arg(long, hide = true)]
+    fault: Option<septet_worker::Fault>,
 }
 
 #[derive(Debug, Args)]
@@ -332,7 +348,13 @@ fn requester(tracker: String, max_wait: Option<Duration>) -> Requester {
 
 async fn multiply(args: MultiplyArgs) -> Result<()> {
     let max_wait = args.max_wait.map(|s| secs(s, "--max-wait")).transpose()?;
-    let requester = requester(args.tracker.tracker, max_wait);
+    let requester = Requester::new(RequesterConfig {
+        tracker: args.tracker.tracker,
+        max_lease_wait: max_wait,
+        verify: args.verify == OnOff::On,
+        io_timeout: secs(args.peer_timeout, "--peer-timeout")?,
+        ..RequesterConfig::default()
+    });
     let mut opts = JobOptions { check: args.check, json: args.json, out: args.out, seed: None };
     if let Some((m, k, n)) = args.random {
         opts.seed = Some(args.seed);
@@ -384,16 +406,17 @@ async fn demo(args: DemoArgs) -> Result<()> {
         );
     }
     anyhow::ensure!(args.n > 0, "--n must be positive");
-    let stop = CancellationToken::new();
+    // Workers stop (and deregister) before the tracker does.
+    let (stop, stop_tracker) = (CancellationToken::new(), CancellationToken::new());
     let mut tasks = Vec::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind the demo tracker")?;
     let tracker_addr = listener.local_addr()?;
-    let s = stop.clone();
-    tasks.push(tokio::spawn(async move {
+    let s = stop_tracker.clone();
+    let tracker_task = tokio::spawn(async move {
         septet_tracker::run(listener, TrackerConfig::default(), async move { s.cancelled().await })
             .await
             .map_err(anyhow::Error::from)
-    }));
+    });
     for _ in 0..args.workers {
         let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind a demo worker")?;
         let config = WorkerConfig { tracker: Some(tracker_addr.to_string()), ..WorkerConfig::default() };
@@ -436,8 +459,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
     .await;
     stop.cancel();
     for task in tasks {
-        task.await.context("a demo server panicked")??;
+        task.await.context("a demo worker panicked")??;
     }
+    stop_tracker.cancel();
+    tracker_task.await.context("the demo tracker panicked")??;
     if result.is_ok() {
         eprintln!("demo: tracker and workers shut down cleanly");
     }
@@ -466,6 +491,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         slots: args.slots,
         threads: args.threads,
         max_frame_len: args.max_frame_len,
+        fault: args.fault,
         ..WorkerConfig::default()
     };
     config.validate()?;

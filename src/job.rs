@@ -156,6 +156,16 @@ fn print_summary(s: &Summary<'_>) {
         r.bytes_received as f64 / 1e6,
         r.throughput_gbps
     );
+    if r.verified {
+        println!(
+            "  verified    every product passed Freivalds' check ({:.3} s, {:.1}% of the job)",
+            r.verify_s,
+            100.0 * r.verify_s / r.total_s.max(1e-9)
+        );
+    } else {
+        println!("  verified    no (--verify off)");
+    }
+    println!("  retries     {}", r.retries);
     if let Some(seed) = s.seed {
         println!("  inputs      random, seed {seed}");
     }

@@ -316,3 +316,57 @@ async fn the_tracker_survives_bad_bytes_and_keeps_serving_others() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_requesters_churning_over_twenty_workers_keep_the_invariants() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let mut registrar = client(tracker.addr).await;
+        for i in 0..20u16 {
+            registrar.register(format!("127.0.0.1:{}", 30_000 + i).parse().unwrap(), 1).await.unwrap();
+        }
+        // Check the invariants continuously while the load runs.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (monitor_state, monitor_stop) = (state.clone(), stop.clone());
+        let monitor = tokio::spawn(async move {
+            let mut checks = 0u32;
+            while !monitor_stop.is_cancelled() {
+                monitor_state.check_invariants().unwrap();
+                checks += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            checks
+        });
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut requesters = Vec::new();
+        for r in 0..100u32 {
+            requesters.push(tokio::spawn(async move {
+                let mut c = client(tracker.addr).await;
+                let mut cycles = 0u32;
+                while tokio::time::Instant::now() < until {
+                    let count = 1 + (r + cycles) % 7;
+                    let grant = c.lease(count, false, Some(Duration::from_secs(30)), |_, _, _| {}).await.unwrap();
+                    assert_eq!(grant.peers.len(), count as usize);
+                    c.release(grant.lease_id).await.unwrap();
+                    cycles += 1;
+                }
+                cycles
+            }));
+        }
+        let mut total = 0;
+        for r in requesters {
+            total += r.await.unwrap();
+        }
+        stop.cancel();
+        let checks = monitor.await.unwrap();
+        assert!(total > 100 && checks > 10, "cycles {total}, checks {checks}");
+        // Nothing leaked: every slot free, no lease, nobody waiting.
+        assert_eq!(state.stats().unwrap(), septet_tracker::state::Stats { free: 20, leases: 0, waiting: 0 });
+        let (_, rows) = registrar.peers().await.unwrap();
+        assert!(rows.iter().map(|r| r.leases_total).sum::<u64>() >= u64::from(total));
+        state.check_invariants().unwrap();
+        tracker.shutdown().await;
+    })
+    .await
+    .unwrap();
+}

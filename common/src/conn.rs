@@ -189,6 +189,18 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Writes bytes as they are, outside any framing: only for fault
+    /// injection and raw-protocol tests.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    #[doc(hidden)]
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.inner.write_all(bytes).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+
     /// Shuts down the write side.
     ///
     /// # Errors

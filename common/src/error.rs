@@ -118,6 +118,9 @@ pub enum Error {
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A returned product failed Freivalds' check.
+    #[error("the product failed verification: {0}")]
+    Verification(String),
 }
 
 impl Error {
@@ -130,7 +133,7 @@ impl Error {
             Error::Unexpected { .. } => ErrorCode::UnexpectedMessage,
             Error::Remote { code, .. } => *code,
             Error::ShapeMismatch { .. } | Error::DtypeMismatch { .. } => ErrorCode::ShapeMismatch,
-            Error::Invalid(_) => ErrorCode::InvalidRequest,
+            Error::Invalid(_) | Error::Verification(_) => ErrorCode::InvalidRequest,
             Error::Timeout { .. } => ErrorCode::Unavailable,
             Error::Io(_) | Error::Encode(_) | Error::Closed(_) => ErrorCode::Internal,
         }

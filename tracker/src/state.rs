@@ -108,6 +108,9 @@ struct LeaseRecord {
     /// The connection whose close ends the lease; `None` when detached.
     owner: Option<ConnId>,
     expires_at: Instant,
+    /// Peers already reported failed in this lease: a failure counts once
+    /// per lease however often the requester asks for a replacement.
+    reported: Vec<u64>,
 }
 
 /// A request waiting in the queue.
@@ -162,7 +165,7 @@ impl State {
         self.table.take_slots(&slots)?;
         self.next_lease_id += 1;
         let lease_id = self.next_lease_id;
-        self.leases.insert(lease_id, LeaseRecord { slots: slots.clone(), owner, expires_at });
+        self.leases.insert(lease_id, LeaseRecord { slots: slots.clone(), owner, expires_at, reported: Vec::new() });
         Ok(LeaseGrant { lease_id, peers: slots, ttl_ms: ttl.as_millis() as u64 })
     }
 
@@ -353,9 +356,10 @@ impl Tracker {
         self.mutate(|s, _| s.end_lease(lease_id))
     }
 
-    /// Records that a leased peer failed: its `failures` count goes up and
-    /// it is suspect (not leased again until it heartbeats healthily). With
-    /// `replace`, one more slot joins the lease at once if one is free.
+    /// Records that a leased peer failed: its `failures` count goes up (once
+    /// per lease) and it is suspect (not leased again until it heartbeats
+    /// healthily). With `replace`, one more slot joins the lease at once if
+    /// one is free; asking again later polls for one.
     ///
     /// A replacement does not queue behind waiting requests: it finishes a
     /// job that already holds its other six slots, which frees them sooner.
@@ -368,7 +372,10 @@ impl Tracker {
             if !lease.slots.iter().any(|p| p.peer_id == peer_id) {
                 return Err(Error::NotInLease { lease_id, peer_id });
             }
-            s.table.record_failure(peer_id)?;
+            if !lease.reported.contains(&peer_id) {
+                s.table.record_failure(peer_id)?;
+                s.leases.get_mut(&lease_id).expect("checked above").reported.push(peer_id);
+            }
             if !replace {
                 return Ok(None);
             }
@@ -617,7 +624,7 @@ mod tests {
         assert_eq!(replacement.peer_id, 7);
         assert!(t.report_failure(lease.lease_id, bad, true).unwrap().is_none(), "nothing left");
         let row = &t.peers().unwrap().1[bad as usize];
-        assert_eq!((row.failures, row.state.as_str()), (2, "suspect"));
+        assert_eq!((row.failures, row.state.as_str()), (1, "suspect"), "counted once per lease");
         assert!(matches!(t.report_failure(lease.lease_id, 99, false), Err(Error::NotInLease { .. })));
         t.check_invariants().unwrap();
         t.release(lease.lease_id).unwrap();

@@ -6,7 +6,8 @@ pub mod agent;
 pub mod client;
 pub mod requester;
 pub mod server;
+pub mod verify;
 
 pub use client::{Registration, TrackerClient};
 pub use requester::{JobReport, Progress, RequestError, Requester, RequesterConfig};
-pub use server::{run, WorkerConfig};
+pub use server::{run, Fault, WorkerConfig};

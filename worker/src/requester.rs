@@ -18,13 +18,15 @@ use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, BlocksHeader, Frame};
 use septet_common::proto::{LeaseGrant, PeerAddr};
 use septet_common::strassen::{self, Operand, Quad, Split, PRODUCTS};
+use septet_common::FrameWriter;
 use septet_common::{deadline, Connection, Element, Error, FrameReader, Message, Role, PEERS_PER_LEASE};
 use serde::Serialize;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tracing::{debug, warn};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tracing::{debug, info, warn};
 
 use crate::client::TrackerClient;
+use crate::verify::Verifier;
 
 /// Order in which the seven pairs are formed and sent: pairs that need two
 /// formed operands alternate with pairs that need one, so the two pairs in
@@ -45,6 +47,14 @@ pub struct RequesterConfig {
     pub min_worker_gflops: f64,
     /// Products received and accumulated at once (bounds memory).
     pub max_receiving: usize,
+    /// Check every product with Freivalds' test before using it.
+    pub verify: bool,
+    /// Random vectors per Freivalds check.
+    pub verify_rounds: usize,
+    /// Attempts per product (the first plus re-dispatches) before the job fails.
+    pub max_attempts: u32,
+    /// How long to keep asking the tracker for a replacement peer.
+    pub replacement_wait: Duration,
 }
 
 impl Default for RequesterConfig {
@@ -55,6 +65,10 @@ impl Default for RequesterConfig {
             max_lease_wait: None,
             min_worker_gflops: 0.5,
             max_receiving: 2,
+            verify: true,
+            verify_rounds: 2,
+            max_attempts: 4,
+            replacement_wait: Duration::from_secs(30),
         }
     }
 }
@@ -144,6 +158,12 @@ pub struct JobReport {
     pub throughput_gbps: f64,
     /// One record per product, in M1..M7 order.
     pub peers: Vec<PeerReport>,
+    /// Whether every product passed Freivalds' check before it was used.
+    pub verified: bool,
+    /// Seconds spent verifying (preparing the check and checking products).
+    pub verify_s: f64,
+    /// Products sent again to a replacement peer.
+    pub retries: u32,
     /// Messages that were dropped or failed, described.
     pub failures: Vec<String>,
 }
@@ -181,6 +201,23 @@ pub enum RequestError {
         #[source]
         source: Error,
     },
+    /// A peer failed and no replacement could be found.
+    #[error(
+        "{product} on peer {peer_id} ({addr}) failed ({source}) and no replacement peer was free within {waited:?}"
+    )]
+    NoReplacement {
+        /// The product.
+        product: &'static str,
+        /// The failed peer.
+        peer_id: u64,
+        /// Its address.
+        addr: String,
+        /// How long we asked.
+        waited: Duration,
+        /// What happened to the peer.
+        #[source]
+        source: Error,
+    },
     /// A local step failed (a bug rather than bad input).
     #[error("internal error: {0}")]
     Internal(String),
@@ -189,16 +226,25 @@ pub enum RequestError {
 /// Result alias for requests.
 pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 
-/// Keeps a lease: renews it at half its TTL, releases it on request, and
-/// — since the lease is attached to this connection — ends it at the
-/// tracker whenever this task or its connection dies, however the job ends.
+/// Commands to the task that holds the lease.
+enum KeeperCmd {
+    Release(oneshot::Sender<septet_common::Result<()>>),
+    Report { peer_id: u64, reason: String, reply: oneshot::Sender<septet_common::Result<Option<PeerAddr>>> },
+}
+
+/// Handle on the task that keeps a lease: it renews the lease at half its
+/// TTL, reports failed peers and asks for replacements, and releases the
+/// lease on request. Since the lease is attached to that task's tracker
+/// connection, the tracker ends it whenever the task or its connection
+/// dies, however the job ends.
+#[derive(Clone)]
 struct LeaseKeeper {
-    release: Option<oneshot::Sender<oneshot::Sender<septet_common::Result<()>>>>,
+    tx: mpsc::Sender<KeeperCmd>,
 }
 
 impl LeaseKeeper {
     fn spawn(mut client: TrackerClient, grant: &LeaseGrant) -> LeaseKeeper {
-        let (tx, mut rx) = oneshot::channel::<oneshot::Sender<septet_common::Result<()>>>();
+        let (tx, mut rx) = mpsc::channel::<KeeperCmd>(8);
         let lease_id = grant.lease_id;
         let every = (Duration::from_millis(grant.ttl_ms) / 2).max(Duration::from_millis(10));
         tokio::spawn(async move {
@@ -210,24 +256,37 @@ impl LeaseKeeper {
                             warn!(lease_id, error = %e, "could not renew the lease");
                         }
                     }
-                    cmd = &mut rx => {
-                        if let Ok(reply) = cmd {
+                    cmd = rx.recv() => match cmd {
+                        Some(KeeperCmd::Report { peer_id, reason, reply }) => {
+                            let _ = reply.send(client.report_failure(lease_id, peer_id, &reason, true).await);
+                        }
+                        Some(KeeperCmd::Release(reply)) => {
                             let _ = reply.send(client.release(lease_id).await);
+                            return;
                         }
                         // Dropping the client closes the connection: the
                         // tracker ends the lease if it still exists.
-                        return;
-                    }
+                        None => return,
+                    },
                 }
             }
         });
-        LeaseKeeper { release: Some(tx) }
+        LeaseKeeper { tx }
     }
 
-    async fn release(mut self) -> septet_common::Result<()> {
-        let (tx, rx) = oneshot::channel();
-        if let Some(cmd) = self.release.take() {
-            let _ = cmd.send(tx);
+    async fn report(&self, peer_id: u64, reason: String) -> septet_common::Result<Option<PeerAddr>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(KeeperCmd::Report { peer_id, reason, reply })
+            .await
+            .map_err(|_| Error::Closed("the lease keeper"))?;
+        rx.await.map_err(|_| Error::Closed("the lease keeper"))?
+    }
+
+    async fn release(self) -> septet_common::Result<()> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(KeeperCmd::Release(reply)).await.is_err() {
+            return Ok(());
         }
         rx.await.unwrap_or(Ok(()))
     }
@@ -255,13 +314,158 @@ impl<T: Element> Formed<T> {
     }
 }
 
+type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Everything the tasks of one job share.
+struct Job<T> {
+    a: Arc<Array2<T>>,
+    b: Arc<Array2<T>>,
+    split: Split,
+    c: Mutex<Array2<T>>,
+    receiving: Semaphore,
+    reply_deadline: Duration,
+    limits: ConnLimits,
+    /// The Freivalds check, once prepared; `None` with verification off.
+    verifier: Option<watch::Receiver<Option<Result<Arc<Verifier<T>>, String>>>>,
+    verify_time: Mutex<Duration>,
+    started: Instant,
+}
+
+/// One finished attempt at a product.
+struct Outcome {
+    product: usize,
+    peer: PeerAddr,
+    bytes_sent: u64,
+    send: Duration,
+    result: Result<Received, Error>,
+}
+
+/// A product received, verified and folded into C.
+struct Received {
+    bytes: u64,
+    compute: Duration,
+    receive: Duration,
+}
+
+impl<T: Element> Job<T> {
+    /// Forms product `i`'s operands on a blocking thread.
+    async fn form(self: &Arc<Self>, i: usize) -> Result<(Formed<T>, Formed<T>), Error> {
+        let job = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let p = &PRODUCTS[i];
+            (
+                Formed::form(job.a.view(), p.left, job.split.left_shape()),
+                Formed::form(job.b.view(), p.right, job.split.right_shape()),
+            )
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("forming operands panicked: {e}")))
+    }
+
+    /// Sends product `i`'s operands; returns the frame's size.
+    async fn send(
+        &self,
+        writer: &mut FrameWriter<OwnedWriteHalf>,
+        i: usize,
+        (x, y): &(Formed<T>, Formed<T>),
+    ) -> Result<u64, Error> {
+        let xv = x.view(self.a.view(), self.split.left_shape());
+        let yv = y.view(self.b.view(), self.split.right_shape());
+        let header = BlocksHeader {
+            task_id: i as u64,
+            op: BlockOp::Multiply,
+            dtype: T::DTYPE,
+            shapes: vec![xv.dim(), yv.dim()],
+        };
+        deadline(
+            self.reply_deadline,
+            "a worker to take its operands",
+            writer.send_blocks(i as u64, BlockOp::Multiply, &[T::view(xv), T::view(yv)]),
+        )
+        .await?;
+        Ok(header.frame_len().unwrap_or(0) as u64)
+    }
+
+    /// Waits for product `i` on `reader`, checks it, and folds it into C.
+    async fn receive(self: &Arc<Self>, mut reader: FrameReader<OwnedReadHalf>, i: usize) -> Result<Received, Error> {
+        let msg = deadline(self.reply_deadline, "a worker's product", reader.read_message("Computed")).await?;
+        let compute_us = match msg {
+            Message::Computed { task_id, compute_us } if task_id == i as u64 => compute_us,
+            other => return Err(other.into_error("Computed")),
+        };
+        let _permit = self.receiving.acquire().await.map_err(|_| Error::Closed("a receive permit"))?;
+        let t = Instant::now();
+        let frame = deadline(self.reply_deadline, "a worker's product", reader.read_frame()).await?;
+        let receive = t.elapsed();
+        let product = match frame {
+            Some(Frame::Blocks(blocks)) if blocks.op == BlockOp::Product && blocks.task_id == i as u64 => blocks,
+            Some(Frame::Blocks(blocks)) => {
+                return Err(Error::BadFrame(format!(
+                    "expected the product of task {i}, got {:?} of task {}",
+                    blocks.op, blocks.task_id
+                )))
+            }
+            Some(Frame::Control(msg)) => return Err(msg.into_error("the product")),
+            None => return Err(Error::Closed("the product")),
+        };
+        let [m] = <[septet_common::Matrix; 1]>::try_from(product.mats)
+            .map_err(|_| Error::BadFrame("a product frame must hold one matrix".into()))?;
+        let (shape, dtype) = (m.shape(), m.dtype());
+        let m = T::from_matrix(m).map_err(|_| Error::DtypeMismatch { left: T::DTYPE, right: dtype })?;
+        if shape != self.split.product_shape() {
+            return Err(Error::ShapeMismatch { left: shape, right: self.split.product_shape() });
+        }
+        let header = BlocksHeader { task_id: i as u64, op: BlockOp::Product, dtype, shapes: vec![shape] };
+        let bytes = (header.frame_len().unwrap_or(0) + 20) as u64;
+        let verifier = match &self.verifier {
+            Some(rx) => {
+                let ready =
+                    rx.clone().wait_for(Option::is_some).await.map_err(|_| Error::Closed("the verifier"))?.clone();
+                Some(ready.expect("waited for Some").map_err(Error::Invalid)?)
+            }
+            None => None,
+        };
+        let job = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(v) = verifier {
+                let t = Instant::now();
+                let checked = v.check(i, m.view());
+                *job.verify_time.lock() += t.elapsed();
+                checked?;
+            }
+            strassen::accumulate(job.c.lock().view_mut(), m.view(), &PRODUCTS[i], job.split)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("checking a product panicked: {e}")))??;
+        Ok(Received { bytes, compute: Duration::from_micros(compute_us), receive })
+    }
+
+    /// A whole attempt at product `i` on `peer`: connect, form, send, receive.
+    async fn attempt(self: Arc<Self>, i: usize, peer: PeerAddr) -> Outcome {
+        let (mut bytes_sent, mut send) = (0, Duration::ZERO);
+        let result = async {
+            let Connection { reader, mut writer, .. } =
+                Connection::connect(&peer.addr, Role::Client, self.limits).await?;
+            let pair = self.form(i).await?;
+            let t = Instant::now();
+            bytes_sent = self.send(&mut writer, i, &pair).await?;
+            send = t.elapsed();
+            drop(pair);
+            // The write side stays open until the reply is in.
+            let got = self.receive(reader, i).await;
+            drop(writer);
+            got
+        }
+        .await;
+        Outcome { product: i, peer, bytes_sent, send, result }
+    }
+}
+
 /// Multiplies matrices on the grid.
 #[derive(Debug, Clone)]
 pub struct Requester {
     config: RequesterConfig,
 }
-
-type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
 impl Requester {
     /// A requester for the tracker in `config`.
@@ -274,22 +478,28 @@ impl Requester {
         &self.config
     }
 
-    /// Deadline for one product's reply: connection overhead plus its flops
-    /// at the slowest rate allowed.
+    /// Deadline for one product's reply (and for sending its operands):
+    /// the I/O timeout plus its flops at the slowest rate allowed.
     pub fn product_deadline(&self, split: Split) -> Duration {
         let flops = split.strassen_flops() / 7.0;
-        self.config.io_timeout + Duration::from_secs_f64(flops / (self.config.min_worker_gflops * 1e9))
+        self.config.io_timeout + Duration::from_secs_f64(flops / (self.config.min_worker_gflops.max(1e-3) * 1e9))
     }
 
     /// Computes A·B on seven leased workers.
     ///
-    /// Shapes are checked before anything is leased. The lease is released
-    /// however the job ends; if the job is cancelled (the future dropped),
-    /// the tracker connection closes and the tracker ends the lease.
+    /// Shapes are checked before anything is leased. Every product is
+    /// verified (unless `verify` is off) before it is folded into C. A peer
+    /// that fails — refused or reset connection, error reply, no reply by
+    /// the deadline, a product that fails verification — is reported to the
+    /// tracker and its product alone is sent to a replacement. The lease is
+    /// released however the job ends; if the future is dropped, the tracker
+    /// connection closes and the tracker ends the lease.
     ///
     /// # Errors
     /// [`RequestError::ShapeMismatch`], [`RequestError::Tracker`] if leasing
-    /// fails, [`RequestError::Peer`] naming the peer that failed.
+    /// fails, [`RequestError::NoReplacement`] or [`RequestError::Peer`]
+    /// naming the peer that failed when the job cannot finish. A partial C
+    /// is never returned.
     pub async fn multiply<T: Element>(
         &self,
         a: Arc<Array2<T>>,
@@ -313,6 +523,9 @@ impl Requester {
             gflops: 0.0,
             throughput_gbps: 0.0,
             peers: Vec::new(),
+            verified: false,
+            verify_s: 0.0,
+            retries: 0,
             failures: Vec::new(),
         };
         if split.m == 0 || split.n == 0 || split.k == 0 {
@@ -336,7 +549,7 @@ impl Requester {
         progress(Progress::Leased { lease_id: grant.lease_id });
         let keeper = LeaseKeeper::spawn(tracker, &grant);
 
-        let result = self.run_job(&a, &b, split, &grant.peers, &progress, started, &mut report).await;
+        let result = self.run_job(a, b, split, &grant.peers, &keeper, &progress, started, &mut report).await;
         let released = keeper.release().await;
         let c = result?;
         if let Err(e) = released {
@@ -349,181 +562,191 @@ impl Requester {
         Ok((c, report))
     }
 
+    /// Reports `peer` and waits (up to `replacement_wait`) for a replacement slot.
+    async fn replacement(&self, keeper: &LeaseKeeper, i: usize, peer: &PeerAddr, cause: Error) -> Result<PeerAddr> {
+        let until = Instant::now() + self.config.replacement_wait;
+        let reason = format!("{}: {cause}", PRODUCTS[i].name);
+        loop {
+            match keeper.report(peer.peer_id, reason.clone()).await {
+                Ok(Some(replacement)) => return Ok(replacement),
+                Ok(None) if Instant::now() < until => tokio::time::sleep(Duration::from_millis(200)).await,
+                Ok(None) => {
+                    return Err(RequestError::NoReplacement {
+                        product: PRODUCTS[i].name,
+                        peer_id: peer.peer_id,
+                        addr: peer.addr.clone(),
+                        waited: self.config.replacement_wait,
+                        source: cause,
+                    })
+                }
+                Err(e) => return Err(RequestError::Tracker { addr: self.config.tracker.clone(), source: e }),
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn run_job<T: Element>(
         &self,
-        a: &Arc<Array2<T>>,
-        b: &Arc<Array2<T>>,
+        a: Arc<Array2<T>>,
+        b: Arc<Array2<T>>,
         split: Split,
         peers: &[PeerAddr],
+        keeper: &LeaseKeeper,
         progress: &ProgressFn,
         started: Instant,
         report: &mut JobReport,
     ) -> Result<Array2<T>> {
-        let peer_err = |i: usize, source: Error| RequestError::Peer {
-            product: PRODUCTS[i].name,
-            peer_id: peers[i].peer_id,
-            addr: peers[i].addr.clone(),
-            source,
-        };
-        // Connect to all seven in parallel.
+        // Products are exactly `product_len` bytes; 1 MiB leaves room for error messages.
         let product_len =
             BlocksHeader { task_id: 0, op: BlockOp::Product, dtype: T::DTYPE, shapes: vec![split.product_shape()] }
                 .frame_len()
                 .ok_or_else(|| RequestError::Internal("product too large".into()))?;
-        // Products are exactly `product_len` bytes; 1 MiB leaves room for error messages.
         let limits = ConnLimits { max_frame_len: product_len.max(1 << 20), handshake_timeout: self.config.io_timeout };
+
+        // Prepare the Freivalds check while the operands travel.
+        let mut verify_prepare = None;
+        let verifier = if self.config.verify {
+            let (tx, rx) = watch::channel(None);
+            let (a, b, rounds) = (a.clone(), b.clone(), self.config.verify_rounds);
+            let spent = Arc::new(Mutex::new(Duration::ZERO));
+            let prepared = spent.clone();
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let v = Verifier::new(a.view(), b.view(), split, rounds).map(Arc::new).map_err(|e| e.to_string());
+                *prepared.lock() = t.elapsed();
+                let _ = tx.send(Some(v));
+            });
+            verify_prepare = Some(spent);
+            Some(rx)
+        } else {
+            None
+        };
+        let job = Arc::new(Job {
+            a,
+            b,
+            split,
+            c: Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n))),
+            receiving: Semaphore::new(self.config.max_receiving.max(1)),
+            reply_deadline: self.product_deadline(split),
+            limits,
+            verifier,
+            verify_time: Mutex::new(Duration::ZERO),
+            started,
+        });
+
+        // Connect to all seven in parallel.
         let mut connecting = tokio::task::JoinSet::new();
         for (i, peer) in peers.iter().enumerate().take(7) {
             let addr = peer.addr.clone();
             connecting.spawn(async move { (i, Connection::connect(addr, Role::Client, limits).await) });
         }
-        let mut conns: Vec<Option<Connection>> = (0..7).map(|_| None).collect();
+        let mut conns: Vec<Option<Result<Connection, Error>>> = (0..7).map(|_| None).collect();
         while let Some(joined) = connecting.join_next().await {
             let (i, conn) = joined.map_err(|e| RequestError::Internal(e.to_string()))?;
-            conns[i] = Some(conn.map_err(|e| peer_err(i, e))?);
+            conns[i] = Some(conn);
         }
         report.connect_s = started.elapsed().as_secs_f64() - report.lease_wait_s;
 
-        // Receivers: one task per product, at most `max_receiving` reading
-        // and accumulating at once.
-        let c = Arc::new(Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n))));
-        let receiving = Arc::new(Semaphore::new(self.config.max_receiving.max(1)));
-        let (done_tx, mut done_rx) = mpsc::channel::<(usize, Result<Received, Error>)>(7);
-        let mut writers = Vec::with_capacity(7);
-        let reply_deadline = self.product_deadline(split);
-        let mut receivers = tokio::task::JoinSet::new();
-        for (i, conn) in conns.into_iter().enumerate() {
-            let conn = conn.expect("every peer connected");
-            writers.push(conn.writer);
-            let (c, receiving, done_tx) = (c.clone(), receiving.clone(), done_tx.clone());
-            let reader = conn.reader;
-            receivers.spawn(async move {
-                let out = receive::<T>(reader, i, split, c, receiving, reply_deadline).await;
-                let _ = done_tx.send((i, out)).await;
-            });
-        }
-        drop(done_tx);
-
-        // Send in SEND_ORDER, forming the next pair while the previous one is written.
-        let mut sent = [(0u64, 0.0f64); 7];
-        let form = |i: usize| {
-            let (a, b) = (a.clone(), b.clone());
-            tokio::task::spawn_blocking(move || {
-                let p = &PRODUCTS[i];
-                (
-                    Formed::form(a.view(), p.left, split.left_shape()),
-                    Formed::form(b.view(), p.right, split.right_shape()),
-                )
-            })
+        // First round: send in SEND_ORDER, forming the next pair while the
+        // previous one is written; each product's receiver starts once its
+        // operands are sent. Every attempt ends as exactly one `Outcome`.
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
+        let mut tasks = tokio::task::JoinSet::new();
+        let spawn_form = |j: usize| {
+            let job = job.clone();
+            tokio::spawn(async move { job.form(j).await })
         };
-        let mut next = Some(form(SEND_ORDER[0]));
+        let mut next = Some(spawn_form(SEND_ORDER[0]));
         for (step, &i) in SEND_ORDER.iter().enumerate() {
-            let (x, y) = next.take().expect("formed").await.map_err(|e| RequestError::Internal(e.to_string()))?;
-            next = SEND_ORDER.get(step + 1).map(|&j| form(j));
-            let (xv, yv) = (x.view(a.view(), split.left_shape()), y.view(b.view(), split.right_shape()));
-            let header = BlocksHeader {
-                task_id: i as u64,
-                op: BlockOp::Multiply,
-                dtype: T::DTYPE,
-                shapes: vec![xv.dim(), yv.dim()],
+            let formed = next.take().expect("each pair is formed before it is sent").await;
+            let pair = formed.map_err(|e| Error::Invalid(format!("forming operands failed: {e}"))).and_then(|r| r);
+            next = SEND_ORDER.get(step + 1).map(|&j| spawn_form(j));
+            let peer = peers[i].clone();
+            let conn = conns[i].take().expect("connected or failed");
+            let (conn, pair) = match (conn, pair) {
+                (Ok(conn), Ok(pair)) => (conn, pair),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ =
+                        done_tx.send(Outcome { product: i, peer, bytes_sent: 0, send: Duration::ZERO, result: Err(e) });
+                    continue;
+                }
             };
+            let Connection { reader, mut writer, .. } = conn;
             let t = Instant::now();
-            deadline(
-                reply_deadline,
-                "a worker to take its operands",
-                writers[i].send_blocks(i as u64, BlockOp::Multiply, &[T::view(xv), T::view(yv)]),
-            )
-            .await
-            .map_err(|e| peer_err(i, e))?;
-            let bytes = header.frame_len().unwrap_or(0) as u64;
-            sent[i] = (bytes, t.elapsed().as_secs_f64());
-            progress(Progress::Sent { product: PRODUCTS[i].name, bytes });
+            match job.send(&mut writer, i, &pair).await {
+                Ok(bytes_sent) => {
+                    let send = t.elapsed();
+                    progress(Progress::Sent { product: PRODUCTS[i].name, bytes: bytes_sent });
+                    let (job, done_tx) = (job.clone(), done_tx.clone());
+                    tasks.spawn(async move {
+                        let result = job.receive(reader, i).await;
+                        drop(writer);
+                        let _ = done_tx.send(Outcome { product: i, peer, bytes_sent, send, result });
+                    });
+                }
+                Err(e) => {
+                    let _ =
+                        done_tx.send(Outcome { product: i, peer, bytes_sent: 0, send: t.elapsed(), result: Err(e) });
+                }
+            }
         }
 
-        // Gather.
+        // Gather; re-dispatch what failed.
         let mut reports: Vec<Option<PeerReport>> = (0..7).map(|_| None).collect();
-        while let Some((i, out)) = done_rx.recv().await {
-            let got = out.map_err(|e| peer_err(i, e))?;
-            progress(Progress::Received { product: PRODUCTS[i].name, bytes: got.bytes });
-            reports[i] = Some(PeerReport {
-                product: PRODUCTS[i].name,
-                peer_id: peers[i].peer_id,
-                addr: peers[i].addr.clone(),
-                bytes_sent: sent[i].0,
-                bytes_received: got.bytes,
-                send_s: sent[i].1,
-                compute_s: got.compute.as_secs_f64(),
-                done_at_s: started.elapsed().as_secs_f64(),
-                receive_s: got.receive.as_secs_f64(),
-            });
+        let mut attempts = [1u32; 7];
+        let mut left = 7;
+        while left > 0 {
+            let Outcome { product: i, peer, bytes_sent, send, result } =
+                done_rx.recv().await.ok_or_else(|| RequestError::Internal("every product task ended".into()))?;
+            report.bytes_sent += bytes_sent;
+            match result {
+                Ok(got) => {
+                    left -= 1;
+                    report.bytes_received += got.bytes;
+                    progress(Progress::Received { product: PRODUCTS[i].name, bytes: got.bytes });
+                    reports[i] = Some(PeerReport {
+                        product: PRODUCTS[i].name,
+                        peer_id: peer.peer_id,
+                        addr: peer.addr.clone(),
+                        bytes_sent,
+                        bytes_received: got.bytes,
+                        send_s: send.as_secs_f64(),
+                        compute_s: got.compute.as_secs_f64(),
+                        done_at_s: started.elapsed().as_secs_f64(),
+                        receive_s: got.receive.as_secs_f64(),
+                    });
+                }
+                Err(e) => {
+                    let name = PRODUCTS[i].name;
+                    warn!(product = name, peer_id = peer.peer_id, addr = %peer.addr, error = %e, "peer failed; re-dispatching");
+                    report.failures.push(format!("{name} on peer {} ({}): {e}", peer.peer_id, peer.addr));
+                    if attempts[i] >= self.config.max_attempts {
+                        return Err(RequestError::Peer {
+                            product: name,
+                            peer_id: peer.peer_id,
+                            addr: peer.addr,
+                            source: e,
+                        });
+                    }
+                    let replacement = self.replacement(keeper, i, &peer, e).await?;
+                    info!(product = name, peer_id = replacement.peer_id, addr = %replacement.addr, "sending to a replacement peer");
+                    attempts[i] += 1;
+                    report.retries += 1;
+                    let (job, done_tx) = (job.clone(), done_tx.clone());
+                    tasks.spawn(async move {
+                        let _ = done_tx.send(job.attempt(i, replacement).await);
+                    });
+                }
+            }
         }
-        while receivers.join_next().await.is_some() {}
-        drop(writers);
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
         report.peers = reports.into_iter().map(|r| r.expect("every product received")).collect();
-        report.bytes_sent = report.peers.iter().map(|p| p.bytes_sent).sum();
-        report.bytes_received = report.peers.iter().map(|p| p.bytes_received).sum();
-        let c = Arc::try_unwrap(c).map_err(|_| RequestError::Internal("C still shared".into()))?;
-        debug!("job complete");
-        Ok(c.into_inner())
+        report.verified = job.verifier.is_some();
+        let prepare = verify_prepare.map(|p| *p.lock()).unwrap_or_default();
+        report.verify_s = (prepare + *job.verify_time.lock()).as_secs_f64();
+        let job = Arc::try_unwrap(job).map_err(|_| RequestError::Internal("the job is still shared".into()))?;
+        debug!(elapsed = ?job.started.elapsed(), "job complete");
+        Ok(job.c.into_inner())
     }
-}
-
-/// A product received and folded into C.
-struct Received {
-    bytes: u64,
-    compute: Duration,
-    receive: Duration,
-}
-
-/// Waits for product `i` on `reader`, checks it, and adds it into C.
-async fn receive<T: Element>(
-    mut reader: FrameReader<OwnedReadHalf>,
-    i: usize,
-    split: Split,
-    c: Arc<Mutex<Array2<T>>>,
-    receiving: Arc<Semaphore>,
-    reply_deadline: Duration,
-) -> Result<Received, Error> {
-    let expected = "the product";
-    let msg = deadline(reply_deadline, "a worker's product", reader.read_message(expected)).await?;
-    let (compute_us, header_bytes) = match msg {
-        Message::Computed { task_id, compute_us } if task_id == i as u64 => {
-            (compute_us, septet_common::frame::encode_control(&Message::Computed { task_id, compute_us })?.len())
-        }
-        other => return Err(other.into_error("Computed")),
-    };
-    let _permit = receiving.acquire().await.map_err(|_| Error::Closed("a receive permit"))?;
-    let t = Instant::now();
-    let frame = deadline(reply_deadline, "a worker's product", reader.read_frame()).await?;
-    let receive = t.elapsed();
-    let product = match frame {
-        Some(Frame::Blocks(blocks)) if blocks.op == BlockOp::Product && blocks.task_id == i as u64 => blocks,
-        Some(Frame::Blocks(blocks)) => {
-            return Err(Error::BadFrame(format!(
-                "expected the product of task {i}, got {:?} of task {}",
-                blocks.op, blocks.task_id
-            )))
-        }
-        Some(Frame::Control(msg)) => return Err(msg.into_error("the product")),
-        None => return Err(Error::Closed(expected)),
-    };
-    let [m] =
-        <[septet_common::Matrix; 1]>::try_from(product.mats).map_err(|_| Error::BadFrame("product count".into()))?;
-    let shape = m.shape();
-    let dtype = m.dtype();
-    let m = T::from_matrix(m).map_err(|_| Error::DtypeMismatch { left: T::DTYPE, right: dtype })?;
-    if shape != split.product_shape() {
-        return Err(Error::ShapeMismatch { left: shape, right: split.product_shape() });
-    }
-    let frame_len =
-        BlocksHeader { task_id: i as u64, op: BlockOp::Product, dtype: T::DTYPE, shapes: vec![shape] }.frame_len();
-    let bytes = (frame_len.unwrap_or(0) + header_bytes) as u64;
-    tokio::task::spawn_blocking(move || {
-        let mut c = c.lock();
-        strassen::accumulate(c.view_mut(), m.view(), &PRODUCTS[i], split)
-    })
-    .await
-    .map_err(|e| Error::Invalid(format!("accumulating a product panicked: {e}")))??;
-    Ok(Received { bytes, compute: Duration::from_micros(compute_us), receive })
 }

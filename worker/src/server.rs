@@ -36,6 +36,33 @@ pub struct WorkerConfig {
     pub max_frame_len: usize,
     /// Deadline for the hello and for tracker requests.
     pub io_timeout: Duration,
+    /// Misbehave on purpose, for fault-tolerance tests.
+    pub fault: Option<Fault>,
+}
+
+/// A deliberate misbehaviour, for testing how requesters cope.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// Return wrong products (one element off by one, every task).
+    Corrupt,
+    /// Hold every reply this long before sending it.
+    Delay(Duration),
+    /// Send half of every product, then drop the connection.
+    DropMidReply,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "corrupt" => Ok(Fault::Corrupt),
+            "drop" => Ok(Fault::DropMidReply),
+            _ => match s.strip_prefix("delay=").map(str::parse::<f64>) {
+                Some(Ok(secs)) if secs >= 0.0 => Ok(Fault::Delay(Duration::from_secs_f64(secs))),
+                _ => Err(format!("unknown fault {s:?} (corrupt, drop, or delay=SECS)")),
+            },
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -46,6 +73,7 @@ impl Default for WorkerConfig {
             threads: 0,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             io_timeout: Duration::from_secs(10),
+            fault: None,
         }
     }
 }
@@ -116,6 +144,14 @@ enum Reply {
     Error(Message),
 }
 
+/// Fault injection: nudges one element of a product.
+fn corrupt(m: &mut Matrix) {
+    match m {
+        Matrix::F64(a) => a.iter_mut().take(1).for_each(|v| *v += 1.0),
+        Matrix::F32(a) => a.iter_mut().take(1).for_each(|v| *v += 1.0),
+    }
+}
+
 /// Multiplies one task's operands.
 fn compute(task: Blocks, threads: usize) -> Result<Matrix> {
     let [x, y] = <[Matrix; 2]>::try_from(task.mats).map_err(|m| Error::BadFrame(format!("{} operands", m.len())))?;
@@ -139,17 +175,36 @@ async fn serve_connection(
         }
     };
     let (tx, mut rx) = mpsc::channel::<Reply>(config.slots as usize + 1);
+    let fault = config.fault;
     let writer_task = tokio::spawn(async move {
         while let Some(reply) = rx.recv().await {
-            let sent = match &reply {
-                Reply::Product(task_id, m, took) => {
-                    let done = Message::Computed { task_id: *task_id, compute_us: took.as_micros() as u64 };
+            if let Some(Fault::Delay(d)) = fault {
+                tokio::time::sleep(d).await;
+            }
+            let sent = match reply {
+                Reply::Product(task_id, mut m, took) => {
+                    let done = Message::Computed { task_id, compute_us: took.as_micros() as u64 };
+                    if fault == Some(Fault::Corrupt) {
+                        corrupt(&mut m);
+                    }
                     match writer.send(&done).await {
-                        Ok(()) => writer.send_blocks(*task_id, BlockOp::Product, &[m.view()]).await,
+                        Ok(()) if fault == Some(Fault::DropMidReply) => {
+                            let bytes = septet_common::frame::encode(&Frame::Blocks(Blocks {
+                                task_id,
+                                op: BlockOp::Product,
+                                mats: vec![m],
+                            }));
+                            if let Ok(bytes) = bytes {
+                                let _ = writer.send_raw(&bytes[..bytes.len() / 2]).await;
+                            }
+                            warn!(task_id, "fault injection: dropping the connection mid-reply");
+                            return;
+                        }
+                        Ok(()) => writer.send_blocks(task_id, BlockOp::Product, &[m.view()]).await,
                         Err(e) => Err(e),
                     }
                 }
-                Reply::Error(msg) => writer.send(msg).await,
+                Reply::Error(msg) => writer.send(&msg).await,
             };
             if let Err(e) = sent {
                 debug!(error = %e, "could not send a reply; closing");

@@ -1,0 +1,272 @@
+//! Churn and faults with real processes: `septet` trackers and workers are
+//! spawned as child processes and killed with SIGKILL; the requester runs in
+//! the test. A multiplication must survive dead, slow and lying workers and
+//! return exactly the right answer, and leases must survive crashes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ndarray::Array2;
+use septet_common::strassen::naive_matmul;
+use septet_worker::{JobReport, Requester, RequesterConfig};
+use tokio::io::AsyncBufReadExt;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Child processes killed when the test ends, however it ends.
+#[derive(Default)]
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn tracker_proc(addr: SocketAddr) -> Child {
+    Command::new(septet_bin())
+        .args(["tracker", "--listen", &addr.to_string(), "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn worker_proc(tracker: SocketAddr, extra: &[&str]) -> Child {
+    Command::new(septet_bin())
+        .args(["worker", "--tracker", &tracker.to_string(), "--threads", "1"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_for_tracker(addr: SocketAddr) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("tracker at {addr} never came up");
+}
+
+/// Rows of the peer table.
+async fn rows(tracker: SocketAddr) -> Vec<septet_common::proto::PeerRow> {
+    client(tracker).await.peers().await.unwrap().1
+}
+
+/// Starts workers one at a time, so their peer ids follow `specs`' order.
+async fn start_workers(procs: &mut Procs, tracker: SocketAddr, specs: &[&[&str]]) {
+    for spec in specs {
+        let before = rows(tracker).await.len();
+        procs.0.push(worker_proc(tracker, spec));
+        wait_for_alive_slots(tracker, before as u32 + 1).await;
+    }
+}
+
+fn ints(rows: usize, cols: usize, salt: usize) -> Array2<f64> {
+    Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 3 + salt) % 11) as f64 - 5.0)
+}
+
+fn requester(tracker: SocketAddr, peer_timeout: Duration) -> Requester {
+    Requester::new(RequesterConfig {
+        tracker: tracker.to_string(),
+        io_timeout: peer_timeout,
+        replacement_wait: Duration::from_secs(20),
+        ..RequesterConfig::default()
+    })
+}
+
+async fn multiply_checked(req: &Requester, m: usize, k: usize, n: usize) -> JobReport {
+    let (a, b) = (ints(m, k, 1), ints(k, n, 2));
+    let expected = naive_matmul(a.view(), b.view());
+    let (c, report) = req.multiply(Arc::new(a), Arc::new(b), |_| {}).await.unwrap();
+    assert_eq!(c, expected, "the grid's product must equal the local one exactly");
+    report
+}
+
+async fn assert_nothing_leased(tracker: SocketAddr) {
+    for _ in 0..300 {
+        if rows(tracker).await.iter().all(|r| r.in_use == 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("slots still leased: {:?}", rows(tracker).await);
+}
+
+/// A faulty worker registered first (so the lease takes it), six good ones,
+/// and a spare registered last (so it is free to replace the faulty one).
+async fn one_faulty_worker(fault: &str, peer_timeout: Duration) {
+    tokio::time::timeout(LIMIT, async {
+        let mut procs = Procs::default();
+        let tracker = free_addr();
+        procs.0.push(tracker_proc(tracker));
+        wait_for_tracker(tracker).await;
+        let fault_arg = format!("--fault={fault}");
+        let good: &[&str] = &[];
+        start_workers(&mut procs, tracker, &[&[fault_arg.as_str()], good, good, good, good, good, good, good]).await;
+
+        let report = multiply_checked(&requester(tracker, peer_timeout), 130, 67, 41).await;
+        assert_eq!(report.retries, 1, "{:?}", report.failures);
+        assert!(report.verified);
+        assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+        assert!(report.failures[0].contains("peer 0"), "{:?}", report.failures);
+        assert!(report.peers.iter().all(|p| p.peer_id != 0), "peer 0's product came from elsewhere");
+        assert_nothing_leased(tracker).await;
+        let rows = rows(tracker).await;
+        assert_eq!(rows[0].failures, 1, "the tracker counted the failure: {rows:?}");
+        assert_eq!(rows[7].leases_total, 1, "the spare took over");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupting_worker_is_caught_by_verification_and_its_product_recomputed() {
+    one_faulty_worker("corrupt", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_slower_than_its_deadline_is_replaced() {
+    one_faulty_worker("delay=60", Duration::from_millis(800)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_drops_the_connection_mid_reply_is_replaced() {
+    one_faulty_worker("drop", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_mid_multiply_still_gives_the_right_answer() {
+    tokio::time::timeout(LIMIT, async {
+        let mut procs = Procs::default();
+        let tracker = free_addr();
+        procs.0.push(tracker_proc(tracker));
+        wait_for_tracker(tracker).await;
+        // Every product is held back 2 s, so the job is surely in flight
+        // when the victim (peer 0) is killed.
+        let slow: &[&str] = &["--fault=delay=2"];
+        start_workers(&mut procs, tracker, &[slow; 7]).await;
+        let req = requester(tracker, Duration::from_secs(10));
+        let job = tokio::spawn(async move { multiply_checked(&req, 90, 77, 65).await });
+        for _ in 0..500 {
+            if rows(tracker).await.iter().all(|r| r.in_use == 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let victim = procs.0.remove(1);
+        start_workers(&mut procs, tracker, &[&[]]).await; // the spare
+        let mut victim = victim;
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        let report = job.await.unwrap();
+        assert_eq!(report.retries, 1, "{:?}", report.failures);
+        assert!(report.failures[0].contains("peer 0"), "{:?}", report.failures);
+        assert_nothing_leased(tracker).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_replacement_in_time_is_a_clear_error_and_releases_the_lease() {
+    tokio::time::timeout(LIMIT, async {
+        let mut procs = Procs::default();
+        let tracker = free_addr();
+        procs.0.push(tracker_proc(tracker));
+        wait_for_tracker(tracker).await;
+        let good: &[&str] = &[];
+        start_workers(&mut procs, tracker, &[&["--fault=corrupt"], good, good, good, good, good, good]).await;
+        let req = Requester::new(RequesterConfig {
+            tracker: tracker.to_string(),
+            replacement_wait: Duration::from_millis(600),
+            ..RequesterConfig::default()
+        });
+        let err = req.multiply(Arc::new(ints(20, 20, 0)), Arc::new(ints(20, 20, 1)), |_| {}).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("peer 0") && text.contains("verification") && text.contains("no replacement"), "{text}");
+        assert_nothing_leased(tracker).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_requester_gives_its_slots_back() {
+    tokio::time::timeout(LIMIT, async {
+        let mut procs = Procs::default();
+        let tracker = free_addr();
+        procs.0.push(tracker_proc(tracker));
+        wait_for_tracker(tracker).await;
+        let good: &[&str] = &[];
+        start_workers(&mut procs, tracker, &[good; 7]).await;
+        let mut holder = tokio::process::Command::new(septet_bin())
+            .args(["lease", "--tracker", &tracker.to_string(), "--hold", "600"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+        let first = lines.next_line().await.unwrap().unwrap();
+        assert!(first.starts_with("lease "), "{first}");
+        assert!(rows(tracker).await.iter().all(|r| r.in_use == 1));
+        holder.start_kill().unwrap();
+        holder.wait().await.unwrap();
+        assert_nothing_leased(tracker).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_tracker_gets_its_workers_back_and_a_running_job_finishes() {
+    tokio::time::timeout(LIMIT, async {
+        let mut procs = Procs::default();
+        let tracker = free_addr();
+        let mut first = tracker_proc(tracker);
+        wait_for_tracker(tracker).await;
+        let slow: &[&str] = &["--fault=delay=1.5"];
+        start_workers(&mut procs, tracker, &[slow; 7]).await;
+        let req = requester(tracker, Duration::from_secs(10));
+        let job = tokio::spawn(async move { multiply_checked(&req, 50, 40, 30).await });
+        for _ in 0..500 {
+            if rows(tracker).await.iter().all(|r| r.in_use == 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        first.kill().unwrap();
+        first.wait().unwrap();
+        let restarted = std::time::Instant::now();
+        procs.0.push(tracker_proc(tracker));
+        wait_for_tracker(tracker).await;
+        // The job talks to its peers directly: it finishes, correct.
+        let report = job.await.unwrap();
+        assert_eq!(report.retries, 0);
+        // Every worker registers again within a few seconds.
+        wait_for_alive_slots(tracker, 7).await;
+        assert!(restarted.elapsed() < Duration::from_secs(10), "took {:?}", restarted.elapsed());
+    })
+    .await
+    .unwrap();
+}

@@ -1,0 +1,254 @@
+//! Freivalds' check of the products workers return, before any is used.
+//!
+//! For product i with operands X = Σ±A_q and Y = Σ±B_q, a correct M
+//! satisfies M·r = X·(Y·r) for any vector r. The requester never keeps X or
+//! Y: Y·R is formed from the products B_q·R of B's quadrants, and X·(Y·R)
+//! from one pass over each quadrant of A with all the vectors that need it,
+//! so the whole precomputation reads A and B once (plus once more for their
+//! norms) and can run while the operands are on the wire. Checking a
+//! returned M then costs one product M·R: O(m·n) per round.
+//!
+//! R has `rounds` columns of entries ±U(½, 1) — random signs and sizes,
+//! never near zero — drawn fresh for every job from the thread RNG, so a
+//! worker cannot know them. A single wrong element off by more than twice
+//! the tolerance is therefore always caught; several wrong elements in one
+//! row could only cancel by a coincidence of the random signs and sizes.
+//!
+//! Tolerance. In floating point, fl(X·Y) differs from X·Y by at most
+//! γ_k·|X|·|Y| elementwise, with γ_k ≈ k·u (u the dtype's unit roundoff, k
+//! the inner dimension); computing M·R and X·(Y·R) adds errors of the same
+//! kind. So a correct product satisfies, row by row,
+//!
+//! ```text
+//! |M·r − X·(Y·r)| ≤ c·(k + n + 2)·u·‖X‖∞·‖Y‖∞·‖r‖∞
+//! ```
+//!
+//! with ‖X‖∞ ≤ Σ‖A_q‖∞ (max row sum of |A_q|) and likewise for Y, and c = 4
+//! for safety. Errors larger than that are not rounding: the product is
+//! rejected. (Errors below rounding level cannot be told from rounding by
+//! any check and do not change the answer beyond the dtype's precision.)
+
+use ndarray::{s, Array2, ArrayView2, Axis};
+use rand::RngExt;
+use septet_common::matrix::{matmul, parallelism};
+
+use septet_common::strassen::{quadrant, Product, Quad, Sign, Split, PRODUCTS};
+use septet_common::{Element, Error, Result};
+
+/// Safety factor on the rounding bound.
+const SAFETY: f64 = 4.0;
+const QUADS: [Quad; 4] = [Quad::Q11, Quad::Q12, Quad::Q21, Quad::Q22];
+
+fn index(q: Quad) -> usize {
+    match q {
+        Quad::Q11 => 0,
+        Quad::Q12 => 1,
+        Quad::Q21 => 2,
+        Quad::Q22 => 3,
+    }
+}
+
+/// One pass over `x` (r×c, r ≤ `rows`): returns `x · v[..c, ..]`
+/// zero-padded to `rows` rows, and the largest row sum of |x| (its ∞-norm).
+///
+/// `vt` is v transposed (one contiguous row per column of v), so each row
+/// of `x` is read from memory once and reused from L1 for every column:
+/// verification costs one read of A and of B, not one per vector.
+fn product_and_norm<T: Element>(x: ArrayView2<'_, T>, vt: &Array2<T>, rows: usize) -> (Array2<T>, f64) {
+    let mut out = Array2::<T>::zeros((rows, vt.nrows()));
+    let mut norm = 0.0f64;
+    let c = x.ncols();
+    let mut copy: Vec<T>;
+    for (i, row) in x.rows().into_iter().enumerate() {
+        let row = match row.to_slice() {
+            Some(r) => r,
+            None => {
+                copy = row.to_vec();
+                &copy
+            }
+        };
+        norm = norm.max(row.iter().map(|v| v.to_f64().abs()).sum());
+        for (j, col) in vt.rows().into_iter().enumerate() {
+            let col = col.to_slice().expect("vt is standard layout");
+            out[[i, j]] = dot(row, &col[..c]);
+        }
+    }
+    (out, norm)
+}
+
+/// Dot product with eight independent accumulators, so it vectorizes.
+fn dot<T: Element>(x: &[T], y: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for k in 0..8 {
+            acc[k] += a[k] * b[k];
+        }
+    }
+    let mut sum = acc.iter().fold(T::zero(), |s, v| s + *v);
+    for (a, b) in xr.iter().zip(yr) {
+        sum += *a * *b;
+    }
+    sum
+}
+
+fn signed_sum<T: Element>(terms: &[(Sign, Quad)], parts: &[Array2<T>; 4]) -> Array2<T> {
+    let mut out = Array2::<T>::zeros(parts[0].dim());
+    for &(sign, q) in terms {
+        match sign {
+            Sign::Plus => out += &parts[index(q)],
+            Sign::Minus => out -= &parts[index(q)],
+        }
+    }
+    out
+}
+
+/// Expected M·R for each of the seven products, and their tolerances.
+#[derive(Debug)]
+pub struct Verifier<T> {
+    r: Array2<T>,
+    expected: Vec<Array2<T>>,
+    tolerance: Vec<f64>,
+}
+
+impl<T: Element> Verifier<T> {
+    /// Prepares the check of all seven products of A·B with `rounds` random vectors.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if A and B do not fit `split`.
+    pub fn new(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, split: Split, rounds: usize) -> Result<Self> {
+        let (m1, k1, n1) = split.half();
+        let mut rng = rand::rng();
+        let r = Array2::from_shape_simple_fn((n1, rounds.max(1)), || {
+            let size = rng.random_range(0.5..=1.0);
+            T::from_f64(if rng.random_bool(0.5) { size } else { -size })
+        });
+        let r_max = r.iter().fold(0.0f64, |m, v| m.max(v.to_f64().abs()));
+        let a_q = QUADS.map(|q| quadrant(a, q, m1, k1));
+        let b_q = QUADS.map(|q| quadrant(b, q, k1, n1));
+
+        // B_q·R for each quadrant (and ‖B_q‖∞), then Y_i·R for each product.
+        let rt = r.t().as_standard_layout().into_owned();
+        let mut b_norm = [0.0; 4];
+        let br: [Array2<T>; 4] = std::array::from_fn(|q| {
+            let (p, norm) = product_and_norm(b_q[q], &rt, k1);
+            b_norm[q] = norm;
+            p
+        });
+        let yr: Vec<Array2<T>> = PRODUCTS.iter().map(|p| signed_sum(p.right, &br)).collect();
+
+        // One pass per A quadrant over every Y_i·R that it multiplies.
+        let mut a_norm = [0.0; 4];
+        let mut expected: Vec<Array2<T>> = vec![Array2::zeros((m1, r.ncols())); 7];
+        for q in QUADS {
+            let users: Vec<(usize, Sign)> = PRODUCTS
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.left.iter().find(|(_, lq)| *lq == q).map(|(sign, _)| (i, *sign)))
+                .collect();
+            let views: Vec<ArrayView2<'_, T>> = users.iter().map(|(i, _)| yr[*i].t()).collect();
+            let stacked_t = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Invalid(e.to_string()))?;
+            let (av, norm) = product_and_norm(a_q[index(q)], &stacked_t.as_standard_layout().into_owned(), m1);
+            a_norm[index(q)] = norm;
+            for (slot, (i, sign)) in users.iter().enumerate() {
+                let part = av.slice(s![.., slot * r.ncols()..(slot + 1) * r.ncols()]);
+                match sign {
+                    Sign::Plus => expected[*i] += &part,
+                    Sign::Minus => expected[*i] -= &part,
+                }
+            }
+        }
+        let u = T::DTYPE.unit_roundoff();
+        let tolerance = PRODUCTS
+            .iter()
+            .map(|p: &Product| {
+                let x: f64 = p.left.iter().map(|(_, q)| a_norm[index(*q)]).sum();
+                let y: f64 = p.right.iter().map(|(_, q)| b_norm[index(*q)]).sum();
+                SAFETY * (k1 + n1 + 2) as f64 * u * x * y * r_max
+            })
+            .collect();
+        Ok(Self { r, expected, tolerance })
+    }
+
+    /// The tolerance on |M·r − X·(Y·r)| for product `i`.
+    pub fn tolerance(&self, i: usize) -> f64 {
+        self.tolerance[i]
+    }
+
+    /// Checks product `i` (M1 = 0).
+    ///
+    /// # Errors
+    /// [`Error::Verification`] naming the worst row, its error and the
+    /// tolerance, or [`Error::ShapeMismatch`] for a product of the wrong shape.
+    pub fn check(&self, i: usize, m: ArrayView2<'_, T>) -> Result<()> {
+        let mr = matmul(m, self.r.view(), parallelism(1))?;
+        let (worst, at) = mr
+            .iter()
+            .zip(self.expected[i].iter())
+            .enumerate()
+            .map(|(j, (got, want))| ((got.to_f64() - want.to_f64()).abs(), j))
+            .fold((0.0f64, 0), |acc, x| if x.0 > acc.0 || x.0.is_nan() { x } else { acc });
+        if worst.is_nan() || worst > self.tolerance[i] {
+            return Err(Error::Verification(format!(
+                "{}: |M·r − X·(Y·r)| is {worst:.3e} in row {} (tolerance {:.3e})",
+                PRODUCTS[i].name,
+                at / self.r.ncols(),
+                self.tolerance[i]
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use septet_common::strassen::{naive_matmul, operands};
+
+    fn products<T: Element>(a: &Array2<T>, b: &Array2<T>, split: Split) -> Vec<Array2<T>> {
+        PRODUCTS
+            .iter()
+            .map(|p| {
+                let (x, y) = operands(a.view(), b.view(), p, split);
+                naive_matmul(x.view(), y.view())
+            })
+            .collect()
+    }
+
+    fn check_all<T: Element>(m: usize, k: usize, n: usize) {
+        let mut rng = rand::rng();
+        let a = Array2::from_shape_simple_fn((m, k), || T::from_f64(rng.random_range(-1.0..1.0)));
+        let b = Array2::from_shape_simple_fn((k, n), || T::from_f64(rng.random_range(-1.0..1.0)));
+        let split = Split::of(a.dim(), b.dim()).unwrap();
+        let v = Verifier::new(a.view(), b.view(), split, 2).unwrap();
+        let all = products(&a, &b, split);
+        for (i, mut p) in all.clone().into_iter().enumerate() {
+            v.check(i, p.view()).unwrap_or_else(|e| panic!("{m}x{k}x{n} {}: {e}", PRODUCTS[i].name));
+            // One element off by a visible amount is caught.
+            let (r, c) = (p.nrows() / 2, p.ncols() / 3);
+            // r's entries are at least ½ in size: 6× the tolerance must show.
+            let bump = if v.tolerance(i) > 0.0 { 6.0 * v.tolerance(i) } else { 1.0 };
+            p[[r, c]] = T::from_f64(p[[r, c]].to_f64() + bump);
+            assert!(matches!(v.check(i, p.view()), Err(Error::Verification(_))), "{m}x{k}x{n} {}", PRODUCTS[i].name);
+            // So is another task's product, wherever the two really differ.
+            let other = &all[(i + 1) % 7];
+            if other.iter().zip(all[i].iter()).any(|(x, y)| (x.to_f64() - y.to_f64()).abs() > 1e-2) {
+                assert!(
+                    v.check(i, other.view()).is_err(),
+                    "{m}x{k}x{n} {} took {}",
+                    PRODUCTS[i].name,
+                    PRODUCTS[(i + 1) % 7].name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn correct_products_pass_and_wrong_ones_fail() {
+        for (m, k, n) in [(1, 1, 1), (3, 5, 7), (2, 1, 2), (64, 64, 64), (129, 257, 65), (100, 3, 1)] {
+            check_all::<f64>(m, k, n);
+            check_all::<f32>(m, k, n);
+        }
+    }
+}
