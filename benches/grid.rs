@@ -2,6 +2,8 @@
 //! TCP, in this process) vs the single-process faer product of the same
 //! inputs, measured in the same run. Throughput is classical flops (2n³).
 //!
+//! The grid runs with and without Freivalds verification, so its cost shows.
+//!
 //! `cargo bench --bench grid` (n = 4096 takes a few minutes).
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use septet_tracker::TrackerConfig;
 use septet_worker::{Requester, RequesterConfig, WorkerConfig};
 use tokio::net::TcpListener;
 
-fn start_grid(rt: &tokio::runtime::Runtime) -> Requester {
+fn start_grid(rt: &tokio::runtime::Runtime) -> (Requester, Requester) {
     rt.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tracker = listener.local_addr().unwrap();
@@ -30,13 +32,16 @@ fn start_grid(rt: &tokio::runtime::Runtime) -> Requester {
         while client.peers().await.unwrap().1.len() < 7 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Requester::new(RequesterConfig { tracker: tracker.to_string(), ..Default::default() })
+        let verified = Requester::new(RequesterConfig { tracker: tracker.to_string(), ..Default::default() });
+        let unverified =
+            Requester::new(RequesterConfig { tracker: tracker.to_string(), verify: false, ..Default::default() });
+        (verified, unverified)
     })
 }
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let requester = start_grid(&rt);
+    let (requester, unverified) = start_grid(&rt);
     let mut group = c.benchmark_group("grid");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
@@ -47,6 +52,9 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(2 * (n as u64).pow(3)));
         group.bench_with_input(BenchmarkId::new("loopback_grid", n), &n, |bch, _| {
             bch.iter(|| rt.block_on(requester.multiply(a.clone(), b.clone(), |_| {})).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("loopback_grid_unverified", n), &n, |bch, _| {
+            bch.iter(|| rt.block_on(unverified.multiply(a.clone(), b.clone(), |_| {})).unwrap())
         });
         group.bench_with_input(BenchmarkId::new("local_faer", n), &n, |bch, _| {
             bch.iter(|| matmul(a.view(), b.view(), parallelism(0)).unwrap())

@@ -108,6 +108,9 @@ struct DemoArgs {
     /// Seed of the random inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Check every product with Freivalds' test before using it.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    verify: OnOff,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -342,10 +345,6 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-fn requester(tracker: String, max_wait: Option<Duration>) -> Requester {
-    Requester::new(RequesterConfig { tracker, max_lease_wait: max_wait, ..RequesterConfig::default() })
-}
-
 async fn multiply(args: MultiplyArgs) -> Result<()> {
     let max_wait = args.max_wait.map(|s| secs(s, "--max-wait")).transpose()?;
     let requester = Requester::new(RequesterConfig {
@@ -443,7 +442,11 @@ async fn demo(args: DemoArgs) -> Result<()> {
             args.seed,
             n = args.n
         );
-        let requester = requester(tracker_addr.to_string(), None);
+        let requester = Requester::new(RequesterConfig {
+            tracker: tracker_addr.to_string(),
+            verify: args.verify == OnOff::On,
+            ..RequesterConfig::default()
+        });
         let opts = JobOptions { check: true, json: args.json, out: None, seed: Some(args.seed) };
         match args.dtype.dtype() {
             Dtype::F64 => {

@@ -316,6 +316,9 @@ impl<T: Element> Formed<T> {
 
 type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// The Freivalds check being prepared (`None`), ready, or failed to prepare.
+type PreparedCheck<T> = Option<Result<Arc<Verifier<T>>, String>>;
+
 /// Everything the tasks of one job share.
 struct Job<T> {
     a: Arc<Array2<T>>,
@@ -326,7 +329,7 @@ struct Job<T> {
     reply_deadline: Duration,
     limits: ConnLimits,
     /// The Freivalds check, once prepared; `None` with verification off.
-    verifier: Option<watch::Receiver<Option<Result<Arc<Verifier<T>>, String>>>>,
+    verifier: Option<watch::Receiver<PreparedCheck<T>>>,
     verify_time: Mutex<Duration>,
     started: Instant,
 }

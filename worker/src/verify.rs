@@ -48,18 +48,23 @@ fn index(q: Quad) -> usize {
     }
 }
 
-/// One pass over `x` (r×c, r ≤ `rows`): returns `x · v[..c, ..]`
-/// zero-padded to `rows` rows, and the largest row sum of |x| (its ∞-norm).
-///
-/// `vt` is v transposed (one contiguous row per column of v), so each row
-/// of `x` is read from memory once and reused from L1 for every column:
-/// verification costs one read of A and of B, not one per vector.
+/// `x · v[..c, ..]` for `x` r×c (r ≤ `rows`), zero-padded to `rows` rows,
+/// and the largest row sum of |x| (its ∞-norm). `vt` is v transposed. All
+/// the vectors that multiply one quadrant go in one skinny product, so
+/// verification reads each quadrant of A and B twice (product and norm),
+/// not once per vector.
 fn product_and_norm<T: Element>(x: ArrayView2<'_, T>, vt: &Array2<T>, rows: usize) -> (Array2<T>, f64) {
     let mut out = Array2::<T>::zeros((rows, vt.nrows()));
-    let mut norm = 0.0f64;
     let c = x.ncols();
+    if x.nrows() > 0 && c > 0 {
+        // faer picks the widest SIMD the CPU has at run time.
+        let v = vt.slice(s![.., ..c]).reversed_axes();
+        septet_common::matrix::matmul_into(out.slice_mut(s![..x.nrows(), ..]), x, v, false, parallelism(1))
+            .expect("shapes agree by construction");
+    }
     let mut copy: Vec<T>;
-    for (i, row) in x.rows().into_iter().enumerate() {
+    let mut norm = 0.0f64;
+    for row in x.rows() {
         let row = match row.to_slice() {
             Some(r) => r,
             None => {
@@ -67,30 +72,22 @@ fn product_and_norm<T: Element>(x: ArrayView2<'_, T>, vt: &Array2<T>, rows: usiz
                 &copy
             }
         };
-        norm = norm.max(row.iter().map(|v| v.to_f64().abs()).sum());
-        for (j, col) in vt.rows().into_iter().enumerate() {
-            let col = col.to_slice().expect("vt is standard layout");
-            out[[i, j]] = dot(row, &col[..c]);
-        }
+        norm = norm.max(abs_sum(row));
     }
     (out, norm)
 }
 
-/// Dot product with eight independent accumulators, so it vectorizes.
-fn dot<T: Element>(x: &[T], y: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
+/// Σ|x|, with eight independent accumulators so it is not latency-bound.
+fn abs_sum<T: Element>(x: &[T]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|v| v.to_f64().abs()).sum();
+    for c in chunks {
         for k in 0..8 {
-            acc[k] += a[k] * b[k];
+            acc[k] += c[k].to_f64().abs();
         }
     }
-    let mut sum = acc.iter().fold(T::zero(), |s, v| s + *v);
-    for (a, b) in xr.iter().zip(yr) {
-        sum += *a * *b;
-    }
-    sum
+    acc.iter().sum::<f64>() + rest
 }
 
 fn signed_sum<T: Element>(terms: &[(Sign, Quad)], parts: &[Array2<T>; 4]) -> Array2<T> {
