@@ -320,7 +320,10 @@ async fn the_tracker_survives_bad_bytes_and_keeps_serving_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_requesters_churning_over_twenty_workers_keep_the_invariants() {
     tokio::time::timeout(LIMIT, async {
-        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        // The twenty workers are registrations that never heartbeat: keep
+        // them alive for the test's length.
+        let config = TrackerConfig { heartbeat_timeout: Duration::from_secs(3600), ..TrackerConfig::default() };
+        let (tracker, state) = spawn_tracker(config).await;
         let mut registrar = client(tracker.addr).await;
         for i in 0..20u16 {
             registrar.register(format!("127.0.0.1:{}", 30_000 + i).parse().unwrap(), 1).await.unwrap();
