@@ -472,6 +472,13 @@ async fn demo(args: DemoArgs) -> Result<()> {
     result
 }
 
+/// Binds `addr` and says where the `role` listens (port 0 picks one).
+async fn listen(addr: &str, role: &str) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("could not listen on {addr}"))?;
+    eprintln!("septet {role} listening on {}", listener.local_addr()?);
+    Ok(listener)
+}
+
 async fn tracker(args: TrackerArgs) -> Result<()> {
     let config = TrackerConfig {
         lease_ttl: secs(args.lease_ttl, "--lease-ttl")?,
@@ -481,9 +488,7 @@ async fn tracker(args: TrackerArgs) -> Result<()> {
         ..TrackerConfig::default()
     };
     config.validate()?;
-    let listener =
-        TcpListener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
-    eprintln!("septet tracker listening on {}", listener.local_addr()?);
+    let listener = listen(&args.listen, "tracker").await?;
     septet_tracker::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }
@@ -498,9 +503,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         ..WorkerConfig::default()
     };
     config.validate()?;
-    let listener =
-        TcpListener::bind(&args.listen).await.with_context(|| format!("could not listen on {}", args.listen))?;
-    eprintln!("septet worker listening on {}", listener.local_addr()?);
+    let listener = listen(&args.listen, "worker").await?;
     septet_worker::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }

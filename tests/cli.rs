@@ -4,29 +4,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::septet_bin;
+use common::{free_addr, septet_bin, Procs};
 use ndarray::Array2;
 use ndarray_npy::{read_npy, write_npy};
 use septet_common::strassen::naive_matmul;
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
 
 fn septet(args: &[&str]) -> Output {
     Command::new(septet_bin()).args(args).stdin(Stdio::null()).output().unwrap()

@@ -18,23 +18,6 @@ use tokio::io::AsyncBufReadExt;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Child processes killed when the test ends, however it ends.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 fn tracker_proc(addr: SocketAddr) -> Child {
     Command::new(septet_bin())
         .args(["tracker", "--listen", &addr.to_string(), "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5"])
@@ -54,6 +37,14 @@ fn worker_proc(tracker: SocketAddr, extra: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// A tracker process on a free port, up and listening.
+async fn start_tracker() -> (Procs, SocketAddr) {
+    let tracker = free_addr();
+    let procs = Procs(vec![tracker_proc(tracker)]);
+    wait_for_tracker(tracker).await;
+    (procs, tracker)
 }
 
 async fn wait_for_tracker(addr: SocketAddr) {
@@ -101,6 +92,17 @@ async fn multiply_checked(req: &Requester, m: usize, k: usize, n: usize) -> JobR
     report
 }
 
+/// Waits until every peer has its one slot leased.
+async fn wait_until_all_leased(tracker: SocketAddr) {
+    for _ in 0..500 {
+        if rows(tracker).await.iter().all(|r| r.in_use == 1) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the job never leased every peer");
+}
+
 async fn assert_nothing_leased(tracker: SocketAddr) {
     for _ in 0..300 {
         if rows(tracker).await.iter().all(|r| r.in_use == 0) {
@@ -115,10 +117,7 @@ async fn assert_nothing_leased(tracker: SocketAddr) {
 /// and a spare registered last (so it is free to replace the faulty one).
 async fn one_faulty_worker(fault: &str, peer_timeout: Duration) {
     tokio::time::timeout(LIMIT, async {
-        let mut procs = Procs::default();
-        let tracker = free_addr();
-        procs.0.push(tracker_proc(tracker));
-        wait_for_tracker(tracker).await;
+        let (mut procs, tracker) = start_tracker().await;
         let fault_arg = format!("--fault={fault}");
         let good: &[&str] = &[];
         start_workers(&mut procs, tracker, &[&[fault_arg.as_str()], good, good, good, good, good, good, good]).await;
@@ -156,22 +155,14 @@ async fn a_worker_that_drops_the_connection_mid_reply_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_worker_mid_multiply_still_gives_the_right_answer() {
     tokio::time::timeout(LIMIT, async {
-        let mut procs = Procs::default();
-        let tracker = free_addr();
-        procs.0.push(tracker_proc(tracker));
-        wait_for_tracker(tracker).await;
+        let (mut procs, tracker) = start_tracker().await;
         // Every product is held back 2 s, so the job is surely in flight
         // when the victim (peer 0) is killed.
         let slow: &[&str] = &["--fault=delay=2"];
         start_workers(&mut procs, tracker, &[slow; 7]).await;
         let req = requester(tracker, Duration::from_secs(10));
         let job = tokio::spawn(async move { multiply_checked(&req, 90, 77, 65).await });
-        for _ in 0..500 {
-            if rows(tracker).await.iter().all(|r| r.in_use == 1) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until_all_leased(tracker).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let victim = procs.0.remove(1);
         start_workers(&mut procs, tracker, &[&[]]).await; // the spare
@@ -190,10 +181,7 @@ async fn killing_a_worker_mid_multiply_still_gives_the_right_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_replacement_in_time_is_a_clear_error_and_releases_the_lease() {
     tokio::time::timeout(LIMIT, async {
-        let mut procs = Procs::default();
-        let tracker = free_addr();
-        procs.0.push(tracker_proc(tracker));
-        wait_for_tracker(tracker).await;
+        let (mut procs, tracker) = start_tracker().await;
         let good: &[&str] = &[];
         start_workers(&mut procs, tracker, &[&["--fault=corrupt"], good, good, good, good, good, good]).await;
         let req = Requester::new(RequesterConfig {
@@ -213,10 +201,7 @@ async fn no_replacement_in_time_is_a_clear_error_and_releases_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_requester_gives_its_slots_back() {
     tokio::time::timeout(LIMIT, async {
-        let mut procs = Procs::default();
-        let tracker = free_addr();
-        procs.0.push(tracker_proc(tracker));
-        wait_for_tracker(tracker).await;
+        let (mut procs, tracker) = start_tracker().await;
         let good: &[&str] = &[];
         start_workers(&mut procs, tracker, &[good; 7]).await;
         let mut holder = tokio::process::Command::new(septet_bin())
@@ -249,12 +234,7 @@ async fn a_restarted_tracker_gets_its_workers_back_and_a_running_job_finishes() 
         start_workers(&mut procs, tracker, &[slow; 7]).await;
         let req = requester(tracker, Duration::from_secs(10));
         let job = tokio::spawn(async move { multiply_checked(&req, 50, 40, 30).await });
-        for _ in 0..500 {
-            if rows(tracker).await.iter().all(|r| r.in_use == 1) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until_all_leased(tracker).await;
         first.kill().unwrap();
         first.wait().unwrap();
         let restarted = std::time::Instant::now();

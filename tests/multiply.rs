@@ -33,13 +33,6 @@ async fn grid() -> (Server, Tracker, Vec<Server>) {
     (tracker, state, workers)
 }
 
-async fn teardown(tracker: Server, workers: Vec<Server>) {
-    for w in workers {
-        w.shutdown().await;
-    }
-    tracker.shutdown().await;
-}
-
 fn requester(tracker: &Server) -> Requester {
     Requester::new(RequesterConfig { tracker: tracker.addr.to_string(), ..Default::default() })
 }

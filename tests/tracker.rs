@@ -38,10 +38,7 @@ async fn seven_workers_join_and_a_three_slot_worker_counts_three() {
         wait_for_alive_slots(tracker.addr, 6).await;
         let (_, rows) = client(tracker.addr).await.peers().await.unwrap();
         assert_eq!(rows.iter().filter(|r| r.state == "gone").count(), 1);
-        for w in workers {
-            w.shutdown().await;
-        }
-        tracker.shutdown().await;
+        teardown(tracker, workers).await;
     })
     .await
     .unwrap();
@@ -82,10 +79,7 @@ async fn a_second_lease_waits_is_told_so_and_gets_its_peers_after_release() {
         assert!(matches!(c.release(grant.lease_id).await, Err(Error::Remote { code: ErrorCode::UnknownLease, .. })));
         assert_eq!(state.stats().unwrap().free, 7);
         state.check_invariants().unwrap();
-        for w in workers {
-            w.shutdown().await;
-        }
-        tracker.shutdown().await;
+        teardown(tracker, workers).await;
     })
     .await
     .unwrap();
@@ -131,10 +125,7 @@ async fn queued_requesters_are_served_in_arrival_order() {
         assert_eq!(order, vec![0, 1, 2]);
         state.check_invariants().unwrap();
         assert_eq!(state.stats().unwrap().leases, 0);
-        for w in workers {
-            w.shutdown().await;
-        }
-        tracker.shutdown().await;
+        teardown(tracker, workers).await;
     })
     .await
     .unwrap();
@@ -204,10 +195,7 @@ async fn closed_connections_ttl_expiry_and_dead_workers_return_slots_exactly_onc
         c.release(renewed.lease_id).await.unwrap();
         assert_eq!(state.stats().unwrap().free, 8, "eight live workers, one slot each");
         state.check_invariants().unwrap();
-        for w in workers {
-            w.shutdown().await;
-        }
-        tracker.shutdown().await;
+        teardown(tracker, workers).await;
     })
     .await
     .unwrap();
@@ -308,10 +296,7 @@ async fn the_tracker_survives_bad_bytes_and_keeps_serving_others() {
         let again = fresh.lease(7, false, None, |_, _, _| {}).await.unwrap();
         fresh.release(again.lease_id).await.unwrap();
         state.check_invariants().unwrap();
-        for w in workers {
-            w.shutdown().await;
-        }
-        tracker.shutdown().await;
+        teardown(tracker, workers).await;
     })
     .await
     .unwrap();

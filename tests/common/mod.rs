@@ -30,6 +30,14 @@ impl Server {
     }
 }
 
+/// Shuts the workers down (they deregister), then the tracker.
+pub async fn teardown(tracker: Server, workers: Vec<Server>) {
+    for w in workers {
+        w.shutdown().await;
+    }
+    tracker.shutdown().await;
+}
+
 /// A tracker on 127.0.0.1:0 plus a handle on its state.
 pub async fn spawn_tracker(config: TrackerConfig) -> (Server, Tracker) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -92,4 +100,22 @@ pub async fn wait_for_alive_slots(tracker: SocketAddr, alive: u32) {
 /// Path of the built `septet` binary.
 pub fn septet_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_septet"))
+}
+
+/// Child processes killed when the test ends, however it ends.
+#[derive(Default)]
+pub struct Procs(pub Vec<std::process::Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An address on loopback that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
