@@ -20,7 +20,7 @@
 
 use bytes::{Buf, BufMut};
 
-use crate::matrix::{alloc_zeroed, Dtype, Element, Matrix};
+use crate::matrix::{alloc_uninit, Dtype, Element, Matrix};
 use crate::{Error, Message, Result};
 
 #[cfg(target_endian = "big")]
@@ -162,13 +162,14 @@ impl BlocksHeader {
         self.payload_len()?.checked_add(LEN_PREFIX + 1 + self.encoded_len())
     }
 
-    /// Zero-filled matrices of the declared shapes, ready to be read into.
+    /// Matrices of the declared shapes, ready to be read into (their
+    /// contents are unspecified until every byte has been read).
     pub fn allocate(&self) -> Vec<Matrix> {
         self.shapes
             .iter()
             .map(|&shape| match self.dtype {
-                Dtype::F64 => Matrix::F64(alloc_zeroed(shape)),
-                Dtype::F32 => Matrix::F32(alloc_zeroed(shape)),
+                Dtype::F64 => Matrix::F64(alloc_uninit(shape)),
+                Dtype::F32 => Matrix::F32(alloc_uninit(shape)),
             })
             .collect()
     }

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -103,7 +104,12 @@ pub trait Element:
     fn from_matrix(m: Matrix) -> std::result::Result<Array2<Self>, Matrix>;
     /// Wraps a view into the dynamic [`MatrixView`].
     fn view(a: ArrayView2<'_, Self>) -> MatrixView<'_>;
+    /// This process's pool of recycled buffers of this element type.
+    fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
 }
+
+static POOL_F64: Mutex<Vec<Vec<f64>>> = Mutex::new(Vec::new());
+static POOL_F32: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 impl Element for f64 {
     const DTYPE: Dtype = Dtype::F64;
@@ -131,6 +137,9 @@ impl Element for f64 {
     }
     fn view(a: ArrayView2<'_, Self>) -> MatrixView<'_> {
         MatrixView::F64(a)
+    }
+    fn pool() -> &'static Mutex<Vec<Vec<Self>>> {
+        &POOL_F64
     }
 }
 
@@ -160,6 +169,9 @@ impl Element for f32 {
     }
     fn view(a: ArrayView2<'_, Self>) -> MatrixView<'_> {
         MatrixView::F32(a)
+    }
+    fn pool() -> &'static Mutex<Vec<Vec<Self>>> {
+        &POOL_F32
     }
 }
 
@@ -223,6 +235,55 @@ impl MatrixView<'_> {
             MatrixView::F64(a) => a.dim(),
             MatrixView::F32(a) => a.dim(),
         }
+    }
+}
+
+/// Buffers smaller than this (in bytes) are not worth pooling.
+const POOL_MIN_BYTES: usize = 1 << 20;
+/// Most bytes a pool keeps per element type.
+const POOL_MAX_BYTES: usize = 1 << 30;
+
+/// A row-major array whose contents are **unspecified** (a recycled buffer's
+/// old values, or zeros): for callers that overwrite every element, such as
+/// a frame payload being read or a product being computed.
+///
+/// Large blocks come in a few sizes per job (the quadrant shapes), and a
+/// recycled buffer costs neither page faults nor zeroing, which on this
+/// workload cost more than the copies themselves. Buffers come back through
+/// [`recycle`].
+pub fn alloc_uninit<T: Element>(shape: (usize, usize)) -> Array2<T> {
+    let len = shape.0.checked_mul(shape.1).expect("matrix size overflows usize");
+    if len * std::mem::size_of::<T>() >= POOL_MIN_BYTES {
+        let mut pool = T::pool().lock();
+        if let Some(at) = pool.iter().position(|v| v.len() == len) {
+            let v = pool.swap_remove(at);
+            return Array2::from_shape_vec(shape, v).expect("length matches shape");
+        }
+    }
+    alloc_zeroed(shape)
+}
+
+/// Gives a large array's buffer back for [`alloc_uninit`] to reuse.
+pub fn recycle<T: Element>(a: Array2<T>) {
+    if !a.is_standard_layout() || a.len() * std::mem::size_of::<T>() < POOL_MIN_BYTES {
+        return;
+    }
+    let (v, offset) = a.into_raw_vec_and_offset();
+    if offset.unwrap_or(0) != 0 {
+        return;
+    }
+    let mut pool = T::pool().lock();
+    let held: usize = pool.iter().map(|b| b.len() * std::mem::size_of::<T>()).sum();
+    if held + v.len() * std::mem::size_of::<T>() <= POOL_MAX_BYTES {
+        pool.push(v);
+    }
+}
+
+/// [`recycle`] for a dynamic matrix.
+pub fn recycle_matrix(m: Matrix) {
+    match m {
+        Matrix::F64(a) => recycle(a),
+        Matrix::F32(a) => recycle(a),
     }
 }
 
@@ -320,7 +381,8 @@ pub fn matmul<T: Element>(x: ArrayView2<'_, T>, y: ArrayView2<'_, T>, par: faer:
     if x.ncols() != y.nrows() {
         return Err(Error::ShapeMismatch { left: x.dim(), right: y.dim() });
     }
-    let mut out = alloc_zeroed::<T>((x.nrows(), y.ncols()));
+    // `Accum::Replace` never reads the output, so a recycled buffer will do.
+    let mut out = alloc_uninit::<T>((x.nrows(), y.ncols()));
     matmul_into(out.view_mut(), x, y, false, par)?;
     Ok(out)
 }
@@ -352,6 +414,18 @@ mod tests {
         let mut acc = Array2::from_elem((4, 3), 1.0);
         matmul_into(acc.view_mut(), x, y, true, faer::Par::Seq).unwrap();
         assert_eq!(acc, x.dot(&y) + 1.0);
+    }
+
+    #[test]
+    fn replace_overwrites_every_element_of_a_recycled_buffer() {
+        let x = Array2::from_shape_fn((300, 200), |(i, j)| ((i + j) % 7) as f64);
+        let y = Array2::from_shape_fn((200, 700), |(i, j)| ((i * j) % 5) as f64);
+        // A NaN-filled buffer of the product's size, handed back for reuse.
+        recycle(Array2::from_elem((300, 700), f64::NAN));
+        let got = matmul(x.view(), y.view(), faer::Par::Seq).unwrap();
+        assert_eq!(got, x.dot(&y));
+        let again = alloc_uninit::<f64>((300, 700));
+        assert_eq!(again.dim(), (300, 700));
     }
 
     #[test]

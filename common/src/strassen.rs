@@ -25,7 +25,7 @@
 
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Zip};
 
-use crate::matrix::{alloc_zeroed, matmul_into, Element};
+use crate::matrix::{alloc_uninit, alloc_zeroed, matmul_into, Element};
 use crate::{Error, Result};
 
 /// A quadrant of a matrix split in two both ways.
@@ -231,14 +231,17 @@ pub fn operand<'a, T: Element>(x: ArrayView2<'a, T>, terms: &[Term], shape: (usi
             return Operand::View(*only);
         }
     }
-    let mut out = alloc_zeroed::<T>(shape);
-    match quads.as_slice() {
-        // The common case, full-size a ± b: one pass, no zero fill read back.
+    let out = match quads.as_slice() {
+        // The common case, full-size a ± b: one pass over a recycled buffer.
         [(Plus, a), (sb, b)] if a.dim() == shape && b.dim() == shape => {
+            let mut out = alloc_uninit::<T>(shape);
             let neg = *sb == Minus;
             Zip::from(&mut out).and(a).and(b).for_each(|o, &a, &b| *o = if neg { a - b } else { a + b });
+            out
         }
+        // Padding: the short quadrants leave zeros in the rest.
         _ => {
+            let mut out = alloc_zeroed::<T>(shape);
             for (sign, q) in quads {
                 let (r, c) = q.dim();
                 let mut corner = out.slice_mut(s![..r, ..c]);
@@ -247,8 +250,9 @@ pub fn operand<'a, T: Element>(x: ArrayView2<'a, T>, terms: &[Term], shape: (usi
                     Minus => corner -= &q,
                 }
             }
+            out
         }
-    }
+    };
     Operand::Owned(out)
 }
 

@@ -312,6 +312,13 @@ impl<T: Element> Formed<T> {
             Formed::Owned(a) => a.view(),
         }
     }
+
+    /// Hands a formed operand's buffer back once it has been sent.
+    fn recycle(self) {
+        if let Formed::Owned(a) = self {
+            septet_common::matrix::recycle(a);
+        }
+    }
 }
 
 type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
@@ -436,7 +443,9 @@ impl<T: Element> Job<T> {
                 *job.verify_time.lock() += t.elapsed();
                 checked?;
             }
-            strassen::accumulate(job.c.lock().view_mut(), m.view(), &PRODUCTS[i], job.split)
+            let folded = strassen::accumulate(job.c.lock().view_mut(), m.view(), &PRODUCTS[i], job.split);
+            septet_common::matrix::recycle(m);
+            folded
         })
         .await
         .map_err(|e| Error::Invalid(format!("checking a product panicked: {e}")))??;
@@ -453,7 +462,8 @@ impl<T: Element> Job<T> {
             let t = Instant::now();
             bytes_sent = self.send(&mut writer, i, &pair).await?;
             send = t.elapsed();
-            drop(pair);
+            pair.0.recycle();
+            pair.1.recycle();
             // The write side stays open until the reply is in.
             let got = self.receive(reader, i).await;
             drop(writer);
@@ -676,7 +686,10 @@ impl Requester {
             };
             let Connection { reader, mut writer, .. } = conn;
             let t = Instant::now();
-            match job.send(&mut writer, i, &pair).await {
+            let sent = job.send(&mut writer, i, &pair).await;
+            pair.0.recycle();
+            pair.1.recycle();
+            match sent {
                 Ok(bytes_sent) => {
                     let send = t.elapsed();
                     progress(Progress::Sent { product: PRODUCTS[i].name, bytes: bytes_sent });

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
-use septet_common::matrix::{matmul_dyn, parallelism};
+use septet_common::matrix::{matmul_dyn, parallelism, recycle_matrix};
 use septet_common::{Connection, Error, Frame, Matrix, Message, Result};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
@@ -155,7 +155,10 @@ fn corrupt(m: &mut Matrix) {
 /// Multiplies one task's operands.
 fn compute(task: Blocks, threads: usize) -> Result<Matrix> {
     let [x, y] = <[Matrix; 2]>::try_from(task.mats).map_err(|m| Error::BadFrame(format!("{} operands", m.len())))?;
-    matmul_dyn(&x, &y, parallelism(threads))
+    let product = matmul_dyn(&x, &y, parallelism(threads));
+    recycle_matrix(x);
+    recycle_matrix(y);
+    product
 }
 
 #[instrument(skip_all, fields(client = %addr))]
@@ -200,7 +203,11 @@ async fn serve_connection(
                             warn!(task_id, "fault injection: dropping the connection mid-reply");
                             return;
                         }
-                        Ok(()) => writer.send_blocks(task_id, BlockOp::Product, &[m.view()]).await,
+                        Ok(()) => {
+                            let sent = writer.send_blocks(task_id, BlockOp::Product, &[m.view()]).await;
+                            recycle_matrix(m);
+                            sent
+                        }
                         Err(e) => Err(e),
                     }
                 }
