@@ -288,7 +288,7 @@ impl PeerTable {
     /// The ranking is one vectorized expression: a u64 key per peer packing
     /// `in_use` (top 11 bits), `leases_total` (next 33 bits, saturating) and
     /// `peer_id` (low 20 bits), so ordering keys orders peers by all three
-    /// at once. A single-column partial sort of the leaseable peers' keys then
+    /// at once. A linear-time selection over the leaseable peers' keys then
     /// yields the `count` best peers (the best `count` slots can only come
     /// from them); ranking their extra slots is a tiny sort of at most
     /// `count²` keys. A multi-column `DataFrame::sort` did the same 6× slower.
@@ -300,11 +300,17 @@ impl PeerTable {
         let total = self.u64s("leases_total")?.apply_values(|t| t.min(LEASES_KEY_MAX));
         let key =
             &(&(in_use.u64()? * (1u64 << IN_USE_SHIFT)) + &(&total * (1u64 << PEER_ID_BITS))) + self.u64s("peer_id")?;
-        let options = SortOptions { limit: Some(count as IdxSize), multithreaded: false, ..Default::default() };
-        let best = key.filter(&self.leaseable()?)?.sort_with(options);
+        // Top `count` keys: a linear-time selection, then a sort of those few
+        // (polars-core's limited sort still sorts every key).
+        let mut best: Vec<u64> = key.filter(&self.leaseable()?)?.into_no_null_iter().collect();
+        if best.len() > count {
+            best.select_nth_unstable(count);
+            best.truncate(count);
+        }
+        best.sort_unstable();
         let (addrs, slots, in_use) = (self.strs("addr")?, self.u32s("slots")?, self.u32s("in_use")?);
         let mut keys = Vec::new();
-        for k in best.into_no_null_iter().take(count) {
+        for k in best {
             let row = (k & ((1 << PEER_ID_BITS) - 1)) as usize;
             let (used, cap) = (in_use.get(row).unwrap_or(0), slots.get(row).unwrap_or(0));
             for extra in 0..cap.saturating_sub(used).min(count as u32) {
