@@ -160,8 +160,12 @@ pub struct JobReport {
     pub peers: Vec<PeerReport>,
     /// Whether every product passed Freivalds' check before it was used.
     pub verified: bool,
-    /// Seconds spent verifying (preparing the check and checking products).
+    /// Seconds of verification work (preparing the check, checking each
+    /// product); most of it overlaps the workers' compute.
     pub verify_s: f64,
+    /// Seconds verification added to the job's critical path: the last
+    /// product's wait for the check to be ready plus its check.
+    pub verify_critical_s: f64,
     /// Products sent again to a replacement peer.
     pub retries: u32,
     /// Messages that were dropped or failed, described.
@@ -355,6 +359,8 @@ struct Received {
     bytes: u64,
     compute: Duration,
     receive: Duration,
+    /// Time this product waited for the check to be ready plus the check itself.
+    verify: Duration,
 }
 
 impl<T: Element> Job<T> {
@@ -426,7 +432,9 @@ impl<T: Element> Job<T> {
             return Err(Error::ShapeMismatch { left: shape, right: self.split.product_shape() });
         }
         let header = BlocksHeader { task_id: i as u64, op: BlockOp::Product, dtype, shapes: vec![shape] };
-        let bytes = (header.frame_len().unwrap_or(0) + 20) as u64;
+        let computed = septet_common::frame::encode_control(&Message::Computed { task_id: i as u64, compute_us })?;
+        let bytes = (header.frame_len().unwrap_or(0) + computed.len()) as u64;
+        let waiting = Instant::now();
         let verifier = match &self.verifier {
             Some(rx) => {
                 let ready =
@@ -435,21 +443,24 @@ impl<T: Element> Job<T> {
             }
             None => None,
         };
+        let waited = waiting.elapsed();
         let job = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut took = Duration::ZERO;
             if let Some(v) = verifier {
                 let t = Instant::now();
                 let checked = v.check(i, m.view());
-                *job.verify_time.lock() += t.elapsed();
+                took = t.elapsed();
+                *job.verify_time.lock() += took;
                 checked?;
             }
-            let folded = strassen::accumulate(job.c.lock().view_mut(), m.view(), &PRODUCTS[i], job.split);
+            strassen::accumulate(job.c.lock().view_mut(), m.view(), &PRODUCTS[i], job.split)?;
             septet_common::matrix::recycle(m);
-            folded
+            Ok::<_, Error>(took)
         })
         .await
         .map_err(|e| Error::Invalid(format!("checking a product panicked: {e}")))??;
-        Ok(Received { bytes, compute: Duration::from_micros(compute_us), receive })
+        Ok(Received { bytes, compute: Duration::from_micros(compute_us), receive, verify: waited + checked })
     }
 
     /// A whole attempt at product `i` on `peer`: connect, form, send, receive.
@@ -538,6 +549,7 @@ impl Requester {
             peers: Vec::new(),
             verified: false,
             verify_s: 0.0,
+            verify_critical_s: 0.0,
             retries: 0,
             failures: Vec::new(),
         };
@@ -718,6 +730,9 @@ impl Requester {
             match result {
                 Ok(got) => {
                     left -= 1;
+                    if left == 0 {
+                        report.verify_critical_s = got.verify.as_secs_f64();
+                    }
                     report.bytes_received += got.bytes;
                     progress(Progress::Received { product: PRODUCTS[i].name, bytes: got.bytes });
                     reports[i] = Some(PeerReport {
