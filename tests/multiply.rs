@@ -144,6 +144,18 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
             Some(Frame::Blocks(b)) => assert_eq!(b.mats, vec![septet_common::Matrix::F64(x.dot(&y))]),
             other => panic!("expected the product, got {other:?}"),
         }
+        // An empty inner dimension may not ask for a product larger than a frame.
+        let (wide, tall) = (Array2::<f64>::zeros((100_000, 0)), Array2::<f64>::zeros((0, 100_000)));
+        conn.writer
+            .send_blocks(13, BlockOp::Multiply, &[MatrixView::F64(wide.view()), MatrixView::F64(tall.view())])
+            .await
+            .unwrap();
+        match conn.reader.read_frame().await.unwrap() {
+            Some(Frame::Control(Message::Error { task_id: Some(13), message, .. })) => {
+                assert!(message.contains("frame limit"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
         // Raw garbage on another connection does not disturb it.
         let mut raw = tokio::net::TcpStream::connect(worker.addr).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut raw, &encode_control(&Message::ListPeers).unwrap()).await.unwrap();

@@ -153,8 +153,18 @@ fn corrupt(m: &mut Matrix) {
 }
 
 /// Multiplies one task's operands.
-fn compute(task: Blocks, threads: usize) -> Result<Matrix> {
+fn compute(task: Blocks, threads: usize, max_frame_len: usize) -> Result<Matrix> {
     let [x, y] = <[Matrix; 2]>::try_from(task.mats).map_err(|m| Error::BadFrame(format!("{} operands", m.len())))?;
+    // The operands' sizes were checked against the frame's length, but with
+    // an empty inner dimension a tiny frame could still ask for a huge
+    // product: check that the reply fits in a frame before allocating it.
+    let (rows, cols) = (x.shape().0, y.shape().1);
+    let bytes = rows.checked_mul(cols).and_then(|e| e.checked_mul(x.dtype().size()));
+    if bytes.is_none_or(|b| b > max_frame_len) {
+        return Err(Error::Invalid(format!(
+            "a {rows}×{cols} product would exceed this worker's {max_frame_len}-byte frame limit"
+        )));
+    }
     let product = matmul_dyn(&x, &y, parallelism(threads));
     recycle_matrix(x);
     recycle_matrix(y);
@@ -227,10 +237,10 @@ async fn serve_connection(
         match frame {
             Ok(Some(Frame::Blocks(task))) if task.op == BlockOp::Multiply => {
                 let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                let (tx, threads, task_id) = (tx.clone(), config.threads, task.task_id);
+                let (tx, threads, task_id, max_len) = (tx.clone(), config.threads, task.task_id, config.max_frame_len);
                 tokio::task::spawn_blocking(move || {
                     let started = std::time::Instant::now();
-                    let reply = match compute(task, threads) {
+                    let reply = match compute(task, threads, max_len) {
                         Ok(product) => Reply::Product(task_id, product, started.elapsed()),
                         Err(e) => {
                             debug!(task_id, error = %e, "task refused");
