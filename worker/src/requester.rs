@@ -28,10 +28,12 @@ use tracing::{debug, info, warn};
 use crate::client::TrackerClient;
 use crate::verify::Verifier;
 
-/// Order in which the seven pairs are formed and sent: pairs that need two
-/// formed operands alternate with pairs that need one, so the two pairs in
-/// memory at once never hold more than three formed blocks.
-const SEND_ORDER: [usize; 7] = [0, 1, 5, 2, 6, 3, 4];
+/// Order in which the seven pairs are formed and sent: pairs that need one
+/// formed operand (M2, M3, M4, M5) alternate with pairs that need two (M1,
+/// M6, M7), so the two pairs in memory at once never hold more than three
+/// formed blocks; starting with a one-sum pair gets the first worker going
+/// sooner.
+const SEND_ORDER: [usize; 7] = [1, 0, 2, 5, 3, 6, 4];
 
 /// Requester settings.
 #[derive(Debug, Clone)]
