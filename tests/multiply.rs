@@ -184,3 +184,40 @@ async fn an_unreachable_tracker_is_a_clear_error() {
     assert!(matches!(err, RequestError::Tracker { source: Error::Io(_), .. }), "{err}");
     assert!(err.to_string().contains(&addr.to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_longer_than_the_lease_ttl_renews_its_lease() {
+    tokio::time::timeout(LIMIT, async {
+        let config = TrackerConfig { lease_ttl: Duration::from_millis(300), ..TrackerConfig::default() };
+        let (tracker, state) = spawn_tracker(config).await;
+        let mut workers = Vec::new();
+        for _ in 0..7 {
+            workers.push(
+                spawn_worker_with(septet_worker::WorkerConfig {
+                    tracker: Some(tracker.addr.to_string()),
+                    threads: 1,
+                    // Every product takes over three TTLs to come back.
+                    fault: Some(septet_worker::Fault::Delay(Duration::from_millis(1000))),
+                    ..Default::default()
+                })
+                .await,
+            );
+        }
+        wait_for_alive_slots(tracker.addr, 7).await;
+        let watcher = state.clone();
+        let held = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            watcher.stats().unwrap().leases
+        });
+        let (a, b) = (ints(9, 8, 0), ints(8, 7, 1));
+        let expected = naive_matmul(a.view(), b.view());
+        let (c, report) = requester(&tracker).multiply(Arc::new(a), Arc::new(b), |_| {}).await.unwrap();
+        assert_eq!(c, expected);
+        assert_eq!(held.await.unwrap(), 1, "the lease was still alive after two TTLs");
+        assert!(report.failures.is_empty(), "the lease never expired: {:?}", report.failures);
+        assert_eq!(state.stats().unwrap().leases, 0);
+        teardown(tracker, workers).await;
+    })
+    .await
+    .unwrap();
+}
