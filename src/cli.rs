@@ -357,16 +357,8 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
     let mut opts = JobOptions { check: args.check, json: args.json, out: args.out, seed: None };
     if let Some((m, k, n)) = args.random {
         opts.seed = Some(args.seed);
-        return match args.dtype.unwrap_or(DtypeArg::F64).dtype() {
-            Dtype::F64 => {
-                let (a, b) = job::random_inputs::<f64>(m, k, n, args.seed);
-                job::run(&requester, a, b, &opts).await
-            }
-            Dtype::F32 => {
-                let (a, b) = job::random_inputs::<f32>(m, k, n, args.seed);
-                job::run(&requester, a, b, &opts).await
-            }
-        };
+        let dtype = args.dtype.unwrap_or(DtypeArg::F64).dtype();
+        return job::run_random(&requester, dtype, (m, k, n), args.seed, &opts).await;
     }
     let (a_path, b_path) = (args.a.expect("clap requires --a"), args.b.expect("clap requires --b"));
     // Every input check happens here, before anything is leased.
@@ -448,16 +440,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             ..RequesterConfig::default()
         });
         let opts = JobOptions { check: true, json: args.json, out: None, seed: Some(args.seed) };
-        match args.dtype.dtype() {
-            Dtype::F64 => {
-                let (a, b) = job::random_inputs::<f64>(args.n, args.n, args.n, args.seed);
-                job::run(&requester, a, b, &opts).await
-            }
-            Dtype::F32 => {
-                let (a, b) = job::random_inputs::<f32>(args.n, args.n, args.n, args.seed);
-                job::run(&requester, a, b, &opts).await
-            }
-        }
+        job::run_random(&requester, args.dtype.dtype(), (args.n, args.n, args.n), args.seed, &opts).await
     }
     .await;
     stop.cancel();

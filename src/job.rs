@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
 use septet_common::matrix::{matmul, parallelism};
-use septet_common::Element;
+use septet_common::{Dtype, Element};
 use septet_worker::{JobReport, Progress, Requester};
 use serde::Serialize;
 
@@ -57,6 +57,29 @@ pub fn random_matrix<T: Element>(rows: usize, cols: usize, rng: &mut rand::rngs:
 pub fn random_inputs<T: Element>(m: usize, k: usize, n: usize, seed: u64) -> (Array2<T>, Array2<T>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (random_matrix(m, k, &mut rng), random_matrix(k, n, &mut rng))
+}
+
+/// [`run`] on seeded random M×K and K×N inputs of `dtype`.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_random(
+    requester: &Requester,
+    dtype: Dtype,
+    (m, k, n): (usize, usize, usize),
+    seed: u64,
+    opts: &JobOptions,
+) -> Result<()> {
+    match dtype {
+        Dtype::F64 => {
+            let (a, b) = random_inputs::<f64>(m, k, n, seed);
+            run(requester, a, b, opts).await
+        }
+        Dtype::F32 => {
+            let (a, b) = random_inputs::<f32>(m, k, n, seed);
+            run(requester, a, b, opts).await
+        }
+    }
 }
 
 fn progress_bar() -> ProgressBar {
