@@ -156,17 +156,24 @@ struct State {
 }
 
 impl State {
-    /// Leases `count` slots now; the caller has checked they are free.
-    fn grant(&mut self, count: u32, owner: Option<ConnId>, expires_at: Instant, ttl: Duration) -> Result<LeaseGrant> {
+    /// Leases `count` slots if that many are free; otherwise changes
+    /// nothing and returns how many are free.
+    fn try_grant(
+        &mut self,
+        count: u32,
+        owner: Option<ConnId>,
+        expires_at: Instant,
+        ttl: Duration,
+    ) -> Result<std::result::Result<LeaseGrant, u32>> {
         let slots = self.table.choose(count as usize)?;
-        if slots.len() != count as usize {
-            return Err(Error::Invalid(format!("only {} of {count} slots could be chosen", slots.len())));
+        if slots.len() < count as usize {
+            return Ok(Err(slots.len() as u32));
         }
         self.table.take_slots(&slots)?;
         self.next_lease_id += 1;
         let lease_id = self.next_lease_id;
         self.leases.insert(lease_id, LeaseRecord { slots: slots.clone(), owner, expires_at, reported: Vec::new() });
-        Ok(LeaseGrant { lease_id, peers: slots, ttl_ms: ttl.as_millis() as u64 })
+        Ok(Ok(LeaseGrant { lease_id, peers: slots, ttl_ms: ttl.as_millis() as u64 }))
     }
 
     /// Ends a lease and returns its slots. Removing the record first is what
@@ -181,12 +188,11 @@ impl State {
     /// Serves queued requests, front first, while enough slots are free.
     fn dispatch(&mut self, now: Instant, ttl: Duration) -> Result<()> {
         while let Some(front) = self.queue.front() {
-            if self.table.free_slots()? < front.count {
+            let owner = (!front.detached).then_some(front.conn);
+            let Ok(grant) = self.try_grant(front.count, owner, now + ttl, ttl)? else {
                 break;
-            }
+            };
             let waiter = self.queue.pop_front().expect("front exists");
-            let owner = (!waiter.detached).then_some(waiter.conn);
-            let grant = self.grant(waiter.count, owner, now + ttl, ttl)?;
             if let Err(grant) = waiter.tx.send(grant) {
                 // The requester went away between queueing and now.
                 self.end_lease(grant.lease_id)?;
@@ -314,11 +320,14 @@ impl Tracker {
         }
         let ttl = self.inner.config.lease_ttl;
         self.mutate(|s, now| {
-            let free = s.table.free_slots()?;
-            if s.queue.is_empty() && free >= count {
-                let owner = (!detached).then_some(conn);
-                return Ok(LeaseOutcome::Granted(s.grant(count, owner, now + ttl, ttl)?));
-            }
+            let free = if s.queue.is_empty() {
+                match s.try_grant(count, (!detached).then_some(conn), now + ttl, ttl)? {
+                    Ok(grant) => return Ok(LeaseOutcome::Granted(grant)),
+                    Err(free) => free,
+                }
+            } else {
+                s.table.free_slots()?
+            };
             s.next_waiter_id += 1;
             let (tx, grant) = oneshot::channel();
             let waiter_id = s.next_waiter_id;
