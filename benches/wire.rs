@@ -1,6 +1,9 @@
 //! Matrix blocks on the wire: encoding and decoding a 2048×2048 f64 block
 //! in memory, and sending one over loopback TCP from ndarray memory
-//! straight into the receiver's array.
+//! straight into the receiver's array — next to the reference for that
+//! last one: a bare blocking `std::net` loop moving the same bytes with
+//! `write_all` / `read_exact` into one reused buffer, the most any
+//! user-space TCP path gets from the kernel on this machine.
 //!
 //! `cargo bench --bench wire`
 
@@ -8,6 +11,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ndarray::Array2;
 use septet_common::frame::{decode, encode, BlockOp, Blocks, Frame, DEFAULT_MAX_FRAME_LEN};
 use septet_common::{FrameReader, FrameWriter, Matrix, MatrixView};
+use std::io::{Read, Write};
+
 use tokio::net::{TcpListener, TcpStream};
 
 const N: usize = 2048;
@@ -50,6 +55,18 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let payload = septet_common::frame::as_bytes(block.as_slice().unwrap()).to_vec();
+    let len = payload.len();
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        while s.write_all(&payload).is_ok() {}
+    });
+    let (mut s, _) = listener.accept().unwrap();
+    let mut buf = vec![0u8; len];
+    group.bench_function("loopback_reference/2048", |b| b.iter(|| s.read_exact(&mut buf).unwrap()));
     group.finish();
 }
 
