@@ -1,19 +1,20 @@
 //! Matrix blocks on the wire: encoding and decoding a 2048×2048 f64 block
 //! in memory, and sending one over loopback TCP from ndarray memory
-//! straight into the receiver's array — next to the reference for that
-//! last one: a bare blocking `std::net` loop moving the same bytes with
-//! `write_all` / `read_exact` into one reused buffer, the most any
-//! user-space TCP path gets from the kernel on this machine.
+//! straight into the receiver's array through septet's connections (as a
+//! requester sends to a worker) — next to a reference for that last one: a
+//! plain blocking `std::net` loop with default socket options moving the
+//! same bytes with `write_all` / `read_exact` into one reused buffer.
 //!
 //! `cargo bench --bench wire`
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ndarray::Array2;
-use septet_common::frame::{decode, encode, BlockOp, Blocks, Frame, DEFAULT_MAX_FRAME_LEN};
-use septet_common::{FrameReader, FrameWriter, Matrix, MatrixView};
 use std::io::{Read, Write};
 
-use tokio::net::{TcpListener, TcpStream};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ndarray::Array2;
+use septet_common::conn::ConnLimits;
+use septet_common::frame::{decode, encode, BlockOp, Blocks, Frame, DEFAULT_MAX_FRAME_LEN};
+use septet_common::{Connection, Matrix, MatrixView, Role};
+use tokio::net::TcpListener;
 
 const N: usize = 2048;
 
@@ -29,30 +30,42 @@ fn bench(c: &mut Criterion) {
     let encoded = encode(&frame).unwrap();
     group.bench_function("decode/2048", |b| b.iter(|| decode(&encoded, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap()));
 
-    // Loopback: a writer task sends blocks back to back; each iteration
-    // reads one, then hands its buffer back for reuse as workers and the
-    // requester do once a block is consumed (so the steady state is measured,
-    // not the kernel zeroing fresh pages).
+    // Loopback: a writer task sends blocks back to back; a reader task reads
+    // them (inside the runtime, as workers and the requester do) and hands
+    // each buffer back for reuse once read, as they do once a block is
+    // consumed (so the steady state is measured, not the kernel zeroing
+    // fresh pages).
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let mut reader = rt.block_on(async {
+    let limits = ConnLimits { max_frame_len: DEFAULT_MAX_FRAME_LEN, ..ConnLimits::default() };
+    let reader = rt.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sender = block.clone();
         tokio::spawn(async move {
-            let stream = TcpStream::connect(addr).await.unwrap();
-            stream.set_nodelay(true).unwrap();
-            let mut w = FrameWriter::new(stream);
-            while w.send_blocks(1, BlockOp::Product, &[MatrixView::F64(sender.view())]).await.is_ok() {}
+            let mut conn = Connection::connect(addr, Role::Client, limits).await.unwrap();
+            while conn.writer.send_blocks(1, BlockOp::Product, &[MatrixView::F64(sender.view())]).await.is_ok() {}
         });
         let (stream, _) = listener.accept().await.unwrap();
-        FrameReader::new(stream, DEFAULT_MAX_FRAME_LEN)
+        Connection::accept(stream, limits).await.unwrap().0.reader
     });
+    let reader = std::sync::Arc::new(tokio::sync::Mutex::new(reader));
     group.bench_function("loopback/2048", |b| {
-        b.iter(|| {
-            let frame = rt.block_on(async { reader.read_frame().await.unwrap().unwrap() });
-            if let Frame::Blocks(blocks) = frame {
-                blocks.mats.into_iter().for_each(septet_common::matrix::recycle_matrix);
-            }
+        b.iter_custom(|iters| {
+            let reader = reader.clone();
+            rt.block_on(async move {
+                tokio::spawn(async move {
+                    let mut reader = reader.lock().await;
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        if let Some(Frame::Blocks(blocks)) = reader.read_frame().await.unwrap() {
+                            blocks.mats.into_iter().for_each(septet_common::matrix::recycle_matrix);
+                        }
+                    }
+                    start.elapsed()
+                })
+                .await
+                .unwrap()
+            })
         })
     });
 
