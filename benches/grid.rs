@@ -4,10 +4,16 @@
 //!
 //! The grid runs with and without Freivalds verification, so its cost shows.
 //!
+//! On a shared VM the machine's speed drifts by ±10 % over the seconds
+//! criterion spends on one benchmark before the next, which swamps a ratio
+//! of two of them. So a fixed pass after each size also times the three
+//! *interleaved* — local, grid, grid unverified, repeated — and prints the
+//! median of the per-round ratios.
+//!
 //! `cargo bench --bench grid` (n = 4096 takes a few minutes).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use septet_common::matrix::{matmul, parallelism};
@@ -59,8 +65,38 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("local_faer", n), &n, |bch, _| {
             bch.iter(|| matmul(a.view(), b.view(), parallelism(0)).unwrap())
         });
+        let rounds = if n >= 4096 { 7 } else { 15 };
+        let (mut verified, mut unverified_ratio) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let time = |f: &mut dyn FnMut()| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64()
+            };
+            let local = time(&mut || drop(matmul(a.view(), b.view(), parallelism(0)).unwrap()));
+            let grid = time(&mut || drop(rt.block_on(requester.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
+            let bare = time(&mut || drop(rt.block_on(unverified.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
+            verified.push(grid / local);
+            unverified_ratio.push(bare / local);
+        }
+        println!(
+            "grid/interleaved/{n}: grid ÷ local faer, median of {rounds} rounds: {:.3} verified ({:.3}–{:.3}), \
+             {:.3} unverified ({:.3}–{:.3})",
+            median(&mut verified),
+            verified[0],
+            verified[rounds - 1],
+            median(&mut unverified_ratio),
+            unverified_ratio[0],
+            unverified_ratio[rounds - 1],
+        );
     }
     group.finish();
+}
+
+/// Sorts `v` and returns its median.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 criterion_group!(benches, bench);
