@@ -35,6 +35,12 @@ struct PendingBlocks {
 }
 
 impl PendingBlocks {
+    /// Bytes of the whole payload filled so far.
+    fn payload_filled(&self) -> usize {
+        let before: usize = self.mats[..self.index].iter().map(|m| m.shape().0 * m.shape().1 * m.dtype().size()).sum();
+        before + self.filled
+    }
+
     /// The unfilled bytes of the current matrix, skipping finished (or empty) ones.
     fn unfilled(&mut self) -> Option<&mut [u8]> {
         while self.index < self.mats.len() {
@@ -129,6 +135,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// [`Error::ClosedMidFrame`] if the peer closes inside a frame, the
     /// decoding errors of [`frame::decode`], or [`Error::Io`].
     pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
+        self.read_frame_with(&mut |_: &[Matrix], _: usize| {}).await
+    }
+
+    /// [`FrameReader::read_frame`], calling `progress(mats, filled)` each
+    /// time more of a blocks payload has arrived: `mats` are the frame's
+    /// matrices and the first `filled` bytes of their payload (in order) are
+    /// final. A caller can so work on a matrix's first rows while the rest
+    /// is still on the wire, and while they are still in cache.
+    ///
+    /// # Errors
+    /// As [`FrameReader::read_frame`].
+    pub async fn read_frame_with(
+        &mut self,
+        progress: &mut (dyn FnMut(&[Matrix], usize) + Send),
+    ) -> Result<Option<Frame>> {
         loop {
             if let Some(pending) = &mut self.pending {
                 match pending.unfilled() {
@@ -140,6 +161,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                             0 => return Err(Error::ClosedMidFrame),
                             n => pending.filled += n,
                         }
+                        progress(&pending.mats, pending.payload_filled());
                     }
                     None => {
                         if let Some(mark) = &mut self.low_water {

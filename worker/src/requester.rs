@@ -329,6 +329,72 @@ impl<T: Element> Formed<T> {
 
 type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// Rows of a product's M·R formed at a time while it arrives.
+const PROBE_ROWS: usize = 64;
+
+/// A product's M·R (R: the check's random vectors), formed row block by
+/// row block as the product arrives — each block read right after the
+/// socket copy wrote it, while it is still in cache — instead of in one
+/// more pass over the whole product afterwards.
+struct ProductProbe<T> {
+    r: Arc<Array2<T>>,
+    shape: (usize, usize),
+    mr: Array2<T>,
+    rows_done: usize,
+    /// Time spent forming M·R.
+    spent: Duration,
+}
+
+impl<T: Element> ProductProbe<T> {
+    fn new(r: Arc<Array2<T>>, shape: (usize, usize)) -> Self {
+        let mr = Array2::zeros((shape.0, r.ncols()));
+        Self { r, shape, mr, rows_done: 0, spent: Duration::ZERO }
+    }
+
+    /// Forms M·R for the rows complete within the first `filled` payload
+    /// bytes, once a block's worth is there. Frames that are not one
+    /// product of the expected shape and dtype are left to the checks made
+    /// after the read.
+    fn advance(&mut self, mats: &[septet_common::Matrix], filled: usize) {
+        let [m] = mats else { return };
+        let Some(m) = T::matrix_ref(m) else { return };
+        if m.dim() != self.shape || self.shape.1 == 0 {
+            return;
+        }
+        let ready = (filled / (self.shape.1 * std::mem::size_of::<T>())).min(self.shape.0);
+        if ready >= self.rows_done + PROBE_ROWS {
+            self.form(m.view(), ready);
+        }
+    }
+
+    fn form(&mut self, m: ArrayView2<'_, T>, upto: usize) {
+        if upto <= self.rows_done {
+            return;
+        }
+        let t = Instant::now();
+        let rows = ndarray::s![self.rows_done..upto, ..];
+        septet_common::matrix::matmul_into(
+            self.mr.slice_mut(rows),
+            m.slice(rows),
+            self.r.view(),
+            false,
+            faer::Par::Seq,
+        )
+        .expect("shapes checked: M is rows×cols and R is cols×rounds");
+        self.rows_done = upto;
+        self.spent += t.elapsed();
+    }
+
+    /// M·R for the whole product `m` (as received), forming what is left.
+    fn finish(mut self, m: ArrayView2<'_, T>) -> Result<Array2<T>, Error> {
+        if m.dim() != self.shape {
+            return Err(Error::ShapeMismatch { left: m.dim(), right: self.shape });
+        }
+        self.form(m, self.shape.0);
+        Ok(self.mr)
+    }
+}
+
 /// The Freivalds check being prepared (`None`), ready, or failed to prepare.
 type PreparedCheck<T> = Option<Result<Arc<Verifier<T>>, String>>;
 
@@ -343,6 +409,9 @@ struct Job<T> {
     limits: ConnLimits,
     /// The Freivalds check, once prepared; `None` with verification off.
     verifier: Option<watch::Receiver<PreparedCheck<T>>>,
+    /// The check's random vectors R, known from the start (with verification
+    /// on), so each product's M·R is formed while it arrives.
+    probe: Option<Arc<Array2<T>>>,
     verify_time: Mutex<Duration>,
     started: Instant,
 }
@@ -413,7 +482,17 @@ impl<T: Element> Job<T> {
         };
         let _permit = self.receiving.acquire().await.map_err(|_| Error::Closed("a receive permit"))?;
         let t = Instant::now();
-        let frame = deadline(self.reply_deadline, "a worker's product", reader.read_frame()).await?;
+        let mut probe = self.probe.as_ref().map(|r| ProductProbe::new(r.clone(), self.split.product_shape()));
+        let frame = deadline(
+            self.reply_deadline,
+            "a worker's product",
+            reader.read_frame_with(&mut |mats: &[septet_common::Matrix], filled: usize| {
+                if let Some(p) = probe.as_mut() {
+                    p.advance(mats, filled);
+                }
+            }),
+        )
+        .await?;
         let receive = t.elapsed();
         let product = match frame {
             Some(Frame::Blocks(blocks)) if blocks.op == BlockOp::Product && blocks.task_id == i as u64 => blocks,
@@ -446,13 +525,17 @@ impl<T: Element> Job<T> {
             None => None,
         };
         let waited = waiting.elapsed();
+        let probe_time = probe.as_ref().map_or(Duration::ZERO, |p| p.spent);
         let job = self.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let mut took = Duration::ZERO;
             if let Some(v) = verifier {
                 let t = Instant::now();
-                let checked = v.check(i, m.view());
-                took = t.elapsed();
+                let checked = match probe {
+                    Some(p) => p.finish(m.view()).and_then(|mr| v.check_mr(i, mr.view())),
+                    None => v.check(i, m.view()),
+                };
+                took = t.elapsed() + probe_time;
                 *job.verify_time.lock() += took;
                 checked?;
             }
@@ -632,14 +715,15 @@ impl Requester {
 
         // Prepare the Freivalds check while the operands travel.
         let mut verify_prepare = None;
-        let verifier = if self.config.verify {
+        let probe = self.config.verify.then(|| Arc::new(Verifier::<T>::draw(split, self.config.verify_rounds)));
+        let verifier = if let Some(r) = &probe {
             let (tx, rx) = watch::channel(None);
-            let (a, b, rounds) = (a.clone(), b.clone(), self.config.verify_rounds);
+            let (a, b, r) = (a.clone(), b.clone(), Array2::clone(r));
             let spent = Arc::new(Mutex::new(Duration::ZERO));
             let prepared = spent.clone();
             tokio::task::spawn_blocking(move || {
                 let t = Instant::now();
-                let v = Verifier::new(a.view(), b.view(), split, rounds).map(Arc::new).map_err(|e| e.to_string());
+                let v = Verifier::with_vectors(a.view(), b.view(), split, r).map(Arc::new).map_err(|e| e.to_string());
                 *prepared.lock() = t.elapsed();
                 let _ = tx.send(Some(v));
             });
@@ -657,6 +741,7 @@ impl Requester {
             reply_deadline: self.product_deadline(split),
             limits,
             verifier,
+            probe,
             verify_time: Mutex::new(Duration::ZERO),
             started,
         });
@@ -781,5 +866,41 @@ impl Requester {
         let job = Arc::try_unwrap(job).map_err(|_| RequestError::Internal("the job is still shared".into()))?;
         debug!(elapsed = ?job.started.elapsed(), "job complete");
         Ok(job.c.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use septet_common::Matrix;
+
+    /// M·R formed block by block, whatever the read sizes, equals the one-shot
+    /// product; frames that are not one product of the right shape and dtype
+    /// are left alone.
+    #[test]
+    fn product_probe_matches_the_one_shot_product_for_any_read_pattern() {
+        let (rows, cols) = (150, 37);
+        let m = Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+        let r = Arc::new(Array2::from_shape_fn((cols, 2), |(i, j)| if (i + j) % 2 == 0 { 0.75 } else { -0.5 }));
+        let want = septet_common::matrix::matmul(m.view(), r.view(), faer::Par::Seq).unwrap();
+        let bytes = rows * cols * 8;
+        for step in [1usize, 8 * cols - 3, 8 * cols * 64, 8 * cols * 65 + 5, bytes] {
+            let mut probe = ProductProbe::new(r.clone(), (rows, cols));
+            let mats = [Matrix::F64(m.clone())];
+            let mut filled = 0;
+            while filled < bytes {
+                filled = (filled + step).min(bytes);
+                probe.advance(&mats, filled);
+            }
+            assert!(probe.rows_done >= rows - PROBE_ROWS, "step {step}: most rows formed during the read");
+            assert_eq!(probe.finish(m.view()).unwrap(), want, "step {step}");
+        }
+        // Not a product of this job: nothing formed early, and finish refuses a wrong shape.
+        let mut probe = ProductProbe::new(r.clone(), (rows, cols));
+        probe.advance(&[Matrix::F32(Array2::zeros((rows, cols)))], bytes);
+        probe.advance(&[Matrix::F64(Array2::zeros((rows, cols + 1)))], bytes);
+        probe.advance(&[Matrix::F64(m.clone()), Matrix::F64(m.clone())], bytes);
+        assert_eq!(probe.rows_done, 0);
+        assert!(probe.finish(Array2::zeros((rows + 1, cols)).view()).is_err());
     }
 }

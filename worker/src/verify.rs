@@ -150,12 +150,30 @@ impl<T: Element> Verifier<T> {
     /// # Errors
     /// [`Error::ShapeMismatch`] if A and B do not fit `split`.
     pub fn new(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, split: Split, rounds: usize) -> Result<Self> {
-        let (m1, k1, n1) = split.half();
+        Self::with_vectors(a, b, split, Self::draw(split, rounds))
+    }
+
+    /// Draws R for a job: `rounds` columns of entries ±U(½, 1), one row per
+    /// column of the products. Drawn first so that each product's M·R can
+    /// be formed while the product arrives, before the rest of the check is
+    /// ready.
+    pub fn draw(split: Split, rounds: usize) -> Array2<T> {
         let mut rng = rand::rng();
-        let r = Array2::from_shape_simple_fn((n1, rounds.max(1)), || {
+        Array2::from_shape_simple_fn((split.half().2, rounds.max(1)), || {
             let size = rng.random_range(0.5..=1.0);
             T::from_f64(if rng.random_bool(0.5) { size } else { -size })
-        });
+        })
+    }
+
+    /// [`Verifier::new`] with R given (from [`Verifier::draw`]).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if A and B do not fit `split`, or R does not fit the products.
+    pub fn with_vectors(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, split: Split, r: Array2<T>) -> Result<Self> {
+        let (m1, k1, n1) = split.half();
+        if r.nrows() != n1 || r.ncols() == 0 {
+            return Err(Error::ShapeMismatch { left: r.dim(), right: (n1, 1) });
+        }
         let r_max = r.iter().fold(0.0f64, |m, v| m.max(v.to_f64().abs()));
         let a_q = QUADS.map(|q| quadrant(a, q, m1, k1));
         let b_q = QUADS.map(|q| quadrant(b, q, k1, n1));
@@ -214,7 +232,18 @@ impl<T: Element> Verifier<T> {
     /// [`Error::Verification`] naming the worst row, its error and the
     /// tolerance, or [`Error::ShapeMismatch`] for a product of the wrong shape.
     pub fn check(&self, i: usize, m: ArrayView2<'_, T>) -> Result<()> {
-        let mr = matmul(m, self.r.view(), parallelism(1))?;
+        self.check_mr(i, matmul(m, self.r.view(), parallelism(1))?.view())
+    }
+
+    /// Checks product `i` from its M·R, formed by the caller with this
+    /// job's R (e.g. row block by row block as M arrives).
+    ///
+    /// # Errors
+    /// As [`Verifier::check`].
+    pub fn check_mr(&self, i: usize, mr: ArrayView2<'_, T>) -> Result<()> {
+        if mr.dim() != self.expected[i].dim() {
+            return Err(Error::ShapeMismatch { left: mr.dim(), right: self.expected[i].dim() });
+        }
         let (worst, at) = mr
             .iter()
             .zip(self.expected[i].iter())
