@@ -4,9 +4,11 @@
 //! satisfies M·r = X·(Y·r) for any vector r. The requester never keeps X or
 //! Y: Y·R is formed from the products B_q·R of B's quadrants, and X·(Y·R)
 //! from one pass over each quadrant of A with all the vectors that need it,
-//! so the whole precomputation reads A and B once (plus once more for their
-//! norms) and can run while the operands are on the wire. Checking a
-//! returned M then costs one product M·R: O(m·n) per round.
+//! so the whole precomputation reads A and B once (their norms come from the
+//! same pass) and can run while the operands are on the wire. Checking a
+//! returned M then costs one product M·R: O(m·n) per round — which the
+//! requester forms row block by row block while M arrives (R is drawn
+//! first, [`Verifier::draw`]), so M is read while still in cache.
 //!
 //! R has `rounds` columns of entries ±U(½, 1) — random signs and sizes,
 //! never near zero — drawn fresh for every job from the thread RNG, so a
