@@ -18,6 +18,40 @@ use crate::{deadline, Error, Message, Result, Role, PROTOCOL_VERSION};
 
 /// Slices per `writev` call when sending a matrix row by row.
 const IOV_BATCH: usize = 256;
+/// Bytes of a streamed sum formed per write.
+const SUM_CHUNK: usize = 256 << 10;
+
+/// One matrix of a blocks frame, as [`FrameWriter::send_parts`] sends it.
+#[derive(Debug, Clone, Copy)]
+pub enum WirePart<'a> {
+    /// Elements as they lie in memory.
+    View(MatrixView<'a>),
+    /// `a + b`, or `a − b` with `subtract`: formed a chunk of rows at a time
+    /// as it is written, never stored whole. `a` and `b` have one shape and
+    /// one dtype.
+    Sum {
+        /// First term.
+        a: MatrixView<'a>,
+        /// Second term.
+        b: MatrixView<'a>,
+        /// Subtract `b` instead of adding it.
+        subtract: bool,
+    },
+}
+
+impl WirePart<'_> {
+    fn dtype(&self) -> crate::Dtype {
+        match self {
+            WirePart::View(v) | WirePart::Sum { a: v, .. } => v.dtype(),
+        }
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            WirePart::View(v) | WirePart::Sum { a: v, .. } => v.shape(),
+        }
+    }
+}
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 << 10;
 /// Highest receive low-water mark set while a matrix payload is read.
@@ -257,16 +291,51 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// [`Error::DtypeMismatch`] if the views differ in dtype, [`Error::Invalid`]
     /// if a dimension exceeds `u32`, or [`Error::Io`].
     pub async fn send_blocks(&mut self, task_id: u64, op: BlockOp, mats: &[MatrixView<'_>]) -> Result<()> {
-        let dtype = mats.first().map(MatrixView::dtype).unwrap_or(crate::Dtype::F64);
-        if let Some(other) = mats.iter().map(MatrixView::dtype).find(|d| *d != dtype) {
-            return Err(Error::DtypeMismatch { left: dtype, right: other });
+        let parts: Vec<WirePart<'_>> = mats.iter().map(|m| WirePart::View(*m)).collect();
+        self.send_parts(task_id, op, &parts).await
+    }
+
+    /// [`FrameWriter::send_blocks`] where a matrix may also be a sum of two
+    /// others, formed as it is written: a quarter-megabyte of rows at a
+    /// time goes from the terms, through cache, to the socket, instead of
+    /// a whole sum being written to memory and read back by the kernel.
+    ///
+    /// # Errors
+    /// [`Error::DtypeMismatch`] if the parts differ in dtype,
+    /// [`Error::ShapeMismatch`] if a sum's terms differ in shape,
+    /// [`Error::Invalid`] if a dimension exceeds `u32`, or [`Error::Io`].
+    pub async fn send_parts(&mut self, task_id: u64, op: BlockOp, parts: &[WirePart<'_>]) -> Result<()> {
+        let dtype = parts.first().map(WirePart::dtype).unwrap_or(crate::Dtype::F64);
+        for part in parts {
+            let (d, terms) = match part {
+                WirePart::View(v) => (v.dtype(), None),
+                WirePart::Sum { a, b, .. } => (a.dtype(), Some((a, b))),
+            };
+            if d != dtype {
+                return Err(Error::DtypeMismatch { left: dtype, right: d });
+            }
+            if let Some((a, b)) = terms {
+                if b.dtype() != dtype {
+                    return Err(Error::DtypeMismatch { left: dtype, right: b.dtype() });
+                }
+                if a.shape() != b.shape() {
+                    return Err(Error::ShapeMismatch { left: a.shape(), right: b.shape() });
+                }
+            }
         }
-        let header = BlocksHeader { task_id, op, dtype, shapes: mats.iter().map(MatrixView::shape).collect() };
+        let header = BlocksHeader { task_id, op, dtype, shapes: parts.iter().map(WirePart::shape).collect() };
         self.inner.write_all(&header.encode_prefix()?).await?;
-        for m in mats {
-            match m {
-                MatrixView::F64(a) => write_matrix(&mut self.inner, a).await?,
-                MatrixView::F32(a) => write_matrix(&mut self.inner, a).await?,
+        for part in parts {
+            match *part {
+                WirePart::View(MatrixView::F64(a)) => write_matrix(&mut self.inner, &a).await?,
+                WirePart::View(MatrixView::F32(a)) => write_matrix(&mut self.inner, &a).await?,
+                WirePart::Sum { a: MatrixView::F64(a), b: MatrixView::F64(b), subtract } => {
+                    write_sum(&mut self.inner, a, b, subtract).await?
+                }
+                WirePart::Sum { a: MatrixView::F32(a), b: MatrixView::F32(b), subtract } => {
+                    write_sum(&mut self.inner, a, b, subtract).await?
+                }
+                WirePart::Sum { .. } => unreachable!("dtypes checked above"),
             }
         }
         self.inner.flush().await?;
@@ -308,6 +377,39 @@ async fn write_matrix<W: AsyncWrite + Unpin, T: Element>(w: &mut W, a: &ArrayVie
     } else {
         let owned = a.as_standard_layout();
         w.write_all(frame::as_bytes(owned.as_slice().expect("standard layout"))).await?;
+    }
+    Ok(())
+}
+
+/// Writes `a ± b` row-major, forming [`SUM_CHUNK`] bytes of rows at a time
+/// into one reused buffer (hot in cache when the kernel copies it).
+async fn write_sum<W: AsyncWrite + Unpin, T: Element>(
+    w: &mut W,
+    a: ArrayView2<'_, T>,
+    b: ArrayView2<'_, T>,
+    subtract: bool,
+) -> Result<()> {
+    let (rows, cols) = a.dim();
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let chunk_rows = (SUM_CHUNK / (cols * std::mem::size_of::<T>())).max(1);
+    let mut buf: Vec<T> = Vec::with_capacity(chunk_rows.min(rows) * cols);
+    let mut start = 0;
+    while start < rows {
+        let end = (start + chunk_rows).min(rows);
+        buf.clear();
+        for i in start..end {
+            let (ra, rb) = (a.row(i), b.row(i));
+            match (ra.to_slice(), rb.to_slice(), subtract) {
+                (Some(x), Some(y), false) => buf.extend(x.iter().zip(y).map(|(x, y)| *x + *y)),
+                (Some(x), Some(y), true) => buf.extend(x.iter().zip(y).map(|(x, y)| *x - *y)),
+                (_, _, false) => buf.extend(ra.iter().zip(rb.iter()).map(|(x, y)| *x + *y)),
+                (_, _, true) => buf.extend(ra.iter().zip(rb.iter()).map(|(x, y)| *x - *y)),
+            }
+        }
+        w.write_all(frame::as_bytes(&buf)).await?;
+        start = end;
     }
     Ok(())
 }
@@ -493,6 +595,57 @@ mod tests {
             other => panic!("expected blocks, got {other:?}"),
         }
         assert_eq!(r.read_frame().await.unwrap(), None);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn streamed_sums_arrive_as_the_materialised_sums() {
+        let (a, b) = duplex(1 << 12); // small pipe: partial writes mid-chunk
+                                      // Quadrants of a wide matrix (strided rows), and one with rows longer than a chunk.
+        let big = Array2::from_shape_fn((300, 500), |(i, j)| (i * 500 + j) as f64);
+        let wide = Array2::from_shape_fn((3, 40_000), |(i, j)| (i + j) as f32);
+        let (q1, q2) = (big.slice(s![..150, ..250]), big.slice(s![150.., 250..]));
+        let (sum, diff) = (&q1 + &q2, &q2 - &q1);
+        let wide_sum = &wide + &wide;
+        let writer = tokio::spawn(async move {
+            let mut w = FrameWriter::new(a);
+            let (q1, q2) = (big.slice(s![..150, ..250]), big.slice(s![150.., 250..]));
+            let parts = [
+                WirePart::Sum { a: MatrixView::F64(q1), b: MatrixView::F64(q2), subtract: false },
+                WirePart::Sum { a: MatrixView::F64(q2), b: MatrixView::F64(q1), subtract: true },
+            ];
+            w.send_parts(1, BlockOp::Multiply, &parts).await.unwrap();
+            let wide_part =
+                [WirePart::Sum { a: MatrixView::F32(wide.view()), b: MatrixView::F32(wide.view()), subtract: false }];
+            w.send_parts(2, BlockOp::Product, &wide_part).await.unwrap();
+            let empty = Array2::<f64>::zeros((0, 4));
+            let empty_part =
+                [WirePart::Sum { a: MatrixView::F64(empty.view()), b: MatrixView::F64(empty.view()), subtract: true }];
+            w.send_parts(3, BlockOp::Product, &empty_part).await.unwrap();
+            // Terms of different shapes or dtypes are refused before anything is written.
+            let bad = [WirePart::Sum {
+                a: MatrixView::F64(q1),
+                b: MatrixView::F64(big.slice(s![..2, ..2])),
+                subtract: false,
+            }];
+            assert!(matches!(w.send_parts(4, BlockOp::Product, &bad).await, Err(Error::ShapeMismatch { .. })));
+            let mixed = [WirePart::Sum { a: MatrixView::F64(q1), b: MatrixView::F32(wide.view()), subtract: false }];
+            assert!(matches!(w.send_parts(5, BlockOp::Product, &mixed).await, Err(Error::DtypeMismatch { .. })));
+            w.shutdown().await.unwrap();
+        });
+        let mut r = FrameReader::new(b, 1 << 24);
+        let expect = [
+            (1, vec![Matrix::F64(sum), Matrix::F64(diff)]),
+            (2, vec![Matrix::F32(wide_sum)]),
+            (3, vec![Matrix::F64(Array2::zeros((0, 4)))]),
+        ];
+        for (task, mats) in expect {
+            match r.read_frame().await.unwrap() {
+                Some(Frame::Blocks(blk)) => assert_eq!((blk.task_id, blk.mats), (task, mats)),
+                other => panic!("expected blocks, got {other:?}"),
+            }
+        }
+        assert_eq!(r.read_frame().await.unwrap(), None, "refused parts wrote nothing");
         writer.await.unwrap();
     }
 

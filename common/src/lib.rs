@@ -14,7 +14,7 @@ pub mod strassen;
 
 pub mod time;
 
-pub use conn::{Connection, FrameReader, FrameWriter};
+pub use conn::{Connection, FrameReader, FrameWriter, WirePart};
 pub use error::{Error, ErrorCode, Result};
 pub use frame::{BlockOp, Blocks, Frame, DEFAULT_MAX_FRAME_LEN, MAX_CONTROL_FRAME_LEN};
 pub use matrix::{Dtype, Element, Matrix, MatrixView};

@@ -17,9 +17,9 @@ use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, BlocksHeader, Frame};
 use septet_common::proto::{LeaseGrant, PeerAddr};
-use septet_common::strassen::{self, Operand, Quad, Split, PRODUCTS};
-use septet_common::FrameWriter;
+use septet_common::strassen::{self, Operand, Quad, Sign, Split, PRODUCTS};
 use septet_common::{deadline, Connection, Element, Error, FrameReader, Message, Role, PEERS_PER_LEASE};
+use septet_common::{FrameWriter, WirePart};
 use serde::Serialize;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -28,11 +28,12 @@ use tracing::{debug, info, warn};
 use crate::client::TrackerClient;
 use crate::verify::Verifier;
 
-/// Order in which the seven pairs are formed and sent: pairs that need one
-/// formed operand (M2, M3, M4, M5) alternate with pairs that need two (M1,
-/// M6, M7), so the two pairs in memory at once never hold more than three
-/// formed blocks; starting with a one-sum pair gets the first worker going
-/// sooner.
+/// Order in which the seven pairs are sent. Sums of two full-size
+/// quadrants are formed as they are written, so only operands that need
+/// zero padding (odd shapes) are materialised; for those, pairs that need
+/// one formed operand (M2, M3, M4, M5) alternate with pairs that need two
+/// (M1, M6, M7), so the two pairs in memory at once never hold more than
+/// three formed blocks.
 const SEND_ORDER: [usize; 7] = [1, 0, 2, 5, 3, 6, 4];
 
 /// Requester settings.
@@ -298,24 +299,38 @@ impl LeaseKeeper {
     }
 }
 
-/// A formed operand, owned or a quadrant of the input used in place.
+/// An operand as it will be sent: a quadrant of the input used in place, a
+/// sum of two full-size quadrants formed while it is written (never stored
+/// whole), or — only when padding is needed — a materialised array.
 enum Formed<T> {
     Quadrant(Quad),
+    Sum(Quad, Sign, Quad),
     Owned(Array2<T>),
 }
 
 impl<T: Element> Formed<T> {
     fn form(x: ArrayView2<'_, T>, terms: &[strassen::Term], shape: (usize, usize)) -> Formed<T> {
+        if let [(Sign::Plus, q1), (sign, q2)] = terms {
+            let full = |q: Quad| strassen::quadrant(x, q, shape.0, shape.1).dim() == shape;
+            if full(*q1) && full(*q2) {
+                return Formed::Sum(*q1, *sign, *q2);
+            }
+        }
         match strassen::operand(x, terms, shape) {
             Operand::View(_) => Formed::Quadrant(terms[0].1),
             Operand::Owned(a) => Formed::Owned(a),
         }
     }
 
-    fn view<'a>(&'a self, x: ArrayView2<'a, T>, shape: (usize, usize)) -> ArrayView2<'a, T> {
+    /// The operand as a part of a frame; every variant has the padded `shape`.
+    fn part<'a>(&'a self, x: ArrayView2<'a, T>, shape: (usize, usize)) -> WirePart<'a> {
+        let quadrant = |q: Quad| T::view(strassen::quadrant(x, q, shape.0, shape.1));
         match self {
-            Formed::Quadrant(q) => strassen::quadrant(x, *q, shape.0, shape.1),
-            Formed::Owned(a) => a.view(),
+            Formed::Quadrant(q) => WirePart::View(quadrant(*q)),
+            Formed::Sum(q1, sign, q2) => {
+                WirePart::Sum { a: quadrant(*q1), b: quadrant(*q2), subtract: *sign == Sign::Minus }
+            }
+            Formed::Owned(a) => WirePart::View(T::view(a.view())),
         }
     }
 
@@ -435,7 +450,8 @@ struct Received {
 }
 
 impl<T: Element> Job<T> {
-    /// Forms product `i`'s operands on a blocking thread.
+    /// Forms product `i`'s operands on a blocking thread (only padded ones
+    /// take work here; full-size sums are formed as they are sent).
     async fn form(self: &Arc<Self>, i: usize) -> Result<(Formed<T>, Formed<T>), Error> {
         let job = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -456,18 +472,13 @@ impl<T: Element> Job<T> {
         i: usize,
         (x, y): &(Formed<T>, Formed<T>),
     ) -> Result<u64, Error> {
-        let xv = x.view(self.a.view(), self.split.left_shape());
-        let yv = y.view(self.b.view(), self.split.right_shape());
-        let header = BlocksHeader {
-            task_id: i as u64,
-            op: BlockOp::Multiply,
-            dtype: T::DTYPE,
-            shapes: vec![xv.dim(), yv.dim()],
-        };
+        let (xs, ys) = (self.split.left_shape(), self.split.right_shape());
+        let header = BlocksHeader { task_id: i as u64, op: BlockOp::Multiply, dtype: T::DTYPE, shapes: vec![xs, ys] };
+        let parts = [x.part(self.a.view(), xs), y.part(self.b.view(), ys)];
         deadline(
             self.reply_deadline,
             "a worker to take its operands",
-            writer.send_blocks(i as u64, BlockOp::Multiply, &[T::view(xv), T::view(yv)]),
+            writer.send_parts(i as u64, BlockOp::Multiply, &parts),
         )
         .await?;
         Ok(header.frame_len().unwrap_or(0) as u64)
