@@ -32,7 +32,7 @@
 
 use ndarray::{s, Array2, ArrayView2, Axis};
 use rand::RngExt;
-use septet_common::matrix::{matmul, parallelism};
+use septet_common::matrix::{matmul, matmul_into, parallelism};
 
 use septet_common::strassen::{quadrant, Product, Quad, Sign, Split, PRODUCTS};
 use septet_common::{Element, Error, Result};
@@ -51,66 +51,41 @@ fn index(q: Quad) -> usize {
 }
 
 /// `x · v[..c, ..]` for `x` r×c (r ≤ `rows`), zero-padded to `rows` rows,
-/// and the largest row sum of |x| (its ∞-norm), in **one pass** over `x`:
-/// each row is read from memory once, then reused from L1 for its abs-sum
-/// and for every column of `v` (`vt` is v transposed). All the vectors that
-/// multiply one quadrant go in one call, so verification reads A and B once.
+/// and the largest row sum of |x| (its ∞-norm), reading `x` from memory
+/// **once**: a block of rows at a time is summed (which brings it into
+/// cache), then multiplied by every column of `v` at once with faer while
+/// still cached. All the vectors that multiply one quadrant go in one call,
+/// so verification reads A and B once. (`vt` is v transposed.)
 fn product_and_norm<T: Element>(x: ArrayView2<'_, T>, vt: &Array2<T>, rows: usize) -> (Array2<T>, f64) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { product_and_norm_avx2(x, vt, rows) };
-    }
-    product_and_norm_body(x, vt, rows)
-}
-
-/// [`product_and_norm_body`] compiled for AVX2, picked at run time: the
-/// default x86-64 target only has SSE2, which halves the throughput.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn product_and_norm_avx2<T: Element>(x: ArrayView2<'_, T>, vt: &Array2<T>, rows: usize) -> (Array2<T>, f64) {
-    product_and_norm_body(x, vt, rows)
-}
-
-#[inline(always)]
-fn product_and_norm_body<T: Element>(x: ArrayView2<'_, T>, vt: &Array2<T>, rows: usize) -> (Array2<T>, f64) {
+    /// Rows per block: 32 rows of 2048 f64 are 512 KiB, well inside L2.
+    const BLOCK_BYTES: usize = 512 << 10;
     let mut out = Array2::<T>::zeros((rows, vt.nrows()));
-    let c = x.ncols();
-    let mut copy: Vec<T>;
+    let (r, c) = x.dim();
+    let v = vt.slice(s![.., ..c]);
+    let v = v.t();
+    let block = (BLOCK_BYTES / (c.max(1) * std::mem::size_of::<T>())).max(1);
     let mut norm = 0.0f64;
-    for (i, row) in x.rows().into_iter().enumerate() {
-        let row = match row.to_slice() {
-            Some(r) => r,
-            None => {
-                copy = row.to_vec();
-                &copy
-            }
-        };
-        norm = norm.max(abs_sum(row));
-        for (j, col) in vt.rows().into_iter().enumerate() {
-            let col = col.to_slice().expect("vt is standard layout");
-            out[[i, j]] = dot(row, &col[..c]);
+    let mut copy: Vec<T> = Vec::new();
+    let mut start = 0;
+    while start < r {
+        let end = (start + block).min(r);
+        let xb = x.slice(s![start..end, ..]);
+        for row in xb.rows() {
+            let row = match row.to_slice() {
+                Some(r) => r,
+                None => {
+                    copy.clear();
+                    copy.extend(row.iter().copied());
+                    &copy
+                }
+            };
+            norm = norm.max(abs_sum(row));
         }
+        matmul_into(out.slice_mut(s![start..end, ..]), xb, v, false, parallelism(1))
+            .expect("shapes fit: x block is b×c, v is c×k, out block is b×k");
+        start = end;
     }
     (out, norm)
-}
-
-/// Dot product with eight independent accumulators, so it vectorizes.
-#[inline(always)]
-fn dot<T: Element>(x: &[T], y: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (a, b) in xc.zip(yc) {
-        for k in 0..8 {
-            acc[k] += a[k] * b[k];
-        }
-    }
-    let mut sum = acc.iter().fold(T::zero(), |s, v| s + *v);
-    for (a, b) in xr.iter().zip(yr) {
-        sum += *a * *b;
-    }
-    sum
 }
 
 /// Σ|x|, with eight independent accumulators so it is not latency-bound.
