@@ -55,14 +55,13 @@ fn index(q: Quad) -> usize {
 /// **once**: a block of rows at a time is summed (which brings it into
 /// cache), then multiplied by every column of `v` at once with faer while
 /// still cached. All the vectors that multiply one quadrant go in one call,
-/// so verification reads A and B once. (`vt` is v transposed.)
-fn product_and_norm<T: Element>(x: ArrayView2<'_, T>, vt: &Array2<T>, rows: usize) -> (Array2<T>, f64) {
+/// so verification reads A and B once.
+fn product_and_norm<T: Element>(x: ArrayView2<'_, T>, v: ArrayView2<'_, T>, rows: usize) -> (Array2<T>, f64) {
     /// Rows per block: 32 rows of 2048 f64 are 512 KiB, well inside L2.
     const BLOCK_BYTES: usize = 512 << 10;
-    let mut out = Array2::<T>::zeros((rows, vt.nrows()));
+    let mut out = Array2::<T>::zeros((rows, v.ncols()));
     let (r, c) = x.dim();
-    let v = vt.slice(s![.., ..c]);
-    let v = v.t();
+    let v = v.slice(s![..c, ..]);
     let block = (BLOCK_BYTES / (c.max(1) * std::mem::size_of::<T>())).max(1);
     let mut norm = 0.0f64;
     let mut copy: Vec<T> = Vec::new();
@@ -156,10 +155,9 @@ impl<T: Element> Verifier<T> {
         let b_q = QUADS.map(|q| quadrant(b, q, k1, n1));
 
         // B_q·R for each quadrant (and ‖B_q‖∞), then Y_i·R for each product.
-        let rt = r.t().as_standard_layout().into_owned();
         let mut b_norm = [0.0; 4];
         let br: [Array2<T>; 4] = std::array::from_fn(|q| {
-            let (p, norm) = product_and_norm(b_q[q], &rt, k1);
+            let (p, norm) = product_and_norm(b_q[q], r.view(), k1);
             b_norm[q] = norm;
             p
         });
@@ -174,9 +172,9 @@ impl<T: Element> Verifier<T> {
                 .enumerate()
                 .filter_map(|(i, p)| p.left.iter().find(|(_, lq)| *lq == q).map(|(sign, _)| (i, *sign)))
                 .collect();
-            let views: Vec<ArrayView2<'_, T>> = users.iter().map(|(i, _)| yr[*i].t()).collect();
-            let stacked_t = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Invalid(e.to_string()))?;
-            let (av, norm) = product_and_norm(a_q[index(q)], &stacked_t.as_standard_layout().into_owned(), m1);
+            let views: Vec<ArrayView2<'_, T>> = users.iter().map(|(i, _)| yr[*i].view()).collect();
+            let stacked = ndarray::concatenate(Axis(1), &views).map_err(|e| Error::Invalid(e.to_string()))?;
+            let (av, norm) = product_and_norm(a_q[index(q)], stacked.view(), m1);
             a_norm[index(q)] = norm;
             for (slot, (i, sign)) in users.iter().enumerate() {
                 let part = av.slice(s![.., slot * r.ncols()..(slot + 1) * r.ncols()]);
