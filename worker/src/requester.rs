@@ -413,6 +413,23 @@ impl<T: Element> ProductProbe<T> {
 /// The Freivalds check being prepared (`None`), ready, or failed to prepare.
 type PreparedCheck<T> = Option<Result<Arc<Verifier<T>>, String>>;
 
+/// A job's Freivalds check: its random vectors R, known from the start so
+/// each product's M·R is formed while it arrives, and the rest of the
+/// check, prepared while the operands travel.
+struct Check<T> {
+    r: Arc<Array2<T>>,
+    prepared: watch::Receiver<PreparedCheck<T>>,
+}
+
+impl<T> Check<T> {
+    /// The prepared check, once it is ready.
+    async fn verifier(&self) -> Result<Arc<Verifier<T>>, Error> {
+        let mut rx = self.prepared.clone();
+        let ready = rx.wait_for(Option::is_some).await.map_err(|_| Error::Closed("the verifier"))?.clone();
+        ready.expect("waited for Some").map_err(Error::Invalid)
+    }
+}
+
 /// Everything the tasks of one job share.
 struct Job<T> {
     a: Arc<Array2<T>>,
@@ -422,11 +439,8 @@ struct Job<T> {
     receiving: Semaphore,
     reply_deadline: Duration,
     limits: ConnLimits,
-    /// The Freivalds check, once prepared; `None` with verification off.
-    verifier: Option<watch::Receiver<PreparedCheck<T>>>,
-    /// The check's random vectors R, known from the start (with verification
-    /// on), so each product's M·R is formed while it arrives.
-    probe: Option<Arc<Array2<T>>>,
+    /// The Freivalds check; `None` with verification off.
+    check: Option<Check<T>>,
     verify_time: Mutex<Duration>,
     started: Instant,
 }
@@ -493,12 +507,12 @@ impl<T: Element> Job<T> {
         };
         let _permit = self.receiving.acquire().await.map_err(|_| Error::Closed("a receive permit"))?;
         let t = Instant::now();
-        let mut probe = self.probe.as_ref().map(|r| ProductProbe::new(r.clone(), self.split.product_shape()));
+        let mut probe = self.check.as_ref().map(|c| (c, ProductProbe::new(c.r.clone(), self.split.product_shape())));
         let frame = deadline(
             self.reply_deadline,
             "a worker's product",
             reader.read_frame_with(&mut |mats: &[septet_common::Matrix], filled: usize| {
-                if let Some(p) = probe.as_mut() {
+                if let Some((_, p)) = probe.as_mut() {
                     p.advance(mats, filled);
                 }
             }),
@@ -527,26 +541,18 @@ impl<T: Element> Job<T> {
         let computed = septet_common::frame::encode_control(&Message::Computed { task_id: i as u64, compute_us })?;
         let bytes = (header.frame_len().unwrap_or(0) + computed.len()) as u64;
         let waiting = Instant::now();
-        let verifier = match &self.verifier {
-            Some(rx) => {
-                let ready =
-                    rx.clone().wait_for(Option::is_some).await.map_err(|_| Error::Closed("the verifier"))?.clone();
-                Some(ready.expect("waited for Some").map_err(Error::Invalid)?)
-            }
+        let checking = match probe {
+            Some((check, probe)) => Some((check.verifier().await?, probe)),
             None => None,
         };
         let waited = waiting.elapsed();
-        let probe_time = probe.as_ref().map_or(Duration::ZERO, |p| p.spent);
         let job = self.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let mut took = Duration::ZERO;
-            if let Some(v) = verifier {
-                let t = Instant::now();
-                let checked = match probe {
-                    Some(p) => p.finish(m.view()).and_then(|mr| v.check_mr(i, mr.view())),
-                    None => v.check(i, m.view()),
-                };
-                took = t.elapsed() + probe_time;
+            if let Some((v, probe)) = checking {
+                let (t, during_receive) = (Instant::now(), probe.spent);
+                let checked = probe.finish(m.view()).and_then(|mr| v.check_mr(i, mr.view()));
+                took = t.elapsed() + during_receive;
                 *job.verify_time.lock() += took;
                 checked?;
             }
@@ -726,20 +732,21 @@ impl Requester {
 
         // Prepare the Freivalds check while the operands travel.
         let mut verify_prepare = None;
-        let probe = self.config.verify.then(|| Arc::new(Verifier::<T>::draw(split, self.config.verify_rounds)));
-        let verifier = if let Some(r) = &probe {
-            let (tx, rx) = watch::channel(None);
-            let (a, b, r) = (a.clone(), b.clone(), Array2::clone(r));
+        let check = if self.config.verify {
+            let r = Arc::new(Verifier::<T>::draw(split, self.config.verify_rounds));
+            let (tx, prepared) = watch::channel(None);
+            let (a, b, r_owned) = (a.clone(), b.clone(), Array2::clone(&r));
             let spent = Arc::new(Mutex::new(Duration::ZERO));
-            let prepared = spent.clone();
+            let took = spent.clone();
             tokio::task::spawn_blocking(move || {
                 let t = Instant::now();
-                let v = Verifier::with_vectors(a.view(), b.view(), split, r).map(Arc::new).map_err(|e| e.to_string());
-                *prepared.lock() = t.elapsed();
+                let v =
+                    Verifier::with_vectors(a.view(), b.view(), split, r_owned).map(Arc::new).map_err(|e| e.to_string());
+                *took.lock() = t.elapsed();
                 let _ = tx.send(Some(v));
             });
             verify_prepare = Some(spent);
-            Some(rx)
+            Some(Check { r, prepared })
         } else {
             None
         };
@@ -751,8 +758,7 @@ impl Requester {
             receiving: Semaphore::new(self.config.max_receiving.max(1)),
             reply_deadline: self.product_deadline(split),
             limits,
-            verifier,
-            probe,
+            check,
             verify_time: Mutex::new(Duration::ZERO),
             started,
         });
@@ -871,7 +877,7 @@ impl Requester {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         report.peers = reports.into_iter().map(|r| r.expect("every product received")).collect();
-        report.verified = job.verifier.is_some();
+        report.verified = job.check.is_some();
         let prepare = verify_prepare.map(|p| *p.lock()).unwrap_or_default();
         report.verify_s = (prepare + *job.verify_time.lock()).as_secs_f64();
         let job = Arc::try_unwrap(job).map_err(|_| RequestError::Internal("the job is still shared".into()))?;
