@@ -20,6 +20,10 @@ use crate::{deadline, Error, Message, Result, Role, PROTOCOL_VERSION};
 const IOV_BATCH: usize = 256;
 /// Bytes of a streamed sum formed per write.
 const SUM_CHUNK: usize = 256 << 10;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 64 << 10;
+/// Highest receive low-water mark set while a matrix payload is read.
+const LOW_WATER: usize = 1 << 20;
 
 /// One matrix of a blocks frame, as [`FrameWriter::send_parts`] sends it.
 #[derive(Debug, Clone, Copy)]
@@ -52,10 +56,6 @@ impl WirePart<'_> {
         }
     }
 }
-/// Read buffer growth step.
-const READ_CHUNK: usize = 64 << 10;
-/// Highest receive low-water mark set while a matrix payload is read.
-const LOW_WATER: usize = 1 << 20;
 
 /// A blocks frame whose payload is being read straight into its matrices.
 #[derive(Debug)]
