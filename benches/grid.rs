@@ -16,38 +16,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use septet::local::LocalGrid;
 use septet_common::matrix::{matmul, parallelism};
-use septet_tracker::TrackerConfig;
-use septet_worker::{Requester, RequesterConfig, WorkerConfig};
-use tokio::net::TcpListener;
-
-fn start_grid(rt: &tokio::runtime::Runtime) -> (Requester, Requester) {
-    rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tracker = listener.local_addr().unwrap();
-        tokio::spawn(septet_tracker::run(listener, TrackerConfig::default(), std::future::pending()));
-        for _ in 0..7 {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let config = WorkerConfig { tracker: Some(tracker.to_string()), ..WorkerConfig::default() };
-            tokio::spawn(septet_worker::run(listener, config, std::future::pending()));
-        }
-        let mut client =
-            septet_worker::TrackerClient::connect(tracker, septet_common::Role::Client, Duration::from_secs(5))
-                .await
-                .unwrap();
-        while client.peers().await.unwrap().1.len() < 7 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let verified = Requester::new(RequesterConfig { tracker: tracker.to_string(), ..Default::default() });
-        let unverified =
-            Requester::new(RequesterConfig { tracker: tracker.to_string(), verify: false, ..Default::default() });
-        (verified, unverified)
-    })
-}
+use septet_worker::{Requester, RequesterConfig};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let (requester, unverified) = start_grid(&rt);
+    let grid = rt.block_on(LocalGrid::start(7)).unwrap();
+    let tracker = grid.tracker().to_string();
+    let requester = Requester::new(RequesterConfig { tracker: tracker.clone(), ..Default::default() });
+    let unverified = Requester::new(RequesterConfig { tracker, verify: false, ..Default::default() });
     let mut group = c.benchmark_group("grid");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
@@ -91,6 +69,7 @@ fn bench(c: &mut Criterion) {
         );
     }
     group.finish();
+    rt.block_on(grid.shutdown()).unwrap();
 }
 
 /// Sorts `v` and returns its median.

@@ -15,10 +15,10 @@ use septet_tracker::TrackerConfig;
 use septet_worker::client::DEFAULT_REQUEST_TIMEOUT;
 use septet_worker::{Requester, RequesterConfig, TrackerClient, WorkerConfig};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::job::{self, JobOptions};
 use crate::npy::{self, InputError};
+use septet::local::LocalGrid;
 
 /// Tracker-coordinated Strassen matrix multiplication over seven peers.
 #[derive(Debug, Parser)]
@@ -406,36 +406,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
         );
     }
     anyhow::ensure!(args.n > 0, "--n must be positive");
-    // Workers stop (and deregister) before the tracker does.
-    let (stop, stop_tracker) = (CancellationToken::new(), CancellationToken::new());
-    let mut tasks = Vec::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind the demo tracker")?;
-    let tracker_addr = listener.local_addr()?;
-    let s = stop_tracker.clone();
-    let tracker_task = tokio::spawn(async move {
-        septet_tracker::run(listener, TrackerConfig::default(), async move { s.cancelled().await })
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    for _ in 0..args.workers {
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind a demo worker")?;
-        let config = WorkerConfig { tracker: Some(tracker_addr.to_string()), ..WorkerConfig::default() };
-        let s = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            septet_worker::run(listener, config, async move { s.cancelled().await }).await.map_err(anyhow::Error::from)
-        }));
-    }
+    let grid = LocalGrid::start(args.workers).await?;
+    let tracker_addr = grid.tracker();
     let result = async {
-        let mut client = connect(&tracker_addr.to_string()).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, rows) = client.peers().await?;
-            if rows.iter().filter(|r| r.state == "alive").count() >= args.workers as usize {
-                break;
-            }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the demo workers did not register within 10 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         eprintln!(
             "demo: tracker on {tracker_addr}, {} workers on loopback; multiplying two random {n}×{n} {} matrices (seed {})",
             args.workers,
@@ -452,12 +425,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         job::run_random(&requester, args.dtype.dtype(), (args.n, args.n, args.n), args.seed, &opts).await
     }
     .await;
-    stop.cancel();
-    for task in tasks {
-        task.await.context("a demo worker panicked")??;
-    }
-    stop_tracker.cancel();
-    tracker_task.await.context("the demo tracker panicked")??;
+    grid.shutdown().await?;
     if result.is_ok() {
         eprintln!("demo: tracker and workers shut down cleanly");
     }
