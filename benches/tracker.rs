@@ -32,7 +32,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use parking_lot::Mutex;
 use rand::RngExt;
 use septet_common::Role;
-use septet_tracker::{LeaseOutcome, Tracker, TrackerConfig};
+use septet_tracker::{Done, LeaseOutcome, Op, Tracker, TrackerConfig};
 use septet_worker::TrackerClient;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
@@ -90,18 +90,21 @@ fn last_cpu() -> usize {
 fn start(clients: &Runtime) -> Grid {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        pin_to(last_cpu());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            septet_tracker::server::run(listener, config(), shutdown).await.unwrap();
-        });
-    });
+    let thread = std::thread::Builder::new()
+        .name("tracker".into())
+        .spawn(move || {
+            pin_to(last_cpu());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                septet_tracker::server::run(listener, config(), shutdown).await.unwrap();
+            });
+        })
+        .expect("spawning the tracker thread");
     let addr = addr_rx.recv().unwrap();
     clients.block_on(async {
         let mut c = TrackerClient::connect(addr, Role::Worker, Duration::from_secs(5)).await.unwrap();
@@ -267,6 +270,26 @@ fn in_process(c: &mut Criterion) {
         b.iter(|| match tracker.lease(7, 1, false).unwrap() {
             LeaseOutcome::Granted(g) => tracker.release(g.lease_id).unwrap(),
             LeaseOutcome::Queued(_) => panic!("1,000 free slots, yet queued"),
+        })
+    });
+    // What a busy tracker does: a batch of 100 leases, then one of their
+    // releases (the server applies whatever arrived together as one batch).
+    const BATCH: u64 = 100;
+    group.throughput(Throughput::Elements(BATCH));
+    group.bench_function("lease_release_batched_100", |b| {
+        b.iter(|| {
+            let leases = (0..BATCH).map(|conn| Op::Lease { count: 7, conn, detached: false });
+            let releases: Vec<Op> = tracker
+                .apply(leases)
+                .into_iter()
+                .map(|done| match done.unwrap() {
+                    Done::Lease(LeaseOutcome::Granted(g)) => Op::Release { lease_id: g.lease_id },
+                    _ => panic!("1,000 free slots, yet not granted"),
+                })
+                .collect();
+            for done in tracker.apply(releases) {
+                done.unwrap();
+            }
         })
     });
     group.finish();

@@ -8,15 +8,22 @@ use std::net::SocketAddr;
 use septet_common::conn::ConnLimits;
 use septet_common::{deadline, Connection, Frame, Message};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument, warn};
 
-use crate::state::{ConnId, LeaseOutcome, Ticket};
+use crate::state::{ConnId, Done, LeaseOutcome, Op, Ticket};
 use crate::{Error, Result, Tracker, TrackerConfig};
 
 /// How long shutdown waits for connection tasks to finish.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most lease and release requests applied in one batch.
+const MAX_BATCH: usize = 1024;
+
+/// A lease or release request on its way to the batch loop, with where its
+/// result goes.
+type Submission = (Op, oneshot::Sender<Result<Done>>);
 
 /// Serves a new tracker on `listener` until `shutdown` completes.
 ///
@@ -36,6 +43,10 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     tasks.spawn(sweep_loop(tracker.clone(), cancel.clone()));
+    // Unbounded, yet bounded in practice: a connection has at most one
+    // request in flight.
+    let (ops, batches) = mpsc::unbounded_channel();
+    tasks.spawn(batch_loop(tracker.clone(), batches));
     info!(addr = %listener.local_addr()?, "tracker listening");
     tokio::pin!(shutdown);
     let mut next_conn: ConnId = 0;
@@ -45,7 +56,8 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     next_conn += 1;
-                    tasks.spawn(serve_connection(tracker.clone(), stream, addr, next_conn, cancel.clone()));
+                    let conn = serve_connection(tracker.clone(), ops.clone(), stream, addr, next_conn, cancel.clone());
+                    tasks.spawn(conn);
                 }
                 Err(e) => {
                     // Usually descriptor exhaustion: back off instead of spinning.
@@ -56,6 +68,8 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
         }
     }
     info!("tracker shutting down");
+    // The batch loop ends once the connections, the other holders, are done.
+    drop(ops);
     cancel.cancel();
     tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
@@ -79,6 +93,37 @@ async fn sweep_loop(tracker: Tracker, cancel: CancellationToken) {
     }
 }
 
+/// Applies lease and release requests in batches: each batch is everything
+/// the connections submitted while the previous one was being applied. On
+/// the tracker's single thread that is every request whose bytes arrived in
+/// the same turn of the event loop, so under load the table's column passes
+/// are shared by many requests (see [`Tracker::apply`]); when idle, a batch
+/// is one request and costs what it did alone.
+async fn batch_loop(tracker: Tracker, mut submissions: mpsc::UnboundedReceiver<Submission>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while submissions.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (ops, replies): (Vec<Op>, Vec<_>) = batch.drain(..).unzip();
+        for (done, reply) in tracker.apply(ops).into_iter().zip(replies) {
+            // A connection that went away meanwhile: its attached lease
+            // ends with it (`Tracker::disconnect`).
+            let _ = reply.send(done);
+        }
+    }
+}
+
+/// Hands `op` to the batch loop and waits for its result.
+async fn submit(ops: &mpsc::UnboundedSender<Submission>, op: Op) -> Result<Done> {
+    let shutting_down = || {
+        Error::Protocol(septet_common::Error::Remote {
+            code: septet_common::ErrorCode::ShuttingDown,
+            message: "the tracker is shutting down".into(),
+        })
+    };
+    let (reply, done) = oneshot::channel();
+    ops.send((op, reply)).map_err(|_| shutting_down())?;
+    done.await.map_err(|_| shutting_down())?
+}
+
 /// Resolves once the queued request's grant arrives; never, without one.
 async fn next_grant(ticket: &mut Option<Ticket>) -> Option<septet_common::proto::LeaseGrant> {
     match ticket {
@@ -90,6 +135,7 @@ async fn next_grant(ticket: &mut Option<Ticket>) -> Option<septet_common::proto:
 #[instrument(skip_all, fields(conn = conn_id, peer = %addr))]
 async fn serve_connection(
     tracker: Tracker,
+    ops: mpsc::UnboundedSender<Submission>,
     stream: TcpStream,
     addr: SocketAddr,
     conn_id: ConnId,
@@ -142,7 +188,7 @@ async fn serve_connection(
                 break;
             }
         };
-        let (reply, close) = handle(&tracker, msg, conn_id, conn.peer, &mut ticket);
+        let (reply, close) = handle(&tracker, &ops, msg, conn_id, conn.peer, &mut ticket).await;
         if let Err(e) = send(&mut conn, &reply, &config).await {
             debug!(error = %e, "could not send a reply");
             break;
@@ -178,8 +224,11 @@ fn resolve_listen(listen: &str, seen_from: SocketAddr) -> Result<String> {
 }
 
 /// One request → one reply, and whether to close the connection after it.
-fn handle(
+/// Leases and releases go through the batch loop; the rest, rarer, take the
+/// tracker's lock directly.
+async fn handle(
     tracker: &Tracker,
+    ops: &mpsc::UnboundedSender<Submission>,
     msg: Message,
     conn: ConnId,
     peer: SocketAddr,
@@ -201,18 +250,22 @@ fn handle(
         Message::Lease { .. } if ticket.is_some() => {
             Err(Error::Invalid("this connection already has a lease request waiting".into()))
         }
-        Message::Lease { count, detached } => tracker.lease(count, conn, detached).map(|outcome| match outcome {
-            LeaseOutcome::Granted(grant) => Message::Leased(grant),
-            LeaseOutcome::Queued(t) => {
+        Message::Lease { count, detached } => match submit(ops, Op::Lease { count, conn, detached }).await {
+            Ok(Done::Lease(LeaseOutcome::Granted(grant))) => Ok(Message::Leased(grant)),
+            Ok(Done::Lease(LeaseOutcome::Queued(t))) => {
                 let reply = Message::Waiting { position: t.position, free: t.free, needed: count };
                 *ticket = Some(t);
-                reply
+                Ok(reply)
             }
-        }),
+            Ok(Done::Released) => unreachable!("a lease op yields a lease outcome"),
+            Err(e) => Err(e),
+        },
         Message::Renew { lease_id } => {
             tracker.renew(lease_id).map(|ttl| Message::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 })
         }
-        Message::Release { lease_id } => tracker.release(lease_id).map(|()| Message::Released { lease_id }),
+        Message::Release { lease_id } => {
+            submit(ops, Op::Release { lease_id }).await.map(|_| Message::Released { lease_id })
+        }
         Message::ReportFailure { lease_id, peer_id, reason, replace } => {
             warn!(lease_id, peer_id, %reason, "failure reported against a peer");
             tracker

@@ -322,7 +322,7 @@ impl PeerTable {
                 (u64::from(u) << IN_USE_SHIFT) | (t.min(LEASES_KEY_MAX) << PEER_ID_BITS)
             });
         // Max-heap of the best (smallest) keys so far, with their free slots.
-        let mut best = std::collections::BinaryHeap::with_capacity(count + 1);
+        let mut best = std::collections::BinaryHeap::with_capacity(count.min(self.len()) + 1);
         for (row, (rank, free)) in rank.into_no_null_iter().zip(free.into_no_null_iter()).enumerate() {
             if free == 0 {
                 continue;
@@ -368,6 +368,9 @@ impl PeerTable {
     /// # Errors
     /// Only polars errors.
     pub fn take_slots(&mut self, slots: &[PeerAddr]) -> TableResult<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
         let delta = self.deltas(slots);
         let in_use = self.u32s("in_use")? + &UInt32Chunked::from_vec("in_use".into(), delta.clone());
         let delta64: Vec<u64> = delta.into_iter().map(u64::from).collect();
@@ -382,6 +385,9 @@ impl PeerTable {
     /// # Errors
     /// Only polars errors.
     pub fn return_slots(&mut self, slots: &[PeerAddr]) -> TableResult<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
         let delta = UInt32Chunked::from_vec("in_use".into(), self.deltas(slots));
         let in_use = self.u32s("in_use")? - &delta;
         self.replace("in_use", in_use)
