@@ -8,20 +8,24 @@
 //! CPU while the other idles, and each then waits milliseconds for a turn.)
 //!
 //! Criterion measures cycles per second with every requester going back to
-//! back (closed loop: the saturation throughput). Fixed passes then print
-//! lease-latency percentiles, which criterion does not report:
+//! back (closed loop: the saturation throughput). A longer pass of each
+//! kind then prints lease-latency percentiles, which criterion does not
+//! report, per quarter second and pooled:
 //! - closed loop — each requester starts its next cycle at once, so with 100
 //!   requesters the latency is mostly their own queue (Little's law:
 //!   100 / throughput);
-//! - open loop at 10,000 cycles/s in all — for a fixed time, each requester
+//! - open loop at 10,000 cycles/s in all — for five seconds, each requester
 //!   starts cycles at Poisson-distributed times (independent users) whatever
 //!   the replies do, so the latency is what a request meets at that load.
 //!   The first half second is a warm-up, not timed: starting 100 paced
 //!   requesters at once stalls the load generator for tens of milliseconds
 //!   (seen as late arrivals), and the burst that follows is the generator's.
 //!
+//! Before all that, a probe reports how often the machine itself ran slow
+//! (both CPUs, 4 s), since those episodes decide the worst passes.
+//!
 //! A last group times the tracker's own work for one cycle (`Tracker::lease`
-//! + `release` on the polars table, no sockets).
+//! + `release` on the polars table, no sockets), alone and in batches of 100.
 //!
 //! `cargo bench --bench tracker`
 
@@ -134,14 +138,13 @@ enum Load {
     Open { rate: f64, warmup: Duration, length: Duration },
 }
 
+/// Each timed lease's start and request-to-grant latency, from all requesters.
+type Samples = Arc<Mutex<Vec<(Instant, Duration)>>>;
+
 /// Runs lease+release cycles over the clients. Returns the cycles timed and
 /// the time they took; records each timed lease's request-to-grant latency
-/// when `latencies` is given.
-async fn cycles(
-    clients: &mut Vec<TrackerClient>,
-    load: Load,
-    latencies: Option<Arc<Mutex<Vec<Duration>>>>,
-) -> (u64, Duration) {
+/// start time and request-to-grant latency when `latencies` is given.
+async fn cycles(clients: &mut Vec<TrackerClient>, load: Load, latencies: Option<Samples>) -> (u64, Duration) {
     let n = clients.len() as u64;
     let start = tokio::time::Instant::now();
     let mut tasks = Vec::new();
@@ -172,7 +175,7 @@ async fn cycles(
                 let t = Instant::now();
                 let grant = c.lease(7, false, None, |_, _, _| {}).await.unwrap();
                 if timed {
-                    mine.push(t.elapsed());
+                    mine.push((t, t.elapsed()));
                     done += 1;
                 }
                 c.release(grant.lease_id).await.unwrap();
@@ -196,31 +199,104 @@ async fn cycles(
     (total, start.elapsed().saturating_sub(warmup))
 }
 
-/// CPU time the hypervisor gave to other guests while ours wanted it
-/// ("steal", summed over CPUs; Linux only): on a shared VM, multi-ms gaps
-/// in service that no code in the guest can avoid.
-fn steal() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: u64 = stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()?;
-    Some(Duration::from_millis(ticks * 10)) // USER_HZ is 100 on Linux
+/// Lease-latency percentile `p` (0..1) of `sorted`.
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-fn report(what: &str, total: u64, elapsed: Duration, latencies: &[Duration], steal: Option<Duration>) {
-    let mut l = latencies.to_vec();
-    l.sort();
-    let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
-    let steal = steal.map(|s| format!("; CPU stolen by the host during the pass: {s:?}")).unwrap_or_default();
+/// Runs one pass of `load` and prints its throughput and lease latencies:
+/// the median over quarter-second windows (by request start) of each
+/// window's p50 and p99, the share of windows whose p99 is within 2 ms, and
+/// the pooled p99, p99.9 and maximum. Windows, because this VM has episodes
+/// of tens of milliseconds in which both CPUs run several times slower (see
+/// [`slowdown_probe`]): every request in flight during one waits it out, so
+/// the pooled tail is mostly the machine's, and the windows show what the
+/// tracker does the rest of the time.
+fn measure(rt: &Runtime, clients: &mut Vec<TrackerClient>, what: &str, load: Load) {
+    const WINDOW: Duration = Duration::from_millis(250);
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let (total, elapsed) = rt.block_on(cycles(clients, load, Some(latencies.clone())));
+    let mut samples = std::mem::take(&mut *latencies.lock());
+    samples.sort();
+    let first = samples[0].0;
+    let mut windows: Vec<Vec<Duration>> = Vec::new();
+    for &(start, latency) in &samples {
+        let w = (start.duration_since(first).as_nanos() / WINDOW.as_nanos()) as usize;
+        windows.resize_with(windows.len().max(w + 1), Vec::new);
+        windows[w].push(latency);
+    }
+    // A last window shorter than a tenth of the others says little.
+    let full = samples.len() / windows.len().max(1);
+    windows.retain(|w| w.len() * 10 >= full);
+    let (mut p50s, mut p99s): (Vec<Duration>, Vec<Duration>) = windows
+        .iter_mut()
+        .map(|w| {
+            w.sort();
+            (pct(w, 0.50), pct(w, 0.99))
+        })
+        .unzip();
+    let within = p99s.iter().filter(|d| **d <= Duration::from_millis(2)).count();
+    p50s.sort();
+    p99s.sort();
+    let mut pooled: Vec<Duration> = samples.into_iter().map(|(_, l)| l).collect();
+    pooled.sort();
     println!(
-        "tracker/lease_release/{what}: {:.0} cycles/s; lease latency p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}{steal}",
+        "tracker/lease_release/{what}: {:.0} cycles/s; lease latency in {} windows of {WINDOW:?}: median p50 {:?}, \
+         median p99 {:?} (p99 ≤ 2 ms in {within}); pooled p99 {:?}, p99.9 {:?}, max {:?}",
         total as f64 / elapsed.as_secs_f64(),
-        pct(0.50),
-        pct(0.99),
-        pct(0.999),
-        l[l.len() - 1]
+        p99s.len(),
+        p50s[p50s.len() / 2],
+        p99s[p99s.len() / 2],
+        pct(&pooled, 0.99),
+        pct(&pooled, 0.999),
+        pooled[pooled.len() - 1],
     );
 }
 
+/// How often this machine itself runs slow: a thread pinned to each CPU
+/// does fixed slices of arithmetic for `length`; prints the share of 10 ms
+/// windows in which a CPU got less than half its median work done. (On the
+/// development VM: 2–3.5 %, in episodes of 70–80 ms on both CPUs at once,
+/// about one every 4 s; the hypervisor reports no steal time for them.)
+fn slowdown_probe(length: Duration) {
+    const WINDOW: Duration = Duration::from_millis(10);
+    let windows = (length.as_nanos() / WINDOW.as_nanos()) as usize;
+    let probes: Vec<_> = (0..*CPUS)
+        .map(|cpu| {
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                let mut work = vec![0u32; windows];
+                let start = Instant::now();
+                let mut x = 1.0f64;
+                loop {
+                    let w = (start.elapsed().as_nanos() / WINDOW.as_nanos()) as usize;
+                    if w >= windows {
+                        break;
+                    }
+                    for _ in 0..2000 {
+                        x = std::hint::black_box(x * 1.000_000_1 + 1e-9);
+                    }
+                    work[w] += 1;
+                }
+                work
+            })
+        })
+        .collect();
+    for (cpu, probe) in probes.into_iter().enumerate() {
+        let work = probe.join().expect("probe thread");
+        let mut sorted = work.clone();
+        sorted.sort_unstable();
+        let median = sorted[sorted.len() / 2];
+        let slow = work.iter().filter(|&&w| w < median / 2).count();
+        println!(
+            "machine slowdowns, CPU {cpu}: {slow} of {windows} 10 ms windows ({:.1} %) below half speed",
+            100.0 * slow as f64 / windows as f64
+        );
+    }
+}
+
 fn over_tcp(c: &mut Criterion) {
+    slowdown_probe(Duration::from_secs(4));
     pin_to(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -237,19 +313,10 @@ fn over_tcp(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter_custom(|iters| rt.block_on(cycles(&mut clients, Load::Closed(iters), None)).1)
         });
-        for (what, load) in [
-            (format!("{n} closed-loop"), Load::Closed(30_000)),
-            (
-                format!("{n} open-loop at 10k/s"),
-                Load::Open { rate: OPEN_LOOP_RATE, warmup: Duration::from_millis(500), length: Duration::from_secs(3) },
-            ),
-        ] {
-            let latencies = Arc::new(Mutex::new(Vec::new()));
-            let stolen_before = steal();
-            let (done, elapsed) = rt.block_on(cycles(&mut clients, load, Some(latencies.clone())));
-            let stolen = steal().zip(stolen_before).map(|(after, before)| after.saturating_sub(before));
-            report(&what, done, elapsed, &latencies.lock(), stolen);
-        }
+        measure(&rt, &mut clients, &format!("{n} closed-loop"), Load::Closed(150_000));
+        let open =
+            Load::Open { rate: OPEN_LOOP_RATE, warmup: Duration::from_millis(500), length: Duration::from_secs(5) };
+        measure(&rt, &mut clients, &format!("{n} open-loop at 10k/s"), open);
     }
     group.finish();
     drop(grid);
