@@ -7,8 +7,9 @@
 //! On a shared VM the machine's speed drifts by ±10 % over the seconds
 //! criterion spends on one benchmark before the next, which swamps a ratio
 //! of two of them. So a fixed pass after each size also times the three
-//! *interleaved* — local, grid, grid unverified, repeated — and prints the
-//! median of the per-round ratios.
+//! *interleaved* — local, then grid verified and unverified in alternating
+//! order, repeated — and prints the median of the per-round ratios,
+//! including verified ÷ unverified: the cost of the Freivalds check.
 //!
 //! `cargo bench --bench grid` (n = 4096 takes a few minutes).
 
@@ -44,28 +45,41 @@ fn bench(c: &mut Criterion) {
             bch.iter(|| matmul(a.view(), b.view(), parallelism(0)).unwrap())
         });
         let rounds = if n >= 4096 { 7 } else { 15 };
-        let (mut verified, mut unverified_ratio) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
+        let (mut verified, mut unverified_ratio, mut cost) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
             let time = |f: &mut dyn FnMut()| {
                 let start = Instant::now();
                 f();
                 start.elapsed().as_secs_f64()
             };
             let local = time(&mut || drop(matmul(a.view(), b.view(), parallelism(0)).unwrap()));
-            let grid = time(&mut || drop(rt.block_on(requester.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
-            let bare = time(&mut || drop(rt.block_on(unverified.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
+            let checked = || time(&mut || drop(rt.block_on(requester.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
+            let bare = || time(&mut || drop(rt.block_on(unverified.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
+            // Alternate which runs first: whichever follows the other runs
+            // on a warmer machine.
+            let (grid, bare) = if round % 2 == 0 {
+                let g = checked();
+                (g, bare())
+            } else {
+                let u = bare();
+                (checked(), u)
+            };
             verified.push(grid / local);
             unverified_ratio.push(bare / local);
+            cost.push(grid / bare);
         }
         println!(
             "grid/interleaved/{n}: grid ÷ local faer, median of {rounds} rounds: {:.3} verified ({:.3}–{:.3}), \
-             {:.3} unverified ({:.3}–{:.3})",
+             {:.3} unverified ({:.3}–{:.3}); verified ÷ unverified, same rounds: {:.3} ({:.3}–{:.3})",
             median(&mut verified),
             verified[0],
             verified[rounds - 1],
             median(&mut unverified_ratio),
             unverified_ratio[0],
             unverified_ratio[rounds - 1],
+            median(&mut cost),
+            cost[0],
+            cost[rounds - 1],
         );
     }
     group.finish();
