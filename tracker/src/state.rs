@@ -414,9 +414,10 @@ impl Tracker {
     /// update for all the grants: the same outcome as applying them one by
     /// one in this order, except that a request may be granted at once
     /// where one by one it would have queued briefly (a release later in
-    /// the batch frees its slots before any grant is made). Leases are still
-    /// granted strictly in arrival order. Returns one result per op, in
-    /// order.
+    /// the batch frees its slots before any grant is made), and that the
+    /// batch's slots are ranked once, so `leases_total` grown by one grant
+    /// does not reorder the peers for the next. Leases are still granted
+    /// strictly in arrival order. Returns one result per op, in order.
     ///
     /// The server feeds this with every request that arrives while the
     /// previous batch is being applied, so the tracker's work per request
