@@ -225,9 +225,12 @@ fn measure(rt: &Runtime, clients: &mut Vec<TrackerClient>, what: &str, load: Loa
         windows.resize_with(windows.len().max(w + 1), Vec::new);
         windows[w].push(latency);
     }
-    // A last window shorter than a tenth of the others says little.
-    let full = samples.len() / windows.len().max(1);
-    windows.retain(|w| w.len() * 10 >= full);
+    // A last window shorter than a tenth of the first says little; an empty
+    // one (a pause in the load) has no percentiles.
+    if windows.len() > 1 && windows.last().is_some_and(|w| w.len() * 10 < windows[0].len()) {
+        windows.pop();
+    }
+    windows.retain(|w| !w.is_empty());
     let (mut p50s, mut p99s): (Vec<Duration>, Vec<Duration>) = windows
         .iter_mut()
         .map(|w| {

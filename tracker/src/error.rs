@@ -34,6 +34,10 @@ pub enum Error {
     /// A polars operation on the peer table failed (a bug, not bad input).
     #[error("peer table error: {0}")]
     Table(#[from] polars::prelude::PolarsError),
+    /// A bug inside the tracker (a failed table update, a panic), reported
+    /// to the requests it touched.
+    #[error("internal tracker error: {0}")]
+    Internal(String),
     /// A protocol or socket error.
     #[error(transparent)]
     Protocol(#[from] septet_common::Error),
@@ -51,7 +55,7 @@ impl Error {
             Error::UnknownLease(_) => ErrorCode::UnknownLease,
             Error::NotInLease { .. } | Error::Invalid(_) => ErrorCode::InvalidRequest,
             Error::Protocol(e) => e.code(),
-            Error::Config(_) | Error::Table(_) | Error::Io(_) => ErrorCode::Internal,
+            Error::Config(_) | Error::Table(_) | Error::Internal(_) | Error::Io(_) => ErrorCode::Internal,
         }
     }
 }

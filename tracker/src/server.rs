@@ -103,9 +103,16 @@ async fn batch_loop(tracker: Tracker, mut submissions: mpsc::UnboundedReceiver<S
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while submissions.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (ops, replies): (Vec<Op>, Vec<_>) = batch.drain(..).unzip();
-        for (done, reply) in tracker.apply(ops).into_iter().zip(replies) {
-            // A connection that went away meanwhile: its attached lease
-            // ends with it (`Tracker::disconnect`).
+        // A panic here would be a bug; it fails this batch's requests, not
+        // every later lease (the loop is the only way to one).
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tracker.apply(ops)));
+        let results = applied.unwrap_or_else(|_| {
+            tracing::error!(requests = replies.len(), "applying a batch of lease requests panicked");
+            replies.iter().map(|_| Err(Error::Internal("applying the request panicked".into()))).collect()
+        });
+        for (done, reply) in results.into_iter().zip(replies) {
+            // Only fails if the connection's task is gone, which happens
+            // only after its reply arrived (it awaits it).
             let _ = reply.send(done);
         }
     }

@@ -23,13 +23,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use polars::prelude::PolarsError;
 use septet_common::proto::{LeaseGrant, PeerAddr, PeerRow};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::table::{PeerState, PeerTable};
 use crate::{Error, Result};
+
+/// Beyond this many waiters, `dispatch` counts the free slots first rather
+/// than add up the demand of the whole queue.
+const LONG_QUEUE: usize = 64;
 
 /// Identifies the connection that owns a lease or a waiting request.
 pub type ConnId = u64;
@@ -200,9 +203,18 @@ impl State {
     /// already left go straight back, and the walk starts again.
     fn dispatch(&mut self, now: Instant, ttl: Duration) -> Result<()> {
         loop {
-            let demand: usize = self.queue.iter().map(|w| w.count as usize).sum();
-            if demand == 0 {
+            if self.queue.is_empty() {
                 return Ok(());
+            }
+            // The demand of the whole queue — or, when it is long, of the
+            // part that could fit in the free slots: no more can be served.
+            let cap = if self.queue.len() > LONG_QUEUE { self.table.free_slots()? as usize } else { usize::MAX };
+            let mut demand = 0usize;
+            for w in &self.queue {
+                demand += w.count as usize;
+                if demand > cap {
+                    break;
+                }
             }
             let ranked = self.table.choose(demand)?;
             let (mut served, mut taken) = (0, 0);
@@ -330,7 +342,7 @@ impl Tracker {
     }
 
     /// Runs `f` on the locked state, then serves the queue: every path that
-    /// can free slots goes through here.
+    /// can free slots goes through here or through [`Tracker::apply`].
     fn mutate<T>(&self, f: impl FnOnce(&mut State, Instant) -> Result<T>) -> Result<T> {
         let now = Instant::now();
         let mut state = self.inner.state.lock();
@@ -450,34 +462,37 @@ impl Tracker {
                 })),
             })
             .collect();
-        let settled = s.table.return_slots(&returned).map_err(Error::from).and_then(|()| s.dispatch(now, ttl));
-        if let Err(e) = settled {
-            // A polars failure is a bug, not bad input: refuse the batch's
-            // leases rather than report grants that may not be recorded.
+        // A polars failure below is a bug, not bad input; it is reported to
+        // exactly the requests it touched.
+        let returned = s.table.return_slots(&returned).map_err(|e| e.to_string());
+        let dispatched = match &returned {
+            Ok(()) => s.dispatch(now, ttl).map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        if let Err(e) = &dispatched {
             tracing::error!(error = %e, "applying a batch of lease requests failed");
+            // Grants already made stand (they are recorded); the rest of the
+            // batch's leases leave the queue and are refused.
             s.queue.retain(|w| w.id < first_new);
-            let message = e.to_string();
-            return pending
-                .into_iter()
-                .map(|p| match p {
-                    Pending::Done(done) => done,
-                    Pending::Lease { .. } => Err(Error::Table(PolarsError::ComputeError(message.clone().into()))),
-                })
-                .collect();
         }
+        let failed = |e: &String| Error::Internal(e.clone());
         let free = if s.queue.is_empty() { 0 } else { s.table.free_slots().unwrap_or(0) };
-        let position = |waiter_id: u64| s.queue.iter().rev().position(|w| w.id == waiter_id).map(|i| s.queue.len() - i);
+        let (len, last) = (s.queue.len() as u64, s.next_waiter_id);
         pending
             .into_iter()
             .map(|p| match p {
+                Pending::Done(Ok(Done::Released)) if returned.is_err() => Err(failed(returned.as_ref().unwrap_err())),
                 Pending::Done(done) => done,
-                Pending::Lease { waiter_id, mut grant } => Ok(Done::Lease(match grant.try_recv() {
-                    Ok(g) => LeaseOutcome::Granted(g),
-                    Err(_) => {
-                        let position = position(waiter_id).unwrap_or(0) as u32;
-                        LeaseOutcome::Queued(Ticket { waiter_id, position, free, grant })
+                Pending::Lease { waiter_id, mut grant } => match (grant.try_recv(), &dispatched) {
+                    (Ok(g), _) => Ok(Done::Lease(LeaseOutcome::Granted(g))),
+                    (Err(_), Err(e)) => Err(failed(e)),
+                    // The batch's waiters still queued are the queue's tail, in
+                    // id order with consecutive ids ending at `last`.
+                    (Err(_), Ok(())) => {
+                        let position = len.saturating_sub(last - waiter_id) as u32;
+                        Ok(Done::Lease(LeaseOutcome::Queued(Ticket { waiter_id, position, free, grant })))
                     }
-                })),
+                },
             })
             .collect()
     }
@@ -714,7 +729,8 @@ mod tests {
         assert!(out.next().is_none());
         t.check_invariants().unwrap();
         assert_eq!(t.stats().unwrap(), Stats { free: 3, leases: 2, waiting: 2 });
-        // One batch releasing both serves the whole queue at once.
+        // Releasing both in one batch frees eight slots: still too few for
+        // the nine at the front, so nothing is served yet.
         let out = t.apply([Op::Release { lease_id: a.lease_id }, Op::Release { lease_id: b.lease_id }]);
         assert!(out.iter().all(|d| matches!(d, Ok(Done::Released))));
         let (mut nine, mut one) = (nine.grant, one.grant);
@@ -723,6 +739,33 @@ mod tests {
         t.register("w8", 1).unwrap();
         assert_eq!(nine.try_recv().unwrap().peers.len(), 9);
         assert!(one.try_recv().is_err(), "nothing left");
+        t.check_invariants().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_is_served_in_order_as_slots_free() {
+        let t = tracker();
+        for i in 0..7 {
+            t.register(&format!("w{i}"), 1).unwrap();
+        }
+        let held = granted(t.lease(7, 1, false).unwrap());
+        // More waiters than LONG_QUEUE, one batch of them and then one by one.
+        let batch = t.apply((0..50).map(|i| Op::Lease { count: 1, conn: 100 + i, detached: false }));
+        let mut tickets: Vec<Ticket> = batch
+            .into_iter()
+            .map(|d| match d.unwrap() {
+                Done::Lease(outcome) => queued(outcome),
+                Done::Released => panic!("expected a lease outcome"),
+            })
+            .collect();
+        tickets.extend((50..100).map(|i| queued(t.lease(1, 100 + i, false).unwrap())));
+        let positions: Vec<u32> = tickets.iter().map(|t| t.position).collect();
+        assert_eq!(positions, (1..=100).collect::<Vec<u32>>());
+        t.release(held.lease_id).unwrap();
+        for (i, ticket) in tickets.iter_mut().enumerate() {
+            assert_eq!(ticket.grant.try_recv().is_ok(), i < 7, "waiter {i}");
+        }
+        assert_eq!(t.stats().unwrap(), Stats { free: 0, leases: 7, waiting: 93 });
         t.check_invariants().unwrap();
     }
 
