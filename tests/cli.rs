@@ -7,7 +7,7 @@ mod common;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{free_addr, septet_bin, Procs};
+use common::{free_addr, septet_bin, tracker_process, Procs};
 use ndarray::Array2;
 use ndarray_npy::{read_npy, write_npy};
 use septet_common::strassen::naive_matmul;
@@ -34,14 +34,9 @@ fn peers_json(tracker: &str) -> Vec<serde_json::Value> {
 
 /// A tracker and seven workers, as separate processes.
 fn grid() -> (Procs, String) {
-    let addr = free_addr().to_string();
-    let mut procs = Procs(vec![spawn(&["tracker", "--listen", &addr])]);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (tracker, addr) = tracker_process("127.0.0.1:0", &[]);
+    let addr = addr.to_string();
+    let mut procs = Procs(vec![tracker]);
     for _ in 0..7 {
         procs.0.push(spawn(&["worker", "--tracker", &addr, "--threads", "1"]));
     }

@@ -18,14 +18,10 @@ use tokio::io::AsyncBufReadExt;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn tracker_proc(addr: SocketAddr) -> Child {
-    Command::new(septet_bin())
-        .args(["tracker", "--listen", &addr.to_string(), "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// A tracker process with short heartbeats, listening on `listen`, and the
+/// address it bound.
+fn tracker_proc(listen: &str) -> (Child, SocketAddr) {
+    tracker_process(listen, &["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5"])
 }
 
 fn worker_proc(tracker: SocketAddr, extra: &[&str]) -> Child {
@@ -39,22 +35,10 @@ fn worker_proc(tracker: SocketAddr, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-/// A tracker process on a free port, up and listening.
+/// A tracker process on a port of its own, up and listening.
 async fn start_tracker() -> (Procs, SocketAddr) {
-    let tracker = free_addr();
-    let procs = Procs(vec![tracker_proc(tracker)]);
-    wait_for_tracker(tracker).await;
-    (procs, tracker)
-}
-
-async fn wait_for_tracker(addr: SocketAddr) {
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("tracker at {addr} never came up");
+    let (child, tracker) = tracker_proc("127.0.0.1:0");
+    (Procs(vec![child]), tracker)
 }
 
 /// Rows of the peer table.
@@ -227,9 +211,7 @@ async fn a_killed_requester_gives_its_slots_back() {
 async fn a_restarted_tracker_gets_its_workers_back_and_a_running_job_finishes() {
     tokio::time::timeout(LIMIT, async {
         let mut procs = Procs::default();
-        let tracker = free_addr();
-        let mut first = tracker_proc(tracker);
-        wait_for_tracker(tracker).await;
+        let (mut first, tracker) = tracker_proc("127.0.0.1:0");
         let slow: &[&str] = &["--fault=delay=1.5"];
         start_workers(&mut procs, tracker, &[slow; 7]).await;
         let req = requester(tracker, Duration::from_secs(10));
@@ -238,8 +220,9 @@ async fn a_restarted_tracker_gets_its_workers_back_and_a_running_job_finishes() 
         first.kill().unwrap();
         first.wait().unwrap();
         let restarted = std::time::Instant::now();
-        procs.0.push(tracker_proc(tracker));
-        wait_for_tracker(tracker).await;
+        let (again, at) = tracker_proc(&tracker.to_string());
+        assert_eq!(at, tracker);
+        procs.0.push(again);
         // The job talks to its peers directly: it finishes, correct.
         let report = job.await.unwrap();
         assert_eq!(report.retries, 0);

@@ -115,7 +115,41 @@ impl Drop for Procs {
     }
 }
 
-/// An address on loopback that was free a moment ago.
+/// Starts `septet tracker --listen LISTEN EXTRA..` and returns it with the
+/// address it bound, read from its "listening on" line on stderr — so
+/// `127.0.0.1:0` gives each test a port of its own, with no window in which
+/// another test could take it (as there is between [`free_addr`] and the
+/// tracker binding it). The rest of its stderr is drained on a thread, so
+/// the tracker never blocks on a full pipe.
+pub fn tracker_process(listen: &str, extra: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(septet_bin())
+        .args(["tracker", "--listen", listen])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the tracker never said where it listens");
+    (child, addr.parse().unwrap())
+}
+
+/// An address on loopback that was free a moment ago (for addresses nobody
+/// should listen on; a tracker picks its own with [`tracker_process`]).
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
