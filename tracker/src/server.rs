@@ -118,17 +118,19 @@ async fn batch_loop(tracker: Tracker, mut submissions: mpsc::UnboundedReceiver<S
     }
 }
 
+/// What a client is told when the tracker stops under its request.
+fn shutting_down() -> septet_common::Error {
+    septet_common::Error::Remote {
+        code: septet_common::ErrorCode::ShuttingDown,
+        message: "the tracker is shutting down".into(),
+    }
+}
+
 /// Hands `op` to the batch loop and waits for its result.
 async fn submit(ops: &mpsc::UnboundedSender<Submission>, op: Op) -> Result<Done> {
-    let shutting_down = || {
-        Error::Protocol(septet_common::Error::Remote {
-            code: septet_common::ErrorCode::ShuttingDown,
-            message: "the tracker is shutting down".into(),
-        })
-    };
     let (reply, done) = oneshot::channel();
-    ops.send((op, reply)).map_err(|_| shutting_down())?;
-    done.await.map_err(|_| shutting_down())?
+    ops.send((op, reply)).map_err(|_| Error::Protocol(shutting_down()))?;
+    done.await.map_err(|_| Error::Protocol(shutting_down()))?
 }
 
 /// Resolves once the queued request's grant arrives; never, without one.
@@ -164,10 +166,7 @@ async fn serve_connection(
     loop {
         let frame = tokio::select! {
             _ = cancel.cancelled() => {
-                conn.refuse(&septet_common::Error::Remote {
-                    code: septet_common::ErrorCode::ShuttingDown,
-                    message: "the tracker is shutting down".into(),
-                }).await;
+                conn.refuse(&shutting_down()).await;
                 break;
             }
             Some(grant) = next_grant(&mut ticket) => {
@@ -257,16 +256,16 @@ async fn handle(
         Message::Lease { .. } if ticket.is_some() => {
             Err(Error::Invalid("this connection already has a lease request waiting".into()))
         }
-        Message::Lease { count, detached } => match submit(ops, Op::Lease { count, conn, detached }).await {
-            Ok(Done::Lease(LeaseOutcome::Granted(grant))) => Ok(Message::Leased(grant)),
-            Ok(Done::Lease(LeaseOutcome::Queued(t))) => {
-                let reply = Message::Waiting { position: t.position, free: t.free, needed: count };
-                *ticket = Some(t);
-                Ok(reply)
-            }
-            Ok(Done::Released) => unreachable!("a lease op yields a lease outcome"),
-            Err(e) => Err(e),
-        },
+        Message::Lease { count, detached } => {
+            submit(ops, Op::Lease { count, conn, detached }).await.map(|done| match done.into_lease() {
+                LeaseOutcome::Granted(grant) => Message::Leased(grant),
+                LeaseOutcome::Queued(t) => {
+                    let reply = Message::Waiting { position: t.position, free: t.free, needed: count };
+                    *ticket = Some(t);
+                    reply
+                }
+            })
+        }
         Message::Renew { lease_id } => {
             tracker.renew(lease_id).map(|ttl| Message::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 })
         }

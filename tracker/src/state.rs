@@ -291,6 +291,16 @@ pub enum Done {
     Released,
 }
 
+impl Done {
+    /// The outcome of an [`Op::Lease`] (which never comes to `Released`).
+    pub(crate) fn into_lease(self) -> LeaseOutcome {
+        match self {
+            Done::Lease(outcome) => outcome,
+            Done::Released => unreachable!("a lease op yields a lease outcome"),
+        }
+    }
+}
+
 /// Cheap-to-clone handle on the tracker's state.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -403,10 +413,7 @@ impl Tracker {
     /// # Errors
     /// [`Error::Invalid`] for a zero or oversized count.
     pub fn lease(&self, count: u32, conn: ConnId, detached: bool) -> Result<LeaseOutcome> {
-        match self.apply_one(Op::Lease { count, conn, detached })? {
-            Done::Lease(outcome) => Ok(outcome),
-            Done::Released => unreachable!("a lease op yields a lease outcome"),
-        }
+        self.apply_one(Op::Lease { count, conn, detached }).map(Done::into_lease)
     }
 
     /// Ends a lease and returns its slots to the pool.
