@@ -654,6 +654,15 @@ mod tests {
         Tracker::new(TrackerConfig { lease_ttl: Duration::from_secs(10), ..Default::default() }).unwrap()
     }
 
+    /// A tracker with `workers` peers "w0", "w1", … of `slots` slots each.
+    fn tracker_with(workers: usize, slots: u32) -> Tracker {
+        let t = tracker();
+        for i in 0..workers {
+            t.register(&format!("w{i}"), slots).unwrap();
+        }
+        t
+    }
+
     fn granted(outcome: LeaseOutcome) -> LeaseGrant {
         match outcome {
             LeaseOutcome::Granted(g) => g,
@@ -670,10 +679,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_requests_are_served_in_arrival_order_without_barging() {
-        let t = tracker();
-        for i in 0..7 {
-            t.register(&format!("w{i}"), 1).unwrap();
-        }
+        let t = tracker_with(7, 1);
         let first = granted(t.lease(7, 1, false).unwrap());
         let mut a = queued(t.lease(7, 2, false).unwrap());
         let mut b = queued(t.lease(2, 3, false).unwrap());
@@ -699,10 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_returns_its_releases_first_then_grants_in_arrival_order_without_barging() {
-        let t = tracker();
-        for i in 0..8 {
-            t.register(&format!("w{i}"), 1).unwrap();
-        }
+        let t = tracker_with(8, 1);
         let held = granted(t.lease(7, 1, false).unwrap());
         let out = t.apply([
             Op::Lease { count: 3, conn: 2, detached: false },
@@ -714,10 +717,7 @@ mod tests {
             Op::Release { lease_id: held.lease_id },
         ]);
         let mut out = out.into_iter();
-        let lease = |done: Option<Result<Done>>| match done.unwrap().unwrap() {
-            Done::Lease(outcome) => outcome,
-            Done::Released => panic!("expected a lease outcome"),
-        };
+        let lease = |done: Option<Result<Done>>| done.unwrap().unwrap().into_lease();
         // The release later in the batch freed all eight slots before any grant.
         let a = granted(lease(out.next()));
         let released = out.next().unwrap();
@@ -751,20 +751,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_long_queue_is_served_in_order_as_slots_free() {
-        let t = tracker();
-        for i in 0..7 {
-            t.register(&format!("w{i}"), 1).unwrap();
-        }
+        let t = tracker_with(7, 1);
         let held = granted(t.lease(7, 1, false).unwrap());
         // More waiters than LONG_QUEUE, one batch of them and then one by one.
         let batch = t.apply((0..50).map(|i| Op::Lease { count: 1, conn: 100 + i, detached: false }));
-        let mut tickets: Vec<Ticket> = batch
-            .into_iter()
-            .map(|d| match d.unwrap() {
-                Done::Lease(outcome) => queued(outcome),
-                Done::Released => panic!("expected a lease outcome"),
-            })
-            .collect();
+        let mut tickets: Vec<Ticket> = batch.into_iter().map(|d| queued(d.unwrap().into_lease())).collect();
         tickets.extend((50..100).map(|i| queued(t.lease(1, 100 + i, false).unwrap())));
         let positions: Vec<u32> = tickets.iter().map(|t| t.position).collect();
         assert_eq!(positions, (1..=100).collect::<Vec<u32>>());
@@ -778,10 +769,7 @@ mod tests {
 
     #[tokio::test]
     async fn disconnect_ends_attached_leases_and_queued_requests_but_not_detached_ones() {
-        let t = tracker();
-        for i in 0..4 {
-            t.register(&format!("w{i}"), 2).unwrap();
-        }
+        let t = tracker_with(4, 2);
         let attached = granted(t.lease(3, 1, false).unwrap());
         let detached = granted(t.lease(3, 1, true).unwrap());
         let waiting = queued(t.lease(3, 1, false).unwrap());
@@ -808,10 +796,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn leases_expire_once_unless_renewed() {
-        let t = tracker();
-        for i in 0..7 {
-            t.register(&format!("w{i}"), 1).unwrap();
-        }
+        let t = tracker_with(7, 1);
         let kept = granted(t.lease(3, 1, true).unwrap());
         let lost = granted(t.lease(4, 1, true).unwrap());
         tokio::time::advance(Duration::from_secs(6)).await;
@@ -834,10 +819,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn silent_peers_leave_the_pool_and_return_only_by_registering() {
-        let t = tracker();
-        for i in 0..8 {
-            t.register(&format!("w{i}"), 1).unwrap();
-        }
+        let t = tracker_with(8, 1);
         let lease = granted(t.lease(7, 1, true).unwrap());
         for step in 0..8 {
             tokio::time::advance(Duration::from_secs(1)).await;
@@ -862,10 +844,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_mark_suspect_and_replacements_join_the_lease() {
-        let t = tracker();
-        for i in 0..8 {
-            t.register(&format!("w{i}"), 1).unwrap();
-        }
+        let t = tracker_with(8, 1);
         let lease = granted(t.lease(7, 1, false).unwrap());
         let bad = lease.peers[2].peer_id;
         let replacement = t.report_failure(lease.lease_id, bad, true).unwrap().expect("one slot is free");
