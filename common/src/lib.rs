@@ -10,6 +10,7 @@ pub mod error;
 pub mod frame;
 pub mod matrix;
 pub mod proto;
+pub mod secure;
 pub mod strassen;
 
 pub mod time;
