@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use septet_common::proto::LeaseGrant;
+use septet_common::secure::{Secret, SecretFileError, Security};
 use septet_common::{Dtype, Role, PEERS_PER_LEASE};
 use septet_tracker::TrackerConfig;
 use septet_worker::client::DEFAULT_REQUEST_TIMEOUT;
@@ -45,6 +46,84 @@ enum Command {
     /// Start a tracker and workers in this process and multiply random
     /// matrices through the real TCP path, checked against a local product.
     Demo(DemoArgs),
+    /// Make a new random cluster secret (256 bits) for --secret-file.
+    Secret(SecretArgs),
+}
+
+#[derive(Debug, Args)]
+struct SecretArgs {
+    /// Write it to this file, created with mode 0600 (an existing file is
+    /// never overwritten); without --out it is printed on stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+/// How this process proves it belongs to the grid, and whether it encrypts.
+#[derive(Debug, Args)]
+struct SecurityArgs {
+    /// The cluster secret, as `septet secret` writes it. Every connection
+    /// starts with a mutual proof of it (the secret never crosses the wire).
+    #[arg(long, env = "SEPTET_SECRET_FILE", value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Encrypt every byte after the handshake (AES-128-GCM) and refuse
+    /// peers that do not. Needs --secret-file.
+    #[arg(long)]
+    encrypt: bool,
+}
+
+/// A command line that cannot be run as given: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+impl SecurityArgs {
+    /// Loads the secret (warning on stderr when others can read its file).
+    fn security(&self) -> Result<Security> {
+        let Some(path) = &self.secret_file else {
+            if self.encrypt {
+                return Err(UsageError(
+                    "--encrypt needs a cluster secret: pass --secret-file FILE (make one with `septet secret --out FILE`)"
+                        .into(),
+                )
+                .into());
+            }
+            return Ok(Security::default());
+        };
+        let (secret, warning) = Secret::load(path)?;
+        if let Some(warning) = warning {
+            eprintln!("warning: {warning}");
+        }
+        Ok(Security::with_secret(secret, self.encrypt))
+    }
+}
+
+/// Safe by default: without a secret, listen only where nobody else can
+/// connect. Anything else needs a secret or an explicit --insecure.
+async fn check_exposure(role: &str, listen: &str, security: &Security, insecure: bool) -> Result<()> {
+    if security.secret.is_some() {
+        return Ok(());
+    }
+    let addrs: Vec<std::net::SocketAddr> = match listen.parse() {
+        Ok(addr) => vec![addr],
+        Err(_) => {
+            tokio::net::lookup_host(listen).await.with_context(|| format!("could not resolve {listen}"))?.collect()
+        }
+    };
+    if addrs.iter().all(|a| a.ip().is_loopback()) {
+        return Ok(());
+    }
+    if insecure {
+        eprintln!(
+            "warning: septet {role} listens on {listen} without a cluster secret (--insecure): anyone who can reach it can use the grid"
+        );
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "refusing to listen on {listen} without a cluster secret: anyone who can reach it could join the grid, \
+         lease its workers or send them work. Make a secret with `septet secret --out FILE` and start every \
+         tracker, worker and client with --secret-file FILE, or pass --insecure to accept the risk"
+    ))
+    .into())
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +131,8 @@ enum Command {
 struct MultiplyArgs {
     #[command(flatten)]
     tracker: TrackerAddr,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Left operand, a 2-D float64 or float32 .npy file.
     #[arg(long = "a", value_name = "A.npy", requires = "b")]
     a: Option<PathBuf>,
@@ -114,6 +195,10 @@ struct DemoArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Encrypt the demo grid's connections (it always authenticates them
+    /// with a secret made for the run).
+    #[arg(long)]
+    encrypt: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,6 +252,25 @@ struct TrackerArgs {
     /// Largest frame a client may send, in bytes.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     max_frame_len: usize,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// What both servers share: who may connect, and how many at once.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    security: SecurityArgs,
+    /// Listen on a non-loopback address without a cluster secret (anyone
+    /// who can reach the port can then use the grid).
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds a new connection has to complete its handshake.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    handshake_timeout: f64,
+    /// Connections served at once; more are refused.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +289,8 @@ struct WorkerArgs {
     /// Largest frame accepted, in bytes (a task carries two operands).
     #[arg(long, default_value_t = septet_common::DEFAULT_MAX_FRAME_LEN, value_name = "BYTES")]
     max_frame_len: usize,
+    #[command(flatten)]
+    serve: ServeArgs,
     /// Misbehave for fault-tolerance tests: corrupt, drop, or delay=SECS.
     #[arg(long, hide = true)]
     fault: Option<septet_worker::Fault>,
@@ -194,6 +300,8 @@ struct WorkerArgs {
 struct PeersArgs {
     #[command(flatten)]
     tracker: TrackerAddr,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Print the rows as a JSON array instead of the table.
     #[arg(long)]
     json: bool,
@@ -203,6 +311,8 @@ struct PeersArgs {
 struct LeaseArgs {
     #[command(flatten)]
     tracker: TrackerAddr,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// Slots to lease.
     #[arg(long, default_value_t = PEERS_PER_LEASE)]
     count: u32,
@@ -225,6 +335,8 @@ struct LeaseArgs {
 struct ReleaseArgs {
     #[command(flatten)]
     tracker: TrackerAddr,
+    #[command(flatten)]
+    security: SecurityArgs,
     /// The lease to release.
     lease_id: u64,
 }
@@ -264,7 +376,10 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            if e.downcast_ref::<InputError>().is_some() {
+            if e.downcast_ref::<InputError>().is_some()
+                || e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<SecretFileError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -331,10 +446,14 @@ async fn shutdown_signal() {
     }
 }
 
-async fn connect(addr: &str) -> Result<TrackerClient> {
-    TrackerClient::connect(addr, Role::Client, DEFAULT_REQUEST_TIMEOUT)
-        .await
-        .with_context(|| format!("could not reach the tracker at {addr}"))
+async fn connect(addr: &str, security: &SecurityArgs) -> Result<TrackerClient> {
+    let security = security.security()?;
+    match TrackerClient::connect_with(addr, Role::Client, DEFAULT_REQUEST_TIMEOUT, &security).await {
+        Ok(client) => Ok(client),
+        // Already one line naming the tracker and the cause.
+        Err(e @ septet_common::Error::Handshake { .. }) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("could not reach the tracker at {addr}"))),
+    }
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -343,8 +462,9 @@ async fn run(command: Command) -> Result<()> {
         Command::Worker(args) => worker(args).await,
         Command::Peers(args) => peers(args).await,
         Command::Lease(args) => lease(args).await,
+        Command::Secret(args) => secret(args),
         Command::Release(args) => {
-            let mut client = connect(&args.tracker.tracker).await?;
+            let mut client = connect(&args.tracker.tracker, &args.security).await?;
             client.release(args.lease_id).await.with_context(|| format!("while releasing lease {}", args.lease_id))?;
             println!("released lease {}", args.lease_id);
             Ok(())
@@ -361,6 +481,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         max_lease_wait: max_wait,
         verify: args.verify == OnOff::On,
         io_timeout: secs(args.peer_timeout, "--peer-timeout")?,
+        security: args.security.security()?,
         ..RequesterConfig::default()
     });
     let mut opts = JobOptions { check: args.check, json: args.json, out: args.out, seed: None };
@@ -406,7 +527,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
         );
     }
     anyhow::ensure!(args.n > 0, "--n must be positive");
-    let grid = LocalGrid::start(args.workers).await?;
+    // Even on loopback the demo's grid authenticates every connection, with
+    // a secret made for this run that never leaves the process.
+    let security = Security::with_secret(Secret::generate(), args.encrypt);
+    let grid = LocalGrid::start_with(args.workers, security.clone()).await?;
     let tracker_addr = grid.tracker();
     let result = async {
         eprintln!(
@@ -419,6 +543,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         let requester = Requester::new(RequesterConfig {
             tracker: tracker_addr.to_string(),
             verify: args.verify == OnOff::On,
+            security,
             ..RequesterConfig::default()
         });
         let opts = JobOptions { check: true, json: args.json, out: None, seed: Some(args.seed) };
@@ -445,9 +570,13 @@ async fn tracker(args: TrackerArgs) -> Result<()> {
         heartbeat_interval: secs(args.heartbeat_interval, "--heartbeat-interval")?,
         heartbeat_timeout: secs(args.heartbeat_timeout, "--heartbeat-timeout")?,
         max_frame_len: args.max_frame_len,
+        handshake_timeout: secs(args.serve.handshake_timeout, "--handshake-timeout")?,
+        max_connections: args.serve.max_connections.unwrap_or(TrackerConfig::default().max_connections),
+        security: args.serve.security.security()?,
         ..TrackerConfig::default()
     };
-    config.validate()?;
+    config.validate().map_err(|e| UsageError(e.to_string()))?;
+    check_exposure("tracker", &args.listen, &config.security, args.serve.insecure).await?;
     let listener = listen(&args.listen, "tracker").await?;
     septet_tracker::run(listener, config, shutdown_signal()).await?;
     Ok(())
@@ -460,21 +589,39 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         threads: args.threads,
         max_frame_len: args.max_frame_len,
         fault: args.fault,
+        handshake_timeout: secs(args.serve.handshake_timeout, "--handshake-timeout")?,
+        max_connections: args.serve.max_connections.unwrap_or(WorkerConfig::default().max_connections),
+        security: args.serve.security.security()?,
         ..WorkerConfig::default()
     };
-    config.validate()?;
+    config.validate().map_err(|e| UsageError(e.to_string()))?;
+    check_exposure("worker", &args.listen, &config.security, args.serve.insecure).await?;
     let listener = listen(&args.listen, "worker").await?;
     septet_worker::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }
 
 async fn peers(args: PeersArgs) -> Result<()> {
-    let mut client = connect(&args.tracker.tracker).await?;
+    let mut client = connect(&args.tracker.tracker, &args.security).await?;
     let (table, rows) = client.peers().await.context("while listing peers")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!("{table}");
+    }
+    Ok(())
+}
+
+fn secret(args: SecretArgs) -> Result<()> {
+    match args.out {
+        Some(path) => {
+            Secret::create_file(&path)?;
+            eprintln!(
+                "wrote a new cluster secret to {} (mode 0600); give it to every tracker, worker and client with --secret-file",
+                path.display()
+            );
+        }
+        None => println!("{}", Secret::generate().to_text()),
     }
     Ok(())
 }
@@ -501,7 +648,7 @@ fn print_lease(grant: &LeaseGrant, json: bool) -> Result<()> {
 async fn lease(args: LeaseArgs) -> Result<()> {
     let max_wait = args.max_wait.map(|s| secs(s, "--max-wait")).transpose()?;
     let hold = args.hold.map(|s| secs(s, "--hold")).transpose()?;
-    let mut client = connect(&args.tracker.tracker).await?;
+    let mut client = connect(&args.tracker.tracker, &args.security).await?;
     let on_wait = |position: u32, free: u32, needed: u32| {
         eprintln!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)");
     };

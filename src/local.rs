@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use septet_common::secure::Security;
 use septet_common::Role;
 use septet_tracker::TrackerConfig;
 use septet_worker::client::DEFAULT_REQUEST_TIMEOUT;
@@ -24,6 +25,7 @@ pub struct LocalGrid {
     stop_tracker: CancellationToken,
     workers: Vec<JoinHandle<septet_common::Result<()>>>,
     tracker_task: JoinHandle<septet_tracker::Result<()>>,
+    security: Security,
 }
 
 impl LocalGrid {
@@ -34,18 +36,33 @@ impl LocalGrid {
     /// When a port cannot be bound, or the workers have not all registered
     /// within 10 s (everything started is stopped again).
     pub async fn start(workers: u32) -> Result<Self> {
+        Self::start_with(workers, Security::default()).await
+    }
+
+    /// [`LocalGrid::start`] with every connection — tracker, workers and
+    /// the grid's own status checks — authenticated (and encrypted) as
+    /// `security` says. Requesters must use the same `security`.
+    ///
+    /// # Errors
+    /// As [`LocalGrid::start`].
+    pub async fn start_with(workers: u32, security: Security) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind the local tracker")?;
         let tracker = listener.local_addr()?;
         let (stop_workers, stop_tracker) = (CancellationToken::new(), CancellationToken::new());
         let s = stop_tracker.clone();
-        let tracker_task =
-            tokio::spawn(septet_tracker::run(listener, TrackerConfig::default(), async move { s.cancelled().await }));
-        let mut grid = Self { tracker, stop_workers, stop_tracker, workers: Vec::new(), tracker_task };
+        let config = TrackerConfig { security: security.clone(), ..TrackerConfig::default() };
+        let tracker_task = tokio::spawn(septet_tracker::run(listener, config, async move { s.cancelled().await }));
+        let mut grid =
+            Self { tracker, stop_workers, stop_tracker, workers: Vec::new(), tracker_task, security: security.clone() };
         let started =
             async {
                 for _ in 0..workers {
                     let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind a local worker")?;
-                    let config = WorkerConfig { tracker: Some(tracker.to_string()), ..WorkerConfig::default() };
+                    let config = WorkerConfig {
+                        tracker: Some(tracker.to_string()),
+                        security: security.clone(),
+                        ..WorkerConfig::default()
+                    };
                     let s = grid.stop_workers.clone();
                     grid.workers
                         .push(tokio::spawn(septet_worker::run(listener, config, async move { s.cancelled().await })));
@@ -63,9 +80,10 @@ impl LocalGrid {
     }
 
     async fn wait_alive(&self, workers: usize) -> Result<()> {
-        let mut client = TrackerClient::connect(self.tracker, Role::Client, DEFAULT_REQUEST_TIMEOUT)
-            .await
-            .context("could not reach the local tracker")?;
+        let mut client =
+            TrackerClient::connect_with(self.tracker, Role::Client, DEFAULT_REQUEST_TIMEOUT, &self.security)
+                .await
+                .context("could not reach the local tracker")?;
         let deadline = tokio::time::Instant::now() + REGISTRATION_TIMEOUT;
         loop {
             let (_, rows) = client.peers().await?;

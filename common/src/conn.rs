@@ -1,7 +1,10 @@
 //! Sockets ⇄ [`Frame`]s: a buffered, cancel-safe frame reader, a frame
-//! writer that sends matrix memory without copying it, the hello handshake,
-//! and [`Connection`], which pairs the two over a TCP stream.
+//! writer that sends matrix memory without copying it, and [`Connection`],
+//! which pairs the two over a TCP stream once the handshake of
+//! [`crate::secure`] has authenticated it (and, with encryption, carries
+//! every byte in sealed records that the reader opens in place).
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,7 +17,8 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::frame::{self, BlockOp, Blocks, BlocksHeader, Frame, KIND_BLOCKS, LEN_PREFIX};
 use crate::matrix::{Element, Matrix, MatrixView};
-use crate::{deadline, Error, Message, Result, Role, PROTOCOL_VERSION};
+use crate::secure::{self, Opener, Sealer, Security, MAX_RECORD, RECORD_HEADER, TAG_LEN};
+use crate::{deadline, Error, Message, Result, Role};
 
 /// Slices per `writev` call when sending a matrix row by row.
 const IOV_BATCH: usize = 256;
@@ -140,34 +144,227 @@ impl LowWater {
     }
 }
 
+/// Where a [`FrameReader`]'s plaintext comes from: the socket as it is, or
+/// the records of an encrypted connection, opened as they arrive.
+#[derive(Debug)]
+struct Source<R> {
+    inner: R,
+    /// Plaintext read but not yet parsed into a frame.
+    buf: BytesMut,
+    /// For TCP streams: the socket's low-water mark, raised while a payload is read.
+    low_water: Option<LowWater>,
+    /// How long a frame already begun may go without a byte arriving.
+    stall_timeout: Option<Duration>,
+    /// With encryption: the record state.
+    records: Option<Records>,
+}
+
+/// The receive side of an encrypted connection.
+#[derive(Debug)]
+struct Records {
+    opener: Opener,
+    /// Ciphertext read in bulk and not yet opened (control messages, and
+    /// records that do not fit the payload being read).
+    raw: BytesMut,
+    /// A record being read straight into a matrix payload: its header…
+    head: [u8; RECORD_HEADER],
+    head_filled: usize,
+    /// …the ciphertext bytes already in the payload, and its tag.
+    body_filled: usize,
+    tag: [u8; TAG_LEN],
+    tag_filled: usize,
+}
+
+impl Records {
+    fn mid_record(&self) -> bool {
+        !self.raw.is_empty() || self.head_filled > 0
+    }
+
+    /// Opens the first record in `raw` if it is complete, appending its
+    /// plaintext to `out`: the number of plaintext bytes, or `None` if more
+    /// ciphertext is needed.
+    fn open_buffered(&mut self, out: &mut BytesMut) -> Result<Option<usize>> {
+        if self.raw.len() < RECORD_HEADER {
+            return Ok(None);
+        }
+        let header = [self.raw[0], self.raw[1], self.raw[2], self.raw[3]];
+        let len = Opener::record_len(header)?;
+        let total = RECORD_HEADER + len + TAG_LEN;
+        if self.raw.len() < total {
+            self.raw.reserve(total - self.raw.len());
+            return Ok(None);
+        }
+        let (data, tag) = self.raw[RECORD_HEADER..total].split_at_mut(len);
+        self.opener.open(header, data, tag)?;
+        out.extend_from_slice(data);
+        self.raw.advance(total);
+        Ok(Some(len))
+    }
+}
+
+/// Reads `fut` (one read from the socket), failing with
+/// [`Error::Timeout`] if it takes longer than `stall`.
+async fn bounded<T>(stall: Option<Duration>, fut: impl Future<Output = std::io::Result<T>>) -> Result<T> {
+    match stall {
+        Some(after) => match tokio::time::timeout(after, fut).await {
+            Ok(read) => Ok(read?),
+            Err(_) => Err(Error::Timeout { what: "the rest of a frame (the peer stalled mid-frame)", after }),
+        },
+        None => Ok(fut.await?),
+    }
+}
+
+impl<R: AsyncRead + Unpin> Source<R> {
+    fn set_low_water(&mut self, bytes: usize) {
+        if let Some(mark) = &mut self.low_water {
+            mark.set(bytes);
+        }
+    }
+
+    /// True while part of a frame or record has been read: the stall
+    /// deadline applies.
+    fn mid_frame(&self) -> bool {
+        !self.buf.is_empty() || self.records.as_ref().is_some_and(Records::mid_record)
+    }
+
+    /// Appends more plaintext to `buf`: how many bytes, 0 at the end of the stream.
+    async fn fill(&mut self) -> Result<usize> {
+        let stall = if self.mid_frame() { self.stall_timeout } else { None };
+        let Some(records) = &mut self.records else {
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            return bounded(stall, self.inner.read_buf(&mut self.buf)).await;
+        };
+        loop {
+            if let Some(n) = records.open_buffered(&mut self.buf)? {
+                return Ok(n);
+            }
+            if records.raw.capacity() - records.raw.len() < READ_CHUNK / 4 {
+                records.raw.reserve(READ_CHUNK);
+            }
+            let stall = if records.mid_record() { self.stall_timeout } else { stall };
+            if bounded(stall, self.inner.read_buf(&mut records.raw)).await? == 0 {
+                return if records.raw.is_empty() { Ok(0) } else { Err(Error::ClosedMidFrame) };
+            }
+        }
+    }
+
+    /// Reads payload bytes into `dst` (not empty): how many, at least one.
+    /// Encrypted records that fit are read straight into `dst` and opened
+    /// there, so payloads are not copied once more for decryption.
+    async fn read_payload(&mut self, dst: &mut [u8]) -> Result<usize> {
+        if !self.buf.is_empty() {
+            let n = dst.len().min(self.buf.len());
+            dst[..n].copy_from_slice(&self.buf[..n]);
+            self.buf.advance(n);
+            return Ok(n);
+        }
+        let stall = self.stall_timeout;
+        let Some(records) = &mut self.records else {
+            self.set_low_water(dst.len());
+            return match bounded(stall, self.inner.read(dst)).await? {
+                0 => Err(Error::ClosedMidFrame),
+                n => Ok(n),
+            };
+        };
+        loop {
+            if !records.raw.is_empty() {
+                // A record already partly buffered: finish and open it there.
+                if self.fill().await? == 0 {
+                    return Err(Error::ClosedMidFrame);
+                }
+                let n = dst.len().min(self.buf.len());
+                dst[..n].copy_from_slice(&self.buf[..n]);
+                self.buf.advance(n);
+                return Ok(n);
+            }
+            if records.head_filled < RECORD_HEADER {
+                let n = bounded(stall, self.inner.read(&mut records.head[records.head_filled..])).await?;
+                if n == 0 {
+                    return Err(Error::ClosedMidFrame);
+                }
+                records.head_filled += n;
+                continue;
+            }
+            let len = Opener::record_len(records.head)?;
+            if len > dst.len() {
+                // The record runs past this matrix: open it in the buffer.
+                records.raw.extend_from_slice(&records.head);
+                records.head_filled = 0;
+                continue;
+            }
+            while records.body_filled < len {
+                if let Some(mark) = &mut self.low_water {
+                    mark.set(len - records.body_filled + TAG_LEN);
+                }
+                let n = bounded(stall, self.inner.read(&mut dst[records.body_filled..len])).await?;
+                if n == 0 {
+                    return Err(Error::ClosedMidFrame);
+                }
+                records.body_filled += n;
+            }
+            while records.tag_filled < TAG_LEN {
+                if let Some(mark) = &mut self.low_water {
+                    mark.set(TAG_LEN - records.tag_filled);
+                }
+                let n = bounded(stall, self.inner.read(&mut records.tag[records.tag_filled..])).await?;
+                if n == 0 {
+                    return Err(Error::ClosedMidFrame);
+                }
+                records.tag_filled += n;
+            }
+            let (head, tag) = (records.head, records.tag);
+            records.head_filled = 0;
+            records.body_filled = 0;
+            records.tag_filled = 0;
+            records.opener.open(head, &mut dst[..len], &tag)?;
+            return Ok(len);
+        }
+    }
+}
+
 /// Reads frames from a byte stream.
 ///
 /// [`FrameReader::read_frame`] is cancel-safe: all partial state lives in
 /// the reader, so it can be raced against other events in `select!`.
 #[derive(Debug)]
 pub struct FrameReader<R> {
-    inner: R,
-    buf: BytesMut,
+    src: Source<R>,
     max_frame_len: usize,
     pending: Option<PendingBlocks>,
-    /// For TCP streams: the socket's low-water mark, raised while a payload is read.
-    low_water: Option<LowWater>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wraps `inner`, refusing frames longer than `max_frame_len` bytes.
     pub fn new(inner: R, max_frame_len: usize) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(READ_CHUNK), max_frame_len, pending: None, low_water: None }
+        let src = Source {
+            inner,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            low_water: None,
+            stall_timeout: None,
+            records: None,
+        };
+        Self { src, max_frame_len, pending: None }
+    }
+
+    /// Closes the connection (with [`Error::Timeout`]) when a frame that has
+    /// begun goes this long without a byte arriving; `None` waits forever.
+    /// Between frames the reader waits as long as its caller does.
+    pub fn set_stall_timeout(&mut self, timeout: Option<Duration>) {
+        self.src.stall_timeout = timeout;
     }
 
     /// Reads the next frame: `Ok(None)` on a clean close between frames.
     ///
-    /// Matrix payloads are read from the socket straight into their final,
-    /// zero-initialised arrays (one copy, the kernel's).
+    /// Matrix payloads are read from the socket straight into their final
+    /// arrays (one copy, the kernel's; encrypted records are opened in place).
     ///
     /// # Errors
     /// [`Error::ClosedMidFrame`] if the peer closes inside a frame, the
-    /// decoding errors of [`frame::decode`], or [`Error::Io`].
+    /// decoding errors of [`frame::decode`], [`Error::Timeout`] when a frame
+    /// stalls past the stall timeout, [`Error::BadFrame`] for an encrypted
+    /// record that does not authenticate, or [`Error::Io`].
     pub async fn read_frame(&mut self) -> Result<Option<Frame>> {
         self.read_frame_with(&mut |_: &[Matrix], _: usize| {}).await
     }
@@ -175,8 +372,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// [`FrameReader::read_frame`], calling `progress(mats, filled)` each
     /// time more of a blocks payload has arrived: `mats` are the frame's
     /// matrices and the first `filled` bytes of their payload (in order) are
-    /// final. A caller can so work on a matrix's first rows while the rest
-    /// is still on the wire, and while they are still in cache.
+    /// final (and, on an encrypted connection, authenticated). A caller can
+    /// so work on a matrix's first rows while the rest is still on the wire,
+    /// and while they are still in cache.
     ///
     /// # Errors
     /// As [`FrameReader::read_frame`].
@@ -188,37 +386,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(pending) = &mut self.pending {
                 match pending.unfilled() {
                     Some(dst) => {
-                        if let Some(mark) = &mut self.low_water {
-                            mark.set(dst.len());
-                        }
-                        match self.inner.read(dst).await? {
-                            0 => return Err(Error::ClosedMidFrame),
-                            n => pending.filled += n,
-                        }
+                        pending.filled += self.src.read_payload(dst).await?;
                         progress(&pending.mats, pending.payload_filled());
                     }
                     None => {
-                        if let Some(mark) = &mut self.low_water {
-                            mark.set(1);
-                        }
+                        self.src.set_low_water(1);
                         let PendingBlocks { header, mats, .. } = self.pending.take().expect("checked above");
                         return Ok(Some(Frame::Blocks(Blocks { task_id: header.task_id, op: header.op, mats })));
                     }
                 }
                 continue;
             }
-            if let Some((frame, used)) = frame::decode(&self.buf, self.max_frame_len)? {
-                self.buf.advance(used);
+            if let Some((frame, used)) = frame::decode(&self.src.buf, self.max_frame_len)? {
+                self.src.buf.advance(used);
                 return Ok(Some(frame));
             }
             if self.start_direct_read()? {
                 continue;
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() { Ok(None) } else { Err(Error::ClosedMidFrame) };
+            if self.src.fill().await? == 0 {
+                return if self.src.buf.is_empty() { Ok(None) } else { Err(Error::ClosedMidFrame) };
             }
         }
     }
@@ -226,20 +413,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Once a blocks header is buffered, allocates the matrices and moves the
     /// buffered part of the payload into them, so the rest can be read in place.
     fn start_direct_read(&mut self) -> Result<bool> {
-        let Some((len, KIND_BLOCKS)) = frame::parse_prefix(&self.buf, self.max_frame_len)? else {
+        let buf = &mut self.src.buf;
+        let Some((len, KIND_BLOCKS)) = frame::parse_prefix(buf, self.max_frame_len)? else {
             return Ok(false);
         };
-        let Some(header) = frame::parse_blocks_header(&self.buf[LEN_PREFIX + 1..], len)? else {
+        let Some(header) = frame::parse_blocks_header(&buf[LEN_PREFIX + 1..], len)? else {
             return Ok(false);
         };
-        self.buf.advance(LEN_PREFIX + 1 + header.encoded_len());
+        buf.advance(LEN_PREFIX + 1 + header.encoded_len());
         let mats = header.allocate();
         let mut pending = PendingBlocks { header, mats, index: 0, filled: 0 };
-        while !self.buf.is_empty() {
+        while !buf.is_empty() {
             let Some(dst) = pending.unfilled() else { break };
-            let n = dst.len().min(self.buf.len());
-            dst[..n].copy_from_slice(&self.buf[..n]);
-            self.buf.advance(n);
+            let n = dst.len().min(buf.len());
+            dst[..n].copy_from_slice(&buf[..n]);
+            buf.advance(n);
             pending.filled += n;
         }
         self.pending = Some(pending);
@@ -260,16 +448,63 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// The send side of an encrypted connection: the record being filled.
+#[derive(Debug)]
+struct SealBuf {
+    sealer: Sealer,
+    /// A record's length field, then up to [`MAX_RECORD`] bytes of plaintext.
+    record: Vec<u8>,
+}
+
 /// Writes frames to a byte stream.
 #[derive(Debug)]
 pub struct FrameWriter<W> {
     inner: W,
+    seal: Option<SealBuf>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps `inner`.
     pub fn new(inner: W) -> Self {
-        Self { inner }
+        Self { inner, seal: None }
+    }
+
+    /// Queues `bytes`: written at once in the clear, or gathered into
+    /// records of up to [`MAX_RECORD`] bytes, each sealed and written as it fills.
+    async fn put(&mut self, mut bytes: &[u8]) -> Result<()> {
+        let Some(seal) = &mut self.seal else {
+            self.inner.write_all(bytes).await?;
+            return Ok(());
+        };
+        while !bytes.is_empty() {
+            let take = (RECORD_HEADER + MAX_RECORD - seal.record.len()).min(bytes.len());
+            seal.record.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if seal.record.len() == RECORD_HEADER + MAX_RECORD {
+                emit(&mut self.inner, seal).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues many slices: one vectored write after another in the clear.
+    async fn put_all(&mut self, parts: &[&[u8]]) -> Result<()> {
+        if self.seal.is_none() {
+            return Ok(write_all_vectored(&mut self.inner, parts).await?);
+        }
+        for part in parts {
+            self.put(part).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a frame: seals what is gathered and flushes.
+    async fn finish(&mut self) -> Result<()> {
+        if let Some(seal) = &mut self.seal {
+            emit(&mut self.inner, seal).await?;
+        }
+        self.inner.flush().await?;
+        Ok(())
     }
 
     /// Sends one control message.
@@ -278,9 +513,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// [`Error::Io`] or [`Error::Encode`].
     pub async fn send(&mut self, msg: &Message) -> Result<()> {
         let bytes = frame::encode_control(msg)?;
-        self.inner.write_all(&bytes).await?;
-        self.inner.flush().await?;
-        Ok(())
+        self.put(&bytes).await?;
+        self.finish().await
     }
 
     /// Sends a blocks frame straight from the matrices' memory: contiguous
@@ -324,34 +558,32 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             }
         }
         let header = BlocksHeader { task_id, op, dtype, shapes: parts.iter().map(WirePart::shape).collect() };
-        self.inner.write_all(&header.encode_prefix()?).await?;
+        self.put(&header.encode_prefix()?).await?;
         for part in parts {
             match *part {
-                WirePart::View(MatrixView::F64(a)) => write_matrix(&mut self.inner, &a).await?,
-                WirePart::View(MatrixView::F32(a)) => write_matrix(&mut self.inner, &a).await?,
+                WirePart::View(MatrixView::F64(a)) => write_matrix(self, &a).await?,
+                WirePart::View(MatrixView::F32(a)) => write_matrix(self, &a).await?,
                 WirePart::Sum { a: MatrixView::F64(a), b: MatrixView::F64(b), subtract } => {
-                    write_sum(&mut self.inner, a, b, subtract).await?
+                    write_sum(self, a, b, subtract).await?
                 }
                 WirePart::Sum { a: MatrixView::F32(a), b: MatrixView::F32(b), subtract } => {
-                    write_sum(&mut self.inner, a, b, subtract).await?
+                    write_sum(self, a, b, subtract).await?
                 }
                 WirePart::Sum { .. } => unreachable!("dtypes checked above"),
             }
         }
-        self.inner.flush().await?;
-        Ok(())
+        self.finish().await
     }
 
-    /// Writes bytes as they are, outside any framing: only for fault
-    /// injection and raw-protocol tests.
+    /// Writes bytes as they are, outside any framing (but inside the
+    /// encryption, if any): only for fault injection and raw-protocol tests.
     ///
     /// # Errors
     /// [`Error::Io`].
     #[doc(hidden)]
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.inner.write_all(bytes).await?;
-        self.inner.flush().await?;
-        Ok(())
+        self.put(bytes).await?;
+        self.finish().await
     }
 
     /// Shuts down the write side.
@@ -363,9 +595,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-async fn write_matrix<W: AsyncWrite + Unpin, T: Element>(w: &mut W, a: &ArrayView2<'_, T>) -> Result<()> {
+/// Seals the record gathered in `seal` (if any) and writes it.
+async fn emit<W: AsyncWrite + Unpin>(inner: &mut W, seal: &mut SealBuf) -> Result<()> {
+    if seal.record.len() > RECORD_HEADER {
+        seal.sealer.seal(&mut seal.record)?;
+        inner.write_all(&seal.record).await?;
+        seal.record.truncate(RECORD_HEADER);
+    }
+    Ok(())
+}
+
+async fn write_matrix<W: AsyncWrite + Unpin, T: Element>(w: &mut FrameWriter<W>, a: &ArrayView2<'_, T>) -> Result<()> {
     if let Some(slice) = a.as_slice() {
-        w.write_all(frame::as_bytes(slice)).await?;
+        w.put(frame::as_bytes(slice)).await?;
     } else if a.ncols() <= 1 || a.strides()[1] == 1 {
         let rows: Vec<&[u8]> = a
             .rows()
@@ -373,10 +615,10 @@ async fn write_matrix<W: AsyncWrite + Unpin, T: Element>(w: &mut W, a: &ArrayVie
             .map(|r| frame::as_bytes(r.to_slice().expect("rows are contiguous")))
             .filter(|r| !r.is_empty())
             .collect();
-        write_all_vectored(w, &rows).await?;
+        w.put_all(&rows).await?;
     } else {
         let owned = a.as_standard_layout();
-        w.write_all(frame::as_bytes(owned.as_slice().expect("standard layout"))).await?;
+        w.put(frame::as_bytes(owned.as_slice().expect("standard layout"))).await?;
     }
     Ok(())
 }
@@ -384,7 +626,7 @@ async fn write_matrix<W: AsyncWrite + Unpin, T: Element>(w: &mut W, a: &ArrayVie
 /// Writes `a ± b` row-major, forming [`SUM_CHUNK`] bytes of rows at a time
 /// into one reused buffer (hot in cache when the kernel copies it).
 async fn write_sum<W: AsyncWrite + Unpin, T: Element>(
-    w: &mut W,
+    w: &mut FrameWriter<W>,
     a: ArrayView2<'_, T>,
     b: ArrayView2<'_, T>,
     subtract: bool,
@@ -408,7 +650,7 @@ async fn write_sum<W: AsyncWrite + Unpin, T: Element>(
                 (_, _, true) => buf.extend(ra.iter().zip(rb.iter()).map(|(x, y)| *x - *y)),
             }
         }
-        w.write_all(frame::as_bytes(&buf)).await?;
+        w.put(frame::as_bytes(&buf)).await?;
         start = end;
     }
     Ok(())
@@ -441,22 +683,32 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, parts: &[&[u8]]) -
     Ok(())
 }
 
-/// Limits that apply to one connection.
-#[derive(Debug, Clone, Copy)]
+/// Limits and security that apply to one connection.
+#[derive(Debug, Clone)]
 pub struct ConnLimits {
-    /// Largest frame accepted.
+    /// Largest frame accepted once the handshake is done.
     pub max_frame_len: usize,
-    /// Deadline for connecting and for the hello exchange.
+    /// Deadline for connecting and for the whole handshake.
     pub handshake_timeout: Duration,
+    /// How long a frame that has begun may go without a byte arriving
+    /// before the connection is closed; `None` waits as long as the caller.
+    pub stall_timeout: Option<Duration>,
+    /// The cluster secret and whether to encrypt.
+    pub security: Security,
 }
 
 impl Default for ConnLimits {
     fn default() -> Self {
-        Self { max_frame_len: frame::MAX_CONTROL_FRAME_LEN, handshake_timeout: Duration::from_secs(5) }
+        Self {
+            max_frame_len: frame::MAX_CONTROL_FRAME_LEN,
+            handshake_timeout: Duration::from_secs(5),
+            stall_timeout: Some(Duration::from_secs(10)),
+            security: Security::default(),
+        }
     }
 }
 
-/// A TCP connection that has completed the hello exchange.
+/// A TCP connection that has completed the handshake (see [`crate::secure`]).
 #[derive(Debug)]
 pub struct Connection {
     /// The read side.
@@ -468,68 +720,67 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn wrap(stream: TcpStream, limits: ConnLimits) -> Result<Self> {
+    fn wrap(stream: TcpStream, limits: &ConnLimits, cipher: Option<(Sealer, Opener)>) -> Result<Self> {
         let peer = stream.peer_addr()?;
-        // Control messages are tiny request/replies; Nagle would add 40 ms stalls.
-        stream.set_nodelay(true)?;
         #[cfg(unix)]
         let low_water = LowWater { fd: std::os::fd::AsRawFd::as_raw_fd(&stream), current: 1 };
         #[cfg(not(unix))]
         let low_water = LowWater { current: 1 };
         let (r, w) = stream.into_split();
         let mut reader = FrameReader::new(r, limits.max_frame_len);
-        reader.low_water = Some(low_water);
-        Ok(Self { reader, writer: FrameWriter::new(w), peer })
+        reader.src.low_water = Some(low_water);
+        reader.src.stall_timeout = limits.stall_timeout;
+        let mut writer = FrameWriter::new(w);
+        if let Some((sealer, opener)) = cipher {
+            writer.seal = Some(SealBuf { sealer, record: vec![0; RECORD_HEADER] });
+            reader.src.records = Some(Records {
+                opener,
+                raw: BytesMut::new(),
+                head: [0; RECORD_HEADER],
+                head_filled: 0,
+                body_filled: 0,
+                tag: [0; TAG_LEN],
+                tag_filled: 0,
+            });
+        }
+        Ok(Self { reader, writer, peer })
     }
 
-    /// Connects to `addr` and says hello as `role`.
+    /// Connects to `addr` and runs the client side of the handshake as `role`.
     ///
     /// # Errors
-    /// [`Error::Timeout`] if connecting or the hello takes longer than the
-    /// handshake timeout, [`Error::VersionMismatch`] or [`Error::Remote`] if
-    /// the server refuses us, [`Error::Io`] if the connection fails.
+    /// [`Error::Timeout`] if connecting or the handshake takes longer than
+    /// the handshake timeout, [`Error::Handshake`] naming "the server at
+    /// ADDR" and the cause if either side refuses the other (see
+    /// [`Error::naming`] to name it better), [`Error::VersionMismatch`], or
+    /// [`Error::Io`] if the connection fails.
     pub async fn connect(addr: impl ToSocketAddrs, role: Role, limits: ConnLimits) -> Result<Self> {
-        deadline(limits.handshake_timeout, "the connection and hello", async {
-            let stream = TcpStream::connect(addr).await?;
-            let mut conn = Self::wrap(stream, limits)?;
-            conn.writer.send(&Message::Hello { version: PROTOCOL_VERSION, role }).await?;
-            match conn.reader.read_message("Welcome").await? {
-                Message::Welcome { version } if version == PROTOCOL_VERSION => Ok(conn),
-                Message::Welcome { version } => Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version }),
-                other => Err(other.into_error("Welcome")),
-            }
+        deadline(limits.handshake_timeout, "the connection and handshake", async {
+            let mut stream = TcpStream::connect(addr).await?;
+            // Control messages are tiny request/replies; Nagle would add 40 ms stalls.
+            stream.set_nodelay(true)?;
+            let name = format!("the server at {}", stream.peer_addr()?);
+            let done = secure::client(&mut stream, role, &limits.security, &name).await?;
+            Self::wrap(stream, &limits, done.cipher)
         })
         .await
     }
 
-    /// Serves the hello on an accepted stream: the first frame must be a
-    /// `Hello` of our version. A bad hello is answered with an `Error` frame
-    /// (naming both versions on a mismatch) before the error is returned.
+    /// Runs the server side of the handshake on an accepted stream, within
+    /// the handshake timeout. Until it succeeds the connection holds only
+    /// the handshake's fixed-size buffers.
     ///
     /// # Errors
-    /// [`Error::VersionMismatch`], [`Error::Unexpected`], [`Error::Timeout`]
-    /// or any read error.
-    pub async fn accept(stream: TcpStream, limits: ConnLimits) -> Result<(Self, Role)> {
-        let mut conn = Self::wrap(stream, limits)?;
-        let hello = deadline(limits.handshake_timeout, "the hello", conn.reader.read_message("Hello")).await;
-        let result = match hello {
-            Ok(Message::Hello { version, role }) if version == PROTOCOL_VERSION => Ok(role),
-            Ok(Message::Hello { version, .. }) => {
-                Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version })
-            }
-            Ok(other) => Err(Error::Unexpected { expected: "Hello", got: other.kind().to_string() }),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(role) => {
-                conn.writer.send(&Message::Welcome { version: PROTOCOL_VERSION }).await?;
-                Ok((conn, role))
-            }
-            Err(e) => {
-                conn.refuse(&e).await;
-                Err(e)
-            }
-        }
+    /// [`Error::Handshake`] naming "the client at ADDR" and the cause,
+    /// [`Error::VersionMismatch`], [`Error::Timeout`], [`Error::Closed`] or
+    /// [`Error::Io`].
+    pub async fn accept(mut stream: TcpStream, limits: ConnLimits) -> Result<(Self, Role)> {
+        stream.set_nodelay(true)?;
+        let name = format!("the client at {}", stream.peer_addr()?);
+        let done =
+            deadline(limits.handshake_timeout, "the handshake", secure::server(&mut stream, &limits.security, &name))
+                .await?;
+        Ok((Self::wrap(stream, &limits, done.cipher)?, done.role))
     }
 
     /// Best effort: tells the peer why it is being dropped.
@@ -673,9 +924,21 @@ mod tests {
     /// push the receive queue past the mark.
     #[tokio::test]
     async fn payload_tails_below_the_low_water_mark_still_arrive() {
+        payload_tails_arrive(Security::default()).await;
+    }
+
+    /// The same over an encrypted connection: records read straight into
+    /// payloads, records spanning a matrix's end, and the marks set for them.
+    #[tokio::test]
+    async fn payload_tails_arrive_over_an_encrypted_connection() {
+        payload_tails_arrive(Security::with_secret(crate::secure::Secret::generate(), true)).await;
+    }
+
+    async fn payload_tails_arrive(security: Security) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = ConnLimits { max_frame_len: 64 << 20, ..ConnLimits::default() };
+        let limits = ConnLimits { max_frame_len: 64 << 20, security, ..ConnLimits::default() };
+        let client_limits = limits.clone();
         let row = |n: usize, seed: f64| Array2::from_shape_fn((1, n), |(_, j)| seed + j as f64);
         // 1 MiB + 8 bytes; 1.5 MiB then 24 bytes in one frame; 8 bytes; 3 MiB.
         let frames = vec![
@@ -687,7 +950,7 @@ mod tests {
         let op = |mats: &[Array2<f64>]| if mats.len() == 2 { BlockOp::Multiply } else { BlockOp::Product };
         let sent = frames.clone();
         let sender = tokio::spawn(async move {
-            let mut conn = Connection::connect(addr, Role::Client, limits).await.unwrap();
+            let mut conn = Connection::connect(addr, Role::Client, client_limits).await.unwrap();
             for (i, mats) in sent.iter().enumerate() {
                 let views: Vec<MatrixView<'_>> = mats.iter().map(|m| MatrixView::F64(m.view())).collect();
                 conn.writer.send_blocks(i as u64, op(mats), &views).await.unwrap();

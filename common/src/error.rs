@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Internal = 11,
     /// No peer could be found in time.
     Unavailable = 12,
+    /// The peer failed the handshake (wrong or missing secret, encryption mismatch).
+    Unauthorized = 13,
 }
 
 /// Every way a septet operation can fail.
@@ -118,6 +120,15 @@ pub enum Error {
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The handshake failed; `peer` names the other side ("the tracker at
+    /// ADDR"), `failure` says why, from this side's point of view.
+    #[error("{peer} {failure}")]
+    Handshake {
+        /// Who the other side is.
+        peer: String,
+        /// Why the handshake failed.
+        failure: crate::secure::HandshakeFailure,
+    },
     /// A returned product failed Freivalds' check.
     #[error("the product failed verification: {0}")]
     Verification(String),
@@ -135,7 +146,17 @@ impl Error {
             Error::ShapeMismatch { .. } | Error::DtypeMismatch { .. } => ErrorCode::ShapeMismatch,
             Error::Invalid(_) | Error::Verification(_) => ErrorCode::InvalidRequest,
             Error::Timeout { .. } => ErrorCode::Unavailable,
+            Error::Handshake { .. } => ErrorCode::Unauthorized,
             Error::Io(_) | Error::Encode(_) | Error::Closed(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Renames the other side of a handshake error ("the tracker at ADDR"
+    /// instead of "the server at ADDR"); other errors pass unchanged.
+    pub fn naming(self, peer: impl FnOnce() -> String) -> Error {
+        match self {
+            Error::Handshake { failure, .. } => Error::Handshake { peer: peer(), failure },
+            other => other,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod error;
 pub mod frame;
+pub mod listener;
 pub mod matrix;
 pub mod proto;
 pub mod secure;

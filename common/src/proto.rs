@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, ErrorCode};
 
-/// Version of the septet wire protocol. Both sides send theirs in the hello;
-/// a mismatch is answered with an `Error` frame naming both.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the septet wire protocol. Both sides send theirs in the
+/// handshake's hellos ([`crate::secure`]); a mismatch ends the connection
+/// with an error naming both. Version 2 added the authenticated handshake.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What the connecting side is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

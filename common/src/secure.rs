@@ -1,7 +1,98 @@
 //! Security in one place: the cluster secret, random tokens, the
-//! authenticated handshake and the per-connection record cipher.
+//! authenticated handshake every connection starts with, and the
+//! per-connection record cipher. Nothing here knows about matrices or
+//! leases; the rest of septet sees an authenticated [`crate::Connection`].
+//!
+//! # Threat model
+//! An **outsider** can reach every port, read and inject packets, and record
+//! and replay whole conversations, but does not hold the cluster secret. It
+//! must not get past the handshake: not join, list, lease, release, nor send
+//! or read matrices. An **insider** holds the secret and is trusted to speak
+//! the protocol (it may still be buggy; Freivalds' check guards its products).
+//!
+//! # The handshake
+//! ```text
+//! client → server  ClientHello  magic "SPTT" version:u32 role:u8 flags:u8 0:u16 nonce_c[32]
+//! server → client  ServerHello  magic "SPTT" version:u32 status:u8 flags:u8 0:u16 nonce_s[32]
+//! with a secret K (both sides, else the hellos' flags refuse):
+//! client → server  proof_c = HMAC-SHA256(K, "septet/2 client proof" ‖ T)
+//! server → client  status:u8 proof_s = HMAC-SHA256(K, "septet/2 server proof" ‖ T)
+//! ```
+//! `T` is the transcript: both hellos' bytes as sent, so both fresh nonces,
+//! both versions, the role and both sides' flags (a party that asked for
+//! encryption cannot be talked out of it: the flags are under the MACs).
+//! Why this resists what it must:
+//! - **Replay**: a recorded proof covers the nonces of its own connection;
+//!   the other side's fresh 256-bit nonce makes every new transcript
+//!   different, so an old proof never verifies again.
+//! - **Reflection**: the two proofs carry different labels, so a server's
+//!   proof is never a valid client proof (nor the reverse), and the server
+//!   only computes its proof after the client proved itself, so an outsider
+//!   cannot use a server as an oracle for anything.
+//! - **The secret never crosses the wire**: only HMACs of it. The client
+//!   proves first, so a server never says anything keyed to a peer that has
+//!   not shown it holds the secret; an offline guess at a 256-bit random
+//!   secret from a recorded transcript is hopeless.
+//! - HMACs are compared in constant time (`ring::hmac::verify`).
+//!
+//! Without `--encrypt`, the handshake authenticates both ends but the bytes
+//! after it travel in clear, unauthenticated: an on-path attacker who can
+//! rewrite TCP segments could still read or alter them. `--encrypt` closes
+//! that: every byte after the handshake travels in AES-128-GCM records under
+//! two keys, one per direction, from HKDF-SHA256(salt = T, ikm = K), so each
+//! connection has its own keys and nonces are a per-direction record counter
+//! that never repeats under a key.
+//!
+//! # Records (with `--encrypt`)
+//! ```text
+//! record := len:u32 (plaintext bytes, 1..=MAX_RECORD, little-endian) ciphertext[len] tag[16]
+//! ```
+//! The length is the AEAD's associated data, so it cannot be altered either;
+//! a record that fails to open closes the connection.
+//!
+//! # Why ring
+//! One well-kept crate (the crypto under rustls) gives everything here —
+//! HMAC, HKDF, AES-GCM and the OS random source — builds with only a C
+//! compiler, and its AES-GCM uses AES-NI with VAES/VPCLMULQDQ where the CPU
+//! has them. Its in-place sealing and opening let matrix payloads be
+//! decrypted where they land, without an extra copy.
 
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use ring::hkdf;
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::{Error, Result, Role, PROTOCOL_VERSION};
+
+/// Bytes of a cluster secret: 256 random bits.
+pub const SECRET_LEN: usize = 32;
+/// Bytes of each side's handshake nonce.
+pub const NONCE_LEN: usize = 32;
+/// Bytes of an HMAC-SHA256 proof.
+const PROOF_LEN: usize = 32;
+/// Bytes of either hello.
+pub const HELLO_LEN: usize = 4 + 4 + 1 + 1 + 2 + NONCE_LEN;
+/// The first four bytes of every septet connection.
+pub const MAGIC: [u8; 4] = *b"SPTT";
+/// Largest plaintext of one encrypted record.
+pub const MAX_RECORD: usize = 256 << 10;
+/// Bytes of a record's length field.
+pub const RECORD_HEADER: usize = 4;
+/// Bytes of a record's authentication tag.
+pub const TAG_LEN: usize = 16;
+
+const FLAG_SECRET: u8 = 1;
+const FLAG_ENCRYPT: u8 = 2;
+const CLIENT_PROOF: &[u8] = b"septet/2 client proof";
+const SERVER_PROOF: &[u8] = b"septet/2 server proof";
+const KEY_C2S: &[u8] = b"septet/2 client to server";
+const KEY_S2C: &[u8] = b"septet/2 server to client";
 
 /// Fills `out` with bytes from the operating system's CSPRNG.
 ///
@@ -23,4 +114,758 @@ pub fn random_token(bytes: usize) -> String {
 /// Lowercase hex of `bytes`.
 pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cluster secret: 256 random bits every member of a grid holds.
+#[derive(Clone)]
+pub struct Secret([u8; SECRET_LEN]);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Why a secret file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `septet secret --out` never overwrites a file.
+    #[error("{path} already exists; septet never overwrites a secret file (choose another path or remove it)")]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file does not hold a secret as `septet secret` writes it.
+    #[error("{path} does not hold a septet secret ({reason}); make one with `septet secret --out FILE`")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Secret {
+    /// A new random secret.
+    pub fn generate() -> Self {
+        let mut key = [0u8; SECRET_LEN];
+        fill_random(&mut key);
+        Self(key)
+    }
+
+    /// The secret as the text `septet secret` prints: 64 hex digits.
+    pub fn to_text(&self) -> String {
+        to_hex(&self.0)
+    }
+
+    /// Parses the text of [`Secret::to_text`]; surrounding white space is ignored.
+    ///
+    /// # Errors
+    /// A reason, when the text is not 64 hex digits.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        if text.len() != 2 * SECRET_LEN {
+            return Err(format!("expected {} hex digits, found {} characters", 2 * SECRET_LEN, text.len()));
+        }
+        let mut key = [0u8; SECRET_LEN];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2).unwrap_or("zz"), 16)
+                .map_err(|_| "expected hex digits only".to_string())?;
+        }
+        Ok(Self(key))
+    }
+
+    /// Reads a secret file. Returns the secret and, when the file can be read
+    /// by other users, a warning to show.
+    ///
+    /// # Errors
+    /// [`SecretFileError`] when the file cannot be read or holds no secret.
+    pub fn load(path: &Path) -> std::result::Result<(Self, Option<String>), SecretFileError> {
+        let io = |source| SecretFileError::Io { path: path.to_path_buf(), source };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.len() > 1024 {
+            return Err(SecretFileError::Malformed { path: path.into(), reason: format!("{} bytes", meta.len()) });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let secret =
+            Self::parse(&text).map_err(|reason| SecretFileError::Malformed { path: path.to_path_buf(), reason })?;
+        #[cfg(unix)]
+        let warning = {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then(|| {
+                format!(
+                    "{} can be read by other users (mode {mode:o}); anyone who reads it can join the grid: chmod 600 {}",
+                    path.display(),
+                    path.display()
+                )
+            })
+        };
+        #[cfg(not(unix))]
+        let warning = None;
+        Ok((secret, warning))
+    }
+
+    /// Writes a new random secret to `path`, created with mode 0600; an
+    /// existing file is never overwritten.
+    ///
+    /// # Errors
+    /// [`SecretFileError::Exists`], or [`SecretFileError::Io`].
+    pub fn create_file(path: &Path) -> std::result::Result<Self, SecretFileError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => SecretFileError::Exists { path: path.to_path_buf() },
+            _ => SecretFileError::Io { path: path.to_path_buf(), source },
+        })?;
+        let secret = Self::generate();
+        writeln!(file, "{}", secret.to_text())
+            .and_then(|()| file.sync_all())
+            .map_err(|source| SecretFileError::Io { path: path.to_path_buf(), source })?;
+        Ok(secret)
+    }
+}
+
+/// How a party authenticates and protects its connections.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The cluster secret; `None` runs without authentication (loopback only).
+    pub secret: Option<Arc<Secret>>,
+    /// Encrypt every byte after the handshake, and refuse peers that do not.
+    pub encrypt: bool,
+}
+
+impl Security {
+    /// Authenticated with `secret`, encrypting when `encrypt`.
+    pub fn with_secret(secret: Secret, encrypt: bool) -> Self {
+        Self { secret: Some(Arc::new(secret)), encrypt }
+    }
+
+    /// Checks the combination.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for encryption without a secret (its keys come from it).
+    pub fn validate(&self) -> Result<()> {
+        if self.encrypt && self.secret.is_none() {
+            return Err(Error::Invalid("encryption needs a cluster secret (--secret-file)".into()));
+        }
+        Ok(())
+    }
+
+    fn flags(&self) -> u8 {
+        (if self.secret.is_some() { FLAG_SECRET } else { 0 }) | (if self.encrypt { FLAG_ENCRYPT } else { 0 })
+    }
+}
+
+/// Why a handshake failed, worded from the side that reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Client side: the server did not accept our proof.
+    SecretRefused,
+    /// Client side: the server holds a secret and we have none.
+    SecretRequired,
+    /// Client side: we hold a secret and the server does not.
+    PeerHasNoSecret,
+    /// Client side: the server's proof did not verify.
+    BadServerProof,
+    /// Client side: the server encrypts and we do not.
+    EncryptionRequired,
+    /// Client side: we encrypt and the server does not.
+    PeerDoesNotEncrypt,
+    /// Server side: the client's proof did not verify.
+    WrongSecret,
+    /// Server side: we hold a secret and the client has none.
+    ClientHasNoSecret,
+    /// Server side: the client holds a secret and we have none.
+    ClientHasSecret,
+    /// Server side: we encrypt and the client does not.
+    ClientDoesNotEncrypt,
+    /// Server side: the client encrypts and we do not.
+    ClientEncrypts,
+    /// Either side: the bytes are not a septet handshake.
+    NotSeptet,
+}
+
+impl fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::SecretRefused => "refused our cluster secret",
+            Self::SecretRequired => {
+                "requires a cluster secret: pass --secret-file FILE (or set SEPTET_SECRET_FILE) with the grid's secret"
+            }
+            Self::PeerHasNoSecret => {
+                "does not use a cluster secret; refusing to talk to an unauthenticated peer (start it with --secret-file)"
+            }
+            Self::BadServerProof => "could not prove it holds our cluster secret (a different secret, or an impostor)",
+            Self::EncryptionRequired => "requires encryption: pass --encrypt",
+            Self::PeerDoesNotEncrypt => "does not encrypt, and we require encryption (start it with --encrypt)",
+            Self::WrongSecret => "sent a proof that does not match our cluster secret",
+            Self::ClientHasNoSecret => "sent no cluster secret proof",
+            Self::ClientHasSecret => "uses a cluster secret and we have none",
+            Self::ClientDoesNotEncrypt => "does not encrypt, and we require encryption",
+            Self::ClientEncrypts => "wants encryption, and we were not started with --encrypt",
+            Self::NotSeptet => "did not speak the septet handshake",
+        })
+    }
+}
+
+/// ServerHello status codes. Part of the protocol: never renumber.
+mod status {
+    pub const OK: u8 = 0;
+    pub const VERSION: u8 = 1;
+    pub const SECRET_REQUIRED: u8 = 2;
+    pub const NO_SECRET_HERE: u8 = 3;
+    pub const ENCRYPTION_REQUIRED: u8 = 4;
+    pub const NO_ENCRYPTION_HERE: u8 = 5;
+    pub const REFUSED: u8 = 6;
+}
+
+/// One side's hello, as it travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hello {
+    version: u32,
+    /// The client's role, or the server's status.
+    code: u8,
+    flags: u8,
+    nonce: [u8; NONCE_LEN],
+}
+
+impl Hello {
+    fn new(code: u8, flags: u8) -> Self {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce);
+        Self { version: PROTOCOL_VERSION, code, flags, nonce }
+    }
+
+    fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut out = [0u8; HELLO_LEN];
+        out[..4].copy_from_slice(&MAGIC);
+        out[4..8].copy_from_slice(&self.version.to_le_bytes());
+        out[8] = self.code;
+        out[9] = self.flags;
+        out[12..].copy_from_slice(&self.nonce);
+        out
+    }
+
+    fn decode(bytes: &[u8; HELLO_LEN]) -> std::result::Result<Self, HandshakeFailure> {
+        if bytes[..4] != MAGIC {
+            return Err(HandshakeFailure::NotSeptet);
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[12..]);
+        let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        Ok(Self { version, code: bytes[8], flags: bytes[9], nonce })
+    }
+}
+
+fn role_code(role: Role) -> u8 {
+    match role {
+        Role::Worker => 1,
+        Role::Client => 2,
+    }
+}
+
+fn role_from(code: u8) -> Option<Role> {
+    match code {
+        1 => Some(Role::Worker),
+        2 => Some(Role::Client),
+        _ => None,
+    }
+}
+
+fn proof(secret: &Secret, label: &[u8], transcript: &[u8]) -> hmac::Tag {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &secret.0);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(label);
+    ctx.update(transcript);
+    ctx.sign()
+}
+
+fn verify_proof(secret: &Secret, label: &[u8], transcript: &[u8], claimed: &[u8]) -> bool {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &secret.0);
+    let mut msg = Vec::with_capacity(label.len() + transcript.len());
+    msg.extend_from_slice(label);
+    msg.extend_from_slice(transcript);
+    hmac::verify(&key, &msg, claimed).is_ok()
+}
+
+/// The two directions' keys of one connection.
+fn session_keys(secret: &Secret, transcript: &[u8]) -> (LessSafeKey, LessSafeKey) {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript).extract(&secret.0);
+    let key = |label: &[u8]| {
+        let info = [label];
+        let okm = prk.expand(&info, &AES_128_GCM).expect("AES-128-GCM's key length is a valid HKDF output length");
+        LessSafeKey::new(UnboundKey::from(okm))
+    };
+    (key(KEY_C2S), key(KEY_S2C))
+}
+
+/// What a completed handshake yields: the client's role (on the server
+/// side) and, when encrypting, the cipher for each direction.
+pub(crate) struct Established {
+    pub(crate) role: Role,
+    pub(crate) cipher: Option<(Sealer, Opener)>,
+}
+
+fn handshake_error(peer: String, failure: HandshakeFailure) -> Error {
+    Error::Handshake { peer, failure }
+}
+
+async fn read_fixed<S: AsyncRead + Unpin, const N: usize>(stream: &mut S) -> Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    match stream.read_exact(&mut buf).await {
+        Ok(_) => Ok(buf),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::Closed("the handshake")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The connecting side of the handshake. `peer` names the server in errors
+/// ("the tracker at 10.0.0.1:7700").
+pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    role: Role,
+    security: &Security,
+    peer: &str,
+) -> Result<Established> {
+    let fail = |failure| handshake_error(peer.to_string(), failure);
+    let ours = Hello::new(role_code(role), security.flags());
+    let sent = ours.encode();
+    stream.write_all(&sent).await?;
+    stream.flush().await?;
+    let got: [u8; HELLO_LEN] = read_fixed(stream).await?;
+    let theirs = Hello::decode(&got).map_err(fail)?;
+    if theirs.version != PROTOCOL_VERSION {
+        return Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: theirs.version });
+    }
+    let their_secret = theirs.flags & FLAG_SECRET != 0;
+    let their_encrypt = theirs.flags & FLAG_ENCRYPT != 0;
+    // Our own view first: it names the cause from our side.
+    match (security.secret.is_some(), their_secret) {
+        (false, true) => return Err(fail(HandshakeFailure::SecretRequired)),
+        (true, false) => return Err(fail(HandshakeFailure::PeerHasNoSecret)),
+        _ => {}
+    }
+    match (security.encrypt, their_encrypt) {
+        (false, true) => return Err(fail(HandshakeFailure::EncryptionRequired)),
+        (true, false) => return Err(fail(HandshakeFailure::PeerDoesNotEncrypt)),
+        _ => {}
+    }
+    if theirs.code != status::OK {
+        return Err(fail(HandshakeFailure::NotSeptet));
+    }
+    let Some(secret) = &security.secret else { return Ok(Established { role, cipher: None }) };
+    let mut transcript = Vec::with_capacity(2 * HELLO_LEN);
+    transcript.extend_from_slice(&sent);
+    transcript.extend_from_slice(&got);
+    stream.write_all(proof(secret, CLIENT_PROOF, &transcript).as_ref()).await?;
+    stream.flush().await?;
+    let finish: [u8; 1 + PROOF_LEN] = match read_fixed(stream).await {
+        // A server that refuses us may close before we read its answer.
+        Err(Error::Closed(_)) => return Err(fail(HandshakeFailure::SecretRefused)),
+        other => other?,
+    };
+    if finish[0] != status::OK {
+        return Err(fail(HandshakeFailure::SecretRefused));
+    }
+    if !verify_proof(secret, SERVER_PROOF, &transcript, &finish[1..]) {
+        return Err(fail(HandshakeFailure::BadServerProof));
+    }
+    let cipher = security.encrypt.then(|| {
+        let (c2s, s2c) = session_keys(secret, &transcript);
+        (Sealer::new(c2s), Opener::new(s2c))
+    });
+    Ok(Established { role, cipher })
+}
+
+/// The accepting side of the handshake. `peer` names the client in errors.
+pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    security: &Security,
+    peer: &str,
+) -> Result<Established> {
+    let fail = |failure| handshake_error(peer.to_string(), failure);
+    let got: [u8; HELLO_LEN] = read_fixed(stream).await?;
+    let theirs = Hello::decode(&got).map_err(fail)?;
+    let their_secret = theirs.flags & FLAG_SECRET != 0;
+    let their_encrypt = theirs.flags & FLAG_ENCRYPT != 0;
+    let (code, failure) = if theirs.version != PROTOCOL_VERSION {
+        (status::VERSION, None)
+    } else {
+        match (security.secret.is_some(), their_secret, security.encrypt, their_encrypt) {
+            (true, false, ..) => (status::SECRET_REQUIRED, Some(HandshakeFailure::ClientHasNoSecret)),
+            (false, true, ..) => (status::NO_SECRET_HERE, Some(HandshakeFailure::ClientHasSecret)),
+            (_, _, true, false) => (status::ENCRYPTION_REQUIRED, Some(HandshakeFailure::ClientDoesNotEncrypt)),
+            (_, _, false, true) => (status::NO_ENCRYPTION_HERE, Some(HandshakeFailure::ClientEncrypts)),
+            _ => (status::OK, None),
+        }
+    };
+    let ours = Hello::new(code, security.flags());
+    let sent = ours.encode();
+    stream.write_all(&sent).await?;
+    stream.flush().await?;
+    if theirs.version != PROTOCOL_VERSION {
+        return Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: theirs.version });
+    }
+    if let Some(failure) = failure {
+        return Err(fail(failure));
+    }
+    let role = role_from(theirs.code).ok_or_else(|| fail(HandshakeFailure::NotSeptet))?;
+    let Some(secret) = &security.secret else { return Ok(Established { role, cipher: None }) };
+    let mut transcript = Vec::with_capacity(2 * HELLO_LEN);
+    transcript.extend_from_slice(&got);
+    transcript.extend_from_slice(&sent);
+    let claimed: [u8; PROOF_LEN] = read_fixed(stream).await?;
+    if !verify_proof(secret, CLIENT_PROOF, &transcript, &claimed) {
+        let mut refusal = [0u8; 1 + PROOF_LEN];
+        refusal[0] = status::REFUSED;
+        let _ = stream.write_all(&refusal).await;
+        let _ = stream.flush().await;
+        return Err(fail(HandshakeFailure::WrongSecret));
+    }
+    let mut finish = [0u8; 1 + PROOF_LEN];
+    finish[1..].copy_from_slice(proof(secret, SERVER_PROOF, &transcript).as_ref());
+    stream.write_all(&finish).await?;
+    stream.flush().await?;
+    let cipher = security.encrypt.then(|| {
+        let (c2s, s2c) = session_keys(secret, &transcript);
+        (Sealer::new(s2c), Opener::new(c2s))
+    });
+    Ok(Established { role, cipher })
+}
+
+fn record_nonce(seq: u64) -> Nonce {
+    let mut nonce = [0u8; aead::NONCE_LEN];
+    nonce[4..].copy_from_slice(&seq.to_be_bytes());
+    Nonce::assume_unique_for_key(nonce)
+}
+
+/// Seals the records one direction of a connection sends.
+pub(crate) struct Sealer {
+    key: LessSafeKey,
+    seq: u64,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer").field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    fn new(key: LessSafeKey) -> Self {
+        Self { key, seq: 0 }
+    }
+
+    /// Seals `record` = length field (filled in here) and plaintext, in place,
+    /// and appends the tag.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the record is empty or too large, or after
+    /// 2⁶⁴ records under one key.
+    pub(crate) fn seal(&mut self, record: &mut Vec<u8>) -> Result<()> {
+        let len = record.len().saturating_sub(RECORD_HEADER);
+        if len == 0 || len > MAX_RECORD {
+            return Err(Error::Invalid(format!("a record of {len} bytes")));
+        }
+        let header = (len as u32).to_le_bytes();
+        record[..RECORD_HEADER].copy_from_slice(&header);
+        let seq = self.seq;
+        self.seq = seq.checked_add(1).ok_or_else(|| Error::Invalid("record counter exhausted".into()))?;
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(record_nonce(seq), Aad::from(header), &mut record[RECORD_HEADER..])
+            .map_err(|_| Error::Invalid("sealing a record failed".into()))?;
+        record.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+}
+
+/// Opens the records one direction of a connection receives.
+pub(crate) struct Opener {
+    key: LessSafeKey,
+    seq: u64,
+}
+
+impl fmt::Debug for Opener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opener").field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+impl Opener {
+    fn new(key: LessSafeKey) -> Self {
+        Self { key, seq: 0 }
+    }
+
+    /// The plaintext length a record header declares.
+    ///
+    /// # Errors
+    /// [`Error::BadFrame`] for 0 or more than [`MAX_RECORD`] (checked before
+    /// anything is allocated for it).
+    pub(crate) fn record_len(header: [u8; RECORD_HEADER]) -> Result<usize> {
+        let len = u32::from_le_bytes(header) as usize;
+        if len == 0 || len > MAX_RECORD {
+            return Err(Error::BadFrame(format!("an encrypted record of {len} bytes (at most {MAX_RECORD})")));
+        }
+        Ok(len)
+    }
+
+    /// Opens one record in place: `data` is its ciphertext, plaintext after.
+    ///
+    /// # Errors
+    /// [`Error::BadFrame`] when the record does not authenticate (tampered,
+    /// reordered, replayed, or sealed under another key).
+    pub(crate) fn open(&mut self, header: [u8; RECORD_HEADER], data: &mut [u8], tag: &[u8]) -> Result<()> {
+        let bad = || Error::BadFrame("an encrypted record failed authentication".into());
+        let tag = aead::Tag::try_from(tag).map_err(|_| bad())?;
+        let seq = self.seq;
+        self.seq = seq.checked_add(1).ok_or_else(bad)?;
+        self.key.open_in_place_separate_tag(record_nonce(seq), Aad::from(header), tag, data, 0..).map_err(|_| bad())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    fn secret(byte: u8) -> Security {
+        Security { secret: Some(Arc::new(Secret([byte; SECRET_LEN]))), encrypt: false }
+    }
+
+    async fn pair(client_sec: Security, server_sec: Security) -> (Result<Established>, Result<Established>) {
+        let (mut a, mut b) = duplex(4096);
+        let server = tokio::spawn(async move { server(&mut b, &server_sec, "client").await });
+        let client = client(&mut a, Role::Client, &client_sec, "the server").await;
+        drop(a);
+        (client, server.await.unwrap())
+    }
+
+    fn failure(r: &Result<Established>) -> Option<HandshakeFailure> {
+        match r {
+            Err(Error::Handshake { failure, .. }) => Some(*failure),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_right_secret_is_accepted_both_ways_and_keys_agree() {
+        let mut enc = secret(7);
+        enc.encrypt = true;
+        let (c, s) = pair(enc.clone(), enc).await;
+        let (c, s) = (c.unwrap(), s.unwrap());
+        assert_eq!(s.role, Role::Client);
+        let (mut c_seal, mut c_open) = c.cipher.unwrap();
+        let (mut s_seal, mut s_open) = s.cipher.unwrap();
+        for (seal, open) in [(&mut c_seal, &mut s_open), (&mut s_seal, &mut c_open)] {
+            let mut rec = vec![0u8; RECORD_HEADER];
+            rec.extend_from_slice(b"hello grid");
+            seal.seal(&mut rec).unwrap();
+            let header: [u8; 4] = rec[..4].try_into().unwrap();
+            let len = Opener::record_len(header).unwrap();
+            let (data, tag) = rec[4..].split_at_mut(len);
+            open.open(header, data, tag).unwrap();
+            assert_eq!(data, b"hello grid");
+        }
+        // No secret on either side: a plain, unauthenticated connection (loopback use).
+        let (c, s) = pair(Security::default(), Security::default()).await;
+        assert!(c.unwrap().cipher.is_none() && s.unwrap().cipher.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_or_missing_secret_is_refused_with_its_cause_on_each_side() {
+        let (c, s) = pair(secret(1), secret(2)).await;
+        assert_eq!(
+            (failure(&c), failure(&s)),
+            (Some(HandshakeFailure::SecretRefused), Some(HandshakeFailure::WrongSecret))
+        );
+        let (c, s) = pair(Security::default(), secret(2)).await;
+        assert_eq!(failure(&c), Some(HandshakeFailure::SecretRequired));
+        assert_eq!(failure(&s), Some(HandshakeFailure::ClientHasNoSecret));
+        let (c, s) = pair(secret(1), Security::default()).await;
+        assert_eq!(failure(&c), Some(HandshakeFailure::PeerHasNoSecret));
+        assert_eq!(failure(&s), Some(HandshakeFailure::ClientHasSecret));
+        let mut enc = secret(1);
+        enc.encrypt = true;
+        let (c, s) = pair(secret(1), enc.clone()).await;
+        assert_eq!(failure(&c), Some(HandshakeFailure::EncryptionRequired));
+        assert_eq!(failure(&s), Some(HandshakeFailure::ClientDoesNotEncrypt));
+        let (c, s) = pair(enc, secret(1)).await;
+        assert_eq!(failure(&c), Some(HandshakeFailure::PeerDoesNotEncrypt));
+        assert_eq!(failure(&s), Some(HandshakeFailure::ClientEncrypts));
+        let msg =
+            Error::Handshake { peer: "the tracker at 10.0.0.1:7700".into(), failure: HandshakeFailure::SecretRefused };
+        assert_eq!(msg.to_string(), "the tracker at 10.0.0.1:7700 refused our cluster secret");
+    }
+
+    /// Records a whole successful client side, then replays it to a new
+    /// server: the server's fresh nonce makes the old proof worthless.
+    #[tokio::test]
+    async fn a_recorded_handshake_cannot_be_replayed() {
+        let sec = secret(9);
+        let (mut a, mut b) = duplex(4096);
+        let s = sec.clone();
+        let server_task = tokio::spawn(async move { server(&mut b, &s, "client").await.map(|e| e.role) });
+        let client_hello = Hello::new(role_code(Role::Client), sec.flags()).encode();
+        a.write_all(&client_hello).await.unwrap();
+        let server_hello: [u8; HELLO_LEN] = read_fixed(&mut a).await.unwrap();
+        let mut transcript = client_hello.to_vec();
+        transcript.extend_from_slice(&server_hello);
+        let recorded_proof = proof(sec.secret.as_ref().unwrap(), CLIENT_PROOF, &transcript);
+        a.write_all(recorded_proof.as_ref()).await.unwrap();
+        assert_eq!(server_task.await.unwrap().unwrap(), Role::Client);
+
+        // The replay: same hello, same proof, a new server.
+        let (mut a, mut b) = duplex(4096);
+        let s = sec.clone();
+        let server_task = tokio::spawn(async move { server(&mut b, &s, "client").await.map(|e| e.role) });
+        a.write_all(&client_hello).await.unwrap();
+        let fresh: [u8; HELLO_LEN] = read_fixed(&mut a).await.unwrap();
+        assert_ne!(fresh[12..], server_hello[12..], "the server's nonce is fresh");
+        a.write_all(recorded_proof.as_ref()).await.unwrap();
+        let refused = server_task.await.unwrap();
+        assert!(matches!(refused, Err(Error::Handshake { failure: HandshakeFailure::WrongSecret, .. })));
+    }
+
+    /// An attacker without the secret talks to a server as a client and
+    /// tries to make the server's own answers serve as its proof: the
+    /// server never sends anything keyed before the client proved itself,
+    /// and a server-labelled proof is not a client proof.
+    #[tokio::test]
+    async fn a_servers_proof_reflected_back_is_refused() {
+        let sec = secret(5);
+        let k = sec.secret.clone().unwrap();
+        let (mut a, mut b) = duplex(4096);
+        let s = sec.clone();
+        let server_task = tokio::spawn(async move { server(&mut b, &s, "client").await.map(|e| e.role) });
+        let client_hello = Hello::new(role_code(Role::Client), sec.flags()).encode();
+        a.write_all(&client_hello).await.unwrap();
+        let server_hello: [u8; HELLO_LEN] = read_fixed(&mut a).await.unwrap();
+        let mut transcript = client_hello.to_vec();
+        transcript.extend_from_slice(&server_hello);
+        // Best reflection an attacker could hope for: the server's own
+        // proof for this very transcript (here computed with the key, which
+        // the attacker does not even have), sent back as the client's.
+        let reflected = proof(&k, SERVER_PROOF, &transcript);
+        a.write_all(reflected.as_ref()).await.unwrap();
+        let refused = server_task.await.unwrap();
+        assert!(matches!(refused, Err(Error::Handshake { failure: HandshakeFailure::WrongSecret, .. })));
+        // And the client rejects a server that echoes the client's own proof.
+        let (mut a, mut b) = duplex(4096);
+        let c = sec.clone();
+        let client_task =
+            tokio::spawn(async move { client(&mut a, Role::Client, &c, "the server").await.map(|e| e.role) });
+        let got: [u8; HELLO_LEN] = read_fixed(&mut b).await.unwrap();
+        let ours = Hello::new(status::OK, sec.flags()).encode();
+        b.write_all(&ours).await.unwrap();
+        let their_proof: [u8; PROOF_LEN] = read_fixed(&mut b).await.unwrap();
+        let mut echo = vec![status::OK];
+        echo.extend_from_slice(&their_proof);
+        b.write_all(&echo).await.unwrap();
+        let mut transcript = got.to_vec();
+        transcript.extend_from_slice(&ours);
+        assert!(verify_proof(&k, CLIENT_PROOF, &transcript, &their_proof));
+        let refused = client_task.await.unwrap();
+        assert!(matches!(refused, Err(Error::Handshake { failure: HandshakeFailure::BadServerProof, .. })));
+    }
+
+    #[tokio::test]
+    async fn truncated_or_foreign_handshakes_end_in_errors_not_hangs() {
+        let sec = secret(3);
+        let hello = Hello::new(role_code(Role::Client), sec.flags()).encode();
+        for cut in 0..HELLO_LEN {
+            let (mut a, mut b) = duplex(4096);
+            a.write_all(&hello[..cut]).await.unwrap();
+            drop(a);
+            assert!(matches!(server(&mut b, &sec, "c").await, Err(Error::Closed(_))), "cut at {cut}");
+        }
+        // Hello complete, proof cut short.
+        let (mut a, mut b) = duplex(4096);
+        a.write_all(&hello).await.unwrap();
+        a.write_all(&[0u8; PROOF_LEN - 1]).await.unwrap();
+        let s = sec.clone();
+        let server_task = tokio::spawn(async move { server(&mut b, &s, "c").await.map(|e| e.role) });
+        let _: [u8; HELLO_LEN] = read_fixed(&mut a).await.unwrap();
+        drop(a);
+        assert!(matches!(server_task.await.unwrap(), Err(Error::Closed(_))));
+        // Not septet at all (an HTTP request).
+        let (mut a, mut b) = duplex(4096);
+        a.write_all(&b"GET /metrics HTTP/1.1\r\nHost: tracker.example:7700\r\n\r\n"[..HELLO_LEN]).await.unwrap();
+        assert!(matches!(
+            server(&mut b, &sec, "c").await,
+            Err(Error::Handshake { failure: HandshakeFailure::NotSeptet, .. })
+        ));
+    }
+
+    #[test]
+    fn records_that_are_tampered_reordered_or_oversized_do_not_open() {
+        let k = Secret([4; SECRET_LEN]);
+        let (c2s, _) = session_keys(&k, b"transcript");
+        let (c2s_again, _) = session_keys(&k, b"transcript");
+        let (other, _) = session_keys(&k, b"another transcript");
+        let (mut seal, mut open) = (Sealer::new(c2s), Opener::new(c2s_again));
+        let mut records = Vec::new();
+        for text in [&b"first"[..], b"second"] {
+            let mut rec = vec![0u8; RECORD_HEADER];
+            rec.extend_from_slice(text);
+            seal.seal(&mut rec).unwrap();
+            records.push(rec);
+        }
+        let try_open = |open: &mut Opener, rec: &[u8]| {
+            let mut rec = rec.to_vec();
+            let header: [u8; 4] = rec[..4].try_into().unwrap();
+            let len = Opener::record_len(header)?;
+            let (data, tag) = rec[4..].split_at_mut(len);
+            open.open(header, data, tag)
+        };
+        // Out of order: the second record under the first's counter.
+        assert!(try_open(&mut open, &records[1]).is_err());
+        let mut open = Opener::new(session_keys(&k, b"transcript").0);
+        let mut flipped = records[0].clone();
+        flipped[6] ^= 1;
+        assert!(try_open(&mut open, &flipped).is_err());
+        let mut open = Opener::new(other);
+        assert!(try_open(&mut open, &records[0]).is_err());
+        let mut open = Opener::new(session_keys(&k, b"transcript").0);
+        assert!(try_open(&mut open, &records[0]).is_ok());
+        assert!(try_open(&mut open, &records[1]).is_ok());
+        assert!(Opener::record_len(((MAX_RECORD + 1) as u32).to_le_bytes()).is_err());
+        assert!(Opener::record_len([0; 4]).is_err());
+    }
+
+    #[test]
+    fn secret_files_are_created_0600_never_overwritten_and_parsed_back() {
+        let dir = std::env::temp_dir().join(format!("septet-secret-test-{}", random_token(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("grid.secret");
+        let made = Secret::create_file(&path).unwrap();
+        let (loaded, warning) = Secret::load(&path).unwrap();
+        assert_eq!(loaded.0, made.0);
+        assert!(warning.is_none());
+        assert!(matches!(Secret::create_file(&path), Err(SecretFileError::Exists { .. })));
+        assert_eq!(Secret::load(&path).unwrap().0 .0, made.0, "not overwritten");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(Secret::load(&path).unwrap().1.unwrap().contains("chmod 600"));
+        }
+        std::fs::write(&path, "not a secret").unwrap();
+        assert!(matches!(Secret::load(&path), Err(SecretFileError::Malformed { .. })));
+        assert!(format!("{made:?}").contains("redacted"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -4,10 +4,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use septet_common::conn::ConnLimits;
-use septet_common::{deadline, Connection, Frame, Message};
-use tokio::net::{TcpListener, TcpStream};
+use septet_common::listener::{self, ListenConfig};
+use septet_common::{deadline, Connection, Frame, Message, Role};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,47 +36,50 @@ pub async fn run(listener: TcpListener, config: TrackerConfig, shutdown: impl Fu
     serve(Tracker::new(config)?, listener, shutdown).await
 }
 
-/// Serves `tracker` on `listener` until `shutdown` completes: stops
-/// accepting, tells every connection to stop between frames, and waits
-/// (with a deadline) for them to finish.
+/// Serves `tracker` on `listener` until `shutdown` completes: every
+/// connection is authenticated first (the shared scaffold in
+/// `septet_common::listener`: connection cap, handshake deadline,
+/// cancellation, drain); then stops accepting, tells every connection to
+/// stop between frames, and waits (with a deadline) for them to finish.
 ///
 /// # Errors
 /// None in practice: accept errors are logged and retried.
 pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    tasks.spawn(sweep_loop(tracker.clone(), cancel.clone()));
+    let config = tracker.config().clone();
+    let side = CancellationToken::new();
+    let side_tasks = TaskTracker::new();
+    side_tasks.spawn(sweep_loop(tracker.clone(), side.clone()));
     // Unbounded, yet bounded in practice: a connection has at most one
     // request in flight.
     let (ops, batches) = mpsc::unbounded_channel();
-    tasks.spawn(batch_loop(tracker.clone(), batches));
+    side_tasks.spawn(batch_loop(tracker.clone(), batches));
     info!(addr = %listener.local_addr()?, "tracker listening");
-    tokio::pin!(shutdown);
-    let mut next_conn: ConnId = 0;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    next_conn += 1;
-                    let conn = serve_connection(tracker.clone(), ops.clone(), stream, addr, next_conn, cancel.clone());
-                    tasks.spawn(conn);
-                }
-                Err(e) => {
-                    // Usually descriptor exhaustion: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
+    let listen = ListenConfig {
+        name: "tracker",
+        limits: ConnLimits {
+            max_frame_len: config.max_frame_len,
+            handshake_timeout: config.handshake_timeout,
+            stall_timeout: Some(config.io_timeout),
+            security: config.security.clone(),
+        },
+        max_connections: config.max_connections,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    let next_conn = Arc::new(AtomicU64::new(0));
+    let handler = {
+        let (tracker, ops) = (tracker.clone(), ops.clone());
+        move |conn: Connection, role: Role, cancel: CancellationToken| {
+            let conn_id: ConnId = next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+            serve_connection(tracker.clone(), ops.clone(), conn, role, conn_id, cancel)
         }
-    }
-    info!("tracker shutting down");
+    };
+    listener::serve(listener, listen, shutdown, handler).await;
     // The batch loop ends once the connections, the other holders, are done.
     drop(ops);
-    cancel.cancel();
-    tasks.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
-        warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+    side.cancel();
+    side_tasks.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, side_tasks.wait()).await.is_err() {
+        warn!("the tracker's batch loop did not finish within {DRAIN_TIMEOUT:?}");
     }
     Ok(())
 }
@@ -141,27 +147,17 @@ async fn next_grant(ticket: &mut Option<Ticket>) -> Option<septet_common::proto:
     }
 }
 
-#[instrument(skip_all, fields(conn = conn_id, peer = %addr))]
+#[instrument(skip_all, fields(conn = conn_id, peer = %conn.peer))]
 async fn serve_connection(
     tracker: Tracker,
     ops: mpsc::UnboundedSender<Submission>,
-    stream: TcpStream,
-    addr: SocketAddr,
+    mut conn: Connection,
+    role: Role,
     conn_id: ConnId,
     cancel: CancellationToken,
 ) {
     let config = tracker.config().clone();
-    let limits = ConnLimits { max_frame_len: config.max_frame_len, handshake_timeout: config.io_timeout };
-    let mut conn = match Connection::accept(stream, limits).await {
-        Ok((conn, role)) => {
-            debug!(?role, "connection accepted");
-            conn
-        }
-        Err(e) => {
-            debug!(error = %e, "hello failed; connection dropped");
-            return;
-        }
-    };
+    debug!(?role, "connection accepted");
     let mut ticket: Option<Ticket> = None;
     loop {
         let frame = tokio::select! {

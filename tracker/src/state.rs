@@ -56,6 +56,12 @@ pub struct TrackerConfig {
     /// Largest frame a client may send (the tracker only takes control
     /// messages, so this is small).
     pub max_frame_len: usize,
+    /// Deadline for a new connection's handshake.
+    pub handshake_timeout: Duration,
+    /// Connections served at once (workers and clients); the excess is refused.
+    pub max_connections: usize,
+    /// The cluster secret and whether to encrypt.
+    pub security: septet_common::secure::Security,
 }
 
 impl Default for TrackerConfig {
@@ -68,6 +74,9 @@ impl Default for TrackerConfig {
             max_slots_per_peer: 1024,
             io_timeout: Duration::from_secs(10),
             max_frame_len: 1 << 20,
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 4096,
+            security: septet_common::secure::Security::default(),
         }
     }
 }
@@ -83,6 +92,7 @@ impl TrackerConfig {
             ("heartbeat interval", self.heartbeat_interval),
             ("heartbeat timeout", self.heartbeat_timeout),
             ("I/O timeout", self.io_timeout),
+            ("handshake timeout", self.handshake_timeout),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(Error::Config(format!("the {name} must be positive")));
@@ -93,6 +103,10 @@ impl TrackerConfig {
                 self.heartbeat_timeout, self.heartbeat_interval
             )));
         }
+        if self.max_connections == 0 {
+            return Err(Error::Config("the connection cap must be at least 1".into()));
+        }
+        self.security.validate().map_err(|e| Error::Config(e.to_string()))?;
         if self.max_frame_len < 64 {
             return Err(Error::Config(format!("a maximum frame length of {} bytes is too small", self.max_frame_len)));
         }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::RngExt;
+use septet_common::secure::Security;
 use septet_common::{Error, ErrorCode, Role};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -19,12 +20,29 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 /// about this long.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Keeps the worker listening on `listen` registered with `tracker` until
-/// `cancel` fires, then deregisters.
-pub async fn run(tracker: String, listen: SocketAddr, slots: u32, timeout: Duration, cancel: CancellationToken) {
+/// What the agent needs to stay registered.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The tracker's address.
+    pub tracker: String,
+    /// This worker's compute listener.
+    pub listen: SocketAddr,
+    /// Tasks it runs at once.
+    pub slots: u32,
+    /// Deadline for each request to the tracker.
+    pub timeout: Duration,
+    /// The cluster secret and whether to encrypt.
+    pub security: Security,
+}
+
+/// Keeps the worker registered with the tracker until `cancel` fires,
+/// then deregisters. A tracker that refuses our secret is retried like an
+/// absent one (it may be restarted with the right one), with the cause logged.
+pub async fn run(config: AgentConfig, cancel: CancellationToken) {
     let mut backoff = BACKOFF_START;
+    let tracker = config.tracker.clone();
     loop {
-        match session(&tracker, listen, slots, timeout, &cancel, &mut backoff).await {
+        match session(&config, &cancel, &mut backoff).await {
             Ok(()) => return,
             Err(e) => {
                 if cancel.is_cancelled() {
@@ -43,15 +61,11 @@ pub async fn run(tracker: String, listen: SocketAddr, slots: u32, timeout: Durat
 }
 
 /// One connection's worth: register, heartbeat until an error or cancel.
-async fn session(
-    tracker: &str,
-    listen: SocketAddr,
-    slots: u32,
-    timeout: Duration,
-    cancel: &CancellationToken,
-    backoff: &mut Duration,
-) -> Result<(), Error> {
-    let Some(client) = or_cancel(cancel, TrackerClient::connect(tracker, Role::Worker, timeout)).await else {
+async fn session(config: &AgentConfig, cancel: &CancellationToken, backoff: &mut Duration) -> Result<(), Error> {
+    let AgentConfig { tracker, listen, slots, timeout, security } = config;
+    let (listen, slots) = (*listen, *slots);
+    let connecting = TrackerClient::connect_with(tracker, Role::Worker, *timeout, security);
+    let Some(client) = or_cancel(cancel, connecting).await else {
         return Ok(());
     };
     let mut client = client?;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use septet_common::conn::ConnLimits;
 use septet_common::proto::{LeaseGrant, PeerAddr, PeerRow};
+use septet_common::secure::Security;
 use septet_common::{deadline, Connection, Error, Message, Result, Role};
 use tokio::net::ToSocketAddrs;
 
@@ -41,9 +42,26 @@ impl TrackerClient {
     ///
     /// # Errors
     /// As [`Connection::connect`].
-    pub async fn connect(addr: impl ToSocketAddrs, role: Role, timeout: Duration) -> Result<Self> {
-        let limits = ConnLimits { handshake_timeout: timeout, ..ConnLimits::default() };
-        Ok(Self { conn: Connection::connect(addr, role, limits).await?, timeout })
+    pub async fn connect(addr: impl ToSocketAddrs + std::fmt::Display, role: Role, timeout: Duration) -> Result<Self> {
+        Self::connect_with(addr, role, timeout, &Security::default()).await
+    }
+
+    /// Connects and authenticates with `security`'s secret (encrypting if
+    /// it says so). A handshake failure names "the tracker at ADDR".
+    ///
+    /// # Errors
+    /// As [`Connection::connect`].
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs + std::fmt::Display,
+        role: Role,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<Self> {
+        let limits = ConnLimits { handshake_timeout: timeout, security: security.clone(), ..ConnLimits::default() };
+        let name = addr.to_string();
+        let conn =
+            Connection::connect(addr, role, limits).await.map_err(|e| e.naming(|| format!("the tracker at {name}")))?;
+        Ok(Self { conn, timeout })
     }
 
     /// The tracker's address.

@@ -58,6 +58,8 @@ pub struct RequesterConfig {
     pub max_attempts: u32,
     /// How long to keep asking the tracker for a replacement peer.
     pub replacement_wait: Duration,
+    /// The cluster secret and whether to encrypt, with the tracker and the workers.
+    pub security: septet_common::secure::Security,
 }
 
 impl Default for RequesterConfig {
@@ -72,6 +74,7 @@ impl Default for RequesterConfig {
             verify_rounds: 2,
             max_attempts: 4,
             replacement_wait: Duration::from_secs(30),
+            security: septet_common::secure::Security::default(),
         }
     }
 }
@@ -570,7 +573,9 @@ impl<T: Element> Job<T> {
         let (mut bytes_sent, mut send) = (0, Duration::ZERO);
         let result = async {
             let Connection { reader, mut writer, .. } =
-                Connection::connect(&peer.addr, Role::Client, self.limits).await?;
+                Connection::connect(&peer.addr, Role::Client, self.limits.clone())
+                    .await
+                    .map_err(|e| e.naming(|| format!("the worker at {}", peer.addr)))?;
             let pair = self.form(i).await?;
             let t = Instant::now();
             bytes_sent = self.send(&mut writer, i, &pair).await?;
@@ -661,9 +666,14 @@ impl Requester {
         }
         let progress: ProgressFn = Arc::new(progress);
         let tracker_err = |source| RequestError::Tracker { addr: self.config.tracker.clone(), source };
-        let mut tracker = TrackerClient::connect(&self.config.tracker, Role::Client, self.config.io_timeout)
-            .await
-            .map_err(tracker_err)?;
+        let mut tracker = TrackerClient::connect_with(
+            &self.config.tracker,
+            Role::Client,
+            self.config.io_timeout,
+            &self.config.security,
+        )
+        .await
+        .map_err(tracker_err)?;
         let p = progress.clone();
         let grant = tracker
             .lease(PEERS_PER_LEASE, false, self.config.max_lease_wait, move |position, free, needed| {
@@ -728,7 +738,12 @@ impl Requester {
             BlocksHeader { task_id: 0, op: BlockOp::Product, dtype: T::DTYPE, shapes: vec![split.product_shape()] }
                 .frame_len()
                 .ok_or_else(|| RequestError::Internal("product too large".into()))?;
-        let limits = ConnLimits { max_frame_len: product_len.max(1 << 20), handshake_timeout: self.config.io_timeout };
+        let limits = ConnLimits {
+            max_frame_len: product_len.max(1 << 20),
+            handshake_timeout: self.config.io_timeout,
+            stall_timeout: Some(self.config.io_timeout),
+            security: self.config.security.clone(),
+        };
 
         // Prepare the Freivalds check while the operands travel.
         let mut verify_prepare = None;
@@ -757,7 +772,7 @@ impl Requester {
             c: Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n))),
             receiving: Semaphore::new(self.config.max_receiving.max(1)),
             reply_deadline: self.product_deadline(split),
-            limits,
+            limits: limits.clone(),
             check,
             verify_time: Mutex::new(Duration::ZERO),
             started,
@@ -767,7 +782,11 @@ impl Requester {
         let mut connecting = tokio::task::JoinSet::new();
         for (i, peer) in peers.iter().enumerate().take(7) {
             let addr = peer.addr.clone();
-            connecting.spawn(async move { (i, Connection::connect(addr, Role::Client, limits).await) });
+            let limits = limits.clone();
+            connecting.spawn(async move {
+                let conn = Connection::connect(&addr, Role::Client, limits).await;
+                (i, conn.map_err(|e| e.naming(|| format!("the worker at {addr}"))))
+            });
         }
         let mut conns: Vec<Option<Result<Connection, Error>>> = (0..7).map(|_| None).collect();
         while let Some(joined) = connecting.join_next().await {

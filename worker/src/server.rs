@@ -4,18 +4,18 @@
 //! connection keeps reading frames while products compute.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
+use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, recycle_matrix};
-use septet_common::{Connection, Error, Frame, Matrix, Message, Result};
-use tokio::net::{TcpListener, TcpStream};
+use septet_common::secure::Security;
+use septet_common::{Connection, Error, Frame, Matrix, Message, Result, Role};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument, warn};
 
 use crate::agent;
@@ -34,8 +34,15 @@ pub struct WorkerConfig {
     pub threads: usize,
     /// Largest frame accepted (a task carries two operands).
     pub max_frame_len: usize,
-    /// Deadline for the hello and for tracker requests.
+    /// Deadline for tracker requests, and for a frame that has begun to
+    /// keep arriving.
     pub io_timeout: Duration,
+    /// Deadline for a new connection's handshake.
+    pub handshake_timeout: Duration,
+    /// Connections served at once; the excess is refused.
+    pub max_connections: usize,
+    /// The cluster secret and whether to encrypt (with requesters and the tracker).
+    pub security: Security,
     /// Misbehave on purpose, for fault-tolerance tests.
     pub fault: Option<Fault>,
 }
@@ -73,6 +80,9 @@ impl Default for WorkerConfig {
             threads: 0,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             io_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 512,
+            security: Security::default(),
             fault: None,
         }
     }
@@ -90,9 +100,13 @@ impl WorkerConfig {
         if self.max_frame_len < 1024 {
             return Err(Error::Invalid(format!("a maximum frame of {} bytes is too small", self.max_frame_len)));
         }
-        if self.io_timeout.is_zero() {
-            return Err(Error::Invalid("the I/O timeout must be positive".into()));
+        if self.io_timeout.is_zero() || self.handshake_timeout.is_zero() {
+            return Err(Error::Invalid("the I/O and handshake timeouts must be positive".into()));
         }
+        if self.max_connections == 0 {
+            return Err(Error::Invalid("the connection cap must be at least 1".into()));
+        }
+        self.security.validate()?;
         Ok(())
     }
 }
@@ -107,33 +121,45 @@ impl WorkerConfig {
 pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
     let local = listener.local_addr()?;
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    if let Some(tracker) = config.tracker.clone() {
-        tasks.spawn(agent::run(tracker, local, config.slots, config.io_timeout, cancel.clone()));
-    }
+    let agent_stop = CancellationToken::new();
+    let agent_task = config.tracker.clone().map(|tracker| {
+        let agent_config = agent::AgentConfig {
+            tracker,
+            listen: local,
+            slots: config.slots,
+            timeout: config.io_timeout,
+            security: config.security.clone(),
+        };
+        tokio::spawn(agent::run(agent_config, agent_stop.clone()))
+    });
     info!(addr = %local, slots = config.slots, "worker listening");
     let slots = Arc::new(Semaphore::new(config.slots as usize));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, addr)) => {
-                    tasks.spawn(serve_connection(stream, addr, config.clone(), slots.clone(), cancel.clone()));
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+    let listen = ListenConfig {
+        name: "worker",
+        limits: ConnLimits {
+            max_frame_len: config.max_frame_len,
+            handshake_timeout: config.handshake_timeout,
+            stall_timeout: Some(config.io_timeout),
+            security: config.security.clone(),
+        },
+        max_connections: config.max_connections,
+        drain_timeout: DRAIN_TIMEOUT,
+    };
+    let handler = {
+        let config = config.clone();
+        move |conn: Connection, _role: Role, cancel: CancellationToken| {
+            serve_connection(conn, config.clone(), slots.clone(), cancel)
         }
-    }
-    info!("worker shutting down");
-    cancel.cancel();
-    tasks.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tasks.wait()).await.is_err() {
-        warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
+    };
+    // Deregister first on shutdown, so no new lease names this worker
+    // while its connections drain.
+    let stopping = async {
+        shutdown.await;
+        agent_stop.cancel();
+    };
+    listener::serve(listener, listen, stopping, handler).await;
+    if let Some(agent) = agent_task {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, agent).await;
     }
     Ok(())
 }
@@ -171,22 +197,9 @@ fn compute(task: Blocks, threads: usize, max_frame_len: usize) -> Result<Matrix>
     product
 }
 
-#[instrument(skip_all, fields(client = %addr))]
-async fn serve_connection(
-    stream: TcpStream,
-    addr: SocketAddr,
-    config: WorkerConfig,
-    slots: Arc<Semaphore>,
-    cancel: CancellationToken,
-) {
-    let limits = ConnLimits { max_frame_len: config.max_frame_len, handshake_timeout: config.io_timeout };
-    let Connection { mut reader, mut writer, .. } = match Connection::accept(stream, limits).await {
-        Ok((conn, _)) => conn,
-        Err(e) => {
-            debug!(error = %e, "hello failed; connection dropped");
-            return;
-        }
-    };
+#[instrument(skip_all, fields(client = %conn.peer))]
+async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Semaphore>, cancel: CancellationToken) {
+    let Connection { mut reader, mut writer, .. } = conn;
     let (tx, mut rx) = mpsc::channel::<Reply>(config.slots as usize + 1);
     let fault = config.fault;
     let writer_task = tokio::spawn(async move {

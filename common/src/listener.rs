@@ -1,0 +1,170 @@
+//! The accept loop the tracker and the worker share: a connection cap, the
+//! handshake under its deadline, one task per connection, cancellation and
+//! a bounded drain. What a connection does once authenticated is the
+//! caller's handler; this module never sees a request.
+//!
+//! Until its handshake completes a connection holds a task, its socket and
+//! the handshake's fixed-size buffers, nothing more, for at most the
+//! handshake timeout; refusals are logged as one line naming the address,
+//! at most [`LOG_BURST`] of them per [`LOG_WINDOW`] (so a flood of bad
+//! connections cannot flood the log either).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::conn::ConnLimits;
+use crate::{Connection, Error, Role};
+
+/// Refusal warnings logged per window at most.
+pub const LOG_BURST: u32 = 10;
+/// The window of [`LOG_BURST`].
+pub const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// How a server accepts connections.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    /// What the server is, for logs ("tracker", "worker").
+    pub name: &'static str,
+    /// Frame limits, handshake deadline and security of every connection.
+    pub limits: ConnLimits,
+    /// Connections served at once; the excess is closed at once.
+    pub max_connections: usize,
+    /// How long shutdown waits for connections to finish.
+    pub drain_timeout: Duration,
+}
+
+/// Logs at most [`LOG_BURST`] lines per [`LOG_WINDOW`], then says how many
+/// it left out.
+#[derive(Debug)]
+struct RateLimit {
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        Self { state: Mutex::new((Instant::now(), 0, 0)) }
+    }
+
+    /// Whether to log one more line now; `Some(n)` also reports `n` lines
+    /// suppressed in the window before.
+    fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock();
+        let (start, logged, suppressed) = &mut *state;
+        if start.elapsed() >= LOG_WINDOW {
+            let dropped = *suppressed;
+            *state = (Instant::now(), 1, 0);
+            return Some(dropped);
+        }
+        if *logged < LOG_BURST {
+            *logged += 1;
+            Some(0)
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+fn log_refusal(server: &'static str, addr: SocketAddr, err: &Error, limit: &RateLimit) {
+    // Port scanners and health checks that connect and close are not news.
+    if matches!(err, Error::Closed(_) | Error::Io(_)) {
+        debug!(peer = %addr, error = %err, "{server}: connection closed during the handshake");
+        return;
+    }
+    if let Some(suppressed) = limit.allow() {
+        if suppressed > 0 {
+            warn!("{server}: {suppressed} more refused connections were not logged");
+        }
+        match err {
+            Error::Handshake { .. } => warn!(peer = %addr, "{server}: refused a connection: {err}"),
+            _ => warn!(peer = %addr, "{server}: refused a connection from {addr}: {err}"),
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` completes, runs the
+/// handshake on each (within the handshake timeout), and hands each
+/// authenticated one to `handler` with the client's role and a token that
+/// is cancelled when the server stops. Then stops accepting, cancels, and
+/// waits up to the drain timeout for the connections to finish.
+pub async fn serve<H, Fut>(listener: TcpListener, config: ListenConfig, shutdown: impl Future<Output = ()>, handler: H)
+where
+    H: Fn(Connection, Role, CancellationToken) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let limit = Arc::new(RateLimit::new());
+    let name = config.name;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        if let Some(suppressed) = limit.allow() {
+                            warn!(
+                                peer = %addr,
+                                suppressed,
+                                "{name}: refused a connection: {} connections already open (the cap)",
+                                config.max_connections
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    };
+                    let (limits, handler, cancel, limit) =
+                        (config.limits.clone(), handler.clone(), cancel.clone(), limit.clone());
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        let accepted = tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            accepted = Connection::accept(stream, limits) => accepted,
+                        };
+                        match accepted {
+                            Ok((conn, role)) => handler(conn, role, cancel).await,
+                            Err(e) => log_refusal(name, addr, &e, &limit),
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Usually descriptor exhaustion: back off instead of spinning.
+                    warn!(error = %e, "{name}: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    info!("{name} shutting down");
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(config.drain_timeout, tasks.wait()).await.is_err() {
+        warn!("{name}: some connections did not finish within {:?}", config.drain_timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_logs_are_limited_to_a_burst_per_window() {
+        let limit = RateLimit::new();
+        let allowed = (0..100).filter(|_| limit.allow().is_some()).count();
+        assert_eq!(allowed, LOG_BURST as usize);
+        // A new window reports what the last one left out.
+        limit.state.lock().0 = Instant::now().checked_sub(LOG_WINDOW).unwrap();
+        assert_eq!(limit.allow(), Some(100 - LOG_BURST as u64));
+    }
+}
