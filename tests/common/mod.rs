@@ -122,7 +122,17 @@ impl Drop for Procs {
 /// tracker binding it). The rest of its stderr is drained on a thread, so
 /// the tracker never blocks on a full pipe.
 pub fn tracker_process(listen: &str, extra: &[&str]) -> (std::process::Child, SocketAddr) {
-    use std::io::BufRead;
+    tracker_process_logged(listen, extra, None)
+}
+
+/// [`tracker_process`], also copying the tracker's stderr to `log`.
+pub fn tracker_process_logged(
+    listen: &str,
+    extra: &[&str],
+    log: Option<&std::path::Path>,
+) -> (std::process::Child, SocketAddr) {
+    use std::io::{BufRead, Write};
+    let mut log = log.map(|p| std::fs::File::create(p).unwrap());
     let mut child = std::process::Command::new(septet_bin())
         .args(["tracker", "--listen", listen])
         .args(extra)
@@ -137,6 +147,9 @@ pub fn tracker_process(listen: &str, extra: &[&str]) -> (std::process::Child, So
         let mut tx = Some(tx);
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            if let Some(log) = &mut log {
+                let _ = writeln!(log, "{line}");
+            }
             if let Some(addr) = line.split("listening on ").nth(1) {
                 if let Some(tx) = tx.take() {
                     let _ = tx.send(addr.trim().to_string());
