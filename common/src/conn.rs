@@ -997,4 +997,36 @@ mod tests {
         let mut r = FrameReader::new(&blocks[..blocks.len() - 1], 1 << 20);
         assert!(matches!(r.read_frame().await, Err(Error::ClosedMidFrame)));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_stops_arriving_times_out_but_silence_between_frames_does_not() {
+        use tokio::io::AsyncWriteExt;
+        let blocks = frame::encode(&Frame::Blocks(Blocks {
+            task_id: 1,
+            op: BlockOp::Product,
+            mats: vec![Matrix::F64(Array2::ones((64, 64)))],
+        }))
+        .unwrap();
+        for cut in [2, 20, blocks.len() / 2] {
+            let (mut tx, rx) = duplex(1 << 16);
+            let mut r = FrameReader::new(rx, 1 << 20);
+            r.set_stall_timeout(Some(Duration::from_secs(3)));
+            tx.write_all(&blocks[..cut]).await.unwrap();
+            let started = tokio::time::Instant::now();
+            let got = r.read_frame().await;
+            assert!(matches!(got, Err(Error::Timeout { .. })), "cut at {cut}: {got:?}");
+            assert!(started.elapsed() >= Duration::from_secs(3), "cut at {cut}");
+            drop(tx); // the sender stays open until the reader gave up
+        }
+        // Between frames an idle peer is the caller's business: still
+        // waiting long after the stall timeout, then the frame arrives.
+        let (mut tx, rx) = duplex(1 << 16);
+        let mut r = FrameReader::new(rx, 1 << 20);
+        r.set_stall_timeout(Some(Duration::from_secs(3)));
+        let reader = tokio::spawn(async move { r.read_frame().await });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!reader.is_finished());
+        tx.write_all(&blocks).await.unwrap();
+        assert!(matches!(reader.await.unwrap(), Ok(Some(Frame::Blocks(_)))));
+    }
 }

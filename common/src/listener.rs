@@ -91,6 +91,18 @@ fn log_refusal(server: &'static str, addr: SocketAddr, err: &Error, limit: &Rate
     }
 }
 
+/// Tells a connection past the cap that the server is busy and closes it,
+/// without waiting for anything: a best-effort write of one hello into the
+/// socket's buffer. The client's hello, if it is already here, is read
+/// first so the close is a FIN the client can read the hello before, not a
+/// reset that discards it.
+fn turn_away(stream: tokio::net::TcpStream) {
+    let mut hello = [0u8; crate::secure::HELLO_LEN];
+    let _ = stream.try_read(&mut hello);
+    let _ = stream.try_write(&crate::secure::busy_hello());
+    drop(stream);
+}
+
 /// Accepts connections on `listener` until `shutdown` completes, runs the
 /// handshake on each (within the handshake timeout), and hands each
 /// authenticated one to `handler` with the client's role and a token that
@@ -121,7 +133,7 @@ where
                                 config.max_connections
                             );
                         }
-                        drop(stream);
+                        turn_away(stream);
                         continue;
                     };
                     let (limits, handler, cancel, limit) =
@@ -166,5 +178,62 @@ mod tests {
         // A new window reports what the last one left out.
         limit.state.lock().0 = Instant::now().checked_sub(LOG_WINDOW).unwrap();
         assert_eq!(limit.allow(), Some(100 - LOG_BURST as u64));
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_refused_and_served_again_once_one_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = ListenConfig {
+            name: "test",
+            limits: ConnLimits::default(),
+            max_connections: 2,
+            drain_timeout: Duration::from_secs(5),
+        };
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        // Each connection answers every message with the same message, until it closes.
+        let server =
+            tokio::spawn(serve(listener, config, async move { s.cancelled().await }, |mut conn, _, _| async move {
+                while let Ok(msg) = conn.reader.read_message("anything").await {
+                    if conn.writer.send(&msg).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        let open = || Connection::connect(addr, Role::Client, ConnLimits::default());
+        let mut first = open().await.unwrap();
+        let mut second = open().await.unwrap();
+        assert!(echo(&mut first).await.is_ok() && echo(&mut second).await.is_ok());
+        let t = std::time::Instant::now();
+        let third = open().await;
+        eprintln!("third took {:?}: {:?}", t.elapsed(), third.as_ref().err());
+        match third {
+            Err(_) => {}
+            Ok(mut third) => {
+                assert!(echo(&mut third).await.is_err(), "a third connection was served past the cap of 2")
+            }
+        }
+        drop(first);
+        // The freed permit serves the next connection.
+        let mut served = false;
+        for _ in 0..100 {
+            if let Ok(mut c) = open().await {
+                if echo(&mut c).await.is_ok() {
+                    served = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served, "a connection was never served after one closed");
+        assert!(echo(&mut second).await.is_ok(), "an existing connection was disturbed");
+        drop(second);
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    async fn echo(conn: &mut Connection) -> crate::Result<crate::Message> {
+        conn.request(&crate::Message::ListPeers, "ListPeers", Duration::from_secs(5)).await
     }
 }

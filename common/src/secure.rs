@@ -295,6 +295,8 @@ pub enum HandshakeFailure {
     ClientEncrypts,
     /// Either side: the bytes are not a septet handshake.
     NotSeptet,
+    /// Client side: the server is at its connection limit.
+    Busy,
 }
 
 impl fmt::Display for HandshakeFailure {
@@ -316,6 +318,7 @@ impl fmt::Display for HandshakeFailure {
             Self::ClientDoesNotEncrypt => "does not encrypt, and we require encryption",
             Self::ClientEncrypts => "wants encryption, and we were not started with --encrypt",
             Self::NotSeptet => "did not speak the septet handshake",
+            Self::Busy => "is at its connection limit (--max-connections); try again later",
         })
     }
 }
@@ -329,6 +332,13 @@ mod status {
     pub const ENCRYPTION_REQUIRED: u8 = 4;
     pub const NO_ENCRYPTION_HERE: u8 = 5;
     pub const REFUSED: u8 = 6;
+    pub const BUSY: u8 = 7;
+}
+
+/// The hello a server at its connection cap sends instead of serving: the
+/// client reports [`HandshakeFailure::Busy`] rather than a reset connection.
+pub(crate) fn busy_hello() -> [u8; HELLO_LEN] {
+    Hello::new(status::BUSY, 0).encode()
 }
 
 /// One side's hello, as it travels.
@@ -448,6 +458,9 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     let theirs = Hello::decode(&got).map_err(fail)?;
     if theirs.version != PROTOCOL_VERSION {
         return Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: theirs.version });
+    }
+    if theirs.code == status::BUSY {
+        return Err(fail(HandshakeFailure::Busy));
     }
     let their_secret = theirs.flags & FLAG_SECRET != 0;
     let their_encrypt = theirs.flags & FLAG_ENCRYPT != 0;
