@@ -19,6 +19,7 @@
 //! the declared shapes account for exactly the declared length.
 
 use bytes::{Buf, BufMut};
+use serde::de::{DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 
 use crate::matrix::{alloc_uninit, Dtype, Element, Matrix};
 use crate::{Error, Message, Result};
@@ -45,6 +46,12 @@ const BLOCKS_FIXED: usize = 12;
 /// Bytes per (rows, cols) entry in a blocks header.
 const SHAPE_LEN: usize = 8;
 
+/// bincode's standard config with a limit of [`MAX_CONTROL_FRAME_LEN`].
+///
+/// bincode's limit counts the in-memory sizes its decoder claims (8 bytes for
+/// every `u64`, a string's declared length), not input bytes, and serde
+/// sequences claim nothing: it is a backstop, not what ties allocation to a
+/// frame's bytes (that is [`decode_control`]'s `Bounded` adapter).
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_CONTROL_FRAME_LEN>()
 }
@@ -303,8 +310,8 @@ pub fn parse_blocks_header(body: &[u8], frame_len: usize) -> Result<Option<Block
     }
     let shapes: Vec<(usize, usize)> = (0..count).map(|_| (b.get_u32_le() as usize, b.get_u32_le() as usize)).collect();
     // An array may span at most isize::MAX bytes, counting a zero-length
-    // axis as 1 (ndarray's rule): (0, u32::MAX) holds no data but is still
-    // refused by the allocator on 32-bit hosts, so it is refused here.
+    // axis as 1 (ndarray's rule): on a 32-bit host (0, u32::MAX) holds no
+    // data yet would make `alloc_zeroed` panic, so it is refused here.
     let fits = |&(r, c): &(usize, usize)| {
         r.max(1)
             .checked_mul(c.max(1))
@@ -378,7 +385,7 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>> {
 /// string as soon as it read the string's length prefix (up to the config's
 /// limit, 16 MiB, from a frame of a few bytes), and serde's `Vec` visitor
 /// reserves room for up to 1 MiB of elements from a declared count. Through
-/// [`Bounded`], strings are instead borrowed from `body` (so a length beyond
+/// `Bounded`, strings are instead borrowed from `body` (so a length beyond
 /// its end fails before anything is allocated) and copied once they are
 /// known to be there, and sequences report no size hint, so a `Vec` grows
 /// only as elements are actually decoded — each of which consumes at least
@@ -447,8 +454,6 @@ macro_rules! forward_value {
         }
     )*};
 }
-
-use serde::de::{DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 
 impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
     type Error = D::Error;
