@@ -19,6 +19,7 @@
 //! the declared shapes account for exactly the declared length.
 
 use bytes::{Buf, BufMut};
+use serde::de::{DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 
 use crate::matrix::{alloc_uninit, Dtype, Element, Matrix};
 use crate::{Error, Message, Result};
@@ -45,6 +46,12 @@ const BLOCKS_FIXED: usize = 12;
 /// Bytes per (rows, cols) entry in a blocks header.
 const SHAPE_LEN: usize = 8;
 
+/// bincode's standard config with a limit of [`MAX_CONTROL_FRAME_LEN`].
+///
+/// bincode's limit counts the in-memory sizes its decoder claims (8 bytes for
+/// every `u64`, a string's declared length), not input bytes, and serde
+/// sequences claim nothing: it is a backstop, not what ties allocation to a
+/// frame's bytes (that is [`decode_control`]'s `Bounded` adapter).
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_CONTROL_FRAME_LEN>()
 }
@@ -178,9 +185,17 @@ impl BlocksHeader {
 /// Encodes a control message as a complete frame.
 ///
 /// # Errors
-/// [`Error::Encode`] if bincode fails (it does not for septet's messages).
+/// [`Error::Encode`] if bincode fails (it does not for septet's messages),
+/// [`Error::Invalid`] for a message longer than [`MAX_CONTROL_FRAME_LEN`]
+/// (receivers would refuse it).
 pub fn encode_control(msg: &Message) -> Result<Vec<u8>> {
     let body = bincode::serde::encode_to_vec(msg, bincode_config())?;
+    if body.len() >= MAX_CONTROL_FRAME_LEN {
+        return Err(Error::Invalid(format!(
+            "a control message of {} bytes exceeds the {MAX_CONTROL_FRAME_LEN}-byte limit receivers enforce",
+            body.len()
+        )));
+    }
     let mut out = Vec::with_capacity(LEN_PREFIX + 1 + body.len());
     out.put_u32_le((body.len() + 1) as u32);
     out.put_u8(KIND_CONTROL);
@@ -256,13 +271,23 @@ pub fn parse_prefix(buf: &[u8], max_len: usize) -> Result<Option<(usize, u8)>> {
 
 /// Parses a blocks header from `body` (the bytes after the kind byte) of a
 /// frame whose length field is `frame_len`: `Ok(None)` until the whole
-/// header is there.
+/// header is there. Bytes of `body` past the frame's end (the next frame)
+/// are never read as header.
 ///
 /// # Errors
 /// [`Error::BadFrame`] for an unknown op, dtype or byte order, a matrix
-/// count that does not fit the op, or shapes whose payload does not match
-/// `frame_len` exactly.
+/// count that does not fit the op, a `frame_len` too short to hold the
+/// header (decided as soon as the count is known, before the shapes
+/// arrive), a shape whose size overflows, or shapes whose payload does not
+/// match `frame_len` exactly.
 pub fn parse_blocks_header(body: &[u8], frame_len: usize) -> Result<Option<BlocksHeader>> {
+    let short = |need: usize| {
+        Error::BadFrame(format!("a blocks frame of {frame_len} bytes cannot hold its {need}-byte kind and header"))
+    };
+    if frame_len < 1 + BLOCKS_FIXED {
+        return Err(short(1 + BLOCKS_FIXED));
+    }
+    let body = &body[..body.len().min(frame_len - 1)];
     if body.len() < BLOCKS_FIXED {
         return Ok(None);
     }
@@ -277,10 +302,25 @@ pub fn parse_blocks_header(body: &[u8], frame_len: usize) -> Result<Option<Block
     if count != op.matrix_count() {
         return Err(Error::BadFrame(format!("{op:?} frame with {count} matrices")));
     }
+    if frame_len < 1 + BLOCKS_FIXED + SHAPE_LEN * count {
+        return Err(short(1 + BLOCKS_FIXED + SHAPE_LEN * count));
+    }
     if b.len() < SHAPE_LEN * count {
         return Ok(None);
     }
-    let shapes = (0..count).map(|_| (b.get_u32_le() as usize, b.get_u32_le() as usize)).collect();
+    let shapes: Vec<(usize, usize)> = (0..count).map(|_| (b.get_u32_le() as usize, b.get_u32_le() as usize)).collect();
+    // An array may span at most isize::MAX bytes, counting a zero-length
+    // axis as 1 (ndarray's rule): on a 32-bit host (0, u32::MAX) holds no
+    // data yet would make `alloc_zeroed` panic, so it is refused here.
+    let fits = |&(r, c): &(usize, usize)| {
+        r.max(1)
+            .checked_mul(c.max(1))
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .is_some_and(|n| n <= isize::MAX as usize)
+    };
+    if let Some(shape) = shapes.iter().find(|s| !fits(s)) {
+        return Err(Error::BadFrame(format!("blocks header declares a {dtype} matrix of shape {shape:?}, too large")));
+    }
     let header = BlocksHeader { task_id, op, dtype, shapes };
     let expected = header.payload_len().and_then(|p| p.checked_add(1 + header.encoded_len()));
     if expected != Some(frame_len) {
@@ -295,41 +335,72 @@ pub fn parse_blocks_header(body: &[u8], frame_len: usize) -> Result<Option<Block
 /// Decodes one frame from the front of `buf`: `Ok(None)` until the whole
 /// frame is there, else the frame and how many bytes it used.
 ///
+/// Nothing a peer sends makes this panic, and nothing is allocated for a
+/// frame beyond what its bytes account for: a blocks frame allocates only
+/// the payload its header declares and its length field confirms (at most
+/// `max_len`), and a control frame decodes through [`decode_control`].
+///
 /// # Errors
-/// As [`parse_prefix`] and [`parse_blocks_header`], and [`Error::Decode`]
-/// for a control body that is not a known message or has trailing bytes.
+/// As [`parse_prefix`] and [`parse_blocks_header`], and [`decode_control`]'s
+/// errors for a control body.
 pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>> {
     let Some((len, kind)) = parse_prefix(buf, max_len)? else { return Ok(None) };
     if kind == KIND_BLOCKS {
         // Validate the header as soon as it is there, not after the payload.
         parse_blocks_header(&buf[LEN_PREFIX + 1..], len)?;
     }
-    let total = LEN_PREFIX + len;
+    let total = LEN_PREFIX
+        .checked_add(len)
+        .ok_or_else(|| Error::BadFrame(format!("a frame of {len} bytes overflows the address space")))?;
     if buf.len() < total {
         return Ok(None);
     }
     let body = &buf[LEN_PREFIX + 1..total];
     let frame = match kind {
-        KIND_CONTROL => {
-            let (msg, used): (Message, usize) = bincode::serde::decode_from_slice(body, bincode_config())?;
-            if used != body.len() {
-                return Err(Error::BadFrame(format!("{} trailing bytes after a control message", body.len() - used)));
-            }
-            Frame::Control(msg)
-        }
+        KIND_CONTROL => Frame::Control(decode_control(body)?),
         _ => {
-            let header = parse_blocks_header(body, len)?.expect("the whole frame is in the buffer");
+            let header = parse_blocks_header(body, len)?
+                .ok_or_else(|| Error::BadFrame(format!("a blocks frame of {len} bytes ends inside its header")))?;
             let mut mats = header.allocate();
             let mut data = &body[header.encoded_len()..];
             for m in &mut mats {
                 let bytes = matrix_bytes_mut(m);
-                bytes.copy_from_slice(&data[..bytes.len()]);
+                let src = data
+                    .get(..bytes.len())
+                    .ok_or_else(|| Error::BadFrame("blocks payload shorter than its shapes".into()))?;
+                bytes.copy_from_slice(src);
                 data = &data[bytes.len()..];
             }
             Frame::Blocks(Blocks { task_id: header.task_id, op: header.op, mats })
         }
     };
     Ok(Some((frame, total)))
+}
+
+/// Decodes the body of a control frame (the bytes after the kind byte),
+/// which must be exactly one bincode-encoded [`Message`].
+///
+/// Decoding allocates in proportion to the bytes of `body`, never to a
+/// length a peer declares: bincode's serde decoder would allocate a whole
+/// string as soon as it read the string's length prefix (up to the config's
+/// limit, 16 MiB, from a frame of a few bytes), and serde's `Vec` visitor
+/// reserves room for up to 1 MiB of elements from a declared count. Through
+/// `Bounded`, strings are instead borrowed from `body` (so a length beyond
+/// its end fails before anything is allocated) and copied once they are
+/// known to be there, and sequences report no size hint, so a `Vec` grows
+/// only as elements are actually decoded — each of which consumes at least
+/// one byte of `body`.
+///
+/// # Errors
+/// [`Error::Decode`] for a body that is not a known message,
+/// [`Error::BadFrame`] for trailing bytes after one.
+pub fn decode_control(body: &[u8]) -> Result<Message> {
+    let seed = Bounded(std::marker::PhantomData::<Message>);
+    let (msg, used) = bincode::serde::seed_decode_from_slice(seed, body, bincode_config())?;
+    if used != body.len() {
+        return Err(Error::BadFrame(format!("{} trailing bytes after a control message", body.len() - used)));
+    }
+    Ok(msg)
 }
 
 /// The raw bytes of a contiguous element slice.
@@ -350,6 +421,228 @@ pub fn matrix_bytes_mut(m: &mut Matrix) -> &mut [u8] {
     match m {
         Matrix::F64(a) => as_bytes_mut(a.as_slice_mut().expect("owned matrices are in standard layout")),
         Matrix::F32(a) => as_bytes_mut(a.as_slice_mut().expect("owned matrices are in standard layout")),
+    }
+}
+
+/// A serde adapter around bincode's deserializer (and everything it hands
+/// out: visitors, sequence, map and enum accesses, seeds) that changes two
+/// things and forwards everything else unchanged:
+///
+/// * owned strings and byte buffers are requested as borrowed ones, so
+///   bincode checks that the declared length is there in the input before
+///   anything is allocated; the visitor then copies exactly those bytes;
+/// * sequences and maps report no size hint, so collections grow with the
+///   elements decoded instead of reserving for a declared count.
+///
+/// The wire format is bincode's own: only allocation changes.
+struct Bounded<T>(T);
+
+/// Forwards `deserialize_*` methods that take only a visitor.
+macro_rules! forward_visitor {
+    ($($method:ident)*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> std::result::Result<V::Value, D::Error> {
+            self.0.$method(Bounded(visitor))
+        }
+    )*};
+}
+
+/// Forwards `visit_*` methods that take one plain value.
+macro_rules! forward_value {
+    ($($method:ident($ty:ty))*) => {$(
+        fn $method<E: serde::de::Error>(self, v: $ty) -> std::result::Result<V::Value, E> {
+            self.0.$method(v)
+        }
+    )*};
+}
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<D> {
+    type Error = D::Error;
+
+    forward_visitor! {
+        deserialize_any deserialize_bool deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
+        deserialize_i128 deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
+        deserialize_f32 deserialize_f64 deserialize_char deserialize_str deserialize_bytes deserialize_option
+        deserialize_unit deserialize_seq deserialize_map deserialize_identifier deserialize_ignored_any
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> std::result::Result<V::Value, D::Error> {
+        self.0.deserialize_str(Bounded(visitor))
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> std::result::Result<V::Value, D::Error> {
+        self.0.deserialize_bytes(Bounded(visitor))
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> std::result::Result<V::Value, D::Error> {
+        self.0.deserialize_unit_struct(name, Bounded(visitor))
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> std::result::Result<V::Value, D::Error> {
+        self.0.deserialize_newtype_struct(name, Bounded(visitor))
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> std::result::Result<V::Value, D::Error> {
+        self.0.deserialize_tuple(len, Bounded(visitor))
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> std::result::Result<V::Value, D::Error> {
+        self.0.deserialize_tuple_struct(name, len, Bounded(visitor))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> std::result::Result<V::Value, D::Error> {
+        self.0.deserialize_struct(name, fields, Bounded(visitor))
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> std::result::Result<V::Value, D::Error> {
+        self.0.deserialize_enum(name, variants, Bounded(visitor))
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.0.is_human_readable()
+    }
+}
+
+impl<'de, V: Visitor<'de>> Visitor<'de> for Bounded<V> {
+    type Value = V::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
+
+    forward_value! {
+        visit_bool(bool) visit_i8(i8) visit_i16(i16) visit_i32(i32) visit_i64(i64) visit_i128(i128)
+        visit_u8(u8) visit_u16(u16) visit_u32(u32) visit_u64(u64) visit_u128(u128) visit_f32(f32) visit_f64(f64)
+        visit_char(char) visit_str(&str) visit_borrowed_str(&'de str) visit_string(String)
+        visit_bytes(&[u8]) visit_borrowed_bytes(&'de [u8]) visit_byte_buf(Vec<u8>)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<V::Value, E> {
+        self.0.visit_none()
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<V::Value, E> {
+        self.0.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<V::Value, D::Error> {
+        self.0.visit_some(Bounded(d))
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> std::result::Result<V::Value, D::Error> {
+        self.0.visit_newtype_struct(Bounded(d))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<V::Value, A::Error> {
+        self.0.visit_seq(Bounded(seq))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<V::Value, A::Error> {
+        self.0.visit_map(Bounded(map))
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> std::result::Result<V::Value, A::Error> {
+        self.0.visit_enum(Bounded(data))
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Bounded<S> {
+    type Value = S::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<S::Value, D::Error> {
+        self.0.deserialize(Bounded(d))
+    }
+}
+
+impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Bounded<A> {
+    type Error = A::Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> std::result::Result<Option<T::Value>, A::Error> {
+        self.0.next_element_seed(Bounded(seed))
+    }
+
+    /// No hint: the declared count is the peer's claim, not bytes received.
+    fn size_hint(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Bounded<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> std::result::Result<Option<K::Value>, A::Error> {
+        self.0.next_key_seed(Bounded(seed))
+    }
+
+    fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> std::result::Result<T::Value, A::Error> {
+        self.0.next_value_seed(Bounded(seed))
+    }
+
+    /// No hint, as for sequences.
+    fn size_hint(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl<'de, A: EnumAccess<'de>> EnumAccess<'de> for Bounded<A> {
+    type Error = A::Error;
+    type Variant = Bounded<A::Variant>;
+
+    fn variant_seed<S: DeserializeSeed<'de>>(
+        self,
+        seed: S,
+    ) -> std::result::Result<(S::Value, Self::Variant), A::Error> {
+        let (value, variant) = self.0.variant_seed(Bounded(seed))?;
+        Ok((value, Bounded(variant)))
+    }
+}
+
+impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Bounded<A> {
+    type Error = A::Error;
+
+    fn unit_variant(self) -> std::result::Result<(), A::Error> {
+        self.0.unit_variant()
+    }
+
+    fn newtype_variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> std::result::Result<S::Value, A::Error> {
+        self.0.newtype_variant_seed(Bounded(seed))
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> std::result::Result<V::Value, A::Error> {
+        self.0.tuple_variant(len, Bounded(visitor))
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> std::result::Result<V::Value, A::Error> {
+        self.0.struct_variant(fields, Bounded(visitor))
     }
 }
 
@@ -480,5 +773,119 @@ mod tests {
         let mut lying = good.clone();
         lying[17..21].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode(&lying[..33], DEFAULT_MAX_FRAME_LEN), Err(Error::BadFrame(_))));
+    }
+
+    /// A frame from its length field, kind byte and body.
+    fn raw_frame(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = ((body.len() + 1) as u32).to_le_bytes().to_vec();
+        out.push(kind);
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn assert_bad_frame(result: Result<Option<(Frame, usize)>>, what: &str) {
+        assert!(matches!(result, Err(Error::BadFrame(_))), "{what}: expected BadFrame, got {result:?}");
+    }
+
+    #[test]
+    fn a_blocks_frame_shorter_than_its_header_is_a_bad_frame() {
+        // The five bytes of the security report: length 1, kind blocks, no header.
+        // Rejected from the prefix alone, whatever follows.
+        assert_bad_frame(decode(&[1, 0, 0, 0, 2], DEFAULT_MAX_FRAME_LEN), "01 00 00 00 02");
+        assert_bad_frame(decode(&[1, 0, 0, 0, 2, 7, 7, 7], DEFAULT_MAX_FRAME_LEN), "01 00 00 00 02 + 3 bytes");
+        // Every length too short for a Product header (1 + 12 + 8 bytes),
+        // each with its body complete, and followed by another frame whose
+        // bytes must not be read as the rest of the header.
+        let good = encode(&sample_blocks()[1]).unwrap();
+        let next = encode_control(&Message::ListPeers).unwrap();
+        for len in 1..1 + BLOCKS_FIXED + SHAPE_LEN {
+            let mut bytes = raw_frame(KIND_BLOCKS, &good[LEN_PREFIX + 1..LEN_PREFIX + len]);
+            assert_bad_frame(decode(&bytes, DEFAULT_MAX_FRAME_LEN), &format!("length {len}"));
+            bytes.extend_from_slice(&next);
+            assert_bad_frame(decode(&bytes, DEFAULT_MAX_FRAME_LEN), &format!("length {len} then a frame"));
+        }
+    }
+
+    /// A blocks frame body: fixed header, the given shapes, `payload` bytes.
+    fn blocks_body(op: u8, dtype: u8, shapes: &[(u32, u32)], payload: usize) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.put_u64_le(1);
+        body.extend_from_slice(&[op, dtype, ORDER_LITTLE_ENDIAN, shapes.len() as u8]);
+        for &(r, c) in shapes {
+            body.put_u32_le(r);
+            body.put_u32_le(c);
+        }
+        body.resize(body.len() + payload, 0);
+        body
+    }
+
+    #[test]
+    fn dims_whose_products_overflow_are_bad_frames() {
+        let f64_code = Dtype::F64.code();
+        let max = u32::MAX;
+        // rows × cols × 8 overflows usize on every host.
+        let overflow = raw_frame(KIND_BLOCKS, &blocks_body(2, f64_code, &[(max, max)], 0));
+        assert_bad_frame(decode(&overflow, DEFAULT_MAX_FRAME_LEN), "u32::MAX squared");
+        // Two shapes whose sizes are each representable but whose sum is not
+        // what the length says.
+        let lying = raw_frame(KIND_BLOCKS, &blocks_body(1, f64_code, &[(max, 1), (1, max)], 16));
+        assert_bad_frame(decode(&lying, DEFAULT_MAX_FRAME_LEN), "shapes larger than the frame");
+        // Shapes that account for one byte fewer, or more, than the frame holds.
+        for payload in [15, 17] {
+            let off = raw_frame(KIND_BLOCKS, &blocks_body(1, f64_code, &[(1, 1), (1, 1)], payload));
+            assert_bad_frame(decode(&off, DEFAULT_MAX_FRAME_LEN), &format!("{payload}-byte payload"));
+        }
+        // A zero-row matrix holds no data whatever its column count: valid,
+        // and decoded without allocating for the columns.
+        let empty = raw_frame(KIND_BLOCKS, &blocks_body(2, f64_code, &[(0, max)], 0));
+        match decode(&empty, DEFAULT_MAX_FRAME_LEN).unwrap() {
+            Some((Frame::Blocks(b), _)) => assert_eq!(b.mats[0].shape(), (0, max as usize)),
+            other => panic!("expected a blocks frame, got {other:?}"),
+        }
+    }
+
+    /// The bincode varint encoding of a u64 above `u32::MAX`.
+    fn varint_u64(n: u64) -> Vec<u8> {
+        let mut out = vec![253];
+        out.extend_from_slice(&n.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn huge_declared_string_and_sequence_lengths_are_decode_errors() {
+        // Register { listen: <2^60-byte string>, .. }: variant 3.
+        let mut body = vec![3];
+        body.extend_from_slice(&varint_u64(1 << 60));
+        let result = decode(&raw_frame(KIND_CONTROL, &body), DEFAULT_MAX_FRAME_LEN);
+        assert!(matches!(result, Err(Error::Decode(_))), "2^60-byte string: {result:?}");
+        // A string length just inside bincode's 16 MiB limit, with 3 bytes of it.
+        let mut body = vec![3, 252];
+        body.extend_from_slice(&((16u32 << 20) - 64).to_le_bytes());
+        body.extend_from_slice(b"abc");
+        let result = decode(&raw_frame(KIND_CONTROL, &body), DEFAULT_MAX_FRAME_LEN);
+        assert!(matches!(result, Err(Error::Decode(_))), "16 MiB string: {result:?}");
+        // Peers { table: "", rows: <2^60 rows> }: variant 10.
+        let mut body = vec![10, 0];
+        body.extend_from_slice(&varint_u64(1 << 60));
+        let result = decode(&raw_frame(KIND_CONTROL, &body), DEFAULT_MAX_FRAME_LEN);
+        assert!(matches!(result, Err(Error::Decode(_))), "2^60 rows: {result:?}");
+        // Leased(LeaseGrant { lease_id: 1, peers: <2^60 peers>, .. }): variant 13.
+        let mut body = vec![13, 1];
+        body.extend_from_slice(&varint_u64(1 << 60));
+        let result = decode(&raw_frame(KIND_CONTROL, &body), DEFAULT_MAX_FRAME_LEN);
+        assert!(matches!(result, Err(Error::Decode(_))), "2^60 peers: {result:?}");
+        // A string that is not UTF-8.
+        let result = decode(&raw_frame(KIND_CONTROL, &[3, 2, 0xff, 0xfe, 1]), DEFAULT_MAX_FRAME_LEN);
+        assert!(matches!(result, Err(Error::Decode(_))), "invalid UTF-8: {result:?}");
+    }
+
+    #[test]
+    fn control_messages_above_the_receivers_limit_are_refused_when_encoded() {
+        let msg = Message::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN), slots: 1 };
+        assert!(matches!(encode_control(&msg), Err(Error::Invalid(_))));
+        let msg = Message::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN - 16), slots: 1 };
+        let bytes = encode_control(&msg).unwrap();
+        let (back, _) = decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(back, Frame::Control(msg));
     }
 }
