@@ -291,7 +291,9 @@ struct WorkerArgs {
     max_frame_len: usize,
     #[command(flatten)]
     serve: ServeArgs,
-    /// Misbehave for fault-tolerance tests: corrupt, drop, or delay=SECS.
+    /// Misbehave for fault-tolerance tests: corrupt, drop, or delay=SECS
+    /// (only in builds with the `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, hide = true)]
     fault: Option<septet_worker::Fault>,
 }
@@ -588,6 +590,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         slots: args.slots,
         threads: args.threads,
         max_frame_len: args.max_frame_len,
+        #[cfg(feature = "fault-injection")]
         fault: args.fault,
         handshake_timeout: secs(args.serve.handshake_timeout, "--handshake-timeout")?,
         max_connections: args.serve.max_connections.unwrap_or(WorkerConfig::default().max_connections),
