@@ -515,9 +515,18 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         }
         .into());
     }
+    // NaN and ±inf are refused here too (their products cannot be
+    // verified), unless verification is off.
+    let unchecked = args.verify == OnOff::Off;
     match want {
-        Dtype::F64 => job::run(&requester, npy::load::<f64>(&a_path)?, npy::load::<f64>(&b_path)?, &opts).await,
-        Dtype::F32 => job::run(&requester, npy::load::<f32>(&a_path)?, npy::load::<f32>(&b_path)?, &opts).await,
+        Dtype::F64 => {
+            let a = npy::load_input::<f64>(&a_path, unchecked)?;
+            job::run(&requester, a, npy::load_input::<f64>(&b_path, unchecked)?, &opts).await
+        }
+        Dtype::F32 => {
+            let a = npy::load_input::<f32>(&a_path, unchecked)?;
+            job::run(&requester, a, npy::load_input::<f32>(&b_path, unchecked)?, &opts).await
+        }
     }
 }
 

@@ -1097,4 +1097,40 @@ mod tests {
         assert_eq!(probe.rows_done, 0);
         assert!(probe.finish(Array2::zeros((rows + 1, cols)).view()).is_err());
     }
+
+    /// A task that panics still ends as an outcome for its product and
+    /// peer (a peer failure, re-dispatched like any other), so the job
+    /// never waits for it forever.
+    #[tokio::test]
+    async fn a_panicking_attempt_becomes_a_failure_of_its_product() {
+        let peer = |id: u64| PeerAddr { peer_id: id, addr: format!("127.0.0.1:{}", 9000 + id) };
+        let mut attempts = Attempts::new();
+        attempts.spawn(4, peer(2), async { panic!("garbage from the peer") });
+        attempts.spawn(1, peer(5), async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Outcome {
+                product: 1,
+                peer: peer(5),
+                bytes_sent: 7,
+                send: Duration::ZERO,
+                result: Err(Failure::Peer(Error::Closed("x"))),
+            }
+        });
+        let first = attempts.next().await.expect("an outcome for the panicked task");
+        assert_eq!((first.product, first.peer.peer_id), (4, 2));
+        match first.result {
+            Err(Failure::Peer(e)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("M5") && text.contains("panicked") && text.contains("garbage from the peer"),
+                    "{text}"
+                );
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        let second = attempts.next().await.unwrap();
+        assert_eq!((second.product, second.bytes_sent), (1, 7));
+        assert!(attempts.next().await.is_none());
+        assert!(attempts.owners.is_empty());
+    }
 }
