@@ -239,6 +239,8 @@ enum Misbehaviour {
     ComputedThenGarbage,
     /// A valid message of the wrong kind where `Computed` belongs.
     WrongKind,
+    /// A product of the right shape full of NaN.
+    NanProduct,
 }
 
 /// A misbehaving worker on 127.0.0.1:0, registered with `tracker` as a
@@ -266,6 +268,16 @@ async fn fake_worker(tracker: std::net::SocketAddr, how: Misbehaviour) -> tokio_
                         conn.writer.send_raw(b"\x05\x00\x00\x00\x07garbage that is no frame").await.unwrap();
                     }
                     Misbehaviour::WrongKind => conn.writer.send(&Message::HeartbeatAck).await.unwrap(),
+                    Misbehaviour::NanProduct => {
+                        let shape = (task.mats[0].shape().0, task.mats[1].shape().1);
+                        let nan = Array2::<f64>::from_elem(shape, f64::NAN);
+                        let done = Message::Computed { task_id: task.task_id, compute_us: 1 };
+                        conn.writer.send(&done).await.unwrap();
+                        conn.writer
+                            .send_blocks(task.task_id, BlockOp::Product, &[MatrixView::F64(nan.view())])
+                            .await
+                            .unwrap();
+                    }
                 }
                 // Hold the connection: only the requester's own checks end the attempt.
                 s.cancelled().await;
@@ -348,4 +360,41 @@ async fn a_short_lease_grant_is_a_clear_error_and_is_released() {
     })
     .await
     .unwrap();
+}
+
+/// A product full of NaN cannot be verified: the job stops at once with a
+/// clear error, without blaming the peer or burning replacements on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_finite_product_stops_the_job_without_blaming_or_replacing_the_peer() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let fake = fake_worker(tracker.addr, Misbehaviour::NanProduct).await;
+        wait_for_alive_slots(tracker.addr, 1).await;
+        let workers = spawn_workers(tracker.addr, 7, 1).await;
+        wait_for_alive_slots(tracker.addr, 8).await;
+        let err = requester(&tracker)
+            .multiply(Arc::new(ints(37, 29, 3)), Arc::new(ints(29, 41, 4)), |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RequestError::Unverifiable { peer_id: 0, cause: septet_worker::verify::NonFinite::Product, .. }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("peer 0") && text.contains("non-finite") && text.contains("cannot be verified"),
+            "{text}"
+        );
+        let (_, rows) = client(tracker.addr).await.peers().await.unwrap();
+        assert_eq!(rows[0].failures, 0, "the peer was not blamed: {rows:?}");
+        assert_eq!(rows.iter().map(|r| r.leases_total).sum::<u64>(), 7, "no replacement was leased: {rows:?}");
+        assert_eq!(state.stats().unwrap().leases, 0);
+        fake.cancel();
+        teardown(tracker, workers).await;
+    })
+    .await
+    .expect("the job hung");
 }
