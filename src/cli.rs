@@ -291,7 +291,9 @@ struct WorkerArgs {
     max_frame_len: usize,
     #[command(flatten)]
     serve: ServeArgs,
-    /// Misbehave for fault-tolerance tests: corrupt, drop, or delay=SECS.
+    /// Misbehave for fault-tolerance tests: corrupt, drop, or delay=SECS
+    /// (only in builds with the `fault-injection` feature).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, hide = true)]
     fault: Option<septet_worker::Fault>,
 }
@@ -513,9 +515,18 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         }
         .into());
     }
+    // NaN and ±inf are refused here too (their products cannot be
+    // verified), unless verification is off.
+    let unchecked = args.verify == OnOff::Off;
     match want {
-        Dtype::F64 => job::run(&requester, npy::load::<f64>(&a_path)?, npy::load::<f64>(&b_path)?, &opts).await,
-        Dtype::F32 => job::run(&requester, npy::load::<f32>(&a_path)?, npy::load::<f32>(&b_path)?, &opts).await,
+        Dtype::F64 => {
+            let a = npy::load_input::<f64>(&a_path, unchecked)?;
+            job::run(&requester, a, npy::load_input::<f64>(&b_path, unchecked)?, &opts).await
+        }
+        Dtype::F32 => {
+            let a = npy::load_input::<f32>(&a_path, unchecked)?;
+            job::run(&requester, a, npy::load_input::<f32>(&b_path, unchecked)?, &opts).await
+        }
     }
 }
 
@@ -588,6 +599,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         slots: args.slots,
         threads: args.threads,
         max_frame_len: args.max_frame_len,
+        #[cfg(feature = "fault-injection")]
         fault: args.fault,
         handshake_timeout: secs(args.serve.handshake_timeout, "--handshake-timeout")?,
         max_connections: args.serve.max_connections.unwrap_or(WorkerConfig::default().max_connections),

@@ -116,6 +116,41 @@ pub fn load<T: Element + ndarray_npy::ReadableElement>(path: &Path) -> Result<Ar
     read_npy(path).map_err(|e| bad(path, e.to_string()))
 }
 
+/// Refuses a matrix holding NaN or ±inf, naming the first such element (in
+/// row-major order): the grid's Freivalds check cannot tell a right product
+/// of such inputs from a wrong one.
+///
+/// # Errors
+/// [`InputError`] naming `path`, the element's (row, col) and its value.
+pub fn check_finite<T: Element>(path: &Path, x: &Array2<T>) -> Result<(), InputError> {
+    match x.indexed_iter().find(|(_, v)| !v.to_f64().is_finite()) {
+        None => Ok(()),
+        Some(((row, col), v)) => Err(bad(
+            path,
+            format!(
+                "element ({row}, {col}) is {}; products of non-finite values cannot be verified \
+                 (pass --verify off to multiply them unchecked)",
+                v.to_f64()
+            ),
+        )),
+    }
+}
+
+/// [`load`], then [`check_finite`] unless `allow_non_finite`.
+///
+/// # Errors
+/// As [`load`] and [`check_finite`].
+pub fn load_input<T: Element + ndarray_npy::ReadableElement>(
+    path: &Path,
+    allow_non_finite: bool,
+) -> Result<Array2<T>, InputError> {
+    let x = load(path)?;
+    if !allow_non_finite {
+        check_finite(path, &x)?;
+    }
+    Ok(x)
+}
+
 /// Writes C.
 ///
 /// # Errors
@@ -172,5 +207,20 @@ mod tests {
             assert!(err.reason.contains(needle), "{name}: {err}");
         }
         assert!(inspect(Path::new("/nonexistent/septet.npy")).unwrap_err().reason.contains("cannot open"));
+    }
+
+    #[test]
+    fn non_finite_elements_are_named_with_their_position_and_value() {
+        let path = Path::new("a.npy");
+        let mut x = Array2::<f64>::zeros((3, 4));
+        assert!(check_finite(path, &x).is_ok());
+        x[[2, 1]] = f64::NEG_INFINITY;
+        x[[2, 3]] = f64::NAN;
+        let err = check_finite(path, &x).unwrap_err().to_string();
+        assert!(err.starts_with("a.npy: element (2, 1) is -inf;"), "{err}");
+        x[[1, 3]] = f64::NAN;
+        assert!(check_finite(path, &x).unwrap_err().to_string().contains("element (1, 3) is NaN"));
+        let y = Array2::<f32>::from_elem((1, 2), f32::INFINITY);
+        assert!(check_finite(path, &y).unwrap_err().to_string().contains("element (0, 0) is inf"));
     }
 }

@@ -10,9 +10,11 @@ use std::time::Duration;
 use common::*;
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
+use septet_common::conn::ConnLimits;
 use septet_common::frame::{encode_control, BlockOp};
+use septet_common::proto::LeaseGrant;
 use septet_common::strassen::naive_matmul;
-use septet_common::{Connection, Element, Error, ErrorCode, Frame, MatrixView, Message, Role};
+use septet_common::{Connection, Element, Error, ErrorCode, Frame, MatrixView, Message, PeerAddr, Role};
 use septet_tracker::{Tracker, TrackerConfig};
 use septet_worker::{RequestError, Requester, RequesterConfig};
 
@@ -185,6 +187,13 @@ async fn an_unreachable_tracker_is_a_clear_error() {
     assert!(err.to_string().contains(&addr.to_string()));
 }
 
+/// Needs slow workers (`Fault::Delay`), so the `fault-injection` feature.
+#[cfg(not(feature = "fault-injection"))]
+#[test]
+#[ignore = "needs the fault-injection feature: cargo test --workspace --all-features"]
+fn a_job_longer_than_the_lease_ttl_renews_its_lease() {}
+
+#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_longer_than_the_lease_ttl_renews_its_lease() {
     tokio::time::timeout(LIMIT, async {
@@ -220,4 +229,172 @@ async fn a_job_longer_than_the_lease_ttl_renews_its_lease() {
     })
     .await
     .unwrap();
+}
+
+/// How a fake worker answers the one task it reads on each connection.
+#[derive(Clone, Copy)]
+enum Misbehaviour {
+    /// `Computed`, then bytes that are not a frame, then silence with the
+    /// connection held open.
+    ComputedThenGarbage,
+    /// A valid message of the wrong kind where `Computed` belongs.
+    WrongKind,
+    /// A product of the right shape full of NaN.
+    NanProduct,
+}
+
+/// A misbehaving worker on 127.0.0.1:0, registered with `tracker` as a
+/// one-slot peer by the real worker agent.
+async fn fake_worker(tracker: std::net::SocketAddr, how: Misbehaviour) -> tokio_util::sync::CancellationToken {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = s.cancelled() => return,
+                accepted = listener.accept() => accepted.unwrap().0,
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let limits = ConnLimits { max_frame_len: 64 << 20, ..ConnLimits::default() };
+                let (mut conn, _) = Connection::accept(stream, limits).await.unwrap();
+                let Ok(Some(Frame::Blocks(task))) = conn.reader.read_frame().await else { return };
+                match how {
+                    Misbehaviour::ComputedThenGarbage => {
+                        let done = Message::Computed { task_id: task.task_id, compute_us: 1 };
+                        conn.writer.send(&done).await.unwrap();
+                        conn.writer.send_raw(b"\x05\x00\x00\x00\x07garbage that is no frame").await.unwrap();
+                    }
+                    Misbehaviour::WrongKind => conn.writer.send(&Message::HeartbeatAck).await.unwrap(),
+                    Misbehaviour::NanProduct => {
+                        let shape = (task.mats[0].shape().0, task.mats[1].shape().1);
+                        let nan = Array2::<f64>::from_elem(shape, f64::NAN);
+                        let done = Message::Computed { task_id: task.task_id, compute_us: 1 };
+                        conn.writer.send(&done).await.unwrap();
+                        conn.writer
+                            .send_blocks(task.task_id, BlockOp::Product, &[MatrixView::F64(nan.view())])
+                            .await
+                            .unwrap();
+                    }
+                }
+                // Hold the connection: only the requester's own checks end the attempt.
+                s.cancelled().await;
+            });
+        }
+    });
+    let agent = septet_worker::agent::AgentConfig {
+        tracker: tracker.to_string(),
+        listen,
+        slots: 1,
+        timeout: Duration::from_secs(5),
+        security: Default::default(),
+    };
+    tokio::spawn(septet_worker::agent::run(agent, stop.clone()));
+    stop
+}
+
+/// The misbehaving worker registers first (so the lease takes it as peer
+/// 0); seven good workers follow, the last one free to replace it. The job
+/// must finish with the right answer, never hang.
+async fn a_misbehaving_worker_is_replaced(how: Misbehaviour, needle: &str) {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let fake = fake_worker(tracker.addr, how).await;
+        wait_for_alive_slots(tracker.addr, 1).await;
+        let workers = spawn_workers(tracker.addr, 7, 1).await;
+        wait_for_alive_slots(tracker.addr, 8).await;
+        let (a, b) = (ints(37, 29, 3), ints(29, 41, 4));
+        let expected = naive_matmul(a.view(), b.view());
+        let (c, report) = requester(&tracker).multiply(Arc::new(a), Arc::new(b), |_| {}).await.unwrap();
+        assert_eq!(c, expected);
+        assert_eq!(report.retries, 1, "{:?}", report.failures);
+        assert!(report.failures[0].contains("peer 0") && report.failures[0].contains(needle), "{:?}", report.failures);
+        assert!(report.peers.iter().all(|p| p.peer_id != 0));
+        assert_eq!(state.stats().unwrap().leases, 0);
+        fake.cancel();
+        teardown(tracker, workers).await;
+    })
+    .await
+    .expect("the job hung");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_sends_computed_then_garbage_is_replaced() {
+    a_misbehaving_worker_is_replaced(Misbehaviour::ComputedThenGarbage, "malformed frame").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_answers_with_the_wrong_message_kind_is_replaced() {
+    a_misbehaving_worker_is_replaced(
+        Misbehaviour::WrongKind,
+        "unexpected message: expected Computed, got HeartbeatAck",
+    )
+    .await;
+}
+
+/// A "tracker" that grants one peer for a seven-slot lease: the job fails
+/// with a clear error (no index panic) and releases the lease.
+#[tokio::test]
+async fn a_short_lease_grant_is_a_clear_error_and_is_released() {
+    tokio::time::timeout(LIMIT, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut conn, _) = Connection::accept(stream, ConnLimits::default()).await.unwrap();
+            let asked = conn.reader.read_message("Lease").await.unwrap();
+            assert!(matches!(asked, Message::Lease { count: 7, .. }), "{asked:?}");
+            let peers = vec![PeerAddr { peer_id: 3, addr: "127.0.0.1:1".into() }];
+            conn.writer.send(&Message::Leased(LeaseGrant { lease_id: 9, peers, ttl_ms: 60_000 })).await.unwrap();
+            let released = conn.reader.read_message("Release").await.unwrap();
+            conn.writer.send(&Message::Released { lease_id: 9 }).await.unwrap();
+            released
+        });
+        let req = Requester::new(RequesterConfig { tracker: addr.to_string(), ..Default::default() });
+        let err = req.multiply(Arc::new(ints(4, 4, 0)), Arc::new(ints(4, 4, 1)), |_| {}).await.unwrap_err();
+        assert!(matches!(err, RequestError::ShortGrant { lease_id: 9, got: 1, wanted: 7 }), "{err}");
+        assert!(err.to_string().contains("1 peers, but a job needs 7"), "{err}");
+        assert_eq!(fake.await.unwrap(), Message::Release { lease_id: 9 });
+    })
+    .await
+    .unwrap();
+}
+
+/// A product full of NaN cannot be verified: the job stops at once with a
+/// clear error, without blaming the peer or burning replacements on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_finite_product_stops_the_job_without_blaming_or_replacing_the_peer() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let fake = fake_worker(tracker.addr, Misbehaviour::NanProduct).await;
+        wait_for_alive_slots(tracker.addr, 1).await;
+        let workers = spawn_workers(tracker.addr, 7, 1).await;
+        wait_for_alive_slots(tracker.addr, 8).await;
+        let err = requester(&tracker)
+            .multiply(Arc::new(ints(37, 29, 3)), Arc::new(ints(29, 41, 4)), |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RequestError::Unverifiable { peer_id: 0, cause: septet_worker::verify::NonFinite::Product, .. }
+            ),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("peer 0") && text.contains("non-finite") && text.contains("cannot be verified"),
+            "{text}"
+        );
+        let (_, rows) = client(tracker.addr).await.peers().await.unwrap();
+        assert_eq!(rows[0].failures, 0, "the peer was not blamed: {rows:?}");
+        assert_eq!(rows.iter().map(|r| r.leases_total).sum::<u64>(), 7, "no replacement was leased: {rows:?}");
+        assert_eq!(state.stats().unwrap().leases, 0);
+        fake.cancel();
+        teardown(tracker, workers).await;
+    })
+    .await
+    .expect("the job hung");
 }

@@ -10,4 +10,6 @@ pub mod verify;
 
 pub use client::{Registration, TrackerClient};
 pub use requester::{JobReport, Progress, RequestError, Requester, RequesterConfig};
-pub use server::{run, Fault, WorkerConfig};
+#[cfg(feature = "fault-injection")]
+pub use server::Fault;
+pub use server::{run, WorkerConfig};

@@ -9,6 +9,8 @@
 //! accumulated (0.25 units each). Plain quadrants are sent straight from A's
 //! and B's memory. The rest waits in the workers' socket buffers.
 
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::client::TrackerClient;
-use crate::verify::Verifier;
+use crate::verify::{CheckError, NonFinite, Verifier};
 
 /// Order in which the seven pairs are sent. Sums of two full-size
 /// quadrants are formed as they are written, so only operands that need
@@ -227,6 +229,31 @@ pub enum RequestError {
         /// What happened to the peer.
         #[source]
         source: Error,
+    },
+    /// The tracker granted fewer slots than the job asked for; the lease
+    /// was released without using it.
+    #[error("the tracker granted lease {lease_id} with {got} peers, but a job needs {wanted}")]
+    ShortGrant {
+        /// The lease.
+        lease_id: u64,
+        /// Peers in the grant.
+        got: usize,
+        /// Peers asked for.
+        wanted: u32,
+    },
+    /// Non-finite values (NaN, ±inf, or an overflowing bound) make a
+    /// product's Freivalds check meaningless. The peer is not blamed and no
+    /// other peer could do better, so the job stops at once.
+    #[error("{product} from peer {peer_id} ({addr}) cannot be verified: {cause}")]
+    Unverifiable {
+        /// The product.
+        product: &'static str,
+        /// The peer that sent it.
+        peer_id: u64,
+        /// Its address.
+        addr: String,
+        /// Where the non-finite values are.
+        cause: NonFinite,
     },
     /// A local step failed (a bug rather than bad input).
     #[error("internal error: {0}")]
@@ -454,7 +481,94 @@ struct Outcome {
     peer: PeerAddr,
     bytes_sent: u64,
     send: Duration,
-    result: Result<Received, Error>,
+    result: Result<Received, Failure>,
+}
+
+/// Why an attempt at a product did not deliver it.
+#[derive(Debug)]
+enum Failure {
+    /// The peer failed or misbehaved (or its reply broke the task reading
+    /// it): report it and send the product to a replacement.
+    Peer(Error),
+    /// Non-finite values defeat the check: nobody is to blame, and no other
+    /// peer would do better.
+    Unverifiable(NonFinite),
+    /// A step on this side failed: a bug, not the peer's doing.
+    Local(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Peer(e)
+    }
+}
+
+/// The attempts in flight, each a task that ends in an [`Outcome`]. A task
+/// that panics or is cancelled still ends in one, naming its product and
+/// peer, so no product is ever waited for forever.
+struct Attempts {
+    set: tokio::task::JoinSet<Outcome>,
+    owners: HashMap<tokio::task::Id, (usize, PeerAddr)>,
+    /// Outcomes known without a task (the first round's failures).
+    ready: VecDeque<Outcome>,
+}
+
+impl Attempts {
+    fn new() -> Self {
+        Self { set: tokio::task::JoinSet::new(), owners: HashMap::new(), ready: VecDeque::new() }
+    }
+
+    fn spawn(&mut self, product: usize, peer: PeerAddr, task: impl Future<Output = Outcome> + Send + 'static) {
+        let id = self.set.spawn(task).id();
+        self.owners.insert(id, (product, peer));
+    }
+
+    /// The next outcome; `None` when no attempt is left.
+    async fn next(&mut self) -> Option<Outcome> {
+        if let Some(outcome) = self.ready.pop_front() {
+            return Some(outcome);
+        }
+        let (id, outcome) = match self.set.join_next_with_id().await? {
+            Ok(done) => done,
+            Err(e) => {
+                let id = e.id();
+                let Some(owner) = self.owners.remove(&id) else {
+                    return Some(Outcome {
+                        product: 0,
+                        peer: PeerAddr { peer_id: u64::MAX, addr: String::new() },
+                        bytes_sent: 0,
+                        send: Duration::ZERO,
+                        result: Err(Failure::Local(format!("a task the job does not know ended: {e}"))),
+                    });
+                };
+                let failed = |(product, peer): (usize, PeerAddr)| {
+                    let what = if e.is_panic() { "panicked" } else { "was cancelled" };
+                    let error = Error::Invalid(format!(
+                        "the task handling {} {what} (on the peer's reply): {}",
+                        PRODUCTS[product].name,
+                        panic_text(e)
+                    ));
+                    Outcome { product, peer, bytes_sent: 0, send: Duration::ZERO, result: Err(Failure::Peer(error)) }
+                };
+                return Some(failed(owner));
+            }
+        };
+        self.owners.remove(&id);
+        Some(outcome)
+    }
+}
+
+/// What a failed task said, as far as it can be told.
+fn panic_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// A product received, verified and folded into C.
@@ -502,11 +616,11 @@ impl<T: Element> Job<T> {
     }
 
     /// Waits for product `i` on `reader`, checks it, and folds it into C.
-    async fn receive(self: &Arc<Self>, mut reader: FrameReader<OwnedReadHalf>, i: usize) -> Result<Received, Error> {
+    async fn receive(self: &Arc<Self>, mut reader: FrameReader<OwnedReadHalf>, i: usize) -> Result<Received, Failure> {
         let msg = deadline(self.reply_deadline, "a worker's product", reader.read_message("Computed")).await?;
         let compute_us = match msg {
             Message::Computed { task_id, compute_us } if task_id == i as u64 => compute_us,
-            other => return Err(other.into_error("Computed")),
+            other => return Err(other.into_error("Computed").into()),
         };
         let _permit = self.receiving.acquire().await.map_err(|_| Error::Closed("a receive permit"))?;
         let t = Instant::now();
@@ -528,24 +642,29 @@ impl<T: Element> Job<T> {
                 return Err(Error::BadFrame(format!(
                     "expected the product of task {i}, got {:?} of task {}",
                     blocks.op, blocks.task_id
-                )))
+                ))
+                .into())
             }
-            Some(Frame::Control(msg)) => return Err(msg.into_error("the product")),
-            None => return Err(Error::Closed("the product")),
+            Some(Frame::Control(msg)) => return Err(msg.into_error("the product").into()),
+            None => return Err(Error::Closed("the product").into()),
         };
         let [m] = <[septet_common::Matrix; 1]>::try_from(product.mats)
             .map_err(|_| Error::BadFrame("a product frame must hold one matrix".into()))?;
         let (shape, dtype) = (m.shape(), m.dtype());
         let m = T::from_matrix(m).map_err(|_| Error::DtypeMismatch { left: T::DTYPE, right: dtype })?;
         if shape != self.split.product_shape() {
-            return Err(Error::ShapeMismatch { left: shape, right: self.split.product_shape() });
+            return Err(Error::ShapeMismatch { left: shape, right: self.split.product_shape() }.into());
         }
         let header = BlocksHeader { task_id: i as u64, op: BlockOp::Product, dtype, shapes: vec![shape] };
         let computed = septet_common::frame::encode_control(&Message::Computed { task_id: i as u64, compute_us })?;
         let bytes = (header.frame_len().unwrap_or(0) + computed.len()) as u64;
         let waiting = Instant::now();
         let checking = match probe {
-            Some((check, probe)) => Some((check.verifier().await?, probe)),
+            Some((check, probe)) => {
+                let v =
+                    check.verifier().await.map_err(|e| Failure::Local(format!("preparing the check failed: {e}")))?;
+                Some((v, probe))
+            }
             None => None,
         };
         let waited = waiting.elapsed();
@@ -554,17 +673,31 @@ impl<T: Element> Job<T> {
             let mut took = Duration::ZERO;
             if let Some((v, probe)) = checking {
                 let (t, during_receive) = (Instant::now(), probe.spent);
-                let checked = probe.finish(m.view()).and_then(|mr| v.check_mr(i, mr.view()));
+                let checked = probe.finish(m.view()).map_err(CheckError::from).and_then(|mr| v.check_mr(i, mr.view()));
                 took = t.elapsed() + during_receive;
                 *job.verify_time.lock() += took;
-                checked?;
+                match checked {
+                    Ok(()) => {}
+                    Err(CheckError::Rejected(e)) => return Err(Failure::Peer(e)),
+                    // Every element finite but M·r not: only a product far
+                    // larger than A·B allows overflows so; it is wrong.
+                    Err(CheckError::NonFinite { cause: NonFinite::Product, .. })
+                        if m.iter().all(|v| v.to_f64().is_finite()) =>
+                    {
+                        return Err(Failure::Peer(Error::Verification(format!(
+                            "{}: M·r overflows although every element is finite",
+                            PRODUCTS[i].name
+                        ))))
+                    }
+                    Err(CheckError::NonFinite { cause, .. }) => return Err(Failure::Unverifiable(cause)),
+                }
             }
             strassen::accumulate(job.c.lock().view_mut(), m.view(), &PRODUCTS[i], job.split)?;
             septet_common::matrix::recycle(m);
-            Ok::<_, Error>(took)
+            Ok::<_, Failure>(took)
         })
         .await
-        .map_err(|e| Error::Invalid(format!("checking a product panicked: {e}")))??;
+        .map_err(|e| Error::Invalid(format!("checking a product panicked: {}", panic_text(e))))??;
         Ok(Received { bytes, compute: Duration::from_micros(compute_us), receive, verify: waited + checked })
     }
 
@@ -576,7 +709,7 @@ impl<T: Element> Job<T> {
                 Connection::connect(&peer.addr, Role::Client, self.limits.clone())
                     .await
                     .map_err(|e| e.naming(|| format!("the worker at {}", peer.addr)))?;
-            let pair = self.form(i).await?;
+            let pair = self.form(i).await.map_err(|e| Failure::Local(e.to_string()))?;
             let t = Instant::now();
             bytes_sent = self.send(&mut writer, i, &pair).await?;
             send = t.elapsed();
@@ -686,7 +819,17 @@ impl Requester {
         progress(Progress::Leased { lease_id: grant.lease_id });
         let keeper = LeaseKeeper::spawn(tracker, &grant);
 
-        let result = self.run_job(a, b, split, &grant.peers, &keeper, &progress, started, &mut report).await;
+        // A short grant would leave products with no peer: refuse it (and
+        // release it) rather than index past its end.
+        let result = match grant.peers.get(..PEERS_PER_LEASE as usize).and_then(|p| <&[PeerAddr; 7]>::try_from(p).ok())
+        {
+            Some(peers) => self.run_job(a, b, split, peers, &keeper, &progress, started, &mut report).await,
+            None => Err(RequestError::ShortGrant {
+                lease_id: grant.lease_id,
+                got: grant.peers.len(),
+                wanted: PEERS_PER_LEASE,
+            }),
+        };
         let released = keeper.release().await;
         let c = result?;
         if let Err(e) = released {
@@ -727,7 +870,7 @@ impl Requester {
         a: Arc<Array2<T>>,
         b: Arc<Array2<T>>,
         split: Split,
-        peers: &[PeerAddr],
+        peers: &[PeerAddr; 7],
         keeper: &LeaseKeeper,
         progress: &ProgressFn,
         started: Instant,
@@ -780,7 +923,7 @@ impl Requester {
 
         // Connect to all seven in parallel.
         let mut connecting = tokio::task::JoinSet::new();
-        for (i, peer) in peers.iter().enumerate().take(7) {
+        for (i, peer) in peers.iter().enumerate() {
             let addr = peer.addr.clone();
             let limits = limits.clone();
             connecting.spawn(async move {
@@ -790,16 +933,16 @@ impl Requester {
         }
         let mut conns: Vec<Option<Result<Connection, Error>>> = (0..7).map(|_| None).collect();
         while let Some(joined) = connecting.join_next().await {
-            let (i, conn) = joined.map_err(|e| RequestError::Internal(e.to_string()))?;
+            let (i, conn) = joined.map_err(|e| RequestError::Internal(format!("connecting to a peer: {e}")))?;
             conns[i] = Some(conn);
         }
         report.connect_s = started.elapsed().as_secs_f64() - report.lease_wait_s;
 
         // First round: send in SEND_ORDER, forming the next pair while the
         // previous one is written; each product's receiver starts once its
-        // operands are sent. Every attempt ends as exactly one `Outcome`.
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
-        let mut tasks = tokio::task::JoinSet::new();
+        // operands are sent. Every attempt ends as exactly one `Outcome`,
+        // even if its task panics.
+        let mut attempts = Attempts::new();
         let spawn_form = |j: usize| {
             let job = job.clone();
             tokio::spawn(async move { job.form(j).await })
@@ -807,15 +950,20 @@ impl Requester {
         let mut next = Some(spawn_form(SEND_ORDER[0]));
         for (step, &i) in SEND_ORDER.iter().enumerate() {
             let formed = next.take().expect("each pair is formed before it is sent").await;
-            let pair = formed.map_err(|e| Error::Invalid(format!("forming operands failed: {e}"))).and_then(|r| r);
+            let pair =
+                formed.map_err(|e| format!("forming operands failed: {e}")).and_then(|r| r.map_err(|e| e.to_string()));
             next = SEND_ORDER.get(step + 1).map(|&j| spawn_form(j));
             let peer = peers[i].clone();
             let conn = conns[i].take().expect("connected or failed");
+            let failed = |peer, send, failure| Outcome { product: i, peer, bytes_sent: 0, send, result: Err(failure) };
             let (conn, pair) = match (conn, pair) {
                 (Ok(conn), Ok(pair)) => (conn, pair),
-                (Err(e), _) | (_, Err(e)) => {
-                    let _ =
-                        done_tx.send(Outcome { product: i, peer, bytes_sent: 0, send: Duration::ZERO, result: Err(e) });
+                (_, Err(e)) => {
+                    attempts.ready.push_back(failed(peer, Duration::ZERO, Failure::Local(e)));
+                    continue;
+                }
+                (Err(e), _) => {
+                    attempts.ready.push_back(failed(peer, Duration::ZERO, Failure::Peer(e)));
                     continue;
                 }
             };
@@ -828,27 +976,26 @@ impl Requester {
                 Ok(bytes_sent) => {
                     let send = t.elapsed();
                     progress(Progress::Sent { product: PRODUCTS[i].name, bytes: bytes_sent });
-                    let (job, done_tx) = (job.clone(), done_tx.clone());
-                    tasks.spawn(async move {
+                    let job = job.clone();
+                    let owner = peer.clone();
+                    attempts.spawn(i, owner, async move {
                         let result = job.receive(reader, i).await;
                         drop(writer);
-                        let _ = done_tx.send(Outcome { product: i, peer, bytes_sent, send, result });
+                        Outcome { product: i, peer, bytes_sent, send, result }
                     });
                 }
-                Err(e) => {
-                    let _ =
-                        done_tx.send(Outcome { product: i, peer, bytes_sent: 0, send: t.elapsed(), result: Err(e) });
-                }
+                Err(e) => attempts.ready.push_back(failed(peer, t.elapsed(), Failure::Peer(e))),
             }
         }
 
         // Gather; re-dispatch what failed.
         let mut reports: Vec<Option<PeerReport>> = (0..7).map(|_| None).collect();
-        let mut attempts = [1u32; 7];
+        let mut tries = [1u32; 7];
         let mut left = 7;
         while left > 0 {
-            let Outcome { product: i, peer, bytes_sent, send, result } =
-                done_rx.recv().await.ok_or_else(|| RequestError::Internal("every product task ended".into()))?;
+            let Outcome { product: i, peer, bytes_sent, send, result } = attempts.next().await.ok_or_else(|| {
+                RequestError::Internal(format!("no attempt is running but {left} products are missing"))
+            })?;
             report.bytes_sent += bytes_sent;
             match result {
                 Ok(got) => {
@@ -870,11 +1017,25 @@ impl Requester {
                         receive_s: got.receive.as_secs_f64(),
                     });
                 }
-                Err(e) => {
+                Err(Failure::Local(e)) => {
+                    return Err(RequestError::Internal(format!("{}: {e}", PRODUCTS[i].name)));
+                }
+                Err(Failure::Unverifiable(cause)) => {
+                    let name = PRODUCTS[i].name;
+                    warn!(product = name, peer_id = peer.peer_id, %cause, "product cannot be verified; stopping the job");
+                    report.failures.push(format!("{name} on peer {} ({}): {cause}", peer.peer_id, peer.addr));
+                    return Err(RequestError::Unverifiable {
+                        product: name,
+                        peer_id: peer.peer_id,
+                        addr: peer.addr,
+                        cause,
+                    });
+                }
+                Err(Failure::Peer(e)) => {
                     let name = PRODUCTS[i].name;
                     warn!(product = name, peer_id = peer.peer_id, addr = %peer.addr, error = %e, "peer failed; re-dispatching");
                     report.failures.push(format!("{name} on peer {} ({}): {e}", peer.peer_id, peer.addr));
-                    if attempts[i] >= self.config.max_attempts {
+                    if tries[i] >= self.config.max_attempts {
                         return Err(RequestError::Peer {
                             product: name,
                             peer_id: peer.peer_id,
@@ -884,17 +1045,14 @@ impl Requester {
                     }
                     let replacement = self.replacement(keeper, i, &peer, e).await?;
                     info!(product = name, peer_id = replacement.peer_id, addr = %replacement.addr, "sending to a replacement peer");
-                    attempts[i] += 1;
+                    tries[i] += 1;
                     report.retries += 1;
-                    let (job, done_tx) = (job.clone(), done_tx.clone());
-                    tasks.spawn(async move {
-                        let _ = done_tx.send(job.attempt(i, replacement).await);
-                    });
+                    attempts.spawn(i, replacement.clone(), job.clone().attempt(i, replacement));
                 }
             }
         }
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+        attempts.set.abort_all();
+        while attempts.set.join_next().await.is_some() {}
         report.peers = reports.into_iter().map(|r| r.expect("every product received")).collect();
         report.verified = job.check.is_some();
         let prepare = verify_prepare.map(|p| *p.lock()).unwrap_or_default();
@@ -938,5 +1096,41 @@ mod tests {
         probe.advance(&[Matrix::F64(m.clone()), Matrix::F64(m.clone())], bytes);
         assert_eq!(probe.rows_done, 0);
         assert!(probe.finish(Array2::zeros((rows + 1, cols)).view()).is_err());
+    }
+
+    /// A task that panics still ends as an outcome for its product and
+    /// peer (a peer failure, re-dispatched like any other), so the job
+    /// never waits for it forever.
+    #[tokio::test]
+    async fn a_panicking_attempt_becomes_a_failure_of_its_product() {
+        let peer = |id: u64| PeerAddr { peer_id: id, addr: format!("127.0.0.1:{}", 9000 + id) };
+        let mut attempts = Attempts::new();
+        attempts.spawn(4, peer(2), async { panic!("garbage from the peer") });
+        attempts.spawn(1, peer(5), async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Outcome {
+                product: 1,
+                peer: peer(5),
+                bytes_sent: 7,
+                send: Duration::ZERO,
+                result: Err(Failure::Peer(Error::Closed("x"))),
+            }
+        });
+        let first = attempts.next().await.expect("an outcome for the panicked task");
+        assert_eq!((first.product, first.peer.peer_id), (4, 2));
+        match first.result {
+            Err(Failure::Peer(e)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("M5") && text.contains("panicked") && text.contains("garbage from the peer"),
+                    "{text}"
+                );
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        let second = attempts.next().await.unwrap();
+        assert_eq!((second.product, second.bytes_sent), (1, 7));
+        assert!(attempts.next().await.is_none());
+        assert!(attempts.owners.is_empty());
     }
 }

@@ -2,6 +2,12 @@
 //! each product with faer on a blocking thread (at most `slots` at once),
 //! and writes the products back from a separate writer task, so the
 //! connection keeps reading frames while products compute.
+//!
+//! A product holds its compute slot until it has been written: at most
+//! `slots` products exist at once, however many tasks clients pipeline, and
+//! a client that never reads its replies stops the worker reading its tasks
+//! (and, after the write deadline, loses its connection) instead of making
+//! it hold more products.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,9 +18,10 @@ use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
 use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, recycle_matrix};
 use septet_common::secure::Security;
-use septet_common::{Connection, Error, Frame, Matrix, Message, Result, Role};
+use septet_common::{deadline, Connection, Error, Frame, FrameWriter, Matrix, Message, Result, Role};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
@@ -22,6 +29,11 @@ use crate::agent;
 
 /// How long shutdown waits for connections (and their products) to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Slowest rate, in bytes per second, at which a client must take a product
+/// (beyond the I/O timeout) before the worker gives up on the connection
+/// and frees the product's slot.
+const MIN_REPLY_RATE: f64 = 1e6;
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -44,10 +56,13 @@ pub struct WorkerConfig {
     /// The cluster secret and whether to encrypt (with requesters and the tracker).
     pub security: Security,
     /// Misbehave on purpose, for fault-tolerance tests.
+    #[cfg(feature = "fault-injection")]
     pub fault: Option<Fault>,
 }
 
-/// A deliberate misbehaviour, for testing how requesters cope.
+/// A deliberate misbehaviour, for testing how requesters cope. Only in
+/// builds with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fault {
     /// Return wrong products (one element off by one, every task).
@@ -58,6 +73,7 @@ pub enum Fault {
     DropMidReply,
 }
 
+#[cfg(feature = "fault-injection")]
 impl std::str::FromStr for Fault {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -83,6 +99,7 @@ impl Default for WorkerConfig {
             handshake_timeout: Duration::from_secs(5),
             max_connections: 512,
             security: Security::default(),
+            #[cfg(feature = "fault-injection")]
             fault: None,
         }
     }
@@ -166,15 +183,98 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
 
 /// What the writer task sends back.
 enum Reply {
-    Product(u64, Matrix, Duration),
+    /// A product, with the compute slot it holds until it is written.
+    Product(u64, Matrix, Duration, Slot),
     Error(Message),
 }
 
+/// A product's hold on a compute slot: released when the product has been
+/// written (or abandoned with its connection), not when it was computed.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    #[cfg(test)]
+    _live: tests::LiveProduct,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            _permit: permit,
+            #[cfg(test)]
+            _live: tests::LiveProduct::new(),
+        }
+    }
+}
+
 /// Fault injection: nudges one element of a product.
-fn corrupt(m: &mut Matrix) {
-    match m {
+#[cfg(feature = "fault-injection")]
+fn corrupt(mut m: Matrix) -> Matrix {
+    match &mut m {
         Matrix::F64(a) => a.iter_mut().take(1).for_each(|v| *v += 1.0),
         Matrix::F32(a) => a.iter_mut().take(1).for_each(|v| *v += 1.0),
+    }
+    m
+}
+
+/// Fault injection: `Computed`, half of the product, then nothing.
+#[cfg(feature = "fault-injection")]
+async fn drop_mid_reply(writer: &mut FrameWriter<OwnedWriteHalf>, task_id: u64, m: Matrix, took: Duration) {
+    let done = Message::Computed { task_id, compute_us: took.as_micros() as u64 };
+    if writer.send(&done).await.is_ok() {
+        let bytes =
+            septet_common::frame::encode(&Frame::Blocks(Blocks { task_id, op: BlockOp::Product, mats: vec![m] }));
+        if let Ok(bytes) = bytes {
+            let _ = writer.send_raw(&bytes[..bytes.len() / 2]).await;
+        }
+    }
+    warn!(task_id, "fault injection: dropping the connection mid-reply");
+}
+
+/// Writes `Computed` and the product, within the I/O timeout plus the
+/// product's size at [`MIN_REPLY_RATE`].
+async fn send_product(
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    task_id: u64,
+    m: &Matrix,
+    took: Duration,
+    io_timeout: Duration,
+) -> Result<()> {
+    let bytes = (m.shape().0 * m.shape().1 * m.dtype().size()) as f64;
+    let limit = io_timeout + Duration::from_secs_f64(bytes / MIN_REPLY_RATE);
+    deadline(limit, "the client to take a product", async {
+        writer.send(&Message::Computed { task_id, compute_us: took.as_micros() as u64 }).await?;
+        writer.send_blocks(task_id, BlockOp::Product, &[m.view()]).await
+    })
+    .await
+}
+
+/// The connection's writer: sends replies in order, each product freeing
+/// its slot once written.
+async fn write_replies(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Reply>, config: &WorkerConfig) {
+    while let Some(reply) = rx.recv().await {
+        #[cfg(feature = "fault-injection")]
+        if let Some(Fault::Delay(d)) = config.fault {
+            tokio::time::sleep(d).await;
+        }
+        let sent = match reply {
+            Reply::Product(task_id, m, took, slot) => {
+                #[cfg(feature = "fault-injection")]
+                let m = match config.fault {
+                    Some(Fault::Corrupt) => corrupt(m),
+                    Some(Fault::DropMidReply) => return drop_mid_reply(&mut writer, task_id, m, took).await,
+                    _ => m,
+                };
+                let sent = send_product(&mut writer, task_id, &m, took, config.io_timeout).await;
+                recycle_matrix(m);
+                drop(slot);
+                sent
+            }
+            Reply::Error(msg) => deadline(config.io_timeout, "the client to take an error", writer.send(&msg)).await,
+        };
+        if let Err(e) = sent {
+            debug!(error = %e, "could not send a reply; closing");
+            return;
+        }
     }
 }
 
@@ -199,49 +299,12 @@ fn compute(task: Blocks, threads: usize, max_frame_len: usize) -> Result<Matrix>
 
 #[instrument(skip_all, fields(client = %conn.peer))]
 async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Semaphore>, cancel: CancellationToken) {
-    let Connection { mut reader, mut writer, .. } = conn;
-    let (tx, mut rx) = mpsc::channel::<Reply>(config.slots as usize + 1);
-    let fault = config.fault;
-    let writer_task = tokio::spawn(async move {
-        while let Some(reply) = rx.recv().await {
-            if let Some(Fault::Delay(d)) = fault {
-                tokio::time::sleep(d).await;
-            }
-            let sent = match reply {
-                Reply::Product(task_id, mut m, took) => {
-                    let done = Message::Computed { task_id, compute_us: took.as_micros() as u64 };
-                    if fault == Some(Fault::Corrupt) {
-                        corrupt(&mut m);
-                    }
-                    match writer.send(&done).await {
-                        Ok(()) if fault == Some(Fault::DropMidReply) => {
-                            let bytes = septet_common::frame::encode(&Frame::Blocks(Blocks {
-                                task_id,
-                                op: BlockOp::Product,
-                                mats: vec![m],
-                            }));
-                            if let Ok(bytes) = bytes {
-                                let _ = writer.send_raw(&bytes[..bytes.len() / 2]).await;
-                            }
-                            warn!(task_id, "fault injection: dropping the connection mid-reply");
-                            return;
-                        }
-                        Ok(()) => {
-                            let sent = writer.send_blocks(task_id, BlockOp::Product, &[m.view()]).await;
-                            recycle_matrix(m);
-                            sent
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Reply::Error(msg) => writer.send(&msg).await,
-            };
-            if let Err(e) = sent {
-                debug!(error = %e, "could not send a reply; closing");
-                return;
-            }
-        }
-    });
+    let Connection { mut reader, writer, .. } = conn;
+    let (tx, rx) = mpsc::channel::<Reply>(config.slots as usize + 1);
+    let writer_task = {
+        let config = config.clone();
+        tokio::spawn(async move { write_replies(writer, rx, &config).await })
+    };
     loop {
         let frame = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -253,14 +316,16 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Sem
                 let (tx, threads, task_id, max_len) = (tx.clone(), config.threads, task.task_id, config.max_frame_len);
                 tokio::task::spawn_blocking(move || {
                     let started = std::time::Instant::now();
+                    // The slot goes with the product to the writer, and is
+                    // freed once the product is written.
                     let reply = match compute(task, threads, max_len) {
-                        Ok(product) => Reply::Product(task_id, product, started.elapsed()),
+                        Ok(product) => Reply::Product(task_id, product, started.elapsed(), Slot::new(permit)),
                         Err(e) => {
                             debug!(task_id, error = %e, "task refused");
+                            drop(permit);
                             Reply::Error(Message::error(&e, Some(task_id)))
                         }
                     };
-                    drop(permit);
                     let _ = tx.blocking_send(reply);
                 });
             }
@@ -283,4 +348,80 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Sem
     }
     drop(tx);
     let _ = writer_task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ndarray::Array2;
+    use septet_common::MatrixView;
+
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    /// Counts the products that hold a slot (computed, not yet written).
+    pub(super) struct LiveProduct;
+
+    impl LiveProduct {
+        pub(super) fn new() -> Self {
+            let now = LIVE.fetch_add(1, Ordering::SeqCst) + 1;
+            PEAK.fetch_max(now, Ordering::SeqCst);
+            LiveProduct
+        }
+    }
+
+    impl Drop for LiveProduct {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A client pipelines four tasks whose products are far larger than the
+    /// socket buffers and reads nothing: a one-slot worker holds one product
+    /// (the one it is trying to write), not four. Once the client reads,
+    /// every product arrives, right.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_cannot_make_a_worker_hold_more_products_than_slots() {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = CancellationToken::new();
+            let config = WorkerConfig { slots: 1, threads: 1, ..WorkerConfig::default() };
+            let server = tokio::spawn(run(listener, config, stop.clone().cancelled_owned()));
+            let limits = ConnLimits { max_frame_len: 64 << 20, ..ConnLimits::default() };
+            let mut conn = Connection::connect(addr, Role::Client, limits).await.unwrap();
+            // 1500×1 · 1×1500: tiny tasks, 18 MB products.
+            let n = 1500;
+            let (x, y) = (Array2::<f64>::from_elem((n, 1), 2.0), Array2::<f64>::from_elem((1, n), 3.0));
+            for task in 0..4 {
+                conn.writer
+                    .send_blocks(task, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(PEAK.load(Ordering::SeqCst), 1, "products held at once by a one-slot worker");
+            for task in 0..4 {
+                let done = conn.reader.read_message("Computed").await.unwrap();
+                assert!(matches!(done, Message::Computed { task_id, .. } if task_id == task), "{done:?}");
+                match conn.reader.read_frame().await.unwrap() {
+                    Some(Frame::Blocks(b)) => {
+                        assert_eq!((b.task_id, b.op), (task, BlockOp::Product));
+                        let Matrix::F64(m) = &b.mats[0] else { panic!("dtype") };
+                        assert_eq!(m.dim(), (n, n));
+                        assert!(m.iter().all(|&v| v == 6.0));
+                    }
+                    other => panic!("expected a product, got {other:?}"),
+                }
+            }
+            assert_eq!(PEAK.load(Ordering::SeqCst), 1);
+            drop(conn);
+            stop.cancel();
+            server.await.unwrap().unwrap();
+        })
+        .await
+        .unwrap();
+    }
 }

@@ -29,6 +29,12 @@
 //! for safety. Errors larger than that are not rounding: the product is
 //! rejected. (Errors below rounding level cannot be told from rounding by
 //! any check and do not change the answer beyond the dtype's precision.)
+//!
+//! Non-finite values. With NaN or ±inf in A, B or a product (or values so
+//! large that the bound overflows), the check's arithmetic means nothing:
+//! it could pass a wrong product or fail a right one. Such a check returns
+//! [`CheckError::NonFinite`], never a pass and never a
+//! [`Error::Verification`] that would blame the worker.
 
 use ndarray::{s, Array2, ArrayView2, Axis};
 use rand::RngExt;
@@ -36,6 +42,37 @@ use septet_common::matrix::{matmul, matmul_into, parallelism};
 
 use septet_common::strassen::{quadrant, Product, Quad, Sign, Split, PRODUCTS};
 use septet_common::{Element, Error, Result};
+
+/// Why a product was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The product is wrong or malformed ([`Error::Verification`],
+    /// [`Error::ShapeMismatch`]): the worker that sent it is at fault.
+    #[error(transparent)]
+    Rejected(#[from] Error),
+    /// Non-finite values make the check undecidable: nobody can be blamed,
+    /// and asking another worker would not help.
+    #[error("{product}: {cause}; cannot verify")]
+    NonFinite {
+        /// "M1".."M7".
+        product: &'static str,
+        /// Where the non-finite values are.
+        cause: NonFinite,
+    },
+}
+
+/// Where the values that defeat the check are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NonFinite {
+    /// The reference X·(Y·r) or the tolerance is not finite: A or B holds
+    /// NaN or ±inf, or values so large that the bound overflows.
+    #[error("the check's reference or tolerance is not finite (A or B holds NaN or ±inf, or values so large that the bound overflows)")]
+    Inputs,
+    /// The reference and tolerance are finite but M·r is not: the product
+    /// holds NaN or ±inf.
+    #[error("the product contains non-finite values (NaN or ±inf)")]
+    Product,
+}
 
 /// Safety factor on the rounding bound.
 const SAFETY: f64 = 4.0;
@@ -204,9 +241,11 @@ impl<T: Element> Verifier<T> {
     /// Checks product `i` (M1 = 0).
     ///
     /// # Errors
-    /// [`Error::Verification`] naming the worst row, its error and the
-    /// tolerance, or [`Error::ShapeMismatch`] for a product of the wrong shape.
-    pub fn check(&self, i: usize, m: ArrayView2<'_, T>) -> Result<()> {
+    /// [`CheckError::Rejected`] with [`Error::Verification`] naming the worst
+    /// row, its error and the tolerance, or [`Error::ShapeMismatch`] for a
+    /// product of the wrong shape; [`CheckError::NonFinite`] when non-finite
+    /// values make the check meaningless.
+    pub fn check(&self, i: usize, m: ArrayView2<'_, T>) -> Result<(), CheckError> {
         self.check_mr(i, matmul(m, self.r.view(), parallelism(1))?.view())
     }
 
@@ -215,23 +254,33 @@ impl<T: Element> Verifier<T> {
     ///
     /// # Errors
     /// As [`Verifier::check`].
-    pub fn check_mr(&self, i: usize, mr: ArrayView2<'_, T>) -> Result<()> {
+    pub fn check_mr(&self, i: usize, mr: ArrayView2<'_, T>) -> Result<(), CheckError> {
         if mr.dim() != self.expected[i].dim() {
-            return Err(Error::ShapeMismatch { left: mr.dim(), right: self.expected[i].dim() });
+            return Err(Error::ShapeMismatch { left: mr.dim(), right: self.expected[i].dim() }.into());
+        }
+        let non_finite = |cause| CheckError::NonFinite { product: PRODUCTS[i].name, cause };
+        if !self.tolerance[i].is_finite() || self.expected[i].iter().any(|v| !v.to_f64().is_finite()) {
+            return Err(non_finite(NonFinite::Inputs));
+        }
+        if mr.iter().any(|v| !v.to_f64().is_finite()) {
+            return Err(non_finite(NonFinite::Product));
         }
         let (worst, at) = mr
             .iter()
             .zip(self.expected[i].iter())
             .enumerate()
             .map(|(j, (got, want))| ((got.to_f64() - want.to_f64()).abs(), j))
-            .fold((0.0f64, 0), |acc, x| if x.0 > acc.0 || x.0.is_nan() { x } else { acc });
+            .fold((0.0f64, 0), |acc, x| if x.0 > acc.0 { x } else { acc });
+        // Both sides are finite, so the residual is too (or +inf when their
+        // difference overflows, which is far above any finite tolerance).
         if worst.is_nan() || worst > self.tolerance[i] {
             return Err(Error::Verification(format!(
                 "{}: |M·r − X·(Y·r)| is {worst:.3e} in row {} (tolerance {:.3e})",
                 PRODUCTS[i].name,
                 at / self.r.ncols(),
                 self.tolerance[i]
-            )));
+            ))
+            .into());
         }
         Ok(())
     }
@@ -266,7 +315,11 @@ mod tests {
             // r's entries are at least ½ in size: 6× the tolerance must show.
             let bump = if v.tolerance(i) > 0.0 { 6.0 * v.tolerance(i) } else { 1.0 };
             p[[r, c]] = T::from_f64(p[[r, c]].to_f64() + bump);
-            assert!(matches!(v.check(i, p.view()), Err(Error::Verification(_))), "{m}x{k}x{n} {}", PRODUCTS[i].name);
+            assert!(
+                matches!(v.check(i, p.view()), Err(CheckError::Rejected(Error::Verification(_)))),
+                "{m}x{k}x{n} {}",
+                PRODUCTS[i].name
+            );
             // So is another task's product, wherever the two really differ.
             let other = &all[(i + 1) % 7];
             if other.iter().zip(all[i].iter()).any(|(x, y)| (x.to_f64() - y.to_f64()).abs() > 1e-2) {
@@ -286,5 +339,72 @@ mod tests {
             check_all::<f64>(m, k, n);
             check_all::<f32>(m, k, n);
         }
+    }
+
+    /// A product holding NaN or ±inf is never passed and never blamed on
+    /// the worker as a wrong product: the check says it cannot decide.
+    #[test]
+    fn non_finite_products_are_unverifiable_not_wrong() {
+        let a = Array2::from_shape_fn((6, 5), |(i, j)| (i + 2 * j) as f64 - 4.0);
+        let b = Array2::from_shape_fn((5, 7), |(i, j)| (3 * i + j) as f64 - 6.0);
+        let split = Split::of(a.dim(), b.dim()).unwrap();
+        let v = Verifier::new(a.view(), b.view(), split, 2).unwrap();
+        let all = products(&a, &b, split);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for (i, p) in all.iter().enumerate() {
+                let mut p = p.clone();
+                p[[1, 2]] = bad;
+                match v.check(i, p.view()) {
+                    Err(CheckError::NonFinite { product, cause: NonFinite::Product }) => {
+                        assert_eq!(product, PRODUCTS[i].name);
+                        let text = v.check(i, p.view()).unwrap_err().to_string();
+                        assert!(text.contains(PRODUCTS[i].name) && text.contains("cannot verify"), "{text}");
+                    }
+                    other => panic!("{} with {bad}: {other:?}", PRODUCTS[i].name),
+                }
+            }
+        }
+    }
+
+    /// Non-finite inputs make the reference and tolerance non-finite: a
+    /// product that reads them, right or wrong, is unverifiable rather than
+    /// passed or failed; products that do not read them are checked as usual.
+    #[test]
+    fn non_finite_inputs_make_the_products_that_read_them_unverifiable() {
+        let base = Array2::from_shape_fn((4, 4), |(i, j)| (i * 4 + j) as f64 - 7.0);
+        let b = Array2::from_shape_fn((4, 4), |(i, j)| (i + j) as f64 - 3.0);
+        let split = Split::of(base.dim(), b.dim()).unwrap();
+        let good = products(&base, &b, split);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut a = base.clone();
+            a[[0, 0]] = bad; // in A11
+            let v = Verifier::new(a.view(), b.view(), split, 2).unwrap();
+            let all = products(&a, &b, split);
+            for i in 0..7 {
+                let reads_a11 = PRODUCTS[i].left.iter().any(|(_, q)| *q == Quad::Q11);
+                for p in [&all[i], &good[i]] {
+                    let got = v.check(i, p.view());
+                    if reads_a11 {
+                        assert!(
+                            matches!(got, Err(CheckError::NonFinite { cause: NonFinite::Inputs, .. })),
+                            "{} with {bad}: {got:?}",
+                            PRODUCTS[i].name
+                        );
+                    } else {
+                        assert!(got.is_ok(), "{} with {bad}: {got:?}", PRODUCTS[i].name);
+                    }
+                }
+            }
+        }
+        // Finite inputs so large that the bound overflows (f64), or that
+        // X·(Y·r) overflows the dtype (f32): unverifiable, not wrong.
+        let (huge_a, huge_b) = (base.mapv(|x| x * 1e300), b.mapv(|x| x * 1e300));
+        let v = Verifier::new(huge_a.view(), huge_b.view(), split, 2).unwrap();
+        let got = v.check(0, Array2::<f64>::zeros((2, 2)).view());
+        assert!(matches!(got, Err(CheckError::NonFinite { cause: NonFinite::Inputs, .. })), "{got:?}");
+        let (a, b) = (base.mapv(|x| x as f32 * 1e20), b.mapv(|x| x as f32 * 1e20));
+        let v = Verifier::new(a.view(), b.view(), split, 2).unwrap();
+        let got = v.check(0, Array2::<f32>::zeros((2, 2)).view());
+        assert!(matches!(got, Err(CheckError::NonFinite { cause: NonFinite::Inputs, .. })), "{got:?}");
     }
 }
