@@ -264,7 +264,7 @@ async fn handle(
     ticket: &mut Option<Ticket>,
 ) -> (Message, bool) {
     let heartbeat_ms = tracker.config().heartbeat_interval.as_millis() as u64;
-    let result = match msg {
+    let result = match with_token(msg) {
         Message::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
             let peer_id = tracker.register_by(&addr, slots, conn)?;
             info!(peer_id, %addr, slots, "worker registered");
@@ -289,26 +289,21 @@ async fn handle(
                 }
             })
         }
-        // The plain variants are the token-carrying ones without a token.
-        Message::Renew { lease_id } | Message::RenewWithToken { lease_id, token: None } => tracker
-            .renew_by(lease_id, &Caller::conn(conn))
-            .map(|ttl| Message::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 }),
         Message::RenewWithToken { lease_id, token } => tracker
             .renew_by(lease_id, &caller(conn, token))
             .map(|ttl| Message::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 }),
-        Message::Release { lease_id } => submit(ops, Op::ReleaseBy { lease_id, caller: Caller::conn(conn) })
-            .await
-            .map(|_| Message::Released { lease_id }),
         Message::ReleaseWithToken { lease_id, token } => {
             submit(ops, Op::ReleaseBy { lease_id, caller: caller(conn, token) })
                 .await
                 .map(|_| Message::Released { lease_id })
         }
-        Message::ReportFailure { lease_id, peer_id, reason, replace } => {
-            report_failure(tracker, lease_id, peer_id, &reason, replace, &Caller::conn(conn))
-        }
         Message::ReportFailureWithToken { lease_id, peer_id, reason, replace, token } => {
-            report_failure(tracker, lease_id, peer_id, &reason, replace, &caller(conn, token))
+            let replacement = tracker.report_failure_by(lease_id, peer_id, replace, &caller(conn, token));
+            // Logged only once known to come from the lease's holder.
+            replacement.map(|replacement| {
+                warn!(lease_id, peer_id, %reason, "failure reported against a peer");
+                Message::FailureRecorded { lease_id, replacement }
+            })
         }
         other => {
             let err = septet_common::Error::Unexpected { expected: "a tracker request", got: other.kind().into() };
@@ -321,18 +316,17 @@ async fn handle(
     }
 }
 
-/// A failure report, logged only once it is known to come from the holder.
-fn report_failure(
-    tracker: &Tracker,
-    lease_id: u64,
-    peer_id: u64,
-    reason: &str,
-    replace: bool,
-    caller: &Caller,
-) -> Result<Message> {
-    let replacement = tracker.report_failure_by(lease_id, peer_id, replace, caller)?;
-    warn!(lease_id, peer_id, %reason, "failure reported against a peer");
-    Ok(Message::FailureRecorded { lease_id, replacement })
+/// The plain lease requests as the token-carrying ones without a token, so
+/// each is handled (and checked) in one place.
+fn with_token(msg: Message) -> Message {
+    match msg {
+        Message::Renew { lease_id } => Message::RenewWithToken { lease_id, token: None },
+        Message::Release { lease_id } => Message::ReleaseWithToken { lease_id, token: None },
+        Message::ReportFailure { lease_id, peer_id, reason, replace } => {
+            Message::ReportFailureWithToken { lease_id, peer_id, reason, replace, token: None }
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
