@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{client, septet_bin, spawn_tracker, tracker_process, Procs};
+use common::{client, septet_bin, spawn_tracker, spawn_worker, teardown, tracker_process, wait_for_alive_slots, Procs};
 use septet_common::frame::{decode, encode};
 use septet_common::proto::{LeaseGrant, PeerAddr};
 use septet_common::{Error, ErrorCode, Frame, Message, DEFAULT_MAX_FRAME_LEN};
@@ -115,6 +115,36 @@ async fn only_the_registering_connection_heartbeats_or_deregisters_its_peer() {
     other.deregister(reg.peer_id).await.unwrap();
     assert_eq!(state.peers().unwrap().1[reg.peer_id as usize].state, "gone");
     tracker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_row_another_connection_took_registers_again() {
+    let config = TrackerConfig {
+        heartbeat_interval: Duration::from_millis(50),
+        heartbeat_timeout: Duration::from_secs(5),
+        ..TrackerConfig::default()
+    };
+    let (tracker, state) = spawn_tracker(config).await;
+    let worker = spawn_worker(Some(tracker.addr), 1).await;
+    wait_for_alive_slots(tracker.addr, 1).await;
+    // Someone registers the worker's address: the row is theirs for now …
+    let mut impostor = client(tracker.addr).await;
+    let reg = impostor.register(worker.addr, 1).await.unwrap();
+    assert_eq!(reg.peer_id, 0, "same address, same row");
+    // … until the worker's next heartbeat is refused and its agent
+    // registers again, taking the row back.
+    let mut taken_back = false;
+    for _ in 0..250 {
+        if impostor.heartbeat(reg.peer_id).await.is_err() {
+            taken_back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(taken_back, "the worker never registered again");
+    assert_eq!(code(impostor.deregister(reg.peer_id).await).0, ErrorCode::Unauthorized);
+    assert_eq!(state.peers().unwrap().1[0].state, "alive");
+    teardown(tracker, vec![worker]).await;
 }
 
 #[tokio::test]
