@@ -20,7 +20,7 @@
 //!
 //! # Ownership
 //! A lease is renewed, released or reported against only by its *holder*:
-//! the connection that took it ([`LeaseRecord::holder`], detached or not),
+//! the connection that took it (`LeaseRecord::holder`, detached or not),
 //! or any connection presenting the lease's token — 256 random bits made
 //! when it is granted ([`LeaseToken`]), handed only to the taker, and how a
 //! detached lease is released from another process. A peer is heartbeated
@@ -110,7 +110,7 @@ impl LeaseToken {
 }
 
 /// Who asks to act on a lease: the connection the request came on, and the
-/// token it presented, if any. See [`State::authorize`].
+/// token it presented, if any. See `State::authorize`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The connection.
@@ -687,7 +687,7 @@ impl Tracker {
         self.apply_one(Op::Release { lease_id }).map(|_| ())
     }
 
-    /// Ends a lease if `caller` holds it (see [`State::authorize`]).
+    /// Ends a lease if `caller` holds it (see `State::authorize`).
     ///
     /// # Errors
     /// [`Error::NotYourLease`] (nothing changes) for an ended, unknown or
