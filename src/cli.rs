@@ -38,8 +38,18 @@ enum Command {
     /// Print the tracker's peer table.
     Peers(PeersArgs),
     /// Lease slots (seven by default) and print the peers' addresses.
+    ///
+    /// The lease belongs to this connection: only it may renew or release
+    /// it, and it ends when this command exits. With --detach it outlives
+    /// the command and its token is printed beside the lease id; `septet
+    /// release ID` with that token (--token or SEPTET_LEASE_TOKEN) is then
+    /// the only way to end it before its TTL. Keep the token secret.
     Lease(LeaseArgs),
-    /// Give a lease's slots back to the pool.
+    /// Give a detached lease's slots back to the pool.
+    ///
+    /// Only the lease's holder may: this needs the token `septet lease
+    /// --detach` printed. Without it, or with a wrong one, the tracker
+    /// refuses (the lease stays in force) and this exits non-zero.
     Release(ReleaseArgs),
     /// Multiply A·B on seven leased workers (Strassen split, TCP fan-out).
     Multiply(MultiplyArgs),
@@ -252,6 +262,11 @@ struct TrackerArgs {
     /// Largest frame a client may send, in bytes.
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     max_frame_len: usize,
+    /// Most worker addresses the peer table holds (rows are kept for
+    /// workers that left); registrations from new addresses beyond it are
+    /// refused.
+    #[arg(long, default_value_t = TrackerConfig::default().max_peers, value_name = "N")]
+    max_peers: usize,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -322,7 +337,9 @@ struct LeaseArgs {
     /// Without --hold or --detach, hold until Ctrl-C.
     #[arg(long, value_name = "SECS", conflicts_with = "detach")]
     hold: Option<f64>,
-    /// Leave the lease running after exiting; it ends by `septet release` or its TTL.
+    /// Leave the lease running after exiting; it ends by `septet release
+    /// ID --token TOKEN` or its TTL. The token is printed with the lease
+    /// (`"token"` with --json); without it nobody can release the lease.
     #[arg(long)]
     detach: bool,
     /// Give up after waiting this many seconds in the queue.
@@ -341,6 +358,10 @@ struct ReleaseArgs {
     security: SecurityArgs,
     /// The lease to release.
     lease_id: u64,
+    /// The lease's token, as `septet lease --detach` printed it. Prefer the
+    /// environment variable: a command-line argument is visible in `ps`.
+    #[arg(long, env = "SEPTET_LEASE_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
 }
 
 /// Parses, runs, and maps errors to one line and an exit status.
@@ -467,7 +488,10 @@ async fn run(command: Command) -> Result<()> {
         Command::Secret(args) => secret(args),
         Command::Release(args) => {
             let mut client = connect(&args.tracker.tracker, &args.security).await?;
-            client.release(args.lease_id).await.with_context(|| format!("while releasing lease {}", args.lease_id))?;
+            client
+                .release_with(args.lease_id, args.token.as_deref())
+                .await
+                .with_context(|| format!("while releasing lease {}", args.lease_id))?;
             println!("released lease {}", args.lease_id);
             Ok(())
         }
@@ -584,6 +608,7 @@ async fn tracker(args: TrackerArgs) -> Result<()> {
         handshake_timeout: secs(args.serve.handshake_timeout, "--handshake-timeout")?,
         max_connections: args.serve.max_connections.unwrap_or(TrackerConfig::default().max_connections),
         security: args.serve.security.security()?,
+        max_peers: args.max_peers,
         ..TrackerConfig::default()
     };
     config.validate().map_err(|e| UsageError(e.to_string()))?;
@@ -638,17 +663,24 @@ fn secret(args: SecretArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_lease(grant: &LeaseGrant, json: bool) -> Result<()> {
+/// Prints the lease; `token` (a detached lease's) beside the lease id.
+fn print_lease(grant: &LeaseGrant, token: Option<&str>, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "lease_id": grant.lease_id,
             "ttl_ms": grant.ttl_ms,
             "peers": grant.peers.iter().map(|p| serde_json::json!({"peer_id": p.peer_id, "addr": p.addr})).collect::<Vec<_>>(),
         });
+        if let Some(token) = token {
+            value["token"] = token.into();
+        }
         writeln!(out, "{value}")?;
     } else {
         writeln!(out, "lease {} ({} slots, ttl {:.0}s)", grant.lease_id, grant.peers.len(), grant.ttl_ms as f64 / 1e3)?;
+        if let Some(token) = token {
+            writeln!(out, "  token {token}")?;
+        }
         for p in &grant.peers {
             writeln!(out, "  peer {:>4}  {}", p.peer_id, p.addr)?;
         }
@@ -664,13 +696,24 @@ async fn lease(args: LeaseArgs) -> Result<()> {
     let on_wait = |position: u32, free: u32, needed: u32| {
         eprintln!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)");
     };
-    let grant = tokio::select! {
-        grant = client.lease(args.count, args.detach, max_wait, on_wait) => grant.context("while leasing peers")?,
+    let held = tokio::select! {
+        held = client.lease_held(args.count, args.detach, max_wait, on_wait) => held.context("while leasing peers")?,
         _ = shutdown_signal() => bail!("interrupted while waiting for a lease; left the queue"),
     };
-    print_lease(&grant, args.json)?;
+    let grant = held.grant;
+    // Only a detached lease's token is worth printing: an attached one ends
+    // with this process anyway.
+    let token = held.token.filter(|_| args.detach);
+    print_lease(&grant, token.as_deref(), args.json)?;
     if args.detach {
-        eprintln!("lease {} is detached: it ends with `septet release` or when its TTL passes", grant.lease_id);
+        let id = grant.lease_id;
+        match token {
+            Some(_) => eprintln!(
+                "lease {id} is detached: it ends when its TTL passes, or with `septet release {id}` given its token \
+                 (--token, or SEPTET_LEASE_TOKEN to keep it out of `ps`)"
+            ),
+            None => eprintln!("lease {id} is detached: the tracker sent no token, so it ends only when its TTL passes"),
+        }
         return Ok(());
     }
     // Hold, renewing at half the TTL, until --hold passes or Ctrl-C.

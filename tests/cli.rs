@@ -152,8 +152,8 @@ fn bad_inputs_exit_2_with_one_line_and_lease_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.starts_with("error: could not reach the tracker") && err.trim_end().lines().count() == 1, "{err}");
-    // So is an unknown lease.
+    // So is an unknown lease (worded like someone else's: see tests/ownership.rs).
     let out = septet(&["release", "--tracker", &tracker, "999"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no live lease with id 999"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lease 999 is not yours or does not exist"));
 }

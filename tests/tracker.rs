@@ -77,7 +77,7 @@ async fn a_second_lease_waits_is_told_so_and_gets_its_peers_after_release() {
         assert_eq!(grant.peers.len(), 7);
         state.check_invariants().unwrap();
         c.release(grant.lease_id).await.unwrap();
-        assert!(matches!(c.release(grant.lease_id).await, Err(Error::Remote { code: ErrorCode::UnknownLease, .. })));
+        assert!(matches!(c.release(grant.lease_id).await, Err(Error::Remote { code: ErrorCode::Unauthorized, .. })));
         assert_eq!(state.stats().unwrap().free, 7);
         state.check_invariants().unwrap();
         teardown(tracker, workers).await;
@@ -171,7 +171,7 @@ async fn closed_connections_ttl_expiry_and_dead_workers_return_slots_exactly_onc
             c.renew(renewed.lease_id).await.unwrap();
             state.check_invariants().unwrap();
         }
-        assert!(matches!(c.release(detached.lease_id).await, Err(Error::Remote { code: ErrorCode::UnknownLease, .. })));
+        assert!(matches!(c.release(detached.lease_id).await, Err(Error::Remote { code: ErrorCode::Unauthorized, .. })));
         assert_eq!(state.stats().unwrap().free, 7);
 
         // A worker that dies without deregistering (here: one that registers

@@ -201,6 +201,48 @@ pub enum Message {
         /// Compute time in microseconds.
         compute_us: u64,
     },
+
+    // Ownership (appended): a lease is renewed, released or reported
+    // against only by its holder — the connection that took it, or whoever
+    // presents its token. The variants below carry the token; the older
+    // `Leased`, `Renew`, `Release` and `ReportFailure` stay valid and mean
+    // "no token" (acted on only for the connection that took the lease).
+    /// Tracker → client: the lease is granted; `token` (hex, 256 random
+    /// bits) lets another connection renew, release or report against it —
+    /// how a detached lease is released later. Keep it secret.
+    LeasedWithToken {
+        /// The lease.
+        grant: LeaseGrant,
+        /// The lease's bearer token.
+        token: String,
+    },
+    /// Client → tracker: as `Renew`, presenting the lease's token if given.
+    RenewWithToken {
+        /// The lease.
+        lease_id: u64,
+        /// The token from `LeasedWithToken`; `None` acts as the holder connection only.
+        token: Option<String>,
+    },
+    /// Client → tracker: as `Release`, presenting the lease's token if given.
+    ReleaseWithToken {
+        /// The lease.
+        lease_id: u64,
+        /// The token from `LeasedWithToken`; `None` acts as the holder connection only.
+        token: Option<String>,
+    },
+    /// Client → tracker: as `ReportFailure`, presenting the lease's token if given.
+    ReportFailureWithToken {
+        /// The lease the peer was part of.
+        lease_id: u64,
+        /// The peer that failed.
+        peer_id: u64,
+        /// What happened, for the logs.
+        reason: String,
+        /// Also lease a replacement slot into the same lease.
+        replace: bool,
+        /// The token from `LeasedWithToken`; `None` acts as the holder connection only.
+        token: Option<String>,
+    },
 }
 
 impl Message {
@@ -228,6 +270,10 @@ impl Message {
             Message::ReportFailure { .. } => "ReportFailure",
             Message::FailureRecorded { .. } => "FailureRecorded",
             Message::Computed { .. } => "Computed",
+            Message::LeasedWithToken { .. } => "LeasedWithToken",
+            Message::RenewWithToken { .. } => "RenewWithToken",
+            Message::ReleaseWithToken { .. } => "ReleaseWithToken",
+            Message::ReportFailureWithToken { .. } => "ReportFailureWithToken",
         }
     }
 

@@ -25,6 +25,18 @@ pub enum Error {
         /// The peer.
         peer_id: u64,
     },
+    /// A renew, release or failure report from neither the connection that
+    /// took the lease nor one presenting its token. Worded alike whether or
+    /// not the lease exists, so a refusal never reveals which.
+    #[error(
+        "lease {0} is not yours or does not exist (only the connection that took it, or one presenting its token, \
+         may renew, release or report against it)"
+    )]
+    NotYourLease(u64),
+    /// A heartbeat or deregistration for a peer registered by another
+    /// connection.
+    #[error("peer {0} was registered by another connection; only that connection may heartbeat or deregister it")]
+    NotYourPeer(u64),
     /// A request argument is out of range.
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -53,6 +65,7 @@ impl Error {
             Error::UnknownPeer(_) => ErrorCode::UnknownPeer,
             Error::PeerGone(_) => ErrorCode::PeerGone,
             Error::UnknownLease(_) => ErrorCode::UnknownLease,
+            Error::NotYourLease(_) | Error::NotYourPeer(_) => ErrorCode::Unauthorized,
             Error::NotInLease { .. } | Error::Invalid(_) => ErrorCode::InvalidRequest,
             Error::Protocol(e) => e.code(),
             Error::Config(_) | Error::Table(_) | Error::Internal(_) | Error::Io(_) => ErrorCode::Internal,

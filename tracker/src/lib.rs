@@ -12,5 +12,5 @@ pub mod table;
 
 pub use error::{Error, Result};
 pub use server::run;
-pub use state::{Done, LeaseOutcome, Op, Ticket, Tracker, TrackerConfig};
+pub use state::{Caller, ConnId, Done, Grant, LeaseOutcome, LeaseToken, Op, Ticket, Tracker, TrackerConfig};
 pub use table::{PeerState, PeerTable};

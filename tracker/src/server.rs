@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument, warn};
 
-use crate::state::{ConnId, Done, LeaseOutcome, Op, Ticket};
+use crate::state::{Caller, ConnId, Done, Grant, LeaseOutcome, LeaseToken, Op, Ticket};
 use crate::{Error, Result, Tracker, TrackerConfig};
 
 /// How long shutdown waits for connection tasks to finish.
@@ -140,7 +140,7 @@ async fn submit(ops: &mpsc::UnboundedSender<Submission>, op: Op) -> Result<Done>
 }
 
 /// Resolves once the queued request's grant arrives; never, without one.
-async fn next_grant(ticket: &mut Option<Ticket>) -> Option<septet_common::proto::LeaseGrant> {
+async fn next_grant(ticket: &mut Option<Ticket>) -> Option<Grant> {
     match ticket {
         Some(t) => (&mut t.grant).await.ok(),
         None => std::future::pending().await,
@@ -167,7 +167,7 @@ async fn serve_connection(
             }
             Some(grant) = next_grant(&mut ticket) => {
                 ticket = None;
-                if let Err(e) = send(&mut conn, &Message::Leased(grant), &config).await {
+                if let Err(e) = send(&mut conn, &leased(grant), &config).await {
                     debug!(error = %e, "could not deliver a queued lease");
                     break;
                 }
@@ -213,8 +213,20 @@ fn error_reply(e: &Error) -> Message {
     Message::Error { code: e.code(), message: e.to_string(), task_id: None }
 }
 
+/// The reply for a grant: the lease and its token, for this connection only.
+fn leased(grant: Grant) -> Message {
+    Message::LeasedWithToken { token: grant.token.expose().to_string(), grant: grant.lease }
+}
+
+/// Who sent a lease request: this connection, with the token it presented.
+fn caller(conn: ConnId, token: Option<String>) -> Caller {
+    Caller { conn, token: token.map(LeaseToken::presented) }
+}
+
 /// The listening address to hand out for a worker: its own, except that an
 /// unspecified host becomes the host the tracker sees it connect from.
+/// Refused: a port of 0, and — after that substitution — an address no
+/// requester could connect to: unspecified, multicast or broadcast.
 fn resolve_listen(listen: &str, seen_from: SocketAddr) -> Result<String> {
     let addr: SocketAddr =
         listen.parse().map_err(|_| Error::Invalid(format!("{listen:?} is not an ip:port listening address")))?;
@@ -222,6 +234,21 @@ fn resolve_listen(listen: &str, seen_from: SocketAddr) -> Result<String> {
         return Err(Error::Invalid("a worker must register the port it actually listens on, not 0".into()));
     }
     let ip = if addr.ip().is_unspecified() { seen_from.ip() } else { addr.ip() };
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    let kind = if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if broadcast {
+        Some("broadcast")
+    } else {
+        None
+    };
+    if let Some(kind) = kind {
+        return Err(Error::Invalid(format!(
+            "a worker cannot register {listen}: {ip} is a {kind} address, which requesters cannot connect to"
+        )));
+    }
     Ok(SocketAddr::new(ip, addr.port()).to_string())
 }
 
@@ -237,14 +264,14 @@ async fn handle(
     ticket: &mut Option<Ticket>,
 ) -> (Message, bool) {
     let heartbeat_ms = tracker.config().heartbeat_interval.as_millis() as u64;
-    let result = match msg {
+    let result = match with_token(msg) {
         Message::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
-            let peer_id = tracker.register(&addr, slots)?;
+            let peer_id = tracker.register_by(&addr, slots, conn)?;
             info!(peer_id, %addr, slots, "worker registered");
             Ok(Message::Registered { peer_id, addr, heartbeat_ms })
         }),
-        Message::Heartbeat { peer_id } => tracker.heartbeat(peer_id).map(|()| Message::HeartbeatAck),
-        Message::Deregister { peer_id } => tracker.deregister(peer_id).map(|()| {
+        Message::Heartbeat { peer_id } => tracker.heartbeat_by(peer_id, conn).map(|()| Message::HeartbeatAck),
+        Message::Deregister { peer_id } => tracker.deregister_by(peer_id, conn).map(|()| {
             info!(peer_id, "worker deregistered");
             Message::Deregistered
         }),
@@ -254,7 +281,7 @@ async fn handle(
         }
         Message::Lease { count, detached } => {
             submit(ops, Op::Lease { count, conn, detached }).await.map(|done| match done.into_lease() {
-                LeaseOutcome::Granted(grant) => Message::Leased(grant),
+                LeaseOutcome::Granted(grant) => leased(grant),
                 LeaseOutcome::Queued(t) => {
                     let reply = Message::Waiting { position: t.position, free: t.free, needed: count };
                     *ticket = Some(t);
@@ -262,17 +289,21 @@ async fn handle(
                 }
             })
         }
-        Message::Renew { lease_id } => {
-            tracker.renew(lease_id).map(|ttl| Message::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 })
+        Message::RenewWithToken { lease_id, token } => tracker
+            .renew_by(lease_id, &caller(conn, token))
+            .map(|ttl| Message::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 }),
+        Message::ReleaseWithToken { lease_id, token } => {
+            submit(ops, Op::ReleaseBy { lease_id, caller: caller(conn, token) })
+                .await
+                .map(|_| Message::Released { lease_id })
         }
-        Message::Release { lease_id } => {
-            submit(ops, Op::Release { lease_id }).await.map(|_| Message::Released { lease_id })
-        }
-        Message::ReportFailure { lease_id, peer_id, reason, replace } => {
-            warn!(lease_id, peer_id, %reason, "failure reported against a peer");
-            tracker
-                .report_failure(lease_id, peer_id, replace)
-                .map(|replacement| Message::FailureRecorded { lease_id, replacement })
+        Message::ReportFailureWithToken { lease_id, peer_id, reason, replace, token } => {
+            let replacement = tracker.report_failure_by(lease_id, peer_id, replace, &caller(conn, token));
+            // Logged only once known to come from the lease's holder.
+            replacement.map(|replacement| {
+                warn!(lease_id, peer_id, %reason, "failure reported against a peer");
+                Message::FailureRecorded { lease_id, replacement }
+            })
         }
         other => {
             let err = septet_common::Error::Unexpected { expected: "a tracker request", got: other.kind().into() };
@@ -282,6 +313,19 @@ async fn handle(
     match result {
         Ok(reply) => (reply, false),
         Err(e) => (error_reply(&e), false),
+    }
+}
+
+/// The plain lease requests as the token-carrying ones without a token, so
+/// each is handled (and checked) in one place.
+fn with_token(msg: Message) -> Message {
+    match msg {
+        Message::Renew { lease_id } => Message::RenewWithToken { lease_id, token: None },
+        Message::Release { lease_id } => Message::ReleaseWithToken { lease_id, token: None },
+        Message::ReportFailure { lease_id, peer_id, reason, replace } => {
+            Message::ReportFailureWithToken { lease_id, peer_id, reason, replace, token: None }
+        }
+        other => other,
     }
 }
 
@@ -297,5 +341,13 @@ mod tests {
         assert_eq!(resolve_listen("[::]:7000", seen).unwrap(), "10.1.2.3:7000");
         assert!(matches!(resolve_listen("127.0.0.1:0", seen), Err(Error::Invalid(_))));
         assert!(matches!(resolve_listen("nonsense", seen), Err(Error::Invalid(_))));
+        for bad in ["224.0.0.1:7000", "[ff02::1]:7000", "255.255.255.255:7000"] {
+            let err = resolve_listen(bad, seen).unwrap_err().to_string();
+            assert!(err.contains("cannot register") && err.contains("address"), "{bad}: {err}");
+        }
+        // Substitution cannot make an unspecified address usable when the
+        // tracker saw nothing better.
+        let nowhere: SocketAddr = "0.0.0.0:5555".parse().unwrap();
+        assert!(resolve_listen("0.0.0.0:7000", nowhere).unwrap_err().to_string().contains("unspecified"));
     }
 }

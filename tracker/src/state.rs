@@ -17,6 +17,26 @@
 //! polars passes — the tracker's main cost per request — are shared out
 //! when load is high (about 1.9 µs per lease + release in batches of 100
 //! against 10 µs one at a time, 1,000 peers).
+//!
+//! # Ownership
+//! A lease is renewed, released or reported against only by its *holder*:
+//! the connection that took it (`LeaseRecord::holder`, detached or not),
+//! or any connection presenting the lease's token — 256 random bits made
+//! when it is granted ([`LeaseToken`]), handed only to the taker, and how a
+//! detached lease is released from another process. A peer is heartbeated
+//! or deregistered only by the connection that registered it
+//! (`State::peer_owner`). Tokens and owners live here, beside the leases,
+//! never in the polars table (which is printed for `septet peers`), and a
+//! token's `Debug` is redacted so it cannot reach a log line.
+//!
+//! Workers need no token of their own: the agent registers again on every
+//! new connection to the tracker (it has to — a restarted tracker has
+//! forgotten it), and a registration from the same address takes the row
+//! over for the new connection. So connection ownership suffices.
+//!
+//! The methods without a caller ([`Tracker::release`], [`Tracker::renew`],
+//! [`Tracker::heartbeat`], …) are the trusted in-process API (tests,
+//! benches); the server only uses the `_by` variants, which check.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -24,6 +44,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use septet_common::proto::{LeaseGrant, PeerAddr, PeerRow};
+use septet_common::secure::random_token;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -34,8 +55,94 @@ use crate::{Error, Result};
 /// than add up the demand of the whole queue.
 const LONG_QUEUE: usize = 64;
 
-/// Identifies the connection that owns a lease or a waiting request.
+/// Identifies the connection that owns a lease or a waiting request. The
+/// server numbers connections from 1; 0 stands for the in-process caller
+/// (the trusted API without a caller, see the module docs).
 pub type ConnId = u64;
+
+/// The in-process caller: owner of the peers [`Tracker::register`] adds.
+const IN_PROCESS: ConnId = 0;
+
+/// Bytes of randomness in a lease token (256 bits; 64 hex characters).
+pub const TOKEN_BYTES: usize = 32;
+
+/// A lease's bearer token, as hex text. Whoever presents it may renew,
+/// release or report against the lease, so it is only ever sent to the
+/// connection that took the lease; its `Debug` is redacted and it has no
+/// `Display`, so it does not end up in a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LeaseToken(String);
+
+impl std::fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseToken(<redacted>)")
+    }
+}
+
+impl LeaseToken {
+    /// A fresh token of [`TOKEN_BYTES`] random bytes from the OS.
+    pub fn generate() -> Self {
+        Self(random_token(TOKEN_BYTES))
+    }
+
+    /// The token as presented on the wire (any text: a wrong one just fails
+    /// to match).
+    pub fn presented(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The hex text, to send to the lease's taker.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token, compared in time independent of
+    /// where they differ (only of their lengths, which are public).
+    pub fn matches(&self, presented: &LeaseToken) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.0.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        // No early exit: every byte is looked at whatever the first mismatch.
+        let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+/// Who asks to act on a lease: the connection the request came on, and the
+/// token it presented, if any. See `State::authorize`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The connection.
+    pub conn: ConnId,
+    /// The lease token presented with the request.
+    pub token: Option<LeaseToken>,
+}
+
+impl Caller {
+    /// A request on `conn` with no token.
+    pub fn conn(conn: ConnId) -> Self {
+        Self { conn, token: None }
+    }
+}
+
+/// A granted lease and its token, for the connection that asked for it.
+/// Derefs to the [`LeaseGrant`] (`grant.lease_id`, `grant.peers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// What the requester is told.
+    pub lease: LeaseGrant,
+    /// The lease's bearer token.
+    pub token: LeaseToken,
+}
+
+impl std::ops::Deref for Grant {
+    type Target = LeaseGrant;
+
+    fn deref(&self) -> &LeaseGrant {
+        &self.lease
+    }
+}
 
 /// Tracker settings.
 #[derive(Debug, Clone)]
@@ -62,6 +169,11 @@ pub struct TrackerConfig {
     pub max_connections: usize,
     /// The cluster secret and whether to encrypt.
     pub security: septet_common::secure::Security,
+    /// Most rows the peer table holds. Rows are never removed (a peer's id
+    /// is its row), so this counts every worker address ever registered;
+    /// a registration from a new address beyond it is refused, while a
+    /// known address may always register again.
+    pub max_peers: usize,
 }
 
 impl Default for TrackerConfig {
@@ -77,6 +189,7 @@ impl Default for TrackerConfig {
             handshake_timeout: Duration::from_secs(5),
             max_connections: 4096,
             security: septet_common::secure::Security::default(),
+            max_peers: 10_000,
         }
     }
 }
@@ -110,6 +223,13 @@ impl TrackerConfig {
         if self.max_frame_len < 64 {
             return Err(Error::Config(format!("a maximum frame length of {} bytes is too small", self.max_frame_len)));
         }
+        if !(1..=crate::table::MAX_PEERS).contains(&self.max_peers) {
+            return Err(Error::Config(format!(
+                "the peer cap must be between 1 and {}, not {}",
+                crate::table::MAX_PEERS,
+                self.max_peers
+            )));
+        }
         // The peer table's ranking key has 11 bits for a peer's slots in use
         // plus the extra slots one lease ranks on it.
         if !(1..=1024).contains(&self.max_lease_count) || !(1..=1024).contains(&self.max_slots_per_peer) {
@@ -132,6 +252,11 @@ struct LeaseRecord {
     slots: Vec<PeerAddr>,
     /// The connection whose close ends the lease; `None` when detached.
     owner: Option<ConnId>,
+    /// The connection that took the lease (detached or not): it may renew,
+    /// release and report against it without the token.
+    holder: ConnId,
+    /// Lets any other connection act as the holder.
+    token: LeaseToken,
     expires_at: Instant,
     /// Peers already reported failed in this lease: a failure counts once
     /// per lease however often the requester asks for a replacement.
@@ -145,14 +270,14 @@ struct Waiter {
     count: u32,
     conn: ConnId,
     detached: bool,
-    tx: oneshot::Sender<LeaseGrant>,
+    tx: oneshot::Sender<Grant>,
 }
 
 /// The answer to a lease request.
 #[derive(Debug)]
 pub enum LeaseOutcome {
     /// Served at once.
-    Granted(LeaseGrant),
+    Granted(Grant),
     /// Queued: the grant arrives on the ticket.
     Queued(Ticket),
 }
@@ -168,7 +293,7 @@ pub struct Ticket {
     pub free: u32,
     /// Resolves with the grant when the request reaches the front and enough
     /// slots are free.
-    pub grant: oneshot::Receiver<LeaseGrant>,
+    pub grant: oneshot::Receiver<Grant>,
 }
 
 #[derive(Debug)]
@@ -178,9 +303,44 @@ struct State {
     queue: VecDeque<Waiter>,
     next_lease_id: u64,
     next_waiter_id: u64,
+    /// The connection that registered each peer (last registration wins);
+    /// only it may heartbeat or deregister the peer.
+    peer_owner: HashMap<u64, ConnId>,
 }
 
 impl State {
+    /// Whether `caller` may act on lease `lease_id`: it came on the
+    /// connection that took it, or presents its token. An unknown lease is
+    /// refused with the same error as someone else's, so the answer does
+    /// not tell whether a lease exists.
+    fn authorize(&self, lease_id: u64, caller: &Caller) -> Result<()> {
+        let Some(lease) = self.leases.get(&lease_id) else {
+            // The same comparison as for a wrong token, so the time taken
+            // does not tell an unknown lease from someone else's either.
+            if let Some(token) = &caller.token {
+                std::hint::black_box(token.matches(token));
+            }
+            return Err(Error::NotYourLease(lease_id));
+        };
+        let by_token = caller.token.as_ref().is_some_and(|t| lease.token.matches(t));
+        if lease.holder == caller.conn || by_token {
+            Ok(())
+        } else {
+            Err(Error::NotYourLease(lease_id))
+        }
+    }
+
+    /// Whether `conn` registered peer `peer_id` (and it still exists).
+    fn authorize_peer(&self, peer_id: u64, conn: ConnId) -> Result<()> {
+        if self.table.state(peer_id)?.is_none() {
+            return Err(Error::UnknownPeer(peer_id));
+        }
+        match self.peer_owner.get(&peer_id) {
+            Some(&owner) if owner == conn => Ok(()),
+            _ => Err(Error::NotYourPeer(peer_id)),
+        }
+    }
+
     /// Ends a lease and hands back the slots it held, for the caller to
     /// return to the table (alone or with others). Removing the record first
     /// is what makes this happen exactly once, whoever gets here first
@@ -197,7 +357,7 @@ impl State {
 
     /// Queues a lease request behind every earlier one; `dispatch` serves it
     /// when it reaches the front and enough slots are free.
-    fn enqueue(&mut self, count: u32, conn: ConnId, detached: bool) -> (u64, oneshot::Receiver<LeaseGrant>) {
+    fn enqueue(&mut self, count: u32, conn: ConnId, detached: bool) -> (u64, oneshot::Receiver<Grant>) {
         self.next_waiter_id += 1;
         let (tx, grant) = oneshot::channel();
         self.queue.push_back(Waiter { id: self.next_waiter_id, count, conn, detached, tx });
@@ -251,9 +411,18 @@ impl State {
                 rest = tail;
                 self.next_lease_id += 1;
                 let lease_id = self.next_lease_id;
-                let grant = LeaseGrant { lease_id, peers: mine.to_vec(), ttl_ms: ttl.as_millis() as u64 };
+                let token = LeaseToken::generate();
+                let lease = LeaseGrant { lease_id, peers: mine.to_vec(), ttl_ms: ttl.as_millis() as u64 };
+                let grant = Grant { lease, token: token.clone() };
                 let owner = (!waiter.detached).then_some(waiter.conn);
-                let record = LeaseRecord { slots: mine.to_vec(), owner, expires_at: now + ttl, reported: Vec::new() };
+                let record = LeaseRecord {
+                    slots: mine.to_vec(),
+                    owner,
+                    holder: waiter.conn,
+                    token,
+                    expires_at: now + ttl,
+                    reported: Vec::new(),
+                };
                 if waiter.tx.send(grant).is_ok() {
                     self.leases.insert(lease_id, record);
                 } else {
@@ -270,7 +439,7 @@ impl State {
 }
 
 /// A request the tracker takes in batches: see [`Tracker::apply`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Lease `count` slots for connection `conn` (see [`Tracker::lease`]).
     Lease {
@@ -281,17 +450,26 @@ pub enum Op {
         /// Whether the lease outlives the connection.
         detached: bool,
     },
-    /// End a lease (see [`Tracker::release`]).
+    /// End a lease, unchecked: the trusted in-process path (see
+    /// [`Tracker::release`]).
     Release {
         /// The lease to end.
         lease_id: u64,
+    },
+    /// End a lease if `caller` holds it (see [`Tracker::release_by`]);
+    /// otherwise refused with [`Error::NotYourLease`], changing nothing.
+    ReleaseBy {
+        /// The lease to end.
+        lease_id: u64,
+        /// Who asks.
+        caller: Caller,
     },
 }
 
 /// An op of a batch between queueing and the batch's dispatch.
 enum Pending {
     /// A lease request in the queue.
-    Lease { waiter_id: u64, grant: oneshot::Receiver<LeaseGrant> },
+    Lease { waiter_id: u64, grant: oneshot::Receiver<Grant> },
     /// Settled already (a release, or a refused request).
     Done(Result<Done>),
 }
@@ -352,6 +530,7 @@ impl Tracker {
             queue: VecDeque::new(),
             next_lease_id: 0,
             next_waiter_id: 0,
+            peer_owner: HashMap::new(),
         };
         Ok(Self { inner: Arc::new(Inner { config, epoch: Instant::now(), state: Mutex::new(state) }) })
     }
@@ -375,18 +554,62 @@ impl Tracker {
         Ok(out)
     }
 
-    /// Adds or revives a worker; returns its peer id.
+    /// Adds or revives a worker for the in-process caller; returns its peer
+    /// id. See [`Tracker::register_by`].
     ///
     /// # Errors
-    /// [`Error::Invalid`] for zero or too many slots.
+    /// As [`Tracker::register_by`].
     pub fn register(&self, addr: &str, slots: u32) -> Result<u64> {
-        if slots == 0 || slots > self.inner.config.max_slots_per_peer {
+        self.register_by(addr, slots, IN_PROCESS)
+    }
+
+    /// Adds a worker registered on connection `conn`, or — when one
+    /// registered from the same address before — takes its row over: same
+    /// peer id, the new slot count, alive again, and owned by `conn` from
+    /// now on (the old connection may no longer heartbeat or deregister it).
+    ///
+    /// Leases that hold slots on the old row keep them: the slots stay
+    /// counted in `in_use` until those leases are released, expire or
+    /// replace the peer after a failure report, so no slot is ever leased
+    /// twice (a worker that merely reconnected is still running those
+    /// tasks). For the same reason a worker may not come back with fewer
+    /// slots than its row still has in use: that registration is refused
+    /// until enough are returned (the agent retries on its own).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for zero or too many slots, a full table (see
+    /// [`TrackerConfig::max_peers`]), or fewer slots than still in use.
+    pub fn register_by(&self, addr: &str, slots: u32, conn: ConnId) -> Result<u64> {
+        let config = &self.inner.config;
+        if slots == 0 || slots > config.max_slots_per_peer {
             return Err(Error::Invalid(format!(
                 "a worker must offer between 1 and {} slots, not {slots}",
-                self.inner.config.max_slots_per_peer
+                config.max_slots_per_peer
             )));
         }
-        self.mutate(|s, now| Ok(s.table.register(addr, slots, self.now_ms(now))?))
+        self.mutate(|s, now| {
+            match s.table.find(addr)? {
+                Some(peer_id) => {
+                    let in_use = s.table.usage_of(peer_id)?.1;
+                    if slots < in_use {
+                        return Err(Error::Invalid(format!(
+                            "the worker at {addr} still has {in_use} slots held by live leases; register with at \
+                             least {in_use} slots, or with {slots} once they are released (within the lease TTL)"
+                        )));
+                    }
+                }
+                None if s.table.len() >= config.max_peers => {
+                    return Err(Error::Invalid(format!(
+                        "the tracker's peer table is full ({} peers, its --max-peers); no new worker can join",
+                        config.max_peers
+                    )));
+                }
+                None => {}
+            }
+            let peer_id = s.table.register(addr, slots, self.now_ms(now))?;
+            s.peer_owner.insert(peer_id, conn);
+            Ok(peer_id)
+        })
     }
 
     fn live_peer(state: &State, peer_id: u64) -> Result<()> {
@@ -408,6 +631,20 @@ impl Tracker {
         })
     }
 
+    /// [`Tracker::heartbeat`] from connection `conn`, which must be the one
+    /// that registered the peer.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`], [`Error::NotYourPeer`] (nothing changes), or
+    /// [`Error::PeerGone`].
+    pub fn heartbeat_by(&self, peer_id: u64, conn: ConnId) -> Result<()> {
+        self.mutate(|s, now| {
+            s.authorize_peer(peer_id, conn)?;
+            Self::live_peer(s, peer_id)?;
+            Ok(s.table.heartbeat(peer_id, self.now_ms(now))?)
+        })
+    }
+
     /// Marks a worker gone at its own request.
     ///
     /// # Errors
@@ -417,6 +654,18 @@ impl Tracker {
             if s.table.state(peer_id)?.is_none() {
                 return Err(Error::UnknownPeer(peer_id));
             }
+            Ok(s.table.set_state(peer_id, PeerState::Gone)?)
+        })
+    }
+
+    /// [`Tracker::deregister`] from connection `conn`, which must be the
+    /// one that registered the peer.
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`] or [`Error::NotYourPeer`] (nothing changes).
+    pub fn deregister_by(&self, peer_id: u64, conn: ConnId) -> Result<()> {
+        self.mutate(|s, _| {
+            s.authorize_peer(peer_id, conn)?;
             Ok(s.table.set_state(peer_id, PeerState::Gone)?)
         })
     }
@@ -436,6 +685,15 @@ impl Tracker {
     /// [`Error::UnknownLease`] if it already ended.
     pub fn release(&self, lease_id: u64) -> Result<()> {
         self.apply_one(Op::Release { lease_id }).map(|_| ())
+    }
+
+    /// Ends a lease if `caller` holds it (see `State::authorize`).
+    ///
+    /// # Errors
+    /// [`Error::NotYourLease`] (nothing changes) for an ended, unknown or
+    /// someone else's lease.
+    pub fn release_by(&self, lease_id: u64, caller: Caller) -> Result<()> {
+        self.apply_one(Op::ReleaseBy { lease_id, caller }).map(|_| ())
     }
 
     fn apply_one(&self, op: Op) -> Result<Done> {
@@ -481,6 +739,12 @@ impl Tracker {
                     returned.extend(slots);
                     Done::Released
                 })),
+                Op::ReleaseBy { lease_id, caller } => {
+                    Pending::Done(s.authorize(lease_id, &caller).and_then(|()| s.end_lease(lease_id)).map(|slots| {
+                        returned.extend(slots);
+                        Done::Released
+                    }))
+                }
             })
             .collect();
         // A polars failure below is a bug, not bad input; it is reported to
@@ -531,12 +795,42 @@ impl Tracker {
     /// # Errors
     /// [`Error::UnknownLease`].
     pub fn renew(&self, lease_id: u64) -> Result<Duration> {
+        self.renew_as(lease_id, None)
+    }
+
+    /// Renews, checking `caller` first when there is one.
+    fn renew_as(&self, lease_id: u64, caller: Option<&Caller>) -> Result<Duration> {
         let ttl = self.inner.config.lease_ttl;
         self.mutate(|s, now| {
+            if let Some(caller) = caller {
+                s.authorize(lease_id, caller)?;
+            }
             let lease = s.leases.get_mut(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
             lease.expires_at = now + ttl;
             Ok(ttl)
         })
+    }
+
+    /// [`Tracker::renew`] if `caller` holds the lease.
+    ///
+    /// # Errors
+    /// [`Error::NotYourLease`] (nothing changes).
+    pub fn renew_by(&self, lease_id: u64, caller: &Caller) -> Result<Duration> {
+        self.renew_as(lease_id, Some(caller))
+    }
+
+    /// [`Tracker::report_failure`] if `caller` holds the lease.
+    ///
+    /// # Errors
+    /// [`Error::NotYourLease`] (nothing changes), or as `report_failure`.
+    pub fn report_failure_by(
+        &self,
+        lease_id: u64,
+        peer_id: u64,
+        replace: bool,
+        caller: &Caller,
+    ) -> Result<Option<PeerAddr>> {
+        self.report_failure_as(lease_id, peer_id, replace, Some(caller))
     }
 
     /// Records that a leased peer failed: its `failures` count goes up (once
@@ -550,7 +844,21 @@ impl Tracker {
     /// # Errors
     /// [`Error::UnknownLease`] or [`Error::NotInLease`].
     pub fn report_failure(&self, lease_id: u64, peer_id: u64, replace: bool) -> Result<Option<PeerAddr>> {
+        self.report_failure_as(lease_id, peer_id, replace, None)
+    }
+
+    /// Records a failure, checking `caller` first when there is one.
+    fn report_failure_as(
+        &self,
+        lease_id: u64,
+        peer_id: u64,
+        replace: bool,
+        caller: Option<&Caller>,
+    ) -> Result<Option<PeerAddr>> {
         self.mutate(|s, _| {
+            if let Some(caller) = caller {
+                s.authorize(lease_id, caller)?;
+            }
             let lease = s.leases.get(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
             if !lease.slots.iter().any(|p| p.peer_id == peer_id) {
                 return Err(Error::NotInLease { lease_id, peer_id });
@@ -677,7 +985,7 @@ mod tests {
         t
     }
 
-    fn granted(outcome: LeaseOutcome) -> LeaseGrant {
+    fn granted(outcome: LeaseOutcome) -> Grant {
         match outcome {
             LeaseOutcome::Granted(g) => g,
             LeaseOutcome::Queued(t) => panic!("expected a grant, queued at {}", t.position),
@@ -872,5 +1180,120 @@ mod tests {
         assert_eq!(t.stats().unwrap().free, 7, "suspect peer stays out of the pool");
         t.heartbeat(bad).unwrap();
         assert_eq!(t.stats().unwrap().free, 8);
+    }
+
+    /// The request `conn` makes presenting `token`.
+    fn by(conn: ConnId, token: &str) -> Caller {
+        Caller { conn, token: Some(LeaseToken::presented(token)) }
+    }
+
+    #[tokio::test]
+    async fn only_the_holder_connection_or_the_token_may_renew_release_or_report() {
+        let t = tracker_with(8, 1);
+        let lease = granted(t.lease(7, 1, true).unwrap());
+        let (id, token) = (lease.lease_id, lease.token.expose().to_string());
+        assert_eq!(token.len(), 2 * TOKEN_BYTES);
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+        let other = granted(t.lease(1, 2, false).unwrap());
+        assert_ne!(other.token, lease.token, "every lease has its own token");
+        let before = (t.stats().unwrap(), t.peers().unwrap().1);
+        let wrong = "0".repeat(token.len());
+        let bad_peer = lease.peers[0].peer_id;
+        // Another connection: without the token, with a wrong one, with the
+        // token of its own lease, or a truncated one: refused, nothing changes.
+        for caller in [Caller::conn(2), by(2, &wrong), by(2, other.token.expose()), by(2, &token[..10]), by(2, "")] {
+            assert!(matches!(t.release_by(id, caller.clone()), Err(Error::NotYourLease(i)) if i == id));
+            assert!(matches!(t.renew_by(id, &caller), Err(Error::NotYourLease(_))));
+            assert!(matches!(t.report_failure_by(id, bad_peer, true, &caller), Err(Error::NotYourLease(_))));
+            assert_eq!((t.stats().unwrap(), t.peers().unwrap().1), before, "refused means unchanged");
+        }
+        // An unknown lease reads exactly like someone else's.
+        let unknown = t.release_by(999, Caller::conn(2)).unwrap_err().to_string();
+        let theirs = t.release_by(id, Caller::conn(2)).unwrap_err().to_string();
+        assert_eq!(unknown.replace("999", &id.to_string()), theirs);
+        assert!(!theirs.contains(&token), "the error never shows the token");
+        // The holder connection may, without the token (detached or not) …
+        t.renew_by(id, &Caller::conn(1)).unwrap();
+        assert!(t.report_failure_by(id, bad_peer, false, &Caller::conn(1)).unwrap().is_none());
+        t.renew_by(other.lease_id, &Caller::conn(2)).unwrap();
+        // … and so may anyone with the token.
+        t.renew_by(id, &by(3, &token)).unwrap();
+        t.release_by(id, by(3, &token)).unwrap();
+        assert!(matches!(t.release_by(id, by(3, &token)), Err(Error::NotYourLease(_))), "exactly once");
+        t.release_by(other.lease_id, Caller::conn(2)).unwrap();
+        assert_eq!(t.stats().unwrap().leases, 0);
+        t.check_invariants().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_batch_release_by_a_stranger_is_refused_and_changes_nothing() {
+        let t = tracker_with(7, 1);
+        let lease = granted(t.lease(7, 1, false).unwrap());
+        let out = t.apply([
+            Op::ReleaseBy { lease_id: lease.lease_id, caller: Caller::conn(9) },
+            Op::Lease { count: 1, conn: 9, detached: false },
+        ]);
+        assert!(matches!(out[0], Err(Error::NotYourLease(_))));
+        let mut waiting = queued(out.into_iter().nth(1).unwrap().unwrap().into_lease());
+        assert_eq!(t.stats().unwrap(), Stats { free: 0, leases: 1, waiting: 1 });
+        t.apply([Op::ReleaseBy { lease_id: lease.lease_id, caller: Caller::conn(1) }]).pop().unwrap().unwrap();
+        assert_eq!(waiting.grant.try_recv().unwrap().peers.len(), 1);
+        t.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn lease_tokens_compare_whole_and_never_print() {
+        let a = LeaseToken::generate();
+        assert!(a.matches(&a.clone()));
+        assert!(!a.matches(&LeaseToken::generate()));
+        assert!(!a.matches(&LeaseToken::presented(&a.expose()[1..])));
+        assert_eq!(format!("{a:?}"), "LeaseToken(<redacted>)");
+        let caller = format!("{:?}", Caller { conn: 1, token: Some(a.clone()) });
+        assert!(!caller.contains(a.expose()));
+    }
+
+    #[tokio::test]
+    async fn only_the_registering_connection_may_heartbeat_or_deregister_a_peer() {
+        let t = tracker();
+        let p = t.register_by("10.0.0.1:7000", 1, 5).unwrap();
+        let before = t.peers().unwrap().1;
+        assert!(matches!(t.heartbeat_by(p, 6), Err(Error::NotYourPeer(_))));
+        assert!(matches!(t.deregister_by(p, 6), Err(Error::NotYourPeer(_))));
+        assert_eq!(t.peers().unwrap().1, before, "refused means unchanged");
+        assert!(matches!(t.heartbeat_by(42, 5), Err(Error::UnknownPeer(42))));
+        t.heartbeat_by(p, 5).unwrap();
+        // The worker reconnects and registers again: the row is the new
+        // connection's now, and no longer the old one's.
+        assert_eq!(t.register_by("10.0.0.1:7000", 1, 7).unwrap(), p);
+        assert!(matches!(t.heartbeat_by(p, 5), Err(Error::NotYourPeer(_))));
+        t.heartbeat_by(p, 7).unwrap();
+        t.deregister_by(p, 7).unwrap();
+        assert_eq!(t.peers().unwrap().1[p as usize].state, "gone");
+        assert!(matches!(t.heartbeat_by(p, 7), Err(Error::PeerGone(_))));
+    }
+
+    #[tokio::test]
+    async fn the_peer_table_has_a_cap_and_a_returning_address_keeps_its_row_and_leased_slots() {
+        let t = Tracker::new(TrackerConfig { max_peers: 2, ..Default::default() }).unwrap();
+        let a = t.register_by("10.0.0.1:7000", 2, 1).unwrap();
+        t.register_by("10.0.0.2:7000", 1, 2).unwrap();
+        let full = t.register_by("10.0.0.3:7000", 1, 3).unwrap_err().to_string();
+        assert!(full.contains("full") && full.contains("2 peers"), "{full}");
+        let lease = granted(t.lease(3, 9, false).unwrap());
+        // A known address may always come back, same row, same id: the
+        // slots its old registration has leased stay held until released.
+        assert_eq!(t.register_by("10.0.0.1:7000", 3, 4).unwrap(), a);
+        assert_eq!(t.peers().unwrap().1[a as usize].in_use, 2);
+        assert_eq!(t.stats().unwrap().free, 1, "three offered, two still held");
+        t.check_invariants().unwrap();
+        // Fewer slots than still held would break the accounting: refused.
+        let fewer = t.register_by("10.0.0.1:7000", 1, 4).unwrap_err().to_string();
+        assert!(fewer.contains("still has 2 slots held"), "{fewer}");
+        t.check_invariants().unwrap();
+        t.release(lease.lease_id).unwrap();
+        t.register_by("10.0.0.1:7000", 1, 4).unwrap();
+        assert_eq!(t.stats().unwrap().free, 2);
+        t.check_invariants().unwrap();
+        assert!(Tracker::new(TrackerConfig { max_peers: 0, ..Default::default() }).is_err());
     }
 }

@@ -206,6 +206,23 @@ impl PeerTable {
         Ok(id)
     }
 
+    /// The id of the peer registered from `addr`, if any.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn find(&self, addr: &str) -> TableResult<Option<u64>> {
+        Ok(self.strs("addr")?.equal(addr).iter().position(|v| v == Some(true)).map(|row| row as u64))
+    }
+
+    /// `(slots, in_use)` of one peer (zeros for an unknown id).
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn usage_of(&self, peer_id: u64) -> TableResult<(u32, u32)> {
+        let row = peer_id as usize;
+        Ok((self.u32s("slots")?.get(row).unwrap_or(0), self.u32s("in_use")?.get(row).unwrap_or(0)))
+    }
+
     /// The state of a peer, or `None` for an unknown id.
     ///
     /// # Errors

@@ -2,6 +2,14 @@
 //! tracker goes away (or forgets us) keep retrying with jittered
 //! exponential backoff and register again once it is back. On shutdown the
 //! worker deregisters.
+//!
+//! Ownership: the tracker lets only the connection that registered a peer
+//! heartbeat or deregister it. The agent needs no token for that because
+//! every session registers first, on its own fresh connection: after any
+//! reconnection it is the registering connection again (a registration from
+//! the same address takes the peer's row over). If another registration
+//! from our address took the row over meanwhile, heartbeats are refused as
+//! `Unauthorized` and the agent registers again, like after `PeerGone`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,7 +94,10 @@ async fn session(config: &AgentConfig, cancel: &CancellationToken, backoff: &mut
             }
             _ = tick.tick() => match client.heartbeat(reg.peer_id).await {
                 Ok(()) => {}
-                Err(Error::Remote { code: ErrorCode::PeerGone | ErrorCode::UnknownPeer, message }) => {
+                Err(Error::Remote {
+                    code: ErrorCode::PeerGone | ErrorCode::UnknownPeer | ErrorCode::Unauthorized,
+                    message,
+                }) => {
                     // The tracker restarted or gave up on us: register again now.
                     info!(%message, "the tracker no longer knows this worker; registering again");
                     *backoff = Duration::ZERO;

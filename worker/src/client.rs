@@ -1,6 +1,12 @@
 //! Clients of the septet servers: [`TrackerClient`] for registering,
 //! heartbeating, listing peers and leasing. Each call has a deadline, except
 //! waiting in the lease queue, which lasts as long as the caller allows.
+//!
+//! A connection whose request timed out (or failed mid-exchange) is
+//! discarded, never reused: its reply may still arrive, and the next call
+//! would read it as its own answer. The client is *poisoned* instead, and
+//! every later call fails at once with [`Error::Io`] (`NotConnected`)
+//! saying why; connect a new client to go on.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,11 +32,31 @@ pub struct Registration {
     pub heartbeat: Duration,
 }
 
+/// A lease as granted to us, with its token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    /// The lease.
+    pub grant: LeaseGrant,
+    /// Its bearer token (hex): whoever presents it may renew, release or
+    /// report against the lease, so keep it secret. `None` from a tracker
+    /// that sent none.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for HeldLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldLease").field("grant", &self.grant).field("token", &"<redacted>").finish()
+    }
+}
+
 /// A connection to the tracker.
 #[derive(Debug)]
 pub struct TrackerClient {
     conn: Connection,
     timeout: Duration,
+    /// Set once an exchange broke off (timeout, I/O error): why the
+    /// connection may no longer be used.
+    poisoned: Option<String>,
 }
 
 fn unexpected(expected: &'static str, got: Message) -> Error {
@@ -61,7 +87,7 @@ impl TrackerClient {
         let name = addr.to_string();
         let conn =
             Connection::connect(addr, role, limits).await.map_err(|e| e.naming(|| format!("the tracker at {name}")))?;
-        Ok(Self { conn, timeout })
+        Ok(Self { conn, timeout, poisoned: None })
     }
 
     /// The tracker's address.
@@ -69,8 +95,41 @@ impl TrackerClient {
         self.conn.peer
     }
 
+    /// Whether an earlier exchange broke off, leaving the connection unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Fails at once if an earlier exchange broke off.
+    fn check_usable(&self) -> Result<()> {
+        match &self.poisoned {
+            None => Ok(()),
+            Some(why) => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("this tracker connection is no longer usable: an earlier request {why}; connect again"),
+            ))),
+        }
+    }
+
+    /// Runs one exchange; if it ends in anything but a whole reply (an
+    /// `Error` frame from the tracker is a whole reply), the client is
+    /// poisoned. Dropping the future mid-exchange poisons it too.
+    async fn guarded<T>(&mut self, exchange: impl std::ops::AsyncFnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        self.check_usable()?;
+        // Set first, cleared on a whole reply: a cancelled call stays poisoned.
+        self.poisoned = Some("was abandoned before its reply arrived".into());
+        let out = exchange(&mut self.conn).await;
+        self.poisoned = match &out {
+            Ok(_) | Err(Error::Remote { .. }) => None,
+            Err(Error::Timeout { what, after }) => Some(format!("timed out after {after:?} waiting for {what}")),
+            Err(e) => Some(format!("failed mid-exchange ({e})")),
+        };
+        out
+    }
+
     async fn call(&mut self, msg: Message, expected: &'static str) -> Result<Message> {
-        self.conn.request(&msg, expected, self.timeout).await
+        let timeout = self.timeout;
+        self.guarded(async move |conn: &mut Connection| conn.request(&msg, expected, timeout).await).await
     }
 
     /// Registers a worker listening on `listen` with `slots` slots.
@@ -133,24 +192,44 @@ impl TrackerClient {
         count: u32,
         detached: bool,
         max_wait: Option<Duration>,
-        mut on_wait: impl FnMut(u32, u32, u32),
+        on_wait: impl FnMut(u32, u32, u32),
     ) -> Result<LeaseGrant> {
+        self.lease_held(count, detached, max_wait, on_wait).await.map(|held| held.grant)
+    }
+
+    /// As [`TrackerClient::lease`], also returning the lease's token (for a
+    /// detached lease: what `septet release --token` needs later).
+    ///
+    /// # Errors
+    /// As [`TrackerClient::lease`]; after a timeout in the queue the client
+    /// is poisoned (the grant may still arrive on this connection).
+    pub async fn lease_held(
+        &mut self,
+        count: u32,
+        detached: bool,
+        max_wait: Option<Duration>,
+        mut on_wait: impl FnMut(u32, u32, u32),
+    ) -> Result<HeldLease> {
+        fn held(msg: Message, expected: &'static str) -> Result<HeldLease> {
+            match msg {
+                Message::Leased(grant) => Ok(HeldLease { grant, token: None }),
+                Message::LeasedWithToken { grant, token } => Ok(HeldLease { grant, token: Some(token) }),
+                other => Err(unexpected(expected, other)),
+            }
+        }
         match self.call(Message::Lease { count, detached }, "Leased or Waiting").await? {
-            Message::Leased(grant) => Ok(grant),
             Message::Waiting { position, free, needed } => {
                 on_wait(position, free, needed);
-                let wait = async {
-                    match self.conn.reader.read_message("Leased").await? {
-                        Message::Leased(grant) => Ok(grant),
-                        other => Err(unexpected("Leased", other)),
+                self.guarded(async move |conn: &mut Connection| {
+                    let wait = async { held(conn.reader.read_message("Leased").await?, "Leased") };
+                    match max_wait {
+                        Some(limit) => deadline(limit, "a lease in the tracker's queue", wait).await,
+                        None => wait.await,
                     }
-                };
-                match max_wait {
-                    Some(limit) => deadline(limit, "a lease in the tracker's queue", wait).await,
-                    None => wait.await,
-                }
+                })
+                .await
             }
-            other => Err(unexpected("Leased", other)),
+            other => held(other, "Leased"),
         }
     }
 
@@ -159,7 +238,18 @@ impl TrackerClient {
     /// # Errors
     /// [`Error::Remote`] with `UnknownLease` if it already ended.
     pub async fn renew(&mut self, lease_id: u64) -> Result<Duration> {
-        match self.call(Message::Renew { lease_id }, "Renewed").await? {
+        self.renew_with(lease_id, None).await
+    }
+
+    /// Extends a lease by its TTL, presenting its token if given (needed
+    /// unless this connection took the lease); returns the TTL.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] with `Unauthorized` if the lease is not ours (or
+    /// has ended: the tracker does not say which).
+    pub async fn renew_with(&mut self, lease_id: u64, token: Option<&str>) -> Result<Duration> {
+        let token = token.map(str::to_string);
+        match self.call(Message::RenewWithToken { lease_id, token }, "Renewed").await? {
             Message::Renewed { ttl_ms, .. } => Ok(Duration::from_millis(ttl_ms)),
             other => Err(unexpected("Renewed", other)),
         }
@@ -170,7 +260,18 @@ impl TrackerClient {
     /// # Errors
     /// [`Error::Remote`] with `UnknownLease` if it already ended.
     pub async fn release(&mut self, lease_id: u64) -> Result<()> {
-        match self.call(Message::Release { lease_id }, "Released").await? {
+        self.release_with(lease_id, None).await
+    }
+
+    /// Releases a lease, presenting its token if given (needed unless this
+    /// connection took the lease).
+    ///
+    /// # Errors
+    /// [`Error::Remote`] with `Unauthorized` if the lease is not ours (or
+    /// has ended: the tracker does not say which); nothing changes then.
+    pub async fn release_with(&mut self, lease_id: u64, token: Option<&str>) -> Result<()> {
+        let token = token.map(str::to_string);
+        match self.call(Message::ReleaseWithToken { lease_id, token }, "Released").await? {
             Message::Released { .. } => Ok(()),
             other => Err(unexpected("Released", other)),
         }
@@ -188,7 +289,24 @@ impl TrackerClient {
         reason: &str,
         replace: bool,
     ) -> Result<Option<PeerAddr>> {
-        let msg = Message::ReportFailure { lease_id, peer_id, reason: reason.to_string(), replace };
+        self.report_failure_with(lease_id, peer_id, reason, replace, None).await
+    }
+
+    /// As [`TrackerClient::report_failure`], presenting the lease's token if
+    /// given (needed unless this connection took the lease).
+    ///
+    /// # Errors
+    /// As [`TrackerClient::report_failure`], or `Unauthorized`.
+    pub async fn report_failure_with(
+        &mut self,
+        lease_id: u64,
+        peer_id: u64,
+        reason: &str,
+        replace: bool,
+        token: Option<&str>,
+    ) -> Result<Option<PeerAddr>> {
+        let (reason, token) = (reason.to_string(), token.map(str::to_string));
+        let msg = Message::ReportFailureWithToken { lease_id, peer_id, reason, replace, token };
         match self.call(msg, "FailureRecorded").await? {
             Message::FailureRecorded { replacement, .. } => Ok(replacement),
             other => Err(unexpected("FailureRecorded", other)),
@@ -201,5 +319,77 @@ pub async fn or_cancel<T>(cancel: &tokio_util::sync::CancellationToken, fut: imp
     tokio::select! {
         _ = cancel.cancelled() => None,
         out = fut => Some(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A fake tracker that answers its first request after `delay`, then
+    /// every later one at once — each with a reply naming the request it
+    /// answers (a `Peers` table of "reply to request N").
+    async fn late_tracker(delay: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut conn, _) = Connection::accept(stream, ConnLimits::default()).await.unwrap();
+            let mut n = 0;
+            while let Ok(Some(_)) = conn.reader.read_frame().await {
+                n += 1;
+                if n == 1 {
+                    tokio::time::sleep(delay).await;
+                }
+                let reply = Message::Peers { table: format!("reply to request {n}"), rows: Vec::new() };
+                if conn.writer.send(&reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_request_poisons_the_client_so_a_late_reply_is_never_taken_for_the_next() {
+        let addr = late_tracker(Duration::from_millis(300)).await;
+        let mut client = TrackerClient::connect(addr, Role::Client, Duration::from_millis(100)).await.unwrap();
+        assert!(matches!(client.peers().await, Err(Error::Timeout { .. })));
+        assert!(client.is_poisoned());
+        // Let the late reply arrive: the next call must not read it as its own.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let started = std::time::Instant::now();
+        let err = client.peers().await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(50), "fails at once, without a round trip");
+        let text = err.to_string();
+        assert!(text.contains("no longer usable") && text.contains("timed out"), "{text}");
+        assert!(matches!(client.release(1).await, Err(Error::Io(_))), "every later call");
+        // A fresh connection works (the fake answers its first request late
+        // only once per listener, so check on a new fake).
+        let addr = late_tracker(Duration::ZERO).await;
+        let mut fresh = TrackerClient::connect(addr, Role::Client, Duration::from_millis(500)).await.unwrap();
+        assert_eq!(fresh.peers().await.unwrap().0, "reply to request 1");
+        assert_eq!(fresh.peers().await.unwrap().0, "reply to request 2");
+        assert!(!fresh.is_poisoned());
+    }
+
+    #[tokio::test]
+    async fn an_error_reply_is_a_whole_answer_and_does_not_poison() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut conn, _) = Connection::accept(stream, ConnLimits::default()).await.unwrap();
+            while let Ok(Some(_)) = conn.reader.read_frame().await {
+                let err = Error::Remote { code: septet_common::ErrorCode::Unauthorized, message: "no".into() };
+                conn.writer.send(&Message::error(&err, None)).await.unwrap();
+            }
+        });
+        let mut client = TrackerClient::connect(addr, Role::Client, Duration::from_millis(500)).await.unwrap();
+        for _ in 0..2 {
+            assert!(matches!(client.release_with(3, Some("x")).await, Err(Error::Remote { .. })));
+        }
+        assert!(!client.is_poisoned());
     }
 }
