@@ -96,17 +96,30 @@ impl LeaseToken {
         &self.0
     }
 
-    /// Whether `presented` is this token, compared in time independent of
-    /// where they differ (only of their lengths, which are public).
+    /// Whether `presented` is this token, in time independent of where they
+    /// differ, and of the presented token's length beyond hashing it.
+    ///
+    /// ring 0.17 deprecated its `constant_time::verify_slices_are_equal`
+    /// ("no promises regarding side channels"); the comparison it does
+    /// document as constant-time is [`ring::hmac::verify`]. So both sides
+    /// go through HMAC-SHA256 under a key made once per process: the stored
+    /// token's tag is computed, and `hmac::verify` checks the presented
+    /// token against it. Even a leak in that check would only reveal bits
+    /// of a MAC under a key no peer knows, not of the token.
     pub fn matches(&self, presented: &LeaseToken) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.0.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        // No early exit: every byte is looked at whatever the first mismatch.
-        let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-        std::hint::black_box(diff) == 0
+        let key = token_mac_key();
+        let tag = ring::hmac::sign(key, self.0.as_bytes());
+        ring::hmac::verify(key, presented.0.as_bytes(), tag.as_ref()).is_ok()
     }
+}
+
+/// The per-process HMAC key that [`LeaseToken::matches`] compares under.
+fn token_mac_key() -> &'static ring::hmac::Key {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .expect("the OS random number generator failed")
+    })
 }
 
 /// Who asks to act on a lease: the connection the request came on, and the
