@@ -696,24 +696,20 @@ async fn lease(args: LeaseArgs) -> Result<()> {
     let on_wait = |position: u32, free: u32, needed: u32| {
         eprintln!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)");
     };
-    let held = tokio::select! {
-        held = client.lease_held(args.count, args.detach, max_wait, on_wait) => held.context("while leasing peers")?,
+    let grant = tokio::select! {
+        grant = client.lease(args.count, args.detach, max_wait, on_wait) => grant.context("while leasing peers")?,
         _ = shutdown_signal() => bail!("interrupted while waiting for a lease; left the queue"),
     };
-    let grant = held.grant;
     // Only a detached lease's token is worth printing: an attached one ends
     // with this process anyway.
-    let token = held.token.filter(|_| args.detach);
-    print_lease(&grant, token.as_deref(), args.json)?;
+    let token = args.detach.then_some(grant.token.as_str());
+    print_lease(&grant, token, args.json)?;
     if args.detach {
         let id = grant.lease_id;
-        match token {
-            Some(_) => eprintln!(
-                "lease {id} is detached: it ends when its TTL passes, or with `septet release {id}` given its token \
-                 (--token, or SEPTET_LEASE_TOKEN to keep it out of `ps`)"
-            ),
-            None => eprintln!("lease {id} is detached: the tracker sent no token, so it ends only when its TTL passes"),
-        }
+        eprintln!(
+            "lease {id} is detached: it ends when its TTL passes, or with `septet release {id}` given its token \
+             (--token, or SEPTET_LEASE_TOKEN to keep it out of `ps`)"
+        );
         return Ok(());
     }
     // Hold, renewing at half the TTL, until --hold passes or Ctrl-C.

@@ -13,8 +13,9 @@ use rand::{RngExt, SeedableRng};
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{encode_control, BlockOp};
 use septet_common::proto::LeaseGrant;
+use septet_common::proto::{Failure, TrackerReply, TrackerRequest, WorkerReply};
 use septet_common::strassen::naive_matmul;
-use septet_common::{Connection, Element, Error, ErrorCode, Frame, MatrixView, Message, PeerAddr, Role};
+use septet_common::{Connection, Element, Error, ErrorCode, Frame, MatrixView, PeerAddr, Role};
 use septet_tracker::{Tracker, TrackerConfig};
 use septet_worker::{RequestError, Requester, RequesterConfig};
 
@@ -120,8 +121,8 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
             .send_blocks(9, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
             .await
             .unwrap();
-        match conn.reader.read_frame().await.unwrap() {
-            Some(Frame::Control(Message::Error { code: ErrorCode::ShapeMismatch, task_id: Some(9), message })) => {
+        match conn.reader.read_message::<WorkerReply>("an error").await.unwrap() {
+            WorkerReply::Error(Failure { code: ErrorCode::ShapeMismatch, task_id: Some(9), message }) => {
                 assert!(message.contains("(2, 3)") && message.contains("(4, 2)"), "{message}");
             }
             other => panic!("expected a shape error, got {other:?}"),
@@ -139,8 +140,8 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
             .await
             .unwrap();
         assert!(matches!(
-            conn.reader.read_frame().await.unwrap(),
-            Some(Frame::Control(Message::Computed { task_id: 11, .. }))
+            conn.reader.read_message::<WorkerReply>("Computed").await.unwrap(),
+            WorkerReply::Computed { task_id: 11, .. }
         ));
         match conn.reader.read_frame().await.unwrap() {
             Some(Frame::Blocks(b)) => assert_eq!(b.mats, vec![septet_common::Matrix::F64(x.dot(&y))]),
@@ -152,23 +153,25 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
             .send_blocks(13, BlockOp::Multiply, &[MatrixView::F64(wide.view()), MatrixView::F64(tall.view())])
             .await
             .unwrap();
-        match conn.reader.read_frame().await.unwrap() {
-            Some(Frame::Control(Message::Error { task_id: Some(13), message, .. })) => {
+        match conn.reader.read_message::<WorkerReply>("an error").await.unwrap() {
+            WorkerReply::Error(Failure { task_id: Some(13), message, .. }) => {
                 assert!(message.contains("frame limit"), "{message}")
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
         // Raw garbage on another connection does not disturb it.
         let mut raw = tokio::net::TcpStream::connect(worker.addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut raw, &encode_control(&Message::ListPeers).unwrap()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut raw, &encode_control(&TrackerRequest::ListPeers).unwrap())
+            .await
+            .unwrap();
         drop(raw);
         conn.writer
             .send_blocks(12, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
             .await
             .unwrap();
         assert!(matches!(
-            conn.reader.read_frame().await.unwrap(),
-            Some(Frame::Control(Message::Computed { task_id: 12, .. }))
+            conn.reader.read_message::<WorkerReply>("Computed").await.unwrap(),
+            WorkerReply::Computed { task_id: 12, .. }
         ));
         worker.shutdown().await;
     })
@@ -237,7 +240,7 @@ enum Misbehaviour {
     /// `Computed`, then bytes that are not a frame, then silence with the
     /// connection held open.
     ComputedThenGarbage,
-    /// A valid message of the wrong kind where `Computed` belongs.
+    /// A valid message, but not the one expected: `Computed` for another task.
     WrongKind,
     /// A product of the right shape full of NaN.
     NanProduct,
@@ -263,15 +266,18 @@ async fn fake_worker(tracker: std::net::SocketAddr, how: Misbehaviour) -> tokio_
                 let Ok(Some(Frame::Blocks(task))) = conn.reader.read_frame().await else { return };
                 match how {
                     Misbehaviour::ComputedThenGarbage => {
-                        let done = Message::Computed { task_id: task.task_id, compute_us: 1 };
+                        let done = WorkerReply::Computed { task_id: task.task_id, compute_us: 1 };
                         conn.writer.send(&done).await.unwrap();
                         conn.writer.send_raw(b"\x05\x00\x00\x00\x07garbage that is no frame").await.unwrap();
                     }
-                    Misbehaviour::WrongKind => conn.writer.send(&Message::HeartbeatAck).await.unwrap(),
+                    Misbehaviour::WrongKind => {
+                        let other = WorkerReply::Computed { task_id: task.task_id + 1000, compute_us: 1 };
+                        conn.writer.send(&other).await.unwrap()
+                    }
                     Misbehaviour::NanProduct => {
                         let shape = (task.mats[0].shape().0, task.mats[1].shape().1);
                         let nan = Array2::<f64>::from_elem(shape, f64::NAN);
-                        let done = Message::Computed { task_id: task.task_id, compute_us: 1 };
+                        let done = WorkerReply::Computed { task_id: task.task_id, compute_us: 1 };
                         conn.writer.send(&done).await.unwrap();
                         conn.writer
                             .send_blocks(task.task_id, BlockOp::Product, &[MatrixView::F64(nan.view())])
@@ -329,7 +335,7 @@ async fn a_worker_that_sends_computed_then_garbage_is_replaced() {
 async fn a_worker_that_answers_with_the_wrong_message_kind_is_replaced() {
     a_misbehaving_worker_is_replaced(
         Misbehaviour::WrongKind,
-        "unexpected message: expected Computed, got HeartbeatAck",
+        "unexpected message: expected Computed, got Computed for task 1",
     )
     .await;
 }
@@ -344,19 +350,20 @@ async fn a_short_lease_grant_is_a_clear_error_and_is_released() {
         let fake = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let (mut conn, _) = Connection::accept(stream, ConnLimits::default()).await.unwrap();
-            let asked = conn.reader.read_message("Lease").await.unwrap();
-            assert!(matches!(asked, Message::Lease { count: 7, .. }), "{asked:?}");
+            let asked = conn.reader.read_message::<TrackerRequest>("Lease").await.unwrap();
+            assert!(matches!(asked, TrackerRequest::Lease { count: 7, .. }), "{asked:?}");
             let peers = vec![PeerAddr { peer_id: 3, addr: "127.0.0.1:1".into() }];
-            conn.writer.send(&Message::Leased(LeaseGrant { lease_id: 9, peers, ttl_ms: 60_000 })).await.unwrap();
-            let released = conn.reader.read_message("Release").await.unwrap();
-            conn.writer.send(&Message::Released { lease_id: 9 }).await.unwrap();
+            let grant = LeaseGrant { lease_id: 9, peers, ttl_ms: 60_000, token: "ab".repeat(32) };
+            conn.writer.send(&TrackerReply::Leased(grant)).await.unwrap();
+            let released = conn.reader.read_message::<TrackerRequest>("Release").await.unwrap();
+            conn.writer.send(&TrackerReply::Released { lease_id: 9 }).await.unwrap();
             released
         });
         let req = Requester::new(RequesterConfig { tracker: addr.to_string(), ..Default::default() });
         let err = req.multiply(Arc::new(ints(4, 4, 0)), Arc::new(ints(4, 4, 1)), |_| {}).await.unwrap_err();
         assert!(matches!(err, RequestError::ShortGrant { lease_id: 9, got: 1, wanted: 7 }), "{err}");
         assert!(err.to_string().contains("1 peers, but a job needs 7"), "{err}");
-        assert_eq!(fake.await.unwrap(), Message::Release { lease_id: 9 });
+        assert_eq!(fake.await.unwrap(), TrackerRequest::Release { lease_id: 9, token: None });
     })
     .await
     .unwrap();

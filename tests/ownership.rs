@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{client, septet_bin, spawn_tracker, spawn_worker, teardown, tracker_process, wait_for_alive_slots, Procs};
 use septet_common::frame::{decode, encode};
-use septet_common::proto::{LeaseGrant, PeerAddr};
-use septet_common::{Error, ErrorCode, Frame, Message, DEFAULT_MAX_FRAME_LEN};
+use septet_common::proto::{LeaseGrant, PeerAddr, TrackerReply, TrackerRequest};
+use septet_common::{Error, ErrorCode, Frame, DEFAULT_MAX_FRAME_LEN};
 use septet_tracker::TrackerConfig;
 
 /// A tracker whose fake peers (nobody listens on them) never go silent.
@@ -28,18 +28,26 @@ fn code(result: septet_common::Result<impl std::fmt::Debug>) -> (ErrorCode, Stri
 }
 
 #[tokio::test]
-async fn the_new_messages_round_trip() {
-    let grant = LeaseGrant { lease_id: 9, peers: vec![PeerAddr { peer_id: 3, addr: "127.0.0.1:9".into() }], ttl_ms: 5 };
-    let messages = [
-        Message::LeasedWithToken { grant, token: "ab".repeat(32) },
-        Message::RenewWithToken { lease_id: 9, token: None },
-        Message::ReleaseWithToken { lease_id: 9, token: Some("cd".into()) },
-        Message::ReportFailureWithToken { lease_id: 9, peer_id: 3, reason: "x".into(), replace: true, token: None },
+async fn the_token_carrying_messages_round_trip() {
+    let peers = vec![PeerAddr { peer_id: 3, addr: "127.0.0.1:9".into() }];
+    let grant = LeaseGrant { lease_id: 9, peers, ttl_ms: 5, token: "ab".repeat(32) };
+    let reply = TrackerReply::Leased(grant);
+    let bytes = encode(&Frame::Control(septet_common::ControlBody::encode(&reply).unwrap())).unwrap();
+    let Some((Frame::Control(body), used)) = decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap() else {
+        panic!("expected a control frame")
+    };
+    assert_eq!((body.decode::<TrackerReply>().unwrap(), used), (reply, bytes.len()));
+    let requests = [
+        TrackerRequest::Renew { lease_id: 9, token: None },
+        TrackerRequest::Release { lease_id: 9, token: Some("cd".into()) },
+        TrackerRequest::ReportFailure { lease_id: 9, peer_id: 3, reason: "x".into(), replace: true, token: None },
     ];
-    for msg in messages {
-        let frame = Frame::Control(msg);
-        let bytes = encode(&frame).unwrap();
-        assert_eq!(decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap(), (frame, bytes.len()));
+    for msg in requests {
+        let bytes = encode(&Frame::Control(septet_common::ControlBody::encode(&msg).unwrap())).unwrap();
+        let Some((Frame::Control(body), used)) = decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap() else {
+            panic!("expected a control frame")
+        };
+        assert_eq!((body.decode::<TrackerRequest>().unwrap(), used), (msg, bytes.len()));
     }
 }
 
@@ -51,8 +59,8 @@ async fn a_lease_answers_only_to_the_connection_that_took_it_or_to_its_token() {
         registrar.register(format!("127.0.0.1:{}", 31_000 + i).parse().unwrap(), 1).await.unwrap();
     }
     let mut holder = client(tracker.addr).await;
-    let held = holder.lease_held(7, true, None, |_, _, _| {}).await.unwrap();
-    let (id, token) = (held.grant.lease_id, held.token.clone().expect("the tracker sends a token"));
+    let held = holder.lease(7, true, None, |_, _, _| {}).await.unwrap();
+    let (id, token) = (held.lease_id, held.token.clone());
     assert!(token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()), "at least 128 bits of hex");
     assert!(!format!("{held:?}").contains(&token), "Debug redacts the token");
 
@@ -65,7 +73,7 @@ async fn a_lease_answers_only_to_the_connection_that_took_it_or_to_its_token() {
         code(stranger.release_with(id, Some(&token[1..])).await),
         code(stranger.renew(id).await),
         code(stranger.renew_with(id, Some(&wrong)).await),
-        code(stranger.report_failure(id, held.grant.peers[0].peer_id, "x", true).await),
+        code(stranger.report_failure(id, held.peers[0].peer_id, "x", true).await),
     ];
     for (code, message) in &refusals {
         assert_eq!(*code, ErrorCode::Unauthorized, "{message}");

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use common::*;
 use septet_common::frame::{encode_control, KIND_BLOCKS, KIND_CONTROL};
+use septet_common::proto::{TrackerReply, TrackerRequest};
 use septet_common::secure::{HELLO_LEN, MAGIC};
-use septet_common::{Error, ErrorCode, Message, PROTOCOL_VERSION};
+use septet_common::{Error, ErrorCode, PROTOCOL_VERSION};
 use septet_tracker::TrackerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -228,8 +229,10 @@ fn hello(version: u32) -> Vec<u8> {
 fn error_code(reply: &[u8]) -> Option<ErrorCode> {
     let mut buf = reply.get(HELLO_LEN..).unwrap_or_default();
     while let Some((frame, used)) = septet_common::frame::decode(buf, 1 << 20).ok().flatten() {
-        if let septet_common::Frame::Control(Message::Error { code, .. }) = frame {
-            return Some(code);
+        if let septet_common::Frame::Control(body) = frame {
+            if let Ok(TrackerReply::Error(failure)) = body.decode::<TrackerReply>() {
+                return Some(failure.code);
+            }
         }
         buf = &buf[used..];
     }
@@ -265,7 +268,7 @@ async fn the_tracker_survives_bad_bytes_and_keeps_serving_others() {
         let hb = hello(PROTOCOL_VERSION);
         raw_exchange(tracker.addr, &hb[..hb.len() - 2]).await;
         let mut truncated = hello(PROTOCOL_VERSION);
-        let ls = encode_control(&Message::ListPeers).unwrap();
+        let ls = encode_control(&TrackerRequest::ListPeers).unwrap();
         truncated.extend_from_slice(&ls[..ls.len() - 1]);
         raw_exchange(tracker.addr, &truncated).await;
         // Wrong protocol version: the server's hello names its version with
@@ -277,10 +280,11 @@ async fn the_tracker_survives_bad_bytes_and_keeps_serving_others() {
         let mut unknown = hello(PROTOCOL_VERSION);
         unknown.extend_from_slice(&[2, 0, 0, 0, KIND_CONTROL, 250]);
         assert_eq!(error_code(&raw_exchange(tracker.addr, &unknown).await), Some(ErrorCode::BadFrame));
-        // A reply-kind message sent as a request.
+        // A reply sent as a request: no request of this conversation (variant
+        // 8 of the replies, past the requests' last), so a bad frame.
         let mut odd = hello(PROTOCOL_VERSION);
-        odd.extend_from_slice(&encode_control(&Message::HeartbeatAck).unwrap());
-        assert_eq!(error_code(&raw_exchange(tracker.addr, &odd).await), Some(ErrorCode::UnexpectedMessage));
+        odd.extend_from_slice(&encode_control(&TrackerReply::Released { lease_id: 9 }).unwrap());
+        assert_eq!(error_code(&raw_exchange(tracker.addr, &odd).await), Some(ErrorCode::BadFrame));
         // Well-formed requests with bad arguments get an error and the connection lives on.
         assert!(matches!(good.heartbeat(999).await, Err(Error::Remote { code: ErrorCode::UnknownPeer, .. })));
         assert!(matches!(

@@ -11,14 +11,17 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use ndarray::ArrayView2;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::frame::{self, BlockOp, Blocks, BlocksHeader, Frame, KIND_BLOCKS, LEN_PREFIX};
 use crate::matrix::{Element, Matrix, MatrixView};
+use crate::proto::{Failure, Reply};
 use crate::secure::{self, Opener, Sealer, Security, MAX_RECORD, RECORD_HEADER, TAG_LEN};
-use crate::{deadline, Error, Message, Result, Role};
+use crate::{deadline, Error, Result, Role};
 
 /// Slices per `writev` call when sending a matrix row by row.
 const IOV_BATCH: usize = 256;
@@ -434,14 +437,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(true)
     }
 
-    /// Reads the next frame, which must be a control message.
+    /// Reads the next frame, which must be a control message, and decodes
+    /// it as a `T` (the type this side of the conversation expects).
     ///
     /// # Errors
     /// [`Error::Closed`] on a clean close, [`Error::Unexpected`] for a
-    /// blocks frame, or any error of [`FrameReader::read_frame`].
-    pub async fn read_message(&mut self, expected: &'static str) -> Result<Message> {
+    /// blocks frame, [`Error::Decode`] or [`Error::BadFrame`] for a body
+    /// that is not one `T`, or any error of [`FrameReader::read_frame`].
+    pub async fn read_message<T: DeserializeOwned>(&mut self, expected: &'static str) -> Result<T> {
         match self.read_frame().await? {
-            Some(Frame::Control(msg)) => Ok(msg),
+            Some(Frame::Control(body)) => body.decode(),
             Some(Frame::Blocks(b)) => Err(Error::Unexpected { expected, got: format!("{:?} blocks", b.op) }),
             None => Err(Error::Closed(expected)),
         }
@@ -507,11 +512,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    /// Sends one control message.
+    /// Sends one control message, of any conversation's type.
     ///
     /// # Errors
     /// [`Error::Io`] or [`Error::Encode`].
-    pub async fn send(&mut self, msg: &Message) -> Result<()> {
+    pub async fn send<T: Serialize + ?Sized>(&mut self, msg: &T) -> Result<()> {
         let bytes = frame::encode_control(msg)?;
         self.put(&bytes).await?;
         self.finish().await
@@ -783,27 +788,30 @@ impl Connection {
         Ok((Self::wrap(stream, &limits, done.cipher)?, done.role))
     }
 
-    /// Best effort: tells the peer why it is being dropped.
-    pub async fn refuse(&mut self, err: &Error) {
+    /// Best effort: tells the peer why it is being dropped, as an error
+    /// reply of the conversation's reply type `R`.
+    pub async fn refuse<R: Reply>(&mut self, err: &Error) {
         if matches!(err, Error::Io(_) | Error::Closed(_) | Error::ClosedMidFrame) {
             return;
         }
-        let msg = Message::error(err, None);
+        let msg = R::failure(Failure::from_error(err, None));
         let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.send(&msg)).await;
     }
 
-    /// Sends `msg` and reads one reply within `timeout`. An `Error` reply
-    /// becomes [`Error::Remote`].
+    /// Sends `msg` and reads one reply of type `R` within `timeout`. An
+    /// error reply becomes [`Error::Remote`].
     ///
     /// # Errors
     /// [`Error::Timeout`], [`Error::Remote`], or any read/write error.
-    pub async fn request(&mut self, msg: &Message, expected: &'static str, timeout: Duration) -> Result<Message> {
+    pub async fn request<Q: Serialize + ?Sized, R: Reply>(
+        &mut self,
+        msg: &Q,
+        expected: &'static str,
+        timeout: Duration,
+    ) -> Result<R> {
         deadline(timeout, expected, async {
             self.writer.send(msg).await?;
-            match self.reader.read_message(expected).await? {
-                err @ Message::Error { .. } => Err(err.into_error(expected)),
-                reply => Ok(reply),
-            }
+            self.reader.read_message::<R>(expected).await?.into_result().map_err(Failure::into_error)
         })
         .await
     }
@@ -812,6 +820,8 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::ControlBody;
+    use crate::proto::{TrackerReply, TrackerRequest};
     use ndarray::{s, Array2};
     use tokio::io::duplex;
 
@@ -824,7 +834,7 @@ mod tests {
         let (x2, y2) = (x.clone(), y.clone());
         let writer = tokio::spawn(async move {
             let mut w = FrameWriter::new(a);
-            w.send(&Message::ListPeers).await.unwrap();
+            w.send(&TrackerRequest::ListPeers).await.unwrap();
             w.send_blocks(5, BlockOp::Multiply, &[MatrixView::F64(x2.view()), MatrixView::F64(y2.view())])
                 .await
                 .unwrap();
@@ -832,7 +842,8 @@ mod tests {
             w.shutdown().await.unwrap();
         });
         let mut r = FrameReader::new(b, 1 << 20);
-        assert_eq!(r.read_frame().await.unwrap(), Some(Frame::Control(Message::ListPeers)));
+        let list = ControlBody::encode(&TrackerRequest::ListPeers).unwrap();
+        assert_eq!(r.read_frame().await.unwrap(), Some(Frame::Control(list)));
         match r.read_frame().await.unwrap() {
             Some(Frame::Blocks(blk)) => {
                 assert_eq!((blk.task_id, blk.op), (5, BlockOp::Multiply));
@@ -954,9 +965,9 @@ mod tests {
             for (i, mats) in sent.iter().enumerate() {
                 let views: Vec<MatrixView<'_>> = mats.iter().map(|m| MatrixView::F64(m.view())).collect();
                 conn.writer.send_blocks(i as u64, op(mats), &views).await.unwrap();
-                assert_eq!(conn.reader.read_message("ack").await.unwrap(), Message::HeartbeatAck);
-                conn.writer.send(&Message::ListPeers).await.unwrap();
-                assert_eq!(conn.reader.read_message("ack").await.unwrap(), Message::HeartbeatAck);
+                assert_eq!(conn.reader.read_message::<TrackerReply>("ack").await.unwrap(), TrackerReply::HeartbeatAck);
+                conn.writer.send(&TrackerRequest::ListPeers).await.unwrap();
+                assert_eq!(conn.reader.read_message::<TrackerReply>("ack").await.unwrap(), TrackerReply::HeartbeatAck);
             }
         });
         let (stream, _) = listener.accept().await.unwrap();
@@ -970,18 +981,19 @@ mod tests {
                 }
                 other => panic!("expected blocks, got {other:?}"),
             }
-            conn.writer.send(&Message::HeartbeatAck).await.unwrap();
+            conn.writer.send(&TrackerReply::HeartbeatAck).await.unwrap();
             let next = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame()).await;
             let next = next.expect("a control message after a payload never woke the reader");
-            assert_eq!(next.unwrap(), Some(Frame::Control(Message::ListPeers)));
-            conn.writer.send(&Message::HeartbeatAck).await.unwrap();
+            let list = ControlBody::encode(&TrackerRequest::ListPeers).unwrap();
+            assert_eq!(next.unwrap(), Some(Frame::Control(list)));
+            conn.writer.send(&TrackerReply::HeartbeatAck).await.unwrap();
         }
         sender.await.unwrap();
     }
 
     #[tokio::test]
     async fn close_inside_a_frame_is_an_error_and_between_frames_is_not() {
-        let bytes = frame::encode_control(&Message::Heartbeat { peer_id: 3 }).unwrap();
+        let bytes = frame::encode_control(&TrackerRequest::Heartbeat { peer_id: 3 }).unwrap();
         for cut in 1..bytes.len() {
             let mut r = FrameReader::new(&bytes[..cut], 1 << 20);
             assert!(matches!(r.read_frame().await, Err(Error::ClosedMidFrame)), "cut at {cut}");

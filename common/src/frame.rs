@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! frame   := len:u32 kind:u8 body
-//! kind 1  := control: bincode(Message), standard config
+//! kind 1  := control: bincode(one control message), standard config
 //! kind 2  := blocks:  task_id:u64 op:u8 dtype:u8 order:u8 count:u8
 //!                     (rows:u32 cols:u32){count}
 //!                     data: count matrices, row-major, little-endian
@@ -17,12 +17,17 @@
 //! little-endian, the only byte order defined. Decoding checks the declared
 //! length against a maximum before allocating anything for it, and checks that
 //! the declared shapes account for exactly the declared length.
+//!
+//! A control frame's body is kept as bytes ([`ControlBody`]) until the
+//! receiver decodes it as the message type its conversation expects
+//! ([`crate::proto`]): the frame layer does not know which that is.
 
 use bytes::{Buf, BufMut};
+use serde::de::DeserializeOwned;
 use serde::de::{DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 
 use crate::matrix::{alloc_uninit, Dtype, Element, Matrix};
-use crate::{Error, Message, Result};
+use crate::{Error, Result};
 
 #[cfg(target_endian = "big")]
 compile_error!("septet sends matrices as raw little-endian memory and needs a little-endian host");
@@ -59,10 +64,53 @@ fn bincode_config() -> impl bincode::config::Config {
 /// One unit of the protocol.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
-    /// A typed control message.
-    Control(Message),
+    /// A control message, not yet decoded.
+    Control(ControlBody),
     /// Matrix blocks of one task.
     Blocks(Blocks),
+}
+
+/// The body of a control frame: one bincode-encoded control message, of
+/// whichever type the conversation carries, decoded on demand with
+/// [`ControlBody::decode`]. Its `Debug` shows only the length (a body may
+/// hold a lease token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlBody(Vec<u8>);
+
+impl std::fmt::Debug for ControlBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ControlBody({} bytes)", self.0.len())
+    }
+}
+
+impl ControlBody {
+    /// Encodes `msg`.
+    ///
+    /// # Errors
+    /// As [`encode_control`].
+    pub fn encode<T: serde::Serialize + ?Sized>(msg: &T) -> Result<ControlBody> {
+        let body = bincode::serde::encode_to_vec(msg, bincode_config())?;
+        if body.len() >= MAX_CONTROL_FRAME_LEN {
+            return Err(Error::Invalid(format!(
+                "a control message of {} bytes exceeds the {MAX_CONTROL_FRAME_LEN}-byte limit receivers enforce",
+                body.len()
+            )));
+        }
+        Ok(ControlBody(body))
+    }
+
+    /// Decodes the body as a `T`, as [`decode_control`] does.
+    ///
+    /// # Errors
+    /// As [`decode_control`].
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+        decode_control(&self.0)
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// What a blocks frame is for.
@@ -182,25 +230,24 @@ impl BlocksHeader {
     }
 }
 
-/// Encodes a control message as a complete frame.
+/// Encodes a control message (of any conversation's type) as a complete frame.
 ///
 /// # Errors
 /// [`Error::Encode`] if bincode fails (it does not for septet's messages),
 /// [`Error::Invalid`] for a message longer than [`MAX_CONTROL_FRAME_LEN`]
 /// (receivers would refuse it).
-pub fn encode_control(msg: &Message) -> Result<Vec<u8>> {
-    let body = bincode::serde::encode_to_vec(msg, bincode_config())?;
-    if body.len() >= MAX_CONTROL_FRAME_LEN {
-        return Err(Error::Invalid(format!(
-            "a control message of {} bytes exceeds the {MAX_CONTROL_FRAME_LEN}-byte limit receivers enforce",
-            body.len()
-        )));
-    }
+pub fn encode_control<T: serde::Serialize + ?Sized>(msg: &T) -> Result<Vec<u8>> {
+    Ok(control_frame(&ControlBody::encode(msg)?))
+}
+
+/// A complete frame around an encoded control body.
+fn control_frame(body: &ControlBody) -> Vec<u8> {
+    let body = body.as_bytes();
     let mut out = Vec::with_capacity(LEN_PREFIX + 1 + body.len());
     out.put_u32_le((body.len() + 1) as u32);
     out.put_u8(KIND_CONTROL);
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.extend_from_slice(body);
+    out
 }
 
 /// Encodes any frame into one buffer (blocks frames copy their payload; the
@@ -210,7 +257,15 @@ pub fn encode_control(msg: &Message) -> Result<Vec<u8>> {
 /// As [`encode_control`] and [`BlocksHeader::encode_prefix`].
 pub fn encode(frame: &Frame) -> Result<Vec<u8>> {
     match frame {
-        Frame::Control(msg) => encode_control(msg),
+        Frame::Control(body) => {
+            if body.as_bytes().len() >= MAX_CONTROL_FRAME_LEN {
+                return Err(Error::Invalid(format!(
+                    "a control body of {} bytes exceeds the {MAX_CONTROL_FRAME_LEN}-byte limit receivers enforce",
+                    body.as_bytes().len()
+                )));
+            }
+            Ok(control_frame(body))
+        }
         Frame::Blocks(blocks) => {
             let header = header_of(blocks)?;
             let mut out = header.encode_prefix()?;
@@ -338,11 +393,12 @@ pub fn parse_blocks_header(body: &[u8], frame_len: usize) -> Result<Option<Block
 /// Nothing a peer sends makes this panic, and nothing is allocated for a
 /// frame beyond what its bytes account for: a blocks frame allocates only
 /// the payload its header declares and its length field confirms (at most
-/// `max_len`), and a control frame decodes through [`decode_control`].
+/// `max_len`), and a control frame's body is copied as it is (at most
+/// [`MAX_CONTROL_FRAME_LEN`] bytes), to be decoded by [`decode_control`]
+/// once the receiver knows which message type to expect.
 ///
 /// # Errors
-/// As [`parse_prefix`] and [`parse_blocks_header`], and [`decode_control`]'s
-/// errors for a control body.
+/// As [`parse_prefix`] and [`parse_blocks_header`].
 pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>> {
     let Some((len, kind)) = parse_prefix(buf, max_len)? else { return Ok(None) };
     if kind == KIND_BLOCKS {
@@ -357,7 +413,7 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>> {
     }
     let body = &buf[LEN_PREFIX + 1..total];
     let frame = match kind {
-        KIND_CONTROL => Frame::Control(decode_control(body)?),
+        KIND_CONTROL => Frame::Control(ControlBody(body.to_vec())),
         _ => {
             let header = parse_blocks_header(body, len)?
                 .ok_or_else(|| Error::BadFrame(format!("a blocks frame of {len} bytes ends inside its header")))?;
@@ -378,7 +434,8 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>> {
 }
 
 /// Decodes the body of a control frame (the bytes after the kind byte),
-/// which must be exactly one bincode-encoded [`Message`].
+/// which must be exactly one bincode-encoded `T` — one of the message types
+/// of [`crate::proto`], whichever the receiver's conversation carries.
 ///
 /// Decoding allocates in proportion to the bytes of `body`, never to a
 /// length a peer declares: bincode's serde decoder would allocate a whole
@@ -392,10 +449,10 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>> {
 /// one byte of `body`.
 ///
 /// # Errors
-/// [`Error::Decode`] for a body that is not a known message,
-/// [`Error::BadFrame`] for trailing bytes after one.
-pub fn decode_control(body: &[u8]) -> Result<Message> {
-    let seed = Bounded(std::marker::PhantomData::<Message>);
+/// [`Error::Decode`] for a body that is not a known `T` (an unknown variant
+/// index included), [`Error::BadFrame`] for trailing bytes after one.
+pub fn decode_control<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    let seed = Bounded(std::marker::PhantomData::<T>);
     let (msg, used) = bincode::serde::seed_decode_from_slice(seed, body, bincode_config())?;
     if used != body.len() {
         return Err(Error::BadFrame(format!("{} trailing bytes after a control message", body.len() - used)));
@@ -649,15 +706,31 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Bounded<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{LeaseGrant, PeerAddr, PeerRow, Role};
+    use crate::proto::{Control, Failure, LeaseGrant, PeerAddr, PeerRow, TrackerReply, TrackerRequest, WorkerReply};
     use crate::ErrorCode;
     use ndarray::Array2;
 
-    fn all_messages() -> Vec<Message> {
+    fn requests() -> Vec<TrackerRequest> {
+        let token = Some("ab".repeat(32));
+        vec![
+            TrackerRequest::Register { listen: "0.0.0.0:7000".into(), slots: 2 },
+            TrackerRequest::Heartbeat { peer_id: 4 },
+            TrackerRequest::Deregister { peer_id: 4 },
+            TrackerRequest::ListPeers,
+            TrackerRequest::Lease { count: 7, detached: true },
+            TrackerRequest::Renew { lease_id: 9, token: None },
+            TrackerRequest::Renew { lease_id: 9, token: token.clone() },
+            TrackerRequest::Release { lease_id: 9, token: token.clone() },
+            TrackerRequest::ReportFailure { lease_id: 9, peer_id: 3, reason: "reset".into(), replace: true, token },
+        ]
+    }
+
+    fn tracker_replies() -> Vec<TrackerReply> {
         let grant = LeaseGrant {
             lease_id: 9,
             peers: vec![PeerAddr { peer_id: 3, addr: "127.0.0.1:9000".into() }],
             ttl_ms: 60_000,
+            token: "cd".repeat(32),
         };
         let row = PeerRow {
             peer_id: 1,
@@ -671,28 +744,51 @@ mod tests {
             state: "alive".into(),
         };
         vec![
-            Message::Hello { version: 1, role: Role::Worker },
-            Message::Welcome { version: 1 },
-            Message::Error { code: ErrorCode::UnknownLease, message: "no lease 4".into(), task_id: Some(2) },
-            Message::Register { listen: "0.0.0.0:7000".into(), slots: 2 },
-            Message::Registered { peer_id: 4, addr: "127.0.0.1:7000".into(), heartbeat_ms: 2000 },
-            Message::Heartbeat { peer_id: 4 },
-            Message::HeartbeatAck,
-            Message::Deregister { peer_id: 4 },
-            Message::Deregistered,
-            Message::ListPeers,
-            Message::Peers { table: "shape: (1, 9)".into(), rows: vec![row] },
-            Message::Lease { count: 7, detached: true },
-            Message::Waiting { position: 2, free: 3, needed: 7 },
-            Message::Leased(grant),
-            Message::Renew { lease_id: 9 },
-            Message::Renewed { lease_id: 9, ttl_ms: 100 },
-            Message::Release { lease_id: 9 },
-            Message::Released { lease_id: 9 },
-            Message::ReportFailure { lease_id: 9, peer_id: 3, reason: "reset".into(), replace: true },
-            Message::FailureRecorded { lease_id: 9, replacement: None },
-            Message::Computed { task_id: 3, compute_us: 1234 },
+            TrackerReply::Error(Failure { code: ErrorCode::UnknownLease, message: "no lease 4".into(), task_id: None }),
+            TrackerReply::Registered { peer_id: 4, addr: "127.0.0.1:7000".into(), heartbeat_ms: 2000 },
+            TrackerReply::HeartbeatAck,
+            TrackerReply::Deregistered,
+            TrackerReply::Peers { table: "shape: (1, 9)".into(), rows: vec![row] },
+            TrackerReply::Waiting { position: 2, free: 3, needed: 7 },
+            TrackerReply::Leased(grant),
+            TrackerReply::Renewed { lease_id: 9, ttl_ms: 100 },
+            TrackerReply::Released { lease_id: 9 },
+            TrackerReply::FailureRecorded { lease_id: 9, replacement: None },
         ]
+    }
+
+    fn worker_replies() -> Vec<WorkerReply> {
+        vec![
+            WorkerReply::Error(Failure {
+                code: ErrorCode::ShapeMismatch,
+                message: "2×3 by 4×5".into(),
+                task_id: Some(2),
+            }),
+            WorkerReply::Computed { task_id: 3, compute_us: 1234 },
+        ]
+    }
+
+    fn controls<T: Control>(msgs: Vec<T>) -> impl Iterator<Item = Frame> {
+        msgs.into_iter().map(|m| Frame::Control(ControlBody::encode(&m).unwrap()))
+    }
+
+    /// Every control message of every conversation, as frames.
+    fn all_messages() -> Vec<Frame> {
+        controls(requests()).chain(controls(tracker_replies())).chain(controls(worker_replies())).collect()
+    }
+
+    /// Each message decodes back as itself from its frame's body.
+    fn typed_round_trip<T: Control + PartialEq>(msgs: Vec<T>) {
+        for msg in msgs {
+            let bytes = encode_control(&msg).unwrap();
+            match decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap() {
+                Some((Frame::Control(body), used)) => {
+                    assert_eq!(used, bytes.len());
+                    assert_eq!(body.decode::<T>().unwrap(), msg);
+                }
+                other => panic!("expected a control frame, got {other:?}"),
+            }
+        }
     }
 
     fn sample_blocks() -> Vec<Frame> {
@@ -708,7 +804,10 @@ mod tests {
 
     #[test]
     fn every_message_and_block_frame_round_trips() {
-        let frames: Vec<Frame> = all_messages().into_iter().map(Frame::Control).chain(sample_blocks()).collect();
+        typed_round_trip(requests());
+        typed_round_trip(tracker_replies());
+        typed_round_trip(worker_replies());
+        let frames: Vec<Frame> = all_messages().into_iter().chain(sample_blocks()).collect();
         for frame in frames {
             let bytes = encode(&frame).unwrap();
             let (back, used) = decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
@@ -719,7 +818,7 @@ mod tests {
 
     #[test]
     fn a_frame_cut_at_every_offset_is_incomplete_until_its_last_byte() {
-        let frames: Vec<Frame> = all_messages().into_iter().map(Frame::Control).chain(sample_blocks()).collect();
+        let frames: Vec<Frame> = all_messages().into_iter().chain(sample_blocks()).collect();
         for frame in frames {
             let bytes = encode(&frame).unwrap();
             for cut in 0..bytes.len() {
@@ -753,13 +852,30 @@ mod tests {
     fn unknown_kinds_ops_dtypes_and_messages_are_errors() {
         assert!(matches!(decode(&[2, 0, 0, 0, 9, 0], 100), Err(Error::BadFrame(_))));
         assert!(matches!(decode(&[0, 0, 0, 0], 100), Err(Error::BadFrame(_))));
-        // Control frame with a variant index no version defines.
-        assert!(matches!(decode(&[2, 0, 0, 0, KIND_CONTROL, 200], 100), Err(Error::Decode(_))));
-        // Control frame with trailing garbage after a valid message.
-        let mut ok = encode_control(&Message::ListPeers).unwrap();
+        // Control frame with a variant index no version defines: a frame,
+        // whose body decodes as no message of any conversation, and is
+        // answered as a bad frame.
+        let Some((Frame::Control(body), _)) = decode(&[2, 0, 0, 0, KIND_CONTROL, 200], 100).unwrap() else {
+            panic!("expected a control frame")
+        };
+        for err in [
+            body.decode::<TrackerRequest>().unwrap_err(),
+            body.decode::<TrackerReply>().unwrap_err(),
+            body.decode::<WorkerReply>().unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::Decode(_)), "{err:?}");
+            assert_eq!(err.code(), ErrorCode::BadFrame);
+        }
+        // One past each type's last variant.
+        assert!(matches!(decode_control::<TrackerRequest>(&[8]), Err(Error::Decode(_))));
+        assert!(matches!(decode_control::<TrackerReply>(&[10]), Err(Error::Decode(_))));
+        assert!(matches!(decode_control::<WorkerReply>(&[2]), Err(Error::Decode(_))));
+        // Control body with trailing garbage after a valid message.
+        let mut ok = encode_control(&TrackerRequest::ListPeers).unwrap();
         ok[0] += 1;
         ok.push(0xff);
-        assert!(matches!(decode(&ok, 100), Err(Error::BadFrame(_))));
+        let Some((Frame::Control(body), _)) = decode(&ok, 100).unwrap() else { panic!("expected a control frame") };
+        assert!(matches!(body.decode::<TrackerRequest>(), Err(Error::BadFrame(_))));
 
         let frame = &sample_blocks()[0];
         let good = encode(frame).unwrap();
@@ -797,7 +913,7 @@ mod tests {
         // each with its body complete, and followed by another frame whose
         // bytes must not be read as the rest of the header.
         let good = encode(&sample_blocks()[1]).unwrap();
-        let next = encode_control(&Message::ListPeers).unwrap();
+        let next = encode_control(&TrackerRequest::ListPeers).unwrap();
         for len in 1..1 + BLOCKS_FIXED + SHAPE_LEN {
             let mut bytes = raw_frame(KIND_BLOCKS, &good[LEN_PREFIX + 1..LEN_PREFIX + len]);
             assert_bad_frame(decode(&bytes, DEFAULT_MAX_FRAME_LEN), &format!("length {len}"));
@@ -853,39 +969,71 @@ mod tests {
 
     #[test]
     fn huge_declared_string_and_sequence_lengths_are_decode_errors() {
-        // Register { listen: <2^60-byte string>, .. }: variant 3.
-        let mut body = vec![3];
+        let decode_error = |result: Result<()>, what: &str| {
+            assert!(matches!(result, Err(Error::Decode(_))), "{what}: {result:?}");
+        };
+        let request = |body: &[u8]| decode_control::<TrackerRequest>(body).map(drop);
+        let reply = |body: &[u8]| decode_control::<TrackerReply>(body).map(drop);
+        // TrackerRequest::Register { listen: <2^60-byte string>, .. }: variant 0.
+        let mut body = vec![0];
         body.extend_from_slice(&varint_u64(1 << 60));
-        let result = decode(&raw_frame(KIND_CONTROL, &body), DEFAULT_MAX_FRAME_LEN);
-        assert!(matches!(result, Err(Error::Decode(_))), "2^60-byte string: {result:?}");
+        decode_error(request(&body), "2^60-byte string");
         // A string length just inside bincode's 16 MiB limit, with 3 bytes of it.
-        let mut body = vec![3, 252];
+        let mut body = vec![0, 252];
         body.extend_from_slice(&((16u32 << 20) - 64).to_le_bytes());
         body.extend_from_slice(b"abc");
-        let result = decode(&raw_frame(KIND_CONTROL, &body), DEFAULT_MAX_FRAME_LEN);
-        assert!(matches!(result, Err(Error::Decode(_))), "16 MiB string: {result:?}");
-        // Peers { table: "", rows: <2^60 rows> }: variant 10.
-        let mut body = vec![10, 0];
+        decode_error(request(&body), "16 MiB string");
+        // TrackerReply::Peers { table: "", rows: <2^60 rows> }: variant 4.
+        let mut body = vec![4, 0];
         body.extend_from_slice(&varint_u64(1 << 60));
-        let result = decode(&raw_frame(KIND_CONTROL, &body), DEFAULT_MAX_FRAME_LEN);
-        assert!(matches!(result, Err(Error::Decode(_))), "2^60 rows: {result:?}");
-        // Leased(LeaseGrant { lease_id: 1, peers: <2^60 peers>, .. }): variant 13.
-        let mut body = vec![13, 1];
+        decode_error(reply(&body), "2^60 rows");
+        // TrackerReply::Leased(LeaseGrant { lease_id: 1, peers: <2^60 peers>, .. }): variant 6.
+        let mut body = vec![6, 1];
         body.extend_from_slice(&varint_u64(1 << 60));
-        let result = decode(&raw_frame(KIND_CONTROL, &body), DEFAULT_MAX_FRAME_LEN);
-        assert!(matches!(result, Err(Error::Decode(_))), "2^60 peers: {result:?}");
+        decode_error(reply(&body), "2^60 peers");
+        // A lease token of 2^60 bytes: Release { lease_id: 1, token: Some(..) }, variant 6.
+        let mut body = vec![6, 1, 1];
+        body.extend_from_slice(&varint_u64(1 << 60));
+        decode_error(request(&body), "2^60-byte token");
         // A string that is not UTF-8.
-        let result = decode(&raw_frame(KIND_CONTROL, &[3, 2, 0xff, 0xfe, 1]), DEFAULT_MAX_FRAME_LEN);
-        assert!(matches!(result, Err(Error::Decode(_))), "invalid UTF-8: {result:?}");
+        decode_error(request(&[0, 2, 0xff, 0xfe, 1]), "invalid UTF-8");
     }
 
     #[test]
     fn control_messages_above_the_receivers_limit_are_refused_when_encoded() {
-        let msg = Message::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN), slots: 1 };
+        let msg = TrackerRequest::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN), slots: 1 };
         assert!(matches!(encode_control(&msg), Err(Error::Invalid(_))));
-        let msg = Message::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN - 16), slots: 1 };
+        let msg = TrackerRequest::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN - 16), slots: 1 };
         let bytes = encode_control(&msg).unwrap();
         let (back, _) = decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
-        assert_eq!(back, Frame::Control(msg));
+        let Frame::Control(body) = back else { panic!("expected a control frame") };
+        assert_eq!(body.decode::<TrackerRequest>().unwrap(), msg);
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_lease_token() {
+        let token = "ab".repeat(32);
+        let grant = LeaseGrant { lease_id: 1, peers: Vec::new(), ttl_ms: 5, token: token.clone() };
+        let some = Some(token.clone());
+        let shown = [
+            format!("{grant:?}"),
+            format!("{:?}", TrackerReply::Leased(grant.clone())),
+            format!("{:?}", TrackerRequest::Renew { lease_id: 1, token: some.clone() }),
+            format!("{:?}", TrackerRequest::Release { lease_id: 1, token: some.clone() }),
+            format!(
+                "{:?}",
+                TrackerRequest::ReportFailure {
+                    lease_id: 1,
+                    peer_id: 2,
+                    reason: "x".into(),
+                    replace: false,
+                    token: some
+                }
+            ),
+            format!("{:?}", Frame::Control(ControlBody::encode(&TrackerReply::Leased(grant)).unwrap())),
+        ];
+        for text in shown {
+            assert!(!text.contains(&token), "{text}");
+        }
     }
 }

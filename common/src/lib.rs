@@ -18,9 +18,11 @@ pub mod time;
 
 pub use conn::{Connection, FrameReader, FrameWriter, WirePart};
 pub use error::{Error, ErrorCode, Result};
-pub use frame::{BlockOp, Blocks, Frame, DEFAULT_MAX_FRAME_LEN, MAX_CONTROL_FRAME_LEN};
+pub use frame::{BlockOp, Blocks, ControlBody, Frame, DEFAULT_MAX_FRAME_LEN, MAX_CONTROL_FRAME_LEN};
 pub use matrix::{Dtype, Element, Matrix, MatrixView};
-pub use proto::{Message, PeerAddr, Role, PROTOCOL_VERSION};
+pub use proto::{
+    Control, Failure, LeaseGrant, PeerAddr, Reply, Role, TrackerReply, TrackerRequest, WorkerReply, PROTOCOL_VERSION,
+};
 pub use time::deadline;
 
 /// How many peers one Strassen job leases: one for each of M1..M7.

@@ -195,7 +195,7 @@ mod tests {
         // Each connection answers every message with the same message, until it closes.
         let server =
             tokio::spawn(serve(listener, config, async move { s.cancelled().await }, |mut conn, _, _| async move {
-                while let Ok(msg) = conn.reader.read_message("anything").await {
+                while let Ok(msg) = conn.reader.read_message::<crate::TrackerReply>("anything").await {
                     if conn.writer.send(&msg).await.is_err() {
                         break;
                     }
@@ -233,7 +233,7 @@ mod tests {
         server.await.unwrap();
     }
 
-    async fn echo(conn: &mut Connection) -> crate::Result<crate::Message> {
-        conn.request(&crate::Message::ListPeers, "ListPeers", Duration::from_secs(5)).await
+    async fn echo(conn: &mut Connection) -> crate::Result<crate::TrackerReply> {
+        conn.request(&crate::TrackerReply::HeartbeatAck, "HeartbeatAck", Duration::from_secs(5)).await
     }
 }

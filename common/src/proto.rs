@@ -1,7 +1,33 @@
-//! Typed control messages: one enum variant per request or reply, shared by
-//! the servers and the clients. They travel bincode-encoded inside control
-//! frames (see [`crate::frame`]); matrix data never goes through here.
+//! Typed control messages, one request type and one reply type per
+//! conversation, shared by the servers and the clients. They travel
+//! bincode-encoded inside control frames (see [`crate::frame`]); matrix data
+//! never goes through here.
+//!
+//! Three conversations, each on its own authenticated connection
+//! ([`crate::secure`] runs the handshake before any of them):
+//!
+//! ```text
+//! worker agent → tracker   TrackerRequest::{Register, Heartbeat, Deregister}
+//! tracker → worker agent   TrackerReply::{Registered, HeartbeatAck, Deregistered, Error}
+//!
+//! client → tracker         TrackerRequest::{ListPeers, Lease, Renew, Release, ReportFailure}
+//! tracker → client         TrackerReply::{Peers, Waiting, Leased, Renewed, Released,
+//!                                         FailureRecorded, Error}
+//!
+//! requester → worker       blocks frames only (BlockOp::Multiply, X and Y)
+//! worker → requester       WorkerReply::Computed, then a BlockOp::Product blocks frame;
+//!                          or WorkerReply::Error
+//! ```
+//!
+//! Every request gets exactly one reply, except `Lease`, answered with
+//! `Waiting` and later `Leased` when the tracker queues it. Errors are a
+//! [`Failure`] in either reply type. The receiver decodes a control frame as
+//! the type its side of the conversation expects (see
+//! [`crate::frame::decode_control`]); the types share no variant numbering.
 
+use std::fmt;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, ErrorCode};
@@ -9,7 +35,10 @@ use crate::{Error, ErrorCode};
 /// Version of the septet wire protocol. Both sides send theirs in the
 /// handshake's hellos ([`crate::secure`]); a mismatch ends the connection
 /// with an error naming both. Version 2 added the authenticated handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3 split the single `Message` enum into per-conversation request
+/// and reply types, made lease tokens fields of the lease messages (no more
+/// `…WithToken` variants) and dropped the unused `Hello`/`Welcome`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What the connecting side is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +59,7 @@ pub struct PeerAddr {
 }
 
 /// A granted lease.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseGrant {
     /// Id to renew or release it with.
     pub lease_id: u64,
@@ -38,6 +67,37 @@ pub struct LeaseGrant {
     pub peers: Vec<PeerAddr>,
     /// Time to live from now, in milliseconds, unless renewed.
     pub ttl_ms: u64,
+    /// The lease's bearer token: hex text of 256 random bits, sent only to
+    /// the connection that took the lease. Whoever presents it may renew,
+    /// release or report against the lease (how a detached lease is
+    /// released from another process), so it is a credential: keep it
+    /// secret. `Debug` prints it redacted.
+    pub token: String,
+}
+
+impl fmt::Debug for LeaseGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseGrant")
+            .field("lease_id", &self.lease_id)
+            .field("peers", &self.peers)
+            .field("ttl_ms", &self.ttl_ms)
+            .field("token", &Redacted)
+            .finish()
+    }
+}
+
+/// Stands in for a token in `Debug` output.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `Some(<redacted>)` or `None`, for an optional token in `Debug` output.
+fn redacted(token: &Option<String>) -> Option<Redacted> {
+    token.as_ref().map(|_| Redacted)
 }
 
 /// One row of the tracker's peer table, for `--json` output and tests.
@@ -63,36 +123,70 @@ pub struct PeerRow {
     pub state: String,
 }
 
-/// Every control message of the protocol.
-///
-/// Variants are only ever appended: bincode encodes the variant index, and
-/// an index this side does not know decodes as an error (answered with
-/// `ErrorCode::BadFrame`), never as a different message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Message {
-    /// First frame on every connection, from the connecting side.
-    Hello {
-        /// Sender's [`PROTOCOL_VERSION`].
-        version: u32,
-        /// Who is connecting.
-        role: Role,
-    },
-    /// Reply to an acceptable hello.
-    Welcome {
-        /// Receiver's [`PROTOCOL_VERSION`].
-        version: u32,
-    },
-    /// A failure; `task_id` is set when it concerns one multiply task.
-    Error {
-        /// What failed, for rebuilding a typed error.
-        code: ErrorCode,
-        /// Human-readable detail.
-        message: String,
-        /// The task concerned, if any.
-        task_id: Option<u64>,
-    },
+/// A failure, as either side of any conversation reports it; `task_id` is
+/// set when it concerns one multiply task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// What failed, for rebuilding a typed error.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// The task concerned, if any.
+    pub task_id: Option<u64>,
+}
 
-    /// Worker → tracker: join the grid.
+impl Failure {
+    /// The failure describing `err`.
+    pub fn from_error(err: &Error, task_id: Option<u64>) -> Failure {
+        let message = match err {
+            Error::Remote { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        Failure { code: err.code(), message, task_id }
+    }
+
+    /// The typed error on the receiving side: [`Error::Remote`].
+    pub fn into_error(self) -> Error {
+        Error::Remote { code: self.code, message: self.message }
+    }
+}
+
+/// A control message type: one side of one conversation.
+pub trait Control: Serialize + DeserializeOwned + fmt::Debug {
+    /// The variant's name, for logs and `Unexpected` errors.
+    fn kind(&self) -> &'static str;
+}
+
+/// A reply type, which can carry a [`Failure`] instead of an answer.
+pub trait Reply: Control {
+    /// The reply reporting `failure`.
+    fn failure(failure: Failure) -> Self;
+
+    /// The answer, or the failure it reports.
+    ///
+    /// # Errors
+    /// The [`Failure`] of an error reply.
+    fn into_result(self) -> Result<Self, Failure>;
+
+    /// Turns a reply that is not the `expected` one into an error: an error
+    /// reply becomes [`Error::Remote`], anything else [`Error::Unexpected`].
+    fn into_error(self, expected: &'static str) -> Error {
+        match self.into_result() {
+            Err(failure) => failure.into_error(),
+            Ok(other) => Error::Unexpected { expected, got: other.kind().to_string() },
+        }
+    }
+}
+
+/// What workers and clients ask of the tracker.
+///
+/// Variants are only ever appended within a protocol version: bincode
+/// encodes the variant index, and an index this side does not know decodes
+/// as an error (answered with `ErrorCode::BadFrame`), never as a different
+/// request.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackerRequest {
+    /// Worker: join the grid.
     Register {
         /// The worker's compute listener. An unspecified host (`0.0.0.0`)
         /// is replaced by the address the tracker sees the worker connect from.
@@ -100,81 +194,41 @@ pub enum Message {
         /// Tasks the worker runs at once.
         slots: u32,
     },
-    /// Tracker → worker: joined.
-    Registered {
-        /// Id to heartbeat with.
-        peer_id: u64,
-        /// The address the tracker will hand to requesters.
-        addr: String,
-        /// How often the tracker expects a heartbeat, in milliseconds.
-        heartbeat_ms: u64,
-    },
-    /// Worker → tracker: still here.
+    /// Worker: still here.
     Heartbeat {
         /// The worker's id.
         peer_id: u64,
     },
-    /// Tracker → worker: heartbeat recorded.
-    HeartbeatAck,
-    /// Worker → tracker: leaving the grid.
+    /// Worker: leaving the grid.
     Deregister {
         /// The worker's id.
         peer_id: u64,
     },
-    /// Tracker → worker: left.
-    Deregistered,
-
-    /// Client → tracker: show the peer table.
+    /// Client: show the peer table.
     ListPeers,
-    /// Tracker → client: the peer table.
-    Peers {
-        /// The table as polars formats it.
-        table: String,
-        /// The same rows, structured.
-        rows: Vec<PeerRow>,
-    },
-
-    /// Client → tracker: lease `count` slots.
+    /// Client: lease `count` slots.
     Lease {
         /// Slots wanted (seven for a Strassen job).
         count: u32,
         /// A detached lease outlives the connection; it ends by release or TTL.
         detached: bool,
     },
-    /// Tracker → client: not enough free slots; queued in arrival order.
-    Waiting {
-        /// 1-based place in the queue.
-        position: u32,
-        /// Free slots now.
-        free: u32,
-        /// Slots requested.
-        needed: u32,
-    },
-    /// Tracker → client: the lease is granted.
-    Leased(LeaseGrant),
-    /// Client → tracker: extend a lease by its TTL from now.
+    /// Client: extend a lease by its TTL from now.
     Renew {
         /// The lease.
         lease_id: u64,
+        /// The lease's token ([`LeaseGrant::token`]); `None` acts only for
+        /// the connection that took the lease.
+        token: Option<String>,
     },
-    /// Tracker → client: renewed.
-    Renewed {
-        /// The lease.
-        lease_id: u64,
-        /// New time to live from now, in milliseconds.
-        ttl_ms: u64,
-    },
-    /// Client → tracker: give a lease's slots back.
+    /// Client: give a lease's slots back.
     Release {
         /// The lease.
         lease_id: u64,
+        /// As for `Renew`.
+        token: Option<String>,
     },
-    /// Tracker → client: released.
-    Released {
-        /// The lease.
-        lease_id: u64,
-    },
-    /// Client → tracker: a leased peer failed; replace its slot in the lease.
+    /// Client: a leased peer failed; replace its slot in the lease.
     ReportFailure {
         /// The lease the peer was part of.
         lease_id: u64,
@@ -184,114 +238,186 @@ pub enum Message {
         reason: String,
         /// Also lease a replacement slot into the same lease.
         replace: bool,
+        /// As for `Renew`.
+        token: Option<String>,
     },
-    /// Tracker → client: the failure was recorded; `replacement` is the new
-    /// slot when one was asked for and available.
+}
+
+/// Tokens redacted.
+impl fmt::Debug for TrackerRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrackerRequest::Register { listen, slots } => {
+                f.debug_struct("Register").field("listen", listen).field("slots", slots).finish()
+            }
+            TrackerRequest::Heartbeat { peer_id } => f.debug_struct("Heartbeat").field("peer_id", peer_id).finish(),
+            TrackerRequest::Deregister { peer_id } => f.debug_struct("Deregister").field("peer_id", peer_id).finish(),
+            TrackerRequest::ListPeers => f.write_str("ListPeers"),
+            TrackerRequest::Lease { count, detached } => {
+                f.debug_struct("Lease").field("count", count).field("detached", detached).finish()
+            }
+            TrackerRequest::Renew { lease_id, token } => {
+                f.debug_struct("Renew").field("lease_id", lease_id).field("token", &redacted(token)).finish()
+            }
+            TrackerRequest::Release { lease_id, token } => {
+                f.debug_struct("Release").field("lease_id", lease_id).field("token", &redacted(token)).finish()
+            }
+            TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token } => f
+                .debug_struct("ReportFailure")
+                .field("lease_id", lease_id)
+                .field("peer_id", peer_id)
+                .field("reason", reason)
+                .field("replace", replace)
+                .field("token", &redacted(token))
+                .finish(),
+        }
+    }
+}
+
+impl Control for TrackerRequest {
+    fn kind(&self) -> &'static str {
+        match self {
+            TrackerRequest::Register { .. } => "Register",
+            TrackerRequest::Heartbeat { .. } => "Heartbeat",
+            TrackerRequest::Deregister { .. } => "Deregister",
+            TrackerRequest::ListPeers => "ListPeers",
+            TrackerRequest::Lease { .. } => "Lease",
+            TrackerRequest::Renew { .. } => "Renew",
+            TrackerRequest::Release { .. } => "Release",
+            TrackerRequest::ReportFailure { .. } => "ReportFailure",
+        }
+    }
+}
+
+/// The tracker's answers, one per [`TrackerRequest`] (`Lease` may get
+/// `Waiting` first, then `Leased`).
+///
+/// Variants are only ever appended within a protocol version, as for
+/// [`TrackerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackerReply {
+    /// The request failed.
+    Error(Failure),
+    /// To `Register`: joined.
+    Registered {
+        /// Id to heartbeat with.
+        peer_id: u64,
+        /// The address the tracker will hand to requesters.
+        addr: String,
+        /// How often the tracker expects a heartbeat, in milliseconds.
+        heartbeat_ms: u64,
+    },
+    /// To `Heartbeat`: recorded.
+    HeartbeatAck,
+    /// To `Deregister`: left.
+    Deregistered,
+    /// To `ListPeers`: the peer table.
+    Peers {
+        /// The table as polars formats it.
+        table: String,
+        /// The same rows, structured.
+        rows: Vec<PeerRow>,
+    },
+    /// To `Lease`: not enough free slots; queued in arrival order. `Leased`
+    /// follows once the slots are free.
+    Waiting {
+        /// 1-based place in the queue.
+        position: u32,
+        /// Free slots now.
+        free: u32,
+        /// Slots requested.
+        needed: u32,
+    },
+    /// To `Lease`: granted, with the lease's token (for this connection only).
+    Leased(LeaseGrant),
+    /// To `Renew`: renewed.
+    Renewed {
+        /// The lease.
+        lease_id: u64,
+        /// New time to live from now, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// To `Release`: released.
+    Released {
+        /// The lease.
+        lease_id: u64,
+    },
+    /// To `ReportFailure`: recorded; `replacement` is the new slot when one
+    /// was asked for and available.
     FailureRecorded {
         /// The lease.
         lease_id: u64,
         /// The replacement slot, if any.
         replacement: Option<PeerAddr>,
     },
-    /// Worker → requester, just before a product's blocks: how long the
-    /// product took to compute.
+}
+
+impl Control for TrackerReply {
+    fn kind(&self) -> &'static str {
+        match self {
+            TrackerReply::Error(_) => "Error",
+            TrackerReply::Registered { .. } => "Registered",
+            TrackerReply::HeartbeatAck => "HeartbeatAck",
+            TrackerReply::Deregistered => "Deregistered",
+            TrackerReply::Peers { .. } => "Peers",
+            TrackerReply::Waiting { .. } => "Waiting",
+            TrackerReply::Leased(_) => "Leased",
+            TrackerReply::Renewed { .. } => "Renewed",
+            TrackerReply::Released { .. } => "Released",
+            TrackerReply::FailureRecorded { .. } => "FailureRecorded",
+        }
+    }
+}
+
+impl Reply for TrackerReply {
+    fn failure(failure: Failure) -> Self {
+        TrackerReply::Error(failure)
+    }
+
+    fn into_result(self) -> Result<Self, Failure> {
+        match self {
+            TrackerReply::Error(failure) => Err(failure),
+            other => Ok(other),
+        }
+    }
+}
+
+/// A worker's control messages to a requester. (The requester sends the
+/// worker nothing but multiply blocks frames.)
+///
+/// Variants are only ever appended within a protocol version, as for
+/// [`TrackerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerReply {
+    /// A task (then `task_id` is set), or the connection, failed.
+    Error(Failure),
+    /// Just before a product's blocks: how long the product took to compute.
     Computed {
         /// The task.
         task_id: u64,
         /// Compute time in microseconds.
         compute_us: u64,
     },
-
-    // Ownership (appended): a lease is renewed, released or reported
-    // against only by its holder — the connection that took it, or whoever
-    // presents its token. The variants below carry the token; the older
-    // `Leased`, `Renew`, `Release` and `ReportFailure` stay valid and mean
-    // "no token" (acted on only for the connection that took the lease).
-    /// Tracker → client: the lease is granted; `token` (hex, 256 random
-    /// bits) lets another connection renew, release or report against it —
-    /// how a detached lease is released later. Keep it secret.
-    LeasedWithToken {
-        /// The lease.
-        grant: LeaseGrant,
-        /// The lease's bearer token.
-        token: String,
-    },
-    /// Client → tracker: as `Renew`, presenting the lease's token if given.
-    RenewWithToken {
-        /// The lease.
-        lease_id: u64,
-        /// The token from `LeasedWithToken`; `None` acts as the holder connection only.
-        token: Option<String>,
-    },
-    /// Client → tracker: as `Release`, presenting the lease's token if given.
-    ReleaseWithToken {
-        /// The lease.
-        lease_id: u64,
-        /// The token from `LeasedWithToken`; `None` acts as the holder connection only.
-        token: Option<String>,
-    },
-    /// Client → tracker: as `ReportFailure`, presenting the lease's token if given.
-    ReportFailureWithToken {
-        /// The lease the peer was part of.
-        lease_id: u64,
-        /// The peer that failed.
-        peer_id: u64,
-        /// What happened, for the logs.
-        reason: String,
-        /// Also lease a replacement slot into the same lease.
-        replace: bool,
-        /// The token from `LeasedWithToken`; `None` acts as the holder connection only.
-        token: Option<String>,
-    },
 }
 
-impl Message {
-    /// The variant's name, for logs and `Unexpected` errors.
-    pub fn kind(&self) -> &'static str {
+impl Control for WorkerReply {
+    fn kind(&self) -> &'static str {
         match self {
-            Message::Hello { .. } => "Hello",
-            Message::Welcome { .. } => "Welcome",
-            Message::Error { .. } => "Error",
-            Message::Register { .. } => "Register",
-            Message::Registered { .. } => "Registered",
-            Message::Heartbeat { .. } => "Heartbeat",
-            Message::HeartbeatAck => "HeartbeatAck",
-            Message::Deregister { .. } => "Deregister",
-            Message::Deregistered => "Deregistered",
-            Message::ListPeers => "ListPeers",
-            Message::Peers { .. } => "Peers",
-            Message::Lease { .. } => "Lease",
-            Message::Waiting { .. } => "Waiting",
-            Message::Leased(_) => "Leased",
-            Message::Renew { .. } => "Renew",
-            Message::Renewed { .. } => "Renewed",
-            Message::Release { .. } => "Release",
-            Message::Released { .. } => "Released",
-            Message::ReportFailure { .. } => "ReportFailure",
-            Message::FailureRecorded { .. } => "FailureRecorded",
-            Message::Computed { .. } => "Computed",
-            Message::LeasedWithToken { .. } => "LeasedWithToken",
-            Message::RenewWithToken { .. } => "RenewWithToken",
-            Message::ReleaseWithToken { .. } => "ReleaseWithToken",
-            Message::ReportFailureWithToken { .. } => "ReportFailureWithToken",
+            WorkerReply::Error(_) => "Error",
+            WorkerReply::Computed { .. } => "Computed",
         }
     }
+}
 
-    /// An `Error` message describing `err`.
-    pub fn error(err: &Error, task_id: Option<u64>) -> Message {
-        let message = match err {
-            Error::Remote { message, .. } => message.clone(),
-            other => other.to_string(),
-        };
-        Message::Error { code: err.code(), message, task_id }
+impl Reply for WorkerReply {
+    fn failure(failure: Failure) -> Self {
+        WorkerReply::Error(failure)
     }
 
-    /// Turns an `Error` message back into a typed error; other messages
-    /// become [`Error::Unexpected`].
-    pub fn into_error(self, expected: &'static str) -> Error {
+    fn into_result(self) -> Result<Self, Failure> {
         match self {
-            Message::Error { code, message, .. } => Error::Remote { code, message },
-            other => Error::Unexpected { expected, got: other.kind().to_string() },
+            WorkerReply::Error(failure) => Err(failure),
+            other => Ok(other),
         }
     }
 }

@@ -15,7 +15,9 @@
 //! counting global allocator that records the peak bytes allocated on the
 //! decoding thread, and the peak must stay within [`allowance`]: the frame's
 //! own bytes (plus a small constant) for a blocks frame, a fixed multiple of
-//! them for a control frame (the decoded `Message` holds its strings and
+//! them for a control frame (the frame holds a copy of its body, and each
+//! decoded message — a `TrackerRequest`, `TrackerReply` or `WorkerReply`,
+//! every control body is decoded as all three — holds its strings and
 //! vectors, whose in-memory size is a bounded multiple of their encoding).
 //! A declared string length or element count never enters the bound, so a
 //! decoder that allocates for a claimed length before checking the bytes are
@@ -35,8 +37,8 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::{Config, TestRunner};
 use septet_common::frame::{self, KIND_BLOCKS, KIND_CONTROL, LEN_PREFIX};
-use septet_common::proto::{LeaseGrant, PeerAddr, PeerRow, Role};
-use septet_common::{BlockOp, Blocks, ErrorCode, Frame, FrameReader, Matrix, Message, DEFAULT_MAX_FRAME_LEN};
+use septet_common::proto::{Failure, LeaseGrant, PeerAddr, PeerRow, TrackerReply, TrackerRequest, WorkerReply};
+use septet_common::{BlockOp, Blocks, ControlBody, ErrorCode, Frame, FrameReader, Matrix, DEFAULT_MAX_FRAME_LEN};
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Wraps [`System`], counting the bytes each thread has allocated and the
@@ -136,14 +138,27 @@ fn decode_checked(buf: &[u8]) -> Result<(), TestCaseError> {
     if let Ok(Some((_, used))) = &result {
         prop_assert!(*used <= buf.len());
     }
-    // A control body on its own, as `decode_control` sees it, under the
-    // same bound.
+    // A control body on its own, as `decode_control` sees it, decoded as
+    // each conversation's message type, under the same bound.
     if buf.len() > LEN_PREFIX && buf[LEN_PREFIX] == KIND_CONTROL {
         let body = &buf[LEN_PREFIX + 1..];
-        let (result, peak) = peak_during(|| frame::decode_control(body));
-        let allowed = CONTROL_BYTES_PER_BYTE * body.len() + SLACK;
-        prop_assert!(peak <= allowed, "control body of {} bytes allocated {peak}: {result:?}", body.len());
+        control_checked::<TrackerRequest>(body)?;
+        control_checked::<TrackerReply>(body)?;
+        control_checked::<WorkerReply>(body)?;
     }
+    Ok(())
+}
+
+/// Decodes `body` as a `T` under the control allocation bound.
+fn control_checked<T: serde::de::DeserializeOwned + std::fmt::Debug>(body: &[u8]) -> Result<(), TestCaseError> {
+    let (result, peak) = peak_during(|| frame::decode_control::<T>(body));
+    let allowed = CONTROL_BYTES_PER_BYTE * body.len() + SLACK;
+    prop_assert!(
+        peak <= allowed,
+        "control body of {} bytes, as {}, allocated {peak}: {result:?}",
+        body.len(),
+        std::any::type_name::<T>()
+    );
     Ok(())
 }
 
@@ -195,52 +210,102 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
     ])
 }
 
-/// Every variant of [`Message`], with arbitrary fields.
-fn message() -> impl Strategy<Value = Message> {
+fn failure() -> impl Strategy<Value = Failure> {
+    (error_code(), text(), any::<Option<u64>>()).prop_map(|(code, message, task_id)| Failure { code, message, task_id })
+}
+
+/// A lease token: usually 64 hex digits, sometimes any text.
+fn token() -> impl Strategy<Value = String> {
+    prop_oneof![Just("0123456789abcdef".repeat(4)), text()]
+}
+
+/// Every variant of [`TrackerRequest`], with arbitrary fields.
+fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
+    let u = any::<u64>;
+    let tok = || prop::option::of(token());
+    prop_oneof![
+        (text(), any::<u32>()).prop_map(|(listen, slots)| TrackerRequest::Register { listen, slots }),
+        u().prop_map(|peer_id| TrackerRequest::Heartbeat { peer_id }),
+        u().prop_map(|peer_id| TrackerRequest::Deregister { peer_id }),
+        Just(TrackerRequest::ListPeers),
+        (any::<u32>(), any::<bool>()).prop_map(|(count, detached)| TrackerRequest::Lease { count, detached }),
+        (u(), tok()).prop_map(|(lease_id, token)| TrackerRequest::Renew { lease_id, token }),
+        (u(), tok()).prop_map(|(lease_id, token)| TrackerRequest::Release { lease_id, token }),
+        (u(), u(), text(), any::<bool>(), tok()).prop_map(|(lease_id, peer_id, reason, replace, token)| {
+            TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token }
+        }),
+    ]
+}
+
+/// Every variant of [`TrackerReply`], with arbitrary fields.
+fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
     let u = any::<u64>;
     let sessions = prop_oneof![
-        (any::<u32>(), any::<bool>()).prop_map(|(version, worker)| Message::Hello {
-            version,
-            role: if worker { Role::Worker } else { Role::Client }
-        }),
-        any::<u32>().prop_map(|version| Message::Welcome { version }),
-        (error_code(), text(), any::<Option<u64>>()).prop_map(|(code, message, task_id)| Message::Error {
-            code,
-            message,
-            task_id
-        }),
-        (text(), any::<u32>()).prop_map(|(listen, slots)| Message::Register { listen, slots }),
-        (u(), text(), u()).prop_map(|(peer_id, addr, heartbeat_ms)| Message::Registered {
+        failure().prop_map(TrackerReply::Error),
+        (u(), text(), u()).prop_map(|(peer_id, addr, heartbeat_ms)| TrackerReply::Registered {
             peer_id,
             addr,
             heartbeat_ms
         }),
-        u().prop_map(|peer_id| Message::Heartbeat { peer_id }),
-        Just(Message::HeartbeatAck),
-    ];
-    let tables = prop_oneof![
-        u().prop_map(|peer_id| Message::Deregister { peer_id }),
-        Just(Message::Deregistered),
-        Just(Message::ListPeers),
-        (text(), prop::collection::vec(peer_row(), 0..4)).prop_map(|(table, rows)| Message::Peers { table, rows }),
-        (any::<u32>(), any::<bool>()).prop_map(|(count, detached)| Message::Lease { count, detached }),
-        any::<(u32, u32, u32)>().prop_map(|(position, free, needed)| Message::Waiting { position, free, needed }),
-        (u(), prop::collection::vec(peer_addr(), 0..8), u())
-            .prop_map(|(lease_id, peers, ttl_ms)| Message::Leased(LeaseGrant { lease_id, peers, ttl_ms })),
+        Just(TrackerReply::HeartbeatAck),
+        Just(TrackerReply::Deregistered),
+        (text(), prop::collection::vec(peer_row(), 0..4)).prop_map(|(table, rows)| TrackerReply::Peers { table, rows }),
     ];
     let leases = prop_oneof![
-        u().prop_map(|lease_id| Message::Renew { lease_id }),
-        (u(), u()).prop_map(|(lease_id, ttl_ms)| Message::Renewed { lease_id, ttl_ms }),
-        u().prop_map(|lease_id| Message::Release { lease_id }),
-        u().prop_map(|lease_id| Message::Released { lease_id }),
-        (u(), u(), text(), any::<bool>()).prop_map(|(lease_id, peer_id, reason, replace)| {
-            Message::ReportFailure { lease_id, peer_id, reason, replace }
+        any::<(u32, u32, u32)>().prop_map(|(position, free, needed)| TrackerReply::Waiting { position, free, needed }),
+        (u(), prop::collection::vec(peer_addr(), 0..8), u(), token()).prop_map(|(lease_id, peers, ttl_ms, token)| {
+            TrackerReply::Leased(LeaseGrant { lease_id, peers, ttl_ms, token })
         }),
+        (u(), u()).prop_map(|(lease_id, ttl_ms)| TrackerReply::Renewed { lease_id, ttl_ms }),
+        u().prop_map(|lease_id| TrackerReply::Released { lease_id }),
         (u(), prop::option::of(peer_addr()))
-            .prop_map(|(lease_id, replacement)| Message::FailureRecorded { lease_id, replacement }),
-        (u(), u()).prop_map(|(task_id, compute_us)| Message::Computed { task_id, compute_us }),
+            .prop_map(|(lease_id, replacement)| TrackerReply::FailureRecorded { lease_id, replacement }),
     ];
-    prop_oneof![sessions, tables, leases]
+    prop_oneof![sessions, leases]
+}
+
+/// Every variant of [`WorkerReply`], with arbitrary fields.
+fn worker_reply() -> impl Strategy<Value = WorkerReply> {
+    prop_oneof![
+        failure().prop_map(WorkerReply::Error),
+        (any::<u64>(), any::<u64>()).prop_map(|(task_id, compute_us)| WorkerReply::Computed { task_id, compute_us }),
+    ]
+}
+
+/// A control message of any conversation.
+#[derive(Debug, Clone, PartialEq)]
+enum Message {
+    Request(TrackerRequest),
+    TrackerReply(TrackerReply),
+    WorkerReply(WorkerReply),
+}
+
+impl Message {
+    fn body(&self) -> ControlBody {
+        match self {
+            Message::Request(m) => ControlBody::encode(m),
+            Message::TrackerReply(m) => ControlBody::encode(m),
+            Message::WorkerReply(m) => ControlBody::encode(m),
+        }
+        .unwrap()
+    }
+
+    /// Decodes `body` as this message's type.
+    fn decode_like(&self, body: &ControlBody) -> septet_common::Result<Message> {
+        Ok(match self {
+            Message::Request(_) => Message::Request(body.decode()?),
+            Message::TrackerReply(_) => Message::TrackerReply(body.decode()?),
+            Message::WorkerReply(_) => Message::WorkerReply(body.decode()?),
+        })
+    }
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        8 => tracker_request().prop_map(Message::Request),
+        10 => tracker_reply().prop_map(Message::TrackerReply),
+        2 => worker_reply().prop_map(Message::WorkerReply),
+    ]
 }
 
 /// A `rows × cols` matrix of finite values (so decoded frames compare equal).
@@ -273,8 +338,9 @@ fn blocks() -> impl Strategy<Value = Frame> {
     )
 }
 
-fn valid_frame() -> impl Strategy<Value = Frame> {
-    prop_oneof![message().prop_map(Frame::Control), blocks()]
+/// A valid frame, and the message a control frame carries.
+fn valid_frame() -> impl Strategy<Value = (Frame, Option<Message>)> {
+    prop_oneof![message().prop_map(|m| (Frame::Control(m.body()), Some(m))), blocks().prop_map(|f| (f, None))]
 }
 
 /// One change to a valid frame's bytes.
@@ -365,7 +431,7 @@ fn mutated_valid_frames_never_panic_or_overallocate() {
     let input = (valid_frame(), prop::collection::vec(mutation(), 1..4));
     let mut runner = TestRunner::new(config(33_000));
     runner
-        .run(&input, |(frame, mutations)| {
+        .run(&input, |((frame, message), mutations)| {
             let mut bytes = frame::encode(&frame).unwrap();
             let original = bytes.clone();
             for m in &mutations {
@@ -374,7 +440,11 @@ fn mutated_valid_frames_never_panic_or_overallocate() {
             decode_checked(&bytes)?;
             if bytes == original {
                 let decoded = frame::decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap();
-                prop_assert_eq!(decoded, Some((frame, bytes.len())));
+                prop_assert_eq!(&decoded, &Some((frame, bytes.len())));
+                // The body decodes back as the message, as its receiver reads it.
+                if let (Some(message), Some((Frame::Control(body), _))) = (message, decoded) {
+                    prop_assert_eq!(message.decode_like(&body).unwrap(), message);
+                }
             }
             Ok(())
         })
@@ -420,7 +490,7 @@ fn valid_frames_split_anywhere_decode_the_same() {
     let input = (valid_frame(), valid_frame(), prop::collection::vec(any::<Index>(), 2..6));
     let mut runner = TestRunner::new(config(2_000));
     runner
-        .run(&input, |(first, second, extra_cuts)| {
+        .run(&input, |((first, _), (second, _), extra_cuts)| {
             let mut stream = frame::encode(&first).unwrap();
             stream.extend_from_slice(&frame::encode(&second).unwrap());
             let read_all = |pieces: VecDeque<Vec<u8>>| {

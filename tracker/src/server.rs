@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use septet_common::conn::ConnLimits;
 use septet_common::listener::{self, ListenConfig};
-use septet_common::{deadline, Connection, Frame, Message, Role};
+use septet_common::proto::{Failure, TrackerReply, TrackerRequest};
+use septet_common::{deadline, Connection, Frame, Role};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -162,7 +163,7 @@ async fn serve_connection(
     loop {
         let frame = tokio::select! {
             _ = cancel.cancelled() => {
-                conn.refuse(&shutting_down()).await;
+                conn.refuse::<TrackerReply>(&shutting_down()).await;
                 break;
             }
             Some(grant) = next_grant(&mut ticket) => {
@@ -175,27 +176,24 @@ async fn serve_connection(
             }
             frame = conn.reader.read_frame() => frame,
         };
-        let msg = match frame {
-            Ok(Some(Frame::Control(msg))) => msg,
-            Ok(None) => break,
-            Ok(Some(Frame::Blocks(_))) => {
-                let err =
-                    septet_common::Error::Unexpected { expected: "a control message", got: "matrix blocks".into() };
-                conn.refuse(&err).await;
-                break;
+        let msg = match frame.and_then(|frame| match frame {
+            Some(Frame::Control(body)) => body.decode::<TrackerRequest>().map(Some),
+            Some(Frame::Blocks(_)) => {
+                Err(septet_common::Error::Unexpected { expected: "a control message", got: "matrix blocks".into() })
             }
+            None => Ok(None),
+        }) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
             Err(e) => {
                 warn!(error = %e, "bad frame; dropping the connection");
-                conn.refuse(&e).await;
+                conn.refuse::<TrackerReply>(&e).await;
                 break;
             }
         };
-        let (reply, close) = handle(&tracker, &ops, msg, conn_id, conn.peer, &mut ticket).await;
+        let reply = handle(&tracker, &ops, msg, conn_id, conn.peer, &mut ticket).await;
         if let Err(e) = send(&mut conn, &reply, &config).await {
             debug!(error = %e, "could not send a reply");
-            break;
-        }
-        if close {
             break;
         }
     }
@@ -205,17 +203,17 @@ async fn serve_connection(
     }
 }
 
-async fn send(conn: &mut Connection, msg: &Message, config: &TrackerConfig) -> septet_common::Result<()> {
+async fn send(conn: &mut Connection, msg: &TrackerReply, config: &TrackerConfig) -> septet_common::Result<()> {
     deadline(config.io_timeout, "the client to take a reply", conn.writer.send(msg)).await
 }
 
-fn error_reply(e: &Error) -> Message {
-    Message::Error { code: e.code(), message: e.to_string(), task_id: None }
+fn error_reply(e: &Error) -> TrackerReply {
+    TrackerReply::Error(Failure { code: e.code(), message: e.to_string(), task_id: None })
 }
 
 /// The reply for a grant: the lease and its token, for this connection only.
-fn leased(grant: Grant) -> Message {
-    Message::LeasedWithToken { token: grant.token.expose().to_string(), grant: grant.lease }
+fn leased(grant: Grant) -> TrackerReply {
+    TrackerReply::Leased(grant.lease)
 }
 
 /// Who sent a lease request: this connection, with the token it presented.
@@ -252,81 +250,62 @@ fn resolve_listen(listen: &str, seen_from: SocketAddr) -> Result<String> {
     Ok(SocketAddr::new(ip, addr.port()).to_string())
 }
 
-/// One request → one reply, and whether to close the connection after it.
-/// Leases and releases go through the batch loop; the rest, rarer, take the
-/// tracker's lock directly.
+/// One request → one reply. Leases and releases go through the batch loop;
+/// the rest, rarer, take the tracker's lock directly.
 async fn handle(
     tracker: &Tracker,
     ops: &mpsc::UnboundedSender<Submission>,
-    msg: Message,
+    msg: TrackerRequest,
     conn: ConnId,
     peer: SocketAddr,
     ticket: &mut Option<Ticket>,
-) -> (Message, bool) {
+) -> TrackerReply {
     let heartbeat_ms = tracker.config().heartbeat_interval.as_millis() as u64;
-    let result = match with_token(msg) {
-        Message::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
+    let result = match msg {
+        TrackerRequest::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
             let peer_id = tracker.register_by(&addr, slots, conn)?;
             info!(peer_id, %addr, slots, "worker registered");
-            Ok(Message::Registered { peer_id, addr, heartbeat_ms })
+            Ok(TrackerReply::Registered { peer_id, addr, heartbeat_ms })
         }),
-        Message::Heartbeat { peer_id } => tracker.heartbeat_by(peer_id, conn).map(|()| Message::HeartbeatAck),
-        Message::Deregister { peer_id } => tracker.deregister_by(peer_id, conn).map(|()| {
+        TrackerRequest::Heartbeat { peer_id } => {
+            tracker.heartbeat_by(peer_id, conn).map(|()| TrackerReply::HeartbeatAck)
+        }
+        TrackerRequest::Deregister { peer_id } => tracker.deregister_by(peer_id, conn).map(|()| {
             info!(peer_id, "worker deregistered");
-            Message::Deregistered
+            TrackerReply::Deregistered
         }),
-        Message::ListPeers => tracker.peers().map(|(table, rows)| Message::Peers { table, rows }),
-        Message::Lease { .. } if ticket.is_some() => {
+        TrackerRequest::ListPeers => tracker.peers().map(|(table, rows)| TrackerReply::Peers { table, rows }),
+        TrackerRequest::Lease { .. } if ticket.is_some() => {
             Err(Error::Invalid("this connection already has a lease request waiting".into()))
         }
-        Message::Lease { count, detached } => {
+        TrackerRequest::Lease { count, detached } => {
             submit(ops, Op::Lease { count, conn, detached }).await.map(|done| match done.into_lease() {
                 LeaseOutcome::Granted(grant) => leased(grant),
                 LeaseOutcome::Queued(t) => {
-                    let reply = Message::Waiting { position: t.position, free: t.free, needed: count };
+                    let reply = TrackerReply::Waiting { position: t.position, free: t.free, needed: count };
                     *ticket = Some(t);
                     reply
                 }
             })
         }
-        Message::RenewWithToken { lease_id, token } => tracker
+        TrackerRequest::Renew { lease_id, token } => tracker
             .renew_by(lease_id, &caller(conn, token))
-            .map(|ttl| Message::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 }),
-        Message::ReleaseWithToken { lease_id, token } => {
+            .map(|ttl| TrackerReply::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 }),
+        TrackerRequest::Release { lease_id, token } => {
             submit(ops, Op::ReleaseBy { lease_id, caller: caller(conn, token) })
                 .await
-                .map(|_| Message::Released { lease_id })
+                .map(|_| TrackerReply::Released { lease_id })
         }
-        Message::ReportFailureWithToken { lease_id, peer_id, reason, replace, token } => {
+        TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token } => {
             let replacement = tracker.report_failure_by(lease_id, peer_id, replace, &caller(conn, token));
             // Logged only once known to come from the lease's holder.
             replacement.map(|replacement| {
                 warn!(lease_id, peer_id, %reason, "failure reported against a peer");
-                Message::FailureRecorded { lease_id, replacement }
+                TrackerReply::FailureRecorded { lease_id, replacement }
             })
         }
-        other => {
-            let err = septet_common::Error::Unexpected { expected: "a tracker request", got: other.kind().into() };
-            return (Message::error(&err, None), true);
-        }
     };
-    match result {
-        Ok(reply) => (reply, false),
-        Err(e) => (error_reply(&e), false),
-    }
-}
-
-/// The plain lease requests as the token-carrying ones without a token, so
-/// each is handled (and checked) in one place.
-fn with_token(msg: Message) -> Message {
-    match msg {
-        Message::Renew { lease_id } => Message::RenewWithToken { lease_id, token: None },
-        Message::Release { lease_id } => Message::ReleaseWithToken { lease_id, token: None },
-        Message::ReportFailure { lease_id, peer_id, reason, replace } => {
-            Message::ReportFailureWithToken { lease_id, peer_id, reason, replace, token: None }
-        }
-        other => other,
-    }
+    result.unwrap_or_else(|e| error_reply(&e))
 }
 
 #[cfg(test)]

@@ -140,7 +140,9 @@ impl Caller {
 }
 
 /// A granted lease and its token, for the connection that asked for it.
-/// Derefs to the [`LeaseGrant`] (`grant.lease_id`, `grant.peers`).
+/// Derefs to the [`LeaseGrant`] (`grant.lease_id`, `grant.peers`), which
+/// carries the token's text for the wire; `token` is the same token, for
+/// comparing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// What the requester is told.
@@ -425,7 +427,12 @@ impl State {
                 self.next_lease_id += 1;
                 let lease_id = self.next_lease_id;
                 let token = LeaseToken::generate();
-                let lease = LeaseGrant { lease_id, peers: mine.to_vec(), ttl_ms: ttl.as_millis() as u64 };
+                let lease = LeaseGrant {
+                    lease_id,
+                    peers: mine.to_vec(),
+                    ttl_ms: ttl.as_millis() as u64,
+                    token: token.expose().to_string(),
+                };
                 let grant = Grant { lease, token: token.clone() };
                 let owner = (!waiter.detached).then_some(waiter.conn);
                 let record = LeaseRecord {

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use septet_common::conn::ConnLimits;
 use septet_common::proto::{LeaseGrant, PeerAddr, PeerRow};
+use septet_common::proto::{Reply, TrackerReply, TrackerRequest};
 use septet_common::secure::Security;
-use septet_common::{deadline, Connection, Error, Message, Result, Role};
+use septet_common::{deadline, Connection, Error, Result, Role};
 use tokio::net::ToSocketAddrs;
 
 /// Default deadline for one request/reply exchange with the tracker.
@@ -32,23 +33,6 @@ pub struct Registration {
     pub heartbeat: Duration,
 }
 
-/// A lease as granted to us, with its token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct HeldLease {
-    /// The lease.
-    pub grant: LeaseGrant,
-    /// Its bearer token (hex): whoever presents it may renew, release or
-    /// report against the lease, so keep it secret. `None` from a tracker
-    /// that sent none.
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for HeldLease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldLease").field("grant", &self.grant).field("token", &"<redacted>").finish()
-    }
-}
-
 /// A connection to the tracker.
 #[derive(Debug)]
 pub struct TrackerClient {
@@ -59,7 +43,7 @@ pub struct TrackerClient {
     poisoned: Option<String>,
 }
 
-fn unexpected(expected: &'static str, got: Message) -> Error {
+fn unexpected(expected: &'static str, got: TrackerReply) -> Error {
     got.into_error(expected)
 }
 
@@ -127,7 +111,7 @@ impl TrackerClient {
         out
     }
 
-    async fn call(&mut self, msg: Message, expected: &'static str) -> Result<Message> {
+    async fn call(&mut self, msg: TrackerRequest, expected: &'static str) -> Result<TrackerReply> {
         let timeout = self.timeout;
         self.guarded(async move |conn: &mut Connection| conn.request(&msg, expected, timeout).await).await
     }
@@ -137,8 +121,8 @@ impl TrackerClient {
     /// # Errors
     /// [`Error::Remote`] if the tracker refuses, or any connection error.
     pub async fn register(&mut self, listen: SocketAddr, slots: u32) -> Result<Registration> {
-        match self.call(Message::Register { listen: listen.to_string(), slots }, "Registered").await? {
-            Message::Registered { peer_id, addr, heartbeat_ms } => {
+        match self.call(TrackerRequest::Register { listen: listen.to_string(), slots }, "Registered").await? {
+            TrackerReply::Registered { peer_id, addr, heartbeat_ms } => {
                 Ok(Registration { peer_id, addr, heartbeat: Duration::from_millis(heartbeat_ms.max(1)) })
             }
             other => Err(unexpected("Registered", other)),
@@ -151,8 +135,8 @@ impl TrackerClient {
     /// [`Error::Remote`] with `PeerGone` or `UnknownPeer` when the worker
     /// must register again, or any connection error.
     pub async fn heartbeat(&mut self, peer_id: u64) -> Result<()> {
-        match self.call(Message::Heartbeat { peer_id }, "HeartbeatAck").await? {
-            Message::HeartbeatAck => Ok(()),
+        match self.call(TrackerRequest::Heartbeat { peer_id }, "HeartbeatAck").await? {
+            TrackerReply::HeartbeatAck => Ok(()),
             other => Err(unexpected("HeartbeatAck", other)),
         }
     }
@@ -162,8 +146,8 @@ impl TrackerClient {
     /// # Errors
     /// Any connection error.
     pub async fn deregister(&mut self, peer_id: u64) -> Result<()> {
-        match self.call(Message::Deregister { peer_id }, "Deregistered").await? {
-            Message::Deregistered => Ok(()),
+        match self.call(TrackerRequest::Deregister { peer_id }, "Deregistered").await? {
+            TrackerReply::Deregistered => Ok(()),
             other => Err(unexpected("Deregistered", other)),
         }
     }
@@ -173,8 +157,8 @@ impl TrackerClient {
     /// # Errors
     /// Any connection error.
     pub async fn peers(&mut self) -> Result<(String, Vec<PeerRow>)> {
-        match self.call(Message::ListPeers, "Peers").await? {
-            Message::Peers { table, rows } => Ok((table, rows)),
+        match self.call(TrackerRequest::ListPeers, "Peers").await? {
+            TrackerReply::Peers { table, rows } => Ok((table, rows)),
             other => Err(unexpected("Peers", other)),
         }
     }
@@ -182,46 +166,33 @@ impl TrackerClient {
     /// Leases `count` slots. If the tracker queues the request, `on_wait`
     /// is called with the `Waiting` message's (position, free, needed) and
     /// the call waits for the grant — for at most `max_wait` when given.
-    /// Dropping the future (or the client) leaves the queue.
+    /// Dropping the future (or the client) leaves the queue. The grant
+    /// carries the lease's token (for a detached lease: what `septet release
+    /// --token` needs later).
     ///
     /// # Errors
     /// [`Error::Timeout`] when `max_wait` passes, [`Error::Remote`] if the
-    /// tracker refuses, or any connection error.
+    /// tracker refuses, or any connection error; after a timeout in the
+    /// queue the client is poisoned (the grant may still arrive on this
+    /// connection).
     pub async fn lease(
         &mut self,
         count: u32,
         detached: bool,
         max_wait: Option<Duration>,
-        on_wait: impl FnMut(u32, u32, u32),
-    ) -> Result<LeaseGrant> {
-        self.lease_held(count, detached, max_wait, on_wait).await.map(|held| held.grant)
-    }
-
-    /// As [`TrackerClient::lease`], also returning the lease's token (for a
-    /// detached lease: what `septet release --token` needs later).
-    ///
-    /// # Errors
-    /// As [`TrackerClient::lease`]; after a timeout in the queue the client
-    /// is poisoned (the grant may still arrive on this connection).
-    pub async fn lease_held(
-        &mut self,
-        count: u32,
-        detached: bool,
-        max_wait: Option<Duration>,
         mut on_wait: impl FnMut(u32, u32, u32),
-    ) -> Result<HeldLease> {
-        fn held(msg: Message, expected: &'static str) -> Result<HeldLease> {
-            match msg {
-                Message::Leased(grant) => Ok(HeldLease { grant, token: None }),
-                Message::LeasedWithToken { grant, token } => Ok(HeldLease { grant, token: Some(token) }),
+    ) -> Result<LeaseGrant> {
+        fn granted(reply: TrackerReply, expected: &'static str) -> Result<LeaseGrant> {
+            match reply {
+                TrackerReply::Leased(grant) => Ok(grant),
                 other => Err(unexpected(expected, other)),
             }
         }
-        match self.call(Message::Lease { count, detached }, "Leased or Waiting").await? {
-            Message::Waiting { position, free, needed } => {
+        match self.call(TrackerRequest::Lease { count, detached }, "Leased or Waiting").await? {
+            TrackerReply::Waiting { position, free, needed } => {
                 on_wait(position, free, needed);
                 self.guarded(async move |conn: &mut Connection| {
-                    let wait = async { held(conn.reader.read_message("Leased").await?, "Leased") };
+                    let wait = async { granted(conn.reader.read_message("Leased").await?, "Leased") };
                     match max_wait {
                         Some(limit) => deadline(limit, "a lease in the tracker's queue", wait).await,
                         None => wait.await,
@@ -229,7 +200,7 @@ impl TrackerClient {
                 })
                 .await
             }
-            other => held(other, "Leased"),
+            other => granted(other, "Leased"),
         }
     }
 
@@ -249,8 +220,8 @@ impl TrackerClient {
     /// has ended: the tracker does not say which).
     pub async fn renew_with(&mut self, lease_id: u64, token: Option<&str>) -> Result<Duration> {
         let token = token.map(str::to_string);
-        match self.call(Message::RenewWithToken { lease_id, token }, "Renewed").await? {
-            Message::Renewed { ttl_ms, .. } => Ok(Duration::from_millis(ttl_ms)),
+        match self.call(TrackerRequest::Renew { lease_id, token }, "Renewed").await? {
+            TrackerReply::Renewed { ttl_ms, .. } => Ok(Duration::from_millis(ttl_ms)),
             other => Err(unexpected("Renewed", other)),
         }
     }
@@ -271,8 +242,8 @@ impl TrackerClient {
     /// has ended: the tracker does not say which); nothing changes then.
     pub async fn release_with(&mut self, lease_id: u64, token: Option<&str>) -> Result<()> {
         let token = token.map(str::to_string);
-        match self.call(Message::ReleaseWithToken { lease_id, token }, "Released").await? {
-            Message::Released { .. } => Ok(()),
+        match self.call(TrackerRequest::Release { lease_id, token }, "Released").await? {
+            TrackerReply::Released { .. } => Ok(()),
             other => Err(unexpected("Released", other)),
         }
     }
@@ -306,9 +277,9 @@ impl TrackerClient {
         token: Option<&str>,
     ) -> Result<Option<PeerAddr>> {
         let (reason, token) = (reason.to_string(), token.map(str::to_string));
-        let msg = Message::ReportFailureWithToken { lease_id, peer_id, reason, replace, token };
+        let msg = TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token };
         match self.call(msg, "FailureRecorded").await? {
-            Message::FailureRecorded { replacement, .. } => Ok(replacement),
+            TrackerReply::FailureRecorded { replacement, .. } => Ok(replacement),
             other => Err(unexpected("FailureRecorded", other)),
         }
     }
@@ -342,7 +313,7 @@ mod tests {
                 if n == 1 {
                     tokio::time::sleep(delay).await;
                 }
-                let reply = Message::Peers { table: format!("reply to request {n}"), rows: Vec::new() };
+                let reply = TrackerReply::Peers { table: format!("reply to request {n}"), rows: Vec::new() };
                 if conn.writer.send(&reply).await.is_err() {
                     return;
                 }
@@ -383,7 +354,8 @@ mod tests {
             let (mut conn, _) = Connection::accept(stream, ConnLimits::default()).await.unwrap();
             while let Ok(Some(_)) = conn.reader.read_frame().await {
                 let err = Error::Remote { code: septet_common::ErrorCode::Unauthorized, message: "no".into() };
-                conn.writer.send(&Message::error(&err, None)).await.unwrap();
+                let reply = TrackerReply::failure(septet_common::Failure::from_error(&err, None));
+                conn.writer.send(&reply).await.unwrap();
             }
         });
         let mut client = TrackerClient::connect(addr, Role::Client, Duration::from_millis(500)).await.unwrap();

@@ -19,8 +19,9 @@ use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, BlocksHeader, Frame};
 use septet_common::proto::{LeaseGrant, PeerAddr};
+use septet_common::proto::{Reply, WorkerReply};
 use septet_common::strassen::{self, Operand, Quad, Sign, Split, PRODUCTS};
-use septet_common::{deadline, Connection, Element, Error, FrameReader, Message, Role, PEERS_PER_LEASE};
+use septet_common::{deadline, Connection, Element, Error, FrameReader, Role, PEERS_PER_LEASE};
 use septet_common::{FrameWriter, WirePart};
 use serde::Serialize;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -617,9 +618,14 @@ impl<T: Element> Job<T> {
 
     /// Waits for product `i` on `reader`, checks it, and folds it into C.
     async fn receive(self: &Arc<Self>, mut reader: FrameReader<OwnedReadHalf>, i: usize) -> Result<Received, Failure> {
-        let msg = deadline(self.reply_deadline, "a worker's product", reader.read_message("Computed")).await?;
+        let msg =
+            deadline(self.reply_deadline, "a worker's product", reader.read_message::<WorkerReply>("Computed")).await?;
         let compute_us = match msg {
-            Message::Computed { task_id, compute_us } if task_id == i as u64 => compute_us,
+            WorkerReply::Computed { task_id, compute_us } if task_id == i as u64 => compute_us,
+            WorkerReply::Computed { task_id, .. } => {
+                let got = format!("Computed for task {task_id}");
+                return Err(Error::Unexpected { expected: "Computed", got }.into());
+            }
             other => return Err(other.into_error("Computed").into()),
         };
         let _permit = self.receiving.acquire().await.map_err(|_| Error::Closed("a receive permit"))?;
@@ -645,7 +651,13 @@ impl<T: Element> Job<T> {
                 ))
                 .into())
             }
-            Some(Frame::Control(msg)) => return Err(msg.into_error("the product").into()),
+            Some(Frame::Control(body)) => {
+                let err = match body.decode::<WorkerReply>() {
+                    Ok(reply) => reply.into_error("the product"),
+                    Err(e) => e,
+                };
+                return Err(err.into());
+            }
             None => return Err(Error::Closed("the product").into()),
         };
         let [m] = <[septet_common::Matrix; 1]>::try_from(product.mats)
@@ -656,7 +668,7 @@ impl<T: Element> Job<T> {
             return Err(Error::ShapeMismatch { left: shape, right: self.split.product_shape() }.into());
         }
         let header = BlocksHeader { task_id: i as u64, op: BlockOp::Product, dtype, shapes: vec![shape] };
-        let computed = septet_common::frame::encode_control(&Message::Computed { task_id: i as u64, compute_us })?;
+        let computed = septet_common::frame::encode_control(&WorkerReply::Computed { task_id: i as u64, compute_us })?;
         let bytes = (header.frame_len().unwrap_or(0) + computed.len()) as u64;
         let waiting = Instant::now();
         let checking = match probe {

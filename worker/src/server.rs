@@ -17,8 +17,9 @@ use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
 use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, recycle_matrix};
+use septet_common::proto::{Failure, WorkerReply};
 use septet_common::secure::Security;
-use septet_common::{deadline, Connection, Error, Frame, FrameWriter, Matrix, Message, Result, Role};
+use septet_common::{deadline, Connection, Error, Frame, FrameWriter, Matrix, Result, Role};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -185,7 +186,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
 enum Reply {
     /// A product, with the compute slot it holds until it is written.
     Product(u64, Matrix, Duration, Slot),
-    Error(Message),
+    Error(WorkerReply),
 }
 
 /// A product's hold on a compute slot: released when the product has been
@@ -219,7 +220,7 @@ fn corrupt(mut m: Matrix) -> Matrix {
 /// Fault injection: `Computed`, half of the product, then nothing.
 #[cfg(feature = "fault-injection")]
 async fn drop_mid_reply(writer: &mut FrameWriter<OwnedWriteHalf>, task_id: u64, m: Matrix, took: Duration) {
-    let done = Message::Computed { task_id, compute_us: took.as_micros() as u64 };
+    let done = WorkerReply::Computed { task_id, compute_us: took.as_micros() as u64 };
     if writer.send(&done).await.is_ok() {
         let bytes =
             septet_common::frame::encode(&Frame::Blocks(Blocks { task_id, op: BlockOp::Product, mats: vec![m] }));
@@ -242,7 +243,7 @@ async fn send_product(
     let bytes = (m.shape().0 * m.shape().1 * m.dtype().size()) as f64;
     let limit = io_timeout + Duration::from_secs_f64(bytes / MIN_REPLY_RATE);
     deadline(limit, "the client to take a product", async {
-        writer.send(&Message::Computed { task_id, compute_us: took.as_micros() as u64 }).await?;
+        writer.send(&WorkerReply::Computed { task_id, compute_us: took.as_micros() as u64 }).await?;
         writer.send_blocks(task_id, BlockOp::Product, &[m.view()]).await
     })
     .await
@@ -323,7 +324,7 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Sem
                         Err(e) => {
                             debug!(task_id, error = %e, "task refused");
                             drop(permit);
-                            Reply::Error(Message::error(&e, Some(task_id)))
+                            Reply::Error(WorkerReply::Error(Failure::from_error(&e, Some(task_id))))
                         }
                     };
                     let _ = tx.blocking_send(reply);
@@ -331,17 +332,17 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Sem
             }
             Ok(Some(other)) => {
                 let got = match other {
-                    Frame::Control(m) => m.kind().to_string(),
+                    Frame::Control(_) => "a control message".to_string(),
                     Frame::Blocks(b) => format!("{:?} blocks", b.op),
                 };
                 let err = Error::Unexpected { expected: "a multiply task", got };
-                let _ = tx.send(Reply::Error(Message::error(&err, None))).await;
+                let _ = tx.send(Reply::Error(WorkerReply::Error(Failure::from_error(&err, None)))).await;
                 break;
             }
             Ok(None) => break,
             Err(e) => {
                 warn!(error = %e, "bad frame; dropping the connection");
-                let _ = tx.send(Reply::Error(Message::error(&e, None))).await;
+                let _ = tx.send(Reply::Error(WorkerReply::Error(Failure::from_error(&e, None)))).await;
                 break;
             }
         }
@@ -404,8 +405,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1500)).await;
             assert_eq!(PEAK.load(Ordering::SeqCst), 1, "products held at once by a one-slot worker");
             for task in 0..4 {
-                let done = conn.reader.read_message("Computed").await.unwrap();
-                assert!(matches!(done, Message::Computed { task_id, .. } if task_id == task), "{done:?}");
+                let done = conn.reader.read_message::<WorkerReply>("Computed").await.unwrap();
+                assert!(matches!(done, WorkerReply::Computed { task_id, .. } if task_id == task), "{done:?}");
                 match conn.reader.read_frame().await.unwrap() {
                     Some(Frame::Blocks(b)) => {
                         assert_eq!((b.task_id, b.op), (task, BlockOp::Product));
