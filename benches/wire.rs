@@ -15,7 +15,7 @@ use ndarray::Array2;
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{decode, encode, BlockOp, Blocks, Frame, DEFAULT_MAX_FRAME_LEN};
 use septet_common::secure::{Secret, Security};
-use septet_common::{Connection, Matrix, MatrixView, Role};
+use septet_common::{Connection, Matrix, MatrixView, Role, TaskId};
 use tokio::net::TcpListener;
 
 const N: usize = 2048;
@@ -27,7 +27,8 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes));
     group.sample_size(20);
 
-    let frame = Frame::Blocks(Blocks { task_id: 1, op: BlockOp::Product, mats: vec![Matrix::F64(block.clone())] });
+    let frame =
+        Frame::Blocks(Blocks { task_id: TaskId(1), op: BlockOp::Product, mats: vec![Matrix::F64(block.clone())] });
     group.bench_function("encode/2048", |b| b.iter(|| encode(&frame).unwrap()));
     let encoded = encode(&frame).unwrap();
     group.bench_function("decode/2048", |b| b.iter(|| decode(&encoded, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap()));
@@ -48,7 +49,12 @@ fn bench(c: &mut Criterion) {
             let client_limits = limits.clone();
             tokio::spawn(async move {
                 let mut conn = Connection::connect(addr, Role::Client, client_limits).await.unwrap();
-                while conn.writer.send_blocks(1, BlockOp::Product, &[MatrixView::F64(sender.view())]).await.is_ok() {}
+                while conn
+                    .writer
+                    .send_blocks(TaskId(1), BlockOp::Product, &[MatrixView::F64(sender.view())])
+                    .await
+                    .is_ok()
+                {}
             });
             let (stream, _) = listener.accept().await.unwrap();
             Connection::accept(stream, limits).await.unwrap().0.reader

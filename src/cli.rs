@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use septet_common::proto::LeaseGrant;
+use septet_common::proto::{LeaseGrant, LeaseId};
 use septet_common::secure::{Secret, SecretFileError, Security};
 use septet_common::{Dtype, Role, PEERS_PER_LEASE};
 use septet_tracker::TrackerConfig;
@@ -489,7 +489,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Release(args) => {
             let mut client = connect(&args.tracker.tracker, &args.security).await?;
             client
-                .release_with(args.lease_id, args.token.as_deref())
+                .release_with(LeaseId(args.lease_id), args.token.as_deref())
                 .await
                 .with_context(|| format!("while releasing lease {}", args.lease_id))?;
             println!("released lease {}", args.lease_id);

@@ -18,6 +18,7 @@ use std::time::Duration;
 use common::*;
 use ndarray::Array2;
 use septet_common::strassen::naive_matmul;
+use septet_common::PeerId;
 use septet_worker::{JobReport, Requester, RequesterConfig};
 use tokio::io::AsyncBufReadExt;
 
@@ -116,7 +117,7 @@ async fn one_faulty_worker(fault: &str, peer_timeout: Duration) {
         assert!(report.verified);
         assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
         assert!(report.failures[0].contains("peer 0"), "{:?}", report.failures);
-        assert!(report.peers.iter().all(|p| p.peer_id != 0), "peer 0's product came from elsewhere");
+        assert!(report.peers.iter().all(|p| p.peer_id != PeerId(0)), "peer 0's product came from elsewhere");
         assert_nothing_leased(tracker).await;
         let rows = rows(tracker).await;
         assert_eq!(rows[0].failures, 1, "the tracker counted the failure: {rows:?}");

@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{encode_control, BlockOp};
 use septet_common::proto::LeaseGrant;
-use septet_common::proto::{Failure, TrackerReply, TrackerRequest, WorkerReply};
+use septet_common::proto::{Failure, LeaseId, PeerId, TaskId, TrackerReply, TrackerRequest, WorkerReply};
 use septet_common::strassen::naive_matmul;
 use septet_common::{Connection, Element, Error, ErrorCode, Frame, MatrixView, PeerAddr, Role};
 use septet_tracker::{Tracker, TrackerConfig};
@@ -118,11 +118,11 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
         let mut conn = Connection::connect(worker.addr, Role::Client, Default::default()).await.unwrap();
         let (x, y) = (ints(2, 3, 0), ints(4, 2, 0));
         conn.writer
-            .send_blocks(9, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
+            .send_blocks(TaskId(9), BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
             .await
             .unwrap();
         match conn.reader.read_message::<WorkerReply>("an error").await.unwrap() {
-            WorkerReply::Error(Failure { code: ErrorCode::ShapeMismatch, task_id: Some(9), message }) => {
+            WorkerReply::Error(Failure { code: ErrorCode::ShapeMismatch, task_id: Some(TaskId(9)), message }) => {
                 assert!(message.contains("(2, 3)") && message.contains("(4, 2)"), "{message}");
             }
             other => panic!("expected a shape error, got {other:?}"),
@@ -130,18 +130,18 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
         // Mixed dtypes are refused the same way.
         let yf = ints(3, 2, 0).mapv(|v| v as f32);
         conn.writer
-            .send_blocks(10, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F32(yf.view())])
+            .send_blocks(TaskId(10), BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F32(yf.view())])
             .await
             .unwrap_err();
         // The same connection still computes a good task.
         let y = ints(3, 2, 0);
         conn.writer
-            .send_blocks(11, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
+            .send_blocks(TaskId(11), BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
             .await
             .unwrap();
         assert!(matches!(
             conn.reader.read_message::<WorkerReply>("Computed").await.unwrap(),
-            WorkerReply::Computed { task_id: 11, .. }
+            WorkerReply::Computed { task_id: TaskId(11), .. }
         ));
         match conn.reader.read_frame().await.unwrap() {
             Some(Frame::Blocks(b)) => assert_eq!(b.mats, vec![septet_common::Matrix::F64(x.dot(&y))]),
@@ -150,11 +150,11 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
         // An empty inner dimension may not ask for a product larger than a frame.
         let (wide, tall) = (Array2::<f64>::zeros((100_000, 0)), Array2::<f64>::zeros((0, 100_000)));
         conn.writer
-            .send_blocks(13, BlockOp::Multiply, &[MatrixView::F64(wide.view()), MatrixView::F64(tall.view())])
+            .send_blocks(TaskId(13), BlockOp::Multiply, &[MatrixView::F64(wide.view()), MatrixView::F64(tall.view())])
             .await
             .unwrap();
         match conn.reader.read_message::<WorkerReply>("an error").await.unwrap() {
-            WorkerReply::Error(Failure { task_id: Some(13), message, .. }) => {
+            WorkerReply::Error(Failure { task_id: Some(TaskId(13)), message, .. }) => {
                 assert!(message.contains("frame limit"), "{message}")
             }
             other => panic!("expected a refusal, got {other:?}"),
@@ -166,12 +166,12 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
             .unwrap();
         drop(raw);
         conn.writer
-            .send_blocks(12, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
+            .send_blocks(TaskId(12), BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
             .await
             .unwrap();
         assert!(matches!(
             conn.reader.read_message::<WorkerReply>("Computed").await.unwrap(),
-            WorkerReply::Computed { task_id: 12, .. }
+            WorkerReply::Computed { task_id: TaskId(12), .. }
         ));
         worker.shutdown().await;
     })
@@ -271,7 +271,7 @@ async fn fake_worker(tracker: std::net::SocketAddr, how: Misbehaviour) -> tokio_
                         conn.writer.send_raw(b"\x05\x00\x00\x00\x07garbage that is no frame").await.unwrap();
                     }
                     Misbehaviour::WrongKind => {
-                        let other = WorkerReply::Computed { task_id: task.task_id + 1000, compute_us: 1 };
+                        let other = WorkerReply::Computed { task_id: TaskId(task.task_id.0 + 1000), compute_us: 1 };
                         conn.writer.send(&other).await.unwrap()
                     }
                     Misbehaviour::NanProduct => {
@@ -317,7 +317,7 @@ async fn a_misbehaving_worker_is_replaced(how: Misbehaviour, needle: &str) {
         assert_eq!(c, expected);
         assert_eq!(report.retries, 1, "{:?}", report.failures);
         assert!(report.failures[0].contains("peer 0") && report.failures[0].contains(needle), "{:?}", report.failures);
-        assert!(report.peers.iter().all(|p| p.peer_id != 0));
+        assert!(report.peers.iter().all(|p| p.peer_id != PeerId(0)));
         assert_eq!(state.stats().unwrap().leases, 0);
         fake.cancel();
         teardown(tracker, workers).await;
@@ -352,18 +352,18 @@ async fn a_short_lease_grant_is_a_clear_error_and_is_released() {
             let (mut conn, _) = Connection::accept(stream, ConnLimits::default()).await.unwrap();
             let asked = conn.reader.read_message::<TrackerRequest>("Lease").await.unwrap();
             assert!(matches!(asked, TrackerRequest::Lease { count: 7, .. }), "{asked:?}");
-            let peers = vec![PeerAddr { peer_id: 3, addr: "127.0.0.1:1".into() }];
-            let grant = LeaseGrant { lease_id: 9, peers, ttl_ms: 60_000, token: "ab".repeat(32) };
+            let peers = vec![PeerAddr { peer_id: PeerId(3), addr: "127.0.0.1:1".into() }];
+            let grant = LeaseGrant { lease_id: LeaseId(9), peers, ttl_ms: 60_000, token: "ab".repeat(32) };
             conn.writer.send(&TrackerReply::Leased(grant)).await.unwrap();
             let released = conn.reader.read_message::<TrackerRequest>("Release").await.unwrap();
-            conn.writer.send(&TrackerReply::Released { lease_id: 9 }).await.unwrap();
+            conn.writer.send(&TrackerReply::Released { lease_id: LeaseId(9) }).await.unwrap();
             released
         });
         let req = Requester::new(RequesterConfig { tracker: addr.to_string(), ..Default::default() });
         let err = req.multiply(Arc::new(ints(4, 4, 0)), Arc::new(ints(4, 4, 1)), |_| {}).await.unwrap_err();
-        assert!(matches!(err, RequestError::ShortGrant { lease_id: 9, got: 1, wanted: 7 }), "{err}");
+        assert!(matches!(err, RequestError::ShortGrant { lease_id: LeaseId(9), got: 1, wanted: 7 }), "{err}");
         assert!(err.to_string().contains("1 peers, but a job needs 7"), "{err}");
-        assert_eq!(fake.await.unwrap(), TrackerRequest::Release { lease_id: 9, token: None });
+        assert_eq!(fake.await.unwrap(), TrackerRequest::Release { lease_id: LeaseId(9), token: None });
     })
     .await
     .unwrap();
@@ -386,7 +386,7 @@ async fn a_non_finite_product_stops_the_job_without_blaming_or_replacing_the_pee
         assert!(
             matches!(
                 err,
-                RequestError::Unverifiable { peer_id: 0, cause: septet_worker::verify::NonFinite::Product, .. }
+                RequestError::Unverifiable { peer_id: PeerId(0), cause: septet_worker::verify::NonFinite::Product, .. }
             ),
             "{err}"
         );

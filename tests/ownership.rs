@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{client, septet_bin, spawn_tracker, spawn_worker, teardown, tracker_process, wait_for_alive_slots, Procs};
 use septet_common::frame::{decode, encode};
-use septet_common::proto::{LeaseGrant, PeerAddr, TrackerReply, TrackerRequest};
+use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, PeerId, TrackerReply, TrackerRequest};
 use septet_common::{Error, ErrorCode, Frame, DEFAULT_MAX_FRAME_LEN};
 use septet_tracker::TrackerConfig;
 
@@ -29,8 +29,8 @@ fn code(result: septet_common::Result<impl std::fmt::Debug>) -> (ErrorCode, Stri
 
 #[tokio::test]
 async fn the_token_carrying_messages_round_trip() {
-    let peers = vec![PeerAddr { peer_id: 3, addr: "127.0.0.1:9".into() }];
-    let grant = LeaseGrant { lease_id: 9, peers, ttl_ms: 5, token: "ab".repeat(32) };
+    let peers = vec![PeerAddr { peer_id: PeerId(3), addr: "127.0.0.1:9".into() }];
+    let grant = LeaseGrant { lease_id: LeaseId(9), peers, ttl_ms: 5, token: "ab".repeat(32) };
     let reply = TrackerReply::Leased(grant);
     let bytes = encode(&Frame::Control(septet_common::ControlBody::encode(&reply).unwrap())).unwrap();
     let Some((Frame::Control(body), used)) = decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap() else {
@@ -38,9 +38,15 @@ async fn the_token_carrying_messages_round_trip() {
     };
     assert_eq!((body.decode::<TrackerReply>().unwrap(), used), (reply, bytes.len()));
     let requests = [
-        TrackerRequest::Renew { lease_id: 9, token: None },
-        TrackerRequest::Release { lease_id: 9, token: Some("cd".into()) },
-        TrackerRequest::ReportFailure { lease_id: 9, peer_id: 3, reason: "x".into(), replace: true, token: None },
+        TrackerRequest::Renew { lease_id: LeaseId(9), token: None },
+        TrackerRequest::Release { lease_id: LeaseId(9), token: Some("cd".into()) },
+        TrackerRequest::ReportFailure {
+            lease_id: LeaseId(9),
+            peer_id: PeerId(3),
+            reason: "x".into(),
+            replace: true,
+            token: None,
+        },
     ];
     for msg in requests {
         let bytes = encode(&Frame::Control(septet_common::ControlBody::encode(&msg).unwrap())).unwrap();
@@ -82,9 +88,9 @@ async fn a_lease_answers_only_to_the_connection_that_took_it_or_to_its_token() {
     }
     assert_eq!((state.stats().unwrap(), state.peers().unwrap().1), before, "refused means unchanged");
     // An unknown lease reads exactly like someone else's.
-    let (unknown_code, unknown) = code(stranger.release(id + 1000).await);
+    let (unknown_code, unknown) = code(stranger.release(LeaseId(id.0 + 1000)).await);
     assert_eq!(unknown_code, ErrorCode::Unauthorized);
-    assert_eq!(unknown.replace(&(id + 1000).to_string(), &id.to_string()), refusals[0].1);
+    assert_eq!(unknown.replace(&(id.0 + 1000).to_string(), &id.to_string()), refusals[0].1);
     assert!(!stranger.is_poisoned(), "a refusal is a whole answer");
 
     // Nothing the tracker serves shows the token.
@@ -121,7 +127,7 @@ async fn only_the_registering_connection_heartbeats_or_deregisters_its_peer() {
     assert_eq!(again.peer_id, reg.peer_id);
     assert_eq!(code(worker.heartbeat(reg.peer_id).await).0, ErrorCode::Unauthorized);
     other.deregister(reg.peer_id).await.unwrap();
-    assert_eq!(state.peers().unwrap().1[reg.peer_id as usize].state, "gone");
+    assert_eq!(state.peers().unwrap().1[reg.peer_id.0 as usize].state, "gone");
     tracker.shutdown().await;
 }
 
@@ -138,7 +144,7 @@ async fn a_worker_whose_row_another_connection_took_registers_again() {
     // Someone registers the worker's address: the row is theirs for now …
     let mut impostor = client(tracker.addr).await;
     let reg = impostor.register(worker.addr, 1).await.unwrap();
-    assert_eq!(reg.peer_id, 0, "same address, same row");
+    assert_eq!(reg.peer_id, PeerId(0), "same address, same row");
     // … until the worker's next heartbeat is refused and its agent
     // registers again, taking the row back.
     let mut taken_back = false;
@@ -176,7 +182,7 @@ async fn registrations_the_tracker_cannot_hand_out_are_refused() {
     assert_eq!(code, ErrorCode::InvalidRequest);
     assert!(message.contains("full"), "{message}");
     // A known address may always come back.
-    assert_eq!(c.register("127.0.0.1:31201".parse().unwrap(), 3).await.unwrap().peer_id, 1);
+    assert_eq!(c.register("127.0.0.1:31201".parse().unwrap(), 3).await.unwrap().peer_id, PeerId(1));
     assert_eq!(state.peers().unwrap().1.len(), 2);
     state.check_invariants().unwrap();
     tracker.shutdown().await;

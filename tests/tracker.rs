@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use septet_common::frame::{encode_control, KIND_BLOCKS, KIND_CONTROL};
-use septet_common::proto::{TrackerReply, TrackerRequest};
+use septet_common::proto::{LeaseId, PeerId, TrackerReply, TrackerRequest};
 use septet_common::secure::{HELLO_LEN, MAGIC};
 use septet_common::{Error, ErrorCode, PROTOCOL_VERSION};
 use septet_tracker::TrackerConfig;
@@ -186,7 +186,7 @@ async fn closed_connections_ttl_expiry_and_dead_workers_return_slots_exactly_onc
             c.renew(lease.lease_id).await.unwrap();
             c.renew(renewed.lease_id).await.unwrap();
             let (_, rows) = c.peers().await.unwrap();
-            if rows[reg.peer_id as usize].state == "gone" {
+            if rows[reg.peer_id.0 as usize].state == "gone" {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -283,10 +283,10 @@ async fn the_tracker_survives_bad_bytes_and_keeps_serving_others() {
         // A reply sent as a request: no request of this conversation (variant
         // 8 of the replies, past the requests' last), so a bad frame.
         let mut odd = hello(PROTOCOL_VERSION);
-        odd.extend_from_slice(&encode_control(&TrackerReply::Released { lease_id: 9 }).unwrap());
+        odd.extend_from_slice(&encode_control(&TrackerReply::Released { lease_id: LeaseId(9) }).unwrap());
         assert_eq!(error_code(&raw_exchange(tracker.addr, &odd).await), Some(ErrorCode::BadFrame));
         // Well-formed requests with bad arguments get an error and the connection lives on.
-        assert!(matches!(good.heartbeat(999).await, Err(Error::Remote { code: ErrorCode::UnknownPeer, .. })));
+        assert!(matches!(good.heartbeat(PeerId(999)).await, Err(Error::Remote { code: ErrorCode::UnknownPeer, .. })));
         assert!(matches!(
             good.lease(0, false, None, |_, _, _| {}).await,
             Err(Error::Remote { code: ErrorCode::InvalidRequest, .. })

@@ -19,7 +19,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::frame::{self, BlockOp, Blocks, BlocksHeader, Frame, KIND_BLOCKS, LEN_PREFIX};
 use crate::matrix::{Element, Matrix, MatrixView};
-use crate::proto::{Failure, Reply};
+use crate::proto::{Failure, Reply, TaskId};
 use crate::secure::{self, Opener, Sealer, Security, MAX_RECORD, RECORD_HEADER, TAG_LEN};
 use crate::{deadline, Error, Result, Role};
 
@@ -529,7 +529,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// # Errors
     /// [`Error::DtypeMismatch`] if the views differ in dtype, [`Error::Invalid`]
     /// if a dimension exceeds `u32`, or [`Error::Io`].
-    pub async fn send_blocks(&mut self, task_id: u64, op: BlockOp, mats: &[MatrixView<'_>]) -> Result<()> {
+    pub async fn send_blocks(&mut self, task_id: TaskId, op: BlockOp, mats: &[MatrixView<'_>]) -> Result<()> {
         let parts: Vec<WirePart<'_>> = mats.iter().map(|m| WirePart::View(*m)).collect();
         self.send_parts(task_id, op, &parts).await
     }
@@ -543,7 +543,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// [`Error::DtypeMismatch`] if the parts differ in dtype,
     /// [`Error::ShapeMismatch`] if a sum's terms differ in shape,
     /// [`Error::Invalid`] if a dimension exceeds `u32`, or [`Error::Io`].
-    pub async fn send_parts(&mut self, task_id: u64, op: BlockOp, parts: &[WirePart<'_>]) -> Result<()> {
+    pub async fn send_parts(&mut self, task_id: TaskId, op: BlockOp, parts: &[WirePart<'_>]) -> Result<()> {
         let dtype = parts.first().map(WirePart::dtype).unwrap_or(crate::Dtype::F64);
         for part in parts {
             let (d, terms) = match part {
@@ -821,7 +821,7 @@ impl Connection {
 mod tests {
     use super::*;
     use crate::frame::ControlBody;
-    use crate::proto::{TrackerReply, TrackerRequest};
+    use crate::proto::{PeerId, TaskId, TrackerReply, TrackerRequest};
     use ndarray::{s, Array2};
     use tokio::io::duplex;
 
@@ -835,10 +835,10 @@ mod tests {
         let writer = tokio::spawn(async move {
             let mut w = FrameWriter::new(a);
             w.send(&TrackerRequest::ListPeers).await.unwrap();
-            w.send_blocks(5, BlockOp::Multiply, &[MatrixView::F64(x2.view()), MatrixView::F64(y2.view())])
+            w.send_blocks(TaskId(5), BlockOp::Multiply, &[MatrixView::F64(x2.view()), MatrixView::F64(y2.view())])
                 .await
                 .unwrap();
-            w.send_blocks(6, BlockOp::Product, &[MatrixView::F32(col.t())]).await.unwrap();
+            w.send_blocks(TaskId(6), BlockOp::Product, &[MatrixView::F32(col.t())]).await.unwrap();
             w.shutdown().await.unwrap();
         });
         let mut r = FrameReader::new(b, 1 << 20);
@@ -846,7 +846,7 @@ mod tests {
         assert_eq!(r.read_frame().await.unwrap(), Some(Frame::Control(list)));
         match r.read_frame().await.unwrap() {
             Some(Frame::Blocks(blk)) => {
-                assert_eq!((blk.task_id, blk.op), (5, BlockOp::Multiply));
+                assert_eq!((blk.task_id, blk.op), (TaskId(5), BlockOp::Multiply));
                 assert_eq!(blk.mats, vec![Matrix::F64(x), Matrix::F64(y)]);
             }
             other => panic!("expected blocks, got {other:?}"),
@@ -876,23 +876,26 @@ mod tests {
                 WirePart::Sum { a: MatrixView::F64(q1), b: MatrixView::F64(q2), subtract: false },
                 WirePart::Sum { a: MatrixView::F64(q2), b: MatrixView::F64(q1), subtract: true },
             ];
-            w.send_parts(1, BlockOp::Multiply, &parts).await.unwrap();
+            w.send_parts(TaskId(1), BlockOp::Multiply, &parts).await.unwrap();
             let wide_part =
                 [WirePart::Sum { a: MatrixView::F32(wide.view()), b: MatrixView::F32(wide.view()), subtract: false }];
-            w.send_parts(2, BlockOp::Product, &wide_part).await.unwrap();
+            w.send_parts(TaskId(2), BlockOp::Product, &wide_part).await.unwrap();
             let empty = Array2::<f64>::zeros((0, 4));
             let empty_part =
                 [WirePart::Sum { a: MatrixView::F64(empty.view()), b: MatrixView::F64(empty.view()), subtract: true }];
-            w.send_parts(3, BlockOp::Product, &empty_part).await.unwrap();
+            w.send_parts(TaskId(3), BlockOp::Product, &empty_part).await.unwrap();
             // Terms of different shapes or dtypes are refused before anything is written.
             let bad = [WirePart::Sum {
                 a: MatrixView::F64(q1),
                 b: MatrixView::F64(big.slice(s![..2, ..2])),
                 subtract: false,
             }];
-            assert!(matches!(w.send_parts(4, BlockOp::Product, &bad).await, Err(Error::ShapeMismatch { .. })));
+            assert!(matches!(w.send_parts(TaskId(4), BlockOp::Product, &bad).await, Err(Error::ShapeMismatch { .. })));
             let mixed = [WirePart::Sum { a: MatrixView::F64(q1), b: MatrixView::F32(wide.view()), subtract: false }];
-            assert!(matches!(w.send_parts(5, BlockOp::Product, &mixed).await, Err(Error::DtypeMismatch { .. })));
+            assert!(matches!(
+                w.send_parts(TaskId(5), BlockOp::Product, &mixed).await,
+                Err(Error::DtypeMismatch { .. })
+            ));
             w.shutdown().await.unwrap();
         });
         let mut r = FrameReader::new(b, 1 << 24);
@@ -903,7 +906,7 @@ mod tests {
         ];
         for (task, mats) in expect {
             match r.read_frame().await.unwrap() {
-                Some(Frame::Blocks(blk)) => assert_eq!((blk.task_id, blk.mats), (task, mats)),
+                Some(Frame::Blocks(blk)) => assert_eq!((blk.task_id, blk.mats), (TaskId(task), mats)),
                 other => panic!("expected blocks, got {other:?}"),
             }
         }
@@ -918,7 +921,9 @@ mod tests {
         let expected = big.slice(s![20..40, 15..30]).to_owned();
         let writer = tokio::spawn(async move {
             let mut w = FrameWriter::new(a);
-            w.send_blocks(1, BlockOp::Product, &[MatrixView::F64(big.slice(s![20..40, 15..30]))]).await.unwrap();
+            w.send_blocks(TaskId(1), BlockOp::Product, &[MatrixView::F64(big.slice(s![20..40, 15..30]))])
+                .await
+                .unwrap();
         });
         let mut r = FrameReader::new(b, 1 << 20);
         match r.read_frame().await.unwrap() {
@@ -964,7 +969,7 @@ mod tests {
             let mut conn = Connection::connect(addr, Role::Client, client_limits).await.unwrap();
             for (i, mats) in sent.iter().enumerate() {
                 let views: Vec<MatrixView<'_>> = mats.iter().map(|m| MatrixView::F64(m.view())).collect();
-                conn.writer.send_blocks(i as u64, op(mats), &views).await.unwrap();
+                conn.writer.send_blocks(TaskId(i as u64), op(mats), &views).await.unwrap();
                 assert_eq!(conn.reader.read_message::<TrackerReply>("ack").await.unwrap(), TrackerReply::HeartbeatAck);
                 conn.writer.send(&TrackerRequest::ListPeers).await.unwrap();
                 assert_eq!(conn.reader.read_message::<TrackerReply>("ack").await.unwrap(), TrackerReply::HeartbeatAck);
@@ -976,7 +981,7 @@ mod tests {
             let frame = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame()).await;
             match frame.expect("a payload tail never woke the reader").unwrap() {
                 Some(Frame::Blocks(b)) => {
-                    assert_eq!(b.task_id, i as u64);
+                    assert_eq!(b.task_id, TaskId(i as u64));
                     assert_eq!(b.mats, mats.into_iter().map(Matrix::F64).collect::<Vec<_>>());
                 }
                 other => panic!("expected blocks, got {other:?}"),
@@ -993,7 +998,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_inside_a_frame_is_an_error_and_between_frames_is_not() {
-        let bytes = frame::encode_control(&TrackerRequest::Heartbeat { peer_id: 3 }).unwrap();
+        let bytes = frame::encode_control(&TrackerRequest::Heartbeat { peer_id: PeerId(3) }).unwrap();
         for cut in 1..bytes.len() {
             let mut r = FrameReader::new(&bytes[..cut], 1 << 20);
             assert!(matches!(r.read_frame().await, Err(Error::ClosedMidFrame)), "cut at {cut}");
@@ -1001,7 +1006,7 @@ mod tests {
         let mut r = FrameReader::new(&[][..], 1 << 20);
         assert!(r.read_frame().await.unwrap().is_none());
         let blocks = frame::encode(&Frame::Blocks(Blocks {
-            task_id: 1,
+            task_id: TaskId(1),
             op: BlockOp::Product,
             mats: vec![Matrix::F64(Array2::ones((3, 3)))],
         }))
@@ -1014,7 +1019,7 @@ mod tests {
     async fn a_frame_that_stops_arriving_times_out_but_silence_between_frames_does_not() {
         use tokio::io::AsyncWriteExt;
         let blocks = frame::encode(&Frame::Blocks(Blocks {
-            task_id: 1,
+            task_id: TaskId(1),
             op: BlockOp::Product,
             mats: vec![Matrix::F64(Array2::ones((64, 64)))],
         }))

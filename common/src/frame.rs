@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::de::{DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor};
 
 use crate::matrix::{alloc_uninit, Dtype, Element, Matrix};
+use crate::proto::TaskId;
 use crate::{Error, Result};
 
 #[cfg(target_endian = "big")]
@@ -151,7 +152,7 @@ impl BlockOp {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocks {
     /// Requester-chosen id that pairs a product with its task.
-    pub task_id: u64,
+    pub task_id: TaskId,
     /// Task or product.
     pub op: BlockOp,
     /// The matrices, `op.matrix_count()` of them.
@@ -162,7 +163,7 @@ pub struct Blocks {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlocksHeader {
     /// Task id.
-    pub task_id: u64,
+    pub task_id: TaskId,
     /// Task or product.
     pub op: BlockOp,
     /// Element type of every matrix.
@@ -198,7 +199,7 @@ impl BlocksHeader {
         let mut out = Vec::with_capacity(LEN_PREFIX + 1 + self.encoded_len());
         out.put_u32_le(len);
         out.put_u8(KIND_BLOCKS);
-        out.put_u64_le(self.task_id);
+        out.put_u64_le(self.task_id.0);
         out.put_u8(self.op.code());
         out.put_u8(self.dtype.code());
         out.put_u8(ORDER_LITTLE_ENDIAN);
@@ -347,7 +348,7 @@ pub fn parse_blocks_header(body: &[u8], frame_len: usize) -> Result<Option<Block
         return Ok(None);
     }
     let mut b = body;
-    let task_id = b.get_u64_le();
+    let task_id = TaskId(b.get_u64_le());
     let (op, dtype, order, count) = (b.get_u8(), b.get_u8(), b.get_u8(), b.get_u8() as usize);
     let op = BlockOp::from_code(op).ok_or_else(|| Error::BadFrame(format!("unknown block op {op}")))?;
     let dtype = Dtype::from_code(dtype).ok_or_else(|| Error::BadFrame(format!("unknown dtype code {dtype}")))?;
@@ -706,7 +707,10 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Bounded<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Control, Failure, LeaseGrant, PeerAddr, PeerRow, TrackerReply, TrackerRequest, WorkerReply};
+    use crate::proto::{
+        Control, Failure, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, TaskId, TrackerReply, TrackerRequest,
+        WorkerReply,
+    };
     use crate::ErrorCode;
     use ndarray::Array2;
 
@@ -714,26 +718,32 @@ mod tests {
         let token = Some("ab".repeat(32));
         vec![
             TrackerRequest::Register { listen: "0.0.0.0:7000".into(), slots: 2 },
-            TrackerRequest::Heartbeat { peer_id: 4 },
-            TrackerRequest::Deregister { peer_id: 4 },
+            TrackerRequest::Heartbeat { peer_id: PeerId(4) },
+            TrackerRequest::Deregister { peer_id: PeerId(4) },
             TrackerRequest::ListPeers,
             TrackerRequest::Lease { count: 7, detached: true },
-            TrackerRequest::Renew { lease_id: 9, token: None },
-            TrackerRequest::Renew { lease_id: 9, token: token.clone() },
-            TrackerRequest::Release { lease_id: 9, token: token.clone() },
-            TrackerRequest::ReportFailure { lease_id: 9, peer_id: 3, reason: "reset".into(), replace: true, token },
+            TrackerRequest::Renew { lease_id: LeaseId(9), token: None },
+            TrackerRequest::Renew { lease_id: LeaseId(9), token: token.clone() },
+            TrackerRequest::Release { lease_id: LeaseId(9), token: token.clone() },
+            TrackerRequest::ReportFailure {
+                lease_id: LeaseId(9),
+                peer_id: PeerId(3),
+                reason: "reset".into(),
+                replace: true,
+                token,
+            },
         ]
     }
 
     fn tracker_replies() -> Vec<TrackerReply> {
         let grant = LeaseGrant {
-            lease_id: 9,
-            peers: vec![PeerAddr { peer_id: 3, addr: "127.0.0.1:9000".into() }],
+            lease_id: LeaseId(9),
+            peers: vec![PeerAddr { peer_id: PeerId(3), addr: "127.0.0.1:9000".into() }],
             ttl_ms: 60_000,
             token: "cd".repeat(32),
         };
         let row = PeerRow {
-            peer_id: 1,
+            peer_id: PeerId(1),
             addr: "10.0.0.1:1".into(),
             slots: 3,
             in_use: 1,
@@ -745,15 +755,15 @@ mod tests {
         };
         vec![
             TrackerReply::Error(Failure { code: ErrorCode::UnknownLease, message: "no lease 4".into(), task_id: None }),
-            TrackerReply::Registered { peer_id: 4, addr: "127.0.0.1:7000".into(), heartbeat_ms: 2000 },
+            TrackerReply::Registered { peer_id: PeerId(4), addr: "127.0.0.1:7000".into(), heartbeat_ms: 2000 },
             TrackerReply::HeartbeatAck,
             TrackerReply::Deregistered,
             TrackerReply::Peers { table: "shape: (1, 9)".into(), rows: vec![row] },
             TrackerReply::Waiting { position: 2, free: 3, needed: 7 },
             TrackerReply::Leased(grant),
-            TrackerReply::Renewed { lease_id: 9, ttl_ms: 100 },
-            TrackerReply::Released { lease_id: 9 },
-            TrackerReply::FailureRecorded { lease_id: 9, replacement: None },
+            TrackerReply::Renewed { lease_id: LeaseId(9), ttl_ms: 100 },
+            TrackerReply::Released { lease_id: LeaseId(9) },
+            TrackerReply::FailureRecorded { lease_id: LeaseId(9), replacement: None },
         ]
     }
 
@@ -762,9 +772,9 @@ mod tests {
             WorkerReply::Error(Failure {
                 code: ErrorCode::ShapeMismatch,
                 message: "2×3 by 4×5".into(),
-                task_id: Some(2),
+                task_id: Some(TaskId(2)),
             }),
-            WorkerReply::Computed { task_id: 3, compute_us: 1234 },
+            WorkerReply::Computed { task_id: TaskId(3), compute_us: 1234 },
         ]
     }
 
@@ -796,9 +806,17 @@ mod tests {
         let y = Array2::from_shape_fn((5, 2), |(i, j)| (i as f64) * 0.25 - j as f64);
         let p = Array2::from_shape_fn((1, 4), |(_, j)| j as f32 * 1.5);
         vec![
-            Frame::Blocks(Blocks { task_id: 7, op: BlockOp::Multiply, mats: vec![Matrix::F64(x), Matrix::F64(y)] }),
-            Frame::Blocks(Blocks { task_id: u64::MAX, op: BlockOp::Product, mats: vec![Matrix::F32(p)] }),
-            Frame::Blocks(Blocks { task_id: 0, op: BlockOp::Product, mats: vec![Matrix::F64(Array2::zeros((0, 3)))] }),
+            Frame::Blocks(Blocks {
+                task_id: TaskId(7),
+                op: BlockOp::Multiply,
+                mats: vec![Matrix::F64(x), Matrix::F64(y)],
+            }),
+            Frame::Blocks(Blocks { task_id: TaskId(u64::MAX), op: BlockOp::Product, mats: vec![Matrix::F32(p)] }),
+            Frame::Blocks(Blocks {
+                task_id: TaskId(0),
+                op: BlockOp::Product,
+                mats: vec![Matrix::F64(Array2::zeros((0, 3)))],
+            }),
         ]
     }
 
@@ -987,11 +1005,11 @@ mod tests {
         let mut body = vec![4, 0];
         body.extend_from_slice(&varint_u64(1 << 60));
         decode_error(reply(&body), "2^60 rows");
-        // TrackerReply::Leased(LeaseGrant { lease_id: 1, peers: <2^60 peers>, .. }): variant 6.
+        // TrackerReply::Leased(LeaseGrant { lease_id: LeaseId(1), peers: <2^60 peers>, .. }): variant 6.
         let mut body = vec![6, 1];
         body.extend_from_slice(&varint_u64(1 << 60));
         decode_error(reply(&body), "2^60 peers");
-        // A lease token of 2^60 bytes: Release { lease_id: 1, token: Some(..) }, variant 6.
+        // A lease token of 2^60 bytes: Release { lease_id: LeaseId(1), token: Some(..) }, variant 6.
         let mut body = vec![6, 1, 1];
         body.extend_from_slice(&varint_u64(1 << 60));
         decode_error(request(&body), "2^60-byte token");
@@ -1013,18 +1031,18 @@ mod tests {
     #[test]
     fn debug_output_never_shows_a_lease_token() {
         let token = "ab".repeat(32);
-        let grant = LeaseGrant { lease_id: 1, peers: Vec::new(), ttl_ms: 5, token: token.clone() };
+        let grant = LeaseGrant { lease_id: LeaseId(1), peers: Vec::new(), ttl_ms: 5, token: token.clone() };
         let some = Some(token.clone());
         let shown = [
             format!("{grant:?}"),
             format!("{:?}", TrackerReply::Leased(grant.clone())),
-            format!("{:?}", TrackerRequest::Renew { lease_id: 1, token: some.clone() }),
-            format!("{:?}", TrackerRequest::Release { lease_id: 1, token: some.clone() }),
+            format!("{:?}", TrackerRequest::Renew { lease_id: LeaseId(1), token: some.clone() }),
+            format!("{:?}", TrackerRequest::Release { lease_id: LeaseId(1), token: some.clone() }),
             format!(
                 "{:?}",
                 TrackerRequest::ReportFailure {
-                    lease_id: 1,
-                    peer_id: 2,
+                    lease_id: LeaseId(1),
+                    peer_id: PeerId(2),
                     reason: "x".into(),
                     replace: false,
                     token: some

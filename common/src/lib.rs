@@ -21,7 +21,8 @@ pub use error::{Error, ErrorCode, Result};
 pub use frame::{BlockOp, Blocks, ControlBody, Frame, DEFAULT_MAX_FRAME_LEN, MAX_CONTROL_FRAME_LEN};
 pub use matrix::{Dtype, Element, Matrix, MatrixView};
 pub use proto::{
-    Control, Failure, LeaseGrant, PeerAddr, Reply, Role, TrackerReply, TrackerRequest, WorkerReply, PROTOCOL_VERSION,
+    Control, Failure, LeaseGrant, LeaseId, PeerAddr, PeerId, Reply, Role, TaskId, TrackerReply, TrackerRequest,
+    WorkerReply, PROTOCOL_VERSION,
 };
 pub use time::deadline;
 

@@ -40,6 +40,59 @@ use crate::{Error, ErrorCode};
 /// `…WithToken` variants) and dropped the unused `Hello`/`Welcome`.
 pub const PROTOCOL_VERSION: u32 = 3;
 
+/// Declares a `u64` id newtype: transparent on the wire and in JSON (a bare
+/// number, as before), printed as the bare number.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl From<u64> for $name {
+            fn from(id: u64) -> Self {
+                Self(id)
+            }
+        }
+
+        impl From<$name> for u64 {
+            fn from(id: $name) -> u64 {
+                id.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::num::ParseIntError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                s.parse().map(Self)
+            }
+        }
+    };
+}
+
+id_type! {
+    /// A worker's id in the tracker's peer table (its row; stable for the
+    /// worker's address).
+    PeerId
+}
+
+id_type! {
+    /// A lease's id, unique for the tracker's life.
+    LeaseId
+}
+
+id_type! {
+    /// A requester-chosen id pairing a multiply task with its product.
+    TaskId
+}
+
 /// What the connecting side is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -53,7 +106,7 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerAddr {
     /// The tracker's id of the peer.
-    pub peer_id: u64,
+    pub peer_id: PeerId,
     /// The peer's compute listener, `host:port`.
     pub addr: String,
 }
@@ -62,7 +115,7 @@ pub struct PeerAddr {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseGrant {
     /// Id to renew or release it with.
-    pub lease_id: u64,
+    pub lease_id: LeaseId,
     /// One entry per slot; a peer with several free slots may appear several times.
     pub peers: Vec<PeerAddr>,
     /// Time to live from now, in milliseconds, unless renewed.
@@ -104,7 +157,7 @@ fn redacted(token: &Option<String>) -> Option<Redacted> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRow {
     /// Tracker-assigned id.
-    pub peer_id: u64,
+    pub peer_id: PeerId,
     /// Compute listener address.
     pub addr: String,
     /// Tasks the peer takes at once.
@@ -132,12 +185,12 @@ pub struct Failure {
     /// Human-readable detail.
     pub message: String,
     /// The task concerned, if any.
-    pub task_id: Option<u64>,
+    pub task_id: Option<TaskId>,
 }
 
 impl Failure {
     /// The failure describing `err`.
-    pub fn from_error(err: &Error, task_id: Option<u64>) -> Failure {
+    pub fn from_error(err: &Error, task_id: Option<TaskId>) -> Failure {
         let message = match err {
             Error::Remote { message, .. } => message.clone(),
             other => other.to_string(),
@@ -197,12 +250,12 @@ pub enum TrackerRequest {
     /// Worker: still here.
     Heartbeat {
         /// The worker's id.
-        peer_id: u64,
+        peer_id: PeerId,
     },
     /// Worker: leaving the grid.
     Deregister {
         /// The worker's id.
-        peer_id: u64,
+        peer_id: PeerId,
     },
     /// Client: show the peer table.
     ListPeers,
@@ -216,7 +269,7 @@ pub enum TrackerRequest {
     /// Client: extend a lease by its TTL from now.
     Renew {
         /// The lease.
-        lease_id: u64,
+        lease_id: LeaseId,
         /// The lease's token ([`LeaseGrant::token`]); `None` acts only for
         /// the connection that took the lease.
         token: Option<String>,
@@ -224,16 +277,16 @@ pub enum TrackerRequest {
     /// Client: give a lease's slots back.
     Release {
         /// The lease.
-        lease_id: u64,
+        lease_id: LeaseId,
         /// As for `Renew`.
         token: Option<String>,
     },
     /// Client: a leased peer failed; replace its slot in the lease.
     ReportFailure {
         /// The lease the peer was part of.
-        lease_id: u64,
+        lease_id: LeaseId,
         /// The peer that failed.
-        peer_id: u64,
+        peer_id: PeerId,
         /// What happened, for the logs.
         reason: String,
         /// Also lease a replacement slot into the same lease.
@@ -301,7 +354,7 @@ pub enum TrackerReply {
     /// To `Register`: joined.
     Registered {
         /// Id to heartbeat with.
-        peer_id: u64,
+        peer_id: PeerId,
         /// The address the tracker will hand to requesters.
         addr: String,
         /// How often the tracker expects a heartbeat, in milliseconds.
@@ -333,20 +386,20 @@ pub enum TrackerReply {
     /// To `Renew`: renewed.
     Renewed {
         /// The lease.
-        lease_id: u64,
+        lease_id: LeaseId,
         /// New time to live from now, in milliseconds.
         ttl_ms: u64,
     },
     /// To `Release`: released.
     Released {
         /// The lease.
-        lease_id: u64,
+        lease_id: LeaseId,
     },
     /// To `ReportFailure`: recorded; `replacement` is the new slot when one
     /// was asked for and available.
     FailureRecorded {
         /// The lease.
-        lease_id: u64,
+        lease_id: LeaseId,
         /// The replacement slot, if any.
         replacement: Option<PeerAddr>,
     },
@@ -394,7 +447,7 @@ pub enum WorkerReply {
     /// Just before a product's blocks: how long the product took to compute.
     Computed {
         /// The task.
-        task_id: u64,
+        task_id: TaskId,
         /// Compute time in microseconds.
         compute_us: u64,
     },

@@ -37,7 +37,9 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::{Config, TestRunner};
 use septet_common::frame::{self, KIND_BLOCKS, KIND_CONTROL, LEN_PREFIX};
-use septet_common::proto::{Failure, LeaseGrant, PeerAddr, PeerRow, TrackerReply, TrackerRequest, WorkerReply};
+use septet_common::proto::{
+    Failure, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, TaskId, TrackerReply, TrackerRequest, WorkerReply,
+};
 use septet_common::{BlockOp, Blocks, ControlBody, ErrorCode, Frame, FrameReader, Matrix, DEFAULT_MAX_FRAME_LEN};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -171,14 +173,26 @@ fn text() -> impl Strategy<Value = String> {
     prop::collection::vec(any::<char>(), 0..8).prop_map(|c| c.into_iter().collect())
 }
 
+fn peer_id() -> impl Strategy<Value = PeerId> {
+    any::<u64>().prop_map(PeerId)
+}
+
+fn lease_id() -> impl Strategy<Value = LeaseId> {
+    any::<u64>().prop_map(LeaseId)
+}
+
+fn task_id() -> impl Strategy<Value = TaskId> {
+    any::<u64>().prop_map(TaskId)
+}
+
 fn peer_addr() -> impl Strategy<Value = PeerAddr> {
-    (any::<u64>(), text()).prop_map(|(peer_id, addr)| PeerAddr { peer_id, addr })
+    (peer_id(), text()).prop_map(|(peer_id, addr)| PeerAddr { peer_id, addr })
 }
 
 fn peer_row() -> impl Strategy<Value = PeerRow> {
     (any::<(u64, u32, u32, u64, u32, u64, u64)>(), text(), text()).prop_map(
         |((peer_id, slots, in_use, leases_total, failures, joined_at, last_seen), addr, state)| PeerRow {
-            peer_id,
+            peer_id: PeerId(peer_id),
             addr,
             slots,
             in_use,
@@ -211,7 +225,11 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 }
 
 fn failure() -> impl Strategy<Value = Failure> {
-    (error_code(), text(), any::<Option<u64>>()).prop_map(|(code, message, task_id)| Failure { code, message, task_id })
+    (error_code(), text(), prop::option::of(task_id())).prop_map(|(code, message, task_id)| Failure {
+        code,
+        message,
+        task_id,
+    })
 }
 
 /// A lease token: usually 64 hex digits, sometimes any text.
@@ -221,19 +239,20 @@ fn token() -> impl Strategy<Value = String> {
 
 /// Every variant of [`TrackerRequest`], with arbitrary fields.
 fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
-    let u = any::<u64>;
     let tok = || prop::option::of(token());
     prop_oneof![
         (text(), any::<u32>()).prop_map(|(listen, slots)| TrackerRequest::Register { listen, slots }),
-        u().prop_map(|peer_id| TrackerRequest::Heartbeat { peer_id }),
-        u().prop_map(|peer_id| TrackerRequest::Deregister { peer_id }),
+        peer_id().prop_map(|peer_id| TrackerRequest::Heartbeat { peer_id }),
+        peer_id().prop_map(|peer_id| TrackerRequest::Deregister { peer_id }),
         Just(TrackerRequest::ListPeers),
         (any::<u32>(), any::<bool>()).prop_map(|(count, detached)| TrackerRequest::Lease { count, detached }),
-        (u(), tok()).prop_map(|(lease_id, token)| TrackerRequest::Renew { lease_id, token }),
-        (u(), tok()).prop_map(|(lease_id, token)| TrackerRequest::Release { lease_id, token }),
-        (u(), u(), text(), any::<bool>(), tok()).prop_map(|(lease_id, peer_id, reason, replace, token)| {
-            TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token }
-        }),
+        (lease_id(), tok()).prop_map(|(lease_id, token)| TrackerRequest::Renew { lease_id, token }),
+        (lease_id(), tok()).prop_map(|(lease_id, token)| TrackerRequest::Release { lease_id, token }),
+        (lease_id(), peer_id(), text(), any::<bool>(), tok()).prop_map(
+            |(lease_id, peer_id, reason, replace, token)| {
+                TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token }
+            }
+        ),
     ]
 }
 
@@ -242,7 +261,7 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
     let u = any::<u64>;
     let sessions = prop_oneof![
         failure().prop_map(TrackerReply::Error),
-        (u(), text(), u()).prop_map(|(peer_id, addr, heartbeat_ms)| TrackerReply::Registered {
+        (peer_id(), text(), u()).prop_map(|(peer_id, addr, heartbeat_ms)| TrackerReply::Registered {
             peer_id,
             addr,
             heartbeat_ms
@@ -253,12 +272,12 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
     ];
     let leases = prop_oneof![
         any::<(u32, u32, u32)>().prop_map(|(position, free, needed)| TrackerReply::Waiting { position, free, needed }),
-        (u(), prop::collection::vec(peer_addr(), 0..8), u(), token()).prop_map(|(lease_id, peers, ttl_ms, token)| {
-            TrackerReply::Leased(LeaseGrant { lease_id, peers, ttl_ms, token })
-        }),
-        (u(), u()).prop_map(|(lease_id, ttl_ms)| TrackerReply::Renewed { lease_id, ttl_ms }),
-        u().prop_map(|lease_id| TrackerReply::Released { lease_id }),
-        (u(), prop::option::of(peer_addr()))
+        (lease_id(), prop::collection::vec(peer_addr(), 0..8), u(), token()).prop_map(
+            |(lease_id, peers, ttl_ms, token)| { TrackerReply::Leased(LeaseGrant { lease_id, peers, ttl_ms, token }) }
+        ),
+        (lease_id(), u()).prop_map(|(lease_id, ttl_ms)| TrackerReply::Renewed { lease_id, ttl_ms }),
+        lease_id().prop_map(|lease_id| TrackerReply::Released { lease_id }),
+        (lease_id(), prop::option::of(peer_addr()))
             .prop_map(|(lease_id, replacement)| TrackerReply::FailureRecorded { lease_id, replacement }),
     ];
     prop_oneof![sessions, leases]
@@ -268,7 +287,7 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
 fn worker_reply() -> impl Strategy<Value = WorkerReply> {
     prop_oneof![
         failure().prop_map(WorkerReply::Error),
-        (any::<u64>(), any::<u64>()).prop_map(|(task_id, compute_us)| WorkerReply::Computed { task_id, compute_us }),
+        (task_id(), any::<u64>()).prop_map(|(task_id, compute_us)| WorkerReply::Computed { task_id, compute_us }),
     ]
 }
 
@@ -333,7 +352,7 @@ fn blocks() -> impl Strategy<Value = Frame> {
             } else {
                 (BlockOp::Product, vec![matrix(f64, (m, n), seed)])
             };
-            Frame::Blocks(Blocks { task_id, op, mats })
+            Frame::Blocks(Blocks { task_id: TaskId(task_id), op, mats })
         },
     )
 }

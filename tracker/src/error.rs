@@ -1,6 +1,6 @@
 //! Errors of the tracker crate.
 
-use septet_common::ErrorCode;
+use septet_common::{ErrorCode, LeaseId, PeerId};
 
 /// Result alias for the tracker crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -10,20 +10,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// No peer has this id.
     #[error("no peer with id {0}")]
-    UnknownPeer(u64),
+    UnknownPeer(PeerId),
     /// The peer was marked gone and must register again.
     #[error("peer {0} was marked gone; register again")]
-    PeerGone(u64),
+    PeerGone(PeerId),
     /// No live lease has this id (released, expired, or never issued).
     #[error("no live lease with id {0} (released, expired or never issued)")]
-    UnknownLease(u64),
+    UnknownLease(LeaseId),
     /// The peer is not part of the lease.
     #[error("peer {peer_id} is not part of lease {lease_id}")]
     NotInLease {
         /// The lease.
-        lease_id: u64,
+        lease_id: LeaseId,
         /// The peer.
-        peer_id: u64,
+        peer_id: PeerId,
     },
     /// A renew, release or failure report from neither the connection that
     /// took the lease nor one presenting its token. Worded alike whether or
@@ -32,11 +32,11 @@ pub enum Error {
         "lease {0} is not yours or does not exist (only the connection that took it, or one presenting its token, \
          may renew, release or report against it)"
     )]
-    NotYourLease(u64),
+    NotYourLease(LeaseId),
     /// A heartbeat or deregistration for a peer registered by another
     /// connection.
     #[error("peer {0} was registered by another connection; only that connection may heartbeat or deregister it")]
-    NotYourPeer(u64),
+    NotYourPeer(PeerId),
     /// A request argument is out of range.
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -264,14 +264,14 @@ async fn handle(
     let result = match msg {
         TrackerRequest::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
             let peer_id = tracker.register_by(&addr, slots, conn)?;
-            info!(peer_id, %addr, slots, "worker registered");
+            info!(%peer_id, %addr, slots, "worker registered");
             Ok(TrackerReply::Registered { peer_id, addr, heartbeat_ms })
         }),
         TrackerRequest::Heartbeat { peer_id } => {
             tracker.heartbeat_by(peer_id, conn).map(|()| TrackerReply::HeartbeatAck)
         }
         TrackerRequest::Deregister { peer_id } => tracker.deregister_by(peer_id, conn).map(|()| {
-            info!(peer_id, "worker deregistered");
+            info!(%peer_id, "worker deregistered");
             TrackerReply::Deregistered
         }),
         TrackerRequest::ListPeers => tracker.peers().map(|(table, rows)| TrackerReply::Peers { table, rows }),
@@ -300,7 +300,7 @@ async fn handle(
             let replacement = tracker.report_failure_by(lease_id, peer_id, replace, &caller(conn, token));
             // Logged only once known to come from the lease's holder.
             replacement.map(|replacement| {
-                warn!(lease_id, peer_id, %reason, "failure reported against a peer");
+                warn!(%lease_id, %peer_id, %reason, "failure reported against a peer");
                 TrackerReply::FailureRecorded { lease_id, replacement }
             })
         }

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use septet_common::proto::{LeaseGrant, PeerAddr, PeerRow};
+use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow};
 use septet_common::secure::random_token;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -275,7 +275,7 @@ struct LeaseRecord {
     expires_at: Instant,
     /// Peers already reported failed in this lease: a failure counts once
     /// per lease however often the requester asks for a replacement.
-    reported: Vec<u64>,
+    reported: Vec<PeerId>,
 }
 
 /// A request waiting in the queue.
@@ -314,13 +314,13 @@ pub struct Ticket {
 #[derive(Debug)]
 struct State {
     table: PeerTable,
-    leases: HashMap<u64, LeaseRecord>,
+    leases: HashMap<LeaseId, LeaseRecord>,
     queue: VecDeque<Waiter>,
     next_lease_id: u64,
     next_waiter_id: u64,
     /// The connection that registered each peer (last registration wins);
     /// only it may heartbeat or deregister the peer.
-    peer_owner: HashMap<u64, ConnId>,
+    peer_owner: HashMap<PeerId, ConnId>,
 }
 
 impl State {
@@ -328,7 +328,7 @@ impl State {
     /// connection that took it, or presents its token. An unknown lease is
     /// refused with the same error as someone else's, so the answer does
     /// not tell whether a lease exists.
-    fn authorize(&self, lease_id: u64, caller: &Caller) -> Result<()> {
+    fn authorize(&self, lease_id: LeaseId, caller: &Caller) -> Result<()> {
         let Some(lease) = self.leases.get(&lease_id) else {
             // The same comparison as for a wrong token, so the time taken
             // does not tell an unknown lease from someone else's either.
@@ -346,8 +346,8 @@ impl State {
     }
 
     /// Whether `conn` registered peer `peer_id` (and it still exists).
-    fn authorize_peer(&self, peer_id: u64, conn: ConnId) -> Result<()> {
-        if self.table.state(peer_id)?.is_none() {
+    fn authorize_peer(&self, peer_id: PeerId, conn: ConnId) -> Result<()> {
+        if self.table.state(peer_id.0)?.is_none() {
             return Err(Error::UnknownPeer(peer_id));
         }
         match self.peer_owner.get(&peer_id) {
@@ -360,12 +360,12 @@ impl State {
     /// return to the table (alone or with others). Removing the record first
     /// is what makes this happen exactly once, whoever gets here first
     /// (release, expiry, disconnect).
-    fn end_lease(&mut self, lease_id: u64) -> Result<Vec<PeerAddr>> {
+    fn end_lease(&mut self, lease_id: LeaseId) -> Result<Vec<PeerAddr>> {
         Ok(self.leases.remove(&lease_id).ok_or(Error::UnknownLease(lease_id))?.slots)
     }
 
     /// Ends a lease and returns its slots to the table at once.
-    fn end_lease_now(&mut self, lease_id: u64) -> Result<()> {
+    fn end_lease_now(&mut self, lease_id: LeaseId) -> Result<()> {
         let slots = self.end_lease(lease_id)?;
         Ok(self.table.return_slots(&slots)?)
     }
@@ -425,7 +425,7 @@ impl State {
                 let (mine, tail) = rest.split_at(waiter.count as usize);
                 rest = tail;
                 self.next_lease_id += 1;
-                let lease_id = self.next_lease_id;
+                let lease_id = LeaseId(self.next_lease_id);
                 let token = LeaseToken::generate();
                 let lease = LeaseGrant {
                     lease_id,
@@ -474,13 +474,13 @@ pub enum Op {
     /// [`Tracker::release`]).
     Release {
         /// The lease to end.
-        lease_id: u64,
+        lease_id: LeaseId,
     },
     /// End a lease if `caller` holds it (see [`Tracker::release_by`]);
     /// otherwise refused with [`Error::NotYourLease`], changing nothing.
     ReleaseBy {
         /// The lease to end.
-        lease_id: u64,
+        lease_id: LeaseId,
         /// Who asks.
         caller: Caller,
     },
@@ -579,7 +579,7 @@ impl Tracker {
     ///
     /// # Errors
     /// As [`Tracker::register_by`].
-    pub fn register(&self, addr: &str, slots: u32) -> Result<u64> {
+    pub fn register(&self, addr: &str, slots: u32) -> Result<PeerId> {
         self.register_by(addr, slots, IN_PROCESS)
     }
 
@@ -599,7 +599,7 @@ impl Tracker {
     /// # Errors
     /// [`Error::Invalid`] for zero or too many slots, a full table (see
     /// [`TrackerConfig::max_peers`]), or fewer slots than still in use.
-    pub fn register_by(&self, addr: &str, slots: u32, conn: ConnId) -> Result<u64> {
+    pub fn register_by(&self, addr: &str, slots: u32, conn: ConnId) -> Result<PeerId> {
         let config = &self.inner.config;
         if slots == 0 || slots > config.max_slots_per_peer {
             return Err(Error::Invalid(format!(
@@ -626,14 +626,14 @@ impl Tracker {
                 }
                 None => {}
             }
-            let peer_id = s.table.register(addr, slots, self.now_ms(now))?;
+            let peer_id = PeerId(s.table.register(addr, slots, self.now_ms(now))?);
             s.peer_owner.insert(peer_id, conn);
             Ok(peer_id)
         })
     }
 
-    fn live_peer(state: &State, peer_id: u64) -> Result<()> {
-        match state.table.state(peer_id)? {
+    fn live_peer(state: &State, peer_id: PeerId) -> Result<()> {
+        match state.table.state(peer_id.0)? {
             None => Err(Error::UnknownPeer(peer_id)),
             Some(PeerState::Gone) => Err(Error::PeerGone(peer_id)),
             Some(_) => Ok(()),
@@ -644,10 +644,10 @@ impl Tracker {
     ///
     /// # Errors
     /// [`Error::UnknownPeer`], or [`Error::PeerGone`] when it must register again.
-    pub fn heartbeat(&self, peer_id: u64) -> Result<()> {
+    pub fn heartbeat(&self, peer_id: PeerId) -> Result<()> {
         self.mutate(|s, now| {
             Self::live_peer(s, peer_id)?;
-            Ok(s.table.heartbeat(peer_id, self.now_ms(now))?)
+            Ok(s.table.heartbeat(peer_id.0, self.now_ms(now))?)
         })
     }
 
@@ -657,11 +657,11 @@ impl Tracker {
     /// # Errors
     /// [`Error::UnknownPeer`], [`Error::NotYourPeer`] (nothing changes), or
     /// [`Error::PeerGone`].
-    pub fn heartbeat_by(&self, peer_id: u64, conn: ConnId) -> Result<()> {
+    pub fn heartbeat_by(&self, peer_id: PeerId, conn: ConnId) -> Result<()> {
         self.mutate(|s, now| {
             s.authorize_peer(peer_id, conn)?;
             Self::live_peer(s, peer_id)?;
-            Ok(s.table.heartbeat(peer_id, self.now_ms(now))?)
+            Ok(s.table.heartbeat(peer_id.0, self.now_ms(now))?)
         })
     }
 
@@ -669,12 +669,12 @@ impl Tracker {
     ///
     /// # Errors
     /// [`Error::UnknownPeer`].
-    pub fn deregister(&self, peer_id: u64) -> Result<()> {
+    pub fn deregister(&self, peer_id: PeerId) -> Result<()> {
         self.mutate(|s, _| {
-            if s.table.state(peer_id)?.is_none() {
+            if s.table.state(peer_id.0)?.is_none() {
                 return Err(Error::UnknownPeer(peer_id));
             }
-            Ok(s.table.set_state(peer_id, PeerState::Gone)?)
+            Ok(s.table.set_state(peer_id.0, PeerState::Gone)?)
         })
     }
 
@@ -683,10 +683,10 @@ impl Tracker {
     ///
     /// # Errors
     /// [`Error::UnknownPeer`] or [`Error::NotYourPeer`] (nothing changes).
-    pub fn deregister_by(&self, peer_id: u64, conn: ConnId) -> Result<()> {
+    pub fn deregister_by(&self, peer_id: PeerId, conn: ConnId) -> Result<()> {
         self.mutate(|s, _| {
             s.authorize_peer(peer_id, conn)?;
-            Ok(s.table.set_state(peer_id, PeerState::Gone)?)
+            Ok(s.table.set_state(peer_id.0, PeerState::Gone)?)
         })
     }
 
@@ -703,7 +703,7 @@ impl Tracker {
     ///
     /// # Errors
     /// [`Error::UnknownLease`] if it already ended.
-    pub fn release(&self, lease_id: u64) -> Result<()> {
+    pub fn release(&self, lease_id: LeaseId) -> Result<()> {
         self.apply_one(Op::Release { lease_id }).map(|_| ())
     }
 
@@ -712,7 +712,7 @@ impl Tracker {
     /// # Errors
     /// [`Error::NotYourLease`] (nothing changes) for an ended, unknown or
     /// someone else's lease.
-    pub fn release_by(&self, lease_id: u64, caller: Caller) -> Result<()> {
+    pub fn release_by(&self, lease_id: LeaseId, caller: Caller) -> Result<()> {
         self.apply_one(Op::ReleaseBy { lease_id, caller }).map(|_| ())
     }
 
@@ -814,12 +814,12 @@ impl Tracker {
     ///
     /// # Errors
     /// [`Error::UnknownLease`].
-    pub fn renew(&self, lease_id: u64) -> Result<Duration> {
+    pub fn renew(&self, lease_id: LeaseId) -> Result<Duration> {
         self.renew_as(lease_id, None)
     }
 
     /// Renews, checking `caller` first when there is one.
-    fn renew_as(&self, lease_id: u64, caller: Option<&Caller>) -> Result<Duration> {
+    fn renew_as(&self, lease_id: LeaseId, caller: Option<&Caller>) -> Result<Duration> {
         let ttl = self.inner.config.lease_ttl;
         self.mutate(|s, now| {
             if let Some(caller) = caller {
@@ -835,7 +835,7 @@ impl Tracker {
     ///
     /// # Errors
     /// [`Error::NotYourLease`] (nothing changes).
-    pub fn renew_by(&self, lease_id: u64, caller: &Caller) -> Result<Duration> {
+    pub fn renew_by(&self, lease_id: LeaseId, caller: &Caller) -> Result<Duration> {
         self.renew_as(lease_id, Some(caller))
     }
 
@@ -845,8 +845,8 @@ impl Tracker {
     /// [`Error::NotYourLease`] (nothing changes), or as `report_failure`.
     pub fn report_failure_by(
         &self,
-        lease_id: u64,
-        peer_id: u64,
+        lease_id: LeaseId,
+        peer_id: PeerId,
         replace: bool,
         caller: &Caller,
     ) -> Result<Option<PeerAddr>> {
@@ -863,15 +863,15 @@ impl Tracker {
     ///
     /// # Errors
     /// [`Error::UnknownLease`] or [`Error::NotInLease`].
-    pub fn report_failure(&self, lease_id: u64, peer_id: u64, replace: bool) -> Result<Option<PeerAddr>> {
+    pub fn report_failure(&self, lease_id: LeaseId, peer_id: PeerId, replace: bool) -> Result<Option<PeerAddr>> {
         self.report_failure_as(lease_id, peer_id, replace, None)
     }
 
     /// Records a failure, checking `caller` first when there is one.
     fn report_failure_as(
         &self,
-        lease_id: u64,
-        peer_id: u64,
+        lease_id: LeaseId,
+        peer_id: PeerId,
         replace: bool,
         caller: Option<&Caller>,
     ) -> Result<Option<PeerAddr>> {
@@ -884,7 +884,7 @@ impl Tracker {
                 return Err(Error::NotInLease { lease_id, peer_id });
             }
             if !lease.reported.contains(&peer_id) {
-                s.table.record_failure(peer_id)?;
+                s.table.record_failure(peer_id.0)?;
                 s.leases.get_mut(&lease_id).expect("checked above").reported.push(peer_id);
             }
             if !replace {
@@ -902,7 +902,8 @@ impl Tracker {
     pub fn disconnect(&self, conn: ConnId) -> usize {
         self.mutate(|s, _| {
             s.queue.retain(|w| w.conn != conn);
-            let owned: Vec<u64> = s.leases.iter().filter(|(_, l)| l.owner == Some(conn)).map(|(id, _)| *id).collect();
+            let owned: Vec<LeaseId> =
+                s.leases.iter().filter(|(_, l)| l.owner == Some(conn)).map(|(id, _)| *id).collect();
             for id in &owned {
                 s.end_lease_now(*id)?;
             }
@@ -923,9 +924,10 @@ impl Tracker {
         let gone_after = (config.heartbeat_timeout + config.sweep_period()).as_millis() as u64;
         let suspect_after = (config.heartbeat_timeout / 2).as_millis() as u64;
         self.mutate(|s, now| {
-            let expired: Vec<u64> = s.leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(id, _)| *id).collect();
+            let expired: Vec<LeaseId> =
+                s.leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(id, _)| *id).collect();
             for id in expired {
-                tracing::info!(lease_id = id, "lease expired unrenewed; its slots return to the pool");
+                tracing::info!(lease_id = %id, "lease expired unrenewed; its slots return to the pool");
                 s.end_lease_now(id)?;
             }
             for peer_id in s.table.sweep(self.now_ms(now), suspect_after, gone_after)? {
@@ -967,7 +969,7 @@ impl Tracker {
         let mut held = vec![0u32; usage.len()];
         for lease in state.leases.values() {
             for slot in &lease.slots {
-                *held.get_mut(slot.peer_id as usize).ok_or("lease holds an unknown peer")? += 1;
+                *held.get_mut(slot.peer_id.0 as usize).ok_or("lease holds an unknown peer")? += 1;
             }
         }
         for (peer, ((slots, in_use), held)) in usage.iter().zip(&held).enumerate() {
@@ -1065,7 +1067,7 @@ mod tests {
         let released = out.next().unwrap();
         assert!(matches!(released, Ok(Done::Released)));
         let b = granted(lease(out.next()));
-        let mut peers: Vec<u64> = a.peers.iter().chain(&b.peers).map(|p| p.peer_id).collect();
+        let mut peers: Vec<PeerId> = a.peers.iter().chain(&b.peers).map(|p| p.peer_id).collect();
         peers.sort_unstable();
         peers.dedup();
         assert_eq!((a.peers.len(), b.peers.len(), peers.len()), (3, 2, 5), "no slot in two leases");
@@ -1144,11 +1146,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         t.renew(kept.lease_id).unwrap();
         for i in 0..7 {
-            t.heartbeat(i).unwrap();
+            t.heartbeat(PeerId(i)).unwrap();
         }
         tokio::time::advance(Duration::from_secs(5)).await;
         for i in 0..7 {
-            t.heartbeat(i).unwrap();
+            t.heartbeat(PeerId(i)).unwrap();
         }
         t.sweep().unwrap();
         t.sweep().unwrap();
@@ -1166,7 +1168,7 @@ mod tests {
         for step in 0..8 {
             tokio::time::advance(Duration::from_secs(1)).await;
             for peer in 0..7 {
-                t.heartbeat(peer).unwrap();
+                t.heartbeat(PeerId(peer)).unwrap();
             }
             t.sweep().unwrap();
             t.check_invariants().unwrap();
@@ -1176,10 +1178,10 @@ mod tests {
         }
         let rows = t.peers().unwrap().1;
         assert_eq!(rows[7].state, "gone");
-        assert!(matches!(t.heartbeat(7), Err(Error::PeerGone(7))));
+        assert!(matches!(t.heartbeat(PeerId(7)), Err(Error::PeerGone(PeerId(7)))));
         t.release(lease.lease_id).unwrap();
         assert_eq!(t.stats().unwrap().free, 7, "the gone peer's slot is not in the pool");
-        assert_eq!(t.register("w7", 1).unwrap(), 7);
+        assert_eq!(t.register("w7", 1).unwrap(), PeerId(7));
         assert_eq!(t.stats().unwrap().free, 8);
         t.check_invariants().unwrap();
     }
@@ -1190,11 +1192,11 @@ mod tests {
         let lease = granted(t.lease(7, 1, false).unwrap());
         let bad = lease.peers[2].peer_id;
         let replacement = t.report_failure(lease.lease_id, bad, true).unwrap().expect("one slot is free");
-        assert_eq!(replacement.peer_id, 7);
+        assert_eq!(replacement.peer_id, PeerId(7));
         assert!(t.report_failure(lease.lease_id, bad, true).unwrap().is_none(), "nothing left");
-        let row = &t.peers().unwrap().1[bad as usize];
+        let row = &t.peers().unwrap().1[bad.0 as usize];
         assert_eq!((row.failures, row.state.as_str()), (1, "suspect"), "counted once per lease");
-        assert!(matches!(t.report_failure(lease.lease_id, 99, false), Err(Error::NotInLease { .. })));
+        assert!(matches!(t.report_failure(lease.lease_id, PeerId(99), false), Err(Error::NotInLease { .. })));
         t.check_invariants().unwrap();
         t.release(lease.lease_id).unwrap();
         assert_eq!(t.stats().unwrap().free, 7, "suspect peer stays out of the pool");
@@ -1228,7 +1230,7 @@ mod tests {
             assert_eq!((t.stats().unwrap(), t.peers().unwrap().1), before, "refused means unchanged");
         }
         // An unknown lease reads exactly like someone else's.
-        let unknown = t.release_by(999, Caller::conn(2)).unwrap_err().to_string();
+        let unknown = t.release_by(LeaseId(999), Caller::conn(2)).unwrap_err().to_string();
         let theirs = t.release_by(id, Caller::conn(2)).unwrap_err().to_string();
         assert_eq!(unknown.replace("999", &id.to_string()), theirs);
         assert!(!theirs.contains(&token), "the error never shows the token");
@@ -1280,7 +1282,7 @@ mod tests {
         assert!(matches!(t.heartbeat_by(p, 6), Err(Error::NotYourPeer(_))));
         assert!(matches!(t.deregister_by(p, 6), Err(Error::NotYourPeer(_))));
         assert_eq!(t.peers().unwrap().1, before, "refused means unchanged");
-        assert!(matches!(t.heartbeat_by(42, 5), Err(Error::UnknownPeer(42))));
+        assert!(matches!(t.heartbeat_by(PeerId(42), 5), Err(Error::UnknownPeer(PeerId(42)))));
         t.heartbeat_by(p, 5).unwrap();
         // The worker reconnects and registers again: the row is the new
         // connection's now, and no longer the old one's.
@@ -1288,7 +1290,7 @@ mod tests {
         assert!(matches!(t.heartbeat_by(p, 5), Err(Error::NotYourPeer(_))));
         t.heartbeat_by(p, 7).unwrap();
         t.deregister_by(p, 7).unwrap();
-        assert_eq!(t.peers().unwrap().1[p as usize].state, "gone");
+        assert_eq!(t.peers().unwrap().1[p.0 as usize].state, "gone");
         assert!(matches!(t.heartbeat_by(p, 7), Err(Error::PeerGone(_))));
     }
 
@@ -1303,7 +1305,7 @@ mod tests {
         // A known address may always come back, same row, same id: the
         // slots its old registration has leased stay held until released.
         assert_eq!(t.register_by("10.0.0.1:7000", 3, 4).unwrap(), a);
-        assert_eq!(t.peers().unwrap().1[a as usize].in_use, 2);
+        assert_eq!(t.peers().unwrap().1[a.0 as usize].in_use, 2);
         assert_eq!(t.stats().unwrap().free, 1, "three offered, two still held");
         t.check_invariants().unwrap();
         // Fewer slots than still held would break the accounting: refused.

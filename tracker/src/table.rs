@@ -9,7 +9,7 @@
 
 use polars::chunked_array::ops::arity;
 use polars::prelude::*;
-use septet_common::proto::{PeerAddr, PeerRow};
+use septet_common::proto::{PeerAddr, PeerId, PeerRow};
 
 /// Most peers a table holds: peer ids fit the 20 low bits of the ranking key.
 pub const MAX_PEERS: usize = 1 << PEER_ID_BITS;
@@ -365,7 +365,10 @@ impl PeerTable {
         Ok(keys
             .into_iter()
             .take(count)
-            .map(|(_, row)| PeerAddr { peer_id: row as u64, addr: addrs.get(row).unwrap_or_default().to_string() })
+            .map(|(_, row)| PeerAddr {
+                peer_id: PeerId(row as u64),
+                addr: addrs.get(row).unwrap_or_default().to_string(),
+            })
             .collect())
     }
 
@@ -373,7 +376,7 @@ impl PeerTable {
     fn deltas(&self, peers: &[PeerAddr]) -> Vec<u32> {
         let mut delta = vec![0u32; self.df.height()];
         for p in peers {
-            if let Some(d) = delta.get_mut(p.peer_id as usize) {
+            if let Some(d) = delta.get_mut(p.peer_id.0 as usize) {
                 *d += 1;
             }
         }
@@ -430,7 +433,7 @@ impl PeerTable {
         let (total, joined, seen) = (self.u64s("leases_total")?, self.u64s("joined_at")?, self.u64s("last_seen")?);
         Ok((0..self.df.height())
             .map(|i| PeerRow {
-                peer_id: ids.get(i).unwrap_or(0),
+                peer_id: PeerId(ids.get(i).unwrap_or(0)),
                 addr: addrs.get(i).unwrap_or_default().to_string(),
                 slots: slots.get(i).unwrap_or(0),
                 in_use: in_use.get(i).unwrap_or(0),
@@ -454,7 +457,7 @@ mod tests {
     use super::*;
 
     fn ids(peers: &[PeerAddr]) -> Vec<u64> {
-        peers.iter().map(|p| p.peer_id).collect()
+        peers.iter().map(|p| p.peer_id.0).collect()
     }
 
     #[test]

@@ -79,7 +79,7 @@ async fn session(config: &AgentConfig, cancel: &CancellationToken, backoff: &mut
     let mut client = client?;
     let reg = client.register(listen, slots).await?;
     *backoff = BACKOFF_START;
-    info!(peer_id = reg.peer_id, addr = %reg.addr, slots, tracker = %tracker, "registered with the tracker");
+    info!(peer_id = %reg.peer_id, addr = %reg.addr, slots, tracker = %tracker, "registered with the tracker");
     let mut tick = tokio::time::interval(reg.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -87,7 +87,7 @@ async fn session(config: &AgentConfig, cancel: &CancellationToken, backoff: &mut
         tokio::select! {
             _ = cancel.cancelled() => {
                 match client.deregister(reg.peer_id).await {
-                    Ok(()) => info!(peer_id = reg.peer_id, "deregistered from the tracker"),
+                    Ok(()) => info!(peer_id = %reg.peer_id, "deregistered from the tracker"),
                     Err(e) => warn!(error = %e, "could not deregister"),
                 }
                 return Ok(());

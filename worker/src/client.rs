@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use septet_common::conn::ConnLimits;
-use septet_common::proto::{LeaseGrant, PeerAddr, PeerRow};
+use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow};
 use septet_common::proto::{Reply, TrackerReply, TrackerRequest};
 use septet_common::secure::Security;
 use septet_common::{deadline, Connection, Error, Result, Role};
@@ -26,7 +26,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     /// The id to heartbeat with.
-    pub peer_id: u64,
+    pub peer_id: PeerId,
     /// The address the tracker hands out for us.
     pub addr: String,
     /// How often to heartbeat.
@@ -134,7 +134,7 @@ impl TrackerClient {
     /// # Errors
     /// [`Error::Remote`] with `PeerGone` or `UnknownPeer` when the worker
     /// must register again, or any connection error.
-    pub async fn heartbeat(&mut self, peer_id: u64) -> Result<()> {
+    pub async fn heartbeat(&mut self, peer_id: PeerId) -> Result<()> {
         match self.call(TrackerRequest::Heartbeat { peer_id }, "HeartbeatAck").await? {
             TrackerReply::HeartbeatAck => Ok(()),
             other => Err(unexpected("HeartbeatAck", other)),
@@ -145,7 +145,7 @@ impl TrackerClient {
     ///
     /// # Errors
     /// Any connection error.
-    pub async fn deregister(&mut self, peer_id: u64) -> Result<()> {
+    pub async fn deregister(&mut self, peer_id: PeerId) -> Result<()> {
         match self.call(TrackerRequest::Deregister { peer_id }, "Deregistered").await? {
             TrackerReply::Deregistered => Ok(()),
             other => Err(unexpected("Deregistered", other)),
@@ -208,7 +208,7 @@ impl TrackerClient {
     ///
     /// # Errors
     /// [`Error::Remote`] with `UnknownLease` if it already ended.
-    pub async fn renew(&mut self, lease_id: u64) -> Result<Duration> {
+    pub async fn renew(&mut self, lease_id: LeaseId) -> Result<Duration> {
         self.renew_with(lease_id, None).await
     }
 
@@ -218,7 +218,7 @@ impl TrackerClient {
     /// # Errors
     /// [`Error::Remote`] with `Unauthorized` if the lease is not ours (or
     /// has ended: the tracker does not say which).
-    pub async fn renew_with(&mut self, lease_id: u64, token: Option<&str>) -> Result<Duration> {
+    pub async fn renew_with(&mut self, lease_id: LeaseId, token: Option<&str>) -> Result<Duration> {
         let token = token.map(str::to_string);
         match self.call(TrackerRequest::Renew { lease_id, token }, "Renewed").await? {
             TrackerReply::Renewed { ttl_ms, .. } => Ok(Duration::from_millis(ttl_ms)),
@@ -230,7 +230,7 @@ impl TrackerClient {
     ///
     /// # Errors
     /// [`Error::Remote`] with `UnknownLease` if it already ended.
-    pub async fn release(&mut self, lease_id: u64) -> Result<()> {
+    pub async fn release(&mut self, lease_id: LeaseId) -> Result<()> {
         self.release_with(lease_id, None).await
     }
 
@@ -240,7 +240,7 @@ impl TrackerClient {
     /// # Errors
     /// [`Error::Remote`] with `Unauthorized` if the lease is not ours (or
     /// has ended: the tracker does not say which); nothing changes then.
-    pub async fn release_with(&mut self, lease_id: u64, token: Option<&str>) -> Result<()> {
+    pub async fn release_with(&mut self, lease_id: LeaseId, token: Option<&str>) -> Result<()> {
         let token = token.map(str::to_string);
         match self.call(TrackerRequest::Release { lease_id, token }, "Released").await? {
             TrackerReply::Released { .. } => Ok(()),
@@ -255,8 +255,8 @@ impl TrackerClient {
     /// [`Error::Remote`] if the lease or peer is unknown, or any connection error.
     pub async fn report_failure(
         &mut self,
-        lease_id: u64,
-        peer_id: u64,
+        lease_id: LeaseId,
+        peer_id: PeerId,
         reason: &str,
         replace: bool,
     ) -> Result<Option<PeerAddr>> {
@@ -270,8 +270,8 @@ impl TrackerClient {
     /// As [`TrackerClient::report_failure`], or `Unauthorized`.
     pub async fn report_failure_with(
         &mut self,
-        lease_id: u64,
-        peer_id: u64,
+        lease_id: LeaseId,
+        peer_id: PeerId,
         reason: &str,
         replace: bool,
         token: Option<&str>,
@@ -335,7 +335,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(50), "fails at once, without a round trip");
         let text = err.to_string();
         assert!(text.contains("no longer usable") && text.contains("timed out"), "{text}");
-        assert!(matches!(client.release(1).await, Err(Error::Io(_))), "every later call");
+        assert!(matches!(client.release(LeaseId(1)).await, Err(Error::Io(_))), "every later call");
         // A fresh connection works (the fake answers its first request late
         // only once per listener, so check on a new fake).
         let addr = late_tracker(Duration::ZERO).await;
@@ -360,7 +360,7 @@ mod tests {
         });
         let mut client = TrackerClient::connect(addr, Role::Client, Duration::from_millis(500)).await.unwrap();
         for _ in 0..2 {
-            assert!(matches!(client.release_with(3, Some("x")).await, Err(Error::Remote { .. })));
+            assert!(matches!(client.release_with(LeaseId(3), Some("x")).await, Err(Error::Remote { .. })));
         }
         assert!(!client.is_poisoned());
     }

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, BlocksHeader, Frame};
 use septet_common::proto::{LeaseGrant, PeerAddr};
-use septet_common::proto::{Reply, WorkerReply};
+use septet_common::proto::{LeaseId, PeerId, Reply, TaskId, WorkerReply};
 use septet_common::strassen::{self, Operand, Quad, Sign, Split, PRODUCTS};
 use septet_common::{deadline, Connection, Element, Error, FrameReader, Role, PEERS_PER_LEASE};
 use septet_common::{FrameWriter, WirePart};
@@ -97,7 +97,7 @@ pub enum Progress {
     /// The lease was granted.
     Leased {
         /// Its id.
-        lease_id: u64,
+        lease_id: LeaseId,
     },
     /// A product's operands were sent.
     Sent {
@@ -121,7 +121,7 @@ pub struct PeerReport {
     /// "M1".."M7".
     pub product: &'static str,
     /// Peer that computed it.
-    pub peer_id: u64,
+    pub peer_id: PeerId,
     /// Its address.
     pub addr: String,
     /// Bytes of the task frame.
@@ -150,7 +150,7 @@ pub struct JobReport {
     /// Element type.
     pub dtype: String,
     /// The lease used (0 when no lease was needed).
-    pub lease_id: u64,
+    pub lease_id: LeaseId,
     /// Wall time of the whole job, seconds.
     pub total_s: f64,
     /// Time from asking the tracker to holding the lease (includes queueing).
@@ -207,7 +207,7 @@ pub enum RequestError {
         /// The product it was computing.
         product: &'static str,
         /// The peer.
-        peer_id: u64,
+        peer_id: PeerId,
         /// Its address.
         addr: String,
         /// What happened.
@@ -222,7 +222,7 @@ pub enum RequestError {
         /// The product.
         product: &'static str,
         /// The failed peer.
-        peer_id: u64,
+        peer_id: PeerId,
         /// Its address.
         addr: String,
         /// How long we asked.
@@ -236,7 +236,7 @@ pub enum RequestError {
     #[error("the tracker granted lease {lease_id} with {got} peers, but a job needs {wanted}")]
     ShortGrant {
         /// The lease.
-        lease_id: u64,
+        lease_id: LeaseId,
         /// Peers in the grant.
         got: usize,
         /// Peers asked for.
@@ -250,7 +250,7 @@ pub enum RequestError {
         /// The product.
         product: &'static str,
         /// The peer that sent it.
-        peer_id: u64,
+        peer_id: PeerId,
         /// Its address.
         addr: String,
         /// Where the non-finite values are.
@@ -267,7 +267,7 @@ pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 /// Commands to the task that holds the lease.
 enum KeeperCmd {
     Release(oneshot::Sender<septet_common::Result<()>>),
-    Report { peer_id: u64, reason: String, reply: oneshot::Sender<septet_common::Result<Option<PeerAddr>>> },
+    Report { peer_id: PeerId, reason: String, reply: oneshot::Sender<septet_common::Result<Option<PeerAddr>>> },
 }
 
 /// Handle on the task that keeps a lease: it renews the lease at half its
@@ -291,7 +291,7 @@ impl LeaseKeeper {
                 tokio::select! {
                     _ = tick.tick() => {
                         if let Err(e) = client.renew(lease_id).await {
-                            warn!(lease_id, error = %e, "could not renew the lease");
+                            warn!(%lease_id, error = %e, "could not renew the lease");
                         }
                     }
                     cmd = rx.recv() => match cmd {
@@ -312,7 +312,7 @@ impl LeaseKeeper {
         LeaseKeeper { tx }
     }
 
-    async fn report(&self, peer_id: u64, reason: String) -> septet_common::Result<Option<PeerAddr>> {
+    async fn report(&self, peer_id: PeerId, reason: String) -> septet_common::Result<Option<PeerAddr>> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(KeeperCmd::Report { peer_id, reason, reply })
@@ -536,7 +536,7 @@ impl Attempts {
                 let Some(owner) = self.owners.remove(&id) else {
                     return Some(Outcome {
                         product: 0,
-                        peer: PeerAddr { peer_id: u64::MAX, addr: String::new() },
+                        peer: PeerAddr { peer_id: PeerId(u64::MAX), addr: String::new() },
                         bytes_sent: 0,
                         send: Duration::ZERO,
                         result: Err(Failure::Local(format!("a task the job does not know ended: {e}"))),
@@ -605,12 +605,13 @@ impl<T: Element> Job<T> {
         (x, y): &(Formed<T>, Formed<T>),
     ) -> Result<u64, Error> {
         let (xs, ys) = (self.split.left_shape(), self.split.right_shape());
-        let header = BlocksHeader { task_id: i as u64, op: BlockOp::Multiply, dtype: T::DTYPE, shapes: vec![xs, ys] };
+        let header =
+            BlocksHeader { task_id: TaskId(i as u64), op: BlockOp::Multiply, dtype: T::DTYPE, shapes: vec![xs, ys] };
         let parts = [x.part(self.a.view(), xs), y.part(self.b.view(), ys)];
         deadline(
             self.reply_deadline,
             "a worker to take its operands",
-            writer.send_parts(i as u64, BlockOp::Multiply, &parts),
+            writer.send_parts(TaskId(i as u64), BlockOp::Multiply, &parts),
         )
         .await?;
         Ok(header.frame_len().unwrap_or(0) as u64)
@@ -621,7 +622,7 @@ impl<T: Element> Job<T> {
         let msg =
             deadline(self.reply_deadline, "a worker's product", reader.read_message::<WorkerReply>("Computed")).await?;
         let compute_us = match msg {
-            WorkerReply::Computed { task_id, compute_us } if task_id == i as u64 => compute_us,
+            WorkerReply::Computed { task_id, compute_us } if task_id == TaskId(i as u64) => compute_us,
             WorkerReply::Computed { task_id, .. } => {
                 let got = format!("Computed for task {task_id}");
                 return Err(Error::Unexpected { expected: "Computed", got }.into());
@@ -643,7 +644,9 @@ impl<T: Element> Job<T> {
         .await?;
         let receive = t.elapsed();
         let product = match frame {
-            Some(Frame::Blocks(blocks)) if blocks.op == BlockOp::Product && blocks.task_id == i as u64 => blocks,
+            Some(Frame::Blocks(blocks)) if blocks.op == BlockOp::Product && blocks.task_id == TaskId(i as u64) => {
+                blocks
+            }
             Some(Frame::Blocks(blocks)) => {
                 return Err(Error::BadFrame(format!(
                     "expected the product of task {i}, got {:?} of task {}",
@@ -667,8 +670,9 @@ impl<T: Element> Job<T> {
         if shape != self.split.product_shape() {
             return Err(Error::ShapeMismatch { left: shape, right: self.split.product_shape() }.into());
         }
-        let header = BlocksHeader { task_id: i as u64, op: BlockOp::Product, dtype, shapes: vec![shape] };
-        let computed = septet_common::frame::encode_control(&WorkerReply::Computed { task_id: i as u64, compute_us })?;
+        let header = BlocksHeader { task_id: TaskId(i as u64), op: BlockOp::Product, dtype, shapes: vec![shape] };
+        let computed =
+            septet_common::frame::encode_control(&WorkerReply::Computed { task_id: TaskId(i as u64), compute_us })?;
         let bytes = (header.frame_len().unwrap_or(0) + computed.len()) as u64;
         let waiting = Instant::now();
         let checking = match probe {
@@ -790,7 +794,7 @@ impl Requester {
             k: split.k,
             n: split.n,
             dtype: T::DTYPE.to_string(),
-            lease_id: 0,
+            lease_id: LeaseId(0),
             total_s: 0.0,
             lease_wait_s: 0.0,
             connect_s: 0.0,
@@ -889,10 +893,14 @@ impl Requester {
         report: &mut JobReport,
     ) -> Result<Array2<T>> {
         // Products are exactly `product_len` bytes; 1 MiB leaves room for error messages.
-        let product_len =
-            BlocksHeader { task_id: 0, op: BlockOp::Product, dtype: T::DTYPE, shapes: vec![split.product_shape()] }
-                .frame_len()
-                .ok_or_else(|| RequestError::Internal("product too large".into()))?;
+        let product_len = BlocksHeader {
+            task_id: TaskId(0),
+            op: BlockOp::Product,
+            dtype: T::DTYPE,
+            shapes: vec![split.product_shape()],
+        }
+        .frame_len()
+        .ok_or_else(|| RequestError::Internal("product too large".into()))?;
         let limits = ConnLimits {
             max_frame_len: product_len.max(1 << 20),
             handshake_timeout: self.config.io_timeout,
@@ -1034,7 +1042,7 @@ impl Requester {
                 }
                 Err(Failure::Unverifiable(cause)) => {
                     let name = PRODUCTS[i].name;
-                    warn!(product = name, peer_id = peer.peer_id, %cause, "product cannot be verified; stopping the job");
+                    warn!(product = name, peer_id = %peer.peer_id, %cause, "product cannot be verified; stopping the job");
                     report.failures.push(format!("{name} on peer {} ({}): {cause}", peer.peer_id, peer.addr));
                     return Err(RequestError::Unverifiable {
                         product: name,
@@ -1045,7 +1053,7 @@ impl Requester {
                 }
                 Err(Failure::Peer(e)) => {
                     let name = PRODUCTS[i].name;
-                    warn!(product = name, peer_id = peer.peer_id, addr = %peer.addr, error = %e, "peer failed; re-dispatching");
+                    warn!(product = name, peer_id = %peer.peer_id, addr = %peer.addr, error = %e, "peer failed; re-dispatching");
                     report.failures.push(format!("{name} on peer {} ({}): {e}", peer.peer_id, peer.addr));
                     if tries[i] >= self.config.max_attempts {
                         return Err(RequestError::Peer {
@@ -1056,7 +1064,7 @@ impl Requester {
                         });
                     }
                     let replacement = self.replacement(keeper, i, &peer, e).await?;
-                    info!(product = name, peer_id = replacement.peer_id, addr = %replacement.addr, "sending to a replacement peer");
+                    info!(product = name, peer_id = %replacement.peer_id, addr = %replacement.addr, "sending to a replacement peer");
                     tries[i] += 1;
                     report.retries += 1;
                     attempts.spawn(i, replacement.clone(), job.clone().attempt(i, replacement));
@@ -1115,7 +1123,7 @@ mod tests {
     /// never waits for it forever.
     #[tokio::test]
     async fn a_panicking_attempt_becomes_a_failure_of_its_product() {
-        let peer = |id: u64| PeerAddr { peer_id: id, addr: format!("127.0.0.1:{}", 9000 + id) };
+        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: format!("127.0.0.1:{}", 9000 + id) };
         let mut attempts = Attempts::new();
         attempts.spawn(4, peer(2), async { panic!("garbage from the peer") });
         attempts.spawn(1, peer(5), async move {
@@ -1129,7 +1137,7 @@ mod tests {
             }
         });
         let first = attempts.next().await.expect("an outcome for the panicked task");
-        assert_eq!((first.product, first.peer.peer_id), (4, 2));
+        assert_eq!((first.product, first.peer.peer_id), (4, PeerId(2)));
         match first.result {
             Err(Failure::Peer(e)) => {
                 let text = e.to_string();

@@ -17,7 +17,7 @@ use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
 use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, recycle_matrix};
-use septet_common::proto::{Failure, WorkerReply};
+use septet_common::proto::{Failure, TaskId, WorkerReply};
 use septet_common::secure::Security;
 use septet_common::{deadline, Connection, Error, Frame, FrameWriter, Matrix, Result, Role};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -185,7 +185,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
 /// What the writer task sends back.
 enum Reply {
     /// A product, with the compute slot it holds until it is written.
-    Product(u64, Matrix, Duration, Slot),
+    Product(TaskId, Matrix, Duration, Slot),
     Error(WorkerReply),
 }
 
@@ -219,7 +219,7 @@ fn corrupt(mut m: Matrix) -> Matrix {
 
 /// Fault injection: `Computed`, half of the product, then nothing.
 #[cfg(feature = "fault-injection")]
-async fn drop_mid_reply(writer: &mut FrameWriter<OwnedWriteHalf>, task_id: u64, m: Matrix, took: Duration) {
+async fn drop_mid_reply(writer: &mut FrameWriter<OwnedWriteHalf>, task_id: TaskId, m: Matrix, took: Duration) {
     let done = WorkerReply::Computed { task_id, compute_us: took.as_micros() as u64 };
     if writer.send(&done).await.is_ok() {
         let bytes =
@@ -228,14 +228,14 @@ async fn drop_mid_reply(writer: &mut FrameWriter<OwnedWriteHalf>, task_id: u64, 
             let _ = writer.send_raw(&bytes[..bytes.len() / 2]).await;
         }
     }
-    warn!(task_id, "fault injection: dropping the connection mid-reply");
+    warn!(%task_id, "fault injection: dropping the connection mid-reply");
 }
 
 /// Writes `Computed` and the product, within the I/O timeout plus the
 /// product's size at [`MIN_REPLY_RATE`].
 async fn send_product(
     writer: &mut FrameWriter<OwnedWriteHalf>,
-    task_id: u64,
+    task_id: TaskId,
     m: &Matrix,
     took: Duration,
     io_timeout: Duration,
@@ -322,7 +322,7 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Sem
                     let reply = match compute(task, threads, max_len) {
                         Ok(product) => Reply::Product(task_id, product, started.elapsed(), Slot::new(permit)),
                         Err(e) => {
-                            debug!(task_id, error = %e, "task refused");
+                            debug!(%task_id, error = %e, "task refused");
                             drop(permit);
                             Reply::Error(WorkerReply::Error(Failure::from_error(&e, Some(task_id))))
                         }
@@ -398,7 +398,11 @@ mod tests {
             let (x, y) = (Array2::<f64>::from_elem((n, 1), 2.0), Array2::<f64>::from_elem((1, n), 3.0));
             for task in 0..4 {
                 conn.writer
-                    .send_blocks(task, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
+                    .send_blocks(
+                        TaskId(task),
+                        BlockOp::Multiply,
+                        &[MatrixView::F64(x.view()), MatrixView::F64(y.view())],
+                    )
                     .await
                     .unwrap();
             }
@@ -406,10 +410,10 @@ mod tests {
             assert_eq!(PEAK.load(Ordering::SeqCst), 1, "products held at once by a one-slot worker");
             for task in 0..4 {
                 let done = conn.reader.read_message::<WorkerReply>("Computed").await.unwrap();
-                assert!(matches!(done, WorkerReply::Computed { task_id, .. } if task_id == task), "{done:?}");
+                assert!(matches!(done, WorkerReply::Computed { task_id, .. } if task_id == TaskId(task)), "{done:?}");
                 match conn.reader.read_frame().await.unwrap() {
                     Some(Frame::Blocks(b)) => {
-                        assert_eq!((b.task_id, b.op), (task, BlockOp::Product));
+                        assert_eq!((b.task_id, b.op), (TaskId(task), BlockOp::Product));
                         let Matrix::F64(m) = &b.mats[0] else { panic!("dtype") };
                         assert_eq!(m.dim(), (n, n));
                         assert!(m.iter().all(|&v| v == 6.0));
