@@ -46,6 +46,16 @@ struct Summary<'a> {
     seed: Option<u64>,
     check: Option<Check>,
     out: Option<String>,
+    security: SecuritySummary,
+}
+
+/// How the job's connections were protected.
+#[derive(Debug, Serialize)]
+struct SecuritySummary {
+    /// Every connection proved the cluster secret in its handshake.
+    authenticated: bool,
+    /// Every byte after the handshake was AES-128-GCM encrypted.
+    encrypted: bool,
 }
 
 /// Uniform [-1, 1) entries from a seeded generator.
@@ -148,8 +158,14 @@ where
     if let Some(path) = &opts.out {
         crate::npy::save(path, &c)?;
     }
-    let summary =
-        Summary { report: &report, seed: opts.seed, check, out: opts.out.as_ref().map(|p| p.display().to_string()) };
+    let security = &requester.config().security;
+    let summary = Summary {
+        report: &report,
+        seed: opts.seed,
+        check,
+        out: opts.out.as_ref().map(|p| p.display().to_string()),
+        security: SecuritySummary { authenticated: security.secret.is_some(), encrypted: security.encrypt },
+    };
     if opts.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
@@ -190,6 +206,14 @@ fn print_summary(s: &Summary<'_>) {
         println!("  verified    no (--verify off)");
     }
     println!("  retries     {}", r.retries);
+    println!(
+        "  security    {}",
+        match (s.security.authenticated, s.security.encrypted) {
+            (true, true) => "every connection authenticated with the cluster secret and encrypted (AES-128-GCM)",
+            (true, false) => "every connection authenticated with the cluster secret; not encrypted (--encrypt)",
+            _ => "none: no cluster secret (--secret-file)",
+        }
+    );
     if let Some(seed) = s.seed {
         println!("  inputs      random, seed {seed}");
     }

@@ -241,6 +241,7 @@ fn an_encrypted_grid_multiplies_and_checks_its_product() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["verified"], true);
     assert!(summary["check"]["max_rel_error"].as_f64().unwrap() < 1e-12, "{summary}");
+    assert_eq!(summary["security"], serde_json::json!({"authenticated": true, "encrypted": true}));
 }
 
 /// Bytes of a frame: `len:u32 LE` of `body`, then `body`.

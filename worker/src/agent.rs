@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::RngExt;
-use septet_common::secure::Security;
+use septet_common::secure::{HandshakeFailure, Security};
 use septet_common::{Error, ErrorCode, Role};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -44,27 +44,45 @@ pub struct AgentConfig {
 }
 
 /// Keeps the worker registered with the tracker until `cancel` fires,
-/// then deregisters. A tracker that refuses our secret is retried like an
-/// absent one (it may be restarted with the right one), with the cause logged.
-pub async fn run(config: AgentConfig, cancel: CancellationToken) {
+/// then deregisters. A tracker that is absent, restarting or busy is
+/// retried with backoff.
+///
+/// # Errors
+/// A tracker that refuses our cluster secret (or our encryption setting,
+/// or speaks another protocol version) is not retried: that is this
+/// worker's configuration, which no wait will fix, and a worker that kept
+/// knocking would sit unused and unnoticed. The error names the cause; the
+/// worker stops with it.
+pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), Error> {
     let mut backoff = BACKOFF_START;
     let tracker = config.tracker.clone();
     loop {
         match session(&config, &cancel, &mut backoff).await {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
+            Err(e) if is_fatal(&e) => return Err(e),
             Err(e) => {
                 if cancel.is_cancelled() {
-                    return;
+                    return Ok(());
                 }
                 // Jitter spreads a grid's workers out when a tracker restarts.
                 let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
                 warn!(tracker = %tracker, error = %e, retry_in = ?wait, "lost the tracker; will register again");
                 if or_cancel(&cancel, tokio::time::sleep(wait)).await.is_none() {
-                    return;
+                    return Ok(());
                 }
                 backoff = (backoff * 2).clamp(BACKOFF_START, BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// Whether `e` is about this worker's configuration rather than the
+/// tracker's availability.
+fn is_fatal(e: &Error) -> bool {
+    match e {
+        Error::Handshake { failure, .. } => *failure != HandshakeFailure::Busy,
+        Error::VersionMismatch { .. } => true,
+        _ => false,
     }
 }
 

@@ -135,7 +135,9 @@ impl WorkerConfig {
 ///
 /// # Errors
 /// [`Error::Invalid`] for a bad configuration, [`Error::Io`] if the listener
-/// has no local address.
+/// has no local address, and the tracker's refusal of our cluster secret
+/// (or encryption setting, or protocol version), after shutting down as
+/// above: a worker the grid will never use should not keep running.
 pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
     let local = listener.local_addr()?;
@@ -150,6 +152,16 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
         };
         tokio::spawn(agent::run(agent_config, agent_stop.clone()))
     });
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
+    let agent_task = agent_task.map(|task| {
+        tokio::spawn(async move {
+            // A refused secret stops the worker (see `agent::run`).
+            if let Ok(Err(e)) = task.await {
+                let _ = fatal_tx.send(e);
+            }
+        })
+    });
+    let mut fatal = None;
     info!(addr = %local, slots = config.slots, "worker listening");
     let slots = Arc::new(Semaphore::new(config.slots as usize));
     let listen = ListenConfig {
@@ -172,14 +184,17 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
     // Deregister first on shutdown, so no new lease names this worker
     // while its connections drain.
     let stopping = async {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            Ok(e) = fatal_rx => fatal = Some(e),
+        }
         agent_stop.cancel();
     };
     listener::serve(listener, listen, stopping, handler).await;
     if let Some(agent) = agent_task {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, agent).await;
     }
-    Ok(())
+    fatal.map_or(Ok(()), Err)
 }
 
 /// What the writer task sends back.
