@@ -293,37 +293,37 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
 
 /// A control message of any conversation.
 #[derive(Debug, Clone, PartialEq)]
-enum Message {
+enum AnyControl {
     Request(TrackerRequest),
     TrackerReply(TrackerReply),
     WorkerReply(WorkerReply),
 }
 
-impl Message {
+impl AnyControl {
     fn body(&self) -> ControlBody {
         match self {
-            Message::Request(m) => ControlBody::encode(m),
-            Message::TrackerReply(m) => ControlBody::encode(m),
-            Message::WorkerReply(m) => ControlBody::encode(m),
+            AnyControl::Request(m) => ControlBody::encode(m),
+            AnyControl::TrackerReply(m) => ControlBody::encode(m),
+            AnyControl::WorkerReply(m) => ControlBody::encode(m),
         }
         .unwrap()
     }
 
     /// Decodes `body` as this message's type.
-    fn decode_like(&self, body: &ControlBody) -> septet_common::Result<Message> {
+    fn decode_like(&self, body: &ControlBody) -> septet_common::Result<AnyControl> {
         Ok(match self {
-            Message::Request(_) => Message::Request(body.decode()?),
-            Message::TrackerReply(_) => Message::TrackerReply(body.decode()?),
-            Message::WorkerReply(_) => Message::WorkerReply(body.decode()?),
+            AnyControl::Request(_) => AnyControl::Request(body.decode()?),
+            AnyControl::TrackerReply(_) => AnyControl::TrackerReply(body.decode()?),
+            AnyControl::WorkerReply(_) => AnyControl::WorkerReply(body.decode()?),
         })
     }
 }
 
-fn message() -> impl Strategy<Value = Message> {
+fn message() -> impl Strategy<Value = AnyControl> {
     prop_oneof![
-        8 => tracker_request().prop_map(Message::Request),
-        10 => tracker_reply().prop_map(Message::TrackerReply),
-        2 => worker_reply().prop_map(Message::WorkerReply),
+        8 => tracker_request().prop_map(AnyControl::Request),
+        10 => tracker_reply().prop_map(AnyControl::TrackerReply),
+        2 => worker_reply().prop_map(AnyControl::WorkerReply),
     ]
 }
 
@@ -358,7 +358,7 @@ fn blocks() -> impl Strategy<Value = Frame> {
 }
 
 /// A valid frame, and the message a control frame carries.
-fn valid_frame() -> impl Strategy<Value = (Frame, Option<Message>)> {
+fn valid_frame() -> impl Strategy<Value = (Frame, Option<AnyControl>)> {
     prop_oneof![message().prop_map(|m| (Frame::Control(m.body()), Some(m))), blocks().prop_map(|f| (f, None))]
 }
 
