@@ -474,3 +474,44 @@ impl Reply for WorkerReply {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bincode_of<T: Serialize>(value: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap()
+    }
+
+    #[test]
+    fn ids_are_bare_numbers_on_the_wire_and_in_text() {
+        for n in [0, 3, 250, 1 << 40, u64::MAX] {
+            assert_eq!(bincode_of(&PeerId(n)), bincode_of(&n));
+            assert_eq!(bincode_of(&LeaseId(n)), bincode_of(&n));
+            assert_eq!(bincode_of(&TaskId(n)), bincode_of(&n));
+            assert_eq!(LeaseId(n).to_string(), n.to_string());
+            assert_eq!(n.to_string().parse::<PeerId>().unwrap(), PeerId(n));
+        }
+        // A grant encodes as it did with plain u64 ids, followed by its token.
+        let grant = LeaseGrant {
+            lease_id: LeaseId(9),
+            peers: vec![PeerAddr { peer_id: PeerId(3), addr: "a:1".into() }],
+            ttl_ms: 5,
+            token: "t".into(),
+        };
+        let plain = (9u64, vec![(3u64, "a:1")], 5u64, "t");
+        assert_eq!(bincode_of(&grant), bincode_of(&plain));
+    }
+
+    #[test]
+    fn a_failure_becomes_a_remote_error_and_replies_split_it_off() {
+        let err = Error::Invalid("no".into());
+        let failure = Failure::from_error(&err, Some(TaskId(4)));
+        assert_eq!((failure.code, failure.task_id), (ErrorCode::InvalidRequest, Some(TaskId(4))));
+        let reply = WorkerReply::failure(failure.clone());
+        assert_eq!(reply.clone().into_result(), Err(failure));
+        assert!(matches!(reply.into_error("Computed"), Error::Remote { code: ErrorCode::InvalidRequest, .. }));
+        let other = TrackerReply::HeartbeatAck.into_error("Peers");
+        assert!(matches!(other, Error::Unexpected { expected: "Peers", ref got } if got == "HeartbeatAck"), "{other}");
+    }
+}

@@ -9,7 +9,7 @@
 //! be told its place in the queue. Requests are served strictly in arrival
 //! order: a request that cannot be served queues behind every earlier one,
 //! even if fewer slots would do for it. Every change to the table's free
-//! slots is followed by [`State::dispatch`] in the same critical section.
+//! slots is followed by `State::dispatch` in the same critical section.
 //!
 //! Leases and releases can be applied in batches ([`Tracker::apply`]): one
 //! update of the table for all the releases, one choice and one update for
