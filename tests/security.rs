@@ -147,9 +147,13 @@ fn a_worker_with_the_wrong_secret_never_joins_and_exits_saying_why() {
     let (tracker, addr) = tracker_process("127.0.0.1:0", &["--secret-file", &right]);
     let addr = addr.to_string();
     let mut procs = Procs(vec![tracker]);
-    let mut impostor =
-        spawn_logged(&["worker", "--tracker", &addr, "--secret-file", &wrong, "--threads", "1"], &d.join("w.log"));
-    let status = wait_exit(&mut impostor, Duration::from_secs(30)).expect("the worker kept running");
+    // In `procs`, so it is killed even if it never exits by itself.
+    procs.0.push(spawn_logged(
+        &["worker", "--tracker", &addr, "--secret-file", &wrong, "--threads", "1"],
+        &d.join("w.log"),
+    ));
+    let impostor = procs.0.last_mut().unwrap();
+    let status = wait_exit(impostor, Duration::from_secs(30)).expect("the worker kept running");
     assert!(!status.success());
     let log = std::fs::read_to_string(d.join("w.log")).unwrap();
     let last = log.trim_end().lines().last().unwrap_or_default();
