@@ -207,14 +207,14 @@ EOF
   local -a targs wargs
   read -r -a targs <<<"${NETGRID_TRACKER_ARGS:-}"
   read -r -a wargs <<<"${NETGRID_WORKER_ARGS:---threads 1}"
-  ip netns exec "$(ns_of tr)" "$SEPTET_BIN" tracker --listen "$tracker" \
+  setsid ip netns exec "$(ns_of tr)" "$SEPTET_BIN" tracker --listen "$tracker" \
     --secret-file "$RUN_DIR/secret" "${targs[@]}" >"$RUN_DIR/tr.log" 2>&1 &
   echo $! >"$RUN_DIR/tr.pid"
   sleep 0.3
   local i
   for ((i = 0; i < workers; i++)); do
     host=w$i
-    ip netns exec "$(ns_of "$host")" "$SEPTET_BIN" worker --tracker "$tracker" \
+    setsid ip netns exec "$(ns_of "$host")" "$SEPTET_BIN" worker --tracker "$tracker" \
       --listen "$(addr_of "$host"):0" --secret-file "$RUN_DIR/secret" "${wargs[@]}" \
       >"$RUN_DIR/$host.log" 2>&1 &
     echo $! >"$RUN_DIR/$host.pid"

@@ -95,14 +95,26 @@ fn netns_names() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Removes namespaces of earlier test runs whose process is gone.
+/// Whether `name` (`stn<pid>x...`) belongs to a test process that is gone.
+fn stale(name: &str) -> bool {
+    let Some((pid, _)) = name.strip_prefix(PREFIX).and_then(|r| r.split_once('x')) else { return false };
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the namespaces and log directories of earlier test runs whose
+/// process is gone (killed before its Drop ran).
 fn sweep_stale() {
     for ns in netns_names() {
-        let Some(rest) = ns.strip_prefix(PREFIX) else { continue };
-        let Some((pid, _)) = rest.split_once('x') else { continue };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if stale(&ns) {
             destroy_ns(&ns);
+        }
+    }
+    let tmp = std::env::temp_dir();
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.strip_prefix("septet-").is_some_and(stale) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
