@@ -1,0 +1,396 @@
+//! A grid of network namespaces on one bridge, for tests that need a real
+//! network between the tracker, the workers and the requester.
+//!
+//! Every host is a network namespace with one veth link to a bridge in a
+//! separate "switch" namespace, so nothing touches the root namespace's
+//! networking. Hosts: `tr` (tracker, `.1`), `rq` (requester, `.2`), `cl`
+//! (a second client, `.3`) and workers `w0`, `w1`, ... (`.10`, `.11`, ...)
+//! on a private /24. Each link is shaped with tbf on both ends (netem is not
+//! assumed). Names carry the test process's pid and a per-process counter;
+//! [`NetGrid`]'s Drop kills every process in its namespaces and deletes
+//! them, also on panic. Namespaces left behind by a crashed run (whose pid
+//! is gone) are removed by the next run.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Prefix of every namespace a test grid makes: `stn<pid>x<k>-<host>`.
+const PREFIX: &str = "stn";
+/// Port the tracker listens on inside its namespace.
+const TRACKER_PORT: u16 = 7700;
+
+/// One grid at a time per test process: the machine is small and a grid is
+/// a dozen processes.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A grid of namespaces; see the module docs.
+pub struct NetGrid {
+    prefix: String,
+    net: String,
+    workers: usize,
+    dir: PathBuf,
+    secret: PathBuf,
+    namespaces: Vec<String>,
+    children: Vec<(String, Child)>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+/// Runs `ip ARGS`, returning stderr on failure.
+fn ip(args: &[&str]) -> Result<(), String> {
+    run_tool("ip", args)
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> Result<(), String> {
+    let out =
+        Command::new(tool).args(args).stdin(Stdio::null()).output().map_err(|e| format!("cannot run {tool}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{tool} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Pids of the processes in namespace `ns`.
+fn ns_pids(ns: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Kills every process in `ns` and deletes it.
+fn destroy_ns(ns: &str) {
+    for _ in 0..3 {
+        let pids = ns_pids(ns);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = ip(&["netns", "del", ns]);
+}
+
+fn netns_names() -> Vec<String> {
+    Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `name` (`stn<pid>x...`) belongs to a test process that is gone.
+fn stale(name: &str) -> bool {
+    let Some((pid, _)) = name.strip_prefix(PREFIX).and_then(|r| r.split_once('x')) else { return false };
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes the namespaces and log directories of earlier test runs whose
+/// process is gone (killed before its Drop ran).
+fn sweep_stale() {
+    for ns in netns_names() {
+        if stale(&ns) {
+            destroy_ns(&ns);
+        }
+    }
+    let tmp = std::env::temp_dir();
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.strip_prefix("septet-").is_some_and(stale) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Why network-namespace grids cannot run here, if they cannot.
+fn unsupported(probe: &str) -> Option<String> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("network-namespace tests need root".into());
+    }
+    for tool in ["ip", "tc"] {
+        if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+            return Some(format!("network-namespace tests need {tool}(8)"));
+        }
+    }
+    // Try the whole recipe once: a namespace, a veth pair inside it, a bridge, tbf.
+    let r = ip(&["netns", "add", probe])
+        .and_then(|_| ip(&["-n", probe, "link", "add", "br0", "type", "bridge"]))
+        .and_then(|_| ip(&["-n", probe, "link", "add", "va", "type", "veth", "peer", "name", "vb"]))
+        .and_then(|_| ip(&["-n", probe, "link", "set", "va", "master", "br0"]))
+        .and_then(|_| {
+            run_tool(
+                "ip",
+                &[
+                    "netns", "exec", probe, "tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "1gbit", "burst",
+                    "256kb", "latency", "50ms",
+                ],
+            )
+        });
+    let _ = ip(&["netns", "del", probe]);
+    r.err().map(|e| format!("no network namespaces with veth, bridge and tbf here ({e})"))
+}
+
+impl NetGrid {
+    /// Builds a grid of `workers` worker hosts plus `tr`, `rq` and `cl`,
+    /// every link shaped to `rate` (tc syntax: "1gbit", "40mbit"). Starts no
+    /// process. None, after printing one "skipping: <reason>" line, where
+    /// namespaces are not available (not root, no ip/tc, no netns support).
+    pub fn new(workers: usize, rate: &str) -> Option<NetGrid> {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        let k = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("{PREFIX}{pid}x{k}");
+        if let Some(reason) = unsupported(&format!("{prefix}-probe")) {
+            println!("skipping: {reason}");
+            return None;
+        }
+        sweep_stale();
+        let net = format!("10.{}.{}", 200 + pid % 50, (pid / 50 + k as u32) % 250);
+        let dir = std::env::temp_dir().join(format!("septet-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        let mut grid =
+            NetGrid { prefix, net, workers, dir, secret, namespaces: Vec::new(), children: Vec::new(), _turn: turn };
+        // On failure, Drop removes whatever was made.
+        grid.build(rate).unwrap_or_else(|e| panic!("building the namespace grid: {e}"));
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_septet")).args(["secret", "--out"]).arg(&grid.secret).output().unwrap();
+        assert!(out.status.success(), "septet secret: {}", String::from_utf8_lossy(&out.stderr));
+        Some(grid)
+    }
+
+    fn build(&mut self, rate: &str) -> Result<(), String> {
+        let sw = self.ns("sw");
+        ip(&["netns", "add", &sw])?;
+        self.namespaces.push(sw.clone());
+        ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        for host in self.hosts() {
+            let ns = self.ns(&host);
+            ip(&["netns", "add", &ns])?;
+            self.namespaces.push(ns.clone());
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            // Made in the switch namespace with the peer straight in the
+            // host's: nothing ever appears in the root namespace.
+            let port = format!("v-{host}");
+            ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &sw, "link", "set", &port, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.addr(&host)), "dev", "eth0"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            self.shape(&host, rate);
+        }
+        Ok(())
+    }
+
+    /// Every host: `tr`, `rq`, `cl`, `w0`...
+    pub fn hosts(&self) -> Vec<String> {
+        let mut h: Vec<String> = ["tr", "rq", "cl"].iter().map(|s| s.to_string()).collect();
+        h.extend((0..self.workers).map(|i| format!("w{i}")));
+        h
+    }
+
+    /// The namespace of `host` (or `sw`, the switch).
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    /// The private address of `host`.
+    pub fn addr(&self, host: &str) -> String {
+        let last = match host {
+            "tr" => 1,
+            "rq" => 2,
+            "cl" => 3,
+            w => {
+                let i: usize =
+                    w.strip_prefix('w').and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("no host {w}"));
+                assert!(i < self.workers, "no host {w}");
+                10 + i
+            }
+        };
+        format!("{}.{last}", self.net)
+    }
+
+    /// The tracker's `host:port`.
+    pub fn tracker_addr(&self) -> String {
+        format!("{}:{TRACKER_PORT}", self.addr("tr"))
+    }
+
+    /// The cluster secret file every command gets.
+    pub fn secret(&self) -> &Path {
+        &self.secret
+    }
+
+    /// The directory holding the secret and the processes' logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `ip netns exec NS septet SUB ARGS...`, nothing else added.
+    pub fn command(&self, host: &str, sub: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_septet"), sub]).stdin(Stdio::null());
+        c
+    }
+
+    /// `septet SUB --tracker T --secret-file F ARGS...` in `host`'s namespace,
+    /// for the client subcommands (peers, lease, release, multiply).
+    pub fn client(&self, host: &str, sub: &str, args: &[&str]) -> Command {
+        let mut c = self.command(host, sub);
+        c.arg("--tracker").arg(self.tracker_addr()).arg("--secret-file").arg(&self.secret).args(args);
+        c
+    }
+
+    /// Runs a client subcommand to completion.
+    pub fn run(&self, host: &str, sub: &str, args: &[&str]) -> Output {
+        self.client(host, sub, args).output().unwrap()
+    }
+
+    /// Starts `cmd` as a child that Drop kills; stdout and stderr go to
+    /// `<dir>/<name>.log`.
+    pub fn spawn(&mut self, name: &str, mut cmd: Command) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let child = cmd.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        self.children.push((name.to_string(), child));
+    }
+
+    /// Starts a client subcommand in the background, its stdout piped
+    /// (for `septet lease --json`); Drop kills it.
+    pub fn spawn_client(&mut self, name: &str, host: &str, sub: &str, args: &[&str]) {
+        let mut c = self.client(host, sub, args);
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let child = c.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        self.children.push((name.to_string(), child));
+    }
+
+    /// The log of a process started by [`NetGrid::spawn`].
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Starts the tracker in `tr` with extra `args` (e.g. `--lease-ttl 3`).
+    pub fn start_tracker(&mut self, args: &[&str]) {
+        let mut c = self.command("tr", "tracker");
+        c.arg("--listen").arg(self.tracker_addr()).arg("--secret-file").arg(&self.secret).args(args);
+        self.spawn("tracker", c);
+    }
+
+    /// Starts every worker (one slot, one thread each, plus `args`) and waits
+    /// until the tracker lists them all alive.
+    pub fn start_workers(&mut self, args: &[&str]) {
+        for i in 0..self.workers {
+            let host = format!("w{i}");
+            let mut c = self.command(&host, "worker");
+            c.arg("--tracker")
+                .arg(self.tracker_addr())
+                .arg("--listen")
+                .arg(format!("{}:0", self.addr(&host)))
+                .arg("--secret-file")
+                .arg(&self.secret)
+                .args(["--slots", "1", "--threads", "1"])
+                .args(args);
+            self.spawn(&host, c);
+        }
+        let n = self.workers;
+        let ok = self.wait_for("tr", Duration::from_secs(20), |peers| {
+            peers.iter().filter(|p| p["state"] == "alive").count() >= n
+        });
+        assert!(ok, "the workers did not all register within 20 s; tracker log:\n{}", self.log("tracker"));
+    }
+
+    /// The tracker's peer table as seen from `host` (`septet peers --json`);
+    /// None if it could not be had (e.g. the link is cut).
+    pub fn peers(&self, host: &str) -> Option<Vec<serde_json::Value>> {
+        let out = self.run(host, "peers", &["--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Polls the peer table from `host` every 100 ms until `pred` holds or
+    /// `limit` passes; whether it held.
+    pub fn wait_for(&self, host: &str, limit: Duration, pred: impl Fn(&[serde_json::Value]) -> bool) -> bool {
+        let start = Instant::now();
+        loop {
+            if let Some(peers) = self.peers(host) {
+                if pred(&peers) {
+                    return true;
+                }
+            }
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Takes `host`'s link down at its switch port: the host keeps its
+    /// address and sockets and simply stops hearing anything.
+    pub fn cut(&self, host: &str) {
+        ip(&["-n", &self.ns("sw"), "link", "set", &format!("v-{host}"), "down"]).unwrap();
+    }
+
+    /// Brings `host`'s link back up.
+    pub fn heal(&self, host: &str) {
+        ip(&["-n", &self.ns("sw"), "link", "set", &format!("v-{host}"), "up"]).unwrap();
+    }
+
+    /// Shapes `host`'s link to `rate` in both directions (tbf on both ends).
+    pub fn shape(&self, host: &str, rate: &str) {
+        for (ns, dev) in [(self.ns("sw"), format!("v-{host}")), (self.ns(host), "eth0".to_string())] {
+            run_tool(
+                "ip",
+                &[
+                    "netns", "exec", &ns, "tc", "qdisc", "replace", "dev", &dev, "root", "tbf", "rate", rate, "burst",
+                    "256kb", "latency", "50ms",
+                ],
+            )
+            .unwrap();
+        }
+    }
+
+    /// Whether the child started as `name` is still running.
+    pub fn running(&mut self, name: &str) -> bool {
+        self.children.iter_mut().find(|(n, _)| n == name).is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for NetGrid {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Anything else that ran in the namespaces (clients run to
+        // completion, strays), then the namespaces themselves.
+        for ns in self.namespaces.iter().rev() {
+            destroy_ns(ns);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("netns grid {}: logs kept in {}", self.prefix, self.dir.display());
+        }
+    }
+}
