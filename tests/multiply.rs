@@ -244,6 +244,9 @@ enum Misbehaviour {
     WrongKind,
     /// A product of the right shape full of NaN.
     NanProduct,
+    /// Takes the task, then never sends a byte, the connection held open:
+    /// what a requester sees of a worker whose link was cut silently.
+    Silent,
 }
 
 /// A misbehaving worker on 127.0.0.1:0, registered with `tracker` as a
@@ -274,6 +277,7 @@ async fn fake_worker(tracker: std::net::SocketAddr, how: Misbehaviour) -> tokio_
                         let other = WorkerReply::Computed { task_id: TaskId(task.task_id.0 + 1000), compute_us: 1 };
                         conn.writer.send(&other).await.unwrap()
                     }
+                    Misbehaviour::Silent => {}
                     Misbehaviour::NanProduct => {
                         let shape = (task.mats[0].shape().0, task.mats[1].shape().1);
                         let nan = Array2::<f64>::from_elem(shape, f64::NAN);
@@ -329,6 +333,13 @@ async fn a_misbehaving_worker_is_replaced(how: Misbehaviour, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_sends_computed_then_garbage_is_replaced() {
     a_misbehaving_worker_is_replaced(Misbehaviour::ComputedThenGarbage, "malformed frame").await;
+}
+
+/// No byte for the silence timeout (4 s) ends the attempt, long before the
+/// product deadline (10 s plus compute) would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_goes_silent_is_given_up_and_replaced() {
+    a_misbehaving_worker_is_replaced(Misbehaviour::Silent, "went silent").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,6 +158,8 @@ struct Source<R> {
     low_water: Option<LowWater>,
     /// How long a frame already begun may go without a byte arriving.
     stall_timeout: Option<Duration>,
+    /// How long the reader may wait between frames without a byte arriving.
+    idle_timeout: Option<Duration>,
     /// With encryption: the record state.
     records: Option<Records>,
 }
@@ -205,13 +207,19 @@ impl Records {
     }
 }
 
+/// A deadline for one read: how long, and what the error says was awaited.
+type ReadDeadline = Option<(Duration, &'static str)>;
+
+const STALLED: &str = "the rest of a frame (the peer stalled mid-frame)";
+const SILENT: &str = "any byte from the peer (it went silent)";
+
 /// Reads `fut` (one read from the socket), failing with
-/// [`Error::Timeout`] if it takes longer than `stall`.
-async fn bounded<T>(stall: Option<Duration>, fut: impl Future<Output = std::io::Result<T>>) -> Result<T> {
-    match stall {
-        Some(after) => match tokio::time::timeout(after, fut).await {
+/// [`Error::Timeout`] if it takes longer than the deadline.
+async fn bounded<T>(deadline: ReadDeadline, fut: impl Future<Output = std::io::Result<T>>) -> Result<T> {
+    match deadline {
+        Some((after, what)) => match tokio::time::timeout(after, fut).await {
             Ok(read) => Ok(read?),
-            Err(_) => Err(Error::Timeout { what: "the rest of a frame (the peer stalled mid-frame)", after }),
+            Err(_) => Err(Error::Timeout { what, after }),
         },
         None => Ok(fut.await?),
     }
@@ -232,7 +240,8 @@ impl<R: AsyncRead + Unpin> Source<R> {
 
     /// Appends more plaintext to `buf`: how many bytes, 0 at the end of the stream.
     async fn fill(&mut self) -> Result<usize> {
-        let stall = if self.mid_frame() { self.stall_timeout } else { None };
+        let stalled = self.stall_timeout.map(|d| (d, STALLED));
+        let stall = if self.mid_frame() { stalled } else { self.idle_timeout.map(|d| (d, SILENT)) };
         let Some(records) = &mut self.records else {
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
@@ -246,7 +255,7 @@ impl<R: AsyncRead + Unpin> Source<R> {
             if records.raw.capacity() - records.raw.len() < READ_CHUNK / 4 {
                 records.raw.reserve(READ_CHUNK);
             }
-            let stall = if records.mid_record() { self.stall_timeout } else { stall };
+            let stall = if records.mid_record() { stalled } else { stall };
             if bounded(stall, self.inner.read_buf(&mut records.raw)).await? == 0 {
                 return if records.raw.is_empty() { Ok(0) } else { Err(Error::ClosedMidFrame) };
             }
@@ -263,7 +272,7 @@ impl<R: AsyncRead + Unpin> Source<R> {
             self.buf.advance(n);
             return Ok(n);
         }
-        let stall = self.stall_timeout;
+        let stall = self.stall_timeout.map(|d| (d, STALLED));
         let Some(records) = &mut self.records else {
             self.set_low_water(dst.len());
             return match bounded(stall, self.inner.read(dst)).await? {
@@ -346,6 +355,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(READ_CHUNK),
             low_water: None,
             stall_timeout: None,
+            idle_timeout: None,
             records: None,
         };
         Self { src, max_frame_len, pending: None }
@@ -356,6 +366,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Between frames the reader waits as long as its caller does.
     pub fn set_stall_timeout(&mut self, timeout: Option<Duration>) {
         self.src.stall_timeout = timeout;
+    }
+
+    /// Closes the connection (with [`Error::Timeout`], "it went silent")
+    /// when the reader waits this long between frames without a byte
+    /// arriving; `None` (the default) waits as long as the caller does. For
+    /// peers that promise to talk at least this often (a worker's
+    /// [`crate::proto::WorkerReply::Working`]).
+    pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
+        self.src.idle_timeout = timeout;
     }
 
     /// Reads the next frame: `Ok(None)` on a clean close between frames.
@@ -698,6 +717,9 @@ pub struct ConnLimits {
     /// How long a frame that has begun may go without a byte arriving
     /// before the connection is closed; `None` waits as long as the caller.
     pub stall_timeout: Option<Duration>,
+    /// How long the reader may wait between frames without a byte arriving
+    /// (see [`FrameReader::set_idle_timeout`]); `None` waits as long as the caller.
+    pub idle_timeout: Option<Duration>,
     /// The cluster secret and whether to encrypt.
     pub security: Security,
 }
@@ -708,6 +730,7 @@ impl Default for ConnLimits {
             max_frame_len: frame::MAX_CONTROL_FRAME_LEN,
             handshake_timeout: Duration::from_secs(5),
             stall_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: None,
             security: Security::default(),
         }
     }
@@ -735,6 +758,7 @@ impl Connection {
         let mut reader = FrameReader::new(r, limits.max_frame_len);
         reader.src.low_water = Some(low_water);
         reader.src.stall_timeout = limits.stall_timeout;
+        reader.src.idle_timeout = limits.idle_timeout;
         let mut writer = FrameWriter::new(w);
         if let Some((sealer, opener)) = cipher {
             writer.seal = Some(SealBuf { sealer, record: vec![0; RECORD_HEADER] });
@@ -1045,5 +1069,25 @@ mod tests {
         assert!(!reader.is_finished());
         tx.write_all(&blocks).await.unwrap();
         assert!(matches!(reader.await.unwrap(), Ok(Some(Frame::Blocks(_)))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_timeout_ends_a_read_when_the_peer_says_nothing_between_frames() {
+        use tokio::io::AsyncWriteExt;
+        let (mut tx, rx) = duplex(1 << 16);
+        let mut r = FrameReader::new(rx, 1 << 20);
+        r.set_idle_timeout(Some(Duration::from_secs(4)));
+        let hello = frame::encode_control(&crate::proto::WorkerReply::Working).unwrap();
+        // A peer that talks every 3 s is never idle for 4 s.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tx.write_all(&hello).await.unwrap();
+            assert!(matches!(r.read_frame().await, Ok(Some(Frame::Control(_)))));
+        }
+        let started = tokio::time::Instant::now();
+        let got = r.read_frame().await;
+        assert!(matches!(got, Err(Error::Timeout { .. })), "{got:?}");
+        assert!(got.unwrap_err().to_string().contains("went silent"));
+        assert!(started.elapsed() >= Duration::from_secs(4));
     }
 }

@@ -887,7 +887,7 @@ mod tests {
         // One past each type's last variant.
         assert!(matches!(decode_control::<TrackerRequest>(&[8]), Err(Error::Decode(_))));
         assert!(matches!(decode_control::<TrackerReply>(&[10]), Err(Error::Decode(_))));
-        assert!(matches!(decode_control::<WorkerReply>(&[2]), Err(Error::Decode(_))));
+        assert!(matches!(decode_control::<WorkerReply>(&[3]), Err(Error::Decode(_))));
         // Control body with trailing garbage after a valid message.
         let mut ok = encode_control(&TrackerRequest::ListPeers).unwrap();
         ok[0] += 1;

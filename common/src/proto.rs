@@ -16,7 +16,8 @@
 //!
 //! requester → worker       blocks frames only (BlockOp::Multiply, X and Y)
 //! worker → requester       WorkerReply::Computed, then a BlockOp::Product blocks frame;
-//!                          or WorkerReply::Error
+//!                          or WorkerReply::Error; WorkerReply::Working whenever
+//!                          it has been quiet for its progress interval
 //! ```
 //!
 //! Every request gets exactly one reply, except `Lease`, answered with
@@ -38,7 +39,9 @@ use crate::{Error, ErrorCode};
 /// Version 3 split the single `Message` enum into per-conversation request
 /// and reply types, made lease tokens fields of the lease messages (no more
 /// `…WithToken` variants) and dropped the unused `Hello`/`Welcome`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4 added [`WorkerReply::Working`], which requesters rely on to
+/// tell a silent worker from a busy one.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Declares a `u64` id newtype: transparent on the wire and in JSON (a bare
 /// number, as before), printed as the bare number.
@@ -451,6 +454,12 @@ pub enum WorkerReply {
         /// Compute time in microseconds.
         compute_us: u64,
     },
+    /// Sent by the worker whenever it has written nothing else for its
+    /// progress interval (1 s), for as long as the connection is open: the
+    /// requester takes silence — no byte for a few seconds — as a worker
+    /// that is gone or cut off, whatever the block size, while a slow but
+    /// working peer keeps talking.
+    Working,
 }
 
 impl Control for WorkerReply {
@@ -458,6 +467,7 @@ impl Control for WorkerReply {
         match self {
             WorkerReply::Error(_) => "Error",
             WorkerReply::Computed { .. } => "Computed",
+            WorkerReply::Working => "Working",
         }
     }
 }

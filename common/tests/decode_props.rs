@@ -288,6 +288,7 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
     prop_oneof![
         failure().prop_map(WorkerReply::Error),
         (task_id(), any::<u64>()).prop_map(|(task_id, compute_us)| WorkerReply::Computed { task_id, compute_us }),
+        Just(WorkerReply::Working),
     ]
 }
 

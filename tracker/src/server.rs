@@ -61,6 +61,7 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
             max_frame_len: config.max_frame_len,
             handshake_timeout: config.handshake_timeout,
             stall_timeout: Some(config.io_timeout),
+            idle_timeout: None,
             security: config.security.clone(),
         },
         max_connections: config.max_connections,

@@ -63,6 +63,13 @@ pub struct RequesterConfig {
     pub replacement_wait: Duration,
     /// The cluster secret and whether to encrypt, with the tracker and the workers.
     pub security: septet_common::secure::Security,
+    /// A worker from which not one byte arrives for this long — while it
+    /// takes its operands, computes, or sends its product — is taken as
+    /// gone (dead, or cut off without a reset) and its product re-dispatched.
+    /// Workers say `Working` every second they have nothing else to say, so
+    /// this is independent of the block size; the product deadline stays
+    /// as the last resort for a worker that talks but never finishes.
+    pub silence_timeout: Duration,
 }
 
 impl Default for RequesterConfig {
@@ -78,6 +85,7 @@ impl Default for RequesterConfig {
             max_attempts: 4,
             replacement_wait: Duration::from_secs(30),
             security: septet_common::secure::Security::default(),
+            silence_timeout: Duration::from_secs(4),
         }
     }
 }
@@ -617,10 +625,48 @@ impl<T: Element> Job<T> {
         Ok(header.frame_len().unwrap_or(0) as u64)
     }
 
+    /// [`Job::send`], while listening to the worker: it says `Working`
+    /// every second, so silence while its operands are still being written
+    /// (a dead or cut-off worker whose socket buffers are full, which would
+    /// otherwise block the write until the product deadline) ends the
+    /// attempt within the silence timeout. Anything but `Working` before
+    /// the operands are all sent is the worker's error or a protocol error.
+    async fn send_watching(
+        &self,
+        writer: &mut FrameWriter<OwnedWriteHalf>,
+        reader: &mut FrameReader<OwnedReadHalf>,
+        i: usize,
+        pair: &(Formed<T>, Formed<T>),
+    ) -> Result<u64, Error> {
+        let sending = self.send(writer, i, pair);
+        tokio::pin!(sending);
+        loop {
+            tokio::select! {
+                sent = &mut sending => return sent,
+                // FrameReader is cancel-safe: dropping this read when the
+                // send completes loses nothing.
+                heard = reader.read_message::<WorkerReply>("Working") => match heard? {
+                    WorkerReply::Working => continue,
+                    WorkerReply::Error(f) => return Err(f.into_error()),
+                    other => {
+                        return Err(Error::Unexpected { expected: "Working", got: septet_common::proto::Control::kind(&other).to_string() });
+                    }
+                },
+            }
+        }
+    }
+
     /// Waits for product `i` on `reader`, checks it, and folds it into C.
     async fn receive(self: &Arc<Self>, mut reader: FrameReader<OwnedReadHalf>, i: usize) -> Result<Received, Failure> {
-        let msg =
-            deadline(self.reply_deadline, "a worker's product", reader.read_message::<WorkerReply>("Computed")).await?;
+        let msg = deadline(self.reply_deadline, "a worker's product", async {
+            loop {
+                match reader.read_message::<WorkerReply>("Computed").await? {
+                    WorkerReply::Working => continue,
+                    other => return Ok::<_, Error>(other),
+                }
+            }
+        })
+        .await?;
         let compute_us = match msg {
             WorkerReply::Computed { task_id, compute_us } if task_id == TaskId(i as u64) => compute_us,
             WorkerReply::Computed { task_id, .. } => {
@@ -721,13 +767,13 @@ impl<T: Element> Job<T> {
     async fn attempt(self: Arc<Self>, i: usize, peer: PeerAddr) -> Outcome {
         let (mut bytes_sent, mut send) = (0, Duration::ZERO);
         let result = async {
-            let Connection { reader, mut writer, .. } =
+            let Connection { mut reader, mut writer, .. } =
                 Connection::connect(&peer.addr, Role::Client, self.limits.clone())
                     .await
                     .map_err(|e| e.naming(|| format!("the worker at {}", peer.addr)))?;
             let pair = self.form(i).await.map_err(|e| Failure::Local(e.to_string()))?;
             let t = Instant::now();
-            bytes_sent = self.send(&mut writer, i, &pair).await?;
+            bytes_sent = self.send_watching(&mut writer, &mut reader, i, &pair).await?;
             send = t.elapsed();
             pair.0.recycle();
             pair.1.recycle();
@@ -904,7 +950,9 @@ impl Requester {
         let limits = ConnLimits {
             max_frame_len: product_len.max(1 << 20),
             handshake_timeout: self.config.io_timeout,
-            stall_timeout: Some(self.config.io_timeout),
+            stall_timeout: Some(self.config.silence_timeout.min(self.config.io_timeout)),
+            // Workers say `Working` every second: silence means gone.
+            idle_timeout: Some(self.config.silence_timeout),
             security: self.config.security.clone(),
         };
 
@@ -987,9 +1035,9 @@ impl Requester {
                     continue;
                 }
             };
-            let Connection { reader, mut writer, .. } = conn;
+            let Connection { mut reader, mut writer, .. } = conn;
             let t = Instant::now();
-            let sent = job.send(&mut writer, i, &pair).await;
+            let sent = job.send_watching(&mut writer, &mut reader, i, &pair).await;
             pair.0.recycle();
             pair.1.recycle();
             match sent {

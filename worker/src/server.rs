@@ -56,6 +56,10 @@ pub struct WorkerConfig {
     pub max_connections: usize,
     /// The cluster secret and whether to encrypt (with requesters and the tracker).
     pub security: Security,
+    /// On every connection, say [`WorkerReply::Working`] whenever nothing
+    /// else was written for this long, so requesters can tell a silent
+    /// (dead or cut-off) worker from a busy one within a few of these.
+    pub progress_interval: Duration,
     /// Misbehave on purpose, for fault-tolerance tests.
     #[cfg(feature = "fault-injection")]
     pub fault: Option<Fault>,
@@ -100,6 +104,7 @@ impl Default for WorkerConfig {
             handshake_timeout: Duration::from_secs(5),
             max_connections: 512,
             security: Security::default(),
+            progress_interval: PROGRESS_INTERVAL,
             #[cfg(feature = "fault-injection")]
             fault: None,
         }
@@ -128,6 +133,10 @@ impl WorkerConfig {
         Ok(())
     }
 }
+
+/// Default [`WorkerConfig::progress_interval`]: requesters give a worker
+/// up after a few of these without a byte (`RequesterConfig::silence_timeout`).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Serves multiply tasks on `listener` (and, with a tracker configured,
 /// stays registered with it) until `shutdown` completes; then deregisters,
@@ -170,6 +179,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
             max_frame_len: config.max_frame_len,
             handshake_timeout: config.handshake_timeout,
             stall_timeout: Some(config.io_timeout),
+            idle_timeout: None,
             security: config.security.clone(),
         },
         max_connections: config.max_connections,
@@ -267,11 +277,25 @@ async fn send_product(
 /// The connection's writer: sends replies in order, each product freeing
 /// its slot once written.
 async fn write_replies(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Reply>, config: &WorkerConfig) {
-    while let Some(reply) = rx.recv().await {
-        #[cfg(feature = "fault-injection")]
-        if let Some(Fault::Delay(d)) = config.fault {
-            tokio::time::sleep(d).await;
-        }
+    let mut quiet = tokio::time::interval(config.progress_interval);
+    quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    quiet.tick().await;
+    loop {
+        let reply = tokio::select! {
+            reply = rx.recv() => match reply {
+                Some(reply) => reply,
+                None => return,
+            },
+            _ = quiet.tick() => {
+                // Nothing to say for a whole interval: say we are here.
+                let said = deadline(config.io_timeout, "the client to take a progress frame", writer.send(&WorkerReply::Working)).await;
+                if let Err(e) = said {
+                    debug!(error = %e, "could not send a progress frame; closing");
+                    return;
+                }
+                continue;
+            }
+        };
         let sent = match reply {
             Reply::Product(task_id, m, took, slot) => {
                 #[cfg(feature = "fault-injection")]
@@ -291,6 +315,7 @@ async fn write_replies(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Re
             debug!(error = %e, "could not send a reply; closing");
             return;
         }
+        quiet.reset();
     }
 }
 
@@ -330,7 +355,14 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Sem
             Ok(Some(Frame::Blocks(task))) if task.op == BlockOp::Multiply => {
                 let Ok(permit) = slots.clone().acquire_owned().await else { break };
                 let (tx, threads, task_id, max_len) = (tx.clone(), config.threads, task.task_id, config.max_frame_len);
+                #[cfg(feature = "fault-injection")]
+                let fault = config.fault;
                 tokio::task::spawn_blocking(move || {
+                    // A slow worker: slow to compute, still talking.
+                    #[cfg(feature = "fault-injection")]
+                    if let Some(Fault::Delay(d)) = fault {
+                        std::thread::sleep(d);
+                    }
                     let started = std::time::Instant::now();
                     // The slot goes with the product to the writer, and is
                     // freed once the product is written.
