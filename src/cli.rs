@@ -177,6 +177,11 @@ struct MultiplyArgs {
     /// (connecting, sending, replying) before it counts as failed.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     peer_timeout: f64,
+    /// Seconds without a byte from a worker (which says `Working` every
+    /// second) before it counts as gone — dead, or cut off silently — and
+    /// its product goes to another peer.
+    #[arg(long, default_value_t = 4.0, value_name = "SECS")]
+    silence_timeout: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -507,6 +512,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         max_lease_wait: max_wait,
         verify: args.verify == OnOff::On,
         io_timeout: secs(args.peer_timeout, "--peer-timeout")?,
+        silence_timeout: secs(args.silence_timeout, "--silence-timeout")?,
         security: args.security.security()?,
         ..RequesterConfig::default()
     });

@@ -138,3 +138,43 @@ fn tracker_cut_off_mid_job_does_not_stop_the_job() {
     let out = grid.run("rq", "multiply", &["--random", "256,256,256", "--check", "--json", "--max-wait", "20"]);
     check_product(&json(&out, "septet multiply after the heal"));
 }
+
+/// A leased worker whose link is cut mid-job, silently (no reset, no FIN):
+/// the requester hears nothing from it for its silence timeout, re-sends
+/// that product to a spare worker, and the product is right. Nothing stays
+/// leased afterwards.
+#[test]
+fn a_silently_cut_worker_is_given_up_and_its_product_redone_elsewhere() {
+    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers(&[]);
+    // A slow requester link: the first product's operands take about a
+    // second to send, so the cut always lands before any product is done.
+    grid.shape("rq", "30mbit");
+    let mut job =
+        grid.client("rq", "multiply", &["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20"]);
+    let child = job.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(grid.wait_for("cl", Duration::from_secs(20), |p| in_use(p) == 7), "the job's lease was not granted");
+    let peers = grid.peers("cl").unwrap();
+    let victim_addr =
+        peers.iter().find(|w| w["in_use"].as_u64() > Some(0)).unwrap()["addr"].as_str().unwrap().to_string();
+    let victim_ip = victim_addr.rsplit_once(':').unwrap().0.to_string();
+    let victim = (0..8).map(|i| format!("w{i}")).find(|h| grid.addr(h) == victim_ip).unwrap();
+    grid.cut(&victim);
+    let out = child.wait_with_output().unwrap();
+    grid.heal(&victim);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(summary["retries"].as_u64() >= Some(1), "{summary}");
+    assert!(
+        failures.iter().any(|f| f.contains(&victim_addr)),
+        "no failure names the cut worker {victim_addr}: {failures:?}"
+    );
+    assert!(
+        summary["peers"].as_array().unwrap().iter().all(|p| p["addr"] != victim_addr.as_str()),
+        "a product was credited to the cut worker: {summary}"
+    );
+    println!("job took {:.2} s with {victim} cut; failures: {failures:?}", summary["total_s"].as_f64().unwrap());
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
