@@ -34,6 +34,11 @@ for i in 1 2 3; do
     [[ -n $victim ]] && break
     sleep 0.02
   done
+  if [[ -z $victim ]]; then
+    wait $job
+    echo "cut $i: the job ended before a leased worker was seen (use a larger N)"
+    continue
+  fi
   sleep "$DELAY"
   h=$(host_of "$victim"); $G cut "$h" >/dev/null; c=$(date +%s.%N)
   wait $job; rc=$?
