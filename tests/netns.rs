@@ -145,7 +145,19 @@ fn tracker_cut_off_mid_job_does_not_stop_the_job() {
 /// leased afterwards.
 #[test]
 fn a_silently_cut_worker_is_given_up_and_its_product_redone_elsewhere() {
-    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+    silently_cut_worker(8);
+}
+
+/// The same on a grid of exactly seven: no spare slot exists, so the
+/// product is redone on a peer of the job's own lease once its own
+/// product is in.
+#[test]
+fn a_grid_of_exactly_seven_survives_a_silently_cut_worker() {
+    silently_cut_worker(7);
+}
+
+fn silently_cut_worker(workers: usize) {
+    let Some(mut grid) = NetGrid::new(workers, "1gbit") else { return };
     grid.start_tracker(&[]);
     grid.start_workers(&[]);
     // A slow requester link: the first product's operands take about a
@@ -159,7 +171,7 @@ fn a_silently_cut_worker_is_given_up_and_its_product_redone_elsewhere() {
     let victim_addr =
         peers.iter().find(|w| w["in_use"].as_u64() > Some(0)).unwrap()["addr"].as_str().unwrap().to_string();
     let victim_ip = victim_addr.rsplit_once(':').unwrap().0.to_string();
-    let victim = (0..8).map(|i| format!("w{i}")).find(|h| grid.addr(h) == victim_ip).unwrap();
+    let victim = (0..workers).map(|i| format!("w{i}")).find(|h| grid.addr(h) == victim_ip).unwrap();
     grid.cut(&victim);
     let out = child.wait_with_output().unwrap();
     grid.heal(&victim);

@@ -275,7 +275,13 @@ pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 /// Commands to the task that holds the lease.
 enum KeeperCmd {
     Release(oneshot::Sender<septet_common::Result<()>>),
-    Report { peer_id: PeerId, reason: String, reply: oneshot::Sender<septet_common::Result<Option<PeerAddr>>> },
+    Report {
+        peer_id: PeerId,
+        reason: String,
+        /// Also lease a replacement slot into the lease.
+        replace: bool,
+        reply: oneshot::Sender<septet_common::Result<Option<PeerAddr>>>,
+    },
 }
 
 /// Handle on the task that keeps a lease: it renews the lease at half its
@@ -303,8 +309,8 @@ impl LeaseKeeper {
                         }
                     }
                     cmd = rx.recv() => match cmd {
-                        Some(KeeperCmd::Report { peer_id, reason, reply }) => {
-                            let _ = reply.send(client.report_failure(lease_id, peer_id, &reason, true).await);
+                        Some(KeeperCmd::Report { peer_id, reason, replace, reply }) => {
+                            let _ = reply.send(client.report_failure(lease_id, peer_id, &reason, replace).await);
                         }
                         Some(KeeperCmd::Release(reply)) => {
                             let _ = reply.send(client.release(lease_id).await);
@@ -320,10 +326,10 @@ impl LeaseKeeper {
         LeaseKeeper { tx }
     }
 
-    async fn report(&self, peer_id: PeerId, reason: String) -> septet_common::Result<Option<PeerAddr>> {
+    async fn report(&self, peer_id: PeerId, reason: String, replace: bool) -> septet_common::Result<Option<PeerAddr>> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(KeeperCmd::Report { peer_id, reason, reply })
+            .send(KeeperCmd::Report { peer_id, reason, replace, reply })
             .await
             .map_err(|_| Error::Closed("the lease keeper"))?;
         rx.await.map_err(|_| Error::Closed("the lease keeper"))?
@@ -530,6 +536,11 @@ impl Attempts {
     fn spawn(&mut self, product: usize, peer: PeerAddr, task: impl Future<Output = Outcome> + Send + 'static) {
         let id = self.set.spawn(task).id();
         self.owners.insert(id, (product, peer));
+    }
+
+    /// No attempt is running and no outcome is waiting.
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.set.is_empty()
     }
 
     /// The next outcome; `None` when no attempt is left.
@@ -787,6 +798,16 @@ impl<T: Element> Job<T> {
     }
 }
 
+/// A product waiting for a peer to redo it on.
+struct Redo {
+    product: usize,
+    /// The peer it failed on (reported to the tracker).
+    failed: PeerAddr,
+    cause: Error,
+    /// When it started waiting: it gives up after `replacement_wait`.
+    since: Instant,
+}
+
 /// Multiplies matrices on the grid.
 #[derive(Debug, Clone)]
 pub struct Requester {
@@ -905,25 +926,14 @@ impl Requester {
     }
 
     /// Reports `peer` and waits (up to `replacement_wait`) for a replacement slot.
-    async fn replacement(&self, keeper: &LeaseKeeper, i: usize, peer: &PeerAddr, cause: Error) -> Result<PeerAddr> {
-        let until = Instant::now() + self.config.replacement_wait;
-        let reason = format!("{}: {cause}", PRODUCTS[i].name);
-        loop {
-            match keeper.report(peer.peer_id, reason.clone()).await {
-                Ok(Some(replacement)) => return Ok(replacement),
-                Ok(None) if Instant::now() < until => tokio::time::sleep(Duration::from_millis(200)).await,
-                Ok(None) => {
-                    return Err(RequestError::NoReplacement {
-                        product: PRODUCTS[i].name,
-                        peer_id: peer.peer_id,
-                        addr: peer.addr.clone(),
-                        waited: self.config.replacement_wait,
-                        source: cause,
-                    })
-                }
-                Err(e) => return Err(RequestError::Tracker { addr: self.config.tracker.clone(), source: e }),
-            }
-        }
+    /// Reports `redo`'s failed peer to the tracker and asks for a
+    /// replacement slot; `None` when none is free now.
+    async fn ask_tracker(&self, keeper: &LeaseKeeper, redo: &Redo) -> Result<Option<PeerAddr>> {
+        let reason = format!("{}: {}", PRODUCTS[redo.product].name, redo.cause);
+        keeper
+            .report(redo.failed.peer_id, reason, true)
+            .await
+            .map_err(|e| RequestError::Tracker { addr: self.config.tracker.clone(), source: e })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1056,12 +1066,67 @@ impl Requester {
             }
         }
 
-        // Gather; re-dispatch what failed.
+        // Gather; re-dispatch what failed. A product to redo goes to
+        // whichever is ready first: a peer of this lease whose own product
+        // is in (it is idle, and the lease already holds its slot), or a
+        // fresh slot from the tracker. So a job completes on a grid of
+        // exactly seven despite one bad peer.
         let mut reports: Vec<Option<PeerReport>> = (0..7).map(|_| None).collect();
         let mut tries = [1u32; 7];
         let mut left = 7;
+        let mut idle: Vec<PeerAddr> = Vec::new();
+        let mut redo: VecDeque<Redo> = VecDeque::new();
         while left > 0 {
-            let Outcome { product: i, peer, bytes_sent, send, result } = attempts.next().await.ok_or_else(|| {
+            // Hand out what waits for a peer: our idle peers first, then the tracker.
+            while !redo.is_empty() {
+                let peer = match idle.pop() {
+                    Some(peer) => {
+                        let r = &redo[0];
+                        // Record the failure; no new slot needed.
+                        let reason = format!("{}: {}", PRODUCTS[r.product].name, r.cause);
+                        if let Err(e) = keeper.report(r.failed.peer_id, reason, false).await {
+                            warn!(error = %e, "could not report a failed peer to the tracker");
+                        }
+                        peer
+                    }
+                    None => match self.ask_tracker(keeper, &redo[0]).await? {
+                        Some(peer) => peer,
+                        None => break,
+                    },
+                };
+                let Redo { product: i, .. } = redo.pop_front().expect("not empty");
+                info!(product = PRODUCTS[i].name, peer_id = %peer.peer_id, addr = %peer.addr, "re-sending to another peer");
+                tries[i] += 1;
+                report.retries += 1;
+                attempts.spawn(i, peer.clone(), job.clone().attempt(i, peer));
+            }
+            if let Some(r) = redo.front() {
+                if r.since.elapsed() >= self.config.replacement_wait {
+                    let r = redo.pop_front().expect("not empty");
+                    return Err(RequestError::NoReplacement {
+                        product: PRODUCTS[r.product].name,
+                        peer_id: r.failed.peer_id,
+                        addr: r.failed.addr,
+                        waited: self.config.replacement_wait,
+                        source: r.cause,
+                    });
+                }
+            }
+            let next = if redo.is_empty() {
+                attempts.next().await
+            } else if attempts.is_empty() {
+                // Nothing of ours can free up: only the tracker can help.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            } else {
+                // Something waits for a peer: ask the tracker again soon,
+                // unless one of ours finishes first.
+                tokio::select! {
+                    next = attempts.next() => next,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            };
+            let Outcome { product: i, peer, bytes_sent, send, result } = next.ok_or_else(|| {
                 RequestError::Internal(format!("no attempt is running but {left} products are missing"))
             })?;
             report.bytes_sent += bytes_sent;
@@ -1084,6 +1149,7 @@ impl Requester {
                         done_at_s: started.elapsed().as_secs_f64(),
                         receive_s: got.receive.as_secs_f64(),
                     });
+                    idle.push(peer);
                 }
                 Err(Failure::Local(e)) => {
                     return Err(RequestError::Internal(format!("{}: {e}", PRODUCTS[i].name)));
@@ -1111,11 +1177,9 @@ impl Requester {
                             source: e,
                         });
                     }
-                    let replacement = self.replacement(keeper, i, &peer, e).await?;
-                    info!(product = name, peer_id = %replacement.peer_id, addr = %replacement.addr, "sending to a replacement peer");
-                    tries[i] += 1;
-                    report.retries += 1;
-                    attempts.spawn(i, replacement.clone(), job.clone().attempt(i, replacement));
+                    // A peer that failed is never handed work again in this job.
+                    idle.retain(|p| p.peer_id != peer.peer_id || p.addr != peer.addr);
+                    redo.push_back(Redo { product: i, failed: peer, cause: e, since: Instant::now() });
                 }
             }
         }
