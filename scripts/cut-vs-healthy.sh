@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Healthy jobs vs jobs with a leased worker cut mid-job (silently: link
-# down, no reset), on a namespace grid of 9 workers at 1 Gbit/s.
+# down, no reset), on a namespace grid of WORKERS (default 9) workers at 1 Gbit/s.
 #
 #   cargo build --release && sudo scripts/cut-vs-healthy.sh [N=2048] [DELAY=0]
 #
@@ -17,7 +17,7 @@ command -v bc >/dev/null || { echo "needs bc" >&2; exit 2; }
 G="scripts/netgrid.sh --run-dir $RD"
 J="--random $N,$N,$N --json --max-wait 20"
 $G down >/dev/null 2>&1
-$G up 9 1gbit >/dev/null
+$G up "${WORKERS:-9}" 1gbit >/dev/null
 host_of() { local a=${1%:*}; local last=${a##*.}; echo "w$((last - 10))"; }
 summ() { python3 -c 'import json,sys; d=json.load(sys.stdin); print("total_s=%.3f retries=%s failures=%s" % (d["total_s"], d["retries"], d["failures"]))'; }
 for i in 1 2 3; do
