@@ -226,12 +226,7 @@ async fn a_grid_of_exactly_seven_survives_a_lying_worker_by_reusing_its_own_leas
         let (mut procs, tracker) = start_tracker().await;
         let good: &[&str] = &[];
         start_workers(&mut procs, tracker, &[&["--fault=corrupt"], good, good, good, good, good, good]).await;
-        let req = Requester::new(RequesterConfig {
-            tracker: tracker.to_string(),
-            replacement_wait: Duration::from_secs(20),
-            ..RequesterConfig::default()
-        });
-        let report = multiply_checked(&req, 40, 30, 50).await;
+        let report = multiply_checked(&requester(tracker, Duration::from_secs(10)), 40, 30, 50).await;
         assert_eq!(report.retries, 1, "{:?}", report.failures);
         assert!(
             report.failures[0].contains("peer 0") && report.failures[0].contains("verification"),

@@ -808,6 +808,13 @@ struct Redo {
     since: Instant,
 }
 
+impl Redo {
+    /// What the tracker is told of the failure.
+    fn reason(&self) -> String {
+        format!("{}: {}", PRODUCTS[self.product].name, self.cause)
+    }
+}
+
 /// Multiplies matrices on the grid.
 #[derive(Debug, Clone)]
 pub struct Requester {
@@ -929,9 +936,8 @@ impl Requester {
     /// Reports `redo`'s failed peer to the tracker and asks for a
     /// replacement slot; `None` when none is free now.
     async fn ask_tracker(&self, keeper: &LeaseKeeper, redo: &Redo) -> Result<Option<PeerAddr>> {
-        let reason = format!("{}: {}", PRODUCTS[redo.product].name, redo.cause);
         keeper
-            .report(redo.failed.peer_id, reason, true)
+            .report(redo.failed.peer_id, redo.reason(), true)
             .await
             .map_err(|e| RequestError::Tracker { addr: self.config.tracker.clone(), source: e })
     }
@@ -1083,8 +1089,7 @@ impl Requester {
                     Some(peer) => {
                         let r = &redo[0];
                         // Record the failure; no new slot needed.
-                        let reason = format!("{}: {}", PRODUCTS[r.product].name, r.cause);
-                        if let Err(e) = keeper.report(r.failed.peer_id, reason, false).await {
+                        if let Err(e) = keeper.report(r.failed.peer_id, r.reason(), false).await {
                             warn!(error = %e, "could not report a failed peer to the tracker");
                         }
                         peer
