@@ -730,8 +730,10 @@ mod tests {
                 peer_id: PeerId(3),
                 reason: "reset".into(),
                 replace: true,
-                token,
+                token: token.clone(),
             },
+            TrackerRequest::Hedge { lease_id: LeaseId(9), peer_id: PeerId(2), token: token.clone() },
+            TrackerRequest::Speed { lease_id: LeaseId(9), beaten: vec![PeerId(2)], proven: vec![PeerId(1)], token },
         ]
     }
 
@@ -749,6 +751,7 @@ mod tests {
             in_use: 1,
             leases_total: 7,
             failures: 0,
+            slow: 1,
             joined_at: 5,
             last_seen: 6,
             state: "alive".into(),
@@ -764,6 +767,11 @@ mod tests {
             TrackerReply::Renewed { lease_id: LeaseId(9), ttl_ms: 100 },
             TrackerReply::Released { lease_id: LeaseId(9) },
             TrackerReply::FailureRecorded { lease_id: LeaseId(9), replacement: None },
+            TrackerReply::HedgeSlot {
+                lease_id: LeaseId(9),
+                slot: Some(PeerAddr { peer_id: PeerId(5), addr: "127.0.0.1:9005".into() }),
+            },
+            TrackerReply::SpeedRecorded { lease_id: LeaseId(9) },
         ]
     }
 
@@ -1045,8 +1053,13 @@ mod tests {
                     peer_id: PeerId(2),
                     reason: "x".into(),
                     replace: false,
-                    token: some
+                    token: some.clone()
                 }
+            ),
+            format!("{:?}", TrackerRequest::Hedge { lease_id: LeaseId(1), peer_id: PeerId(2), token: some.clone() }),
+            format!(
+                "{:?}",
+                TrackerRequest::Speed { lease_id: LeaseId(1), beaten: vec![], proven: vec![PeerId(2)], token: some }
             ),
             format!("{:?}", Frame::Control(ControlBody::encode(&TrackerReply::Leased(grant)).unwrap())),
         ];

@@ -10,9 +10,10 @@
 //! worker agent → tracker   TrackerRequest::{Register, Heartbeat, Deregister}
 //! tracker → worker agent   TrackerReply::{Registered, HeartbeatAck, Deregistered, Error}
 //!
-//! client → tracker         TrackerRequest::{ListPeers, Lease, Renew, Release, ReportFailure}
+//! client → tracker         TrackerRequest::{ListPeers, Lease, Renew, Release, ReportFailure,
+//!                                           Hedge, Speed}
 //! tracker → client         TrackerReply::{Peers, Waiting, Leased, Renewed, Released,
-//!                                         FailureRecorded, Error}
+//!                                         FailureRecorded, HedgeSlot, SpeedRecorded, Error}
 //!
 //! requester → worker       blocks frames only (BlockOp::Multiply, X and Y)
 //! worker → requester       WorkerReply::Computed, then a BlockOp::Product blocks frame;
@@ -40,8 +41,10 @@ use crate::{Error, ErrorCode};
 /// and reply types, made lease tokens fields of the lease messages (no more
 /// `…WithToken` variants) and dropped the unused `Hello`/`Welcome`.
 /// Version 4 added [`WorkerReply::Working`], which requesters rely on to
-/// tell a silent worker from a busy one.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// tell a silent worker from a busy one. Version 5 added hedging:
+/// [`TrackerRequest::Hedge`] and [`TrackerRequest::Speed`], and the peer
+/// table's `slow` column.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Declares a `u64` id newtype: transparent on the wire and in JSON (a bare
 /// number, as before), printed as the bare number.
@@ -171,6 +174,10 @@ pub struct PeerRow {
     pub leases_total: u64,
     /// Failures reported against the peer.
     pub failures: u32,
+    /// Products of the peer's that a hedge delivered first, less those it
+    /// delivered first since (at most 3). A peer with `slow` > 0 is on
+    /// probation: leased only after every peer that is not.
+    pub slow: u32,
     /// Milliseconds since the tracker started when the peer first joined.
     pub joined_at: u64,
     /// Milliseconds since the tracker started when the peer was last heard from.
@@ -297,6 +304,32 @@ pub enum TrackerRequest {
         /// As for `Renew`.
         token: Option<String>,
     },
+    /// Client: a leased peer's product lags well behind the job's others;
+    /// lend one more slot, on another peer, to compute a copy of it (a
+    /// hedge). The slow peer is not blamed: it may still win the race.
+    Hedge {
+        /// The lease.
+        lease_id: LeaseId,
+        /// The peer whose product is hedged (the new slot is not on it).
+        peer_id: PeerId,
+        /// As for `Renew`.
+        token: Option<String>,
+    },
+    /// Client: how the lease's peers did against hedges, once the job is
+    /// done. `beaten`: peers whose product a hedge delivered first (each
+    /// counts one `slow` strike; a peer with strikes is on probation and
+    /// leased after every peer without). `proven`: peers that delivered a
+    /// product first (each takes one strike away).
+    Speed {
+        /// The lease.
+        lease_id: LeaseId,
+        /// Peers beaten by a hedge.
+        beaten: Vec<PeerId>,
+        /// Peers that delivered a product first.
+        proven: Vec<PeerId>,
+        /// As for `Renew`.
+        token: Option<String>,
+    },
 }
 
 /// Tokens redacted.
@@ -326,6 +359,19 @@ impl fmt::Debug for TrackerRequest {
                 .field("replace", replace)
                 .field("token", &redacted(token))
                 .finish(),
+            TrackerRequest::Hedge { lease_id, peer_id, token } => f
+                .debug_struct("Hedge")
+                .field("lease_id", lease_id)
+                .field("peer_id", peer_id)
+                .field("token", &redacted(token))
+                .finish(),
+            TrackerRequest::Speed { lease_id, beaten, proven, token } => f
+                .debug_struct("Speed")
+                .field("lease_id", lease_id)
+                .field("beaten", beaten)
+                .field("proven", proven)
+                .field("token", &redacted(token))
+                .finish(),
         }
     }
 }
@@ -341,6 +387,8 @@ impl Control for TrackerRequest {
             TrackerRequest::Renew { .. } => "Renew",
             TrackerRequest::Release { .. } => "Release",
             TrackerRequest::ReportFailure { .. } => "ReportFailure",
+            TrackerRequest::Hedge { .. } => "Hedge",
+            TrackerRequest::Speed { .. } => "Speed",
         }
     }
 }
@@ -406,6 +454,19 @@ pub enum TrackerReply {
         /// The replacement slot, if any.
         replacement: Option<PeerAddr>,
     },
+    /// To `Hedge`: the extra slot, now part of the lease, or `None` when
+    /// no slot (off the hedged peer) is free.
+    HedgeSlot {
+        /// The lease.
+        lease_id: LeaseId,
+        /// The slot.
+        slot: Option<PeerAddr>,
+    },
+    /// To `Speed`: recorded.
+    SpeedRecorded {
+        /// The lease.
+        lease_id: LeaseId,
+    },
 }
 
 impl Control for TrackerReply {
@@ -421,6 +482,8 @@ impl Control for TrackerReply {
             TrackerReply::Renewed { .. } => "Renewed",
             TrackerReply::Released { .. } => "Released",
             TrackerReply::FailureRecorded { .. } => "FailureRecorded",
+            TrackerReply::HedgeSlot { .. } => "HedgeSlot",
+            TrackerReply::SpeedRecorded { .. } => "SpeedRecorded",
         }
     }
 }

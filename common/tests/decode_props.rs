@@ -190,14 +190,15 @@ fn peer_addr() -> impl Strategy<Value = PeerAddr> {
 }
 
 fn peer_row() -> impl Strategy<Value = PeerRow> {
-    (any::<(u64, u32, u32, u64, u32, u64, u64)>(), text(), text()).prop_map(
-        |((peer_id, slots, in_use, leases_total, failures, joined_at, last_seen), addr, state)| PeerRow {
+    (any::<(u64, u32, u32, u64, u32, u64, u64)>(), any::<u32>(), text(), text()).prop_map(
+        |((peer_id, slots, in_use, leases_total, failures, joined_at, last_seen), slow, addr, state)| PeerRow {
             peer_id: PeerId(peer_id),
             addr,
             slots,
             in_use,
             leases_total,
             failures,
+            slow,
             joined_at,
             last_seen,
             state,
@@ -253,6 +254,11 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
                 TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token }
             }
         ),
+        (lease_id(), peer_id(), tok())
+            .prop_map(|(lease_id, peer_id, token)| TrackerRequest::Hedge { lease_id, peer_id, token }),
+        (lease_id(), prop::collection::vec(peer_id(), 0..8), prop::collection::vec(peer_id(), 0..8), tok()).prop_map(
+            |(lease_id, beaten, proven, token)| TrackerRequest::Speed { lease_id, beaten, proven, token }
+        ),
     ]
 }
 
@@ -279,6 +285,8 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
         lease_id().prop_map(|lease_id| TrackerReply::Released { lease_id }),
         (lease_id(), prop::option::of(peer_addr()))
             .prop_map(|(lease_id, replacement)| TrackerReply::FailureRecorded { lease_id, replacement }),
+        (lease_id(), prop::option::of(peer_addr())).prop_map(|(lease_id, slot)| TrackerReply::HedgeSlot { lease_id, slot }),
+        lease_id().prop_map(|lease_id| TrackerReply::SpeedRecorded { lease_id }),
     ];
     prop_oneof![sessions, leases]
 }

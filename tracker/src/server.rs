@@ -305,6 +305,20 @@ async fn handle(
                 TrackerReply::FailureRecorded { lease_id, replacement }
             })
         }
+        TrackerRequest::Hedge { lease_id, peer_id, token } => {
+            tracker.hedge_by(lease_id, peer_id, &caller(conn, token)).map(|slot| {
+                info!(%lease_id, %peer_id, spare = ?slot.as_ref().map(|s| s.peer_id), "hedging a slow peer's product");
+                TrackerReply::HedgeSlot { lease_id, slot }
+            })
+        }
+        TrackerRequest::Speed { lease_id, beaten, proven, token } => {
+            tracker.record_speed_by(lease_id, &beaten, &proven, &caller(conn, token)).map(|()| {
+                if !beaten.is_empty() {
+                    info!(%lease_id, ?beaten, "peers beaten by hedges: one slow strike each");
+                }
+                TrackerReply::SpeedRecorded { lease_id }
+            })
+        }
     };
     result.unwrap_or_else(|e| error_reply(&e))
 }

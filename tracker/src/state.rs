@@ -276,6 +276,8 @@ struct LeaseRecord {
     /// Peers already reported failed in this lease: a failure counts once
     /// per lease however often the requester asks for a replacement.
     reported: Vec<PeerId>,
+    /// The holder said how the lease's peers did against hedges: once per lease.
+    speed_recorded: bool,
 }
 
 /// A request waiting in the queue.
@@ -442,6 +444,7 @@ impl State {
                     token,
                     expires_at: now + ttl,
                     reported: Vec::new(),
+                    speed_recorded: false,
                 };
                 if waiter.tx.send(grant).is_ok() {
                     self.leases.insert(lease_id, record);
@@ -897,6 +900,69 @@ impl Tracker {
         })
     }
 
+    /// Lends the lease one more slot, not on `peer_id` (a leased peer whose
+    /// product lags), to compute a copy of that product: a hedge. The slow
+    /// peer is not blamed. `None` when no such slot is free now. Like a
+    /// replacement, a hedge does not queue behind waiting requests.
+    ///
+    /// # Errors
+    /// [`Error::NotYourLease`] unless `caller` holds the lease,
+    /// [`Error::NotInLease`] if `peer_id` is not in it.
+    pub fn hedge_by(&self, lease_id: LeaseId, peer_id: PeerId, caller: &Caller) -> Result<Option<PeerAddr>> {
+        self.mutate(|s, _| {
+            s.authorize(lease_id, caller)?;
+            let lease = s.leases.get_mut(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
+            if !lease.slots.iter().any(|p| p.peer_id == peer_id) {
+                return Err(Error::NotInLease { lease_id, peer_id });
+            }
+            let Some(slot) = s.table.choose_except(1, Some(peer_id.0))?.pop() else { return Ok(None) };
+            s.table.take_slots(std::slice::from_ref(&slot))?;
+            lease.slots.push(slot.clone());
+            Ok(Some(slot))
+        })
+    }
+
+    /// Records how a lease's peers did against hedges (see
+    /// [`PeerTable::record_speed`]): each peer counts at most once per list,
+    /// and a lease reports once.
+    ///
+    /// # Errors
+    /// [`Error::NotYourLease`] unless `caller` holds the lease,
+    /// [`Error::NotInLease`] for a peer not in it, [`Error::Invalid`] if the
+    /// lease already reported; nothing changes then.
+    pub fn record_speed_by(
+        &self,
+        lease_id: LeaseId,
+        beaten: &[PeerId],
+        proven: &[PeerId],
+        caller: &Caller,
+    ) -> Result<()> {
+        self.mutate(|s, _| {
+            s.authorize(lease_id, caller)?;
+            let lease = s.leases.get_mut(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
+            if lease.speed_recorded {
+                return Err(Error::Invalid(format!("lease {lease_id} already reported its peers' speed")));
+            }
+            let mut lists = [Vec::new(), Vec::new()];
+            for (list, ids) in lists.iter_mut().zip([beaten, proven]) {
+                for &peer_id in ids {
+                    let slot = lease
+                        .slots
+                        .iter()
+                        .find(|p| p.peer_id == peer_id)
+                        .ok_or(Error::NotInLease { lease_id, peer_id })?;
+                    if !list.iter().any(|p: &PeerAddr| p.peer_id == peer_id) {
+                        list.push(slot.clone());
+                    }
+                }
+            }
+            lease.speed_recorded = true;
+            let [beaten, proven] = lists;
+            s.table.record_speed(&beaten, &proven)?;
+            Ok(())
+        })
+    }
+
     /// A connection closed: its queued requests leave the queue and its
     /// attached leases end. Returns how many leases ended.
     pub fn disconnect(&self, conn: ConnId) -> usize {
@@ -1202,6 +1268,40 @@ mod tests {
         assert_eq!(t.stats().unwrap().free, 7, "suspect peer stays out of the pool");
         t.heartbeat(bad).unwrap();
         assert_eq!(t.stats().unwrap().free, 8);
+    }
+
+    #[tokio::test]
+    async fn hedges_borrow_a_slot_off_the_slow_peer_and_speed_reports_set_probation() {
+        let t = tracker_with(9, 1);
+        let lease = granted(t.lease(7, 1, false).unwrap());
+        let holder = Caller::conn(1);
+        let slow = lease.peers[3].peer_id;
+        let spare = t.hedge_by(lease.lease_id, slow, &holder).unwrap().expect("two slots are free");
+        assert_ne!(spare.peer_id, slow);
+        assert!(!lease.peers.iter().any(|p| p.peer_id == spare.peer_id), "a free slot, not one of ours");
+        assert_eq!(t.stats().unwrap().free, 1);
+        let row = &t.peers().unwrap().1[slow.0 as usize];
+        assert_eq!((row.failures, row.state.as_str()), (0, "alive"), "hedging blames nobody");
+        assert!(matches!(t.hedge_by(lease.lease_id, PeerId(99), &holder), Err(Error::NotInLease { .. })));
+        assert!(matches!(t.hedge_by(lease.lease_id, slow, &Caller::conn(2)), Err(Error::NotYourLease(_))));
+        // The hedge slot is part of the lease: speed may name it, and release returns it.
+        let stranger = PeerId(if spare.peer_id.0 == 8 { 7 } else { 8 });
+        assert!(
+            matches!(t.record_speed_by(lease.lease_id, &[slow], &[stranger], &holder), Err(Error::NotInLease { .. })),
+            "a peer outside the lease"
+        );
+        t.record_speed_by(lease.lease_id, &[slow, slow], &[spare.peer_id], &holder).unwrap();
+        assert!(matches!(t.record_speed_by(lease.lease_id, &[slow], &[], &holder), Err(Error::Invalid(_))), "once");
+        let rows = t.peers().unwrap().1;
+        assert_eq!((rows[slow.0 as usize].slow, rows[spare.peer_id.0 as usize].slow), (1, 0), "once per list");
+        t.release(lease.lease_id).unwrap();
+        assert_eq!(t.stats().unwrap().free, 9);
+        t.check_invariants().unwrap();
+        // On probation: the next lease of eight takes it last.
+        let next = granted(t.lease(8, 1, false).unwrap());
+        assert!(!next.peers.iter().any(|p| p.peer_id == slow), "{:?}", next.peers);
+        let all = granted(t.lease(1, 2, false).unwrap());
+        assert_eq!(all.peers[0].peer_id, slow, "still leased when it is all that is free");
     }
 
     /// The request `conn` makes presenting `token`.

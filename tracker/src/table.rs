@@ -15,9 +15,16 @@ use septet_common::proto::{PeerAddr, PeerId, PeerRow};
 pub const MAX_PEERS: usize = 1 << PEER_ID_BITS;
 /// Bits of the ranking key that hold the peer id.
 const PEER_ID_BITS: u32 = 20;
-/// Where `in_use` starts in the ranking key (above 33 bits of `leases_total`).
-const IN_USE_SHIFT: u32 = 53;
-/// `leases_total` saturates here in the ranking key (8.6 billion leases).
+/// Where `in_use` starts in the ranking key (above 32 bits of `leases_total`;
+/// 11 bits hold any `in_use` plus extra slots of a peer of up to 1,024 slots).
+const IN_USE_SHIFT: u32 = 52;
+/// The ranking key's top bit: set for a peer on probation (`slow` > 0),
+/// which ranks it after every peer that is not.
+const PROBATION_BIT: u64 = 1 << 63;
+/// Most `slow` strikes a peer collects: a peer beaten by many hedges proves
+/// itself again after at most this many products delivered first.
+pub const MAX_SLOW: u32 = 3;
+/// `leases_total` saturates here in the ranking key (4.3 billion leases).
 const LEASES_KEY_MAX: u64 = (1 << (IN_USE_SHIFT - PEER_ID_BITS)) - 1;
 
 /// Result alias for the table's polars operations.
@@ -55,7 +62,7 @@ impl PeerState {
 }
 
 /// The peer table. Columns: `peer_id` (u64, = row index), `addr` (str),
-/// `slots`, `in_use`, `failures` (u32), `leases_total`, `joined_at`,
+/// `slots`, `in_use`, `failures`, `slow` (u32), `leases_total`, `joined_at`,
 /// `last_seen` (u64; times are milliseconds since the tracker started) and
 /// `state` (str: alive / suspect / gone).
 #[derive(Debug, Clone)]
@@ -93,6 +100,7 @@ impl PeerTable {
                 col::<u32>("in_use", vec![]),
                 col::<u64>("leases_total", vec![]),
                 col::<u32>("failures", vec![]),
+                col::<u32>("slow", vec![]),
                 col::<u64>("joined_at", vec![]),
                 col::<u64>("last_seen", vec![]),
                 col::<String>("state", vec![]),
@@ -195,6 +203,7 @@ impl PeerTable {
                 col("in_use", vec![0u32]),
                 col("leases_total", vec![0u64]),
                 col("failures", vec![0u32]),
+                col("slow", vec![0u32]),
                 col("joined_at", vec![now]),
                 col("last_seen", vec![now]),
                 col("state", vec![PeerState::Alive.as_str().to_string()]),
@@ -279,6 +288,29 @@ impl PeerTable {
         Ok(count)
     }
 
+    /// Records how peers did against hedges: one `slow` strike for each
+    /// entry of `beaten` (up to [`MAX_SLOW`]), then one taken away for each
+    /// entry of `proven`. Column-wide arithmetic, like slot counts.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn record_speed(&mut self, beaten: &[PeerAddr], proven: &[PeerAddr]) -> TableResult<()> {
+        if beaten.is_empty() && proven.is_empty() {
+            return Ok(());
+        }
+        let (up, down) = (self.deltas(beaten), self.deltas(proven));
+        let slow: UInt32Chunked = arity::binary_elementwise_values(
+            self.u32s("slow")?,
+            &UInt32Chunked::from_vec("up".into(), up),
+            |s: u32, u: u32| s.saturating_add(u).min(MAX_SLOW),
+        );
+        let slow: UInt32Chunked =
+            arity::binary_elementwise_values(&slow, &UInt32Chunked::from_vec("down".into(), down), |s: u32, d: u32| {
+                s.saturating_sub(d)
+            });
+        self.replace("slow", slow)
+    }
+
     /// Marks peers silent for too long: `suspect` once `last_seen` is older
     /// than `suspect_after`, `gone` once older than `gone_after` (both in ms
     /// before `now`). Returns the ids that just became gone.
@@ -309,17 +341,18 @@ impl PeerTable {
         Ok(self.leaseable_free()?.sum().unwrap_or(0))
     }
 
-    /// Chooses `count` slots: alive peers with free slots, least `in_use`
-    /// first, then least `leases_total`, then lowest id. A peer with several
+    /// Chooses `count` slots: alive peers with free slots, peers not on
+    /// probation (`slow` = 0) first, then least `in_use`, then least
+    /// `leases_total`, then lowest id. A peer with several
     /// free slots may be chosen several times; its n-th extra slot ranks as
     /// if its `in_use` were already n higher, so load spreads round the grid.
     /// Returns fewer than `count` only if fewer slots are free — then every
     /// free slot — so one call both checks for and picks a lease's slots.
     ///
-    /// The ranking is vectorized: one u64 key per peer packing `in_use`
-    /// (top 11 bits) and `leases_total` (next 33 bits, saturating) above the
-    /// peer id (low 20 bits), so ordering keys orders peers by all three at
-    /// once, and one column of leaseable free slots. One pass over the two
+    /// The ranking is vectorized: one u64 key per peer packing probation
+    /// (the top bit), `in_use` (11 bits) and `leases_total` (32 bits,
+    /// saturating) above the peer id (low 20 bits), so ordering keys orders
+    /// peers by all four at once, and one column of leaseable free slots. One pass over the two
     /// columns keeps the `count` best leaseable keys in a bounded heap (the
     /// best `count` slots can only come from those peers); ranking their
     /// extra slots is a small sort (at most the free slots of those peers,
@@ -331,6 +364,15 @@ impl PeerTable {
     /// # Errors
     /// Only polars errors.
     pub fn choose(&self, count: usize) -> TableResult<Vec<PeerAddr>> {
+        self.choose_except(count, None)
+    }
+
+    /// [`PeerTable::choose`], never on the peer `except` (a hedge's slot
+    /// must not be on the peer whose product it hedges).
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn choose_except(&self, count: usize, except: Option<u64>) -> TableResult<Vec<PeerAddr>> {
         if count == 0 {
             return Ok(Vec::new());
         }
@@ -339,10 +381,17 @@ impl PeerTable {
             arity::binary_elementwise_values(self.u32s("in_use")?, self.u64s("leases_total")?, |u: u32, t: u64| {
                 (u64::from(u) << IN_USE_SHIFT) | (t.min(LEASES_KEY_MAX) << PEER_ID_BITS)
             });
+        let rank: UInt64Chunked = arity::binary_elementwise_values(&rank, self.u32s("slow")?, |r: u64, s: u32| {
+            if s > 0 {
+                r | PROBATION_BIT
+            } else {
+                r
+            }
+        });
         // Max-heap of the best (smallest) keys so far, with their free slots.
         let mut best = std::collections::BinaryHeap::with_capacity(count.min(self.len()) + 1);
         for (row, (rank, free)) in rank.into_no_null_iter().zip(free.into_no_null_iter()).enumerate() {
-            if free == 0 {
+            if free == 0 || except == Some(row as u64) {
                 continue;
             }
             let key = rank | row as u64;
@@ -358,6 +407,7 @@ impl PeerTable {
         for (k, free) in best {
             let row = (k & ((1 << PEER_ID_BITS) - 1)) as usize;
             for extra in 0..free.min(count as u32) {
+                // Below the probation bit: `in_use` + extras < 2^11.
                 keys.push((k + (u64::from(extra) << IN_USE_SHIFT), row));
             }
         }
@@ -430,6 +480,7 @@ impl PeerTable {
     pub fn rows(&self) -> TableResult<Vec<PeerRow>> {
         let (ids, addrs, states) = (self.u64s("peer_id")?, self.strs("addr")?, self.strs("state")?);
         let (slots, in_use, failures) = (self.u32s("slots")?, self.u32s("in_use")?, self.u32s("failures")?);
+        let slow = self.u32s("slow")?;
         let (total, joined, seen) = (self.u64s("leases_total")?, self.u64s("joined_at")?, self.u64s("last_seen")?);
         Ok((0..self.df.height())
             .map(|i| PeerRow {
@@ -439,6 +490,7 @@ impl PeerTable {
                 in_use: in_use.get(i).unwrap_or(0),
                 leases_total: total.get(i).unwrap_or(0),
                 failures: failures.get(i).unwrap_or(0),
+                slow: slow.get(i).unwrap_or(0),
                 joined_at: joined.get(i).unwrap_or(0),
                 last_seen: seen.get(i).unwrap_or(0),
                 state: states.get(i).unwrap_or_default().to_string(),
@@ -492,6 +544,29 @@ mod tests {
         assert_eq!(ids(&t.choose(2).unwrap()), vec![1, 2]);
         t.record_failure(1).unwrap();
         assert_eq!(ids(&t.choose(2).unwrap()), vec![2, 0], "suspect peers are not leased");
+    }
+
+    #[test]
+    fn peers_beaten_by_hedges_rank_last_until_they_prove_fast_again() {
+        let mut t = PeerTable::new();
+        for a in ["a", "b", "c"] {
+            t.register(a, 1, 0).unwrap();
+        }
+        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new() };
+        assert_eq!(ids(&t.choose(3).unwrap()), vec![0, 1, 2]);
+        t.record_speed(&[peer(0), peer(0)], &[peer(1)]).unwrap();
+        assert_eq!(t.rows().unwrap().iter().map(|r| r.slow).collect::<Vec<_>>(), vec![2, 0, 0]);
+        assert_eq!(ids(&t.choose(3).unwrap()), vec![1, 2, 0], "on probation: leased last, but still leased");
+        assert_eq!(ids(&t.choose_except(2, Some(1)).unwrap()), vec![2, 0], "never on the excepted peer");
+        // Strikes are capped, and each product delivered first takes one away.
+        t.record_speed(&vec![peer(0); 5], &[]).unwrap();
+        assert_eq!(t.rows().unwrap()[0].slow, MAX_SLOW);
+        t.record_speed(&[], &vec![peer(0); 2]).unwrap();
+        assert_eq!(ids(&t.choose(3).unwrap()), vec![1, 2, 0], "still one strike");
+        t.record_speed(&[], &[peer(0), peer(0)]).unwrap();
+        assert_eq!(t.rows().unwrap()[0].slow, 0, "never below zero");
+        assert_eq!(ids(&t.choose(3).unwrap()), vec![0, 1, 2], "proven fast: ranked as before");
+        assert!(t.display().contains("slow"));
     }
 
     #[test]

@@ -283,6 +283,31 @@ impl TrackerClient {
             other => Err(unexpected("FailureRecorded", other)),
         }
     }
+    /// Asks for one more slot in the lease, not on `peer_id`, to hedge
+    /// that peer's lagging product; `None` when none is free now.
+    ///
+    /// # Errors
+    /// [`Error::Remote`] if the lease or peer is unknown or not ours, or any
+    /// connection error.
+    pub async fn hedge(&mut self, lease_id: LeaseId, peer_id: PeerId) -> Result<Option<PeerAddr>> {
+        match self.call(TrackerRequest::Hedge { lease_id, peer_id, token: None }, "HedgeSlot").await? {
+            TrackerReply::HedgeSlot { slot, .. } => Ok(slot),
+            other => Err(unexpected("HedgeSlot", other)),
+        }
+    }
+
+    /// Tells the tracker which of the lease's peers hedges beat and which
+    /// delivered first (once per lease).
+    ///
+    /// # Errors
+    /// [`Error::Remote`] if the lease or a peer is unknown or not ours, or
+    /// any connection error.
+    pub async fn record_speed(&mut self, lease_id: LeaseId, beaten: Vec<PeerId>, proven: Vec<PeerId>) -> Result<()> {
+        match self.call(TrackerRequest::Speed { lease_id, beaten, proven, token: None }, "SpeedRecorded").await? {
+            TrackerReply::SpeedRecorded { .. } => Ok(()),
+            other => Err(unexpected("SpeedRecorded", other)),
+        }
+    }
 }
 
 /// Runs `fut`, or returns `None` if `cancel` fires first.
