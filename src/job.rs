@@ -131,6 +131,13 @@ where
             shown.inc(1);
             shown.set_message(format!("{product} sent"));
         }
+        Progress::Hedged { product, addr } => {
+            let text = format!("{product} lags: a copy goes to {addr}");
+            if shown.is_hidden() {
+                eprintln!("{text}");
+            }
+            shown.set_message(text);
+        }
         Progress::Received { product, .. } => {
             shown.inc(1);
             shown.set_message(format!("{product} received"));
@@ -206,6 +213,22 @@ fn print_summary(s: &Summary<'_>) {
         println!("  verified    no (--verify off)");
     }
     println!("  retries     {}", r.retries);
+    if r.hedges.is_empty() {
+        println!("  hedges      none");
+    }
+    for h in &r.hedges {
+        println!(
+            "  hedge       {} at {:.2} s: {} ({}) lagged — {}; copy on {} ({}); {} copy used",
+            h.product,
+            h.at_s,
+            h.slow_peer.peer_id,
+            h.slow_peer.addr,
+            h.reason,
+            h.hedge_peer.peer_id,
+            h.hedge_peer.addr,
+            h.winner
+        );
+    }
     println!(
         "  security    {}",
         match (s.security.authenticated, s.security.encrypted) {

@@ -103,6 +103,45 @@ async fn assert_nothing_leased(tracker: SocketAddr) {
     panic!("slots still leased: {:?}", rows(tracker).await);
 }
 
+/// A worker that computes slowly but keeps talking (so it is never given
+/// up) lags behind the six others: its product is hedged on a spare, the
+/// hedge's copy is used and the slow one cancelled, the tracker puts the
+/// slow worker on probation (`slow` = 1), and the next lease of seven on
+/// this grid of eight leaves it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(feature = "fault-injection"), ignore = "needs --features fault-injection")]
+async fn a_slow_worker_is_hedged_and_put_on_probation() {
+    tokio::time::timeout(LIMIT, async {
+        let (mut procs, tracker) = start_tracker().await;
+        let good: &[&str] = &[];
+        start_workers(&mut procs, tracker, &[&["--fault=delay=30"], good, good, good, good, good, good, good]).await;
+        let req = requester(tracker, Duration::from_secs(60));
+
+        let report = multiply_checked(&req, 130, 67, 41).await;
+        assert_eq!((report.retries, report.failures.len()), (0, 0), "{:?}", report.failures);
+        let [hedge] = &report.hedges[..] else { panic!("one hedge expected: {:?}", report.hedges) };
+        assert_eq!((hedge.slow_peer.peer_id, hedge.winner), (PeerId(0), "hedge"), "{hedge:?}");
+        assert!(hedge.reason.contains("still computing"), "{hedge:?}");
+        assert_ne!(hedge.hedge_peer.peer_id, PeerId(0));
+        let hedged: Vec<_> = report.peers.iter().filter(|p| p.hedged).collect();
+        assert_eq!(hedged.len(), 1, "{:?}", report.peers);
+        assert_eq!(hedged[0].product, hedge.product);
+        assert!(report.peers.iter().all(|p| p.peer_id != PeerId(0)), "the slow copy was not used");
+        assert_nothing_leased(tracker).await;
+        let slow: Vec<u32> = rows(tracker).await.iter().map(|r| r.slow).collect();
+        assert_eq!(slow[0], 1, "one strike for the beaten worker: {slow:?}");
+        assert!(slow[1..].iter().all(|&s| s == 0), "{slow:?}");
+
+        // On probation, it is the one of eight the next lease leaves out.
+        let report = multiply_checked(&req, 130, 67, 41).await;
+        assert!(report.hedges.is_empty(), "{:?}", report.hedges);
+        assert!(report.peers.iter().all(|p| p.peer_id != PeerId(0)), "{:?}", report.peers);
+        assert_eq!(rows(tracker).await[0].slow, 1, "not leased, so not proven either");
+    })
+    .await
+    .expect("the job hung");
+}
+
 /// A faulty worker registered first (so the lease takes it), six good ones,
 /// and a spare registered last (free to replace the faulty one, unless a
 /// peer of the job's own lease is idle first).

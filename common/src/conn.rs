@@ -7,6 +7,8 @@
 use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -485,27 +487,50 @@ struct SealBuf {
 pub struct FrameWriter<W> {
     inner: W,
     seal: Option<SealBuf>,
+    /// Counts bytes as the stream takes them (see [`FrameWriter::set_meter`]).
+    meter: Option<Arc<AtomicU64>>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps `inner`.
     pub fn new(inner: W) -> Self {
-        Self { inner, seal: None }
+        Self { inner, seal: None, meter: None }
+    }
+
+    /// Counts every byte the stream takes from now on into `meter` (with
+    /// encryption, the records' bytes, as each is written), so another
+    /// task can watch how a large frame's write progresses.
+    pub fn set_meter(&mut self, meter: Option<Arc<AtomicU64>>) {
+        self.meter = meter;
+    }
+
+    /// `write_all`, counting into the meter as the stream takes the bytes.
+    async fn write_metered(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let Some(meter) = &self.meter else { return self.inner.write_all(bytes).await };
+        while !bytes.is_empty() {
+            let n = self.inner.write(bytes).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            meter.fetch_add(n as u64, Ordering::Relaxed);
+            bytes = &bytes[n..];
+        }
+        Ok(())
     }
 
     /// Queues `bytes`: written at once in the clear, or gathered into
     /// records of up to [`MAX_RECORD`] bytes, each sealed and written as it fills.
     async fn put(&mut self, mut bytes: &[u8]) -> Result<()> {
-        let Some(seal) = &mut self.seal else {
-            self.inner.write_all(bytes).await?;
-            return Ok(());
-        };
+        if self.seal.is_none() {
+            return Ok(self.write_metered(bytes).await?);
+        }
+        let seal = self.seal.as_mut().expect("checked");
         while !bytes.is_empty() {
             let take = (RECORD_HEADER + MAX_RECORD - seal.record.len()).min(bytes.len());
             seal.record.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             if seal.record.len() == RECORD_HEADER + MAX_RECORD {
-                emit(&mut self.inner, seal).await?;
+                emit(&mut self.inner, seal, self.meter.as_deref()).await?;
             }
         }
         Ok(())
@@ -514,7 +539,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Queues many slices: one vectored write after another in the clear.
     async fn put_all(&mut self, parts: &[&[u8]]) -> Result<()> {
         if self.seal.is_none() {
-            return Ok(write_all_vectored(&mut self.inner, parts).await?);
+            return Ok(write_all_vectored(&mut self.inner, parts, self.meter.as_deref()).await?);
         }
         for part in parts {
             self.put(part).await?;
@@ -525,7 +550,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Ends a frame: seals what is gathered and flushes.
     async fn finish(&mut self) -> Result<()> {
         if let Some(seal) = &mut self.seal {
-            emit(&mut self.inner, seal).await?;
+            emit(&mut self.inner, seal, self.meter.as_deref()).await?;
         }
         self.inner.flush().await?;
         Ok(())
@@ -620,10 +645,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 }
 
 /// Seals the record gathered in `seal` (if any) and writes it.
-async fn emit<W: AsyncWrite + Unpin>(inner: &mut W, seal: &mut SealBuf) -> Result<()> {
+async fn emit<W: AsyncWrite + Unpin>(inner: &mut W, seal: &mut SealBuf, meter: Option<&AtomicU64>) -> Result<()> {
     if seal.record.len() > RECORD_HEADER {
         seal.sealer.seal(&mut seal.record)?;
         inner.write_all(&seal.record).await?;
+        if let Some(meter) = meter {
+            meter.fetch_add(seal.record.len() as u64, Ordering::Relaxed);
+        }
         seal.record.truncate(RECORD_HEADER);
     }
     Ok(())
@@ -681,7 +709,11 @@ async fn write_sum<W: AsyncWrite + Unpin, T: Element>(
 }
 
 /// `write_all` for many slices, `IOV_BATCH` at a time, coping with partial writes.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    parts: &[&[u8]],
+    meter: Option<&AtomicU64>,
+) -> std::io::Result<()> {
     let (mut index, mut offset) = (0, 0);
     while index < parts.len() {
         let end = (index + IOV_BATCH).min(parts.len());
@@ -691,6 +723,9 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, parts: &[&[u8]]) -
         let mut written = w.write_vectored(&slices).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        if let Some(meter) = meter {
+            meter.fetch_add(written as u64, Ordering::Relaxed);
         }
         while written > 0 {
             let left = parts[index].len() - offset;

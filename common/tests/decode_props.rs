@@ -254,11 +254,13 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
                 TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token }
             }
         ),
-        (lease_id(), peer_id(), tok())
-            .prop_map(|(lease_id, peer_id, token)| TrackerRequest::Hedge { lease_id, peer_id, token }),
-        (lease_id(), prop::collection::vec(peer_id(), 0..8), prop::collection::vec(peer_id(), 0..8), tok()).prop_map(
-            |(lease_id, beaten, proven, token)| TrackerRequest::Speed { lease_id, beaten, proven, token }
-        ),
+        (lease_id(), peer_id(), tok()).prop_map(|(lease_id, peer_id, token)| TrackerRequest::Hedge {
+            lease_id,
+            peer_id,
+            token
+        }),
+        (lease_id(), prop::collection::vec(peer_id(), 0..8), prop::collection::vec(peer_id(), 0..8), tok())
+            .prop_map(|(lease_id, beaten, proven, token)| TrackerRequest::Speed { lease_id, beaten, proven, token }),
     ]
 }
 
@@ -285,7 +287,8 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
         lease_id().prop_map(|lease_id| TrackerReply::Released { lease_id }),
         (lease_id(), prop::option::of(peer_addr()))
             .prop_map(|(lease_id, replacement)| TrackerReply::FailureRecorded { lease_id, replacement }),
-        (lease_id(), prop::option::of(peer_addr())).prop_map(|(lease_id, slot)| TrackerReply::HedgeSlot { lease_id, slot }),
+        (lease_id(), prop::option::of(peer_addr()))
+            .prop_map(|(lease_id, slot)| TrackerReply::HedgeSlot { lease_id, slot }),
         lease_id().prop_map(|lease_id| TrackerReply::SpeedRecorded { lease_id }),
     ];
     prop_oneof![sessions, leases]

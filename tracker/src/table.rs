@@ -381,13 +381,18 @@ impl PeerTable {
             arity::binary_elementwise_values(self.u32s("in_use")?, self.u64s("leases_total")?, |u: u32, t: u64| {
                 (u64::from(u) << IN_USE_SHIFT) | (t.min(LEASES_KEY_MAX) << PEER_ID_BITS)
             });
-        let rank: UInt64Chunked = arity::binary_elementwise_values(&rank, self.u32s("slow")?, |r: u64, s: u32| {
-            if s > 0 {
-                r | PROBATION_BIT
-            } else {
-                r
-            }
-        });
+        let rank: UInt64Chunked =
+            arity::binary_elementwise_values(
+                &rank,
+                self.u32s("slow")?,
+                |r: u64, s: u32| {
+                    if s > 0 {
+                        r | PROBATION_BIT
+                    } else {
+                        r
+                    }
+                },
+            );
         // Max-heap of the best (smallest) keys so far, with their free slots.
         let mut best = std::collections::BinaryHeap::with_capacity(count.min(self.len()) + 1);
         for (row, (rank, free)) in rank.into_no_null_iter().zip(free.into_no_null_iter()).enumerate() {

@@ -9,8 +9,9 @@
 //! accumulated (0.25 units each). Plain quadrants are sent straight from A's
 //! and B's memory. The rest waits in the workers' socket buffers.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+mod dispatch;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,18 +26,21 @@ use septet_common::{deadline, Connection, Element, Error, FrameReader, Role, PEE
 use septet_common::{FrameWriter, WirePart};
 use serde::Serialize;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tracing::{debug, info, warn};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
 
 use crate::client::TrackerClient;
 use crate::verify::{CheckError, NonFinite, Verifier};
+use dispatch::{Dispatch, Failure, Meter, Outcome};
+pub use dispatch::{HedgeReport, State as ProductState};
 
-/// Order in which the seven pairs are sent. Sums of two full-size
-/// quadrants are formed as they are written, so only operands that need
-/// zero padding (odd shapes) are materialised; for those, pairs that need
-/// one formed operand (M2, M3, M4, M5) alternate with pairs that need two
-/// (M1, M6, M7), so the two pairs in memory at once never hold more than
-/// three formed blocks.
+/// Order in which the seven pairs are sent (through
+/// [`dispatch::LANES`] send lanes). Sums of two full-size quadrants are
+/// formed as they are written, so only operands that need zero padding
+/// (odd shapes) are materialised; for those, pairs that need one formed
+/// operand (M2, M3, M4, M5) alternate with pairs that need two (M1, M6,
+/// M7), so the two pairs in flight at once never hold more than three
+/// formed blocks.
 const SEND_ORDER: [usize; 7] = [1, 0, 2, 5, 3, 6, 4];
 
 /// Requester settings.
@@ -70,6 +74,10 @@ pub struct RequesterConfig {
     /// this is independent of the block size; the product deadline stays
     /// as the last resort for a worker that talks but never finishes.
     pub silence_timeout: Duration,
+    /// Most products a job hedges (sends a second copy of, to a spare
+    /// slot, because its first attempt lags well behind the rest); 0 turns
+    /// hedging off.
+    pub max_hedges: u32,
 }
 
 impl Default for RequesterConfig {
@@ -86,6 +94,7 @@ impl Default for RequesterConfig {
             replacement_wait: Duration::from_secs(30),
             security: septet_common::secure::Security::default(),
             silence_timeout: Duration::from_secs(4),
+            max_hedges: 2,
         }
     }
 }
@@ -113,6 +122,13 @@ pub enum Progress {
         product: &'static str,
         /// Bytes sent.
         bytes: u64,
+    },
+    /// A product lagged; a copy went to another peer.
+    Hedged {
+        /// "M1".."M7".
+        product: &'static str,
+        /// Where the copy went.
+        addr: String,
     },
     /// A product arrived and was folded into C.
     Received {
@@ -144,6 +160,9 @@ pub struct PeerReport {
     pub done_at_s: f64,
     /// Seconds reading the product (once allowed to).
     pub receive_s: f64,
+    /// A second copy was sent elsewhere because the first lagged; this
+    /// record is the copy that won.
+    pub hedged: bool,
 }
 
 /// What a job did and how long it took.
@@ -185,6 +204,9 @@ pub struct JobReport {
     pub verify_critical_s: f64,
     /// Products sent again to a replacement peer.
     pub retries: u32,
+    /// Products sent a second time because their first attempt lagged
+    /// (each costs one more product's work).
+    pub hedges: Vec<HedgeReport>,
     /// Messages that were dropped or failed, described.
     pub failures: Vec<String>,
 }
@@ -275,6 +297,17 @@ pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 /// Commands to the task that holds the lease.
 enum KeeperCmd {
     Release(oneshot::Sender<septet_common::Result<()>>),
+    /// Peers beaten by hedges and peers that delivered first: told the
+    /// tracker just before the release.
+    Speed {
+        beaten: Vec<PeerId>,
+        proven: Vec<PeerId>,
+    },
+    /// One more slot, off `peer_id`, to hedge its product.
+    Hedge {
+        peer_id: PeerId,
+        reply: oneshot::Sender<septet_common::Result<Option<PeerAddr>>>,
+    },
     Report {
         peer_id: PeerId,
         reason: String,
@@ -300,6 +333,7 @@ impl LeaseKeeper {
         let lease_id = grant.lease_id;
         let every = (Duration::from_millis(grant.ttl_ms) / 2).max(Duration::from_millis(10));
         tokio::spawn(async move {
+            let mut speed = None;
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tokio::select! {
@@ -312,7 +346,16 @@ impl LeaseKeeper {
                         Some(KeeperCmd::Report { peer_id, reason, replace, reply }) => {
                             let _ = reply.send(client.report_failure(lease_id, peer_id, &reason, replace).await);
                         }
+                        Some(KeeperCmd::Hedge { peer_id, reply }) => {
+                            let _ = reply.send(client.hedge(lease_id, peer_id).await);
+                        }
+                        Some(KeeperCmd::Speed { beaten, proven }) => speed = Some((beaten, proven)),
                         Some(KeeperCmd::Release(reply)) => {
+                            if let Some((beaten, proven)) = speed.take() {
+                                if let Err(e) = client.record_speed(lease_id, beaten, proven).await {
+                                    warn!(%lease_id, error = %e, "could not tell the tracker how the peers did against hedges");
+                                }
+                            }
                             let _ = reply.send(client.release(lease_id).await);
                             return;
                         }
@@ -333,6 +376,17 @@ impl LeaseKeeper {
             .await
             .map_err(|_| Error::Closed("the lease keeper"))?;
         rx.await.map_err(|_| Error::Closed("the lease keeper"))?
+    }
+
+    async fn hedge(&self, peer_id: PeerId) -> septet_common::Result<Option<PeerAddr>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(KeeperCmd::Hedge { peer_id, reply }).await.map_err(|_| Error::Closed("the lease keeper"))?;
+        rx.await.map_err(|_| Error::Closed("the lease keeper"))?
+    }
+
+    /// Keeps the job's verdict on its peers for the release.
+    async fn note_speed(&self, beaten: Vec<PeerId>, proven: Vec<PeerId>) {
+        let _ = self.tx.send(KeeperCmd::Speed { beaten, proven }).await;
     }
 
     async fn release(self) -> septet_common::Result<()> {
@@ -488,94 +542,8 @@ struct Job<T> {
     check: Option<Check<T>>,
     verify_time: Mutex<Duration>,
     started: Instant,
-}
-
-/// One finished attempt at a product.
-struct Outcome {
-    product: usize,
-    peer: PeerAddr,
-    bytes_sent: u64,
-    send: Duration,
-    result: Result<Received, Failure>,
-}
-
-/// Why an attempt at a product did not deliver it.
-#[derive(Debug)]
-enum Failure {
-    /// The peer failed or misbehaved (or its reply broke the task reading
-    /// it): report it and send the product to a replacement.
-    Peer(Error),
-    /// Non-finite values defeat the check: nobody is to blame, and no other
-    /// peer would do better.
-    Unverifiable(NonFinite),
-    /// A step on this side failed: a bug, not the peer's doing.
-    Local(String),
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure::Peer(e)
-    }
-}
-
-/// The attempts in flight, each a task that ends in an [`Outcome`]. A task
-/// that panics or is cancelled still ends in one, naming its product and
-/// peer, so no product is ever waited for forever.
-struct Attempts {
-    set: tokio::task::JoinSet<Outcome>,
-    owners: HashMap<tokio::task::Id, (usize, PeerAddr)>,
-    /// Outcomes known without a task (the first round's failures).
-    ready: VecDeque<Outcome>,
-}
-
-impl Attempts {
-    fn new() -> Self {
-        Self { set: tokio::task::JoinSet::new(), owners: HashMap::new(), ready: VecDeque::new() }
-    }
-
-    fn spawn(&mut self, product: usize, peer: PeerAddr, task: impl Future<Output = Outcome> + Send + 'static) {
-        let id = self.set.spawn(task).id();
-        self.owners.insert(id, (product, peer));
-    }
-
-    /// No attempt is running and no outcome is waiting.
-    fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.set.is_empty()
-    }
-
-    /// The next outcome; `None` when no attempt is left.
-    async fn next(&mut self) -> Option<Outcome> {
-        if let Some(outcome) = self.ready.pop_front() {
-            return Some(outcome);
-        }
-        let (id, outcome) = match self.set.join_next_with_id().await? {
-            Ok(done) => done,
-            Err(e) => {
-                let id = e.id();
-                let Some(owner) = self.owners.remove(&id) else {
-                    return Some(Outcome {
-                        product: 0,
-                        peer: PeerAddr { peer_id: PeerId(u64::MAX), addr: String::new() },
-                        bytes_sent: 0,
-                        send: Duration::ZERO,
-                        result: Err(Failure::Local(format!("a task the job does not know ended: {e}"))),
-                    });
-                };
-                let failed = |(product, peer): (usize, PeerAddr)| {
-                    let what = if e.is_panic() { "panicked" } else { "was cancelled" };
-                    let error = Error::Invalid(format!(
-                        "the task handling {} {what} (on the peer's reply): {}",
-                        PRODUCTS[product].name,
-                        panic_text(e)
-                    ));
-                    Outcome { product, peer, bytes_sent: 0, send: Duration::ZERO, result: Err(Failure::Peer(error)) }
-                };
-                return Some(failed(owner));
-            }
-        };
-        self.owners.remove(&id);
-        Some(outcome)
-    }
+    /// Products folded into C: a hedge race both copies finish folds once.
+    folded: [AtomicBool; 7],
 }
 
 /// What a failed task said, as far as it can be told.
@@ -622,11 +590,15 @@ impl<T: Element> Job<T> {
         writer: &mut FrameWriter<OwnedWriteHalf>,
         i: usize,
         (x, y): &(Formed<T>, Formed<T>),
+        meter: &Meter,
     ) -> Result<u64, Error> {
         let (xs, ys) = (self.split.left_shape(), self.split.right_shape());
         let header =
             BlocksHeader { task_id: TaskId(i as u64), op: BlockOp::Multiply, dtype: T::DTYPE, shapes: vec![xs, ys] };
         let parts = [x.part(self.a.view(), xs), y.part(self.b.view(), ys)];
+        meter.send_len.store(header.frame_len().unwrap_or(0) as u64, Ordering::Relaxed);
+        writer.set_meter(Some(meter.sent.clone()));
+        meter.mark(&meter.send_start, self.started);
         deadline(
             self.reply_deadline,
             "a worker to take its operands",
@@ -648,8 +620,9 @@ impl<T: Element> Job<T> {
         reader: &mut FrameReader<OwnedReadHalf>,
         i: usize,
         pair: &(Formed<T>, Formed<T>),
+        meter: &Meter,
     ) -> Result<u64, Error> {
-        let sending = self.send(writer, i, pair);
+        let sending = self.send(writer, i, pair, meter);
         tokio::pin!(sending);
         loop {
             tokio::select! {
@@ -668,7 +641,12 @@ impl<T: Element> Job<T> {
     }
 
     /// Waits for product `i` on `reader`, checks it, and folds it into C.
-    async fn receive(self: &Arc<Self>, mut reader: FrameReader<OwnedReadHalf>, i: usize) -> Result<Received, Failure> {
+    async fn receive(
+        self: &Arc<Self>,
+        mut reader: FrameReader<OwnedReadHalf>,
+        i: usize,
+        meter: &Meter,
+    ) -> Result<Received, Failure> {
         let msg = deadline(self.reply_deadline, "a worker's product", async {
             loop {
                 match reader.read_message::<WorkerReply>("Computed").await? {
@@ -686,13 +664,25 @@ impl<T: Element> Job<T> {
             }
             other => return Err(other.into_error("Computed").into()),
         };
+        meter.mark(&meter.computed_at, self.started);
         let _permit = self.receiving.acquire().await.map_err(|_| Error::Closed("a receive permit"))?;
+        let product_len = BlocksHeader {
+            task_id: TaskId(i as u64),
+            op: BlockOp::Product,
+            dtype: T::DTYPE,
+            shapes: vec![self.split.product_shape()],
+        }
+        .frame_len()
+        .unwrap_or(0);
+        meter.receive_len.store(product_len as u64, Ordering::Relaxed);
+        meter.mark(&meter.receive_start, self.started);
         let t = Instant::now();
         let mut probe = self.check.as_ref().map(|c| (c, ProductProbe::new(c.r.clone(), self.split.product_shape())));
         let frame = deadline(
             self.reply_deadline,
             "a worker's product",
             reader.read_frame_with(&mut |mats: &[septet_common::Matrix], filled: usize| {
+                meter.received.store(filled as u64, Ordering::Relaxed);
                 if let Some((_, p)) = probe.as_mut() {
                     p.advance(mats, filled);
                 }
@@ -765,6 +755,9 @@ impl<T: Element> Job<T> {
                     Err(CheckError::NonFinite { cause, .. }) => return Err(Failure::Unverifiable(cause)),
                 }
             }
+            if job.folded[i].swap(true, Ordering::AcqRel) {
+                return Err(Failure::Superseded);
+            }
             strassen::accumulate(job.c.lock().view_mut(), m.view(), &PRODUCTS[i], job.split)?;
             septet_common::matrix::recycle(m);
             Ok::<_, Failure>(took)
@@ -774,44 +767,46 @@ impl<T: Element> Job<T> {
         Ok(Received { bytes, compute: Duration::from_micros(compute_us), receive, verify: waited + checked })
     }
 
-    /// A whole attempt at product `i` on `peer`: connect, form, send, receive.
-    async fn attempt(self: Arc<Self>, i: usize, peer: PeerAddr) -> Outcome {
+    /// A whole attempt at product `i` on `peer`: connect, wait for a send
+    /// lane (first attempts), form, send, receive, check, fold into C. Its
+    /// progress shows in `meter`.
+    async fn attempt(
+        self: Arc<Self>,
+        attempt: u64,
+        i: usize,
+        peer: PeerAddr,
+        meter: Arc<Meter>,
+        lane: Option<oneshot::Receiver<OwnedSemaphorePermit>>,
+        progress: ProgressFn,
+    ) -> Outcome {
         let (mut bytes_sent, mut send) = (0, Duration::ZERO);
         let result = async {
             let Connection { mut reader, mut writer, .. } =
                 Connection::connect(&peer.addr, Role::Client, self.limits.clone())
                     .await
                     .map_err(|e| e.naming(|| format!("the worker at {}", peer.addr)))?;
+            if let Some(lane) = lane {
+                let permit = lane.await.map_err(|_| Failure::Local("the send lanes closed".into()))?;
+                *meter.lane.lock() = Some(permit);
+            }
             let pair = self.form(i).await.map_err(|e| Failure::Local(e.to_string()))?;
             let t = Instant::now();
-            bytes_sent = self.send_watching(&mut writer, &mut reader, i, &pair).await?;
-            send = t.elapsed();
+            let sent = self.send_watching(&mut writer, &mut reader, i, &pair, &meter).await;
+            // The lane goes to the next product (unless it went already).
+            drop(meter.lane.lock().take());
             pair.0.recycle();
             pair.1.recycle();
+            bytes_sent = sent?;
+            send = t.elapsed();
+            meter.mark(&meter.sent_at, self.started);
+            progress(Progress::Sent { product: PRODUCTS[i].name, bytes: bytes_sent });
             // The write side stays open until the reply is in.
-            let got = self.receive(reader, i).await;
+            let got = self.receive(reader, i, &meter).await;
             drop(writer);
             got
         }
         .await;
-        Outcome { product: i, peer, bytes_sent, send, result }
-    }
-}
-
-/// A product waiting for a peer to redo it on.
-struct Redo {
-    product: usize,
-    /// The peer it failed on (reported to the tracker).
-    failed: PeerAddr,
-    cause: Error,
-    /// When it started waiting: it gives up after `replacement_wait`.
-    since: Instant,
-}
-
-impl Redo {
-    /// What the tracker is told of the failure.
-    fn reason(&self) -> String {
-        format!("{}: {}", PRODUCTS[self.product].name, self.cause)
+        Outcome { attempt, product: i, peer, bytes_sent, send, result }
     }
 }
 
@@ -881,6 +876,7 @@ impl Requester {
             verify_s: 0.0,
             verify_critical_s: 0.0,
             retries: 0,
+            hedges: Vec::new(),
             failures: Vec::new(),
         };
         if split.m == 0 || split.n == 0 || split.k == 0 {
@@ -932,14 +928,9 @@ impl Requester {
         Ok((c, report))
     }
 
-    /// Reports `peer` and waits (up to `replacement_wait`) for a replacement slot.
-    /// Reports `redo`'s failed peer to the tracker and asks for a
-    /// replacement slot; `None` when none is free now.
-    async fn ask_tracker(&self, keeper: &LeaseKeeper, redo: &Redo) -> Result<Option<PeerAddr>> {
-        keeper
-            .report(redo.failed.peer_id, redo.reason(), true)
-            .await
-            .map_err(|e| RequestError::Tracker { addr: self.config.tracker.clone(), source: e })
+    /// A tracker failure as the job's error.
+    fn tracker_error(&self, source: Error) -> RequestError {
+        RequestError::Tracker { addr: self.config.tracker.clone(), source }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -965,7 +956,9 @@ impl Requester {
         .ok_or_else(|| RequestError::Internal("product too large".into()))?;
         let limits = ConnLimits {
             max_frame_len: product_len.max(1 << 20),
-            handshake_timeout: self.config.io_timeout,
+            // A worker answers its handshake at once; one that does not
+            // within the silence timeout is as gone as one that stops talking.
+            handshake_timeout: self.config.silence_timeout.min(self.config.io_timeout),
             stall_timeout: Some(self.config.silence_timeout.min(self.config.io_timeout)),
             // Workers say `Working` every second: silence means gone.
             idle_timeout: Some(self.config.silence_timeout),
@@ -1003,194 +996,11 @@ impl Requester {
             check,
             verify_time: Mutex::new(Duration::ZERO),
             started,
+            folded: Default::default(),
         });
 
-        // Connect to all seven in parallel.
-        let mut connecting = tokio::task::JoinSet::new();
-        for (i, peer) in peers.iter().enumerate() {
-            let addr = peer.addr.clone();
-            let limits = limits.clone();
-            connecting.spawn(async move {
-                let conn = Connection::connect(&addr, Role::Client, limits).await;
-                (i, conn.map_err(|e| e.naming(|| format!("the worker at {addr}"))))
-            });
-        }
-        let mut conns: Vec<Option<Result<Connection, Error>>> = (0..7).map(|_| None).collect();
-        while let Some(joined) = connecting.join_next().await {
-            let (i, conn) = joined.map_err(|e| RequestError::Internal(format!("connecting to a peer: {e}")))?;
-            conns[i] = Some(conn);
-        }
-        report.connect_s = started.elapsed().as_secs_f64() - report.lease_wait_s;
-
-        // First round: send in SEND_ORDER, forming the next pair while the
-        // previous one is written; each product's receiver starts once its
-        // operands are sent. Every attempt ends as exactly one `Outcome`,
-        // even if its task panics.
-        let mut attempts = Attempts::new();
-        let spawn_form = |j: usize| {
-            let job = job.clone();
-            tokio::spawn(async move { job.form(j).await })
-        };
-        let mut next = Some(spawn_form(SEND_ORDER[0]));
-        for (step, &i) in SEND_ORDER.iter().enumerate() {
-            let formed = next.take().expect("each pair is formed before it is sent").await;
-            let pair =
-                formed.map_err(|e| format!("forming operands failed: {e}")).and_then(|r| r.map_err(|e| e.to_string()));
-            next = SEND_ORDER.get(step + 1).map(|&j| spawn_form(j));
-            let peer = peers[i].clone();
-            let conn = conns[i].take().expect("connected or failed");
-            let failed = |peer, send, failure| Outcome { product: i, peer, bytes_sent: 0, send, result: Err(failure) };
-            let (conn, pair) = match (conn, pair) {
-                (Ok(conn), Ok(pair)) => (conn, pair),
-                (_, Err(e)) => {
-                    attempts.ready.push_back(failed(peer, Duration::ZERO, Failure::Local(e)));
-                    continue;
-                }
-                (Err(e), _) => {
-                    attempts.ready.push_back(failed(peer, Duration::ZERO, Failure::Peer(e)));
-                    continue;
-                }
-            };
-            let Connection { mut reader, mut writer, .. } = conn;
-            let t = Instant::now();
-            let sent = job.send_watching(&mut writer, &mut reader, i, &pair).await;
-            pair.0.recycle();
-            pair.1.recycle();
-            match sent {
-                Ok(bytes_sent) => {
-                    let send = t.elapsed();
-                    progress(Progress::Sent { product: PRODUCTS[i].name, bytes: bytes_sent });
-                    let job = job.clone();
-                    let owner = peer.clone();
-                    attempts.spawn(i, owner, async move {
-                        let result = job.receive(reader, i).await;
-                        drop(writer);
-                        Outcome { product: i, peer, bytes_sent, send, result }
-                    });
-                }
-                Err(e) => attempts.ready.push_back(failed(peer, t.elapsed(), Failure::Peer(e))),
-            }
-        }
-
-        // Gather; re-dispatch what failed. A product to redo goes to
-        // whichever is ready first: a peer of this lease whose own product
-        // is in (it is idle, and the lease already holds its slot), or a
-        // fresh slot from the tracker. So a job completes on a grid of
-        // exactly seven despite one bad peer.
-        let mut reports: Vec<Option<PeerReport>> = (0..7).map(|_| None).collect();
-        let mut tries = [1u32; 7];
-        let mut left = 7;
-        let mut idle: Vec<PeerAddr> = Vec::new();
-        let mut redo: VecDeque<Redo> = VecDeque::new();
-        while left > 0 {
-            // Hand out what waits for a peer: our idle peers first, then the tracker.
-            while !redo.is_empty() {
-                let peer = match idle.pop() {
-                    Some(peer) => {
-                        let r = &redo[0];
-                        // Record the failure; no new slot needed.
-                        if let Err(e) = keeper.report(r.failed.peer_id, r.reason(), false).await {
-                            warn!(error = %e, "could not report a failed peer to the tracker");
-                        }
-                        peer
-                    }
-                    None => match self.ask_tracker(keeper, &redo[0]).await? {
-                        Some(peer) => peer,
-                        None => break,
-                    },
-                };
-                let Redo { product: i, .. } = redo.pop_front().expect("not empty");
-                info!(product = PRODUCTS[i].name, peer_id = %peer.peer_id, addr = %peer.addr, "re-sending to another peer");
-                tries[i] += 1;
-                report.retries += 1;
-                attempts.spawn(i, peer.clone(), job.clone().attempt(i, peer));
-            }
-            if let Some(r) = redo.front() {
-                if r.since.elapsed() >= self.config.replacement_wait {
-                    let r = redo.pop_front().expect("not empty");
-                    return Err(RequestError::NoReplacement {
-                        product: PRODUCTS[r.product].name,
-                        peer_id: r.failed.peer_id,
-                        addr: r.failed.addr,
-                        waited: self.config.replacement_wait,
-                        source: r.cause,
-                    });
-                }
-            }
-            let next = if redo.is_empty() {
-                attempts.next().await
-            } else if attempts.is_empty() {
-                // Nothing of ours can free up: only the tracker can help.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            } else {
-                // Something waits for a peer: ask the tracker again soon,
-                // unless one of ours finishes first.
-                tokio::select! {
-                    next = attempts.next() => next,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                }
-            };
-            let Outcome { product: i, peer, bytes_sent, send, result } = next.ok_or_else(|| {
-                RequestError::Internal(format!("no attempt is running but {left} products are missing"))
-            })?;
-            report.bytes_sent += bytes_sent;
-            match result {
-                Ok(got) => {
-                    left -= 1;
-                    if left == 0 {
-                        report.verify_critical_s = got.verify.as_secs_f64();
-                    }
-                    report.bytes_received += got.bytes;
-                    progress(Progress::Received { product: PRODUCTS[i].name, bytes: got.bytes });
-                    reports[i] = Some(PeerReport {
-                        product: PRODUCTS[i].name,
-                        peer_id: peer.peer_id,
-                        addr: peer.addr.clone(),
-                        bytes_sent,
-                        bytes_received: got.bytes,
-                        send_s: send.as_secs_f64(),
-                        compute_s: got.compute.as_secs_f64(),
-                        done_at_s: started.elapsed().as_secs_f64(),
-                        receive_s: got.receive.as_secs_f64(),
-                    });
-                    idle.push(peer);
-                }
-                Err(Failure::Local(e)) => {
-                    return Err(RequestError::Internal(format!("{}: {e}", PRODUCTS[i].name)));
-                }
-                Err(Failure::Unverifiable(cause)) => {
-                    let name = PRODUCTS[i].name;
-                    warn!(product = name, peer_id = %peer.peer_id, %cause, "product cannot be verified; stopping the job");
-                    report.failures.push(format!("{name} on peer {} ({}): {cause}", peer.peer_id, peer.addr));
-                    return Err(RequestError::Unverifiable {
-                        product: name,
-                        peer_id: peer.peer_id,
-                        addr: peer.addr,
-                        cause,
-                    });
-                }
-                Err(Failure::Peer(e)) => {
-                    let name = PRODUCTS[i].name;
-                    warn!(product = name, peer_id = %peer.peer_id, addr = %peer.addr, error = %e, "peer failed; re-dispatching");
-                    report.failures.push(format!("{name} on peer {} ({}): {e}", peer.peer_id, peer.addr));
-                    if tries[i] >= self.config.max_attempts {
-                        return Err(RequestError::Peer {
-                            product: name,
-                            peer_id: peer.peer_id,
-                            addr: peer.addr,
-                            source: e,
-                        });
-                    }
-                    // A peer that failed is never handed work again in this job.
-                    idle.retain(|p| p.peer_id != peer.peer_id || p.addr != peer.addr);
-                    redo.push_back(Redo { product: i, failed: peer, cause: e, since: Instant::now() });
-                }
-            }
-        }
-        attempts.set.abort_all();
-        while attempts.set.join_next().await.is_some() {}
-        report.peers = reports.into_iter().map(|r| r.expect("every product received")).collect();
+        // Every attempt — first, redo or hedge — runs under the dispatch loop.
+        Dispatch::new(self, keeper, job.clone(), progress.clone()).run(peers, report).await?;
         report.verified = job.check.is_some();
         let prepare = verify_prepare.map(|p| *p.lock()).unwrap_or_default();
         report.verify_s = (prepare + *job.verify_time.lock()).as_secs_f64();
@@ -1233,41 +1043,5 @@ mod tests {
         probe.advance(&[Matrix::F64(m.clone()), Matrix::F64(m.clone())], bytes);
         assert_eq!(probe.rows_done, 0);
         assert!(probe.finish(Array2::zeros((rows + 1, cols)).view()).is_err());
-    }
-
-    /// A task that panics still ends as an outcome for its product and
-    /// peer (a peer failure, re-dispatched like any other), so the job
-    /// never waits for it forever.
-    #[tokio::test]
-    async fn a_panicking_attempt_becomes_a_failure_of_its_product() {
-        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: format!("127.0.0.1:{}", 9000 + id) };
-        let mut attempts = Attempts::new();
-        attempts.spawn(4, peer(2), async { panic!("garbage from the peer") });
-        attempts.spawn(1, peer(5), async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Outcome {
-                product: 1,
-                peer: peer(5),
-                bytes_sent: 7,
-                send: Duration::ZERO,
-                result: Err(Failure::Peer(Error::Closed("x"))),
-            }
-        });
-        let first = attempts.next().await.expect("an outcome for the panicked task");
-        assert_eq!((first.product, first.peer.peer_id), (4, PeerId(2)));
-        match first.result {
-            Err(Failure::Peer(e)) => {
-                let text = e.to_string();
-                assert!(
-                    text.contains("M5") && text.contains("panicked") && text.contains("garbage from the peer"),
-                    "{text}"
-                );
-            }
-            other => panic!("{:?}", other.err()),
-        }
-        let second = attempts.next().await.unwrap();
-        assert_eq!((second.product, second.bytes_sent), (1, 7));
-        assert!(attempts.next().await.is_none());
-        assert!(attempts.owners.is_empty());
     }
 }

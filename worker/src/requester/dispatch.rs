@@ -1,0 +1,775 @@
+//! The dispatch loop: the one place that decides what runs where for the
+//! seven products of a job — first attempts, redos of failed products and
+//! hedges of lagging ones — from what each attempt is observed doing.
+//!
+//! Each product has an explicit [`State`]; each attempt at it runs as a
+//! task (connect, send, wait for the product, receive, verify, fold into
+//! C) that publishes its progress in a [`Meter`]: bytes moved and when each
+//! phase began. The loop wakes on every finished attempt and every
+//! [`TICK`], and applies the policy:
+//!
+//! - **Sending.** First attempts send in [`SEND_ORDER`] through [`LANES`]
+//!   send lanes, so a product computes while the next ones travel. A send
+//!   found slow (below) gives its lane up at once and goes on beside the
+//!   others, so one slow link does not hold back six fast ones. Redos and
+//!   hedges send at once.
+//! - **Redo.** A product whose attempt failed (and that no other attempt is
+//!   computing) goes to whichever is ready first: an idle peer of the lease
+//!   (its own product in) or a fresh slot from the tracker.
+//! - **Hedge.** A product whose attempt lags well behind the rest gets a
+//!   second attempt on a spare: an idle peer of the lease, or one more slot
+//!   from the tracker (off the slow peer). The first copy verified is used;
+//!   the other attempt is cancelled. The tracker hears at the end which
+//!   peers hedges beat (probation) and which delivered first.
+//!
+//! "Lags" is judged on progress one can observe, never on elapsed time
+//! alone, because on a loaded machine healthy products finish far apart:
+//! an attempt lags when its send or its receive, projected from the bytes
+//! moved so far, would take more than [`SLOW_FACTOR`]× the median of the
+//! job's completed sends or receives (and [`SLOW_MARGIN`] more); or when
+//! at most one other product is missing and it has run [`SLOW_FACTOR`]×
+//! the median time the verified products took, plus [`LAST_MARGIN`] (a
+//! worker that computes slowly: its bytes say nothing). Each product is
+//! hedged at most once, and a job hedges at most `max_hedges` products.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use septet_common::proto::{PeerAddr, PeerId};
+use septet_common::strassen::PRODUCTS;
+use septet_common::{Element, Error};
+use serde::Serialize;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::{info, warn};
+
+use super::{panic_text, Job, JobReport, LeaseKeeper, PeerReport, Progress, ProgressFn, Received, RequestError};
+use super::{Requester, Result, SEND_ORDER};
+use crate::verify::NonFinite;
+
+/// Sends of first attempts in flight at once (besides those found slow).
+pub(super) const LANES: usize = 2;
+/// How often the loop looks at the attempts in flight.
+const TICK: Duration = Duration::from_millis(100);
+/// How often a product waiting for a slot asks the tracker again.
+const TRACKER_POLL: Duration = Duration::from_millis(200);
+/// A phase projected to take this many times the job's median lags...
+const SLOW_FACTOR: f64 = 3.0;
+/// ... and also this much longer than the median.
+const SLOW_MARGIN: Duration = Duration::from_millis(300);
+/// A transfer is judged only after it has run this long.
+const MIN_OBSERVED: Duration = Duration::from_millis(200);
+/// The last products lag only this much past `SLOW_FACTOR`× the median.
+const LAST_MARGIN: Duration = Duration::from_secs(1);
+
+/// Where a product stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Waiting for a peer (or a send lane).
+    Queued,
+    /// Its operands are being written.
+    Sending,
+    /// Sent; the worker computes.
+    Computing,
+    /// The product is being read and checked.
+    Receiving,
+    /// Verified and folded into C.
+    Verified,
+    /// Gave up: the job fails.
+    Failed,
+    /// Two attempts race; the first verified wins.
+    Hedged,
+}
+
+/// What one attempt has done so far. Times are microseconds since the job
+/// started, 0 until it happens.
+#[derive(Debug, Default)]
+pub(super) struct Meter {
+    /// Operand bytes written.
+    pub sent: Arc<AtomicU64>,
+    /// Product bytes read.
+    pub received: AtomicU64,
+    /// Its operands' size (known once sending starts).
+    pub send_len: AtomicU64,
+    /// Its product's size (known once receiving starts).
+    pub receive_len: AtomicU64,
+    pub send_start: AtomicU64,
+    pub sent_at: AtomicU64,
+    pub computed_at: AtomicU64,
+    pub receive_start: AtomicU64,
+    /// The send lane it holds while sending, if any. Whoever takes it out
+    /// (the attempt when its send ends, or the loop when it finds the send
+    /// slow) gives the lane back, so it is given back exactly once, also
+    /// when the attempt is cancelled.
+    pub lane: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Meter {
+    /// Records that something happened now (never 0, so "happened" shows).
+    pub fn mark(&self, at: &AtomicU64, started: Instant) {
+        at.store((started.elapsed().as_micros() as u64).max(1), Ordering::Relaxed);
+    }
+
+    fn at(at: &AtomicU64) -> Option<Duration> {
+        match at.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    fn state(&self) -> State {
+        if Meter::at(&self.receive_start).is_some() {
+            State::Receiving
+        } else if Meter::at(&self.sent_at).is_some() {
+            State::Computing
+        } else if Meter::at(&self.send_start).is_some() {
+            State::Sending
+        } else {
+            State::Queued
+        }
+    }
+}
+
+/// How an attempt came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    First,
+    Redo,
+    Hedge,
+}
+
+/// One finished attempt at a product.
+pub(super) struct Outcome {
+    pub attempt: u64,
+    pub product: usize,
+    pub peer: PeerAddr,
+    pub bytes_sent: u64,
+    pub send: Duration,
+    pub result: Result<Received, Failure>,
+}
+
+/// Why an attempt at a product did not deliver it.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The peer failed or misbehaved (or its reply broke the task reading
+    /// it): report it and send the product elsewhere.
+    Peer(Error),
+    /// Non-finite values defeat the check: nobody is to blame, and no other
+    /// peer would do better.
+    Unverifiable(NonFinite),
+    /// Another copy of the product was folded into C first (a hedge race
+    /// both sides finished): this one is not needed.
+    Superseded,
+    /// A step on this side failed: a bug, not the peer's doing.
+    Local(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Peer(e)
+    }
+}
+
+/// The attempts in flight, each a task that ends in an [`Outcome`]. A task
+/// that panics or is cancelled still ends in one, naming its attempt,
+/// product and peer, so no product is ever waited for forever.
+pub(super) struct Attempts {
+    set: tokio::task::JoinSet<Outcome>,
+    owners: HashMap<tokio::task::Id, (u64, usize, PeerAddr)>,
+}
+
+impl Attempts {
+    pub fn new() -> Self {
+        Self { set: tokio::task::JoinSet::new(), owners: HashMap::new() }
+    }
+
+    pub fn spawn(
+        &mut self,
+        attempt: u64,
+        product: usize,
+        peer: PeerAddr,
+        task: impl std::future::Future<Output = Outcome> + Send + 'static,
+    ) -> tokio::task::AbortHandle {
+        let handle = self.set.spawn(task);
+        self.owners.insert(handle.id(), (attempt, product, peer));
+        handle
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// The next outcome; `None` when no attempt is left.
+    pub async fn next(&mut self) -> Option<Outcome> {
+        let (id, outcome) = match self.set.join_next_with_id().await? {
+            Ok(done) => done,
+            Err(e) => {
+                let Some((attempt, product, peer)) = self.owners.remove(&e.id()) else {
+                    return Some(Outcome {
+                        attempt: u64::MAX,
+                        product: 0,
+                        peer: PeerAddr { peer_id: PeerId(u64::MAX), addr: String::new() },
+                        bytes_sent: 0,
+                        send: Duration::ZERO,
+                        result: Err(Failure::Local(format!("a task the job does not know ended: {e}"))),
+                    });
+                };
+                let what = if e.is_panic() { "panicked" } else { "was cancelled" };
+                let error = Error::Invalid(format!(
+                    "the task handling {} {what} (on the peer's reply): {}",
+                    PRODUCTS[product].name,
+                    panic_text(e)
+                ));
+                let result = Err(Failure::Peer(error));
+                return Some(Outcome { attempt, product, peer, bytes_sent: 0, send: Duration::ZERO, result });
+            }
+        };
+        self.owners.remove(&id);
+        Some(outcome)
+    }
+
+    pub async fn shutdown(&mut self) {
+        self.set.abort_all();
+        while self.set.join_next().await.is_some() {}
+    }
+}
+
+/// A product waiting for a peer to redo it on.
+struct Redo {
+    product: usize,
+    /// The peer it failed on (reported to the tracker).
+    failed: PeerAddr,
+    cause: Error,
+    /// When it started waiting: it gives up after `replacement_wait`.
+    since: Instant,
+}
+
+impl Redo {
+    /// What the tracker is told of the failure.
+    fn reason(&self) -> String {
+        format!("{}: {}", PRODUCTS[self.product].name, self.cause)
+    }
+}
+
+/// A hedge, as the job report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HedgeReport {
+    /// "M1".."M7".
+    pub product: &'static str,
+    /// The peer whose attempt lagged.
+    pub slow_peer: PeerAddr,
+    /// Where the copy went.
+    pub hedge_peer: PeerAddr,
+    /// Why the product was hedged.
+    pub reason: String,
+    /// Seconds from the start of the job.
+    pub at_s: f64,
+    /// `hedge` or `original`: whose copy was used (`none` if neither).
+    pub winner: &'static str,
+}
+
+/// An attempt in flight.
+struct Running {
+    product: usize,
+    peer: PeerAddr,
+    kind: Kind,
+    meter: Arc<Meter>,
+    abort: tokio::task::AbortHandle,
+    /// Its send is among `Dispatch::sends`.
+    send_counted: bool,
+}
+
+/// Per product.
+struct Product {
+    state: State,
+    /// Attempts started (first, redos, hedges).
+    tries: u32,
+    hedged: bool,
+}
+
+/// The loop's state for one job.
+pub(super) struct Dispatch<'a, T> {
+    requester: &'a Requester,
+    keeper: &'a LeaseKeeper,
+    job: Arc<Job<T>>,
+    progress: ProgressFn,
+    products: Vec<Product>,
+    running: HashMap<u64, Running>,
+    attempts: Attempts,
+    next_attempt: u64,
+    /// Peers of the lease with nothing to do (their product in).
+    idle: Vec<PeerAddr>,
+    /// Peers that failed: never given work again in this job.
+    failed_peers: Vec<PeerId>,
+    redo: VecDeque<Redo>,
+    /// Last time the tracker was asked for a slot (replacement or hedge).
+    asked_tracker: Option<Instant>,
+    /// Durations of completed sends and receives, and of verified
+    /// attempts from their send to their product's check.
+    sends: Vec<Duration>,
+    receives: Vec<Duration>,
+    spans: Vec<Duration>,
+    hedges: Vec<HedgeReport>,
+    /// Peers whose product a hedge delivered first / that delivered first.
+    beaten: Vec<PeerId>,
+    proven: Vec<PeerId>,
+    reports: Vec<Option<PeerReport>>,
+    /// When the first send began (after connecting), since the job started.
+    first_send: Option<Duration>,
+}
+
+impl<'a, T: Element> Dispatch<'a, T> {
+    pub fn new(requester: &'a Requester, keeper: &'a LeaseKeeper, job: Arc<Job<T>>, progress: ProgressFn) -> Self {
+        Self {
+            requester,
+            keeper,
+            job,
+            progress,
+            products: (0..7).map(|_| Product { state: State::Queued, tries: 0, hedged: false }).collect(),
+            running: HashMap::new(),
+            attempts: Attempts::new(),
+            next_attempt: 0,
+            idle: Vec::new(),
+            failed_peers: Vec::new(),
+            redo: VecDeque::new(),
+            asked_tracker: None,
+            sends: Vec::new(),
+            receives: Vec::new(),
+            spans: Vec::new(),
+            hedges: Vec::new(),
+            beaten: Vec::new(),
+            proven: Vec::new(),
+            reports: (0..7).map(|_| None).collect(),
+            first_send: None,
+        }
+    }
+
+    /// Starts an attempt at product `i` on `peer`; `lane` is where its send
+    /// lane comes from (first attempts), `None` to send at once.
+    fn start(&mut self, i: usize, peer: PeerAddr, kind: Kind, lane: Option<oneshot::Receiver<OwnedSemaphorePermit>>) {
+        let id = self.next_attempt;
+        self.next_attempt += 1;
+        let meter = Arc::new(Meter::default());
+        let task = self.job.clone().attempt(id, i, peer.clone(), meter.clone(), lane, self.progress.clone());
+        let abort = self.attempts.spawn(id, i, peer.clone(), task);
+        self.products[i].tries += 1;
+        self.running.insert(id, Running { product: i, peer, kind, meter, abort, send_counted: false });
+    }
+
+    /// Runs the job to the end: every product verified and folded into C,
+    /// or the error that stopped it. The lease's peers' speed is reported
+    /// to the tracker either way.
+    pub async fn run(mut self, peers: &[PeerAddr; 7], report: &mut JobReport) -> Result<()> {
+        let result = self.drive(peers, report).await;
+        self.attempts.shutdown().await;
+        report.hedges = std::mem::take(&mut self.hedges);
+        if let Some(first) = self.first_send {
+            report.connect_s = (first.as_secs_f64() - report.lease_wait_s).max(0.0);
+        }
+        // Told the tracker with the release.
+        self.keeper.note_speed(std::mem::take(&mut self.beaten), std::mem::take(&mut self.proven)).await;
+        result?;
+        report.peers = self.reports.into_iter().map(|r| r.expect("every product verified")).collect();
+        Ok(())
+    }
+
+    async fn drive(&mut self, peers: &[PeerAddr; 7], report: &mut JobReport) -> Result<()> {
+        // The first round: lanes handed out in SEND_ORDER, so products go
+        // out in that order however their connections come up.
+        let lanes = Arc::new(Semaphore::new(LANES));
+        let mut feeds = Vec::new();
+        for &i in &SEND_ORDER {
+            let (tx, rx) = oneshot::channel();
+            feeds.push(tx);
+            self.start(i, peers[i].clone(), Kind::First, Some(rx));
+        }
+        let feeder = tokio::spawn({
+            let lanes = lanes.clone();
+            async move {
+                for tx in feeds {
+                    let Ok(permit) = lanes.clone().acquire_owned().await else { return };
+                    // An attempt that failed before its turn drops its
+                    // receiver, and the permit comes straight back.
+                    let _ = tx.send(permit);
+                }
+            }
+        });
+        let _feeder = AbortOnDrop(feeder);
+
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while self.products.iter().any(|p| p.state != State::Verified) {
+            self.hand_out_redos(report).await?;
+            self.look_at_attempts().await;
+            if self.attempts.is_empty() && self.redo.is_empty() {
+                let missing = self.products.iter().filter(|p| p.state != State::Verified).count();
+                return Err(RequestError::Internal(format!(
+                    "no attempt is running but {missing} products are missing"
+                )));
+            }
+            tokio::select! {
+                outcome = self.attempts.next(), if !self.attempts.is_empty() => {
+                    if let Some(outcome) = outcome {
+                        self.settle(outcome, report)?;
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives what waits for a peer to our idle peers first, then to slots
+    /// from the tracker; fails the job once a product waited too long.
+    async fn hand_out_redos(&mut self, report: &mut JobReport) -> Result<()> {
+        while let Some(r) = self.redo.front() {
+            let peer = match self.idle.pop() {
+                Some(peer) => {
+                    // Record the failure; no new slot needed.
+                    if let Err(e) = self.keeper.report(r.failed.peer_id, r.reason(), false).await {
+                        warn!(error = %e, "could not report a failed peer to the tracker");
+                    }
+                    peer
+                }
+                None => {
+                    if self.asked_tracker.is_some_and(|t| t.elapsed() < TRACKER_POLL) {
+                        break;
+                    }
+                    self.asked_tracker = Some(Instant::now());
+                    let asked = self.keeper.report(r.failed.peer_id, r.reason(), true).await;
+                    match asked.map_err(|e| self.requester.tracker_error(e))? {
+                        Some(peer) => peer,
+                        None => break,
+                    }
+                }
+            };
+            let Redo { product: i, .. } = self.redo.pop_front().expect("not empty");
+            info!(product = PRODUCTS[i].name, peer_id = %peer.peer_id, addr = %peer.addr, "re-sending to another peer");
+            report.retries += 1;
+            self.products[i].state = State::Queued;
+            self.start(i, peer, Kind::Redo, None);
+        }
+        if let Some(r) = self.redo.front() {
+            if r.since.elapsed() >= self.requester.config.replacement_wait {
+                let r = self.redo.pop_front().expect("not empty");
+                self.products[r.product].state = State::Failed;
+                return Err(RequestError::NoReplacement {
+                    product: PRODUCTS[r.product].name,
+                    peer_id: r.failed.peer_id,
+                    addr: r.failed.addr,
+                    waited: self.requester.config.replacement_wait,
+                    source: r.cause,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Updates each product's state from its attempts' meters, records
+    /// finished transfers, frees the lanes of slow sends, and hedges
+    /// products that lag.
+    async fn look_at_attempts(&mut self) {
+        let now = self.job.started.elapsed();
+        for r in self.running.values_mut() {
+            let m = &r.meter;
+            if let Some(start) = Meter::at(&m.send_start) {
+                self.first_send = Some(self.first_send.map_or(start, |f| f.min(start)));
+            }
+            if let (false, Some(start), Some(end)) = (r.send_counted, Meter::at(&m.send_start), Meter::at(&m.sent_at)) {
+                self.sends.push(end.saturating_sub(start));
+                r.send_counted = true;
+            }
+        }
+        let mut lagging = Vec::new();
+        for (&id, r) in &self.running {
+            let p = &self.products[r.product];
+            if p.state == State::Verified {
+                continue;
+            }
+            let others: Vec<State> =
+                self.products.iter().enumerate().filter(|&(j, _)| j != r.product).map(|(_, p)| p.state).collect();
+            if let Some(why) = self.lags(r, now, &others) {
+                lagging.push((id, why));
+            }
+        }
+        for r in self.running.values() {
+            let p = &mut self.products[r.product];
+            if p.state != State::Verified && !p.hedged && p.state != State::Failed {
+                p.state = r.meter.state();
+            }
+        }
+        for (id, why) in lagging {
+            let Some(r) = self.running.get(&id) else { continue };
+            // A slow send gives its lane to the next product at once.
+            if r.meter.state() == State::Sending && r.meter.lane.lock().take().is_some() {
+                info!(product = PRODUCTS[r.product].name, peer_id = %r.peer.peer_id, %why, "slow send: the next product goes out beside it");
+            }
+            self.hedge(id, why).await;
+        }
+    }
+
+    /// Why attempt `r` lags, if it does.
+    fn lags(&self, r: &Running, now: Duration, others: &[State]) -> Option<String> {
+        let m = &r.meter;
+        let product = &self.products[r.product];
+        if product.hedged || r.kind == Kind::Hedge {
+            return None;
+        }
+        let slow = |elapsed: Duration, done: u64, total: u64, medians: &[Duration], what: &str| -> Option<String> {
+            let median = median(medians)?;
+            if elapsed < MIN_OBSERVED || total == 0 {
+                return None;
+            }
+            let projected = elapsed.mul_f64(total as f64 / done.max(1) as f64);
+            let bound = median.mul_f64(SLOW_FACTOR).max(median + SLOW_MARGIN);
+            (projected > bound).then(|| {
+                format!(
+                    "{what} {:.0}% in {:.2} s: projected {:.2} s against a median of {:.2} s",
+                    100.0 * done as f64 / total as f64,
+                    elapsed.as_secs_f64(),
+                    projected.as_secs_f64(),
+                    median.as_secs_f64()
+                )
+            })
+        };
+        match m.state() {
+            State::Sending => {
+                let start = Meter::at(&m.send_start)?;
+                let (done, total) = (m.sent.load(Ordering::Relaxed), m.send_len.load(Ordering::Relaxed));
+                slow(now.saturating_sub(start), done, total, &self.sends, "sending")
+            }
+            State::Receiving => {
+                let start = Meter::at(&m.receive_start)?;
+                let (done, total) = (m.received.load(Ordering::Relaxed), m.receive_len.load(Ordering::Relaxed));
+                slow(now.saturating_sub(start), done, total, &self.receives, "receiving")
+            }
+            State::Computing => {
+                // Only the last products: a worker computing slowly says
+                // nothing through its bytes.
+                let missing = others.iter().filter(|s| **s != State::Verified).count();
+                if missing > 1 {
+                    return None;
+                }
+                let median = median(&self.spans)?;
+                let ran = now.saturating_sub(Meter::at(&m.send_start)?);
+                let bound = median.mul_f64(SLOW_FACTOR) + LAST_MARGIN;
+                (ran > bound).then(|| {
+                    format!(
+                        "still computing after {:.2} s while the verified products took a median of {:.2} s",
+                        ran.as_secs_f64(),
+                        median.as_secs_f64()
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Hedges the product of attempt `id`: a copy on an idle peer of the
+    /// lease, or on one more slot from the tracker; nothing if neither is
+    /// free (it is tried again on a later tick) or the job's hedges are used up.
+    async fn hedge(&mut self, id: u64, why: String) {
+        if self.hedges.len() >= self.requester.config.max_hedges as usize {
+            return;
+        }
+        let Some(r) = self.running.get(&id) else { return };
+        let (i, slow) = (r.product, r.peer.clone());
+        let spare = match self.idle.iter().position(|p| p.peer_id != slow.peer_id) {
+            Some(k) => Some(self.idle.remove(k)),
+            None => {
+                if self.asked_tracker.is_some_and(|t| t.elapsed() < TRACKER_POLL) {
+                    return;
+                }
+                self.asked_tracker = Some(Instant::now());
+                match self.keeper.hedge(slow.peer_id).await {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        warn!(error = %e, "could not ask the tracker for a hedge slot");
+                        None
+                    }
+                }
+            }
+        };
+        let Some(spare) = spare else { return };
+        if self.products[i].state == State::Verified {
+            // It arrived while we asked: the slot stays with the lease.
+            self.idle.push(spare);
+            return;
+        }
+        let name = PRODUCTS[i].name;
+        info!(product = name, slow = %slow.addr, hedge = %spare.addr, %why, "hedging a lagging product");
+        (self.progress)(Progress::Hedged { product: name, addr: spare.addr.clone() });
+        self.hedges.push(HedgeReport {
+            product: name,
+            slow_peer: slow,
+            hedge_peer: spare.clone(),
+            reason: why,
+            at_s: self.job.started.elapsed().as_secs_f64(),
+            winner: "none",
+        });
+        self.products[i].hedged = true;
+        self.products[i].state = State::Hedged;
+        self.start(i, spare, Kind::Hedge, None);
+    }
+
+    /// Takes one finished attempt into account.
+    fn settle(&mut self, outcome: Outcome, report: &mut JobReport) -> Result<()> {
+        let Outcome { attempt, product: i, peer, bytes_sent, send, result } = outcome;
+        report.bytes_sent += bytes_sent;
+        let Some(run) = self.running.remove(&attempt) else {
+            if let Err(Failure::Local(e)) = result {
+                return Err(RequestError::Internal(e));
+            }
+            // Cancelled by us: its product is in.
+            return Ok(());
+        };
+        let name = PRODUCTS[i].name;
+        let rivals: Vec<u64> = self.running.iter().filter(|(_, r)| r.product == i).map(|(&id, _)| id).collect();
+        match result {
+            Ok(got) => {
+                if let Some(start) = Meter::at(&run.meter.send_start) {
+                    self.first_send = Some(self.first_send.map_or(start, |f| f.min(start)));
+                }
+                self.products[i].state = State::Verified;
+                self.receives.push(got.receive);
+                if let Some(start) = Meter::at(&run.meter.send_start) {
+                    self.spans.push(self.job.started.elapsed().saturating_sub(start));
+                }
+                // The race is over: cancel the other copy.
+                for id in rivals {
+                    if let Some(loser) = self.running.remove(&id) {
+                        loser.abort.abort();
+                        if run.kind == Kind::Hedge {
+                            self.beaten.push(loser.peer.peer_id);
+                        }
+                    }
+                }
+                if let Some(h) = self.hedges.iter_mut().rev().find(|h| h.product == name) {
+                    h.winner = if run.kind == Kind::Hedge { "hedge" } else { "original" };
+                }
+                self.proven.push(peer.peer_id);
+                if self.products.iter().all(|p| p.state == State::Verified) {
+                    report.verify_critical_s = got.verify.as_secs_f64();
+                }
+                report.bytes_received += got.bytes;
+                (self.progress)(Progress::Received { product: name, bytes: got.bytes });
+                self.reports[i] = Some(PeerReport {
+                    product: name,
+                    peer_id: peer.peer_id,
+                    addr: peer.addr.clone(),
+                    bytes_sent,
+                    bytes_received: got.bytes,
+                    send_s: send.as_secs_f64(),
+                    compute_s: got.compute.as_secs_f64(),
+                    done_at_s: self.job.started.elapsed().as_secs_f64(),
+                    receive_s: got.receive.as_secs_f64(),
+                    hedged: self.products[i].hedged,
+                });
+                self.idle.push(peer);
+                Ok(())
+            }
+            Err(Failure::Superseded) => Ok(()),
+            Err(Failure::Local(e)) => Err(RequestError::Internal(format!("{name}: {e}"))),
+            Err(Failure::Unverifiable(cause)) => {
+                warn!(product = name, peer_id = %peer.peer_id, %cause, "product cannot be verified; stopping the job");
+                report.failures.push(format!("{name} on peer {} ({}): {cause}", peer.peer_id, peer.addr));
+                self.products[i].state = State::Failed;
+                Err(RequestError::Unverifiable { product: name, peer_id: peer.peer_id, addr: peer.addr, cause })
+            }
+            Err(Failure::Peer(e)) => {
+                warn!(product = name, peer_id = %peer.peer_id, addr = %peer.addr, error = %e, "peer failed");
+                report.failures.push(format!("{name} on peer {} ({}): {e}", peer.peer_id, peer.addr));
+                // A peer that failed is never handed work again in this job.
+                self.failed_peers.push(peer.peer_id);
+                self.idle.retain(|p| p.peer_id != peer.peer_id);
+                if self.products[i].state == State::Verified {
+                    return Ok(());
+                }
+                if !rivals.is_empty() {
+                    // The other copy carries on; only tell the tracker.
+                    let keeper = self.keeper.clone();
+                    let reason = format!("{name}: {e}");
+                    tokio::spawn(async move {
+                        if let Err(e) = keeper.report(peer.peer_id, reason, false).await {
+                            warn!(error = %e, "could not report a failed peer to the tracker");
+                        }
+                    });
+                    return Ok(());
+                }
+                if self.products[i].tries >= self.requester.config.max_attempts {
+                    self.products[i].state = State::Failed;
+                    return Err(RequestError::Peer {
+                        product: name,
+                        peer_id: peer.peer_id,
+                        addr: peer.addr,
+                        source: e,
+                    });
+                }
+                self.products[i].state = State::Queued;
+                self.redo.push_back(Redo { product: i, failed: peer, cause: e, since: Instant::now() });
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The median of `xs` (the upper one for an even count); `None` if empty.
+fn median(xs: &[Duration]) -> Option<Duration> {
+    let mut v = xs.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// Aborts the task when dropped (the lane feeder, however the job ends).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that panics still ends as an outcome for its product and
+    /// peer (a peer failure, re-dispatched like any other), so the job
+    /// never waits for it forever.
+    #[tokio::test]
+    async fn a_panicking_attempt_becomes_a_failure_of_its_product() {
+        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: format!("127.0.0.1:{}", 9000 + id) };
+        let mut attempts = Attempts::new();
+        attempts.spawn(0, 4, peer(2), async { panic!("garbage from the peer") });
+        attempts.spawn(1, 1, peer(5), async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Outcome {
+                attempt: 1,
+                product: 1,
+                peer: peer(5),
+                bytes_sent: 7,
+                send: Duration::ZERO,
+                result: Err(Failure::Peer(Error::Closed("x"))),
+            }
+        });
+        let first = attempts.next().await.expect("an outcome for the panicked task");
+        assert_eq!((first.attempt, first.product, first.peer.peer_id), (0, 4, PeerId(2)));
+        match first.result {
+            Err(Failure::Peer(e)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("M5") && text.contains("panicked") && text.contains("garbage from the peer"),
+                    "{text}"
+                );
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        let second = attempts.next().await.unwrap();
+        assert_eq!((second.product, second.bytes_sent), (1, 7));
+        assert!(attempts.next().await.is_none());
+        assert!(attempts.owners.is_empty());
+    }
+}
