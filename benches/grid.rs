@@ -9,7 +9,10 @@
 //! of two of them. So a fixed pass after each size also times the three
 //! *interleaved* — local, then grid verified and unverified in alternating
 //! order, repeated — and prints the median of the per-round ratios,
-//! including verified ÷ unverified: the cost of the Freivalds check.
+//! including verified ÷ unverified: the cost of the Freivalds check, and
+//! verified ÷ verified without hedging (`max_hedges: 0`): what the hedging
+//! policy costs a healthy grid, with the hedges it sent (each one more
+//! product of work).
 //!
 //! `cargo bench --bench grid` (n = 4096 takes a few minutes).
 
@@ -26,7 +29,8 @@ fn bench(c: &mut Criterion) {
     let grid = rt.block_on(LocalGrid::start(7)).unwrap();
     let tracker = grid.tracker().to_string();
     let requester = Requester::new(RequesterConfig { tracker: tracker.clone(), ..Default::default() });
-    let unverified = Requester::new(RequesterConfig { tracker, verify: false, ..Default::default() });
+    let unverified = Requester::new(RequesterConfig { tracker: tracker.clone(), verify: false, ..Default::default() });
+    let unhedged = Requester::new(RequesterConfig { tracker, max_hedges: 0, ..Default::default() });
     let mut group = c.benchmark_group("grid");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
@@ -46,6 +50,7 @@ fn bench(c: &mut Criterion) {
         });
         let rounds = if n >= 4096 { 7 } else { 15 };
         let (mut verified, mut unverified_ratio, mut cost) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut hedging_cost, mut hedges, mut hedged_jobs) = (Vec::new(), 0, 0);
         for round in 0..rounds {
             let time = |f: &mut dyn FnMut()| {
                 let start = Instant::now();
@@ -53,20 +58,40 @@ fn bench(c: &mut Criterion) {
                 start.elapsed().as_secs_f64()
             };
             let local = time(&mut || drop(matmul(a.view(), b.view(), parallelism(0)).unwrap()));
-            let checked = || time(&mut || drop(rt.block_on(requester.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
-            let bare = || time(&mut || drop(rt.block_on(unverified.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
-            // Alternate which runs first: whichever follows the other runs
-            // on a warmer machine.
-            let (grid, bare) = if round % 2 == 0 {
-                let g = checked();
-                (g, bare())
-            } else {
-                let u = bare();
-                (checked(), u)
+            let mut sent = 0;
+            let mut checked = || {
+                time(&mut || {
+                    let (_, report) = rt.block_on(requester.multiply(a.clone(), b.clone(), |_| {})).unwrap();
+                    sent += report.hedges.len();
+                })
             };
+            let bare = || time(&mut || drop(rt.block_on(unverified.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
+            let plain = || time(&mut || drop(rt.block_on(unhedged.multiply(a.clone(), b.clone(), |_| {})).unwrap()));
+            // Rotate which runs first: whichever follows another runs on a
+            // warmer machine.
+            let (grid, bare, plain) = match round % 3 {
+                0 => {
+                    let g = checked();
+                    let u = bare();
+                    (g, u, plain())
+                }
+                1 => {
+                    let u = bare();
+                    let p = plain();
+                    (checked(), u, p)
+                }
+                _ => {
+                    let p = plain();
+                    let g = checked();
+                    (g, bare(), p)
+                }
+            };
+            hedges += sent;
+            hedged_jobs += usize::from(sent > 0);
             verified.push(grid / local);
             unverified_ratio.push(bare / local);
             cost.push(grid / bare);
+            hedging_cost.push(grid / plain);
         }
         println!(
             "grid/interleaved/{n}: grid ÷ local faer, median of {rounds} rounds: {:.3} verified ({:.3}–{:.3}), \
@@ -80,6 +105,14 @@ fn bench(c: &mut Criterion) {
             median(&mut cost),
             cost[0],
             cost[rounds - 1],
+        );
+        println!(
+            "grid/interleaved/{n}: with hedging ÷ without (max_hedges 0), same rounds: {:.3} ({:.3}–{:.3}); \
+             hedges sent: {hedges} in {hedged_jobs} of {rounds} verified jobs ({:.1} % more products)",
+            median(&mut hedging_cost),
+            hedging_cost[0],
+            hedging_cost[rounds - 1],
+            100.0 * hedges as f64 / (7 * rounds) as f64,
         );
     }
     group.finish();

@@ -182,6 +182,13 @@ struct MultiplyArgs {
     /// its product goes to another peer.
     #[arg(long, default_value_t = 4.0, value_name = "SECS")]
     silence_timeout: f64,
+    /// Most products a job hedges: a product whose send or receive runs
+    /// far slower than the job's others (or that is still computing long
+    /// after the rest are in) gets a second copy on a spare slot, and the
+    /// first copy verified is used. Each hedge costs one more product of
+    /// work; 0 turns hedging off.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    max_hedges: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -513,6 +520,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         verify: args.verify == OnOff::On,
         io_timeout: secs(args.peer_timeout, "--peer-timeout")?,
         silence_timeout: secs(args.silence_timeout, "--silence-timeout")?,
+        max_hedges: args.max_hedges,
         security: args.security.security()?,
         ..RequesterConfig::default()
     });

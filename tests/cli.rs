@@ -60,8 +60,11 @@ fn peers_lists_the_grid_and_a_second_lease_waits_its_turn() {
     let (_procs, tracker) = grid();
     let out = septet(&["peers", "--tracker", &tracker]);
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.contains("shape: (7, 9)") && table.matches("alive").count() == 7, "{table}");
-    assert!(table.contains("leases_total") && table.contains("last_seen"), "all columns shown: {table}");
+    assert!(table.contains("shape: (7, 10)") && table.matches("alive").count() == 7, "{table}");
+    assert!(
+        table.contains("leases_total") && table.contains("last_seen") && table.contains("slow"),
+        "all columns shown: {table}"
+    );
 
     let first = Command::new(septet_bin())
         .args(["lease", "--tracker", &tracker, "--hold", "1.5", "--json"])

@@ -130,10 +130,12 @@ fn tracker_cut_off_mid_job_does_not_stop_the_job() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let renewals: Vec<&str> = stderr.lines().filter(|l| l.contains("could not renew")).collect();
     println!(
-        "requester: {} failed lease renewals{}",
+        "requester: {} warnings about lease renewals{}",
         renewals.len(),
         renewals.first().map(|l| format!(", first: {l}")).unwrap_or_default()
     );
+    // Once per kind of failure (timed out; then the poisoned connection), not every half TTL.
+    assert!(renewals.len() <= 3, "{} renewal warnings:\n{stderr}", renewals.len());
 
     // The cut was long enough for the tracker to give up on every worker...
     let tracker_log = grid.log("tracker");
@@ -160,31 +162,72 @@ fn tracker_cut_off_mid_job_does_not_stop_the_job() {
 }
 
 /// A leased worker whose link is cut mid-job, silently (no reset, no FIN):
-/// the requester hears nothing from it for its silence timeout, re-sends
-/// that product to a spare worker, and the product is right. Nothing stays
-/// leased afterwards.
+/// its send stops moving, so the requester hedges its product on the spare
+/// worker — or, if the cut lands after its operands are out, hears nothing
+/// from it for its silence timeout and redoes the product there. Either way
+/// the product is right, the cut worker's copy is never used, and nothing
+/// stays leased afterwards.
 #[test]
 fn a_silently_cut_worker_is_given_up_and_its_product_redone_elsewhere() {
-    silently_cut_worker(8);
+    silently_cut_worker(8, &[]);
 }
 
-/// The same on a grid of exactly seven: no spare slot exists, so the
+/// The same on a grid of exactly seven, with hedging off so that the
+/// silence timeout is what catches the cut: no spare slot exists, so the
 /// product is redone on a peer of the job's own lease once its own
 /// product is in.
 #[test]
 fn a_grid_of_exactly_seven_survives_a_silently_cut_worker() {
-    silently_cut_worker(7);
+    silently_cut_worker(7, &["--max-hedges", "0"]);
 }
 
-fn silently_cut_worker(workers: usize) {
+/// One of seven workers behind a 10 Mbit/s link (alive and heartbeating,
+/// just slow): its operands crawl while the others' fly, so its product is
+/// hedged on a peer of the lease that is done with its own; the hedge's
+/// copy is used, the slow copy cancelled, and the tracker puts the slow
+/// worker on probation (`slow` = 1 in `septet peers`).
+#[test]
+fn a_straggler_is_hedged_and_put_on_probation() {
+    let Some(mut grid) = NetGrid::new(7, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers(&[]);
+    grid.shape("w0", "10mbit");
+    let slow_ip = grid.addr("w0");
+    // 1024³: 4.2 MB of operands per product, 3.4 s for w0's, ~35 ms for the others'.
+    let out = grid.run("rq", "multiply", &["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20"]);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    let hedges = summary["hedges"].as_array().unwrap();
+    assert_eq!(hedges.len(), 1, "{summary}");
+    let hedge = &hedges[0];
+    let slow_addr = hedge["slow_peer"]["addr"].as_str().unwrap();
+    assert_eq!(slow_addr.rsplit_once(':').unwrap().0, slow_ip, "{hedge}");
+    assert_eq!(hedge["winner"], "hedge", "{hedge}");
+    assert!(hedge["reason"].as_str().unwrap().starts_with("sending"), "{hedge}");
+    assert_eq!(summary["retries"], 0, "{summary}");
+    assert!(
+        summary["peers"].as_array().unwrap().iter().all(|p| p["addr"] != slow_addr),
+        "the slow copy was used: {summary}"
+    );
+    println!("job took {:.2} s; hedge: {hedge}", summary["total_s"].as_f64().unwrap());
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+    let peers = grid.peers("cl").unwrap();
+    for p in &peers {
+        let want = u64::from(p["addr"] == slow_addr);
+        assert_eq!(p["slow"].as_u64(), Some(want), "{p}");
+    }
+}
+
+fn silently_cut_worker(workers: usize, args: &[&str]) {
     let Some(mut grid) = NetGrid::new(workers, "1gbit") else { return };
     grid.start_tracker(&[]);
     grid.start_workers(&[]);
     // A slow requester link: the first product's operands take about a
     // second to send, so the cut always lands before any product is done.
     grid.shape("rq", "30mbit");
-    let mut job =
-        grid.client("rq", "multiply", &["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20"]);
+    let mut all = vec!["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20"];
+    all.extend_from_slice(args);
+    let mut job = grid.client("rq", "multiply", &all);
     let child = job.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     assert!(grid.wait_for("cl", Duration::from_secs(20), |p| in_use(p) == 7), "the job's lease was not granted");
     let peers = grid.peers("cl").unwrap();
@@ -198,15 +241,20 @@ fn silently_cut_worker(workers: usize) {
     let summary = json(&out, "septet multiply");
     check_product(&summary);
     let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
-    assert!(summary["retries"].as_u64() >= Some(1), "{summary}");
-    assert!(
-        failures.iter().any(|f| f.contains(&victim_addr)),
-        "no failure names the cut worker {victim_addr}: {failures:?}"
-    );
+    let hedged = summary["hedges"].as_array().unwrap().iter().any(|h| h["slow_peer"]["addr"] == victim_addr.as_str());
+    let redone = summary["retries"].as_u64() >= Some(1) && failures.iter().any(|f| f.contains(&victim_addr));
+    assert!(hedged || redone, "the cut worker {victim_addr} was neither hedged nor given up: {summary}");
+    if args.contains(&"0") {
+        assert!(redone, "with hedging off, the silence timeout must catch the cut: {summary}");
+    }
     assert!(
         summary["peers"].as_array().unwrap().iter().all(|p| p["addr"] != victim_addr.as_str()),
         "a product was credited to the cut worker: {summary}"
     );
-    println!("job took {:.2} s with {victim} cut; failures: {failures:?}", summary["total_s"].as_f64().unwrap());
+    println!(
+        "job took {:.2} s with {victim} cut; failures: {failures:?}; hedges: {}",
+        summary["total_s"].as_f64().unwrap(),
+        summary["hedges"]
+    );
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
 }

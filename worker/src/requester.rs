@@ -22,7 +22,7 @@ use septet_common::frame::{BlockOp, BlocksHeader, Frame};
 use septet_common::proto::{LeaseGrant, PeerAddr};
 use septet_common::proto::{LeaseId, PeerId, Reply, TaskId, WorkerReply};
 use septet_common::strassen::{self, Operand, Quad, Sign, Split, PRODUCTS};
-use septet_common::{deadline, Connection, Element, Error, FrameReader, Role, PEERS_PER_LEASE};
+use septet_common::{deadline, Connection, Element, Error, ErrorCode, FrameReader, Role, PEERS_PER_LEASE};
 use septet_common::{FrameWriter, WirePart};
 use serde::Serialize;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -334,14 +334,31 @@ impl LeaseKeeper {
         let every = (Duration::from_millis(grant.ttl_ms) / 2).max(Duration::from_millis(10));
         tokio::spawn(async move {
             let mut speed = None;
+            let (mut lost, mut renew_failed) = (false, None::<String>);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        if let Err(e) = client.renew(lease_id).await {
-                            warn!(%lease_id, error = %e, "could not renew the lease");
+                    // Within half the TTL: a tracker that does not answer by
+                    // then has let the lease lapse anyway, and a renewal
+                    // waiting longer would hold up reports and hedges.
+                    _ = tick.tick(), if !lost => match deadline(every, "the tracker to renew the lease", client.renew(lease_id)).await {
+                        Ok(_) => renew_failed = None,
+                        // The tracker ended it: the TTL passed while the
+                        // tracker was unreachable. The job carries on with
+                        // the peers it has; renewing again cannot help.
+                        Err(Error::Remote { code: ErrorCode::Unauthorized | ErrorCode::UnknownLease, .. }) => {
+                            warn!(%lease_id, "the tracker no longer holds this lease (its TTL passed while the tracker was unreachable); the job carries on with the peers it has");
+                            lost = true;
                         }
-                    }
+                        Err(e) => {
+                            // Once per kind of failure, not every tick.
+                            let text = e.to_string();
+                            if renew_failed.as_ref() != Some(&text) {
+                                warn!(%lease_id, error = %text, "could not renew the lease");
+                                renew_failed = Some(text);
+                            }
+                        }
+                    },
                     cmd = rx.recv() => match cmd {
                         Some(KeeperCmd::Report { peer_id, reason, replace, reply }) => {
                             let _ = reply.send(client.report_failure(lease_id, peer_id, &reason, replace).await);
@@ -926,11 +943,6 @@ impl Requester {
         report.gflops = split.classical_flops() / total / 1e9;
         report.throughput_gbps = (report.bytes_sent + report.bytes_received) as f64 / total / 1e9;
         Ok((c, report))
-    }
-
-    /// A tracker failure as the job's error.
-    fn tracker_error(&self, source: Error) -> RequestError {
-        RequestError::Tracker { addr: self.config.tracker.clone(), source }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -12,7 +12,10 @@
 //!   send lanes, so a product computes while the next ones travel. A send
 //!   found slow (below) gives its lane up at once and goes on beside the
 //!   others, so one slow link does not hold back six fast ones. Redos and
-//!   hedges send at once.
+//!   hedges take the next free lane, ahead of first attempts still waiting:
+//!   the number of sends sharing the requester's link stays the same, so
+//!   the job's send times stay comparable (were they sent beside the lanes,
+//!   a saturated link would make every later send look slow).
 //! - **Redo.** A product whose attempt failed (and that no other attempt is
 //!   computing) goes to whichever is ready first: an idle peer of the lease
 //!   (its own product in) or a fresh slot from the tracker.
@@ -26,10 +29,13 @@
 //! alone, because on a loaded machine healthy products finish far apart:
 //! an attempt lags when its send or its receive, projected from the bytes
 //! moved so far, would take more than [`SLOW_FACTOR`]× the median of the
-//! job's completed sends or receives (and [`SLOW_MARGIN`] more); or when
-//! at most one other product is missing and it has run [`SLOW_FACTOR`]×
-//! the median time the verified products took, plus [`LAST_MARGIN`] (a
-//! worker that computes slowly: its bytes say nothing). Each product is
+//! job's completed sends or receives (and [`SLOW_MARGIN`] more) *and* it
+//! moves at less than 1/[`SLOW_FACTOR`] the median pace of the transfers in the same
+//! direction running beside it (when the requester's own link is what is
+//! slow, they all crawl together and none lags); or when it is the last
+//! product missing and has run [`SLOW_FACTOR`]× the median time the
+//! verified products took, plus [`LAST_MARGIN`] (a worker that computes
+//! slowly: its bytes say nothing). Each product is
 //! hedged at most once, and a job hedges at most `max_hedges` products.
 
 use std::collections::{HashMap, VecDeque};
@@ -42,7 +48,7 @@ use septet_common::proto::{PeerAddr, PeerId};
 use septet_common::strassen::PRODUCTS;
 use septet_common::{Element, Error};
 use serde::Serialize;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use super::{panic_text, Job, JobReport, LeaseKeeper, PeerReport, Progress, ProgressFn, Received, RequestError};
@@ -55,13 +61,17 @@ pub(super) const LANES: usize = 2;
 const TICK: Duration = Duration::from_millis(100);
 /// How often a product waiting for a slot asks the tracker again.
 const TRACKER_POLL: Duration = Duration::from_millis(200);
+/// How long the loop waits for the tracker's answer to one ask for a slot.
+/// A tracker that is slower (cut off, say) is asked again later; the loop
+/// meanwhile keeps gathering products and using its own idle peers.
+const TRACKER_WAIT: Duration = Duration::from_secs(1);
 /// A phase projected to take this many times the job's median lags...
 const SLOW_FACTOR: f64 = 3.0;
 /// ... and also this much longer than the median.
 const SLOW_MARGIN: Duration = Duration::from_millis(300);
 /// A transfer is judged only after it has run this long.
 const MIN_OBSERVED: Duration = Duration::from_millis(200);
-/// The last products lag only this much past `SLOW_FACTOR`× the median.
+/// The last product lags only this much past `SLOW_FACTOR`× the median.
 const LAST_MARGIN: Duration = Duration::from_secs(1);
 
 /// Where a product stands.
@@ -118,6 +128,18 @@ impl Meter {
             0 => None,
             us => Some(Duration::from_micros(us)),
         }
+    }
+
+    /// The transfer under way (sending or receiving): its state, how long
+    /// it has run, bytes moved and bytes in all.
+    fn transfer(&self, now: Duration) -> Option<(State, Duration, u64, u64)> {
+        let (start, done, total) = match self.state() {
+            State::Sending => (&self.send_start, &*self.sent, &self.send_len),
+            State::Receiving => (&self.receive_start, &self.received, &self.receive_len),
+            _ => return None,
+        };
+        let elapsed = now.saturating_sub(Meter::at(start)?);
+        Some((self.state(), elapsed, done.load(Ordering::Relaxed), total.load(Ordering::Relaxed)))
     }
 
     fn state(&self) -> State {
@@ -317,6 +339,7 @@ pub(super) struct Dispatch<'a, T> {
     beaten: Vec<PeerId>,
     proven: Vec<PeerId>,
     reports: Vec<Option<PeerReport>>,
+    lanes: Lanes,
     /// When the first send began (after connecting), since the job started.
     first_send: Option<Duration>,
 }
@@ -344,12 +367,14 @@ impl<'a, T: Element> Dispatch<'a, T> {
             proven: Vec::new(),
             reports: (0..7).map(|_| None).collect(),
             first_send: None,
+            lanes: Lanes::new(LANES),
         }
     }
 
-    /// Starts an attempt at product `i` on `peer`; `lane` is where its send
-    /// lane comes from (first attempts), `None` to send at once.
-    fn start(&mut self, i: usize, peer: PeerAddr, kind: Kind, lane: Option<oneshot::Receiver<OwnedSemaphorePermit>>) {
+    /// Starts an attempt at product `i` on `peer`; it sends once it has a
+    /// lane (redos and hedges ahead of waiting first attempts).
+    fn start(&mut self, i: usize, peer: PeerAddr, kind: Kind) {
+        let lane = Some(self.lanes.ask(kind != Kind::First));
         let id = self.next_attempt;
         self.next_attempt += 1;
         let meter = Arc::new(Meter::default());
@@ -377,27 +402,11 @@ impl<'a, T: Element> Dispatch<'a, T> {
     }
 
     async fn drive(&mut self, peers: &[PeerAddr; 7], report: &mut JobReport) -> Result<()> {
-        // The first round: lanes handed out in SEND_ORDER, so products go
-        // out in that order however their connections come up.
-        let lanes = Arc::new(Semaphore::new(LANES));
-        let mut feeds = Vec::new();
+        // The first round asks for lanes in SEND_ORDER, so products go out
+        // in that order however their connections come up.
         for &i in &SEND_ORDER {
-            let (tx, rx) = oneshot::channel();
-            feeds.push(tx);
-            self.start(i, peers[i].clone(), Kind::First, Some(rx));
+            self.start(i, peers[i].clone(), Kind::First);
         }
-        let feeder = tokio::spawn({
-            let lanes = lanes.clone();
-            async move {
-                for tx in feeds {
-                    let Ok(permit) = lanes.clone().acquire_owned().await else { return };
-                    // An attempt that failed before its turn drops its
-                    // receiver, and the permit comes straight back.
-                    let _ = tx.send(permit);
-                }
-            }
-        });
-        let _feeder = AbortOnDrop(feeder);
 
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -429,9 +438,7 @@ impl<'a, T: Element> Dispatch<'a, T> {
             let peer = match self.idle.pop() {
                 Some(peer) => {
                     // Record the failure; no new slot needed.
-                    if let Err(e) = self.keeper.report(r.failed.peer_id, r.reason(), false).await {
-                        warn!(error = %e, "could not report a failed peer to the tracker");
-                    }
+                    self.tell_tracker(r.failed.peer_id, r.reason());
                     peer
                 }
                 None => {
@@ -439,10 +446,14 @@ impl<'a, T: Element> Dispatch<'a, T> {
                         break;
                     }
                     self.asked_tracker = Some(Instant::now());
-                    let asked = self.keeper.report(r.failed.peer_id, r.reason(), true).await;
-                    match asked.map_err(|e| self.requester.tracker_error(e))? {
-                        Some(peer) => peer,
-                        None => break,
+                    let asked = self.keeper.report(r.failed.peer_id, r.reason(), true);
+                    match tokio::time::timeout(TRACKER_WAIT, asked).await {
+                        Ok(Ok(Some(peer))) => peer,
+                        Ok(Ok(None)) | Err(_) => break,
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "could not ask the tracker for a replacement; asking again");
+                            break;
+                        }
                     }
                 }
             };
@@ -450,7 +461,7 @@ impl<'a, T: Element> Dispatch<'a, T> {
             info!(product = PRODUCTS[i].name, peer_id = %peer.peer_id, addr = %peer.addr, "re-sending to another peer");
             report.retries += 1;
             self.products[i].state = State::Queued;
-            self.start(i, peer, Kind::Redo, None);
+            self.start(i, peer, Kind::Redo);
         }
         if let Some(r) = self.redo.front() {
             if r.since.elapsed() >= self.requester.config.replacement_wait {
@@ -523,8 +534,28 @@ impl<'a, T: Element> Dispatch<'a, T> {
             if elapsed < MIN_OBSERVED || total == 0 {
                 return None;
             }
-            let projected = elapsed.mul_f64(total as f64 / done.max(1) as f64);
+            // Transfers in the same direction running now share the
+            // requester's link: when that link is what is slow they all
+            // are, and none lags. Only one well behind them does.
+            let state = m.state();
+            let mut rates: Vec<f64> = self
+                .running
+                .values()
+                .filter(|o| !Arc::ptr_eq(&o.meter, m))
+                .filter_map(|o| o.meter.transfer(now))
+                .filter(|&(s, e, _, _)| s == state && e >= MIN_OBSERVED)
+                .map(|(_, e, d, _)| d as f64 / e.as_secs_f64())
+                .collect();
+            rates.sort_by(f64::total_cmp);
+            if let Some(&others) = rates.get(rates.len() / 2) {
+                if done as f64 / elapsed.as_secs_f64() > others / SLOW_FACTOR {
+                    return None;
+                }
+            }
             let bound = median.mul_f64(SLOW_FACTOR).max(median + SLOW_MARGIN);
+            // Nothing moved yet says little early on (a reader is woken a
+            // megabyte at a time): then only once the whole bound has passed.
+            let projected = if done == 0 { elapsed } else { elapsed.mul_f64(total as f64 / done as f64) };
             (projected > bound).then(|| {
                 format!(
                     "{what} {:.0}% in {:.2} s: projected {:.2} s against a median of {:.2} s",
@@ -535,37 +566,30 @@ impl<'a, T: Element> Dispatch<'a, T> {
                 )
             })
         };
-        match m.state() {
-            State::Sending => {
-                let start = Meter::at(&m.send_start)?;
-                let (done, total) = (m.sent.load(Ordering::Relaxed), m.send_len.load(Ordering::Relaxed));
-                slow(now.saturating_sub(start), done, total, &self.sends, "sending")
-            }
-            State::Receiving => {
-                let start = Meter::at(&m.receive_start)?;
-                let (done, total) = (m.received.load(Ordering::Relaxed), m.receive_len.load(Ordering::Relaxed));
-                slow(now.saturating_sub(start), done, total, &self.receives, "receiving")
-            }
-            State::Computing => {
-                // Only the last products: a worker computing slowly says
-                // nothing through its bytes.
-                let missing = others.iter().filter(|s| **s != State::Verified).count();
-                if missing > 1 {
-                    return None;
-                }
-                let median = median(&self.spans)?;
-                let ran = now.saturating_sub(Meter::at(&m.send_start)?);
-                let bound = median.mul_f64(SLOW_FACTOR) + LAST_MARGIN;
-                (ran > bound).then(|| {
-                    format!(
-                        "still computing after {:.2} s while the verified products took a median of {:.2} s",
-                        ran.as_secs_f64(),
-                        median.as_secs_f64()
-                    )
-                })
-            }
-            _ => None,
+        match m.transfer(now) {
+            Some((State::Sending, elapsed, done, total)) => slow(elapsed, done, total, &self.sends, "sending"),
+            Some((_, elapsed, done, total)) => slow(elapsed, done, total, &self.receives, "receiving"),
+            None => self.lags_computing(m, now, others),
         }
+    }
+
+    /// Why the attempt metered by `m`, computing, lags, if it does.
+    fn lags_computing(&self, m: &Meter, now: Duration, others: &[State]) -> Option<String> {
+        // Only the last product: a worker computing slowly says nothing
+        // through its bytes.
+        if m.state() != State::Computing || others.iter().filter(|s| **s != State::Verified).count() > 1 {
+            return None;
+        }
+        let median = median(&self.spans)?;
+        let ran = now.saturating_sub(Meter::at(&m.send_start)?);
+        let bound = median.mul_f64(SLOW_FACTOR) + LAST_MARGIN;
+        (ran > bound).then(|| {
+            format!(
+                "still computing after {:.2} s while the verified products took a median of {:.2} s",
+                ran.as_secs_f64(),
+                median.as_secs_f64()
+            )
+        })
     }
 
     /// Hedges the product of attempt `id`: a copy on an idle peer of the
@@ -584,12 +608,13 @@ impl<'a, T: Element> Dispatch<'a, T> {
                     return;
                 }
                 self.asked_tracker = Some(Instant::now());
-                match self.keeper.hedge(slow.peer_id).await {
-                    Ok(slot) => slot,
-                    Err(e) => {
+                match tokio::time::timeout(TRACKER_WAIT, self.keeper.hedge(slow.peer_id)).await {
+                    Ok(Ok(slot)) => slot,
+                    Ok(Err(e)) => {
                         warn!(error = %e, "could not ask the tracker for a hedge slot");
                         None
                     }
+                    Err(_) => None,
                 }
             }
         };
@@ -612,7 +637,18 @@ impl<'a, T: Element> Dispatch<'a, T> {
         });
         self.products[i].hedged = true;
         self.products[i].state = State::Hedged;
-        self.start(i, spare, Kind::Hedge, None);
+        self.start(i, spare, Kind::Hedge);
+    }
+
+    /// Reports a failed peer to the tracker without asking for a slot, in
+    /// the background: the loop never waits on it.
+    fn tell_tracker(&self, peer_id: PeerId, reason: String) {
+        let keeper = self.keeper.clone();
+        tokio::spawn(async move {
+            if let Err(e) = keeper.report(peer_id, reason, false).await {
+                warn!(error = %e, "could not report a failed peer to the tracker");
+            }
+        });
     }
 
     /// Takes one finished attempt into account.
@@ -690,13 +726,7 @@ impl<'a, T: Element> Dispatch<'a, T> {
                 }
                 if !rivals.is_empty() {
                     // The other copy carries on; only tell the tracker.
-                    let keeper = self.keeper.clone();
-                    let reason = format!("{name}: {e}");
-                    tokio::spawn(async move {
-                        if let Err(e) = keeper.report(peer.peer_id, reason, false).await {
-                            warn!(error = %e, "could not report a failed peer to the tracker");
-                        }
-                    });
+                    self.tell_tracker(peer.peer_id, format!("{name}: {e}"));
                     return Ok(());
                 }
                 if self.products[i].tries >= self.requester.config.max_attempts {
@@ -723,12 +753,62 @@ fn median(xs: &[Duration]) -> Option<Duration> {
     v.get(v.len() / 2).copied()
 }
 
-/// Aborts the task when dropped (the lane feeder, however the job ends).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// The send lanes: a semaphore, and a feeder task that hands its permits
+/// out in order — urgent asks (redos, hedges) first, then the rest in the
+/// order they were made. The feeder ends with the job.
+struct Lanes {
+    asks: mpsc::UnboundedSender<(bool, oneshot::Sender<OwnedSemaphorePermit>)>,
+    feeder: tokio::task::JoinHandle<()>,
+}
 
-impl<T> Drop for AbortOnDrop<T> {
+impl Lanes {
+    fn new(lanes: usize) -> Self {
+        let (asks, mut rx) = mpsc::unbounded_channel::<(bool, oneshot::Sender<OwnedSemaphorePermit>)>();
+        let sem = Arc::new(Semaphore::new(lanes));
+        let feeder = tokio::spawn(async move {
+            let mut waiting = VecDeque::new();
+            let take = |waiting: &mut VecDeque<_>, (urgent, tx)| {
+                if urgent {
+                    waiting.push_front(tx)
+                } else {
+                    waiting.push_back(tx)
+                }
+            };
+            loop {
+                if waiting.is_empty() {
+                    let Some(ask) = rx.recv().await else { return };
+                    take(&mut waiting, ask);
+                }
+                let Ok(mut permit) = sem.clone().acquire_owned().await else { return };
+                // Asks made while we waited for the permit count too.
+                while let Ok(ask) = rx.try_recv() {
+                    take(&mut waiting, ask);
+                }
+                // An attempt that ended before its turn dropped its
+                // receiver: the permit goes to the next one.
+                while let Some(tx) = waiting.pop_front() {
+                    match tx.send(permit) {
+                        Ok(()) => break,
+                        Err(back) => permit = back,
+                    }
+                }
+            }
+        });
+        Lanes { asks, feeder }
+    }
+
+    /// Where a lane will come from; `urgent` goes ahead of earlier asks.
+    fn ask(&self, urgent: bool) -> oneshot::Receiver<OwnedSemaphorePermit> {
+        let (tx, rx) = oneshot::channel();
+        // The feeder lives as long as `self`.
+        let _ = self.asks.send((urgent, tx));
+        rx
+    }
+}
+
+impl Drop for Lanes {
     fn drop(&mut self) {
-        self.0.abort();
+        self.feeder.abort();
     }
 }
 
