@@ -167,6 +167,11 @@ struct MultiplyArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Also write the job report here: one self-contained HTML file with
+    /// the inputs, lease, totals, verification, retries and hedges, and a
+    /// timeline of every attempt at the seven products.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
     /// Give up after waiting this many seconds for a lease.
     #[arg(long, value_name = "SECS")]
     max_wait: Option<f64>,
@@ -221,6 +226,10 @@ struct DemoArgs {
     /// with a secret made for the run).
     #[arg(long)]
     encrypt: bool,
+    /// Also write the job report here: one self-contained HTML file with
+    /// the totals and a timeline of the seven products.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -332,8 +341,12 @@ struct PeersArgs {
     #[command(flatten)]
     security: SecurityArgs,
     /// Print the rows as a JSON array instead of the table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// Print the rows as CSV (a header line, then one line per peer) that
+    /// pandas and spreadsheets read as is.
+    #[arg(long)]
+    csv: bool,
 }
 
 #[derive(Debug, Args)]
@@ -524,13 +537,25 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         security: args.security.security()?,
         ..RequesterConfig::default()
     });
-    let mut opts = JobOptions { check: args.check, json: args.json, out: args.out, seed: None };
+    if let Some(path) = &args.report {
+        job::check_report_path(path)?;
+    }
+    let mut opts = JobOptions {
+        check: args.check,
+        json: args.json,
+        out: args.out,
+        seed: None,
+        inputs: String::new(),
+        report: args.report,
+    };
     if let Some((m, k, n)) = args.random {
         opts.seed = Some(args.seed);
+        opts.inputs = format!("random, seed {}", args.seed);
         let dtype = args.dtype.unwrap_or(DtypeArg::F64).dtype();
         return job::run_random(&requester, dtype, (m, k, n), args.seed, &opts).await;
     }
     let (a_path, b_path) = (args.a.expect("clap requires --a"), args.b.expect("clap requires --b"));
+    opts.inputs = format!("{}, {}", a_path.display(), b_path.display());
     // Every input check happens here, before anything is leased.
     let (a_info, b_info) = (npy::inspect(&a_path)?, npy::inspect(&b_path)?);
     let want = args.dtype.map(DtypeArg::dtype).unwrap_or(a_info.dtype);
@@ -576,6 +601,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
         );
     }
     anyhow::ensure!(args.n > 0, "--n must be positive");
+    if let Some(path) = &args.report {
+        job::check_report_path(path)?;
+    }
     // Even on loopback the demo's grid authenticates every connection, with
     // a secret made for this run that never leaves the process.
     let security = Security::with_secret(Secret::generate(), args.encrypt);
@@ -595,7 +623,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
             security,
             ..RequesterConfig::default()
         });
-        let opts = JobOptions { check: true, json: args.json, out: None, seed: Some(args.seed) };
+        let opts = JobOptions {
+            check: true,
+            json: args.json,
+            out: None,
+            seed: Some(args.seed),
+            inputs: format!("random, seed {}", args.seed),
+            report: args.report.clone(),
+        };
         job::run_random(&requester, args.dtype.dtype(), (args.n, args.n, args.n), args.seed, &opts).await
     }
     .await;
@@ -657,11 +692,25 @@ async fn peers(args: PeersArgs) -> Result<()> {
     let (table, rows) = client.peers().await.context("while listing peers")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if args.csv {
+        let mut out = csv::Writer::from_writer(std::io::stdout().lock());
+        for row in &rows {
+            out.serialize(row).context("while writing CSV")?;
+        }
+        if rows.is_empty() {
+            // A header even for an empty grid, so readers see the columns.
+            out.write_record(PEER_COLUMNS).context("while writing CSV")?;
+        }
+        out.flush().context("while writing CSV")?;
     } else {
         println!("{table}");
     }
     Ok(())
 }
+
+/// The peer table's columns, in `PeerRow`'s order (the CSV header).
+const PEER_COLUMNS: [&str; 10] =
+    ["peer_id", "addr", "slots", "in_use", "leases_total", "failures", "slow", "joined_at", "last_seen", "state"];
 
 fn secret(args: SecretArgs) -> Result<()> {
     match args.out {

@@ -13,6 +13,8 @@ use rand::{RngExt, SeedableRng};
 use septet_common::matrix::{matmul, parallelism};
 use septet_common::{Dtype, Element};
 use septet_worker::{JobReport, Progress, Requester};
+
+use crate::npy::InputError;
 use serde::Serialize;
 
 /// What to do around the multiplication.
@@ -26,6 +28,38 @@ pub struct JobOptions {
     pub out: Option<PathBuf>,
     /// Seed of random inputs, for the summary.
     pub seed: Option<u64>,
+    /// Where A and B came from, for the report (e.g. `A.npy, B.npy`).
+    pub inputs: String,
+    /// Write the job report (HTML, with its timeline) here.
+    pub report: Option<PathBuf>,
+}
+
+/// Refuses a report path whose directory does not exist (or that is a
+/// directory), before anything is leased: a typo should not cost a job.
+///
+/// # Errors
+/// An [`InputError`] (exit status 2) naming the path.
+pub fn check_report_path(path: &std::path::Path) -> Result<()> {
+    let bad = |reason: String| InputError { path: path.display().to_string(), reason };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(bad(format!("cannot write the report there: {} is not a directory", dir.display())).into());
+    }
+    if path.is_dir() {
+        return Err(bad("cannot write the report there: it is a directory".into()).into());
+    }
+    Ok(())
+}
+
+/// Writes `html` to `path` through a temporary file beside it, so a
+/// reader never sees half a report.
+fn write_report(path: &std::path::Path, html: &str) -> Result<()> {
+    let tmp = path.with_extension("html.partial");
+    std::fs::write(&tmp, html).with_context(|| format!("while writing the report to {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("while moving the report into place at {}", path.display()))
 }
 
 /// The local reference product.
@@ -177,6 +211,19 @@ where
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         print_summary(&summary);
+    }
+    if let Some(path) = &opts.report {
+        let context = septet::report::Context {
+            inputs: opts.inputs.clone(),
+            check: summary.check.as_ref().map(|c| (c.max_rel_error, c.local_s)),
+            authenticated: summary.security.authenticated,
+            encrypted: summary.security.encrypted,
+            when: septet::report::utc_now(),
+        };
+        write_report(path, &septet::report::render(&report, &context))?;
+        if !opts.json {
+            println!("  report      {}", path.display());
+        }
     }
     if let Some(check) = &summary.check {
         // f32 products carry ~1e-6 relative error, f64 ~1e-15; far above

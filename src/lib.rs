@@ -2,3 +2,4 @@
 //! benchmarks share.
 
 pub mod local;
+pub mod report;

@@ -65,6 +65,30 @@ fn peers_lists_the_grid_and_a_second_lease_waits_its_turn() {
         table.contains("leases_total") && table.contains("last_seen") && table.contains("slow"),
         "all columns shown: {table}"
     );
+    // The same rows as CSV, as pandas reads it: a header, then one record per peer.
+    let out = septet(&["peers", "--tracker", &tracker, "--csv"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut csv = csv::Reader::from_reader(&out.stdout[..]);
+    let header: Vec<String> = csv.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(
+        header,
+        ["peer_id", "addr", "slots", "in_use", "leases_total", "failures", "slow", "joined_at", "last_seen", "state"]
+    );
+    let records: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    let json = peers_json(&tracker);
+    assert_eq!(records.len(), json.len());
+    for (rec, row) in records.iter().zip(&json) {
+        for (k, name) in header.iter().enumerate() {
+            let want = match &row[name.as_str()] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            // last_seen moves between the two calls.
+            if name != "last_seen" {
+                assert_eq!(rec[k], want, "{name}");
+            }
+        }
+    }
 
     let first = Command::new(septet_bin())
         .args(["lease", "--tracker", &tracker, "--hold", "1.5", "--json"])
@@ -119,6 +143,39 @@ fn multiply_reads_npy_files_and_writes_the_product() {
     let c: Array2<f64> = read_npy(&pc).unwrap();
     assert_eq!(c, naive_matmul(a.view(), b.view()));
 
+    // The job report: one self-contained HTML file with a timeline of the seven products.
+    let report = tmp("report.html");
+    let out = septet(&[
+        "multiply",
+        "--tracker",
+        &tracker,
+        "--random",
+        "64,64,64",
+        "--json",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.starts_with("<!doctype html>") && html.trim_end().ends_with("</html>"));
+    assert!(
+        html.contains(&format!("lease {}", summary["lease_id"])) && html.contains("random, seed 1"),
+        "inputs and lease"
+    );
+    let svg = &html[html.find("<svg").expect("a timeline")..html.find("</svg>").unwrap()];
+    for p in 1..=7 {
+        assert!(svg.contains(&format!(">M{p} · peer ")), "M{p} has a row");
+    }
+    assert_eq!(svg.matches("class=\"send\"").count(), 7, "one send bar per product");
+    assert_eq!(svg.matches("class=\"compute\"").count(), 7, "one compute bar per product");
+    assert_eq!(svg.matches("✓").count(), 7, "seven verified attempts");
+    assert!(html.contains("came in last"), "says which product held the job up");
+    // Self-contained: nothing to fetch (the SVG namespace is a name, not a fetch).
+    assert!(!html.contains("src=") && !html.contains("<link") && !html.contains("<script"), "{html}");
+    assert_eq!(html.matches("http").count(), 1, "only the SVG namespace");
+    assert!(summary["attempts"].as_array().unwrap().iter().all(|a| a["outcome"] == "verified"), "{summary}");
+
     // f32 random inputs, text summary.
     let out = septet(&["multiply", "--tracker", &tracker, "--random", "33,17,9", "--dtype", "f32", "--check"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -146,6 +203,13 @@ fn bad_inputs_exit_2_with_one_line_and_lease_nothing() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1 && err.contains(needle), "{err}");
         assert!(!err.contains("panicked"), "{err}");
+    }
+    // A report that cannot be written is refused before anything is leased.
+    for bad in [tmp("no-such-dir").join("r.html"), tmp("")] {
+        let out = septet(&["multiply", "--tracker", &tracker, "--random", "8,8,8", "--report", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.starts_with("error: ") && err.contains("cannot write the report there"), "{err}");
     }
     assert!(peers_json(&tracker).iter().all(|r| r["leases_total"] == 0), "nothing was leased");
 

@@ -127,6 +127,24 @@ async fn a_slow_worker_is_hedged_and_put_on_probation() {
         assert_eq!(hedged.len(), 1, "{:?}", report.peers);
         assert_eq!(hedged[0].product, hedge.product);
         assert!(report.peers.iter().all(|p| p.peer_id != PeerId(0)), "the slow copy was not used");
+        // The timeline shows both attempts at the product: the slow one
+        // cancelled, the hedge's verified.
+        let attempts: Vec<_> = report.attempts.iter().filter(|a| a.product == hedge.product).collect();
+        let outcomes: Vec<_> = attempts.iter().map(|a| (a.kind, a.outcome, a.peer.peer_id)).collect();
+        assert_eq!(
+            outcomes,
+            [("first", "cancelled", PeerId(0)), ("hedge", "verified", hedge.hedge_peer.peer_id)],
+            "{:?}",
+            report.attempts
+        );
+        assert!(attempts[0].sent_s.is_some() && attempts[0].computed_s.is_none(), "cancelled while computing");
+        let html = septet::report::render(&report, &septet::report::Context::default());
+        let svg = &html[html.find("<svg").unwrap()..html.find("</svg>").unwrap()];
+        assert!(
+            svg.contains(&format!(">{} (hedge) · peer ", hedge.product)) && svg.contains(">cancelled: the hedge won<"),
+            "{svg}"
+        );
+        assert!(html.contains("<h2>Hedges</h2>") && html.contains("still computing"), "{html}");
         assert_nothing_leased(tracker).await;
         let slow: Vec<u32> = rows(tracker).await.iter().map(|r| r.slow).collect();
         assert_eq!(slow[0], 1, "one strike for the beaten worker: {slow:?}");

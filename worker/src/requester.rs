@@ -31,8 +31,8 @@ use tracing::{debug, warn};
 
 use crate::client::TrackerClient;
 use crate::verify::{CheckError, NonFinite, Verifier};
+pub use dispatch::{AttemptReport, HedgeReport, State as ProductState};
 use dispatch::{Dispatch, Failure, Meter, Outcome};
-pub use dispatch::{HedgeReport, State as ProductState};
 
 /// Order in which the seven pairs are sent (through
 /// [`dispatch::LANES`] send lanes). Sums of two full-size quadrants are
@@ -160,8 +160,8 @@ pub struct PeerReport {
     pub done_at_s: f64,
     /// Seconds reading the product (once allowed to).
     pub receive_s: f64,
-    /// A second copy was sent elsewhere because the first lagged; this
-    /// record is the copy that won.
+    /// This copy is a hedge's: the first attempt lagged, a second copy
+    /// went to this peer, and this one verified first.
     pub hedged: bool,
 }
 
@@ -207,6 +207,10 @@ pub struct JobReport {
     /// Products sent a second time because their first attempt lagged
     /// (each costs one more product's work).
     pub hedges: Vec<HedgeReport>,
+    /// Every attempt at a product, in the order they began: the job's
+    /// timeline (send, compute, receive per attempt; failures, redos and
+    /// hedges).
+    pub attempts: Vec<AttemptReport>,
     /// Messages that were dropped or failed, described.
     pub failures: Vec<String>,
 }
@@ -894,6 +898,7 @@ impl Requester {
             verify_critical_s: 0.0,
             retries: 0,
             hedges: Vec::new(),
+            attempts: Vec::new(),
             failures: Vec::new(),
         };
         if split.m == 0 || split.n == 0 || split.k == 0 {

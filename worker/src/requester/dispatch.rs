@@ -293,6 +293,37 @@ pub struct HedgeReport {
     pub winner: &'static str,
 }
 
+/// One attempt at a product, as the job's timeline shows it. Times are
+/// seconds from the start of the job (before the lease), like the rest of
+/// the report; a phase the attempt never reached is `None`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptReport {
+    /// "M1".."M7".
+    pub product: &'static str,
+    /// The peer it ran on.
+    pub peer: PeerAddr,
+    /// `first`, `redo` (after a failure) or `hedge` (a second copy of a lagging product).
+    pub kind: &'static str,
+    /// When it began (connecting to the peer).
+    pub started_s: f64,
+    /// Its operands began to go out (it had a send lane).
+    pub send_start_s: Option<f64>,
+    /// Its operands were all out; the worker computes.
+    pub sent_s: Option<f64>,
+    /// The worker said it had computed the product.
+    pub computed_s: Option<f64>,
+    /// The product began to arrive.
+    pub receive_start_s: Option<f64>,
+    /// When it ended.
+    pub ended_s: f64,
+    /// `verified` (its copy is in C), `failed`, `unverifiable`, `cancelled`
+    /// (the other copy of a hedged product won), `superseded` (both copies
+    /// arrived; the other was folded first) or `abandoned` (the job ended).
+    pub outcome: &'static str,
+    /// What went wrong, for `failed` and `unverifiable`.
+    pub error: Option<String>,
+}
+
 /// An attempt in flight.
 struct Running {
     product: usize,
@@ -302,6 +333,8 @@ struct Running {
     abort: tokio::task::AbortHandle,
     /// Its send is among `Dispatch::sends`.
     send_counted: bool,
+    /// When it began, since the job started.
+    started: Duration,
 }
 
 /// Per product.
@@ -339,6 +372,8 @@ pub(super) struct Dispatch<'a, T> {
     beaten: Vec<PeerId>,
     proven: Vec<PeerId>,
     reports: Vec<Option<PeerReport>>,
+    /// Every attempt that ended, for the timeline.
+    timeline: Vec<AttemptReport>,
     lanes: Lanes,
     /// When the first send began (after connecting), since the job started.
     first_send: Option<Duration>,
@@ -367,6 +402,7 @@ impl<'a, T: Element> Dispatch<'a, T> {
             proven: Vec::new(),
             reports: (0..7).map(|_| None).collect(),
             first_send: None,
+            timeline: Vec::new(),
             lanes: Lanes::new(LANES),
         }
     }
@@ -381,7 +417,8 @@ impl<'a, T: Element> Dispatch<'a, T> {
         let task = self.job.clone().attempt(id, i, peer.clone(), meter.clone(), lane, self.progress.clone());
         let abort = self.attempts.spawn(id, i, peer.clone(), task);
         self.products[i].tries += 1;
-        self.running.insert(id, Running { product: i, peer, kind, meter, abort, send_counted: false });
+        let started = self.job.started.elapsed();
+        self.running.insert(id, Running { product: i, peer, kind, meter, abort, send_counted: false, started });
     }
 
     /// Runs the job to the end: every product verified and folded into C,
@@ -390,6 +427,11 @@ impl<'a, T: Element> Dispatch<'a, T> {
     pub async fn run(mut self, peers: &[PeerAddr; 7], report: &mut JobReport) -> Result<()> {
         let result = self.drive(peers, report).await;
         self.attempts.shutdown().await;
+        for (_, run) in std::mem::take(&mut self.running) {
+            self.record(&run, "abandoned", None);
+        }
+        self.timeline.sort_by(|a, b| a.started_s.total_cmp(&b.started_s));
+        report.attempts = std::mem::take(&mut self.timeline);
         report.hedges = std::mem::take(&mut self.hedges);
         if let Some(first) = self.first_send {
             report.connect_s = (first.as_secs_f64() - report.lease_wait_s).max(0.0);
@@ -531,7 +573,8 @@ impl<'a, T: Element> Dispatch<'a, T> {
         }
         let slow = |elapsed: Duration, done: u64, total: u64, medians: &[Duration], what: &str| -> Option<String> {
             let median = median(medians)?;
-            if elapsed < MIN_OBSERVED || total == 0 {
+            // Every byte moved: what is left (the check) is our own work.
+            if elapsed < MIN_OBSERVED || total == 0 || done >= total {
                 return None;
             }
             // Transfers in the same direction running now share the
@@ -651,6 +694,29 @@ impl<'a, T: Element> Dispatch<'a, T> {
         });
     }
 
+    /// Adds the ended attempt `run` to the timeline.
+    fn record(&mut self, run: &Running, outcome: &'static str, error: Option<String>) {
+        let m = &run.meter;
+        let at = |t: &AtomicU64| Meter::at(t).map(|d| d.as_secs_f64());
+        self.timeline.push(AttemptReport {
+            product: PRODUCTS[run.product].name,
+            peer: run.peer.clone(),
+            kind: match run.kind {
+                Kind::First => "first",
+                Kind::Redo => "redo",
+                Kind::Hedge => "hedge",
+            },
+            started_s: run.started.as_secs_f64(),
+            send_start_s: at(&m.send_start),
+            sent_s: at(&m.sent_at),
+            computed_s: at(&m.computed_at),
+            receive_start_s: at(&m.receive_start),
+            ended_s: self.job.started.elapsed().as_secs_f64(),
+            outcome,
+            error,
+        });
+    }
+
     /// Takes one finished attempt into account.
     fn settle(&mut self, outcome: Outcome, report: &mut JobReport) -> Result<()> {
         let Outcome { attempt, product: i, peer, bytes_sent, send, result } = outcome;
@@ -674,10 +740,12 @@ impl<'a, T: Element> Dispatch<'a, T> {
                 if let Some(start) = Meter::at(&run.meter.send_start) {
                     self.spans.push(self.job.started.elapsed().saturating_sub(start));
                 }
+                self.record(&run, "verified", None);
                 // The race is over: cancel the other copy.
                 for id in rivals {
                     if let Some(loser) = self.running.remove(&id) {
                         loser.abort.abort();
+                        self.record(&loser, "cancelled", None);
                         if run.kind == Kind::Hedge {
                             self.beaten.push(loser.peer.peer_id);
                         }
@@ -702,20 +770,28 @@ impl<'a, T: Element> Dispatch<'a, T> {
                     compute_s: got.compute.as_secs_f64(),
                     done_at_s: self.job.started.elapsed().as_secs_f64(),
                     receive_s: got.receive.as_secs_f64(),
-                    hedged: self.products[i].hedged,
+                    hedged: run.kind == Kind::Hedge,
                 });
                 self.idle.push(peer);
                 Ok(())
             }
-            Err(Failure::Superseded) => Ok(()),
-            Err(Failure::Local(e)) => Err(RequestError::Internal(format!("{name}: {e}"))),
+            Err(Failure::Superseded) => {
+                self.record(&run, "superseded", None);
+                Ok(())
+            }
+            Err(Failure::Local(e)) => {
+                self.record(&run, "failed", Some(e.clone()));
+                Err(RequestError::Internal(format!("{name}: {e}")))
+            }
             Err(Failure::Unverifiable(cause)) => {
+                self.record(&run, "unverifiable", Some(cause.to_string()));
                 warn!(product = name, peer_id = %peer.peer_id, %cause, "product cannot be verified; stopping the job");
                 report.failures.push(format!("{name} on peer {} ({}): {cause}", peer.peer_id, peer.addr));
                 self.products[i].state = State::Failed;
                 Err(RequestError::Unverifiable { product: name, peer_id: peer.peer_id, addr: peer.addr, cause })
             }
             Err(Failure::Peer(e)) => {
+                self.record(&run, "failed", Some(e.to_string()));
                 warn!(product = name, peer_id = %peer.peer_id, addr = %peer.addr, error = %e, "peer failed");
                 report.failures.push(format!("{name} on peer {} ({}): {e}", peer.peer_id, peer.addr));
                 // A peer that failed is never handed work again in this job.
