@@ -278,7 +278,13 @@ struct LeaseRecord {
     reported: Vec<PeerId>,
     /// The holder said how the lease's peers did against hedges: once per lease.
     speed_recorded: bool,
+    /// Slots lent for hedges (at most [`MAX_HEDGES_PER_LEASE`]).
+    hedges: u32,
 }
+
+/// Most slots one lease borrows for hedges: a requester hedges each of its
+/// seven products at most once.
+pub const MAX_HEDGES_PER_LEASE: u32 = 7;
 
 /// A request waiting in the queue.
 #[derive(Debug)]
@@ -445,6 +451,7 @@ impl State {
                     expires_at: now + ttl,
                     reported: Vec::new(),
                     speed_recorded: false,
+                    hedges: 0,
                 };
                 if waiter.tx.send(grant).is_ok() {
                     self.leases.insert(lease_id, record);
@@ -915,7 +922,11 @@ impl Tracker {
             if !lease.slots.iter().any(|p| p.peer_id == peer_id) {
                 return Err(Error::NotInLease { lease_id, peer_id });
             }
+            if lease.hedges >= MAX_HEDGES_PER_LEASE {
+                return Ok(None);
+            }
             let Some(slot) = s.table.choose_except(1, Some(peer_id.0))?.pop() else { return Ok(None) };
+            lease.hedges += 1;
             s.table.take_slots(std::slice::from_ref(&slot))?;
             lease.slots.push(slot.clone());
             Ok(Some(slot))
@@ -1302,6 +1313,19 @@ mod tests {
         assert!(!next.peers.iter().any(|p| p.peer_id == slow), "{:?}", next.peers);
         let all = granted(t.lease(1, 2, false).unwrap());
         assert_eq!(all.peers[0].peer_id, slow, "still leased when it is all that is free");
+    }
+
+    #[tokio::test]
+    async fn a_lease_borrows_at_most_seven_hedge_slots() {
+        let t = tracker_with(20, 1);
+        let lease = granted(t.lease(7, 1, false).unwrap());
+        let slow = lease.peers[0].peer_id;
+        let lent: Vec<_> = (0..10).map(|_| t.hedge_by(lease.lease_id, slow, &Caller::conn(1)).unwrap()).collect();
+        assert_eq!(lent.iter().filter(|s| s.is_some()).count(), MAX_HEDGES_PER_LEASE as usize, "{lent:?}");
+        assert_eq!(t.stats().unwrap().free, 20 - 7 - MAX_HEDGES_PER_LEASE);
+        t.release(lease.lease_id).unwrap();
+        assert_eq!(t.stats().unwrap().free, 20, "hedge slots return with the lease");
+        t.check_invariants().unwrap();
     }
 
     /// The request `conn` makes presenting `token`.

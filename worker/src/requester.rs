@@ -399,10 +399,22 @@ impl LeaseKeeper {
         rx.await.map_err(|_| Error::Closed("the lease keeper"))?
     }
 
-    async fn hedge(&self, peer_id: PeerId) -> septet_common::Result<Option<PeerAddr>> {
+    /// Asks for one more slot, off `peer_id`, to hedge its product; the
+    /// answer comes on the receiver. `None` if the keeper is busy (ask later).
+    fn ask_hedge(&self, peer_id: PeerId) -> Option<oneshot::Receiver<septet_common::Result<Option<PeerAddr>>>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(KeeperCmd::Hedge { peer_id, reply }).await.map_err(|_| Error::Closed("the lease keeper"))?;
-        rx.await.map_err(|_| Error::Closed("the lease keeper"))?
+        self.tx.try_send(KeeperCmd::Hedge { peer_id, reply }).ok().map(|()| rx)
+    }
+
+    /// Reports `peer_id` failed and asks for a replacement slot; the answer
+    /// comes on the receiver. `None` if the keeper is busy (ask later).
+    fn ask_replacement(
+        &self,
+        peer_id: PeerId,
+        reason: String,
+    ) -> Option<oneshot::Receiver<septet_common::Result<Option<PeerAddr>>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(KeeperCmd::Report { peer_id, reason, replace: true, reply }).ok().map(|()| rx)
     }
 
     /// Keeps the job's verdict on its peers for the release.
@@ -687,15 +699,10 @@ impl<T: Element> Job<T> {
         };
         meter.mark(&meter.computed_at, self.started);
         let _permit = self.receiving.acquire().await.map_err(|_| Error::Closed("a receive permit"))?;
-        let product_len = BlocksHeader {
-            task_id: TaskId(i as u64),
-            op: BlockOp::Product,
-            dtype: T::DTYPE,
-            shapes: vec![self.split.product_shape()],
-        }
-        .frame_len()
-        .unwrap_or(0);
-        meter.receive_len.store(product_len as u64, Ordering::Relaxed);
+        // The payload's bytes, as `filled` below counts them.
+        let (rows, cols) = self.split.product_shape();
+        let payload = (rows as u64).saturating_mul(cols as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+        meter.receive_len.store(payload, Ordering::Relaxed);
         meter.mark(&meter.receive_start, self.started);
         let t = Instant::now();
         let mut probe = self.check.as_ref().map(|c| (c, ProductProbe::new(c.r.clone(), self.split.product_shape())));
@@ -776,10 +783,16 @@ impl<T: Element> Job<T> {
                     Err(CheckError::NonFinite { cause, .. }) => return Err(Failure::Unverifiable(cause)),
                 }
             }
-            if job.folded[i].swap(true, Ordering::AcqRel) {
-                return Err(Failure::Superseded);
+            {
+                // Under C's lock: a product is folded once, and marked only
+                // once it is.
+                let mut c = job.c.lock();
+                if job.folded[i].load(Ordering::Acquire) {
+                    return Err(Failure::Superseded);
+                }
+                strassen::accumulate(c.view_mut(), m.view(), &PRODUCTS[i], job.split)?;
+                job.folded[i].store(true, Ordering::Release);
             }
-            strassen::accumulate(job.c.lock().view_mut(), m.view(), &PRODUCTS[i], job.split)?;
             septet_common::matrix::recycle(m);
             Ok::<_, Failure>(took)
         })
@@ -1021,9 +1034,15 @@ impl Requester {
         report.verified = job.check.is_some();
         let prepare = verify_prepare.map(|p| *p.lock()).unwrap_or_default();
         report.verify_s = (prepare + *job.verify_time.lock()).as_secs_f64();
-        let job = Arc::try_unwrap(job).map_err(|_| RequestError::Internal("the job is still shared".into()))?;
         debug!(elapsed = ?job.started.elapsed(), "job complete");
-        Ok(job.c.into_inner())
+        // Taken, not unwrapped: a cancelled hedge race's loser may still be
+        // checking its copy on a blocking thread (it holds the job, and
+        // finds its product folded already, so it never touches C).
+        let c = std::mem::replace(
+            &mut *job.c.lock(),
+            Array2::from_shape_vec((0, 0), Vec::new()).expect("an empty 0×0 array"),
+        );
+        Ok(c)
     }
 }
 

@@ -59,12 +59,10 @@ use crate::verify::NonFinite;
 pub(super) const LANES: usize = 2;
 /// How often the loop looks at the attempts in flight.
 const TICK: Duration = Duration::from_millis(100);
-/// How often a product waiting for a slot asks the tracker again.
+/// How often a product waiting for a slot asks the tracker again (one
+/// ask is in flight at a time: a slow tracker is never asked twice, so
+/// no slot it grants late goes unused).
 const TRACKER_POLL: Duration = Duration::from_millis(200);
-/// How long the loop waits for the tracker's answer to one ask for a slot.
-/// A tracker that is slower (cut off, say) is asked again later; the loop
-/// meanwhile keeps gathering products and using its own idle peers.
-const TRACKER_WAIT: Duration = Duration::from_secs(1);
 /// A phase projected to take this many times the job's median lags...
 const SLOW_FACTOR: f64 = 3.0;
 /// ... and also this much longer than the median.
@@ -267,6 +265,8 @@ struct Redo {
     cause: Error,
     /// When it started waiting: it gives up after `replacement_wait`.
     since: Instant,
+    /// The tracker has been told of the failure (with an ask for a slot).
+    told: bool,
 }
 
 impl Redo {
@@ -357,11 +357,12 @@ pub(super) struct Dispatch<'a, T> {
     next_attempt: u64,
     /// Peers of the lease with nothing to do (their product in).
     idle: Vec<PeerAddr>,
-    /// Peers that failed: never given work again in this job.
-    failed_peers: Vec<PeerId>,
     redo: VecDeque<Redo>,
     /// Last time the tracker was asked for a slot (replacement or hedge).
     asked_tracker: Option<Instant>,
+    /// The tracker's answer to the ask in flight: a slot it grants joins
+    /// `idle`, whatever it was asked for.
+    pending: Option<oneshot::Receiver<septet_common::Result<Option<PeerAddr>>>>,
     /// Durations of completed sends and receives, and of verified
     /// attempts from their send to their product's check.
     sends: Vec<Duration>,
@@ -391,9 +392,9 @@ impl<'a, T: Element> Dispatch<'a, T> {
             attempts: Attempts::new(),
             next_attempt: 0,
             idle: Vec::new(),
-            failed_peers: Vec::new(),
             redo: VecDeque::new(),
             asked_tracker: None,
+            pending: None,
             sends: Vec::new(),
             receives: Vec::new(),
             spans: Vec::new(),
@@ -416,7 +417,10 @@ impl<'a, T: Element> Dispatch<'a, T> {
         let meter = Arc::new(Meter::default());
         let task = self.job.clone().attempt(id, i, peer.clone(), meter.clone(), lane, self.progress.clone());
         let abort = self.attempts.spawn(id, i, peer.clone(), task);
-        self.products[i].tries += 1;
+        if kind != Kind::Hedge {
+            // A hedge is extra, not one of the product's attempts.
+            self.products[i].tries += 1;
+        }
         let started = self.job.started.elapsed();
         self.running.insert(id, Running { product: i, peer, kind, meter, abort, send_counted: false, started });
     }
@@ -436,8 +440,13 @@ impl<'a, T: Element> Dispatch<'a, T> {
         if let Some(first) = self.first_send {
             report.connect_s = (first.as_secs_f64() - report.lease_wait_s).max(0.0);
         }
-        // Told the tracker with the release.
-        self.keeper.note_speed(std::mem::take(&mut self.beaten), std::mem::take(&mut self.proven)).await;
+        // Told the tracker with the release. A peer both beaten and proven
+        // (it delivered one product, and a hedge beat it on another) only
+        // counts as beaten.
+        let beaten = std::mem::take(&mut self.beaten);
+        let mut proven = std::mem::take(&mut self.proven);
+        proven.retain(|p| !beaten.contains(p));
+        self.keeper.note_speed(beaten, proven).await;
         result?;
         report.peers = self.reports.into_iter().map(|r| r.expect("every product verified")).collect();
         Ok(())
@@ -453,8 +462,9 @@ impl<'a, T: Element> Dispatch<'a, T> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while self.products.iter().any(|p| p.state != State::Verified) {
-            self.hand_out_redos(report).await?;
-            self.look_at_attempts().await;
+            self.take_answer();
+            self.hand_out_redos(report)?;
+            self.look_at_attempts();
             if self.attempts.is_empty() && self.redo.is_empty() {
                 let missing = self.products.iter().filter(|p| p.state != State::Verified).count();
                 return Err(RequestError::Internal(format!(
@@ -473,32 +483,49 @@ impl<'a, T: Element> Dispatch<'a, T> {
         Ok(())
     }
 
-    /// Gives what waits for a peer to our idle peers first, then to slots
-    /// from the tracker; fails the job once a product waited too long.
-    async fn hand_out_redos(&mut self, report: &mut JobReport) -> Result<()> {
+    /// Takes the tracker's answer to the ask in flight, if it came: a slot
+    /// it granted is ours to use (it is part of the lease already).
+    fn take_answer(&mut self) {
+        let Some(rx) = &mut self.pending else { return };
+        match rx.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => {}
+            Ok(Ok(Some(slot))) => {
+                self.pending = None;
+                self.idle.push(slot);
+            }
+            Ok(Ok(None)) => self.pending = None,
+            Ok(Err(e)) => {
+                self.pending = None;
+                warn!(error = %e, "the tracker could not give the job a slot; asking again");
+            }
+            Err(oneshot::error::TryRecvError::Closed) => self.pending = None,
+        }
+    }
+
+    /// Whether the tracker may be asked for a slot now.
+    fn may_ask(&self) -> bool {
+        self.pending.is_none() && !self.asked_tracker.is_some_and(|t| t.elapsed() < TRACKER_POLL)
+    }
+
+    /// Gives what waits for a peer to our idle peers (own peers whose
+    /// product is in, or slots the tracker granted); if none is idle, asks
+    /// the tracker for a replacement without waiting for its answer. Fails
+    /// the job once a product waited too long.
+    fn hand_out_redos(&mut self, report: &mut JobReport) -> Result<()> {
         while let Some(r) = self.redo.front() {
-            let peer = match self.idle.pop() {
-                Some(peer) => {
-                    // Record the failure; no new slot needed.
-                    self.tell_tracker(r.failed.peer_id, r.reason());
-                    peer
-                }
-                None => {
-                    if self.asked_tracker.is_some_and(|t| t.elapsed() < TRACKER_POLL) {
-                        break;
-                    }
+            let Some(peer) = self.idle.pop() else {
+                if self.may_ask() {
                     self.asked_tracker = Some(Instant::now());
-                    let asked = self.keeper.report(r.failed.peer_id, r.reason(), true);
-                    match tokio::time::timeout(TRACKER_WAIT, asked).await {
-                        Ok(Ok(Some(peer))) => peer,
-                        Ok(Ok(None)) | Err(_) => break,
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "could not ask the tracker for a replacement; asking again");
-                            break;
-                        }
-                    }
+                    self.pending = self.keeper.ask_replacement(r.failed.peer_id, r.reason());
+                    let told = self.pending.is_some();
+                    self.redo.front_mut().expect("not empty").told |= told;
                 }
+                break;
             };
+            if !r.told {
+                // Record the failure (no new slot needed).
+                self.tell_tracker(r.failed.peer_id, r.reason());
+            }
             let Redo { product: i, .. } = self.redo.pop_front().expect("not empty");
             info!(product = PRODUCTS[i].name, peer_id = %peer.peer_id, addr = %peer.addr, "re-sending to another peer");
             report.retries += 1;
@@ -524,7 +551,7 @@ impl<'a, T: Element> Dispatch<'a, T> {
     /// Updates each product's state from its attempts' meters, records
     /// finished transfers, frees the lanes of slow sends, and hedges
     /// products that lag.
-    async fn look_at_attempts(&mut self) {
+    fn look_at_attempts(&mut self) {
         let now = self.job.started.elapsed();
         for r in self.running.values_mut() {
             let m = &r.meter;
@@ -556,21 +583,20 @@ impl<'a, T: Element> Dispatch<'a, T> {
         }
         for (id, why) in lagging {
             let Some(r) = self.running.get(&id) else { continue };
-            // A slow send gives its lane to the next product at once.
+            // A slow send gives its lane to the next product at once
+            // (hedges' and hedged products' sends too).
             if r.meter.state() == State::Sending && r.meter.lane.lock().take().is_some() {
                 info!(product = PRODUCTS[r.product].name, peer_id = %r.peer.peer_id, %why, "slow send: the next product goes out beside it");
             }
-            self.hedge(id, why).await;
+            if r.kind != Kind::Hedge && !self.products[r.product].hedged {
+                self.hedge(id, why);
+            }
         }
     }
 
     /// Why attempt `r` lags, if it does.
     fn lags(&self, r: &Running, now: Duration, others: &[State]) -> Option<String> {
         let m = &r.meter;
-        let product = &self.products[r.product];
-        if product.hedged || r.kind == Kind::Hedge {
-            return None;
-        }
         let slow = |elapsed: Duration, done: u64, total: u64, medians: &[Duration], what: &str| -> Option<String> {
             let median = median(medians)?;
             // Every byte moved: what is left (the check) is our own work.
@@ -618,9 +644,11 @@ impl<'a, T: Element> Dispatch<'a, T> {
 
     /// Why the attempt metered by `m`, computing, lags, if it does.
     fn lags_computing(&self, m: &Meter, now: Duration, others: &[State]) -> Option<String> {
-        // Only the last product: a worker computing slowly says nothing
-        // through its bytes.
-        if m.state() != State::Computing || others.iter().filter(|s| **s != State::Verified).count() > 1 {
+        // Only the last product, and only while the worker computes (not
+        // once it said it is done and waits for a receive slot): a worker
+        // computing slowly says nothing through its bytes.
+        let computing = m.state() == State::Computing && Meter::at(&m.computed_at).is_none();
+        if !computing || others.iter().any(|s| *s != State::Verified) {
             return None;
         }
         let median = median(&self.spans)?;
@@ -638,7 +666,7 @@ impl<'a, T: Element> Dispatch<'a, T> {
     /// Hedges the product of attempt `id`: a copy on an idle peer of the
     /// lease, or on one more slot from the tracker; nothing if neither is
     /// free (it is tried again on a later tick) or the job's hedges are used up.
-    async fn hedge(&mut self, id: u64, why: String) {
+    fn hedge(&mut self, id: u64, why: String) {
         if self.hedges.len() >= self.requester.config.max_hedges as usize {
             return;
         }
@@ -647,26 +675,15 @@ impl<'a, T: Element> Dispatch<'a, T> {
         let spare = match self.idle.iter().position(|p| p.peer_id != slow.peer_id) {
             Some(k) => Some(self.idle.remove(k)),
             None => {
-                if self.asked_tracker.is_some_and(|t| t.elapsed() < TRACKER_POLL) {
-                    return;
+                // The slot comes back through `take_answer`, for the next tick.
+                if self.may_ask() {
+                    self.asked_tracker = Some(Instant::now());
+                    self.pending = self.keeper.ask_hedge(slow.peer_id);
                 }
-                self.asked_tracker = Some(Instant::now());
-                match tokio::time::timeout(TRACKER_WAIT, self.keeper.hedge(slow.peer_id)).await {
-                    Ok(Ok(slot)) => slot,
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "could not ask the tracker for a hedge slot");
-                        None
-                    }
-                    Err(_) => None,
-                }
+                None
             }
         };
         let Some(spare) = spare else { return };
-        if self.products[i].state == State::Verified {
-            // It arrived while we asked: the slot stays with the lease.
-            self.idle.push(spare);
-            return;
-        }
         let name = PRODUCTS[i].name;
         info!(product = name, slow = %slow.addr, hedge = %spare.addr, %why, "hedging a lagging product");
         (self.progress)(Progress::Hedged { product: name, addr: spare.addr.clone() });
@@ -776,6 +793,12 @@ impl<'a, T: Element> Dispatch<'a, T> {
                 Ok(())
             }
             Err(Failure::Superseded) => {
+                // The other copy was folded first; if that was a hedge's,
+                // this (slower) peer was beaten, even though the winner's
+                // outcome has not been taken in yet.
+                if run.kind != Kind::Hedge && rivals.iter().any(|id| self.running[id].kind == Kind::Hedge) {
+                    self.beaten.push(run.peer.peer_id);
+                }
                 self.record(&run, "superseded", None);
                 Ok(())
             }
@@ -795,7 +818,6 @@ impl<'a, T: Element> Dispatch<'a, T> {
                 warn!(product = name, peer_id = %peer.peer_id, addr = %peer.addr, error = %e, "peer failed");
                 report.failures.push(format!("{name} on peer {} ({}): {e}", peer.peer_id, peer.addr));
                 // A peer that failed is never handed work again in this job.
-                self.failed_peers.push(peer.peer_id);
                 self.idle.retain(|p| p.peer_id != peer.peer_id);
                 if self.products[i].state == State::Verified {
                     return Ok(());
@@ -815,7 +837,7 @@ impl<'a, T: Element> Dispatch<'a, T> {
                     });
                 }
                 self.products[i].state = State::Queued;
-                self.redo.push_back(Redo { product: i, failed: peer, cause: e, since: Instant::now() });
+                self.redo.push_back(Redo { product: i, failed: peer, cause: e, since: Instant::now(), told: false });
                 Ok(())
             }
         }
