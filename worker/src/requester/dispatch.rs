@@ -504,7 +504,7 @@ impl<'a, T: Element> Dispatch<'a, T> {
 
     /// Whether the tracker may be asked for a slot now.
     fn may_ask(&self) -> bool {
-        self.pending.is_none() && !self.asked_tracker.is_some_and(|t| t.elapsed() < TRACKER_POLL)
+        self.pending.is_none() && self.asked_tracker.is_none_or(|t| t.elapsed() >= TRACKER_POLL)
     }
 
     /// Gives what waits for a peer to our idle peers (own peers whose
