@@ -336,8 +336,9 @@ mod tests {
         let mut junk = tokio::net::TcpStream::connect(addr).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut junk, &[0xAB; 200]).await.unwrap();
         let mut sink = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut junk, &mut sink))
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut junk, &mut sink))
+                .await;
         for _ in 0..100 {
             if refused.lock().contains(&Refusal::NotSeptet) {
                 break;

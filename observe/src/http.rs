@@ -84,6 +84,15 @@ pub enum Error {
         /// The address as given.
         addr: String,
     },
+    /// The address could not be bound.
+    #[error("could not serve HTTP on {addr}: {source}")]
+    Bind {
+        /// The address as given.
+        addr: String,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where an accepted HTTP address lets the endpoint be reached from.
@@ -116,6 +125,18 @@ pub async fn check_exposure(addr: &str, public: bool) -> Result<Exposure, Error>
     } else {
         Err(Error::NotLoopback { addr: addr.to_string() })
     }
+}
+
+/// [`check_exposure`], then binds `addr`: the listener to [`serve`] on, and
+/// the config its exposure calls for (on loopback, only local `Host`s).
+///
+/// # Errors
+/// As [`check_exposure`], and [`Error::Bind`].
+pub async fn bind(addr: &str, public: bool, name: &'static str) -> Result<(TcpListener, HttpConfig), Error> {
+    let exposure = check_exposure(addr, public).await?;
+    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr: addr.to_string(), source })?;
+    let config = HttpConfig { name, loopback_hosts_only: exposure == Exposure::Loopback, ..HttpConfig::default() };
+    Ok((listener, config))
 }
 
 /// Whether a `Host` header names this machine by address or as `localhost`
@@ -225,27 +246,43 @@ pub async fn serve(listener: TcpListener, router: Router, config: HttpConfig, sh
     }
 }
 
-/// `registry` as a `/metrics` response: OpenMetrics text when `headers`
-/// accept it, else the Prometheus text format (0.0.4).
-pub fn metrics_response(registry: &Registry, headers: &HeaderMap) -> Response {
-    let openmetrics = headers
+/// Whether the scraper's `Accept` header asks for OpenMetrics text.
+pub fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+/// `registry` as text: OpenMetrics if `openmetrics`, else the Prometheus
+/// text format (0.0.4); with its `Content-Type`.
+///
+/// # Errors
+/// Only a formatting error from the encoder.
+pub fn encode_metrics(registry: &Registry, openmetrics: bool) -> Result<(String, &'static str), std::fmt::Error> {
     let mut body = String::with_capacity(8 * 1024);
-    let (encoded, content_type) = if openmetrics {
-        (prometheus_client::encoding::text::encode(&mut body, registry), OPENMETRICS_CONTENT_TYPE)
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut body, registry)?;
+        Ok((body, OPENMETRICS_CONTENT_TYPE))
     } else {
-        (
-            prometheus_client::encoding::prometheus_text::encode(&mut body, registry),
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        )
-    };
+        prometheus_client::encoding::prometheus_text::encode(&mut body, registry)?;
+        Ok((body, prometheus_client::encoding::prometheus_text::CONTENT_TYPE))
+    }
+}
+
+/// An encoded `/metrics` body as a response.
+pub fn metrics_body(encoded: Result<(impl IntoResponse, &'static str), std::fmt::Error>) -> Response {
     match encoded {
-        Ok(()) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Ok((body, content_type)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "could not encode the metrics\n").into_response(),
     }
+}
+
+/// `registry` as a `/metrics` response: OpenMetrics text when `headers`
+/// accept it, else the Prometheus text format (0.0.4).
+pub fn metrics_response(registry: &Registry, headers: &HeaderMap) -> Response {
+    metrics_body(encode_metrics(registry, wants_openmetrics(headers)))
 }
 
 #[cfg(test)]
@@ -259,7 +296,8 @@ mod tests {
         for ok in ["127.0.0.1:7701", "127.0.0.1", "[::1]:7701", "[::1]", "localhost:80", "LOCALHOST", "localhost.:1"] {
             assert!(is_local_host(ok), "{ok}");
         }
-        for bad in ["evil.example:7701", "evil.example", "127.0.0.1.evil.example", "[::1.evil]:80", "", "localhost.evil"]
+        for bad in
+            ["evil.example:7701", "evil.example", "127.0.0.1.evil.example", "[::1.evil]:80", "", "localhost.evil"]
         {
             assert!(!is_local_host(bad), "{bad}");
         }
@@ -273,6 +311,13 @@ mod tests {
         assert!(err.contains("--http-public") && err.contains("0.0.0.0:7701"), "{err}");
         assert_eq!(check_exposure("0.0.0.0:7701", true).await.unwrap(), Exposure::Public);
         assert!(matches!(check_exposure("no port here", true).await, Err(Error::Resolve { .. })));
+        let (listener, config) = bind("127.0.0.1:0", false, "test").await.unwrap();
+        assert!(config.loopback_hosts_only && listener.local_addr().unwrap().ip().is_loopback());
+        let taken = listener.local_addr().unwrap().to_string();
+        assert!(matches!(bind(&taken, false, "test").await, Err(Error::Bind { .. })));
+        assert!(matches!(bind("0.0.0.0:0", false, "test").await, Err(Error::NotLoopback { .. })));
+        let (_, public) = bind("0.0.0.0:0", true, "test").await.unwrap();
+        assert!(!public.loopback_hosts_only, "a public endpoint may be addressed by name");
     }
 
     async fn get_raw(addr: SocketAddr, host: &str, path: &str) -> String {
@@ -305,11 +350,9 @@ mod tests {
         assert!(rebound.starts_with("HTTP/1.1 421") && !rebound.ends_with("hi"), "{rebound}");
         // Two silent connections hold the cap; a third is closed at once;
         // the silent ones are closed after the header timeout.
-        let idle: Vec<_> = [
-            tokio::net::TcpStream::connect(addr).await.unwrap(),
-            tokio::net::TcpStream::connect(addr).await.unwrap(),
-        ]
-        .into();
+        let idle: Vec<_> =
+            [tokio::net::TcpStream::connect(addr).await.unwrap(), tokio::net::TcpStream::connect(addr).await.unwrap()]
+                .into();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut buf = [0u8; 16];

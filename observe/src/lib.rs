@@ -34,4 +34,7 @@
 pub mod http;
 pub mod metrics;
 
-pub use http::{check_exposure, metrics_response, serve, Error, Exposure, HttpConfig};
+pub use http::{
+    bind, check_exposure, encode_metrics, metrics_body, metrics_response, serve, wants_openmetrics, Error, Exposure,
+    HttpConfig,
+};
