@@ -101,7 +101,8 @@ function spark(t) {
     area.setAttribute("class", "requests");
     parts.push(area);
   }
-  for (const [cls, s] of [["granted", t.leases_granted], ["ended", t.leases_ended]]) {
+  // Ended underneath, wide and pale, so granted stays visible on top where they agree.
+  for (const [cls, s] of [["ended", t.leases_ended], ["granted", t.leases_granted]]) {
     if (s.length === 0) continue;
     const line = document.createElementNS(ns, "polyline");
     line.setAttribute("points", s.map((v, i) => x(i) + "," + y(v, max)).join(" "));
