@@ -60,9 +60,9 @@ mod tests {
     #[test]
     fn every_series_shows_from_the_start_and_counts_through_its_handle() {
         let mut registry = Registry::with_prefix("septet_test");
-        let by_kind = counters(&mut registry, "things", "Things.", &label_values("kind", ["a", "b"]));
+        let by_kind = counters(&mut registry, "things", "Things", &label_values("kind", ["a", "b"]));
         let pairs: [Labels2; 2] = [[("x", "1"), ("y", "2")], [("x", "3"), ("y", "4")]];
-        let g = gauges(&mut registry, "levels", "Levels.", &pairs);
+        let g = gauges(&mut registry, "levels", "Levels", &pairs);
         by_kind[1].inc_by(3);
         g[0].set(-2);
         let mut text = String::new();

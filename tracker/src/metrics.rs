@@ -212,62 +212,62 @@ impl TrackerMetrics {
             &mut r,
             "peers",
             "Peers in the peer table by state: alive (leaseable), suspect (late heartbeat or reported failure), \
-             gone (must register again).",
+             gone (must register again)",
             &label_values("state", PEER_STATES.map(PeerState::as_str)),
         );
         let on_probation = gauge(
             &mut r,
             "peers_on_probation",
-            "Peers that are not gone with slow strikes (beaten by hedges): leased after every other peer.",
+            "Peers that are not gone with slow strikes (beaten by hedges): leased after every other peer",
         );
-        let slots = gauge(&mut r, "slots", "Slots offered by peers that are not gone.");
-        let slots_in_use = gauge(&mut r, "slots_in_use", "Slots held by leases in force.");
-        let slots_free = gauge(&mut r, "slots_free", "Slots a lease could take now: free slots of alive peers.");
-        let queue_length = gauge(&mut r, "lease_queue_length", "Lease requests waiting in the queue.");
-        let queue_slots = gauge(&mut r, "lease_queue_slots", "Slots the lease requests waiting in the queue ask for.");
-        let leases = gauge(&mut r, "leases_active", "Leases in force.");
-        let leases_granted = counter(&mut r, "leases_granted", "Leases granted, at once or after queueing.");
-        let leases_released = counter(&mut r, "leases_released", "Leases released by their holder.");
-        let leases_expired = counter(&mut r, "leases_expired", "Leases that ended because their TTL passed unrenewed.");
+        let slots = gauge(&mut r, "slots", "Slots offered by peers that are not gone");
+        let slots_in_use = gauge(&mut r, "slots_in_use", "Slots held by leases in force");
+        let slots_free = gauge(&mut r, "slots_free", "Slots a lease could take now: free slots of alive peers");
+        let queue_length = gauge(&mut r, "lease_queue_length", "Lease requests waiting in the queue");
+        let queue_slots = gauge(&mut r, "lease_queue_slots", "Slots the lease requests waiting in the queue ask for");
+        let leases = gauge(&mut r, "leases_active", "Leases in force");
+        let leases_granted = counter(&mut r, "leases_granted", "Leases granted, at once or after queueing");
+        let leases_released = counter(&mut r, "leases_released", "Leases released by their holder");
+        let leases_expired = counter(&mut r, "leases_expired", "Leases that ended because their TTL passed unrenewed");
         let leases_dropped = counter(
             &mut r,
             "leases_dropped",
-            "Leases that ended because the connection that took them closed (not detached).",
+            "Leases that ended because the connection that took them closed (not detached)",
         );
         let lease_wait = Histogram::new(LEASE_WAIT_BUCKETS);
         r.register_with_unit(
             "lease_wait",
-            "Time from a lease request to its grant (0 when granted at once).",
+            "Time from a lease request to its grant (0 when granted at once)",
             Unit::Seconds,
             lease_wait.clone(),
         );
         let failures_reported = counter(
             &mut r,
             "failures_reported",
-            "Failures requesters reported against leased peers (once per peer and lease).",
+            "Failures requesters reported against leased peers (once per peer and lease)",
         );
         let hedges = counters(
             &mut r,
             "hedges",
-            "Hedges asked for: a spare slot lent to a lease to copy a slow peer's product (lent), or none free.",
+            "Hedges asked for: a spare slot lent to a lease to copy a slow peer's product (lent), or none free",
             &label_values("outcome", ["lent", "none_free"]),
         );
         let requests = counters(
             &mut r,
             "requests",
-            "Requests handled, by kind.",
+            "Requests handled, by kind",
             &label_values("kind", RequestKind::ALL.map(RequestKind::as_str)),
         );
         let request_errors = counters(
             &mut r,
             "request_errors",
-            "Requests answered with an error, by kind.",
+            "Requests answered with an error, by kind",
             &label_values("kind", RequestKind::ALL.map(RequestKind::as_str)),
         );
         let refused = counters(
             &mut r,
             "handshakes_rejected",
-            "Connections refused before or during the handshake, by reason (busy: past the connection cap).",
+            "Connections refused before or during the handshake, by reason (busy: past the connection cap)",
             &label_values("reason", Refusal::ALL.map(Refusal::as_str)),
         );
         Self {
@@ -456,6 +456,7 @@ mod tests {
         let families = t.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(families, t.lines().filter(|l| l.starts_with("# HELP ")).count());
         assert_eq!(families, 18, "{t}");
+        assert!(!t.contains(".."), "the registry adds the HELP texts' period: {t}");
         assert_eq!(m.totals().leases_granted, 2);
     }
 }

@@ -83,49 +83,49 @@ impl WorkerMetrics {
             &mut r,
             "products",
             "Block products finished, by dtype and outcome (error: the task was refused, e.g. its product \
-             would exceed the frame limit).",
+             would exceed the frame limit)",
             &PRODUCTS,
         );
         let compute = Histogram::new(COMPUTE_BUCKETS);
-        r.register_with_unit("compute", "Time to compute one block product.", Unit::Seconds, compute.clone());
+        r.register_with_unit("compute", "Time to compute one block product", Unit::Seconds, compute.clone());
         let received = Counter::default();
         r.register_with_unit(
             "received",
-            "Bytes of task frames read (operands and their headers, before any encryption).",
+            "Bytes of task frames read (operands and their headers, before any encryption)",
             Unit::Bytes,
             received.clone(),
         );
         let sent = Counter::default();
         r.register_with_unit(
             "sent",
-            "Bytes of product frames written (before any encryption).",
+            "Bytes of product frames written (before any encryption)",
             Unit::Bytes,
             sent.clone(),
         );
         let in_progress = Gauge::default();
         r.register(
             "tasks_in_progress",
-            "Tasks read and not yet answered: waiting for a slot, computing, or being written.",
+            "Tasks read and not yet answered: waiting for a slot, computing, or being written",
             in_progress.clone(),
         );
         let slots = Gauge::default();
-        r.register("slots", "Products this worker computes at once (--slots).", slots.clone());
+        r.register("slots", "Products this worker computes at once (--slots)", slots.clone());
         let registered = Gauge::default();
         r.register(
             "registered",
-            "1 while the worker is registered with its tracker (leaseable), else 0.",
+            "1 while the worker is registered with its tracker (leaseable), else 0",
             registered.clone(),
         );
         let registrations = Counter::default();
         r.register(
             "registrations",
-            "Times the worker registered with its tracker (more than one: it lost the tracker and came back).",
+            "Times the worker registered with its tracker (more than one: it lost the tracker and came back)",
             registrations.clone(),
         );
         let refused = counters(
             &mut r,
             "handshakes_rejected",
-            "Connections refused before or during the handshake, by reason (busy: past the connection cap).",
+            "Connections refused before or during the handshake, by reason (busy: past the connection cap)",
             &label_values("reason", Refusal::ALL.map(Refusal::as_str)),
         );
         Self {
@@ -269,6 +269,7 @@ mod tests {
         prometheus_client::encoding::prometheus_text::encode(&mut t, m.registry()).unwrap();
         assert!(t.lines().any(|l| l == "septet_worker_tasks_in_progress 0"), "{t}");
         assert!(t.lines().any(|l| l == "septet_worker_registered 0"), "{t}");
-        assert_eq!(t.lines().filter(|l| l.starts_with("# TYPE ")).count(), 10, "{t}");
+        assert_eq!(t.lines().filter(|l| l.starts_with("# TYPE ")).count(), 9, "{t}");
+        assert!(!t.contains(".."), "help texts end with one period: {t}");
     }
 }
