@@ -1493,6 +1493,51 @@ mod tests {
         assert_eq!(all.peers[0].peer_id, slow, "still leased when it is all that is free");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_snapshot_shows_the_queue_and_leases_without_tokens_and_the_metrics_count_them() {
+        let t = tracker_with(7, 1);
+        let holder: SocketAddr = "10.0.0.9:4242".parse().unwrap();
+        t.connected(1, holder);
+        let first = granted(t.lease(7, 1, false).unwrap());
+        let mut waiting = queued(t.lease(3, 2, true).unwrap());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let snap = t.snapshot(10).unwrap();
+        let three = Duration::from_secs(3);
+        assert_eq!(snap.queue, vec![QueueEntry { position: 1, count: 3, from: None, waited: three }]);
+        let expected = LeaseEntry {
+            lease_id: first.lease_id,
+            slots: 7,
+            holder: Some(holder),
+            detached: false,
+            age: three,
+            ttl_left: Duration::from_secs(7),
+        };
+        assert_eq!(snap.leases, vec![expected]);
+        assert_eq!((snap.peers.len(), snap.peers_total, snap.queue_total, snap.leases_total), (7, 7, 1, 1));
+        let levels = snap.levels;
+        assert_eq!((levels.peers, levels.slots, levels.slots_in_use, levels.slots_free), ([7, 0, 0], 7, 7, 0));
+        assert_eq!((levels.queue_length, levels.queue_slots, levels.leases), (1, 3, 1));
+        assert!(!format!("{snap:?}").contains(first.token.expose()), "a token in the snapshot");
+        assert_eq!(t.snapshot(2).unwrap().peers.len(), 2, "cut at max_rows");
+
+        // The waiter is served after 3 s in the queue; the histogram says so.
+        t.release(first.lease_id).unwrap();
+        let second = waiting.grant.try_recv().unwrap();
+        let totals = t.metrics().totals();
+        assert_eq!((totals.leases_granted, totals.leases_released), (2, 1));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, t.metrics().registry()).unwrap();
+        assert!(text.lines().any(|l| l == "septet_tracker_lease_wait_seconds_sum 3.0"), "{text}");
+        // Conn 1 leaves: its address goes with it; the detached lease expires.
+        t.disconnect(1);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        t.sweep().unwrap();
+        assert!(matches!(t.release(second.lease_id), Err(Error::UnknownLease(_))));
+        let totals = t.metrics().totals();
+        assert_eq!((totals.leases_expired, totals.leases_dropped), (1, 0));
+        assert!(t.inner.state.lock().conn_addrs.is_empty());
+    }
+
     /// The request `conn` makes presenting `token`.
     fn by(conn: ConnId, token: &str) -> Caller {
         Caller { conn, token: Some(LeaseToken::presented(token)) }
