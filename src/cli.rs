@@ -290,6 +290,15 @@ struct TrackerArgs {
     max_peers: usize,
     #[command(flatten)]
     serve: ServeArgs,
+    /// Also serve Prometheus metrics (/metrics) and a live status page (/)
+    /// over HTTP on this address. Unauthenticated and read-only (no secret
+    /// or lease token is ever shown): loopback only unless --http-public.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Let --http listen on a non-loopback address: anyone who can reach it
+    /// can read the peer table and the metrics.
+    #[arg(long, requires = "http")]
+    http_public: bool,
 }
 
 /// What both servers share: who may connect, and how many at once.
@@ -327,6 +336,15 @@ struct WorkerArgs {
     max_frame_len: usize,
     #[command(flatten)]
     serve: ServeArgs,
+    /// Also serve Prometheus metrics (/metrics) over HTTP on this address
+    /// (port 0 picks a free one). Unauthenticated and read-only: loopback
+    /// only unless --http-public.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Let --http listen on a non-loopback address: anyone who can reach it
+    /// can read the metrics.
+    #[arg(long, requires = "http")]
+    http_public: bool,
     /// Misbehave for fault-tolerance tests: corrupt, drop, or delay=SECS
     /// (only in builds with the `fault-injection` feature).
     #[cfg(feature = "fault-injection")]
@@ -662,8 +680,46 @@ async fn tracker(args: TrackerArgs) -> Result<()> {
     };
     config.validate().map_err(|e| UsageError(e.to_string()))?;
     check_exposure("tracker", &args.listen, &config.security, args.serve.insecure).await?;
+    // The HTTP endpoint is checked and bound before the tracker listens, so
+    // a refused --http leaves nothing half started.
+    let http = match &args.http {
+        Some(addr) => Some(septet_observe::bind(addr, args.http_public, "tracker").await.map_err(|e| match e {
+            septet_observe::Error::NotLoopback { .. } => anyhow::Error::new(UsageError(e.to_string())),
+            e => anyhow::Error::new(e),
+        })?),
+        None => None,
+    };
     let listener = listen(&args.listen, "tracker").await?;
-    septet_tracker::run(listener, config, shutdown_signal()).await?;
+    let tracker = septet_tracker::Tracker::new(config)?;
+    // Ctrl-C stops both servers at once.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let http_task = match http {
+        Some((http, http_config)) => {
+            let addr = http.local_addr()?;
+            if !http_config.loopback_hosts_only {
+                eprintln!("warning: the tracker's metrics and status page on {addr} are readable by anyone who can reach it (--http-public)");
+            }
+            eprintln!("septet tracker: metrics at http://{addr}/metrics, status page at http://{addr}/");
+            let (tracker, stop) = (tracker.clone(), stop.clone());
+            Some(tokio::spawn(septet_tracker::http::run(http, tracker, http_config, stop.cancelled_owned())))
+        }
+        None => None,
+    };
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        }
+    };
+    let served = septet_tracker::server::serve(tracker, listener, shutdown).await;
+    stop.cancel();
+    if let Some(task) = http_task {
+        task.await.context("the tracker's HTTP endpoint panicked")?;
+    }
+    served?;
     Ok(())
 }
 
@@ -682,8 +738,46 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     };
     config.validate().map_err(|e| UsageError(e.to_string()))?;
     check_exposure("worker", &args.listen, &config.security, args.serve.insecure).await?;
+    let http = match &args.http {
+        Some(addr) => Some(septet_observe::bind(addr, args.http_public, "worker").await.map_err(|e| match e {
+            septet_observe::Error::NotLoopback { .. } => anyhow::Error::new(UsageError(e.to_string())),
+            e => anyhow::Error::new(e),
+        })?),
+        None => None,
+    };
     let listener = listen(&args.listen, "worker").await?;
-    septet_worker::run(listener, config, shutdown_signal()).await?;
+    // Ctrl-C stops both servers at once; so does the worker stopping on its
+    // own (a tracker that refuses its secret).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let http_task = match http {
+        Some((http, http_config)) => {
+            let addr = http.local_addr()?;
+            if !http_config.loopback_hosts_only {
+                eprintln!(
+                    "warning: the worker's metrics on {addr} are readable by anyone who can reach it (--http-public)"
+                );
+            }
+            eprintln!("septet worker: metrics at http://{addr}/metrics");
+            let (metrics, stop) = (config.metrics.clone(), stop.clone());
+            Some(tokio::spawn(septet_worker::metrics::run_http(http, metrics, http_config, stop.cancelled_owned())))
+        }
+        None => None,
+    };
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        }
+    };
+    let served = septet_worker::run(listener, config, shutdown).await;
+    stop.cancel();
+    if let Some(task) = http_task {
+        task.await.context("the worker's HTTP endpoint panicked")?;
+    }
+    served?;
     Ok(())
 }
 

@@ -7,7 +7,9 @@
 //! the handshake's fixed-size buffers, nothing more, for at most the
 //! handshake timeout; refusals are logged as one line naming the address,
 //! at most [`LOG_BURST`] of them per [`LOG_WINDOW`] (so a flood of bad
-//! connections cannot flood the log either).
+//! connections cannot flood the log either). Every refusal, logged or
+//! not, is also told to [`ListenConfig::on_refusal`] as a [`Refusal`], so
+//! a server can count them (its metrics).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,6 +42,99 @@ pub struct ListenConfig {
     pub max_connections: usize,
     /// How long shutdown waits for connections to finish.
     pub drain_timeout: Duration,
+    /// Told of every connection refused before its handshake completed.
+    pub on_refusal: Option<OnRefusal>,
+}
+
+/// Why a connection was refused before it was served: a fixed list, so it
+/// can label a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Past the connection cap.
+    Busy,
+    /// The handshake did not finish within its deadline.
+    Timeout,
+    /// The client closed (or reset) the connection during the handshake.
+    Closed,
+    /// The client's proof did not verify: a different cluster secret.
+    WrongSecret,
+    /// One side holds a cluster secret and the other does not.
+    SecretMismatch,
+    /// One side encrypts and the other does not.
+    EncryptionMismatch,
+    /// The client speaks another protocol version.
+    Version,
+    /// The bytes were not a septet handshake.
+    NotSeptet,
+}
+
+impl Refusal {
+    /// Every reason, for metrics that show each from the start.
+    pub const ALL: [Refusal; 8] = [
+        Refusal::Busy,
+        Refusal::Timeout,
+        Refusal::Closed,
+        Refusal::WrongSecret,
+        Refusal::SecretMismatch,
+        Refusal::EncryptionMismatch,
+        Refusal::Version,
+        Refusal::NotSeptet,
+    ];
+
+    /// The reason as a metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Busy => "busy",
+            Refusal::Timeout => "timeout",
+            Refusal::Closed => "closed",
+            Refusal::WrongSecret => "wrong_secret",
+            Refusal::SecretMismatch => "secret_mismatch",
+            Refusal::EncryptionMismatch => "encryption_mismatch",
+            Refusal::Version => "version",
+            Refusal::NotSeptet => "not_septet",
+        }
+    }
+
+    /// The reason a handshake failed with `err`.
+    pub fn of(err: &Error) -> Self {
+        use crate::secure::HandshakeFailure as F;
+        match err {
+            Error::Timeout { .. } => Refusal::Timeout,
+            Error::Closed(_) | Error::ClosedMidFrame | Error::Io(_) => Refusal::Closed,
+            Error::VersionMismatch { .. } => Refusal::Version,
+            Error::Handshake { failure, .. } => match failure {
+                F::WrongSecret | F::SecretRefused | F::BadServerProof => Refusal::WrongSecret,
+                F::ClientHasNoSecret | F::ClientHasSecret | F::SecretRequired | F::PeerHasNoSecret => {
+                    Refusal::SecretMismatch
+                }
+                F::ClientDoesNotEncrypt | F::ClientEncrypts | F::EncryptionRequired | F::PeerDoesNotEncrypt => {
+                    Refusal::EncryptionMismatch
+                }
+                F::Busy => Refusal::Busy,
+                F::NotSeptet => Refusal::NotSeptet,
+            },
+            _ => Refusal::NotSeptet,
+        }
+    }
+}
+
+/// A callback told of each [`Refusal`]; it must be quick (it runs on the
+/// accept path).
+#[derive(Clone)]
+pub struct OnRefusal(pub Arc<dyn Fn(Refusal) + Send + Sync>);
+
+impl std::fmt::Debug for OnRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnRefusal(..)")
+    }
+}
+
+impl ListenConfig {
+    fn refused(&self, why: Refusal) {
+        if let Some(hook) = &self.on_refusal {
+            (hook.0)(why);
+        }
+    }
 }
 
 /// Logs at most [`LOG_BURST`] lines per [`LOG_WINDOW`], then says how many
@@ -125,6 +220,7 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        config.refused(Refusal::Busy);
                         if let Some(suppressed) = limit.allow() {
                             warn!(
                                 peer = %addr,
@@ -136,17 +232,20 @@ where
                         turn_away(stream);
                         continue;
                     };
-                    let (limits, handler, cancel, limit) =
-                        (config.limits.clone(), handler.clone(), cancel.clone(), limit.clone());
+                    let (config, handler, cancel, limit) =
+                        (config.clone(), handler.clone(), cancel.clone(), limit.clone());
                     tasks.spawn(async move {
                         let _permit = permit;
                         let accepted = tokio::select! {
                             _ = cancel.cancelled() => return,
-                            accepted = Connection::accept(stream, limits) => accepted,
+                            accepted = Connection::accept(stream, config.limits.clone()) => accepted,
                         };
                         match accepted {
                             Ok((conn, role)) => handler(conn, role, cancel).await,
-                            Err(e) => log_refusal(name, addr, &e, &limit),
+                            Err(e) => {
+                                config.refused(Refusal::of(&e));
+                                log_refusal(name, addr, &e, &limit);
+                            }
                         }
                     });
                 }
@@ -184,11 +283,14 @@ mod tests {
     async fn connections_past_the_cap_are_refused_and_served_again_once_one_closes() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let refusals = refused.clone();
         let config = ListenConfig {
             name: "test",
             limits: ConnLimits::default(),
             max_connections: 2,
             drain_timeout: Duration::from_secs(5),
+            on_refusal: Some(OnRefusal(Arc::new(move |why| refusals.lock().push(why)))),
         };
         let stop = CancellationToken::new();
         let s = stop.clone();
@@ -228,7 +330,22 @@ mod tests {
         }
         assert!(served, "a connection was never served after one closed");
         assert!(echo(&mut second).await.is_ok(), "an existing connection was disturbed");
+        assert!(refused.lock().contains(&Refusal::Busy), "the hook heard of the refusal: {:?}", refused.lock());
+        // Bytes that are no septet hello are refused, and the hook hears why.
         drop(second);
+        let mut junk = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut junk, &[0xAB; 200]).await.unwrap();
+        let mut sink = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut junk, &mut sink))
+                .await;
+        for _ in 0..100 {
+            if refused.lock().contains(&Refusal::NotSeptet) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused.lock().contains(&Refusal::NotSeptet), "{:?}", refused.lock());
         stop.cancel();
         server.await.unwrap();
     }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument, warn};
 
+use crate::metrics::RequestKind;
 use crate::state::{Caller, ConnId, Done, Grant, LeaseOutcome, LeaseToken, Op, Ticket};
 use crate::{Error, Result, Tracker, TrackerConfig};
 
@@ -66,6 +67,7 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
         },
         max_connections: config.max_connections,
         drain_timeout: DRAIN_TIMEOUT,
+        on_refusal: Some(tracker.metrics().refusal_hook()),
     };
     let next_conn = Arc::new(AtomicU64::new(0));
     let handler = {
@@ -160,6 +162,7 @@ async fn serve_connection(
 ) {
     let config = tracker.config().clone();
     debug!(?role, "connection accepted");
+    tracker.connected(conn_id, conn.peer);
     let mut ticket: Option<Ticket> = None;
     loop {
         let frame = tokio::select! {
@@ -188,6 +191,7 @@ async fn serve_connection(
             Ok(None) => break,
             Err(e) => {
                 warn!(error = %e, "bad frame; dropping the connection");
+                tracker.metrics().request(RequestKind::Malformed, false);
                 conn.refuse::<TrackerReply>(&e).await;
                 break;
             }
@@ -262,6 +266,7 @@ async fn handle(
     ticket: &mut Option<Ticket>,
 ) -> TrackerReply {
     let heartbeat_ms = tracker.config().heartbeat_interval.as_millis() as u64;
+    let kind = RequestKind::of(&msg);
     let result = match msg {
         TrackerRequest::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
             let peer_id = tracker.register_by(&addr, slots, conn)?;
@@ -320,6 +325,7 @@ async fn handle(
             })
         }
     };
+    tracker.metrics().request(kind, result.is_ok());
     result.unwrap_or_else(|e| error_reply(&e))
 }
 

@@ -39,6 +39,7 @@
 //! benches); the server only uses the `_by` variants, which check.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ use septet_common::secure::random_token;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::metrics::{Levels, TrackerMetrics};
 use crate::table::{PeerState, PeerTable};
 use crate::{Error, Result};
 
@@ -272,6 +274,7 @@ struct LeaseRecord {
     holder: ConnId,
     /// Lets any other connection act as the holder.
     token: LeaseToken,
+    granted_at: Instant,
     expires_at: Instant,
     /// Peers already reported failed in this lease: a failure counts once
     /// per lease however often the requester asks for a replacement.
@@ -293,6 +296,7 @@ struct Waiter {
     count: u32,
     conn: ConnId,
     detached: bool,
+    queued_at: Instant,
     tx: oneshot::Sender<Grant>,
 }
 
@@ -329,6 +333,9 @@ struct State {
     /// The connection that registered each peer (last registration wins);
     /// only it may heartbeat or deregister the peer.
     peer_owner: HashMap<PeerId, ConnId>,
+    /// Where each open connection comes from, for the status page's lease
+    /// holders (see [`Tracker::connected`]).
+    conn_addrs: HashMap<ConnId, SocketAddr>,
 }
 
 impl State {
@@ -380,10 +387,10 @@ impl State {
 
     /// Queues a lease request behind every earlier one; `dispatch` serves it
     /// when it reaches the front and enough slots are free.
-    fn enqueue(&mut self, count: u32, conn: ConnId, detached: bool) -> (u64, oneshot::Receiver<Grant>) {
+    fn enqueue(&mut self, count: u32, conn: ConnId, detached: bool, now: Instant) -> (u64, oneshot::Receiver<Grant>) {
         self.next_waiter_id += 1;
         let (tx, grant) = oneshot::channel();
-        self.queue.push_back(Waiter { id: self.next_waiter_id, count, conn, detached, tx });
+        self.queue.push_back(Waiter { id: self.next_waiter_id, count, conn, detached, queued_at: now, tx });
         (self.next_waiter_id, grant)
     }
 
@@ -398,7 +405,7 @@ impl State {
     /// the ranking. A request that does not fit stops the walk: nothing
     /// behind it is served (no barging). Slots of a grant whose requester
     /// already left go straight back, and the walk starts again.
-    fn dispatch(&mut self, now: Instant, ttl: Duration) -> Result<()> {
+    fn dispatch(&mut self, now: Instant, ttl: Duration, metrics: &TrackerMetrics) -> Result<()> {
         loop {
             if self.queue.is_empty() {
                 return Ok(());
@@ -448,12 +455,14 @@ impl State {
                     owner,
                     holder: waiter.conn,
                     token,
+                    granted_at: now,
                     expires_at: now + ttl,
                     reported: Vec::new(),
                     speed_recorded: false,
                     hedges: 0,
                 };
                 if waiter.tx.send(grant).is_ok() {
+                    metrics.lease_granted(now.saturating_duration_since(waiter.queued_at));
                     self.leases.insert(lease_id, record);
                 } else {
                     // The requester went away between queueing and now.
@@ -534,6 +543,65 @@ struct Inner {
     config: TrackerConfig,
     epoch: Instant,
     state: Mutex<State>,
+    metrics: TrackerMetrics,
+}
+
+/// A read-only view of the tracker for the status page: see
+/// [`Tracker::snapshot`].
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// When it was taken, in ms since the tracker started (the clock of the
+    /// peer rows' `joined_at` and `last_seen`).
+    pub now_ms: u64,
+    /// The gauges' levels.
+    pub levels: Levels,
+    /// The counters' totals (the lease counters agree with the levels:
+    /// both move under the state's lock).
+    pub totals: crate::metrics::Totals,
+    /// Peer rows, by id, at most the requested number.
+    pub peers: Vec<PeerRow>,
+    /// Rows in the peer table.
+    pub peers_total: usize,
+    /// The queue, front first, at most the requested number.
+    pub queue: Vec<QueueEntry>,
+    /// Requests in the queue.
+    pub queue_total: usize,
+    /// Leases in force, oldest first, at most the requested number.
+    pub leases: Vec<LeaseEntry>,
+    /// Leases in force.
+    pub leases_total: usize,
+}
+
+/// A lease request waiting in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// 1-based place in the queue.
+    pub position: u32,
+    /// Slots it asks for.
+    pub count: u32,
+    /// The requesting connection's address (`None` for the in-process caller).
+    pub from: Option<SocketAddr>,
+    /// How long it has waited.
+    pub waited: Duration,
+}
+
+/// A lease in force, without its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseEntry {
+    /// The lease.
+    pub lease_id: LeaseId,
+    /// Slots it holds (replacement and hedge slots included).
+    pub slots: u32,
+    /// The address of the connection that took it, while that connection
+    /// is open (`None` once it closed — a detached lease outlives it — and
+    /// for the in-process caller).
+    pub holder: Option<SocketAddr>,
+    /// Whether it outlives its connection.
+    pub detached: bool,
+    /// Time since it was granted.
+    pub age: Duration,
+    /// Time until it expires unless renewed.
+    pub ttl_left: Duration,
 }
 
 /// Counts for logs and tests.
@@ -561,13 +629,28 @@ impl Tracker {
             next_lease_id: 0,
             next_waiter_id: 0,
             peer_owner: HashMap::new(),
+            conn_addrs: HashMap::new(),
         };
-        Ok(Self { inner: Arc::new(Inner { config, epoch: Instant::now(), state: Mutex::new(state) }) })
+        let metrics = TrackerMetrics::new();
+        Ok(Self { inner: Arc::new(Inner { config, epoch: Instant::now(), state: Mutex::new(state), metrics }) })
     }
 
     /// The configuration.
     pub fn config(&self) -> &TrackerConfig {
         &self.inner.config
+    }
+
+    /// The tracker's metrics (counters move as things happen; call
+    /// [`Tracker::levels`] and [`TrackerMetrics::set_levels`] before encoding).
+    pub fn metrics(&self) -> &TrackerMetrics {
+        &self.inner.metrics
+    }
+
+    /// Connection `conn` opened from `addr`: leases it takes show that
+    /// address as their holder on the status page, until it closes
+    /// ([`Tracker::disconnect`]).
+    pub fn connected(&self, conn: ConnId, addr: SocketAddr) {
+        self.inner.state.lock().conn_addrs.insert(conn, addr);
     }
 
     fn now_ms(&self, now: Instant) -> u64 {
@@ -580,7 +663,7 @@ impl Tracker {
         let now = Instant::now();
         let mut state = self.inner.state.lock();
         let out = f(&mut state, now)?;
-        state.dispatch(now, self.inner.config.lease_ttl)?;
+        state.dispatch(now, self.inner.config.lease_ttl, &self.inner.metrics)?;
         Ok(out)
     }
 
@@ -746,6 +829,7 @@ impl Tracker {
     pub fn apply(&self, ops: impl IntoIterator<Item = Op>) -> Vec<Result<Done>> {
         let ttl = self.inner.config.lease_ttl;
         let max = self.inner.config.max_lease_count;
+        let metrics = &self.inner.metrics;
         let now = Instant::now();
         let mut state = self.inner.state.lock();
         let s = &mut *state;
@@ -762,15 +846,17 @@ impl Tracker {
                     Pending::Done(Err(Error::Invalid(format!("a lease takes between 1 and {max} slots, not {count}"))))
                 }
                 Op::Lease { count, conn, detached } => {
-                    let (waiter_id, grant) = s.enqueue(count, conn, detached);
+                    let (waiter_id, grant) = s.enqueue(count, conn, detached, now);
                     Pending::Lease { waiter_id, grant }
                 }
                 Op::Release { lease_id } => Pending::Done(s.end_lease(lease_id).map(|slots| {
+                    metrics.lease_released();
                     returned.extend(slots);
                     Done::Released
                 })),
                 Op::ReleaseBy { lease_id, caller } => {
                     Pending::Done(s.authorize(lease_id, &caller).and_then(|()| s.end_lease(lease_id)).map(|slots| {
+                        metrics.lease_released();
                         returned.extend(slots);
                         Done::Released
                     }))
@@ -781,7 +867,7 @@ impl Tracker {
         // exactly the requests it touched.
         let returned = s.table.return_slots(&returned).map_err(|e| e.to_string());
         let dispatched = match &returned {
-            Ok(()) => s.dispatch(now, ttl).map_err(|e| e.to_string()),
+            Ok(()) => s.dispatch(now, ttl, metrics).map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
         if let Err(e) = &dispatched {
@@ -895,6 +981,7 @@ impl Tracker {
             }
             if !lease.reported.contains(&peer_id) {
                 s.table.record_failure(peer_id.0)?;
+                self.inner.metrics.failure_reported();
                 s.leases.get_mut(&lease_id).expect("checked above").reported.push(peer_id);
             }
             if !replace {
@@ -923,12 +1010,17 @@ impl Tracker {
                 return Err(Error::NotInLease { lease_id, peer_id });
             }
             if lease.hedges >= MAX_HEDGES_PER_LEASE {
+                self.inner.metrics.hedge(false);
                 return Ok(None);
             }
-            let Some(slot) = s.table.choose_except(1, Some(peer_id.0))?.pop() else { return Ok(None) };
+            let Some(slot) = s.table.choose_except(1, Some(peer_id.0))?.pop() else {
+                self.inner.metrics.hedge(false);
+                return Ok(None);
+            };
             lease.hedges += 1;
             s.table.take_slots(std::slice::from_ref(&slot))?;
             lease.slots.push(slot.clone());
+            self.inner.metrics.hedge(true);
             Ok(Some(slot))
         })
     }
@@ -978,11 +1070,13 @@ impl Tracker {
     /// attached leases end. Returns how many leases ended.
     pub fn disconnect(&self, conn: ConnId) -> usize {
         self.mutate(|s, _| {
+            s.conn_addrs.remove(&conn);
             s.queue.retain(|w| w.conn != conn);
             let owned: Vec<LeaseId> =
                 s.leases.iter().filter(|(_, l)| l.owner == Some(conn)).map(|(id, _)| *id).collect();
             for id in &owned {
                 s.end_lease_now(*id)?;
+                self.inner.metrics.leases_dropped(1);
             }
             Ok(owned.len())
         })
@@ -1006,6 +1100,7 @@ impl Tracker {
             for id in expired {
                 tracing::info!(lease_id = %id, "lease expired unrenewed; its slots return to the pool");
                 s.end_lease_now(id)?;
+                self.inner.metrics.leases_expired(1);
             }
             for peer_id in s.table.sweep(self.now_ms(now), suspect_after, gone_after)? {
                 tracing::warn!(peer_id, "peer missed its heartbeats; marked gone");
@@ -1021,6 +1116,101 @@ impl Tracker {
     pub fn peers(&self) -> Result<(String, Vec<PeerRow>)> {
         let state = self.inner.state.lock();
         Ok((state.table.display(), state.table.rows()?))
+    }
+
+    /// The levels the tracker's gauges show: peers by state, slots, the
+    /// queue, leases in force. One short hold of the lock, a few column
+    /// passes over the table; meant for scrapes, not for the lease path.
+    ///
+    /// # Errors
+    /// Only peer-table errors.
+    pub fn levels(&self) -> Result<Levels> {
+        let state = self.inner.state.lock();
+        Self::levels_of(&state)
+    }
+
+    /// Sets the metrics' gauges from the state and runs `f` on the metrics,
+    /// all under the state's lock: the lease counters, which move under the
+    /// same lock, agree with the gauges in whatever `f` encodes (a scrape
+    /// never shows a lease granted but not yet in force). Meant for
+    /// scrapes: it holds the lock for the encoding.
+    ///
+    /// # Errors
+    /// Only peer-table errors.
+    pub fn with_metrics<T>(&self, f: impl FnOnce(&TrackerMetrics) -> T) -> Result<T> {
+        let state = self.inner.state.lock();
+        self.inner.metrics.set_levels(&Self::levels_of(&state)?);
+        Ok(f(&self.inner.metrics))
+    }
+
+    fn levels_of(state: &State) -> Result<Levels> {
+        let summary = state.table.summary()?;
+        Ok(Levels {
+            peers: summary.peers,
+            on_probation: summary.on_probation,
+            slots: summary.slots,
+            slots_in_use: summary.slots_in_use,
+            slots_free: u64::from(state.table.free_slots()?),
+            queue_length: state.queue.len() as u64,
+            queue_slots: state.queue.iter().map(|w| u64::from(w.count)).sum(),
+            leases: state.leases.len() as u64,
+        })
+    }
+
+    /// What the status page shows, read in one hold of the lock: the
+    /// levels, the peer table's rows, the queue and the leases in force —
+    /// each list cut at `max_rows` (peers by id, the queue front first,
+    /// leases oldest first), with its full length beside it. It carries no
+    /// lease token: [`QueueEntry`] and [`LeaseEntry`] have no field for one.
+    ///
+    /// # Errors
+    /// Only peer-table errors.
+    pub fn snapshot(&self, max_rows: usize) -> Result<Snapshot> {
+        let now = Instant::now();
+        let state = self.inner.state.lock();
+        let levels = Self::levels_of(&state)?;
+        let mut peers = state.table.rows()?;
+        let peers_total = peers.len();
+        peers.truncate(max_rows);
+        let addr_of = |conn: ConnId| state.conn_addrs.get(&conn).copied();
+        let queue = state
+            .queue
+            .iter()
+            .take(max_rows)
+            .enumerate()
+            .map(|(i, w)| QueueEntry {
+                position: i as u32 + 1,
+                count: w.count,
+                from: addr_of(w.conn),
+                waited: now.saturating_duration_since(w.queued_at),
+            })
+            .collect();
+        let mut ids: Vec<LeaseId> = state.leases.keys().copied().collect();
+        ids.sort_unstable();
+        let leases = ids
+            .iter()
+            .take(max_rows)
+            .filter_map(|id| state.leases.get(id).map(|l| (id, l)))
+            .map(|(&lease_id, l)| LeaseEntry {
+                lease_id,
+                slots: l.slots.len() as u32,
+                holder: addr_of(l.holder),
+                detached: l.owner.is_none(),
+                age: now.saturating_duration_since(l.granted_at),
+                ttl_left: l.expires_at.saturating_duration_since(now),
+            })
+            .collect();
+        Ok(Snapshot {
+            now_ms: self.now_ms(now),
+            levels,
+            totals: self.inner.metrics.totals(),
+            peers,
+            peers_total,
+            queue,
+            queue_total: state.queue.len(),
+            leases,
+            leases_total: state.leases.len(),
+        })
     }
 
     /// Free slots, live leases and waiting requests.
@@ -1326,6 +1516,51 @@ mod tests {
         t.release(lease.lease_id).unwrap();
         assert_eq!(t.stats().unwrap().free, 20, "hedge slots return with the lease");
         t.check_invariants().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_snapshot_shows_the_queue_and_leases_without_tokens_and_the_metrics_count_them() {
+        let t = tracker_with(7, 1);
+        let holder: SocketAddr = "10.0.0.9:4242".parse().unwrap();
+        t.connected(1, holder);
+        let first = granted(t.lease(7, 1, false).unwrap());
+        let mut waiting = queued(t.lease(3, 2, true).unwrap());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let snap = t.snapshot(10).unwrap();
+        let three = Duration::from_secs(3);
+        assert_eq!(snap.queue, vec![QueueEntry { position: 1, count: 3, from: None, waited: three }]);
+        let expected = LeaseEntry {
+            lease_id: first.lease_id,
+            slots: 7,
+            holder: Some(holder),
+            detached: false,
+            age: three,
+            ttl_left: Duration::from_secs(7),
+        };
+        assert_eq!(snap.leases, vec![expected]);
+        assert_eq!((snap.peers.len(), snap.peers_total, snap.queue_total, snap.leases_total), (7, 7, 1, 1));
+        let levels = snap.levels;
+        assert_eq!((levels.peers, levels.slots, levels.slots_in_use, levels.slots_free), ([7, 0, 0], 7, 7, 0));
+        assert_eq!((levels.queue_length, levels.queue_slots, levels.leases), (1, 3, 1));
+        assert!(!format!("{snap:?}").contains(first.token.expose()), "a token in the snapshot");
+        assert_eq!(t.snapshot(2).unwrap().peers.len(), 2, "cut at max_rows");
+
+        // The waiter is served after 3 s in the queue; the histogram says so.
+        t.release(first.lease_id).unwrap();
+        let second = waiting.grant.try_recv().unwrap();
+        let totals = t.metrics().totals();
+        assert_eq!((totals.leases_granted, totals.leases_released), (2, 1));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, t.metrics().registry()).unwrap();
+        assert!(text.lines().any(|l| l == "septet_tracker_lease_wait_seconds_sum 3.0"), "{text}");
+        // Conn 1 leaves: its address goes with it; the detached lease expires.
+        t.disconnect(1);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        t.sweep().unwrap();
+        assert!(matches!(t.release(second.lease_id), Err(Error::UnknownLease(_))));
+        let totals = t.metrics().totals();
+        assert_eq!((totals.leases_expired, totals.leases_dropped), (1, 0));
+        assert!(t.inner.state.lock().conn_addrs.is_empty());
     }
 
     /// The request `conn` makes presenting `token`.

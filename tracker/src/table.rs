@@ -61,6 +61,19 @@ impl PeerState {
     }
 }
 
+/// Counts over the whole table: see [`PeerTable::summary`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Peers alive, suspect and gone, in that order.
+    pub peers: [u64; 3],
+    /// Peers with slow strikes that are not gone.
+    pub on_probation: u64,
+    /// Slots offered by peers that are not gone.
+    pub slots: u64,
+    /// Slots held by leases (on any peer).
+    pub slots_in_use: u64,
+}
+
 /// The peer table. Columns: `peer_id` (u64, = row index), `addr` (str),
 /// `slots`, `in_use`, `failures`, `slow` (u32), `leases_total`, `joined_at`,
 /// `last_seen` (u64; times are milliseconds since the tracker started) and
@@ -469,6 +482,32 @@ impl PeerTable {
         self.replace("in_use", in_use)
     }
 
+    /// Counts for metrics and the status page: peers alive, suspect and gone;
+    /// peers on probation that are not gone; slots offered by peers that are
+    /// not gone; slots in use. A few column passes, no per-row strings.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn summary(&self) -> TableResult<Summary> {
+        let count = |mask: &BooleanChunked| mask.num_trues() as u64;
+        let gone = self.state_mask(PeerState::Gone)?;
+        let not_gone = !&gone;
+        let keep = not_gone.cast(&DataType::UInt32)?;
+        // At most 2^20 peers of 1,024 slots each: the sums fit in u32.
+        let offered = self.u32s("slots")? * keep.u32()?;
+        let probation = &self.u32s("slow")?.gt(0) & &not_gone;
+        Ok(Summary {
+            peers: [
+                count(&self.state_mask(PeerState::Alive)?),
+                count(&self.state_mask(PeerState::Suspect)?),
+                count(&gone),
+            ],
+            on_probation: count(&probation),
+            slots: u64::from(offered.sum().unwrap_or(0)),
+            slots_in_use: u64::from(self.u32s("in_use")?.sum().unwrap_or(0)),
+        })
+    }
+
     /// `(slots, in_use)` per peer id, for invariant checks.
     ///
     /// # Errors
@@ -611,5 +650,21 @@ mod tests {
         assert_eq!(t.state(0).unwrap(), Some(PeerState::Gone), "gone peers must register again");
         assert_eq!(t.state(7).unwrap(), None);
         assert!(t.display().contains("last_seen"));
+    }
+
+    #[test]
+    fn the_summary_counts_states_probation_and_slots_of_peers_not_gone() {
+        let mut t = PeerTable::new();
+        t.register("a", 2, 0).unwrap();
+        t.register("b", 3, 0).unwrap();
+        t.register("c", 4, 0).unwrap();
+        t.register("d", 1, 0).unwrap();
+        t.take_slots(&t.choose(3).unwrap()).unwrap();
+        t.set_state(1, PeerState::Suspect).unwrap();
+        t.set_state(2, PeerState::Gone).unwrap();
+        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new() };
+        t.record_speed(&[peer(0), peer(2)], &[]).unwrap();
+        let s = t.summary().unwrap();
+        assert_eq!(s, Summary { peers: [2, 1, 1], on_probation: 1, slots: 6, slots_in_use: 3 });
     }
 }

@@ -81,6 +81,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::client::{or_cancel, Registration, TrackerClient};
+use crate::metrics::WorkerMetrics;
 
 /// First retry delay after losing the tracker.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -166,6 +167,19 @@ enum Ended {
 /// knocking would sit unused and unnoticed. The error names the cause; the
 /// worker stops with it.
 pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), Error> {
+    run_observed(config, &WorkerMetrics::default(), cancel).await
+}
+
+/// [`run`], showing in `metrics` whether the worker is registered
+/// (`septet_worker_registered`) and how often it registered.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_observed(
+    config: AgentConfig,
+    metrics: &WorkerMetrics,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
     let tracker = config.tracker.as_str();
     let mut backoff = BACKOFF_START;
     // Some while the tracker is out of reach (also before the first registration).
@@ -206,7 +220,10 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), E
                 "registered with the tracker"
             ),
         }
-        match stay(&mut client, &reg, &config, &cancel).await {
+        metrics.set_registered(true);
+        let stayed = stay(&mut client, &reg, &config, &cancel).await;
+        metrics.set_registered(false);
+        match stayed {
             Ok(Ended::Cancelled) => return Ok(()),
             Ok(Ended::Forgotten(message)) => {
                 // The tracker restarted or gave up on us: register again now.

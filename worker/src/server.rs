@@ -19,7 +19,7 @@ use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, recycle_matrix};
 use septet_common::proto::{Failure, TaskId, WorkerReply};
 use septet_common::secure::Security;
-use septet_common::{deadline, Connection, Error, Frame, FrameWriter, Matrix, Result, Role};
+use septet_common::{deadline, Connection, Dtype, Error, Frame, FrameWriter, Matrix, Result, Role};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
 use crate::agent;
+use crate::metrics::{InProgress, WorkerMetrics};
 
 /// How long shutdown waits for connections (and their products) to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +61,9 @@ pub struct WorkerConfig {
     /// else was written for this long, so requesters can tell a silent
     /// (dead or cut-off) worker from a busy one within a few of these.
     pub progress_interval: Duration,
+    /// Where the worker counts what it does (served by `--http`); a fresh
+    /// registry by default.
+    pub metrics: WorkerMetrics,
     /// Misbehave on purpose, for fault-tolerance tests.
     #[cfg(feature = "fault-injection")]
     pub fault: Option<Fault>,
@@ -105,6 +109,7 @@ impl Default for WorkerConfig {
             max_connections: 512,
             security: Security::default(),
             progress_interval: PROGRESS_INTERVAL,
+            metrics: WorkerMetrics::default(),
             #[cfg(feature = "fault-injection")]
             fault: None,
         }
@@ -149,6 +154,7 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// above: a worker the grid will never use should not keep running.
 pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
+    config.metrics.set_slots(config.slots);
     let local = listener.local_addr()?;
     let agent_stop = CancellationToken::new();
     let agent_task = config.tracker.clone().map(|tracker| {
@@ -159,7 +165,8 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
             timeout: config.io_timeout,
             security: config.security.clone(),
         };
-        tokio::spawn(agent::run(agent_config, agent_stop.clone()))
+        let (metrics, stop) = (config.metrics.clone(), agent_stop.clone());
+        tokio::spawn(async move { agent::run_observed(agent_config, &metrics, stop).await })
     });
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
     let agent_task = agent_task.map(|task| {
@@ -184,6 +191,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
         },
         max_connections: config.max_connections,
         drain_timeout: DRAIN_TIMEOUT,
+        on_refusal: Some(config.metrics.refusal_hook()),
     };
     let handler = {
         let config = config.clone();
@@ -218,14 +226,16 @@ enum Reply {
 /// written (or abandoned with its connection), not when it was computed.
 struct Slot {
     _permit: OwnedSemaphorePermit,
+    _task: InProgress,
     #[cfg(test)]
     _live: tests::LiveProduct,
 }
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
+    fn new(permit: OwnedSemaphorePermit, task: InProgress) -> Self {
         Self {
             _permit: permit,
+            _task: task,
             #[cfg(test)]
             _live: tests::LiveProduct::new(),
         }
@@ -305,6 +315,9 @@ async fn write_replies(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Re
                     _ => m,
                 };
                 let sent = send_product(&mut writer, task_id, &m, took, config.io_timeout).await;
+                if sent.is_ok() {
+                    config.metrics.product_sent(task_id, m.dtype(), m.shape());
+                }
                 recycle_matrix(m);
                 drop(slot);
                 sent
@@ -353,8 +366,14 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Sem
         };
         match frame {
             Ok(Some(Frame::Blocks(task))) if task.op == BlockOp::Multiply => {
+                // A multiply frame always carries two matrices of one dtype
+                // (the decoder checks); F64 labels the impossible empty one.
+                let dtype = task.mats.first().map_or(Dtype::F64, Matrix::dtype);
+                let busy =
+                    config.metrics.task_received(task.task_id, dtype, task.mats.iter().map(Matrix::shape).collect());
                 let Ok(permit) = slots.clone().acquire_owned().await else { break };
                 let (tx, threads, task_id, max_len) = (tx.clone(), config.threads, task.task_id, config.max_frame_len);
+                let metrics = config.metrics.clone();
                 #[cfg(feature = "fault-injection")]
                 let fault = config.fault;
                 tokio::task::spawn_blocking(move || {
@@ -366,11 +385,14 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Sem
                     let started = std::time::Instant::now();
                     // The slot goes with the product to the writer, and is
                     // freed once the product is written.
-                    let reply = match compute(task, threads, max_len) {
-                        Ok(product) => Reply::Product(task_id, product, started.elapsed(), Slot::new(permit)),
+                    let computed = compute(task, threads, max_len);
+                    metrics.product(dtype, computed.is_ok(), started.elapsed());
+                    let reply = match computed {
+                        Ok(product) => Reply::Product(task_id, product, started.elapsed(), Slot::new(permit, busy)),
                         Err(e) => {
                             debug!(%task_id, error = %e, "task refused");
                             drop(permit);
+                            drop(busy);
                             Reply::Error(WorkerReply::Error(Failure::from_error(&e, Some(task_id))))
                         }
                     };
