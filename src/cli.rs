@@ -682,13 +682,7 @@ async fn tracker(args: TrackerArgs) -> Result<()> {
     check_exposure("tracker", &args.listen, &config.security, args.serve.insecure).await?;
     // The HTTP endpoint is checked and bound before the tracker listens, so
     // a refused --http leaves nothing half started.
-    let http = match &args.http {
-        Some(addr) => Some(septet_observe::bind(addr, args.http_public, "tracker").await.map_err(|e| match e {
-            septet_observe::Error::NotLoopback { .. } => anyhow::Error::new(UsageError(e.to_string())),
-            e => anyhow::Error::new(e),
-        })?),
-        None => None,
-    };
+    let http = bind_http(args.http.as_deref(), args.http_public, "tracker").await?;
     let listener = listen(&args.listen, "tracker").await?;
     let tracker = septet_tracker::Tracker::new(config)?;
     // Ctrl-C stops both servers at once.
@@ -723,6 +717,21 @@ async fn tracker(args: TrackerArgs) -> Result<()> {
     Ok(())
 }
 
+/// Binds `--http` (if given) for `role`: a non-loopback address without
+/// `--http-public` is a usage error (exit 2).
+async fn bind_http(
+    addr: Option<&str>,
+    public: bool,
+    role: &'static str,
+) -> Result<Option<(TcpListener, septet_observe::HttpConfig)>> {
+    let Some(addr) = addr else { return Ok(None) };
+    match septet_observe::bind(addr, public, role).await {
+        Ok(bound) => Ok(Some(bound)),
+        Err(e @ septet_observe::Error::NotLoopback { .. }) => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn worker(args: WorkerArgs) -> Result<()> {
     let config = WorkerConfig {
         tracker: Some(args.tracker.tracker),
@@ -738,13 +747,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     };
     config.validate().map_err(|e| UsageError(e.to_string()))?;
     check_exposure("worker", &args.listen, &config.security, args.serve.insecure).await?;
-    let http = match &args.http {
-        Some(addr) => Some(septet_observe::bind(addr, args.http_public, "worker").await.map_err(|e| match e {
-            septet_observe::Error::NotLoopback { .. } => anyhow::Error::new(UsageError(e.to_string())),
-            e => anyhow::Error::new(e),
-        })?),
-        None => None,
-    };
+    let http = bind_http(args.http.as_deref(), args.http_public, "worker").await?;
     let listener = listen(&args.listen, "worker").await?;
     // Ctrl-C stops both servers at once; so does the worker stopping on its
     // own (a tracker that refuses its secret).
