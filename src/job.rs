@@ -177,9 +177,32 @@ where
             shown.set_message(format!("{product} received"));
         }
     };
-    let result = requester.multiply(a.clone(), b.clone(), on_progress).await;
+    let (result, report) = requester.multiply_reporting(a.clone(), b.clone(), on_progress).await;
     bar.finish_and_clear();
-    let (c, report) = result.context("while multiplying on the grid")?;
+    let security = &requester.config().security;
+    let c = match result {
+        Ok(c) => c,
+        Err(e) => {
+            // A failed job's report is the one most worth reading: its
+            // timeline shows what failed where.
+            if let Some(path) = &opts.report {
+                let context = septet::report::Context {
+                    inputs: opts.inputs.clone(),
+                    authenticated: security.secret.is_some(),
+                    encrypted: security.encrypt,
+                    when: septet::report::utc_now(),
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                };
+                if let Err(w) = write_report(path, &septet::report::render(&report, &context)) {
+                    eprintln!("warning: {w:#}");
+                } else {
+                    eprintln!("report of the failed job: {}", path.display());
+                }
+            }
+            return Err(anyhow::Error::new(e).context("while multiplying on the grid"));
+        }
+    };
 
     let check = if opts.check {
         let (a, b) = (a.clone(), b.clone());
@@ -199,7 +222,6 @@ where
     if let Some(path) = &opts.out {
         crate::npy::save(path, &c)?;
     }
-    let security = &requester.config().security;
     let summary = Summary {
         report: &report,
         seed: opts.seed,
@@ -219,6 +241,7 @@ where
             authenticated: summary.security.authenticated,
             encrypted: summary.security.encrypted,
             when: septet::report::utc_now(),
+            error: None,
         };
         write_report(path, &septet::report::render(&report, &context))?;
         if !opts.json {

@@ -27,6 +27,8 @@ pub struct Context {
     pub encrypted: bool,
     /// When the report was made, as text.
     pub when: String,
+    /// Why the job failed, if it did (C was not returned).
+    pub error: Option<String>,
 }
 
 /// The current time in UTC, e.g. `2026-11-30 07:41 UTC`.
@@ -233,7 +235,8 @@ fn format_seconds(t: f64, step: f64) -> String {
 /// The whole report.
 pub fn render(r: &JobReport, cx: &Context) -> String {
     let mut h = String::new();
-    let title = format!("septet job: C = A·B, {}×{} · {}×{} {}", r.m, r.k, r.k, r.n, r.dtype);
+    let what = if cx.error.is_some() { "septet job failed" } else { "septet job" };
+    let title = format!("{what}: C = A·B, {}×{} · {}×{} {}", r.m, r.k, r.k, r.n, r.dtype);
     let _ = write!(
         h,
         r#"<!doctype html>
@@ -247,6 +250,9 @@ pub fn render(r: &JobReport, cx: &Context) -> String {
         lease = r.lease_id,
         when = escape(&cx.when),
     );
+    if let Some(error) = &cx.error {
+        let _ = write!(h, r#"<p class="error">The job failed, and no C was returned: {}</p>"#, escape(error));
+    }
     // Key figures.
     let hedges_won = r.hedges.iter().filter(|x| x.winner == "hedge").count();
     let figures = [
@@ -269,9 +275,8 @@ pub fn render(r: &JobReport, cx: &Context) -> String {
         h.push_str("<p>No attempts: nothing was distributed (an empty product).</p>");
     } else {
         h.push_str(&timeline(r));
-        if let Some(last) =
-            r.attempts.iter().filter(|a| a.outcome == "verified").max_by(|a, b| a.ended_s.total_cmp(&b.ended_s))
-        {
+        let last = r.attempts.iter().filter(|a| a.outcome == "verified").max_by(|a, b| a.ended_s.total_cmp(&b.ended_s));
+        if let (Some(last), None) = (last, &cx.error) {
             let _ = write!(
                 h,
                 r#"<p class="verdict">{} on peer {} ({}) came in last, at {:.3} s of {:.3} s.</p>"#,
@@ -398,6 +403,7 @@ svg .grid{stroke:#e6e8ec;stroke-width:1}
 svg .ok{fill:#2e7d4f;font-size:13px}svg .held{fill:#b3261e;font-size:12px;font-weight:600}
 svg .failed line{stroke:#c62828;stroke-width:2.2}
 .verdict{font-weight:600}
+.error{background:#fdecea;border-left:4px solid #c62828;padding:8px 12px;color:#8a1c1c;font-weight:600}
 .failures li{color:#8a1c1c}
 .foot{color:#889;font-size:12px;margin-top:28px}
 "#;

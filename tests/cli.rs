@@ -219,6 +219,13 @@ fn bad_inputs_exit_2_with_one_line_and_lease_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.starts_with("error: could not reach the tracker") && err.trim_end().lines().count() == 1, "{err}");
+    // A job that fails still writes its report, saying why.
+    let report = tmp("failed.html");
+    let out = septet(&["multiply", "--tracker", &dead, "--random", "8,8,8", "--report", report.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("septet job failed") && html.contains("no C was returned"), "{html}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("report of the failed job"));
     // So is an unknown lease (worded like someone else's: see tests/ownership.rs).
     let out = septet(&["release", "--tracker", &tracker, "999"]);
     assert_eq!(out.status.code(), Some(1));

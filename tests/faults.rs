@@ -261,10 +261,20 @@ async fn no_replacement_in_time_is_a_clear_error_and_releases_the_lease() {
             replacement_wait: Duration::from_millis(600),
             ..RequesterConfig::default()
         });
-        let err = req.multiply(Arc::new(ints(20, 20, 0)), Arc::new(ints(20, 20, 1)), |_| {}).await.unwrap_err();
-        let text = err.to_string();
+        let (result, report) =
+            req.multiply_reporting(Arc::new(ints(20, 20, 0)), Arc::new(ints(20, 20, 1)), |_| {}).await;
+        let text = result.unwrap_err().to_string();
         assert!(text.contains("verification") && text.contains("no replacement"), "{text}");
         assert_nothing_leased(tracker).await;
+        // The failed job still has its report: seven failed attempts, no products.
+        assert!(report.peers.is_empty() && report.lease_id.0 > 0, "{report:?}");
+        assert_eq!(report.attempts.iter().filter(|a| a.outcome == "failed").count(), 7, "{:?}", report.attempts);
+        assert!(report.attempts.iter().all(|a| a.error.as_deref().is_some_and(|e| e.contains("verification"))));
+        let context = septet::report::Context { error: Some(text.clone()), ..Default::default() };
+        let html = septet::report::render(&report, &context);
+        assert!(html.contains("septet job failed") && html.contains("no C was returned"), "{html}");
+        assert_eq!(html.matches("<g class=\"failed\">").count(), 7, "a ✕ per failed attempt");
+        assert!(!html.contains("came in last"));
     })
     .await
     .unwrap();

@@ -889,13 +889,24 @@ impl Requester {
         b: Arc<Array2<T>>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> Result<(Array2<T>, JobReport)> {
-        let split =
-            Split::of(a.dim(), b.dim()).map_err(|_| RequestError::ShapeMismatch { left: a.dim(), right: b.dim() })?;
+        let (c, report) = self.multiply_reporting(a, b, progress).await;
+        c.map(|c| (c, report))
+    }
+
+    /// [`Requester::multiply`], returning the job's report however the job
+    /// ended: a failed job's report has its attempts (the timeline up to
+    /// the failure), failures, retries and hedges, and no `peers`.
+    pub async fn multiply_reporting<T: Element>(
+        &self,
+        a: Arc<Array2<T>>,
+        b: Arc<Array2<T>>,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+    ) -> (Result<Array2<T>>, JobReport) {
         let started = Instant::now();
         let mut report = JobReport {
-            m: split.m,
-            k: split.k,
-            n: split.n,
+            m: a.nrows(),
+            k: a.ncols(),
+            n: b.ncols(),
             dtype: T::DTYPE.to_string(),
             lease_id: LeaseId(0),
             total_s: 0.0,
@@ -914,9 +925,29 @@ impl Requester {
             attempts: Vec::new(),
             failures: Vec::new(),
         };
+        let c = self.multiply_into(a, b, progress, started, &mut report).await;
+        let total = started.elapsed().as_secs_f64();
+        report.total_s = total;
+        if c.is_ok() && total > 0.0 {
+            report.gflops = 2.0 * (report.m * report.k * report.n) as f64 / total / 1e9;
+            report.throughput_gbps = (report.bytes_sent + report.bytes_received) as f64 / total / 1e9;
+        }
+        (c, report)
+    }
+
+    async fn multiply_into<T: Element>(
+        &self,
+        a: Arc<Array2<T>>,
+        b: Arc<Array2<T>>,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+        started: Instant,
+        report: &mut JobReport,
+    ) -> Result<Array2<T>> {
+        let split =
+            Split::of(a.dim(), b.dim()).map_err(|_| RequestError::ShapeMismatch { left: a.dim(), right: b.dim() })?;
         if split.m == 0 || split.n == 0 || split.k == 0 {
             // Nothing to distribute: the product is all zeros (or empty).
-            return Ok((Array2::zeros((split.m, split.n)), report));
+            return Ok(Array2::zeros((split.m, split.n)));
         }
         let progress: ProgressFn = Arc::new(progress);
         let tracker_err = |source| RequestError::Tracker { addr: self.config.tracker.clone(), source };
@@ -944,23 +975,17 @@ impl Requester {
         // release it) rather than index past its end.
         let result = match grant.peers.get(..PEERS_PER_LEASE as usize).and_then(|p| <&[PeerAddr; 7]>::try_from(p).ok())
         {
-            Some(peers) => self.run_job(a, b, split, peers, &keeper, &progress, started, &mut report).await,
+            Some(peers) => self.run_job(a, b, split, peers, &keeper, &progress, started, report).await,
             None => Err(RequestError::ShortGrant {
                 lease_id: grant.lease_id,
                 got: grant.peers.len(),
                 wanted: PEERS_PER_LEASE,
             }),
         };
-        let released = keeper.release().await;
-        let c = result?;
-        if let Err(e) = released {
+        if let Err(e) = keeper.release().await {
             report.failures.push(format!("release of lease {}: {e}", grant.lease_id));
         }
-        let total = started.elapsed().as_secs_f64();
-        report.total_s = total;
-        report.gflops = split.classical_flops() / total / 1e9;
-        report.throughput_gbps = (report.bytes_sent + report.bytes_received) as f64 / total / 1e9;
-        Ok((c, report))
+        result
     }
 
     #[allow(clippy::too_many_arguments)]
