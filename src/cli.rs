@@ -16,6 +16,7 @@ use septet_tracker::TrackerConfig;
 use septet_worker::client::DEFAULT_REQUEST_TIMEOUT;
 use septet_worker::{Requester, RequesterConfig, TrackerClient, WorkerConfig};
 use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::job::{self, JobOptions};
 use crate::npy::{self, InputError};
@@ -686,35 +687,17 @@ async fn tracker(args: TrackerArgs) -> Result<()> {
     let listener = listen(&args.listen, "tracker").await?;
     let tracker = septet_tracker::Tracker::new(config)?;
     // Ctrl-C stops both servers at once.
-    let stop = tokio_util::sync::CancellationToken::new();
-    let http_task = match http {
-        Some((http, http_config)) => {
-            let addr = http.local_addr()?;
-            if !http_config.loopback_hosts_only {
-                eprintln!("warning: the tracker's metrics and status page on {addr} are readable by anyone who can reach it (--http-public)");
-            }
-            eprintln!("septet tracker: metrics at http://{addr}/metrics, status page at http://{addr}/");
-            let (tracker, stop) = (tracker.clone(), stop.clone());
-            Some(tokio::spawn(septet_tracker::http::run(http, tracker, http_config, stop.cancelled_owned())))
-        }
-        None => None,
-    };
-    let shutdown = {
-        let stop = stop.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown_signal() => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
-        }
-    };
-    let served = septet_tracker::server::serve(tracker, listener, shutdown).await;
-    stop.cancel();
-    if let Some(task) = http_task {
-        task.await.context("the tracker's HTTP endpoint panicked")?;
-    }
-    served?;
-    Ok(())
+    let stop = CancellationToken::new();
+    let http_task = start_http(
+        http,
+        "tracker",
+        "metrics and status page",
+        |a| format!("metrics at http://{a}/metrics, status page at http://{a}/"),
+        &stop,
+        |listener, config, stopped| septet_tracker::http::run(listener, tracker.clone(), config, stopped),
+    )?;
+    let served = septet_tracker::server::serve(tracker, listener, stop_on_signal(&stop)).await;
+    finish_beside_http("tracker", &stop, http_task, served).await
 }
 
 /// Binds `--http` (if given) for `role`: a non-loopback address without
@@ -751,34 +734,70 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let listener = listen(&args.listen, "worker").await?;
     // Ctrl-C stops both servers at once; so does the worker stopping on its
     // own (a tracker that refuses its secret).
-    let stop = tokio_util::sync::CancellationToken::new();
-    let http_task = match http {
-        Some((http, http_config)) => {
-            let addr = http.local_addr()?;
-            if !http_config.loopback_hosts_only {
-                eprintln!(
-                    "warning: the worker's metrics on {addr} are readable by anyone who can reach it (--http-public)"
-                );
-            }
-            eprintln!("septet worker: metrics at http://{addr}/metrics");
-            let (metrics, stop) = (config.metrics.clone(), stop.clone());
-            Some(tokio::spawn(septet_worker::metrics::run_http(http, metrics, http_config, stop.cancelled_owned())))
+    let stop = CancellationToken::new();
+    let metrics = config.metrics.clone();
+    let http_task = start_http(
+        http,
+        "worker",
+        "metrics",
+        |a| format!("metrics at http://{a}/metrics"),
+        &stop,
+        |listener, config, stopped| septet_worker::metrics::run_http(listener, metrics, config, stopped),
+    )?;
+    let served = septet_worker::run(listener, config, stop_on_signal(&stop)).await;
+    finish_beside_http("worker", &stop, http_task, served).await
+}
+
+/// Starts a server's `--http` endpoint (bound by [`bind_http`], if at all)
+/// with `run`, and says where it is (`urls`) and, if it is public, that
+/// anyone who reaches it can read its `contents`. It stops when `stop` is
+/// cancelled.
+fn start_http<F>(
+    http: Option<(TcpListener, septet_observe::HttpConfig)>,
+    role: &str,
+    contents: &str,
+    urls: impl FnOnce(std::net::SocketAddr) -> String,
+    stop: &CancellationToken,
+    run: impl FnOnce(TcpListener, septet_observe::HttpConfig, WaitForCancellationFutureOwned) -> F,
+) -> Result<Option<tokio::task::JoinHandle<()>>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some((listener, config)) = http else { return Ok(None) };
+    let addr = listener.local_addr()?;
+    if !config.loopback_hosts_only {
+        eprintln!("warning: the {role}'s {contents} on {addr} are readable by anyone who can reach it (--http-public)");
+    }
+    eprintln!("septet {role}: {}", urls(addr));
+    Ok(Some(tokio::spawn(run(listener, config, stop.clone().cancelled_owned()))))
+}
+
+/// A server's shutdown: Ctrl-C or SIGTERM (which also stops its `--http`
+/// endpoint, through `stop`), or `stop` cancelled.
+fn stop_on_signal(stop: &CancellationToken) -> impl std::future::Future<Output = ()> {
+    let stop = stop.clone();
+    async move {
+        tokio::select! {
+            _ = shutdown_signal() => stop.cancel(),
+            _ = stop.cancelled() => {}
         }
-        None => None,
-    };
-    let shutdown = {
-        let stop = stop.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown_signal() => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
-        }
-    };
-    let served = septet_worker::run(listener, config, shutdown).await;
+    }
+}
+
+/// Once the server has stopped (`served`), stops its `--http` endpoint and
+/// waits for it, then reports the server's result.
+async fn finish_beside_http<E>(
+    role: &str,
+    stop: &CancellationToken,
+    http_task: Option<tokio::task::JoinHandle<()>>,
+    served: Result<(), E>,
+) -> Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     stop.cancel();
     if let Some(task) = http_task {
-        task.await.context("the worker's HTTP endpoint panicked")?;
+        task.await.with_context(|| format!("the {role}'s HTTP endpoint panicked"))?;
     }
     served?;
     Ok(())
