@@ -376,8 +376,6 @@ pub(super) struct Dispatch<'a, T> {
     /// Every attempt that ended, for the timeline.
     timeline: Vec<AttemptReport>,
     lanes: Lanes,
-    /// When the first send began (after connecting), since the job started.
-    first_send: Option<Duration>,
 }
 
 impl<'a, T: Element> Dispatch<'a, T> {
@@ -402,7 +400,6 @@ impl<'a, T: Element> Dispatch<'a, T> {
             beaten: Vec::new(),
             proven: Vec::new(),
             reports: (0..7).map(|_| None).collect(),
-            first_send: None,
             timeline: Vec::new(),
             lanes: Lanes::new(LANES),
         }
@@ -435,11 +432,12 @@ impl<'a, T: Element> Dispatch<'a, T> {
             self.record(&run, "abandoned", None);
         }
         self.timeline.sort_by(|a, b| a.started_s.total_cmp(&b.started_s));
+        // Connecting took until the first send began.
+        if let Some(first) = self.timeline.iter().filter_map(|a| a.send_start_s).min_by(f64::total_cmp) {
+            report.connect_s = (first - report.lease_wait_s).max(0.0);
+        }
         report.attempts = std::mem::take(&mut self.timeline);
         report.hedges = std::mem::take(&mut self.hedges);
-        if let Some(first) = self.first_send {
-            report.connect_s = (first.as_secs_f64() - report.lease_wait_s).max(0.0);
-        }
         // Told the tracker with the release. A peer both beaten and proven
         // (it delivered one product, and a hedge beat it on another) only
         // counts as beaten.
@@ -555,9 +553,6 @@ impl<'a, T: Element> Dispatch<'a, T> {
         let now = self.job.started.elapsed();
         for r in self.running.values_mut() {
             let m = &r.meter;
-            if let Some(start) = Meter::at(&m.send_start) {
-                self.first_send = Some(self.first_send.map_or(start, |f| f.min(start)));
-            }
             if let (false, Some(start), Some(end)) = (r.send_counted, Meter::at(&m.send_start), Meter::at(&m.sent_at)) {
                 self.sends.push(end.saturating_sub(start));
                 r.send_counted = true;
@@ -749,9 +744,6 @@ impl<'a, T: Element> Dispatch<'a, T> {
         let rivals: Vec<u64> = self.running.iter().filter(|(_, r)| r.product == i).map(|(&id, _)| id).collect();
         match result {
             Ok(got) => {
-                if let Some(start) = Meter::at(&run.meter.send_start) {
-                    self.first_send = Some(self.first_send.map_or(start, |f| f.min(start)));
-                }
                 self.products[i].state = State::Verified;
                 self.receives.push(got.receive);
                 if let Some(start) = Meter::at(&run.meter.send_start) {
