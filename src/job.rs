@@ -13,9 +13,9 @@ use rand::{RngExt, SeedableRng};
 use septet_common::matrix::{matmul, parallelism};
 use septet_common::{Dtype, Element};
 use septet_worker::{JobReport, Progress, Requester};
+use serde::Serialize;
 
 use crate::npy::InputError;
-use serde::Serialize;
 
 /// What to do around the multiplication.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +52,32 @@ pub fn check_report_path(path: &std::path::Path) -> Result<()> {
         return Err(bad("cannot write the report there: it is a directory".into()).into());
     }
     Ok(())
+}
+
+/// What the job report says besides the job's own report.
+fn report_context(
+    opts: &JobOptions,
+    security: &septet_common::secure::Security,
+    check: Option<(f64, f64)>,
+    error: Option<String>,
+) -> septet::report::Context {
+    septet::report::Context {
+        inputs: opts.inputs.clone(),
+        check,
+        authenticated: security.secret.is_some(),
+        encrypted: security.encrypt,
+        when: septet::report::utc_now(),
+        error,
+    }
+}
+
+/// Shows `text` on the progress bar, and on stderr when there is no bar
+/// (not a terminal), so a waiting or hedged job is never silent.
+fn tell(bar: &ProgressBar, text: String) {
+    if bar.is_hidden() {
+        eprintln!("{text}");
+    }
+    bar.set_message(text);
 }
 
 /// Writes `html` to `path` through a temporary file beside it, so a
@@ -154,24 +180,14 @@ where
     let shown = bar.clone();
     let on_progress = move |p: Progress| match p {
         Progress::Waiting { position, free, needed } => {
-            let text = format!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)");
-            if shown.is_hidden() {
-                eprintln!("{text}");
-            }
-            shown.set_message(text);
+            tell(&shown, format!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)"))
         }
         Progress::Leased { lease_id } => shown.set_message(format!("lease {lease_id}: sending operands")),
         Progress::Sent { product, .. } => {
             shown.inc(1);
             shown.set_message(format!("{product} sent"));
         }
-        Progress::Hedged { product, addr } => {
-            let text = format!("{product} lags: a copy goes to {addr}");
-            if shown.is_hidden() {
-                eprintln!("{text}");
-            }
-            shown.set_message(text);
-        }
+        Progress::Hedged { product, addr } => tell(&shown, format!("{product} lags: a copy goes to {addr}")),
         Progress::Received { product, .. } => {
             shown.inc(1);
             shown.set_message(format!("{product} received"));
@@ -186,14 +202,7 @@ where
             // A failed job's report is the one most worth reading: its
             // timeline shows what failed where.
             if let Some(path) = &opts.report {
-                let context = septet::report::Context {
-                    inputs: opts.inputs.clone(),
-                    authenticated: security.secret.is_some(),
-                    encrypted: security.encrypt,
-                    when: septet::report::utc_now(),
-                    error: Some(e.to_string()),
-                    ..Default::default()
-                };
+                let context = report_context(opts, security, None, Some(e.to_string()));
                 if let Err(w) = write_report(path, &septet::report::render(&report, &context)) {
                     eprintln!("warning: {w:#}");
                 } else {
@@ -235,14 +244,8 @@ where
         print_summary(&summary);
     }
     if let Some(path) = &opts.report {
-        let context = septet::report::Context {
-            inputs: opts.inputs.clone(),
-            check: summary.check.as_ref().map(|c| (c.max_rel_error, c.local_s)),
-            authenticated: summary.security.authenticated,
-            encrypted: summary.security.encrypted,
-            when: septet::report::utc_now(),
-            error: None,
-        };
+        let check = summary.check.as_ref().map(|c| (c.max_rel_error, c.local_s));
+        let context = report_context(opts, security, check, None);
         write_report(path, &septet::report::render(&report, &context))?;
         if !opts.json {
             println!("  report      {}", path.display());
