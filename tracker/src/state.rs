@@ -262,6 +262,28 @@ impl TrackerConfig {
     }
 }
 
+/// The lease `lease_id`, which must hold a slot on `peer_id`.
+fn lease_holding(
+    leases: &mut HashMap<LeaseId, LeaseRecord>,
+    lease_id: LeaseId,
+    peer_id: PeerId,
+) -> Result<&mut LeaseRecord> {
+    let lease = leases.get_mut(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
+    if !lease.slots.iter().any(|p| p.peer_id == peer_id) {
+        return Err(Error::NotInLease { lease_id, peer_id });
+    }
+    Ok(lease)
+}
+
+/// Takes the best free slot (never on `except`) into `lease` — a
+/// replacement or a hedge; `None` when none is free.
+fn lend_slot(table: &mut PeerTable, lease: &mut LeaseRecord, except: Option<u64>) -> Result<Option<PeerAddr>> {
+    let Some(slot) = table.choose_except(1, except)?.pop() else { return Ok(None) };
+    table.take_slots(std::slice::from_ref(&slot))?;
+    lease.slots.push(slot.clone());
+    Ok(Some(slot))
+}
+
 /// A live lease.
 #[derive(Debug)]
 struct LeaseRecord {
@@ -975,22 +997,16 @@ impl Tracker {
             if let Some(caller) = caller {
                 s.authorize(lease_id, caller)?;
             }
-            let lease = s.leases.get(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
-            if !lease.slots.iter().any(|p| p.peer_id == peer_id) {
-                return Err(Error::NotInLease { lease_id, peer_id });
-            }
+            let lease = lease_holding(&mut s.leases, lease_id, peer_id)?;
             if !lease.reported.contains(&peer_id) {
                 s.table.record_failure(peer_id.0)?;
                 self.inner.metrics.failure_reported();
-                s.leases.get_mut(&lease_id).expect("checked above").reported.push(peer_id);
+                lease.reported.push(peer_id);
             }
             if !replace {
                 return Ok(None);
             }
-            let Some(slot) = s.table.choose(1)?.pop() else { return Ok(None) };
-            s.table.take_slots(std::slice::from_ref(&slot))?;
-            s.leases.get_mut(&lease_id).expect("checked above").slots.push(slot.clone());
-            Ok(Some(slot))
+            lend_slot(&mut s.table, lease, None)
         })
     }
 
@@ -1005,23 +1021,15 @@ impl Tracker {
     pub fn hedge_by(&self, lease_id: LeaseId, peer_id: PeerId, caller: &Caller) -> Result<Option<PeerAddr>> {
         self.mutate(|s, _| {
             s.authorize(lease_id, caller)?;
-            let lease = s.leases.get_mut(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
-            if !lease.slots.iter().any(|p| p.peer_id == peer_id) {
-                return Err(Error::NotInLease { lease_id, peer_id });
-            }
-            if lease.hedges >= MAX_HEDGES_PER_LEASE {
-                self.inner.metrics.hedge(false);
-                return Ok(None);
-            }
-            let Some(slot) = s.table.choose_except(1, Some(peer_id.0))?.pop() else {
-                self.inner.metrics.hedge(false);
-                return Ok(None);
+            let lease = lease_holding(&mut s.leases, lease_id, peer_id)?;
+            let slot = if lease.hedges < MAX_HEDGES_PER_LEASE {
+                lend_slot(&mut s.table, lease, Some(peer_id.0))?
+            } else {
+                None
             };
-            lease.hedges += 1;
-            s.table.take_slots(std::slice::from_ref(&slot))?;
-            lease.slots.push(slot.clone());
-            self.inner.metrics.hedge(true);
-            Ok(Some(slot))
+            lease.hedges += u32::from(slot.is_some());
+            self.inner.metrics.hedge(slot.is_some());
+            Ok(slot)
         })
     }
 
