@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use septet::local::LocalGrid;
+use septet_client::{Requester, RequesterConfig};
 use septet_common::secure::{Secret, Security};
-use septet_worker::{Requester, RequesterConfig};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();

@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use parking_lot::Mutex;
 use rand::RngExt;
+use septet_client::TrackerClient;
 use septet_common::Role;
 use septet_tracker::{Done, LeaseOutcome, Op, Tracker, TrackerConfig};
-use septet_worker::TrackerClient;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 

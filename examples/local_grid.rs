@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use ndarray::Array2;
 use septet::local::LocalGrid;
+use septet_client::{Requester, RequesterConfig};
 use septet_common::matrix::{matmul, parallelism};
-use septet_worker::{Requester, RequesterConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

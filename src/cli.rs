@@ -9,12 +9,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use septet_client::DEFAULT_REQUEST_TIMEOUT;
+use septet_client::{Requester, RequesterConfig, TrackerClient};
 use septet_common::proto::{LeaseGrant, LeaseId};
 use septet_common::secure::{Secret, SecretFileError, Security};
 use septet_common::{Dtype, Role, PEERS_PER_LEASE};
 use septet_tracker::TrackerConfig;
-use septet_worker::client::DEFAULT_REQUEST_TIMEOUT;
-use septet_worker::{Requester, RequesterConfig, TrackerClient, WorkerConfig};
+use septet_worker::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 

@@ -10,9 +10,9 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
+use septet_client::{JobReport, Progress, Requester};
 use septet_common::matrix::{matmul, parallelism};
 use septet_common::{Dtype, Element};
-use septet_worker::{JobReport, Progress, Requester};
 use serde::Serialize;
 
 use crate::npy::InputError;

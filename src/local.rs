@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use septet_client::TrackerClient;
+use septet_client::DEFAULT_REQUEST_TIMEOUT;
 use septet_common::secure::Security;
 use septet_common::Role;
 use septet_tracker::TrackerConfig;
-use septet_worker::client::DEFAULT_REQUEST_TIMEOUT;
-use septet_worker::{TrackerClient, WorkerConfig};
+use septet_worker::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

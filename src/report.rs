@@ -11,8 +11,8 @@
 
 use std::fmt::Write as _;
 
-use septet_worker::requester::AttemptReport;
-use septet_worker::JobReport;
+use septet_client::requester::AttemptReport;
+use septet_client::JobReport;
 
 /// What the report says besides the [`JobReport`].
 #[derive(Debug, Clone, Default)]

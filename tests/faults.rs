@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use common::*;
 use ndarray::Array2;
+use septet_client::{JobReport, Requester, RequesterConfig};
 use septet_common::strassen::naive_matmul;
 use septet_common::PeerId;
-use septet_worker::{JobReport, Requester, RequesterConfig};
 use tokio::io::AsyncBufReadExt;
 
 const LIMIT: Duration = Duration::from_secs(120);

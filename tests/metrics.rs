@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use common::*;
 use ndarray::Array2;
+use septet_client::{Requester, RequesterConfig};
 use septet_observe::HttpConfig;
 use septet_tracker::TrackerConfig;
-use septet_worker::{Requester, RequesterConfig, WorkerConfig, WorkerMetrics};
+use septet_worker::{WorkerConfig, WorkerMetrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::*;
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
+use septet_client::{RequestError, Requester, RequesterConfig};
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{encode_control, BlockOp};
 use septet_common::proto::LeaseGrant;
@@ -17,7 +18,6 @@ use septet_common::proto::{Failure, LeaseId, PeerId, TaskId, TrackerReply, Track
 use septet_common::strassen::naive_matmul;
 use septet_common::{Connection, Element, Error, ErrorCode, Frame, MatrixView, PeerAddr, Role};
 use septet_tracker::{Tracker, TrackerConfig};
-use septet_worker::{RequestError, Requester, RequesterConfig};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -400,7 +400,7 @@ async fn a_non_finite_product_stops_the_job_without_blaming_or_replacing_the_pee
         assert!(
             matches!(
                 err,
-                RequestError::Unverifiable { peer_id: PeerId(0), cause: septet_worker::verify::NonFinite::Product, .. }
+                RequestError::Unverifiable { peer_id: PeerId(0), cause: septet_client::verify::NonFinite::Product, .. }
             ),
             "{err}"
         );

@@ -5,9 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use septet_client::TrackerClient;
 use septet_common::Role;
 use septet_tracker::{Tracker, TrackerConfig};
-use septet_worker::{TrackerClient, WorkerConfig};
+use septet_worker::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

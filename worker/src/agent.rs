@@ -80,8 +80,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::client::{or_cancel, Registration, TrackerClient};
 use crate::metrics::WorkerMetrics;
+use septet_client::tracker::{or_cancel, Registration, TrackerClient};
 
 /// First retry delay after losing the tracker.
 const BACKOFF_START: Duration = Duration::from_millis(100);

@@ -29,7 +29,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use crate::client::TrackerClient;
+use crate::tracker::TrackerClient;
 use crate::verify::{CheckError, NonFinite, Verifier};
 pub use dispatch::{AttemptReport, HedgeReport, State as ProductState};
 use dispatch::{Dispatch, Failure, Meter, Outcome};
