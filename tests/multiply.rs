@@ -319,8 +319,11 @@ async fn a_misbehaving_worker_is_replaced(how: Misbehaviour, needle: &str) {
         let expected = naive_matmul(a.view(), b.view());
         // No hedging: a misbehaving worker lags, and a hedge would beat
         // it before the failure under test shows.
-        let req = Requester::new(RequesterConfig { max_hedges: 0, ..requester(&tracker).config().clone() });
-        let (c, report) = req.multiply(Arc::new(a), Arc::new(b), |_| {}).await.unwrap();
+        // The fake speaks only the direct plan's conversation: this is how
+        // that plan (the relay's fallback) copes with it.
+        let direct = RequesterConfig { max_hedges: 0, relay: false, ..requester(&tracker).config().clone() };
+        let (c, report) =
+            Requester::new(direct).multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
         assert_eq!(c, expected);
         assert_eq!(report.retries, 1, "{:?}", report.failures);
         assert!(report.failures[0].contains("peer 0") && report.failures[0].contains(needle), "{:?}", report.failures);
@@ -393,7 +396,9 @@ async fn a_non_finite_product_stops_the_job_without_blaming_or_replacing_the_pee
         wait_for_alive_slots(tracker.addr, 1).await;
         let workers = spawn_workers(tracker.addr, 7, 1).await;
         wait_for_alive_slots(tracker.addr, 8).await;
-        let err = requester(&tracker)
+        // The direct plan: the fake does not speak the relay's conversation.
+        let direct = RequesterConfig { relay: false, ..requester(&tracker).config().clone() };
+        let err = Requester::new(direct)
             .multiply(Arc::new(ints(37, 29, 3)), Arc::new(ints(29, 41, 4)), |_| {})
             .await
             .unwrap_err();

@@ -10,6 +10,7 @@
 //! and B's memory. The rest waits in the workers' socket buffers.
 
 mod dispatch;
+pub mod relay;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use septet_common::{FrameWriter, WirePart};
 use serde::Serialize;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::tracker::TrackerClient;
 use crate::verify::{CheckError, NonFinite, Verifier};
@@ -78,6 +79,12 @@ pub struct RequesterConfig {
     /// slot, because its first attempt lags well behind the rest); 0 turns
     /// hedging off.
     pub max_hedges: u32,
+    /// Relay (the default): A and B go out once, the peers forward them
+    /// and reduce C among themselves, C comes back once. Off, each peer is
+    /// sent its product's operands and returns its product (3.5·n² words
+    /// out, 1.75·n² in): what a relay that fails falls back to for the
+    /// quadrants it did not deliver; turned off only to compare the two.
+    pub relay: bool,
 }
 
 impl Default for RequesterConfig {
@@ -95,6 +102,7 @@ impl Default for RequesterConfig {
             security: septet_common::secure::Security::default(),
             silence_timeout: Duration::from_secs(4),
             max_hedges: 2,
+            relay: true,
         }
     }
 }
@@ -213,6 +221,12 @@ pub struct JobReport {
     pub attempts: Vec<AttemptReport>,
     /// Messages that were dropped or failed, described.
     pub failures: Vec<String>,
+    /// `relay` (A and B out once, C back once), `direct` (each product's
+    /// operands sent to its peer), or `relay+direct` (the relay delivered
+    /// part of C; the rest was computed directly).
+    pub plan: &'static str,
+    /// The relay: its slots' roles, bytes and times.
+    pub relay: Option<relay::RelayReport>,
 }
 
 /// Every way a grid multiplication can fail.
@@ -924,6 +938,8 @@ impl Requester {
             hedges: Vec::new(),
             attempts: Vec::new(),
             failures: Vec::new(),
+            plan: if self.config.relay { "relay" } else { "direct" },
+            relay: None,
         };
         let c = self.multiply_into(a, b, progress, started, &mut report).await;
         let total = started.elapsed().as_secs_f64();
@@ -1000,6 +1016,143 @@ impl Requester {
         started: Instant,
         report: &mut JobReport,
     ) -> Result<Array2<T>> {
+        if !self.config.relay {
+            let everything = peers.clone().map(Some);
+            return self
+                .run_direct(
+                    a,
+                    b,
+                    split,
+                    &everything,
+                    Vec::new(),
+                    [true; 7],
+                    &Default::default(),
+                    keeper,
+                    progress,
+                    started,
+                    report,
+                )
+                .await;
+        }
+        let c = Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n)));
+        let t = Instant::now();
+        let outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, started, progress).await;
+        report.bytes_sent += outcome.bytes_sent;
+        report.bytes_received += outcome.bytes_received;
+        report.connect_s = (outcome.report.plan_sent_s - report.lease_wait_s).max(0.0);
+        report.verified = self.config.verify;
+        report.peers = outcome
+            .report
+            .slots
+            .iter()
+            .map(|s| PeerReport {
+                product: s.product,
+                peer_id: s.peer.peer_id,
+                addr: s.peer.addr.clone(),
+                bytes_sent: s.from_requester,
+                bytes_received: s.to_requester,
+                send_s: 0.0,
+                compute_s: s.compute_s,
+                done_at_s: s.done_s.unwrap_or(0.0),
+                receive_s: 0.0,
+                hedged: false,
+            })
+            .collect();
+        let verified = outcome.verified;
+        let blamed = outcome.blamed.clone();
+        if let Some(failure) = &outcome.report.failure {
+            report.failures.push(format!("relay: {failure}"));
+        }
+        report.relay = Some(outcome.report);
+        if let Some((slot, cause)) = outcome.unverifiable {
+            return Err(RequestError::Unverifiable {
+                product: PRODUCTS[slot].name,
+                peer_id: peers[slot].peer_id,
+                addr: peers[slot].addr.clone(),
+                cause,
+            });
+        }
+        if verified.iter().all(|&v| v) {
+            debug!(elapsed = ?t.elapsed(), "relayed job complete");
+            return Ok(c.into_inner());
+        }
+        // What the relay did not deliver is computed directly: the products
+        // feeding the missing quadrants, on the peers not to blame (a
+        // blamed peer's product goes to an idle peer or a fresh slot).
+        report.plan = "relay+direct";
+        let mut needed = [false; 7];
+        for q in strassen::Quad::ALL.into_iter().filter(|q| !verified[q.index()]) {
+            for (i, _) in septet_common::relay::feeders(q) {
+                needed[i] = true;
+            }
+        }
+        let mut reasons: Vec<Option<String>> = vec![None; 7];
+        for (slot, why) in &blamed {
+            report.failures.push(format!("slot {slot} ({}, peer {}): {why}", peers[*slot].addr, peers[*slot].peer_id));
+            reasons[*slot].get_or_insert_with(|| why.clone());
+        }
+        let mut first: [Option<PeerAddr>; 7] = Default::default();
+        let mut spare = Vec::new();
+        for (i, peer) in peers.iter().enumerate() {
+            match (&reasons[i], needed[i]) {
+                (None, true) => first[i] = Some(peer.clone()),
+                (None, false) => spare.push(peer.clone()),
+                (Some(_), _) => {}
+            }
+        }
+        // A blamed peer whose product is needed is reported as the redo of
+        // that product is handed out; the others are reported here.
+        let blamed_peers: [Option<(PeerAddr, String)>; 7] =
+            std::array::from_fn(|i| reasons[i].clone().filter(|_| needed[i]).map(|r| (peers[i].clone(), r)));
+        for (i, peer) in peers.iter().enumerate().filter(|&(i, _)| reasons[i].is_some() && !needed[i]) {
+            let why = reasons[i].clone().unwrap_or_default();
+            let keeper = keeper.clone();
+            let (peer_id, why) = (peer.peer_id, format!("relay: {why}"));
+            tokio::spawn(async move {
+                if let Err(e) = keeper.report(peer_id, why, false).await {
+                    warn!(error = %e, "could not report a failed peer to the tracker");
+                }
+            });
+        }
+        info!(missing = ?strassen::Quad::ALL.iter().filter(|q| !verified[q.index()]).map(|q| q.suffix()).collect::<Vec<_>>(), "relay incomplete: computing the rest directly");
+        let relay_peers = std::mem::take(&mut report.peers);
+        let scratch = self
+            .run_direct(a, b, split, &first, spare, needed, &blamed_peers, keeper, progress, started, report)
+            .await?;
+        let mut direct_peers = std::mem::replace(&mut report.peers, relay_peers);
+        direct_peers.retain(|p| PRODUCTS.iter().position(|q| q.name == p.product).is_some_and(|i| needed[i]));
+        for p in direct_peers {
+            if let Some(slot) = report.peers.iter_mut().find(|r| r.product == p.product) {
+                *slot = p;
+            }
+        }
+        let mut c = c.into_inner();
+        let (mh, _, nh) = split.half();
+        for q in strassen::Quad::ALL.into_iter().filter(|q| !verified[q.index()]) {
+            strassen::quadrant_mut(c.view_mut(), q, mh, nh).assign(&strassen::quadrant(scratch.view(), q, mh, nh));
+        }
+        Ok(c)
+    }
+
+    /// The direct plan for the products marked `needed`: each on its
+    /// `first` peer, or — if it has none — as a redo of its attempt on the
+    /// peer `failed` names (with why), on a `spare` peer or a fresh slot.
+    /// Returns a C holding (at least) the quadrants those products feed.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_direct<T: Element>(
+        &self,
+        a: Arc<Array2<T>>,
+        b: Arc<Array2<T>>,
+        split: Split,
+        first: &[Option<PeerAddr>; 7],
+        spare: Vec<PeerAddr>,
+        needed: [bool; 7],
+        failed: &[Option<(PeerAddr, String)>; 7],
+        keeper: &LeaseKeeper,
+        progress: &ProgressFn,
+        started: Instant,
+        report: &mut JobReport,
+    ) -> Result<Array2<T>> {
         // Products are exactly `product_len` bytes; 1 MiB leaves room for error messages.
         let product_len = BlocksHeader {
             task_id: TaskId(0),
@@ -1055,7 +1208,7 @@ impl Requester {
         });
 
         // Every attempt — first, redo or hedge — runs under the dispatch loop.
-        Dispatch::new(self, keeper, job.clone(), progress.clone()).run(peers, report).await?;
+        Dispatch::new(self, keeper, job.clone(), progress.clone()).run(first, spare, needed, failed, report).await?;
         report.verified = job.check.is_some();
         let prepare = verify_prepare.map(|p| *p.lock()).unwrap_or_default();
         report.verify_s = (prepare + *job.verify_time.lock()).as_secs_f64();

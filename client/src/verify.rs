@@ -233,6 +233,11 @@ impl<T: Element> Verifier<T> {
         Ok(Self { r, expected, tolerance })
     }
 
+    /// X·(Y·R) for product `i` (⌈m/2⌉ × the columns of R).
+    pub fn expected(&self, i: usize) -> ArrayView2<'_, T> {
+        self.expected[i].view()
+    }
+
     /// The tolerance on |M·r − X·(Y·r)| for product `i`.
     pub fn tolerance(&self, i: usize) -> f64 {
         self.tolerance[i]

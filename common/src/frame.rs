@@ -13,7 +13,8 @@
 //!
 //! Blocks carry matrix payloads as raw bytes after that small header, never
 //! element by element through serde: `op` 1 is a multiply task (two
-//! matrices, X then Y) and `op` 2 its product (one matrix); `order` 0 is
+//! matrices, X then Y), `op` 2 its product (one matrix) and `op` 3 one
+//! panel of a relayed job's block (one matrix, [`crate::relay`]); `order` 0 is
 //! little-endian, the only byte order defined. Decoding checks the declared
 //! length against a maximum before allocating anything for it, and checks that
 //! the declared shapes account for exactly the declared length.
@@ -121,6 +122,11 @@ pub enum BlockOp {
     Multiply,
     /// Worker → requester: the product; carries one matrix.
     Product,
+    /// Relay: one panel of a block of a relayed job (a quadrant of A or B,
+    /// a product, a quadrant of C, a product's fingerprint, or the job's
+    /// public vectors); `task_id` carries its [`crate::relay::PartId`].
+    /// Carries one matrix.
+    Part,
 }
 
 impl BlockOp {
@@ -128,6 +134,7 @@ impl BlockOp {
         match self {
             BlockOp::Multiply => 1,
             BlockOp::Product => 2,
+            BlockOp::Part => 3,
         }
     }
 
@@ -135,6 +142,7 @@ impl BlockOp {
         match code {
             1 => Some(BlockOp::Multiply),
             2 => Some(BlockOp::Product),
+            3 => Some(BlockOp::Part),
             _ => None,
         }
     }
@@ -143,7 +151,7 @@ impl BlockOp {
     pub fn matrix_count(self) -> usize {
         match self {
             BlockOp::Multiply => 2,
-            BlockOp::Product => 1,
+            BlockOp::Product | BlockOp::Part => 1,
         }
     }
 }

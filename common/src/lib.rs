@@ -11,6 +11,7 @@ pub mod frame;
 pub mod listener;
 pub mod matrix;
 pub mod proto;
+pub mod relay;
 pub mod secure;
 pub mod strassen;
 
@@ -21,8 +22,8 @@ pub use error::{Error, ErrorCode, Result};
 pub use frame::{BlockOp, Blocks, ControlBody, Frame, DEFAULT_MAX_FRAME_LEN, MAX_CONTROL_FRAME_LEN};
 pub use matrix::{Dtype, Element, Matrix, MatrixView};
 pub use proto::{
-    Control, Failure, LeaseGrant, LeaseId, PeerAddr, PeerId, Reply, Role, TaskId, TrackerReply, TrackerRequest,
-    WorkerReply, PROTOCOL_VERSION,
+    Control, Failure, JobId, LeaseGrant, LeaseId, PeerAddr, PeerId, RelayStats, Reply, Role, TaskId, TrackerReply,
+    TrackerRequest, WorkerReply, WorkerRequest, PROTOCOL_VERSION,
 };
 pub use time::deadline;
 

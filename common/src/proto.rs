@@ -19,6 +19,15 @@
 //! worker → requester       WorkerReply::Computed, then a BlockOp::Product blocks frame;
 //!                          or WorkerReply::Error; WorkerReply::Working whenever
 //!                          it has been quiet for its progress interval
+//!
+//! relay (crate::relay):
+//! requester → worker       WorkerRequest::Relay(plan), then BlockOp::Part frames (R, the
+//!                          quadrants it holds) and WorkerRequest::Digests
+//! worker → requester       BlockOp::Part frames (C panels it reduced, its fingerprint),
+//!                          then WorkerReply::RelayDone; or WorkerReply::RelayFailed;
+//!                          WorkerReply::Working as above
+//! worker → worker          WorkerRequest::Join, then BlockOp::Part frames (forwarded
+//!                          quadrant panels, product panels); no replies
 //! ```
 //!
 //! Every request gets exactly one reply, except `Lease`, answered with
@@ -43,8 +52,10 @@ use crate::{Error, ErrorCode};
 /// Version 4 added [`WorkerReply::Working`], which requesters rely on to
 /// tell a silent worker from a busy one. Version 5 added hedging:
 /// [`TrackerRequest::Hedge`] and [`TrackerRequest::Speed`], and the peer
-/// table's `slow` column.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// table's `slow` column. Version 6 added the relay: [`WorkerRequest`],
+/// [`WorkerReply::RelayDone`] and [`WorkerReply::RelayFailed`], and
+/// `BlockOp::Part` frames.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Declares a `u64` id newtype: transparent on the wire and in JSON (a bare
 /// number, as before), printed as the bare number.
@@ -97,6 +108,12 @@ id_type! {
 id_type! {
     /// A requester-chosen id pairing a multiply task with its product.
     TaskId
+}
+
+id_type! {
+    /// A relayed job's id, drawn at random by its requester: it ties the
+    /// peers' connections to each other to the job.
+    JobId
 }
 
 /// What the connecting side is.
@@ -523,6 +540,75 @@ pub enum WorkerReply {
     /// that is gone or cut off, whatever the block size, while a slow but
     /// working peer keeps talking.
     Working,
+    /// Relay: this slot did all its roles (sent after its last part).
+    RelayDone(RelayStats),
+    /// Relay: this slot gave up on the job; `blame` names the slot at
+    /// fault when it knows one (a forward that failed its digest, a peer
+    /// that could not be reached or broke off).
+    RelayFailed {
+        /// The slot at fault, if known.
+        blame: Option<u8>,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// What one slot of a relayed job moved and when, as it reports it.
+/// Times are microseconds since it received the plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStats {
+    /// The slot.
+    pub slot: u8,
+    /// Bytes received from each slot (index 0..7) and from the requester (7).
+    pub bytes_in: Vec<u64>,
+    /// Bytes sent to each slot (0..7) and to the requester (7).
+    pub bytes_out: Vec<u64>,
+    /// Its last operand panel arrived.
+    pub inputs_done_us: u64,
+    /// It began computing its first panel.
+    pub compute_start_us: u64,
+    /// It finished computing its last panel.
+    pub compute_end_us: u64,
+    /// Microseconds of compute in all.
+    pub compute_us: u64,
+    /// It sent its first C panel (0 if it reduces none).
+    pub reduce_start_us: u64,
+    /// It sent its last part.
+    pub done_us: u64,
+}
+
+/// Control messages to a worker for the relay (a requester's job plan and
+/// digests; a peer's introduction of the parts it forwards). Multiply
+/// tasks are blocks frames and have no control message.
+///
+/// Variants are only ever appended within a protocol version, as for
+/// [`TrackerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerRequest {
+    /// From a requester: this connection carries a relayed job with this
+    /// plan; its parts follow.
+    Relay(crate::relay::RelayPlan),
+    /// From a peer of a relayed job: the parts that follow on this
+    /// connection are for `job_id`, from slot `from`.
+    Join {
+        /// The job.
+        job_id: JobId,
+        /// The sending slot.
+        from: u8,
+    },
+    /// From the requester: BLAKE3 digests of parts this slot receives by
+    /// forward (part task id, digest).
+    Digests(Vec<(u64, [u8; 32])>),
+}
+
+impl Control for WorkerRequest {
+    fn kind(&self) -> &'static str {
+        match self {
+            WorkerRequest::Relay(_) => "Relay",
+            WorkerRequest::Join { .. } => "Join",
+            WorkerRequest::Digests(_) => "Digests",
+        }
+    }
 }
 
 impl Control for WorkerReply {
@@ -531,6 +617,8 @@ impl Control for WorkerReply {
             WorkerReply::Error(_) => "Error",
             WorkerReply::Computed { .. } => "Computed",
             WorkerReply::Working => "Working",
+            WorkerReply::RelayDone(_) => "RelayDone",
+            WorkerReply::RelayFailed { .. } => "RelayFailed",
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::matrix::{alloc_uninit, alloc_zeroed, matmul_into, Element};
 use crate::{Error, Result};
 
 /// A quadrant of a matrix split in two both ways.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Quad {
     /// Top left.
     Q11,
@@ -39,6 +39,26 @@ pub enum Quad {
     Q21,
     /// Bottom right.
     Q22,
+}
+
+impl Quad {
+    /// The four quadrants, in the order [`Quad::index`] numbers them.
+    pub const ALL: [Quad; 4] = [Quad::Q11, Quad::Q12, Quad::Q21, Quad::Q22];
+
+    /// 0..4 in the order 11, 12, 21, 22.
+    pub fn index(self) -> usize {
+        match self {
+            Quad::Q11 => 0,
+            Quad::Q12 => 1,
+            Quad::Q21 => 2,
+            Quad::Q22 => 3,
+        }
+    }
+
+    /// "11", "12", "21" or "22".
+    pub fn suffix(self) -> &'static str {
+        ["11", "12", "21", "22"][self.index()]
+    }
 }
 
 /// A signed quadrant in a sum.
@@ -184,8 +204,8 @@ pub fn quadrant<'a, T>(a: ArrayView2<'a, T>, q: Quad, rows: usize, cols: usize) 
     }
 }
 
-/// A mutable quadrant of `c`, split at (`rows`, `cols`).
-fn quadrant_mut<'a, T>(c: ArrayViewMut2<'a, T>, q: Quad, rows: usize, cols: usize) -> ArrayViewMut2<'a, T> {
+/// A mutable quadrant of `c`, split at (`rows`, `cols`) (its real part).
+pub fn quadrant_mut<'a, T>(c: ArrayViewMut2<'a, T>, q: Quad, rows: usize, cols: usize) -> ArrayViewMut2<'a, T> {
     match q {
         Q11 => c.slice_move(s![..rows, ..cols]),
         Q12 => c.slice_move(s![..rows, cols..]),

@@ -17,7 +17,7 @@ use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
 use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, recycle_matrix};
-use septet_common::proto::{Failure, TaskId, WorkerReply};
+use septet_common::proto::{Failure, TaskId, WorkerReply, WorkerRequest};
 use septet_common::secure::Security;
 use septet_common::{deadline, Connection, Dtype, Error, Frame, FrameWriter, Matrix, Result, Role};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -28,6 +28,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::agent;
 use crate::metrics::{InProgress, WorkerMetrics};
+use crate::relay::{self, Relays};
 
 /// How long shutdown waits for connections (and their products) to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +81,10 @@ pub enum Fault {
     Delay(Duration),
     /// Send half of every product, then drop the connection.
     DropMidReply,
+    /// Relay: alter every quadrant panel forwarded to another slot.
+    CorruptForward,
+    /// Relay: alter every C panel reduced here.
+    CorruptReduce,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -89,9 +94,13 @@ impl std::str::FromStr for Fault {
         match s {
             "corrupt" => Ok(Fault::Corrupt),
             "drop" => Ok(Fault::DropMidReply),
+            "corrupt-forward" => Ok(Fault::CorruptForward),
+            "corrupt-reduce" => Ok(Fault::CorruptReduce),
             _ => match s.strip_prefix("delay=").map(str::parse::<f64>) {
                 Some(Ok(secs)) if secs >= 0.0 => Ok(Fault::Delay(Duration::from_secs_f64(secs))),
-                _ => Err(format!("unknown fault {s:?} (corrupt, drop, or delay=SECS)")),
+                _ => {
+                    Err(format!("unknown fault {s:?} (corrupt, corrupt-forward, corrupt-reduce, drop, or delay=SECS)"))
+                }
             },
         }
     }
@@ -193,10 +202,11 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
         drain_timeout: DRAIN_TIMEOUT,
         on_refusal: Some(config.metrics.refusal_hook()),
     };
+    let relays = Arc::new(Relays::default());
     let handler = {
         let config = config.clone();
         move |conn: Connection, _role: Role, cancel: CancellationToken| {
-            serve_connection(conn, config.clone(), slots.clone(), cancel)
+            serve_connection(conn, config.clone(), slots.clone(), relays.clone(), cancel)
         }
     };
     // Deregister first on shutdown, so no new lease names this worker
@@ -351,18 +361,47 @@ fn compute(task: Blocks, threads: usize, max_frame_len: usize) -> Result<Matrix>
     product
 }
 
+/// Serves one connection: multiply tasks (blocks frames from the first),
+/// or a relayed job — its requester's link (`WorkerRequest::Relay` first)
+/// or a peer's (`WorkerRequest::Join` first).
 #[instrument(skip_all, fields(client = %conn.peer))]
-async fn serve_connection(conn: Connection, config: WorkerConfig, slots: Arc<Semaphore>, cancel: CancellationToken) {
+async fn serve_connection(
+    conn: Connection,
+    config: WorkerConfig,
+    slots: Arc<Semaphore>,
+    relays: Arc<Relays>,
+    cancel: CancellationToken,
+) {
     let Connection { mut reader, writer, .. } = conn;
+    let first = tokio::select! {
+        _ = cancel.cancelled() => return,
+        frame = reader.read_frame() => frame,
+    };
+    if let Ok(Some(Frame::Control(body))) = &first {
+        match body.decode::<WorkerRequest>() {
+            Ok(WorkerRequest::Relay(plan)) => {
+                return relay::lead(plan, reader, writer, config, slots, relays, cancel).await;
+            }
+            Ok(WorkerRequest::Join { job_id, from }) => {
+                return relay::follow(job_id, from, reader, config, relays).await
+            }
+            // Anything else is answered below as the task conversation does.
+            _ => {}
+        }
+    }
+    let mut first = Some(first);
     let (tx, rx) = mpsc::channel::<Reply>(config.slots as usize + 1);
     let writer_task = {
         let config = config.clone();
         tokio::spawn(async move { write_replies(writer, rx, &config).await })
     };
     loop {
-        let frame = tokio::select! {
-            _ = cancel.cancelled() => break,
-            frame = reader.read_frame() => frame,
+        let frame = match first.take() {
+            Some(frame) => frame,
+            None => tokio::select! {
+                _ = cancel.cancelled() => break,
+                frame = reader.read_frame() => frame,
+            },
         };
         match frame {
             Ok(Some(Frame::Blocks(task))) if task.op == BlockOp::Multiply => {

@@ -425,8 +425,21 @@ impl<'a, T: Element> Dispatch<'a, T> {
     /// Runs the job to the end: every product verified and folded into C,
     /// or the error that stopped it. The lease's peers' speed is reported
     /// to the tracker either way.
-    pub async fn run(mut self, peers: &[PeerAddr; 7], report: &mut JobReport) -> Result<()> {
-        let result = self.drive(peers, report).await;
+    ///
+    /// Only the products marked `needed` are computed (the others count
+    /// as done): each on its `first` peer; one without starts as a redo
+    /// of its attempt on the peer `failed` names (reported to the tracker
+    /// as failed), on a `spare` peer or a fresh slot.
+    pub async fn run(
+        mut self,
+        first: &[Option<PeerAddr>; 7],
+        spare: Vec<PeerAddr>,
+        needed: [bool; 7],
+        failed: &[Option<(PeerAddr, String)>; 7],
+        report: &mut JobReport,
+    ) -> Result<()> {
+        self.idle = spare;
+        let result = self.drive(first, needed, failed, report).await;
         self.attempts.shutdown().await;
         for (_, run) in std::mem::take(&mut self.running) {
             self.record(&run, "abandoned", None);
@@ -446,15 +459,40 @@ impl<'a, T: Element> Dispatch<'a, T> {
         proven.retain(|p| !beaten.contains(p));
         self.keeper.note_speed(beaten, proven).await;
         result?;
-        report.peers = self.reports.into_iter().map(|r| r.expect("every product verified")).collect();
+        report.peers = self.reports.into_iter().flatten().collect();
         Ok(())
     }
 
-    async fn drive(&mut self, peers: &[PeerAddr; 7], report: &mut JobReport) -> Result<()> {
+    async fn drive(
+        &mut self,
+        first: &[Option<PeerAddr>; 7],
+        needed: [bool; 7],
+        failed: &[Option<(PeerAddr, String)>; 7],
+        report: &mut JobReport,
+    ) -> Result<()> {
         // The first round asks for lanes in SEND_ORDER, so products go out
         // in that order however their connections come up.
         for &i in &SEND_ORDER {
-            self.start(i, peers[i].clone(), Kind::First);
+            if !needed[i] {
+                self.products[i].state = State::Verified;
+                continue;
+            }
+            match (&first[i], &failed[i]) {
+                (Some(peer), _) => self.start(i, peer.clone(), Kind::First),
+                (None, Some((peer, why))) => {
+                    self.products[i].tries += 1;
+                    self.redo.push_back(Redo {
+                        product: i,
+                        failed: peer.clone(),
+                        cause: Error::Invalid(why.clone()),
+                        since: Instant::now(),
+                        told: false,
+                    });
+                }
+                (None, None) => {
+                    return Err(RequestError::Internal(format!("{} has no peer to run on", PRODUCTS[i].name)))
+                }
+            }
         }
 
         let mut tick = tokio::time::interval(TICK);

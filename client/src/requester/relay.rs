@@ -1,0 +1,757 @@
+//! The requester's side of a relayed job ([`septet_common::relay`] has the
+//! plan and its diagram): A and B go out once, C comes back once.
+//!
+//! 1. Connect to the seven slots; send each the plan and the public
+//!    vectors R.
+//! 2. Send B's quadrants, then A's a panel of rows at a time, each panel to
+//!    its quadrant's holder only — and, just before, its BLAKE3 digest to
+//!    every other slot that will receive it by forward.
+//! 3. Take the C panels the reducers send back and place them in C as they
+//!    arrive; take each product's fingerprint M·R.
+//!
+//! Trust. R is public (the slots need it to form their fingerprints), so a
+//! fingerprint only catches a slot that does not fake it; what makes C
+//! right is the check of each C quadrant with vectors no slot ever sees:
+//! the requester draws 2·rounds columns, sends the first half, and checks
+//! every C quadrant q against Σ ±X_i·(Y_i·r) over the products feeding it
+//! for all the columns (the [`Verifier`] forms X_i·(Y_i·r) from A and B
+//! while the blocks travel) — Freivalds' test on C, quadrant by quadrant.
+//! A quadrant that fails is blamed on the slots whose fingerprints failed,
+//! or, if every one passed, on its reducer (a slot that fakes its
+//! fingerprint and sends its reducer a wrong product gets the reducer
+//! blamed instead; C is still never accepted wrong). A slot that forwards
+//! a wrong panel is named by the slot that received it (digest), a slot
+//! that breaks off or goes silent by whoever saw it.
+//!
+//! Whatever fails, the job goes on: the quadrants of C that arrived and
+//! passed are kept, and the caller computes the others through the direct
+//! plan (`dispatch`), on the lease's peers that were not blamed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::{s, Array2, ArrayView2};
+use parking_lot::Mutex;
+use rand::RngExt;
+use septet_common::conn::ConnLimits;
+use septet_common::frame::{BlockOp, BlocksHeader};
+use septet_common::matrix::matmul_into;
+use septet_common::proto::{JobId, PeerAddr, RelayStats, WorkerReply, WorkerRequest};
+use septet_common::relay::{self, Block, Panels, PartId, RelayPlan, Roles, SLOTS};
+use septet_common::strassen::{quadrant, Quad, Split};
+use septet_common::{deadline, Connection, Element, Error, Frame, FrameWriter, Role};
+use serde::Serialize;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{ProgressFn, Requester};
+use crate::verify::{NonFinite, Verifier};
+
+/// What the job report shows of one slot of a relayed job.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotReport {
+    /// The slot (0..7); it computed `product`.
+    pub slot: usize,
+    /// "M1".."M7".
+    pub product: &'static str,
+    /// The peer.
+    pub peer: PeerAddr,
+    /// Quadrants of A and B it held and forwarded.
+    pub holds: Vec<String>,
+    /// Quadrants of C it reduced.
+    pub reduces: Vec<String>,
+    /// Bytes it received, from the requester and from other slots.
+    pub bytes_in: u64,
+    /// Bytes it sent, to other slots and to the requester.
+    pub bytes_out: u64,
+    /// Bytes the requester sent it.
+    pub from_requester: u64,
+    /// Bytes it sent the requester.
+    pub to_requester: u64,
+    /// Seconds it computed.
+    pub compute_s: f64,
+    /// Seconds since the start of the job (its plan was sent at
+    /// `plan_sent_s`; the slot's own clock runs from its arrival): its
+    /// last operand panel arrived, it began and ended computing, it sent
+    /// its first C panel, it was done. `None`: it did not get there.
+    pub inputs_done_s: Option<f64>,
+    /// Began computing.
+    pub compute_start_s: Option<f64>,
+    /// Ended computing.
+    pub compute_end_s: Option<f64>,
+    /// Sent its first C panel.
+    pub reduce_start_s: Option<f64>,
+    /// Done.
+    pub done_s: Option<f64>,
+}
+
+/// What the relay phase of a job did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayReport {
+    /// Rows per panel of A (and of the products and C), and of B.
+    pub a_panel_rows: usize,
+    /// Rows per panel of B.
+    pub b_panel_rows: usize,
+    /// When the plans went out, seconds since the job started.
+    pub plan_sent_s: f64,
+    /// C11..C22 that arrived and passed their check.
+    pub quadrants_verified: Vec<String>,
+    /// The slots, in slot order.
+    pub slots: Vec<SlotReport>,
+    /// Why the relay did not deliver all of C, if it did not.
+    pub failure: Option<String>,
+}
+
+/// The outcome of the relay phase.
+pub(super) struct Outcome {
+    /// C quadrants in C and verified.
+    pub verified: [bool; 4],
+    /// Slots at fault, with why.
+    pub blamed: Vec<(usize, String)>,
+    /// Non-finite values made a check meaningless: the job stops.
+    pub unverifiable: Option<(usize, NonFinite)>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub report: RelayReport,
+}
+
+/// What the reader of one slot's link hears.
+enum Heard {
+    Part(usize, PartId, septet_common::Matrix),
+    Done(usize, RelayStats),
+    Failed(usize, Option<u8>, String),
+    Lost(usize, String),
+}
+
+/// What a slot's writer sends.
+enum Send {
+    Part(PartId),
+    Digests(Vec<(u64, [u8; 32])>),
+}
+
+/// The padded panel `rows` of quadrant `q` of `x` (a quadrant is
+/// `shape`, padded with zeros past the edge of `x`).
+fn padded_panel<T: Element>(
+    x: ArrayView2<'_, T>,
+    q: Quad,
+    shape: (usize, usize),
+    rows: std::ops::Range<usize>,
+) -> septet_common::strassen::Operand<'_, T> {
+    let real = quadrant(x, q, shape.0, shape.1);
+    let (r, c) = real.dim();
+    if rows.end <= r && c == shape.1 {
+        return septet_common::strassen::Operand::View(real.slice_move(s![rows, ..]));
+    }
+    let mut out = Array2::zeros((rows.len(), shape.1));
+    if rows.start < r {
+        let have = rows.start..rows.end.min(r);
+        out.slice_mut(s![..have.len(), ..c]).assign(&real.slice(s![have, ..]));
+    }
+    septet_common::strassen::Operand::Owned(out)
+}
+
+/// The operand panel a part names.
+fn part_of<'a, T: Element>(
+    a: &'a Array2<T>,
+    b: &'a Array2<T>,
+    split: Split,
+    plan: &RelayPlan,
+    part: PartId,
+) -> septet_common::strassen::Operand<'a, T> {
+    match part.block {
+        Block::A(q) => padded_panel(a.view(), q, split.left_shape(), plan.a_panels().range(part.panel as usize)),
+        _ => {
+            let Block::B(q) = part.block else { unreachable!("only quadrants of A and B are sent") };
+            padded_panel(b.view(), q, split.right_shape(), plan.b_panels().range(part.panel as usize))
+        }
+    }
+}
+
+/// The order parts leave the requester: B whole first (no product can
+/// start without it), then A a panel of rows at a time, all four
+/// quadrants' panel p before any panel p+1.
+fn send_order(a_panels: Panels, b_panels: Panels) -> Vec<PartId> {
+    let mut order = Vec::new();
+    for p in 0..b_panels.count() {
+        for q in Quad::ALL {
+            order.push(PartId { block: Block::B(q), panel: p as u32 });
+        }
+    }
+    for p in 0..a_panels.count() {
+        for q in Quad::ALL {
+            order.push(PartId { block: Block::A(q), panel: p as u32 });
+        }
+    }
+    order
+}
+
+fn frame_len(part: PartId, dtype: septet_common::Dtype, shape: (usize, usize)) -> u64 {
+    BlocksHeader { task_id: part.task_id(), op: BlockOp::Part, dtype, shapes: vec![shape] }.frame_len().unwrap_or(0)
+        as u64
+}
+
+/// Runs the relay phase of A·B on the lease's seven `peers`, writing C's
+/// quadrants into `c` as they arrive.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run<T: Element>(
+    requester: &Requester,
+    a: Arc<Array2<T>>,
+    b: Arc<Array2<T>>,
+    c: &Mutex<Array2<T>>,
+    split: Split,
+    peers: &[PeerAddr; 7],
+    started: Instant,
+    progress: &ProgressFn,
+) -> Outcome {
+    let config = &requester.config;
+    let (mh, kh, nh) = split.half();
+    let rounds = config.verify_rounds.max(1);
+    let roles = Roles::choose(split);
+    let a_panels = Panels::choose(mh, kh.max(nh), T::DTYPE);
+    let b_panels = Panels::choose(kh, nh, T::DTYPE);
+    let job_id = JobId(rand::rng().random());
+    // R: the first `rounds` columns are sent to the slots, the rest never leave.
+    let r_all = Verifier::<T>::draw(split, 2 * rounds);
+    let r_pub = r_all.slice(s![.., ..rounds]).to_owned();
+    let plan_for = |you: usize| RelayPlan {
+        job_id,
+        dtype: T::DTYPE,
+        m: split.m as u64,
+        k: split.k as u64,
+        n: split.n as u64,
+        a_panel: a_panels.per as u64,
+        b_panel: b_panels.per as u64,
+        rounds: rounds as u32,
+        peers: peers.iter().map(|p| p.addr.clone()).collect(),
+        roles,
+        you: you as u8,
+    };
+    let plan = Arc::new(plan_for(0));
+    let verifier = if config.verify {
+        let (a, b, r) = (a.clone(), b.clone(), r_all.clone());
+        Some(tokio::task::spawn_blocking(move || Verifier::with_vectors(a.view(), b.view(), split, r)))
+    } else {
+        None
+    };
+    let mut report = RelayReport {
+        a_panel_rows: a_panels.per,
+        b_panel_rows: b_panels.per,
+        plan_sent_s: 0.0,
+        quadrants_verified: Vec::new(),
+        slots: Vec::new(),
+        failure: None,
+    };
+    let mut outcome = Outcome {
+        verified: [false; 4],
+        blamed: Vec::new(),
+        unverifiable: None,
+        bytes_sent: 0,
+        bytes_received: 0,
+        report: report.clone(),
+    };
+    let c_part_len = frame_len(PartId { block: Block::C(Quad::Q11), panel: 0 }, T::DTYPE, (a_panels.per, nh));
+    let limits = ConnLimits {
+        max_frame_len: (c_part_len as usize).max((mh * rounds * T::DTYPE.size()) + 1024).max(1 << 20),
+        handshake_timeout: config.silence_timeout.min(config.io_timeout),
+        stall_timeout: Some(config.silence_timeout.min(config.io_timeout)),
+        idle_timeout: Some(config.silence_timeout),
+        security: config.security.clone(),
+    };
+
+    // 1. Connect and hand out the plan and R, to all seven at once.
+    let r_pub = Arc::new(r_pub);
+    let mut connecting = tokio::task::JoinSet::new();
+    for (slot, peer) in peers.iter().enumerate() {
+        let (limits, plan, r_pub, addr) = (limits.clone(), plan_for(slot), r_pub.clone(), peer.addr.clone());
+        connecting.spawn(async move {
+            let conn = async {
+                let mut conn = Connection::connect(&addr, Role::Client, limits)
+                    .await
+                    .map_err(|e| e.naming(|| format!("the worker at {addr}")))?;
+                let meter = Arc::new(AtomicU64::new(0));
+                conn.writer.set_meter(Some(meter.clone()));
+                conn.writer.send(&WorkerRequest::Relay(plan)).await?;
+                let part = PartId { block: Block::Vectors, panel: 0 };
+                conn.writer.send_blocks(part.task_id(), BlockOp::Part, &[T::view(r_pub.view())]).await?;
+                Ok::<_, Error>((conn, meter))
+            };
+            (slot, conn.await)
+        });
+    }
+    let connected = deadline(config.io_timeout, "the slots to take their plans", async {
+        let mut out: Vec<Option<Result<_, Error>>> = (0..SLOTS).map(|_| None).collect();
+        while let Some(done) = connecting.join_next().await {
+            let (slot, result) = done.map_err(|e| Error::Invalid(format!("handing out a plan panicked: {e}")))?;
+            out[slot] = Some(result);
+        }
+        Ok::<_, Error>(out.into_iter().map(|o| o.expect("every slot answered")).collect::<Vec<_>>())
+    })
+    .await;
+    report.plan_sent_s = started.elapsed().as_secs_f64();
+    let connected = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            outcome.report = RelayReport { failure: Some(format!("handing out the plan: {e}")), ..report };
+            return outcome;
+        }
+    };
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    let mut meters = Vec::new();
+    for (slot, result) in connected.into_iter().enumerate() {
+        match result {
+            Ok((conn, meter)) => {
+                readers.push(Some(conn.reader));
+                writers.push(Some(conn.writer));
+                meters.push(meter);
+            }
+            Err(e) => {
+                warn!(slot, peer = %peers[slot].addr, error = %e, "a slot could not take its plan");
+                outcome.blamed.push((slot, format!("could not take its plan: {e}")));
+            }
+        }
+    }
+    if !outcome.blamed.is_empty() {
+        outcome.report = RelayReport { failure: Some("a slot could not take its plan".into()), ..report };
+        return outcome;
+    }
+    info!(%job_id, a_panel = a_panels.per, b_panel = b_panels.per, "relay: plans out");
+
+    // 2. The writers, and the sequencer that feeds them in send order.
+    let (heard_tx, mut heard_rx) = mpsc::unbounded_channel::<Heard>();
+    let mut send_txs = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (slot, writer) in writers.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel::<Send>(2);
+        send_txs.push(tx);
+        let (a, b, plan, heard) = (a.clone(), b.clone(), plan.clone(), heard_tx.clone());
+        let writer = writer.expect("every slot connected");
+        let io_timeout = config.io_timeout;
+        tasks.spawn(async move {
+            if let Err(e) = write_slot(writer, rx, &a, &b, split, &plan, io_timeout).await {
+                let _ = heard.send(Heard::Lost(slot, format!("sending to it failed: {e}")));
+            }
+        });
+    }
+    {
+        let (a, b, plan) = (a.clone(), b.clone(), plan.clone());
+        let order = send_order(a_panels, b_panels);
+        tokio::task::spawn_blocking(move || {
+            for part in order {
+                let x = part.block.input_index().expect("only quadrants are sent");
+                let holder = plan.roles.holders[x] as usize;
+                let digest = relay::digest(part_of(&a, &b, split, &plan, part).view());
+                for (user, _) in relay::users(x) {
+                    if user != holder
+                        && send_txs[user].blocking_send(Send::Digests(vec![(part.task_id().0, digest)])).is_err()
+                    {
+                        return;
+                    }
+                }
+                if send_txs[holder].blocking_send(Send::Part(part)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    // 3. The readers.
+    let received = Arc::new(AtomicU64::new(0));
+    for (slot, reader) in readers.into_iter().enumerate() {
+        let mut reader = reader.expect("every slot connected");
+        let (heard, received) = (heard_tx.clone(), received.clone());
+        tasks.spawn(async move {
+            loop {
+                let event = match reader.read_frame().await {
+                    Ok(Some(Frame::Blocks(blk))) if blk.op == BlockOp::Part => {
+                        let shape = blk.mats.first().map(|m| m.shape()).unwrap_or((0, 0));
+                        let len =
+                            BlocksHeader { task_id: blk.task_id, op: blk.op, dtype: T::DTYPE, shapes: vec![shape] }
+                                .frame_len()
+                                .unwrap_or(0);
+                        received.fetch_add(len as u64, Ordering::Relaxed);
+                        match (PartId::from_task_id(blk.task_id), blk.mats.into_iter().next()) {
+                            (Ok(part), Some(m)) => Heard::Part(slot, part, m),
+                            _ => Heard::Lost(slot, "sent a malformed part".into()),
+                        }
+                    }
+                    Ok(Some(Frame::Control(body))) => {
+                        received.fetch_add(body.as_bytes().len() as u64 + 5, Ordering::Relaxed);
+                        match body.decode::<WorkerReply>() {
+                            Ok(WorkerReply::Working) => continue,
+                            Ok(WorkerReply::RelayDone(stats)) => Heard::Done(slot, stats),
+                            Ok(WorkerReply::RelayFailed { blame, message }) => Heard::Failed(slot, blame, message),
+                            Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, f.message),
+                            Ok(other) => {
+                                Heard::Lost(slot, format!("sent {}", septet_common::proto::Control::kind(&other)))
+                            }
+                            Err(e) => Heard::Lost(slot, e.to_string()),
+                        }
+                    }
+                    Ok(Some(Frame::Blocks(_))) => Heard::Lost(slot, "sent blocks that are not a part".into()),
+                    Ok(None) => Heard::Lost(slot, "closed the connection".into()),
+                    Err(e) => Heard::Lost(slot, e.to_string()),
+                };
+                let last = !matches!(event, Heard::Part(..));
+                if heard.send(event).is_err() || last {
+                    return;
+                }
+            }
+        });
+    }
+    drop(heard_tx);
+
+    // 4. Gather C.
+    let mut gather = Gather::<T>::new(&plan, split, r_all);
+    let limit = relay_deadline(requester, split);
+    let until = tokio::time::Instant::now() + limit;
+    let mut stats: Vec<Option<RelayStats>> = vec![None; SLOTS];
+    let mut failure: Option<String> = None;
+    let mut grace: Option<tokio::time::Instant> = None;
+    loop {
+        let complete = gather.panels_left.iter().all(|&n| n == 0);
+        if complete && stats.iter().all(Option::is_some) {
+            break;
+        }
+        if complete && grace.is_none() {
+            // C is in: the rest of the slots' stats and fingerprints come
+            // within moments, or not at all.
+            grace = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+        let wait_until = grace.map_or(until, |g| g.min(until));
+        let heard = tokio::select! {
+            heard = heard_rx.recv() => heard,
+            _ = tokio::time::sleep_until(wait_until) => {
+                if grace.is_none() && failure.is_none() {
+                    failure = Some(format!("C was not back within {limit:?}"));
+                }
+                break;
+            }
+        };
+        let Some(heard) = heard else { break };
+        match heard {
+            Heard::Part(slot, part, m) => {
+                let t = Instant::now();
+                if let Err(why) = gather.take(slot, part, m, c) {
+                    outcome.blamed.push((slot, why.clone()));
+                    failure.get_or_insert(format!("slot {slot}: {why}"));
+                }
+                debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
+                if let Block::C(q) = part.block {
+                    if gather.panels_left[q.index()] == 0 {
+                        progress(super::Progress::Received { product: quad_name(q), bytes: gather.bytes[q.index()] });
+                    }
+                }
+            }
+            Heard::Done(slot, s) => stats[slot] = Some(s),
+            // The first failure ends the relay: closing the links cancels
+            // the job on every slot, and what they say after that (links
+            // closing under them) blames nobody.
+            Heard::Failed(slot, blame, message) => {
+                let at_fault = blame.map(usize::from).filter(|&b| b < SLOTS).unwrap_or(slot);
+                warn!(slot, blame = at_fault, %message, "relay: a slot gave up");
+                outcome.blamed.push((at_fault, message.clone()));
+                failure.get_or_insert(format!("slot {slot} gave up: {message}"));
+                break;
+            }
+            Heard::Lost(slot, why) => {
+                if stats[slot].is_none() {
+                    warn!(slot, %why, "relay: lost a slot");
+                    outcome.blamed.push((slot, why.clone()));
+                    failure.get_or_insert(format!("slot {slot}: {why}"));
+                    break;
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    // Closing the links ends the job on every slot, however far it got.
+    tasks.shutdown().await;
+    outcome.bytes_sent = meters.iter().map(|m| m.load(Ordering::Relaxed)).sum();
+    outcome.bytes_received = received.load(Ordering::Relaxed);
+
+    // 5. Check what came back.
+    let verifier = match verifier {
+        Some(v) => match v.await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                failure.get_or_insert(format!("preparing the check: {e}"));
+                None
+            }
+            Err(e) => {
+                failure.get_or_insert(format!("preparing the check panicked: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    for q in Quad::ALL {
+        let qi = q.index();
+        if gather.panels_left[qi] != 0 || gather.bad[qi] {
+            continue;
+        }
+        let Some(v) = &verifier else {
+            outcome.verified[qi] = !config.verify;
+            continue;
+        };
+        match gather.check(q, v) {
+            Ok(()) => outcome.verified[qi] = true,
+            Err(Check::NonFinite(cause)) => {
+                outcome.unverifiable = Some((plan.roles.reducers[qi] as usize, cause));
+            }
+            Err(Check::Wrong(why)) => {
+                // The products' fingerprints say who: a wrong one names its
+                // slot; if all are right, the reducer summed wrong.
+                let mut culprits: Vec<usize> =
+                    relay::feeders(q).map(|(i, _)| i).filter(|&i| gather.fingerprint_wrong(i, v, rounds)).collect();
+                if culprits.is_empty() {
+                    culprits.push(plan.roles.reducers[qi] as usize);
+                }
+                for slot in culprits {
+                    outcome.blamed.push((slot, format!("C{} failed its check: {why}", q.suffix())));
+                }
+                failure.get_or_insert(format!("C{} failed its check", q.suffix()));
+            }
+        }
+    }
+    report.quadrants_verified =
+        Quad::ALL.iter().filter(|q| outcome.verified[q.index()]).map(|q| format!("C{}", q.suffix())).collect();
+    report.failure = failure;
+    report.slots = slot_reports(&plan, peers, &stats, &meters, report.plan_sent_s);
+    outcome.report = report;
+    outcome
+}
+
+fn quad_name(q: Quad) -> &'static str {
+    ["C11", "C12", "C21", "C22"][q.index()]
+}
+
+/// How long the relay phase may take: the I/O timeout, plus a product's
+/// work at the slowest compute rate allowed, plus A, B and C over the
+/// requester's link at 5 MB/s.
+fn relay_deadline(requester: &Requester, split: Split) -> Duration {
+    let bytes = (2 * split.m * split.k + 2 * split.k * split.n + split.m * split.n) as f64 * 8.0;
+    requester.product_deadline(split) + Duration::from_secs_f64(bytes / 5e6)
+}
+
+/// Writes what the sequencer hands this slot: its held panels and the
+/// digests of what it receives by forward.
+async fn write_slot<T: Element>(
+    mut writer: FrameWriter<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Send>,
+    a: &Array2<T>,
+    b: &Array2<T>,
+    split: Split,
+    plan: &RelayPlan,
+    io_timeout: Duration,
+) -> septet_common::Result<()> {
+    while let Some(send) = rx.recv().await {
+        match send {
+            Send::Digests(d) => {
+                deadline(io_timeout, "a slot to take digests", writer.send(&WorkerRequest::Digests(d))).await?
+            }
+            Send::Part(part) => {
+                let data = part_of(a, b, split, plan, part);
+                let len = frame_len(part, T::DTYPE, data.view().dim());
+                let limit = io_timeout + Duration::from_secs_f64(len as f64 / 1e6);
+                deadline(
+                    limit,
+                    "a slot to take a panel",
+                    writer.send_blocks(part.task_id(), BlockOp::Part, &[T::view(data.view())]),
+                )
+                .await?;
+            }
+        }
+    }
+    // Keep the write side open: closing it would end the job on the slot.
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Why a C quadrant was refused.
+enum Check {
+    NonFinite(NonFinite),
+    Wrong(String),
+}
+
+/// C as it comes back: panels placed, their C·R formed as they arrive.
+struct Gather<T> {
+    plan: Arc<RelayPlan>,
+    split: Split,
+    /// Per quadrant: C_q·R for the rows in, panels still missing, bytes.
+    cr: Vec<Array2<T>>,
+    panels_left: [usize; 4],
+    seen: std::collections::HashSet<u64>,
+    bytes: [u64; 4],
+    /// A quadrant held non-finite values or came from the wrong slot.
+    bad: [bool; 4],
+    fingerprints: HashMap<usize, Array2<T>>,
+    /// All the job's vectors, public and secret.
+    r: Array2<T>,
+}
+
+impl<T: Element> Gather<T> {
+    fn new(plan: &Arc<RelayPlan>, split: Split, r: Array2<T>) -> Self {
+        let (mh, _, _) = split.half();
+        let columns = r.ncols();
+        let panels = plan.a_panels().count();
+        Self {
+            plan: plan.clone(),
+            split,
+            cr: (0..4).map(|_| Array2::zeros((mh, columns))).collect(),
+            panels_left: [panels; 4],
+            seen: Default::default(),
+            bytes: [0; 4],
+            bad: [false; 4],
+            fingerprints: HashMap::new(),
+            r,
+        }
+    }
+
+    /// Takes a part from `slot`: a C panel goes into C, a fingerprint is kept.
+    fn take(
+        &mut self,
+        slot: usize,
+        part: PartId,
+        m: septet_common::Matrix,
+        c: &Mutex<Array2<T>>,
+    ) -> Result<(), String> {
+        if Some(m.shape()) != self.plan.part_shape(part) || !self.seen.insert(part.task_id().0) {
+            return Err(format!("sent {} of shape {:?} (or twice)", part.name(), m.shape()));
+        }
+        let m = T::from_matrix(m).map_err(|_| "sent a part of the wrong dtype".to_string())?;
+        match part.block {
+            Block::C(q) if self.plan.roles.reducers[q.index()] as usize == slot => {
+                let qi = q.index();
+                let rows = self.plan.a_panels().range(part.panel as usize);
+                self.bytes[qi] += frame_len(part, T::DTYPE, m.dim());
+                self.panels_left[qi] -= 1;
+                // Place the real part of the panel in C.
+                let (mh, _, nh) = self.split.half();
+                let (row0, col0) = match q {
+                    Quad::Q11 => (0, 0),
+                    Quad::Q12 => (0, nh),
+                    Quad::Q21 => (mh, 0),
+                    Quad::Q22 => (mh, nh),
+                };
+                let real_rows = (self.split.m.saturating_sub(row0)).min(mh);
+                let real_cols = (self.split.n.saturating_sub(col0)).min(nh);
+                let take = rows.start.min(real_rows)..rows.end.min(real_rows);
+                if !take.is_empty() && real_cols > 0 {
+                    let src = m.slice(s![..take.len(), ..real_cols]);
+                    c.lock().slice_mut(s![row0 + take.start..row0 + take.end, col0..col0 + real_cols]).assign(&src);
+                }
+                matmul_into(self.cr[qi].slice_mut(s![rows, ..]), m.view(), self.r.view(), false, faer::Par::Seq)
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            Block::Fingerprint(i) if i == slot => {
+                self.fingerprints.insert(i, m);
+                Ok(())
+            }
+            _ => Err(format!("sent {}, which is not its to send", part.name())),
+        }
+    }
+
+    /// Checks C quadrant `q`: C_q·r against Σ ±X_i·(Y_i·r) over the
+    /// products feeding it, for every column of r (public and secret),
+    /// within the sum of the products' tolerances.
+    fn check(&self, q: Quad, v: &Verifier<T>) -> Result<(), Check> {
+        let cr = &self.cr[q.index()];
+        let mut expected = Array2::<T>::zeros(cr.dim());
+        let mut tolerance = 0.0;
+        for (i, sign) in relay::feeders(q) {
+            match sign {
+                septet_common::strassen::Sign::Plus => expected += &v.expected(i),
+                septet_common::strassen::Sign::Minus => expected -= &v.expected(i),
+            }
+            tolerance += v.tolerance(i);
+        }
+        compare(cr.view(), expected.view(), tolerance).map_err(|e| match e {
+            Compare::NonFinite(cause) => Check::NonFinite(cause),
+            Compare::Off { worst, row } => Check::Wrong(format!(
+                "|C{}·r − Σ X·(Y·r)| is {worst:.3e} in row {row} (tolerance {tolerance:.3e})",
+                q.suffix()
+            )),
+        })
+    }
+
+    /// Whether product `i`'s fingerprint (M·r for the public columns of r)
+    /// disagrees with the requester's X·(Y·r). A fingerprint that never
+    /// came blames nobody.
+    fn fingerprint_wrong(&self, i: usize, v: &Verifier<T>, rounds: usize) -> bool {
+        let Some(fp) = self.fingerprints.get(&i) else { return false };
+        let expected = v.expected(i);
+        compare(fp.view(), expected.slice(s![.., ..rounds]), v.tolerance(i)).is_err()
+    }
+}
+
+enum Compare {
+    NonFinite(NonFinite),
+    Off { worst: f64, row: usize },
+}
+
+/// Compares `got` with `want` elementwise within `tolerance`.
+fn compare<T: Element>(got: ArrayView2<'_, T>, want: ArrayView2<'_, T>, tolerance: f64) -> Result<(), Compare> {
+    if got.dim() != want.dim() {
+        return Err(Compare::Off { worst: f64::INFINITY, row: 0 });
+    }
+    if !tolerance.is_finite() || want.iter().any(|x| !x.to_f64().is_finite()) {
+        return Err(Compare::NonFinite(NonFinite::Inputs));
+    }
+    if got.iter().any(|x| !x.to_f64().is_finite()) {
+        return Err(Compare::NonFinite(NonFinite::Product));
+    }
+    let mut worst = (0.0f64, 0);
+    for (((row, _), g), w) in got.indexed_iter().zip(want.iter()) {
+        let d = (g.to_f64() - w.to_f64()).abs();
+        if d > worst.0 || d.is_nan() {
+            worst = (d, row);
+        }
+    }
+    if worst.0.is_nan() || worst.0 > tolerance {
+        return Err(Compare::Off { worst: worst.0, row: worst.1 });
+    }
+    Ok(())
+}
+
+fn slot_reports(
+    plan: &RelayPlan,
+    peers: &[PeerAddr; 7],
+    stats: &[Option<RelayStats>],
+    meters: &[Arc<AtomicU64>],
+    plan_sent_s: f64,
+) -> Vec<SlotReport> {
+    let at = |us: u64| (us > 0).then(|| plan_sent_s + us as f64 / 1e6);
+    (0..SLOTS)
+        .map(|slot| {
+            let s = stats[slot].clone().unwrap_or_default();
+            let sum = |v: &[u64]| v.iter().sum::<u64>();
+            SlotReport {
+                slot,
+                product: septet_common::strassen::PRODUCTS[slot].name,
+                peer: peers[slot].clone(),
+                holds: (0..8)
+                    .filter(|&x| plan.roles.holders[x] as usize == slot)
+                    .map(|x| if x < 4 { Block::A(Quad::ALL[x]) } else { Block::B(Quad::ALL[x - 4]) }.name())
+                    .collect(),
+                reduces: plan.roles.reduced_by(slot).into_iter().map(|q| format!("C{}", q.suffix())).collect(),
+                bytes_in: sum(&s.bytes_in),
+                bytes_out: sum(&s.bytes_out),
+                from_requester: meters.get(slot).map_or(0, |m| m.load(Ordering::Relaxed)),
+                to_requester: s.bytes_out.get(SLOTS).copied().unwrap_or(0),
+                compute_s: s.compute_us as f64 / 1e6,
+                inputs_done_s: at(s.inputs_done_us),
+                compute_start_s: at(s.compute_start_us),
+                compute_end_s: at(s.compute_end_us),
+                reduce_start_s: at(s.reduce_start_us),
+                done_s: at(s.done_us),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,930 @@
+//! A worker's side of a relayed job ([`septet_common::relay`]): one *node*
+//! per job, fed by the job's connections.
+//!
+//! - The requester's connection (`WorkerRequest::Relay`) brings the plan,
+//!   the public vectors R, the panels of the quadrants this slot holds and
+//!   the digests of the panels it will receive by forward. It carries back
+//!   this slot's C panels (if it reduces), its product's fingerprint M·R,
+//!   and `RelayDone` — or `RelayFailed` naming the slot at fault. When it
+//!   closes, the job ends here, whatever state it is in.
+//! - Each peer that sends this slot parts opens a connection of its own
+//!   (`WorkerRequest::Join`); this slot opens one to each peer it sends to.
+//!
+//! The node takes parts in any order: a held quadrant's panel is forwarded
+//! to the slots that need it as soon as it arrives (and kept if this slot
+//! needs it); a forwarded panel is used only once it matches the digest the
+//! requester sent; Y (the sum of this product's B quadrants) is formed once
+//! they are all in, then each panel of the product is computed as soon as
+//! its A panels are in, sent to the reducers and folded into the product's
+//! fingerprint; a reducer sends each panel of its C quadrant once all the
+//! products feeding it have arrived. Every part a connection brings is
+//! checked against the plan — the sender must be the slot the plan says,
+//! the shape the plan's, each part once — so a peer can make the job fail,
+//! but not make the node hold more than the plan's blocks.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::{s, Array2};
+use parking_lot::Mutex;
+use septet_common::conn::ConnLimits;
+use septet_common::frame::{BlockOp, BlocksHeader};
+use septet_common::matrix::{matmul, parallelism};
+use septet_common::proto::{JobId, RelayStats, WorkerReply, WorkerRequest};
+use septet_common::relay::{self, Block, PartId, RelayPlan, Roles, SLOTS};
+use septet_common::strassen::{Quad, Sign, PRODUCTS};
+use septet_common::{deadline, Connection, Dtype, Element, Frame, FrameReader, FrameWriter, Matrix, Role};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::server::WorkerConfig;
+
+/// Index of the requester in [`RelayStats`]' byte counts.
+const REQUESTER: usize = SLOTS;
+
+/// Slowest rate, in bytes per second, at which a peer must take a part
+/// (beyond the I/O timeout) before the link is given up.
+const MIN_PART_RATE: f64 = 1e6;
+
+/// The relayed jobs running on this worker, by id: how a peer's `Join`
+/// finds its job.
+#[derive(Default)]
+pub(crate) struct Relays {
+    jobs: Mutex<HashMap<JobId, Entry>>,
+    changed: Notify,
+}
+
+#[derive(Clone)]
+struct Entry {
+    plan: Arc<RelayPlan>,
+    inbox: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
+}
+
+/// Jobs a worker runs at once, beyond which a plan is refused.
+const MAX_JOBS: usize = 64;
+
+impl Relays {
+    fn insert(&self, entry: Entry) -> Result<(), String> {
+        let mut jobs = self.jobs.lock();
+        if jobs.len() >= MAX_JOBS {
+            return Err(format!("this worker already runs {MAX_JOBS} relayed jobs"));
+        }
+        if jobs.contains_key(&entry.plan.job_id) {
+            return Err(format!("job {} is already running here", entry.plan.job_id));
+        }
+        jobs.insert(entry.plan.job_id, entry);
+        drop(jobs);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    fn remove(&self, job_id: JobId) {
+        self.jobs.lock().remove(&job_id);
+    }
+
+    /// The job, once its plan has arrived (a peer's first forward may
+    /// overtake it), waiting at most `limit`.
+    async fn wait_for(&self, job_id: JobId, limit: Duration) -> Option<Entry> {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            if let Some(e) = self.jobs.lock().get(&job_id) {
+                return Some(e.clone());
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Who sent a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    Requester,
+    Slot(usize),
+}
+
+/// What the node hears.
+enum Event {
+    Part {
+        from: From,
+        part: PartId,
+        data: Matrix,
+    },
+    Digests(Vec<(u64, [u8; 32])>),
+    /// A link to or from `slot` failed.
+    Link {
+        slot: usize,
+        error: String,
+    },
+    /// A peer's link closed cleanly after `parts` parts.
+    Closed {
+        slot: usize,
+    },
+    /// A link to `slot` delivered everything: `bytes` written.
+    Sent {
+        slot: usize,
+        bytes: u64,
+    },
+}
+
+/// What goes back to the requester.
+enum Out {
+    Part(PartId, Matrix),
+    Reply(WorkerReply),
+}
+
+/// How many parts slot `me` receives from each sender (slots 0..7, the
+/// requester at 7) by `plan`.
+fn expected_counts(plan: &RelayPlan, me: usize) -> [usize; SLOTS + 1] {
+    let mut counts = [0; SLOTS + 1];
+    let roles = &plan.roles;
+    let panels = |x: usize| if x < 4 { plan.a_panels().count() } else { plan.b_panels().count() };
+    for x in 0..8 {
+        let holder = roles.holders[x] as usize;
+        if holder == me {
+            counts[REQUESTER] += panels(x);
+        } else if relay::users(x).any(|(u, _)| u == me) {
+            counts[holder] += panels(x);
+        }
+    }
+    counts[REQUESTER] += 1; // R
+    for (from, count) in counts.iter_mut().enumerate().take(SLOTS) {
+        if from != me && roles.product_targets(from).contains(&me) {
+            *count += plan.a_panels().count();
+        }
+    }
+    counts
+}
+
+/// Whether `from` may send `part` to slot `me`, by `plan`.
+fn may_send(plan: &RelayPlan, me: usize, from: From, part: PartId) -> bool {
+    let roles = &plan.roles;
+    match (from, part.block) {
+        (From::Requester, Block::Vectors) => true,
+        (From::Requester, b) => b.input_index().is_some_and(|x| roles.holders[x] as usize == me),
+        (From::Slot(f), Block::M(i)) => i == f && f != me && roles.product_targets(f).contains(&me),
+        (From::Slot(f), b) => b
+            .input_index()
+            .is_some_and(|x| roles.holders[x] as usize == f && f != me && relay::users(x).any(|(u, _)| u == me)),
+    }
+}
+
+/// Checks a part against the plan before it is queued: the sender's, of
+/// the plan's shape and dtype.
+fn admit(plan: &RelayPlan, me: usize, from: From, part: PartId, data: &Matrix) -> Result<(), String> {
+    if !may_send(plan, me, from, part) {
+        return Err(format!("sent {}, which the plan does not have it send here", part.name()));
+    }
+    if data.dtype() != plan.dtype || Some(data.shape()) != plan.part_shape(part) {
+        return Err(format!(
+            "sent {} as a {} {:?}, not the plan's {} {:?}",
+            part.name(),
+            data.dtype(),
+            data.shape(),
+            plan.dtype,
+            plan.part_shape(part)
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes of a part's frame on the wire (before encryption).
+fn frame_bytes(part: PartId, dtype: Dtype, shape: (usize, usize)) -> u64 {
+    BlocksHeader { task_id: part.task_id(), op: BlockOp::Part, dtype, shapes: vec![shape] }.frame_len().unwrap_or(0)
+        as u64
+}
+
+/// Serves a relayed job's requester connection: the plan came first.
+pub(crate) async fn lead(
+    plan: RelayPlan,
+    mut reader: FrameReader<OwnedReadHalf>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    config: WorkerConfig,
+    slots: Arc<Semaphore>,
+    relays: Arc<Relays>,
+    cancel: CancellationToken,
+) {
+    let started = Instant::now();
+    let (out_tx, out_rx) = mpsc::channel::<Out>(4);
+    let writer_task = {
+        let config = config.clone();
+        tokio::spawn(async move { write_out(writer, out_rx, &config).await })
+    };
+    let max_bytes = (config.max_frame_len as u64).saturating_mul(8);
+    let job_cancel = cancel.child_token();
+    let (inbox, inbox_rx) = mpsc::unbounded_channel();
+    let plan = Arc::new(plan);
+    let admitted = plan
+        .validate(config.max_frame_len, max_bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|()| relays.insert(Entry { plan: plan.clone(), inbox: inbox.clone(), cancel: job_cancel.clone() }));
+    if let Err(message) = admitted {
+        warn!(%message, "relay plan refused");
+        let _ = out_tx.send(Out::Reply(WorkerReply::RelayFailed { blame: None, message })).await;
+        drop(out_tx);
+        let _ = writer_task.await;
+        return;
+    }
+    let me = plan.you as usize;
+    info!(job = %plan.job_id, slot = me, product = PRODUCTS[me].name, "relayed job");
+    let node = {
+        let (plan, out_tx, cancel, config) = (plan.clone(), out_tx.clone(), job_cancel.clone(), config.clone());
+        tokio::spawn(async move {
+            let (links, links_rx) = mpsc::unbounded_channel();
+            let result = match plan.dtype {
+                Dtype::F64 => {
+                    Node::<f64>::new(plan.clone(), started, config, links)
+                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots)
+                        .await
+                }
+                Dtype::F32 => {
+                    Node::<f32>::new(plan.clone(), started, config, links)
+                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots)
+                        .await
+                }
+            };
+            let reply = match result {
+                Ok(stats) => WorkerReply::RelayDone(stats),
+                Err(Failed { blame, message }) => {
+                    warn!(job = %plan.job_id, blame = ?blame, %message, "relayed job failed");
+                    WorkerReply::RelayFailed { blame: blame.map(|b| b as u8), message }
+                }
+            };
+            let _ = out_tx.send(Out::Reply(reply)).await;
+        })
+    };
+    let counts = expected_counts(&plan, me);
+    let mut parts = 0;
+    tokio::pin!(node);
+    loop {
+        let frame = tokio::select! {
+            _ = job_cancel.cancelled() => break,
+            _ = &mut node => break,
+            frame = reader.read_frame() => frame,
+        };
+        let event = match frame {
+            Ok(Some(Frame::Blocks(b))) if b.op == BlockOp::Part && parts < counts[REQUESTER] => {
+                parts += 1;
+                let Ok(part) = PartId::from_task_id(b.task_id) else { break };
+                let Some(data) = b.mats.into_iter().next() else { break };
+                if let Err(e) = admit(&plan, me, From::Requester, part, &data) {
+                    debug!(error = %e, "the requester broke the plan");
+                    break;
+                }
+                Event::Part { from: From::Requester, part, data }
+            }
+            Ok(Some(Frame::Control(body))) => match body.decode::<WorkerRequest>() {
+                Ok(WorkerRequest::Digests(d)) if d.len() <= 4096 => Event::Digests(d),
+                _ => break,
+            },
+            // The requester closed (it has C, or gave up), or broke the protocol.
+            _ => break,
+        };
+        if inbox.send(event).is_err() {
+            break;
+        }
+    }
+    // The node is done (its last reply is queued) or the requester left.
+    if !node.is_finished() {
+        job_cancel.cancel();
+        let _ = node.await;
+    }
+    relays.remove(plan.job_id);
+    job_cancel.cancel();
+    drop(out_tx);
+    let _ = writer_task.await;
+}
+
+/// Serves a peer's connection to a relayed job: parts from slot `from`.
+pub(crate) async fn follow(
+    job_id: JobId,
+    from: u8,
+    mut reader: FrameReader<OwnedReadHalf>,
+    config: WorkerConfig,
+    relays: Arc<Relays>,
+) {
+    let Some(entry) = relays.wait_for(job_id, config.io_timeout).await else {
+        debug!(%job_id, "a peer joined a job this worker does not run");
+        return;
+    };
+    let (plan, me, from) = (&entry.plan, entry.plan.you as usize, from as usize);
+    if from >= SLOTS || from == me {
+        return;
+    }
+    let expected = expected_counts(plan, me)[from];
+    let mut parts = 0;
+    let event = loop {
+        let frame = tokio::select! {
+            _ = entry.cancel.cancelled() => return,
+            frame = reader.read_frame() => frame,
+        };
+        match frame {
+            Ok(Some(Frame::Blocks(b))) if b.op == BlockOp::Part && parts < expected => {
+                parts += 1;
+                let part = match PartId::from_task_id(b.task_id) {
+                    Ok(p) => p,
+                    Err(e) => break Event::Link { slot: from, error: e.to_string() },
+                };
+                let Some(data) = b.mats.into_iter().next() else { break Event::Closed { slot: from } };
+                if let Err(error) = admit(plan, me, From::Slot(from), part, &data) {
+                    break Event::Link { slot: from, error };
+                }
+                if entry.inbox.send(Event::Part { from: From::Slot(from), part, data }).is_err() {
+                    return;
+                }
+            }
+            Ok(Some(_)) => {
+                break Event::Link { slot: from, error: "sent something other than the plan's parts".into() }
+            }
+            Ok(None) => break Event::Closed { slot: from },
+            Err(e) => break Event::Link { slot: from, error: e.to_string() },
+        }
+    };
+    let _ = entry.inbox.send(event);
+}
+
+/// The requester link's writer: parts and replies in order, and `Working`
+/// whenever it has been quiet for the progress interval.
+async fn write_out(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Out>, config: &WorkerConfig) {
+    let mut quiet = tokio::time::interval(config.progress_interval);
+    quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    quiet.tick().await;
+    loop {
+        let out = tokio::select! {
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
+            _ = quiet.tick() => {
+                if deadline(config.io_timeout, "the requester to take a progress frame", writer.send(&WorkerReply::Working)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let sent = match out {
+            Out::Part(part, m) => {
+                let bytes = (m.shape().0 * m.shape().1 * m.dtype().size()) as f64;
+                let limit = config.io_timeout + Duration::from_secs_f64(bytes / MIN_PART_RATE);
+                deadline(
+                    limit,
+                    "the requester to take a part",
+                    writer.send_blocks(part.task_id(), BlockOp::Part, &[m.view()]),
+                )
+                .await
+            }
+            Out::Reply(reply) => {
+                deadline(config.io_timeout, "the requester to take a reply", writer.send(&reply)).await
+            }
+        };
+        if let Err(e) = sent {
+            debug!(error = %e, "could not write to the requester; closing");
+            return;
+        }
+        quiet.reset();
+    }
+}
+
+/// Why the node gave up, and whom it blames.
+struct Failed {
+    blame: Option<usize>,
+    message: String,
+}
+
+fn blame(slot: usize, message: String) -> Failed {
+    Failed { blame: Some(slot), message }
+}
+
+/// Work finished on a blocking thread.
+enum Done<T> {
+    Y(Array2<T>),
+    Panel { panel: usize, m: Array2<T>, mr: Array2<T>, took: Duration },
+}
+
+/// One C quadrant being reduced here.
+struct Reduction<T> {
+    quad: Quad,
+    /// Products feeding it, with signs.
+    feeders: Vec<(usize, Sign)>,
+    /// Per panel: the running sum and how many products it holds.
+    acc: Vec<Option<Array2<T>>>,
+    got: Vec<usize>,
+    sent: usize,
+}
+
+/// A sender to one peer: its queue (parts go out in order).
+type Outbox<T> = mpsc::UnboundedSender<(PartId, Arc<Array2<T>>)>;
+
+/// One slot's share of a relayed job.
+struct Node<T> {
+    plan: Arc<RelayPlan>,
+    me: usize,
+    started: Instant,
+    config: WorkerConfig,
+    /// Where the links to peers report how they ended.
+    links: mpsc::UnboundedSender<Event>,
+    /// (sender, part) pairs received: each part comes once.
+    seen: std::collections::HashSet<(usize, u64)>,
+    /// Digests of parts that arrive by forward, by part task id.
+    digests: HashMap<u64, [u8; 32]>,
+    /// Forwarded parts waiting for their digest.
+    parked: HashMap<u64, (usize, Arc<Array2<T>>)>,
+    /// Verified operand panels this slot uses.
+    inputs: HashMap<PartId, Arc<Array2<T>>>,
+    /// B panels still missing before Y can be formed.
+    b_missing: usize,
+    /// Per A panel: operand panels still missing.
+    a_missing: Vec<usize>,
+    r: Option<Arc<Array2<T>>>,
+    y: Option<Arc<Array2<T>>>,
+    forming_y: bool,
+    ready: VecDeque<usize>,
+    computing: bool,
+    computed: usize,
+    fingerprint: Array2<T>,
+    reductions: Vec<Reduction<T>>,
+    outboxes: HashMap<usize, Outbox<T>>,
+    /// Links to peers still sending.
+    sending: usize,
+    received: [usize; SLOTS + 1],
+    expected: [usize; SLOTS + 1],
+    stats: RelayStats,
+}
+
+impl<T: Element> Node<T> {
+    fn new(plan: Arc<RelayPlan>, started: Instant, config: WorkerConfig, links: mpsc::UnboundedSender<Event>) -> Self {
+        let me = plan.you as usize;
+        let product = &PRODUCTS[me];
+        let (a_panels, b_panels) = (plan.a_panels(), plan.b_panels());
+        let roles: &Roles = &plan.roles;
+        let reductions = roles
+            .reduced_by(me)
+            .into_iter()
+            .map(|quad| Reduction {
+                quad,
+                feeders: relay::feeders(quad).collect(),
+                acc: (0..a_panels.count()).map(|_| None).collect(),
+                got: vec![0; a_panels.count()],
+                sent: 0,
+            })
+            .collect();
+        let (mh, _, _) = plan.split().half();
+        Self {
+            me,
+            started,
+            config,
+            links,
+            seen: std::collections::HashSet::new(),
+            digests: HashMap::new(),
+            parked: HashMap::new(),
+            inputs: HashMap::new(),
+            b_missing: product.right.len() * b_panels.count(),
+            a_missing: vec![product.left.len(); a_panels.count()],
+            r: None,
+            y: None,
+            forming_y: false,
+            ready: VecDeque::new(),
+            computing: false,
+            computed: 0,
+            fingerprint: Array2::zeros((mh, plan.rounds as usize)),
+            reductions,
+            outboxes: HashMap::new(),
+            sending: 0,
+            received: [0; SLOTS + 1],
+            expected: expected_counts(&plan, me),
+            stats: RelayStats {
+                slot: me as u8,
+                bytes_in: vec![0; SLOTS + 1],
+                bytes_out: vec![0; SLOTS + 1],
+                ..RelayStats::default()
+            },
+            plan,
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        (self.started.elapsed().as_micros() as u64).max(1)
+    }
+
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Event>,
+        mut links_rx: mpsc::UnboundedReceiver<Event>,
+        out: &mpsc::Sender<Out>,
+        cancel: &CancellationToken,
+        slots: &Arc<Semaphore>,
+    ) -> Result<RelayStats, Failed> {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Done<T>, String>>();
+        // The job's compute slot, taken once there is something to compute
+        // (forwarding goes on without it).
+        let mut permit = None;
+        while !self.finished() {
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(Failed { blame: None, message: "the job was cancelled".into() }),
+                event = inbox.recv() => match event {
+                    Some(event) => self.take(event, out).await?,
+                    None => return Err(Failed { blame: None, message: "the job's connections closed".into() }),
+                },
+                event = links_rx.recv() => if let Some(event) = event {
+                    self.take(event, out).await?;
+                },
+                done = done_rx.recv() => match done {
+                    Some(Ok(done)) => {
+                        self.computing = false;
+                        self.finish_work(done, out).await?;
+                    }
+                    Some(Err(e)) => return Err(Failed { blame: None, message: e }),
+                    None => {}
+                },
+            }
+            if !self.computing
+                && (self.y.is_none() && self.b_missing == 0 || self.y.is_some() && !self.ready.is_empty())
+            {
+                if permit.is_none() {
+                    permit = Some(tokio::select! {
+                        _ = cancel.cancelled() => return Err(Failed { blame: None, message: "the job was cancelled".into() }),
+                        p = slots.clone().acquire_owned() => p.map_err(|_| Failed { blame: None, message: "the worker is stopping".into() })?,
+                    });
+                }
+                self.start_work(&done_tx);
+            }
+            if self.computed == self.a_missing.len() && !self.outboxes.is_empty() {
+                // (Every held quadrant was used, so every forward is queued too.)
+                // Everything this slot sends to peers is queued: let each
+                // link finish and close.
+                self.outboxes.clear();
+            }
+        }
+        drop(permit);
+        let fingerprint = std::mem::replace(&mut self.fingerprint, Array2::zeros((0, 0)));
+        let part = PartId { block: Block::Fingerprint(self.me), panel: 0 };
+        self.stats.bytes_out[REQUESTER] += frame_bytes(part, T::DTYPE, fingerprint.dim());
+        self.stats.done_us = self.now_us();
+        out.send(Out::Part(part, T::into_matrix(fingerprint))).await.map_err(|_| closed())?;
+        Ok(self.stats)
+    }
+
+    /// Every role done: the product computed, every C panel sent, every
+    /// link to a peer flushed and closed, every expected part received.
+    fn finished(&self) -> bool {
+        self.computed == self.a_missing.len()
+            && self.reductions.iter().all(|r| r.sent == r.acc.len())
+            && self.outboxes.is_empty()
+            && self.sending == 0
+            && self.received == self.expected
+    }
+
+    async fn take(&mut self, event: Event, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
+        match event {
+            Event::Part { from, part, data } => {
+                let index = match from {
+                    From::Requester => REQUESTER,
+                    From::Slot(s) => s,
+                };
+                let culprit = || Failed { blame: (index < SLOTS).then_some(index), message: String::new() };
+                if !self.seen.insert((index, part.task_id().0)) {
+                    return Err(Failed { message: format!("{} arrived twice", part.name()), ..culprit() });
+                }
+                self.received[index] += 1;
+                let data = T::from_matrix(data)
+                    .map_err(|_| Failed { message: "a part of the wrong dtype".into(), ..culprit() })?;
+                self.stats.bytes_in[index] += frame_bytes(part, T::DTYPE, data.dim());
+                self.take_part(from, part, Arc::new(data), out).await
+            }
+            Event::Digests(list) => {
+                for (id, digest) in list {
+                    if let Some((from, data)) = self.parked.remove(&id) {
+                        let part =
+                            PartId::from_task_id(septet_common::TaskId(id)).expect("parked parts have valid ids");
+                        self.verify(from, part, &data, &digest)?;
+                        self.use_input(part, data);
+                    }
+                    self.digests.insert(id, digest);
+                }
+                Ok(())
+            }
+            Event::Link { slot, error } => Err(blame(slot, format!("the link with slot {slot} failed: {error}"))),
+            Event::Closed { slot } => {
+                if self.received[slot] < self.expected[slot] {
+                    return Err(blame(
+                        slot,
+                        format!(
+                            "slot {slot} closed its link after {} of {} parts",
+                            self.received[slot], self.expected[slot]
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Event::Sent { slot, bytes } => {
+                self.stats.bytes_out[slot] += bytes;
+                self.sending -= 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn verify(&self, from: usize, part: PartId, data: &Array2<T>, digest: &[u8; 32]) -> Result<(), Failed> {
+        if relay::digest(data.view()) != *digest {
+            return Err(blame(
+                from,
+                format!("{} forwarded by slot {from} does not match the requester's digest", part.name()),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn take_part(
+        &mut self,
+        from: From,
+        part: PartId,
+        data: Arc<Array2<T>>,
+        out: &mpsc::Sender<Out>,
+    ) -> Result<(), Failed> {
+        match (from, part.block) {
+            (From::Requester, Block::Vectors) => {
+                self.r = Some(data);
+                Ok(())
+            }
+            (From::Requester, _) => {
+                // A held quadrant: pass it on, and use it.
+                let x = part.block.input_index().expect("admitted: a quadrant");
+                for (user, _) in relay::users(x) {
+                    if user != self.me {
+                        #[cfg(feature = "fault-injection")]
+                        if let Some(crate::server::Fault::CorruptForward) = self.config.fault {
+                            let mut bad = Array2::clone(&data);
+                            bad.iter_mut().take(1).for_each(|v| *v += T::from_f64(1.0));
+                            self.send_to(user, part, Arc::new(bad));
+                            continue;
+                        }
+                        self.send_to(user, part, data.clone());
+                    }
+                }
+                self.use_input(part, data);
+                Ok(())
+            }
+            (From::Slot(f), Block::M(i)) => {
+                self.reduce(i, part.panel as usize, &data, out).await.map_err(|e| blame(f, e))
+            }
+            (From::Slot(f), _) => {
+                let id = part.task_id().0;
+                match self.digests.get(&id) {
+                    Some(digest) => {
+                        self.verify(f, part, &data, digest)?;
+                        self.use_input(part, data);
+                    }
+                    None => {
+                        self.parked.insert(id, (f, data));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A verified operand panel this slot's product reads.
+    fn use_input(&mut self, part: PartId, data: Arc<Array2<T>>) {
+        let p = part.panel as usize;
+        match part.block {
+            Block::A(_) => {
+                self.a_missing[p] -= 1;
+                if self.a_missing[p] == 0 {
+                    self.ready.push_back(p);
+                }
+            }
+            _ => self.b_missing -= 1,
+        }
+        if self.stats.inputs_done_us == 0 && self.b_missing == 0 && self.a_missing.iter().all(|&m| m == 0) {
+            self.stats.inputs_done_us = self.now_us();
+        }
+        self.inputs.insert(part, data);
+    }
+
+    /// Queues `data` for slot `to`, opening the link on first use.
+    fn send_to(&mut self, to: usize, part: PartId, data: Arc<Array2<T>>) {
+        let config = &self.config;
+        let outbox = self.outboxes.entry(to).or_insert_with(|| {
+            self.sending += 1;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (addr, job_id, me, links) =
+                (self.plan.peers[to].clone(), self.plan.job_id, self.me as u8, self.links.clone());
+            let limits = ConnLimits {
+                handshake_timeout: config.handshake_timeout,
+                security: config.security.clone(),
+                ..ConnLimits::default()
+            };
+            let io_timeout = config.io_timeout;
+            tokio::spawn(async move {
+                let event = match send_parts::<T>(&addr, job_id, me, rx, limits, io_timeout).await {
+                    Ok(bytes) => Event::Sent { slot: to, bytes },
+                    Err(e) => Event::Link { slot: to, error: e.to_string() },
+                };
+                let _ = links.send(event);
+            });
+            tx
+        });
+        // The link's task holds the receiver until it fails; a failure
+        // arrives as an event.
+        let _ = outbox.send((part, data));
+    }
+
+    fn start_work(&mut self, done: &mpsc::UnboundedSender<Result<Done<T>, String>>) {
+        let threads = self.config.threads;
+        #[cfg(feature = "fault-injection")]
+        let fault = self.config.fault;
+        let product = &PRODUCTS[self.me];
+        let done = done.clone();
+        if self.y.is_none() {
+            // Y = Σ ±B_q, assembled panel by panel.
+            self.forming_y = true;
+            self.computing = true;
+            let (b_panels, (_, kh, nh)) = (self.plan.b_panels(), self.plan.split().half());
+            let terms: Vec<(Sign, Vec<Arc<Array2<T>>>)> = product
+                .right
+                .iter()
+                .map(|&(sign, q)| {
+                    let panels = (0..b_panels.count())
+                        .map(|p| {
+                            self.inputs
+                                .remove(&PartId { block: Block::B(q), panel: p as u32 })
+                                .expect("every B panel is in")
+                        })
+                        .collect();
+                    (sign, panels)
+                })
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                let mut y = septet_common::matrix::alloc_zeroed::<T>((kh, nh));
+                for (sign, panels) in terms {
+                    for (p, part) in panels.iter().enumerate() {
+                        let mut rows = y.slice_mut(s![b_panels.range(p), ..]);
+                        match sign {
+                            Sign::Plus => rows += &**part,
+                            Sign::Minus => rows -= &**part,
+                        }
+                    }
+                }
+                let _ = done.send(Ok(Done::Y(y)));
+            });
+            return;
+        }
+        let Some(panel) = self.ready.pop_front() else { return };
+        self.computing = true;
+        if self.stats.compute_start_us == 0 {
+            self.stats.compute_start_us = self.now_us();
+        }
+        let terms: Vec<(Sign, Arc<Array2<T>>)> = product
+            .left
+            .iter()
+            .map(|&(sign, q)| {
+                let part = PartId { block: Block::A(q), panel: panel as u32 };
+                (sign, self.inputs.remove(&part).expect("a ready panel has its A panels"))
+            })
+            .collect();
+        let (y, r) = (self.y.clone().expect("Y formed"), self.r.clone());
+        tokio::task::spawn_blocking(move || {
+            // A slow worker: slow to compute, still talking.
+            #[cfg(feature = "fault-injection")]
+            if let Some(crate::server::Fault::Delay(d)) = fault {
+                std::thread::sleep(d);
+            }
+            let t = Instant::now();
+            let result = (|| {
+                let x = match terms.as_slice() {
+                    [(Sign::Plus, only)] => Array2::clone(only),
+                    _ => {
+                        let mut x = Array2::<T>::zeros(terms[0].1.dim());
+                        for (sign, part) in &terms {
+                            match sign {
+                                Sign::Plus => x += &**part,
+                                Sign::Minus => x -= &**part,
+                            }
+                        }
+                        x
+                    }
+                };
+                #[allow(unused_mut)]
+                let mut m = matmul(x.view(), y.view(), parallelism(threads)).map_err(|e| e.to_string())?;
+                // A liar: a wrong product, and the fingerprint of that wrong product.
+                #[cfg(feature = "fault-injection")]
+                if let Some(crate::server::Fault::Corrupt) = fault {
+                    m.iter_mut().take(1).for_each(|v| *v += T::from_f64(1.0));
+                }
+                let r = r.ok_or("the requester sent no vectors")?;
+                let mr = matmul(m.view(), r.view(), parallelism(1)).map_err(|e| e.to_string())?;
+                Ok(Done::Panel { panel, m, mr, took: t.elapsed() })
+            })();
+            let _ = done.send(result);
+        });
+    }
+
+    async fn finish_work(&mut self, done: Done<T>, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
+        match done {
+            Done::Y(y) => {
+                self.y = Some(Arc::new(y));
+                self.forming_y = false;
+            }
+            Done::Panel { panel, m, mr, took } => {
+                self.stats.compute_us += took.as_micros() as u64;
+                self.computed += 1;
+                if self.computed == self.a_missing.len() {
+                    self.stats.compute_end_us = self.now_us();
+                    self.y = Some(Arc::new(Array2::zeros((0, 0)))); // Y no longer needed
+                }
+                let rows = self.plan.a_panels().range(panel);
+                self.fingerprint.slice_mut(s![rows, ..]).assign(&mr);
+                let m = Arc::new(m);
+                let part = PartId { block: Block::M(self.me), panel: panel as u32 };
+                for to in self.plan.roles.product_targets(self.me) {
+                    self.send_to(to, part, m.clone());
+                }
+                self.reduce(self.me, panel, &m, out).await.map_err(|e| Failed { blame: None, message: e })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds panel `panel` of product `product` into each C quadrant this
+    /// slot reduces that it feeds; sends each C panel that is complete.
+    async fn reduce(
+        &mut self,
+        product: usize,
+        panel: usize,
+        m: &Array2<T>,
+        out: &mpsc::Sender<Out>,
+    ) -> Result<(), String> {
+        let mut complete = Vec::new();
+        for (k, red) in self.reductions.iter_mut().enumerate() {
+            let Some(&(_, sign)) = red.feeders.iter().find(|(i, _)| *i == product) else { continue };
+            let acc = red.acc[panel].get_or_insert_with(|| Array2::zeros(m.dim()));
+            match sign {
+                Sign::Plus => *acc += m,
+                Sign::Minus => *acc -= m,
+            }
+            red.got[panel] += 1;
+            if red.got[panel] == red.feeders.len() {
+                complete.push(k);
+            }
+        }
+        for k in complete {
+            let red = &mut self.reductions[k];
+            #[allow(unused_mut)]
+            let mut c = red.acc[panel].take().expect("a complete panel has its sum");
+            red.sent += 1;
+            #[cfg(feature = "fault-injection")]
+            if let Some(crate::server::Fault::CorruptReduce) = self.config.fault {
+                c.iter_mut().take(1).for_each(|v| *v += T::from_f64(1.0));
+            }
+            let part = PartId { block: Block::C(red.quad), panel: panel as u32 };
+            if self.stats.reduce_start_us == 0 {
+                self.stats.reduce_start_us = (self.started.elapsed().as_micros() as u64).max(1);
+            }
+            self.stats.bytes_out[REQUESTER] += frame_bytes(part, T::DTYPE, c.dim());
+            out.send(Out::Part(part, T::into_matrix(c)))
+                .await
+                .map_err(|_| "the requester's link closed".to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends parts to slot `to` of job `job_id` over a connection of their
+/// own, in order, until the queue closes: the bytes written.
+async fn send_parts<T: Element>(
+    addr: &str,
+    job_id: JobId,
+    me: u8,
+    mut rx: mpsc::UnboundedReceiver<(PartId, Arc<Array2<T>>)>,
+    limits: ConnLimits,
+    io_timeout: Duration,
+) -> septet_common::Result<u64> {
+    let mut conn = Connection::connect(addr, Role::Client, limits)
+        .await
+        .map_err(|e| e.naming(|| format!("the peer at {addr}")))?;
+    deadline(io_timeout, "a peer to take a Join", conn.writer.send(&WorkerRequest::Join { job_id, from: me })).await?;
+    let mut bytes = 0;
+    while let Some((part, data)) = rx.recv().await {
+        let len = frame_bytes(part, T::DTYPE, data.dim());
+        let limit = io_timeout + Duration::from_secs_f64(len as f64 / MIN_PART_RATE);
+        deadline(
+            limit,
+            "a peer to take a part",
+            conn.writer.send_blocks(part.task_id(), BlockOp::Part, &[T::view(data.view())]),
+        )
+        .await?;
+        bytes += len;
+    }
+    let _ = conn.writer.shutdown().await;
+    Ok(bytes)
+}
+
+fn closed() -> Failed {
+    Failed { blame: None, message: "the requester's link closed".into() }
+}
