@@ -196,6 +196,10 @@ struct MultiplyArgs {
     /// work; 0 turns hedging off.
     #[arg(long, default_value_t = 2, value_name = "N")]
     max_hedges: u32,
+    /// Send each peer its product's operands instead of relaying (the plan
+    /// before the relay), for benchmarks and tests that compare the two.
+    #[arg(long, hide = true)]
+    direct: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -555,6 +559,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         silence_timeout: secs(args.silence_timeout, "--silence-timeout")?,
         max_hedges: args.max_hedges,
         security: args.security.security()?,
+        relay: !args.direct,
         ..RequesterConfig::default()
     });
     if let Some(path) = &args.report {

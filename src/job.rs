@@ -285,6 +285,34 @@ fn print_summary(s: &Summary<'_>) {
     } else {
         println!("  verified    no (--verify off)");
     }
+    println!("  plan        {}", r.plan);
+    if let Some(relay) = &r.relay {
+        println!(
+            "  relay       A and B out once, C back once; panels of {} rows (A) and {} rows (B); C quadrants verified: {}",
+            relay.a_panel_rows,
+            relay.b_panel_rows,
+            if relay.quadrants_verified.is_empty() { "none".to_string() } else { relay.quadrants_verified.join(" ") }
+        );
+        println!(
+            "  {:<4} {:>5}  {:<22} {:<10} {:<8} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "slot", "peer", "addr", "holds", "reduces", "in MB", "out MB", "from rq", "to rq", "compute s"
+        );
+        for sl in &relay.slots {
+            println!(
+                "  {:<4} {:>5}  {:<22} {:<10} {:<8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.3}",
+                sl.product,
+                sl.peer.peer_id,
+                sl.peer.addr,
+                sl.holds.join(","),
+                sl.reduces.join(","),
+                sl.bytes_in as f64 / 1e6,
+                sl.bytes_out as f64 / 1e6,
+                sl.from_requester as f64 / 1e6,
+                sl.to_requester as f64 / 1e6,
+                sl.compute_s
+            );
+        }
+    }
     println!("  retries     {}", r.retries);
     if r.hedges.is_empty() {
         println!("  hedges      none");

@@ -67,12 +67,13 @@ pub fn escape(text: &str) -> String {
 /// Phases of an attempt as drawn: (name, start, end, CSS class).
 fn phases(a: &AttemptReport) -> Vec<(&'static str, f64, f64, &'static str)> {
     let end = a.ended_s;
+    let relay = a.kind == "relay";
     let points = [
         ("connect and wait for a send lane", Some(a.started_s), "wait"),
-        ("send operands", a.send_start_s, "send"),
+        (if relay { "operands arriving (held and forwarded)" } else { "send operands" }, a.send_start_s, "send"),
         ("compute", a.sent_s, "compute"),
         ("wait for a receive slot", a.computed_s, "queue"),
-        ("receive and check", a.receive_start_s, "receive"),
+        (if relay { "product to the reducers, C back" } else { "receive and check" }, a.receive_start_s, "receive"),
     ];
     let mut out = Vec::new();
     for (k, (name, start, class)) in points.iter().enumerate() {
@@ -152,7 +153,7 @@ fn timeline(r: &JobReport) -> String {
         let y = TOP + ROW * k as f64;
         let held_up = last.is_some_and(|l| std::ptr::eq(*l, *a));
         let kind = match a.kind {
-            "first" => String::new(),
+            "first" | "relay" => String::new(),
             other => format!(" ({other})"),
         };
         let _ = write!(
@@ -329,6 +330,35 @@ pub fn render(r: &JobReport, cx: &Context) -> String {
         let _ = write!(h, "<tr><th>{k}</th><td>{}</td></tr>", escape(&v));
     }
     h.push_str("</table>\n");
+
+    if let Some(relay) = &r.relay {
+        let _ = write!(
+            h,
+            "<h2>Relay</h2>\n<p>A and B left the requester once and C came back once; every slot forwarded the quadrants it held to the slots that need them and sent its product to the reducers. Panels of {} rows (A, products, C) and {} rows (B). C quadrants verified: {}.{}</p>",
+            relay.a_panel_rows,
+            relay.b_panel_rows,
+            if relay.quadrants_verified.is_empty() { "none".to_string() } else { relay.quadrants_verified.join(", ") },
+            relay.failure.as_ref().map(|f| format!(" The relay stopped: {}; the rest was computed directly.", escape(f))).unwrap_or_default()
+        );
+        h.push_str("<table><tr><th>slot</th><th>peer</th><th>address</th><th>holds</th><th>reduces</th><th>in MB</th><th>out MB</th><th>from requester MB</th><th>to requester MB</th><th>compute s</th></tr>");
+        for sl in &relay.slots {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.3}</td></tr>",
+                sl.product,
+                sl.peer.peer_id,
+                escape(&sl.peer.addr),
+                escape(&sl.holds.join(", ")),
+                escape(&sl.reduces.join(", ")),
+                sl.bytes_in as f64 / 1e6,
+                sl.bytes_out as f64 / 1e6,
+                sl.from_requester as f64 / 1e6,
+                sl.to_requester as f64 / 1e6,
+                sl.compute_s
+            );
+        }
+        h.push_str("</table>\n");
+    }
 
     h.push_str("<h2>Products</h2>\n<table><tr><th>product</th><th>peer</th><th>address</th><th>sent MB</th><th>send s</th><th>compute s</th><th>receive s</th><th>done at s</th><th></th></tr>");
     for p in &r.peers {

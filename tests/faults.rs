@@ -65,11 +65,15 @@ fn ints(rows: usize, cols: usize, salt: usize) -> Array2<f64> {
     Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 3 + salt) % 11) as f64 - 5.0)
 }
 
+/// These tests are about the direct plan's answers to failures (redos,
+/// deadlines, hedges), which is also what a relay that fails falls back
+/// to; tests/relay.rs has the relay's own.
 fn requester(tracker: SocketAddr, peer_timeout: Duration) -> Requester {
     Requester::new(RequesterConfig {
         tracker: tracker.to_string(),
         io_timeout: peer_timeout,
         replacement_wait: Duration::from_secs(20),
+        relay: false,
         ..RequesterConfig::default()
     })
 }
@@ -259,6 +263,7 @@ async fn no_replacement_in_time_is_a_clear_error_and_releases_the_lease() {
         let req = Requester::new(RequesterConfig {
             tracker: tracker.to_string(),
             replacement_wait: Duration::from_millis(600),
+            relay: false,
             ..RequesterConfig::default()
         });
         let (result, report) =

@@ -269,16 +269,31 @@ async fn tracker_and_worker_metrics_and_the_status_json_match_what_happened() {
             received += value(&m, "septet_worker_received_bytes_total");
             sent += value(&m, "septet_worker_sent_bytes_total");
         }
-        // n = 64: every product is a 32×32 block of two 32×32 operands.
         assert_eq!(products, 7.0 + report.hedges.len() as f64 + f64::from(report.retries));
-        assert_eq!(received, products * frame_bytes(&[(32, 32), (32, 32)]));
-        assert_eq!(sent, products * frame_bytes(&[(32, 32)]));
+        // Relayed: every part each worker read and wrote, as the slots reported them.
+        let relay = report.relay.as_ref().expect("a relayed job");
+        assert_eq!(report.plan, "relay", "{:?}", report.failures);
+        assert_eq!(received, relay.slots.iter().map(|s| s.bytes_in as f64).sum::<f64>());
+        assert_eq!(sent, relay.slots.iter().map(|s| s.bytes_out as f64).sum::<f64>());
+        // The direct plan: n = 64, every product a 32×32 block of two 32×32 operands.
+        let direct = Requester::new(RequesterConfig { relay: false, ..requester.config().clone() });
+        let a = Array2::from_shape_fn((64, 64), |(i, j)| ((i * 5 + j) % 7) as f64 - 3.0);
+        let (_, report) = direct.multiply(Arc::new(a.clone()), Arc::new(a), |_| {}).await.unwrap();
+        let (mut direct_received, mut direct_sent) = (0.0, 0.0);
+        for w in &worker_http {
+            let (_, _, m) = get(*w, "/metrics").await;
+            direct_received += value(&m, "septet_worker_received_bytes_total");
+            direct_sent += value(&m, "septet_worker_sent_bytes_total");
+        }
+        let products = 7.0 + report.hedges.len() as f64 + f64::from(report.retries);
+        assert_eq!(direct_received - received, products * frame_bytes(&[(32, 32), (32, 32)]));
+        assert_eq!(direct_sent - sent, products * frame_bytes(&[(32, 32)]));
         // The throughput history has begun (one sample a second).
         let (_, s) = status_until(http, "throughput", |s| {
             s["throughput"]["leases_granted"].as_array().is_some_and(|a| !a.is_empty())
         })
         .await;
-        assert_eq!(s["totals"]["leases_granted"].as_u64(), Some(5));
+        assert_eq!(s["totals"]["leases_granted"].as_u64(), Some(6), "five, and the direct plan's job");
 
         // Stopping the endpoint closes its port.
         stop.cancel();

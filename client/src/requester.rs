@@ -1058,6 +1058,28 @@ impl Requester {
                 hedged: false,
             })
             .collect();
+        // The timeline: one row per slot, its operands arriving (until it
+        // could start computing), computing, and passing its product on
+        // and C back.
+        for sl in &outcome.report.slots {
+            let (ok, error) = match (&outcome.report.failure, sl.done_s) {
+                (None, Some(_)) => ("verified", None),
+                (failure, _) => ("failed", Some(failure.clone().unwrap_or_else(|| "did not finish".into()))),
+            };
+            report.attempts.push(AttemptReport {
+                product: sl.product,
+                peer: sl.peer.clone(),
+                kind: "relay",
+                started_s: outcome.report.plan_sent_s,
+                send_start_s: Some(outcome.report.plan_sent_s),
+                sent_s: sl.compute_start_s,
+                computed_s: sl.compute_end_s,
+                receive_start_s: sl.compute_end_s,
+                ended_s: sl.done_s.unwrap_or(started.elapsed().as_secs_f64()),
+                outcome: ok,
+                error,
+            });
+        }
         let verified = outcome.verified;
         let blamed = outcome.blamed.clone();
         if let Some(failure) = &outcome.report.failure {

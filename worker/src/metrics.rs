@@ -91,14 +91,14 @@ impl WorkerMetrics {
         let received = Counter::default();
         r.register_with_unit(
             "received",
-            "Bytes of task frames read (operands and their headers, before any encryption)",
+            "Bytes of task frames and relay parts read (operands and their headers, before any encryption)",
             Unit::Bytes,
             received.clone(),
         );
         let sent = Counter::default();
         r.register_with_unit(
             "sent",
-            "Bytes of product frames written (before any encryption)",
+            "Bytes of product frames and relay parts written (before any encryption)",
             Unit::Bytes,
             sent.clone(),
         );
@@ -179,6 +179,15 @@ impl WorkerMetrics {
     pub fn product_sent(&self, task_id: TaskId, dtype: Dtype, shape: (usize, usize)) {
         let header = BlocksHeader { task_id, op: BlockOp::Product, dtype, shapes: vec![shape] };
         self.inner.sent.inc_by(header.frame_len().unwrap_or(0) as u64);
+    }
+
+    /// This worker's share of a relayed job ended: its product (`ok`, or
+    /// the job failed here), `took` to compute, and the bytes of the parts
+    /// it read and wrote.
+    pub fn relay_done(&self, dtype: Dtype, ok: bool, took: Duration, bytes_in: u64, bytes_out: u64) {
+        self.product(dtype, ok, took);
+        self.inner.received.inc_by(bytes_in);
+        self.inner.sent.inc_by(bytes_out);
     }
 
     /// The agent registered with the tracker, or lost the registration.

@@ -239,19 +239,25 @@ pub(crate) async fn lead(
             let (links, links_rx) = mpsc::unbounded_channel();
             let result = match plan.dtype {
                 Dtype::F64 => {
-                    Node::<f64>::new(plan.clone(), started, config, links)
+                    Node::<f64>::new(plan.clone(), started, config.clone(), links)
                         .run(inbox_rx, links_rx, &out_tx, &cancel, &slots)
                         .await
                 }
                 Dtype::F32 => {
-                    Node::<f32>::new(plan.clone(), started, config, links)
+                    Node::<f32>::new(plan.clone(), started, config.clone(), links)
                         .run(inbox_rx, links_rx, &out_tx, &cancel, &slots)
                         .await
                 }
             };
             let reply = match result {
-                Ok(stats) => WorkerReply::RelayDone(stats),
+                Ok(stats) => {
+                    let took = Duration::from_micros(stats.compute_us);
+                    let (bytes_in, bytes_out) = (stats.bytes_in.iter().sum(), stats.bytes_out.iter().sum());
+                    config.metrics.relay_done(plan.dtype, true, took, bytes_in, bytes_out);
+                    WorkerReply::RelayDone(stats)
+                }
                 Err(Failed { blame, message }) => {
+                    config.metrics.relay_done(plan.dtype, false, Duration::ZERO, 0, 0);
                     warn!(job = %plan.job_id, blame = ?blame, %message, "relayed job failed");
                     WorkerReply::RelayFailed { blame: blame.map(|b| b as u8), message }
                 }

@@ -302,7 +302,11 @@ pub struct AttemptReport {
     pub product: &'static str,
     /// The peer it ran on.
     pub peer: PeerAddr,
-    /// `first`, `redo` (after a failure) or `hedge` (a second copy of a lagging product).
+    /// `first`, `redo` (after a failure), `hedge` (a second copy of a
+    /// lagging product), or `relay` (a slot of a relayed job: its
+    /// operands arriving until it could compute — shown as the send —,
+    /// computing, then its product passed on and C sent back — shown as
+    /// the receive).
     pub kind: &'static str,
     /// When it began (connecting to the peer).
     pub started_s: f64,
@@ -449,8 +453,8 @@ impl<'a, T: Element> Dispatch<'a, T> {
         if let Some(first) = self.timeline.iter().filter_map(|a| a.send_start_s).min_by(f64::total_cmp) {
             report.connect_s = (first - report.lease_wait_s).max(0.0);
         }
-        report.attempts = std::mem::take(&mut self.timeline);
-        report.hedges = std::mem::take(&mut self.hedges);
+        report.attempts.append(&mut self.timeline);
+        report.hedges.append(&mut self.hedges);
         // Told the tracker with the release. A peer both beaten and proven
         // (it delivered one product, and a hedge beat it on another) only
         // counts as beaten.
