@@ -30,6 +30,13 @@
 #   bound      the healthy n=2048 jobs (shared with straggler when both run)
 #              against the requester's link bound, bytes_sent / RATE.
 #              Goal: <= 1.25 x.
+#   relay      R_N (default 2048) jobs on R_WORKERS (default 8) workers at
+#              RATE, JOBS relayed and JOBS direct (`multiply --direct`, the
+#              plan before the relay), interleaved: the medians, relay ÷
+#              direct, the relay against the time the requester's link
+#              needs for 2·n² words (A and B once), and its bytes in n²·w.
+#              Goals (issue 16): at 200mbit n=2048 relay <= 1.3 x that
+#              bound; at 1gbit n=4096 relay >= 1.4 x faster than direct.
 #
 # Each job is `septet multiply --random N,N,N --json` run from the requester's
 # namespace; one warm-up job per grid is run first and not counted. Every part
@@ -63,7 +70,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
     -h | --help) usage; exit 0 ;;
-    partition | straggler | bound) PARTS+=("$1") ;;
+    partition | straggler | bound | relay) PARTS+=("$1") ;;
     all) PARTS+=(partition straggler bound) ;;
     *) echo "netbench: unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -78,6 +85,8 @@ if [[ -n $QUICK ]]; then
 else
   JOBS=${JOBS:-5}; P_N=${P_N:-4096}; S_N=${S_N:-2048}
 fi
+R_N=${R_N:-2048}
+R_WORKERS=${R_WORKERS:-${WORKERS:-8}}
 P_WORKERS=${P_WORKERS:-${WORKERS:-9}}
 S_WORKERS=${S_WORKERS:-${WORKERS:-8}}
 RATE=${RATE:-1gbit}
@@ -478,6 +487,63 @@ if want straggler || want bound; then
   grid_down
   TOOK[straggler]=$(($(secs) - t0))
   echo "  (straggler/bound took ${TOOK[straggler]} s)"
+fi
+
+# --- 4. relay ---------------------------------------------------------------------
+if want relay; then
+  t0=$(secs)
+  mkdir -p "$OUT/relay"
+  echo
+  echo "== relay: n=$R_N, $R_WORKERS workers at $RATE, $JOBS relayed and $JOBS direct jobs, interleaved =="
+  if grid_up relay "$R_WORKERS"; then
+    $G exec rq septet multiply --random "$R_N,$R_N,$R_N" --json --max-wait 20 >/dev/null 2>&1 # warm-up
+    for i in $(seq 1 "$JOBS"); do
+      for plan in relay direct; do
+        extra=()
+        [[ $plan == direct ]] && extra=(--direct)
+        $G exec rq septet multiply --random "$R_N,$R_N,$R_N" --json --max-wait 20 "${extra[@]}" \
+          >"$OUT/relay/$plan$i.json" 2>"$OUT/relay/$plan$i.err"
+        echo "  $plan $i  $(describe relay "$plan$i")"
+        idle "$R_WORKERS"
+      done
+    done
+    python3 - "$OUT/relay" "$JOBS" "$R_N" "$RATE" <<'PYEOF' | tee -a "$OUT/relay/table.md"
+import json, statistics, sys, re
+d, jobs, n, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+m = re.fullmatch(r"(\d+(?:\.\d+)?)(k|m|g)bit", rate)
+bps = float(m.group(1)) * {"k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
+def load(plan):
+    out = []
+    for i in range(1, jobs + 1):
+        try:
+            out.append(json.load(open(f"{d}/{plan}{i}.json")))
+        except Exception:
+            pass
+    return out
+relay, direct = load("relay"), load("direct")
+if not relay or not direct:
+    print(f"  relay: {len(relay)} relayed and {len(direct)} direct jobs finished; no table")
+    sys.exit(0)
+w = 8.0
+bound = 2 * n * n * w * 8 / bps
+r = statistics.median(j["total_s"] for j in relay)
+dd = statistics.median(j["total_s"] for j in direct)
+plans = sorted({j["plan"] for j in relay})
+sent = statistics.median(j["bytes_sent"] for j in relay) / (n * n * w)
+recv = statistics.median(j["bytes_received"] for j in relay) / (n * n * w)
+dsent = statistics.median(j["bytes_sent"] for j in direct) / (n * n * w)
+print(f"  relay median {r:.2f} s, direct median {dd:.2f} s: relay {dd / r:.2f}x faster; plans {plans}")
+print(f"  relay / (2 n^2 w at {rate} = {bound:.2f} s) = {r / bound:.2f}x; direct / that bound = {dd / bound:.2f}x")
+print(f"  relay bytes: sent {sent:.3f} n^2 w, received {recv:.3f} n^2 w (direct sent {dsent:.3f} n^2 w)")
+PYEOF
+    r=$(sed -n 1p "$OUT/relay/table.md")
+    echo "| relay n=$R_N at $RATE | ${r#  } | see issue 16 | |" >&3
+  else
+    echo "| relay n=$R_N | grid failed | | ✘ |" >&3
+  fi
+  grid_down
+  TOOK[relay]=$(($(secs) - t0))
+  echo "  (relay took ${TOOK[relay]} s)"
 fi
 
 # --- summary ---------------------------------------------------------------------
