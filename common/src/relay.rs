@@ -335,7 +335,9 @@ impl Roles {
         for &r in &self.reducers {
             a_load[r as usize].1 += c;
         }
-        let worst = |load: &[(f64, f64); SLOTS], phase: f64| load.iter().map(|&(i, o)| i.max(o) / phase.max(1.0)).fold(0.0, f64::max);
+        let worst = |load: &[(f64, f64); SLOTS], phase: f64| {
+            load.iter().map(|&(i, o)| i.max(o) / phase.max(1.0)).fold(0.0, f64::max)
+        };
         worst(&a_load, 4.0 * a).max(worst(&b_load, 4.0 * b))
     }
 

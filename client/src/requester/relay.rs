@@ -336,6 +336,7 @@ pub(super) async fn run<T: Element>(
             }
         });
     }
+    let (sent_tx, mut sent_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
     {
         let (a, b, plan) = (a.clone(), b.clone(), plan.clone());
         let order = send_order(a_panels, b_panels);
@@ -355,6 +356,8 @@ pub(super) async fn run<T: Element>(
                     return;
                 }
             }
+            // Queued, not yet written: the writers hold at most two parts each.
+            let _ = sent_tx.send(tokio::time::Instant::now());
         });
     }
 
@@ -411,6 +414,13 @@ pub(super) async fn run<T: Element>(
     let mut stats: Vec<Option<RelayStats>> = vec![None; SLOTS];
     let mut failure: Option<String> = None;
     let mut grace: Option<tokio::time::Instant> = None;
+    // Once A and B are out, C is due within twice the time they took plus
+    // the silence timeout: a slot that computes or forwards far slower than
+    // the rest (it still talks, so silence does not catch it) then costs
+    // that, not the whole relay deadline; its quadrants go the direct way.
+    let plan_sent = tokio::time::Instant::now();
+    let mut sent_at: Option<tokio::time::Instant> = None;
+    let due_after = |at: tokio::time::Instant| at + (at - plan_sent) * 2 + config.silence_timeout;
     loop {
         let complete = gather.panels_left.iter().all(|&n| n == 0);
         if complete && stats.iter().all(Option::is_some) {
@@ -421,12 +431,30 @@ pub(super) async fn run<T: Element>(
             // within moments, or not at all.
             grace = Some(tokio::time::Instant::now() + Duration::from_secs(1));
         }
-        let wait_until = grace.map_or(until, |g| g.min(until));
+        let wait_until = grace.or(sent_at.map(due_after)).map_or(until, |g| g.min(until));
         let heard = tokio::select! {
             heard = heard_rx.recv() => heard,
+            // Wakes the loop when A and B are all out, to set the due time.
+            Ok(at) = &mut sent_rx, if sent_at.is_none() => {
+                sent_at = Some(at);
+                continue;
+            }
             _ = tokio::time::sleep_until(wait_until) => {
                 if grace.is_none() && failure.is_none() {
-                    failure = Some(format!("C was not back within {limit:?}"));
+                    let late: Vec<String> = Quad::ALL
+                        .iter()
+                        .filter(|q| gather.panels_left[q.index()] > 0)
+                        .map(|q| format!("C{}", q.suffix()))
+                        .collect();
+                    failure = Some(match sent_at {
+                        Some(at) if due_after(at) <= until => format!(
+                            "{} not back {:.1} s after A and B were out (they took {:.1} s)",
+                            late.join(", "),
+                            at.elapsed().as_secs_f64(),
+                            (at - plan_sent).as_secs_f64()
+                        ),
+                        _ => format!("{} not back within {limit:?}", late.join(", ")),
+                    });
                 }
                 break;
             }
