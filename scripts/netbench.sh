@@ -31,7 +31,7 @@
 #              against the requester's link bound, bytes_sent / RATE.
 #              Goal: <= 1.25 x.
 #   relay      R_N (default 2048) jobs on R_WORKERS (default 8) workers at
-#              RATE, JOBS relayed and JOBS direct (`multiply --direct`, the
+#              RATE, JOBS relayed and JOBS direct (`multiply --plan direct`, the
 #              plan before the relay), interleaved: the medians, relay ÷
 #              direct, the relay against the time the requester's link
 #              needs for 2·n² words (A and B once), and its bytes in n²·w.
@@ -500,7 +500,7 @@ if want relay; then
     for i in $(seq 1 "$JOBS"); do
       for plan in relay direct; do
         extra=()
-        [[ $plan == direct ]] && extra=(--direct)
+        [[ $plan == direct ]] && extra=(--plan direct)
         $G exec rq septet multiply --random "$R_N,$R_N,$R_N" --json --max-wait 20 "${extra[@]}" \
           >"$OUT/relay/$plan$i.json" 2>"$OUT/relay/$plan$i.err"
         echo "  $plan $i  $(describe relay "$plan$i")"

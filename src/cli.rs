@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use septet_client::DEFAULT_REQUEST_TIMEOUT;
-use septet_client::{Requester, RequesterConfig, TrackerClient};
+use septet_client::{Plan, Requester, RequesterConfig, TrackerClient};
 use septet_common::proto::{LeaseGrant, LeaseId};
 use septet_common::secure::{Secret, SecretFileError, Security};
 use septet_common::{Dtype, Role, PEERS_PER_LEASE};
@@ -196,10 +196,11 @@ struct MultiplyArgs {
     /// work; 0 turns hedging off.
     #[arg(long, default_value_t = 2, value_name = "N")]
     max_hedges: u32,
-    /// Send each peer its product's operands instead of relaying (the plan
-    /// before the relay), for benchmarks and tests that compare the two.
-    #[arg(long, hide = true)]
-    direct: bool,
+    /// auto (relay unless every peer is on this host's loopback), relay,
+    /// or direct (each peer sent its product's operands): for benchmarks
+    /// and tests that compare the plans.
+    #[arg(long, hide = true, default_value = "auto")]
+    plan: Plan,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -559,7 +560,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         silence_timeout: secs(args.silence_timeout, "--silence-timeout")?,
         max_hedges: args.max_hedges,
         security: args.security.security()?,
-        relay: !args.direct,
+        plan: args.plan,
         ..RequesterConfig::default()
     });
     if let Some(path) = &args.report {

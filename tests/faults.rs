@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::*;
 use ndarray::Array2;
-use septet_client::{JobReport, Requester, RequesterConfig};
+use septet_client::{JobReport, Plan, Requester, RequesterConfig};
 use septet_common::strassen::naive_matmul;
 use septet_common::PeerId;
 use tokio::io::AsyncBufReadExt;
@@ -73,7 +73,7 @@ fn requester(tracker: SocketAddr, peer_timeout: Duration) -> Requester {
         tracker: tracker.to_string(),
         io_timeout: peer_timeout,
         replacement_wait: Duration::from_secs(20),
-        relay: false,
+        plan: Plan::Direct,
         ..RequesterConfig::default()
     })
 }
@@ -263,7 +263,7 @@ async fn no_replacement_in_time_is_a_clear_error_and_releases_the_lease() {
         let req = Requester::new(RequesterConfig {
             tracker: tracker.to_string(),
             replacement_wait: Duration::from_millis(600),
-            relay: false,
+            plan: Plan::Direct,
             ..RequesterConfig::default()
         });
         let (result, report) =

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use ndarray::Array2;
-use septet_client::{Requester, RequesterConfig};
+use septet_client::{Plan, Requester, RequesterConfig};
 use septet_observe::HttpConfig;
 use septet_tracker::TrackerConfig;
 use septet_worker::{WorkerConfig, WorkerMetrics};
@@ -247,7 +247,12 @@ async fn tracker_and_worker_metrics_and_the_status_json_match_what_happened() {
         .await;
 
         // A job: one lease of seven, one product on each worker.
-        let requester = Requester::new(RequesterConfig { tracker: tracker.addr.to_string(), ..Default::default() });
+        // Relayed (on loopback a job goes direct unless told otherwise).
+        let requester = Requester::new(RequesterConfig {
+            tracker: tracker.addr.to_string(),
+            plan: Plan::Relay,
+            ..Default::default()
+        });
         let a = Array2::from_shape_fn((64, 64), |(i, j)| ((i * 3 + j) % 7) as f64 - 3.0);
         let (_, report) = requester.multiply(Arc::new(a.clone()), Arc::new(a), |_| {}).await.unwrap();
         let t = scrape_until(http, "the job's lease released", |t| {
@@ -276,7 +281,7 @@ async fn tracker_and_worker_metrics_and_the_status_json_match_what_happened() {
         assert_eq!(received, relay.slots.iter().map(|s| s.bytes_in as f64).sum::<f64>());
         assert_eq!(sent, relay.slots.iter().map(|s| s.bytes_out as f64).sum::<f64>());
         // The direct plan: n = 64, every product a 32×32 block of two 32×32 operands.
-        let direct = Requester::new(RequesterConfig { relay: false, ..requester.config().clone() });
+        let direct = Requester::new(RequesterConfig { plan: Plan::Direct, ..requester.config().clone() });
         let a = Array2::from_shape_fn((64, 64), |(i, j)| ((i * 5 + j) % 7) as f64 - 3.0);
         let (_, report) = direct.multiply(Arc::new(a.clone()), Arc::new(a), |_| {}).await.unwrap();
         let (mut direct_received, mut direct_sent) = (0.0, 0.0);

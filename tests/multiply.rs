@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
-use septet_client::{RequestError, Requester, RequesterConfig};
+use septet_client::{Plan, RequestError, Requester, RequesterConfig};
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{encode_control, BlockOp};
 use septet_common::proto::LeaseGrant;
@@ -321,7 +321,7 @@ async fn a_misbehaving_worker_is_replaced(how: Misbehaviour, needle: &str) {
         // it before the failure under test shows.
         // The fake speaks only the direct plan's conversation: this is how
         // that plan (the relay's fallback) copes with it.
-        let direct = RequesterConfig { max_hedges: 0, relay: false, ..requester(&tracker).config().clone() };
+        let direct = RequesterConfig { max_hedges: 0, plan: Plan::Direct, ..requester(&tracker).config().clone() };
         let (c, report) =
             Requester::new(direct).multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
         assert_eq!(c, expected);
@@ -397,7 +397,7 @@ async fn a_non_finite_product_stops_the_job_without_blaming_or_replacing_the_pee
         let workers = spawn_workers(tracker.addr, 7, 1).await;
         wait_for_alive_slots(tracker.addr, 8).await;
         // The direct plan: the fake does not speak the relay's conversation.
-        let direct = RequesterConfig { relay: false, ..requester(&tracker).config().clone() };
+        let direct = RequesterConfig { plan: Plan::Direct, ..requester(&tracker).config().clone() };
         let err = Requester::new(direct)
             .multiply(Arc::new(ints(37, 29, 3)), Arc::new(ints(29, 41, 4)), |_| {})
             .await

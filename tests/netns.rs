@@ -195,7 +195,7 @@ fn a_straggler_is_hedged_and_put_on_probation() {
     let slow_ip = grid.addr("w0");
     // 1024³: 4.2 MB of operands per product, 3.4 s for w0's, ~35 ms for the others'.
     // Hedging is the direct plan's (the relay has none yet).
-    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--direct"];
+    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "direct"];
     let out = grid.run("rq", "multiply", &args);
     let summary = json(&out, "septet multiply");
     check_product(&summary);
@@ -257,6 +257,30 @@ fn silently_cut_worker(workers: usize, args: &[&str]) {
         "job took {:.2} s with {victim} cut; failures: {failures:?}; hedges: {}",
         summary["total_s"].as_f64().unwrap(),
         summary["hedges"]
+    );
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
+
+/// The relay across namespaces with a forwarder that alters what it passes
+/// on (`--fault=corrupt-forward` on one of exactly seven workers, so it is
+/// leased and holds a quadrant): the peer it forwarded to catches it by the
+/// requester's digest and names it, the relay stops, and C is computed the
+/// direct way on the others — right, with nothing left leased.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_lying_forwarder_is_named_and_the_job_is_still_right() {
+    let Some(mut grid) = NetGrid::new(7, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers_with(|i| if i == 0 { vec!["--fault=corrupt-forward".into()] } else { Vec::new() });
+    let liar = grid.addr("w0");
+    let out = grid.run("rq", "multiply", &["--random", "512,512,512", "--check", "--json", "--max-wait", "20"]);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    assert_eq!(summary["plan"], "relay+direct", "{summary}");
+    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(
+        failures.iter().any(|f| f.starts_with("slot ") && f.contains(&format!("({liar}:")) && f.contains("digest")),
+        "the liar at {liar} was not named: {failures:?}"
     );
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
 }

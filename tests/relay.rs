@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
-use septet_client::{Requester, RequesterConfig};
+use septet_client::{Plan, Requester, RequesterConfig};
 use septet_common::strassen::naive_matmul;
 use septet_tracker::TrackerConfig;
 
@@ -24,7 +24,13 @@ fn ints(rows: usize, cols: usize, salt: usize) -> Array2<f64> {
 }
 
 fn requester(tracker: &Server) -> Requester {
-    Requester::new(RequesterConfig { tracker: tracker.addr.to_string(), max_hedges: 0, ..Default::default() })
+    // On loopback a job goes direct unless told to relay.
+    Requester::new(RequesterConfig {
+        tracker: tracker.addr.to_string(),
+        max_hedges: 0,
+        plan: Plan::Relay,
+        ..Default::default()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

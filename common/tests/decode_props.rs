@@ -16,7 +16,7 @@
 //! decoding thread, and the peak must stay within [`allowance`]: the frame's
 //! own bytes (plus a small constant) for a blocks frame, a fixed multiple of
 //! them for a control frame (the frame holds a copy of its body, and each
-//! decoded message — a `TrackerRequest`, `TrackerReply` or `WorkerReply`,
+//! decoded message — a `TrackerRequest`, `TrackerReply`, `WorkerReply` or `WorkerRequest`,
 //! every control body is decoded as all three — holds its strings and
 //! vectors, whose in-memory size is a bounded multiple of their encoding).
 //! A declared string length or element count never enters the bound, so a
@@ -38,8 +38,10 @@ use proptest::sample::{select, Index};
 use proptest::test_runner::{Config, TestRunner};
 use septet_common::frame::{self, KIND_BLOCKS, KIND_CONTROL, LEN_PREFIX};
 use septet_common::proto::{
-    Failure, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, TaskId, TrackerReply, TrackerRequest, WorkerReply,
+    Failure, JobId, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, RelayStats, TaskId, TrackerReply, TrackerRequest,
+    WorkerReply, WorkerRequest,
 };
+use septet_common::relay::{RelayPlan, Roles};
 use septet_common::{BlockOp, Blocks, ControlBody, ErrorCode, Frame, FrameReader, Matrix, DEFAULT_MAX_FRAME_LEN};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -147,6 +149,7 @@ fn decode_checked(buf: &[u8]) -> Result<(), TestCaseError> {
         control_checked::<TrackerRequest>(body)?;
         control_checked::<TrackerReply>(body)?;
         control_checked::<WorkerReply>(body)?;
+        control_checked::<WorkerRequest>(body)?;
     }
     Ok(())
 }
@@ -300,6 +303,52 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
         failure().prop_map(WorkerReply::Error),
         (task_id(), any::<u64>()).prop_map(|(task_id, compute_us)| WorkerReply::Computed { task_id, compute_us }),
         Just(WorkerReply::Working),
+        (proptest::option::of(any::<u8>()), text())
+            .prop_map(|(blame, message)| WorkerReply::RelayFailed { blame, message }),
+        (any::<u8>(), proptest::collection::vec(any::<u64>(), 0..9), any::<[u64; 4]>()).prop_map(|(slot, bytes, t)| {
+            WorkerReply::RelayDone(RelayStats {
+                slot,
+                bytes_in: bytes.clone(),
+                bytes_out: bytes,
+                inputs_done_us: t[0],
+                compute_start_us: t[1],
+                compute_end_us: t[2],
+                compute_us: t[3],
+                reduce_start_us: t[0],
+                done_us: t[1],
+            })
+        }),
+    ]
+}
+
+/// Every variant of [`WorkerRequest`], with arbitrary fields.
+fn worker_request() -> impl Strategy<Value = WorkerRequest> {
+    prop_oneof![
+        (any::<u64>(), any::<u8>()).prop_map(|(job, from)| WorkerRequest::Join { job_id: JobId(job), from }),
+        proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..6).prop_map(WorkerRequest::Digests),
+        (
+            any::<[u64; 6]>(),
+            any::<u32>(),
+            proptest::collection::vec(text(), 0..8),
+            any::<[u8; 8]>(),
+            any::<[u8; 4]>(),
+            any::<bool>()
+        )
+            .prop_map(|(x, rounds, peers, holders, reducers, f64)| {
+                WorkerRequest::Relay(RelayPlan {
+                    job_id: JobId(x[0]),
+                    dtype: if f64 { septet_common::Dtype::F64 } else { septet_common::Dtype::F32 },
+                    m: x[1],
+                    k: x[2],
+                    n: x[3],
+                    a_panel: x[4],
+                    b_panel: x[5],
+                    rounds,
+                    peers,
+                    roles: Roles { holders, reducers },
+                    you: holders[0],
+                })
+            }),
     ]
 }
 
@@ -309,6 +358,7 @@ enum AnyControl {
     Request(TrackerRequest),
     TrackerReply(TrackerReply),
     WorkerReply(WorkerReply),
+    WorkerRequest(WorkerRequest),
 }
 
 impl AnyControl {
@@ -317,6 +367,7 @@ impl AnyControl {
             AnyControl::Request(m) => ControlBody::encode(m),
             AnyControl::TrackerReply(m) => ControlBody::encode(m),
             AnyControl::WorkerReply(m) => ControlBody::encode(m),
+            AnyControl::WorkerRequest(m) => ControlBody::encode(m),
         }
         .unwrap()
     }
@@ -327,6 +378,7 @@ impl AnyControl {
             AnyControl::Request(_) => AnyControl::Request(body.decode()?),
             AnyControl::TrackerReply(_) => AnyControl::TrackerReply(body.decode()?),
             AnyControl::WorkerReply(_) => AnyControl::WorkerReply(body.decode()?),
+            AnyControl::WorkerRequest(_) => AnyControl::WorkerRequest(body.decode()?),
         })
     }
 }
@@ -336,6 +388,7 @@ fn message() -> impl Strategy<Value = AnyControl> {
         8 => tracker_request().prop_map(AnyControl::Request),
         10 => tracker_reply().prop_map(AnyControl::TrackerReply),
         2 => worker_reply().prop_map(AnyControl::WorkerReply),
+        2 => worker_request().prop_map(AnyControl::WorkerRequest),
     ]
 }
 

@@ -298,6 +298,11 @@ impl NetGrid {
     /// Starts every worker (one slot, one thread each, plus `args`) and waits
     /// until the tracker lists them all alive.
     pub fn start_workers(&mut self, args: &[&str]) {
+        self.start_workers_with(|_| args.iter().map(|a| a.to_string()).collect());
+    }
+
+    /// Starts the workers, worker `i` with the extra arguments `args(i)`.
+    pub fn start_workers_with(&mut self, args: impl Fn(usize) -> Vec<String>) {
         for i in 0..self.workers {
             let host = format!("w{i}");
             let mut c = self.command(&host, "worker");
@@ -308,7 +313,7 @@ impl NetGrid {
                 .arg("--secret-file")
                 .arg(&self.secret)
                 .args(["--slots", "1", "--threads", "1"])
-                .args(args);
+                .args(args(i));
             self.spawn(&host, c);
         }
         let n = self.workers;

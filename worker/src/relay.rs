@@ -604,6 +604,14 @@ impl<T: Element> Node<T> {
                 self.take_part(from, part, Arc::new(data), out).await
             }
             Event::Digests(list) => {
+                // At most one per panel of each of the eight quadrants.
+                let most = 4 * (self.plan.a_panels().count() + self.plan.b_panels().count());
+                if self.digests.len() + list.len() > most {
+                    return Err(Failed {
+                        blame: None,
+                        message: format!("the requester sent more than {most} digests"),
+                    });
+                }
                 for (id, digest) in list {
                     if let Some((from, data)) = self.parked.remove(&id) {
                         let part =

@@ -115,6 +115,10 @@ pub(super) struct Outcome {
     pub unverifiable: Option<(usize, NonFinite)>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Seconds preparing the check (beside the transfers) and checking.
+    pub verify_s: f64,
+    /// Seconds of checking after C was in.
+    pub verify_critical_s: f64,
     pub report: RelayReport,
 }
 
@@ -232,7 +236,10 @@ pub(super) async fn run<T: Element>(
     let plan = Arc::new(plan_for(0));
     let verifier = if config.verify {
         let (a, b, r) = (a.clone(), b.clone(), r_all.clone());
-        Some(tokio::task::spawn_blocking(move || Verifier::with_vectors(a.view(), b.view(), split, r)))
+        Some(tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            Verifier::with_vectors(a.view(), b.view(), split, r).map(|v| (v, t.elapsed()))
+        }))
     } else {
         None
     };
@@ -250,6 +257,8 @@ pub(super) async fn run<T: Element>(
         unverifiable: None,
         bytes_sent: 0,
         bytes_received: 0,
+        verify_s: 0.0,
+        verify_critical_s: 0.0,
         report: report.clone(),
     };
     let c_part_len = frame_len(PartId { block: Block::C(Quad::Q11), panel: 0 }, T::DTYPE, (a_panels.per, nh));
@@ -341,23 +350,64 @@ pub(super) async fn run<T: Element>(
         let (a, b, plan) = (a.clone(), b.clone(), plan.clone());
         let order = send_order(a_panels, b_panels);
         tokio::task::spawn_blocking(move || {
+            // In send order, but never held up by one slot: what a slot's
+            // writer cannot take yet waits in that slot's backlog (its own
+            // order kept) while the others' parts go on.
+            let mut backlog: Vec<std::collections::VecDeque<Send>> = (0..SLOTS).map(|_| Default::default()).collect();
+            let flush = |backlog: &mut Vec<std::collections::VecDeque<Send>>| -> Result<bool, ()> {
+                let mut moved = false;
+                for (slot, queue) in backlog.iter_mut().enumerate() {
+                    while let Some(next) = queue.pop_front() {
+                        match send_txs[slot].try_send(next) {
+                            Ok(()) => moved = true,
+                            Err(mpsc::error::TrySendError::Full(back)) => {
+                                queue.push_front(back);
+                                break;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return Err(()),
+                        }
+                    }
+                }
+                Ok(moved)
+            };
             for part in order {
                 let x = part.block.input_index().expect("only quadrants are sent");
                 let holder = plan.roles.holders[x] as usize;
                 let digest = relay::digest(part_of(&a, &b, split, &plan, part).view());
                 for (user, _) in relay::users(x) {
-                    if user != holder
-                        && send_txs[user].blocking_send(Send::Digests(vec![(part.task_id().0, digest)])).is_err()
-                    {
-                        return;
+                    if user != holder {
+                        backlog[user].push_back(Send::Digests(vec![(part.task_id().0, digest)]));
                     }
                 }
-                if send_txs[holder].blocking_send(Send::Part(part)).is_err() {
-                    return;
+                backlog[holder].push_back(Send::Part(part));
+                // Pace: go on once this part is with its writer — or at
+                // once if every other writer has nothing queued, so that a
+                // slow holder does not leave the requester's link idle.
+                loop {
+                    if flush(&mut backlog).is_err() {
+                        return;
+                    }
+                    if !backlog[holder].iter().any(|m| matches!(m, Send::Part(_))) {
+                        break;
+                    }
+                    let others_idle = (0..SLOTS)
+                        .filter(|&s| s != holder)
+                        .all(|s| backlog[s].is_empty() && send_txs[s].capacity() == send_txs[s].max_capacity());
+                    if others_idle {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            // Queued, not yet written: the writers hold at most two parts each.
+            // Every part has been handed to a writer or waits behind a slow one.
             let _ = sent_tx.send(tokio::time::Instant::now());
+            while backlog.iter().any(|q| !q.is_empty()) {
+                match flush(&mut backlog) {
+                    Err(()) => return,
+                    Ok(true) => {}
+                    Ok(false) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
         });
     }
 
@@ -420,7 +470,7 @@ pub(super) async fn run<T: Element>(
     // that, not the whole relay deadline; its quadrants go the direct way.
     let plan_sent = tokio::time::Instant::now();
     let mut sent_at: Option<tokio::time::Instant> = None;
-    let due_after = |at: tokio::time::Instant| at + (at - plan_sent) * 2 + config.silence_timeout;
+    let due_after = |at: tokio::time::Instant| c_due(at, at - plan_sent, config.silence_timeout);
     loop {
         let complete = gather.panels_left.iter().all(|&n| n == 0);
         if complete && stats.iter().all(Option::is_some) {
@@ -504,9 +554,13 @@ pub(super) async fn run<T: Element>(
     outcome.bytes_received = received.load(Ordering::Relaxed);
 
     // 5. Check what came back.
+    let checking = Instant::now();
     let verifier = match verifier {
         Some(v) => match v.await {
-            Ok(Ok(v)) => Some(v),
+            Ok(Ok((v, prepared))) => {
+                outcome.verify_s += prepared.as_secs_f64();
+                Some(v)
+            }
             Ok(Err(e)) => {
                 failure.get_or_insert(format!("preparing the check: {e}"));
                 None
@@ -535,24 +589,41 @@ pub(super) async fn run<T: Element>(
             Err(Check::Wrong(why)) => {
                 // The products' fingerprints say who: a wrong one names its
                 // slot; if all are right, the reducer summed wrong.
-                let mut culprits: Vec<usize> =
-                    relay::feeders(q).map(|(i, _)| i).filter(|&i| gather.fingerprint_wrong(i, v, rounds)).collect();
-                if culprits.is_empty() {
-                    culprits.push(plan.roles.reducers[qi] as usize);
-                }
-                for slot in culprits {
+                let reducer = plan.roles.reducers[qi] as usize;
+                for slot in culprits(q, reducer, |i| gather.fingerprint_wrong(i, v, rounds)) {
                     outcome.blamed.push((slot, format!("C{} failed its check: {why}", q.suffix())));
                 }
                 failure.get_or_insert(format!("C{} failed its check", q.suffix()));
             }
         }
     }
+    outcome.verify_critical_s = checking.elapsed().as_secs_f64();
+    outcome.verify_s += outcome.verify_critical_s;
     report.quadrants_verified =
         Quad::ALL.iter().filter(|q| outcome.verified[q.index()]).map(|q| format!("C{}", q.suffix())).collect();
     report.failure = failure;
     report.slots = slot_reports(&plan, peers, &stats, &meters, report.plan_sent_s);
     outcome.report = report;
     outcome
+}
+
+/// Who is to blame when C quadrant `q` fails its check: the slots feeding
+/// it whose fingerprints are wrong; if none is, its reducer (the products
+/// it was sent agree with what their slots fingerprinted, as far as the
+/// public vectors tell, so the sum is what is wrong).
+fn culprits(q: Quad, reducer: usize, fingerprint_wrong: impl Fn(usize) -> bool) -> Vec<usize> {
+    let wrong: Vec<usize> = relay::feeders(q).map(|(i, _)| i).filter(|&i| fingerprint_wrong(i)).collect();
+    if wrong.is_empty() {
+        vec![reducer]
+    } else {
+        wrong
+    }
+}
+
+/// When C is due: A and B were all out at `sent_at`, `took` after the
+/// plans went out; C may take twice that again, plus the silence timeout.
+fn c_due(sent_at: tokio::time::Instant, took: Duration, silence: Duration) -> tokio::time::Instant {
+    sent_at + took * 2 + silence
 }
 
 fn quad_name(q: Quad) -> &'static str {
@@ -782,4 +853,51 @@ fn slot_reports(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_quadrant_is_blamed_on_wrong_fingerprints_else_on_its_reducer() {
+        // C11 = M1 + M4 − M5 + M7 (slots 0, 3, 4, 6), reduced by slot 3.
+        assert_eq!(culprits(Quad::Q11, 3, |_| false), [3]);
+        assert_eq!(culprits(Quad::Q11, 3, |i| i == 6), [6]);
+        assert_eq!(culprits(Quad::Q11, 3, |i| i == 0 || i == 4), [0, 4]);
+        // A wrong fingerprint of a product that does not feed C12 (M3 + M5) blames nobody there.
+        assert_eq!(culprits(Quad::Q12, 4, |i| i == 0), [4]);
+    }
+
+    #[test]
+    fn c_is_due_twice_the_send_time_plus_the_silence_timeout_after_the_sends() {
+        let at = tokio::time::Instant::now();
+        let due = c_due(at, Duration::from_secs(3), Duration::from_secs(4));
+        assert_eq!(due - at, Duration::from_secs(10));
+        assert_eq!(c_due(at, Duration::ZERO, Duration::from_secs(4)) - at, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn parts_leave_b_first_then_a_panel_by_panel() {
+        let order = send_order(Panels { rows: 3, per: 2 }, Panels { rows: 5, per: 5 });
+        let names: Vec<String> = order.iter().map(|p| p.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "B11[0]", "B12[0]", "B21[0]", "B22[0]", "A11[0]", "A12[0]", "A21[0]", "A22[0]", "A11[1]", "A12[1]",
+                "A21[1]", "A22[1]"
+            ]
+        );
+    }
+
+    #[test]
+    fn panels_past_the_edge_of_a_quadrant_are_zero_padded() {
+        // A 3×3 matrix: quadrants are 2×2; A22 is the single element (2, 2).
+        let a = Array2::from_shape_fn((3, 3), |(i, j)| (i * 3 + j) as f64);
+        let p = padded_panel(a.view(), Quad::Q22, (2, 2), 0..2);
+        assert_eq!(p.view(), ndarray::arr2(&[[8.0, 0.0], [0.0, 0.0]]));
+        let p = padded_panel(a.view(), Quad::Q11, (2, 2), 1..2);
+        assert!(matches!(p, septet_common::strassen::Operand::View(_)));
+        assert_eq!(p.view(), ndarray::arr2(&[[3.0, 4.0]]));
+    }
 }
