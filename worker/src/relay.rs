@@ -111,10 +111,13 @@ enum From {
 
 /// What the node hears.
 enum Event {
+    /// A part, with its digest when it is a forwarded quadrant panel
+    /// (hashed by the link's reader, so the node's loop never waits on it).
     Part {
         from: From,
         part: PartId,
         data: Matrix,
+        digest: Option<[u8; 32]>,
     },
     Digests(Vec<(u64, [u8; 32])>),
     /// A link to or from `slot` failed.
@@ -283,7 +286,7 @@ pub(crate) async fn lead(
                     debug!(error = %e, "the requester broke the plan");
                     break;
                 }
-                Event::Part { from: From::Requester, part, data }
+                Event::Part { from: From::Requester, part, data, digest: None }
             }
             Ok(Some(Frame::Control(body))) => match body.decode::<WorkerRequest>() {
                 Ok(WorkerRequest::Digests(d)) if d.len() <= 4096 => Event::Digests(d),
@@ -341,7 +344,11 @@ pub(crate) async fn follow(
                 if let Err(error) = admit(plan, me, From::Slot(from), part, &data) {
                     break Event::Link { slot: from, error };
                 }
-                if entry.inbox.send(Event::Part { from: From::Slot(from), part, data }).is_err() {
+                let digest = part.block.input_index().map(|_| match &data {
+                    Matrix::F64(x) => relay::digest(x.view()),
+                    Matrix::F32(x) => relay::digest(x.view()),
+                });
+                if entry.inbox.send(Event::Part { from: From::Slot(from), part, data, digest }).is_err() {
                     return;
                 }
             }
@@ -424,6 +431,10 @@ struct Reduction<T> {
     sent: usize,
 }
 
+/// A forwarded part waiting for its digest: its sender, the part, and
+/// the digest of what arrived.
+type Parked<T> = (usize, Arc<Array2<T>>, [u8; 32]);
+
 /// A sender to one peer: its queue (parts go out in order).
 type Outbox<T> = mpsc::UnboundedSender<(PartId, Arc<Array2<T>>)>;
 
@@ -439,8 +450,9 @@ struct Node<T> {
     seen: std::collections::HashSet<(usize, u64)>,
     /// Digests of parts that arrive by forward, by part task id.
     digests: HashMap<u64, [u8; 32]>,
-    /// Forwarded parts waiting for their digest.
-    parked: HashMap<u64, (usize, Arc<Array2<T>>)>,
+    /// Forwarded parts waiting for the requester's digest: sender, part,
+    /// and the digest of what arrived.
+    parked: HashMap<u64, Parked<T>>,
     /// Verified operand panels this slot uses.
     inputs: HashMap<PartId, Arc<Array2<T>>>,
     /// B panels still missing before Y can be formed.
@@ -588,7 +600,7 @@ impl<T: Element> Node<T> {
 
     async fn take(&mut self, event: Event, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
         match event {
-            Event::Part { from, part, data } => {
+            Event::Part { from, part, data, digest } => {
                 let index = match from {
                     From::Requester => REQUESTER,
                     From::Slot(s) => s,
@@ -601,7 +613,7 @@ impl<T: Element> Node<T> {
                 let data = T::from_matrix(data)
                     .map_err(|_| Failed { message: "a part of the wrong dtype".into(), ..culprit() })?;
                 self.stats.bytes_in[index] += frame_bytes(part, T::DTYPE, data.dim());
-                self.take_part(from, part, Arc::new(data), out).await
+                self.take_part(from, part, Arc::new(data), digest, out).await
             }
             Event::Digests(list) => {
                 // At most one per panel of each of the eight quadrants.
@@ -613,10 +625,10 @@ impl<T: Element> Node<T> {
                     });
                 }
                 for (id, digest) in list {
-                    if let Some((from, data)) = self.parked.remove(&id) {
+                    if let Some((from, data, got)) = self.parked.remove(&id) {
                         let part =
                             PartId::from_task_id(septet_common::TaskId(id)).expect("parked parts have valid ids");
-                        self.verify(from, part, &data, &digest)?;
+                        verify(from, part, &got, &digest)?;
                         self.use_input(part, data);
                     }
                     self.digests.insert(id, digest);
@@ -644,21 +656,12 @@ impl<T: Element> Node<T> {
         }
     }
 
-    fn verify(&self, from: usize, part: PartId, data: &Array2<T>, digest: &[u8; 32]) -> Result<(), Failed> {
-        if relay::digest(data.view()) != *digest {
-            return Err(blame(
-                from,
-                format!("{} forwarded by slot {from} does not match the requester's digest", part.name()),
-            ));
-        }
-        Ok(())
-    }
-
     async fn take_part(
         &mut self,
         from: From,
         part: PartId,
         data: Arc<Array2<T>>,
+        got: Option<[u8; 32]>,
         out: &mpsc::Sender<Out>,
     ) -> Result<(), Failed> {
         match (from, part.block) {
@@ -689,13 +692,14 @@ impl<T: Element> Node<T> {
             }
             (From::Slot(f), _) => {
                 let id = part.task_id().0;
+                let got = got.unwrap_or_else(|| relay::digest(data.view()));
                 match self.digests.get(&id) {
                     Some(digest) => {
-                        self.verify(f, part, &data, digest)?;
+                        verify(f, part, &got, digest)?;
                         self.use_input(part, data);
                     }
                     None => {
-                        self.parked.insert(id, (f, data));
+                        self.parked.insert(id, (f, data, got));
                     }
                 }
                 Ok(())
@@ -937,6 +941,17 @@ async fn send_parts<T: Element>(
     }
     let _ = conn.writer.shutdown().await;
     Ok(bytes)
+}
+
+/// Checks that a forwarded part hashed to the requester's digest.
+fn verify(from: usize, part: PartId, got: &[u8; 32], digest: &[u8; 32]) -> Result<(), Failed> {
+    if got != digest {
+        return Err(blame(
+            from,
+            format!("{} forwarded by slot {from} does not match the requester's digest", part.name()),
+        ));
+    }
+    Ok(())
 }
 
 fn closed() -> Failed {
