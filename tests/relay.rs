@@ -242,3 +242,57 @@ async fn a_slot_that_computes_slowly_holds_the_relay_up_only_briefly() {
     .await
     .expect("the job hung");
 }
+
+/// With the cluster secret and `--encrypt`, the peers' links to each other
+/// are authenticated and encrypted like every other, and a relayed job
+/// works (tests/security.rs shows a missing or wrong secret refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_grid_relays() {
+    tokio::time::timeout(LIMIT, async {
+        let security = septet_common::secure::Security::with_secret(septet_common::secure::Secret::generate(), true);
+        let (tracker, state) =
+            spawn_tracker(TrackerConfig { security: security.clone(), ..TrackerConfig::default() }).await;
+        let mut workers = Vec::new();
+        for _ in 0..7 {
+            let config = septet_worker::WorkerConfig {
+                tracker: Some(tracker.addr.to_string()),
+                threads: 1,
+                security: security.clone(),
+                ..Default::default()
+            };
+            workers.push(spawn_worker_with(config).await);
+        }
+        let req = Requester::new(RequesterConfig {
+            tracker: tracker.addr.to_string(),
+            plan: Plan::Relay,
+            security: security.clone(),
+            ..Default::default()
+        });
+        // The tracker answers only with the secret: wait for the workers with it.
+        let mut alive = 0;
+        for _ in 0..200 {
+            let mut client = septet_client::TrackerClient::connect_with(
+                tracker.addr,
+                septet_common::Role::Client,
+                Duration::from_secs(5),
+                &security,
+            )
+            .await
+            .unwrap();
+            alive = client.peers().await.unwrap().1.iter().filter(|p| p.state == "alive").count();
+            if alive == 7 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(alive, 7);
+        let (a, b) = (ints(130, 70, 1), ints(70, 90, 2));
+        let (c, report) = req.multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
+        assert_eq!(c, naive_matmul(a.view(), b.view()));
+        assert_eq!(report.plan, "relay", "{:?}", report.failures);
+        assert_eq!(state.stats().unwrap().leases, 0);
+        teardown(tracker, workers).await;
+    })
+    .await
+    .expect("the job hung");
+}
