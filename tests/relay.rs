@@ -142,8 +142,8 @@ async fn a_forwarder_that_alters_a_block_is_caught_by_its_digest_and_named() {
         let (report, liars) = job_with_liars(septet_worker::Fault::CorruptForward, 1).await;
         assert_eq!(report.plan, "relay+direct");
         let named = format!("peer {}", liars[0]);
-        let digest =
-            report.failures.iter().find(|f| f.starts_with("slot ") && f.contains("digest")).expect("a digest failure");
+        let digest = report.failures.iter().find(|f| f.starts_with("slot ") && f.contains("digest"));
+        let digest = digest.unwrap_or_else(|| panic!("no digest failure: {:?}", report.failures));
         assert!(digest.contains(&named), "{digest} should name {named}: {:?}", report.failures);
     })
     .await
@@ -290,6 +290,31 @@ async fn an_encrypted_grid_relays() {
         let (c, report) = req.multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
         assert_eq!(c, naive_matmul(a.view(), b.view()));
         assert_eq!(report.plan, "relay", "{:?}", report.failures);
+        assert_eq!(state.stats().unwrap().leases, 0);
+        teardown(tracker, workers).await;
+    })
+    .await
+    .expect("the job hung");
+}
+
+/// Workers with two slots each: a lease of seven on four of them puts
+/// two slots of the job on one worker (at least three times), which the
+/// worker keeps apart by slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_slots_of_one_job_on_one_worker_relay() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let workers = spawn_workers(tracker.addr, 4, 2).await;
+        wait_for_alive_slots(tracker.addr, 8).await;
+        let (a, b) = (ints(200, 150, 3), ints(150, 170, 4));
+        let (c, report) = requester(&tracker).multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
+        assert_eq!(c, naive_matmul(a.view(), b.view()));
+        assert_eq!(report.plan, "relay", "{:?}", report.failures);
+        let relay = report.relay.as_ref().unwrap();
+        let mut addrs: Vec<&str> = relay.slots.iter().map(|s| s.peer.addr.as_str()).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert!(addrs.len() <= 4, "{addrs:?}");
         assert_eq!(state.stats().unwrap().leases, 0);
         teardown(tracker, workers).await;
     })

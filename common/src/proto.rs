@@ -550,6 +550,11 @@ pub enum WorkerReply {
         blame: Option<u8>,
         /// What happened.
         message: String,
+        /// The blamed slot was caught by what it sent (a panel that fails
+        /// its digest, a part the plan does not have it send), not by a
+        /// link that broke — which may be the failure of another slot
+        /// spreading: the requester trusts this over other reports.
+        evidence: bool,
     },
 }
 
@@ -589,12 +594,15 @@ pub enum WorkerRequest {
     /// plan; its parts follow.
     Relay(crate::relay::RelayPlan),
     /// From a peer of a relayed job: the parts that follow on this
-    /// connection are for `job_id`, from slot `from`.
+    /// connection are for slot `to` of `job_id`, from slot `from`. (A
+    /// worker with several slots may hold more than one slot of a job.)
     Join {
         /// The job.
         job_id: JobId,
         /// The sending slot.
         from: u8,
+        /// The receiving slot.
+        to: u8,
     },
     /// From the requester: BLAKE3 digests of parts this slot receives by
     /// forward (part task id, digest).

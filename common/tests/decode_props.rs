@@ -303,8 +303,8 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
         failure().prop_map(WorkerReply::Error),
         (task_id(), any::<u64>()).prop_map(|(task_id, compute_us)| WorkerReply::Computed { task_id, compute_us }),
         Just(WorkerReply::Working),
-        (proptest::option::of(any::<u8>()), text())
-            .prop_map(|(blame, message)| WorkerReply::RelayFailed { blame, message }),
+        (proptest::option::of(any::<u8>()), text(), any::<bool>())
+            .prop_map(|(blame, message, evidence)| WorkerReply::RelayFailed { blame, message, evidence }),
         (any::<u8>(), proptest::collection::vec(any::<u64>(), 0..9), any::<[u64; 4]>()).prop_map(|(slot, bytes, t)| {
             WorkerReply::RelayDone(RelayStats {
                 slot,
@@ -324,7 +324,11 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
 /// Every variant of [`WorkerRequest`], with arbitrary fields.
 fn worker_request() -> impl Strategy<Value = WorkerRequest> {
     prop_oneof![
-        (any::<u64>(), any::<u8>()).prop_map(|(job, from)| WorkerRequest::Join { job_id: JobId(job), from }),
+        (any::<u64>(), any::<u8>(), any::<u8>()).prop_map(|(job, from, to)| WorkerRequest::Join {
+            job_id: JobId(job),
+            from,
+            to
+        }),
         proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..6).prop_map(WorkerRequest::Digests),
         (
             any::<[u64; 6]>(),

@@ -49,11 +49,12 @@ const REQUESTER: usize = SLOTS;
 /// (beyond the I/O timeout) before the link is given up.
 const MIN_PART_RATE: f64 = 1e6;
 
-/// The relayed jobs running on this worker, by id: how a peer's `Join`
-/// finds its job.
+/// The relayed jobs running on this worker, by id and slot (a worker with
+/// several slots may hold more than one slot of a job): how a peer's
+/// `Join` finds its job.
 #[derive(Default)]
 pub(crate) struct Relays {
-    jobs: Mutex<HashMap<JobId, Entry>>,
+    jobs: Mutex<HashMap<(JobId, u8), Entry>>,
     changed: Notify,
 }
 
@@ -73,26 +74,27 @@ impl Relays {
         if jobs.len() >= MAX_JOBS {
             return Err(format!("this worker already runs {MAX_JOBS} relayed jobs"));
         }
-        if jobs.contains_key(&entry.plan.job_id) {
-            return Err(format!("job {} is already running here", entry.plan.job_id));
+        let key = (entry.plan.job_id, entry.plan.you);
+        if jobs.contains_key(&key) {
+            return Err(format!("slot {} of job {} is already running here", key.1, key.0));
         }
-        jobs.insert(entry.plan.job_id, entry);
+        jobs.insert(key, entry);
         drop(jobs);
         self.changed.notify_waiters();
         Ok(())
     }
 
-    fn remove(&self, job_id: JobId) {
-        self.jobs.lock().remove(&job_id);
+    fn remove(&self, job_id: JobId, slot: u8) {
+        self.jobs.lock().remove(&(job_id, slot));
     }
 
     /// The job, once its plan has arrived (a peer's first forward may
     /// overtake it), waiting at most `limit`.
-    async fn wait_for(&self, job_id: JobId, limit: Duration) -> Option<Entry> {
+    async fn wait_for(&self, job_id: JobId, slot: u8, limit: Duration) -> Option<Entry> {
         let until = tokio::time::Instant::now() + limit;
         loop {
             let changed = self.changed.notified();
-            if let Some(e) = self.jobs.lock().get(&job_id) {
+            if let Some(e) = self.jobs.lock().get(&(job_id, slot)) {
                 return Some(e.clone());
             }
             if tokio::time::timeout_at(until, changed).await.is_err() {
@@ -120,6 +122,11 @@ enum Event {
         digest: Option<[u8; 32]>,
     },
     Digests(Vec<(u64, [u8; 32])>),
+    /// `slot` sent something the plan does not allow.
+    Caught {
+        slot: usize,
+        error: String,
+    },
     /// A link to or from `slot` failed.
     Link {
         slot: usize,
@@ -229,7 +236,7 @@ pub(crate) async fn lead(
         .and_then(|()| relays.insert(Entry { plan: plan.clone(), inbox: inbox.clone(), cancel: job_cancel.clone() }));
     if let Err(message) = admitted {
         warn!(%message, "relay plan refused");
-        let _ = out_tx.send(Out::Reply(WorkerReply::RelayFailed { blame: None, message })).await;
+        let _ = out_tx.send(Out::Reply(WorkerReply::RelayFailed { blame: None, message, evidence: false })).await;
         drop(out_tx);
         let _ = writer_task.await;
         return;
@@ -259,10 +266,10 @@ pub(crate) async fn lead(
                     config.metrics.relay_done(plan.dtype, true, took, bytes_in, bytes_out);
                     WorkerReply::RelayDone(stats)
                 }
-                Err(Failed { blame, message }) => {
+                Err(Failed { blame, message, evidence }) => {
                     config.metrics.relay_done(plan.dtype, false, Duration::ZERO, 0, 0);
                     warn!(job = %plan.job_id, blame = ?blame, %message, "relayed job failed");
-                    WorkerReply::RelayFailed { blame: blame.map(|b| b as u8), message }
+                    WorkerReply::RelayFailed { blame: blame.map(|b| b as u8), message, evidence }
                 }
             };
             let _ = out_tx.send(Out::Reply(reply)).await;
@@ -304,21 +311,28 @@ pub(crate) async fn lead(
         job_cancel.cancel();
         let _ = node.await;
     }
-    relays.remove(plan.job_id);
+    relays.remove(plan.job_id, plan.you);
     job_cancel.cancel();
     drop(out_tx);
     let _ = writer_task.await;
+    // The last reply is written. Let the requester close first (it does
+    // once it has read it), taking what it still sends meanwhile: closing
+    // on unread bytes would reset the connection, and a reset can reach
+    // the requester as a failed send before it has read why.
+    let drain = async { while let Ok(Some(_)) = reader.read_frame().await {} };
+    let _ = tokio::time::timeout(config.io_timeout, drain).await;
 }
 
 /// Serves a peer's connection to a relayed job: parts from slot `from`.
 pub(crate) async fn follow(
     job_id: JobId,
     from: u8,
+    to: u8,
     mut reader: FrameReader<OwnedReadHalf>,
     config: WorkerConfig,
     relays: Arc<Relays>,
 ) {
-    let Some(entry) = relays.wait_for(job_id, config.io_timeout).await else {
+    let Some(entry) = relays.wait_for(job_id, to, config.io_timeout).await else {
         debug!(%job_id, "a peer joined a job this worker does not run");
         return;
     };
@@ -330,7 +344,7 @@ pub(crate) async fn follow(
     let mut parts = 0;
     let event = loop {
         let frame = tokio::select! {
-            _ = entry.cancel.cancelled() => return,
+            _ = entry.cancel.cancelled() => break None,
             frame = reader.read_frame() => frame,
         };
         match frame {
@@ -338,28 +352,36 @@ pub(crate) async fn follow(
                 parts += 1;
                 let part = match PartId::from_task_id(b.task_id) {
                     Ok(p) => p,
-                    Err(e) => break Event::Link { slot: from, error: e.to_string() },
+                    Err(e) => break Some(Event::Caught { slot: from, error: e.to_string() }),
                 };
-                let Some(data) = b.mats.into_iter().next() else { break Event::Closed { slot: from } };
+                let Some(data) = b.mats.into_iter().next() else { break Some(Event::Closed { slot: from }) };
                 if let Err(error) = admit(plan, me, From::Slot(from), part, &data) {
-                    break Event::Link { slot: from, error };
+                    break Some(Event::Caught { slot: from, error });
                 }
                 let digest = part.block.input_index().map(|_| match &data {
                     Matrix::F64(x) => relay::digest(x.view()),
                     Matrix::F32(x) => relay::digest(x.view()),
                 });
                 if entry.inbox.send(Event::Part { from: From::Slot(from), part, data, digest }).is_err() {
-                    return;
+                    break None;
                 }
             }
             Ok(Some(_)) => {
-                break Event::Link { slot: from, error: "sent something other than the plan's parts".into() }
+                break Some(Event::Caught { slot: from, error: "sent something other than the plan's parts".into() })
             }
-            Ok(None) => break Event::Closed { slot: from },
-            Err(e) => break Event::Link { slot: from, error: e.to_string() },
+            Ok(None) => return drop(entry.inbox.send(Event::Closed { slot: from })),
+            Err(e) => return drop(entry.inbox.send(Event::Link { slot: from, error: e.to_string() })),
         }
     };
-    let _ = entry.inbox.send(event);
+    if let Some(event) = event {
+        let _ = entry.inbox.send(event);
+    }
+    // The job ended here (or the sender broke the plan): take what the
+    // sender still sends until it closes, for a while, rather than reset
+    // its connection — a reset would reach it as a failed link, and it
+    // might report that before the requester hears the real cause.
+    let drain = async { while let Ok(Some(_)) = reader.read_frame().await {} };
+    let _ = tokio::time::timeout(config.io_timeout, drain).await;
 }
 
 /// The requester link's writer: parts and replies in order, and `Working`
@@ -408,10 +430,23 @@ async fn write_out(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiv
 struct Failed {
     blame: Option<usize>,
     message: String,
+    /// `blame` was caught by what it sent (see `WorkerReply::RelayFailed`).
+    evidence: bool,
 }
 
+/// `slot` is at fault: its link broke.
 fn blame(slot: usize, message: String) -> Failed {
-    Failed { blame: Some(slot), message }
+    Failed { blame: Some(slot), message, evidence: false }
+}
+
+/// `slot` is at fault: it sent something wrong.
+fn caught(slot: usize, message: String) -> Failed {
+    Failed { blame: Some(slot), message, evidence: true }
+}
+
+/// Nobody is known to be at fault.
+fn failed(message: impl Into<String>) -> Failed {
+    Failed { blame: None, message: message.into(), evidence: false }
 }
 
 /// Work finished on a blocking thread.
@@ -544,10 +579,10 @@ impl<T: Element> Node<T> {
         let mut permit = None;
         while !self.finished() {
             tokio::select! {
-                _ = cancel.cancelled() => return Err(Failed { blame: None, message: "the job was cancelled".into() }),
+                _ = cancel.cancelled() => return Err(failed("the job was cancelled")),
                 event = inbox.recv() => match event {
                     Some(event) => self.take(event, out).await?,
-                    None => return Err(Failed { blame: None, message: "the job's connections closed".into() }),
+                    None => return Err(failed("the job's connections closed")),
                 },
                 event = links_rx.recv() => if let Some(event) = event {
                     self.take(event, out).await?;
@@ -557,7 +592,7 @@ impl<T: Element> Node<T> {
                         self.computing = false;
                         self.finish_work(done, out).await?;
                     }
-                    Some(Err(e)) => return Err(Failed { blame: None, message: e }),
+                    Some(Err(e)) => return Err(failed(e)),
                     None => {}
                 },
             }
@@ -566,8 +601,8 @@ impl<T: Element> Node<T> {
             {
                 if permit.is_none() {
                     permit = Some(tokio::select! {
-                        _ = cancel.cancelled() => return Err(Failed { blame: None, message: "the job was cancelled".into() }),
-                        p = slots.clone().acquire_owned() => p.map_err(|_| Failed { blame: None, message: "the worker is stopping".into() })?,
+                        _ = cancel.cancelled() => return Err(failed("the job was cancelled")),
+                        p = slots.clone().acquire_owned() => p.map_err(|_| failed("the worker is stopping"))?,
                     });
                 }
                 self.start_work(&done_tx);
@@ -605,7 +640,8 @@ impl<T: Element> Node<T> {
                     From::Requester => REQUESTER,
                     From::Slot(s) => s,
                 };
-                let culprit = || Failed { blame: (index < SLOTS).then_some(index), message: String::new() };
+                let culprit =
+                    || Failed { blame: (index < SLOTS).then_some(index), message: String::new(), evidence: true };
                 if !self.seen.insert((index, part.task_id().0)) {
                     return Err(Failed { message: format!("{} arrived twice", part.name()), ..culprit() });
                 }
@@ -619,10 +655,7 @@ impl<T: Element> Node<T> {
                 // At most one per panel of each of the eight quadrants.
                 let most = 4 * (self.plan.a_panels().count() + self.plan.b_panels().count());
                 if self.digests.len() + list.len() > most {
-                    return Err(Failed {
-                        blame: None,
-                        message: format!("the requester sent more than {most} digests"),
-                    });
+                    return Err(failed(format!("the requester sent more than {most} digests")));
                 }
                 for (id, digest) in list {
                     if let Some((from, data, got)) = self.parked.remove(&id) {
@@ -636,6 +669,7 @@ impl<T: Element> Node<T> {
                 Ok(())
             }
             Event::Link { slot, error } => Err(blame(slot, format!("the link with slot {slot} failed: {error}"))),
+            Event::Caught { slot, error } => Err(caught(slot, format!("slot {slot} {error}"))),
             Event::Closed { slot } => {
                 if self.received[slot] < self.expected[slot] {
                     return Err(blame(
@@ -740,7 +774,7 @@ impl<T: Element> Node<T> {
             };
             let io_timeout = config.io_timeout;
             tokio::spawn(async move {
-                let event = match send_parts::<T>(&addr, job_id, me, rx, limits, io_timeout).await {
+                let event = match send_parts::<T>(&addr, job_id, me, to as u8, rx, limits, io_timeout).await {
                     Ok(bytes) => Event::Sent { slot: to, bytes },
                     Err(e) => Event::Link { slot: to, error: e.to_string() },
                 };
@@ -863,7 +897,7 @@ impl<T: Element> Node<T> {
                 for to in self.plan.roles.product_targets(self.me) {
                     self.send_to(to, part, m.clone());
                 }
-                self.reduce(self.me, panel, &m, out).await.map_err(|e| Failed { blame: None, message: e })?;
+                self.reduce(self.me, panel, &m, out).await.map_err(failed)?;
             }
         }
         Ok(())
@@ -919,6 +953,7 @@ async fn send_parts<T: Element>(
     addr: &str,
     job_id: JobId,
     me: u8,
+    to: u8,
     mut rx: mpsc::UnboundedReceiver<(PartId, Arc<Array2<T>>)>,
     limits: ConnLimits,
     io_timeout: Duration,
@@ -926,7 +961,8 @@ async fn send_parts<T: Element>(
     let mut conn = Connection::connect(addr, Role::Client, limits)
         .await
         .map_err(|e| e.naming(|| format!("the peer at {addr}")))?;
-    deadline(io_timeout, "a peer to take a Join", conn.writer.send(&WorkerRequest::Join { job_id, from: me })).await?;
+    let join = WorkerRequest::Join { job_id, from: me, to };
+    deadline(io_timeout, "a peer to take a Join", conn.writer.send(&join)).await?;
     let mut bytes = 0;
     while let Some((part, data)) = rx.recv().await {
         let len = frame_bytes(part, T::DTYPE, data.dim());
@@ -955,5 +991,5 @@ fn verify(from: usize, part: PartId, got: &[u8; 32], digest: &[u8; 32]) -> Resul
 }
 
 fn closed() -> Failed {
-    Failed { blame: None, message: "the requester's link closed".into() }
+    failed("the requester's link closed")
 }

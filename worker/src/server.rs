@@ -382,8 +382,8 @@ async fn serve_connection(
             Ok(WorkerRequest::Relay(plan)) => {
                 return relay::lead(plan, reader, writer, config, slots, relays, cancel).await;
             }
-            Ok(WorkerRequest::Join { job_id, from }) => {
-                return relay::follow(job_id, from, reader, config, relays).await
+            Ok(WorkerRequest::Join { job_id, from, to }) => {
+                return relay::follow(job_id, from, to, reader, config, relays).await
             }
             // Anything else is answered below as the task conversation does.
             _ => {}

@@ -50,6 +50,9 @@ use tracing::{debug, info, warn};
 use super::{ProgressFn, Requester};
 use crate::verify::{NonFinite, Verifier};
 
+/// How long the relay listens for more failure reports after the first.
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// What the job report shows of one slot of a relayed job.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotReport {
@@ -126,8 +129,13 @@ pub(super) struct Outcome {
 enum Heard {
     Part(usize, PartId, septet_common::Matrix),
     Done(usize, RelayStats),
-    Failed(usize, Option<u8>, String),
+    /// The slot gave up: whom it blames, why, and whether on evidence.
+    Failed(usize, Option<u8>, String, bool),
     Lost(usize, String),
+    /// Sending to the slot failed. Its reader has the last word: the slot
+    /// may have closed after saying why it gave up (blaming another), and
+    /// the reader ends either way.
+    WriteFailed(usize, String),
 }
 
 /// What a slot's writer sends.
@@ -341,7 +349,7 @@ pub(super) async fn run<T: Element>(
         let io_timeout = config.io_timeout;
         tasks.spawn(async move {
             if let Err(e) = write_slot(writer, rx, &a, &b, split, &plan, io_timeout).await {
-                let _ = heard.send(Heard::Lost(slot, format!("sending to it failed: {e}")));
+                let _ = heard.send(Heard::WriteFailed(slot, format!("sending to it failed: {e}")));
             }
         });
     }
@@ -436,8 +444,10 @@ pub(super) async fn run<T: Element>(
                         match body.decode::<WorkerReply>() {
                             Ok(WorkerReply::Working) => continue,
                             Ok(WorkerReply::RelayDone(stats)) => Heard::Done(slot, stats),
-                            Ok(WorkerReply::RelayFailed { blame, message }) => Heard::Failed(slot, blame, message),
-                            Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, f.message),
+                            Ok(WorkerReply::RelayFailed { blame, message, evidence }) => {
+                                Heard::Failed(slot, blame, message, evidence)
+                            }
+                            Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, f.message, false),
                             Ok(other) => {
                                 Heard::Lost(slot, format!("sent {}", septet_common::proto::Control::kind(&other)))
                             }
@@ -464,6 +474,10 @@ pub(super) async fn run<T: Element>(
     let mut stats: Vec<Option<RelayStats>> = vec![None; SLOTS];
     let mut failure: Option<String> = None;
     let mut grace: Option<tokio::time::Instant> = None;
+    // Failures heard (blamed slot, summary, why, on evidence), and when
+    // to stop listening for more.
+    let mut reports: Vec<(usize, String, String, bool)> = Vec::new();
+    let mut settle: Option<tokio::time::Instant> = None;
     // Once A and B are out, C is due within twice the time they took plus
     // the silence timeout: a slot that computes or forwards far slower than
     // the rest (it still talks, so silence does not catch it) then costs
@@ -481,7 +495,7 @@ pub(super) async fn run<T: Element>(
             // within moments, or not at all.
             grace = Some(tokio::time::Instant::now() + Duration::from_secs(1));
         }
-        let wait_until = grace.or(sent_at.map(due_after)).map_or(until, |g| g.min(until));
+        let wait_until = settle.or(grace).or(sent_at.map(due_after)).map_or(until, |g| g.min(until));
         let heard = tokio::select! {
             heard = heard_rx.recv() => heard,
             // Wakes the loop when A and B are all out, to set the due time.
@@ -490,7 +504,7 @@ pub(super) async fn run<T: Element>(
                 continue;
             }
             _ = tokio::time::sleep_until(wait_until) => {
-                if grace.is_none() && failure.is_none() {
+                if grace.is_none() && reports.is_empty() {
                     let late: Vec<String> = Quad::ALL
                         .iter()
                         .filter(|q| gather.panels_left[q.index()] > 0)
@@ -514,8 +528,7 @@ pub(super) async fn run<T: Element>(
             Heard::Part(slot, part, m) => {
                 let t = Instant::now();
                 if let Err(why) = gather.take(slot, part, m, c) {
-                    outcome.blamed.push((slot, why.clone()));
-                    failure.get_or_insert(format!("slot {slot}: {why}"));
+                    reports.push((slot, format!("slot {slot}: {why}"), why, true));
                 }
                 debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
                 if let Block::C(q) = part.block {
@@ -525,27 +538,41 @@ pub(super) async fn run<T: Element>(
                 }
             }
             Heard::Done(slot, s) => stats[slot] = Some(s),
-            // The first failure ends the relay: closing the links cancels
-            // the job on every slot, and what they say after that (links
-            // closing under them) blames nobody.
-            Heard::Failed(slot, blame, message) => {
+            Heard::Failed(slot, blame, message, evidence) => {
                 let at_fault = blame.map(usize::from).filter(|&b| b < SLOTS).unwrap_or(slot);
-                warn!(slot, blame = at_fault, %message, "relay: a slot gave up");
-                outcome.blamed.push((at_fault, message.clone()));
-                failure.get_or_insert(format!("slot {slot} gave up: {message}"));
-                break;
+                warn!(slot, blame = at_fault, %message, evidence, "relay: a slot gave up");
+                reports.push((at_fault, format!("slot {slot} gave up: {message}"), message, evidence));
+            }
+            Heard::WriteFailed(slot, why) => {
+                debug!(slot, %why, "relay: a send failed; waiting for the slot's last word")
             }
             Heard::Lost(slot, why) => {
                 if stats[slot].is_none() {
                     warn!(slot, %why, "relay: lost a slot");
-                    outcome.blamed.push((slot, why.clone()));
-                    failure.get_or_insert(format!("slot {slot}: {why}"));
-                    break;
+                    reports.push((slot, format!("slot {slot}: {why}"), why, false));
                 }
             }
         }
-        if failure.is_some() {
-            break;
+        // The first failure ends the relay, after a moment to hear the
+        // rest: one slot's failure spreads (links close under the others),
+        // so a report on evidence — a panel that failed its digest, a part
+        // off the plan — is trusted over reports of broken links, and
+        // without one, the first report is.
+        if !reports.is_empty() && settle.is_none() {
+            settle = Some(tokio::time::Instant::now() + SETTLE);
+        }
+    }
+    if let Some(first) = reports.first() {
+        failure = Some(first.1.clone());
+    }
+    let on_evidence: Vec<_> = reports.iter().filter(|r| r.3).cloned().collect();
+    let chosen = if on_evidence.is_empty() { reports.into_iter().take(1).collect() } else { on_evidence };
+    if let Some(first) = chosen.first() {
+        failure = Some(first.1.clone());
+    }
+    for (slot, _, why, _) in chosen {
+        if !outcome.blamed.iter().any(|(s, w)| *s == slot && *w == why) {
+            outcome.blamed.push((slot, why));
         }
     }
     // Closing the links ends the job on every slot, however far it got.
