@@ -341,6 +341,11 @@ struct WorkerArgs {
     /// Largest frame accepted, in bytes (a task carries two operands).
     #[arg(long, default_value_t = septet_common::DEFAULT_MAX_FRAME_LEN, value_name = "BYTES")]
     max_frame_len: usize,
+    /// Before registering, fault in the memory of jobs up to N×N·N×N f64
+    /// (three (N/2)² blocks per slot: 96 MiB a slot at 4096) so the first
+    /// job runs as fast as later ones; 0: none.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    warm_up: usize,
     #[command(flatten)]
     serve: ServeArgs,
     /// Also serve Prometheus metrics (/metrics) over HTTP on this address
@@ -727,6 +732,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         tracker: Some(args.tracker.tracker),
         slots: args.slots,
         threads: args.threads,
+        warm_up: args.warm_up,
         max_frame_len: args.max_frame_len,
         #[cfg(feature = "fault-injection")]
         fault: args.fault,

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -250,14 +250,23 @@ const POOL_MAX_BYTES: usize = 1 << 30;
 /// Large blocks come in a few sizes per job (the quadrant shapes), and a
 /// recycled buffer costs neither page faults nor zeroing, which on this
 /// workload cost more than the copies themselves. Buffers come back through
-/// [`recycle`].
+/// [`recycle`]. The pooled buffer taken is the smallest that holds the
+/// array (it keeps its whole length, so it goes back whole), so buffers
+/// recycled from bigger jobs, or set aside by [`prefault`], serve smaller
+/// ones too.
 pub fn alloc_uninit<T: Element>(shape: (usize, usize)) -> Array2<T> {
     let len = shape.0.checked_mul(shape.1).expect("matrix size overflows usize");
     if len * std::mem::size_of::<T>() >= POOL_MIN_BYTES {
         let mut pool = T::pool().lock();
-        if let Some(at) = pool.iter().position(|v| v.len() == len) {
+        let best = pool.iter().enumerate().filter(|(_, v)| v.len() >= len).min_by_key(|(_, v)| v.len()).map(|(i, _)| i);
+        if let Some(at) = best {
             let v = pool.swap_remove(at);
-            return Array2::from_shape_vec(shape, v).expect("length matches shape");
+            drop(pool);
+            // The first `len` elements, owning the whole buffer.
+            return Array1::from_vec(v)
+                .slice_move(ndarray::s![..len])
+                .into_shape_with_order(shape)
+                .expect("a contiguous prefix of the right length");
         }
     }
     alloc_zeroed(shape)
@@ -269,14 +278,63 @@ pub fn recycle<T: Element>(a: Array2<T>) {
         return;
     }
     let (v, offset) = a.into_raw_vec_and_offset();
-    if offset.unwrap_or(0) != 0 {
-        return;
+    if offset.unwrap_or(0) == 0 {
+        pool_push(v);
     }
+}
+
+/// Pools `v` unless that would take the pool past [`POOL_MAX_BYTES`];
+/// says whether it did.
+fn pool_push<T: Element>(v: Vec<T>) -> bool {
     let mut pool = T::pool().lock();
-    let held: usize = pool.iter().map(|b| b.len() * std::mem::size_of::<T>()).sum();
-    if held + v.len() * std::mem::size_of::<T>() <= POOL_MAX_BYTES {
+    let fits = held(&pool) + v.len() * std::mem::size_of::<T>() <= POOL_MAX_BYTES;
+    if fits {
         pool.push(v);
     }
+    fits
+}
+
+fn held<T>(pool: &[Vec<T>]) -> usize {
+    pool.iter().map(|b| b.len() * std::mem::size_of::<T>()).sum()
+}
+
+/// Bytes of recycled `T` buffers this process holds for reuse.
+pub fn pooled_bytes<T: Element>() -> usize {
+    held(&T::pool().lock())
+}
+
+/// Sets aside `count` buffers of `len` elements for [`alloc_uninit`], each
+/// page already backed by memory, as far as the pool's limit (1 GiB per
+/// element type) allows; returns how many it set aside. Buffers under
+/// 1 MiB are not pooled, so none are made.
+///
+/// A fresh buffer's pages are faulted in, and zeroed by the kernel, on
+/// first write, in the middle of whatever writes it first (a socket read,
+/// a product). A server that calls this at start pays that before its
+/// first job instead of during it: the buffers of every job whose blocks
+/// are at most `len` elements then come from the pool, as they do for
+/// later jobs.
+pub fn prefault<T: Element>(len: usize, count: usize) -> usize {
+    let bytes = len.saturating_mul(std::mem::size_of::<T>());
+    if bytes < POOL_MIN_BYTES {
+        return 0;
+    }
+    let mut made = 0;
+    while made < count && pooled_bytes::<T>() + bytes <= POOL_MAX_BYTES {
+        let mut v = vec![T::zero(); len];
+        advise_huge_pages(&v);
+        // One write per 4 KiB page backs it (a read would only map the
+        // shared zero page). Pooled contents are unspecified, so the value
+        // does not matter; it is not zero, which the compiler may know is
+        // there already and skip writing.
+        let step = (4096 / std::mem::size_of::<T>()).max(1);
+        v.iter_mut().step_by(step).for_each(|x| *x = T::one());
+        if !pool_push(v) {
+            break;
+        }
+        made += 1;
+    }
+    made
 }
 
 /// [`recycle`] for a dynamic matrix.

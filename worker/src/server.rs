@@ -16,7 +16,7 @@ use std::time::Duration;
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
 use septet_common::listener::{self, ListenConfig};
-use septet_common::matrix::{matmul_dyn, parallelism, recycle_matrix};
+use septet_common::matrix::{matmul_dyn, parallelism, prefault, recycle_matrix};
 use septet_common::proto::{Failure, TaskId, WorkerReply, WorkerRequest};
 use septet_common::secure::Security;
 use septet_common::{deadline, Connection, Dtype, Error, Frame, FrameWriter, Matrix, Result, Role};
@@ -47,6 +47,11 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// faer threads per product; 0 uses every thread of the rayon pool.
     pub threads: usize,
+    /// Before registering, set aside page-faulted buffers for the blocks of
+    /// f64 jobs up to `warm_up`×`warm_up`·`warm_up`×`warm_up` (three
+    /// ⌈warm_up/2⌉² blocks per slot: 96 MiB a slot at 4096), so the first
+    /// job does not fault them in while it runs; 0 sets none aside.
+    pub warm_up: usize,
     /// Largest frame accepted (a task carries two operands).
     pub max_frame_len: usize,
     /// Deadline for tracker requests, and for a frame that has begun to
@@ -112,6 +117,7 @@ impl Default for WorkerConfig {
             tracker: None,
             slots: 1,
             threads: 0,
+            warm_up: 0,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             io_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
@@ -143,8 +149,24 @@ impl WorkerConfig {
         if self.max_connections == 0 {
             return Err(Error::Invalid("the connection cap must be at least 1".into()));
         }
+        if self.warm_up_block().is_none() {
+            return Err(Error::Invalid(format!(
+                "a warm-up for {n}×{n} jobs needs tasks larger than this worker's {}-byte frame limit",
+                self.max_frame_len,
+                n = self.warm_up
+            )));
+        }
         self.security.validate()?;
         Ok(())
+    }
+
+    /// Elements of one block of a [`WorkerConfig::warm_up`]-sized job, if
+    /// its tasks (two such blocks) fit in a frame.
+    fn warm_up_block(&self) -> Option<usize> {
+        let half = self.warm_up.div_ceil(2);
+        let len = half.checked_mul(half)?;
+        let task = len.checked_mul(2 * std::mem::size_of::<f64>())?;
+        (task <= self.max_frame_len).then_some(len)
     }
 }
 
@@ -165,6 +187,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
     config.validate()?;
     config.metrics.set_slots(config.slots);
     let local = listener.local_addr()?;
+    warm_up(&config).await;
     let agent_stop = CancellationToken::new();
     let agent_task = config.tracker.clone().map(|tracker| {
         let agent_config = agent::AgentConfig {
@@ -223,6 +246,24 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, agent).await;
     }
     fatal.map_or(Ok(()), Err)
+}
+
+/// Sets aside the buffers of [`WorkerConfig::warm_up`]: before the worker
+/// registers, so the tracker lends no slot of it while it is busy with this.
+async fn warm_up(config: &WorkerConfig) {
+    let Some(len) = config.warm_up_block().filter(|_| config.warm_up > 0) else { return };
+    let count = 3 * config.slots as usize;
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || prefault::<f64>(len, count)).await {
+        Ok(made) => info!(
+            n = config.warm_up,
+            buffers = made,
+            mib = (made * len * std::mem::size_of::<f64>()) >> 20,
+            ms = started.elapsed().as_millis() as u64,
+            "memory for the first jobs set aside"
+        ),
+        Err(e) => warn!(error = %e, "setting memory aside failed; the first job will fault its own in"),
+    }
 }
 
 /// What the writer task sends back.
@@ -485,6 +526,19 @@ mod tests {
         fn drop(&mut self) {
             LIVE.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// A warm-up whose tasks could never arrive is a configuration error,
+    /// not a gigabyte set aside for nothing.
+    #[test]
+    fn a_warm_up_must_fit_in_the_frame_limit() {
+        let config = |warm_up, max_frame_len| WorkerConfig { warm_up, max_frame_len, ..WorkerConfig::default() };
+        assert!(config(4096, DEFAULT_MAX_FRAME_LEN).validate().is_ok());
+        assert!(config(0, 1024).validate().is_ok());
+        // Two 2048² f64 operands are 64 MiB.
+        assert!(config(4096, 64 << 20).validate().is_ok());
+        assert!(matches!(config(4096, (64 << 20) - 1).validate(), Err(Error::Invalid(_))));
+        assert!(matches!(config(usize::MAX, DEFAULT_MAX_FRAME_LEN).validate(), Err(Error::Invalid(_))));
     }
 
     /// A client pipelines four tasks whose products are far larger than the
