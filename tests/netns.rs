@@ -284,3 +284,28 @@ fn a_lying_forwarder_is_named_and_the_job_is_still_right() {
     );
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
 }
+
+/// A relayed job with one of exactly seven workers behind a 20 Mbit/s link
+/// (it holds a quadrant, forwards it and needs others): the requester's
+/// sends go on past it, and either the relay finishes late or, once C is
+/// overdue (twice the send time plus the silence timeout after A and B
+/// are out), the quadrants it holds up are computed the direct way. The
+/// job is right either way, and far from the relay's own deadline.
+#[test]
+fn a_straggling_forwarder_costs_the_relay_seconds_not_its_deadline() {
+    let Some(mut grid) = NetGrid::new(7, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers(&[]);
+    grid.shape("w3", "20mbit");
+    let out = grid.run("rq", "multiply", &["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20"]);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    let plan = summary["plan"].as_str().unwrap();
+    assert!(plan == "relay" || plan == "relay+direct", "{summary}");
+    let total = summary["total_s"].as_f64().unwrap();
+    println!("job took {total:.2} s ({plan}); failures: {}", summary["failures"]);
+    // 4 MB a quadrant at 2.5 MB/s: a few seconds; the relay's deadline is
+    // the product deadline plus A, B and C at 5 MB/s (well over 20 s).
+    assert!(total < 20.0, "took {total:.2} s: {summary}");
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
