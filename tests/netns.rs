@@ -287,10 +287,10 @@ fn a_lying_forwarder_is_named_and_the_job_is_still_right() {
 
 /// A relayed job with one of exactly seven workers behind a 20 Mbit/s link
 /// (it holds a quadrant, forwards it and needs others): the requester's
-/// sends go on past it, and either the relay finishes late or, once C is
-/// overdue (twice the send time plus the silence timeout after A and B
-/// are out), the quadrants it holds up are computed the direct way. The
-/// job is right either way, and far from the relay's own deadline.
+/// sends go on past it, and either the relay finishes late or, once the
+/// quadrants it holds up are overdue (twice the time the first two took,
+/// plus a second), they are computed the direct way. The job is right
+/// either way, and far from the relay's own deadline.
 #[test]
 fn a_straggling_forwarder_costs_the_relay_seconds_not_its_deadline() {
     let Some(mut grid) = NetGrid::new(7, "1gbit") else { return };

@@ -222,10 +222,11 @@ async fn a_slot_that_vanishes_mid_job_is_named_and_the_job_finishes() {
     .expect("the job hung");
 }
 
-/// A slot that computes far slower than the rest but keeps talking: C is
-/// due within twice the time A and B took to go out plus the silence
-/// timeout, so the relay gives up on the quadrants it holds up well before
-/// its own deadline, and they are computed the direct way.
+/// A slot that computes far slower than the rest but keeps talking: the
+/// quadrants it holds up are due at twice the time the first two quadrants
+/// took plus a second (or twice the send time plus the silence timeout),
+/// so the relay gives up on them well before its own deadline, and they
+/// are computed the direct way.
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_that_computes_slowly_holds_the_relay_up_only_briefly() {
@@ -235,7 +236,7 @@ async fn a_slot_that_computes_slowly_holds_the_relay_up_only_briefly() {
         assert_eq!(report.plan, "relay+direct", "{:?}", report.failures);
         let relay = report.relay.as_ref().unwrap();
         let failure = relay.failure.as_deref().unwrap_or_default();
-        assert!(failure.contains("not back") && failure.contains("after A and B were out"), "{failure}");
+        assert!(failure.contains("not back") && failure.contains(" s after the"), "{failure}");
         assert!(!relay.quadrants_verified.is_empty(), "the quadrants it does not feed are kept: {relay:?}");
         println!("took {:?}: {:?}", started.elapsed(), report.failures);
     })

@@ -484,6 +484,8 @@ pub(super) async fn run<T: Element>(
     // that, not the whole relay deadline; its quadrants go the direct way.
     let plan_sent = tokio::time::Instant::now();
     let mut sent_at: Option<tokio::time::Instant> = None;
+    // When each C quadrant was all in.
+    let mut done_at: [Option<tokio::time::Instant>; 4] = [None; 4];
     let due_after = |at: tokio::time::Instant| c_due(at, at - plan_sent, config.silence_timeout);
     loop {
         let complete = gather.panels_left.iter().all(|&n| n == 0);
@@ -495,7 +497,10 @@ pub(super) async fn run<T: Element>(
             // within moments, or not at all.
             grace = Some(tokio::time::Instant::now() + Duration::from_secs(1));
         }
-        let wait_until = settle.or(grace).or(sent_at.map(due_after)).map_or(until, |g| g.min(until));
+        // Once two quadrants are in, the others are due too (see `quads_due`).
+        let behind = quads_due(plan_sent, &done_at);
+        let due = [sent_at.map(due_after), behind].into_iter().flatten().min();
+        let wait_until = settle.or(grace).or(due).map_or(until, |g| g.min(until));
         let heard = tokio::select! {
             heard = heard_rx.recv() => heard,
             // Wakes the loop when A and B are all out, to set the due time.
@@ -511,6 +516,12 @@ pub(super) async fn run<T: Element>(
                         .map(|q| format!("C{}", q.suffix()))
                         .collect();
                     failure = Some(match sent_at {
+                        _ if behind.is_some_and(|b| b <= until && Some(b) == due) => format!(
+                            "{} not back {:.1} s after the first two quadrants (they took {:.1} s)",
+                            late.join(", "),
+                            done_at.iter().flatten().nth(1).map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                            done_at.iter().flatten().nth(1).map_or(0.0, |t| (*t - plan_sent).as_secs_f64())
+                        ),
                         Some(at) if due_after(at) <= until => format!(
                             "{} not back {:.1} s after A and B were out (they took {:.1} s)",
                             late.join(", "),
@@ -533,6 +544,7 @@ pub(super) async fn run<T: Element>(
                 debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
                 if let Block::C(q) = part.block {
                     if gather.panels_left[q.index()] == 0 {
+                        done_at[q.index()].get_or_insert_with(tokio::time::Instant::now);
                         progress(super::Progress::Received { product: quad_name(q), bytes: gather.bytes[q.index()] });
                     }
                 }
@@ -645,6 +657,25 @@ fn culprits(q: Quad, reducer: usize, fingerprint_wrong: impl Fn(usize) -> bool) 
     } else {
         wrong
     }
+}
+
+/// When the C quadrants still missing are due, once two are in: twice the
+/// time the second took, plus a second. The quadrants come back within
+/// moments of each other when every slot keeps pace (their last panels
+/// all wait for A's last panel); one far behind the others waits on a slot
+/// that is slow — computing, or forwarding to the slots that feed it —
+/// and goes the direct way (the rule the direct plan applies to its last
+/// product, at a quadrant's grain).
+fn quads_due(
+    plan_sent: tokio::time::Instant,
+    done_at: &[Option<tokio::time::Instant>; 4],
+) -> Option<tokio::time::Instant> {
+    let mut done: Vec<tokio::time::Instant> = done_at.iter().flatten().copied().collect();
+    if done.len() < 2 || done.len() == 4 {
+        return None;
+    }
+    done.sort_unstable();
+    Some(plan_sent + (done[1] - plan_sent) * 2 + Duration::from_secs(1))
 }
 
 /// When C is due: A and B were all out at `sent_at`, `took` after the
@@ -902,6 +933,16 @@ mod tests {
         let due = c_due(at, Duration::from_secs(3), Duration::from_secs(4));
         assert_eq!(due - at, Duration::from_secs(10));
         assert_eq!(c_due(at, Duration::ZERO, Duration::from_secs(4)) - at, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn missing_quadrants_are_due_at_twice_the_second_ones_time_plus_a_second() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| Some(t0 + Duration::from_millis(ms));
+        assert_eq!(quads_due(t0, &[None, at(500), None, None]), None, "one quadrant says nothing");
+        assert_eq!(quads_due(t0, &[at(400), None, at(700), None]), at(2400));
+        assert_eq!(quads_due(t0, &[at(400), at(300), at(700), None]), at(1800), "the second of three");
+        assert_eq!(quads_due(t0, &[at(1), at(2), at(3), at(4)]), None, "all in");
     }
 
     #[test]
