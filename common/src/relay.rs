@@ -144,6 +144,14 @@ impl PartId {
     }
 }
 
+/// Bytes on the wire (before any encryption) of a part's frame carrying a
+/// `shape` matrix of `dtype`: what both ends count a part as.
+pub fn part_frame_len(dtype: Dtype, shape: (usize, usize)) -> u64 {
+    let header =
+        crate::frame::BlocksHeader { task_id: TaskId(0), op: crate::BlockOp::Part, dtype, shapes: vec![shape] };
+    header.frame_len().unwrap_or(0) as u64
+}
+
 /// Rows split into panels of `per` rows (the last may be shorter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Panels {

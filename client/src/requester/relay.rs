@@ -36,7 +36,7 @@ use ndarray::{s, Array2, ArrayView2};
 use parking_lot::Mutex;
 use rand::RngExt;
 use septet_common::conn::ConnLimits;
-use septet_common::frame::{BlockOp, BlocksHeader};
+use septet_common::frame::BlockOp;
 use septet_common::matrix::matmul_into;
 use septet_common::proto::{JobId, PeerAddr, RelayStats, WorkerReply, WorkerRequest};
 use septet_common::relay::{self, Block, Panels, PartId, RelayPlan, Roles, SLOTS};
@@ -200,11 +200,6 @@ fn send_order(a_panels: Panels, b_panels: Panels) -> Vec<PartId> {
     order
 }
 
-fn frame_len(part: PartId, dtype: septet_common::Dtype, shape: (usize, usize)) -> u64 {
-    BlocksHeader { task_id: part.task_id(), op: BlockOp::Part, dtype, shapes: vec![shape] }.frame_len().unwrap_or(0)
-        as u64
-}
-
 /// Runs the relay phase of A·B on the lease's seven `peers`, writing C's
 /// quadrants into `c` as they arrive.
 #[allow(clippy::too_many_arguments)]
@@ -269,7 +264,7 @@ pub(super) async fn run<T: Element>(
         verify_critical_s: 0.0,
         report: report.clone(),
     };
-    let c_part_len = frame_len(PartId { block: Block::C(Quad::Q11), panel: 0 }, T::DTYPE, (a_panels.per, nh));
+    let c_part_len = relay::part_frame_len(T::DTYPE, (a_panels.per, nh));
     let limits = ConnLimits {
         max_frame_len: (c_part_len as usize).max((mh * rounds * T::DTYPE.size()) + 1024).max(1 << 20),
         handshake_timeout: config.silence_timeout.min(config.io_timeout),
@@ -429,11 +424,7 @@ pub(super) async fn run<T: Element>(
                 let event = match reader.read_frame().await {
                     Ok(Some(Frame::Blocks(blk))) if blk.op == BlockOp::Part => {
                         let shape = blk.mats.first().map(|m| m.shape()).unwrap_or((0, 0));
-                        let len =
-                            BlocksHeader { task_id: blk.task_id, op: blk.op, dtype: T::DTYPE, shapes: vec![shape] }
-                                .frame_len()
-                                .unwrap_or(0);
-                        received.fetch_add(len as u64, Ordering::Relaxed);
+                        received.fetch_add(relay::part_frame_len(T::DTYPE, shape), Ordering::Relaxed);
                         match (PartId::from_task_id(blk.task_id), blk.mats.into_iter().next()) {
                             (Ok(part), Some(m)) => Heard::Part(slot, part, m),
                             _ => Heard::Lost(slot, "sent a malformed part".into()),
@@ -714,7 +705,7 @@ async fn write_slot<T: Element>(
             }
             Send::Part(part) => {
                 let data = part_of(a, b, split, plan, part);
-                let len = frame_len(part, T::DTYPE, data.view().dim());
+                let len = relay::part_frame_len(T::DTYPE, data.view().dim());
                 let limit = io_timeout + Duration::from_secs_f64(len as f64 / 1e6);
                 deadline(
                     limit,
@@ -786,7 +777,7 @@ impl<T: Element> Gather<T> {
             Block::C(q) if self.plan.roles.reducers[q.index()] as usize == slot => {
                 let qi = q.index();
                 let rows = self.plan.a_panels().range(part.panel as usize);
-                self.bytes[qi] += frame_len(part, T::DTYPE, m.dim());
+                self.bytes[qi] += relay::part_frame_len(T::DTYPE, m.dim());
                 self.panels_left[qi] -= 1;
                 // Place the real part of the panel in C.
                 let (mh, _, nh) = self.split.half();
