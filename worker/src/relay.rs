@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use ndarray::{s, Array2};
 use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
-use septet_common::frame::{BlockOp, BlocksHeader};
+use septet_common::frame::BlockOp;
 use septet_common::matrix::{matmul, parallelism};
 use septet_common::proto::{JobId, RelayStats, WorkerReply, WorkerRequest};
 use septet_common::relay::{self, Block, PartId, RelayPlan, Roles, SLOTS};
@@ -202,12 +202,6 @@ fn admit(plan: &RelayPlan, me: usize, from: From, part: PartId, data: &Matrix) -
         ));
     }
     Ok(())
-}
-
-/// Bytes of a part's frame on the wire (before encryption).
-fn frame_bytes(part: PartId, dtype: Dtype, shape: (usize, usize)) -> u64 {
-    BlocksHeader { task_id: part.task_id(), op: BlockOp::Part, dtype, shapes: vec![shape] }.frame_len().unwrap_or(0)
-        as u64
 }
 
 /// Serves a relayed job's requester connection: the plan came first.
@@ -495,8 +489,8 @@ struct Node<T> {
     /// Per A panel: operand panels still missing.
     a_missing: Vec<usize>,
     r: Option<Arc<Array2<T>>>,
+    /// Y, while the product's panels need it (dropped after the last).
     y: Option<Arc<Array2<T>>>,
-    forming_y: bool,
     ready: VecDeque<usize>,
     computing: bool,
     computed: usize,
@@ -541,7 +535,6 @@ impl<T: Element> Node<T> {
             a_missing: vec![product.left.len(); a_panels.count()],
             r: None,
             y: None,
-            forming_y: false,
             ready: VecDeque::new(),
             computing: false,
             computed: 0,
@@ -596,9 +589,7 @@ impl<T: Element> Node<T> {
                     None => {}
                 },
             }
-            if !self.computing
-                && (self.y.is_none() && self.b_missing == 0 || self.y.is_some() && !self.ready.is_empty())
-            {
+            if !self.computing && self.has_work() {
                 if permit.is_none() {
                     permit = Some(tokio::select! {
                         _ = cancel.cancelled() => return Err(failed("the job was cancelled")),
@@ -617,10 +608,19 @@ impl<T: Element> Node<T> {
         drop(permit);
         let fingerprint = std::mem::replace(&mut self.fingerprint, Array2::zeros((0, 0)));
         let part = PartId { block: Block::Fingerprint(self.me), panel: 0 };
-        self.stats.bytes_out[REQUESTER] += frame_bytes(part, T::DTYPE, fingerprint.dim());
+        self.stats.bytes_out[REQUESTER] += relay::part_frame_len(T::DTYPE, fingerprint.dim());
         self.stats.done_us = self.now_us();
         out.send(Out::Part(part, T::into_matrix(fingerprint))).await.map_err(|_| closed())?;
         Ok(self.stats)
+    }
+
+    /// Whether there is compute to start: Y to form (all of B is in, and
+    /// the product is not done), or a panel ready while Y is there.
+    fn has_work(&self) -> bool {
+        match &self.y {
+            None => self.b_missing == 0 && self.computed < self.a_missing.len(),
+            Some(_) => !self.ready.is_empty(),
+        }
     }
 
     /// Every role done: the product computed, every C panel sent, every
@@ -648,7 +648,7 @@ impl<T: Element> Node<T> {
                 self.received[index] += 1;
                 let data = T::from_matrix(data)
                     .map_err(|_| Failed { message: "a part of the wrong dtype".into(), ..culprit() })?;
-                self.stats.bytes_in[index] += frame_bytes(part, T::DTYPE, data.dim());
+                self.stats.bytes_in[index] += relay::part_frame_len(T::DTYPE, data.dim());
                 self.take_part(from, part, Arc::new(data), digest, out).await
             }
             Event::Digests(list) => {
@@ -795,7 +795,6 @@ impl<T: Element> Node<T> {
         let done = done.clone();
         if self.y.is_none() {
             // Y = Σ ±B_q, assembled panel by panel.
-            self.forming_y = true;
             self.computing = true;
             let (b_panels, (_, kh, nh)) = (self.plan.b_panels(), self.plan.split().half());
             let terms: Vec<(Sign, Vec<Arc<Array2<T>>>)> = product
@@ -881,14 +880,13 @@ impl<T: Element> Node<T> {
         match done {
             Done::Y(y) => {
                 self.y = Some(Arc::new(y));
-                self.forming_y = false;
             }
             Done::Panel { panel, m, mr, took } => {
                 self.stats.compute_us += took.as_micros() as u64;
                 self.computed += 1;
                 if self.computed == self.a_missing.len() {
                     self.stats.compute_end_us = self.now_us();
-                    self.y = Some(Arc::new(Array2::zeros((0, 0)))); // Y no longer needed
+                    self.y = None;
                 }
                 let rows = self.plan.a_panels().range(panel);
                 self.fingerprint.slice_mut(s![rows, ..]).assign(&mr);
@@ -938,7 +936,7 @@ impl<T: Element> Node<T> {
             if self.stats.reduce_start_us == 0 {
                 self.stats.reduce_start_us = (self.started.elapsed().as_micros() as u64).max(1);
             }
-            self.stats.bytes_out[REQUESTER] += frame_bytes(part, T::DTYPE, c.dim());
+            self.stats.bytes_out[REQUESTER] += relay::part_frame_len(T::DTYPE, c.dim());
             out.send(Out::Part(part, T::into_matrix(c)))
                 .await
                 .map_err(|_| "the requester's link closed".to_string())?;
@@ -965,7 +963,7 @@ async fn send_parts<T: Element>(
     deadline(io_timeout, "a peer to take a Join", conn.writer.send(&join)).await?;
     let mut bytes = 0;
     while let Some((part, data)) = rx.recv().await {
-        let len = frame_bytes(part, T::DTYPE, data.dim());
+        let len = relay::part_frame_len(T::DTYPE, data.dim());
         let limit = io_timeout + Duration::from_secs_f64(len as f64 / MIN_PART_RATE);
         deadline(
             limit,
