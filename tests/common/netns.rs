@@ -288,6 +288,14 @@ impl NetGrid {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
 
+    /// Every worker's log, one after another under a heading: for a failed
+    /// assertion's message, so a flaky run can be read after the fact.
+    pub fn worker_logs(&self) -> String {
+        (0..self.workers)
+            .map(|i| format!("--- w{i} ({}):\n{}", self.addr(&format!("w{i}")), self.log(&format!("w{i}"))))
+            .collect()
+    }
+
     /// Starts the tracker in `tr` with extra `args` (e.g. `--lease-ttl 3`).
     pub fn start_tracker(&mut self, args: &[&str]) {
         let mut c = self.command("tr", "tracker");

@@ -980,7 +980,7 @@ async fn send_parts<T: Element>(
 /// Checks that a forwarded part hashed to the requester's digest.
 fn verify(from: usize, part: PartId, got: &[u8; 32], digest: &[u8; 32]) -> Result<(), Failed> {
     if got != digest {
-        return Err(blame(
+        return Err(caught(
             from,
             format!("{} forwarded by slot {from} does not match the requester's digest", part.name()),
         ));

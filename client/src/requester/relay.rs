@@ -467,7 +467,7 @@ pub(super) async fn run<T: Element>(
     let mut grace: Option<tokio::time::Instant> = None;
     // Failures heard (blamed slot, summary, why, on evidence), and when
     // to stop listening for more.
-    let mut reports: Vec<(usize, String, String, bool)> = Vec::new();
+    let mut reports: Vec<Report> = Vec::new();
     let mut settle: Option<tokio::time::Instant> = None;
     // Once A and B are out, C is due within twice the time they took plus
     // the silence timeout: a slot that computes or forwards far slower than
@@ -530,7 +530,8 @@ pub(super) async fn run<T: Element>(
             Heard::Part(slot, part, m) => {
                 let t = Instant::now();
                 if let Err(why) = gather.take(slot, part, m, c) {
-                    reports.push((slot, format!("slot {slot}: {why}"), why, true));
+                    let summary = format!("slot {slot}: {why}");
+                    reports.push(Report { at_fault: slot, by: None, summary, why, evidence: true });
                 }
                 debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
                 if let Block::C(q) = part.block {
@@ -544,7 +545,8 @@ pub(super) async fn run<T: Element>(
             Heard::Failed(slot, blame, message, evidence) => {
                 let at_fault = blame.map(usize::from).filter(|&b| b < SLOTS).unwrap_or(slot);
                 warn!(slot, blame = at_fault, %message, evidence, "relay: a slot gave up");
-                reports.push((at_fault, format!("slot {slot} gave up: {message}"), message, evidence));
+                let summary = format!("slot {slot} gave up: {message}");
+                reports.push(Report { at_fault, by: Some(slot), summary, why: message, evidence });
             }
             Heard::WriteFailed(slot, why) => {
                 debug!(slot, %why, "relay: a send failed; waiting for the slot's last word")
@@ -552,7 +554,8 @@ pub(super) async fn run<T: Element>(
             Heard::Lost(slot, why) => {
                 if stats[slot].is_none() {
                     warn!(slot, %why, "relay: lost a slot");
-                    reports.push((slot, format!("slot {slot}: {why}"), why, false));
+                    let summary = format!("slot {slot}: {why}");
+                    reports.push(Report { at_fault: slot, by: None, summary, why, evidence: false });
                 }
             }
         }
@@ -565,17 +568,14 @@ pub(super) async fn run<T: Element>(
             settle = Some(tokio::time::Instant::now() + SETTLE);
         }
     }
-    if let Some(first) = reports.first() {
-        failure = Some(first.1.clone());
+    let chosen = believed(&reports);
+    if let Some(&first) = chosen.first() {
+        failure = Some(reports[first].summary.clone());
     }
-    let on_evidence: Vec<_> = reports.iter().filter(|r| r.3).cloned().collect();
-    let chosen = if on_evidence.is_empty() { reports.into_iter().take(1).collect() } else { on_evidence };
-    if let Some(first) = chosen.first() {
-        failure = Some(first.1.clone());
-    }
-    for (slot, _, why, _) in chosen {
-        if !outcome.blamed.iter().any(|(s, w)| *s == slot && *w == why) {
-            outcome.blamed.push((slot, why));
+    for i in chosen {
+        let Report { at_fault, why, .. } = &reports[i];
+        if !outcome.blamed.iter().any(|(s, w)| s == at_fault && w == why) {
+            outcome.blamed.push((*at_fault, why.clone()));
         }
     }
     // Closing the links ends the job on every slot, however far it got.
@@ -641,6 +641,40 @@ pub(super) async fn run<T: Element>(
 /// it whose fingerprints are wrong; if none is, its reducer (the products
 /// it was sent agree with what their slots fingerprinted, as far as the
 /// public vectors tell, so the sum is what is wrong).
+/// A failure the requester heard of during a relayed job.
+#[derive(Debug, Clone)]
+struct Report {
+    /// The slot the report blames.
+    at_fault: usize,
+    /// The slot that reported it (None: the requester itself saw it).
+    by: Option<usize>,
+    /// One line for the job's failures.
+    summary: String,
+    /// Why, for the blamed slot's failure record.
+    why: String,
+    /// `at_fault` was caught by what it sent (a digest, a part off the
+    /// plan), not merely by a link that broke.
+    evidence: bool,
+}
+
+/// Which of the `reports` to believe (indices, first one first).
+///
+/// One slot's failure spreads: a slot that gives up closes its links, and
+/// the slots at their other ends report those links broken. So reports on
+/// evidence are believed over reports of broken links; without evidence, a
+/// report blaming a slot that itself reported giving up is explained by that
+/// slot's own report and set aside, and the first report left is believed
+/// (the first of all if every blamed slot gave up itself).
+fn believed(reports: &[Report]) -> Vec<usize> {
+    let on_evidence: Vec<usize> = (0..reports.len()).filter(|&i| reports[i].evidence).collect();
+    if !on_evidence.is_empty() {
+        return on_evidence;
+    }
+    let gave_up = |slot: usize| reports.iter().any(|r| r.by == Some(slot));
+    let first = (0..reports.len()).find(|&i| !gave_up(reports[i].at_fault));
+    first.or((!reports.is_empty()).then_some(0)).into_iter().collect()
+}
+
 fn culprits(q: Quad, reducer: usize, fingerprint_wrong: impl Fn(usize) -> bool) -> Vec<usize> {
     let wrong: Vec<usize> = relay::feeders(q).map(|(i, _)| i).filter(|&i| fingerprint_wrong(i)).collect();
     if wrong.is_empty() {
@@ -916,6 +950,21 @@ mod tests {
         assert_eq!(culprits(Quad::Q11, 3, |i| i == 0 || i == 4), [0, 4]);
         // A wrong fingerprint of a product that does not feed C12 (M3 + M5) blames nobody there.
         assert_eq!(culprits(Quad::Q12, 4, |i| i == 0), [4]);
+    }
+
+    #[test]
+    fn evidence_is_believed_over_broken_links_and_a_slot_that_gave_up_explains_its_closed_links() {
+        let r = |at_fault, by, evidence| Report { at_fault, by, summary: String::new(), why: String::new(), evidence };
+        assert!(believed(&[]).is_empty());
+        // Slot 2 saw slot 0's link close, because slot 0 caught slot 5 lying.
+        assert_eq!(believed(&[r(0, Some(2), false), r(5, Some(0), true), r(5, Some(4), true)]), [1, 2]);
+        // Slot 5's link broke under slot 0 (no evidence), so slot 0 gave up and
+        // closed its links: slot 2's report on slot 0 is explained by slot 0's.
+        assert_eq!(believed(&[r(0, Some(2), false), r(5, Some(0), false), r(0, Some(6), false)]), [1]);
+        // The requester lost slot 3 itself: nothing explains that away.
+        assert_eq!(believed(&[r(3, None, false), r(3, Some(1), false)]), [0]);
+        // Two slots that blame each other: the first report.
+        assert_eq!(believed(&[r(1, Some(4), false), r(4, Some(1), false)]), [0]);
     }
 
     #[test]
