@@ -254,8 +254,9 @@ fn silently_cut_worker(workers: usize, args: &[&str]) {
         "a product was credited to the cut worker: {summary}"
     );
     println!(
-        "job took {:.2} s with {victim} cut; failures: {failures:?}; hedges: {}",
+        "job took {:.2} s ({}) with {victim} cut; failures: {failures:?}; hedges: {}",
         summary["total_s"].as_f64().unwrap(),
+        summary["plan"],
         summary["hedges"]
     );
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
@@ -309,5 +310,97 @@ fn a_straggling_forwarder_costs_the_relay_seconds_not_its_deadline() {
     // 4 MB a quadrant at 2.5 MB/s: a few seconds; the relay's deadline is
     // the product deadline plus A, B and C at 5 MB/s (well over 20 s).
     assert!(total < 20.0, "took {total:.2} s: {summary}");
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
+
+/// A relayed job whose C11 reducer is cut silently once it has reduced and
+/// sent back its first panel of C11 (so the products have reached it): the
+/// slots feeding it stall and say so, or C11 falls overdue once two other
+/// quadrants are in, and C11 is computed the direct way on the others.
+/// C is right, the cut peer is named, nothing stays leased.
+#[test]
+fn a_reducer_cut_after_its_products_arrived_is_replaced_by_the_direct_way() {
+    let Some(mut grid) = NetGrid::new(7, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers(&[]);
+    // A slow requester link, so the job lasts seconds (16 MB out at 30 Mbit/s).
+    grid.shape("rq", "30mbit");
+    let log_path = grid.dir().join("requester.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut job =
+        grid.client("rq", "multiply", &["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20"]);
+    job.env("RUST_LOG", "septet_client=debug").stdout(std::process::Stdio::piped()).stderr(log);
+    let child = job.spawn().unwrap();
+    let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let found = |pred: &dyn Fn(&str) -> Option<String>| {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            if let Some(x) = read().lines().find_map(pred) {
+                return Some(x);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    };
+    // "reducers=C11=slot3@10.x.y.z:port C12=…" in the requester's plan line.
+    let reducer = found(&|l: &str| {
+        l.contains("relay: plans out")
+            .then(|| l.split("C11=slot").nth(1)?.split_whitespace().next().map(String::from))?
+    })
+    .unwrap_or_else(|| panic!("no relay plan in the requester's log:\n{}", read()));
+    let (slot, addr) = reducer.split_once('@').unwrap();
+    let victim_ip = addr.rsplit_once(':').unwrap().0;
+    let victim = (0..7).map(|i| format!("w{i}")).find(|h| grid.addr(h) == victim_ip).unwrap();
+    let first_panel = format!("slot={slot} part=C11[0]");
+    found(&|l: &str| l.contains(&first_panel).then(String::new))
+        .unwrap_or_else(|| panic!("C11[0] never came back from slot {slot}:\n{}", read()));
+    grid.cut(&victim);
+    let out = child.wait_with_output().unwrap();
+    grid.heal(&victim);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    assert_eq!(summary["plan"], "relay+direct", "{summary}\n{}", read());
+    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(failures.iter().any(|f| f.contains(addr) || f.contains("C11")), "{addr} / C11 not named: {failures:?}");
+    let verified = summary["relay"]["quadrants_verified"].as_array().unwrap();
+    assert!(!verified.iter().any(|q| q == "C11"), "C11 credited to the relay: {summary}");
+    assert!(
+        summary["peers"].as_array().unwrap().iter().all(|p| p["addr"] != addr),
+        "a direct product was credited to the cut reducer: {summary}"
+    );
+    println!(
+        "job took {:.2} s with {victim} (C11's reducer) cut; failures: {failures:?}",
+        summary["total_s"].as_f64().unwrap()
+    );
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
+
+/// The relay across namespaces where every worker lies when it reduces
+/// (`--fault=corrupt-reduce`; each computes its product honestly): all four
+/// C quadrants fail the requester's check, each is blamed on its reducer,
+/// and C is computed the direct way — right, with nothing left leased.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn lying_reducers_are_named_and_the_job_is_still_right() {
+    let Some(mut grid) = NetGrid::new(7, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers(&["--fault=corrupt-reduce"]);
+    let out = grid.run("rq", "multiply", &["--random", "512,512,512", "--check", "--json", "--max-wait", "20"]);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    assert_eq!(summary["plan"], "relay+direct", "{summary}");
+    let checks: Vec<&str> = summary["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .filter(|f| f.starts_with("slot ") && f.contains("failed its check"))
+        .collect();
+    assert_eq!(checks.len(), 4, "{summary}");
+    for (slot, s) in summary["relay"]["slots"].as_array().unwrap().iter().enumerate() {
+        let reduces = !s["reduces"].as_array().unwrap().is_empty();
+        let blamed = checks.iter().any(|f| f.starts_with(&format!("slot {slot} ")));
+        assert_eq!(blamed, reduces, "slot {slot}: {s} / {checks:?}");
+    }
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
 }

@@ -330,7 +330,14 @@ pub(super) async fn run<T: Element>(
         outcome.report = RelayReport { failure: Some("a slot could not take its plan".into()), ..report };
         return outcome;
     }
-    info!(%job_id, a_panel = a_panels.per, b_panel = b_panels.per, "relay: plans out");
+    let reducers: Vec<String> = Quad::ALL
+        .iter()
+        .map(|q| {
+            let slot = roles.reducers[q.index()] as usize;
+            format!("C{}=slot{slot}@{}", q.suffix(), peers[slot].addr)
+        })
+        .collect();
+    info!(%job_id, a_panel = a_panels.per, b_panel = b_panels.per, reducers = %reducers.join(" "), "relay: plans out");
 
     // 2. The writers, and the sequencer that feeds them in send order.
     let (heard_tx, mut heard_rx) = mpsc::unbounded_channel::<Heard>();
