@@ -262,7 +262,13 @@ pub(crate) async fn lead(
                 }
                 Err(Failed { blame, message, evidence }) => {
                     config.metrics.relay_done(plan.dtype, false, Duration::ZERO, 0, 0);
-                    warn!(job = %plan.job_id, blame = ?blame, %message, "relayed job failed");
+                    if cancel.is_cancelled() {
+                        // The requester left: it has C, or it gave up on the
+                        // job because of another slot; nothing is wrong here.
+                        info!(job = %plan.job_id, %message, "relayed job ended by the requester");
+                    } else {
+                        warn!(job = %plan.job_id, blame = ?blame, %message, "relayed job failed");
+                    }
                     WorkerReply::RelayFailed { blame: blame.map(|b| b as u8), message, evidence }
                 }
             };

@@ -482,11 +482,9 @@ pub(super) async fn run<T: Element>(
     // that, not the whole relay deadline; its quadrants go the direct way.
     let plan_sent = tokio::time::Instant::now();
     let mut sent_at: Option<tokio::time::Instant> = None;
-    // When each C quadrant was all in.
-    let mut done_at: [Option<tokio::time::Instant>; 4] = [None; 4];
     let due_after = |at: tokio::time::Instant| c_due(at, at - plan_sent, config.silence_timeout);
     loop {
-        let complete = gather.panels_left.iter().all(|&n| n == 0);
+        let complete = gather.quads.iter().all(|q| !q.arriving());
         if complete && stats.iter().all(Option::is_some) {
             break;
         }
@@ -496,7 +494,7 @@ pub(super) async fn run<T: Element>(
             grace = Some(tokio::time::Instant::now() + Duration::from_secs(1));
         }
         // Once two quadrants are in, the others are due too (see `quads_due`).
-        let behind = quads_due(plan_sent, &done_at);
+        let behind = quads_due(plan_sent, &gather.quads);
         let due = [sent_at.map(due_after), behind].into_iter().flatten().min();
         let wait_until = settle.or(grace).or(due).map_or(until, |g| g.min(until));
         let heard = tokio::select! {
@@ -510,15 +508,16 @@ pub(super) async fn run<T: Element>(
                 if grace.is_none() && reports.is_empty() {
                     let late: Vec<String> = Quad::ALL
                         .iter()
-                        .filter(|q| gather.panels_left[q.index()] > 0)
+                        .filter(|q| gather.quads[q.index()].arriving())
                         .map(|q| format!("C{}", q.suffix()))
                         .collect();
+                    let second = second_in(&gather.quads);
                     failure = Some(match sent_at {
                         _ if behind.is_some_and(|b| b <= until && Some(b) == due) => format!(
                             "{} not back {:.1} s after the first two quadrants (they took {:.1} s)",
                             late.join(", "),
-                            done_at.iter().flatten().nth(1).map_or(0.0, |t| t.elapsed().as_secs_f64()),
-                            done_at.iter().flatten().nth(1).map_or(0.0, |t| (*t - plan_sent).as_secs_f64())
+                            second.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                            second.map_or(0.0, |t| (t - plan_sent).as_secs_f64())
                         ),
                         Some(at) if due_after(at) <= until => format!(
                             "{} not back {:.1} s after A and B were out (they took {:.1} s)",
@@ -536,17 +535,15 @@ pub(super) async fn run<T: Element>(
         match heard {
             Heard::Part(slot, part, m) => {
                 let t = Instant::now();
-                if let Err(why) = gather.take(slot, part, m, c) {
-                    let summary = format!("slot {slot}: {why}");
-                    reports.push(Report { at_fault: slot, by: None, summary, why, evidence: true });
-                }
-                debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
-                if let Block::C(q) = part.block {
-                    if gather.panels_left[q.index()] == 0 {
-                        done_at[q.index()].get_or_insert_with(tokio::time::Instant::now);
-                        progress(super::Progress::Received { product: quad_name(q), bytes: gather.bytes[q.index()] });
+                match gather.take(slot, part, m, c) {
+                    Ok(Some((q, bytes))) => progress(super::Progress::Received { product: quad_name(q), bytes }),
+                    Ok(None) => {}
+                    Err(why) => {
+                        let summary = format!("slot {slot}: {why}");
+                        reports.push(Report { at_fault: slot, by: None, summary, why, evidence: true });
                     }
                 }
+                debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
             }
             Heard::Done(slot, s) => stats[slot] = Some(s),
             Heard::Failed(slot, blame, message, evidence) => {
@@ -611,17 +608,20 @@ pub(super) async fn run<T: Element>(
     };
     for q in Quad::ALL {
         let qi = q.index();
-        if gather.panels_left[qi] != 0 || gather.bad[qi] {
+        if !matches!(gather.quads[qi], QuadState::In { .. }) {
             continue;
         }
         let Some(v) = &verifier else {
-            outcome.verified[qi] = !config.verify;
+            if !config.verify {
+                gather.quads[qi] = QuadState::Verified;
+            }
             continue;
         };
-        match gather.check(q, v) {
-            Ok(()) => outcome.verified[qi] = true,
+        gather.quads[qi] = match gather.check(q, v) {
+            Ok(()) => QuadState::Verified,
             Err(Check::NonFinite(cause)) => {
                 outcome.unverifiable = Some((plan.roles.reducers[qi] as usize, cause));
+                QuadState::Refused
             }
             Err(Check::Wrong(why)) => {
                 // The products' fingerprints say who: a wrong one names its
@@ -631,23 +631,21 @@ pub(super) async fn run<T: Element>(
                     outcome.blamed.push((slot, format!("C{} failed its check: {why}", q.suffix())));
                 }
                 failure.get_or_insert(format!("C{} failed its check", q.suffix()));
+                QuadState::Refused
             }
         }
     }
+    outcome.verified = gather.quads.map(|q| q == QuadState::Verified);
     outcome.verify_critical_s = checking.elapsed().as_secs_f64();
     outcome.verify_s += outcome.verify_critical_s;
     report.quadrants_verified =
-        Quad::ALL.iter().filter(|q| outcome.verified[q.index()]).map(|q| format!("C{}", q.suffix())).collect();
+        Quad::ALL.iter().filter(|q| outcome.verified[q.index()]).map(|q| quad_name(*q).into()).collect();
     report.failure = failure;
     report.slots = slot_reports(&plan, peers, &stats, &meters, report.plan_sent_s);
     outcome.report = report;
     outcome
 }
 
-/// Who is to blame when C quadrant `q` fails its check: the slots feeding
-/// it whose fingerprints are wrong; if none is, its reducer (the products
-/// it was sent agree with what their slots fingerprinted, as far as the
-/// public vectors tell, so the sum is what is wrong).
 /// A failure the requester heard of during a relayed job.
 #[derive(Debug, Clone)]
 struct Report {
@@ -682,6 +680,10 @@ fn believed(reports: &[Report]) -> Vec<usize> {
     first.or((!reports.is_empty()).then_some(0)).into_iter().collect()
 }
 
+/// Who is to blame when C quadrant `q` fails its check: the slots feeding
+/// it whose fingerprints are wrong; if none is, its reducer (the products
+/// it was sent agree with what their slots fingerprinted, as far as the
+/// public vectors tell, so the sum is what is wrong).
 fn culprits(q: Quad, reducer: usize, fingerprint_wrong: impl Fn(usize) -> bool) -> Vec<usize> {
     let wrong: Vec<usize> = relay::feeders(q).map(|(i, _)| i).filter(|&i| fingerprint_wrong(i)).collect();
     if wrong.is_empty() {
@@ -698,16 +700,25 @@ fn culprits(q: Quad, reducer: usize, fingerprint_wrong: impl Fn(usize) -> bool) 
 /// that is slow — computing, or forwarding to the slots that feed it —
 /// and goes the direct way (the rule the direct plan applies to its last
 /// product, at a quadrant's grain).
-fn quads_due(
-    plan_sent: tokio::time::Instant,
-    done_at: &[Option<tokio::time::Instant>; 4],
-) -> Option<tokio::time::Instant> {
-    let mut done: Vec<tokio::time::Instant> = done_at.iter().flatten().copied().collect();
-    if done.len() < 2 || done.len() == 4 {
+fn quads_due(plan_sent: tokio::time::Instant, quads: &[QuadState; 4]) -> Option<tokio::time::Instant> {
+    let missing = quads.iter().filter(|q| q.arriving()).count();
+    if missing == 0 {
         return None;
     }
+    second_in(quads).map(|second| plan_sent + (second - plan_sent) * 2 + Duration::from_secs(1))
+}
+
+/// When the second C quadrant to arrive was all in, if two are.
+fn second_in(quads: &[QuadState; 4]) -> Option<tokio::time::Instant> {
+    let mut done: Vec<tokio::time::Instant> = quads
+        .iter()
+        .filter_map(|q| match *q {
+            QuadState::In { at, .. } => Some(at),
+            _ => None,
+        })
+        .collect();
     done.sort_unstable();
-    Some(plan_sent + (done[1] - plan_sent) * 2 + Duration::from_secs(1))
+    done.get(1).copied()
 }
 
 /// When C is due: A and B were all out at `sent_at`, `took` after the
@@ -762,6 +773,27 @@ async fn write_slot<T: Element>(
     Ok(())
 }
 
+/// Where one C quadrant of a relayed job stands: what the gather loop
+/// waits for, what falls due, what is checked and what goes the direct way
+/// all read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuadState {
+    /// `left` panels still to come; `bytes` of it in.
+    Arriving { left: usize, bytes: u64 },
+    /// Every panel in, at `at`; not checked yet.
+    In { at: tokio::time::Instant, bytes: u64 },
+    /// Passed its check (or taken as is, with verification off).
+    Verified,
+    /// Failed its check, or could not be checked: computed the direct way.
+    Refused,
+}
+
+impl QuadState {
+    fn arriving(&self) -> bool {
+        matches!(self, QuadState::Arriving { .. })
+    }
+}
+
 /// Why a C quadrant was refused.
 enum Check {
     NonFinite(NonFinite),
@@ -772,13 +804,11 @@ enum Check {
 struct Gather<T> {
     plan: Arc<RelayPlan>,
     split: Split,
-    /// Per quadrant: C_q·R for the rows in, panels still missing, bytes.
+    /// Per quadrant: C_q·R for the rows in.
     cr: Vec<Array2<T>>,
-    panels_left: [usize; 4],
+    /// Where each quadrant stands.
+    quads: [QuadState; 4],
     seen: std::collections::HashSet<u64>,
-    bytes: [u64; 4],
-    /// A quadrant held non-finite values or came from the wrong slot.
-    bad: [bool; 4],
     fingerprints: HashMap<usize, Array2<T>>,
     /// All the job's vectors, public and secret.
     r: Array2<T>,
@@ -793,23 +823,22 @@ impl<T: Element> Gather<T> {
             plan: plan.clone(),
             split,
             cr: (0..4).map(|_| Array2::zeros((mh, columns))).collect(),
-            panels_left: [panels; 4],
+            quads: [QuadState::Arriving { left: panels, bytes: 0 }; 4],
             seen: Default::default(),
-            bytes: [0; 4],
-            bad: [false; 4],
             fingerprints: HashMap::new(),
             r,
         }
     }
 
-    /// Takes a part from `slot`: a C panel goes into C, a fingerprint is kept.
+    /// Takes a part from `slot`: a C panel goes into C, a fingerprint is
+    /// kept. Returns the quadrant and its bytes when this was its last panel.
     fn take(
         &mut self,
         slot: usize,
         part: PartId,
         m: septet_common::Matrix,
         c: &Mutex<Array2<T>>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<(Quad, u64)>, String> {
         if Some(m.shape()) != self.plan.part_shape(part) || !self.seen.insert(part.task_id().0) {
             return Err(format!("sent {} of shape {:?} (or twice)", part.name(), m.shape()));
         }
@@ -818,8 +847,10 @@ impl<T: Element> Gather<T> {
             Block::C(q) if self.plan.roles.reducers[q.index()] as usize == slot => {
                 let qi = q.index();
                 let rows = self.plan.a_panels().range(part.panel as usize);
-                self.bytes[qi] += relay::part_frame_len(T::DTYPE, m.dim());
-                self.panels_left[qi] -= 1;
+                let QuadState::Arriving { left, bytes } = self.quads[qi] else {
+                    return Err(format!("sent {} after all of C{}", part.name(), q.suffix()));
+                };
+                let bytes = bytes + relay::part_frame_len(T::DTYPE, m.dim());
                 // Place the real part of the panel in C.
                 let (mh, _, nh) = self.split.half();
                 let (row0, col0) = match q {
@@ -837,11 +868,16 @@ impl<T: Element> Gather<T> {
                 }
                 matmul_into(self.cr[qi].slice_mut(s![rows, ..]), m.view(), self.r.view(), false, faer::Par::Seq)
                     .map_err(|e| e.to_string())?;
-                Ok(())
+                if left > 1 {
+                    self.quads[qi] = QuadState::Arriving { left: left - 1, bytes };
+                    return Ok(None);
+                }
+                self.quads[qi] = QuadState::In { at: tokio::time::Instant::now(), bytes };
+                Ok(Some((q, bytes)))
             }
             Block::Fingerprint(i) if i == slot => {
                 self.fingerprints.insert(i, m);
-                Ok(())
+                Ok(None)
             }
             _ => Err(format!("sent {}, which is not its to send", part.name())),
         }
@@ -985,10 +1021,12 @@ mod tests {
     #[test]
     fn missing_quadrants_are_due_at_twice_the_second_ones_time_plus_a_second() {
         let t0 = tokio::time::Instant::now();
-        let at = |ms: u64| Some(t0 + Duration::from_millis(ms));
-        assert_eq!(quads_due(t0, &[None, at(500), None, None]), None, "one quadrant says nothing");
-        assert_eq!(quads_due(t0, &[at(400), None, at(700), None]), at(2400));
-        assert_eq!(quads_due(t0, &[at(400), at(300), at(700), None]), at(1800), "the second of three");
+        let at = |ms: u64| QuadState::In { at: t0 + Duration::from_millis(ms), bytes: 0 };
+        let due = |ms: u64| Some(t0 + Duration::from_millis(ms));
+        let none = QuadState::Arriving { left: 1, bytes: 0 };
+        assert_eq!(quads_due(t0, &[none, at(500), none, none]), None, "one quadrant says nothing");
+        assert_eq!(quads_due(t0, &[at(400), none, at(700), none]), due(2400));
+        assert_eq!(quads_due(t0, &[at(400), at(300), at(700), none]), due(1800), "the second of three");
         assert_eq!(quads_due(t0, &[at(1), at(2), at(3), at(4)]), None, "all in");
     }
 
