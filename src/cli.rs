@@ -295,6 +295,17 @@ struct TrackerArgs {
     /// refused.
     #[arg(long, default_value_t = TrackerConfig::default().max_peers, value_name = "N")]
     max_peers: usize,
+    /// This cluster's name: every peer row carries it, and sibling trackers
+    /// know this one by it (letters, digits, '-', '_', '.').
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    cluster: String,
+    /// Sibling trackers of other clusters (comma-separated host:port): when
+    /// this cluster has too few free slots for a lease, the rest are
+    /// borrowed from a sibling with enough. Every cluster of a federation
+    /// uses the same --secret-file (requesters compute on the siblings'
+    /// workers directly).
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    federate: Vec<String>,
     #[command(flatten)]
     serve: ServeArgs,
     /// Also serve Prometheus metrics (/metrics) and a live status page (/)
@@ -377,6 +388,10 @@ struct PeersArgs {
     /// pandas and spreadsheets read as is.
     #[arg(long)]
     csv: bool,
+    /// Also list the peers of the sibling clusters this tracker federates
+    /// with (those that answer now); the `cluster` column tells them apart.
+    #[arg(long)]
+    federation: bool,
 }
 
 #[derive(Debug, Args)]
@@ -689,6 +704,8 @@ async fn tracker(args: TrackerArgs) -> Result<()> {
         max_connections: args.serve.max_connections.unwrap_or(TrackerConfig::default().max_connections),
         security: args.serve.security.security()?,
         max_peers: args.max_peers,
+        cluster: args.cluster,
+        siblings: args.federate,
         ..TrackerConfig::default()
     };
     config.validate().map_err(|e| UsageError(e.to_string()))?;
@@ -818,7 +835,8 @@ where
 
 async fn peers(args: PeersArgs) -> Result<()> {
     let mut client = connect(&args.tracker.tracker, &args.security).await?;
-    let (table, rows) = client.peers().await.context("while listing peers")?;
+    let listed = if args.federation { client.federation_peers().await } else { client.peers().await };
+    let (table, rows) = listed.context("while listing peers")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if args.csv {
@@ -838,8 +856,19 @@ async fn peers(args: PeersArgs) -> Result<()> {
 }
 
 /// The peer table's columns, in `PeerRow`'s order (the CSV header).
-const PEER_COLUMNS: [&str; 10] =
-    ["peer_id", "addr", "slots", "in_use", "leases_total", "failures", "slow", "joined_at", "last_seen", "state"];
+const PEER_COLUMNS: [&str; 11] = [
+    "peer_id",
+    "addr",
+    "slots",
+    "in_use",
+    "leases_total",
+    "failures",
+    "slow",
+    "joined_at",
+    "last_seen",
+    "state",
+    "cluster",
+];
 
 fn secret(args: SecretArgs) -> Result<()> {
     match args.out {

@@ -60,7 +60,7 @@ fn peers_lists_the_grid_and_a_second_lease_waits_its_turn() {
     let (_procs, tracker) = grid();
     let out = septet(&["peers", "--tracker", &tracker]);
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.contains("shape: (7, 10)") && table.matches("alive").count() == 7, "{table}");
+    assert!(table.contains("shape: (7, 11)") && table.matches("alive").count() == 7, "{table}");
     assert!(
         table.contains("leases_total") && table.contains("last_seen") && table.contains("slow"),
         "all columns shown: {table}"
@@ -72,7 +72,19 @@ fn peers_lists_the_grid_and_a_second_lease_waits_its_turn() {
     let header: Vec<String> = csv.headers().unwrap().iter().map(str::to_string).collect();
     assert_eq!(
         header,
-        ["peer_id", "addr", "slots", "in_use", "leases_total", "failures", "slow", "joined_at", "last_seen", "state"]
+        [
+            "peer_id",
+            "addr",
+            "slots",
+            "in_use",
+            "leases_total",
+            "failures",
+            "slow",
+            "joined_at",
+            "last_seen",
+            "state",
+            "cluster"
+        ]
     );
     let records: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
     let json = peers_json(&tracker);

@@ -163,6 +163,18 @@ impl TrackerClient {
         }
     }
 
+    /// The peer tables of the tracker's cluster and of every sibling
+    /// cluster it federates with that answers now; rows name their cluster.
+    ///
+    /// # Errors
+    /// Any connection error.
+    pub async fn federation_peers(&mut self) -> Result<(String, Vec<PeerRow>)> {
+        match self.call(TrackerRequest::ListFederation, "Peers").await? {
+            TrackerReply::Peers { table, rows } => Ok((table, rows)),
+            other => Err(unexpected("Peers", other)),
+        }
+    }
+
     /// Leases `count` slots. If the tracker queues the request, `on_wait`
     /// is called with the `Waiting` message's (position, free, needed) and
     /// the call waits for the grant — for at most `max_wait` when given.

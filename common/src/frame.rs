@@ -742,6 +742,9 @@ mod tests {
             },
             TrackerRequest::Hedge { lease_id: LeaseId(9), peer_id: PeerId(2), token: token.clone() },
             TrackerRequest::Speed { lease_id: LeaseId(9), beaten: vec![PeerId(2)], proven: vec![PeerId(1)], token },
+            TrackerRequest::Sibling { cluster: "lab".into() },
+            TrackerRequest::Lend { count: 5, cluster: "lab".into() },
+            TrackerRequest::ListFederation,
         ]
     }
 
@@ -763,6 +766,7 @@ mod tests {
             joined_at: 5,
             last_seen: 6,
             state: "alive".into(),
+            cluster: "lab".into(),
         };
         vec![
             TrackerReply::Error(Failure { code: ErrorCode::UnknownLease, message: "no lease 4".into(), task_id: None }),
@@ -780,6 +784,7 @@ mod tests {
                 slot: Some(PeerAddr { peer_id: PeerId(5), addr: "127.0.0.1:9005".into() }),
             },
             TrackerReply::SpeedRecorded { lease_id: LeaseId(9) },
+            TrackerReply::SiblingStatus { cluster: "dept".into(), free: 4, slots: 9, queued: 1 },
         ]
     }
 

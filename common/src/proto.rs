@@ -54,8 +54,10 @@ use crate::{Error, ErrorCode};
 /// [`TrackerRequest::Hedge`] and [`TrackerRequest::Speed`], and the peer
 /// table's `slow` column. Version 6 added the relay: [`WorkerRequest`],
 /// [`WorkerReply::RelayDone`] and [`WorkerReply::RelayFailed`], and
-/// `BlockOp::Part` frames.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// `BlockOp::Part` frames. Version 7 added federation: the peer table's
+/// `cluster` column, [`TrackerRequest::Sibling`], [`TrackerRequest::Lend`]
+/// and [`TrackerRequest::ListFederation`], [`TrackerReply::SiblingStatus`].
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Declares a `u64` id newtype: transparent on the wire and in JSON (a bare
 /// number, as before), printed as the bare number.
@@ -201,6 +203,8 @@ pub struct PeerRow {
     pub last_seen: u64,
     /// `alive`, `suspect` or `gone`.
     pub state: String,
+    /// The cluster the peer belongs to (its tracker's `--cluster` name).
+    pub cluster: String,
 }
 
 /// A failure, as either side of any conversation reports it; `task_id` is
@@ -347,6 +351,26 @@ pub enum TrackerRequest {
         /// As for `Renew`.
         token: Option<String>,
     },
+    /// Sibling tracker (federation): "I am cluster `cluster`; how are you?"
+    /// Answered with [`TrackerReply::SiblingStatus`]; sent every second or
+    /// so, it is also how a sibling knows the link is up.
+    Sibling {
+        /// The asking tracker's cluster.
+        cluster: String,
+    },
+    /// Sibling tracker: lease `count` slots to a lease of cluster `cluster`.
+    /// Queued and granted like a detached `Lease` (`Waiting`, then
+    /// `Leased`); it ends by `Release` with its token, or at the TTL unless
+    /// renewed — so a lender gets its peers back if the borrower vanishes.
+    Lend {
+        /// Slots wanted.
+        count: u32,
+        /// The borrowing cluster.
+        cluster: String,
+    },
+    /// Client: the peer tables of this cluster and of every sibling that is
+    /// up, each row naming its cluster. Answered with `Peers`.
+    ListFederation,
 }
 
 /// Tokens redacted.
@@ -389,6 +413,11 @@ impl fmt::Debug for TrackerRequest {
                 .field("proven", proven)
                 .field("token", &redacted(token))
                 .finish(),
+            TrackerRequest::Sibling { cluster } => f.debug_struct("Sibling").field("cluster", cluster).finish(),
+            TrackerRequest::Lend { count, cluster } => {
+                f.debug_struct("Lend").field("count", count).field("cluster", cluster).finish()
+            }
+            TrackerRequest::ListFederation => f.write_str("ListFederation"),
         }
     }
 }
@@ -406,6 +435,9 @@ impl Control for TrackerRequest {
             TrackerRequest::ReportFailure { .. } => "ReportFailure",
             TrackerRequest::Hedge { .. } => "Hedge",
             TrackerRequest::Speed { .. } => "Speed",
+            TrackerRequest::Sibling { .. } => "Sibling",
+            TrackerRequest::Lend { .. } => "Lend",
+            TrackerRequest::ListFederation => "ListFederation",
         }
     }
 }
@@ -484,6 +516,17 @@ pub enum TrackerReply {
         /// The lease.
         lease_id: LeaseId,
     },
+    /// To `Sibling`: this tracker's cluster and its free capacity now.
+    SiblingStatus {
+        /// This tracker's cluster.
+        cluster: String,
+        /// Slots free now (on alive peers, not leased).
+        free: u32,
+        /// Slots on alive peers.
+        slots: u32,
+        /// Lease requests waiting in this tracker's queue.
+        queued: u32,
+    },
 }
 
 impl Control for TrackerReply {
@@ -501,6 +544,7 @@ impl Control for TrackerReply {
             TrackerReply::FailureRecorded { .. } => "FailureRecorded",
             TrackerReply::HedgeSlot { .. } => "HedgeSlot",
             TrackerReply::SpeedRecorded { .. } => "SpeedRecorded",
+            TrackerReply::SiblingStatus { .. } => "SiblingStatus",
         }
     }
 }

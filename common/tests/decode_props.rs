@@ -193,18 +193,21 @@ fn peer_addr() -> impl Strategy<Value = PeerAddr> {
 }
 
 fn peer_row() -> impl Strategy<Value = PeerRow> {
-    (any::<(u64, u32, u32, u64, u32, u64, u64)>(), any::<u32>(), text(), text()).prop_map(
-        |((peer_id, slots, in_use, leases_total, failures, joined_at, last_seen), slow, addr, state)| PeerRow {
-            peer_id: PeerId(peer_id),
-            addr,
-            slots,
-            in_use,
-            leases_total,
-            failures,
-            slow,
-            joined_at,
-            last_seen,
-            state,
+    (any::<(u64, u32, u32, u64, u32, u64, u64)>(), any::<u32>(), text(), text(), text()).prop_map(
+        |((peer_id, slots, in_use, leases_total, failures, joined_at, last_seen), slow, addr, state, cluster)| {
+            PeerRow {
+                peer_id: PeerId(peer_id),
+                addr,
+                slots,
+                in_use,
+                leases_total,
+                failures,
+                slow,
+                joined_at,
+                last_seen,
+                state,
+                cluster,
+            }
         },
     )
 }
@@ -264,6 +267,9 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
         }),
         (lease_id(), prop::collection::vec(peer_id(), 0..8), prop::collection::vec(peer_id(), 0..8), tok())
             .prop_map(|(lease_id, beaten, proven, token)| TrackerRequest::Speed { lease_id, beaten, proven, token }),
+        text().prop_map(|cluster| TrackerRequest::Sibling { cluster }),
+        (any::<u32>(), text()).prop_map(|(count, cluster)| TrackerRequest::Lend { count, cluster }),
+        Just(TrackerRequest::ListFederation),
     ]
 }
 
@@ -293,6 +299,12 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
         (lease_id(), prop::option::of(peer_addr()))
             .prop_map(|(lease_id, slot)| TrackerReply::HedgeSlot { lease_id, slot }),
         lease_id().prop_map(|lease_id| TrackerReply::SpeedRecorded { lease_id }),
+        (text(), any::<(u32, u32, u32)>()).prop_map(|(cluster, (free, slots, queued))| TrackerReply::SiblingStatus {
+            cluster,
+            free,
+            slots,
+            queued
+        }),
     ];
     prop_oneof![sessions, leases]
 }

@@ -158,6 +158,16 @@ function render(s) {
   }), 5, "no lease in force");
   $("leases-count").textContent = s.leases_total > s.leases.length
     ? "first " + s.leases.length + " of " + num(s.leases_total) : num(s.leases_total) + " in force";
+
+  const F = s.federation;
+  fill($("siblings").tBodies[0], F.siblings.map((b) => {
+    const link = td(b.up ? "up" : "down" + (b.error ? " (" + b.error + ")" : ""));
+    if (!b.up) link.classList.add("warn");
+    return [td(b.addr, "addr"), td(b.cluster || "?"), link, td(num(b.free) + " / " + num(b.slots), "num"),
+      td(b.queued, "num"), td(b.borrowed, "num")];
+  }), 6, "no sibling tracker (start with --federate ADDR to borrow slots from other clusters)");
+  $("fed-summary").textContent = "cluster " + F.cluster + " · " + num(F.leases) + " leases borrowing · " +
+    num(F.slots_borrowed) + " slots borrowed, " + num(F.slots_lent) + " lent in all";
 }
 
 function setLive(ok, text) {

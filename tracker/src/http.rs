@@ -204,6 +204,13 @@ fn build_status(page: &Page) -> crate::Result<String> {
             .collect(),
         leases_total: snap.leases_total,
         throughput: throughput(&page.history.lock()),
+        federation: FederationView {
+            cluster: config.cluster.clone(),
+            siblings: page.tracker.federation().siblings(),
+            leases: page.tracker.federation().leases(),
+            slots_lent: snap.totals.slots_lent,
+            slots_borrowed: snap.totals.slots_borrowed,
+        },
     };
     serde_json::to_string(&status).map_err(|e| crate::Error::Internal(format!("encoding the status: {e}")))
 }
@@ -239,6 +246,18 @@ struct Status<'a> {
     leases: Vec<LeaseView>,
     leases_total: usize,
     throughput: Throughput,
+    federation: FederationView,
+}
+
+/// This tracker's cluster and its siblings (`--federate`).
+#[derive(Serialize)]
+struct FederationView {
+    cluster: String,
+    siblings: Vec<crate::federation::SiblingStatus>,
+    /// Leases in force here that borrow from a sibling.
+    leases: usize,
+    slots_lent: u64,
+    slots_borrowed: u64,
 }
 
 /// A peer row as the page shows it.

@@ -8,6 +8,7 @@
 //! directly.
 
 pub mod error;
+pub mod federation;
 pub mod http;
 pub mod metrics;
 pub mod server;

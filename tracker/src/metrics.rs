@@ -51,13 +51,19 @@ pub enum RequestKind {
     Hedge,
     /// `Speed`.
     Speed,
+    /// `Sibling`.
+    Sibling,
+    /// `Lend`.
+    Lend,
+    /// `ListFederation`.
+    ListFederation,
     /// A frame that does not decode as a request.
     Malformed,
 }
 
 impl RequestKind {
     /// Every kind, in label order.
-    pub const ALL: [RequestKind; 11] = [
+    pub const ALL: [RequestKind; 14] = [
         RequestKind::Register,
         RequestKind::Heartbeat,
         RequestKind::Deregister,
@@ -68,6 +74,9 @@ impl RequestKind {
         RequestKind::ReportFailure,
         RequestKind::Hedge,
         RequestKind::Speed,
+        RequestKind::Sibling,
+        RequestKind::Lend,
+        RequestKind::ListFederation,
         RequestKind::Malformed,
     ];
 
@@ -84,6 +93,9 @@ impl RequestKind {
             RequestKind::ReportFailure => "report_failure",
             RequestKind::Hedge => "hedge",
             RequestKind::Speed => "speed",
+            RequestKind::Sibling => "sibling",
+            RequestKind::Lend => "lend",
+            RequestKind::ListFederation => "list_federation",
             RequestKind::Malformed => "malformed",
         }
     }
@@ -105,6 +117,9 @@ impl RequestKind {
             TrackerRequest::ReportFailure { .. } => RequestKind::ReportFailure,
             TrackerRequest::Hedge { .. } => RequestKind::Hedge,
             TrackerRequest::Speed { .. } => RequestKind::Speed,
+            TrackerRequest::Sibling { .. } => RequestKind::Sibling,
+            TrackerRequest::Lend { .. } => RequestKind::Lend,
+            TrackerRequest::ListFederation => RequestKind::ListFederation,
         }
     }
 }
@@ -181,6 +196,10 @@ struct Inner {
     queue_length: Gauge,
     queue_slots: Gauge,
     leases: Gauge,
+    siblings_up: Gauge,
+    slots_lent: Counter,
+    slots_borrowed: Counter,
+    borrow_wait: Histogram,
 }
 
 /// `Instant` differences as seconds, never negative.
@@ -270,6 +289,18 @@ impl TrackerMetrics {
             "Connections refused before or during the handshake, by reason (busy: past the connection cap)",
             &label_values("reason", Refusal::ALL.map(Refusal::as_str)),
         );
+        let siblings_up =
+            gauge(&mut r, "federation_siblings_up", "Sibling trackers (--federate) that answered the last poll");
+        let slots_lent = counter(&mut r, "federation_slots_lent", "Slots lent to sibling clusters' leases");
+        let slots_borrowed =
+            counter(&mut r, "federation_slots_borrowed", "Slots borrowed from sibling clusters for leases of this one");
+        let borrow_wait = Histogram::new(LEASE_WAIT_BUCKETS);
+        r.register_with_unit(
+            "federation_borrow",
+            "Time from a lease request that borrows from a sibling to its grant (the lender's queue included)",
+            Unit::Seconds,
+            borrow_wait.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry: r,
@@ -291,8 +322,28 @@ impl TrackerMetrics {
                 queue_length,
                 queue_slots,
                 leases,
+                siblings_up,
+                slots_lent,
+                slots_borrowed,
+                borrow_wait,
             }),
         }
+    }
+
+    /// `n` sibling trackers answered their last poll.
+    pub fn set_siblings_up(&self, n: i64) {
+        self.inner.siblings_up.set(n);
+    }
+
+    /// `slots` were lent to a sibling cluster's lease.
+    pub fn lent(&self, slots: u32) {
+        self.inner.slots_lent.inc_by(u64::from(slots));
+    }
+
+    /// A lease borrowed `slots` from a sibling, `waited` after it was asked for.
+    pub fn borrowed(&self, slots: u32, waited: Duration) {
+        self.inner.slots_borrowed.inc_by(u64::from(slots));
+        self.inner.borrow_wait.observe(secs(waited));
     }
 
     /// The registry, for encoding (after [`TrackerMetrics::set_levels`]).
@@ -378,6 +429,8 @@ impl TrackerMetrics {
             requests: i.requests.iter().map(Counter::get).sum(),
             request_errors: i.request_errors.iter().map(Counter::get).sum(),
             handshakes_rejected: i.refused.iter().map(Counter::get).sum(),
+            slots_lent: i.slots_lent.get(),
+            slots_borrowed: i.slots_borrowed.get(),
         }
     }
 }
@@ -403,6 +456,10 @@ pub struct Totals {
     pub request_errors: u64,
     /// Connections refused before or during the handshake.
     pub handshakes_rejected: u64,
+    /// Slots lent to sibling clusters.
+    pub slots_lent: u64,
+    /// Slots borrowed from sibling clusters.
+    pub slots_borrowed: u64,
 }
 
 #[cfg(test)]
@@ -455,7 +512,7 @@ mod tests {
         // Every family has HELP and TYPE, and only fixed label values.
         let families = t.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(families, t.lines().filter(|l| l.starts_with("# HELP ")).count());
-        assert_eq!(families, 18, "{t}");
+        assert_eq!(families, 22, "{t}");
         assert!(!t.contains(".."), "the registry adds the HELP texts' period: {t}");
         assert_eq!(m.totals().leases_granted, 2);
     }

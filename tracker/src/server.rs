@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument, warn};
 
+use crate::federation::Borrowed;
 use crate::metrics::RequestKind;
 use crate::state::{Caller, ConnId, Done, Grant, LeaseOutcome, LeaseToken, Op, Ticket};
 use crate::{Error, Result, Tracker, TrackerConfig};
@@ -28,7 +29,7 @@ const MAX_BATCH: usize = 1024;
 
 /// A lease or release request on its way to the batch loop, with where its
 /// result goes.
-type Submission = (Op, oneshot::Sender<Result<Done>>);
+pub(crate) type Submission = (Op, oneshot::Sender<Result<Done>>);
 
 /// Serves a new tracker on `listener` until `shutdown` completes.
 ///
@@ -55,6 +56,9 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
     // request in flight.
     let (ops, batches) = mpsc::unbounded_channel();
     side_tasks.spawn(batch_loop(tracker.clone(), batches));
+    if !config.siblings.is_empty() {
+        side_tasks.spawn(tracker.federation().clone().poll_loop(tracker.clone(), side.clone()));
+    }
     info!(addr = %listener.local_addr()?, "tracker listening");
     let listen = ListenConfig {
         name: "tracker",
@@ -98,6 +102,7 @@ async fn sweep_loop(tracker: Tracker, cancel: CancellationToken) {
                 if let Err(e) = tracker.sweep() {
                     warn!(error = %e, "sweep failed");
                 }
+                tracker.federation().sweep();
             }
         }
     }
@@ -137,10 +142,26 @@ fn shutting_down() -> septet_common::Error {
 }
 
 /// Hands `op` to the batch loop and waits for its result.
-async fn submit(ops: &mpsc::UnboundedSender<Submission>, op: Op) -> Result<Done> {
+pub(crate) async fn submit(ops: &mpsc::UnboundedSender<Submission>, op: Op) -> Result<Done> {
     let (reply, done) = oneshot::channel();
     ops.send((op, reply)).map_err(|_| Error::Protocol(shutting_down()))?;
     done.await.map_err(|_| Error::Protocol(shutting_down()))?
+}
+
+/// Resolves with the outcome of a lease that borrows from a sibling; never,
+/// without one.
+async fn next_borrowed(wait: &mut Option<oneshot::Receiver<Result<Grant>>>) -> Result<Grant> {
+    match wait {
+        Some(w) => w.await.unwrap_or_else(|_| Err(Error::Internal("borrowing from a sibling stopped".into()))),
+        None => std::future::pending().await,
+    }
+}
+
+/// What a connection waits for besides its next request.
+struct Waits<'a> {
+    ticket: &'a mut Option<Ticket>,
+    borrowing: &'a mut Option<oneshot::Receiver<Result<Grant>>>,
+    lending: &'a mut Option<u32>,
 }
 
 /// Resolves once the queued request's grant arrives; never, without one.
@@ -164,6 +185,10 @@ async fn serve_connection(
     debug!(?role, "connection accepted");
     tracker.connected(conn_id, conn.peer);
     let mut ticket: Option<Ticket> = None;
+    // A lease that borrows from a sibling and waits in its queue.
+    let mut borrowing: Option<oneshot::Receiver<Result<Grant>>> = None;
+    // Slots of a `Lend` request waiting here, counted as lent once granted.
+    let mut lending: Option<u32> = None;
     loop {
         let frame = tokio::select! {
             _ = cancel.cancelled() => {
@@ -172,8 +197,23 @@ async fn serve_connection(
             }
             Some(grant) = next_grant(&mut ticket) => {
                 ticket = None;
+                if let Some(n) = lending.take() {
+                    tracker.metrics().lent(n);
+                }
                 if let Err(e) = send(&mut conn, &leased(grant), &config).await {
                     debug!(error = %e, "could not deliver a queued lease");
+                    break;
+                }
+                continue;
+            }
+            got = next_borrowed(&mut borrowing) => {
+                borrowing = None;
+                let reply = match got {
+                    Ok(grant) => leased(grant),
+                    Err(e) => error_reply(&e),
+                };
+                if let Err(e) = send(&mut conn, &reply, &config).await {
+                    debug!(error = %e, "could not deliver a lease with borrowed slots");
                     break;
                 }
                 continue;
@@ -196,12 +236,17 @@ async fn serve_connection(
                 break;
             }
         };
-        let reply = handle(&tracker, &ops, msg, conn_id, conn.peer, &mut ticket).await;
+        let mut waits = Waits { ticket: &mut ticket, borrowing: &mut borrowing, lending: &mut lending };
+        let reply = handle(&tracker, &ops, msg, conn_id, conn.peer, &mut waits).await;
         if let Err(e) = send(&mut conn, &reply, &config).await {
             debug!(error = %e, "could not send a reply");
             break;
         }
     }
+    // A borrowing lease still waiting at a lender: dropping its receiver
+    // makes the task waiting there give everything back.
+    drop(borrowing);
+    tracker.federation().disconnect(&tracker, conn_id).await;
     let ended = tracker.disconnect(conn_id);
     if ended > 0 {
         info!(leases = ended, "connection closed; its leases returned to the pool");
@@ -255,6 +300,25 @@ fn resolve_listen(listen: &str, seen_from: SocketAddr) -> Result<String> {
     Ok(SocketAddr::new(ip, addr.port()).to_string())
 }
 
+/// A lease from this cluster's slots: granted, or queued (the grant comes
+/// on `waits.ticket`).
+async fn lease(
+    ops: &mpsc::UnboundedSender<Submission>,
+    count: u32,
+    conn: ConnId,
+    detached: bool,
+    waits: &mut Waits<'_>,
+) -> Result<TrackerReply> {
+    submit(ops, Op::Lease { count, conn, detached }).await.map(|done| match done.into_lease() {
+        LeaseOutcome::Granted(grant) => leased(grant),
+        LeaseOutcome::Queued(t) => {
+            let reply = TrackerReply::Waiting { position: t.position, free: t.free, needed: count };
+            *waits.ticket = Some(t);
+            reply
+        }
+    })
+}
+
 /// One request → one reply. Leases and releases go through the batch loop;
 /// the rest, rarer, take the tracker's lock directly.
 async fn handle(
@@ -263,11 +327,22 @@ async fn handle(
     msg: TrackerRequest,
     conn: ConnId,
     peer: SocketAddr,
-    ticket: &mut Option<Ticket>,
+    waits: &mut Waits<'_>,
 ) -> TrackerReply {
     let heartbeat_ms = tracker.config().heartbeat_interval.as_millis() as u64;
     let kind = RequestKind::of(&msg);
+    let federation = tracker.federation();
     let result = match msg {
+        // Requests about a lease that borrows from a sibling.
+        TrackerRequest::Renew { lease_id, .. }
+        | TrackerRequest::Release { lease_id, .. }
+        | TrackerRequest::ReportFailure { lease_id, .. }
+        | TrackerRequest::Hedge { lease_id, .. }
+        | TrackerRequest::Speed { lease_id, .. }
+            if federation.owns(lease_id) =>
+        {
+            federation.handle(tracker, ops, msg, conn).await
+        }
         TrackerRequest::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
             let peer_id = tracker.register_by(&addr, slots, conn)?;
             info!(%peer_id, %addr, slots, "worker registered");
@@ -281,18 +356,46 @@ async fn handle(
             TrackerReply::Deregistered
         }),
         TrackerRequest::ListPeers => tracker.peers().map(|(table, rows)| TrackerReply::Peers { table, rows }),
-        TrackerRequest::Lease { .. } if ticket.is_some() => {
+        TrackerRequest::ListFederation => match tracker.peers() {
+            Ok((_, mut rows)) => {
+                rows.extend(federation.sibling_rows(tracker).await);
+                crate::table::render(&rows).map(|table| TrackerReply::Peers { table, rows }).map_err(Error::from)
+            }
+            Err(e) => Err(e),
+        },
+        TrackerRequest::Sibling { cluster } => tracker.levels().map(|levels| {
+            debug!(%cluster, "federation: a sibling asks how we are");
+            TrackerReply::SiblingStatus {
+                cluster: federation.cluster().to_string(),
+                free: levels.slots_free as u32,
+                slots: levels.slots as u32,
+                queued: levels.queue_length as u32,
+            }
+        }),
+        TrackerRequest::Lease { .. } | TrackerRequest::Lend { .. }
+            if waits.ticket.is_some() || waits.borrowing.is_some() =>
+        {
             Err(Error::Invalid("this connection already has a lease request waiting".into()))
         }
         TrackerRequest::Lease { count, detached } => {
-            submit(ops, Op::Lease { count, conn, detached }).await.map(|done| match done.into_lease() {
-                LeaseOutcome::Granted(grant) => leased(grant),
-                LeaseOutcome::Queued(t) => {
-                    let reply = TrackerReply::Waiting { position: t.position, free: t.free, needed: count };
-                    *ticket = Some(t);
-                    reply
+            match federation.lease(tracker, ops, count, conn, detached).await {
+                Some(Borrowed::Granted(grant)) => Ok(leased(grant)),
+                Some(Borrowed::Waiting { position, free, wait }) => {
+                    *waits.borrowing = Some(wait);
+                    Ok(TrackerReply::Waiting { position, free, needed: count })
                 }
-            })
+                None => lease(ops, count, conn, detached, waits).await,
+            }
+        }
+        TrackerRequest::Lend { count, cluster } => {
+            info!(%cluster, count, "federation: a sibling borrows slots");
+            let reply = lease(ops, count, conn, true, waits).await;
+            match &reply {
+                Ok(TrackerReply::Leased(_)) => tracker.metrics().lent(count),
+                Ok(_) => *waits.lending = Some(count),
+                Err(_) => {}
+            }
+            reply
         }
         TrackerRequest::Renew { lease_id, token } => tracker
             .renew_by(lease_id, &caller(conn, token))

@@ -191,6 +191,14 @@ pub struct TrackerConfig {
     /// a registration from a new address beyond it is refused, while a
     /// known address may always register again.
     pub max_peers: usize,
+    /// This tracker's cluster: the name its peers' rows carry and its
+    /// siblings know it by (`--cluster`).
+    pub cluster: String,
+    /// Sibling trackers to borrow slots from when this cluster has too few
+    /// free (`--federate`); see [`crate::federation`].
+    pub siblings: Vec<String>,
+    /// How often each sibling is asked for its free slots.
+    pub sibling_poll: Duration,
 }
 
 impl Default for TrackerConfig {
@@ -207,6 +215,9 @@ impl Default for TrackerConfig {
             max_connections: 4096,
             security: septet_common::secure::Security::default(),
             max_peers: 10_000,
+            cluster: "default".into(),
+            siblings: Vec::new(),
+            sibling_poll: crate::federation::POLL_INTERVAL,
         }
     }
 }
@@ -223,6 +234,7 @@ impl TrackerConfig {
             ("heartbeat timeout", self.heartbeat_timeout),
             ("I/O timeout", self.io_timeout),
             ("handshake timeout", self.handshake_timeout),
+            ("sibling poll interval", self.sibling_poll),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(Error::Config(format!("the {name} must be positive")));
@@ -245,6 +257,13 @@ impl TrackerConfig {
                 "the peer cap must be between 1 and {}, not {}",
                 crate::table::MAX_PEERS,
                 self.max_peers
+            )));
+        }
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+        if self.cluster.is_empty() || self.cluster.len() > 64 || !self.cluster.chars().all(name_ok) {
+            return Err(Error::Config(format!(
+                "a cluster name is 1 to 64 letters, digits, '-', '_' or '.', not {:?}",
+                self.cluster
             )));
         }
         // The peer table's ranking key has 11 bits for a peer's slots in use
@@ -566,6 +585,7 @@ struct Inner {
     epoch: Instant,
     state: Mutex<State>,
     metrics: TrackerMetrics,
+    federation: Arc<crate::federation::Federation>,
 }
 
 /// A read-only view of the tracker for the status page: see
@@ -654,12 +674,20 @@ impl Tracker {
             conn_addrs: HashMap::new(),
         };
         let metrics = TrackerMetrics::new();
-        Ok(Self { inner: Arc::new(Inner { config, epoch: Instant::now(), state: Mutex::new(state), metrics }) })
+        let federation = Arc::new(crate::federation::Federation::new(&config.cluster, &config.siblings));
+        Ok(Self {
+            inner: Arc::new(Inner { config, epoch: Instant::now(), state: Mutex::new(state), metrics, federation }),
+        })
     }
 
     /// The configuration.
     pub fn config(&self) -> &TrackerConfig {
         &self.inner.config
+    }
+
+    /// The federation: sibling trackers and leases that borrow from them.
+    pub fn federation(&self) -> &Arc<crate::federation::Federation> {
+        &self.inner.federation
     }
 
     /// The tracker's metrics (counters move as things happen; call
@@ -1122,8 +1150,11 @@ impl Tracker {
     /// # Errors
     /// Only peer-table errors.
     pub fn peers(&self) -> Result<(String, Vec<PeerRow>)> {
-        let state = self.inner.state.lock();
-        Ok((state.table.display(), state.table.rows()?))
+        let mut rows = self.inner.state.lock().table.rows()?;
+        for row in &mut rows {
+            row.cluster.clone_from(&self.inner.config.cluster);
+        }
+        Ok((crate::table::render(&rows)?, rows))
     }
 
     /// The levels the tracker's gauges show: peers by state, slots, the

@@ -538,6 +538,7 @@ impl PeerTable {
                 joined_at: joined.get(i).unwrap_or(0),
                 last_seen: seen.get(i).unwrap_or(0),
                 state: states.get(i).unwrap_or_default().to_string(),
+                cluster: String::new(),
             })
             .collect())
     }
@@ -546,6 +547,34 @@ impl PeerTable {
     pub fn display(&self) -> String {
         self.df.to_string()
     }
+}
+
+/// `rows` (of one cluster or several) as polars prints them, with the
+/// `cluster` column last: what `septet peers` shows.
+///
+/// # Errors
+/// Only polars errors.
+pub fn render(rows: &[PeerRow]) -> TableResult<String> {
+    let pick = |f: fn(&PeerRow) -> u64| rows.iter().map(f).collect::<Vec<u64>>();
+    let pick32 = |f: fn(&PeerRow) -> u32| rows.iter().map(f).collect::<Vec<u32>>();
+    let text = |f: fn(&PeerRow) -> &str| rows.iter().map(|r| f(r).to_string()).collect::<Vec<String>>();
+    let df = DataFrame::new(
+        rows.len(),
+        vec![
+            col("peer_id", pick(|r| r.peer_id.0)),
+            col("addr", text(|r| &r.addr)),
+            col("slots", pick32(|r| r.slots)),
+            col("in_use", pick32(|r| r.in_use)),
+            col("leases_total", pick(|r| r.leases_total)),
+            col("failures", pick32(|r| r.failures)),
+            col("slow", pick32(|r| r.slow)),
+            col("joined_at", pick(|r| r.joined_at)),
+            col("last_seen", pick(|r| r.last_seen)),
+            col("state", text(|r| &r.state)),
+            col("cluster", text(|r| &r.cluster)),
+        ],
+    )?;
+    Ok(df.to_string())
 }
 
 #[cfg(test)]

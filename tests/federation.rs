@@ -1,0 +1,240 @@
+//! Federation over loopback: two trackers of two clusters, each with its
+//! own workers; a lease at one that needs more slots than its cluster has
+//! free borrows the rest from the other, and everything about that lease
+//! (the job, renewal, failure reports, release, the requester leaving, the
+//! borrower vanishing) works across both.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ndarray::Array2;
+use septet_client::{Requester, RequesterConfig, TrackerClient};
+use septet_common::strassen::naive_matmul;
+use septet_common::Role;
+use septet_tracker::{Tracker, TrackerConfig};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn ints(rows: usize, cols: usize, salt: usize) -> Array2<f64> {
+    Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 3 + salt) % 11) as f64 - 5.0)
+}
+
+/// Cluster "m" (its tracker and `m_workers` one-slot workers), then cluster
+/// "n" (`n_workers`) federated with it; returns once n sees m up.
+async fn clusters(
+    n_workers: usize,
+    m_workers: usize,
+    m_config: TrackerConfig,
+) -> ((Server, Tracker, Vec<Server>), (Server, Tracker, Vec<Server>)) {
+    clusters_polling(n_workers, m_workers, m_config, Duration::from_millis(200)).await
+}
+
+/// As [`clusters`], n polling m every `poll`.
+async fn clusters_polling(
+    n_workers: usize,
+    m_workers: usize,
+    m_config: TrackerConfig,
+    poll: Duration,
+) -> ((Server, Tracker, Vec<Server>), (Server, Tracker, Vec<Server>)) {
+    let (m, m_state) = spawn_tracker(TrackerConfig { cluster: "m".into(), ..m_config }).await;
+    let m_peers = spawn_workers(m.addr, m_workers, 1).await;
+    wait_for_alive_slots(m.addr, m_workers as u32).await;
+    let n_config = TrackerConfig {
+        cluster: "n".into(),
+        siblings: vec![m.addr.to_string()],
+        sibling_poll: poll,
+        ..Default::default()
+    };
+    let (n, n_state) = spawn_tracker(n_config).await;
+    let n_peers = spawn_workers(n.addr, n_workers, 1).await;
+    wait_for_alive_slots(n.addr, n_workers as u32).await;
+    sibling_free(&n_state, m_workers as u32).await;
+    ((n, n_state, n_peers), (m, m_state, m_peers))
+}
+
+/// Waits until `tracker` sees its sibling up with `free` slots free.
+async fn sibling_free(tracker: &Tracker, free: u32) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let s = &tracker.federation().siblings()[0];
+            if s.up && s.free == free {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the sibling never showed {free} free slots: {:?}", tracker.federation().siblings()));
+}
+
+/// Both clusters end with nothing leased and consistent tables, then stop.
+async fn end(n: (Server, Tracker, Vec<Server>), m: (Server, Tracker, Vec<Server>)) {
+    quiet(&n.1, "n").await;
+    quiet(&m.1, "m").await;
+    teardown(n.0, n.2).await;
+    teardown(m.0, m.2).await;
+}
+
+async fn quiet(tracker: &Tracker, what: &str) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while tracker.stats().unwrap().leases > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} still has leases: {:?}", tracker.stats()));
+    tracker.check_invariants().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_needing_more_than_its_cluster_borrows_the_rest_and_both_end_with_nothing_leased() {
+    tokio::time::timeout(LIMIT, async {
+        let ((n, n_state, n_peers), (m, m_state, m_peers)) = clusters(2, 6, TrackerConfig::default()).await;
+        // The federation's peers, each row naming its cluster.
+        let mut c = client(n.addr).await;
+        let (table, rows) = c.federation_peers().await.unwrap();
+        assert_eq!(rows.iter().filter(|r| r.cluster == "n").count(), 2, "{table}");
+        assert_eq!(rows.iter().filter(|r| r.cluster == "m").count(), 6, "{table}");
+        assert!(table.contains("cluster"), "{table}");
+        let (_, own) = c.peers().await.unwrap();
+        assert!(own.len() == 2 && own.iter().all(|r| r.cluster == "n"), "{own:?}");
+
+        let req = Requester::new(RequesterConfig { tracker: n.addr.to_string(), ..Default::default() });
+        let (a, b) = (ints(70, 50, 1), ints(50, 60, 2));
+        let expected = naive_matmul(a.view(), b.view());
+        let (got, report) = req.multiply(Arc::new(a), Arc::new(b), |_| {}).await.unwrap();
+        assert_eq!(got, expected);
+        let m_addrs: Vec<String> = m_peers.iter().map(|w| w.addr.to_string()).collect();
+        let on_m = report.peers.iter().filter(|p| m_addrs.contains(&p.addr)).count();
+        assert_eq!(on_m, 5, "two products on n's peers, five on m's: {:?}", report.peers);
+        quiet(&n_state, "n").await;
+        quiet(&m_state, "m").await;
+        assert_eq!(m_state.stats().unwrap().free, 6);
+        let totals = n_state.metrics().totals();
+        assert!(totals.leases_granted >= 1);
+        teardown(n, n_peers).await;
+        teardown(m, m_peers).await;
+    })
+    .await
+    .expect("the test hung");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_lease_renews_reports_and_releases_across_both_trackers() {
+    tokio::time::timeout(LIMIT, async {
+        let ((n, n_state, n_peers), (m, m_state, m_peers)) = clusters(3, 6, TrackerConfig::default()).await;
+        let mut c = client(n.addr).await;
+        let grant = c.lease(7, true, None, |_, _, _| panic!("no wait expected")).await.unwrap();
+        assert_eq!(grant.peers.len(), 7);
+        assert_eq!(m_state.stats().unwrap().leases, 1, "m lent a part");
+        assert_eq!(m_state.stats().unwrap().free, 2);
+        assert_eq!(n_state.stats().unwrap().free, 0);
+        let borrowed: Vec<_> = grant.peers.iter().filter(|p| p.peer_id.0 >> 48 != 0).collect();
+        assert_eq!(borrowed.len(), 4, "{:?}", grant.peers);
+        // From another connection, with the token: renew, report a borrowed
+        // peer (m replaces it), release.
+        let mut other = client(n.addr).await;
+        let token = Some(grant.token.as_str());
+        other.renew_with(grant.lease_id, token).await.unwrap();
+        let replacement =
+            other.report_failure_with(grant.lease_id, borrowed[0].peer_id, "test", true, token).await.unwrap();
+        let replacement = replacement.expect("m had free slots");
+        assert_ne!(replacement.peer_id.0 >> 48, 0, "the replacement comes from m: {replacement:?}");
+        assert_eq!(m_state.stats().unwrap().free, 1);
+        // Without the token, another connection may do nothing.
+        other.release(grant.lease_id).await.unwrap_err();
+        other.release_with(grant.lease_id, token).await.unwrap();
+        end((n, n_state, n_peers), (m, m_state, m_peers)).await;
+    })
+    .await
+    .expect("the test hung");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_lease_ends_at_both_trackers_when_its_connection_closes() {
+    tokio::time::timeout(LIMIT, async {
+        let ((n, n_state, n_peers), (m, m_state, m_peers)) = clusters(1, 7, TrackerConfig::default()).await;
+        let mut c = client(n.addr).await;
+        let grant = c.lease(7, false, None, |_, _, _| {}).await.unwrap();
+        assert_eq!(grant.peers.len(), 7);
+        assert_eq!(m_state.stats().unwrap().free, 1);
+        drop(c);
+        quiet(&n_state, "n").await;
+        quiet(&m_state, "m").await;
+        assert_eq!(m_state.stats().unwrap().free, 7);
+        teardown(n, n_peers).await;
+        teardown(m, m_peers).await;
+    })
+    .await
+    .expect("the test hung");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lender_reclaims_its_slots_at_the_ttl_when_the_borrowing_tracker_vanishes() {
+    tokio::time::timeout(LIMIT, async {
+        let m_config = TrackerConfig { lease_ttl: Duration::from_secs(2), ..Default::default() };
+        let ((n, _n_state, n_peers), (m, m_state, m_peers)) = clusters(2, 6, m_config).await;
+        let mut c = client(n.addr).await;
+        let grant = c.lease(7, true, None, |_, _, _| {}).await.unwrap();
+        assert_eq!(grant.peers.len(), 7);
+        assert_eq!(m_state.stats().unwrap().leases, 1);
+        // n goes away without releasing anything.
+        drop(c);
+        teardown(n, n_peers).await;
+        quiet(&m_state, "m").await;
+        assert_eq!(m_state.stats().unwrap().free, 6);
+        teardown(m, m_peers).await;
+    })
+    .await
+    .expect("the test hung");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_borrowing_lease_waits_in_the_lenders_queue_and_is_told_its_place() {
+    tokio::time::timeout(LIMIT, async {
+        // n polls m once (5 free) and not again for an hour; then m's own
+        // requester takes 3 of them, so m queues the part n borrows.
+        let hour = Duration::from_secs(3600);
+        let ((n, n_state, n_peers), (m, m_state, m_peers)) =
+            clusters_polling(2, 5, TrackerConfig::default(), hour).await;
+        let mut own = client(m.addr).await;
+        let held = own.lease(3, false, None, |_, _, _| {}).await.unwrap();
+        let mut c = client(n.addr).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let borrow = tokio::spawn(async move {
+            let grant = c.lease(7, false, None, move |position, _, _| {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(position);
+                }
+            });
+            let grant = grant.await;
+            (c, grant)
+        });
+        let position = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("never told its place").unwrap();
+        assert_eq!(position, 1, "first in m's queue");
+        // n's own two slots are held meanwhile; m's queue has the borrowed part.
+        assert_eq!(n_state.stats().unwrap().free, 0);
+        assert_eq!(m_state.stats().unwrap().waiting, 1);
+        own.release(held.lease_id).await.unwrap();
+        let (c, grant) = borrow.await.unwrap();
+        let grant = grant.unwrap();
+        assert_eq!(grant.peers.len(), 7);
+        assert_eq!(grant.peers.iter().filter(|p| p.peer_id.0 >> 48 != 0).count(), 5);
+        drop(c);
+        end((n, n_state, n_peers), (m, m_state, m_peers)).await;
+    })
+    .await
+    .expect("the test hung");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_name_is_checked() {
+    let bad = TrackerConfig { cluster: "a b".into(), ..Default::default() };
+    assert!(Tracker::new(bad).unwrap_err().to_string().contains("cluster name"));
+    let c = TrackerClient::connect("127.0.0.1:1", Role::Client, Duration::from_secs(1)).await;
+    assert!(c.is_err());
+}

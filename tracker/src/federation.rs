@@ -1,0 +1,688 @@
+//! Federation: trackers of separate clusters lend each other slots.
+//!
+//! A tracker started with `--federate ADDR,…` keeps a control link to each
+//! sibling tracker and asks it every second how it is
+//! ([`TrackerRequest::Sibling`]: its cluster, free slots, queue). When a
+//! lease asks for more slots than its own cluster has free (and nobody is
+//! queued ahead of it), the tracker takes the free local slots and borrows
+//! the rest from the sibling with the most free slots:
+//!
+//! ```text
+//!  requester ──Lease 7──▶ tracker N ──Lend 5──▶ tracker M   (M's FIFO queue, like any lease;
+//!      ▲                   │  takes its 2 free                 the requester is told its place)
+//!      └──── Leased ───────┘  + M's 5, one federated lease
+//!  requester ═══ matrices, directly ═══▶ N's 2 peers and M's 5 peers
+//! ```
+//!
+//! The requester sees one lease (its id carries N's cluster tag, its peers'
+//! ids from M carry M's place in N's sibling list in their top bits) and
+//! renews, releases, reports and hedges it at its own tracker as always;
+//! the tracker forwards what concerns M's part. M's part is a detached lease
+//! at M with M's own TTL: if N disappears it lapses and M reclaims its
+//! slots. Matrices never cross a tracker.
+//!
+//! Trust: the siblings authenticate with the cluster secret that every
+//! tracker, worker and requester of the federation shares — a requester of
+//! N computes on M's workers directly, so they must accept it; a separate
+//! federation secret would guard nothing that secret does not.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use septet_common::conn::ConnLimits;
+use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Reply, TrackerReply, TrackerRequest};
+use septet_common::{Connection, Role};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::server::{submit, Submission};
+use crate::state::{Caller, ConnId, Grant, LeaseOutcome, LeaseToken, Op};
+use crate::{Error, Result, Tracker};
+
+/// How often a sibling is asked how it is, by default.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A borrowed peer's id: the sibling's index (1-based) above this bit, the
+/// lender's own id below.
+const PEER_TAG_SHIFT: u32 = 48;
+/// Set in every federated lease id (the cluster's tag sits below it).
+const FEDERATED: u64 = 1 << 62;
+
+/// A sibling tracker, as the last poll found it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SiblingStatus {
+    /// Where it listens (as given to `--federate`).
+    pub addr: String,
+    /// Its cluster, once it answered.
+    pub cluster: Option<String>,
+    /// Whether the last poll was answered.
+    pub up: bool,
+    /// Its free slots, queued requests and slots, at the last poll.
+    pub free: u32,
+    /// Lease requests waiting in its queue.
+    pub queued: u32,
+    /// Slots on its alive peers.
+    pub slots: u32,
+    /// Slots borrowed from it by leases in force here.
+    pub borrowed: u32,
+    /// Why the last poll failed, if it did.
+    pub error: Option<String>,
+}
+
+struct Sibling {
+    status: Mutex<SiblingStatus>,
+    /// The control link (polls and forwarded lease requests), made on demand.
+    control: tokio::sync::Mutex<Option<Connection>>,
+}
+
+/// The part of a federated lease a sibling lent.
+#[derive(Debug, Clone)]
+struct Part {
+    sibling: usize,
+    lease_id: LeaseId,
+    token: String,
+    slots: u32,
+}
+
+/// A lease made of local slots and slots borrowed from a sibling.
+#[derive(Debug)]
+struct FedLease {
+    holder: ConnId,
+    /// Set for a lease that ends with its connection.
+    owner: Option<ConnId>,
+    token: LeaseToken,
+    /// The local part: its lease here, and that lease's token.
+    local: Option<(LeaseId, LeaseToken)>,
+    remote: Part,
+    expires_at: Instant,
+}
+
+/// How a lease request that borrows starts.
+pub enum Borrowed {
+    /// Granted at once.
+    Granted(Grant),
+    /// The lender queued it: its place there; the grant (or why none
+    /// came) arrives on `wait`.
+    Waiting {
+        /// 1-based place in the lender's queue.
+        position: u32,
+        /// Free slots here.
+        free: u32,
+        /// The outcome.
+        wait: oneshot::Receiver<Result<Grant>>,
+    },
+}
+
+/// The tracker's federation: its siblings and the leases that borrow from them.
+pub struct Federation {
+    cluster: String,
+    tag: u64,
+    siblings: Vec<Sibling>,
+    leases: Mutex<HashMap<LeaseId, FedLease>>,
+    next: AtomicU64,
+}
+
+impl std::fmt::Debug for Federation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Federation").field("cluster", &self.cluster).field("siblings", &self.siblings.len()).finish()
+    }
+}
+
+/// A cluster name's 16-bit tag (FNV-1a), carried in its federated lease ids.
+pub fn cluster_tag(cluster: &str) -> u64 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in cluster.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    u64::from((h >> 16) ^ (h & 0xffff))
+}
+
+/// A peer id as this tracker hands it out: `sibling`'s index tagged above a
+/// lender's own id.
+fn tag_peer(sibling: usize, peer: PeerAddr) -> PeerAddr {
+    PeerAddr { peer_id: PeerId(((sibling as u64 + 1) << PEER_TAG_SHIFT) | peer.peer_id.0), addr: peer.addr }
+}
+
+/// Which sibling lent `peer` (None: a local peer), and its id there.
+fn untag(peer: PeerId) -> (Option<usize>, PeerId) {
+    match peer.0 >> PEER_TAG_SHIFT {
+        0 => (None, peer),
+        s => (Some(s as usize - 1), PeerId(peer.0 & ((1 << PEER_TAG_SHIFT) - 1))),
+    }
+}
+
+impl Federation {
+    /// The federation of cluster `cluster` with the trackers at `siblings`.
+    pub fn new(cluster: &str, siblings: &[String]) -> Self {
+        let siblings = siblings
+            .iter()
+            .map(|addr| Sibling {
+                status: Mutex::new(SiblingStatus { addr: addr.clone(), ..Default::default() }),
+                control: tokio::sync::Mutex::new(None),
+            })
+            .collect();
+        Self {
+            cluster: cluster.to_string(),
+            tag: cluster_tag(cluster),
+            siblings,
+            leases: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// This tracker's cluster.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The siblings as last seen.
+    pub fn siblings(&self) -> Vec<SiblingStatus> {
+        self.siblings.iter().map(|s| s.status.lock().clone()).collect()
+    }
+
+    /// Federated leases in force.
+    pub fn leases(&self) -> usize {
+        self.leases.lock().len()
+    }
+
+    /// Whether `lease_id` is a federated lease of this tracker's.
+    pub fn owns(&self, lease_id: LeaseId) -> bool {
+        lease_id.0 & FEDERATED != 0 && self.leases.lock().contains_key(&lease_id)
+    }
+
+    /// One exchange with sibling `i` on its control link (made if need be;
+    /// dropped if the exchange fails).
+    async fn call(
+        &self,
+        tracker: &Tracker,
+        i: usize,
+        msg: TrackerRequest,
+        expected: &'static str,
+    ) -> Result<TrackerReply> {
+        let config = tracker.config();
+        let mut control = self.siblings[i].control.lock().await;
+        if control.is_none() {
+            let addr = self.siblings[i].status.lock().addr.clone();
+            *control = Some(connect(tracker, &addr).await?);
+        }
+        let conn = control.as_mut().expect("just made");
+        match conn.request::<_, TrackerReply>(&msg, expected, config.io_timeout).await {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                if !matches!(e, septet_common::Error::Remote { .. }) {
+                    *control = None;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Polls every sibling every `sibling_poll` until `cancel`.
+    pub async fn poll_loop(self: Arc<Self>, tracker: Tracker, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(tracker.config().sibling_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let mut polls = tokio::task::JoinSet::new();
+            for i in 0..self.siblings.len() {
+                let (me, tracker) = (self.clone(), tracker.clone());
+                polls.spawn(async move { me.poll(&tracker, i).await });
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = async { while polls.join_next().await.is_some() {} } => {}
+            }
+            let up = self.siblings.iter().filter(|s| s.status.lock().up).count();
+            tracker.metrics().set_siblings_up(up as i64);
+        }
+    }
+
+    async fn poll(&self, tracker: &Tracker, i: usize) {
+        let msg = TrackerRequest::Sibling { cluster: self.cluster.clone() };
+        let reply = self.call(tracker, i, msg, "SiblingStatus").await;
+        let mut status = self.siblings[i].status.lock();
+        match reply {
+            Ok(TrackerReply::SiblingStatus { cluster, free, slots, queued }) => {
+                if !status.up {
+                    info!(sibling = %status.addr, %cluster, free, "federation: sibling up");
+                }
+                *status = SiblingStatus {
+                    addr: status.addr.clone(),
+                    cluster: Some(cluster),
+                    up: true,
+                    free,
+                    queued,
+                    slots,
+                    borrowed: status.borrowed,
+                    error: None,
+                };
+            }
+            Ok(other) => {
+                status.up = false;
+                status.error = Some(format!("answered {}", septet_common::proto::Control::kind(&other)));
+            }
+            Err(e) => {
+                if status.up {
+                    warn!(sibling = %status.addr, error = %e, "federation: sibling down");
+                }
+                status.up = false;
+                status.error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// The sibling to borrow `need` slots from: up, nobody queued there,
+    /// enough free; the most free first.
+    fn lender(&self, need: u32) -> Option<usize> {
+        (0..self.siblings.len())
+            .filter_map(|i| {
+                let s = self.siblings[i].status.lock();
+                (s.up && s.queued == 0 && s.free >= need).then_some((s.free, i))
+            })
+            .max()
+            .map(|(_, i)| i)
+    }
+
+    /// Serves a lease of `count` slots by borrowing, when this cluster has
+    /// too few free and nobody waits here: `None` when it does not borrow
+    /// (the lease then queues here as always).
+    pub(crate) async fn lease(
+        self: &Arc<Self>,
+        tracker: &Tracker,
+        ops: &mpsc::UnboundedSender<Submission>,
+        count: u32,
+        conn: ConnId,
+        detached: bool,
+    ) -> Option<Borrowed> {
+        if self.siblings.is_empty() {
+            return None;
+        }
+        let levels = tracker.levels().ok()?;
+        let free = levels.slots_free as u32;
+        if levels.queue_length > 0 || free >= count {
+            return None;
+        }
+        let need = count - free;
+        let i = self.lender(need)?;
+        let started = Instant::now();
+        // The free local slots first: nobody is queued, so they are granted
+        // at once (or, if another request just took them, this one queues
+        // here like any other).
+        let local = if free > 0 {
+            match submit(ops, Op::Lease { count: free, conn, detached }).await.ok()?.into_lease() {
+                LeaseOutcome::Granted(g) => Some(g),
+                LeaseOutcome::Queued(mut t) => {
+                    tracker.cancel_wait(t.waiter_id);
+                    match t.grant.try_recv() {
+                        Ok(g) => Some(g),
+                        Err(_) => return None,
+                    }
+                }
+            }
+        } else {
+            None
+        };
+        let addr = self.siblings[i].status.lock().addr.clone();
+        let lend = TrackerRequest::Lend { count: need, cluster: self.cluster.clone() };
+        let asked = async {
+            let mut c = connect(tracker, &addr).await?;
+            let reply: TrackerReply = c.request(&lend, "Leased or Waiting", tracker.config().io_timeout).await?;
+            Ok::<_, Error>((c, reply))
+        };
+        let (lender, reply) = match asked.await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(sibling = %addr, error = %e, "federation: could not borrow; the lease waits here instead");
+                self.give_back_local(ops, &local).await;
+                return None;
+            }
+        };
+        match reply {
+            TrackerReply::Leased(remote) => {
+                Some(Borrowed::Granted(self.compose(tracker, local, i, remote, conn, detached, started)))
+            }
+            TrackerReply::Waiting { position, .. } => {
+                info!(sibling = %addr, position, need, "federation: the lender queued the borrowed part");
+                let (tx, wait) = oneshot::channel();
+                let (me, tracker, ops) = (self.clone(), tracker.clone(), ops.clone());
+                tokio::spawn(async move {
+                    // The whole link, not just its reader: dropping the
+                    // writer would close it, and the lender drop the request.
+                    let mut lender = lender;
+                    let mut tx = tx;
+                    let got = tokio::select! {
+                        got = lender.reader.read_message::<TrackerReply>("Leased") => got,
+                        // The requester gave up: closing the link takes the
+                        // request out of the lender's queue.
+                        () = tx.closed() => {
+                            me.give_back_local(&ops, &local).await;
+                            return;
+                        }
+                    };
+                    let out = match got {
+                        Ok(TrackerReply::Leased(remote)) => {
+                            Ok(me.compose(&tracker, local, i, remote, conn, detached, started))
+                        }
+                        Ok(other) => Err((Error::Protocol(other.into_error("Leased")), local)),
+                        Err(e) => Err((Error::Protocol(e), local)),
+                    };
+                    let out = match out {
+                        Ok(grant) => Ok(grant),
+                        Err((e, local)) => {
+                            warn!(error = %e, "federation: the lender did not grant the borrowed part");
+                            me.give_back_local(&ops, &local).await;
+                            Err(e)
+                        }
+                    };
+                    if let Err(Ok(grant)) = tx.send(out) {
+                        // The requester left just now.
+                        let _ = me.release(&tracker, &ops, grant.lease_id).await;
+                    }
+                });
+                Some(Borrowed::Waiting { position, free, wait })
+            }
+            other => {
+                warn!(sibling = %addr, reply = septet_common::proto::Control::kind(&other), "federation: unexpected answer to Lend");
+                self.give_back_local(ops, &local).await;
+                None
+            }
+        }
+    }
+
+    async fn give_back_local(&self, ops: &mpsc::UnboundedSender<Submission>, local: &Option<Grant>) {
+        if let Some(g) = local {
+            let _ = submit(ops, Op::Release { lease_id: g.lease_id }).await;
+        }
+    }
+
+    /// One lease of the local grant and the sibling's.
+    #[allow(clippy::too_many_arguments)]
+    fn compose(
+        &self,
+        tracker: &Tracker,
+        local: Option<Grant>,
+        sibling: usize,
+        remote: LeaseGrant,
+        conn: ConnId,
+        detached: bool,
+        started: Instant,
+    ) -> Grant {
+        let lease_id = LeaseId(FEDERATED | (self.tag << 32) | (self.next.fetch_add(1, Ordering::Relaxed) + 1));
+        let token = LeaseToken::generate();
+        let slots = remote.peers.len() as u32;
+        let mut peers: Vec<PeerAddr> = local.as_ref().map(|g| g.peers.clone()).unwrap_or_default();
+        peers.extend(remote.peers.into_iter().map(|p| tag_peer(sibling, p)));
+        let ttl_ms = local.as_ref().map_or(remote.ttl_ms, |g| g.ttl_ms.min(remote.ttl_ms));
+        let record = FedLease {
+            holder: conn,
+            owner: (!detached).then_some(conn),
+            token: token.clone(),
+            local: local.map(|g| (g.lease_id, g.token)),
+            remote: Part { sibling, lease_id: remote.lease_id, token: remote.token, slots },
+            expires_at: Instant::now() + Duration::from_millis(ttl_ms),
+        };
+        self.siblings[sibling].status.lock().borrowed += slots;
+        self.leases.lock().insert(lease_id, record);
+        tracker.metrics().borrowed(slots, started.elapsed());
+        info!(%lease_id, slots = peers.len(), borrowed = slots, sibling, "federation: lease granted with borrowed slots");
+        let lease = LeaseGrant { lease_id, peers, ttl_ms, token: token.expose().to_string() };
+        Grant { lease, token }
+    }
+
+    /// The local part's lease and a caller that may act on it.
+    fn local_part(&self, lease_id: LeaseId, caller: &Caller) -> Result<(Option<(LeaseId, Caller)>, Part)> {
+        let leases = self.leases.lock();
+        let lease = leases.get(&lease_id).ok_or(Error::NotYourLease(lease_id))?;
+        let by_token = caller.token.as_ref().is_some_and(|t| lease.token.matches(t));
+        if lease.holder != caller.conn && !by_token {
+            return Err(Error::NotYourLease(lease_id));
+        }
+        let local =
+            lease.local.as_ref().map(|(id, token)| (*id, Caller { conn: caller.conn, token: Some(token.clone()) }));
+        Ok((local, lease.remote.clone()))
+    }
+
+    /// Answers a request about federated lease `msg`'s lease: what concerns
+    /// the local part is done here, what concerns the borrowed part is
+    /// forwarded to its lender.
+    pub(crate) async fn handle(
+        &self,
+        tracker: &Tracker,
+        ops: &mpsc::UnboundedSender<Submission>,
+        msg: TrackerRequest,
+        conn: ConnId,
+    ) -> Result<TrackerReply> {
+        let token_of = |t: &Option<String>| Caller { conn, token: t.clone().map(LeaseToken::presented) };
+        match msg {
+            TrackerRequest::Renew { lease_id, token } => {
+                let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
+                let mut ttl = tracker.config().lease_ttl;
+                if let Some((id, caller)) = local {
+                    ttl = tracker.renew_by(id, &caller)?;
+                }
+                let renew = TrackerRequest::Renew { lease_id: remote.lease_id, token: Some(remote.token.clone()) };
+                match self.call(tracker, remote.sibling, renew, "Renewed").await {
+                    Ok(TrackerReply::Renewed { ttl_ms, .. }) => ttl = ttl.min(Duration::from_millis(ttl_ms)),
+                    Ok(_) => {}
+                    // The job goes on on the lender's peers regardless; the
+                    // lender reclaims them at its TTL unless a later renewal gets through.
+                    Err(e) => warn!(%lease_id, error = %e, "federation: could not renew the borrowed part"),
+                }
+                if let Some(l) = self.leases.lock().get_mut(&lease_id) {
+                    l.expires_at = Instant::now() + ttl;
+                }
+                Ok(TrackerReply::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 })
+            }
+            TrackerRequest::Release { lease_id, token } => {
+                self.local_part(lease_id, &token_of(&token))?;
+                self.release(tracker, ops, lease_id).await?;
+                Ok(TrackerReply::Released { lease_id })
+            }
+            TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token } => {
+                let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
+                let replacement = match untag(peer_id) {
+                    (Some(s), id) if s == remote.sibling => {
+                        let report = TrackerRequest::ReportFailure {
+                            lease_id: remote.lease_id,
+                            peer_id: id,
+                            reason,
+                            replace,
+                            token: Some(remote.token.clone()),
+                        };
+                        match self.call(tracker, s, report, "FailureRecorded").await? {
+                            TrackerReply::FailureRecorded { replacement, .. } => replacement.map(|p| tag_peer(s, p)),
+                            other => return Err(Error::Protocol(other.into_error("FailureRecorded"))),
+                        }
+                    }
+                    (None, id) => match local {
+                        Some((local_id, caller)) => tracker.report_failure_by(local_id, id, replace, &caller)?,
+                        None => return Err(Error::NotInLease { lease_id, peer_id }),
+                    },
+                    _ => return Err(Error::NotInLease { lease_id, peer_id }),
+                };
+                warn!(%lease_id, %peer_id, "failure reported against a peer of a federated lease");
+                Ok(TrackerReply::FailureRecorded { lease_id, replacement })
+            }
+            TrackerRequest::Hedge { lease_id, peer_id, token } => {
+                let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
+                let slot = match untag(peer_id) {
+                    (Some(s), id) if s == remote.sibling => {
+                        let hedge = TrackerRequest::Hedge {
+                            lease_id: remote.lease_id,
+                            peer_id: id,
+                            token: Some(remote.token.clone()),
+                        };
+                        match self.call(tracker, s, hedge, "HedgeSlot").await? {
+                            TrackerReply::HedgeSlot { slot, .. } => slot.map(|p| tag_peer(s, p)),
+                            other => return Err(Error::Protocol(other.into_error("HedgeSlot"))),
+                        }
+                    }
+                    (None, id) => match local {
+                        Some((local_id, caller)) => tracker.hedge_by(local_id, id, &caller)?,
+                        None => return Err(Error::NotInLease { lease_id, peer_id }),
+                    },
+                    _ => return Err(Error::NotInLease { lease_id, peer_id }),
+                };
+                Ok(TrackerReply::HedgeSlot { lease_id, slot })
+            }
+            TrackerRequest::Speed { lease_id, beaten, proven, token } => {
+                let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
+                let split = |ids: &[PeerId], want: Option<usize>| -> Vec<PeerId> {
+                    ids.iter().map(|&p| untag(p)).filter(|(s, _)| *s == want).map(|(_, id)| id).collect()
+                };
+                if let Some((local_id, caller)) = local {
+                    tracker.record_speed_by(local_id, &split(&beaten, None), &split(&proven, None), &caller)?;
+                }
+                let speed = TrackerRequest::Speed {
+                    lease_id: remote.lease_id,
+                    beaten: split(&beaten, Some(remote.sibling)),
+                    proven: split(&proven, Some(remote.sibling)),
+                    token: Some(remote.token.clone()),
+                };
+                if let Err(e) = self.call(tracker, remote.sibling, speed, "SpeedRecorded").await {
+                    debug!(%lease_id, error = %e, "federation: could not pass on the peers' speed");
+                }
+                Ok(TrackerReply::SpeedRecorded { lease_id })
+            }
+            other => {
+                Err(Error::Invalid(format!("{} is not about a lease", septet_common::proto::Control::kind(&other))))
+            }
+        }
+    }
+
+    /// Ends federated lease `lease_id`: its local part here, its borrowed
+    /// part at the lender (which otherwise reclaims it at its TTL).
+    pub(crate) async fn release(
+        &self,
+        tracker: &Tracker,
+        ops: &mpsc::UnboundedSender<Submission>,
+        lease_id: LeaseId,
+    ) -> Result<()> {
+        let lease = self.leases.lock().remove(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
+        self.end(tracker, Some(ops), lease).await;
+        Ok(())
+    }
+
+    async fn end(&self, tracker: &Tracker, ops: Option<&mpsc::UnboundedSender<Submission>>, lease: FedLease) {
+        if let (Some((id, _)), Some(ops)) = (lease.local, ops) {
+            let _ = submit(ops, Op::Release { lease_id: id }).await;
+        }
+        let part = lease.remote;
+        {
+            let mut s = self.siblings[part.sibling].status.lock();
+            s.borrowed = s.borrowed.saturating_sub(part.slots);
+        }
+        let release = TrackerRequest::Release { lease_id: part.lease_id, token: Some(part.token) };
+        if let Err(e) = self.call(tracker, part.sibling, release, "Released").await {
+            warn!(error = %e, "federation: could not release a borrowed part; the lender reclaims it at its TTL");
+        }
+    }
+
+    /// Connection `conn` closed: its attached federated leases end (their
+    /// local parts end with the connection already).
+    pub(crate) async fn disconnect(&self, tracker: &Tracker, conn: ConnId) {
+        let ended: Vec<FedLease> = {
+            let mut leases = self.leases.lock();
+            let ids: Vec<LeaseId> = leases.iter().filter(|(_, l)| l.owner == Some(conn)).map(|(id, _)| *id).collect();
+            ids.into_iter().filter_map(|id| leases.remove(&id)).collect()
+        };
+        for lease in ended {
+            self.end(tracker, None, lease).await;
+        }
+    }
+
+    /// Forgets federated leases past their TTL: each part lapses on its own
+    /// (the local one in this tracker's sweep, the borrowed one at the lender).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut leases = self.leases.lock();
+        let expired: Vec<LeaseId> = leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(l) = leases.remove(&id) {
+                info!(lease_id = %id, "federated lease expired unrenewed");
+                let mut s = self.siblings[l.remote.sibling].status.lock();
+                s.borrowed = s.borrowed.saturating_sub(l.remote.slots);
+            }
+        }
+    }
+
+    /// Every sibling's peer rows that can be had now, each naming its cluster.
+    pub(crate) async fn sibling_rows(&self, tracker: &Tracker) -> Vec<PeerRow> {
+        let mut rows = Vec::new();
+        for i in 0..self.siblings.len() {
+            let cluster = {
+                let s = self.siblings[i].status.lock();
+                if !s.up {
+                    continue;
+                }
+                s.cluster.clone().unwrap_or_default()
+            };
+            match self.call(tracker, i, TrackerRequest::ListPeers, "Peers").await {
+                Ok(TrackerReply::Peers { rows: theirs, .. }) => {
+                    rows.extend(theirs.into_iter().map(|r| PeerRow { cluster: cluster.clone(), ..r }))
+                }
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "federation: could not list a sibling's peers"),
+            }
+        }
+        rows
+    }
+}
+
+/// Connects to the tracker at `addr` as a client, with this tracker's secret.
+async fn connect(tracker: &Tracker, addr: &str) -> Result<Connection> {
+    let config = tracker.config();
+    let limits = ConnLimits {
+        handshake_timeout: config.handshake_timeout,
+        stall_timeout: Some(config.io_timeout),
+        security: config.security.clone(),
+        ..ConnLimits::default()
+    };
+    Connection::connect(addr, Role::Client, limits)
+        .await
+        .map_err(|e| Error::Protocol(e.naming(|| format!("the sibling tracker at {addr}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_peer_ids_carry_their_lender_and_come_apart_again() {
+        let p = tag_peer(2, PeerAddr { peer_id: PeerId(17), addr: "10.0.0.1:9".into() });
+        assert_eq!(p.peer_id.0 >> PEER_TAG_SHIFT, 3);
+        assert_eq!(untag(p.peer_id), (Some(2), PeerId(17)));
+        assert_eq!(untag(PeerId(17)), (None, PeerId(17)));
+    }
+
+    #[test]
+    fn cluster_tags_are_16_bits_and_differ_for_different_names() {
+        let (a, b) = (cluster_tag("lab"), cluster_tag("dept"));
+        assert!(a < 1 << 16 && b < 1 << 16);
+        assert_ne!(a, b);
+        assert_eq!(a, cluster_tag("lab"));
+    }
+
+    #[test]
+    fn the_lender_is_the_sibling_up_with_no_queue_and_the_most_free_slots() {
+        let f = Federation::new("n", &["a:1".into(), "b:1".into(), "c:1".into()]);
+        let set = |i: usize, up: bool, free: u32, queued: u32| {
+            let mut s = f.siblings[i].status.lock();
+            (s.up, s.free, s.queued) = (up, free, queued);
+        };
+        set(0, true, 6, 0);
+        set(1, true, 9, 1);
+        set(2, false, 20, 0);
+        assert_eq!(f.lender(5), Some(0), "b has a queue, c is down");
+        assert_eq!(f.lender(7), None);
+        set(1, true, 9, 0);
+        assert_eq!(f.lender(5), Some(1));
+    }
+}
