@@ -404,3 +404,98 @@ fn lying_reducers_are_named_and_the_job_is_still_right() {
     }
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
 }
+
+/// Two clusters on separate hosts: cluster n (tracker `tr`, workers w0 and
+/// w1) federated with cluster m (tracker `tm`, workers w2..w7). A job from
+/// `rq` at n's tracker borrows five of m's peers: the product is right,
+/// `septet peers --federation` shows both clusters, and both trackers end
+/// with nothing leased.
+#[test]
+fn a_job_borrows_peers_from_a_sibling_cluster() {
+    let Some(mut grid) = NetGrid::new_federated(8, "1gbit") else { return };
+    grid.start_tracker_at("tm", &["--cluster", "m"]);
+    grid.start_workers_at(2..8, "tm", &[]);
+    let sibling = grid.tracker_addr_of("tm");
+    grid.start_tracker_at("tr", &["--cluster", "n", "--federate", &sibling]);
+    grid.start_workers_at(0..2, "tr", &[]);
+    let both = |p: &[Value]| p.iter().filter(|r| r["cluster"] == "m").count() == 6 && p.len() == 8;
+    assert!(grid.wait_for_at("cl", "tr", Duration::from_secs(20), |_| true));
+    assert!(
+        (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            grid.peers_at("cl", "tr", &["--federation"]).is_some_and(|p| both(&p))
+        }),
+        "n never listed m's peers: {:?}",
+        grid.peers_at("cl", "tr", &["--federation"])
+    );
+    let out = grid.run("rq", "multiply", &["--random", "512,512,512", "--check", "--json", "--max-wait", "20"]);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    let m_hosts: Vec<String> = (2..8).map(|i| grid.addr(&format!("w{i}"))).collect();
+    let slots = summary["relay"]["slots"].as_array().map(Vec::len).unwrap_or(0);
+    let peers: Vec<&str> = summary["relay"]["slots"]
+        .as_array()
+        .or(summary["peers"].as_array())
+        .unwrap()
+        .iter()
+        .map(|p| p["peer"]["addr"].as_str().or(p["addr"].as_str()).unwrap())
+        .collect();
+    let on_m = peers.iter().filter(|a| m_hosts.iter().any(|h| a.starts_with(&format!("{h}:")))).count();
+    assert_eq!(on_m, 5, "five of the seven on m's peers ({slots} relay slots): {peers:?}");
+    for tracker in ["tr", "tm"] {
+        assert!(
+            grid.wait_for_at("cl", tracker, Duration::from_secs(10), |p| in_use(p) == 0),
+            "slots still in use at {tracker}"
+        );
+    }
+}
+
+/// m's tracker is cut off while a job holds its peers: the job finishes on
+/// them (workers do not need their tracker to compute); once the link is
+/// back, n lists m's peers again. Then n's tracker vanishes while a detached
+/// lease borrows from m: m reclaims its slots at its TTL.
+#[test]
+fn a_sibling_cut_mid_job_does_not_stop_the_job_and_a_vanished_borrower_loses_its_slots() {
+    let Some(mut grid) = NetGrid::new_federated(8, "1gbit") else { return };
+    grid.start_tracker_at("tm", &["--cluster", "m", "--lease-ttl", "4"]);
+    grid.start_workers_at(2..8, "tm", &[]);
+    let sibling = grid.tracker_addr_of("tm");
+    grid.start_tracker_at("tr", &["--cluster", "n", "--federate", &sibling]);
+    grid.start_workers_at(0..2, "tr", &[]);
+    let listed = |grid: &NetGrid| {
+        grid.peers_at("cl", "tr", &["--federation"]).is_some_and(|p| p.iter().any(|r| r["cluster"] == "m"))
+    };
+    assert!((0..100).any(|_| listed(&grid) || (std::thread::sleep(Duration::from_millis(100)), false).1));
+    // A slow requester link: the job takes seconds.
+    grid.shape("rq", "30mbit");
+    let mut job =
+        grid.client("rq", "multiply", &["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20"]);
+    let child = job.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(
+        grid.wait_for_at("cl", "tm", Duration::from_secs(20), |p| in_use(p) == 5),
+        "m never lent the job five slots"
+    );
+    grid.cut("tm");
+    let out = child.wait_with_output().unwrap();
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    println!("job took {:.2} s with m's tracker cut", summary["total_s"].as_f64().unwrap());
+    assert!(!listed(&grid), "m is cut off, yet n lists its peers");
+    grid.heal("tm");
+    assert!(
+        (0..100).any(|_| listed(&grid) || (std::thread::sleep(Duration::from_millis(100)), false).1),
+        "the federation did not re-form after the heal"
+    );
+    // The job's borrowed part was released once m was back, or lapsed.
+    assert!(grid.wait_for_at("cl", "tm", Duration::from_secs(10), |p| in_use(p) == 0), "m still lends slots");
+    grid.shape("rq", "1gbit");
+    // A detached lease that borrows, then n's tracker vanishes.
+    let out = grid.run("rq", "lease", &["--count", "7", "--detach", "--json"]);
+    assert!(out.status.success(), "septet lease: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(grid.wait_for_at("cl", "tm", Duration::from_secs(5), |p| in_use(p) == 5), "m did not lend");
+    grid.kill("tracker-tr");
+    assert!(
+        grid.wait_for_at("cl", "tm", Duration::from_secs(15), |p| in_use(p) == 0),
+        "m did not reclaim its slots at its TTL"
+    );
+}

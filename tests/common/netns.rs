@@ -37,6 +37,8 @@ pub struct NetGrid {
     secret: PathBuf,
     namespaces: Vec<String>,
     children: Vec<(String, Child)>,
+    /// A second tracker host, `tm`, for a second cluster.
+    second: bool,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -154,6 +156,15 @@ impl NetGrid {
     /// process. None, after printing one "skipping: <reason>" line, where
     /// namespaces are not available (not root, no ip/tc, no netns support).
     pub fn new(workers: usize, rate: &str) -> Option<NetGrid> {
+        Self::new_with(workers, rate, false)
+    }
+
+    /// As [`NetGrid::new`], plus a host `tm` for a second cluster's tracker.
+    pub fn new_federated(workers: usize, rate: &str) -> Option<NetGrid> {
+        Self::new_with(workers, rate, true)
+    }
+
+    fn new_with(workers: usize, rate: &str, second: bool) -> Option<NetGrid> {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         let k = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -168,8 +179,17 @@ impl NetGrid {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let secret = dir.join("secret");
-        let mut grid =
-            NetGrid { prefix, net, workers, dir, secret, namespaces: Vec::new(), children: Vec::new(), _turn: turn };
+        let mut grid = NetGrid {
+            prefix,
+            net,
+            workers,
+            dir,
+            secret,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            second,
+            _turn: turn,
+        };
         // On failure, Drop removes whatever was made.
         grid.build(rate).unwrap_or_else(|e| panic!("building the namespace grid: {e}"));
         let out =
@@ -206,6 +226,9 @@ impl NetGrid {
     /// Every host: `tr`, `rq`, `cl`, `w0`...
     pub fn hosts(&self) -> Vec<String> {
         let mut h: Vec<String> = ["tr", "rq", "cl"].iter().map(|s| s.to_string()).collect();
+        if self.second {
+            h.push("tm".into());
+        }
         h.extend((0..self.workers).map(|i| format!("w{i}")));
         h
     }
@@ -221,6 +244,7 @@ impl NetGrid {
             "tr" => 1,
             "rq" => 2,
             "cl" => 3,
+            "tm" if self.second => 4,
             w => {
                 let i: usize =
                     w.strip_prefix('w').and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("no host {w}"));
@@ -233,7 +257,88 @@ impl NetGrid {
 
     /// The tracker's `host:port`.
     pub fn tracker_addr(&self) -> String {
-        format!("{}:{TRACKER_PORT}", self.addr("tr"))
+        self.tracker_addr_of("tr")
+    }
+
+    /// The `host:port` of the tracker on `host` (`tr` or `tm`).
+    pub fn tracker_addr_of(&self, host: &str) -> String {
+        format!("{}:{TRACKER_PORT}", self.addr(host))
+    }
+
+    /// Starts a tracker on `host` (its log: `tracker-HOST`).
+    pub fn start_tracker_at(&mut self, host: &str, args: &[&str]) {
+        let mut c = self.command(host, "tracker");
+        c.arg("--listen").arg(self.tracker_addr_of(host)).arg("--secret-file").arg(&self.secret).args(args);
+        self.spawn(&format!("tracker-{host}"), c);
+    }
+
+    /// Starts workers `range` (one slot, one thread each, plus `args`),
+    /// registered with the tracker on `tracker_host`, and waits until that
+    /// tracker lists them alive.
+    pub fn start_workers_at(&mut self, range: std::ops::Range<usize>, tracker_host: &str, args: &[&str]) {
+        let n = range.len();
+        for i in range {
+            self.spawn_worker(i, tracker_host, args.iter().map(|a| a.to_string()).collect());
+        }
+        let ok = self.wait_for_at("cl", tracker_host, Duration::from_secs(20), |peers| {
+            peers.iter().filter(|p| p["state"] == "alive").count() >= n
+        });
+        assert!(ok, "the workers did not all register with {tracker_host} within 20 s");
+    }
+
+    /// Starts worker `i` (one slot, one thread, plus `args`) registering
+    /// with the tracker on `tracker_host`.
+    fn spawn_worker(&mut self, i: usize, tracker_host: &str, args: Vec<String>) {
+        let host = format!("w{i}");
+        let mut c = self.command(&host, "worker");
+        c.arg("--tracker")
+            .arg(self.tracker_addr_of(tracker_host))
+            .arg("--listen")
+            .arg(format!("{}:0", self.addr(&host)))
+            .arg("--secret-file")
+            .arg(&self.secret)
+            .args(["--slots", "1", "--threads", "1"])
+            .args(args);
+        self.spawn(&host, c);
+    }
+
+    /// `septet peers --json ARGS` against the tracker on `tracker_host`, from `host`.
+    pub fn peers_at(&self, host: &str, tracker_host: &str, args: &[&str]) -> Option<Vec<serde_json::Value>> {
+        let mut c = self.command(host, "peers");
+        c.arg("--tracker").arg(self.tracker_addr_of(tracker_host)).arg("--secret-file").arg(&self.secret);
+        let out = c.arg("--json").args(args).output().unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// [`NetGrid::wait_for`] against the tracker on `tracker_host`.
+    pub fn wait_for_at(
+        &self,
+        host: &str,
+        tracker_host: &str,
+        limit: Duration,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.peers_at(host, tracker_host, &[]).is_some_and(|p| pred(&p)) {
+                return true;
+            }
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the process started as `name` (and waits for it).
+    pub fn kill(&mut self, name: &str) {
+        if let Some((_, c)) = self.children.iter_mut().find(|(n, _)| n == name) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// The cluster secret file every command gets.
@@ -312,17 +417,7 @@ impl NetGrid {
     /// Starts the workers, worker `i` with the extra arguments `args(i)`.
     pub fn start_workers_with(&mut self, args: impl Fn(usize) -> Vec<String>) {
         for i in 0..self.workers {
-            let host = format!("w{i}");
-            let mut c = self.command(&host, "worker");
-            c.arg("--tracker")
-                .arg(self.tracker_addr())
-                .arg("--listen")
-                .arg(format!("{}:0", self.addr(&host)))
-                .arg("--secret-file")
-                .arg(&self.secret)
-                .args(["--slots", "1", "--threads", "1"])
-                .args(args(i));
-            self.spawn(&host, c);
+            self.spawn_worker(i, "tr", args(i));
         }
         let n = self.workers;
         let ok = self.wait_for("tr", Duration::from_secs(20), |peers| {
@@ -334,28 +429,13 @@ impl NetGrid {
     /// The tracker's peer table as seen from `host` (`septet peers --json`);
     /// None if it could not be had (e.g. the link is cut).
     pub fn peers(&self, host: &str) -> Option<Vec<serde_json::Value>> {
-        let out = self.run(host, "peers", &["--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
+        self.peers_at(host, "tr", &[])
     }
 
     /// Polls the peer table from `host` every 100 ms until `pred` holds or
     /// `limit` passes; whether it held.
     pub fn wait_for(&self, host: &str, limit: Duration, pred: impl Fn(&[serde_json::Value]) -> bool) -> bool {
-        let start = Instant::now();
-        loop {
-            if let Some(peers) = self.peers(host) {
-                if pred(&peers) {
-                    return true;
-                }
-            }
-            if start.elapsed() > limit {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_for_at(host, "tr", limit, pred)
     }
 
     /// Takes `host`'s link down at its switch port: the host keeps its
