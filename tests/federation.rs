@@ -232,6 +232,29 @@ async fn a_borrowing_lease_waits_in_the_lenders_queue_and_is_told_its_place() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_no_free_slot_borrows_the_whole_lease() {
+    tokio::time::timeout(LIMIT, async {
+        let ((n, n_state, n_peers), (m, m_state, m_peers)) = clusters(0, 7, TrackerConfig::default()).await;
+        let req = Requester::new(RequesterConfig { tracker: n.addr.to_string(), ..Default::default() });
+        let (a, b) = (ints(33, 40, 3), ints(40, 21, 4));
+        let expected = naive_matmul(a.view(), b.view());
+        let (got, report) = req.multiply(Arc::new(a), Arc::new(b), |_| {}).await.unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(report.peers.len(), 7);
+        // A local peer id means nothing to a lease with no local part.
+        let mut c = client(n.addr).await;
+        let grant = c.lease(7, false, None, |_, _, _| {}).await.unwrap();
+        assert!(grant.peers.iter().all(|p| p.peer_id.0 >> 48 == 1), "{:?}", grant.peers);
+        let err = c.report_failure(grant.lease_id, septet_common::proto::PeerId(3), "x", false).await.unwrap_err();
+        assert!(err.to_string().contains("not part of lease"), "{err}");
+        c.release(grant.lease_id).await.unwrap();
+        end((n, n_state, n_peers), (m, m_state, m_peers)).await;
+    })
+    .await
+    .expect("the test hung");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_name_is_checked() {
     let bad = TrackerConfig { cluster: "a b".into(), ..Default::default() };
     assert!(Tracker::new(bad).unwrap_err().to_string().contains("cluster name"));
