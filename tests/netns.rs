@@ -8,6 +8,7 @@
 #[path = "common/netns.rs"]
 mod netns;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netns::NetGrid;
@@ -486,11 +487,21 @@ fn a_sibling_cut_mid_job_does_not_stop_the_job_and_a_vanished_borrower_loses_its
         (0..100).any(|_| listed(&grid) || (std::thread::sleep(Duration::from_millis(100)), false).1),
         "the federation did not re-form after the heal"
     );
-    // The job's borrowed part was released once m was back, or lapsed.
-    assert!(grid.wait_for_at("cl", "tm", Duration::from_secs(10), |p| in_use(p) == 0), "m still lends slots");
+    // The job's borrowed part was released once m was back, or lapsed; m's
+    // workers (marked gone if the cut outlasted their heartbeats) are back.
+    let m_free = |p: &[Value]| {
+        p.iter().filter(|r| r["cluster"] == "m" && r["state"] == "alive" && r["in_use"] == 0).count() == 6
+    };
+    assert!(
+        (0..200).any(|_| grid.peers_at("cl", "tr", &["--federation"]).is_some_and(|p| m_free(&p))
+            || (std::thread::sleep(Duration::from_millis(100)), false).1),
+        "m's six peers are not all free again"
+    );
+    // n's view of m is at most a poll (1 s) old.
+    std::thread::sleep(Duration::from_millis(1500));
     grid.shape("rq", "1gbit");
     // A detached lease that borrows, then n's tracker vanishes.
-    let out = grid.run("rq", "lease", &["--count", "7", "--detach", "--json"]);
+    let out = grid.run("rq", "lease", &["--count", "7", "--detach", "--json", "--max-wait", "20"]);
     assert!(out.status.success(), "septet lease: {}", String::from_utf8_lossy(&out.stderr));
     assert!(grid.wait_for_at("cl", "tm", Duration::from_secs(5), |p| in_use(p) == 5), "m did not lend");
     grid.kill("tracker-tr");
@@ -498,4 +509,59 @@ fn a_sibling_cut_mid_job_does_not_stop_the_job_and_a_vanished_borrower_loses_its
         grid.wait_for_at("cl", "tm", Duration::from_secs(15), |p| in_use(p) == 0),
         "m did not reclaim its slots at its TTL"
     );
+}
+
+/// Cluster m (tracker `tm`, workers w2..w7) behind a NAT that drops every
+/// new connection from outside; cluster n (`tr`, w0 and w1) outside, not
+/// told about m. m's tracker links to n's (`--federate`), is asked to link
+/// back, and n sends its requests there. A job at n borrows five of m's
+/// peers: the requester cannot dial them (checked), so each dials the
+/// requester on its tracker's order, brokered through both trackers. The
+/// product is right and both trackers end with nothing leased.
+#[test]
+fn a_job_borrows_peers_behind_a_nat_through_brokered_links() {
+    let Some(mut grid) = NetGrid::new_nat(8, 2, "1gbit") else { return };
+    let n_tracker = grid.tracker_addr_of("tr");
+    grid.start_tracker_at("tr", &["--cluster", "n"]);
+    grid.start_workers_at(0..2, "tr", &[]);
+    grid.start_tracker_at("tm", &["--cluster", "m", "--federate", &n_tracker]);
+    grid.start_workers_at(2..8, "tm", &[]);
+    // The NAT holds: from outside, m's tracker cannot be reached.
+    let probe = Command::new("ip")
+        .args(["netns", "exec", &grid.ns("rq"), "timeout", "3", env!("CARGO_BIN_EXE_septet"), "peers", "--tracker"])
+        .arg(grid.tracker_addr_of("tm"))
+        .arg("--secret-file")
+        .arg(grid.secret())
+        .output()
+        .unwrap();
+    assert!(!probe.status.success(), "m's tracker answered from outside the NAT");
+    let listed = |grid: &NetGrid| {
+        grid.peers_at("cl", "tr", &["--federation"])
+            .is_some_and(|p| p.iter().filter(|r| r["cluster"] == "m").count() == 6)
+    };
+    assert!(
+        (0..150).any(|_| listed(&grid) || (std::thread::sleep(Duration::from_millis(100)), false).1),
+        "n never listed m's peers; n: {}\nm: {}",
+        grid.log("tracker-tr"),
+        grid.log("tracker-tm")
+    );
+    let out = grid.run("rq", "multiply", &["--random", "512,512,512", "--check", "--json", "--max-wait", "20"]);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    assert_eq!(summary["plan"], "direct", "{summary}");
+    let dialled_back = summary["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["addr"].as_str().unwrap().starts_with("dialback:"))
+        .count();
+    assert_eq!(dialled_back, 5, "{summary}");
+    println!("job took {:.2} s, five products on peers behind the NAT", summary["total_s"].as_f64().unwrap());
+    for tracker in ["tr", "tm"] {
+        let host = if tracker == "tm" { "tm" } else { "cl" };
+        assert!(
+            grid.wait_for_at(host, tracker, Duration::from_secs(10), |p| in_use(p) == 0),
+            "slots still in use at {tracker}"
+        );
+    }
 }

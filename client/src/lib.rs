@@ -5,6 +5,7 @@
 //! compute server and its agent live in `septet-worker`, which uses
 //! [`TrackerClient`] to stay registered.
 
+pub mod dialback;
 pub mod requester;
 pub mod tracker;
 pub mod verify;

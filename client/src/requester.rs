@@ -106,6 +106,8 @@ impl Plan {
     /// Whether a job on `peers` relays.
     pub fn relays(self, peers: &[PeerAddr]) -> bool {
         match self {
+            // Peers that dial back cannot dial each other either.
+            _ if peers.iter().any(crate::dialback::dials_back) => false,
             Plan::Relay => true,
             Plan::Direct => false,
             Plan::Auto => {
@@ -383,6 +385,8 @@ enum KeeperCmd {
 #[derive(Clone)]
 struct LeaseKeeper {
     tx: mpsc::Sender<KeeperCmd>,
+    /// For the lease's peers that dial back (see [`crate::dialback`]).
+    broker: Option<Arc<crate::dialback::Broker>>,
 }
 
 impl LeaseKeeper {
@@ -441,7 +445,24 @@ impl LeaseKeeper {
                 }
             }
         });
-        LeaseKeeper { tx }
+        LeaseKeeper { tx, broker: None }
+    }
+
+    /// Listens for the lease's peers that dial back, if it has any.
+    async fn with_broker(mut self, config: &RequesterConfig, grant: &LeaseGrant) -> Result<Self> {
+        if grant.peers.iter().any(crate::dialback::dials_back) {
+            let limits = ConnLimits {
+                handshake_timeout: config.silence_timeout.min(config.io_timeout),
+                security: config.security.clone(),
+                ..ConnLimits::default()
+            };
+            let broker =
+                crate::dialback::Broker::start(&config.tracker, &config.security, limits, config.io_timeout, grant)
+                    .await
+                    .map_err(|e| RequestError::Tracker { addr: config.tracker.clone(), source: e })?;
+            self.broker = Some(Arc::new(broker));
+        }
+        Ok(self)
     }
 
     async fn report(&self, peer_id: PeerId, reason: String, replace: bool) -> septet_common::Result<Option<PeerAddr>> {
@@ -631,6 +652,8 @@ struct Job<T> {
     started: Instant,
     /// Products folded into C: a hedge race both copies finish folds once.
     folded: [AtomicBool; 7],
+    /// For peers that dial back.
+    broker: Option<Arc<crate::dialback::Broker>>,
 }
 
 /// What a failed task said, as far as it can be told.
@@ -869,10 +892,12 @@ impl<T: Element> Job<T> {
     ) -> Outcome {
         let (mut bytes_sent, mut send) = (0, Duration::ZERO);
         let result = async {
-            let Connection { mut reader, mut writer, .. } =
-                Connection::connect(&peer.addr, Role::Client, self.limits.clone())
+            let Connection { mut reader, mut writer, .. } = match &self.broker {
+                Some(broker) if crate::dialback::dials_back(&peer) => broker.connect(&peer, &self.limits).await?,
+                _ => Connection::connect(&peer.addr, Role::Client, self.limits.clone())
                     .await
-                    .map_err(|e| e.naming(|| format!("the worker at {}", peer.addr)))?;
+                    .map_err(|e| e.naming(|| format!("the worker at {}", peer.addr)))?,
+            };
             if let Some(lane) = lane {
                 let permit = lane.await.map_err(|_| Failure::Local("the send lanes closed".into()))?;
                 *meter.lane.lock() = Some(permit);
@@ -1025,7 +1050,7 @@ impl Requester {
         report.lease_id = grant.lease_id;
         report.lease_wait_s = started.elapsed().as_secs_f64();
         progress(Progress::Leased { lease_id: grant.lease_id });
-        let keeper = LeaseKeeper::spawn(tracker, &grant);
+        let keeper = LeaseKeeper::spawn(tracker, &grant).with_broker(&self.config, &grant).await?;
 
         // A short grant would leave products with no peer: refuse it (and
         // release it) rather than index past its end.
@@ -1271,6 +1296,7 @@ impl Requester {
             verify_time: Mutex::new(Duration::ZERO),
             started,
             folded: Default::default(),
+            broker: keeper.broker.clone(),
         });
 
         // Every attempt — first, redo or hedge — runs under the dispatch loop.

@@ -163,6 +163,27 @@ impl TrackerClient {
         }
     }
 
+    /// Has peer `peer_id` of lease `lease_id` (presenting its token) dial
+    /// the listener at `addr` and present `nonce`: a link the requester
+    /// cannot make itself (the peer is behind a NAT).
+    ///
+    /// # Errors
+    /// [`Error::Remote`] if the tracker refuses or cannot reach the peer.
+    pub async fn broker(
+        &mut self,
+        lease_id: LeaseId,
+        peer_id: PeerId,
+        addr: String,
+        nonce: u64,
+        token: &str,
+    ) -> Result<()> {
+        let msg = TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token: Some(token.to_string()) };
+        match self.call(msg, "Brokered").await? {
+            TrackerReply::Brokered => Ok(()),
+            other => Err(unexpected("Brokered", other)),
+        }
+    }
+
     /// The peer tables of the tracker's cluster and of every sibling
     /// cluster it federates with that answers now; rows name their cluster.
     ///

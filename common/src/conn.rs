@@ -363,6 +363,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Self { src, max_frame_len, pending: None }
     }
 
+    /// Sets the largest frame accepted from now on (a connection accepted
+    /// before its use was known, e.g. a peer that dialled back).
+    pub fn set_max_frame_len(&mut self, max: usize) {
+        self.max_frame_len = max;
+    }
+
     /// Closes the connection (with [`Error::Timeout`]) when a frame that has
     /// begun goes this long without a byte arriving; `None` waits forever.
     /// Between frames the reader waits as long as its caller does.

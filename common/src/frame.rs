@@ -742,9 +742,17 @@ mod tests {
             },
             TrackerRequest::Hedge { lease_id: LeaseId(9), peer_id: PeerId(2), token: token.clone() },
             TrackerRequest::Speed { lease_id: LeaseId(9), beaten: vec![PeerId(2)], proven: vec![PeerId(1)], token },
-            TrackerRequest::Sibling { cluster: "lab".into() },
+            TrackerRequest::Sibling { cluster: "lab".into(), listen: "10.0.0.1:7700".into() },
             TrackerRequest::Lend { count: 5, cluster: "lab".into() },
             TrackerRequest::ListFederation,
+            TrackerRequest::Reverse { cluster: "dept".into() },
+            TrackerRequest::Broker {
+                lease_id: LeaseId(9),
+                peer_id: PeerId(2),
+                addr: "10.0.0.2:4000".into(),
+                nonce: 7,
+                token: None,
+            },
         ]
     }
 
@@ -784,7 +792,9 @@ mod tests {
                 slot: Some(PeerAddr { peer_id: PeerId(5), addr: "127.0.0.1:9005".into() }),
             },
             TrackerReply::SpeedRecorded { lease_id: LeaseId(9) },
-            TrackerReply::SiblingStatus { cluster: "dept".into(), free: 4, slots: 9, queued: 1 },
+            TrackerReply::SiblingStatus { cluster: "dept".into(), free: 4, slots: 9, queued: 1, reverse: false },
+            TrackerReply::Reversed,
+            TrackerReply::Brokered,
         ]
     }
 

@@ -127,6 +127,11 @@ pub enum Role {
     Client,
 }
 
+/// The prefix of a leased peer's `addr` when the requester cannot dial it
+/// (a federation sibling behind a NAT): the requester listens, and asks its
+/// tracker to have the peer dial it ([`TrackerRequest::Broker`]).
+pub const DIAL_BACK: &str = "dialback:";
+
 /// A leased slot: which peer, and where to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerAddr {
@@ -357,6 +362,32 @@ pub enum TrackerRequest {
     Sibling {
         /// The asking tracker's cluster.
         cluster: String,
+        /// Where the asking tracker listens (an unspecified host: the
+        /// address it asks from). The answering tracker tries to dial it
+        /// once in a while; if it cannot, it asks for a `Reverse` link.
+        listen: String,
+    },
+    /// Sibling tracker that cannot be dialled (behind a NAT): "send me
+    /// your requests on this connection" — after `Reversed`, the roles
+    /// swap: the tracker that accepted it asks, the one that dialled answers.
+    Reverse {
+        /// The dialling tracker's cluster.
+        cluster: String,
+    },
+    /// Client (or a sibling tracker, forwarding): peer `peer_id` of lease
+    /// `lease_id` cannot be dialled from the requester; have it dial the
+    /// requester's listener `addr` and present `nonce`. Answered `Brokered`.
+    Broker {
+        /// The lease.
+        lease_id: LeaseId,
+        /// The peer.
+        peer_id: PeerId,
+        /// The requester's listener.
+        addr: String,
+        /// What the requester matches the connection with.
+        nonce: u64,
+        /// As for `Renew`.
+        token: Option<String>,
     },
     /// Sibling tracker: lease `count` slots to a lease of cluster `cluster`.
     /// Queued and granted like a detached `Lease` (`Waiting`, then
@@ -413,11 +444,22 @@ impl fmt::Debug for TrackerRequest {
                 .field("proven", proven)
                 .field("token", &redacted(token))
                 .finish(),
-            TrackerRequest::Sibling { cluster } => f.debug_struct("Sibling").field("cluster", cluster).finish(),
+            TrackerRequest::Sibling { cluster, listen } => {
+                f.debug_struct("Sibling").field("cluster", cluster).field("listen", listen).finish()
+            }
             TrackerRequest::Lend { count, cluster } => {
                 f.debug_struct("Lend").field("count", count).field("cluster", cluster).finish()
             }
             TrackerRequest::ListFederation => f.write_str("ListFederation"),
+            TrackerRequest::Reverse { cluster } => f.debug_struct("Reverse").field("cluster", cluster).finish(),
+            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token } => f
+                .debug_struct("Broker")
+                .field("lease_id", lease_id)
+                .field("peer_id", peer_id)
+                .field("addr", addr)
+                .field("nonce", nonce)
+                .field("token", &redacted(token))
+                .finish(),
         }
     }
 }
@@ -438,6 +480,8 @@ impl Control for TrackerRequest {
             TrackerRequest::Sibling { .. } => "Sibling",
             TrackerRequest::Lend { .. } => "Lend",
             TrackerRequest::ListFederation => "ListFederation",
+            TrackerRequest::Reverse { .. } => "Reverse",
+            TrackerRequest::Broker { .. } => "Broker",
         }
     }
 }
@@ -526,7 +570,13 @@ pub enum TrackerReply {
         slots: u32,
         /// Lease requests waiting in this tracker's queue.
         queued: u32,
+        /// This tracker cannot reach the asking one: open a `Reverse` link.
+        reverse: bool,
     },
+    /// To `Reverse`: from now on this side asks.
+    Reversed,
+    /// To `Broker`: the peer was told to dial.
+    Brokered,
 }
 
 impl Control for TrackerReply {
@@ -545,6 +595,8 @@ impl Control for TrackerReply {
             TrackerReply::HedgeSlot { .. } => "HedgeSlot",
             TrackerReply::SpeedRecorded { .. } => "SpeedRecorded",
             TrackerReply::SiblingStatus { .. } => "SiblingStatus",
+            TrackerReply::Reversed => "Reversed",
+            TrackerReply::Brokered => "Brokered",
         }
     }
 }
@@ -600,6 +652,14 @@ pub enum WorkerReply {
         /// spreading: the requester trusts this over other reports.
         evidence: bool,
     },
+    /// To `DialBack`: dialling.
+    DialingBack,
+    /// The first frame on a connection a worker dialled on a `DialBack`
+    /// order: which brokered link this is.
+    DialedBack {
+        /// The order's nonce.
+        nonce: u64,
+    },
 }
 
 /// What one slot of a relayed job moved and when, as it reports it.
@@ -651,6 +711,16 @@ pub enum WorkerRequest {
     /// From the requester: BLAKE3 digests of parts this slot receives by
     /// forward (part task id, digest).
     Digests(Vec<(u64, [u8; 32])>),
+    /// From the worker's tracker (federation, brokering a link across a
+    /// NAT): dial `addr` — a requester that cannot dial this worker — say
+    /// [`WorkerReply::DialedBack`] with `nonce` there, and serve that
+    /// connection as if the requester had dialled. Answered `DialingBack`.
+    DialBack {
+        /// The requester's listener.
+        addr: String,
+        /// What the requester matches the connection with.
+        nonce: u64,
+    },
 }
 
 impl Control for WorkerRequest {
@@ -659,6 +729,7 @@ impl Control for WorkerRequest {
             WorkerRequest::Relay(_) => "Relay",
             WorkerRequest::Join { .. } => "Join",
             WorkerRequest::Digests(_) => "Digests",
+            WorkerRequest::DialBack { .. } => "DialBack",
         }
     }
 }
@@ -671,6 +742,8 @@ impl Control for WorkerReply {
             WorkerReply::Working => "Working",
             WorkerReply::RelayDone(_) => "RelayDone",
             WorkerReply::RelayFailed { .. } => "RelayFailed",
+            WorkerReply::DialingBack => "DialingBack",
+            WorkerReply::DialedBack { .. } => "DialedBack",
         }
     }
 }

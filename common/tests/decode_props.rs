@@ -267,7 +267,7 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
         }),
         (lease_id(), prop::collection::vec(peer_id(), 0..8), prop::collection::vec(peer_id(), 0..8), tok())
             .prop_map(|(lease_id, beaten, proven, token)| TrackerRequest::Speed { lease_id, beaten, proven, token }),
-        text().prop_map(|cluster| TrackerRequest::Sibling { cluster }),
+        (text(), text()).prop_map(|(cluster, listen)| TrackerRequest::Sibling { cluster, listen }),
         (any::<u32>(), text()).prop_map(|(count, cluster)| TrackerRequest::Lend { count, cluster }),
         Just(TrackerRequest::ListFederation),
     ]
@@ -299,12 +299,11 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
         (lease_id(), prop::option::of(peer_addr()))
             .prop_map(|(lease_id, slot)| TrackerReply::HedgeSlot { lease_id, slot }),
         lease_id().prop_map(|lease_id| TrackerReply::SpeedRecorded { lease_id }),
-        (text(), any::<(u32, u32, u32)>()).prop_map(|(cluster, (free, slots, queued))| TrackerReply::SiblingStatus {
-            cluster,
-            free,
-            slots,
-            queued
+        (text(), any::<(u32, u32, u32, bool)>()).prop_map(|(cluster, (free, slots, queued, reverse))| {
+            TrackerReply::SiblingStatus { cluster, free, slots, queued, reverse }
         }),
+        Just(TrackerReply::Reversed),
+        Just(TrackerReply::Brokered),
     ];
     prop_oneof![sessions, leases]
 }
@@ -315,6 +314,8 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
         failure().prop_map(WorkerReply::Error),
         (task_id(), any::<u64>()).prop_map(|(task_id, compute_us)| WorkerReply::Computed { task_id, compute_us }),
         Just(WorkerReply::Working),
+        Just(WorkerReply::DialingBack),
+        any::<u64>().prop_map(|nonce| WorkerReply::DialedBack { nonce }),
         (proptest::option::of(any::<u8>()), text(), any::<bool>())
             .prop_map(|(blame, message, evidence)| WorkerReply::RelayFailed { blame, message, evidence }),
         (any::<u8>(), proptest::collection::vec(any::<u64>(), 0..9), any::<[u64; 4]>()).prop_map(|(slot, bytes, t)| {
@@ -342,6 +343,7 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
             to
         }),
         proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..6).prop_map(WorkerRequest::Digests),
+        (text(), any::<u64>()).prop_map(|(addr, nonce)| WorkerRequest::DialBack { addr, nonce }),
         (
             any::<[u64; 6]>(),
             any::<u32>(),

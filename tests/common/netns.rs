@@ -39,6 +39,11 @@ pub struct NetGrid {
     children: Vec<(String, Child)>,
     /// A second tracker host, `tm`, for a second cluster.
     second: bool,
+    /// Behind a NAT: `tm` and the workers from this index on sit on a
+    /// second network (`net_b`), reached through router `rt`, which
+    /// masquerades their outgoing connections and drops new incoming ones.
+    nat: Option<usize>,
+    net_b: String,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -156,15 +161,26 @@ impl NetGrid {
     /// process. None, after printing one "skipping: <reason>" line, where
     /// namespaces are not available (not root, no ip/tc, no netns support).
     pub fn new(workers: usize, rate: &str) -> Option<NetGrid> {
-        Self::new_with(workers, rate, false)
+        Self::new_with(workers, rate, false, None)
     }
 
     /// As [`NetGrid::new`], plus a host `tm` for a second cluster's tracker.
     pub fn new_federated(workers: usize, rate: &str) -> Option<NetGrid> {
-        Self::new_with(workers, rate, true)
+        Self::new_with(workers, rate, true, None)
     }
 
-    fn new_with(workers: usize, rate: &str, second: bool) -> Option<NetGrid> {
+    /// As [`NetGrid::new_federated`], with `tm` and the workers from
+    /// `inside` on behind a NAT (see the `nat` field); None also where
+    /// nft(8) is missing.
+    pub fn new_nat(workers: usize, inside: usize, rate: &str) -> Option<NetGrid> {
+        if Command::new("nft").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+            println!("skipping: NAT tests need nft(8) (Debian's nftables)");
+            return None;
+        }
+        Self::new_with(workers, rate, true, Some(inside))
+    }
+
+    fn new_with(workers: usize, rate: &str, second: bool, nat: Option<usize>) -> Option<NetGrid> {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         let k = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -175,6 +191,7 @@ impl NetGrid {
         }
         sweep_stale();
         let net = format!("10.{}.{}", 200 + pid % 50, (pid / 50 + k as u32) % 250);
+        let net_b = format!("172.{}.{}", 16 + pid % 16, (pid / 16 + k as u32) % 250);
         let dir = std::env::temp_dir().join(format!("septet-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -188,6 +205,8 @@ impl NetGrid {
             namespaces: Vec::new(),
             children: Vec::new(),
             second,
+            nat,
+            net_b,
             _turn: turn,
         };
         // On failure, Drop removes whatever was made.
@@ -199,28 +218,94 @@ impl NetGrid {
     }
 
     fn build(&mut self, rate: &str) -> Result<(), String> {
-        let sw = self.ns("sw");
-        ip(&["netns", "add", &sw])?;
-        self.namespaces.push(sw.clone());
-        ip(&["-n", &sw, "link", "set", "lo", "up"])?;
-        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        let switches = if self.nat.is_some() { vec!["sw", "sw2"] } else { vec!["sw"] };
+        for sw in &switches {
+            let sw = self.ns(sw);
+            ip(&["netns", "add", &sw])?;
+            self.namespaces.push(sw.clone());
+            ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+            ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+            ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        }
         for host in self.hosts() {
             let ns = self.ns(&host);
             ip(&["netns", "add", &ns])?;
             self.namespaces.push(ns.clone());
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            // Made in the switch namespace with the peer straight in the
-            // host's: nothing ever appears in the root namespace.
-            let port = format!("v-{host}");
-            ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-            ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
-            ip(&["-n", &sw, "link", "set", &port, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.addr(&host)), "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            self.plug(&host, &self.switch_of(&host), "eth0", &self.addr(&host))?;
             self.shape(&host, rate);
         }
+        if self.nat.is_some() {
+            self.build_router()?;
+        }
         Ok(())
+    }
+
+    /// Links `host`'s `dev` to `switch`'s bridge, with address `addr`/24.
+    /// The veth is made in the switch namespace with its peer straight in
+    /// the host's: nothing ever appears in the root namespace.
+    fn plug(&self, host: &str, switch: &str, dev: &str, addr: &str) -> Result<(), String> {
+        let (sw, ns) = (self.ns(switch), self.ns(host));
+        let port = format!("v-{host}{}", if dev == "eth0" { "" } else { dev });
+        ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", dev, "netns", &ns])?;
+        ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
+        ip(&["-n", &sw, "link", "set", &port, "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        ip(&["-n", &ns, "link", "set", dev, "up"])
+    }
+
+    /// The router between the two networks: forwards, masquerades what
+    /// leaves the inside, drops new connections toward it. Inside hosts
+    /// route everything through it; outside hosts route the inside network
+    /// to it (so a dial inward is dropped silently, as by a real NAT).
+    fn build_router(&mut self) -> Result<(), String> {
+        let rt = self.ns("rt");
+        ip(&["netns", "add", &rt])?;
+        self.namespaces.push(rt.clone());
+        ip(&["-n", &rt, "link", "set", "lo", "up"])?;
+        let (out_ip, in_ip) = (format!("{}.254", self.net), format!("{}.254", self.net_b));
+        self.plug("rt", "sw", "eth0", &out_ip)?;
+        self.plug("rt", "sw2", "eth1", &in_ip)?;
+        run_tool("ip", &["netns", "exec", &rt, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let rules = format!(
+            "table ip septet_nat {{
+  chain post {{
+    type nat hook postrouting priority 100; policy accept;
+    ip saddr {b}.0/24 oifname \"eth0\" masquerade
+  }}
+}}
+table inet septet_fw {{
+  chain inward {{
+    type filter hook forward priority 0; policy accept;
+    iifname \"eth0\" ct state new drop
+  }}
+}}
+",
+            b = self.net_b
+        );
+        let file = self.dir.join("nat.nft");
+        std::fs::write(&file, rules).map_err(|e| e.to_string())?;
+        run_tool("ip", &["netns", "exec", &rt, "nft", "-f", file.to_str().unwrap()])?;
+        for host in self.hosts() {
+            let ns = self.ns(&host);
+            if self.inside(&host) {
+                ip(&["-n", &ns, "route", "add", "default", "via", &in_ip])?;
+            } else {
+                ip(&["-n", &ns, "route", "add", &format!("{}.0/24", self.net_b), "via", &out_ip])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `host` sits behind the NAT.
+    fn inside(&self, host: &str) -> bool {
+        let Some(from) = self.nat else { return false };
+        host == "tm" || host.strip_prefix('w').and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i >= from)
+    }
+
+    /// The switch `host` hangs off.
+    fn switch_of(&self, host: &str) -> String {
+        if self.inside(host) { "sw2" } else { "sw" }.to_string()
     }
 
     /// Every host: `tr`, `rq`, `cl`, `w0`...
@@ -252,7 +337,8 @@ impl NetGrid {
                 10 + i
             }
         };
-        format!("{}.{last}", self.net)
+        let net = if self.inside(host) { &self.net_b } else { &self.net };
+        format!("{net}.{last}")
     }
 
     /// The tracker's `host:port`.
@@ -280,7 +366,7 @@ impl NetGrid {
         for i in range {
             self.spawn_worker(i, tracker_host, args.iter().map(|a| a.to_string()).collect());
         }
-        let ok = self.wait_for_at("cl", tracker_host, Duration::from_secs(20), |peers| {
+        let ok = self.wait_for_at(tracker_host, tracker_host, Duration::from_secs(20), |peers| {
             peers.iter().filter(|p| p["state"] == "alive").count() >= n
         });
         assert!(ok, "the workers did not all register with {tracker_host} within 20 s");
@@ -441,17 +527,17 @@ impl NetGrid {
     /// Takes `host`'s link down at its switch port: the host keeps its
     /// address and sockets and simply stops hearing anything.
     pub fn cut(&self, host: &str) {
-        ip(&["-n", &self.ns("sw"), "link", "set", &format!("v-{host}"), "down"]).unwrap();
+        ip(&["-n", &self.ns(&self.switch_of(host)), "link", "set", &format!("v-{host}"), "down"]).unwrap();
     }
 
     /// Brings `host`'s link back up.
     pub fn heal(&self, host: &str) {
-        ip(&["-n", &self.ns("sw"), "link", "set", &format!("v-{host}"), "up"]).unwrap();
+        ip(&["-n", &self.ns(&self.switch_of(host)), "link", "set", &format!("v-{host}"), "up"]).unwrap();
     }
 
     /// Shapes `host`'s link to `rate` in both directions (tbf on both ends).
     pub fn shape(&self, host: &str, rate: &str) {
-        for (ns, dev) in [(self.ns("sw"), format!("v-{host}")), (self.ns(host), "eth0".to_string())] {
+        for (ns, dev) in [(self.ns(&self.switch_of(host)), format!("v-{host}")), (self.ns(host), "eth0".to_string())] {
             run_tool(
                 "ip",
                 &[

@@ -166,7 +166,7 @@ function render(s) {
     return [td(b.addr, "addr"), td(b.cluster || "?"), link, td(num(b.free) + " / " + num(b.slots), "num"),
       td(b.queued, "num"), td(b.borrowed, "num")];
   }), 6, "no sibling tracker (start with --federate ADDR to borrow slots from other clusters)");
-  $("fed-summary").textContent = "cluster " + F.cluster + " · " + num(F.leases) + " leases borrowing · " +
+  $("fed-summary").textContent = "cluster " + F.cluster + " · " + num(F.leases) + (F.leases === 1 ? " lease" : " leases") + " borrowing · " +
     num(F.slots_borrowed) + " slots borrowed, " + num(F.slots_lent) + " lent in all";
 }
 

@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
-use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Reply, TrackerReply, TrackerRequest};
+use septet_common::proto::{
+    LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Reply, TrackerReply, TrackerRequest, DIAL_BACK,
+};
 use septet_common::{Connection, Role};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -71,12 +73,45 @@ pub struct SiblingStatus {
     pub borrowed: u32,
     /// Why the last poll failed, if it did.
     pub error: Option<String>,
+    /// It cannot be dialled from here: it linked back (a NAT or firewall
+    /// between), and its peers are reached by having them dial.
+    pub reverse: bool,
 }
 
 struct Sibling {
     status: Mutex<SiblingStatus>,
-    /// The control link (polls and forwarded lease requests), made on demand.
-    control: tokio::sync::Mutex<Option<Connection>>,
+    /// The control link (polls and forwarded lease requests): made on
+    /// demand, or — for a sibling behind a NAT — the reverse link it opened.
+    control: Arc<tokio::sync::Mutex<Option<Connection>>>,
+    /// Polls in a row that failed.
+    failures: std::sync::atomic::AtomicU32,
+}
+
+impl Sibling {
+    fn new(status: SiblingStatus, control: Option<Connection>) -> Arc<Self> {
+        Arc::new(Self {
+            status: Mutex::new(status),
+            control: Arc::new(tokio::sync::Mutex::new(control)),
+            failures: Default::default(),
+        })
+    }
+
+    /// Whether this tracker cannot dial it (it linked back to us).
+    fn reverse(&self) -> bool {
+        self.status.lock().reverse
+    }
+}
+
+/// What a tracker needs to serve a sibling's requests on a link it dialled
+/// (see [`Federation::set_server`]).
+#[derive(Clone)]
+pub(crate) struct Server {
+    /// Where this tracker listens (told to siblings).
+    pub listen: std::net::SocketAddr,
+    /// Weak: the batch loop ends when the server's connections are gone.
+    pub ops: mpsc::WeakUnboundedSender<Submission>,
+    pub next_conn: Arc<AtomicU64>,
+    pub cancel: CancellationToken,
 }
 
 /// The part of a federated lease a sibling lent.
@@ -101,6 +136,31 @@ struct FedLease {
     expires_at: Instant,
 }
 
+/// The link a borrowed part is asked for on.
+enum LenderLink {
+    /// A connection of its own.
+    Own(Box<Connection>),
+    /// A reverse sibling's link back, held until the grant.
+    Shared(tokio::sync::OwnedMutexGuard<Option<Connection>>),
+}
+
+impl LenderLink {
+    fn conn(&mut self) -> &mut Connection {
+        match self {
+            LenderLink::Own(c) => c,
+            LenderLink::Shared(g) => g.as_mut().expect("checked when taken"),
+        }
+    }
+
+    /// The exchange broke off: a shared link is dropped (the sibling links
+    /// back again).
+    fn broken(&mut self) {
+        if let LenderLink::Shared(g) = self {
+            **g = None;
+        }
+    }
+}
+
 /// How a lease request that borrows starts.
 pub enum Borrowed {
     /// Granted at once.
@@ -121,14 +181,28 @@ pub enum Borrowed {
 pub struct Federation {
     cluster: String,
     tag: u64,
-    siblings: Vec<Sibling>,
+    /// Configured (`--federate`) first, then those that linked back; an
+    /// entry's index never changes (borrowed peers' ids carry it).
+    siblings: Mutex<Vec<Arc<Sibling>>>,
     leases: Mutex<HashMap<LeaseId, FedLease>>,
     next: AtomicU64,
+    server: std::sync::OnceLock<Server>,
+    /// Siblings this tracker is serving on a reverse link now.
+    serving: Mutex<std::collections::HashSet<String>>,
+    /// Whether this tracker could dial a sibling that polls it (by
+    /// cluster; `None` while a try runs), and when that was found.
+    dialable: Arc<Mutex<HashMap<String, Dialable>>>,
 }
+
+/// Whether a sibling could be dialled (`None`: trying), and since when.
+type Dialable = (Option<bool>, Instant);
 
 impl std::fmt::Debug for Federation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Federation").field("cluster", &self.cluster).field("siblings", &self.siblings.len()).finish()
+        f.debug_struct("Federation")
+            .field("cluster", &self.cluster)
+            .field("siblings", &self.siblings.lock().len())
+            .finish()
     }
 }
 
@@ -160,18 +234,110 @@ impl Federation {
     pub fn new(cluster: &str, siblings: &[String]) -> Self {
         let siblings = siblings
             .iter()
-            .map(|addr| Sibling {
-                status: Mutex::new(SiblingStatus { addr: addr.clone(), ..Default::default() }),
-                control: tokio::sync::Mutex::new(None),
-            })
+            .map(|addr| Sibling::new(SiblingStatus { addr: addr.clone(), ..Default::default() }, None))
             .collect();
         Self {
             cluster: cluster.to_string(),
             tag: cluster_tag(cluster),
-            siblings,
+            siblings: Mutex::new(siblings),
             leases: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
+            server: std::sync::OnceLock::new(),
+            serving: Mutex::new(Default::default()),
+            dialable: Arc::default(),
         }
+    }
+
+    /// How to serve siblings' requests on links this tracker dialled (set
+    /// once by the server).
+    pub(crate) fn set_server(&self, server: Server) {
+        let _ = self.server.set(server);
+    }
+
+    fn sibling(&self, i: usize) -> Arc<Sibling> {
+        self.siblings.lock()[i].clone()
+    }
+
+    fn count(&self) -> usize {
+        self.siblings.lock().len()
+    }
+
+    /// Whether a sibling of cluster `cluster`, listening at `listen` and
+    /// polling from `from`, should open a reverse link: this tracker has
+    /// no working link to it, no configured sibling is still unknown (it
+    /// may be that one), and it cannot dial `listen` (tried in the
+    /// background, again after a minute; until known, no).
+    pub fn wants_reverse(&self, tracker: &Tracker, cluster: &str, listen: &str, from: std::net::SocketAddr) -> bool {
+        if !self.unlinked(cluster) {
+            return false;
+        }
+        let mut known = self.dialable.lock();
+        match known.get(cluster) {
+            Some((Some(ok), at)) if at.elapsed() < Duration::from_secs(60) => return !ok,
+            Some((None, _)) => return false,
+            _ => {}
+        }
+        known.insert(cluster.to_string(), (None, Instant::now()));
+        let addr = match listen.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => std::net::SocketAddr::new(from.ip(), a.port()).to_string(),
+            _ => listen.to_string(),
+        };
+        let (dialable, tracker, cluster) = (self.dialable.clone(), tracker.clone(), cluster.to_string());
+        tokio::spawn(async move {
+            let ok = connect(&tracker, &addr, "the sibling tracker").await.is_ok();
+            if !ok {
+                info!(%cluster, %addr, "federation: cannot dial a sibling that polls us; it will be asked to link back");
+            }
+            dialable.lock().insert(cluster, (Some(ok), Instant::now()));
+        });
+        false
+    }
+
+    /// Whether this tracker has no working link to cluster `cluster`, and
+    /// no configured sibling is still unknown (it may be that one).
+    fn unlinked(&self, cluster: &str) -> bool {
+        let siblings = self.siblings.lock();
+        let linked = siblings.iter().any(|s| {
+            let st = s.status.lock();
+            st.up && st.cluster.as_deref() == Some(cluster)
+        });
+        let pending = siblings.iter().any(|s| {
+            let st = s.status.lock();
+            !st.reverse && st.cluster.is_none() && s.failures.load(Ordering::Relaxed) < 3
+        });
+        !linked && !pending
+    }
+
+    /// A sibling of cluster `cluster` linked back on `conn`: from now on
+    /// this tracker sends it requests there (its entry by cluster name, or
+    /// a new one).
+    pub(crate) async fn adopt(&self, cluster: String, conn: Connection) -> Result<()> {
+        let peer = conn.peer;
+        let existing = self.siblings.lock().iter().position(|s| s.status.lock().cluster.as_deref() == Some(&cluster));
+        let sibling = match existing {
+            Some(i) => {
+                let s = self.sibling(i);
+                if s.status.lock().up && !s.reverse() {
+                    return Err(Error::Invalid(format!("cluster {cluster} is linked already")));
+                }
+                s
+            }
+            None => {
+                let status = SiblingStatus {
+                    addr: format!("{peer} (linked back)"),
+                    cluster: Some(cluster.clone()),
+                    reverse: true,
+                    ..Default::default()
+                };
+                let s = Sibling::new(status, None);
+                self.siblings.lock().push(s.clone());
+                s
+            }
+        };
+        *sibling.control.lock().await = Some(conn);
+        sibling.status.lock().reverse = true;
+        info!(%cluster, %peer, "federation: a sibling behind a NAT linked back");
+        Ok(())
     }
 
     /// This tracker's cluster.
@@ -181,7 +347,7 @@ impl Federation {
 
     /// The siblings as last seen.
     pub fn siblings(&self) -> Vec<SiblingStatus> {
-        self.siblings.iter().map(|s| s.status.lock().clone()).collect()
+        self.siblings.lock().iter().map(|s| s.status.lock().clone()).collect()
     }
 
     /// Federated leases in force.
@@ -204,10 +370,14 @@ impl Federation {
         expected: &'static str,
     ) -> Result<TrackerReply> {
         let config = tracker.config();
-        let mut control = self.siblings[i].control.lock().await;
+        let sibling = self.sibling(i);
+        let mut control = sibling.control.lock().await;
         if control.is_none() {
-            let addr = self.siblings[i].status.lock().addr.clone();
-            *control = Some(connect(tracker, &addr).await?);
+            if sibling.reverse() {
+                return Err(Error::Invalid("the sibling's link back is down; it links again when it can".into()));
+            }
+            let addr = sibling.status.lock().addr.clone();
+            *control = Some(connect(tracker, &addr, "the sibling tracker").await?);
         }
         let conn = control.as_mut().expect("just made");
         match conn.request::<_, TrackerReply>(&msg, expected, config.io_timeout).await {
@@ -231,7 +401,7 @@ impl Federation {
                 _ = tick.tick() => {}
             }
             let mut polls = tokio::task::JoinSet::new();
-            for i in 0..self.siblings.len() {
+            for i in 0..self.count() {
                 let (me, tracker) = (self.clone(), tracker.clone());
                 polls.spawn(async move { me.poll(&tracker, i).await });
             }
@@ -239,17 +409,29 @@ impl Federation {
                 _ = cancel.cancelled() => return,
                 _ = async { while polls.join_next().await.is_some() {} } => {}
             }
-            let up = self.siblings.iter().filter(|s| s.status.lock().up).count();
+            let up = self.siblings.lock().iter().filter(|s| s.status.lock().up).count();
             tracker.metrics().set_siblings_up(up as i64);
         }
     }
 
-    async fn poll(&self, tracker: &Tracker, i: usize) {
-        let msg = TrackerRequest::Sibling { cluster: self.cluster.clone() };
+    async fn poll(self: &Arc<Self>, tracker: &Tracker, i: usize) {
+        let sibling = self.sibling(i);
+        // A borrowed part waiting in a reverse sibling's queue holds its
+        // link: skip the poll rather than wait.
+        if sibling.reverse() && sibling.control.try_lock().is_err() {
+            return;
+        }
+        let listen = self.server.get().map(|s| s.listen.to_string()).unwrap_or_default();
+        let msg = TrackerRequest::Sibling { cluster: self.cluster.clone(), listen };
         let reply = self.call(tracker, i, msg, "SiblingStatus").await;
-        let mut status = self.siblings[i].status.lock();
+        let mut status = sibling.status.lock();
+        if reply.is_ok() {
+            sibling.failures.store(0, Ordering::Relaxed);
+        } else {
+            sibling.failures.fetch_add(1, Ordering::Relaxed);
+        }
         match reply {
-            Ok(TrackerReply::SiblingStatus { cluster, free, slots, queued }) => {
+            Ok(TrackerReply::SiblingStatus { cluster, free, slots, queued, reverse }) => {
                 if !status.up {
                     info!(sibling = %status.addr, %cluster, free, "federation: sibling up");
                 }
@@ -262,7 +444,13 @@ impl Federation {
                     slots,
                     borrowed: status.borrowed,
                     error: None,
+                    reverse: status.reverse,
                 };
+                if reverse && !status.reverse {
+                    let addr = status.addr.clone();
+                    drop(status);
+                    self.link_back(tracker, addr);
+                }
             }
             Ok(other) => {
                 status.up = false;
@@ -281,9 +469,10 @@ impl Federation {
     /// The sibling to borrow `need` slots from: up, nobody queued there,
     /// enough free; the most free first.
     fn lender(&self, need: u32) -> Option<usize> {
-        (0..self.siblings.len())
+        let siblings = self.siblings.lock();
+        (0..siblings.len())
             .filter_map(|i| {
-                let s = self.siblings[i].status.lock();
+                let s = siblings[i].status.lock();
                 (s.up && s.queued == 0 && s.free >= need).then_some((s.free, i))
             })
             .max()
@@ -301,7 +490,7 @@ impl Federation {
         conn: ConnId,
         detached: bool,
     ) -> Option<Borrowed> {
-        if self.siblings.is_empty() {
+        if self.count() == 0 {
             return None;
         }
         let levels = tracker.levels().ok()?;
@@ -329,12 +518,25 @@ impl Federation {
         } else {
             None
         };
-        let addr = self.siblings[i].status.lock().addr.clone();
+        let sibling = self.sibling(i);
+        let addr = sibling.status.lock().addr.clone();
         let lend = TrackerRequest::Lend { count: need, cluster: self.cluster.clone() };
         let asked = async {
-            let mut c = connect(tracker, &addr).await?;
-            let reply: TrackerReply = c.request(&lend, "Leased or Waiting", tracker.config().io_timeout).await?;
-            Ok::<_, Error>((c, reply))
+            // A sibling behind a NAT is asked on its link back, held until
+            // the grant; any other on a link of the request's own.
+            let mut link = if sibling.reverse() {
+                let guard = sibling.control.clone().lock_owned().await;
+                if guard.is_none() {
+                    return Err(Error::Invalid("the sibling's link back is down".into()));
+                }
+                LenderLink::Shared(guard)
+            } else {
+                LenderLink::Own(Box::new(connect(tracker, &addr, "the sibling tracker").await?))
+            };
+            let reply =
+                link.conn().request::<_, TrackerReply>(&lend, "Leased or Waiting", tracker.config().io_timeout).await;
+            let reply = reply.inspect_err(|_| link.broken())?;
+            Ok::<_, Error>((link, reply))
         };
         let (lender, reply) = match asked.await {
             Ok(x) => x,
@@ -358,14 +560,19 @@ impl Federation {
                     let mut lender = lender;
                     let mut tx = tx;
                     let got = tokio::select! {
-                        got = lender.reader.read_message::<TrackerReply>("Leased") => got,
+                        got = lender.conn().reader.read_message::<TrackerReply>("Leased") => got,
                         // The requester gave up: closing the link takes the
                         // request out of the lender's queue.
                         () = tx.closed() => {
+                            lender.broken();
                             me.give_back_local(&ops, &local).await;
                             return;
                         }
                     };
+                    if got.is_err() {
+                        lender.broken();
+                    }
+                    drop(lender);
                     let out = match got {
                         Ok(TrackerReply::Leased(remote)) => {
                             Ok(me.compose(&tracker, local, i, remote, conn, detached, started))
@@ -396,6 +603,38 @@ impl Federation {
         }
     }
 
+    /// Serves sibling `addr`'s requests on a link this tracker dials to it
+    /// (it cannot dial this tracker: a NAT or firewall between), until the
+    /// link breaks; the sibling asks for another at its next poll if need be.
+    fn link_back(self: &Arc<Self>, tracker: &Tracker, addr: String) {
+        let Some(server) = self.server.get().cloned() else { return };
+        let Some(ops) = server.ops.upgrade() else { return };
+        if !self.serving.lock().insert(addr.clone()) {
+            return;
+        }
+        let (me, tracker) = (self.clone(), tracker.clone());
+        tokio::spawn(async move {
+            let linked = async {
+                let mut conn = connect(&tracker, &addr, "the sibling tracker").await?;
+                let reverse = TrackerRequest::Reverse { cluster: me.cluster.clone() };
+                match conn.request::<_, TrackerReply>(&reverse, "Reversed", tracker.config().io_timeout).await? {
+                    TrackerReply::Reversed => Ok(conn),
+                    other => Err(Error::Protocol(other.into_error("Reversed"))),
+                }
+            };
+            match linked.await {
+                Ok(conn) => {
+                    info!(sibling = %addr, "federation: linked back to a sibling that cannot dial us; serving its requests");
+                    let id = server.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+                    crate::server::serve_connection(tracker, ops, conn, Role::Client, id, server.cancel).await;
+                    info!(sibling = %addr, "federation: the link back closed");
+                }
+                Err(e) => warn!(sibling = %addr, error = %e, "federation: could not link back"),
+            }
+            me.serving.lock().remove(&addr);
+        });
+    }
+
     async fn give_back_local(&self, ops: &mpsc::UnboundedSender<Submission>, local: &Option<Grant>) {
         if let Some(g) = local {
             let _ = submit(ops, Op::Release { lease_id: g.lease_id }).await;
@@ -418,7 +657,7 @@ impl Federation {
         let token = LeaseToken::generate();
         let slots = remote.peers.len() as u32;
         let mut peers: Vec<PeerAddr> = local.as_ref().map(|g| g.peers.clone()).unwrap_or_default();
-        peers.extend(remote.peers.into_iter().map(|p| tag_peer(sibling, p)));
+        peers.extend(remote.peers.into_iter().map(|p| self.tag(sibling, p)));
         let ttl_ms = local.as_ref().map_or(remote.ttl_ms, |g| g.ttl_ms.min(remote.ttl_ms));
         let record = FedLease {
             holder: conn,
@@ -428,12 +667,24 @@ impl Federation {
             remote: Part { sibling, lease_id: remote.lease_id, token: remote.token, slots },
             expires_at: Instant::now() + Duration::from_millis(ttl_ms),
         };
-        self.siblings[sibling].status.lock().borrowed += slots;
+        self.sibling(sibling).status.lock().borrowed += slots;
         self.leases.lock().insert(lease_id, record);
         tracker.metrics().borrowed(slots, started.elapsed());
         info!(%lease_id, slots = peers.len(), borrowed = slots, sibling, "federation: lease granted with borrowed slots");
         let lease = LeaseGrant { lease_id, peers, ttl_ms, token: token.expose().to_string() };
         Grant { lease, token }
+    }
+
+    /// A peer lent by sibling `sibling` as this tracker hands it out: its id
+    /// tagged, and — if the requester cannot dial it — marked to dial back.
+    fn tag(&self, sibling: usize, peer: PeerAddr) -> PeerAddr {
+        let reverse = self.sibling(sibling).reverse();
+        let p = tag_peer(sibling, peer);
+        if reverse {
+            PeerAddr { addr: format!("{DIAL_BACK}{}", p.addr), ..p }
+        } else {
+            p
+        }
     }
 
     /// The local part's lease and a caller that may act on it.
@@ -497,7 +748,7 @@ impl Federation {
                             token: Some(remote.token.clone()),
                         };
                         match self.call(tracker, s, report, "FailureRecorded").await? {
-                            TrackerReply::FailureRecorded { replacement, .. } => replacement.map(|p| tag_peer(s, p)),
+                            TrackerReply::FailureRecorded { replacement, .. } => replacement.map(|p| self.tag(s, p)),
                             other => return Err(Error::Protocol(other.into_error("FailureRecorded"))),
                         }
                     }
@@ -520,7 +771,7 @@ impl Federation {
                             token: Some(remote.token.clone()),
                         };
                         match self.call(tracker, s, hedge, "HedgeSlot").await? {
-                            TrackerReply::HedgeSlot { slot, .. } => slot.map(|p| tag_peer(s, p)),
+                            TrackerReply::HedgeSlot { slot, .. } => slot.map(|p| self.tag(s, p)),
                             other => return Err(Error::Protocol(other.into_error("HedgeSlot"))),
                         }
                     }
@@ -531,6 +782,32 @@ impl Federation {
                     _ => return Err(Error::NotInLease { lease_id, peer_id }),
                 };
                 Ok(TrackerReply::HedgeSlot { lease_id, slot })
+            }
+            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token } => {
+                let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
+                match untag(peer_id) {
+                    (Some(s), id) if s == remote.sibling => {
+                        let broker = TrackerRequest::Broker {
+                            lease_id: remote.lease_id,
+                            peer_id: id,
+                            addr,
+                            nonce,
+                            token: Some(remote.token.clone()),
+                        };
+                        match self.call(tracker, s, broker, "Brokered").await? {
+                            TrackerReply::Brokered => Ok(TrackerReply::Brokered),
+                            other => Err(Error::Protocol(other.into_error("Brokered"))),
+                        }
+                    }
+                    (None, id) => match local {
+                        Some((local_id, caller)) => {
+                            let worker = tracker.leased_peer(local_id, id, &caller)?;
+                            dial_back(tracker, &worker, addr, nonce).await
+                        }
+                        None => Err(Error::NotInLease { lease_id, peer_id }),
+                    },
+                    _ => Err(Error::NotInLease { lease_id, peer_id }),
+                }
             }
             TrackerRequest::Speed { lease_id, beaten, proven, token } => {
                 let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
@@ -576,7 +853,8 @@ impl Federation {
         }
         let part = lease.remote;
         {
-            let mut s = self.siblings[part.sibling].status.lock();
+            let sibling = self.sibling(part.sibling);
+            let mut s = sibling.status.lock();
             s.borrowed = s.borrowed.saturating_sub(part.slots);
         }
         let release = TrackerRequest::Release { lease_id: part.lease_id, token: Some(part.token) };
@@ -607,7 +885,8 @@ impl Federation {
         for id in expired {
             if let Some(l) = leases.remove(&id) {
                 info!(lease_id = %id, "federated lease expired unrenewed");
-                let mut s = self.siblings[l.remote.sibling].status.lock();
+                let sibling = self.sibling(l.remote.sibling);
+                let mut s = sibling.status.lock();
                 s.borrowed = s.borrowed.saturating_sub(l.remote.slots);
             }
         }
@@ -616,9 +895,10 @@ impl Federation {
     /// Every sibling's peer rows that can be had now, each naming its cluster.
     pub(crate) async fn sibling_rows(&self, tracker: &Tracker) -> Vec<PeerRow> {
         let mut rows = Vec::new();
-        for i in 0..self.siblings.len() {
+        for i in 0..self.count() {
             let cluster = {
-                let s = self.siblings[i].status.lock();
+                let sibling = self.sibling(i);
+                let s = sibling.status.lock();
                 if !s.up {
                     continue;
                 }
@@ -636,8 +916,22 @@ impl Federation {
     }
 }
 
+/// Tells the worker at `worker` (a peer of this tracker's, which it can
+/// dial) to dial the requester listening at `addr` and present `nonce`.
+pub(crate) async fn dial_back(tracker: &Tracker, worker: &str, addr: String, nonce: u64) -> Result<TrackerReply> {
+    let mut conn = connect(tracker, worker, "the worker").await?;
+    let order = septet_common::proto::WorkerRequest::DialBack { addr, nonce };
+    let reply = conn
+        .request::<_, septet_common::proto::WorkerReply>(&order, "DialingBack", tracker.config().io_timeout)
+        .await?;
+    match reply {
+        septet_common::proto::WorkerReply::DialingBack => Ok(TrackerReply::Brokered),
+        other => Err(Error::Protocol(other.into_error("DialingBack"))),
+    }
+}
+
 /// Connects to the tracker at `addr` as a client, with this tracker's secret.
-async fn connect(tracker: &Tracker, addr: &str) -> Result<Connection> {
+async fn connect(tracker: &Tracker, addr: &str, what: &str) -> Result<Connection> {
     let config = tracker.config();
     let limits = ConnLimits {
         handshake_timeout: config.handshake_timeout,
@@ -647,7 +941,7 @@ async fn connect(tracker: &Tracker, addr: &str) -> Result<Connection> {
     };
     Connection::connect(addr, Role::Client, limits)
         .await
-        .map_err(|e| Error::Protocol(e.naming(|| format!("the sibling tracker at {addr}"))))
+        .map_err(|e| Error::Protocol(e.naming(|| format!("{what} at {addr}"))))
 }
 
 #[cfg(test)]
@@ -674,7 +968,8 @@ mod tests {
     fn the_lender_is_the_sibling_up_with_no_queue_and_the_most_free_slots() {
         let f = Federation::new("n", &["a:1".into(), "b:1".into(), "c:1".into()]);
         let set = |i: usize, up: bool, free: u32, queued: u32| {
-            let mut s = f.siblings[i].status.lock();
+            let sibling = f.sibling(i);
+            let mut s = sibling.status.lock();
             (s.up, s.free, s.queued) = (up, free, queued);
         };
         set(0, true, 6, 0);

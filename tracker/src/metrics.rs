@@ -57,13 +57,17 @@ pub enum RequestKind {
     Lend,
     /// `ListFederation`.
     ListFederation,
+    /// `Reverse`.
+    Reverse,
+    /// `Broker`.
+    Broker,
     /// A frame that does not decode as a request.
     Malformed,
 }
 
 impl RequestKind {
     /// Every kind, in label order.
-    pub const ALL: [RequestKind; 14] = [
+    pub const ALL: [RequestKind; 16] = [
         RequestKind::Register,
         RequestKind::Heartbeat,
         RequestKind::Deregister,
@@ -77,6 +81,8 @@ impl RequestKind {
         RequestKind::Sibling,
         RequestKind::Lend,
         RequestKind::ListFederation,
+        RequestKind::Reverse,
+        RequestKind::Broker,
         RequestKind::Malformed,
     ];
 
@@ -96,6 +102,8 @@ impl RequestKind {
             RequestKind::Sibling => "sibling",
             RequestKind::Lend => "lend",
             RequestKind::ListFederation => "list_federation",
+            RequestKind::Reverse => "reverse",
+            RequestKind::Broker => "broker",
             RequestKind::Malformed => "malformed",
         }
     }
@@ -120,6 +128,8 @@ impl RequestKind {
             TrackerRequest::Sibling { .. } => RequestKind::Sibling,
             TrackerRequest::Lend { .. } => RequestKind::Lend,
             TrackerRequest::ListFederation => RequestKind::ListFederation,
+            TrackerRequest::Reverse { .. } => RequestKind::Reverse,
+            TrackerRequest::Broker { .. } => RequestKind::Broker,
         }
     }
 }

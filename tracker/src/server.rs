@@ -56,9 +56,8 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
     // request in flight.
     let (ops, batches) = mpsc::unbounded_channel();
     side_tasks.spawn(batch_loop(tracker.clone(), batches));
-    if !config.siblings.is_empty() {
-        side_tasks.spawn(tracker.federation().clone().poll_loop(tracker.clone(), side.clone()));
-    }
+    // Also without --federate: a sibling behind a NAT may link back.
+    side_tasks.spawn(tracker.federation().clone().poll_loop(tracker.clone(), side.clone()));
     info!(addr = %listener.local_addr()?, "tracker listening");
     let listen = ListenConfig {
         name: "tracker",
@@ -74,6 +73,12 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
         on_refusal: Some(tracker.metrics().refusal_hook()),
     };
     let next_conn = Arc::new(AtomicU64::new(0));
+    tracker.federation().set_server(crate::federation::Server {
+        listen: listener.local_addr()?,
+        ops: ops.downgrade(),
+        next_conn: next_conn.clone(),
+        cancel: side.clone(),
+    });
     let handler = {
         let (tracker, ops) = (tracker.clone(), ops.clone());
         move |conn: Connection, role: Role, cancel: CancellationToken| {
@@ -173,7 +178,7 @@ async fn next_grant(ticket: &mut Option<Ticket>) -> Option<Grant> {
 }
 
 #[instrument(skip_all, fields(conn = conn_id, peer = %conn.peer))]
-async fn serve_connection(
+pub(crate) async fn serve_connection(
     tracker: Tracker,
     ops: mpsc::UnboundedSender<Submission>,
     mut conn: Connection,
@@ -227,6 +232,21 @@ async fn serve_connection(
             }
             None => Ok(None),
         }) {
+            // A sibling behind a NAT links back: this connection becomes
+            // this tracker's link to it (it answers, this side asks).
+            Ok(Some(TrackerRequest::Reverse { cluster })) => {
+                tracker.metrics().request(RequestKind::Reverse, true);
+                if let Err(e) = send(&mut conn, &TrackerReply::Reversed, &config).await {
+                    debug!(error = %e, "could not accept a link back");
+                    break;
+                }
+                if let Err(e) = tracker.federation().adopt(cluster, conn).await {
+                    warn!(error = %e, "refused a link back");
+                }
+                tracker.federation().disconnect(&tracker, conn_id).await;
+                tracker.disconnect(conn_id);
+                return;
+            }
             Ok(Some(msg)) => msg,
             Ok(None) => break,
             Err(e) => {
@@ -335,6 +355,7 @@ async fn handle(
     let result = match msg {
         // Requests about a lease that borrows from a sibling.
         TrackerRequest::Renew { lease_id, .. }
+        | TrackerRequest::Broker { lease_id, .. }
         | TrackerRequest::Release { lease_id, .. }
         | TrackerRequest::ReportFailure { lease_id, .. }
         | TrackerRequest::Hedge { lease_id, .. }
@@ -363,13 +384,21 @@ async fn handle(
             }
             Err(e) => Err(e),
         },
-        TrackerRequest::Sibling { cluster } => tracker.levels().map(|levels| {
+        TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token } => {
+            match tracker.leased_peer(lease_id, peer_id, &caller(conn, token)) {
+                Ok(worker) => crate::federation::dial_back(tracker, &worker, addr, nonce).await,
+                Err(e) => Err(e),
+            }
+        }
+        TrackerRequest::Reverse { .. } => Err(Error::Invalid("a link back must be the first request".into())),
+        TrackerRequest::Sibling { cluster, listen } => tracker.levels().map(|levels| {
             debug!(%cluster, "federation: a sibling asks how we are");
             TrackerReply::SiblingStatus {
                 cluster: federation.cluster().to_string(),
                 free: levels.slots_free as u32,
                 slots: levels.slots as u32,
                 queued: levels.queue_length as u32,
+                reverse: federation.wants_reverse(tracker, &cluster, &listen, peer),
             }
         }),
         TrackerRequest::Lease { .. } | TrackerRequest::Lend { .. }

@@ -1038,6 +1038,20 @@ impl Tracker {
         })
     }
 
+    /// The address of peer `peer_id` of lease `lease_id`, held by `caller`
+    /// (to broker a link to it).
+    ///
+    /// # Errors
+    /// [`Error::NotYourLease`] unless `caller` holds the lease,
+    /// [`Error::NotInLease`] if `peer_id` is not in it.
+    pub fn leased_peer(&self, lease_id: LeaseId, peer_id: PeerId, caller: &Caller) -> Result<String> {
+        let state = self.inner.state.lock();
+        state.authorize(lease_id, caller)?;
+        let lease = state.leases.get(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
+        let slot = lease.slots.iter().find(|p| p.peer_id == peer_id);
+        slot.map(|p| p.addr.clone()).ok_or(Error::NotInLease { lease_id, peer_id })
+    }
+
     /// Lends the lease one more slot, not on `peer_id` (a leased peer whose
     /// product lags), to compute a copy of that product: a hedge. The slow
     /// peer is not blamed. `None` when no such slot is free now. Like a

@@ -214,13 +214,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
     let slots = Arc::new(Semaphore::new(config.slots as usize));
     let listen = ListenConfig {
         name: "worker",
-        limits: ConnLimits {
-            max_frame_len: config.max_frame_len,
-            handshake_timeout: config.handshake_timeout,
-            stall_timeout: Some(config.io_timeout),
-            idle_timeout: None,
-            security: config.security.clone(),
-        },
+        limits: conn_limits(&config),
         max_connections: config.max_connections,
         drain_timeout: DRAIN_TIMEOUT,
         on_refusal: Some(config.metrics.refusal_hook()),
@@ -402,6 +396,51 @@ fn compute(task: Blocks, threads: usize, max_frame_len: usize) -> Result<Matrix>
     product
 }
 
+/// The limits of every connection the worker serves.
+fn conn_limits(config: &WorkerConfig) -> ConnLimits {
+    ConnLimits {
+        max_frame_len: config.max_frame_len,
+        handshake_timeout: config.handshake_timeout,
+        stall_timeout: Some(config.io_timeout),
+        idle_timeout: None,
+        security: config.security.clone(),
+    }
+}
+
+/// Dials a requester that cannot dial this worker (on its tracker's
+/// order, `WorkerRequest::DialBack`), says which brokered link this is, and
+/// serves the connection as if the requester had dialled.
+/// (A boxed future of a named type: it serves a connection, which may
+/// order another dial back.)
+fn dial_back(
+    addr: String,
+    nonce: u64,
+    config: WorkerConfig,
+    slots: Arc<Semaphore>,
+    relays: Arc<Relays>,
+    cancel: CancellationToken,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let dialled = async {
+            let mut conn = Connection::connect(&addr, Role::Worker, conn_limits(&config)).await?;
+            deadline(
+                config.io_timeout,
+                "the requester to take a hello",
+                conn.writer.send(&WorkerReply::DialedBack { nonce }),
+            )
+            .await?;
+            Ok::<_, septet_common::Error>(conn)
+        };
+        match dialled.await {
+            Ok(conn) => {
+                info!(requester = %addr, "dialled back a requester that cannot dial this worker");
+                serve_connection(conn, config, slots, relays, cancel).await;
+            }
+            Err(e) => warn!(requester = %addr, error = %e, "could not dial back a requester"),
+        }
+    })
+}
+
 /// Serves one connection: multiply tasks (blocks frames from the first),
 /// or a relayed job — its requester's link (`WorkerRequest::Relay` first)
 /// or a peer's (`WorkerRequest::Join` first).
@@ -425,6 +464,15 @@ async fn serve_connection(
             }
             Ok(WorkerRequest::Join { job_id, from, to }) => {
                 return relay::follow(job_id, from, to, reader, config, relays).await
+            }
+            Ok(WorkerRequest::DialBack { addr, nonce }) => {
+                let mut writer = writer;
+                let said =
+                    deadline(config.io_timeout, "the tracker to take a reply", writer.send(&WorkerReply::DialingBack));
+                if said.await.is_ok() {
+                    tokio::spawn(dial_back(addr, nonce, config, slots, relays, cancel));
+                }
+                return;
             }
             // Anything else is answered below as the task conversation does.
             _ => {}
