@@ -211,6 +211,13 @@ fn operands(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>, verify: 
             sa.0, sa.1, sb.0, sb.1
         )));
     }
+    for (name, dtype) in [("a", &da), ("b", &db)] {
+        if dtype != "float64" && dtype != "float32" {
+            return Err(PyValueError::new_err(format!(
+                "{name} is {dtype}: septet multiplies float64 or float32 (convert with .astype(numpy.float64))"
+            )));
+        }
+    }
     if da != db {
         return Err(PyValueError::new_err(format!(
             "a is {da} and b is {db}: both must be float64 or both float32 (convert one with .astype)"
@@ -225,9 +232,7 @@ fn operands(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>, verify: 
             owned(py, a.cast::<PyArray2<f32>>()?, "a", verify)?,
             owned(py, b.cast::<PyArray2<f32>>()?, "b", verify)?,
         )),
-        other => Err(PyValueError::new_err(format!(
-            "a and b are {other}: septet multiplies float64 or float32 (convert with .astype(numpy.float64))"
-        ))),
+        other => Err(PyValueError::new_err(format!("a and b are {other}: septet multiplies float64 or float32"))),
     }
 }
 
