@@ -267,3 +267,33 @@ def test_timeout_releases_the_lease(cli_grid):
     while cli_grid.in_use() != 0:
         assert time.monotonic() < deadline, "a slot stayed leased"
         time.sleep(0.1)
+
+
+def test_ctrl_c_stops_a_running_job_and_ends_its_lease(cli_grid):
+    """SIGINT once the job holds its seven slots: KeyboardInterrupt, and the
+    tracker ends the lease (the job's tracker connection closes)."""
+    r = rng()
+    a, b = r.uniform(-1, 1, (3000, 3000)), r.uniform(-1, 1, (3000, 3000))
+    sent = []
+
+    def interrupt_once_leased():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if cli_grid.in_use() == 7:
+                os.kill(os.getpid(), signal.SIGINT)
+                sent.append(True)
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=interrupt_once_leased)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            septet.matmul(a, b, tracker=cli_grid.tracker, secret_file=cli_grid.secret, timeout=120)
+    finally:
+        t.join()
+    assert sent, "the job never held seven slots"
+    deadline = time.monotonic() + 30
+    while cli_grid.in_use() != 0:
+        assert time.monotonic() < deadline, "the interrupted job's lease was not ended"
+        time.sleep(0.1)
