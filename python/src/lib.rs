@@ -261,6 +261,9 @@ fn summary(report: &JobReport, security: &Security) -> serde_json::Value {
 struct Session {
     target: Target,
     lease: Mutex<Option<Arc<HeldLease>>>,
+    /// One job at a time on the held lease: its seven slots are one job's
+    /// (calls from other threads wait their turn, without the GIL).
+    lease_jobs: Arc<tokio::sync::Mutex<()>>,
     last_job: Mutex<Option<serde_json::Value>>,
     closed: std::sync::atomic::AtomicBool,
 }
@@ -270,6 +273,7 @@ impl Session {
         Self {
             target,
             lease: Mutex::new(None),
+            lease_jobs: Arc::new(tokio::sync::Mutex::new(())),
             last_job: Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
         }
@@ -311,8 +315,13 @@ impl Session {
         let requester = self.requester(opts.verify);
         let lease = self.held();
         let security = self.target.security.clone();
+        let lease_jobs = self.lease_jobs.clone();
         let job = async move {
             let run = async {
+                let _turn = match lease {
+                    Some(_) => Some(lease_jobs.lock_owned().await),
+                    None => None,
+                };
                 match inputs {
                     Operands::F64(a, b) => {
                         let (c, r) = multiply(&requester, lease.as_deref(), a, b).await;

@@ -297,3 +297,34 @@ def test_ctrl_c_stops_a_running_job_and_ends_its_lease(cli_grid):
     while cli_grid.in_use() != 0:
         assert time.monotonic() < deadline, "the interrupted job's lease was not ended"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_calls_from_several_threads(local, held):
+    """Each call waits its turn (for slots, or for the held lease) without
+    the GIL; every result is right."""
+    r = rng()
+    pairs = [(r.uniform(-1, 1, (90, 60)), r.uniform(-1, 1, (60, 70))) for _ in range(4)]
+    results = [None] * len(pairs)
+    errors = []
+
+    def call(i):
+        try:
+            results[i] = local.matmul(*pairs[i], timeout=120)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    if held:
+        local.lease()
+    try:
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(pairs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        if held:
+            local.release()
+    assert not errors, errors
+    for (a, b), c in zip(pairs, results):
+        assert close(c, a @ b, np.float64)
