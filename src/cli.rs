@@ -37,6 +37,13 @@ enum Command {
     Tracker(TrackerArgs),
     /// Run a worker: serve block products and stay registered with the tracker.
     Worker(WorkerArgs),
+    /// Join the grid as a worker and open a console on the same process to
+    /// lease, make, load, multiply and save matrices (`help` lists the
+    /// commands). On a terminal it is a line editor (history, Ctrl-R, tab
+    /// completion); otherwise it reads one command a line from stdin, for
+    /// scripts. By default this peer's own slots are never used by its own
+    /// jobs (--serve-self allows them).
+    Peer(PeerArgs),
     /// Print the tracker's peer table.
     Peers(PeersArgs),
     /// Lease slots (seven by default) and print the peers' addresses.
@@ -376,6 +383,16 @@ struct WorkerArgs {
 }
 
 #[derive(Debug, Args)]
+struct PeerArgs {
+    #[command(flatten)]
+    worker: WorkerArgs,
+    /// Let this peer's own jobs use its own slots (by default they are
+    /// swapped for other peers' slots, so a job never checks its own work).
+    #[arg(long)]
+    serve_self: bool,
+}
+
+#[derive(Debug, Args)]
 struct PeersArgs {
     #[command(flatten)]
     tracker: TrackerAddr,
@@ -483,7 +500,7 @@ pub fn main() -> ExitCode {
 
 /// The error chain on one line, skipping causes whose text the message
 /// before them already includes (library errors embed their source).
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -516,7 +533,7 @@ fn secs(value: f64, what: &str) -> Result<Duration> {
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM: both shut down cleanly.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -553,6 +570,7 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Tracker(args) => tracker(args).await,
         Command::Worker(args) => worker(args).await,
+        Command::Peer(args) => peer(args).await,
         Command::Peers(args) => peers(args).await,
         Command::Lease(args) => lease(args).await,
         Command::Secret(args) => secret(args),
@@ -744,9 +762,10 @@ async fn bind_http(
     }
 }
 
-async fn worker(args: WorkerArgs) -> Result<()> {
+/// The worker's settings from its flags, validated and checked for exposure.
+async fn worker_config(args: &WorkerArgs, role: &str) -> Result<WorkerConfig> {
     let config = WorkerConfig {
-        tracker: Some(args.tracker.tracker),
+        tracker: Some(args.tracker.tracker.clone()),
         slots: args.slots,
         threads: args.threads,
         warm_up: args.warm_up,
@@ -759,23 +778,60 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         ..WorkerConfig::default()
     };
     config.validate().map_err(|e| UsageError(e.to_string()))?;
-    check_exposure("worker", &args.listen, &config.security, args.serve.insecure).await?;
+    check_exposure(role, &args.listen, &config.security, args.serve.insecure).await?;
+    Ok(config)
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    let config = worker_config(&args, "worker").await?;
     let http = bind_http(args.http.as_deref(), args.http_public, "worker").await?;
     let listener = listen(&args.listen, "worker").await?;
     // Ctrl-C stops both servers at once; so does the worker stopping on its
     // own (a tracker that refuses its secret).
     let stop = CancellationToken::new();
-    let metrics = config.metrics.clone();
-    let http_task = start_http(
-        http,
-        "worker",
-        "metrics",
-        |a| format!("metrics at http://{a}/metrics"),
-        &stop,
-        |listener, config, stopped| septet_worker::metrics::run_http(listener, metrics, config, stopped),
-    )?;
+    let http_task = start_worker_http(http, "worker", &stop, config.metrics.clone())?;
     let served = septet_worker::run(listener, config, stop_on_signal(&stop)).await;
     finish_beside_http("worker", &stop, http_task, served).await
+}
+
+/// A worker's (or peer's) `--http` metrics endpoint, as [`start_http`] starts it.
+fn start_worker_http(
+    http: Option<(TcpListener, septet_observe::HttpConfig)>,
+    role: &str,
+    stop: &CancellationToken,
+    metrics: septet_worker::metrics::WorkerMetrics,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    start_http(
+        http,
+        role,
+        "metrics",
+        |a| format!("metrics at http://{a}/metrics"),
+        stop,
+        |listener, config, stopped| septet_worker::metrics::run_http(listener, metrics, config, stopped),
+    )
+}
+
+/// `septet peer`: the worker serves beside the console until `quit`.
+async fn peer(args: PeerArgs) -> Result<()> {
+    let args_w = &args.worker;
+    let config = worker_config(args_w, "peer").await?;
+    let http = bind_http(args_w.http.as_deref(), args_w.http_public, "worker").await?;
+    let listener =
+        TcpListener::bind(&args_w.listen).await.with_context(|| format!("could not listen on {}", args_w.listen))?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let metrics = config.metrics.clone();
+    let http_task = start_worker_http(http, "peer", &stop, metrics.clone())?;
+    let (tracker, security, slots) = (args_w.tracker.tracker.clone(), config.security.clone(), config.slots);
+    let s = stop.clone();
+    let worker = tokio::spawn(septet_worker::run(listener, config, async move { s.cancelled().await }));
+    let serving = crate::console::Serving { worker, addr, slots, metrics };
+    let result = crate::console::run(tracker, security, args.serve_self, serving, stop.clone()).await;
+    stop.cancel();
+    if let Some(task) = http_task {
+        task.await.context("the peer's HTTP endpoint panicked")?;
+    }
+    result
 }
 
 /// Starts a server's `--http` endpoint (bound by [`bind_http`], if at all)

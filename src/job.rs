@@ -82,7 +82,7 @@ fn tell(bar: &ProgressBar, text: String) {
 
 /// Writes `html` to `path` through a temporary file beside it, so a
 /// reader never sees half a report.
-fn write_report(path: &std::path::Path, html: &str) -> Result<()> {
+pub fn write_report(path: &std::path::Path, html: &str) -> Result<()> {
     let tmp = path.with_extension("html.partial");
     std::fs::write(&tmp, html).with_context(|| format!("while writing the report to {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("while moving the report into place at {}", path.display()))
@@ -167,15 +167,9 @@ fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// Multiplies on the grid, then checks, saves and reports as asked.
-///
-/// # Errors
-/// Any error of the request, the check or writing C, with context.
-pub async fn run<T>(requester: &Requester, a: Array2<T>, b: Array2<T>, opts: &JobOptions) -> Result<()>
-where
-    T: Element + ndarray_npy::WritableElement,
-{
-    let (a, b) = (Arc::new(a), Arc::new(b));
+/// A progress bar on stderr (hidden when stderr is not a terminal) and
+/// the callback that moves it as the job reports [`Progress`].
+pub fn progress() -> (ProgressBar, impl Fn(Progress) + Send + Sync + 'static) {
     let bar = progress_bar();
     let shown = bar.clone();
     let on_progress = move |p: Progress| match p {
@@ -193,6 +187,19 @@ where
             shown.set_message(format!("{product} received"));
         }
     };
+    (bar, on_progress)
+}
+
+/// Multiplies on the grid, then checks, saves and reports as asked.
+///
+/// # Errors
+/// Any error of the request, the check or writing C, with context.
+pub async fn run<T>(requester: &Requester, a: Array2<T>, b: Array2<T>, opts: &JobOptions) -> Result<()>
+where
+    T: Element + ndarray_npy::WritableElement,
+{
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let (bar, on_progress) = progress();
     let (result, report) = requester.multiply_reporting(a.clone(), b.clone(), on_progress).await;
     bar.finish_and_clear();
     let security = &requester.config().security;

@@ -6,6 +6,7 @@
 //! non-zero exit status.
 
 mod cli;
+mod console;
 mod job;
 mod npy;
 

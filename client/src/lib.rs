@@ -10,5 +10,5 @@ pub mod requester;
 pub mod tracker;
 pub mod verify;
 
-pub use requester::{JobReport, Plan, Progress, RequestError, Requester, RequesterConfig};
+pub use requester::{HeldLease, JobReport, Plan, Progress, RequestError, Requester, RequesterConfig};
 pub use tracker::{Registration, TrackerClient, DEFAULT_REQUEST_TIMEOUT};

@@ -81,6 +81,9 @@ pub struct RequesterConfig {
     pub max_hedges: u32,
     /// How the job moves its blocks (see [`Plan`]).
     pub plan: Plan,
+    /// Peers whose slots the job never uses (a peer's own, for its own
+    /// jobs): a slot on one of them in the grant is swapped for another.
+    pub avoid: Vec<PeerId>,
 }
 
 /// How a job moves its blocks.
@@ -145,6 +148,7 @@ impl Default for RequesterConfig {
             silence_timeout: Duration::from_secs(4),
             max_hedges: 2,
             plan: Plan::Auto,
+            avoid: Vec::new(),
         }
     }
 }
@@ -271,6 +275,83 @@ pub struct JobReport {
     pub relay: Option<relay::RelayReport>,
 }
 
+impl JobReport {
+    /// The report of a job on A and B before it starts.
+    fn empty<T: Element>(a: &Array2<T>, b: &Array2<T>) -> Self {
+        JobReport {
+            m: a.nrows(),
+            k: a.ncols(),
+            n: b.ncols(),
+            dtype: T::DTYPE.to_string(),
+            lease_id: LeaseId(0),
+            total_s: 0.0,
+            lease_wait_s: 0.0,
+            connect_s: 0.0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            gflops: 0.0,
+            throughput_gbps: 0.0,
+            peers: Vec::new(),
+            verified: false,
+            verify_s: 0.0,
+            verify_critical_s: 0.0,
+            retries: 0,
+            hedges: Vec::new(),
+            attempts: Vec::new(),
+            failures: Vec::new(),
+            plan: "direct",
+            relay: None,
+        }
+    }
+
+    /// Sets the totals once the job has ended.
+    fn finish<T>(&mut self, c: &Result<Array2<T>>, started: Instant) {
+        let total = started.elapsed().as_secs_f64();
+        self.total_s = total;
+        if c.is_ok() && total > 0.0 {
+            self.gflops = 2.0 * (self.m * self.k * self.n) as f64 / total / 1e9;
+            self.throughput_gbps = (self.bytes_sent + self.bytes_received) as f64 / total / 1e9;
+        }
+    }
+}
+
+/// Seven slots leased ahead of jobs and kept across them
+/// ([`Requester::lease`], [`Requester::multiply_on`]). A task renews the
+/// lease at half its TTL; dropping the value closes its tracker connection,
+/// and the tracker ends the lease.
+pub struct HeldLease {
+    grant: LeaseGrant,
+    peers: [PeerAddr; 7],
+    keeper: LeaseKeeper,
+}
+
+impl std::fmt::Debug for HeldLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldLease").field("lease_id", &self.grant.lease_id).field("peers", &self.peers).finish()
+    }
+}
+
+impl HeldLease {
+    /// The lease's id.
+    pub fn lease_id(&self) -> LeaseId {
+        self.grant.lease_id
+    }
+
+    /// The seven slots jobs on this lease use, slot i computing M(i+1).
+    pub fn peers(&self) -> &[PeerAddr; 7] {
+        &self.peers
+    }
+
+    /// Gives the lease back to the tracker.
+    ///
+    /// # Errors
+    /// What the tracker answered, or a connection error (the tracker then
+    /// ends the lease when the connection closes).
+    pub async fn release(self) -> septet_common::Result<()> {
+        self.keeper.release().await
+    }
+}
+
 /// Every way a grid multiplication can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -332,6 +413,15 @@ pub enum RequestError {
         /// Peers asked for.
         wanted: u32,
     },
+    /// Every slot free beside the lease is on a peer the job must avoid
+    /// ([`RequesterConfig::avoid`]: a peer's own slots); the lease was released.
+    #[error("lease {lease_id} was given a slot of peer {peer_id}, which this job avoids (its own), and no other slot is free")]
+    OnlyAvoided {
+        /// The lease.
+        lease_id: LeaseId,
+        /// The avoided peer.
+        peer_id: PeerId,
+    },
     /// Non-finite values (NaN, ±inf, or an overflowing bound) make a
     /// product's Freivalds check meaningless. The peer is not blamed and no
     /// other peer could do better, so the job stops at once.
@@ -390,7 +480,9 @@ struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    fn spawn(mut client: TrackerClient, grant: &LeaseGrant) -> LeaseKeeper {
+    /// Slots lent on an `avoid` peer are kept in the lease but never handed
+    /// to the job.
+    fn spawn(mut client: TrackerClient, grant: &LeaseGrant, avoid: Vec<PeerId>) -> LeaseKeeper {
         let (tx, mut rx) = mpsc::channel::<KeeperCmd>(8);
         let lease_id = grant.lease_id;
         let every = (Duration::from_millis(grant.ttl_ms) / 2).max(Duration::from_millis(10));
@@ -398,6 +490,8 @@ impl LeaseKeeper {
             let mut speed = None;
             let (mut lost, mut renew_failed) = (false, None::<String>);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let usable =
+                |slot: septet_common::Result<Option<PeerAddr>>| slot.map(|s| s.filter(|s| !avoid.contains(&s.peer_id)));
             loop {
                 tokio::select! {
                     // Within half the TTL: a tracker that does not answer by
@@ -423,10 +517,10 @@ impl LeaseKeeper {
                     },
                     cmd = rx.recv() => match cmd {
                         Some(KeeperCmd::Report { peer_id, reason, replace, reply }) => {
-                            let _ = reply.send(client.report_failure(lease_id, peer_id, &reason, replace).await);
+                            let _ = reply.send(usable(client.report_failure(lease_id, peer_id, &reason, replace).await));
                         }
                         Some(KeeperCmd::Hedge { peer_id, reply }) => {
-                            let _ = reply.send(client.hedge(lease_id, peer_id).await);
+                            let _ = reply.send(usable(client.hedge(lease_id, peer_id).await));
                         }
                         Some(KeeperCmd::Speed { beaten, proven }) => speed = Some((beaten, proven)),
                         Some(KeeperCmd::Release(reply)) => {
@@ -982,37 +1076,9 @@ impl Requester {
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> (Result<Array2<T>>, JobReport) {
         let started = Instant::now();
-        let mut report = JobReport {
-            m: a.nrows(),
-            k: a.ncols(),
-            n: b.ncols(),
-            dtype: T::DTYPE.to_string(),
-            lease_id: LeaseId(0),
-            total_s: 0.0,
-            lease_wait_s: 0.0,
-            connect_s: 0.0,
-            bytes_sent: 0,
-            bytes_received: 0,
-            gflops: 0.0,
-            throughput_gbps: 0.0,
-            peers: Vec::new(),
-            verified: false,
-            verify_s: 0.0,
-            verify_critical_s: 0.0,
-            retries: 0,
-            hedges: Vec::new(),
-            attempts: Vec::new(),
-            failures: Vec::new(),
-            plan: "direct",
-            relay: None,
-        };
+        let mut report = JobReport::empty(&a, &b);
         let c = self.multiply_into(a, b, progress, started, &mut report).await;
-        let total = started.elapsed().as_secs_f64();
-        report.total_s = total;
-        if c.is_ok() && total > 0.0 {
-            report.gflops = 2.0 * (report.m * report.k * report.n) as f64 / total / 1e9;
-            report.throughput_gbps = (report.bytes_sent + report.bytes_received) as f64 / total / 1e9;
-        }
+        report.finish(&c, started);
         (c, report)
     }
 
@@ -1024,13 +1090,29 @@ impl Requester {
         started: Instant,
         report: &mut JobReport,
     ) -> Result<Array2<T>> {
+        let Some(split) = self.split(&a, &b)? else { return Ok(Array2::zeros((a.nrows(), b.ncols()))) };
+        let progress: ProgressFn = Arc::new(progress);
+        let lease = self.take_lease(&progress).await?;
+        report.lease_id = lease.grant.lease_id;
+        report.lease_wait_s = started.elapsed().as_secs_f64();
+        let result = self.run_job(a, b, split, &lease.peers, &lease.keeper, &progress, started, report).await;
+        if let Err(e) = lease.keeper.release().await {
+            report.failures.push(format!("release of lease {}: {e}", lease.grant.lease_id));
+        }
+        result
+    }
+
+    /// The job's split, or `None` when there is nothing to distribute (the
+    /// product is all zeros or empty).
+    fn split<T: Element>(&self, a: &Array2<T>, b: &Array2<T>) -> Result<Option<Split>> {
         let split =
             Split::of(a.dim(), b.dim()).map_err(|_| RequestError::ShapeMismatch { left: a.dim(), right: b.dim() })?;
-        if split.m == 0 || split.n == 0 || split.k == 0 {
-            // Nothing to distribute: the product is all zeros (or empty).
-            return Ok(Array2::zeros((split.m, split.n)));
-        }
-        let progress: ProgressFn = Arc::new(progress);
+        Ok((split.m != 0 && split.n != 0 && split.k != 0).then_some(split))
+    }
+
+    /// Leases seven slots and starts the task that keeps the lease; slots
+    /// on [`RequesterConfig::avoid`] peers are swapped for others.
+    async fn take_lease(&self, progress: &ProgressFn) -> Result<HeldLease> {
         let tracker_err = |source| RequestError::Tracker { addr: self.config.tracker.clone(), source };
         let mut tracker = TrackerClient::connect_with(
             &self.config.tracker,
@@ -1047,26 +1129,90 @@ impl Requester {
             })
             .await
             .map_err(tracker_err)?;
-        report.lease_id = grant.lease_id;
-        report.lease_wait_s = started.elapsed().as_secs_f64();
         progress(Progress::Leased { lease_id: grant.lease_id });
-        let keeper = LeaseKeeper::spawn(tracker, &grant).with_broker(&self.config, &grant).await?;
-
+        let keeper =
+            LeaseKeeper::spawn(tracker, &grant, self.config.avoid.clone()).with_broker(&self.config, &grant).await?;
         // A short grant would leave products with no peer: refuse it (and
         // release it) rather than index past its end.
-        let result = match grant.peers.get(..PEERS_PER_LEASE as usize).and_then(|p| <&[PeerAddr; 7]>::try_from(p).ok())
-        {
-            Some(peers) => self.run_job(a, b, split, peers, &keeper, &progress, started, report).await,
-            None => Err(RequestError::ShortGrant {
+        let Some(peers) =
+            grant.peers.get(..PEERS_PER_LEASE as usize).and_then(|p| <&[PeerAddr; 7]>::try_from(p).ok().cloned())
+        else {
+            let _ = keeper.release().await;
+            return Err(RequestError::ShortGrant {
                 lease_id: grant.lease_id,
                 got: grant.peers.len(),
                 wanted: PEERS_PER_LEASE,
-            }),
+            });
         };
-        if let Err(e) = keeper.release().await {
-            report.failures.push(format!("release of lease {}: {e}", grant.lease_id));
+        let mut lease = HeldLease { grant, peers, keeper };
+        if let Err(e) = self.avoid_own(&mut lease).await {
+            let _ = lease.keeper.clone().release().await;
+            return Err(e);
         }
-        result
+        Ok(lease)
+    }
+
+    /// Swaps each slot on an avoided peer for a free slot elsewhere, lent
+    /// into the lease by the tracker (as for a hedge); the avoided slot
+    /// stays in the lease, idle, until it is released.
+    async fn avoid_own(&self, lease: &mut HeldLease) -> Result<()> {
+        for i in 0..lease.peers.len() {
+            let avoided = lease.peers[i].peer_id;
+            if !self.config.avoid.contains(&avoided) {
+                continue;
+            }
+            let lease_id = lease.grant.lease_id;
+            let tracker_err = |source| RequestError::Tracker { addr: self.config.tracker.clone(), source };
+            let (reply, rx) = oneshot::channel();
+            lease
+                .keeper
+                .tx
+                .send(KeeperCmd::Hedge { peer_id: avoided, reply })
+                .await
+                .map_err(|_| tracker_err(Error::Closed("the lease keeper")))?;
+            match rx.await.map_err(|_| tracker_err(Error::Closed("the lease keeper")))? {
+                Ok(Some(slot)) => lease.peers[i] = slot,
+                Ok(None) => return Err(RequestError::OnlyAvoided { lease_id, peer_id: avoided }),
+                Err(e) => return Err(tracker_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Leases seven slots and keeps them (renewing the lease) for jobs run
+    /// with [`Requester::multiply_on`], until [`HeldLease::release`] or
+    /// the value is dropped (its tracker connection closes, and the tracker
+    /// ends the lease).
+    ///
+    /// # Errors
+    /// [`RequestError::Tracker`] if leasing fails (or `max_lease_wait`
+    /// passes), [`RequestError::ShortGrant`], [`RequestError::OnlyAvoided`].
+    pub async fn lease(&self, progress: impl Fn(Progress) + Send + Sync + 'static) -> Result<HeldLease> {
+        self.take_lease(&(Arc::new(progress) as ProgressFn)).await
+    }
+
+    /// [`Requester::multiply_reporting`] on a lease already held: the
+    /// lease is kept when the job ends, however it ends.
+    pub async fn multiply_on<T: Element>(
+        &self,
+        lease: &HeldLease,
+        a: Arc<Array2<T>>,
+        b: Arc<Array2<T>>,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+    ) -> (Result<Array2<T>>, JobReport) {
+        let started = Instant::now();
+        let mut report = JobReport::empty(&a, &b);
+        report.lease_id = lease.grant.lease_id;
+        let c = match self.split(&a, &b) {
+            Ok(Some(split)) => {
+                let progress: ProgressFn = Arc::new(progress);
+                self.run_job(a, b, split, &lease.peers, &lease.keeper, &progress, started, &mut report).await
+            }
+            Ok(None) => Ok(Array2::zeros((a.nrows(), b.ncols()))),
+            Err(e) => Err(e),
+        };
+        report.finish(&c, started);
+        (c, report)
     }
 
     #[allow(clippy::too_many_arguments)]
