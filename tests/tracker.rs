@@ -32,7 +32,7 @@ async fn seven_workers_join_and_a_three_slot_worker_counts_three() {
         let mut expected: Vec<_> = workers.iter().map(|w| w.addr.to_string()).collect();
         expected.sort();
         assert_eq!(addrs, expected, "the tracker hands out the workers' real listening addresses");
-        assert!(table.contains("shape: (7, 10)") && table.contains("peer_id") && table.contains("alive"), "{table}");
+        assert!(table.contains("shape: (7, 11)") && table.contains("peer_id") && table.contains("alive"), "{table}");
         state.check_invariants().unwrap();
 
         // A worker that shuts down deregisters: its row is gone, not deleted.
