@@ -70,7 +70,11 @@ impl Broker {
         let waiting = pending.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, from)) = listener.accept().await else { continue };
+                let Ok((stream, from)) = listener.accept().await else {
+                    // Out of descriptors, say: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
                 let (limits, waiting) = (limits.clone(), waiting.clone());
                 tokio::spawn(async move {
                     let took = async {

@@ -136,6 +136,14 @@ struct FedLease {
     expires_at: Instant,
 }
 
+/// Where a request about one peer of a federated lease is carried out.
+enum Holder {
+    /// At the lender, under its own ids and the borrowed part's token.
+    Lender { sibling: usize, lease_id: LeaseId, peer_id: PeerId, token: Option<String> },
+    /// Here, on the local part's lease.
+    Local { lease_id: LeaseId, peer_id: PeerId, caller: Caller },
+}
+
 /// The link a borrowed part is asked for on.
 enum LenderLink {
     /// A connection of its own.
@@ -687,6 +695,21 @@ impl Federation {
         }
     }
 
+    /// Who holds peer `peer_id` of federated lease `lease_id` (for
+    /// `caller`): the lender, as its own lease and peer ids with its token,
+    /// or this tracker, as the local part's lease with a caller that may act
+    /// on it.
+    fn holder(&self, lease_id: LeaseId, peer_id: PeerId, caller: &Caller) -> Result<Holder> {
+        let (local, remote) = self.local_part(lease_id, caller)?;
+        match (untag(peer_id), local) {
+            ((Some(s), id), _) if s == remote.sibling => {
+                Ok(Holder::Lender { sibling: s, lease_id: remote.lease_id, peer_id: id, token: Some(remote.token) })
+            }
+            ((None, id), Some((local_id, caller))) => Ok(Holder::Local { lease_id: local_id, peer_id: id, caller }),
+            _ => Err(Error::NotInLease { lease_id, peer_id }),
+        }
+    }
+
     /// The local part's lease and a caller that may act on it.
     fn local_part(&self, lease_id: LeaseId, caller: &Caller) -> Result<(Option<(LeaseId, Caller)>, Part)> {
         let leases = self.leases.lock();
@@ -737,76 +760,49 @@ impl Federation {
                 Ok(TrackerReply::Released { lease_id })
             }
             TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token } => {
-                let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
-                let replacement = match untag(peer_id) {
-                    (Some(s), id) if s == remote.sibling => {
-                        let report = TrackerRequest::ReportFailure {
-                            lease_id: remote.lease_id,
-                            peer_id: id,
-                            reason,
-                            replace,
-                            token: Some(remote.token.clone()),
-                        };
-                        match self.call(tracker, s, report, "FailureRecorded").await? {
-                            TrackerReply::FailureRecorded { replacement, .. } => replacement.map(|p| self.tag(s, p)),
+                let replacement = match self.holder(lease_id, peer_id, &token_of(&token))? {
+                    Holder::Lender { sibling, lease_id, peer_id, token } => {
+                        let report = TrackerRequest::ReportFailure { lease_id, peer_id, reason, replace, token };
+                        match self.call(tracker, sibling, report, "FailureRecorded").await? {
+                            TrackerReply::FailureRecorded { replacement, .. } => {
+                                replacement.map(|p| self.tag(sibling, p))
+                            }
                             other => return Err(Error::Protocol(other.into_error("FailureRecorded"))),
                         }
                     }
-                    (None, id) => match local {
-                        Some((local_id, caller)) => tracker.report_failure_by(local_id, id, replace, &caller)?,
-                        None => return Err(Error::NotInLease { lease_id, peer_id }),
-                    },
-                    _ => return Err(Error::NotInLease { lease_id, peer_id }),
+                    Holder::Local { lease_id, peer_id, caller } => {
+                        tracker.report_failure_by(lease_id, peer_id, replace, &caller)?
+                    }
                 };
                 warn!(%lease_id, %peer_id, "failure reported against a peer of a federated lease");
                 Ok(TrackerReply::FailureRecorded { lease_id, replacement })
             }
             TrackerRequest::Hedge { lease_id, peer_id, token } => {
-                let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
-                let slot = match untag(peer_id) {
-                    (Some(s), id) if s == remote.sibling => {
-                        let hedge = TrackerRequest::Hedge {
-                            lease_id: remote.lease_id,
-                            peer_id: id,
-                            token: Some(remote.token.clone()),
-                        };
-                        match self.call(tracker, s, hedge, "HedgeSlot").await? {
-                            TrackerReply::HedgeSlot { slot, .. } => slot.map(|p| self.tag(s, p)),
+                let slot = match self.holder(lease_id, peer_id, &token_of(&token))? {
+                    Holder::Lender { sibling, lease_id, peer_id, token } => {
+                        let hedge = TrackerRequest::Hedge { lease_id, peer_id, token };
+                        match self.call(tracker, sibling, hedge, "HedgeSlot").await? {
+                            TrackerReply::HedgeSlot { slot, .. } => slot.map(|p| self.tag(sibling, p)),
                             other => return Err(Error::Protocol(other.into_error("HedgeSlot"))),
                         }
                     }
-                    (None, id) => match local {
-                        Some((local_id, caller)) => tracker.hedge_by(local_id, id, &caller)?,
-                        None => return Err(Error::NotInLease { lease_id, peer_id }),
-                    },
-                    _ => return Err(Error::NotInLease { lease_id, peer_id }),
+                    Holder::Local { lease_id, peer_id, caller } => tracker.hedge_by(lease_id, peer_id, &caller)?,
                 };
                 Ok(TrackerReply::HedgeSlot { lease_id, slot })
             }
             TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token } => {
-                let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
-                match untag(peer_id) {
-                    (Some(s), id) if s == remote.sibling => {
-                        let broker = TrackerRequest::Broker {
-                            lease_id: remote.lease_id,
-                            peer_id: id,
-                            addr,
-                            nonce,
-                            token: Some(remote.token.clone()),
-                        };
-                        match self.call(tracker, s, broker, "Brokered").await? {
+                match self.holder(lease_id, peer_id, &token_of(&token))? {
+                    Holder::Lender { sibling, lease_id, peer_id, token } => {
+                        let broker = TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token };
+                        match self.call(tracker, sibling, broker, "Brokered").await? {
                             TrackerReply::Brokered => Ok(TrackerReply::Brokered),
                             other => Err(Error::Protocol(other.into_error("Brokered"))),
                         }
                     }
-                    (None, id) => match local {
-                        Some((local_id, caller)) => {
-                            let worker = tracker.leased_peer(local_id, id, &caller)?;
-                            dial_back(tracker, &worker, addr, nonce).await
-                        }
-                        None => Err(Error::NotInLease { lease_id, peer_id }),
-                    },
-                    _ => Err(Error::NotInLease { lease_id, peer_id }),
+                    Holder::Local { lease_id, peer_id, caller } => {
+                        let worker = tracker.leased_peer(lease_id, peer_id, &caller)?;
+                        dial_back(tracker, &worker, addr, nonce).await
+                    }
                 }
             }
             TrackerRequest::Speed { lease_id, beaten, proven, token } => {
