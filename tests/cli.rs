@@ -49,10 +49,25 @@ fn grid() -> (Procs, String) {
     panic!("workers did not join");
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("septet-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A test's scratch directory, removed when the test ends.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("septet-cli-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[test]
@@ -129,6 +144,8 @@ fn peers_lists_the_grid_and_a_second_lease_waits_its_turn() {
 #[test]
 fn multiply_reads_npy_files_and_writes_the_product() {
     let (_procs, tracker) = grid();
+    let scratch = Scratch::new("multiply");
+    let tmp = |name: &str| scratch.path(name);
     let a = Array2::from_shape_fn((37, 50), |(i, j)| ((i * 5 + j) % 9) as f64 - 4.0);
     let b = Array2::from_shape_fn((50, 23), |(i, j)| ((i + 7 * j) % 5) as f64 - 2.0);
     let (pa, pb, pc) = (tmp("a.npy"), tmp("b.npy"), tmp("c.npy"));
@@ -197,6 +214,8 @@ fn multiply_reads_npy_files_and_writes_the_product() {
 #[test]
 fn bad_inputs_exit_2_with_one_line_and_lease_nothing() {
     let (_procs, tracker) = grid();
+    let scratch = Scratch::new("bad-inputs");
+    let tmp = |name: &str| scratch.path(name);
     let good = tmp("good.npy");
     write_npy(&good, &Array2::<f64>::zeros((3, 4))).unwrap();
     let wide = tmp("wide.npy");
