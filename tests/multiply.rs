@@ -266,7 +266,12 @@ async fn fake_worker(tracker: std::net::SocketAddr, how: Misbehaviour) -> tokio_
             tokio::spawn(async move {
                 let limits = ConnLimits { max_frame_len: 64 << 20, ..ConnLimits::default() };
                 let (mut conn, _) = Connection::accept(stream, limits).await.unwrap();
-                let Ok(Some(Frame::Blocks(task))) = conn.reader.read_frame().await else { return };
+                // The lease ticket comes first; this worker does not check it.
+                let mut frame = conn.reader.read_frame().await;
+                if let Ok(Some(Frame::Control(_))) = frame {
+                    frame = conn.reader.read_frame().await;
+                }
+                let Ok(Some(Frame::Blocks(task))) = frame else { return };
                 match how {
                     Misbehaviour::ComputedThenGarbage => {
                         let done = WorkerReply::Computed { task_id: task.task_id, compute_us: 1 };
@@ -300,6 +305,7 @@ async fn fake_worker(tracker: std::net::SocketAddr, how: Misbehaviour) -> tokio_
         slots: 1,
         timeout: Duration::from_secs(5),
         security: Default::default(),
+        gate: None,
     };
     tokio::spawn(septet_worker::agent::run(agent, stop.clone()));
     stop
@@ -369,7 +375,7 @@ async fn a_short_lease_grant_is_a_clear_error_and_is_released() {
             let (mut conn, _) = Connection::accept(stream, ConnLimits::default()).await.unwrap();
             let asked = conn.reader.read_message::<TrackerRequest>("Lease").await.unwrap();
             assert!(matches!(asked, TrackerRequest::Lease { count: 7, .. }), "{asked:?}");
-            let peers = vec![PeerAddr { peer_id: PeerId(3), addr: "127.0.0.1:1".into() }];
+            let peers = vec![PeerAddr { peer_id: PeerId(3), addr: "127.0.0.1:1".into(), ticket: None }];
             let grant = LeaseGrant { lease_id: LeaseId(9), peers, ttl_ms: 60_000, token: "ab".repeat(32) };
             conn.writer.send(&TrackerReply::Leased(grant)).await.unwrap();
             let released = conn.reader.read_message::<TrackerRequest>("Release").await.unwrap();

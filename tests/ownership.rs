@@ -29,7 +29,7 @@ fn code(result: septet_common::Result<impl std::fmt::Debug>) -> (ErrorCode, Stri
 
 #[tokio::test]
 async fn the_token_carrying_messages_round_trip() {
-    let peers = vec![PeerAddr { peer_id: PeerId(3), addr: "127.0.0.1:9".into() }];
+    let peers = vec![PeerAddr { peer_id: PeerId(3), addr: "127.0.0.1:9".into(), ticket: None }];
     let grant = LeaseGrant { lease_id: LeaseId(9), peers, ttl_ms: 5, token: "ab".repeat(32) };
     let reply = TrackerReply::Leased(grant);
     let bytes = encode(&Frame::Control(septet_common::ControlBody::encode(&reply).unwrap())).unwrap();

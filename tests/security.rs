@@ -217,9 +217,16 @@ fn encryption_must_be_agreed_by_both_sides() {
 /// A tracker and seven workers, all with `security` and a 1 s handshake
 /// deadline; stderr of each in `d`.
 fn grid(d: &Path, security: &[&str]) -> (Procs, String, Vec<SocketAddr>) {
+    grid_with(d, security, &[])
+}
+
+/// [`grid`], the tracker started with `tracker_args` too.
+fn grid_with(d: &Path, security: &[&str], tracker_args: &[&str]) -> (Procs, String, Vec<SocketAddr>) {
     let mut args = vec!["--handshake-timeout", "1"];
     args.extend_from_slice(security);
-    let (tracker, addr) = tracker_process_logged("127.0.0.1:0", &args, Some(&d.join("tracker.log")));
+    let mut t_args = args.clone();
+    t_args.extend_from_slice(tracker_args);
+    let (tracker, addr) = tracker_process_logged("127.0.0.1:0", &t_args, Some(&d.join("tracker.log")));
     let addr = addr.to_string();
     let mut procs = Procs(vec![tracker]);
     for i in 0..7 {
@@ -363,4 +370,105 @@ fn crafted_bytes_and_idle_connections_leave_the_grid_serving() {
         let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap();
         assert!(!log.contains("panicked"), "{log}");
     }
+}
+
+/// What a worker answers a connection that presents `ticket` (if any)
+/// and then a small multiply task: the product's shape, or the error text.
+async fn ask_worker(
+    worker: SocketAddr,
+    limits: &septet_common::conn::ConnLimits,
+    ticket: Option<septet_common::proto::LeaseTicket>,
+) -> Result<(usize, usize), String> {
+    use septet_common::proto::{TaskId, WorkerReply, WorkerRequest};
+    use septet_common::{BlockOp, Frame, MatrixView};
+    let mut conn =
+        septet_common::Connection::connect(worker, septet_common::Role::Client, limits.clone()).await.unwrap();
+    if let Some(ticket) = ticket {
+        conn.writer.send(&WorkerRequest::Ticket(ticket)).await.unwrap();
+    }
+    let x = ndarray::Array2::<f64>::eye(3);
+    let _ = conn
+        .writer
+        .send_blocks(TaskId(1), BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(x.view())])
+        .await;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), conn.reader.read_frame()).await;
+        match frame.expect("the worker neither answered nor closed") {
+            Ok(Some(Frame::Control(body))) => match body.decode::<WorkerReply>().unwrap() {
+                WorkerReply::Error(f) => {
+                    assert_eq!(f.code, septet_common::ErrorCode::Unauthorized, "{f:?}");
+                    return Err(f.message);
+                }
+                WorkerReply::Computed { .. } | WorkerReply::Working => continue,
+                other => panic!("unexpected {other:?}"),
+            },
+            Ok(Some(Frame::Blocks(b))) => return Ok(b.mats[0].shape()),
+            Ok(None) => return Err("closed".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Leases are enforced by the workers: a requester with the secret but
+/// no lease, a ticket of another peer, an altered one and an expired one
+/// are each refused by the worker with its reason; the lease's own ticket
+/// is served; and a whole job through the CLI still works.
+#[test]
+fn workers_serve_only_under_a_valid_ticket_of_their_own() {
+    let d = dir("tickets");
+    let k = make_secret(&d, "k");
+    let security = ["--secret-file", k.as_str()];
+    // A short TTL, so a ticket can expire within the test.
+    let (_procs, tracker, workers) = grid_with(&d, &security, &["--lease-ttl", "2"]);
+    let secret = septet_common::secure::Secret::load(Path::new(&k)).unwrap().0;
+    let sec = septet_common::secure::Security::with_secret(secret, false);
+    let limits = septet_common::conn::ConnLimits { security: sec.clone(), ..Default::default() };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // No lease at all: every worker refuses, saying why.
+        for &w in &workers {
+            let refused = ask_worker(w, &limits, None).await.unwrap_err();
+            assert!(refused.contains("lease ticket") && refused.contains("none was presented"), "{w}: {refused}");
+        }
+        let mut client = septet_client::tracker::TrackerClient::connect_with(
+            &tracker,
+            septet_common::Role::Client,
+            Duration::from_secs(10),
+            &sec,
+        )
+        .await
+        .unwrap();
+        let grant = client.lease(2, false, Some(Duration::from_secs(10)), |_, _, _| {}).await.unwrap();
+        let (p0, p1) = (&grant.peers[0], &grant.peers[1]);
+        assert_ne!(p0.peer_id, p1.peer_id);
+        let (t0, t1) = (p0.ticket.clone().unwrap(), p1.ticket.clone().unwrap());
+        let w0: SocketAddr = p0.addr.parse().unwrap();
+        // Its own ticket: served.
+        assert_eq!(ask_worker(w0, &limits, Some(t0.clone())).await, Ok((3, 3)));
+        // Another peer's ticket.
+        let refused = ask_worker(w0, &limits, Some(t1)).await.unwrap_err();
+        assert!(refused.contains(&format!("is for peer {}", p1.peer_id)), "{refused}");
+        // A ticket altered to hold more slots, or to last longer.
+        for altered in [
+            septet_common::proto::LeaseTicket { slots: 7, ..t0.clone() },
+            septet_common::proto::LeaseTicket { expires_ms: t0.expires_ms + 3_600_000, ..t0.clone() },
+        ] {
+            let refused = ask_worker(w0, &limits, Some(altered)).await.unwrap_err();
+            assert!(refused.contains("not signed by this worker's tracker"), "{refused}");
+        }
+        // A renewal hands out fresh tickets, which last past the first.
+        let (_, renewed) = client.renew_tickets(grant.lease_id).await.unwrap();
+        let fresh = renewed.iter().find(|p| p.peer_id == p0.peer_id).and_then(|p| p.ticket.clone()).unwrap();
+        assert!(fresh.expires_ms > t0.expires_ms, "{fresh:?} vs {t0:?}");
+        // Not renewed again: 2 s of TTL and the 1 s grace pass.
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let refused = ask_worker(w0, &limits, Some(fresh)).await.unwrap_err();
+        assert!(refused.contains("expired"), "{refused}");
+    });
+    // A job through the CLI: leased, ticketed, renewed and served as before.
+    let mut args = vec!["multiply", "--tracker", &tracker, "--random", "200,150,100", "--check", "--json"];
+    args.extend_from_slice(&security);
+    let out = septet(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&d);
 }

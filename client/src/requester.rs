@@ -20,7 +20,7 @@ use ndarray::{Array2, ArrayView2};
 use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, BlocksHeader, Frame};
-use septet_common::proto::{LeaseGrant, PeerAddr};
+use septet_common::proto::{LeaseGrant, LeaseTicket, PeerAddr, WorkerRequest};
 use septet_common::proto::{LeaseId, PeerId, Reply, TaskId, WorkerReply};
 use septet_common::strassen::{self, Operand, Quad, Sign, Split, PRODUCTS};
 use septet_common::{deadline, Connection, Element, Error, ErrorCode, FrameReader, Role, PEERS_PER_LEASE};
@@ -477,6 +477,47 @@ struct LeaseKeeper {
     tx: mpsc::Sender<KeeperCmd>,
     /// For the lease's peers that dial back (see [`crate::dialback`]).
     broker: Option<Arc<crate::dialback::Broker>>,
+    /// The newest ticket for each of the lease's peers.
+    tickets: Tickets,
+}
+
+/// The newest lease ticket for each peer of a lease, as the grant, hedges,
+/// replacements and renewals hand them out: what a connection to the peer
+/// presents first (see `septet_common::ticket`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tickets(Arc<Mutex<std::collections::HashMap<PeerId, LeaseTicket>>>);
+
+impl Tickets {
+    /// Keeps `peer`'s ticket if it is newer than the one kept.
+    fn note(&self, peer: &PeerAddr) {
+        let Some(ticket) = &peer.ticket else { return };
+        let mut kept = self.0.lock();
+        let newer = |old: &LeaseTicket| (ticket.expires_ms, ticket.slots) >= (old.expires_ms, old.slots);
+        if kept.get(&peer.peer_id).is_none_or(newer) {
+            kept.insert(peer.peer_id, ticket.clone());
+        }
+    }
+
+    /// The ticket to present to `peer`.
+    pub(crate) fn for_peer(&self, peer: &PeerAddr) -> Option<LeaseTicket> {
+        self.0.lock().get(&peer.peer_id).cloned().or_else(|| peer.ticket.clone())
+    }
+
+    /// `peer` with the newest ticket.
+    fn fresh(&self, peer: &PeerAddr) -> PeerAddr {
+        PeerAddr { ticket: self.for_peer(peer), ..peer.clone() }
+    }
+}
+
+/// Presents `ticket` (if any) as the first frame of a connection to a worker.
+pub(crate) async fn present(
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    ticket: Option<LeaseTicket>,
+) -> septet_common::Result<()> {
+    match ticket {
+        Some(ticket) => writer.send(&WorkerRequest::Ticket(ticket)).await,
+        None => Ok(()),
+    }
 }
 
 impl LeaseKeeper {
@@ -485,20 +526,30 @@ impl LeaseKeeper {
     fn spawn(mut client: TrackerClient, grant: &LeaseGrant, avoid: Vec<PeerId>) -> LeaseKeeper {
         let (tx, mut rx) = mpsc::channel::<KeeperCmd>(8);
         let lease_id = grant.lease_id;
+        let tickets = Tickets::default();
+        grant.peers.iter().for_each(|p| tickets.note(p));
+        let kept = tickets.clone();
         let every = (Duration::from_millis(grant.ttl_ms) / 2).max(Duration::from_millis(10));
         tokio::spawn(async move {
             let mut speed = None;
             let (mut lost, mut renew_failed) = (false, None::<String>);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            let usable =
-                |slot: septet_common::Result<Option<PeerAddr>>| slot.map(|s| s.filter(|s| !avoid.contains(&s.peer_id)));
+            let usable = |slot: septet_common::Result<Option<PeerAddr>>| {
+                if let Ok(Some(s)) = &slot {
+                    kept.note(s);
+                }
+                slot.map(|s| s.filter(|s| !avoid.contains(&s.peer_id)))
+            };
             loop {
                 tokio::select! {
                     // Within half the TTL: a tracker that does not answer by
                     // then has let the lease lapse anyway, and a renewal
                     // waiting longer would hold up reports and hedges.
-                    _ = tick.tick(), if !lost => match deadline(every, "the tracker to renew the lease", client.renew(lease_id)).await {
-                        Ok(_) => renew_failed = None,
+                    _ = tick.tick(), if !lost => match deadline(every, "the tracker to renew the lease", client.renew_tickets(lease_id)).await {
+                        Ok((_, peers)) => {
+                            peers.iter().for_each(|p| kept.note(p));
+                            renew_failed = None;
+                        }
                         // The tracker ended it: the TTL passed while the
                         // tracker was unreachable. The job carries on with
                         // the peers it has; renewing again cannot help.
@@ -539,7 +590,7 @@ impl LeaseKeeper {
                 }
             }
         });
-        LeaseKeeper { tx, broker: None }
+        LeaseKeeper { tx, broker: None, tickets }
     }
 
     /// Listens for the lease's peers that dial back, if it has any.
@@ -748,6 +799,8 @@ struct Job<T> {
     folded: [AtomicBool; 7],
     /// For peers that dial back.
     broker: Option<Arc<crate::dialback::Broker>>,
+    /// What each connection presents first.
+    tickets: Tickets,
 }
 
 /// What a failed task said, as far as it can be told.
@@ -992,6 +1045,7 @@ impl<T: Element> Job<T> {
                     .await
                     .map_err(|e| e.naming(|| format!("the worker at {}", peer.addr)))?,
             };
+            present(&mut writer, self.tickets.for_peer(&peer)).await?;
             if let Some(lane) = lane {
                 let permit = lane.await.map_err(|_| Failure::Local("the send lanes closed".into()))?;
                 *meter.lane.lock() = Some(permit);
@@ -1249,6 +1303,8 @@ impl Requester {
         report.plan = "relay";
         let c = Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n)));
         let t = Instant::now();
+        // A held lease's tickets from its grant may be old: the renewals' are not.
+        let peers = &peers.clone().map(|p| keeper.tickets.fresh(&p));
         let outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, started, progress).await;
         report.bytes_sent += outcome.bytes_sent;
         report.bytes_received += outcome.bytes_received;
@@ -1443,6 +1499,7 @@ impl Requester {
             started,
             folded: Default::default(),
             broker: keeper.broker.clone(),
+            tickets: keeper.tickets.clone(),
         });
 
         // Every attempt — first, redo or hedge — runs under the dispatch loop.

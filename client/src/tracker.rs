@@ -31,6 +31,10 @@ pub struct Registration {
     pub addr: String,
     /// How often to heartbeat.
     pub heartbeat: Duration,
+    /// The key the tracker signs lease tickets with.
+    pub ticket_key: Vec<u8>,
+    /// The tracker's clock (ms since it started) when it answered.
+    pub tracker_ms: u64,
 }
 
 /// A connection to the tracker.
@@ -122,21 +126,25 @@ impl TrackerClient {
     /// [`Error::Remote`] if the tracker refuses, or any connection error.
     pub async fn register(&mut self, listen: SocketAddr, slots: u32) -> Result<Registration> {
         match self.call(TrackerRequest::Register { listen: listen.to_string(), slots }, "Registered").await? {
-            TrackerReply::Registered { peer_id, addr, heartbeat_ms } => {
-                Ok(Registration { peer_id, addr, heartbeat: Duration::from_millis(heartbeat_ms.max(1)) })
-            }
+            TrackerReply::Registered { peer_id, addr, heartbeat_ms, ticket_key, now_ms } => Ok(Registration {
+                peer_id,
+                addr,
+                heartbeat: Duration::from_millis(heartbeat_ms.max(1)),
+                ticket_key,
+                tracker_ms: now_ms,
+            }),
             other => Err(unexpected("Registered", other)),
         }
     }
 
-    /// Sends a heartbeat.
+    /// Sends a heartbeat; returns the tracker's clock (ms since it started).
     ///
     /// # Errors
     /// [`Error::Remote`] with `PeerGone` or `UnknownPeer` when the worker
     /// must register again, or any connection error.
-    pub async fn heartbeat(&mut self, peer_id: PeerId) -> Result<()> {
+    pub async fn heartbeat(&mut self, peer_id: PeerId) -> Result<u64> {
         match self.call(TrackerRequest::Heartbeat { peer_id }, "HeartbeatAck").await? {
-            TrackerReply::HeartbeatAck => Ok(()),
+            TrackerReply::HeartbeatAck { now_ms } => Ok(now_ms),
             other => Err(unexpected("HeartbeatAck", other)),
         }
     }
@@ -243,6 +251,17 @@ impl TrackerClient {
     /// [`Error::Remote`] with `UnknownLease` if it already ended.
     pub async fn renew(&mut self, lease_id: LeaseId) -> Result<Duration> {
         self.renew_with(lease_id, None).await
+    }
+
+    /// [`TrackerClient::renew`], also returning the lease's slots with fresh tickets.
+    ///
+    /// # Errors
+    /// As [`TrackerClient::renew_with`].
+    pub async fn renew_tickets(&mut self, lease_id: LeaseId) -> Result<(Duration, Vec<PeerAddr>)> {
+        match self.call(TrackerRequest::Renew { lease_id, token: None }, "Renewed").await? {
+            TrackerReply::Renewed { ttl_ms, peers, .. } => Ok((Duration::from_millis(ttl_ms), peers)),
+            other => Err(unexpected("Renewed", other)),
+        }
     }
 
     /// Extends a lease by its TTL, presenting its token if given (needed

@@ -1035,9 +1035,15 @@ mod tests {
             for (i, mats) in sent.iter().enumerate() {
                 let views: Vec<MatrixView<'_>> = mats.iter().map(|m| MatrixView::F64(m.view())).collect();
                 conn.writer.send_blocks(TaskId(i as u64), op(mats), &views).await.unwrap();
-                assert_eq!(conn.reader.read_message::<TrackerReply>("ack").await.unwrap(), TrackerReply::HeartbeatAck);
+                assert_eq!(
+                    conn.reader.read_message::<TrackerReply>("ack").await.unwrap(),
+                    TrackerReply::HeartbeatAck { now_ms: 1 }
+                );
                 conn.writer.send(&TrackerRequest::ListPeers).await.unwrap();
-                assert_eq!(conn.reader.read_message::<TrackerReply>("ack").await.unwrap(), TrackerReply::HeartbeatAck);
+                assert_eq!(
+                    conn.reader.read_message::<TrackerReply>("ack").await.unwrap(),
+                    TrackerReply::HeartbeatAck { now_ms: 1 }
+                );
             }
         });
         let (stream, _) = listener.accept().await.unwrap();
@@ -1051,12 +1057,12 @@ mod tests {
                 }
                 other => panic!("expected blocks, got {other:?}"),
             }
-            conn.writer.send(&TrackerReply::HeartbeatAck).await.unwrap();
+            conn.writer.send(&TrackerReply::HeartbeatAck { now_ms: 1 }).await.unwrap();
             let next = tokio::time::timeout(Duration::from_secs(10), conn.reader.read_frame()).await;
             let next = next.expect("a control message after a payload never woke the reader");
             let list = ControlBody::encode(&TrackerRequest::ListPeers).unwrap();
             assert_eq!(next.unwrap(), Some(Frame::Control(list)));
-            conn.writer.send(&TrackerReply::HeartbeatAck).await.unwrap();
+            conn.writer.send(&TrackerReply::HeartbeatAck { now_ms: 1 }).await.unwrap();
         }
         sender.await.unwrap();
     }

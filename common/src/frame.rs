@@ -759,7 +759,7 @@ mod tests {
     fn tracker_replies() -> Vec<TrackerReply> {
         let grant = LeaseGrant {
             lease_id: LeaseId(9),
-            peers: vec![PeerAddr { peer_id: PeerId(3), addr: "127.0.0.1:9000".into() }],
+            peers: vec![PeerAddr { peer_id: PeerId(3), addr: "127.0.0.1:9000".into(), ticket: None }],
             ttl_ms: 60_000,
             token: "cd".repeat(32),
         };
@@ -778,18 +778,24 @@ mod tests {
         };
         vec![
             TrackerReply::Error(Failure { code: ErrorCode::UnknownLease, message: "no lease 4".into(), task_id: None }),
-            TrackerReply::Registered { peer_id: PeerId(4), addr: "127.0.0.1:7000".into(), heartbeat_ms: 2000 },
-            TrackerReply::HeartbeatAck,
+            TrackerReply::Registered {
+                peer_id: PeerId(4),
+                addr: "127.0.0.1:7000".into(),
+                heartbeat_ms: 2000,
+                ticket_key: vec![1; 32],
+                now_ms: 5,
+            },
+            TrackerReply::HeartbeatAck { now_ms: 1 },
             TrackerReply::Deregistered,
             TrackerReply::Peers { table: "shape: (1, 9)".into(), rows: vec![row] },
             TrackerReply::Waiting { position: 2, free: 3, needed: 7 },
             TrackerReply::Leased(grant),
-            TrackerReply::Renewed { lease_id: LeaseId(9), ttl_ms: 100 },
+            TrackerReply::Renewed { lease_id: LeaseId(9), ttl_ms: 100, peers: Vec::new() },
             TrackerReply::Released { lease_id: LeaseId(9) },
             TrackerReply::FailureRecorded { lease_id: LeaseId(9), replacement: None },
             TrackerReply::HedgeSlot {
                 lease_id: LeaseId(9),
-                slot: Some(PeerAddr { peer_id: PeerId(5), addr: "127.0.0.1:9005".into() }),
+                slot: Some(PeerAddr { peer_id: PeerId(5), addr: "127.0.0.1:9005".into(), ticket: None }),
             },
             TrackerReply::SpeedRecorded { lease_id: LeaseId(9) },
             TrackerReply::SiblingStatus { cluster: "dept".into(), free: 4, slots: 9, queued: 1, reverse: false },

@@ -14,6 +14,7 @@ pub mod proto;
 pub mod relay;
 pub mod secure;
 pub mod strassen;
+pub mod ticket;
 
 pub mod time;
 

@@ -351,6 +351,6 @@ mod tests {
     }
 
     async fn echo(conn: &mut Connection) -> crate::Result<crate::TrackerReply> {
-        conn.request(&crate::TrackerReply::HeartbeatAck, "HeartbeatAck", Duration::from_secs(5)).await
+        conn.request(&crate::TrackerReply::HeartbeatAck { now_ms: 0 }, "HeartbeatAck", Duration::from_secs(5)).await
     }
 }

@@ -57,7 +57,7 @@ use crate::{Error, ErrorCode};
 /// `BlockOp::Part` frames. Version 7 added federation: the peer table's
 /// `cluster` column, [`TrackerRequest::Sibling`], [`TrackerRequest::Lend`]
 /// and [`TrackerRequest::ListFederation`], [`TrackerReply::SiblingStatus`].
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Declares a `u64` id newtype: transparent on the wire and in JSON (a bare
 /// number, as before), printed as the bare number.
@@ -139,6 +139,26 @@ pub struct PeerAddr {
     pub peer_id: PeerId,
     /// The peer's compute listener, `host:port`.
     pub addr: String,
+    /// What the requester shows the peer to be served (see
+    /// [`crate::ticket`]); `None` only outside a lease (tests, tools).
+    pub ticket: Option<LeaseTicket>,
+}
+
+/// A lease's ticket for one peer: signed by the peer's tracker, checked by
+/// the peer before it serves (see [`crate::ticket`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTicket {
+    /// The lease (at the peer's own tracker).
+    pub lease_id: LeaseId,
+    /// The peer, as its own tracker numbers it.
+    pub peer_id: PeerId,
+    /// Slots the lease holds on the peer: its tasks run at most this many at once there.
+    pub slots: u32,
+    /// When the lease expires unless renewed, in the tracker's clock
+    /// (milliseconds since it started).
+    pub expires_ms: u64,
+    /// Ed25519 signature by the tracker over the fields above.
+    pub signature: Vec<u8>,
 }
 
 /// A granted lease.
@@ -503,9 +523,16 @@ pub enum TrackerReply {
         addr: String,
         /// How often the tracker expects a heartbeat, in milliseconds.
         heartbeat_ms: u64,
+        /// The Ed25519 key the tracker signs lease tickets with.
+        ticket_key: Vec<u8>,
+        /// The tracker's clock now (ms since it started), which tickets expire by.
+        now_ms: u64,
     },
     /// To `Heartbeat`: recorded.
-    HeartbeatAck,
+    HeartbeatAck {
+        /// The tracker's clock now, as in `Registered`.
+        now_ms: u64,
+    },
     /// To `Deregister`: left.
     Deregistered,
     /// To `ListPeers`: the peer table.
@@ -533,6 +560,8 @@ pub enum TrackerReply {
         lease_id: LeaseId,
         /// New time to live from now, in milliseconds.
         ttl_ms: u64,
+        /// Every slot of the lease, with a fresh ticket.
+        peers: Vec<PeerAddr>,
     },
     /// To `Release`: released.
     Released {
@@ -584,7 +613,7 @@ impl Control for TrackerReply {
         match self {
             TrackerReply::Error(_) => "Error",
             TrackerReply::Registered { .. } => "Registered",
-            TrackerReply::HeartbeatAck => "HeartbeatAck",
+            TrackerReply::HeartbeatAck { .. } => "HeartbeatAck",
             TrackerReply::Deregistered => "Deregistered",
             TrackerReply::Peers { .. } => "Peers",
             TrackerReply::Waiting { .. } => "Waiting",
@@ -721,6 +750,11 @@ pub enum WorkerRequest {
         /// What the requester matches the connection with.
         nonce: u64,
     },
+    /// First on every connection of a requester, or of a peer forwarding
+    /// a relayed job's parts: the lease ticket this connection is served
+    /// under (for the receiving worker). Not answered; a refused ticket is
+    /// answered with an error, and the connection closes.
+    Ticket(LeaseTicket),
 }
 
 impl Control for WorkerRequest {
@@ -730,6 +764,7 @@ impl Control for WorkerRequest {
             WorkerRequest::Join { .. } => "Join",
             WorkerRequest::Digests(_) => "Digests",
             WorkerRequest::DialBack { .. } => "DialBack",
+            WorkerRequest::Ticket(_) => "Ticket",
         }
     }
 }
@@ -781,11 +816,11 @@ mod tests {
         // A grant encodes as it did with plain u64 ids, followed by its token.
         let grant = LeaseGrant {
             lease_id: LeaseId(9),
-            peers: vec![PeerAddr { peer_id: PeerId(3), addr: "a:1".into() }],
+            peers: vec![PeerAddr { peer_id: PeerId(3), addr: "a:1".into(), ticket: None }],
             ttl_ms: 5,
             token: "t".into(),
         };
-        let plain = (9u64, vec![(3u64, "a:1")], 5u64, "t");
+        let plain = (9u64, vec![(3u64, "a:1", None::<()>)], 5u64, "t");
         assert_eq!(bincode_of(&grant), bincode_of(&plain));
     }
 
@@ -797,7 +832,7 @@ mod tests {
         let reply = WorkerReply::failure(failure.clone());
         assert_eq!(reply.clone().into_result(), Err(failure));
         assert!(matches!(reply.into_error("Computed"), Error::Remote { code: ErrorCode::InvalidRequest, .. }));
-        let other = TrackerReply::HeartbeatAck.into_error("Peers");
+        let other = TrackerReply::HeartbeatAck { now_ms: 1 }.into_error("Peers");
         assert!(matches!(other, Error::Unexpected { expected: "Peers", ref got } if got == "HeartbeatAck"), "{other}");
     }
 }

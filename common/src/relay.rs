@@ -441,6 +441,9 @@ pub struct RelayPlan {
     pub roles: Roles,
     /// The slot this plan is sent to.
     pub you: u8,
+    /// Each slot's lease ticket (as `peers`): a slot forwarding parts to
+    /// another presents the receiver's.
+    pub tickets: Vec<Option<crate::proto::LeaseTicket>>,
 }
 
 impl RelayPlan {
@@ -497,8 +500,13 @@ impl RelayPlan {
     /// needing more than `max_bytes` in all.
     pub fn validate(&self, max_frame_len: usize, max_bytes: u64) -> Result<()> {
         let invalid = |what: String| Err(Error::Invalid(format!("relay plan: {what}")));
-        if self.peers.len() != SLOTS || self.you as usize >= SLOTS {
-            return invalid(format!("{} slots, this one {}", self.peers.len(), self.you));
+        if self.peers.len() != SLOTS || self.tickets.len() != SLOTS || self.you as usize >= SLOTS {
+            return invalid(format!(
+                "{} slots ({} tickets), this one {}",
+                self.peers.len(),
+                self.tickets.len(),
+                self.you
+            ));
         }
         if self.m == 0 || self.k == 0 || self.n == 0 || self.a_panel == 0 || self.b_panel == 0 {
             return invalid("an empty dimension or panel".into());
@@ -635,6 +643,7 @@ mod tests {
             peers: vec!["127.0.0.1:1".into(); 7],
             roles,
             you: 0,
+            tickets: vec![None; 7],
         };
         plan.validate(1 << 20, 1 << 30).unwrap();
         let mut bad = plan.clone();

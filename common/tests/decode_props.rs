@@ -38,8 +38,8 @@ use proptest::sample::{select, Index};
 use proptest::test_runner::{Config, TestRunner};
 use septet_common::frame::{self, KIND_BLOCKS, KIND_CONTROL, LEN_PREFIX};
 use septet_common::proto::{
-    Failure, JobId, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, RelayStats, TaskId, TrackerReply, TrackerRequest,
-    WorkerReply, WorkerRequest,
+    Failure, JobId, LeaseGrant, LeaseId, LeaseTicket, PeerAddr, PeerId, PeerRow, RelayStats, TaskId, TrackerReply,
+    TrackerRequest, WorkerReply, WorkerRequest,
 };
 use septet_common::relay::{RelayPlan, Roles};
 use septet_common::{BlockOp, Blocks, ControlBody, ErrorCode, Frame, FrameReader, Matrix, DEFAULT_MAX_FRAME_LEN};
@@ -188,8 +188,24 @@ fn task_id() -> impl Strategy<Value = TaskId> {
     any::<u64>().prop_map(TaskId)
 }
 
+fn ticket() -> impl Strategy<Value = LeaseTicket> {
+    (lease_id(), peer_id(), any::<u32>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..70)).prop_map(
+        |(lease_id, peer_id, slots, expires_ms, signature)| LeaseTicket {
+            lease_id,
+            peer_id,
+            slots,
+            expires_ms,
+            signature,
+        },
+    )
+}
+
 fn peer_addr() -> impl Strategy<Value = PeerAddr> {
-    (peer_id(), text()).prop_map(|(peer_id, addr)| PeerAddr { peer_id, addr })
+    (peer_id(), text(), prop::option::of(ticket())).prop_map(|(peer_id, addr, ticket)| PeerAddr {
+        peer_id,
+        addr,
+        ticket,
+    })
 }
 
 fn peer_row() -> impl Strategy<Value = PeerRow> {
@@ -278,12 +294,16 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
     let u = any::<u64>;
     let sessions = prop_oneof![
         failure().prop_map(TrackerReply::Error),
-        (peer_id(), text(), u()).prop_map(|(peer_id, addr, heartbeat_ms)| TrackerReply::Registered {
-            peer_id,
-            addr,
-            heartbeat_ms
-        }),
-        Just(TrackerReply::HeartbeatAck),
+        (peer_id(), text(), u(), prop::collection::vec(any::<u8>(), 0..40), u()).prop_map(
+            |(peer_id, addr, heartbeat_ms, ticket_key, now_ms)| TrackerReply::Registered {
+                peer_id,
+                addr,
+                heartbeat_ms,
+                ticket_key,
+                now_ms
+            }
+        ),
+        u().prop_map(|now_ms| TrackerReply::HeartbeatAck { now_ms }),
         Just(TrackerReply::Deregistered),
         (text(), prop::collection::vec(peer_row(), 0..4)).prop_map(|(table, rows)| TrackerReply::Peers { table, rows }),
     ];
@@ -292,7 +312,8 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
         (lease_id(), prop::collection::vec(peer_addr(), 0..8), u(), token()).prop_map(
             |(lease_id, peers, ttl_ms, token)| { TrackerReply::Leased(LeaseGrant { lease_id, peers, ttl_ms, token }) }
         ),
-        (lease_id(), u()).prop_map(|(lease_id, ttl_ms)| TrackerReply::Renewed { lease_id, ttl_ms }),
+        (lease_id(), u(), prop::collection::vec(peer_addr(), 0..8))
+            .prop_map(|(lease_id, ttl_ms, peers)| TrackerReply::Renewed { lease_id, ttl_ms, peers }),
         lease_id().prop_map(|lease_id| TrackerReply::Released { lease_id }),
         (lease_id(), prop::option::of(peer_addr()))
             .prop_map(|(lease_id, replacement)| TrackerReply::FailureRecorded { lease_id, replacement }),
@@ -344,15 +365,17 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
         }),
         proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..6).prop_map(WorkerRequest::Digests),
         (text(), any::<u64>()).prop_map(|(addr, nonce)| WorkerRequest::DialBack { addr, nonce }),
+        ticket().prop_map(WorkerRequest::Ticket),
         (
             any::<[u64; 6]>(),
             any::<u32>(),
             proptest::collection::vec(text(), 0..8),
             any::<[u8; 8]>(),
             any::<[u8; 4]>(),
-            any::<bool>()
+            any::<bool>(),
+            proptest::collection::vec(prop::option::of(ticket()), 0..8)
         )
-            .prop_map(|(x, rounds, peers, holders, reducers, f64)| {
+            .prop_map(|(x, rounds, peers, holders, reducers, f64, tickets)| {
                 WorkerRequest::Relay(RelayPlan {
                     job_id: JobId(x[0]),
                     dtype: if f64 { septet_common::Dtype::F64 } else { septet_common::Dtype::F32 },
@@ -365,6 +388,7 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
                     peers,
                     roles: Roles { holders, reducers },
                     you: holders[0],
+                    tickets,
                 })
             }),
     ]

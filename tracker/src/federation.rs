@@ -226,7 +226,7 @@ pub fn cluster_tag(cluster: &str) -> u64 {
 /// A peer id as this tracker hands it out: `sibling`'s index tagged above a
 /// lender's own id.
 fn tag_peer(sibling: usize, peer: PeerAddr) -> PeerAddr {
-    PeerAddr { peer_id: PeerId(((sibling as u64 + 1) << PEER_TAG_SHIFT) | peer.peer_id.0), addr: peer.addr }
+    PeerAddr { peer_id: PeerId(((sibling as u64 + 1) << PEER_TAG_SHIFT) | peer.peer_id.0), ..peer }
 }
 
 /// Which sibling lent `peer` (None: a local peer), and its id there.
@@ -737,13 +737,16 @@ impl Federation {
         match msg {
             TrackerRequest::Renew { lease_id, token } => {
                 let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
-                let mut ttl = tracker.config().lease_ttl;
+                let (mut ttl, mut peers) = (tracker.config().lease_ttl, Vec::new());
                 if let Some((id, caller)) = local {
-                    ttl = tracker.renew_by(id, &caller)?;
+                    (ttl, peers) = tracker.renew_by(id, &caller)?;
                 }
                 let renew = TrackerRequest::Renew { lease_id: remote.lease_id, token: Some(remote.token.clone()) };
                 match self.call(tracker, remote.sibling, renew, "Renewed").await {
-                    Ok(TrackerReply::Renewed { ttl_ms, .. }) => ttl = ttl.min(Duration::from_millis(ttl_ms)),
+                    Ok(TrackerReply::Renewed { ttl_ms, peers: lent, .. }) => {
+                        ttl = ttl.min(Duration::from_millis(ttl_ms));
+                        peers.extend(lent.into_iter().map(|p| self.tag(remote.sibling, p)));
+                    }
                     Ok(_) => {}
                     // The job goes on on the lender's peers regardless; the
                     // lender reclaims them at its TTL unless a later renewal gets through.
@@ -752,7 +755,7 @@ impl Federation {
                 if let Some(l) = self.leases.lock().get_mut(&lease_id) {
                     l.expires_at = Instant::now() + ttl;
                 }
-                Ok(TrackerReply::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 })
+                Ok(TrackerReply::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64, peers })
             }
             TrackerRequest::Release { lease_id, token } => {
                 self.local_part(lease_id, &token_of(&token))?;
@@ -946,7 +949,7 @@ mod tests {
 
     #[test]
     fn borrowed_peer_ids_carry_their_lender_and_come_apart_again() {
-        let p = tag_peer(2, PeerAddr { peer_id: PeerId(17), addr: "10.0.0.1:9".into() });
+        let p = tag_peer(2, PeerAddr { peer_id: PeerId(17), addr: "10.0.0.1:9".into(), ticket: None });
         assert_eq!(p.peer_id.0 >> PEER_TAG_SHIFT, 3);
         assert_eq!(untag(p.peer_id), (Some(2), PeerId(17)));
         assert_eq!(untag(PeerId(17)), (None, PeerId(17)));

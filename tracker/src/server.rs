@@ -257,7 +257,7 @@ pub(crate) async fn serve_connection(
             }
         };
         let mut waits = Waits { ticket: &mut ticket, borrowing: &mut borrowing, lending: &mut lending };
-        let reply = handle(&tracker, &ops, msg, conn_id, conn.peer, &mut waits).await;
+        let reply = handle(&tracker, &ops, msg, conn_id, conn.peer, role, &mut waits).await;
         if let Err(e) = send(&mut conn, &reply, &config).await {
             debug!(error = %e, "could not send a reply");
             break;
@@ -347,12 +347,22 @@ async fn handle(
     msg: TrackerRequest,
     conn: ConnId,
     peer: SocketAddr,
+    role: Role,
     waits: &mut Waits<'_>,
 ) -> TrackerReply {
     let heartbeat_ms = tracker.config().heartbeat_interval.as_millis() as u64;
     let kind = RequestKind::of(&msg);
     let federation = tracker.federation();
     let result = match msg {
+        // Only a connection that said it is a worker speaks for one.
+        TrackerRequest::Register { .. } | TrackerRequest::Heartbeat { .. } | TrackerRequest::Deregister { .. }
+            if role != Role::Worker =>
+        {
+            Err(Error::Invalid(format!(
+                "{} is a worker's request, and this connection opened as a client",
+                kind.as_str()
+            )))
+        }
         // Requests about a lease that borrows from a sibling.
         TrackerRequest::Renew { lease_id, .. }
         | TrackerRequest::Broker { lease_id, .. }
@@ -367,10 +377,11 @@ async fn handle(
         TrackerRequest::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
             let peer_id = tracker.register_by(&addr, slots, conn)?;
             info!(%peer_id, %addr, slots, "worker registered");
-            Ok(TrackerReply::Registered { peer_id, addr, heartbeat_ms })
+            let (ticket_key, now_ms) = (tracker.ticket_key(), tracker.clock_ms());
+            Ok(TrackerReply::Registered { peer_id, addr, heartbeat_ms, ticket_key, now_ms })
         }),
         TrackerRequest::Heartbeat { peer_id } => {
-            tracker.heartbeat_by(peer_id, conn).map(|()| TrackerReply::HeartbeatAck)
+            tracker.heartbeat_by(peer_id, conn).map(|()| TrackerReply::HeartbeatAck { now_ms: tracker.clock_ms() })
         }
         TrackerRequest::Deregister { peer_id } => tracker.deregister_by(peer_id, conn).map(|()| {
             info!(%peer_id, "worker deregistered");
@@ -428,7 +439,7 @@ async fn handle(
         }
         TrackerRequest::Renew { lease_id, token } => tracker
             .renew_by(lease_id, &caller(conn, token))
-            .map(|ttl| TrackerReply::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64 }),
+            .map(|(ttl, peers)| TrackerReply::Renewed { lease_id, ttl_ms: ttl.as_millis() as u64, peers }),
         TrackerRequest::Release { lease_id, token } => {
             submit(ops, Op::ReleaseBy { lease_id, caller: caller(conn, token) })
                 .await

@@ -46,6 +46,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow};
 use septet_common::secure::random_token;
+use septet_common::ticket::TicketSigner;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -296,11 +297,17 @@ fn lease_holding(
 
 /// Takes the best free slot (never on `except`) into `lease` — a
 /// replacement or a hedge; `None` when none is free.
-fn lend_slot(table: &mut PeerTable, lease: &mut LeaseRecord, except: Option<u64>) -> Result<Option<PeerAddr>> {
+fn lend_slot(
+    table: &mut PeerTable,
+    signer: &TicketSigner,
+    lease_id: LeaseId,
+    lease: &mut LeaseRecord,
+    except: Option<u64>,
+) -> Result<Option<PeerAddr>> {
     let Some(slot) = table.choose_except(1, except)?.pop() else { return Ok(None) };
     table.take_slots(std::slice::from_ref(&slot))?;
     lease.slots.push(slot.clone());
-    Ok(Some(slot))
+    Ok(Some(ticketed(signer, lease_id, lease, &slot)))
 }
 
 /// A live lease.
@@ -377,6 +384,15 @@ struct State {
     /// Where each open connection comes from, for the status page's lease
     /// holders (see [`Tracker::connected`]).
     conn_addrs: HashMap<ConnId, SocketAddr>,
+    /// Signs the lease tickets workers check (see [`septet_common::ticket`]).
+    signer: TicketSigner,
+}
+
+/// `peer` with a fresh ticket for its slots in `lease` (the number of
+/// times it appears there), valid until the lease expires.
+fn ticketed(signer: &TicketSigner, lease_id: LeaseId, lease: &LeaseRecord, peer: &PeerAddr) -> PeerAddr {
+    let slots = lease.slots.iter().filter(|p| p.peer_id == peer.peer_id).count() as u32;
+    PeerAddr { ticket: Some(signer.sign(lease_id, peer.peer_id, slots, lease.expires_at.into_std())), ..peer.clone() }
 }
 
 impl State {
@@ -483,25 +499,25 @@ impl State {
                 self.next_lease_id += 1;
                 let lease_id = LeaseId(self.next_lease_id);
                 let token = LeaseToken::generate();
-                let lease = LeaseGrant {
-                    lease_id,
-                    peers: mine.to_vec(),
-                    ttl_ms: ttl.as_millis() as u64,
-                    token: token.expose().to_string(),
-                };
-                let grant = Grant { lease, token: token.clone() };
                 let owner = (!waiter.detached).then_some(waiter.conn);
                 let record = LeaseRecord {
                     slots: mine.to_vec(),
                     owner,
                     holder: waiter.conn,
-                    token,
+                    token: token.clone(),
                     granted_at: now,
                     expires_at: now + ttl,
                     reported: Vec::new(),
                     speed_recorded: false,
                     hedges: 0,
                 };
+                let lease = LeaseGrant {
+                    lease_id,
+                    peers: mine.iter().map(|p| ticketed(&self.signer, lease_id, &record, p)).collect(),
+                    ttl_ms: ttl.as_millis() as u64,
+                    token: token.expose().to_string(),
+                };
+                let grant = Grant { lease, token };
                 if waiter.tx.send(grant).is_ok() {
                     metrics.lease_granted(now.saturating_duration_since(waiter.queued_at));
                     self.leases.insert(lease_id, record);
@@ -664,7 +680,9 @@ impl Tracker {
     /// [`Error::Config`] if the configuration is invalid.
     pub fn new(config: TrackerConfig) -> Result<Self> {
         config.validate()?;
+        let epoch = Instant::now();
         let state = State {
+            signer: TicketSigner::generate(epoch.into_std()),
             table: PeerTable::new(),
             leases: HashMap::new(),
             queue: VecDeque::new(),
@@ -675,9 +693,7 @@ impl Tracker {
         };
         let metrics = TrackerMetrics::new();
         let federation = Arc::new(crate::federation::Federation::new(&config.cluster, &config.siblings));
-        Ok(Self {
-            inner: Arc::new(Inner { config, epoch: Instant::now(), state: Mutex::new(state), metrics, federation }),
-        })
+        Ok(Self { inner: Arc::new(Inner { config, epoch, state: Mutex::new(state), metrics, federation }) })
     }
 
     /// The configuration.
@@ -705,6 +721,17 @@ impl Tracker {
 
     fn now_ms(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.inner.epoch).as_millis() as u64
+    }
+
+    /// The tracker's clock now (ms since it started): what lease tickets
+    /// expire by, told to workers in every registration and heartbeat reply.
+    pub fn clock_ms(&self) -> u64 {
+        self.now_ms(Instant::now())
+    }
+
+    /// The public key lease tickets are signed with, told to workers when they register.
+    pub fn ticket_key(&self) -> Vec<u8> {
+        self.inner.state.lock().signer.public_key().to_vec()
     }
 
     /// Runs `f` on the locked state, then serves the queue: every path that
@@ -960,12 +987,13 @@ impl Tracker {
     ///
     /// # Errors
     /// [`Error::UnknownLease`].
-    pub fn renew(&self, lease_id: LeaseId) -> Result<Duration> {
+    pub fn renew(&self, lease_id: LeaseId) -> Result<(Duration, Vec<PeerAddr>)> {
         self.renew_as(lease_id, None)
     }
 
-    /// Renews, checking `caller` first when there is one.
-    fn renew_as(&self, lease_id: LeaseId, caller: Option<&Caller>) -> Result<Duration> {
+    /// Renews, checking `caller` first when there is one; returns the new
+    /// TTL and the lease's slots with fresh tickets.
+    fn renew_as(&self, lease_id: LeaseId, caller: Option<&Caller>) -> Result<(Duration, Vec<PeerAddr>)> {
         let ttl = self.inner.config.lease_ttl;
         self.mutate(|s, now| {
             if let Some(caller) = caller {
@@ -973,7 +1001,8 @@ impl Tracker {
             }
             let lease = s.leases.get_mut(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
             lease.expires_at = now + ttl;
-            Ok(ttl)
+            let lease = &*lease;
+            Ok((ttl, lease.slots.iter().map(|p| ticketed(&s.signer, lease_id, lease, p)).collect()))
         })
     }
 
@@ -981,7 +1010,7 @@ impl Tracker {
     ///
     /// # Errors
     /// [`Error::NotYourLease`] (nothing changes).
-    pub fn renew_by(&self, lease_id: LeaseId, caller: &Caller) -> Result<Duration> {
+    pub fn renew_by(&self, lease_id: LeaseId, caller: &Caller) -> Result<(Duration, Vec<PeerAddr>)> {
         self.renew_as(lease_id, Some(caller))
     }
 
@@ -1034,7 +1063,7 @@ impl Tracker {
             if !replace {
                 return Ok(None);
             }
-            lend_slot(&mut s.table, lease, None)
+            lend_slot(&mut s.table, &s.signer, lease_id, lease, None)
         })
     }
 
@@ -1065,7 +1094,7 @@ impl Tracker {
             s.authorize(lease_id, caller)?;
             let lease = lease_holding(&mut s.leases, lease_id, peer_id)?;
             let slot = if lease.hedges < MAX_HEDGES_PER_LEASE {
-                lend_slot(&mut s.table, lease, Some(peer_id.0))?
+                lend_slot(&mut s.table, &s.signer, lease_id, lease, Some(peer_id.0))?
             } else {
                 None
             };

@@ -436,6 +436,7 @@ impl PeerTable {
             .map(|(_, row)| PeerAddr {
                 peer_id: PeerId(row as u64),
                 addr: addrs.get(row).unwrap_or_default().to_string(),
+                ticket: None,
             })
             .collect())
     }
@@ -625,7 +626,7 @@ mod tests {
         for a in ["a", "b", "c"] {
             t.register(a, 1, 0).unwrap();
         }
-        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new() };
+        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new(), ticket: None };
         assert_eq!(ids(&t.choose(3).unwrap()), vec![0, 1, 2]);
         t.record_speed(&[peer(0), peer(0)], &[peer(1)]).unwrap();
         assert_eq!(t.rows().unwrap().iter().map(|r| r.slow).collect::<Vec<_>>(), vec![2, 0, 0]);
@@ -691,7 +692,7 @@ mod tests {
         t.take_slots(&t.choose(3).unwrap()).unwrap();
         t.set_state(1, PeerState::Suspect).unwrap();
         t.set_state(2, PeerState::Gone).unwrap();
-        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new() };
+        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new(), ticket: None };
         t.record_speed(&[peer(0), peer(2)], &[]).unwrap();
         let s = t.summary().unwrap();
         assert_eq!(s, Summary { peers: [2, 1, 1], on_probation: 1, slots: 6, slots_in_use: 3 });

@@ -71,15 +71,18 @@
 //! when the worker is registered again (saying after how long).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
 use septet_common::secure::{HandshakeFailure, Security};
+use septet_common::ticket::TicketVerifier;
 use septet_common::{deadline, Error, ErrorCode, Role};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::gate::Gate;
 use crate::metrics::WorkerMetrics;
 use septet_client::tracker::{or_cancel, Registration, TrackerClient};
 
@@ -111,6 +114,8 @@ pub struct AgentConfig {
     pub timeout: Duration,
     /// The cluster secret and whether to encrypt.
     pub security: Security,
+    /// Where the tracker's ticket key and clock go (see [`crate::gate`]).
+    pub gate: Option<Arc<Gate>>,
 }
 
 /// How long the agent waits for a heartbeat (or deregistration) reply when
@@ -220,6 +225,14 @@ pub async fn run_observed(
                 "registered with the tracker"
             ),
         }
+        if let Some(gate) = &config.gate {
+            gate.registered(TicketVerifier::new(
+                &reg.ticket_key,
+                reg.peer_id,
+                reg.tracker_ms,
+                std::time::Instant::now(),
+            ));
+        }
         metrics.set_registered(true);
         let stayed = stay(&mut client, &reg, &config, &cancel).await;
         metrics.set_registered(false);
@@ -264,7 +277,7 @@ fn is_fatal(e: &Error) -> bool {
 
 /// Connects to the tracker and registers, each step within [`JOIN_TIMEOUT`].
 async fn join(config: &AgentConfig) -> Result<(TrackerClient, Registration), Error> {
-    let AgentConfig { tracker, listen, slots, timeout, security } = config;
+    let AgentConfig { tracker, listen, slots, timeout, security, .. } = config;
     let limit = JOIN_TIMEOUT.min(*timeout);
     let connecting = TrackerClient::connect_with(tracker, Role::Worker, *timeout, security);
     let mut client = deadline(limit, "the tracker to accept the connection", connecting).await?;
@@ -298,7 +311,11 @@ async fn stay(
                 // A timeout abandons the call, which poisons the client: the
                 // caller drops it and connects afresh.
                 match deadline(reply_limit, "the tracker's heartbeat reply", client.heartbeat(reg.peer_id)).await {
-                    Ok(()) => {}
+                    Ok(tracker_ms) => {
+                        if let Some(gate) = &config.gate {
+                            gate.follow_clock(tracker_ms);
+                        }
+                    }
                     Err(Error::Remote {
                         code: ErrorCode::PeerGone | ErrorCode::UnknownPeer | ErrorCode::Unauthorized,
                         message,
@@ -349,9 +366,17 @@ mod tests {
                             TrackerRequest::Register { listen, .. } => {
                                 let _ = tx.send(n);
                                 let heartbeat_ms = heartbeat.as_millis() as u64;
-                                TrackerReply::Registered { peer_id: PeerId(0), addr: listen, heartbeat_ms }
+                                TrackerReply::Registered {
+                                    peer_id: PeerId(0),
+                                    addr: listen,
+                                    heartbeat_ms,
+                                    ticket_key: Vec::new(),
+                                    now_ms: 0,
+                                }
                             }
-                            TrackerRequest::Heartbeat { .. } if n < answered => TrackerReply::HeartbeatAck,
+                            TrackerRequest::Heartbeat { .. } if n < answered => {
+                                TrackerReply::HeartbeatAck { now_ms: 0 }
+                            }
                             TrackerRequest::Deregister { .. } => TrackerReply::Deregistered,
                             // Silent: no reply, the connection stays open.
                             _ => continue,
@@ -373,6 +398,7 @@ mod tests {
             slots: 1,
             timeout,
             security: Security::default(),
+            gate: None,
         }
     }
 

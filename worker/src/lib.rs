@@ -5,6 +5,7 @@
 //! relayed jobs (forwarding, computing, reducing: `relay`).
 
 pub mod agent;
+pub mod gate;
 pub mod metrics;
 mod relay;
 pub mod server;

@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
 use septet_common::frame::BlockOp;
 use septet_common::matrix::{matmul, parallelism};
-use septet_common::proto::{JobId, RelayStats, WorkerReply, WorkerRequest};
+use septet_common::proto::{JobId, LeaseTicket, RelayStats, WorkerReply, WorkerRequest};
 use septet_common::relay::{self, Block, PartId, RelayPlan, Roles, SLOTS};
 use septet_common::strassen::{Quad, Sign, PRODUCTS};
 use septet_common::{deadline, Connection, Dtype, Element, Frame, FrameReader, FrameWriter, Matrix, Role};
@@ -773,6 +773,7 @@ impl<T: Element> Node<T> {
             let (tx, rx) = mpsc::unbounded_channel();
             let (addr, job_id, me, links) =
                 (self.plan.peers[to].clone(), self.plan.job_id, self.me as u8, self.links.clone());
+            let ticket = self.plan.tickets.get(to).cloned().flatten();
             let limits = ConnLimits {
                 handshake_timeout: config.handshake_timeout,
                 security: config.security.clone(),
@@ -780,7 +781,7 @@ impl<T: Element> Node<T> {
             };
             let io_timeout = config.io_timeout;
             tokio::spawn(async move {
-                let event = match send_parts::<T>(&addr, job_id, me, to as u8, rx, limits, io_timeout).await {
+                let event = match send_parts::<T>(&addr, job_id, (me, to as u8), ticket, rx, limits, io_timeout).await {
                     Ok(bytes) => Event::Sent { slot: to, bytes },
                     Err(e) => Event::Link { slot: to, error: e.to_string() },
                 };
@@ -956,8 +957,8 @@ impl<T: Element> Node<T> {
 async fn send_parts<T: Element>(
     addr: &str,
     job_id: JobId,
-    me: u8,
-    to: u8,
+    (me, to): (u8, u8),
+    ticket: Option<LeaseTicket>,
     mut rx: mpsc::UnboundedReceiver<(PartId, Arc<Array2<T>>)>,
     limits: ConnLimits,
     io_timeout: Duration,
@@ -966,7 +967,13 @@ async fn send_parts<T: Element>(
         .await
         .map_err(|e| e.naming(|| format!("the peer at {addr}")))?;
     let join = WorkerRequest::Join { job_id, from: me, to };
-    deadline(io_timeout, "a peer to take a Join", conn.writer.send(&join)).await?;
+    deadline(io_timeout, "a peer to take a Join", async {
+        if let Some(ticket) = ticket {
+            conn.writer.send(&WorkerRequest::Ticket(ticket)).await?;
+        }
+        conn.writer.send(&join).await
+    })
+    .await?;
     let mut bytes = 0;
     while let Some((part, data)) = rx.recv().await {
         let len = relay::part_frame_len(T::DTYPE, data.dim());

@@ -19,7 +19,8 @@ use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, prefault, recycle_matrix};
 use septet_common::proto::{Failure, TaskId, WorkerReply, WorkerRequest};
 use septet_common::secure::Security;
-use septet_common::{deadline, Connection, Dtype, Error, Frame, FrameWriter, Matrix, Result, Role};
+use septet_common::ticket::TicketRefusal;
+use septet_common::{deadline, Connection, Dtype, Error, ErrorCode, Frame, FrameWriter, Matrix, Result, Role};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
 use crate::agent;
+use crate::gate::{Admission, Gate};
 use crate::metrics::{InProgress, WorkerMetrics};
 use crate::relay::{self, Relays};
 
@@ -189,6 +191,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
     let local = listener.local_addr()?;
     warm_up(&config).await;
     let agent_stop = CancellationToken::new();
+    let gate = Arc::new(Gate::new(config.tracker.is_some()));
     let agent_task = config.tracker.clone().map(|tracker| {
         let agent_config = agent::AgentConfig {
             tracker,
@@ -196,6 +199,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
             slots: config.slots,
             timeout: config.io_timeout,
             security: config.security.clone(),
+            gate: Some(gate.clone()),
         };
         let (metrics, stop) = (config.metrics.clone(), agent_stop.clone());
         tokio::spawn(async move { agent::run_observed(agent_config, &metrics, stop).await })
@@ -223,7 +227,8 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
     let handler = {
         let config = config.clone();
         move |conn: Connection, _role: Role, cancel: CancellationToken| {
-            serve_connection(conn, config.clone(), slots.clone(), relays.clone(), cancel)
+            let shared = Shared { slots: slots.clone(), relays: relays.clone(), gate: gate.clone() };
+            serve_connection(conn, config.clone(), shared, cancel)
         }
     };
     // Deregister first on shutdown, so no new lease names this worker
@@ -271,15 +276,18 @@ enum Reply {
 /// written (or abandoned with its connection), not when it was computed.
 struct Slot {
     _permit: OwnedSemaphorePermit,
+    /// The lease's slot on this worker (see [`Gate`]), if it counts them.
+    _lease: Option<OwnedSemaphorePermit>,
     _task: InProgress,
     #[cfg(test)]
     _live: tests::LiveProduct,
 }
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit, task: InProgress) -> Self {
+    fn new(permit: OwnedSemaphorePermit, lease: Option<OwnedSemaphorePermit>, task: InProgress) -> Self {
         Self {
             _permit: permit,
+            _lease: lease,
             _task: task,
             #[cfg(test)]
             _live: tests::LiveProduct::new(),
@@ -416,8 +424,7 @@ fn dial_back(
     addr: String,
     nonce: u64,
     config: WorkerConfig,
-    slots: Arc<Semaphore>,
-    relays: Arc<Relays>,
+    shared: Shared,
     cancel: CancellationToken,
 ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
@@ -434,43 +441,83 @@ fn dial_back(
         match dialled.await {
             Ok(conn) => {
                 info!(requester = %addr, "dialled back a requester that cannot dial this worker");
-                serve_connection(conn, config, slots, relays, cancel).await;
+                serve_connection(conn, config, shared, cancel).await;
             }
             Err(e) => warn!(requester = %addr, error = %e, "could not dial back a requester"),
         }
     })
 }
 
-/// Serves one connection: multiply tasks (blocks frames from the first),
-/// or a relayed job — its requester's link (`WorkerRequest::Relay` first)
-/// or a peer's (`WorkerRequest::Join` first).
-#[instrument(skip_all, fields(client = %conn.peer))]
-async fn serve_connection(
-    conn: Connection,
-    config: WorkerConfig,
+/// Whether `frame` is a tracker's order to dial a requester back.
+fn is_dial_back(frame: &Result<Option<Frame>>) -> bool {
+    matches!(frame, Ok(Some(Frame::Control(body))) if matches!(body.decode::<WorkerRequest>(), Ok(WorkerRequest::DialBack { .. })))
+}
+
+/// What every connection of a worker shares: its compute slots, its
+/// relayed jobs, and its door.
+#[derive(Clone)]
+struct Shared {
     slots: Arc<Semaphore>,
     relays: Arc<Relays>,
-    cancel: CancellationToken,
-) {
-    let Connection { mut reader, writer, .. } = conn;
-    let first = tokio::select! {
+    gate: Arc<Gate>,
+}
+
+/// Says why a connection is refused, then lets it close.
+async fn refuse(writer: &mut FrameWriter<OwnedWriteHalf>, refusal: &TicketRefusal, io_timeout: Duration) {
+    info!(reason = %refusal, "refused a connection without a valid lease ticket");
+    let failure = Failure { code: ErrorCode::Unauthorized, message: refusal.to_string(), task_id: None };
+    let _ = deadline(io_timeout, "the client to take a refusal", writer.send(&WorkerReply::Error(failure))).await;
+}
+
+/// Serves one connection: its lease ticket first (when the worker has a
+/// tracker), then multiply tasks (blocks frames), or a relayed job — its
+/// requester's link (`WorkerRequest::Relay`) or a peer's
+/// (`WorkerRequest::Join`). A tracker's `DialBack` order needs no ticket.
+#[instrument(skip_all, fields(client = %conn.peer))]
+async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared, cancel: CancellationToken) {
+    let Connection { mut reader, mut writer, .. } = conn;
+    let mut first = tokio::select! {
         _ = cancel.cancelled() => return,
         frame = reader.read_frame() => frame,
     };
+    let mut admitted = None;
+    if let Ok(Some(Frame::Control(body))) = &first {
+        if let Ok(WorkerRequest::Ticket(ticket)) = body.decode::<WorkerRequest>() {
+            match shared.gate.admit(&ticket) {
+                Ok(admission) => admitted = Some(admission),
+                Err(refusal) => return refuse(&mut writer, &refusal, config.io_timeout).await,
+            }
+            first = tokio::select! {
+                _ = cancel.cancelled() => return,
+                frame = reader.read_frame() => frame,
+            };
+        }
+    }
+    let admission = match admitted {
+        Some(admission) => admission,
+        None => match shared.gate.without_ticket() {
+            Ok(admission) => admission,
+            // A tracker's order to dial back carries no ticket.
+            Err(_) if is_dial_back(&first) => Admission::default(),
+            Err(refusal) => return refuse(&mut writer, &refusal, config.io_timeout).await,
+        },
+    };
+    let Shared { slots, relays, .. } = shared.clone();
     if let Ok(Some(Frame::Control(body))) = &first {
         match body.decode::<WorkerRequest>() {
             Ok(WorkerRequest::Relay(plan)) => {
+                // The relayed job holds one of the lease's slots here throughout.
+                let _lease_slot = admission.slot().await;
                 return relay::lead(plan, reader, writer, config, slots, relays, cancel).await;
             }
             Ok(WorkerRequest::Join { job_id, from, to }) => {
                 return relay::follow(job_id, from, to, reader, config, relays).await
             }
             Ok(WorkerRequest::DialBack { addr, nonce }) => {
-                let mut writer = writer;
                 let said =
                     deadline(config.io_timeout, "the tracker to take a reply", writer.send(&WorkerReply::DialingBack));
                 if said.await.is_ok() {
-                    tokio::spawn(dial_back(addr, nonce, config, slots, relays, cancel));
+                    tokio::spawn(dial_back(addr, nonce, config, shared, cancel));
                 }
                 return;
             }
@@ -499,6 +546,7 @@ async fn serve_connection(
                 let dtype = task.mats.first().map_or(Dtype::F64, Matrix::dtype);
                 let busy =
                     config.metrics.task_received(task.task_id, dtype, task.mats.iter().map(Matrix::shape).collect());
+                let lease_slot = admission.slot().await;
                 let Ok(permit) = slots.clone().acquire_owned().await else { break };
                 let (tx, threads, task_id, max_len) = (tx.clone(), config.threads, task.task_id, config.max_frame_len);
                 let metrics = config.metrics.clone();
@@ -516,11 +564,12 @@ async fn serve_connection(
                     let computed = compute(task, threads, max_len);
                     metrics.product(dtype, computed.is_ok(), started.elapsed());
                     let reply = match computed {
-                        Ok(product) => Reply::Product(task_id, product, started.elapsed(), Slot::new(permit, busy)),
+                        Ok(product) => {
+                            Reply::Product(task_id, product, started.elapsed(), Slot::new(permit, lease_slot, busy))
+                        }
                         Err(e) => {
                             debug!(%task_id, error = %e, "task refused");
-                            drop(permit);
-                            drop(busy);
+                            drop((permit, lease_slot, busy));
                             Reply::Error(WorkerReply::Error(Failure::from_error(&e, Some(task_id))))
                         }
                     };

@@ -231,7 +231,7 @@ impl Attempts {
                     return Some(Outcome {
                         attempt: u64::MAX,
                         product: 0,
-                        peer: PeerAddr { peer_id: PeerId(u64::MAX), addr: String::new() },
+                        peer: PeerAddr { peer_id: PeerId(u64::MAX), addr: String::new(), ticket: None },
                         bytes_sent: 0,
                         send: Duration::ZERO,
                         result: Err(Failure::Local(format!("a task the job does not know ended: {e}"))),
@@ -953,7 +953,7 @@ mod tests {
     /// never waits for it forever.
     #[tokio::test]
     async fn a_panicking_attempt_becomes_a_failure_of_its_product() {
-        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: format!("127.0.0.1:{}", 9000 + id) };
+        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: format!("127.0.0.1:{}", 9000 + id), ticket: None };
         let mut attempts = Attempts::new();
         attempts.spawn(0, 4, peer(2), async { panic!("garbage from the peer") });
         attempts.spawn(1, 1, peer(5), async move {

@@ -235,6 +235,7 @@ pub(super) async fn run<T: Element>(
         peers: peers.iter().map(|p| p.addr.clone()).collect(),
         roles,
         you: you as u8,
+        tickets: peers.iter().map(|p| p.ticket.clone()).collect(),
     };
     let plan = Arc::new(plan_for(0));
     let verifier = if config.verify {
@@ -278,6 +279,7 @@ pub(super) async fn run<T: Element>(
     let mut connecting = tokio::task::JoinSet::new();
     for (slot, peer) in peers.iter().enumerate() {
         let (limits, plan, r_pub, addr) = (limits.clone(), plan_for(slot), r_pub.clone(), peer.addr.clone());
+        let ticket = peer.ticket.clone();
         connecting.spawn(async move {
             let conn = async {
                 let mut conn = Connection::connect(&addr, Role::Client, limits)
@@ -285,6 +287,7 @@ pub(super) async fn run<T: Element>(
                     .map_err(|e| e.naming(|| format!("the worker at {addr}")))?;
                 let meter = Arc::new(AtomicU64::new(0));
                 conn.writer.set_meter(Some(meter.clone()));
+                super::present(&mut conn.writer, ticket).await?;
                 conn.writer.send(&WorkerRequest::Relay(plan)).await?;
                 let part = PartId { block: Block::Vectors, panel: 0 };
                 conn.writer.send_blocks(part.task_id(), BlockOp::Part, &[T::view(r_pub.view())]).await?;
