@@ -9,7 +9,9 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{client, septet_bin, spawn_tracker, spawn_worker, teardown, tracker_process, wait_for_alive_slots, Procs};
+use common::{
+    client, registrar, septet_bin, spawn_tracker, spawn_worker, teardown, tracker_process, wait_for_alive_slots, Procs,
+};
 use septet_common::frame::{decode, encode};
 use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, PeerId, TrackerReply, TrackerRequest};
 use septet_common::{Error, ErrorCode, Frame, DEFAULT_MAX_FRAME_LEN};
@@ -60,7 +62,7 @@ async fn the_token_carrying_messages_round_trip() {
 #[tokio::test]
 async fn a_lease_answers_only_to_the_connection_that_took_it_or_to_its_token() {
     let (tracker, state) = spawn_tracker(patient()).await;
-    let mut registrar = client(tracker.addr).await;
+    let mut registrar = registrar(tracker.addr).await;
     for i in 0..8u16 {
         registrar.register(format!("127.0.0.1:{}", 31_000 + i).parse().unwrap(), 1).await.unwrap();
     }
@@ -112,9 +114,13 @@ async fn a_lease_answers_only_to_the_connection_that_took_it_or_to_its_token() {
 async fn only_the_registering_connection_heartbeats_or_deregisters_its_peer() {
     let (tracker, state) = spawn_tracker(patient()).await;
     let listen = "127.0.0.1:31100".parse().unwrap();
-    let mut worker = client(tracker.addr).await;
+    // A connection that opened as a client may not speak for a worker.
+    let (c, message) = code(client(tracker.addr).await.register(listen, 2).await);
+    assert_eq!(c, ErrorCode::InvalidRequest, "{message}");
+    assert!(message.contains("opened as a client"), "{message}");
+    let mut worker = registrar(tracker.addr).await;
     let reg = worker.register(listen, 2).await.unwrap();
-    let mut other = client(tracker.addr).await;
+    let mut other = registrar(tracker.addr).await;
     let before = state.peers().unwrap().1;
     let (c, message) = code(other.heartbeat(reg.peer_id).await);
     assert_eq!(c, ErrorCode::Unauthorized, "{message}");
@@ -142,7 +148,7 @@ async fn a_worker_whose_row_another_connection_took_registers_again() {
     let worker = spawn_worker(Some(tracker.addr), 1).await;
     wait_for_alive_slots(tracker.addr, 1).await;
     // Someone registers the worker's address: the row is theirs for now …
-    let mut impostor = client(tracker.addr).await;
+    let mut impostor = registrar(tracker.addr).await;
     let reg = impostor.register(worker.addr, 1).await.unwrap();
     assert_eq!(reg.peer_id, PeerId(0), "same address, same row");
     // … until the worker's next heartbeat is refused and its agent
@@ -164,7 +170,7 @@ async fn a_worker_whose_row_another_connection_took_registers_again() {
 #[tokio::test]
 async fn registrations_the_tracker_cannot_hand_out_are_refused() {
     let (tracker, state) = spawn_tracker(TrackerConfig { max_peers: 2, ..patient() }).await;
-    let mut c = client(tracker.addr).await;
+    let mut c = registrar(tracker.addr).await;
     for (addr, needle) in
         [("224.0.0.9:7000", "multicast"), ("255.255.255.255:7000", "broadcast"), ("[ff02::1]:7000", "multicast")]
     {

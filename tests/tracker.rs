@@ -178,7 +178,7 @@ async fn closed_connections_ttl_expiry_and_dead_workers_return_slots_exactly_onc
         // A worker that dies without deregistering (here: one that registers
         // and never heartbeats) is marked gone; its slot leaves the pool once,
         // even though a lease still holds it, and does not come back at release.
-        let mut dead = client(tracker.addr).await;
+        let mut dead = registrar(tracker.addr).await;
         let reg = dead.register("127.0.0.1:1".parse().unwrap(), 1).await.unwrap();
         let lease = c.lease(8, false, None, |_, _, _| {}).await.unwrap();
         assert!(lease.peers.iter().any(|p| p.peer_id == reg.peer_id));
@@ -246,7 +246,7 @@ async fn the_tracker_survives_bad_bytes_and_keeps_serving_others() {
         let workers = spawn_workers(tracker.addr, 7, 1).await;
         wait_for_alive_slots(tracker.addr, 7).await;
         // A well-behaved client holds a connection open through all of it.
-        let mut good = client(tracker.addr).await;
+        let mut good = registrar(tracker.addr).await;
         let lease = good.lease(7, false, None, |_, _, _| {}).await.unwrap();
 
         // Garbage instead of a hello: dropped without a word about the grid.
@@ -317,7 +317,7 @@ async fn a_hundred_requesters_churning_over_twenty_workers_keep_the_invariants()
         // them alive for the test's length.
         let config = TrackerConfig { heartbeat_timeout: Duration::from_secs(3600), ..TrackerConfig::default() };
         let (tracker, state) = spawn_tracker(config).await;
-        let mut registrar = client(tracker.addr).await;
+        let mut registrar = registrar(tracker.addr).await;
         for i in 0..20u16 {
             registrar.register(format!("127.0.0.1:{}", 30_000 + i).parse().unwrap(), 1).await.unwrap();
         }

@@ -1464,6 +1464,7 @@ impl Requester {
             // Workers say `Working` every second: silence means gone.
             idle_timeout: Some(self.config.silence_timeout),
             security: self.config.security.clone(),
+            budget: None,
         };
 
         // Prepare the Freivalds check while the operands travel.

@@ -347,6 +347,11 @@ pub struct FrameReader<R> {
     src: Source<R>,
     max_frame_len: usize,
     pending: Option<PendingBlocks>,
+    /// When the frame being read began to arrive.
+    began: Option<tokio::time::Instant>,
+    /// The server's budget for frames in flight, and this frame's share of it.
+    budget: Option<FrameBudget>,
+    reserved: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -360,7 +365,39 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             idle_timeout: None,
             records: None,
         };
-        Self { src, max_frame_len, pending: None }
+        Self { src, max_frame_len, pending: None, began: None, budget: None, reserved: None }
+    }
+
+    /// Fails once the frame being read, of `len` bytes, has taken longer
+    /// than the stall timeout plus its length at [`MIN_FRAME_RATE`].
+    fn check_frame_deadline(&self, len: usize) -> Result<()> {
+        let (Some(began), Some(stall)) = (self.began, self.src.stall_timeout) else { return Ok(()) };
+        let after = stall + Duration::from_secs_f64(len as f64 / MIN_FRAME_RATE);
+        if began.elapsed() > after {
+            return Err(Error::Timeout { what: "a whole frame (arriving at under 1 MiB/s on average)", after });
+        }
+        Ok(())
+    }
+
+    /// Reserves room for a blocks frame of `len` bytes in the server's
+    /// budget, waiting at most as long as the frame itself may take.
+    async fn reserve(&mut self, len: usize) -> Result<()> {
+        let Some(budget) = &self.budget else { return Ok(()) };
+        if self.reserved.is_some() {
+            return Ok(());
+        }
+        let kib = len.div_ceil(1024).clamp(1, budget.total_kib) as u32;
+        let after = self.src.stall_timeout.unwrap_or(Duration::from_secs(10))
+            + Duration::from_secs_f64(len as f64 / MIN_FRAME_RATE);
+        let reserved = tokio::time::timeout(after, budget.kib.clone().acquire_many_owned(kib))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "room for the frame in this server's budget of bytes in flight",
+                after,
+            })?
+            .map_err(|_| Error::Closed("the frame budget"))?;
+        self.reserved = Some(reserved);
+        Ok(())
     }
 
     /// Sets the largest frame accepted from now on (a connection accepted
@@ -418,10 +455,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     Some(dst) => {
                         pending.filled += self.src.read_payload(dst).await?;
                         progress(&pending.mats, pending.payload_filled());
+                        let len = pending.header.payload_len().unwrap_or(usize::MAX);
+                        self.check_frame_deadline(len)?;
                     }
                     None => {
                         self.src.set_low_water(1);
                         let PendingBlocks { header, mats, .. } = self.pending.take().expect("checked above");
+                        self.reserved = None;
+                        self.began = (!self.src.buf.is_empty()).then(tokio::time::Instant::now);
                         return Ok(Some(Frame::Blocks(Blocks { task_id: header.task_id, op: header.op, mats })));
                     }
                 }
@@ -429,15 +470,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             if let Some((frame, used)) = frame::decode(&self.src.buf, self.max_frame_len)? {
                 self.src.buf.advance(used);
+                self.began = (!self.src.buf.is_empty()).then(tokio::time::Instant::now);
                 return Ok(Some(frame));
+            }
+            if let Some(len) = self.blocks_header_len()? {
+                self.reserve(len).await?;
             }
             if self.start_direct_read()? {
                 continue;
             }
+            let declared = frame::parse_prefix(&self.src.buf, self.max_frame_len)?.map_or(0, |(len, _)| len);
+            self.check_frame_deadline(declared)?;
             if self.src.fill().await? == 0 {
                 return if self.src.buf.is_empty() { Ok(None) } else { Err(Error::ClosedMidFrame) };
             }
+            if self.began.is_none() {
+                self.began = Some(tokio::time::Instant::now());
+            }
         }
+    }
+
+    /// The payload length of a blocks frame whose header is buffered.
+    fn blocks_header_len(&self) -> Result<Option<usize>> {
+        let buf = &self.src.buf;
+        let Some((len, KIND_BLOCKS)) = frame::parse_prefix(buf, self.max_frame_len)? else {
+            return Ok(None);
+        };
+        Ok(frame::parse_blocks_header(&buf[LEN_PREFIX + 1..], len)?.map(|_| len))
     }
 
     /// Once a blocks header is buffered, allocates the matrices and moves the
@@ -748,6 +807,37 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// The slowest average rate at which a frame may arrive once it has begun:
+/// a frame of `len` bytes must be complete within the stall timeout plus
+/// `len` / this rate, or the connection is closed — so a peer trickling a
+/// byte every few seconds cannot keep a large frame (and its buffer)
+/// reserved for long. 1 MiB/s (8 Mbit/s): a 1 GiB frame gets 17 minutes.
+pub const MIN_FRAME_RATE: f64 = (1u64 << 20) as f64;
+
+/// A server's budget of bytes reserved for frames being received, shared
+/// by all its connections: a blocks frame reserves its length (at most the
+/// whole budget) before anything is allocated for it and gives it back once
+/// complete; past the budget a new frame waits, within its own deadline,
+/// and is refused if no room comes.
+#[derive(Debug, Clone)]
+pub struct FrameBudget {
+    kib: Arc<tokio::sync::Semaphore>,
+    total_kib: usize,
+}
+
+impl FrameBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        let total_kib = bytes.div_ceil(1024).clamp(1, u32::MAX as usize);
+        Self { kib: Arc::new(tokio::sync::Semaphore::new(total_kib)), total_kib }
+    }
+
+    /// Bytes reserved now.
+    pub fn in_use(&self) -> usize {
+        (self.total_kib - self.kib.available_permits()) * 1024
+    }
+}
+
 /// Limits and security that apply to one connection.
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
@@ -763,6 +853,8 @@ pub struct ConnLimits {
     pub idle_timeout: Option<Duration>,
     /// The cluster secret and whether to encrypt.
     pub security: Security,
+    /// The server's budget for frames in flight, shared by its connections; `None`: unbounded.
+    pub budget: Option<FrameBudget>,
 }
 
 impl Default for ConnLimits {
@@ -773,6 +865,7 @@ impl Default for ConnLimits {
             stall_timeout: Some(Duration::from_secs(10)),
             idle_timeout: None,
             security: Security::default(),
+            budget: None,
         }
     }
 }
@@ -800,6 +893,7 @@ impl Connection {
         reader.src.low_water = Some(low_water);
         reader.src.stall_timeout = limits.stall_timeout;
         reader.src.idle_timeout = limits.idle_timeout;
+        reader.budget = limits.budget.clone();
         let mut writer = FrameWriter::new(w);
         if let Some((sealer, opener)) = cipher {
             writer.seal = Some(SealBuf { sealer, record: vec![0; RECORD_HEADER] });
@@ -1116,6 +1210,78 @@ mod tests {
         assert!(!reader.is_finished());
         tx.write_all(&blocks).await.unwrap();
         assert!(matches!(reader.await.unwrap(), Ok(Some(Frame::Blocks(_)))));
+    }
+
+    /// A peer that keeps a frame alive with a byte now and then, never
+    /// stalling past the stall timeout, is cut off once the frame took
+    /// longer than the stall timeout plus its length at the minimum rate.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_frame_is_cut_off_at_its_deadline() {
+        use tokio::io::AsyncWriteExt;
+        let blocks = frame::encode(&Frame::Blocks(Blocks {
+            task_id: TaskId(1),
+            op: BlockOp::Product,
+            mats: vec![Matrix::F64(Array2::ones((512, 1024)))], // 4 MiB
+        }))
+        .unwrap();
+        let (mut tx, rx) = duplex(1 << 16);
+        let mut r = FrameReader::new(rx, 8 << 20);
+        r.set_stall_timeout(Some(Duration::from_secs(1)));
+        let trickle = tokio::spawn(async move {
+            tx.write_all(&blocks[..4096]).await.unwrap();
+            for byte in &blocks[4096..] {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                if tx.write_all(std::slice::from_ref(byte)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let got = r.read_frame().await;
+        assert!(matches!(got, Err(Error::Timeout { what, .. }) if what.contains("whole frame")), "{got:?}");
+        // 1 s of stall allowance plus 4 MiB at 1 MiB/s, then the next byte.
+        let took = started.elapsed();
+        assert!(took > Duration::from_secs(5) && took < Duration::from_secs(6), "{took:?}");
+        drop(r);
+        trickle.await.unwrap();
+    }
+
+    /// A server's budget of bytes in flight: a frame that does not fit
+    /// waits, and is refused if no room comes within its deadline; room
+    /// comes back when the frame holding it is complete.
+    #[tokio::test(start_paused = true)]
+    async fn frames_past_the_budget_wait_and_are_refused_never_allocated() {
+        use tokio::io::AsyncWriteExt;
+        let blocks = frame::encode(&Frame::Blocks(Blocks {
+            task_id: TaskId(1),
+            op: BlockOp::Product,
+            mats: vec![Matrix::F64(Array2::ones((128, 1024)))], // 1 MiB
+        }))
+        .unwrap();
+        let budget = FrameBudget::new(1 << 20);
+        let reader = |rx, stall| {
+            let mut r = FrameReader::new(rx, 8 << 20);
+            r.set_stall_timeout(Some(Duration::from_secs(stall)));
+            r.budget = Some(budget.clone());
+            r
+        };
+        let (mut tx1, rx1) = duplex(1 << 22);
+        let (mut tx2, rx2) = duplex(1 << 22);
+        // The first waits longer than the second's deadline for the rest.
+        let (mut r1, mut r2) = (reader(rx1, 120), reader(rx2, 30));
+        tx1.write_all(&blocks[..blocks.len() / 2]).await.unwrap();
+        let first = tokio::spawn(async move { (r1.read_frame().await.map(|f| f.is_some()), r1) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(budget.in_use(), 1 << 20, "the first frame reserved its length");
+        // The second, whole on the wire, waits for room and gets none.
+        tx2.write_all(&blocks).await.unwrap();
+        let got = r2.read_frame().await;
+        assert!(matches!(&got, Err(Error::Timeout { what, .. }) if what.contains("budget")), "{got:?}");
+        // The first completes and gives its room back.
+        tx1.write_all(&blocks[blocks.len() / 2..]).await.unwrap();
+        let (done, _r1) = first.await.unwrap();
+        assert!(done.unwrap());
+        assert_eq!(budget.in_use(), 0);
     }
 
     #[tokio::test(start_paused = true)]

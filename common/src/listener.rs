@@ -46,6 +46,74 @@ pub struct ListenConfig {
     pub on_refusal: Option<OnRefusal>,
 }
 
+/// Connections in their handshake (not yet authenticated) at once, from
+/// everyone: past it, the oldest is dropped to make room — an honest
+/// handshake takes milliseconds, so the oldest is almost always an idle
+/// outsider's.
+pub const MAX_HANDSHAKES: usize = 512;
+/// Connections in their handshake at once from one address: past it, new
+/// ones from there are turned away at once. Authenticated connections
+/// count only against [`ListenConfig::max_connections`], which outsiders
+/// cannot reach, so a flood of unauthenticated connections from a few
+/// addresses never keeps a peer with the secret out.
+pub const MAX_HANDSHAKES_PER_SOURCE: u32 = 128;
+
+/// The connections in their handshake, by age and by source address.
+#[derive(Debug, Default)]
+struct Handshakes {
+    state: Mutex<HandshakeState>,
+}
+
+#[derive(Debug, Default)]
+struct HandshakeState {
+    next: u64,
+    /// Oldest first: id → (source, what cancels it).
+    open: std::collections::BTreeMap<u64, CancellationToken>,
+    per_source: std::collections::HashMap<std::net::IpAddr, u32>,
+}
+
+/// One connection's place among the handshakes; leaves it when dropped.
+struct HandshakeSlot {
+    id: u64,
+    ip: std::net::IpAddr,
+    evicted: CancellationToken,
+    all: Arc<Handshakes>,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut state = self.all.state.lock();
+        state.open.remove(&self.id);
+        if let Some(n) = state.per_source.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                state.per_source.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Handshakes {
+    /// A place for a handshake from `ip`, making room by dropping the
+    /// oldest if all are taken; `None` when `ip` has too many already.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize, per_source: u32) -> Option<HandshakeSlot> {
+        let mut state = self.state.lock();
+        let from_ip = state.per_source.entry(ip).or_insert(0);
+        if *from_ip >= per_source {
+            return None;
+        }
+        *from_ip += 1;
+        while state.open.len() >= max {
+            let Some((_, oldest)) = state.open.pop_first() else { break };
+            oldest.cancel();
+        }
+        state.next += 1;
+        let (id, evicted) = (state.next, CancellationToken::new());
+        state.open.insert(id, evicted.clone());
+        Some(HandshakeSlot { id, ip, evicted, all: self.clone() })
+    }
+}
+
 /// Why a connection was refused before it was served: a fixed list, so it
 /// can label a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,11 +134,14 @@ pub enum Refusal {
     Version,
     /// The bytes were not a septet handshake.
     NotSeptet,
+    /// Too many unauthenticated connections: from its address, or (the
+    /// oldest dropped for a newer one) from everyone.
+    Flood,
 }
 
 impl Refusal {
     /// Every reason, for metrics that show each from the start.
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::Busy,
         Refusal::Timeout,
         Refusal::Closed,
@@ -79,6 +150,7 @@ impl Refusal {
         Refusal::EncryptionMismatch,
         Refusal::Version,
         Refusal::NotSeptet,
+        Refusal::Flood,
     ];
 
     /// The reason as a metric label value.
@@ -92,6 +164,7 @@ impl Refusal {
             Refusal::EncryptionMismatch => "encryption_mismatch",
             Refusal::Version => "version",
             Refusal::NotSeptet => "not_septet",
+            Refusal::Flood => "flood",
         }
     }
 
@@ -140,18 +213,25 @@ impl ListenConfig {
 /// Logs at most [`LOG_BURST`] lines per [`LOG_WINDOW`], then says how many
 /// it left out.
 #[derive(Debug)]
-struct RateLimit {
+pub struct RateLimit {
     state: Mutex<(Instant, u32, u64)>,
 }
 
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RateLimit {
-    fn new() -> Self {
+    /// A new window.
+    pub fn new() -> Self {
         Self { state: Mutex::new((Instant::now(), 0, 0)) }
     }
 
     /// Whether to log one more line now; `Some(n)` also reports `n` lines
     /// suppressed in the window before.
-    fn allow(&self) -> Option<u64> {
+    pub fn allow(&self) -> Option<u64> {
         let mut state = self.state.lock();
         let (start, logged, suppressed) = &mut *state;
         if start.elapsed() >= LOG_WINDOW {
@@ -211,6 +291,7 @@ where
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let handshakes = Arc::new(Handshakes::default());
     let limit = Arc::new(RateLimit::new());
     let name = config.name;
     tokio::pin!(shutdown);
@@ -219,7 +300,20 @@ where
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    let Some(slot) = handshakes.enter(addr.ip(), MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE) else {
+                        config.refused(Refusal::Flood);
+                        if let Some(suppressed) = limit.allow() {
+                            warn!(
+                                peer = %addr,
+                                suppressed,
+                                "{name}: refused a connection: {MAX_HANDSHAKES_PER_SOURCE} unauthenticated connections from {} already open",
+                                addr.ip()
+                            );
+                        }
+                        turn_away(stream);
+                        continue;
+                    };
+                    if permits.available_permits() == 0 {
                         config.refused(Refusal::Busy);
                         if let Some(suppressed) = limit.allow() {
                             warn!(
@@ -232,16 +326,27 @@ where
                         turn_away(stream);
                         continue;
                     };
-                    let (config, handler, cancel, limit) =
-                        (config.clone(), handler.clone(), cancel.clone(), limit.clone());
+                    let (config, handler, cancel, limit, permits) =
+                        (config.clone(), handler.clone(), cancel.clone(), limit.clone(), permits.clone());
                     tasks.spawn(async move {
-                        let _permit = permit;
                         let accepted = tokio::select! {
                             _ = cancel.cancelled() => return,
+                            _ = slot.evicted.cancelled() => {
+                                config.refused(Refusal::Flood);
+                                return;
+                            }
                             accepted = Connection::accept(stream, config.limits.clone()) => accepted,
                         };
+                        drop(slot);
                         match accepted {
-                            Ok((conn, role)) => handler(conn, role, cancel).await,
+                            Ok((conn, role)) => {
+                                // Authenticated: now it counts against the cap.
+                                let Ok(_permit) = permits.try_acquire_owned() else {
+                                    config.refused(Refusal::Busy);
+                                    return;
+                                };
+                                handler(conn, role, cancel).await
+                            }
                             Err(e) => {
                                 config.refused(Refusal::of(&e));
                                 log_refusal(name, addr, &e, &limit);

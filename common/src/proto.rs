@@ -254,10 +254,34 @@ impl Failure {
         Failure { code: err.code(), message, task_id }
     }
 
-    /// The typed error on the receiving side: [`Error::Remote`].
+    /// The typed error on the receiving side: [`Error::Remote`], its
+    /// message [`sanitized`] (it came from another host).
     pub fn into_error(self) -> Error {
-        Error::Remote { code: self.code, message: self.message }
+        Error::Remote { code: self.code, message: sanitized(&self.message) }
     }
+}
+
+/// Most characters of text from a peer (a failure's message, a failure
+/// report's reason) that septet shows or logs.
+pub const MAX_PEER_TEXT: usize = 512;
+
+/// Text from a peer made fit to show and log: at most [`MAX_PEER_TEXT`]
+/// characters (then "…"), control characters escaped (no forged log lines,
+/// no terminal escapes).
+pub fn sanitized(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_PEER_TEXT + 8));
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_PEER_TEXT {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A control message type: one side of one conversation.
@@ -822,6 +846,17 @@ mod tests {
         };
         let plain = (9u64, vec![(3u64, "a:1", None::<()>)], 5u64, "t");
         assert_eq!(bincode_of(&grant), bincode_of(&plain));
+    }
+
+    #[test]
+    fn text_from_peers_is_cut_short_and_escaped() {
+        assert_eq!(sanitized("plain"), "plain");
+        assert_eq!(sanitized("line\nforged: ok\u{1b}[2J"), "line\\nforged: ok\\u{1b}[2J");
+        let long = sanitized(&"é".repeat(5000));
+        assert_eq!(long.chars().count(), MAX_PEER_TEXT + 1);
+        assert!(long.ends_with('…'));
+        let err = Failure { code: ErrorCode::Internal, message: "x\ry".into(), task_id: None }.into_error();
+        assert!(err.to_string().contains("x\\ry"), "{err}");
     }
 
     #[test]

@@ -84,6 +84,12 @@ pub async fn client(tracker: SocketAddr) -> TrackerClient {
     TrackerClient::connect(tracker, Role::Client, Duration::from_secs(5)).await.unwrap()
 }
 
+/// A connection to the tracker that opens as a worker's (only those may
+/// register, heartbeat or deregister).
+pub async fn registrar(tracker: SocketAddr) -> TrackerClient {
+    TrackerClient::connect(tracker, Role::Worker, Duration::from_secs(5)).await.unwrap()
+}
+
 /// Polls until `tracker` has `alive` alive slots (or panics after 10 s).
 pub async fn wait_for_alive_slots(tracker: SocketAddr, alive: u32) {
     let mut c = client(tracker).await;

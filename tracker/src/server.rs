@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use septet_common::conn::ConnLimits;
+use septet_common::conn::{ConnLimits, FrameBudget};
 use septet_common::listener::{self, ListenConfig};
 use septet_common::proto::{Failure, TrackerReply, TrackerRequest};
 use septet_common::{deadline, Connection, Frame, Role};
@@ -21,6 +21,9 @@ use crate::federation::Borrowed;
 use crate::metrics::RequestKind;
 use crate::state::{Caller, ConnId, Done, Grant, LeaseOutcome, LeaseToken, Op, Ticket};
 use crate::{Error, Result, Tracker, TrackerConfig};
+
+/// "Bad frame" warnings, at most a burst per window like handshake refusals.
+static BAD_FRAMES: std::sync::LazyLock<listener::RateLimit> = std::sync::LazyLock::new(listener::RateLimit::new);
 
 /// How long shutdown waits for connection tasks to finish.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -67,6 +70,8 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
             stall_timeout: Some(config.io_timeout),
             idle_timeout: None,
             security: config.security.clone(),
+            // Control messages only: 64 of the largest in flight at once.
+            budget: Some(FrameBudget::new(config.max_frame_len.saturating_mul(64))),
         },
         max_connections: config.max_connections,
         drain_timeout: DRAIN_TIMEOUT,
@@ -250,7 +255,9 @@ pub(crate) async fn serve_connection(
             Ok(Some(msg)) => msg,
             Ok(None) => break,
             Err(e) => {
-                warn!(error = %e, "bad frame; dropping the connection");
+                if let Some(suppressed) = BAD_FRAMES.allow() {
+                    warn!(error = %e, suppressed, "bad frame; dropping the connection");
+                }
                 tracker.metrics().request(RequestKind::Malformed, false);
                 conn.refuse::<TrackerReply>(&e).await;
                 break;
@@ -449,6 +456,7 @@ async fn handle(
             let replacement = tracker.report_failure_by(lease_id, peer_id, replace, &caller(conn, token));
             // Logged only once known to come from the lease's holder.
             replacement.map(|replacement| {
+                let reason = septet_common::proto::sanitized(&reason);
                 warn!(%lease_id, %peer_id, %reason, "failure reported against a peer");
                 TrackerReply::FailureRecorded { lease_id, replacement }
             })

@@ -84,6 +84,11 @@ impl Relays {
         Ok(())
     }
 
+    /// Whether slot `slot` of job `job_id` runs here now.
+    pub(crate) fn running(&self, job_id: JobId, slot: u8) -> bool {
+        self.jobs.lock().contains_key(&(job_id, slot))
+    }
+
     fn remove(&self, job_id: JobId, slot: u8) {
         self.jobs.lock().remove(&(job_id, slot));
     }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use septet_common::conn::ConnLimits;
+use septet_common::conn::{ConnLimits, FrameBudget};
 use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
 use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, prefault, recycle_matrix};
@@ -31,6 +31,9 @@ use crate::agent;
 use crate::gate::{Admission, Gate};
 use crate::metrics::{InProgress, WorkerMetrics};
 use crate::relay::{self, Relays};
+
+/// "Bad frame" warnings, at most a burst per window like handshake refusals.
+static BAD_FRAMES: std::sync::LazyLock<listener::RateLimit> = std::sync::LazyLock::new(listener::RateLimit::new);
 
 /// How long shutdown waits for connections (and their products) to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -218,7 +221,11 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
     let slots = Arc::new(Semaphore::new(config.slots as usize));
     let listen = ListenConfig {
         name: "worker",
-        limits: conn_limits(&config),
+        // Room for a task frame per slot and one more in flight at once.
+        limits: ConnLimits {
+            budget: Some(FrameBudget::new(config.max_frame_len.saturating_mul(config.slots as usize + 1))),
+            ..conn_limits(&config)
+        },
         max_connections: config.max_connections,
         drain_timeout: DRAIN_TIMEOUT,
         on_refusal: Some(config.metrics.refusal_hook()),
@@ -385,6 +392,29 @@ async fn write_replies(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Re
     }
 }
 
+/// A product may hold at most this many times its operands' elements (plus
+/// [`PRODUCT_FLOOR`]): a task's reply is bounded by what it sent, so a
+/// small frame cannot make a worker allocate and send a huge product.
+pub const MAX_PRODUCT_GROWTH: usize = 16;
+/// Elements any product may have whatever its operands (4 Mi: 32 MiB of f64).
+pub const PRODUCT_FLOOR: usize = 4 << 20;
+
+/// Refuses an empty inner dimension and a product much larger than its operands.
+fn check_product_size((m, k): (usize, usize), (_, n): (usize, usize)) -> Result<()> {
+    if k == 0 {
+        return Err(Error::Invalid(format!("a {m}×0 by 0×{n} product: the inner dimension is empty")));
+    }
+    let operands = m.saturating_mul(k).saturating_add(k.saturating_mul(n));
+    let allowed = operands.saturating_mul(MAX_PRODUCT_GROWTH).saturating_add(PRODUCT_FLOOR);
+    if m.saturating_mul(n) > allowed {
+        return Err(Error::Invalid(format!(
+            "a {m}×{n} product of {m}×{k} and {k}×{n} operands is more than {MAX_PRODUCT_GROWTH} times their size; \
+             the grid does not take such shapes (multiply them locally)"
+        )));
+    }
+    Ok(())
+}
+
 /// Multiplies one task's operands.
 fn compute(task: Blocks, threads: usize, max_frame_len: usize) -> Result<Matrix> {
     let [x, y] = <[Matrix; 2]>::try_from(task.mats).map_err(|m| Error::BadFrame(format!("{} operands", m.len())))?;
@@ -392,6 +422,7 @@ fn compute(task: Blocks, threads: usize, max_frame_len: usize) -> Result<Matrix>
     // an empty inner dimension a tiny frame could still ask for a huge
     // product: check that the reply fits in a frame before allocating it.
     let (rows, cols) = (x.shape().0, y.shape().1);
+    check_product_size(x.shape(), y.shape())?;
     let bytes = rows.checked_mul(cols).and_then(|e| e.checked_mul(x.dtype().size()));
     if bytes.is_none_or(|b| b > max_frame_len) {
         return Err(Error::Invalid(format!(
@@ -412,6 +443,7 @@ fn conn_limits(config: &WorkerConfig) -> ConnLimits {
         stall_timeout: Some(config.io_timeout),
         idle_timeout: None,
         security: config.security.clone(),
+        budget: None,
     }
 }
 
@@ -453,6 +485,16 @@ fn is_dial_back(frame: &Result<Option<Frame>>) -> bool {
     matches!(frame, Ok(Some(Frame::Control(body))) if matches!(body.decode::<WorkerRequest>(), Ok(WorkerRequest::DialBack { .. })))
 }
 
+/// Whether `frame` joins a relayed job that runs here now.
+fn joins_running(frame: &Result<Option<Frame>>, relays: &Relays) -> bool {
+    match frame {
+        Ok(Some(Frame::Control(body))) => {
+            matches!(body.decode::<WorkerRequest>(), Ok(WorkerRequest::Join { job_id, to, .. }) if relays.running(job_id, to))
+        }
+        _ => false,
+    }
+}
+
 /// What every connection of a worker shares: its compute slots, its
 /// relayed jobs, and its door.
 #[derive(Clone)]
@@ -480,21 +522,22 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
         _ = cancel.cancelled() => return,
         frame = reader.read_frame() => frame,
     };
-    let mut admitted = None;
+    let mut ticket = None;
     if let Ok(Some(Frame::Control(body))) = &first {
-        if let Ok(WorkerRequest::Ticket(ticket)) = body.decode::<WorkerRequest>() {
-            match shared.gate.admit(&ticket) {
-                Ok(admission) => admitted = Some(admission),
-                Err(refusal) => return refuse(&mut writer, &refusal, config.io_timeout).await,
-            }
+        if let Ok(WorkerRequest::Ticket(t)) = body.decode::<WorkerRequest>() {
+            ticket = Some(shared.gate.admit(&t));
             first = tokio::select! {
                 _ = cancel.cancelled() => return,
                 frame = reader.read_frame() => frame,
             };
         }
     }
-    let admission = match admitted {
-        Some(admission) => admission,
+    let admission = match ticket {
+        Some(Ok(admission)) => admission,
+        // A forward for a job admitted here before its lease lapsed: work
+        // admitted under a valid ticket finishes; only new work needs one.
+        Some(Err(TicketRefusal::Expired { .. })) if joins_running(&first, &shared.relays) => Admission::default(),
+        Some(Err(refusal)) => return refuse(&mut writer, &refusal, config.io_timeout).await,
         None => match shared.gate.without_ticket() {
             Ok(admission) => admission,
             // A tracker's order to dial back carries no ticket.
@@ -587,7 +630,9 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
             }
             Ok(None) => break,
             Err(e) => {
-                warn!(error = %e, "bad frame; dropping the connection");
+                if let Some(suppressed) = BAD_FRAMES.allow() {
+                    warn!(error = %e, suppressed, "bad frame; dropping the connection");
+                }
                 let _ = tx.send(Reply::Error(WorkerReply::Error(Failure::from_error(&e, None)))).await;
                 break;
             }
@@ -627,6 +672,18 @@ mod tests {
 
     /// A warm-up whose tasks could never arrive is a configuration error,
     /// not a gigabyte set aside for nothing.
+    #[test]
+    fn a_product_is_bounded_by_its_operands() {
+        assert!(check_product_size((4096, 0), (0, 4096)).unwrap_err().to_string().contains("inner dimension is empty"));
+        // 16384×1 by 1×16384: 32 Ki elements sent, 256 Mi asked back.
+        let err = check_product_size((16384, 1), (1, 16384)).unwrap_err().to_string();
+        assert!(err.contains("more than 16 times"), "{err}");
+        // Real Strassen blocks, square or thin, and small outer products pass.
+        for (m, k, n) in [(2048, 2048, 2048), (2048, 128, 2048), (4096, 1, 1), (1, 1, 2048), (2048, 1, 2048)] {
+            check_product_size((m, k), (k, n)).unwrap();
+        }
+    }
+
     #[test]
     fn a_warm_up_must_fit_in_the_frame_limit() {
         let config = |warm_up, max_frame_len| WorkerConfig { warm_up, max_frame_len, ..WorkerConfig::default() };

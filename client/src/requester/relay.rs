@@ -272,6 +272,7 @@ pub(super) async fn run<T: Element>(
         stall_timeout: Some(config.silence_timeout.min(config.io_timeout)),
         idle_timeout: Some(config.silence_timeout),
         security: config.security.clone(),
+        budget: None,
     };
 
     // 1. Connect and hand out the plan and R, to all seven at once.
