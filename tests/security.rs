@@ -13,18 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, septet_bin, tracker_process, tracker_process_logged, Procs};
+use common::{free_addr, septet_bin, tracker_process, tracker_process_logged, Procs, Scratch};
 
 fn septet(args: &[&str]) -> Output {
     Command::new(septet_bin()).args(args).stdin(Stdio::null()).env_remove("SEPTET_SECRET_FILE").output().unwrap()
-}
-
-/// A fresh directory for this test's files.
-fn dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("septet-security-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// `septet secret --out DIR/NAME`, returning the path as a string.
@@ -79,7 +71,8 @@ fn wait_for_peers(tracker: &str, security: &[&str], n: usize) {
 #[test]
 fn secret_files_are_private_and_never_overwritten() {
     use std::os::unix::fs::PermissionsExt;
-    let d = dir("files");
+    let scratch = Scratch::new("security-files");
+    let d = scratch.dir();
     let path = make_secret(&d, "k");
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -113,7 +106,8 @@ fn secret_files_are_private_and_never_overwritten() {
 
 #[test]
 fn every_client_subcommand_refuses_a_wrong_or_missing_secret_in_one_line() {
-    let d = dir("clients");
+    let scratch = Scratch::new("security-clients");
+    let d = scratch.dir();
     let (right, wrong) = (make_secret(&d, "right"), make_secret(&d, "wrong"));
     let (tracker, addr) = tracker_process("127.0.0.1:0", &["--secret-file", &right]);
     let _procs = Procs(vec![tracker]);
@@ -142,7 +136,8 @@ fn every_client_subcommand_refuses_a_wrong_or_missing_secret_in_one_line() {
 
 #[test]
 fn a_worker_with_the_wrong_secret_never_joins_and_exits_saying_why() {
-    let d = dir("worker");
+    let scratch = Scratch::new("security-worker");
+    let d = scratch.dir();
     let (right, wrong) = (make_secret(&d, "right"), make_secret(&d, "wrong"));
     let (tracker, addr) = tracker_process("127.0.0.1:0", &["--secret-file", &right]);
     let addr = addr.to_string();
@@ -197,7 +192,8 @@ fn servers_refuse_to_listen_publicly_without_a_secret() {
 
 #[test]
 fn encryption_must_be_agreed_by_both_sides() {
-    let d = dir("encrypt");
+    let scratch = Scratch::new("security-encrypt");
+    let d = scratch.dir();
     let k = make_secret(&d, "k");
     let (enc, enc_addr) = tracker_process("127.0.0.1:0", &["--secret-file", &k, "--encrypt"]);
     let (plain, plain_addr) = tracker_process("127.0.0.1:0", &["--secret-file", &k]);
@@ -234,7 +230,8 @@ fn grid(d: &Path, security: &[&str]) -> (Procs, String, Vec<SocketAddr>) {
 
 #[test]
 fn an_encrypted_grid_multiplies_and_checks_its_product() {
-    let d = dir("encrypted-grid");
+    let scratch = Scratch::new("security-encrypted-grid");
+    let d = scratch.dir();
     let k = make_secret(&d, "k");
     let security = ["--secret-file", k.as_str(), "--encrypt"];
     let (_procs, tracker, _) = grid(&d, &security);
@@ -287,7 +284,8 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 
 #[test]
 fn crafted_bytes_and_idle_connections_leave_the_grid_serving() {
-    let d = dir("crafted");
+    let scratch = Scratch::new("security-crafted");
+    let d = scratch.dir();
     let k = make_secret(&d, "k");
     let security = ["--secret-file", k.as_str()];
     let (mut procs, tracker, workers) = grid(&d, &security);
