@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -115,7 +115,7 @@ fn every_client_subcommand_refuses_a_wrong_or_missing_secret_in_one_line() {
     let commands: [&[&str]; 4] = [
         &["peers", "--tracker", &addr],
         &["lease", "--tracker", &addr, "--count", "1", "--detach"],
-        &["release", "--tracker", &addr, "1"],
+        &["release", "--tracker", &addr, "1", "--token", "00"],
         &["multiply", "--tracker", &addr, "--random", "8,8,8"],
     ];
     for command in commands {
