@@ -650,10 +650,11 @@ async fn run(command: Command) -> Result<()> {
         Command::Release(args) => {
             // A new connection holds no lease: only the token can end one.
             if args.token.is_none() {
-                return Err(UsageError(format!(
+                return Err(UsageError(
                     "release needs the lease's token: pass --token TOKEN (or set SEPTET_LEASE_TOKEN), as `septet \
-                     lease --detach` printed it; an attached lease ends when its `septet lease` exits",
-                ))
+                     lease --detach` printed it; an attached lease ends when its `septet lease` exits"
+                        .into(),
+                )
                 .into());
             }
             let mut client = connect(&args.tracker.tracker, &args.security).await?;

@@ -73,7 +73,7 @@ fn secret_files_are_private_and_never_overwritten() {
     use std::os::unix::fs::PermissionsExt;
     let scratch = Scratch::new("security-files");
     let d = scratch.dir();
-    let path = make_secret(&d, "k");
+    let path = make_secret(d, "k");
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -108,7 +108,7 @@ fn secret_files_are_private_and_never_overwritten() {
 fn every_client_subcommand_refuses_a_wrong_or_missing_secret_in_one_line() {
     let scratch = Scratch::new("security-clients");
     let d = scratch.dir();
-    let (right, wrong) = (make_secret(&d, "right"), make_secret(&d, "wrong"));
+    let (right, wrong) = (make_secret(d, "right"), make_secret(d, "wrong"));
     let (tracker, addr) = tracker_process("127.0.0.1:0", &["--secret-file", &right]);
     let _procs = Procs(vec![tracker]);
     let addr = addr.to_string();
@@ -138,7 +138,7 @@ fn every_client_subcommand_refuses_a_wrong_or_missing_secret_in_one_line() {
 fn a_worker_with_the_wrong_secret_never_joins_and_exits_saying_why() {
     let scratch = Scratch::new("security-worker");
     let d = scratch.dir();
-    let (right, wrong) = (make_secret(&d, "right"), make_secret(&d, "wrong"));
+    let (right, wrong) = (make_secret(d, "right"), make_secret(d, "wrong"));
     let (tracker, addr) = tracker_process("127.0.0.1:0", &["--secret-file", &right]);
     let addr = addr.to_string();
     let mut procs = Procs(vec![tracker]);
@@ -194,7 +194,7 @@ fn servers_refuse_to_listen_publicly_without_a_secret() {
 fn encryption_must_be_agreed_by_both_sides() {
     let scratch = Scratch::new("security-encrypt");
     let d = scratch.dir();
-    let k = make_secret(&d, "k");
+    let k = make_secret(d, "k");
     let (enc, enc_addr) = tracker_process("127.0.0.1:0", &["--secret-file", &k, "--encrypt"]);
     let (plain, plain_addr) = tracker_process("127.0.0.1:0", &["--secret-file", &k]);
     let _procs = Procs(vec![enc, plain]);
@@ -232,9 +232,9 @@ fn grid(d: &Path, security: &[&str]) -> (Procs, String, Vec<SocketAddr>) {
 fn an_encrypted_grid_multiplies_and_checks_its_product() {
     let scratch = Scratch::new("security-encrypted-grid");
     let d = scratch.dir();
-    let k = make_secret(&d, "k");
+    let k = make_secret(d, "k");
     let security = ["--secret-file", k.as_str(), "--encrypt"];
-    let (_procs, tracker, _) = grid(&d, &security);
+    let (_procs, tracker, _) = grid(d, &security);
     let mut args = vec!["multiply", "--tracker", &tracker, "--random", "130,70,90", "--check", "--json"];
     args.extend_from_slice(&security);
     let out = septet(&args);
@@ -286,9 +286,9 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 fn crafted_bytes_and_idle_connections_leave_the_grid_serving() {
     let scratch = Scratch::new("security-crafted");
     let d = scratch.dir();
-    let k = make_secret(&d, "k");
+    let k = make_secret(d, "k");
     let security = ["--secret-file", k.as_str()];
-    let (mut procs, tracker, workers) = grid(&d, &security);
+    let (mut procs, tracker, workers) = grid(d, &security);
     let servers: Vec<SocketAddr> = std::iter::once(tracker.parse().unwrap()).chain(workers.iter().copied()).collect();
 
     // Outsiders: idle connections, and bytes that are not a handshake.
