@@ -312,9 +312,15 @@ impl Console {
             bail!("lease {} is already held: `release` it first", lease.lease_id());
         }
         let requester = self.requester();
-        let on_wait = |p: septet_client::Progress| {
+        let (tracker, security) = (self.tracker.clone(), self.security.clone());
+        let checked = std::sync::atomic::AtomicBool::new(false);
+        let on_wait = move |p: septet_client::Progress| {
             if let septet_client::Progress::Waiting { position, free, needed } = p {
                 eprintln!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free); Ctrl-C stops waiting");
+                if !checked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    let say = |line: String| eprintln!("{line}");
+                    job::warn_if_unservable(tracker.clone(), security.clone(), needed, say);
+                }
             }
         };
         let lease = tokio::select! {

@@ -359,3 +359,18 @@ fn wrong_secret_is_one_line_and_a_nonzero_exit() {
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("refused our cluster secret"), "{stderr}");
 }
+
+#[test]
+fn a_lease_the_grid_cannot_serve_says_why_while_it_waits() {
+    let dir = Scratch::new("console-unservable");
+    let (_procs, tracker, secret) = grid(dir.dir(), 3);
+    let mut peer = Peer::start(&tracker, &secret, &[]);
+    wait_alive(&tracker, &secret, 4);
+    peer.send("lease");
+    peer.expect_err("waiting: position 1 in the tracker's queue");
+    let line = peer.expect_err("the grid has only 4 slots");
+    assert!(line.contains("this request needs 7") && line.contains("septet worker --tracker"), "{line}");
+    peer.interrupt();
+    peer.expect_err("interrupted while waiting for a lease; left the queue");
+    peer.finish(true);
+}
