@@ -427,9 +427,11 @@ fn lease_waits_stay_out_of_the_rates_and_an_unservable_request_says_why() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("the grid has only 7 slots (7 workers not gone) and this request needs 100"), "{err}");
     assert!(err.contains(&format!("septet worker --tracker {tracker}")), "{err}");
-    // A request the grid can serve, queued behind a held lease, says nothing of the kind.
+    // A request the grid can serve, queued behind a held lease, says nothing
+    // of the kind. (Held long enough that the job still waits however long
+    // the check that the lease is in force takes on a loaded machine.)
     let first = Command::new(septet_bin())
-        .args(["lease", "--tracker", &tracker, "--hold", "1.5"])
+        .args(["lease", "--tracker", &tracker, "--hold", "4"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
