@@ -519,8 +519,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli.command);
     // The tracker's work is serialized by its state lock, so it runs on one
     // thread: no lock hand-offs or cross-thread wake-ups between requests
-    // (`cargo bench --bench tracker`, 100 requesters: ~1.7× the cycles per
-    // second of a two-thread runtime on the 2-core dev VM).
+    // (`cargo bench --bench tracker` with 100 requesters shows the gain).
     let mut builder = if matches!(cli.command, Command::Tracker(_)) {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -199,9 +199,9 @@ async fn a_corrupting_worker_is_caught_by_verification_and_its_product_recompute
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_slower_than_its_deadline_is_replaced() {
-    // A deadline of 5 s leaves healthy peers room on a loaded machine (one
-    // of 800 ms gave them none); hedging is off, so the slow product is
-    // replaced when its deadline passes, not hedged before.
+    // A deadline of 5 s leaves healthy peers room on a loaded machine;
+    // hedging is off, so the slow product is replaced when its deadline
+    // passes, not hedged before.
     one_faulty_worker("delay=60", Duration::from_secs(5), 0).await;
 }
 
