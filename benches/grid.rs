@@ -4,7 +4,7 @@
 //!
 //! The grid runs with and without Freivalds verification, so its cost shows.
 //!
-//! On a shared VM the machine's speed drifts by ±10 % over the seconds
+//! On a shared VM the machine's speed drifts over the seconds
 //! criterion spends on one benchmark before the next, which swamps a ratio
 //! of two of them. So a fixed pass after each size also times the three
 //! *interleaved* — local, then grid verified and unverified in alternating

@@ -207,8 +207,8 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 /// Runs one pass of `load` and prints its throughput and lease latencies:
 /// the median over quarter-second windows (by request start) of each
 /// window's p50 and p99, the share of windows whose p99 is within 2 ms, and
-/// the pooled p99, p99.9 and maximum. Windows, because this VM has episodes
-/// of tens of milliseconds in which both CPUs run several times slower (see
+/// the pooled p99, p99.9 and maximum. Windows, because a shared VM can have
+/// episodes in which both CPUs run several times slower (see
 /// [`slowdown_probe`]): every request in flight during one waits it out, so
 /// the pooled tail is mostly the machine's, and the windows show what the
 /// tracker does the rest of the time.
@@ -259,11 +259,10 @@ fn measure(rt: &Runtime, clients: &mut Vec<TrackerClient>, what: &str, load: Loa
 /// How often this machine itself runs slow: a thread pinned to each CPU
 /// does fixed slices of arithmetic for `length`; prints the share of 10 ms
 /// windows in which a CPU got less than half, and less than a quarter, of
-/// its median work done. (On the development VM: 2–7 % below half, in
-/// episodes of 70–80 ms on both CPUs at once, about one every few seconds;
-/// the hypervisor reports no steal time for them. A request in flight
-/// during one waits it out whatever the tracker does, so when they fill
-/// more than 1 % of a pass its pooled p99 is theirs.)
+/// its median work done (what it found on the development VM is in
+/// benches/README.md). A request in flight during a slow episode waits it
+/// out whatever the tracker does, so when they fill more than 1 % of a pass
+/// its pooled p99 is theirs.
 fn slowdown_probe(length: Duration) {
     const WINDOW: Duration = Duration::from_millis(10);
     let windows = (length.as_nanos() / WINDOW.as_nanos()) as usize;

@@ -45,14 +45,26 @@ enum Command {
     /// jobs (--serve-self allows them).
     Peer(PeerArgs),
     /// Print the tracker's peer table.
+    ///
+    /// Columns: slots and in_use (slots leased now), leases_total (slots
+    /// handed out over the peer's life), failures reported against it, slow
+    /// (> 0: on probation after hedges beat it), joined_at and last_seen in
+    /// milliseconds since the tracker started, state (alive, suspect after
+    /// half the heartbeat timeout without a heartbeat, gone), cluster.
     Peers(PeersArgs),
     /// Lease slots (seven by default) and print the peers' addresses.
     ///
     /// The lease belongs to this connection: only it may renew or release
-    /// it, and it ends when this command exits. With --detach it outlives
-    /// the command and its token is printed beside the lease id; `septet
-    /// release ID` with that token (--token or SEPTET_LEASE_TOKEN) is then
-    /// the only way to end it before its TTL. Keep the token secret.
+    /// it, and it ends when this command exits (Ctrl-C, or --hold SECS).
+    /// `septet multiply` takes a lease of its own for each job, so run it
+    /// from another terminal or after this one ends.
+    ///
+    /// A detached lease (--detach) outlives the command: it keeps slots out
+    /// of the pool with no process holding them — to keep workers idle for
+    /// a measurement, or out of use briefly, from a script — until `septet
+    /// release ID --token TOKEN` (or SEPTET_LEASE_TOKEN=TOKEN) or its TTL
+    /// (the tracker's --lease-ttl, 60 s by default; it is not renewed).
+    /// The token is printed beside the lease id. Keep it secret.
     Lease(LeaseArgs),
     /// Give a detached lease's slots back to the pool.
     ///
@@ -61,6 +73,7 @@ enum Command {
     /// refuses (the lease stays in force) and this exits non-zero.
     Release(ReleaseArgs),
     /// Multiply A·B on seven leased workers (Strassen split, TCP fan-out).
+    #[command(override_usage = "septet multiply --tracker ADDR (--a A.npy --b B.npy | --random M,K,N) [OPTIONS]")]
     Multiply(MultiplyArgs),
     /// Start a tracker and workers in this process and multiply random
     /// matrices through the real TCP path, checked against a local product.
@@ -86,7 +99,7 @@ struct SecurityArgs {
     secret_file: Option<PathBuf>,
     /// Encrypt every byte after the handshake (AES-128-GCM) and refuse
     /// peers that do not. Needs --secret-file.
-    #[arg(long)]
+    #[arg(long, env = "SEPTET_ENCRYPT", value_parser = clap::builder::BoolishValueParser::new())]
     encrypt: bool,
 }
 
@@ -108,7 +121,16 @@ impl SecurityArgs {
             }
             return Ok(Security::default());
         };
-        let (secret, warning) = Secret::load(path)?;
+        let (secret, warning) = Secret::load(path).map_err(|e| match e {
+            SecretFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                anyhow::Error::new(UsageError(format!(
+                    "the secret file {} (--secret-file or SEPTET_SECRET_FILE) does not exist; make one with `septet \
+                     secret --out FILE` and give the same file to every tracker, worker and client",
+                    path.display()
+                )))
+            }
+            e => e.into(),
+        })?;
         if let Some(warning) = warning {
             eprintln!("warning: {warning}");
         }
@@ -238,8 +260,13 @@ struct DemoArgs {
     json: bool,
     /// Encrypt the demo grid's connections (it always authenticates them
     /// with a secret made for the run).
-    #[arg(long)]
+    #[arg(long, env = "SEPTET_ENCRYPT", value_parser = clap::builder::BoolishValueParser::new())]
     encrypt: bool,
+    /// Also serve the demo tracker's Prometheus metrics (/metrics) and live
+    /// status page (/) over HTTP on this loopback address while it runs
+    /// (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     /// Also write the job report here: one self-contained HTML file with
     /// the totals and a timeline of the seven products.
     #[arg(long, value_name = "FILE.html")]
@@ -261,6 +288,18 @@ impl DtypeArg {
     }
 }
 
+/// An address to connect to: a host and a port (`127.0.0.1:7700`,
+/// `tracker.lan:7700`, `[::1]:7700`).
+fn parse_host_port(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => Err(format!("expected HOST:PORT, e.g. 127.0.0.1:7700 (the tracker's default port is {DEFAULT_PORT})")),
+    }
+}
+
+/// The port `septet tracker` listens on unless told otherwise.
+const DEFAULT_PORT: u16 = 7700;
+
 fn parse_mkn(s: &str) -> Result<(usize, usize, usize), String> {
     let parts: Vec<usize> = s
         .split(',')
@@ -275,8 +314,9 @@ fn parse_mkn(s: &str) -> Result<(usize, usize, usize), String> {
 
 #[derive(Debug, Args)]
 struct TrackerAddr {
-    /// Tracker address, host:port.
-    #[arg(long, env = "SEPTET_TRACKER", value_name = "ADDR")]
+    /// Tracker address, host:port (`septet tracker` listens on
+    /// 127.0.0.1:7700 by default).
+    #[arg(long, env = "SEPTET_TRACKER", value_name = "ADDR", value_parser = parse_host_port)]
     tracker: String,
 }
 
@@ -453,7 +493,18 @@ struct ReleaseArgs {
 
 /// Parses, runs, and maps errors to one line and an exit status.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version (on stdout), and `septet` alone (the help):
+        // as clap prints them.
+        Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("error: {}", clap_one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
     if matches!(cli.command, Command::Tracker(_)) {
         // The tracker formats the peer table for `septet peers`; polars reads
         // its layout from the environment. Set before any thread exists.
@@ -468,8 +519,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli.command);
     // The tracker's work is serialized by its state lock, so it runs on one
     // thread: no lock hand-offs or cross-thread wake-ups between requests
-    // (`cargo bench --bench tracker`, 100 requesters: ~1.7× the cycles per
-    // second of a two-thread runtime on the 2-core dev VM).
+    // (`cargo bench --bench tracker` with 100 requesters shows the gain).
     let mut builder = if matches!(cli.command, Command::Tracker(_)) {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -495,6 +545,20 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// A command-line error as clap renders it (the message, perhaps a list of
+/// arguments, a usage line and a pointer to --help, over several lines)
+/// on one line, as every other error is: the message, then the usage.
+fn clap_one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim);
+    let message: Vec<&str> = lines.by_ref().take_while(|l| !l.is_empty()).collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    match lines.find_map(|l| l.strip_prefix("Usage: ")) {
+        Some(usage) => format!("{message} (usage: {usage}; more with --help)"),
+        None => message.to_string(),
     }
 }
 
@@ -556,13 +620,21 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// The error line's start when the tracker cannot be reached: what to check.
+pub(crate) fn unreachable_tracker(addr: &str) -> String {
+    format!(
+        "could not reach the tracker at {addr} (is `septet tracker` running there? it listens on \
+         127.0.0.1:{DEFAULT_PORT} unless given --listen)"
+    )
+}
+
 async fn connect(addr: &str, security: &SecurityArgs) -> Result<TrackerClient> {
     let security = security.security()?;
     match TrackerClient::connect_with(addr, Role::Client, DEFAULT_REQUEST_TIMEOUT, &security).await {
         Ok(client) => Ok(client),
         // Already one line naming the tracker and the cause.
         Err(e @ septet_common::Error::Handshake { .. }) => Err(e.into()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("could not reach the tracker at {addr}"))),
+        Err(e) => Err(anyhow::Error::new(e).context(unreachable_tracker(addr))),
     }
 }
 
@@ -575,6 +647,15 @@ async fn run(command: Command) -> Result<()> {
         Command::Lease(args) => lease(args).await,
         Command::Secret(args) => secret(args),
         Command::Release(args) => {
+            // A new connection holds no lease: only the token can end one.
+            if args.token.is_none() {
+                return Err(UsageError(
+                    "release needs the lease's token: pass --token TOKEN (or set SEPTET_LEASE_TOKEN), as `septet \
+                     lease --detach` printed it; an attached lease ends when its `septet lease` exits"
+                        .into(),
+                )
+                .into());
+            }
             let mut client = connect(&args.tracker.tracker, &args.security).await?;
             client
                 .release_with(LeaseId(args.lease_id), args.token.as_deref())
@@ -602,7 +683,10 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         ..RequesterConfig::default()
     });
     if let Some(path) = &args.report {
-        job::check_report_path(path)?;
+        job::check_output_path(path, "the report")?;
+    }
+    if let Some(path) = &args.out {
+        job::check_output_path(path, "C")?;
     }
     let mut opts = JobOptions {
         check: args.check,
@@ -622,26 +706,8 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
     opts.inputs = format!("{}, {}", a_path.display(), b_path.display());
     // Every input check happens here, before anything is leased.
     let (a_info, b_info) = (npy::inspect(&a_path)?, npy::inspect(&b_path)?);
-    let want = args.dtype.map(DtypeArg::dtype).unwrap_or(a_info.dtype);
-    for (path, info) in [(&a_path, a_info), (&b_path, b_info)] {
-        if info.dtype != want {
-            return Err(InputError {
-                path: path.display().to_string(),
-                reason: format!("holds {} but {want} is needed", info.dtype),
-            }
-            .into());
-        }
-    }
-    if a_info.shape.1 != b_info.shape.0 {
-        return Err(InputError {
-            path: b_path.display().to_string(),
-            reason: format!(
-                "shape mismatch: A is {}×{} and B is {}×{}; A's columns must equal B's rows",
-                a_info.shape.0, a_info.shape.1, b_info.shape.0, b_info.shape.1
-            ),
-        }
-        .into());
-    }
+    check_operands(&a_path, a_info, &b_path, b_info, args.dtype.map(DtypeArg::dtype))?;
+    let want = a_info.dtype;
     // NaN and ±inf are refused here too (their products cannot be
     // verified), unless verification is off.
     let unchecked = args.verify == OnOff::Off;
@@ -657,6 +723,73 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
     }
 }
 
+/// The rules two `.npy` operands must meet together: one element type
+/// (and `--dtype`'s, if given), and A's columns equal to B's rows.
+///
+/// # Errors
+/// An [`InputError`] (exit 2) naming the file at fault — both when the
+/// shapes disagree, with a hint when A and B look swapped — and the fix.
+fn check_operands(
+    a_path: &std::path::Path,
+    a: npy::NpyInfo,
+    b_path: &std::path::Path,
+    b: npy::NpyInfo,
+    dtype: Option<Dtype>,
+) -> Result<()> {
+    let (a_name, b_name) = (a_path.display().to_string(), b_path.display().to_string());
+    if let Some(want) = dtype {
+        for (path, info) in [(&a_name, a), (&b_name, b)] {
+            if info.dtype != want {
+                return Err(InputError {
+                    path: path.clone(),
+                    reason: format!(
+                        "holds {} but --dtype {want} was given: --dtype must match the files (or leave it out; \
+                         convert with np.save(path, np.load(path).astype(np.{})))",
+                        info.dtype,
+                        numpy_name(want)
+                    ),
+                }
+                .into());
+            }
+        }
+    }
+    if a.dtype != b.dtype {
+        return Err(InputError {
+            path: b_name,
+            reason: format!(
+                "holds {} but A ({a_name}) holds {}: A and B must have one element type, float64 or float32 \
+                 (convert one, e.g. np.save(path, np.load(path).astype(np.{})))",
+                b.dtype,
+                a.dtype,
+                numpy_name(a.dtype)
+            ),
+        }
+        .into());
+    }
+    if a.shape.1 != b.shape.0 {
+        let shapes = format!("A is {}×{} and B is {}×{}", a.shape.0, a.shape.1, b.shape.0, b.shape.1);
+        let reason = if b.shape.1 == a.shape.0 {
+            format!(
+                "shape mismatch: {shapes}, so A's columns ({}) do not equal B's rows ({}); B·A would fit: were they \
+                 swapped? (--a {b_name} --b {a_name})",
+                a.shape.1, b.shape.0
+            )
+        } else {
+            format!("shape mismatch: {shapes}; A's columns ({}) must equal B's rows ({})", a.shape.1, b.shape.0)
+        };
+        return Err(InputError { path: format!("--a {a_name}, --b {b_name}"), reason }.into());
+    }
+    Ok(())
+}
+
+/// NumPy's name for `dtype`, for the conversion a message suggests.
+fn numpy_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F64 => "float64",
+        Dtype::F32 => "float32",
+    }
+}
+
 async fn demo(args: DemoArgs) -> Result<()> {
     if args.workers < PEERS_PER_LEASE {
         bail!(
@@ -666,14 +799,27 @@ async fn demo(args: DemoArgs) -> Result<()> {
     }
     anyhow::ensure!(args.n > 0, "--n must be positive");
     if let Some(path) = &args.report {
-        job::check_report_path(path)?;
+        job::check_output_path(path, "the report")?;
     }
+    // Bound before the grid starts, so a refused --http starts nothing.
+    let http = bind_http(args.http.as_deref(), false, "tracker").await?;
     // Even on loopback the demo's grid authenticates every connection, with
     // a secret made for this run that never leaves the process.
     let security = Security::with_secret(Secret::generate(), args.encrypt);
     let grid = LocalGrid::start_with(args.workers, security.clone()).await?;
     let tracker_addr = grid.tracker();
+    let stop_http = CancellationToken::new();
+    let state = grid.tracker_state().clone();
+    let http_task = start_http(
+        http,
+        "demo tracker",
+        "metrics and status page",
+        |a| format!("metrics at http://{a}/metrics, status page at http://{a}/"),
+        &stop_http,
+        |listener, config, stopped| septet_tracker::http::run(listener, state, config, stopped),
+    );
     let result = async {
+        let http_task = http_task?;
         eprintln!(
             "demo: tracker on {tracker_addr}, {} workers on loopback; multiplying two random {n}×{n} {} matrices (seed {})",
             args.workers,
@@ -695,9 +841,22 @@ async fn demo(args: DemoArgs) -> Result<()> {
             inputs: format!("random, seed {}", args.seed),
             report: args.report.clone(),
         };
-        job::run_random(&requester, args.dtype.dtype(), (args.n, args.n, args.n), args.seed, &opts).await
+        let ran = job::run_random(&requester, args.dtype.dtype(), (args.n, args.n, args.n), args.seed, &opts).await;
+        if ran.is_ok() && !args.json {
+            println!(
+                "  grid/local is the grid job's time (lease wait left out) over one faer product of the same \
+                 matrices in this process. Here every worker shares this machine's cores, so above 1× is \
+                 expected: the demo shows the grid working; a grid gains on workers that are separate machines"
+            );
+        }
+        stop_http.cancel();
+        if let Some(task) = http_task {
+            task.await.context("the demo tracker's HTTP endpoint panicked")?;
+        }
+        ran
     }
     .await;
+    stop_http.cancel();
     grid.shutdown().await?;
     if result.is_ok() {
         eprintln!("demo: tracker and workers shut down cleanly");
@@ -712,7 +871,53 @@ async fn listen(addr: &str, role: &str) -> Result<TcpListener> {
     Ok(listener)
 }
 
+/// Room left for a late heartbeat (a busy worker, a slow network, the
+/// tracker's sweep period) between the worker's interval and the moment
+/// the tracker marks it suspect: a quarter of the interval, and at least
+/// this much.
+const HEARTBEAT_SLACK: Duration = Duration::from_millis(250);
+
+/// Refuses heartbeat settings under which healthy workers flap: the
+/// tracker marks a worker suspect after half `timeout` without a
+/// heartbeat, and workers heartbeat every `interval` (the tracker tells
+/// them at registration), so half the timeout must exceed the interval
+/// with room for delays ([`HEARTBEAT_SLACK`]).
+///
+/// # Errors
+/// A [`UsageError`] (exit 2) saying which values would do.
+fn check_heartbeats(interval: Duration, timeout: Duration) -> Result<()> {
+    let slack = |interval: Duration| (interval / 4).max(HEARTBEAT_SLACK);
+    let needed = interval + slack(interval);
+    if timeout / 2 >= needed {
+        return Ok(());
+    }
+    // The longest interval that fits the timeout: i + max(i/4, slack) ≤ t/2.
+    let half = timeout.as_secs_f64() / 2.0;
+    let longest = if half >= 1.25 { half / 1.25 } else { half - HEARTBEAT_SLACK.as_secs_f64() };
+    let interval_hint = if longest > 0.0 {
+        format!(", or a --heartbeat-interval of at most {}", (longest * 100.0).floor() / 100.0)
+    } else {
+        String::new()
+    };
+    Err(UsageError(format!(
+        "--heartbeat-timeout {} is too short for --heartbeat-interval {}: workers are marked suspect after half the \
+         timeout ({:.2} s) without a heartbeat, which must exceed the interval with room for delays ({:.2} s), or \
+         healthy workers flap; pass --heartbeat-timeout {}{interval_hint}",
+        timeout.as_secs_f64(),
+        interval.as_secs_f64(),
+        half,
+        needed.as_secs_f64(),
+        // Rounded up to a tenth of a second.
+        (needed.as_secs_f64() * 2.0 * 10.0).ceil() / 10.0,
+    ))
+    .into())
+}
+
 async fn tracker(args: TrackerArgs) -> Result<()> {
+    check_heartbeats(
+        secs(args.heartbeat_interval, "--heartbeat-interval")?,
+        secs(args.heartbeat_timeout, "--heartbeat-timeout")?,
+    )?;
     let config = TrackerConfig {
         lease_ttl: secs(args.lease_ttl, "--lease-ttl")?,
         heartbeat_interval: secs(args.heartbeat_interval, "--heartbeat-interval")?,
@@ -779,7 +984,34 @@ async fn worker_config(args: &WorkerArgs, role: &str) -> Result<WorkerConfig> {
     };
     config.validate().map_err(|e| UsageError(e.to_string()))?;
     check_exposure(role, &args.listen, &config.security, args.serve.insecure).await?;
+    if let Some(warning) = loopback_worker_warning(&args.listen, &args.tracker.tracker).await {
+        eprintln!("warning: {warning}");
+    }
     Ok(config)
+}
+
+/// The addresses `addr` names (an IP and port as is; a host name looked up).
+async fn resolve(addr: &str) -> Vec<std::net::SocketAddr> {
+    match addr.parse() {
+        Ok(a) => vec![a],
+        Err(_) => tokio::net::lookup_host(addr).await.map(Iterator::collect).unwrap_or_default(),
+    }
+}
+
+/// A worker registers the address it listens on: a loopback one is
+/// reachable only from this host, so with a tracker elsewhere the grid's
+/// requesters (on other hosts) could never reach it.
+async fn loopback_worker_warning(listen: &str, tracker: &str) -> Option<String> {
+    let listens = resolve(listen).await;
+    let trackers = resolve(tracker).await;
+    let local = |addrs: &[std::net::SocketAddr]| !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback());
+    (local(&listens) && !trackers.is_empty() && !local(&trackers)).then(|| {
+        format!(
+            "this worker listens on {listen}, a loopback address, but the tracker {tracker} is not on loopback: \
+             requesters on other hosts cannot reach a loopback address. Pass --listen with an address they can \
+             reach (e.g. --listen 10.0.0.5:0) and --secret-file"
+        )
+    })
 }
 
 async fn worker(args: WorkerArgs) -> Result<()> {
@@ -907,9 +1139,14 @@ async fn peers(args: PeersArgs) -> Result<()> {
         out.flush().context("while writing CSV")?;
     } else {
         println!("{table}");
+        println!("{PEER_UNITS}");
     }
     Ok(())
 }
+
+/// The line under `septet peers`' table: what its numbers count.
+const PEER_UNITS: &str = "joined_at, last_seen: milliseconds since the tracker started; in_use: slots leased now; \
+                          slow > 0: on probation";
 
 /// The peer table's columns, in `PeerRow`'s order (the CSV header).
 const PEER_COLUMNS: [&str; 11] = [
@@ -929,6 +1166,19 @@ const PEER_COLUMNS: [&str; 11] = [
 fn secret(args: SecretArgs) -> Result<()> {
     match args.out {
         Some(path) => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            if !dir.is_dir() {
+                return Err(UsageError(format!(
+                    "cannot write the secret to {}: {} is not a directory (create it first, e.g. `mkdir -p {}`)",
+                    path.display(),
+                    dir.display(),
+                    dir.display()
+                ))
+                .into());
+            }
             Secret::create_file(&path)?;
             eprintln!(
                 "wrote a new cluster secret to {} (mode 0600); give it to every tracker, worker and client with --secret-file",
@@ -970,8 +1220,14 @@ async fn lease(args: LeaseArgs) -> Result<()> {
     let max_wait = args.max_wait.map(|s| secs(s, "--max-wait")).transpose()?;
     let hold = args.hold.map(|s| secs(s, "--hold")).transpose()?;
     let mut client = connect(&args.tracker.tracker, &args.security).await?;
+    let security = args.security.security()?;
+    let mut checked = false;
     let on_wait = |position: u32, free: u32, needed: u32| {
         eprintln!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)");
+        if !std::mem::replace(&mut checked, true) {
+            let say = |line: String| eprintln!("{line}");
+            job::warn_if_unservable(args.tracker.tracker.clone(), security.clone(), needed, say);
+        }
     };
     let grant = tokio::select! {
         grant = client.lease(args.count, args.detach, max_wait, on_wait) => grant.context("while leasing peers")?,

@@ -312,9 +312,15 @@ impl Console {
             bail!("lease {} is already held: `release` it first", lease.lease_id());
         }
         let requester = self.requester();
-        let on_wait = |p: septet_client::Progress| {
+        let (tracker, security) = (self.tracker.clone(), self.security.clone());
+        let checked = std::sync::atomic::AtomicBool::new(false);
+        let on_wait = move |p: septet_client::Progress| {
             if let septet_client::Progress::Waiting { position, free, needed } = p {
                 eprintln!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free); Ctrl-C stops waiting");
+                if !checked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    let say = |line: String| eprintln!("{line}");
+                    job::warn_if_unservable(tracker.clone(), security.clone(), needed, say);
+                }
             }
         };
         let lease = tokio::select! {
@@ -459,14 +465,14 @@ impl Console {
                 bail!("{name}[{i}, {j}] is {}: NaN and ±inf cannot be verified", v.to_f64());
             }
         }
-        let (bar, on_progress) = job::progress();
+        let (bar, on_progress) = job::progress(requester);
         let job = async {
             match &self.lease {
                 Some(lease) => requester.multiply_on(lease, a, b, on_progress).await,
                 None => requester.multiply_reporting(a, b, on_progress).await,
             }
         };
-        let (c, report) = tokio::select! {
+        let (c, mut report) = tokio::select! {
             done = job => done,
             _ = interrupted() => {
                 bar.finish_and_clear();
@@ -475,6 +481,7 @@ impl Console {
             }
         };
         bar.finish_and_clear();
+        septet::report::exclude_lease_wait(&mut report);
         let c = Arc::new(c.map_err(|e| anyhow::Error::new(e).context("while multiplying on the grid"))?);
         println!("{}", summary_line(c_name, inputs, &report));
         self.insert(c_name, Matrix::from(c), Some((report, inputs.to_string())));
@@ -519,7 +526,7 @@ impl Console {
         let path = PathBuf::from(path);
         let (report, inputs) =
             self.get(name)?.job.as_ref().with_context(|| format!("{name} was not made by a job on the grid"))?;
-        job::check_report_path(&path)?;
+        job::check_output_path(&path, "the report")?;
         let context = septet::report::Context {
             inputs: inputs.clone(),
             check: None,
@@ -562,13 +569,14 @@ impl From<Arc<Array2<f32>>> for Matrix {
 /// The job in one line: what was made, how fast, on which lease, checked how.
 fn summary_line(c_name: &str, inputs: &str, r: &JobReport) -> String {
     format!(
-        "{c_name} = {inputs}: {}×{} · {}×{} {} in {:.3} s, {:.1} GFLOP/s, lease {}, plan {}, {}, retries {}, hedges {}",
+        "{c_name} = {inputs}: {}×{} · {}×{} {} in {:.3} s (after {:.3} s waiting for a lease), {:.1} GFLOP/s, lease {}, plan {}, {}, retries {}, hedges {}",
         r.m,
         r.k,
         r.k,
         r.n,
         r.dtype,
-        r.total_s,
+        septet::report::job_s(r),
+        r.lease_wait_s,
         r.gflops,
         r.lease_id,
         r.plan,

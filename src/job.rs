@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,9 +11,10 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
-use septet_client::{JobReport, Progress, Requester};
+use septet_client::{JobReport, Progress, RequestError, Requester, TrackerClient, DEFAULT_REQUEST_TIMEOUT};
 use septet_common::matrix::{matmul, parallelism};
-use septet_common::{Dtype, Element};
+use septet_common::secure::Security;
+use septet_common::{Dtype, Element, Role};
 use serde::Serialize;
 
 use crate::npy::InputError;
@@ -34,24 +36,58 @@ pub struct JobOptions {
     pub report: Option<PathBuf>,
 }
 
-/// Refuses a report path whose directory does not exist (or that is a
-/// directory), before anything is leased: a typo should not cost a job.
+/// Refuses a path for an output (`what`: "the report", "C") whose
+/// directory does not exist, or that is a directory, before anything is
+/// leased: a typo should not cost a job.
 ///
 /// # Errors
 /// An [`InputError`] (exit status 2) naming the path.
-pub fn check_report_path(path: &std::path::Path) -> Result<()> {
+pub fn check_output_path(path: &std::path::Path, what: &str) -> Result<()> {
     let bad = |reason: String| InputError { path: path.display().to_string(), reason };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
     if !dir.is_dir() {
-        return Err(bad(format!("cannot write the report there: {} is not a directory", dir.display())).into());
+        return Err(bad(format!("cannot write {what} there: {} is not a directory", dir.display())).into());
     }
     if path.is_dir() {
-        return Err(bad("cannot write the report there: it is a directory".into()).into());
+        return Err(bad(format!("cannot write {what} there: it is a directory")).into());
     }
     Ok(())
+}
+
+/// Once a lease request is queued: asks the tracker (on a connection of
+/// its own, as `security` says) for its peer table, and if the whole grid
+/// — every peer not gone, siblings' included — has fewer slots than
+/// `needed`, passes `say` a line saying the request cannot be served
+/// until workers join, and how to add them. Runs beside the wait; says
+/// nothing if the table cannot be had.
+pub fn warn_if_unservable(tracker: String, security: Security, needed: u32, say: impl FnOnce(String) + Send + 'static) {
+    tokio::spawn(async move {
+        let Ok(mut client) =
+            TrackerClient::connect_with(&tracker, Role::Client, DEFAULT_REQUEST_TIMEOUT, &security).await
+        else {
+            return;
+        };
+        let Ok((_, rows)) = client.federation_peers().await else { return };
+        let live: Vec<_> = rows.iter().filter(|r| r.state != "gone").collect();
+        let slots: u32 = live.iter().map(|r| r.slots).sum();
+        if slots < needed {
+            say(unservable(&tracker, slots, live.len(), needed));
+        }
+    });
+}
+
+/// The line [`warn_if_unservable`] says.
+pub fn unservable(tracker: &str, slots: u32, workers: usize, needed: u32) -> String {
+    format!(
+        "the grid has only {slots} slot{} ({workers} worker{} not gone) and this request needs {needed}: it waits \
+         until more join. Add workers with `septet worker --tracker {tracker}` (--slots N each; 1 by default), \
+         or press Ctrl-C",
+        if slots == 1 { "" } else { "s" },
+        if workers == 1 { "" } else { "s" },
+    )
 }
 
 /// What the job report says besides the job's own report.
@@ -95,7 +131,7 @@ pub struct Check {
     pub max_rel_error: f64,
     /// Seconds of the single-process faer product.
     pub local_s: f64,
-    /// Grid time over local time.
+    /// The grid job's time (the lease wait left out) over local time.
     pub grid_over_local: f64,
 }
 
@@ -103,6 +139,9 @@ pub struct Check {
 struct Summary<'a> {
     #[serde(flatten)]
     report: &'a JobReport,
+    /// Seconds of the job itself: `total_s` less `lease_wait_s`; `gflops`
+    /// and `throughput_gbps` are over this time.
+    job_s: f64,
     seed: Option<u64>,
     check: Option<Check>,
     out: Option<String>,
@@ -168,13 +207,30 @@ fn progress_bar() -> ProgressBar {
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal) and
-/// the callback that moves it as the job reports [`Progress`].
-pub fn progress() -> (ProgressBar, impl Fn(Progress) + Send + Sync + 'static) {
+/// the callback that moves it as `requester`'s job reports [`Progress`].
+/// A queued job also checks, once, that the grid has enough slots at all
+/// ([`warn_if_unservable`]).
+pub fn progress(requester: &Requester) -> (ProgressBar, impl Fn(Progress) + Send + Sync + 'static) {
     let bar = progress_bar();
     let shown = bar.clone();
+    let (tracker, security) = (requester.config().tracker.clone(), requester.config().security.clone());
+    let checked = AtomicBool::new(false);
     let on_progress = move |p: Progress| match p {
         Progress::Waiting { position, free, needed } => {
-            tell(&shown, format!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)"))
+            tell(
+                &shown,
+                format!("waiting: position {position} in the tracker's queue ({free} of {needed} slots free)"),
+            );
+            if !checked.swap(true, Ordering::Relaxed) {
+                let bar = shown.clone();
+                warn_if_unservable(tracker.clone(), security.clone(), needed, move |line| {
+                    if bar.is_hidden() {
+                        eprintln!("{line}");
+                    } else {
+                        bar.println(line);
+                    }
+                });
+            }
         }
         Progress::Leased { lease_id } => shown.set_message(format!("lease {lease_id}: sending operands")),
         Progress::Sent { product, .. } => {
@@ -199,9 +255,10 @@ where
     T: Element + ndarray_npy::WritableElement,
 {
     let (a, b) = (Arc::new(a), Arc::new(b));
-    let (bar, on_progress) = progress();
-    let (result, report) = requester.multiply_reporting(a.clone(), b.clone(), on_progress).await;
+    let (bar, on_progress) = progress(requester);
+    let (result, mut report) = requester.multiply_reporting(a.clone(), b.clone(), on_progress).await;
     bar.finish_and_clear();
+    septet::report::exclude_lease_wait(&mut report);
     let security = &requester.config().security;
     let c = match result {
         Ok(c) => c,
@@ -216,7 +273,14 @@ where
                     eprintln!("report of the failed job: {}", path.display());
                 }
             }
-            return Err(anyhow::Error::new(e).context("while multiplying on the grid"));
+            let never_reached = report.lease_id.0 == 0
+                && matches!(&e, RequestError::Tracker { source: septet_common::Error::Io(_), .. });
+            let context = if never_reached {
+                crate::cli::unreachable_tracker(&requester.config().tracker)
+            } else {
+                "while multiplying on the grid".to_string()
+            };
+            return Err(anyhow::Error::new(e).context(context));
         }
     };
 
@@ -231,7 +295,8 @@ where
         let reference = reference.context("while computing the local reference product")?;
         let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.to_f64().abs())).max(f64::MIN_POSITIVE);
         let err = c.iter().zip(&reference).fold(0.0f64, |m, (x, y)| m.max((x.to_f64() - y.to_f64()).abs()));
-        Some(Check { max_rel_error: err / scale, local_s, grid_over_local: report.total_s / local_s })
+        let grid_over_local = septet::report::job_s(&report) / local_s.max(1e-9);
+        Some(Check { max_rel_error: err / scale, local_s, grid_over_local })
     } else {
         None
     };
@@ -240,6 +305,7 @@ where
     }
     let summary = Summary {
         report: &report,
+        job_s: septet::report::job_s(&report),
         seed: opts.seed,
         check,
         out: opts.out.as_ref().map(|p| p.display().to_string()),
@@ -274,8 +340,12 @@ where
 fn print_summary(s: &Summary<'_>) {
     let r = s.report;
     println!("septet: C = A·B, {}×{} · {}×{} {} on lease {}", r.m, r.k, r.k, r.n, r.dtype, r.lease_id);
-    println!("  total       {:>9.3} s   {:.1} GFLOP/s (2mkn / time)", r.total_s, r.gflops);
-    println!("  lease wait  {:>9.3} s   connect {:.3} s", r.lease_wait_s, r.connect_s);
+    println!("  total       {:>9.3} s   lease wait {:.3} s + job {:.3} s", r.total_s, r.lease_wait_s, s.job_s);
+    println!(
+        "  job         {:>9.3} s   {:.1} GFLOP/s (2mkn / job time; the lease wait is left out)",
+        s.job_s, r.gflops
+    );
+    println!("  connect     {:>9.3} s", r.connect_s);
     println!(
         "  moved       {:>9.1} MB sent, {:.1} MB received, {:.2} GB/s",
         r.bytes_sent as f64 / 1e6,
@@ -286,7 +356,7 @@ fn print_summary(s: &Summary<'_>) {
         println!(
             "  verified    every product passed Freivalds' check: {:.3} s on the critical path ({:.1}% of the job), {:.3} s of work in all",
             r.verify_critical_s,
-            100.0 * r.verify_critical_s / r.total_s.max(1e-9),
+            100.0 * r.verify_critical_s / s.job_s.max(1e-9),
             r.verify_s
         );
     } else {
@@ -350,7 +420,7 @@ fn print_summary(s: &Summary<'_>) {
     }
     if let Some(c) = &s.check {
         println!(
-            "  check       max relative error {:.2e}; local faer product {:.3} s; grid/local {:.2}×",
+            "  check       max relative error {:.2e}; local faer product {:.3} s; grid/local {:.2}× (job time ÷ local time)",
             c.max_rel_error, c.local_s, c.grid_over_local
         );
     }

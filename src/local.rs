@@ -26,6 +26,7 @@ pub struct LocalGrid {
     stop_tracker: CancellationToken,
     workers: Vec<JoinHandle<septet_common::Result<()>>>,
     tracker_task: JoinHandle<septet_tracker::Result<()>>,
+    state: septet_tracker::Tracker,
     security: Security,
 }
 
@@ -52,9 +53,18 @@ impl LocalGrid {
         let (stop_workers, stop_tracker) = (CancellationToken::new(), CancellationToken::new());
         let s = stop_tracker.clone();
         let config = TrackerConfig { security: security.clone(), ..TrackerConfig::default() };
-        let tracker_task = tokio::spawn(septet_tracker::run(listener, config, async move { s.cancelled().await }));
-        let mut grid =
-            Self { tracker, stop_workers, stop_tracker, workers: Vec::new(), tracker_task, security: security.clone() };
+        let state = septet_tracker::Tracker::new(config).context("the local tracker's settings")?;
+        let serve = septet_tracker::server::serve(state.clone(), listener, async move { s.cancelled().await });
+        let tracker_task = tokio::spawn(serve);
+        let mut grid = Self {
+            tracker,
+            stop_workers,
+            stop_tracker,
+            workers: Vec::new(),
+            tracker_task,
+            state,
+            security: security.clone(),
+        };
         let started =
             async {
                 for _ in 0..workers {
@@ -102,6 +112,12 @@ impl LocalGrid {
     /// The tracker's address.
     pub fn tracker(&self) -> SocketAddr {
         self.tracker
+    }
+
+    /// The tracker's state, for its status page and metrics
+    /// (`septet_tracker::http::run`).
+    pub fn tracker_state(&self) -> &septet_tracker::Tracker {
+        &self.state
     }
 
     /// Stops the workers (they deregister), then the tracker.

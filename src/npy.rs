@@ -75,7 +75,15 @@ pub fn inspect(path: &Path) -> Result<NpyInfo, InputError> {
     let dtype = match descr {
         "<f8" | "=f8" | ">f8" => Dtype::F64,
         "<f4" | "=f4" | ">f4" => Dtype::F32,
-        other => return Err(bad(path, format!("holds {other} elements; septet multiplies float64 or float32"))),
+        other => {
+            return Err(bad(
+                path,
+                format!(
+                    "holds {other} elements; septet multiplies float64 or float32: convert it first, e.g. in Python \
+                     np.save(path, np.load(path).astype(np.float64))"
+                ),
+            ))
+        }
     };
     let shape_text = dict_value(&header, "shape").ok_or_else(|| bad(path, "header has no 'shape'"))?;
     let dims: Vec<usize> = shape_text
@@ -164,12 +172,27 @@ pub fn save<T: Element + ndarray_npy::WritableElement>(path: &Path, c: &Array2<T
 mod tests {
     use super::*;
 
-    fn write(name: &str, bytes: &[u8]) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("septet-npy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        path
+    /// The test's scratch directory, removed when dropped.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("septet-npy-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn write(&self, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     fn npy(descr: &str, shape: &str, data_len: usize) -> Vec<u8> {
@@ -187,11 +210,12 @@ mod tests {
 
     #[test]
     fn headers_are_checked_before_reading_data() {
-        let ok = write("ok.npy", &npy("<f8", "(3, 4)", 96));
+        let dir = Scratch::new();
+        let ok = dir.write("ok.npy", &npy("<f8", "(3, 4)", 96));
         assert_eq!(inspect(&ok).unwrap(), NpyInfo { dtype: Dtype::F64, shape: (3, 4) });
         assert_eq!(load::<f64>(&ok).unwrap().dim(), (3, 4));
         assert!(load::<f32>(&ok).unwrap_err().reason.contains("holds f64"));
-        let f32s = write("f32.npy", &npy("<f4", "(2, 2)", 16));
+        let f32s = dir.write("f32.npy", &npy("<f4", "(2, 2)", 16));
         assert_eq!(inspect(&f32s).unwrap().dtype, Dtype::F32);
         for (name, bytes, needle) in [
             ("short.npy", npy("<f8", "(3, 4)", 95), "truncated"),
@@ -203,7 +227,7 @@ mod tests {
             ("text.npy", b"rows,cols\n1,2\n".to_vec(), "magic"),
             ("empty.npy", Vec::new(), "too short"),
         ] {
-            let err = inspect(&write(name, &bytes)).unwrap_err();
+            let err = inspect(&dir.write(name, &bytes)).unwrap_err();
             assert!(err.reason.contains(needle), "{name}: {err}");
         }
         assert!(inspect(Path::new("/nonexistent/septet.npy")).unwrap_err().reason.contains("cannot open"));

@@ -5,12 +5,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::{septet_bin, tracker_process, Procs};
+use common::{septet_bin, tracker_process, Procs, Scratch};
 use ndarray::Array2;
 use ndarray_npy::{read_npy, write_npy};
 use septet_common::strassen::naive_matmul;
@@ -20,21 +20,6 @@ const WAIT: Duration = Duration::from_secs(120);
 
 fn septet(args: &[&str]) -> Output {
     Command::new(septet_bin()).args(args).stdin(Stdio::null()).output().unwrap()
-}
-
-fn tmp(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("septet-console-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Removes a test's directory when the test ends, however it ends.
-struct TmpDir(PathBuf);
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn peers_json(tracker: &str, secret: &str) -> Vec<serde_json::Value> {
@@ -194,13 +179,13 @@ fn own_id(line: &str) -> u64 {
 
 #[test]
 fn a_script_loads_multiplies_on_a_held_lease_saves_and_quits() {
-    let dir = TmpDir(tmp("script"));
-    let (_procs, tracker, secret) = grid(&dir.0, 7);
+    let dir = Scratch::new("console-script");
+    let (_procs, tracker, secret) = grid(dir.dir(), 7);
     let (a, b) = (ints(130, 70, 1), ints(70, 90, 2));
-    let (a_path, b_path) = (dir.0.join("a.npy"), dir.0.join("b.npy"));
+    let (a_path, b_path) = (dir.path("a.npy"), dir.path("b.npy"));
     write_npy(&a_path, &a).unwrap();
     write_npy(&b_path, &b).unwrap();
-    let (c_path, c2_path, report) = (dir.0.join("c.npy"), dir.0.join("c2.npy"), dir.0.join("job.html"));
+    let (c_path, c2_path, report) = (dir.path("c.npy"), dir.path("c2.npy"), dir.path("job.html"));
     let mut peer = Peer::start(&tracker, &secret, &[]);
 
     peer.send("help");
@@ -277,9 +262,9 @@ fn a_script_loads_multiplies_on_a_held_lease_saves_and_quits() {
 
 #[test]
 fn own_slots_are_not_used_unless_asked() {
-    let dir = TmpDir(tmp("own"));
+    let dir = Scratch::new("console-own");
     // Six workers and the peer: any lease of seven holds the peer's slot.
-    let (_procs, tracker, secret) = grid(&dir.0, 6);
+    let (_procs, tracker, secret) = grid(dir.dir(), 6);
     let mut peer = Peer::start(&tracker, &secret, &[]);
     peer.send("make A 40x30 seed 1");
     peer.send("make B 30x20 seed 2");
@@ -323,8 +308,8 @@ fn wait_in_use(tracker: &str, secret: &str, n: u64) {
 
 #[test]
 fn ctrl_c_leaves_the_lease_queue_and_the_console_goes_on() {
-    let dir = TmpDir(tmp("ctrlc"));
-    let (mut procs, tracker, secret) = grid(&dir.0, 7);
+    let dir = Scratch::new("console-ctrlc");
+    let (mut procs, tracker, secret) = grid(dir.dir(), 7);
     let mut peer = Peer::start(&tracker, &secret, &[]);
     wait_alive(&tracker, &secret, 8);
     // Someone else holds seven of the eight slots.
@@ -359,9 +344,9 @@ fn ctrl_c_leaves_the_lease_queue_and_the_console_goes_on() {
 
 #[test]
 fn wrong_secret_is_one_line_and_a_nonzero_exit() {
-    let dir = TmpDir(tmp("secret"));
-    let (_procs, tracker, _secret) = grid(&dir.0, 0);
-    let other = dir.0.join("other");
+    let dir = Scratch::new("console-secret");
+    let (_procs, tracker, _secret) = grid(dir.dir(), 0);
+    let other = dir.path("other");
     assert!(septet(&["secret", "--out", other.to_str().unwrap()]).status.success());
     let out = Command::new(septet_bin())
         .args(["peer", "--tracker", &tracker, "--secret-file", other.to_str().unwrap(), "--warm-up", "0"])
@@ -373,4 +358,19 @@ fn wrong_secret_is_one_line_and_a_nonzero_exit() {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("refused our cluster secret"), "{stderr}");
+}
+
+#[test]
+fn a_lease_the_grid_cannot_serve_says_why_while_it_waits() {
+    let dir = Scratch::new("console-unservable");
+    let (_procs, tracker, secret) = grid(dir.dir(), 3);
+    let mut peer = Peer::start(&tracker, &secret, &[]);
+    wait_alive(&tracker, &secret, 4);
+    peer.send("lease");
+    peer.expect_err("waiting: position 1 in the tracker's queue");
+    let line = peer.expect_err("the grid has only 4 slots");
+    assert!(line.contains("this request needs 7") && line.contains("septet worker --tracker"), "{line}");
+    peer.interrupt();
+    peer.expect_err("interrupted while waiting for a lease; left the queue");
+    peer.finish(true);
 }

@@ -406,7 +406,8 @@ async fn the_cli_serves_metrics_and_the_status_page_with_http_and_refuses_public
         let out = septet_cmd(&["tracker", "--listen", "127.0.0.1:0", "--http-public"]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "--http-public alone is a usage error");
 
-        let log = std::env::temp_dir().join(format!("septet-metrics-tracker-{}.log", std::process::id()));
+        let scratch = Scratch::new("metrics-tracker");
+        let log = scratch.path("tracker.log");
         let (tracker, addr) = tracker_process_logged("127.0.0.1:0", &["--http", "127.0.0.1:0"], Some(&log));
         let mut procs = Procs(vec![tracker]);
         let mut http = None;

@@ -2,7 +2,8 @@
 //! network namespaces on one bridge, links shaped with tbf, cut and healed.
 //!
 //! These need root, ip(8), tc(8) and network namespaces (as in `.ci/run`);
-//! elsewhere each test prints one "skipping: <reason>" line and passes.
+//! elsewhere each test writes one "skipped: TEST: <reason>" line to stderr
+//! (past the harness's capture, so every run shows it) and passes.
 //! Grids run one at a time and each test is bounded well under a minute.
 
 #[path = "common/netns.rs"]

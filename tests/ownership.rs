@@ -254,11 +254,15 @@ fn a_detached_lease_is_released_only_with_its_token() {
     assert_ne!(first_token, second_token);
     assert_eq!(in_use(&addr), vec![1; 6]);
 
-    // By id alone, with a wrong token, or with the other lease's token:
-    // refused, one line, and both leases stay in force.
+    // By id alone: a usage error (exit 2) that says to pass the token.
+    let out = septet(&["release", "--tracker", &addr, &first], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1 && err.contains("pass --token"), "{err}");
+    // With a wrong token, or with the other lease's token: refused, one
+    // line, and both leases stay in force.
     let wrong = "0".repeat(first_token.len());
     for out in [
-        septet(&["release", "--tracker", &addr, &first], &[]),
         septet(&["release", "--tracker", &addr, &first, "--token", &wrong], &[]),
         septet(&["release", "--tracker", &addr, &first], &[("SEPTET_LEASE_TOKEN", &second_token)]),
     ] {

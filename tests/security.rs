@@ -9,22 +9,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, septet_bin, tracker_process, tracker_process_logged, Procs};
+use common::{free_addr, septet_bin, tracker_process, tracker_process_logged, Procs, Scratch};
 
 fn septet(args: &[&str]) -> Output {
     Command::new(septet_bin()).args(args).stdin(Stdio::null()).env_remove("SEPTET_SECRET_FILE").output().unwrap()
-}
-
-/// A fresh directory for this test's files.
-fn dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("septet-security-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// `septet secret --out DIR/NAME`, returning the path as a string.
@@ -79,8 +71,9 @@ fn wait_for_peers(tracker: &str, security: &[&str], n: usize) {
 #[test]
 fn secret_files_are_private_and_never_overwritten() {
     use std::os::unix::fs::PermissionsExt;
-    let d = dir("files");
-    let path = make_secret(&d, "k");
+    let scratch = Scratch::new("security-files");
+    let d = scratch.dir();
+    let path = make_secret(d, "k");
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -113,15 +106,16 @@ fn secret_files_are_private_and_never_overwritten() {
 
 #[test]
 fn every_client_subcommand_refuses_a_wrong_or_missing_secret_in_one_line() {
-    let d = dir("clients");
-    let (right, wrong) = (make_secret(&d, "right"), make_secret(&d, "wrong"));
+    let scratch = Scratch::new("security-clients");
+    let d = scratch.dir();
+    let (right, wrong) = (make_secret(d, "right"), make_secret(d, "wrong"));
     let (tracker, addr) = tracker_process("127.0.0.1:0", &["--secret-file", &right]);
     let _procs = Procs(vec![tracker]);
     let addr = addr.to_string();
     let commands: [&[&str]; 4] = [
         &["peers", "--tracker", &addr],
         &["lease", "--tracker", &addr, "--count", "1", "--detach"],
-        &["release", "--tracker", &addr, "1"],
+        &["release", "--tracker", &addr, "1", "--token", "00"],
         &["multiply", "--tracker", &addr, "--random", "8,8,8"],
     ];
     for command in commands {
@@ -142,8 +136,9 @@ fn every_client_subcommand_refuses_a_wrong_or_missing_secret_in_one_line() {
 
 #[test]
 fn a_worker_with_the_wrong_secret_never_joins_and_exits_saying_why() {
-    let d = dir("worker");
-    let (right, wrong) = (make_secret(&d, "right"), make_secret(&d, "wrong"));
+    let scratch = Scratch::new("security-worker");
+    let d = scratch.dir();
+    let (right, wrong) = (make_secret(d, "right"), make_secret(d, "wrong"));
     let (tracker, addr) = tracker_process("127.0.0.1:0", &["--secret-file", &right]);
     let addr = addr.to_string();
     let mut procs = Procs(vec![tracker]);
@@ -197,8 +192,9 @@ fn servers_refuse_to_listen_publicly_without_a_secret() {
 
 #[test]
 fn encryption_must_be_agreed_by_both_sides() {
-    let d = dir("encrypt");
-    let k = make_secret(&d, "k");
+    let scratch = Scratch::new("security-encrypt");
+    let d = scratch.dir();
+    let k = make_secret(d, "k");
     let (enc, enc_addr) = tracker_process("127.0.0.1:0", &["--secret-file", &k, "--encrypt"]);
     let (plain, plain_addr) = tracker_process("127.0.0.1:0", &["--secret-file", &k]);
     let _procs = Procs(vec![enc, plain]);
@@ -241,10 +237,11 @@ fn grid_with(d: &Path, security: &[&str], tracker_args: &[&str]) -> (Procs, Stri
 
 #[test]
 fn an_encrypted_grid_multiplies_and_checks_its_product() {
-    let d = dir("encrypted-grid");
-    let k = make_secret(&d, "k");
+    let scratch = Scratch::new("security-encrypted-grid");
+    let d = scratch.dir();
+    let k = make_secret(d, "k");
     let security = ["--secret-file", k.as_str(), "--encrypt"];
-    let (_procs, tracker, _) = grid(&d, &security);
+    let (_procs, tracker, _) = grid(d, &security);
     let mut args = vec!["multiply", "--tracker", &tracker, "--random", "130,70,90", "--check", "--json"];
     args.extend_from_slice(&security);
     let out = septet(&args);
@@ -294,10 +291,11 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 
 #[test]
 fn crafted_bytes_and_idle_connections_leave_the_grid_serving() {
-    let d = dir("crafted");
-    let k = make_secret(&d, "k");
+    let scratch = Scratch::new("security-crafted");
+    let d = scratch.dir();
+    let k = make_secret(d, "k");
     let security = ["--secret-file", k.as_str()];
-    let (mut procs, tracker, workers) = grid(&d, &security);
+    let (mut procs, tracker, workers) = grid(d, &security);
     let servers: Vec<SocketAddr> = std::iter::once(tracker.parse().unwrap()).chain(workers.iter().copied()).collect();
 
     // Outsiders: idle connections, and bytes that are not a handshake.

@@ -377,10 +377,13 @@ mod tests {
 
     /// A fake tracker that answers its first request after `delay`, then
     /// every later one at once — each with a reply naming the request it
-    /// answers (a `Peers` table of "reply to request N").
-    async fn late_tracker(delay: Duration) -> SocketAddr {
+    /// answers (a `Peers` table of "reply to request N"). The channel says
+    /// when the first reply has been sent, and, once the client has closed
+    /// the connection, how many requests it read in all.
+    async fn late_tracker(delay: Duration) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<usize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let (mut conn, _) = Connection::accept(stream, ConnLimits::default()).await.unwrap();
@@ -392,31 +395,39 @@ mod tests {
                 }
                 let reply = TrackerReply::Peers { table: format!("reply to request {n}"), rows: Vec::new() };
                 if conn.writer.send(&reply).await.is_err() {
-                    return;
+                    break;
+                }
+                if n == 1 {
+                    let _ = tx.send(n);
                 }
             }
+            let _ = tx.send(n);
         });
-        addr
+        (addr, rx)
     }
 
     #[tokio::test]
     async fn a_timed_out_request_poisons_the_client_so_a_late_reply_is_never_taken_for_the_next() {
-        let addr = late_tracker(Duration::from_millis(300)).await;
-        let mut client = TrackerClient::connect(addr, Role::Client, Duration::from_millis(100)).await.unwrap();
+        // The timeout also bounds the handshake: a second holds on a loaded
+        // machine; the reply comes well after it.
+        let (addr, mut events) = late_tracker(Duration::from_secs(2)).await;
+        let mut client = TrackerClient::connect(addr, Role::Client, Duration::from_secs(1)).await.unwrap();
         assert!(matches!(client.peers().await, Err(Error::Timeout { .. })));
         assert!(client.is_poisoned());
         // Let the late reply arrive: the next call must not read it as its own.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let started = std::time::Instant::now();
+        assert_eq!(events.recv().await, Some(1), "the late reply was sent");
         let err = client.peers().await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(50), "fails at once, without a round trip");
         let text = err.to_string();
         assert!(text.contains("no longer usable") && text.contains("timed out"), "{text}");
         assert!(matches!(client.release(LeaseId(1)).await, Err(Error::Io(_))), "every later call");
+        // Neither call sent a request (so neither waited for a round trip):
+        // once the client has gone, the fake has read only the first.
+        drop(client);
+        assert_eq!(events.recv().await, Some(1), "requests read in all");
         // A fresh connection works (the fake answers its first request late
         // only once per listener, so check on a new fake).
-        let addr = late_tracker(Duration::ZERO).await;
-        let mut fresh = TrackerClient::connect(addr, Role::Client, Duration::from_millis(500)).await.unwrap();
+        let (addr, _) = late_tracker(Duration::ZERO).await;
+        let mut fresh = TrackerClient::connect(addr, Role::Client, Duration::from_secs(5)).await.unwrap();
         assert_eq!(fresh.peers().await.unwrap().0, "reply to request 1");
         assert_eq!(fresh.peers().await.unwrap().0, "reply to request 2");
         assert!(!fresh.is_poisoned());
@@ -435,7 +446,7 @@ mod tests {
                 conn.writer.send(&reply).await.unwrap();
             }
         });
-        let mut client = TrackerClient::connect(addr, Role::Client, Duration::from_millis(500)).await.unwrap();
+        let mut client = TrackerClient::connect(addr, Role::Client, Duration::from_secs(5)).await.unwrap();
         for _ in 0..2 {
             assert!(matches!(client.release_with(LeaseId(3), Some("x")).await, Err(Error::Remote { .. })));
         }

@@ -349,9 +349,10 @@ pub fn recycle_matrix(m: Matrix) {
 ///
 /// Every large block septet handles (received operands, products, formed
 /// sums, C) is fresh memory that is written once. With 4 KiB pages, the
-/// page faults of that first write cost more than the write itself (about
-/// 20 ms per 32 MiB here, against 8 ms with huge pages), so on Linux the
-/// allocation is advised to use transparent huge pages before it is touched.
+/// page faults of that first write cost more than the write itself (a 2 MiB
+/// huge page is one fault where 4 KiB pages are 512; `cargo bench --bench
+/// wire` shows the transfer rate), so on Linux the allocation is advised to
+/// use transparent huge pages before it is touched.
 /// Elsewhere, or if the kernel declines, this is plain `Array2::zeros`.
 pub fn alloc_zeroed<T: Element>(shape: (usize, usize)) -> Array2<T> {
     let len = shape.0.checked_mul(shape.1).expect("matrix size overflows usize");

@@ -230,8 +230,9 @@ impl Roles {
     /// the requester's: the roles minimise the largest such ratio over
     /// every slot, phase and direction, then the largest bytes a slot sends
     /// and receives in all, then the bytes sent in all. (Balancing whole
-    /// jobs' bytes alone put a slot's A-phase link at 1.25× the
-    /// requester's, which the namespace grid measured as 1.25× on the job.)
+    /// jobs' bytes alone can leave one slot's link in a phase busier than
+    /// the requester's, and the job then runs at that slot's pace;
+    /// `scripts/netbench.sh relay` measures the job against the link bound.)
     /// Holders are slots that need their quadrant, reducers slots whose
     /// product feeds theirs (so neither ever receives a block only to pass
     /// it on). Brute force over the 4096 × 64 candidates: a few milliseconds.

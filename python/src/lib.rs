@@ -243,9 +243,11 @@ enum Product {
 }
 
 /// The job's `--json` summary (the report's fields and how its
-/// connections were protected), as the CLI prints it without `--check`.
+/// connections were protected), as the CLI prints it without `--check`:
+/// rates over the job's own time (`job_s`), the lease wait beside them.
 fn summary(report: &JobReport, security: &Security) -> serde_json::Value {
     let mut value = serde_json::to_value(report).unwrap_or_else(|_| serde_json::json!({}));
+    value["job_s"] = septet::report::job_s(report).into();
     value["seed"] = serde_json::Value::Null;
     value["check"] = serde_json::Value::Null;
     value["out"] = serde_json::Value::Null;
@@ -339,7 +341,7 @@ impl Session {
             }
         };
         let started = Instant::now();
-        let (c, job_report) = match wait(py, job)? {
+        let (c, mut job_report) = match wait(py, job)? {
             Ok(done) => done,
             Err(limit) => {
                 return Err(GridError::new_err(format!(
@@ -349,6 +351,7 @@ impl Session {
                 )))
             }
         };
+        septet::report::exclude_lease_wait(&mut job_report);
         let json = summary(&job_report, &security);
         *self.last_job.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
         if let Some(path) = &report {

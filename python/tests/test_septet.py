@@ -134,9 +134,12 @@ def test_report_and_last_job(local, tmp_path):
     html = path.read_text()
     assert html.lower().startswith("<!doctype html>") and "M7" in html
     job = local.last_job
-    for field in ["total_s", "gflops", "lease_id", "bytes_sent", "bytes_received", "peers", "attempts", "plan"]:
+    for field in ["total_s", "job_s", "lease_wait_s", "gflops", "lease_id", "bytes_sent", "bytes_received", "peers", "attempts", "plan"]:
         assert field in job, field
     assert len(job["peers"]) == 7 and job["bytes_sent"] > a.nbytes
+    # Rates are over the job's own time: the lease wait is reported beside them.
+    assert abs(job["total_s"] - job["lease_wait_s"] - job["job_s"]) < 1e-9
+    assert abs(job["gflops"] - 2 * 100 * 80 * 60 / job["job_s"] / 1e9) <= 1e-9 * job["gflops"]
 
 
 def test_held_lease_is_used_across_calls_and_released(local):

@@ -104,6 +104,40 @@ pub async fn wait_for_alive_slots(tracker: SocketAddr, alive: u32) {
     panic!("the grid never reached {alive} alive slots");
 }
 
+/// A test's scratch directory under the system's temp dir, made empty when
+/// created and removed when dropped (however the test ends), so runs leave
+/// no `septet-*` directories behind.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// `septet-TEST-PID-N`: unique to this test within this run (N counts
+    /// the scratch directories this process made).
+    pub fn new(test: &str) -> Self {
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("septet-{test}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// `name` inside the directory.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Path of the built `septet` binary.
 pub fn septet_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_septet"))

@@ -126,15 +126,25 @@ fn sweep_stale() {
     }
 }
 
+/// Says on stderr that the running test is skipped, and why. Written to the
+/// process's stderr directly, not through `eprintln!` (which the test
+/// harness captures and shows only for failures), so every run shows it:
+/// a skipped test passes, and must not pass silently.
+fn skipped(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a network-namespace test").to_string();
+    let _ = writeln!(std::io::stderr(), "skipped: {test}: {reason} (see docs/netns.md)");
+}
+
 /// Why network-namespace grids cannot run here, if they cannot.
 fn unsupported(probe: &str) -> Option<String> {
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Some("network-namespace tests need root".into());
+        return Some("needs root (with ip(8), tc(8) and network namespaces)".into());
     }
     for tool in ["ip", "tc"] {
         if Command::new(tool).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            return Some(format!("network-namespace tests need {tool}(8)"));
+            return Some(format!("needs {tool}(8) (Debian's iproute2)"));
         }
     }
     // Try the whole recipe once: a namespace, a veth pair inside it, a bridge, tbf.
@@ -158,7 +168,7 @@ fn unsupported(probe: &str) -> Option<String> {
 impl NetGrid {
     /// Builds a grid of `workers` worker hosts plus `tr`, `rq` and `cl`,
     /// every link shaped to `rate` (tc syntax: "1gbit", "40mbit"). Starts no
-    /// process. None, after printing one "skipping: <reason>" line, where
+    /// process. None, after writing one "skipped: TEST: <reason>" line to stderr, where
     /// namespaces are not available (not root, no ip/tc, no netns support).
     pub fn new(workers: usize, rate: &str) -> Option<NetGrid> {
         Self::new_with(workers, rate, false, None)
@@ -174,7 +184,7 @@ impl NetGrid {
     /// nft(8) is missing.
     pub fn new_nat(workers: usize, inside: usize, rate: &str) -> Option<NetGrid> {
         if Command::new("nft").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            println!("skipping: NAT tests need nft(8) (Debian's nftables)");
+            skipped("needs nft(8) (Debian's nftables) for the NAT");
             return None;
         }
         Self::new_with(workers, rate, true, Some(inside))
@@ -186,7 +196,7 @@ impl NetGrid {
         let k = COUNTER.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("{PREFIX}{pid}x{k}");
         if let Some(reason) = unsupported(&format!("{prefix}-probe")) {
-            println!("skipping: {reason}");
+            skipped(&reason);
             return None;
         }
         sweep_stale();

@@ -369,10 +369,10 @@ impl PeerTable {
     /// columns keeps the `count` best leaseable keys in a bounded heap (the
     /// best `count` slots can only come from those peers); ranking their
     /// extra slots is a small sort (at most the free slots of those peers,
-    /// and never more than `count` per peer). A multi-column
-    /// `DataFrame::sort` did the same 6× slower; string masks, a filter and a
-    /// selection over a collected key vector made a whole lease + release
-    /// cycle 36 µs instead of 15 (`cargo bench --bench tracker -- in_process`).
+    /// and never more than `count` per peer). Keys and a heap rather than a
+    /// multi-column `DataFrame::sort` or string masks and filters, because
+    /// this runs on every lease: `cargo bench --bench tracker -- in_process`
+    /// times a lease + release cycle.
     ///
     /// # Errors
     /// Only polars errors.
