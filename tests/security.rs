@@ -413,11 +413,12 @@ async fn ask_worker(
 /// is served; and a whole job through the CLI still works.
 #[test]
 fn workers_serve_only_under_a_valid_ticket_of_their_own() {
-    let d = dir("tickets");
+    let scratch = Scratch::new("security-tickets");
+    let d = scratch.dir();
     let k = make_secret(&d, "k");
     let security = ["--secret-file", k.as_str()];
     // A short TTL, so a ticket can expire within the test.
-    let (_procs, tracker, workers) = grid_with(&d, &security, &["--lease-ttl", "2"]);
+    let (_procs, tracker, workers) = grid_with(d, &security, &["--lease-ttl", "2"]);
     let secret = septet_common::secure::Secret::load(Path::new(&k)).unwrap().0;
     let sec = septet_common::secure::Security::with_secret(secret, false);
     let limits = septet_common::conn::ConnLimits { security: sec.clone(), ..Default::default() };
@@ -468,5 +469,4 @@ fn workers_serve_only_under_a_valid_ticket_of_their_own() {
     args.extend_from_slice(&security);
     let out = septet(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let _ = std::fs::remove_dir_all(&d);
 }
