@@ -470,3 +470,85 @@ fn workers_serve_only_under_a_valid_ticket_of_their_own() {
     let out = septet(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Holds `per_server` unauthenticated connections to each of `servers`
+/// from 127.0.0.2 (another address than the grid's own 127.0.0.1), opening
+/// a new one a few milliseconds after each is closed, until `stop`.
+/// Returns how many connections it opened in all.
+async fn flood(servers: Vec<SocketAddr>, per_server: usize, stop: tokio_util::sync::CancellationToken) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let opened = std::sync::Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for server in servers {
+        for _ in 0..per_server {
+            let (stop, opened) = (stop.clone(), opened.clone());
+            tasks.spawn(async move {
+                while !stop.is_cancelled() {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                    if let Ok(mut stream) = socket.connect(server).await {
+                        opened.fetch_add(1, Ordering::Relaxed);
+                        // Say nothing; wait for the server to give up on us.
+                        let mut sink = [0u8; 64];
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::io::AsyncReadExt::read(&mut stream, &mut sink) => {}
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    opened.load(Ordering::Relaxed)
+}
+
+/// An outsider holding 1,000 unauthenticated connections to every server
+/// of the grid (the tracker and seven workers), re-opening each as it is
+/// closed, does not keep a secret holder's job out: it runs, with no
+/// product refused or retried. The time ratio against the same job
+/// without the flood is printed (the 1.5× goal is measured on release
+/// builds: see docs/security.md).
+#[test]
+fn an_outsider_flooding_every_server_does_not_keep_a_job_out() {
+    let scratch = Scratch::new("security-flood");
+    let d = scratch.dir();
+    let k = make_secret(d, "k");
+    let security = ["--secret-file", k.as_str()];
+    let (mut procs, tracker, workers) = grid(d, &security);
+    let mut args = vec!["multiply", "--tracker", &tracker, "--random", "384,384,384", "--json", "--max-wait", "30"];
+    args.extend_from_slice(&security);
+    let job = |args: &[&str]| {
+        let t = Instant::now();
+        let out = septet(args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["verified"], true);
+        assert_eq!(summary["failures"], serde_json::json!([]), "{summary}");
+        assert_eq!(summary["retries"], 0, "{summary}");
+        t.elapsed()
+    };
+    let healthy = job(&args);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let servers: Vec<SocketAddr> = std::iter::once(tracker.parse().unwrap()).chain(workers.iter().copied()).collect();
+    let flooding = rt.spawn(flood(servers, 1000, stop.clone()));
+    // Let the flood fill every server's handshake budget first.
+    std::thread::sleep(Duration::from_secs(2));
+    let flooded = job(&args);
+    stop.cancel();
+    let opened = rt.block_on(flooding).unwrap();
+    assert!(opened >= 8000, "the flood opened only {opened} connections");
+    println!(
+        "healthy job {healthy:?}, under a flood of 1,000 connections per server ({opened} opened): {flooded:?} ({:.2}×)",
+        flooded.as_secs_f64() / healthy.as_secs_f64()
+    );
+    for p in &mut procs.0 {
+        assert!(p.try_wait().unwrap().is_none(), "a server exited");
+    }
+    for name in std::iter::once("tracker".to_string()).chain((0..7).map(|i| format!("worker{i}"))) {
+        let log = std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap();
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
