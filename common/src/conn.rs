@@ -180,11 +180,13 @@ struct Records {
     body_filled: usize,
     tag: [u8; TAG_LEN],
     tag_filled: usize,
+    /// The peer sent its authenticated close record.
+    closed: bool,
 }
 
 impl Records {
     fn mid_record(&self) -> bool {
-        !self.raw.is_empty() || self.head_filled > 0
+        !self.closed && (!self.raw.is_empty() || self.head_filled > 0)
     }
 
     /// Opens the first record in `raw` if it is complete, appending its
@@ -203,6 +205,15 @@ impl Records {
         }
         let (data, tag) = self.raw[RECORD_HEADER..total].split_at_mut(len);
         self.opener.open(header, data, tag)?;
+        if len == 0 {
+            // The authenticated close record: nothing may follow it.
+            self.raw.advance(total);
+            if !self.raw.is_empty() {
+                return Err(Error::BadFrame("bytes after the close record".into()));
+            }
+            self.closed = true;
+            return Ok(Some(0));
+        }
         out.extend_from_slice(data);
         self.raw.advance(total);
         Ok(Some(len))
@@ -251,6 +262,13 @@ impl<R: AsyncRead + Unpin> Source<R> {
             return bounded(stall, self.inner.read_buf(&mut self.buf)).await;
         };
         loop {
+            if records.closed {
+                // After the close record: the end, and nothing else may come.
+                return match bounded(stall, self.inner.read_buf(&mut records.raw)).await? {
+                    0 => Ok(0),
+                    _ => Err(Error::BadFrame("bytes after the close record".into())),
+                };
+            }
             if let Some(n) = records.open_buffered(&mut self.buf)? {
                 return Ok(n);
             }
@@ -259,7 +277,15 @@ impl<R: AsyncRead + Unpin> Source<R> {
             }
             let stall = if records.mid_record() { stalled } else { stall };
             if bounded(stall, self.inner.read_buf(&mut records.raw)).await? == 0 {
-                return if records.raw.is_empty() { Ok(0) } else { Err(Error::ClosedMidFrame) };
+                if !records.raw.is_empty() {
+                    return Err(Error::ClosedMidFrame);
+                }
+                // An end without the close record: a peer that dropped the
+                // connection, or someone on the path cutting it. Either way
+                // no frame was cut; what the conversation still expected
+                // (a reply, the rest of a job's parts) tells.
+                tracing::debug!("an encrypted connection ended without its close record");
+                return Ok(0);
             }
         }
     }
@@ -302,6 +328,10 @@ impl<R: AsyncRead + Unpin> Source<R> {
                 continue;
             }
             let len = Opener::record_len(records.head)?;
+            if len == 0 {
+                // The close record, inside a payload: a frame cut short.
+                return Err(Error::ClosedMidFrame);
+            }
             if len > dst.len() {
                 // The record runs past this matrix: open it in the buffer.
                 records.raw.extend_from_slice(&records.head);
@@ -420,6 +450,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// [`crate::proto::WorkerReply::Working`]).
     pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
         self.src.idle_timeout = timeout;
+    }
+
+    /// On an encrypted connection that has ended: whether the peer closed it
+    /// with its authenticated close record (`Some(false)`: it was cut, or
+    /// dropped without [`FrameWriter::shutdown`]); `None` without encryption.
+    pub fn closed_cleanly(&self) -> Option<bool> {
+        self.src.records.as_ref().map(|r| r.closed)
     }
 
     /// Reads the next frame: `Ok(None)` on a clean close between frames.
@@ -705,6 +742,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// # Errors
     /// [`Error::Io`].
     pub async fn shutdown(&mut self) -> Result<()> {
+        if let Some(seal) = &mut self.seal {
+            // Whatever is gathered, then the authenticated close record.
+            emit(&mut self.inner, seal, self.meter.as_deref()).await?;
+            let mut close = Vec::with_capacity(RECORD_HEADER + TAG_LEN);
+            seal.sealer.seal_close(&mut close)?;
+            self.inner.write_all(&close).await?;
+        }
         Ok(self.inner.shutdown().await?)
     }
 }
@@ -905,6 +949,7 @@ impl Connection {
                 body_filled: 0,
                 tag: [0; TAG_LEN],
                 tag_filled: 0,
+                closed: false,
             });
         }
         Ok(Self { reader, writer, peer })
@@ -1107,6 +1152,38 @@ mod tests {
     #[tokio::test]
     async fn payload_tails_arrive_over_an_encrypted_connection() {
         payload_tails_arrive(Security::with_secret(crate::secure::Secret::generate(), true)).await;
+    }
+
+    /// An encrypted connection ended with `shutdown` ends with the
+    /// authenticated close record; one dropped (or cut) does not, and the
+    /// reader can tell. Neither loses a frame sent before.
+    #[tokio::test]
+    async fn an_encrypted_close_is_authenticated_and_a_cut_is_told_apart() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnLimits {
+            security: Security::with_secret(crate::secure::Secret::generate(), true),
+            ..Default::default()
+        };
+        for clean in [true, false] {
+            let client_limits = limits.clone();
+            let sender = tokio::spawn(async move {
+                let mut conn = Connection::connect(addr, Role::Client, client_limits).await.unwrap();
+                conn.writer.send(&TrackerRequest::ListPeers).await.unwrap();
+                if clean {
+                    conn.writer.shutdown().await.unwrap();
+                }
+            });
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut conn, _) = Connection::accept(stream, limits.clone()).await.unwrap();
+            assert_eq!(
+                conn.reader.read_message::<TrackerRequest>("a request").await.unwrap(),
+                TrackerRequest::ListPeers
+            );
+            sender.await.unwrap();
+            assert!(conn.reader.read_frame().await.unwrap().is_none());
+            assert_eq!(conn.reader.closed_cleanly(), Some(clean));
+        }
     }
 
     async fn payload_tails_arrive(security: Security) {

@@ -63,6 +63,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
+use ring::agreement;
 use ring::hkdf;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -91,8 +92,20 @@ const FLAG_SECRET: u8 = 1;
 const FLAG_ENCRYPT: u8 = 2;
 const CLIENT_PROOF: &[u8] = b"septet/2 client proof";
 const SERVER_PROOF: &[u8] = b"septet/2 server proof";
-const KEY_C2S: &[u8] = b"septet/2 client to server";
-const KEY_S2C: &[u8] = b"septet/2 server to client";
+const KEY_C2S: &[u8] = b"septet/8 client to server";
+const KEY_S2C: &[u8] = b"septet/8 server to client";
+const KEY_LABEL: &[u8] = b"septet/8 key";
+const NEXT_LABEL: &[u8] = b"septet/8 next";
+/// Bytes of an X25519 public key.
+pub const EPHEMERAL_LEN: usize = 32;
+/// Records sealed under one key before both sides move to the next (see
+/// [`Sealer`]): at most 2¹⁶ × 256 KiB = 16 GiB per key, far inside
+/// AES-GCM's limits for counter nonces, and each step forgets the last key.
+pub const REKEY_RECORDS: u64 = 1 << 16;
+/// The length field of the authenticated close record: the top bit set,
+/// no plaintext. Sent by [`crate::FrameWriter::shutdown`] on an encrypted
+/// connection; after it nothing may follow.
+pub const CLOSE_RECORD: u32 = 1 << 31;
 
 /// Fills `out` with bytes from the operating system's CSPRNG.
 ///
@@ -410,15 +423,64 @@ fn verify_proof(secret: &Secret, label: &[u8], transcript: &[u8], claimed: &[u8]
     hmac::verify(&key, &msg, claimed).is_ok()
 }
 
-/// The two directions' keys of one connection.
-fn session_keys(secret: &Secret, transcript: &[u8]) -> (LessSafeKey, LessSafeKey) {
-    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript).extract(&secret.0);
-    let key = |label: &[u8]| {
-        let info = [label];
-        let okm = prk.expand(&info, &AES_128_GCM).expect("AES-128-GCM's key length is a valid HKDF output length");
+/// A fresh X25519 key pair for one handshake: its private half and its
+/// public half as sent.
+fn ephemeral() -> (agreement::EphemeralPrivateKey, [u8; EPHEMERAL_LEN]) {
+    let rng = SystemRandom::new();
+    let private = agreement::EphemeralPrivateKey::generate(&agreement::X25519, &rng)
+        .expect("the operating system's random source failed");
+    let mut public = [0u8; EPHEMERAL_LEN];
+    public.copy_from_slice(private.compute_public_key().expect("X25519 has a public key").as_ref());
+    (private, public)
+}
+
+/// The X25519 shared secret of our `private` key and the peer's `public`
+/// one; `None` for a public key X25519 refuses (all zeros, low order).
+fn shared_secret(private: agreement::EphemeralPrivateKey, public: &[u8]) -> Option<[u8; 32]> {
+    let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, public);
+    agreement::agree_ephemeral(private, &peer, |shared| {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(shared);
+        out
+    })
+    .ok()
+}
+
+/// One direction's traffic secret: its key now, and the next.
+struct Traffic(hkdf::Prk);
+
+impl Traffic {
+    fn key(&self) -> LessSafeKey {
+        let okm =
+            self.0.expand(&[KEY_LABEL], &AES_128_GCM).expect("AES-128-GCM's key length is a valid HKDF output length");
         LessSafeKey::new(UnboundKey::from(okm))
+    }
+
+    fn next(&self) -> Self {
+        Self(hkdf::Prk::from(
+            self.0.expand(&[NEXT_LABEL], hkdf::HKDF_SHA256).expect("SHA-256's length is a valid HKDF output length"),
+        ))
+    }
+}
+
+/// The two directions' traffic secrets of one connection, as TLS 1.3's
+/// psk_dhe_ke does it: HKDF-SHA256 over the cluster secret *and* the
+/// connection's X25519 shared secret, salted with the whole transcript
+/// (hellos and both ephemeral keys). Recorded traffic stays sealed even
+/// to someone who later steals the cluster secret: the ephemeral private
+/// keys never leave memory and are gone once the handshake is over.
+fn session_keys(secret: &Secret, shared: &[u8; 32], transcript: &[u8]) -> (Traffic, Traffic) {
+    let mut ikm = [0u8; SECRET_LEN + 32];
+    ikm[..SECRET_LEN].copy_from_slice(&secret.0);
+    ikm[SECRET_LEN..].copy_from_slice(shared);
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, transcript).extract(&ikm);
+    ikm.fill(0);
+    let direction = |label: &[u8]| {
+        Traffic(hkdf::Prk::from(
+            prk.expand(&[label], hkdf::HKDF_SHA256).expect("SHA-256's length is a valid HKDF output length"),
+        ))
     };
-    (key(KEY_C2S), key(KEY_S2C))
+    (direction(KEY_C2S), direction(KEY_S2C))
 }
 
 /// What a completed handshake yields: the client's role (on the server
@@ -479,10 +541,19 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(fail(HandshakeFailure::NotSeptet));
     }
     let Some(secret) = &security.secret else { return Ok(Established { role, cipher: None }) };
-    let mut transcript = Vec::with_capacity(2 * HELLO_LEN);
+    let mut transcript = Vec::with_capacity(2 * HELLO_LEN + 2 * EPHEMERAL_LEN);
     transcript.extend_from_slice(&sent);
     transcript.extend_from_slice(&got);
-    stream.write_all(proof(secret, CLIENT_PROOF, &transcript).as_ref()).await?;
+    // With encryption, our ephemeral key goes with our proof, under it.
+    let ours = security.encrypt.then(ephemeral);
+    if let Some((_, public)) = &ours {
+        transcript.extend_from_slice(public);
+    }
+    let mut said = proof(secret, CLIENT_PROOF, &transcript).as_ref().to_vec();
+    if let Some((_, public)) = &ours {
+        said.extend_from_slice(public);
+    }
+    stream.write_all(&said).await?;
     stream.flush().await?;
     let finish: [u8; 1 + PROOF_LEN] = match read_fixed(stream).await {
         // A server that refuses us may close before we read its answer.
@@ -492,14 +563,20 @@ pub(crate) async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     if finish[0] != status::OK {
         return Err(fail(HandshakeFailure::SecretRefused));
     }
+    let Some((private, _)) = ours else {
+        if !verify_proof(secret, SERVER_PROOF, &transcript, &finish[1..]) {
+            return Err(fail(HandshakeFailure::BadServerProof));
+        }
+        return Ok(Established { role, cipher: None });
+    };
+    let theirs: [u8; EPHEMERAL_LEN] = read_fixed(stream).await?;
+    transcript.extend_from_slice(&theirs);
     if !verify_proof(secret, SERVER_PROOF, &transcript, &finish[1..]) {
         return Err(fail(HandshakeFailure::BadServerProof));
     }
-    let cipher = security.encrypt.then(|| {
-        let (c2s, s2c) = session_keys(secret, &transcript);
-        (Sealer::new(c2s), Opener::new(s2c))
-    });
-    Ok(Established { role, cipher })
+    let shared = shared_secret(private, &theirs).ok_or_else(|| fail(HandshakeFailure::BadServerProof))?;
+    let (c2s, s2c) = session_keys(secret, &shared, &transcript);
+    Ok(Established { role, cipher: Some((Sealer::new(c2s), Opener::new(s2c))) })
 }
 
 /// The accepting side of the handshake. `peer` names the client in errors.
@@ -536,10 +613,15 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let role = role_from(theirs.code).ok_or_else(|| fail(HandshakeFailure::NotSeptet))?;
     let Some(secret) = &security.secret else { return Ok(Established { role, cipher: None }) };
-    let mut transcript = Vec::with_capacity(2 * HELLO_LEN);
+    let mut transcript = Vec::with_capacity(2 * HELLO_LEN + 2 * EPHEMERAL_LEN);
     transcript.extend_from_slice(&got);
     transcript.extend_from_slice(&sent);
     let claimed: [u8; PROOF_LEN] = read_fixed(stream).await?;
+    // With encryption the client's ephemeral key follows its proof, which covers it.
+    if security.encrypt {
+        let theirs: [u8; EPHEMERAL_LEN] = read_fixed(stream).await?;
+        transcript.extend_from_slice(&theirs);
+    }
     if !verify_proof(secret, CLIENT_PROOF, &transcript, &claimed) {
         let mut refusal = [0u8; 1 + PROOF_LEN];
         refusal[0] = status::REFUSED;
@@ -547,15 +629,22 @@ pub(crate) async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = stream.flush().await;
         return Err(fail(HandshakeFailure::WrongSecret));
     }
-    let mut finish = [0u8; 1 + PROOF_LEN];
-    finish[1..].copy_from_slice(proof(secret, SERVER_PROOF, &transcript).as_ref());
+    let ours = security.encrypt.then(ephemeral);
+    if let Some((_, public)) = &ours {
+        transcript.extend_from_slice(public);
+    }
+    let mut finish = vec![status::OK];
+    finish.extend_from_slice(proof(secret, SERVER_PROOF, &transcript).as_ref());
+    if let Some((_, public)) = &ours {
+        finish.extend_from_slice(public);
+    }
     stream.write_all(&finish).await?;
     stream.flush().await?;
-    let cipher = security.encrypt.then(|| {
-        let (c2s, s2c) = session_keys(secret, &transcript);
-        (Sealer::new(s2c), Opener::new(c2s))
-    });
-    Ok(Established { role, cipher })
+    let Some((private, _)) = ours else { return Ok(Established { role, cipher: None }) };
+    let client_public = &transcript[2 * HELLO_LEN..2 * HELLO_LEN + EPHEMERAL_LEN];
+    let shared = shared_secret(private, client_public).ok_or_else(|| fail(HandshakeFailure::WrongSecret))?;
+    let (c2s, s2c) = session_keys(secret, &shared, &transcript);
+    Ok(Established { role, cipher: Some((Sealer::new(s2c), Opener::new(c2s))) })
 }
 
 fn record_nonce(seq: u64) -> Nonce {
@@ -564,8 +653,12 @@ fn record_nonce(seq: u64) -> Nonce {
     Nonce::assume_unique_for_key(nonce)
 }
 
-/// Seals the records one direction of a connection sends.
+/// Seals the records one direction of a connection sends. After
+/// [`REKEY_RECORDS`] records under a key, both ends move to the next
+/// (derived from the traffic secret, which then replaces itself): no
+/// message is needed, and an old key is forgotten.
 pub(crate) struct Sealer {
+    traffic: Traffic,
     key: LessSafeKey,
     seq: u64,
 }
@@ -577,8 +670,34 @@ impl fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    fn new(key: LessSafeKey) -> Self {
-        Self { key, seq: 0 }
+    fn new(traffic: Traffic) -> Self {
+        Self { key: traffic.key(), traffic, seq: 0 }
+    }
+
+    /// The next key, once this one sealed its share.
+    fn rekey_if_due(&mut self) {
+        if self.seq == REKEY_RECORDS {
+            self.traffic = self.traffic.next();
+            self.key = self.traffic.key();
+            self.seq = 0;
+        }
+    }
+
+    /// Seals the close record in place into `record` (cleared first): a
+    /// length field of [`CLOSE_RECORD`] and a tag over nothing.
+    pub(crate) fn seal_close(&mut self, record: &mut Vec<u8>) -> Result<()> {
+        self.rekey_if_due();
+        record.clear();
+        let header = CLOSE_RECORD.to_le_bytes();
+        record.extend_from_slice(&header);
+        let seq = self.seq;
+        self.seq += 1;
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(record_nonce(seq), Aad::from(header), &mut [])
+            .map_err(|_| Error::Invalid("sealing a record failed".into()))?;
+        record.extend_from_slice(tag.as_ref());
+        Ok(())
     }
 
     /// Seals `record` = length field (filled in here) and plaintext, in place,
@@ -594,8 +713,9 @@ impl Sealer {
         }
         let header = (len as u32).to_le_bytes();
         record[..RECORD_HEADER].copy_from_slice(&header);
+        self.rekey_if_due();
         let seq = self.seq;
-        self.seq = seq.checked_add(1).ok_or_else(|| Error::Invalid("record counter exhausted".into()))?;
+        self.seq += 1;
         let tag = self
             .key
             .seal_in_place_separate_tag(record_nonce(seq), Aad::from(header), &mut record[RECORD_HEADER..])
@@ -605,8 +725,10 @@ impl Sealer {
     }
 }
 
-/// Opens the records one direction of a connection receives.
+/// Opens the records one direction of a connection receives (moving to
+/// the next key as the [`Sealer`] does).
 pub(crate) struct Opener {
+    traffic: Traffic,
     key: LessSafeKey,
     seq: u64,
 }
@@ -618,17 +740,21 @@ impl fmt::Debug for Opener {
 }
 
 impl Opener {
-    fn new(key: LessSafeKey) -> Self {
-        Self { key, seq: 0 }
+    fn new(traffic: Traffic) -> Self {
+        Self { key: traffic.key(), traffic, seq: 0 }
     }
 
-    /// The plaintext length a record header declares.
+    /// The plaintext length a record header declares: 0 for the close record.
     ///
     /// # Errors
     /// [`Error::BadFrame`] for 0 or more than [`MAX_RECORD`] (checked before
     /// anything is allocated for it).
     pub(crate) fn record_len(header: [u8; RECORD_HEADER]) -> Result<usize> {
-        let len = u32::from_le_bytes(header) as usize;
+        let len = u32::from_le_bytes(header);
+        if len == CLOSE_RECORD {
+            return Ok(0);
+        }
+        let len = len as usize;
         if len == 0 || len > MAX_RECORD {
             return Err(Error::BadFrame(format!("an encrypted record of {len} bytes (at most {MAX_RECORD})")));
         }
@@ -643,8 +769,13 @@ impl Opener {
     pub(crate) fn open(&mut self, header: [u8; RECORD_HEADER], data: &mut [u8], tag: &[u8]) -> Result<()> {
         let bad = || Error::BadFrame("an encrypted record failed authentication".into());
         let tag = aead::Tag::try_from(tag).map_err(|_| bad())?;
+        if self.seq == REKEY_RECORDS {
+            self.traffic = self.traffic.next();
+            self.key = self.traffic.key();
+            self.seq = 0;
+        }
         let seq = self.seq;
-        self.seq = seq.checked_add(1).ok_or_else(bad)?;
+        self.seq += 1;
         self.key.open_in_place_separate_tag(record_nonce(seq), Aad::from(header), tag, data, 0..).map_err(|_| bad())?;
         Ok(())
     }
@@ -826,9 +957,10 @@ mod tests {
     #[test]
     fn records_that_are_tampered_reordered_or_oversized_do_not_open() {
         let k = Secret([4; SECRET_LEN]);
-        let (c2s, _) = session_keys(&k, b"transcript");
-        let (c2s_again, _) = session_keys(&k, b"transcript");
-        let (other, _) = session_keys(&k, b"another transcript");
+        let dh = [9u8; 32];
+        let (c2s, _) = session_keys(&k, &dh, b"transcript");
+        let (c2s_again, _) = session_keys(&k, &dh, b"transcript");
+        let (other, _) = session_keys(&k, &dh, b"another transcript");
         let (mut seal, mut open) = (Sealer::new(c2s), Opener::new(c2s_again));
         let mut records = Vec::new();
         for text in [&b"first"[..], b"second"] {
@@ -846,17 +978,162 @@ mod tests {
         };
         // Out of order: the second record under the first's counter.
         assert!(try_open(&mut open, &records[1]).is_err());
-        let mut open = Opener::new(session_keys(&k, b"transcript").0);
+        let mut open = Opener::new(session_keys(&k, &dh, b"transcript").0);
         let mut flipped = records[0].clone();
         flipped[6] ^= 1;
         assert!(try_open(&mut open, &flipped).is_err());
         let mut open = Opener::new(other);
         assert!(try_open(&mut open, &records[0]).is_err());
-        let mut open = Opener::new(session_keys(&k, b"transcript").0);
+        let mut open = Opener::new(session_keys(&k, &dh, b"transcript").0);
         assert!(try_open(&mut open, &records[0]).is_ok());
         assert!(try_open(&mut open, &records[1]).is_ok());
         assert!(Opener::record_len(((MAX_RECORD + 1) as u32).to_le_bytes()).is_err());
         assert!(Opener::record_len([0; 4]).is_err());
+    }
+
+    /// Records both directions of an encrypted handshake, as an on-path
+    /// attacker would, then hands the attacker the cluster secret (stolen
+    /// later): every key it can derive from what it has — the secret, the
+    /// whole transcript with both ephemeral public keys — fails to open the
+    /// connection's records; only the ephemeral private keys, gone with the
+    /// handshake, would. Two connections never share keys.
+    #[tokio::test]
+    async fn a_secret_stolen_later_does_not_open_recorded_traffic() {
+        let mut enc = secret(6);
+        enc.encrypt = true;
+        let (mut a, mut b) = duplex(4096);
+        let s = enc.clone();
+        let server_task = tokio::spawn(async move {
+            let mut tap = Vec::new();
+            let got = server(&mut Tap { inner: &mut b, log: &mut tap }, &s, "client").await;
+            (got, tap)
+        });
+        let mut from_server = Vec::new();
+        let client =
+            client(&mut Tap { inner: &mut a, log: &mut from_server }, Role::Client, &enc, "the server").await.unwrap();
+        let (server_side, from_client) = server_task.await.unwrap();
+        server_side.unwrap();
+        let (mut seal, _) = client.cipher.unwrap();
+        let mut rec = vec![0u8; RECORD_HEADER];
+        rec.extend_from_slice(b"the product M3");
+        seal.seal(&mut rec).unwrap();
+        // What the attacker recorded: both hellos, both proofs, both public
+        // keys — the whole transcript the keys are salted with.
+        assert_eq!(from_client.len(), HELLO_LEN + PROOF_LEN + EPHEMERAL_LEN);
+        assert_eq!(from_server.len(), HELLO_LEN + 1 + PROOF_LEN + EPHEMERAL_LEN);
+        let transcript = [
+            &from_client[..HELLO_LEN],
+            &from_server[..HELLO_LEN],
+            &from_client[HELLO_LEN + PROOF_LEN..],
+            &from_server[HELLO_LEN + 1 + PROOF_LEN..],
+        ]
+        .concat();
+        let k = enc.secret.as_ref().unwrap();
+        let try_open = |traffic: Traffic| {
+            let mut rec = rec.clone();
+            let header: [u8; 4] = rec[..4].try_into().unwrap();
+            let len = Opener::record_len(header).unwrap();
+            let (data, tag) = rec[4..].split_at_mut(len);
+            Opener::new(traffic).open(header, data, tag).is_ok()
+        };
+        // With the secret and the real transcript, any guess at the shared
+        // secret opens nothing.
+        for guess in [[0u8; 32], [1u8; 32]] {
+            assert!(!try_open(session_keys(k, &guess, &transcript).0));
+        }
+        // Two connections under the same secret have different keys.
+        let (mut a2, mut b2) = duplex(4096);
+        let s = enc.clone();
+        let other = tokio::spawn(async move { server(&mut b2, &s, "client").await });
+        let second = super::client(&mut a2, Role::Client, &enc, "the server").await.unwrap();
+        other.await.unwrap().unwrap();
+        let (mut seal2, _) = second.cipher.unwrap();
+        let mut rec2 = vec![0u8; RECORD_HEADER];
+        rec2.extend_from_slice(b"the product M3");
+        seal2.seal(&mut rec2).unwrap();
+        assert_ne!(rec, rec2);
+    }
+
+    /// Records the bytes read through it.
+    struct Tap<'a, S> {
+        inner: &'a mut S,
+        log: &'a mut Vec<u8>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Tap<'_, S> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let this = &mut *self;
+            let polled = std::pin::Pin::new(&mut *this.inner).poll_read(cx, buf);
+            this.log.extend_from_slice(&buf.filled()[before..]);
+            polled
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<'_, S> {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// Both ends move to a new key every [`REKEY_RECORDS`] records, in
+    /// step, without a message; a key's successor seals differently.
+    #[test]
+    fn keys_move_on_in_step_after_their_share_of_records() {
+        let k = Secret([2; SECRET_LEN]);
+        let (c2s, _) = session_keys(&k, &[3; 32], b"t");
+        let (c2s_again, _) = session_keys(&k, &[3; 32], b"t");
+        let first_key = c2s.key();
+        let next_key = c2s.next().key();
+        let seal_with = |key: &LessSafeKey| {
+            let mut data = *b"same";
+            let _tag = key.seal_in_place_separate_tag(record_nonce(0), Aad::from([0u8; 4]), &mut data).unwrap();
+            data
+        };
+        assert_ne!(seal_with(&first_key), seal_with(&next_key));
+        let (mut seal, mut open) = (Sealer::new(c2s), Opener::new(c2s_again));
+        for i in 0..REKEY_RECORDS + 3 {
+            let mut rec = vec![0u8; RECORD_HEADER];
+            rec.extend_from_slice(&i.to_le_bytes());
+            seal.seal(&mut rec).unwrap();
+            let header: [u8; 4] = rec[..4].try_into().unwrap();
+            let len = Opener::record_len(header).unwrap();
+            let (data, tag) = rec[4..].split_at_mut(len);
+            open.open(header, data, tag).unwrap_or_else(|e| panic!("record {i}: {e}"));
+            assert_eq!(data, &i.to_le_bytes());
+        }
+        assert_eq!(seal.seq, 3, "the sealer is on its second key");
+        // The close record authenticates like any other.
+        let mut close = Vec::new();
+        seal.seal_close(&mut close).unwrap();
+        let header: [u8; 4] = close[..4].try_into().unwrap();
+        assert_eq!(Opener::record_len(header).unwrap(), 0);
+        open.open(header, &mut [], &close[4..]).unwrap();
+        let (s2c, s2c_again) = (session_keys(&k, &[3; 32], b"t").1, session_keys(&k, &[3; 32], b"t").1);
+        let (mut seal, mut open) = (Sealer::new(s2c), Opener::new(s2c_again));
+        seal.seal_close(&mut close).unwrap();
+        close[5] ^= 1;
+        assert!(open.open(header, &mut [], &close[4..]).is_err(), "a forged close record");
     }
 
     #[test]
