@@ -101,6 +101,11 @@ struct SecurityArgs {
     /// peers that do not. Needs --secret-file.
     #[arg(long, env = "SEPTET_ENCRYPT", value_parser = clap::builder::BoolishValueParser::new())]
     encrypt: bool,
+    /// Use a secret file that other users can read (refused otherwise:
+    /// anyone who reads it can join the grid). For files a secret store
+    /// mounts read-only for a group, on purpose.
+    #[arg(long, env = "SEPTET_ALLOW_READABLE_SECRET", value_parser = clap::builder::BoolishValueParser::new())]
+    allow_readable_secret: bool,
 }
 
 /// A command line that cannot be run as given: exit status 2.
@@ -121,13 +126,16 @@ impl SecurityArgs {
             }
             return Ok(Security::default());
         };
-        let (secret, warning) = Secret::load(path).map_err(|e| match e {
+        let (secret, warning) = Secret::load(path, self.allow_readable_secret).map_err(|e| match e {
             SecretFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 anyhow::Error::new(UsageError(format!(
                     "the secret file {} (--secret-file or SEPTET_SECRET_FILE) does not exist; make one with `septet \
                      secret --out FILE` and give the same file to every tracker, worker and client",
                     path.display()
                 )))
+            }
+            e @ (SecretFileError::Readable { .. } | SecretFileError::Malformed { .. }) => {
+                anyhow::Error::new(UsageError(e.to_string()))
             }
             e => e.into(),
         })?;

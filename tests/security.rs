@@ -88,20 +88,30 @@ fn secret_files_are_private_and_never_overwritten() {
     let printed = String::from_utf8(printed.stdout).unwrap();
     assert!(printed.trim().len() == 64 && printed.trim() != text.trim(), "a new random secret each time");
 
-    // A secret others can read still works, with a warning naming the fix.
+    // A secret others can read is refused, in one line naming the fix, by
+    // servers and clients alike; the override makes it a warning.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (tracker, addr) = tracker_process("127.0.0.1:0", &["--secret-file", &path]);
+    for args in [&["tracker", "--listen", "127.0.0.1:0"][..], &["peers", "--tracker", "127.0.0.1:9"]] {
+        let mut args = args.to_vec();
+        args.extend(["--secret-file", &path]);
+        let out = septet(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = one_error_line(&out);
+        assert!(err.contains("can be read by other users") && err.contains("chmod 600"), "{err}");
+    }
+    let (tracker, addr) = tracker_process("127.0.0.1:0", &["--secret-file", &path, "--allow-readable-secret"]);
     let _procs = Procs(vec![tracker]);
-    let out = septet(&["peers", "--tracker", &addr.to_string(), "--secret-file", &path]);
+    let out = septet(&["peers", "--tracker", &addr.to_string(), "--secret-file", &path, "--allow-readable-secret"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && err.contains("can be read by other users") && err.contains("chmod 600"), "{err}");
+    assert!(out.status.success() && err.contains("can be read by other users"), "{err}");
 
     // Not a secret at all: exit 2, one line.
     let bad = d.join("bad");
     std::fs::write(&bad, "hunter2\n").unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = septet(&["peers", "--tracker", &addr.to_string(), "--secret-file", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    one_error_line(&out);
+    assert!(one_error_line(&out).contains("does not hold a septet secret"));
 }
 
 #[test]
@@ -314,7 +324,7 @@ fn crafted_bytes_and_idle_connections_leave_the_grid_serving() {
         }
     }
     // Insiders with the secret: frames no honest peer sends.
-    let secret = septet_common::secure::Secret::load(Path::new(&k)).unwrap().0;
+    let secret = septet_common::secure::Secret::load(Path::new(&k), false).unwrap().0;
     let limits = septet_common::conn::ConnLimits {
         security: septet_common::secure::Security::with_secret(secret, false),
         ..Default::default()
@@ -419,7 +429,7 @@ fn workers_serve_only_under_a_valid_ticket_of_their_own() {
     let security = ["--secret-file", k.as_str()];
     // A short TTL, so a ticket can expire within the test.
     let (_procs, tracker, workers) = grid_with(d, &security, &["--lease-ttl", "2"]);
-    let secret = septet_common::secure::Secret::load(Path::new(&k)).unwrap().0;
+    let secret = septet_common::secure::Secret::load(Path::new(&k), false).unwrap().0;
     let sec = septet_common::secure::Security::with_secret(secret, false);
     let limits = septet_common::conn::ConnLimits { security: sec.clone(), ..Default::default() };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

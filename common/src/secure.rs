@@ -129,9 +129,18 @@ pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cluster secret: 256 random bits every member of a grid holds.
+/// The cluster secret: 256 random bits every member of a grid holds. Its
+/// memory is zeroed when it is dropped. (ring's HMAC and HKDF keys made
+/// from it for a handshake live only as long as the handshake, and are
+/// not zeroed by ring.)
 #[derive(Clone)]
 pub struct Secret([u8; SECRET_LEN]);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,6 +165,17 @@ pub enum SecretFileError {
     Exists {
         /// The file.
         path: PathBuf,
+    },
+    /// Other users can read the file (and so join the grid).
+    #[error(
+        "{path} can be read by other users (mode {mode:o}): anyone who reads it can join the grid; \
+         run `chmod 600 {path}`, or pass --allow-readable-secret if that is intended"
+    )]
+    Readable {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The file does not hold a secret as `septet secret` writes it.
     #[error("{path} does not hold a septet secret ({reason}); make one with `septet secret --out FILE`")]
@@ -189,42 +209,60 @@ impl Secret {
         if text.len() != 2 * SECRET_LEN {
             return Err(format!("expected {} hex digits, found {} characters", 2 * SECRET_LEN, text.len()));
         }
-        let mut key = [0u8; SECRET_LEN];
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2).unwrap_or("zz"), 16)
-                .map_err(|_| "expected hex digits only".to_string())?;
+        if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("expected hex digits only".into());
         }
-        Ok(Self(key))
+        let mut key = Secret([0u8; SECRET_LEN]);
+        for (i, byte) in key.0.iter_mut().enumerate() {
+            *byte =
+                u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| "expected hex digits only".to_string())?;
+        }
+        Ok(key)
     }
 
-    /// Reads a secret file. Returns the secret and, when the file can be read
-    /// by other users, a warning to show.
+    /// Reads a secret file: opened once, and what was opened is checked —
+    /// a regular file of at most 1 KiB that only its owner can read (unless
+    /// `allow_readable`, when the secret comes with a warning to show).
     ///
     /// # Errors
-    /// [`SecretFileError`] when the file cannot be read or holds no secret.
-    pub fn load(path: &Path) -> std::result::Result<(Self, Option<String>), SecretFileError> {
+    /// [`SecretFileError`] when the file cannot be read, others can read it
+    /// (and that is not allowed), or it holds no secret.
+    pub fn load(path: &Path, allow_readable: bool) -> std::result::Result<(Self, Option<String>), SecretFileError> {
+        use std::io::Read as _;
         let io = |source| SecretFileError::Io { path: path.to_path_buf(), source };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        if meta.len() > 1024 {
-            return Err(SecretFileError::Malformed { path: path.into(), reason: format!("{} bytes", meta.len()) });
+        let malformed = |reason: String| SecretFileError::Malformed { path: path.to_path_buf(), reason };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        // The checks are on the file opened, not on the path again.
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(malformed("not a regular file".into()));
         }
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        let secret =
-            Self::parse(&text).map_err(|reason| SecretFileError::Malformed { path: path.to_path_buf(), reason })?;
+        if meta.len() > 1024 {
+            return Err(malformed(format!("{} bytes", meta.len())));
+        }
         #[cfg(unix)]
         let warning = {
             use std::os::unix::fs::PermissionsExt;
             let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 && !allow_readable {
+                return Err(SecretFileError::Readable { path: path.to_path_buf(), mode });
+            }
             (mode & 0o077 != 0).then(|| {
                 format!(
-                    "{} can be read by other users (mode {mode:o}); anyone who reads it can join the grid: chmod 600 {}",
-                    path.display(),
+                    "{} can be read by other users (mode {mode:o}); anyone who reads it can join the grid",
                     path.display()
                 )
             })
         };
         #[cfg(not(unix))]
-        let warning = None;
+        let warning = {
+            let _ = allow_readable;
+            None
+        };
+        let mut text = zeroize::Zeroizing::new(Vec::with_capacity(1025));
+        std::io::Read::take(&mut file, 1025).read_to_end(&mut text).map_err(io)?;
+        let text = std::str::from_utf8(&text).map_err(|_| malformed("not text".into()))?;
+        let secret = Self::parse(text).map_err(malformed)?;
         Ok((secret, warning))
     }
 
@@ -1142,19 +1180,28 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("grid.secret");
         let made = Secret::create_file(&path).unwrap();
-        let (loaded, warning) = Secret::load(&path).unwrap();
+        let (loaded, warning) = Secret::load(&path, false).unwrap();
         assert_eq!(loaded.0, made.0);
         assert!(warning.is_none());
         assert!(matches!(Secret::create_file(&path), Err(SecretFileError::Exists { .. })));
-        assert_eq!(Secret::load(&path).unwrap().0 .0, made.0, "not overwritten");
+        assert_eq!(Secret::load(&path, false).unwrap().0 .0, made.0, "not overwritten");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(Secret::load(&path).unwrap().1.unwrap().contains("chmod 600"));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+            let refused = Secret::load(&path, false).unwrap_err();
+            assert!(matches!(refused, SecretFileError::Readable { mode: 0o640, .. }));
+            assert!(refused.to_string().contains("chmod 600"), "{refused}");
+            assert!(Secret::load(&path, true).unwrap().1.unwrap().contains("can be read by other users"));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            // A directory is not a secret file.
+            assert!(matches!(Secret::load(&dir, true), Err(SecretFileError::Malformed { .. })));
         }
+        // Hex digits only: from_str_radix alone would take a sign.
+        let signed = format!("+f{}", "0".repeat(62));
+        assert_eq!(Secret::parse(&signed).unwrap_err(), "expected hex digits only");
         std::fs::write(&path, "not a secret").unwrap();
-        assert!(matches!(Secret::load(&path), Err(SecretFileError::Malformed { .. })));
+        assert!(matches!(Secret::load(&path, false), Err(SecretFileError::Malformed { .. })));
         assert!(format!("{made:?}").contains("redacted"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -107,7 +107,8 @@ impl Target {
             )),
             None => Security::default(),
             Some(path) => {
-                let (secret, warning) = Secret::load(&path).map_err(|e| PyValueError::new_err(e.to_string()))?;
+                let (secret, warning) =
+                    Secret::load(&path, allow_readable_secret()).map_err(|e| PyValueError::new_err(e.to_string()))?;
                 if let Some(warning) = warning {
                     let warnings = py.import("warnings")?;
                     warnings.call_method1("warn", (warning,))?;
@@ -648,4 +649,10 @@ fn septet_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LocalGrid>()?;
     m.add_function(wrap_pyfunction!(matmul, m)?)?;
     Ok(())
+}
+
+/// Whether SEPTET_ALLOW_READABLE_SECRET allows a secret file others can
+/// read (as `--allow-readable-secret` does for the CLI).
+fn allow_readable_secret() -> bool {
+    std::env::var("SEPTET_ALLOW_READABLE_SECRET").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"))
 }
