@@ -194,6 +194,30 @@ async fn registrations_the_tracker_cannot_hand_out_are_refused() {
     tracker.shutdown().await;
 }
 
+/// A worker registers the address it connects from; another address only
+/// if the tracker finds a septet server there (so nobody can have the
+/// tracker hand out addresses that are not workers').
+#[tokio::test]
+async fn a_registered_address_is_the_workers_own_or_proved_by_dialling_it() {
+    let (tracker, state) = spawn_tracker(patient()).await;
+    let mut c = registrar(tracker.addr).await; // from 127.0.0.1
+    let (code, message) = code(c.register("127.0.0.3:9".parse().unwrap(), 1).await);
+    assert_eq!(code, ErrorCode::InvalidRequest, "{message}");
+    assert!(message.contains("cannot register 127.0.0.3:9") && message.contains("could not reach"), "{message}");
+    assert!(state.peers().unwrap().1.is_empty(), "nothing registered");
+    // A septet server on another address of this host answers: accepted.
+    let other = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let there = other.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = other.accept().await {
+            tokio::spawn(septet_common::Connection::accept(stream, Default::default()));
+        }
+    });
+    let reg = c.register(there, 1).await.unwrap();
+    assert_eq!(reg.addr, there.to_string());
+    tracker.shutdown().await;
+}
+
 fn septet(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(septet_bin());
     cmd.args(args).stdin(Stdio::null()).env_remove("SEPTET_LEASE_TOKEN");

@@ -92,8 +92,8 @@ pub struct RequesterConfig {
 pub enum Plan {
     /// The relay, unless every leased peer is on this host's loopback
     /// interface: then there is no link to spare and the relay only adds
-    /// copies (measured on loopback: relayed jobs took 1.8–2.0× the
-    /// direct plan's time), so the job goes direct.
+    /// copies (relayed jobs are slower there: `cargo bench --bench grid`
+    /// shows both plans), so the job goes direct.
     #[default]
     Auto,
     /// The relay: A and B go out once, the peers forward them and reduce
@@ -242,9 +242,10 @@ pub struct JobReport {
     pub bytes_sent: u64,
     /// Bytes received from workers.
     pub bytes_received: u64,
-    /// Classical flops (2·m·k·n) per second of `total_s`, in GFLOP/s.
+    /// Classical flops (2·m·k·n) per second of the job's own time
+    /// (`total_s` less `lease_wait_s`), in GFLOP/s.
     pub gflops: f64,
-    /// (bytes sent + received) / `total_s`, in GB/s.
+    /// (bytes sent + received) per second of the job's own time, in GB/s.
     pub throughput_gbps: f64,
     /// One record per product, in M1..M7 order.
     pub peers: Vec<PeerReport>,
@@ -308,9 +309,11 @@ impl JobReport {
     fn finish<T>(&mut self, c: &Result<Array2<T>>, started: Instant) {
         let total = started.elapsed().as_secs_f64();
         self.total_s = total;
-        if c.is_ok() && total > 0.0 {
-            self.gflops = 2.0 * (self.m * self.k * self.n) as f64 / total / 1e9;
-            self.throughput_gbps = (self.bytes_sent + self.bytes_received) as f64 / total / 1e9;
+        // The rates are the job's own: a wait in the tracker's queue is not.
+        let job = (total - self.lease_wait_s).max(0.0);
+        if c.is_ok() && job > 0.0 {
+            self.gflops = 2.0 * (self.m * self.k * self.n) as f64 / job / 1e9;
+            self.throughput_gbps = (self.bytes_sent + self.bytes_received) as f64 / job / 1e9;
         }
     }
 }

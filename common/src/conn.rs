@@ -105,9 +105,8 @@ impl PendingBlocks {
 /// By default the kernel wakes a reader for every few dozen kilobytes that
 /// arrive. While a payload is read, asking it to wait until up to 1 MiB —
 /// never more than the payload still missing, so the last bytes of a frame
-/// always wake the reader — means fewer, larger copies and fewer wake-ups:
-/// loopback transfers of 32 MiB blocks went from ~2.7 to ~3.4 GB/s on the
-/// 2-core dev VM (`cargo bench --bench wire`). Between payloads the mark is
+/// always wake the reader — means fewer, larger copies and fewer wake-ups
+/// (`cargo bench --bench wire` measures loopback transfers). Between payloads the mark is
 /// back to 1 byte, so control messages are read as soon as they arrive.
 #[derive(Debug)]
 struct LowWater {

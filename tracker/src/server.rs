@@ -327,6 +327,35 @@ fn resolve_listen(listen: &str, seen_from: SocketAddr) -> Result<String> {
     Ok(SocketAddr::new(ip, addr.port()).to_string())
 }
 
+/// A worker may register the address it connects from; any other only
+/// if the tracker reaches a septet server there (with the cluster's
+/// secret): so nobody hands out addresses that are not grid workers'.
+async fn prove_listen(tracker: &Tracker, addr: &str, seen_from: SocketAddr) -> Result<()> {
+    let listen: SocketAddr = addr.parse().map_err(|_| Error::Invalid(format!("{addr:?} is not an ip:port")))?;
+    if listen.ip().to_canonical() == seen_from.ip().to_canonical() {
+        return Ok(());
+    }
+    let config = tracker.config();
+    let limits = ConnLimits {
+        handshake_timeout: config.handshake_timeout.min(config.io_timeout),
+        security: config.security.clone(),
+        ..ConnLimits::default()
+    };
+    match Connection::connect(listen, Role::Client, limits).await {
+        Ok(mut conn) => {
+            let _ = conn.writer.shutdown().await;
+            debug!(%addr, from = %seen_from, "a worker's address, other than the one it connects from, answers");
+            Ok(())
+        }
+        Err(e) => Err(Error::Invalid(format!(
+            "a worker connecting from {} cannot register {addr}: that is not its address as the tracker sees it, and \
+             the tracker could not reach a septet worker there to check ({e}); register the address it connects \
+             from (--listen 0.0.0.0:PORT), or make {addr} reachable from the tracker",
+            seen_from.ip()
+        ))),
+    }
+}
+
 /// A lease from this cluster's slots: granted, or queued (the grant comes
 /// on `waits.ticket`).
 async fn lease(
@@ -381,7 +410,11 @@ async fn handle(
         {
             federation.handle(tracker, ops, msg, conn).await
         }
-        TrackerRequest::Register { listen, slots } => resolve_listen(&listen, peer).and_then(|addr| {
+        TrackerRequest::Register { listen, slots } => match resolve_listen(&listen, peer) {
+            Ok(addr) => prove_listen(tracker, &addr, peer).await.map(|()| addr),
+            Err(e) => Err(e),
+        }
+        .and_then(|addr| {
             let peer_id = tracker.register_by(&addr, slots, conn)?;
             info!(%peer_id, %addr, slots, "worker registered");
             let (ticket_key, now_ms) = (tracker.ticket_key(), tracker.clock_ms());

@@ -15,8 +15,8 @@
 //! update of the table for all the releases, one choice and one update for
 //! all the grants. The server batches whatever arrives together, so the
 //! polars passes — the tracker's main cost per request — are shared out
-//! when load is high (about 1.9 µs per lease + release in batches of 100
-//! against 10 µs one at a time, 1,000 peers).
+//! when load is high (`cargo bench --bench tracker` compares batches with
+//! one request at a time).
 //!
 //! # Ownership
 //! A lease is renewed, released or reported against only by its *holder*:
@@ -192,6 +192,10 @@ pub struct TrackerConfig {
     /// a registration from a new address beyond it is refused, while a
     /// known address may always register again.
     pub max_peers: usize,
+    /// A peer gone this long (and at least twice the lease TTL, so no
+    /// ticket for it is still good) may lose its row to a new worker when
+    /// the table is full.
+    pub forget_gone: Duration,
     /// This tracker's cluster: the name its peers' rows carry and its
     /// siblings know it by (`--cluster`).
     pub cluster: String,
@@ -208,6 +212,7 @@ impl Default for TrackerConfig {
             lease_ttl: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(2),
             heartbeat_timeout: Duration::from_secs(6),
+            forget_gone: Duration::from_secs(600),
             max_lease_count: 1024,
             max_slots_per_peer: 1024,
             io_timeout: Duration::from_secs(10),
@@ -240,10 +245,15 @@ impl TrackerConfig {
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(Error::Config(format!("the {name} must be positive")));
         }
-        if self.heartbeat_timeout <= self.heartbeat_interval {
+        // A peer is suspect after half the timeout without a heartbeat: if
+        // that is not longer than the interval, healthy peers flap. (The
+        // CLI also asks for room for delays: see `septet tracker --help`.)
+        if self.heartbeat_timeout / 2 <= self.heartbeat_interval {
             return Err(Error::Config(format!(
-                "the heartbeat timeout ({:?}) must exceed the heartbeat interval ({:?})",
-                self.heartbeat_timeout, self.heartbeat_interval
+                "half the heartbeat timeout ({:?}) must exceed the heartbeat interval ({:?}), or healthy peers are \
+                 marked suspect between heartbeats",
+                self.heartbeat_timeout / 2,
+                self.heartbeat_interval
             )));
         }
         if self.max_connections == 0 {
@@ -789,9 +799,19 @@ impl Tracker {
                     }
                 }
                 None if s.table.len() >= config.max_peers => {
+                    // A full table: the row of a peer long gone, if any.
+                    let forget = config.forget_gone.max(2 * config.lease_ttl);
+                    let gone_before = self.now_ms(now).saturating_sub(forget.as_millis() as u64);
+                    if let Some(row) = s.table.recycle(addr, slots, self.now_ms(now), gone_before)? {
+                        let peer_id = PeerId(row);
+                        tracing::info!(%peer_id, addr, "the peer table is full; a new worker takes the row of a peer long gone");
+                        s.peer_owner.insert(peer_id, conn);
+                        return Ok(peer_id);
+                    }
                     return Err(Error::Invalid(format!(
-                        "the tracker's peer table is full ({} peers, its --max-peers); no new worker can join",
-                        config.max_peers
+                        "the tracker's peer table is full ({} peers, its --max-peers, none gone for {:?}); no new \
+                         worker can join",
+                        config.max_peers, forget
                     )));
                 }
                 None => {}
@@ -1758,5 +1778,35 @@ mod tests {
         assert_eq!(t.stats().unwrap().free, 2);
         t.check_invariants().unwrap();
         assert!(Tracker::new(TrackerConfig { max_peers: 0, ..Default::default() }).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_table_gives_the_row_of_a_peer_long_gone_to_a_new_worker() {
+        let config = TrackerConfig {
+            max_peers: 2,
+            forget_gone: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let t = Tracker::new(config).unwrap();
+        let a = t.register_by("10.0.0.1:7000", 1, 1).unwrap();
+        t.register_by("10.0.0.2:7000", 1, 2).unwrap();
+        let lease = granted(t.lease(2, 9, false).unwrap());
+        t.release(lease.lease_id).unwrap();
+        t.deregister_by(a, 1).unwrap();
+        // Gone, but not for long: the table is still full.
+        let full = t.register_by("10.0.0.3:7000", 2, 3).unwrap_err().to_string();
+        assert!(full.contains("full") && full.contains("60s"), "{full}");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let c = t.register_by("10.0.0.3:7000", 2, 3).unwrap();
+        assert_eq!(c, a, "the long-gone row is reused");
+        let row = &t.peers().unwrap().1[c.0 as usize];
+        assert_eq!((row.addr.as_str(), row.slots, row.state.as_str()), ("10.0.0.3:7000", 2, "alive"));
+        assert_eq!((row.leases_total, row.failures, row.in_use), (0, 0, 0), "fresh counts");
+        // Only its new connection speaks for it; the live peer kept its row.
+        assert!(matches!(t.heartbeat_by(c, 1), Err(Error::NotYourPeer(_))));
+        t.heartbeat_by(c, 3).unwrap();
+        assert_eq!(t.peers().unwrap().1[1].addr, "10.0.0.2:7000");
+        t.check_invariants().unwrap();
     }
 }

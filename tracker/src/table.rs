@@ -101,6 +101,25 @@ where
     Column::new(name.into(), values)
 }
 
+/// The row of a peer that just joined.
+fn new_row(id: u64, addr: &str, slots: u32, now: u64) -> TableResult<DataFrame> {
+    DataFrame::new(
+        1,
+        vec![
+            col("peer_id", vec![id]),
+            col("addr", vec![addr.to_string()]),
+            col("slots", vec![slots]),
+            col("in_use", vec![0u32]),
+            col("leases_total", vec![0u64]),
+            col("failures", vec![0u32]),
+            col("slow", vec![0u32]),
+            col("joined_at", vec![now]),
+            col("last_seen", vec![now]),
+            col("state", vec![PeerState::Alive.as_str().to_string()]),
+        ],
+    )
+}
+
 impl PeerTable {
     /// An empty table with the full schema.
     pub fn new() -> Self {
@@ -207,25 +226,41 @@ impl PeerTable {
             polars_bail!(ComputeError: "the peer table is full ({MAX_PEERS} peers)");
         }
         let id = self.df.height() as u64;
-        let row = DataFrame::new(
-            1,
-            vec![
-                col("peer_id", vec![id]),
-                col("addr", vec![addr.to_string()]),
-                col("slots", vec![slots]),
-                col("in_use", vec![0u32]),
-                col("leases_total", vec![0u64]),
-                col("failures", vec![0u32]),
-                col("slow", vec![0u32]),
-                col("joined_at", vec![now]),
-                col("last_seen", vec![now]),
-                col("state", vec![PeerState::Alive.as_str().to_string()]),
-            ],
-        )?;
+        let row = new_row(id, addr, slots, now)?;
         self.df.vstack_mut_owned(row)?;
         self.df.rechunk_mut();
         self.refresh_alive()?;
         Ok(id)
+    }
+
+    /// Gives a new worker at `addr` the row of a peer gone since before
+    /// `gone_before` (ms) with no slot in use — the oldest such — with
+    /// fresh counts; `None` if there is none. How a full table takes new
+    /// workers: dead rows cannot fill it for good.
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn recycle(&mut self, addr: &str, slots: u32, now: u64, gone_before: u64) -> TableResult<Option<u64>> {
+        let (states, in_use, seen) = (self.strs("state")?, self.u32s("in_use")?, self.u64s("last_seen")?);
+        let oldest = states
+            .iter()
+            .zip(in_use.iter())
+            .zip(seen.iter())
+            .enumerate()
+            .filter(|(_, ((state, used), seen))| {
+                *state == Some(PeerState::Gone.as_str()) && *used == Some(0) && seen.is_some_and(|t| t < gone_before)
+            })
+            .min_by_key(|(_, (_, seen))| *seen)
+            .map(|(row, _)| row);
+        let Some(row) = oldest else { return Ok(None) };
+        let height = self.df.height();
+        let mut df = self.df.slice(0, row);
+        df.vstack_mut_owned(new_row(row as u64, addr, slots, now)?)?;
+        df.vstack_mut_owned(self.df.slice(row as i64 + 1, height - row - 1))?;
+        df.rechunk_mut();
+        self.df = df;
+        self.refresh_alive()?;
+        Ok(Some(row as u64))
     }
 
     /// The id of the peer registered from `addr`, if any.

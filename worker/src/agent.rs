@@ -58,13 +58,9 @@
 //!
 //! plus a round trip each for the handshake and the registration: about
 //! 4 s in the worst case with the default settings, well inside the 15 s
-//! the grid promises (`tests/netns.rs` measures under 1 s for a 9 s cut).
+//! the grid promises (`tests/netns.rs` measures it for a cut tracker).
 //! With other settings the bound is max(reply bound, join bound,
-//! 1.5 × [`BACKOFF_MAX`]) plus those round trips. Before these bounds a
-//! heartbeat waited out the whole I/O timeout (a silent tracker was noticed
-//! 10–12 s after it went quiet) and a connect attempt waited its 10 s too,
-//! between SYN retransmissions 4 s apart, so a worker could take some 6 s
-//! after a heal to come back.
+//! 1.5 × [`BACKOFF_MAX`]) plus those round trips.
 //!
 //! Logging: a lost tracker is one warning; the attempts that follow are at
 //! debug level, with an info line each minute while it stays away and one
@@ -418,19 +414,21 @@ mod tests {
         assert_eq!(again, Some(1));
         let bound = heartbeat + reply_timeout(heartbeat, Duration::from_secs(30));
         assert!(took + Duration::from_millis(100) >= bound, "registered again after {took:?}, before the reply bound");
-        assert!(took < bound + Duration::from_secs(1), "registered again only after {took:?} (bound {bound:?})");
+        // Well before the 30 s I/O timeout, with room for a loaded machine.
+        assert!(took < bound + Duration::from_secs(5), "registered again only after {took:?} (bound {bound:?})");
         cancel.cancel();
         agent.await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn a_tracker_that_answers_keeps_the_session_and_cancel_deregisters() {
-        let heartbeat = Duration::from_millis(100);
+        // Replies get two intervals (1 s): a loaded machine answers in time.
+        let heartbeat = Duration::from_millis(500);
         let (addr, mut registered) = fake_tracker(heartbeat, usize::MAX).await;
         let cancel = CancellationToken::new();
         let agent = tokio::spawn(run(config(addr, Duration::from_secs(30)), cancel.clone()));
         assert_eq!(registered.recv().await, Some(0));
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(registered.try_recv().is_err(), "registered again while the tracker answered");
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(2), agent).await.expect("did not stop").unwrap().unwrap();

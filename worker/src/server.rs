@@ -522,6 +522,11 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
         _ = cancel.cancelled() => return,
         frame = reader.read_frame() => frame,
     };
+    // A connection that closes at once (a tracker checking this worker's
+    // address, a port scan that got past the handshake) is not news.
+    if matches!(first, Ok(None)) {
+        return;
+    }
     let mut ticket = None;
     if let Ok(Some(Frame::Control(body))) = &first {
         if let Ok(WorkerRequest::Ticket(t)) = body.decode::<WorkerRequest>() {
