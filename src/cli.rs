@@ -346,10 +346,14 @@ struct TrackerArgs {
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
     max_frame_len: usize,
     /// Most worker addresses the peer table holds (rows are kept for
-    /// workers that left); registrations from new addresses beyond it are
-    /// refused.
+    /// workers that left); once it is full, a new address takes the row of
+    /// a worker gone for --forget-gone, or is refused.
     #[arg(long, default_value_t = TrackerConfig::default().max_peers, value_name = "N")]
     max_peers: usize,
+    /// Seconds a worker must have been gone before a new one may take its
+    /// row in a full peer table (at least twice the lease TTL is used).
+    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
+    forget_gone: f64,
     /// This cluster's name: every peer row carries it, and sibling trackers
     /// know this one by it (letters, digits, '-', '_', '.').
     #[arg(long, default_value = "default", value_name = "NAME")]
@@ -935,6 +939,7 @@ async fn tracker(args: TrackerArgs) -> Result<()> {
         max_connections: args.serve.max_connections.unwrap_or(TrackerConfig::default().max_connections),
         security: args.serve.security.security()?,
         max_peers: args.max_peers,
+        forget_gone: secs(args.forget_gone, "--forget-gone")?,
         cluster: args.cluster,
         siblings: args.federate,
         ..TrackerConfig::default()
