@@ -40,7 +40,7 @@ start_grid() {
     PIDS+=($!)
   done
   for _ in $(seq 300); do
-    up="$("$BIN" peers --tracker "$addr" --json "$@" 2>/dev/null | grep -o '"state": *"alive"' | wc -l)"
+    up="$("$BIN" peers --tracker "$addr" --json "$@" 2>/dev/null | grep -o '"state": *"alive"' | wc -l || true)"
     [ "$up" -ge 7 ] && break
     sleep 0.2
   done
