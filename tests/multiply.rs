@@ -147,7 +147,7 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
             Some(Frame::Blocks(b)) => assert_eq!(b.mats, vec![septet_common::Matrix::F64(x.dot(&y))]),
             other => panic!("expected the product, got {other:?}"),
         }
-        // An empty inner dimension may not ask for a product larger than a frame.
+        // An empty inner dimension is refused (it would ask for a zero product of any size).
         let (wide, tall) = (Array2::<f64>::zeros((100_000, 0)), Array2::<f64>::zeros((0, 100_000)));
         conn.writer
             .send_blocks(TaskId(13), BlockOp::Multiply, &[MatrixView::F64(wide.view()), MatrixView::F64(tall.view())])
@@ -155,7 +155,7 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
             .unwrap();
         match conn.reader.read_message::<WorkerReply>("an error").await.unwrap() {
             WorkerReply::Error(Failure { task_id: Some(TaskId(13)), message, .. }) => {
-                assert!(message.contains("frame limit"), "{message}")
+                assert!(message.contains("inner dimension is empty"), "{message}")
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
