@@ -695,6 +695,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         seed: None,
         inputs: String::new(),
         report: args.report,
+        out_of_core: true,
     };
     if let Some((m, k, n)) = args.random {
         opts.seed = Some(args.seed);
@@ -713,12 +714,12 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
     let unchecked = args.verify == OnOff::Off;
     match want {
         Dtype::F64 => {
-            let a = npy::load_input::<f64>(&a_path, unchecked)?;
-            job::run(&requester, a, npy::load_input::<f64>(&b_path, unchecked)?, &opts).await
+            let a = npy::map_input::<f64>(&a_path, unchecked)?;
+            job::run(&requester, a, npy::map_input::<f64>(&b_path, unchecked)?, &opts).await
         }
         Dtype::F32 => {
-            let a = npy::load_input::<f32>(&a_path, unchecked)?;
-            job::run(&requester, a, npy::load_input::<f32>(&b_path, unchecked)?, &opts).await
+            let a = npy::map_input::<f32>(&a_path, unchecked)?;
+            job::run(&requester, a, npy::map_input::<f32>(&b_path, unchecked)?, &opts).await
         }
     }
 }
@@ -840,6 +841,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             seed: Some(args.seed),
             inputs: format!("random, seed {}", args.seed),
             report: args.report.clone(),
+            out_of_core: false,
         };
         let ran = job::run_random(&requester, args.dtype.dtype(), (args.n, args.n, args.n), args.seed, &opts).await;
         if ran.is_ok() && !args.json {

@@ -30,6 +30,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::store::Store;
 use crate::tracker::TrackerClient;
 use crate::verify::{CheckError, NonFinite, Verifier};
 pub use dispatch::{AttemptReport, HedgeReport, State as ProductState};
@@ -106,6 +107,16 @@ pub enum Plan {
 }
 
 impl Plan {
+    /// Whether a job on `peers` relays, C mapped from a file or not: a
+    /// job out of core relays on loopback too, since the direct plan
+    /// receives whole products (a quarter of C each) into memory.
+    pub fn relays_job(self, peers: &[PeerAddr], out_of_core: bool) -> bool {
+        match self {
+            Plan::Auto if out_of_core => !peers.iter().any(crate::dialback::dials_back),
+            _ => self.relays(peers),
+        }
+    }
+
     /// Whether a job on `peers` relays.
     pub fn relays(self, peers: &[PeerAddr]) -> bool {
         match self {
@@ -277,11 +288,11 @@ pub struct JobReport {
 
 impl JobReport {
     /// The report of a job on A and B before it starts.
-    fn empty<T: Element>(a: &Array2<T>, b: &Array2<T>) -> Self {
+    fn empty<T: Element>(a: (usize, usize), b: (usize, usize)) -> Self {
         JobReport {
-            m: a.nrows(),
-            k: a.ncols(),
-            n: b.ncols(),
+            m: a.0,
+            k: a.1,
+            n: b.1,
             dtype: T::DTYPE.to_string(),
             lease_id: LeaseId(0),
             total_s: 0.0,
@@ -305,7 +316,7 @@ impl JobReport {
     }
 
     /// Sets the totals once the job has ended.
-    fn finish<T>(&mut self, c: &Result<Array2<T>>, started: Instant) {
+    fn finish<C>(&mut self, c: &Result<C>, started: Instant) {
         let total = started.elapsed().as_secs_f64();
         self.total_s = total;
         if c.is_ok() && total > 0.0 {
@@ -784,10 +795,10 @@ impl<T> Check<T> {
 
 /// Everything the tasks of one job share.
 struct Job<T> {
-    a: Arc<Array2<T>>,
-    b: Arc<Array2<T>>,
+    a: Arc<Store<T>>,
+    b: Arc<Store<T>>,
     split: Split,
-    c: Mutex<Array2<T>>,
+    c: Mutex<Store<T>>,
     receiving: Semaphore,
     reply_deadline: Duration,
     limits: ConnLimits,
@@ -1129,27 +1140,51 @@ impl Requester {
         b: Arc<Array2<T>>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> (Result<Array2<T>>, JobReport) {
+        let c = Store::zeros((a.nrows(), b.ncols()));
+        let (c, report) = self.multiply_stored(Arc::new(a.into()), Arc::new(b.into()), c, progress).await;
+        (c.map(Store::into_owned), report)
+    }
+
+    /// [`Requester::multiply_reporting`] on matrices wherever they are: A
+    /// and B are only read, C (zeroed, A's rows × B's columns) is written
+    /// in place and returned. With A, B and C mapped from files
+    /// ([`Store::open`], [`Store::create`]) the requester holds none of
+    /// them in memory: the job relays (whatever the peers' addresses, for
+    /// the direct plan receives whole products), blocks go out as they are
+    /// read and C's panels go into its file as they arrive.
+    ///
+    /// # Panics
+    /// If C's shape is not A's rows × B's columns.
+    pub async fn multiply_stored<T: Element>(
+        &self,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+    ) -> (Result<Store<T>>, JobReport) {
+        assert_eq!(c.dim(), (a.nrows(), b.ncols()), "C is A's rows × B's columns");
         let started = Instant::now();
-        let mut report = JobReport::empty(&a, &b);
-        let c = self.multiply_into(a, b, progress, started, &mut report).await;
+        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
+        let c = self.multiply_into(a, b, c, progress, started, &mut report).await;
         report.finish(&c, started);
         (c, report)
     }
 
     async fn multiply_into<T: Element>(
         &self,
-        a: Arc<Array2<T>>,
-        b: Arc<Array2<T>>,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
         started: Instant,
         report: &mut JobReport,
-    ) -> Result<Array2<T>> {
-        let Some(split) = self.split(&a, &b)? else { return Ok(Array2::zeros((a.nrows(), b.ncols()))) };
+    ) -> Result<Store<T>> {
+        let Some(split) = self.split(a.dim(), b.dim())? else { return Ok(c) };
         let progress: ProgressFn = Arc::new(progress);
         let lease = self.take_lease(&progress).await?;
         report.lease_id = lease.grant.lease_id;
         report.lease_wait_s = started.elapsed().as_secs_f64();
-        let result = self.run_job(a, b, split, &lease.peers, &lease.keeper, &progress, started, report).await;
+        let result = self.run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, report).await;
         if let Err(e) = lease.keeper.release().await {
             report.failures.push(format!("release of lease {}: {e}", lease.grant.lease_id));
         }
@@ -1158,9 +1193,8 @@ impl Requester {
 
     /// The job's split, or `None` when there is nothing to distribute (the
     /// product is all zeros or empty).
-    fn split<T: Element>(&self, a: &Array2<T>, b: &Array2<T>) -> Result<Option<Split>> {
-        let split =
-            Split::of(a.dim(), b.dim()).map_err(|_| RequestError::ShapeMismatch { left: a.dim(), right: b.dim() })?;
+    fn split(&self, a: (usize, usize), b: (usize, usize)) -> Result<Option<Split>> {
+        let split = Split::of(a, b).map_err(|_| RequestError::ShapeMismatch { left: a, right: b })?;
         Ok((split.m != 0 && split.n != 0 && split.k != 0).then_some(split))
     }
 
@@ -1255,12 +1289,16 @@ impl Requester {
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> (Result<Array2<T>>, JobReport) {
         let started = Instant::now();
-        let mut report = JobReport::empty(&a, &b);
+        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
         report.lease_id = lease.grant.lease_id;
-        let c = match self.split(&a, &b) {
+        let c = match self.split(a.dim(), b.dim()) {
             Ok(Some(split)) => {
                 let progress: ProgressFn = Arc::new(progress);
-                self.run_job(a, b, split, &lease.peers, &lease.keeper, &progress, started, &mut report).await
+                let c = Store::zeros((a.nrows(), b.ncols()));
+                let (a, b) = (Arc::new(Store::from(a)), Arc::new(Store::from(b)));
+                self.run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, &mut report)
+                    .await
+                    .map(Store::into_owned)
             }
             Ok(None) => Ok(Array2::zeros((a.nrows(), b.ncols()))),
             Err(e) => Err(e),
@@ -1272,22 +1310,24 @@ impl Requester {
     #[allow(clippy::too_many_arguments)]
     async fn run_job<T: Element>(
         &self,
-        a: Arc<Array2<T>>,
-        b: Arc<Array2<T>>,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
         split: Split,
         peers: &[PeerAddr; 7],
         keeper: &LeaseKeeper,
         progress: &ProgressFn,
         started: Instant,
         report: &mut JobReport,
-    ) -> Result<Array2<T>> {
-        if !self.config.plan.relays(peers) {
+    ) -> Result<Store<T>> {
+        if !self.config.plan.relays_job(peers, c.is_mapped()) {
             report.plan = "direct";
             let everything = peers.clone().map(Some);
             return self
                 .run_direct(
                     a,
                     b,
+                    c,
                     split,
                     &everything,
                     Vec::new(),
@@ -1301,7 +1341,8 @@ impl Requester {
                 .await;
         }
         report.plan = "relay";
-        let c = Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n)));
+        let out_of_core = c.is_mapped();
+        let c = Mutex::new(c);
         let t = Instant::now();
         // A held lease's tickets from its grant may be old: the renewals' are not.
         let peers = &peers.clone().map(|p| keeper.tickets.fresh(&p));
@@ -1409,8 +1450,17 @@ impl Requester {
         }
         info!(missing = ?strassen::Quad::ALL.iter().filter(|q| !verified[q.index()]).map(|q| q.suffix()).collect::<Vec<_>>(), "relay incomplete: computing the rest directly");
         let relay_peers = std::mem::take(&mut report.peers);
+        // The direct plan adds products into a C of its own (quadrants the
+        // relay delivered get products added too): in a scratch file when C
+        // is in one.
+        let scratch = if out_of_core {
+            Store::scratch(&std::env::temp_dir(), (split.m, split.n))
+                .map_err(|e| RequestError::Internal(format!("cannot make a scratch file for C: {e}")))?
+        } else {
+            Store::zeros((split.m, split.n))
+        };
         let scratch = self
-            .run_direct(a, b, split, &first, spare, needed, &blamed_peers, keeper, progress, started, report)
+            .run_direct(a, b, scratch, split, &first, spare, needed, &blamed_peers, keeper, progress, started, report)
             .await?;
         let mut direct_peers = std::mem::replace(&mut report.peers, relay_peers);
         direct_peers.retain(|p| PRODUCTS.iter().position(|q| q.name == p.product).is_some_and(|i| needed[i]));
@@ -1434,8 +1484,9 @@ impl Requester {
     #[allow(clippy::too_many_arguments)]
     async fn run_direct<T: Element>(
         &self,
-        a: Arc<Array2<T>>,
-        b: Arc<Array2<T>>,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
         split: Split,
         first: &[Option<PeerAddr>; 7],
         spare: Vec<PeerAddr>,
@@ -1445,7 +1496,7 @@ impl Requester {
         progress: &ProgressFn,
         started: Instant,
         report: &mut JobReport,
-    ) -> Result<Array2<T>> {
+    ) -> Result<Store<T>> {
         // Products are exactly `product_len` bytes; 1 MiB leaves room for error messages.
         let product_len = BlocksHeader {
             task_id: TaskId(0),
@@ -1491,8 +1542,9 @@ impl Requester {
             a,
             b,
             split,
-            c: Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n))),
-            receiving: Semaphore::new(self.config.max_receiving.max(1)),
+            // A job out of core holds one product at a time (a quarter of C).
+            receiving: Semaphore::new(if c.is_mapped() { 1 } else { self.config.max_receiving.max(1) }),
+            c: Mutex::new(c),
             reply_deadline: self.product_deadline(split),
             limits: limits.clone(),
             check,
@@ -1512,10 +1564,7 @@ impl Requester {
         // Taken, not unwrapped: a cancelled hedge race's loser may still be
         // checking its copy on a blocking thread (it holds the job, and
         // finds its product folded already, so it never touches C).
-        let c = std::mem::replace(
-            &mut *job.c.lock(),
-            Array2::from_shape_vec((0, 0), Vec::new()).expect("an empty 0×0 array"),
-        );
+        let c = std::mem::replace(&mut *job.c.lock(), Store::zeros((0, 0)));
         Ok(c)
     }
 }

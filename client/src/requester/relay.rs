@@ -48,6 +48,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{ProgressFn, Requester};
+use crate::store::Store;
 use crate::verify::{NonFinite, Verifier};
 
 /// How long the relay listens for more failure reports after the first.
@@ -167,8 +168,8 @@ fn padded_panel<T: Element>(
 
 /// The operand panel a part names.
 fn part_of<'a, T: Element>(
-    a: &'a Array2<T>,
-    b: &'a Array2<T>,
+    a: &'a Store<T>,
+    b: &'a Store<T>,
     split: Split,
     plan: &RelayPlan,
     part: PartId,
@@ -205,9 +206,9 @@ fn send_order(a_panels: Panels, b_panels: Panels) -> Vec<PartId> {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run<T: Element>(
     requester: &Requester,
-    a: Arc<Array2<T>>,
-    b: Arc<Array2<T>>,
-    c: &Mutex<Array2<T>>,
+    a: Arc<Store<T>>,
+    b: Arc<Store<T>>,
+    c: &Mutex<Store<T>>,
     split: Split,
     peers: &[PeerAddr; 7],
     started: Instant,
@@ -748,8 +749,8 @@ fn relay_deadline(requester: &Requester, split: Split) -> Duration {
 async fn write_slot<T: Element>(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Send>,
-    a: &Array2<T>,
-    b: &Array2<T>,
+    a: &Store<T>,
+    b: &Store<T>,
     split: Split,
     plan: &RelayPlan,
     io_timeout: Duration,
@@ -841,7 +842,7 @@ impl<T: Element> Gather<T> {
         slot: usize,
         part: PartId,
         m: septet_common::Matrix,
-        c: &Mutex<Array2<T>>,
+        c: &Mutex<Store<T>>,
     ) -> Result<Option<(Quad, u64)>, String> {
         if Some(m.shape()) != self.plan.part_shape(part) || !self.seen.insert(part.task_id().0) {
             return Err(format!("sent {} of shape {:?} (or twice)", part.name(), m.shape()));
@@ -868,7 +869,10 @@ impl<T: Element> Gather<T> {
                 let take = rows.start.min(real_rows)..rows.end.min(real_rows);
                 if !take.is_empty() && real_cols > 0 {
                     let src = m.slice(s![..take.len(), ..real_cols]);
-                    c.lock().slice_mut(s![row0 + take.start..row0 + take.end, col0..col0 + real_cols]).assign(&src);
+                    c.lock()
+                        .view_mut()
+                        .slice_mut(s![row0 + take.start..row0 + take.end, col0..col0 + real_cols])
+                        .assign(&src);
                 }
                 matmul_into(self.cr[qi].slice_mut(s![rows, ..]), m.view(), self.r.view(), false, faer::Par::Seq)
                     .map_err(|e| e.to_string())?;
