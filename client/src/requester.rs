@@ -447,6 +447,24 @@ pub enum RequestError {
         /// Where the non-finite values are.
         cause: NonFinite,
     },
+    /// A leased peer cannot hold its share of the job (its workers'
+    /// `--max-memory`, or its host's memory) and no free slot on a peer
+    /// that can was lent in its place; the lease was released.
+    #[error(
+        "peer {peer_id} ({addr}) offers {have_mib} MiB a slot but this job needs {need_mib} MiB a slot, and no free \
+         slot on a peer with room was found: add workers with more memory (septet worker --max-memory) or multiply \
+         smaller blocks"
+    )]
+    NoRoom {
+        /// The peer that cannot hold it (the last one tried).
+        peer_id: PeerId,
+        /// Its address.
+        addr: String,
+        /// MiB its slots offer.
+        have_mib: u64,
+        /// MiB a slot of the job needs.
+        need_mib: u64,
+    },
     /// A local step failed (a bug rather than bad input).
     #[error("internal error: {0}")]
     Internal(String),
@@ -1320,7 +1338,16 @@ impl Requester {
         started: Instant,
         report: &mut JobReport,
     ) -> Result<Store<T>> {
-        if !self.config.plan.relays_job(peers, c.is_mapped()) {
+        let relays = self.config.plan.relays_job(peers, c.is_mapped());
+        let need = if relays {
+            septet_common::relay::slot_bytes(split, T::DTYPE)
+        } else {
+            septet_common::relay::task_bytes(split, T::DTYPE)
+        };
+        let mut placed = peers.clone();
+        self.place(&mut placed, need.unwrap_or(u64::MAX), keeper).await?;
+        let peers = &placed;
+        if !relays {
             report.plan = "direct";
             let everything = peers.clone().map(Some);
             return self
@@ -1475,6 +1502,63 @@ impl Requester {
             strassen::quadrant_mut(c.view_mut(), q, mh, nh).assign(&strassen::quadrant(scratch.view(), q, mh, nh));
         }
         Ok(c)
+    }
+
+    /// Swaps each slot whose peer cannot hold `need` bytes (its memory, as
+    /// registered with the tracker, over its slots) for a free slot lent
+    /// into the lease on another peer, as for a hedge; the swapped slot
+    /// stays in the lease, idle, until it is released. Peers the tracker's
+    /// table does not know (a sibling cluster's) or that said nothing of
+    /// their memory are taken to fit: they refuse a task that does not,
+    /// before reading it, and the job redoes it elsewhere.
+    async fn place(&self, peers: &mut [PeerAddr; 7], need: u64, keeper: &LeaseKeeper) -> Result<()> {
+        let table = async {
+            let mut client = TrackerClient::connect_with(
+                &self.config.tracker,
+                Role::Client,
+                self.config.io_timeout,
+                &self.config.security,
+            )
+            .await?;
+            client.peers().await
+        };
+        let rows = match table.await {
+            Ok((_, rows)) => rows,
+            Err(e) => {
+                debug!(error = %e, "no peer table to place the job by; every peer taken to fit");
+                return Ok(());
+            }
+        };
+        let room = |p: &PeerAddr| {
+            rows.iter()
+                .find(|r| r.peer_id == p.peer_id && r.addr == p.addr && r.memory_mib > 0)
+                .map_or(u64::MAX, |r| (r.memory_mib << 20) / u64::from(r.slots.max(1)))
+        };
+        for slot in peers.iter_mut() {
+            let mut tries = 0;
+            while room(slot) < need {
+                let no_room = RequestError::NoRoom {
+                    peer_id: slot.peer_id,
+                    addr: slot.addr.clone(),
+                    have_mib: room(slot) >> 20,
+                    need_mib: need.div_ceil(1 << 20),
+                };
+                tries += 1;
+                if tries > PEERS_PER_LEASE {
+                    return Err(no_room);
+                }
+                info!(peer = %slot.addr, have_mib = room(slot) >> 20, need_mib = need >> 20, "a leased slot cannot hold its share of the job: asking for another");
+                let (reply, rx) = oneshot::channel();
+                if keeper.tx.send(KeeperCmd::Hedge { peer_id: slot.peer_id, reply }).await.is_err() {
+                    return Err(no_room);
+                }
+                match rx.await {
+                    Ok(Ok(Some(lent))) => *slot = lent,
+                    _ => return Err(no_room),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The direct plan for the products marked `needed`: each on its

@@ -481,15 +481,7 @@ impl RelayPlan {
     /// (its operands, Y, its product's panels in flight, its C quadrants,
     /// and the quadrants it forwards).
     pub fn bytes_needed(&self) -> Option<u64> {
-        let (mh, kh, nh) = self.split().half();
-        let w = self.dtype.size() as u64;
-        let (a, b, c) = (
-            (mh as u64).checked_mul(kh as u64)?.checked_mul(w)?,
-            (kh as u64).checked_mul(nh as u64)?.checked_mul(w)?,
-            (mh as u64).checked_mul(nh as u64)?.checked_mul(w)?,
-        );
-        // Two quadrants of A, two of B, Y, the product, up to two C quadrants.
-        a.checked_mul(2)?.checked_add(b.checked_mul(3)?)?.checked_add(c.checked_mul(3)?)
+        slot_bytes(self.split(), self.dtype)
     }
 
     /// Checks the plan before anything is allocated for it.
@@ -535,6 +527,31 @@ impl RelayPlan {
             )),
         }
     }
+}
+
+/// Bytes a slot of a relayed `split` job of `dtype` needs to hold its
+/// blocks at once, at most (its operands, Y, its product's panels in
+/// flight, its C quadrants, and the quadrants it forwards): what a worker
+/// checks a plan against and a requester places slots by.
+pub fn slot_bytes(split: Split, dtype: crate::Dtype) -> Option<u64> {
+    let (mh, kh, nh) = split.half();
+    let w = dtype.size() as u64;
+    let (a, b, c) = (
+        (mh as u64).checked_mul(kh as u64)?.checked_mul(w)?,
+        (kh as u64).checked_mul(nh as u64)?.checked_mul(w)?,
+        (mh as u64).checked_mul(nh as u64)?.checked_mul(w)?,
+    );
+    // Two quadrants of A, two of B, Y, the product, up to two C quadrants.
+    a.checked_mul(2)?.checked_add(b.checked_mul(3)?)?.checked_add(c.checked_mul(3)?)
+}
+
+/// Bytes a worker needs for one direct-plan task of a `split` job of
+/// `dtype`: its two operands and its product.
+pub fn task_bytes(split: Split, dtype: crate::Dtype) -> Option<u64> {
+    let w = dtype.size() as u64;
+    let ((xr, xc), (yr, yc), (pr, pc)) = (split.left_shape(), split.right_shape(), split.product_shape());
+    let e = |r: usize, c: usize| (r as u64).checked_mul(c as u64);
+    e(xr, xc)?.checked_add(e(yr, yc)?)?.checked_add(e(pr, pc)?)?.checked_mul(w)
 }
 
 /// Element-by-element digest of a block panel (BLAKE3 over its bytes in
