@@ -415,7 +415,7 @@ async fn ask_worker(
 fn workers_serve_only_under_a_valid_ticket_of_their_own() {
     let scratch = Scratch::new("security-tickets");
     let d = scratch.dir();
-    let k = make_secret(&d, "k");
+    let k = make_secret(d, "k");
     let security = ["--secret-file", k.as_str()];
     // A short TTL, so a ticket can expire within the test.
     let (_procs, tracker, workers) = grid_with(d, &security, &["--lease-ttl", "2"]);

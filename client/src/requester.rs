@@ -2,7 +2,9 @@
 //! each leased worker one Strassen operand pair, folds the products into C
 //! as they arrive, and releases the lease.
 //!
-//! Memory: A, B and C (3 units of n² elements for square inputs) plus at
+//! Memory: A, B and C (3 units of n² elements for square inputs, none of
+//! it the requester's when they are mapped from files: see
+//! [`crate::store::Store`] and [`Requester::multiply_stored`]) plus at
 //! most two formed operand pairs (the one being sent and the next one being
 //! formed, ≤ 0.75 units in the send order used) plus at most
 //! [`RequesterConfig::max_receiving`] products being received and

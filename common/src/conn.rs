@@ -359,7 +359,10 @@ pub struct FrameReader<R> {
 /// A check of a blocks frame's header, made before anything is reserved
 /// or allocated for its payload (see [`FrameReader::set_admit`]).
 #[derive(Clone)]
-pub struct Admit(pub Arc<dyn Fn(&BlocksHeader) -> Result<()> + Send + Sync>);
+pub struct Admit(pub Arc<AdmitFn>);
+
+/// What an [`Admit`] calls: `Err` refuses the frame.
+pub type AdmitFn = dyn Fn(&BlocksHeader) -> Result<()> + Send + Sync;
 
 impl std::fmt::Debug for Admit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

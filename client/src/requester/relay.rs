@@ -482,12 +482,17 @@ pub(super) async fn run<T: Element>(
     let mut reports: Vec<Report> = Vec::new();
     let mut settle: Option<tokio::time::Instant> = None;
     // Once A and B are out, C is due within twice the time they took plus
-    // the silence timeout: a slot that computes or forwards far slower than
-    // the rest (it still talks, so silence does not catch it) then costs
-    // that, not the whole relay deadline; its quadrants go the direct way.
+    // the silence timeout plus a product's work at the slowest rate
+    // allowed (a job whose products take longer than its blocks take to
+    // send — large n, or peers on one host — is not cut short by it): a
+    // slot that computes or forwards far slower than the rest (it still
+    // talks, so silence does not catch it) then costs that, not the whole
+    // relay deadline; its quadrants go the direct way. Once two quadrants
+    // are in, `quads_due` sets a much nearer due time for the rest.
     let plan_sent = tokio::time::Instant::now();
     let mut sent_at: Option<tokio::time::Instant> = None;
-    let due_after = |at: tokio::time::Instant| c_due(at, at - plan_sent, config.silence_timeout);
+    let work = requester.product_deadline(split).saturating_sub(config.io_timeout);
+    let due_after = |at: tokio::time::Instant| c_due(at, at - plan_sent, config.silence_timeout + work);
     loop {
         let complete = gather.quads.iter().all(|q| !q.arriving());
         if complete && stats.iter().all(Option::is_some) {
@@ -727,9 +732,10 @@ fn second_in(quads: &[QuadState; 4]) -> Option<tokio::time::Instant> {
 }
 
 /// When C is due: A and B were all out at `sent_at`, `took` after the
-/// plans went out; C may take twice that again, plus the silence timeout.
-fn c_due(sent_at: tokio::time::Instant, took: Duration, silence: Duration) -> tokio::time::Instant {
-    sent_at + took * 2 + silence
+/// plans went out; C may take twice that again, plus `slack` (the silence
+/// timeout and a product's work at the slowest rate allowed).
+fn c_due(sent_at: tokio::time::Instant, took: Duration, slack: Duration) -> tokio::time::Instant {
+    sent_at + took * 2 + slack
 }
 
 fn quad_name(q: Quad) -> &'static str {
@@ -1019,7 +1025,7 @@ mod tests {
     }
 
     #[test]
-    fn c_is_due_twice_the_send_time_plus_the_silence_timeout_after_the_sends() {
+    fn c_is_due_twice_the_send_time_plus_the_slack_after_the_sends() {
         let at = tokio::time::Instant::now();
         let due = c_due(at, Duration::from_secs(3), Duration::from_secs(4));
         assert_eq!(due - at, Duration::from_secs(10));
