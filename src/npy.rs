@@ -238,7 +238,10 @@ mod tests {
 
     impl Scratch {
         fn new() -> Self {
-            let dir = std::env::temp_dir().join(format!("septet-npy-{}", std::process::id()));
+            // One directory per test: tests run in parallel, and each removes its own.
+            static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("septet-npy-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             Scratch(dir)
         }
@@ -273,7 +276,7 @@ mod tests {
     fn headers_are_checked_before_reading_data() {
         let dir = Scratch::new();
         let ok = dir.write("ok.npy", &npy("<f8", "(3, 4)", 96));
-        assert_eq!(inspect(&ok).unwrap(), NpyInfo { dtype: Dtype::F64, shape: (3, 4), offset: 64, in_place: true });
+        assert_eq!(inspect(&ok).unwrap(), NpyInfo { dtype: Dtype::F64, shape: (3, 4), offset: 128, in_place: true });
         assert_eq!(load::<f64>(&ok).unwrap().dim(), (3, 4));
         assert!(load::<f32>(&ok).unwrap_err().reason.contains("holds f64"));
         let f32s = dir.write("f32.npy", &npy("<f4", "(2, 2)", 16));
@@ -292,6 +295,30 @@ mod tests {
             assert!(err.reason.contains(needle), "{name}: {err}");
         }
         assert!(inspect(Path::new("/nonexistent/septet.npy")).unwrap_err().reason.contains("cannot open"));
+    }
+
+    #[test]
+    fn c_is_written_in_place_as_a_file_numpy_reads_and_inputs_are_mapped_only_when_they_can_be() {
+        let dir = Scratch::new();
+        let path = dir.0.join("c.npy");
+        let mut c = create_output::<f64>(&path, (3, 5)).unwrap();
+        c.view_mut().indexed_iter_mut().for_each(|((i, j), v)| *v = (i * 5 + j) as f64);
+        c.flush().unwrap();
+        drop(c);
+        let back: Array2<f64> = ndarray_npy::read_npy(&path).unwrap();
+        assert_eq!(back, Array2::from_shape_fn((3, 5), |(i, j)| (i * 5 + j) as f64));
+        let info = inspect(&path).unwrap();
+        assert_eq!((info.offset % 64, info.in_place), (0, true));
+        assert_eq!(map_input::<f64>(&path, false).unwrap().view(), back.view());
+        // Big-endian or column-major data cannot be used in place: loaded instead.
+        let big = dir.write("big.npy", &npy(">f8", "(3, 4)", 96));
+        assert!(!inspect(&big).unwrap().in_place);
+        assert!(!map_input::<f64>(&big, false).unwrap().is_mapped());
+        let mut fortran = npy("<f8", "(3, 4)", 96);
+        let at = fortran.windows(5).position(|w| w == b"False").unwrap();
+        fortran.splice(at..at + 5, b"True ".iter().copied());
+        let fortran = dir.write("fortran.npy", &fortran);
+        assert!(!inspect(&fortran).unwrap().in_place);
     }
 
     #[test]
