@@ -71,6 +71,7 @@ fn peers_lists_the_grid_and_a_second_lease_waits_its_turn() {
             "peer_id",
             "addr",
             "slots",
+            "memory_mib",
             "in_use",
             "leases_total",
             "failures",

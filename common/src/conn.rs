@@ -491,6 +491,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 continue;
             }
+            // A blocks frame is admitted (or refused) from its header, even
+            // one whose payload is all buffered already.
+            self.blocks_header_len()?;
             if let Some((frame, used)) = frame::decode(&self.src.buf, self.max_frame_len)? {
                 self.src.buf.advance(used);
                 self.began = (!self.src.buf.is_empty()).then(tokio::time::Instant::now);

@@ -450,7 +450,9 @@ pub fn available_memory() -> u64 {
 fn admit_task(slot_memory: u64) -> septet_common::conn::Admit {
     septet_common::conn::Admit(Arc::new(move |header: &septet_common::frame::BlocksHeader| {
         let [(m, k), (_, n)] = header.shapes[..] else { return Ok(()) };
-        if header.op != BlockOp::Multiply {
+        // An empty inner dimension is refused per task, the connection kept
+        // (`check_product_size`): its frame has no payload to skip.
+        if header.op != BlockOp::Multiply || k == 0 {
             return Ok(());
         }
         let elements = (m as u128) * (k as u128) + (k as u128) * (n as u128) + (m as u128) * (n as u128);
