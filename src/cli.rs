@@ -1304,3 +1304,21 @@ async fn lease(args: LeaseArgs) -> Result<()> {
     eprintln!("released lease {}", grant.lease_id);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn memory_sizes_take_binary_units_and_refuse_nonsense() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_size("1.5t"), Ok(3 << 39));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64kb"), Ok(64 << 10));
+        for bad in ["", "M", "-1G", "0", "12X", "lots"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+}

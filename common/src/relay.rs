@@ -586,6 +586,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_slot_and_a_task_need_their_blocks_bytes() {
+        // 512² f64: quadrants of 256² (512 KiB); a relay slot holds eight
+        // such blocks at most, a direct task three (two operands, its product).
+        let split = Split::of((512, 512), (512, 512)).unwrap();
+        assert_eq!(slot_bytes(split, Dtype::F64), Some(8 << 19));
+        assert_eq!(task_bytes(split, Dtype::F64), Some(3 << 19));
+        assert_eq!(task_bytes(split, Dtype::F32), Some(3 << 18));
+        // Odd shapes: padded blocks (⌈m/2⌉ and so on).
+        let odd = Split::of((3, 5), (5, 7)).unwrap();
+        assert_eq!(task_bytes(odd, Dtype::F64), Some((2 * 3 + 3 * 4 + 2 * 4) * 8));
+        let huge = Split::of((1 << 40, 1 << 40), (1 << 40, 1 << 40)).unwrap();
+        assert_eq!(slot_bytes(huge, Dtype::F64), None, "overflow is None, not a wrapped size");
+    }
+
+    #[test]
     fn part_ids_round_trip_and_unknown_blocks_are_bad_frames() {
         let blocks = Quad::ALL
             .iter()
