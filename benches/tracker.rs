@@ -113,7 +113,7 @@ fn start(clients: &Runtime) -> Grid {
     clients.block_on(async {
         let mut c = TrackerClient::connect(addr, Role::Worker, Duration::from_secs(5)).await.unwrap();
         for i in 0..PEERS {
-            c.register(format!("127.0.0.1:{}", 20_000 + i).parse().unwrap(), 1).await.unwrap();
+            c.register(format!("127.0.0.1:{}", 20_000 + i).parse().unwrap(), 1, 0).await.unwrap();
         }
     });
     Grid { addr, stop: Some(stop), thread: Some(thread) }

@@ -411,6 +411,12 @@ struct WorkerArgs {
     /// Largest frame accepted, in bytes (a task carries two operands).
     #[arg(long, default_value_t = septet_common::DEFAULT_MAX_FRAME_LEN, value_name = "BYTES")]
     max_frame_len: usize,
+    /// Memory the worker's tasks may use, all slots together (e.g. 512M,
+    /// 8G; plain numbers are bytes). Registered with the tracker (`peers`
+    /// shows it), and a task that does not fit in a slot's share is refused
+    /// before it is read. Default: the host's MemAvailable at start.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
     /// Before registering, fault in the memory of jobs up to N×N·N×N f64
     /// (three (N/2)² blocks per slot: 96 MiB a slot at 4096) so the first
     /// job runs as fast as later ones; 0: none.
@@ -707,6 +713,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         seed: None,
         inputs: String::new(),
         report: args.report,
+        out_of_core: true,
     };
     if let Some((m, k, n)) = args.random {
         opts.seed = Some(args.seed);
@@ -725,12 +732,12 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
     let unchecked = args.verify == OnOff::Off;
     match want {
         Dtype::F64 => {
-            let a = npy::load_input::<f64>(&a_path, unchecked)?;
-            job::run(&requester, a, npy::load_input::<f64>(&b_path, unchecked)?, &opts).await
+            let a = npy::map_input::<f64>(&a_path, unchecked)?;
+            job::run(&requester, a, npy::map_input::<f64>(&b_path, unchecked)?, &opts).await
         }
         Dtype::F32 => {
-            let a = npy::load_input::<f32>(&a_path, unchecked)?;
-            job::run(&requester, a, npy::load_input::<f32>(&b_path, unchecked)?, &opts).await
+            let a = npy::map_input::<f32>(&a_path, unchecked)?;
+            job::run(&requester, a, npy::map_input::<f32>(&b_path, unchecked)?, &opts).await
         }
     }
 }
@@ -852,6 +859,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             seed: Some(args.seed),
             inputs: format!("random, seed {}", args.seed),
             report: args.report.clone(),
+            out_of_core: false,
         };
         let ran = job::run_random(&requester, args.dtype.dtype(), (args.n, args.n, args.n), args.seed, &opts).await;
         if ran.is_ok() && !args.json {
@@ -988,6 +996,7 @@ async fn worker_config(args: &WorkerArgs, role: &str) -> Result<WorkerConfig> {
         threads: args.threads,
         warm_up: args.warm_up,
         max_frame_len: args.max_frame_len,
+        max_memory: args.max_memory,
         #[cfg(feature = "fault-injection")]
         fault: args.fault,
         handshake_timeout: secs(args.serve.handshake_timeout, "--handshake-timeout")?,
@@ -1157,15 +1166,40 @@ async fn peers(args: PeersArgs) -> Result<()> {
     Ok(())
 }
 
+/// A size such as `512M`, `8G` or `1.5T` (binary units; a plain number is
+/// bytes) in bytes.
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], t[i..].to_ascii_uppercase()),
+        None => (t, String::new()),
+    };
+    let scale: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("unknown unit in {text:?} (K, M, G or T)")),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("{text:?} is not a size such as 512M or 8G"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("{text:?}: a size must be positive"));
+    }
+    Ok((value * scale as f64) as u64)
+}
+
 /// The line under `septet peers`' table: what its numbers count.
-const PEER_UNITS: &str = "joined_at, last_seen: milliseconds since the tracker started; in_use: slots leased now; \
+const PEER_UNITS: &str = "memory_mib: MiB the worker's tasks may use, all slots together (--max-memory); \
+                          joined_at, last_seen: milliseconds since the tracker started; in_use: slots leased now; \
                           slow > 0: on probation";
 
 /// The peer table's columns, in `PeerRow`'s order (the CSV header).
-const PEER_COLUMNS: [&str; 11] = [
+const PEER_COLUMNS: [&str; 12] = [
     "peer_id",
     "addr",
     "slots",
+    "memory_mib",
     "in_use",
     "leases_total",
     "failures",
@@ -1282,4 +1316,22 @@ async fn lease(args: LeaseArgs) -> Result<()> {
     client.release(grant.lease_id).await.with_context(|| format!("while releasing lease {}", grant.lease_id))?;
     eprintln!("released lease {}", grant.lease_id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn memory_sizes_take_binary_units_and_refuse_nonsense() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_size("1.5t"), Ok(3 << 39));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64kb"), Ok(64 << 10));
+        for bad in ["", "M", "-1G", "0", "12X", "lots"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! progress display, the optional local check, and the summary.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
-use septet_client::{JobReport, Progress, RequestError, Requester, TrackerClient, DEFAULT_REQUEST_TIMEOUT};
+use septet_client::{JobReport, Progress, RequestError, Requester, Store, TrackerClient, DEFAULT_REQUEST_TIMEOUT};
 use septet_common::matrix::{matmul, parallelism};
 use septet_common::secure::Security;
 use septet_common::{Dtype, Element, Role};
@@ -34,6 +34,10 @@ pub struct JobOptions {
     pub inputs: String,
     /// Write the job report (HTML, with its timeline) here.
     pub report: Option<PathBuf>,
+    /// Keep A, B and C out of the requester's memory: random inputs are
+    /// generated into scratch files, and C goes into `out` (or a scratch
+    /// file) as it arrives. `multiply` sets it; `demo` does not.
+    pub out_of_core: bool,
 }
 
 /// Refuses a path for an output (`what`: "the report", "C") whose
@@ -168,6 +172,23 @@ pub fn random_inputs<T: Element>(m: usize, k: usize, n: usize, seed: u64) -> (Ar
     (random_matrix(m, k, &mut rng), random_matrix(k, n, &mut rng))
 }
 
+/// [`random_inputs`] (the same elements) generated row by row into
+/// scratch files in `dir`, so that neither is ever whole in memory.
+///
+/// # Errors
+/// A scratch file cannot be made.
+pub fn random_stored<T: Element>(dir: &Path, m: usize, k: usize, n: usize, seed: u64) -> Result<(Store<T>, Store<T>)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut fill = |shape: (usize, usize)| -> Result<Store<T>> {
+        let mut x = Store::scratch(dir, shape)
+            .with_context(|| format!("while making a scratch file in {} for a random input", dir.display()))?;
+        x.view_mut().iter_mut().for_each(|v| *v = T::from_f64(rng.random_range(-1.0..1.0)));
+        Ok(x)
+    };
+    let a = fill((m, k))?;
+    Ok((a, fill((k, n))?))
+}
+
 /// [`run`] on seeded random M×K and K×N inputs of `dtype`.
 ///
 /// # Errors
@@ -179,14 +200,23 @@ pub async fn run_random(
     seed: u64,
     opts: &JobOptions,
 ) -> Result<()> {
+    let dir = std::env::temp_dir();
     match dtype {
+        Dtype::F64 if opts.out_of_core => {
+            let (a, b) = random_stored::<f64>(&dir, m, k, n, seed)?;
+            run(requester, a, b, opts).await
+        }
+        Dtype::F32 if opts.out_of_core => {
+            let (a, b) = random_stored::<f32>(&dir, m, k, n, seed)?;
+            run(requester, a, b, opts).await
+        }
         Dtype::F64 => {
             let (a, b) = random_inputs::<f64>(m, k, n, seed);
-            run(requester, a, b, opts).await
+            run(requester, a.into(), b.into(), opts).await
         }
         Dtype::F32 => {
             let (a, b) = random_inputs::<f32>(m, k, n, seed);
-            run(requester, a, b, opts).await
+            run(requester, a.into(), b.into(), opts).await
         }
     }
 }
@@ -246,18 +276,39 @@ pub fn progress(requester: &Requester) -> (ProgressBar, impl Fn(Progress) + Send
     (bar, on_progress)
 }
 
-/// Multiplies on the grid, then checks, saves and reports as asked.
+/// `path` with `.partial` added: where C is written until the job is done.
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// Multiplies on the grid, then checks, saves and reports as asked. With
+/// `--out`, C is written into the file's mapping as the job delivers it
+/// (under `OUT.partial`, renamed when the job succeeds); out of core
+/// without `--out`, into a scratch file.
 ///
 /// # Errors
 /// Any error of the request, the check or writing C, with context.
-pub async fn run<T>(requester: &Requester, a: Array2<T>, b: Array2<T>, opts: &JobOptions) -> Result<()>
+pub async fn run<T>(requester: &Requester, a: Store<T>, b: Store<T>, opts: &JobOptions) -> Result<()>
 where
     T: Element + ndarray_npy::WritableElement,
 {
     let (a, b) = (Arc::new(a), Arc::new(b));
+    let shape = (a.nrows(), b.ncols());
+    let partial = opts.out.as_deref().map(partial_path);
+    let c = match &partial {
+        Some(path) => crate::npy::create_output::<T>(path, shape)?,
+        None if opts.out_of_core => Store::scratch(&std::env::temp_dir(), shape)
+            .with_context(|| format!("while making a scratch file for C in {}", std::env::temp_dir().display()))?,
+        None => Store::zeros(shape),
+    };
     let (bar, on_progress) = progress(requester);
-    let (result, mut report) = requester.multiply_reporting(a.clone(), b.clone(), on_progress).await;
+    let (result, mut report) = requester.multiply_stored(a.clone(), b.clone(), c, on_progress).await;
     bar.finish_and_clear();
+    if let (Err(_), Some(path)) = (&result, &partial) {
+        let _ = std::fs::remove_file(path);
+    }
     septet::report::exclude_lease_wait(&mut report);
     let security = &requester.config().security;
     let c = match result {
@@ -294,14 +345,17 @@ where
         .await?;
         let reference = reference.context("while computing the local reference product")?;
         let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.to_f64().abs())).max(f64::MIN_POSITIVE);
-        let err = c.iter().zip(&reference).fold(0.0f64, |m, (x, y)| m.max((x.to_f64() - y.to_f64()).abs()));
+        let err = c.view().iter().zip(&reference).fold(0.0f64, |m, (x, y)| m.max((x.to_f64() - y.to_f64()).abs()));
         let grid_over_local = septet::report::job_s(&report) / local_s.max(1e-9);
         Some(Check { max_rel_error: err / scale, local_s, grid_over_local })
     } else {
         None
     };
-    if let Some(path) = &opts.out {
-        crate::npy::save(path, &c)?;
+    if let (Some(path), Some(partial)) = (&opts.out, &partial) {
+        c.flush().with_context(|| format!("while writing {}", partial.display()))?;
+        drop(c);
+        std::fs::rename(partial, path)
+            .with_context(|| format!("while moving {} into place at {}", partial.display(), path.display()))?;
     }
     let summary = Summary {
         report: &report,

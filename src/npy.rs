@@ -6,8 +6,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use ndarray_npy::{read_npy, write_npy};
+use septet_client::Store;
 use septet_common::{Dtype, Element};
 
 /// A bad input file: reported on one line, exit status 2, before any lease.
@@ -31,6 +32,10 @@ pub struct NpyInfo {
     pub dtype: Dtype,
     /// (rows, cols).
     pub shape: (usize, usize),
+    /// Where the data starts in the file.
+    pub offset: usize,
+    /// Little-endian, row-major data: it can be used in place (mapped).
+    pub in_place: bool,
 }
 
 /// The value of `key` in the header dict: from after `'key':` to the next
@@ -109,7 +114,9 @@ pub fn inspect(path: &Path) -> Result<NpyInfo, InputError> {
             format!("{what}: a {rows}×{cols} {dtype} array needs {expected} bytes, the file has {size}"),
         ));
     }
-    Ok(NpyInfo { dtype, shape: (rows, cols) })
+    let little = !descr.starts_with('>') || cfg!(target_endian = "big");
+    let fortran = dict_value(&header, "fortran_order").is_some_and(|v| v == "True");
+    Ok(NpyInfo { dtype, shape: (rows, cols), offset: 10 + skip + header_len, in_place: little && !fortran })
 }
 
 /// Reads a checked `.npy` file as `T`.
@@ -130,7 +137,7 @@ pub fn load<T: Element + ndarray_npy::ReadableElement>(path: &Path) -> Result<Ar
 ///
 /// # Errors
 /// [`InputError`] naming `path`, the element's (row, col) and its value.
-pub fn check_finite<T: Element>(path: &Path, x: &Array2<T>) -> Result<(), InputError> {
+pub fn check_finite<T: Element>(path: &Path, x: ArrayView2<'_, T>) -> Result<(), InputError> {
     match x.indexed_iter().find(|(_, v)| !v.to_f64().is_finite()) {
         None => Ok(()),
         Some(((row, col), v)) => Err(bad(
@@ -154,9 +161,63 @@ pub fn load_input<T: Element + ndarray_npy::ReadableElement>(
 ) -> Result<Array2<T>, InputError> {
     let x = load(path)?;
     if !allow_non_finite {
-        check_finite(path, &x)?;
+        check_finite(path, x.view())?;
     }
     Ok(x)
+}
+
+/// A checked `.npy` file as a [`Store`] of `T`: mapped in place (nothing
+/// of it read into the requester's memory) when its data is little-endian
+/// and row-major, else loaded. Non-finite elements are refused as in
+/// [`load_input`], in one pass over the mapping.
+///
+/// # Errors
+/// As [`load_input`], or when the file cannot be mapped.
+pub fn map_input<T: Element + ndarray_npy::ReadableElement>(
+    path: &Path,
+    allow_non_finite: bool,
+) -> Result<Store<T>, InputError> {
+    let info = inspect(path)?;
+    if info.dtype != T::DTYPE {
+        return Err(bad(path, format!("holds {} but {} was asked for", info.dtype, T::DTYPE)));
+    }
+    if !info.in_place {
+        return load_input::<T>(path, allow_non_finite).map(Store::from);
+    }
+    let x = Store::<T>::open(path, info.offset, info.shape).map_err(|e| bad(path, format!("cannot map: {e}")))?;
+    if !allow_non_finite {
+        check_finite(path, x.view())?;
+    }
+    Ok(x)
+}
+
+/// The header of a `.npy` version 1 file holding a row-major
+/// little-endian `shape` array of `dtype`, padded (as NumPy pads) so the
+/// data starts at a multiple of 64 bytes.
+pub fn header(dtype: Dtype, shape: (usize, usize)) -> Vec<u8> {
+    let descr = match dtype {
+        Dtype::F64 => "<f8",
+        Dtype::F32 => "<f4",
+    };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}, {}), }}", shape.0, shape.1);
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+/// A zeroed `shape` C of `T` mapped from a new `.npy` file at `path`
+/// (header first, the data written in place as the job delivers it).
+///
+/// # Errors
+/// The file cannot be created, sized or mapped, with the path.
+pub fn create_output<T: Element>(path: &Path, shape: (usize, usize)) -> anyhow::Result<Store<T>> {
+    use anyhow::Context;
+    Store::create(path, &header(T::DTYPE, shape), shape).with_context(|| format!("could not create {}", path.display()))
 }
 
 /// Writes C.
@@ -177,7 +238,10 @@ mod tests {
 
     impl Scratch {
         fn new() -> Self {
-            let dir = std::env::temp_dir().join(format!("septet-npy-{}", std::process::id()));
+            // One directory per test: tests run in parallel, and each removes its own.
+            static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("septet-npy-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             Scratch(dir)
         }
@@ -212,7 +276,7 @@ mod tests {
     fn headers_are_checked_before_reading_data() {
         let dir = Scratch::new();
         let ok = dir.write("ok.npy", &npy("<f8", "(3, 4)", 96));
-        assert_eq!(inspect(&ok).unwrap(), NpyInfo { dtype: Dtype::F64, shape: (3, 4) });
+        assert_eq!(inspect(&ok).unwrap(), NpyInfo { dtype: Dtype::F64, shape: (3, 4), offset: 128, in_place: true });
         assert_eq!(load::<f64>(&ok).unwrap().dim(), (3, 4));
         assert!(load::<f32>(&ok).unwrap_err().reason.contains("holds f64"));
         let f32s = dir.write("f32.npy", &npy("<f4", "(2, 2)", 16));
@@ -234,17 +298,41 @@ mod tests {
     }
 
     #[test]
+    fn c_is_written_in_place_as_a_file_numpy_reads_and_inputs_are_mapped_only_when_they_can_be() {
+        let dir = Scratch::new();
+        let path = dir.0.join("c.npy");
+        let mut c = create_output::<f64>(&path, (3, 5)).unwrap();
+        c.view_mut().indexed_iter_mut().for_each(|((i, j), v)| *v = (i * 5 + j) as f64);
+        c.flush().unwrap();
+        drop(c);
+        let back: Array2<f64> = ndarray_npy::read_npy(&path).unwrap();
+        assert_eq!(back, Array2::from_shape_fn((3, 5), |(i, j)| (i * 5 + j) as f64));
+        let info = inspect(&path).unwrap();
+        assert_eq!((info.offset % 64, info.in_place), (0, true));
+        assert_eq!(map_input::<f64>(&path, false).unwrap().view(), back.view());
+        // Big-endian or column-major data cannot be used in place: loaded instead.
+        let big = dir.write("big.npy", &npy(">f8", "(3, 4)", 96));
+        assert!(!inspect(&big).unwrap().in_place);
+        assert!(!map_input::<f64>(&big, false).unwrap().is_mapped());
+        let mut fortran = npy("<f8", "(3, 4)", 96);
+        let at = fortran.windows(5).position(|w| w == b"False").unwrap();
+        fortran.splice(at..at + 5, b"True ".iter().copied());
+        let fortran = dir.write("fortran.npy", &fortran);
+        assert!(!inspect(&fortran).unwrap().in_place);
+    }
+
+    #[test]
     fn non_finite_elements_are_named_with_their_position_and_value() {
         let path = Path::new("a.npy");
         let mut x = Array2::<f64>::zeros((3, 4));
-        assert!(check_finite(path, &x).is_ok());
+        assert!(check_finite(path, x.view()).is_ok());
         x[[2, 1]] = f64::NEG_INFINITY;
         x[[2, 3]] = f64::NAN;
-        let err = check_finite(path, &x).unwrap_err().to_string();
+        let err = check_finite(path, x.view()).unwrap_err().to_string();
         assert!(err.starts_with("a.npy: element (2, 1) is -inf;"), "{err}");
         x[[1, 3]] = f64::NAN;
-        assert!(check_finite(path, &x).unwrap_err().to_string().contains("element (1, 3) is NaN"));
+        assert!(check_finite(path, x.view()).unwrap_err().to_string().contains("element (1, 3) is NaN"));
         let y = Array2::<f32>::from_elem((1, 2), f32::INFINITY);
-        assert!(check_finite(path, &y).unwrap_err().to_string().contains("element (0, 0) is inf"));
+        assert!(check_finite(path, y.view()).unwrap_err().to_string().contains("element (0, 0) is inf"));
     }
 }

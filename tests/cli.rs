@@ -54,7 +54,7 @@ fn peers_lists_the_grid_and_a_second_lease_waits_its_turn() {
     let (_procs, tracker) = grid();
     let out = septet(&["peers", "--tracker", &tracker]);
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.contains("shape: (7, 11)") && table.matches("alive").count() == 7, "{table}");
+    assert!(table.contains("shape: (7, 12)") && table.matches("alive").count() == 7, "{table}");
     assert!(
         table.contains("leases_total") && table.contains("last_seen") && table.contains("slow"),
         "all columns shown: {table}"
@@ -71,6 +71,7 @@ fn peers_lists_the_grid_and_a_second_lease_waits_its_turn() {
             "peer_id",
             "addr",
             "slots",
+            "memory_mib",
             "in_use",
             "leases_total",
             "failures",

@@ -300,6 +300,7 @@ async fn fake_worker(tracker: std::net::SocketAddr, how: Misbehaviour) -> tokio_
         tracker: tracker.to_string(),
         listen,
         slots: 1,
+        memory_mib: 0,
         timeout: Duration::from_secs(5),
         security: Default::default(),
         gate: None,

@@ -64,7 +64,7 @@ async fn a_lease_answers_only_to_the_connection_that_took_it_or_to_its_token() {
     let (tracker, state) = spawn_tracker(patient()).await;
     let mut registrar = registrar(tracker.addr).await;
     for i in 0..8u16 {
-        registrar.register(format!("127.0.0.1:{}", 31_000 + i).parse().unwrap(), 1).await.unwrap();
+        registrar.register(format!("127.0.0.1:{}", 31_000 + i).parse().unwrap(), 1, 0).await.unwrap();
     }
     let mut holder = client(tracker.addr).await;
     let held = holder.lease(7, true, None, |_, _, _| {}).await.unwrap();
@@ -115,11 +115,11 @@ async fn only_the_registering_connection_heartbeats_or_deregisters_its_peer() {
     let (tracker, state) = spawn_tracker(patient()).await;
     let listen = "127.0.0.1:31100".parse().unwrap();
     // A connection that opened as a client may not speak for a worker.
-    let (c, message) = code(client(tracker.addr).await.register(listen, 2).await);
+    let (c, message) = code(client(tracker.addr).await.register(listen, 2, 0).await);
     assert_eq!(c, ErrorCode::InvalidRequest, "{message}");
     assert!(message.contains("opened as a client"), "{message}");
     let mut worker = registrar(tracker.addr).await;
-    let reg = worker.register(listen, 2).await.unwrap();
+    let reg = worker.register(listen, 2, 0).await.unwrap();
     let mut other = registrar(tracker.addr).await;
     let before = state.peers().unwrap().1;
     let (c, message) = code(other.heartbeat(reg.peer_id).await);
@@ -129,7 +129,7 @@ async fn only_the_registering_connection_heartbeats_or_deregisters_its_peer() {
     worker.heartbeat(reg.peer_id).await.unwrap();
     // The same address registering again (a reconnected worker) takes the
     // row over: same id, the new connection's now.
-    let again = other.register(listen, 2).await.unwrap();
+    let again = other.register(listen, 2, 0).await.unwrap();
     assert_eq!(again.peer_id, reg.peer_id);
     assert_eq!(code(worker.heartbeat(reg.peer_id).await).0, ErrorCode::Unauthorized);
     other.deregister(reg.peer_id).await.unwrap();
@@ -149,7 +149,7 @@ async fn a_worker_whose_row_another_connection_took_registers_again() {
     wait_for_alive_slots(tracker.addr, 1).await;
     // Someone registers the worker's address: the row is theirs for now …
     let mut impostor = registrar(tracker.addr).await;
-    let reg = impostor.register(worker.addr, 1).await.unwrap();
+    let reg = impostor.register(worker.addr, 1, 0).await.unwrap();
     assert_eq!(reg.peer_id, PeerId(0), "same address, same row");
     // … until the worker's next heartbeat is refused and its agent
     // registers again, taking the row back.
@@ -174,21 +174,21 @@ async fn registrations_the_tracker_cannot_hand_out_are_refused() {
     for (addr, needle) in
         [("224.0.0.9:7000", "multicast"), ("255.255.255.255:7000", "broadcast"), ("[ff02::1]:7000", "multicast")]
     {
-        let (code, message) = code(c.register(addr.parse().unwrap(), 1).await);
+        let (code, message) = code(c.register(addr.parse().unwrap(), 1, 0).await);
         assert_eq!(code, ErrorCode::InvalidRequest, "{message}");
         assert!(message.contains(needle), "{addr}: {message}");
     }
-    let (_, message) = code(c.register("127.0.0.1:0".parse().unwrap(), 1).await);
+    let (_, message) = code(c.register("127.0.0.1:0".parse().unwrap(), 1, 0).await);
     assert!(message.contains("not 0"), "{message}");
     // 0.0.0.0 becomes the address the tracker saw: loopback here, accepted.
-    let reg = c.register("0.0.0.0:31200".parse().unwrap(), 1).await.unwrap();
+    let reg = c.register("0.0.0.0:31200".parse().unwrap(), 1, 0).await.unwrap();
     assert_eq!(reg.addr, "127.0.0.1:31200");
-    c.register("127.0.0.1:31201".parse().unwrap(), 1).await.unwrap();
-    let (code, message) = code(c.register("127.0.0.1:31202".parse().unwrap(), 1).await);
+    c.register("127.0.0.1:31201".parse().unwrap(), 1, 0).await.unwrap();
+    let (code, message) = code(c.register("127.0.0.1:31202".parse().unwrap(), 1, 0).await);
     assert_eq!(code, ErrorCode::InvalidRequest);
     assert!(message.contains("full"), "{message}");
     // A known address may always come back.
-    assert_eq!(c.register("127.0.0.1:31201".parse().unwrap(), 3).await.unwrap().peer_id, PeerId(1));
+    assert_eq!(c.register("127.0.0.1:31201".parse().unwrap(), 3, 0).await.unwrap().peer_id, PeerId(1));
     assert_eq!(state.peers().unwrap().1.len(), 2);
     state.check_invariants().unwrap();
     tracker.shutdown().await;
@@ -201,7 +201,7 @@ async fn registrations_the_tracker_cannot_hand_out_are_refused() {
 async fn a_registered_address_is_the_workers_own_or_proved_by_dialling_it() {
     let (tracker, state) = spawn_tracker(patient()).await;
     let mut c = registrar(tracker.addr).await; // from 127.0.0.1
-    let (code, message) = code(c.register("127.0.0.3:9".parse().unwrap(), 1).await);
+    let (code, message) = code(c.register("127.0.0.3:9".parse().unwrap(), 1, 0).await);
     assert_eq!(code, ErrorCode::InvalidRequest, "{message}");
     assert!(message.contains("cannot register 127.0.0.3:9") && message.contains("could not reach"), "{message}");
     assert!(state.peers().unwrap().1.is_empty(), "nothing registered");
@@ -213,7 +213,7 @@ async fn a_registered_address_is_the_workers_own_or_proved_by_dialling_it() {
             tokio::spawn(septet_common::Connection::accept(stream, Default::default()));
         }
     });
-    let reg = c.register(there, 1).await.unwrap();
+    let reg = c.register(there, 1, 0).await.unwrap();
     assert_eq!(reg.addr, there.to_string());
     tracker.shutdown().await;
 }

@@ -32,7 +32,7 @@ async fn seven_workers_join_and_a_three_slot_worker_counts_three() {
         let mut expected: Vec<_> = workers.iter().map(|w| w.addr.to_string()).collect();
         expected.sort();
         assert_eq!(addrs, expected, "the tracker hands out the workers' real listening addresses");
-        assert!(table.contains("shape: (7, 11)") && table.contains("peer_id") && table.contains("alive"), "{table}");
+        assert!(table.contains("shape: (7, 12)") && table.contains("peer_id") && table.contains("alive"), "{table}");
         state.check_invariants().unwrap();
 
         // A worker that shuts down deregisters: its row is gone, not deleted.
@@ -182,7 +182,7 @@ async fn closed_connections_ttl_expiry_and_dead_workers_return_slots_exactly_onc
         // and never heartbeats) is marked gone; its slot leaves the pool once,
         // even though a lease still holds it, and does not come back at release.
         let mut dead = registrar(tracker.addr).await;
-        let reg = dead.register("127.0.0.1:1".parse().unwrap(), 1).await.unwrap();
+        let reg = dead.register("127.0.0.1:1".parse().unwrap(), 1, 0).await.unwrap();
         let lease = c.lease(8, false, None, |_, _, _| {}).await.unwrap();
         assert!(lease.peers.iter().any(|p| p.peer_id == reg.peer_id));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -296,7 +296,7 @@ async fn the_tracker_survives_bad_bytes_and_keeps_serving_others() {
             Err(Error::Remote { code: ErrorCode::InvalidRequest, .. })
         ));
         assert!(matches!(
-            good.register("127.0.0.1:0".parse().unwrap(), 1).await,
+            good.register("127.0.0.1:0".parse().unwrap(), 1, 0).await,
             Err(Error::Remote { code: ErrorCode::InvalidRequest, .. })
         ));
 
@@ -323,7 +323,7 @@ async fn a_hundred_requesters_churning_over_twenty_workers_keep_the_invariants()
         let (tracker, state) = spawn_tracker(config).await;
         let mut registrar = registrar(tracker.addr).await;
         for i in 0..20u16 {
-            registrar.register(format!("127.0.0.1:{}", 30_000 + i).parse().unwrap(), 1).await.unwrap();
+            registrar.register(format!("127.0.0.1:{}", 30_000 + i).parse().unwrap(), 1, 0).await.unwrap();
         }
         // Check the invariants continuously while the load runs.
         let stop = tokio_util::sync::CancellationToken::new();

@@ -7,8 +7,10 @@
 
 pub mod dialback;
 pub mod requester;
+pub mod store;
 pub mod tracker;
 pub mod verify;
 
 pub use requester::{HeldLease, JobReport, Plan, Progress, RequestError, Requester, RequesterConfig};
+pub use store::Store;
 pub use tracker::{Registration, TrackerClient, DEFAULT_REQUEST_TIMEOUT};

@@ -2,7 +2,9 @@
 //! each leased worker one Strassen operand pair, folds the products into C
 //! as they arrive, and releases the lease.
 //!
-//! Memory: A, B and C (3 units of n² elements for square inputs) plus at
+//! Memory: A, B and C (3 units of n² elements for square inputs, none of
+//! it the requester's when they are mapped from files: see
+//! [`crate::store::Store`] and [`Requester::multiply_stored`]) plus at
 //! most two formed operand pairs (the one being sent and the next one being
 //! formed, ≤ 0.75 units in the send order used) plus at most
 //! [`RequesterConfig::max_receiving`] products being received and
@@ -30,6 +32,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::store::Store;
 use crate::tracker::TrackerClient;
 use crate::verify::{CheckError, NonFinite, Verifier};
 pub use dispatch::{AttemptReport, HedgeReport, State as ProductState};
@@ -106,6 +109,16 @@ pub enum Plan {
 }
 
 impl Plan {
+    /// Whether a job on `peers` relays, C mapped from a file or not: a
+    /// job out of core relays on loopback too, since the direct plan
+    /// receives whole products (a quarter of C each) into memory.
+    pub fn relays_job(self, peers: &[PeerAddr], out_of_core: bool) -> bool {
+        match self {
+            Plan::Auto if out_of_core => !peers.iter().any(crate::dialback::dials_back),
+            _ => self.relays(peers),
+        }
+    }
+
     /// Whether a job on `peers` relays.
     pub fn relays(self, peers: &[PeerAddr]) -> bool {
         match self {
@@ -278,11 +291,11 @@ pub struct JobReport {
 
 impl JobReport {
     /// The report of a job on A and B before it starts.
-    fn empty<T: Element>(a: &Array2<T>, b: &Array2<T>) -> Self {
+    fn empty<T: Element>(a: (usize, usize), b: (usize, usize)) -> Self {
         JobReport {
-            m: a.nrows(),
-            k: a.ncols(),
-            n: b.ncols(),
+            m: a.0,
+            k: a.1,
+            n: b.1,
             dtype: T::DTYPE.to_string(),
             lease_id: LeaseId(0),
             total_s: 0.0,
@@ -306,7 +319,7 @@ impl JobReport {
     }
 
     /// Sets the totals once the job has ended.
-    fn finish<T>(&mut self, c: &Result<Array2<T>>, started: Instant) {
+    fn finish<C>(&mut self, c: &Result<C>, started: Instant) {
         let total = started.elapsed().as_secs_f64();
         self.total_s = total;
         // The rates are the job's own: a wait in the tracker's queue is not.
@@ -438,6 +451,24 @@ pub enum RequestError {
         addr: String,
         /// Where the non-finite values are.
         cause: NonFinite,
+    },
+    /// A leased peer cannot hold its share of the job (its workers'
+    /// `--max-memory`, or its host's memory) and no free slot on a peer
+    /// that can was lent in its place; the lease was released.
+    #[error(
+        "peer {peer_id} ({addr}) offers {have_mib} MiB a slot but this job needs {need_mib} MiB a slot, and no free \
+         slot on a peer with room was found: add workers with more memory (septet worker --max-memory) or multiply \
+         smaller blocks"
+    )]
+    NoRoom {
+        /// The peer that cannot hold it (the last one tried).
+        peer_id: PeerId,
+        /// Its address.
+        addr: String,
+        /// MiB its slots offer.
+        have_mib: u64,
+        /// MiB a slot of the job needs.
+        need_mib: u64,
     },
     /// A local step failed (a bug rather than bad input).
     #[error("internal error: {0}")]
@@ -787,10 +818,10 @@ impl<T> Check<T> {
 
 /// Everything the tasks of one job share.
 struct Job<T> {
-    a: Arc<Array2<T>>,
-    b: Arc<Array2<T>>,
+    a: Arc<Store<T>>,
+    b: Arc<Store<T>>,
     split: Split,
-    c: Mutex<Array2<T>>,
+    c: Mutex<Store<T>>,
     receiving: Semaphore,
     reply_deadline: Duration,
     limits: ConnLimits,
@@ -1132,27 +1163,51 @@ impl Requester {
         b: Arc<Array2<T>>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> (Result<Array2<T>>, JobReport) {
+        let c = Store::zeros((a.nrows(), b.ncols()));
+        let (c, report) = self.multiply_stored(Arc::new(a.into()), Arc::new(b.into()), c, progress).await;
+        (c.map(Store::into_owned), report)
+    }
+
+    /// [`Requester::multiply_reporting`] on matrices wherever they are: A
+    /// and B are only read, C (zeroed, A's rows × B's columns) is written
+    /// in place and returned. With A, B and C mapped from files
+    /// ([`Store::open`], [`Store::create`]) the requester holds none of
+    /// them in memory: the job relays (whatever the peers' addresses, for
+    /// the direct plan receives whole products), blocks go out as they are
+    /// read and C's panels go into its file as they arrive.
+    ///
+    /// # Panics
+    /// If C's shape is not A's rows × B's columns.
+    pub async fn multiply_stored<T: Element>(
+        &self,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+    ) -> (Result<Store<T>>, JobReport) {
+        assert_eq!(c.dim(), (a.nrows(), b.ncols()), "C is A's rows × B's columns");
         let started = Instant::now();
-        let mut report = JobReport::empty(&a, &b);
-        let c = self.multiply_into(a, b, progress, started, &mut report).await;
+        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
+        let c = self.multiply_into(a, b, c, progress, started, &mut report).await;
         report.finish(&c, started);
         (c, report)
     }
 
     async fn multiply_into<T: Element>(
         &self,
-        a: Arc<Array2<T>>,
-        b: Arc<Array2<T>>,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
         started: Instant,
         report: &mut JobReport,
-    ) -> Result<Array2<T>> {
-        let Some(split) = self.split(&a, &b)? else { return Ok(Array2::zeros((a.nrows(), b.ncols()))) };
+    ) -> Result<Store<T>> {
+        let Some(split) = self.split(a.dim(), b.dim())? else { return Ok(c) };
         let progress: ProgressFn = Arc::new(progress);
         let lease = self.take_lease(&progress).await?;
         report.lease_id = lease.grant.lease_id;
         report.lease_wait_s = started.elapsed().as_secs_f64();
-        let result = self.run_job(a, b, split, &lease.peers, &lease.keeper, &progress, started, report).await;
+        let result = self.run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, report).await;
         if let Err(e) = lease.keeper.release().await {
             report.failures.push(format!("release of lease {}: {e}", lease.grant.lease_id));
         }
@@ -1161,9 +1216,8 @@ impl Requester {
 
     /// The job's split, or `None` when there is nothing to distribute (the
     /// product is all zeros or empty).
-    fn split<T: Element>(&self, a: &Array2<T>, b: &Array2<T>) -> Result<Option<Split>> {
-        let split =
-            Split::of(a.dim(), b.dim()).map_err(|_| RequestError::ShapeMismatch { left: a.dim(), right: b.dim() })?;
+    fn split(&self, a: (usize, usize), b: (usize, usize)) -> Result<Option<Split>> {
+        let split = Split::of(a, b).map_err(|_| RequestError::ShapeMismatch { left: a, right: b })?;
         Ok((split.m != 0 && split.n != 0 && split.k != 0).then_some(split))
     }
 
@@ -1258,12 +1312,16 @@ impl Requester {
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> (Result<Array2<T>>, JobReport) {
         let started = Instant::now();
-        let mut report = JobReport::empty(&a, &b);
+        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
         report.lease_id = lease.grant.lease_id;
-        let c = match self.split(&a, &b) {
+        let c = match self.split(a.dim(), b.dim()) {
             Ok(Some(split)) => {
                 let progress: ProgressFn = Arc::new(progress);
-                self.run_job(a, b, split, &lease.peers, &lease.keeper, &progress, started, &mut report).await
+                let c = Store::zeros((a.nrows(), b.ncols()));
+                let (a, b) = (Arc::new(Store::from(a)), Arc::new(Store::from(b)));
+                self.run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, &mut report)
+                    .await
+                    .map(Store::into_owned)
             }
             Ok(None) => Ok(Array2::zeros((a.nrows(), b.ncols()))),
             Err(e) => Err(e),
@@ -1275,22 +1333,33 @@ impl Requester {
     #[allow(clippy::too_many_arguments)]
     async fn run_job<T: Element>(
         &self,
-        a: Arc<Array2<T>>,
-        b: Arc<Array2<T>>,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
         split: Split,
         peers: &[PeerAddr; 7],
         keeper: &LeaseKeeper,
         progress: &ProgressFn,
         started: Instant,
         report: &mut JobReport,
-    ) -> Result<Array2<T>> {
-        if !self.config.plan.relays(peers) {
+    ) -> Result<Store<T>> {
+        let relays = self.config.plan.relays_job(peers, c.is_mapped());
+        let need = if relays {
+            septet_common::relay::slot_bytes(split, T::DTYPE)
+        } else {
+            septet_common::relay::task_bytes(split, T::DTYPE)
+        };
+        let mut placed = peers.clone();
+        self.place(&mut placed, need.unwrap_or(u64::MAX), keeper).await?;
+        let peers = &placed;
+        if !relays {
             report.plan = "direct";
             let everything = peers.clone().map(Some);
             return self
                 .run_direct(
                     a,
                     b,
+                    c,
                     split,
                     &everything,
                     Vec::new(),
@@ -1304,7 +1373,8 @@ impl Requester {
                 .await;
         }
         report.plan = "relay";
-        let c = Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n)));
+        let out_of_core = c.is_mapped();
+        let c = Mutex::new(c);
         let t = Instant::now();
         // A held lease's tickets from its grant may be old: the renewals' are not.
         let peers = &peers.clone().map(|p| keeper.tickets.fresh(&p));
@@ -1412,8 +1482,17 @@ impl Requester {
         }
         info!(missing = ?strassen::Quad::ALL.iter().filter(|q| !verified[q.index()]).map(|q| q.suffix()).collect::<Vec<_>>(), "relay incomplete: computing the rest directly");
         let relay_peers = std::mem::take(&mut report.peers);
+        // The direct plan adds products into a C of its own (quadrants the
+        // relay delivered get products added too): in a scratch file when C
+        // is in one.
+        let scratch = if out_of_core {
+            Store::scratch(&std::env::temp_dir(), (split.m, split.n))
+                .map_err(|e| RequestError::Internal(format!("cannot make a scratch file for C: {e}")))?
+        } else {
+            Store::zeros((split.m, split.n))
+        };
         let scratch = self
-            .run_direct(a, b, split, &first, spare, needed, &blamed_peers, keeper, progress, started, report)
+            .run_direct(a, b, scratch, split, &first, spare, needed, &blamed_peers, keeper, progress, started, report)
             .await?;
         let mut direct_peers = std::mem::replace(&mut report.peers, relay_peers);
         direct_peers.retain(|p| PRODUCTS.iter().position(|q| q.name == p.product).is_some_and(|i| needed[i]));
@@ -1430,6 +1509,63 @@ impl Requester {
         Ok(c)
     }
 
+    /// Swaps each slot whose peer cannot hold `need` bytes (its memory, as
+    /// registered with the tracker, over its slots) for a free slot lent
+    /// into the lease on another peer, as for a hedge; the swapped slot
+    /// stays in the lease, idle, until it is released. Peers the tracker's
+    /// table does not know (a sibling cluster's) or that said nothing of
+    /// their memory are taken to fit: they refuse a task that does not,
+    /// before reading it, and the job redoes it elsewhere.
+    async fn place(&self, peers: &mut [PeerAddr; 7], need: u64, keeper: &LeaseKeeper) -> Result<()> {
+        let table = async {
+            let mut client = TrackerClient::connect_with(
+                &self.config.tracker,
+                Role::Client,
+                self.config.io_timeout,
+                &self.config.security,
+            )
+            .await?;
+            client.peers().await
+        };
+        let rows = match table.await {
+            Ok((_, rows)) => rows,
+            Err(e) => {
+                debug!(error = %e, "no peer table to place the job by; every peer taken to fit");
+                return Ok(());
+            }
+        };
+        let room = |p: &PeerAddr| {
+            rows.iter()
+                .find(|r| r.peer_id == p.peer_id && r.addr == p.addr && r.memory_mib > 0)
+                .map_or(u64::MAX, |r| (r.memory_mib << 20) / u64::from(r.slots.max(1)))
+        };
+        for slot in peers.iter_mut() {
+            let mut tries = 0;
+            while room(slot) < need {
+                let no_room = RequestError::NoRoom {
+                    peer_id: slot.peer_id,
+                    addr: slot.addr.clone(),
+                    have_mib: room(slot) >> 20,
+                    need_mib: need.div_ceil(1 << 20),
+                };
+                tries += 1;
+                if tries > PEERS_PER_LEASE {
+                    return Err(no_room);
+                }
+                info!(peer = %slot.addr, have_mib = room(slot) >> 20, need_mib = need >> 20, "a leased slot cannot hold its share of the job: asking for another");
+                let (reply, rx) = oneshot::channel();
+                if keeper.tx.send(KeeperCmd::Hedge { peer_id: slot.peer_id, reply }).await.is_err() {
+                    return Err(no_room);
+                }
+                match rx.await {
+                    Ok(Ok(Some(lent))) => *slot = lent,
+                    _ => return Err(no_room),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The direct plan for the products marked `needed`: each on its
     /// `first` peer, or — if it has none — as a redo of its attempt on the
     /// peer `failed` names (with why), on a `spare` peer or a fresh slot.
@@ -1437,8 +1573,9 @@ impl Requester {
     #[allow(clippy::too_many_arguments)]
     async fn run_direct<T: Element>(
         &self,
-        a: Arc<Array2<T>>,
-        b: Arc<Array2<T>>,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
         split: Split,
         first: &[Option<PeerAddr>; 7],
         spare: Vec<PeerAddr>,
@@ -1448,7 +1585,7 @@ impl Requester {
         progress: &ProgressFn,
         started: Instant,
         report: &mut JobReport,
-    ) -> Result<Array2<T>> {
+    ) -> Result<Store<T>> {
         // Products are exactly `product_len` bytes; 1 MiB leaves room for error messages.
         let product_len = BlocksHeader {
             task_id: TaskId(0),
@@ -1494,8 +1631,9 @@ impl Requester {
             a,
             b,
             split,
-            c: Mutex::new(septet_common::matrix::alloc_zeroed::<T>((split.m, split.n))),
-            receiving: Semaphore::new(self.config.max_receiving.max(1)),
+            // A job out of core holds one product at a time (a quarter of C).
+            receiving: Semaphore::new(if c.is_mapped() { 1 } else { self.config.max_receiving.max(1) }),
+            c: Mutex::new(c),
             reply_deadline: self.product_deadline(split),
             limits: limits.clone(),
             check,
@@ -1515,10 +1653,7 @@ impl Requester {
         // Taken, not unwrapped: a cancelled hedge race's loser may still be
         // checking its copy on a blocking thread (it holds the job, and
         // finds its product folded already, so it never touches C).
-        let c = std::mem::replace(
-            &mut *job.c.lock(),
-            Array2::from_shape_vec((0, 0), Vec::new()).expect("an empty 0×0 array"),
-        );
+        let c = std::mem::replace(&mut *job.c.lock(), Store::zeros((0, 0)));
         Ok(c)
     }
 }

@@ -120,12 +120,14 @@ impl TrackerClient {
         self.guarded(async move |conn: &mut Connection| conn.request(&msg, expected, timeout).await).await
     }
 
-    /// Registers a worker listening on `listen` with `slots` slots.
+    /// Registers a worker listening on `listen` with `slots` slots and
+    /// `memory_mib` MiB for its tasks.
     ///
     /// # Errors
     /// [`Error::Remote`] if the tracker refuses, or any connection error.
-    pub async fn register(&mut self, listen: SocketAddr, slots: u32) -> Result<Registration> {
-        match self.call(TrackerRequest::Register { listen: listen.to_string(), slots }, "Registered").await? {
+    pub async fn register(&mut self, listen: SocketAddr, slots: u32, memory_mib: u64) -> Result<Registration> {
+        let msg = TrackerRequest::Register { listen: listen.to_string(), slots, memory_mib };
+        match self.call(msg, "Registered").await? {
             TrackerReply::Registered { peer_id, addr, heartbeat_ms, ticket_key, now_ms } => Ok(Registration {
                 peer_id,
                 addr,

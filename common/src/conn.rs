@@ -381,6 +381,22 @@ pub struct FrameReader<R> {
     /// The server's budget for frames in flight, and this frame's share of it.
     budget: Option<FrameBudget>,
     reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Says whether a blocks frame may be read, from its header alone.
+    admit: Option<Admit>,
+}
+
+/// A check of a blocks frame's header, made before anything is reserved
+/// or allocated for its payload (see [`FrameReader::set_admit`]).
+#[derive(Clone)]
+pub struct Admit(pub Arc<AdmitFn>);
+
+/// What an [`Admit`] calls: `Err` refuses the frame.
+pub type AdmitFn = dyn Fn(&BlocksHeader) -> Result<()> + Send + Sync;
+
+impl std::fmt::Debug for Admit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admit(..)")
+    }
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -394,7 +410,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             idle_timeout: None,
             records: None,
         };
-        Self { src, max_frame_len, pending: None, began: None, budget: None, reserved: None }
+        Self { src, max_frame_len, pending: None, began: None, budget: None, reserved: None, admit: None }
+    }
+
+    /// Checks each blocks frame's header with `admit` before reserving or
+    /// allocating anything for its payload: the frame's error is `admit`'s
+    /// (a worker refuses a task it cannot hold, unread). `None` admits all.
+    pub fn set_admit(&mut self, admit: Option<Admit>) {
+        self.admit = admit;
     }
 
     /// Fails once the frame being read, of `len` bytes, has taken longer
@@ -504,6 +527,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 continue;
             }
+            // A blocks frame is admitted (or refused) from its header, even
+            // one whose payload is all buffered already.
+            self.blocks_header_len()?;
             if let Some((frame, used)) = frame::decode(&self.src.buf, self.max_frame_len)? {
                 self.src.buf.advance(used);
                 self.began = (!self.src.buf.is_empty()).then(tokio::time::Instant::now);
@@ -532,7 +558,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let Some((len, KIND_BLOCKS)) = frame::parse_prefix(buf, self.max_frame_len)? else {
             return Ok(None);
         };
-        Ok(frame::parse_blocks_header(&buf[LEN_PREFIX + 1..], len)?.map(|_| len))
+        let Some(header) = frame::parse_blocks_header(&buf[LEN_PREFIX + 1..], len)? else { return Ok(None) };
+        if let Some(Admit(admit)) = &self.admit {
+            admit(&header)?;
+        }
+        Ok(Some(len))
     }
 
     /// Once a blocks header is buffered, allocates the matrices and moves the

@@ -725,7 +725,7 @@ mod tests {
     fn requests() -> Vec<TrackerRequest> {
         let token = Some("ab".repeat(32));
         vec![
-            TrackerRequest::Register { listen: "0.0.0.0:7000".into(), slots: 2 },
+            TrackerRequest::Register { listen: "0.0.0.0:7000".into(), slots: 2, memory_mib: 4096 },
             TrackerRequest::Heartbeat { peer_id: PeerId(4) },
             TrackerRequest::Deregister { peer_id: PeerId(4) },
             TrackerRequest::ListPeers,
@@ -767,6 +767,7 @@ mod tests {
             peer_id: PeerId(1),
             addr: "10.0.0.1:1".into(),
             slots: 3,
+            memory_mib: 2048,
             in_use: 1,
             leases_total: 7,
             failures: 0,
@@ -1056,9 +1057,9 @@ mod tests {
 
     #[test]
     fn control_messages_above_the_receivers_limit_are_refused_when_encoded() {
-        let msg = TrackerRequest::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN), slots: 1 };
+        let msg = TrackerRequest::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN), slots: 1, memory_mib: 1 };
         assert!(matches!(encode_control(&msg), Err(Error::Invalid(_))));
-        let msg = TrackerRequest::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN - 16), slots: 1 };
+        let msg = TrackerRequest::Register { listen: "x".repeat(MAX_CONTROL_FRAME_LEN - 24), slots: 1, memory_mib: 1 };
         let bytes = encode_control(&msg).unwrap();
         let (back, _) = decode(&bytes, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
         let Frame::Control(body) = back else { panic!("expected a control frame") };

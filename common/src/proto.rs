@@ -212,6 +212,9 @@ pub struct PeerRow {
     pub addr: String,
     /// Tasks the peer takes at once.
     pub slots: u32,
+    /// Memory the peer can give its tasks, in MiB (its `--max-memory`, or
+    /// what its host had available when it registered), all slots together.
+    pub memory_mib: u64,
     /// Slots held by live leases.
     pub in_use: u32,
     /// Slots handed out over the peer's life.
@@ -326,6 +329,8 @@ pub enum TrackerRequest {
         listen: String,
         /// Tasks the worker runs at once.
         slots: u32,
+        /// Memory its tasks may use, in MiB, all slots together.
+        memory_mib: u64,
     },
     /// Worker: still here.
     Heartbeat {
@@ -452,9 +457,12 @@ pub enum TrackerRequest {
 impl fmt::Debug for TrackerRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TrackerRequest::Register { listen, slots } => {
-                f.debug_struct("Register").field("listen", listen).field("slots", slots).finish()
-            }
+            TrackerRequest::Register { listen, slots, memory_mib } => f
+                .debug_struct("Register")
+                .field("listen", listen)
+                .field("slots", slots)
+                .field("memory_mib", memory_mib)
+                .finish(),
             TrackerRequest::Heartbeat { peer_id } => f.debug_struct("Heartbeat").field("peer_id", peer_id).finish(),
             TrackerRequest::Deregister { peer_id } => f.debug_struct("Deregister").field("peer_id", peer_id).finish(),
             TrackerRequest::ListPeers => f.write_str("ListPeers"),

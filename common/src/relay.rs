@@ -481,15 +481,7 @@ impl RelayPlan {
     /// (its operands, Y, its product's panels in flight, its C quadrants,
     /// and the quadrants it forwards).
     pub fn bytes_needed(&self) -> Option<u64> {
-        let (mh, kh, nh) = self.split().half();
-        let w = self.dtype.size() as u64;
-        let (a, b, c) = (
-            (mh as u64).checked_mul(kh as u64)?.checked_mul(w)?,
-            (kh as u64).checked_mul(nh as u64)?.checked_mul(w)?,
-            (mh as u64).checked_mul(nh as u64)?.checked_mul(w)?,
-        );
-        // Two quadrants of A, two of B, Y, the product, up to two C quadrants.
-        a.checked_mul(2)?.checked_add(b.checked_mul(3)?)?.checked_add(c.checked_mul(3)?)
+        slot_bytes(self.split(), self.dtype)
     }
 
     /// Checks the plan before anything is allocated for it.
@@ -537,6 +529,31 @@ impl RelayPlan {
     }
 }
 
+/// Bytes a slot of a relayed `split` job of `dtype` needs to hold its
+/// blocks at once, at most (its operands, Y, its product's panels in
+/// flight, its C quadrants, and the quadrants it forwards): what a worker
+/// checks a plan against and a requester places slots by.
+pub fn slot_bytes(split: Split, dtype: crate::Dtype) -> Option<u64> {
+    let (mh, kh, nh) = split.half();
+    let w = dtype.size() as u64;
+    let (a, b, c) = (
+        (mh as u64).checked_mul(kh as u64)?.checked_mul(w)?,
+        (kh as u64).checked_mul(nh as u64)?.checked_mul(w)?,
+        (mh as u64).checked_mul(nh as u64)?.checked_mul(w)?,
+    );
+    // Two quadrants of A, two of B, Y, the product, up to two C quadrants.
+    a.checked_mul(2)?.checked_add(b.checked_mul(3)?)?.checked_add(c.checked_mul(3)?)
+}
+
+/// Bytes a worker needs for one direct-plan task of a `split` job of
+/// `dtype`: its two operands and its product.
+pub fn task_bytes(split: Split, dtype: crate::Dtype) -> Option<u64> {
+    let w = dtype.size() as u64;
+    let ((xr, xc), (yr, yc), (pr, pc)) = (split.left_shape(), split.right_shape(), split.product_shape());
+    let e = |r: usize, c: usize| (r as u64).checked_mul(c as u64);
+    e(xr, xc)?.checked_add(e(yr, yc)?)?.checked_add(e(pr, pc)?)?.checked_mul(w)
+}
+
 /// Element-by-element digest of a block panel (BLAKE3 over its bytes in
 /// row-major order, little-endian), whatever its strides.
 pub fn digest<T: crate::Element>(x: ndarray::ArrayView2<'_, T>) -> [u8; 32] {
@@ -567,6 +584,21 @@ pub fn digest<T: crate::Element>(x: ndarray::ArrayView2<'_, T>) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_and_a_task_need_their_blocks_bytes() {
+        // 512² f64: quadrants of 256² (512 KiB); a relay slot holds eight
+        // such blocks at most, a direct task three (two operands, its product).
+        let split = Split::of((512, 512), (512, 512)).unwrap();
+        assert_eq!(slot_bytes(split, Dtype::F64), Some(8 << 19));
+        assert_eq!(task_bytes(split, Dtype::F64), Some(3 << 19));
+        assert_eq!(task_bytes(split, Dtype::F32), Some(3 << 18));
+        // Odd shapes: padded blocks (⌈m/2⌉ and so on).
+        let odd = Split::of((3, 5), (5, 7)).unwrap();
+        assert_eq!(task_bytes(odd, Dtype::F64), Some((2 * 3 + 3 * 4 + 2 * 4) * 8));
+        let huge = Split::of((1 << 40, 1 << 40), (1 << 40, 1 << 40)).unwrap();
+        assert_eq!(slot_bytes(huge, Dtype::F64), None, "overflow is None, not a wrapped size");
+    }
 
     #[test]
     fn part_ids_round_trip_and_unknown_blocks_are_bad_frames() {

@@ -350,9 +350,114 @@ pub fn naive_matmul<T: Element>(a: ArrayView2<'_, T>, b: ArrayView2<'_, T>) -> A
     c
 }
 
+/// A block of a matrix split in two both ways twice: quadrant `.0` of the
+/// matrix, then quadrant `.1` of that (A\[q1\]\[q2\], 1/16 of the matrix).
+pub type SubQuad = (Quad, Quad);
+
+/// One of the 49 products of Strassen's step applied twice (`--depth 2`):
+/// product `j` of the split of product `i` (named `M{i}.{j}`, 1-based). Its
+/// left operand is Σ s·s′·A\[q\]\[q′\] over the terms (s, q) of M_i's left
+/// operand and (s′, q′) of M_j's, and so on for the right operand and for
+/// where it goes in C — the same table, [`PRODUCTS`], read at both levels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product2 {
+    /// 0-based first-level product (M1..M7).
+    pub outer: usize,
+    /// 0-based second-level product within it.
+    pub inner: usize,
+    /// Blocks of A summed into the left operand, with their signs.
+    pub left: Vec<(Sign, SubQuad)>,
+    /// Blocks of B summed into the right operand.
+    pub right: Vec<(Sign, SubQuad)>,
+    /// Blocks of C the product is added to or subtracted from.
+    pub into: Vec<(Sign, SubQuad)>,
+}
+
+impl Product2 {
+    /// "M3.5": product 5 of M3's split.
+    pub fn name(&self) -> String {
+        format!("{}.{}", PRODUCTS[self.outer].name, self.inner + 1)
+    }
+}
+
+fn times(a: Sign, b: Sign) -> Sign {
+    if a == b {
+        Plus
+    } else {
+        Minus
+    }
+}
+
+/// Every pair of terms of `outer` and `inner`, signs multiplied.
+fn nest(outer: &[Term], inner: &[Term]) -> Vec<(Sign, SubQuad)> {
+    outer.iter().flat_map(|&(s, q)| inner.iter().map(move |&(s2, q2)| (times(s, s2), (q, q2)))).collect()
+}
+
+/// The 49 products of two Strassen levels, M1.1..M7.7 in order: the plan
+/// a depth-2 job hands its 49 slots (each 1/64 of the classical work).
+/// Shapes: A, B and C are split into 4×4 grids of blocks, each
+/// ⌈⌈m/2⌉/2⌉×⌈⌈k/2⌉/2⌉ (and so on) with virtual zero padding at each level.
+pub fn products2() -> Vec<Product2> {
+    (0..7)
+        .flat_map(|outer| {
+            (0..7).map(move |inner| {
+                let (o, i) = (&PRODUCTS[outer], &PRODUCTS[inner]);
+                Product2 {
+                    outer,
+                    inner,
+                    left: nest(o.left, i.left),
+                    right: nest(o.right, i.right),
+                    into: nest(o.into, i.into),
+                }
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 49 two-level products, each formed from 1/16 blocks of A and B
+    /// and added into 1/16 blocks of C, give A·B exactly (small integers).
+    #[test]
+    fn two_levels_of_products_reassemble_the_classical_product() {
+        let table = products2();
+        assert_eq!(table.len(), 49);
+        assert_eq!(table[2 * 7 + 4].name(), "M3.5");
+        for (m, k, n) in [(4, 4, 4), (8, 12, 16), (12, 4, 8)] {
+            let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 7) as f64 - 3.0);
+            let (bm, bk, bn) = (m / 4, k / 4, n / 4);
+            let block = |x: &Array2<f64>, (q1, q2): SubQuad, r: usize, c: usize| {
+                let (r1, c1) = ((q1.index() / 2) * 2 * r, (q1.index() % 2) * 2 * c);
+                let (r2, c2) = (r1 + (q2.index() / 2) * r, c1 + (q2.index() % 2) * c);
+                x.slice(s![r2..r2 + r, c2..c2 + c]).to_owned()
+            };
+            let sum = |x: &Array2<f64>, terms: &[(Sign, SubQuad)], r: usize, c: usize| {
+                terms.iter().fold(Array2::<f64>::zeros((r, c)), |acc, &(sign, q)| match sign {
+                    Plus => acc + block(x, q, r, c),
+                    Minus => acc - block(x, q, r, c),
+                })
+            };
+            // Every block of C is fed by some product: a block left at zero
+            // where A·B is not would fail the comparison.
+            let mut c = Array2::<f64>::zeros((m, n));
+            for p in &table {
+                let product = naive_matmul(sum(&a, &p.left, bm, bk).view(), sum(&b, &p.right, bk, bn).view());
+                for &(sign, (q1, q2)) in &p.into {
+                    let (r1, c1) = ((q1.index() / 2) * 2 * bm, (q1.index() % 2) * 2 * bn);
+                    let (r2, c2) = (r1 + (q2.index() / 2) * bm, c1 + (q2.index() % 2) * bn);
+                    let mut dst = c.slice_mut(s![r2..r2 + bm, c2..c2 + bn]);
+                    match sign {
+                        Plus => dst += &product,
+                        Minus => dst -= &product,
+                    }
+                }
+            }
+            assert_eq!(c, naive_matmul(a.view(), b.view()), "{m}×{k}·{k}×{n}");
+        }
+    }
 
     /// Small integer entries: every f64 product and sum here is exact.
     fn ints<T: Element>(rows: usize, cols: usize, seed: u64) -> Array2<T> {

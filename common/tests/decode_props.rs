@@ -209,12 +209,19 @@ fn peer_addr() -> impl Strategy<Value = PeerAddr> {
 }
 
 fn peer_row() -> impl Strategy<Value = PeerRow> {
-    (any::<(u64, u32, u32, u64, u32, u64, u64)>(), any::<u32>(), text(), text(), text()).prop_map(
-        |((peer_id, slots, in_use, leases_total, failures, joined_at, last_seen), slow, addr, state, cluster)| {
+    (any::<(u64, u32, u32, u64, u32, u64, u64)>(), any::<(u32, u64)>(), text(), text(), text()).prop_map(
+        |(
+            (peer_id, slots, in_use, leases_total, failures, joined_at, last_seen),
+            (slow, memory_mib),
+            addr,
+            state,
+            cluster,
+        )| {
             PeerRow {
                 peer_id: PeerId(peer_id),
                 addr,
                 slots,
+                memory_mib,
                 in_use,
                 leases_total,
                 failures,
@@ -264,7 +271,11 @@ fn token() -> impl Strategy<Value = String> {
 fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
     let tok = || prop::option::of(token());
     prop_oneof![
-        (text(), any::<u32>()).prop_map(|(listen, slots)| TrackerRequest::Register { listen, slots }),
+        (text(), any::<u32>(), any::<u64>()).prop_map(|(listen, slots, memory_mib)| TrackerRequest::Register {
+            listen,
+            slots,
+            memory_mib
+        }),
         peer_id().prop_map(|peer_id| TrackerRequest::Heartbeat { peer_id }),
         peer_id().prop_map(|peer_id| TrackerRequest::Deregister { peer_id }),
         Just(TrackerRequest::ListPeers),

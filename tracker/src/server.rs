@@ -410,13 +410,14 @@ async fn handle(
         {
             federation.handle(tracker, ops, msg, conn).await
         }
-        TrackerRequest::Register { listen, slots } => match resolve_listen(&listen, peer) {
+        TrackerRequest::Register { listen, slots, memory_mib } => match resolve_listen(&listen, peer) {
             Ok(addr) => prove_listen(tracker, &addr, peer).await.map(|()| addr),
             Err(e) => Err(e),
         }
         .and_then(|addr| {
             let peer_id = tracker.register_by(&addr, slots, conn)?;
-            info!(%peer_id, %addr, slots, "worker registered");
+            tracker.set_memory(peer_id, memory_mib)?;
+            info!(%peer_id, %addr, slots, memory_mib, "worker registered");
             let (ticket_key, now_ms) = (tracker.ticket_key(), tracker.clock_ms());
             Ok(TrackerReply::Registered { peer_id, addr, heartbeat_ms, ticket_key, now_ms })
         }),

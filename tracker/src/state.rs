@@ -822,6 +822,16 @@ impl Tracker {
         })
     }
 
+    /// Records the memory a registered peer offers its tasks (MiB, all
+    /// slots together; 0: not said), shown by `peers` and read by
+    /// requesters that place work by size.
+    ///
+    /// # Errors
+    /// Only table errors (a bug).
+    pub fn set_memory(&self, peer_id: PeerId, memory_mib: u64) -> Result<()> {
+        self.mutate(|s, _| Ok(s.table.set_memory(peer_id.0, memory_mib)?))
+    }
+
     fn live_peer(state: &State, peer_id: PeerId) -> Result<()> {
         match state.table.state(peer_id.0)? {
             None => Err(Error::UnknownPeer(peer_id)),

@@ -109,6 +109,7 @@ fn new_row(id: u64, addr: &str, slots: u32, now: u64) -> TableResult<DataFrame> 
             col("peer_id", vec![id]),
             col("addr", vec![addr.to_string()]),
             col("slots", vec![slots]),
+            col("memory_mib", vec![0u64]),
             col("in_use", vec![0u32]),
             col("leases_total", vec![0u64]),
             col("failures", vec![0u32]),
@@ -129,6 +130,7 @@ impl PeerTable {
                 col::<u64>("peer_id", vec![]),
                 col::<String>("addr", vec![]),
                 col::<u32>("slots", vec![]),
+                col::<u64>("memory_mib", vec![]),
                 col::<u32>("in_use", vec![]),
                 col::<u64>("leases_total", vec![]),
                 col::<u32>("failures", vec![]),
@@ -261,6 +263,16 @@ impl PeerTable {
         self.df = df;
         self.refresh_alive()?;
         Ok(Some(row as u64))
+    }
+
+    /// Sets the memory peer `peer_id` offers its tasks (MiB; 0: not said).
+    ///
+    /// # Errors
+    /// Only polars errors.
+    pub fn set_memory(&mut self, peer_id: u64, memory_mib: u64) -> TableResult<()> {
+        let hit = self.u64s("peer_id")?.equal(peer_id);
+        let memory = self.u64s("memory_mib")?.set(&hit, Some(memory_mib))?;
+        self.replace("memory_mib", memory)
     }
 
     /// The id of the peer registered from `addr`, if any.
@@ -560,13 +572,14 @@ impl PeerTable {
     pub fn rows(&self) -> TableResult<Vec<PeerRow>> {
         let (ids, addrs, states) = (self.u64s("peer_id")?, self.strs("addr")?, self.strs("state")?);
         let (slots, in_use, failures) = (self.u32s("slots")?, self.u32s("in_use")?, self.u32s("failures")?);
-        let slow = self.u32s("slow")?;
+        let (slow, memory) = (self.u32s("slow")?, self.u64s("memory_mib")?);
         let (total, joined, seen) = (self.u64s("leases_total")?, self.u64s("joined_at")?, self.u64s("last_seen")?);
         Ok((0..self.df.height())
             .map(|i| PeerRow {
                 peer_id: PeerId(ids.get(i).unwrap_or(0)),
                 addr: addrs.get(i).unwrap_or_default().to_string(),
                 slots: slots.get(i).unwrap_or(0),
+                memory_mib: memory.get(i).unwrap_or(0),
                 in_use: in_use.get(i).unwrap_or(0),
                 leases_total: total.get(i).unwrap_or(0),
                 failures: failures.get(i).unwrap_or(0),
@@ -600,6 +613,7 @@ pub fn render(rows: &[PeerRow]) -> TableResult<String> {
             col("peer_id", pick(|r| r.peer_id.0)),
             col("addr", text(|r| &r.addr)),
             col("slots", pick32(|r| r.slots)),
+            col("memory_mib", pick(|r| r.memory_mib)),
             col("in_use", pick32(|r| r.in_use)),
             col("leases_total", pick(|r| r.leases_total)),
             col("failures", pick32(|r| r.failures)),

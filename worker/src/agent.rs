@@ -105,6 +105,8 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Tasks it runs at once.
     pub slots: u32,
+    /// Memory its tasks may use, MiB, all slots together (0: not said).
+    pub memory_mib: u64,
     /// Upper bound on every wait for the tracker; the agent's own bounds
     /// ([`JOIN_TIMEOUT`], [`reply_timeout`]) are shorter by default.
     pub timeout: Duration,
@@ -273,12 +275,13 @@ fn is_fatal(e: &Error) -> bool {
 
 /// Connects to the tracker and registers, each step within [`JOIN_TIMEOUT`].
 async fn join(config: &AgentConfig) -> Result<(TrackerClient, Registration), Error> {
-    let AgentConfig { tracker, listen, slots, timeout, security, .. } = config;
+    let AgentConfig { tracker, listen, slots, memory_mib, timeout, security, .. } = config;
     let limit = JOIN_TIMEOUT.min(*timeout);
     let connecting = TrackerClient::connect_with(tracker, Role::Worker, *timeout, security);
     let mut client = deadline(limit, "the tracker to accept the connection", connecting).await?;
     // Abandoned on timeout, the client is poisoned; it is dropped anyway.
-    let reg = deadline(limit, "the tracker's reply to our registration", client.register(*listen, *slots)).await?;
+    let reg = deadline(limit, "the tracker's reply to our registration", client.register(*listen, *slots, *memory_mib))
+        .await?;
     Ok((client, reg))
 }
 
@@ -392,6 +395,7 @@ mod tests {
             tracker: tracker.to_string(),
             listen: "127.0.0.1:9".parse().unwrap(),
             slots: 1,
+            memory_mib: 0,
             timeout,
             security: Security::default(),
             gate: None,

@@ -226,12 +226,22 @@ pub(crate) async fn lead(
         tokio::spawn(async move { write_out(writer, out_rx, &config).await })
     };
     let max_bytes = (config.max_frame_len as u64).saturating_mul(8);
+    let slot_memory = config.slot_memory();
     let job_cancel = cancel.child_token();
     let (inbox, inbox_rx) = mpsc::unbounded_channel();
     let plan = Arc::new(plan);
     let admitted = plan
         .validate(config.max_frame_len, max_bytes)
         .map_err(|e| e.to_string())
+        .and_then(|()| match plan.bytes_needed() {
+            Some(need) if need <= slot_memory => Ok(()),
+            need => Err(format!(
+                "relayed job does not fit: its blocks need {} MiB here and this worker gives a job at most \
+                 {} MiB (--max-memory, shared by its slots); refused before any block was sent",
+                need.map_or(u64::MAX, |b| b >> 20),
+                slot_memory >> 20
+            )),
+        })
         .and_then(|()| relays.insert(Entry { plan: plan.clone(), inbox: inbox.clone(), cancel: job_cancel.clone() }));
     if let Err(message) = admitted {
         warn!(%message, "relay plan refused");

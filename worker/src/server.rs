@@ -59,6 +59,12 @@ pub struct WorkerConfig {
     pub warm_up: usize,
     /// Largest frame accepted (a task carries two operands).
     pub max_frame_len: usize,
+    /// Bytes of memory the worker's tasks may use, all slots together
+    /// (`--max-memory`); `None`: what the host has available
+    /// ([`available_memory`]) when the worker starts. Each slot gets an
+    /// equal share; a task or relayed job whose blocks do not fit in one is
+    /// refused, before its payload is read, with the sizes in the reason.
+    pub max_memory: Option<u64>,
     /// Deadline for tracker requests, and for a frame that has begun to
     /// keep arriving.
     pub io_timeout: Duration,
@@ -124,6 +130,7 @@ impl Default for WorkerConfig {
             threads: 0,
             warm_up: 0,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_memory: None,
             io_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(5),
             max_connections: 512,
@@ -165,6 +172,12 @@ impl WorkerConfig {
         Ok(())
     }
 
+    /// Bytes each slot's task may use: [`WorkerConfig::max_memory`] (or
+    /// the host's available memory) shared equally among the slots.
+    pub fn slot_memory(&self) -> u64 {
+        self.max_memory.unwrap_or_else(available_memory) / u64::from(self.slots.max(1))
+    }
+
     /// Elements of one block of a [`WorkerConfig::warm_up`]-sized job, if
     /// its tasks (two such blocks) fit in a frame.
     fn warm_up_block(&self) -> Option<usize> {
@@ -190,6 +203,8 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// above: a worker the grid will never use should not keep running.
 pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
+    // Fixed at start: what the worker registers with is what it enforces.
+    let config = WorkerConfig { max_memory: Some(config.max_memory.unwrap_or_else(available_memory)), ..config };
     config.metrics.set_slots(config.slots);
     let local = listener.local_addr()?;
     warm_up(&config).await;
@@ -200,6 +215,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
             tracker,
             listen: local,
             slots: config.slots,
+            memory_mib: config.max_memory.unwrap_or(0) >> 20,
             timeout: config.io_timeout,
             security: config.security.clone(),
             gate: Some(gate.clone()),
@@ -217,7 +233,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
         })
     });
     let mut fatal = None;
-    info!(addr = %local, slots = config.slots, "worker listening");
+    info!(addr = %local, slots = config.slots, memory_mib = config.max_memory.unwrap_or(0) >> 20, "worker listening");
     let slots = Arc::new(Semaphore::new(config.slots as usize));
     let listen = ListenConfig {
         name: "worker",
@@ -415,6 +431,45 @@ fn check_product_size((m, k): (usize, usize), (_, n): (usize, usize)) -> Result<
     Ok(())
 }
 
+/// The memory the host has available, in bytes: `MemAvailable` of
+/// /proc/meminfo (free memory plus what the kernel can reclaim), or — where
+/// there is no such file — no limit.
+pub fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib.saturating_mul(1024))
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// Refuses, from its header alone, a multiply task whose operands and
+/// product do not fit in `slot_memory` bytes.
+fn admit_task(slot_memory: u64) -> septet_common::conn::Admit {
+    septet_common::conn::Admit(Arc::new(move |header: &septet_common::frame::BlocksHeader| {
+        let [(m, k), (_, n)] = header.shapes[..] else { return Ok(()) };
+        // An empty inner dimension is refused per task, the connection kept
+        // (`check_product_size`): its frame has no payload to skip.
+        if header.op != BlockOp::Multiply || k == 0 {
+            return Ok(());
+        }
+        let elements = (m as u128) * (k as u128) + (k as u128) * (n as u128) + (m as u128) * (n as u128);
+        let need = elements * header.dtype.size() as u128;
+        if need > u128::from(slot_memory) {
+            return Err(Error::Invalid(format!(
+                "task {} does not fit: its operands and product need {} MiB and this worker gives a task at most \
+                 {} MiB (--max-memory, shared by its slots); refused before reading it",
+                header.task_id,
+                need >> 20,
+                slot_memory >> 20
+            )));
+        }
+        Ok(())
+    }))
+}
+
 /// Multiplies one task's operands.
 fn compute(task: Blocks, threads: usize, max_frame_len: usize) -> Result<Matrix> {
     let [x, y] = <[Matrix; 2]>::try_from(task.mats).map_err(|m| Error::BadFrame(format!("{} operands", m.len())))?;
@@ -518,6 +573,7 @@ async fn refuse(writer: &mut FrameWriter<OwnedWriteHalf>, refusal: &TicketRefusa
 #[instrument(skip_all, fields(client = %conn.peer))]
 async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared, cancel: CancellationToken) {
     let Connection { mut reader, mut writer, .. } = conn;
+    reader.set_admit(Some(admit_task(config.slot_memory())));
     let mut first = tokio::select! {
         _ = cancel.cancelled() => return,
         frame = reader.read_frame() => frame,
@@ -635,8 +691,14 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
             }
             Ok(None) => break,
             Err(e) => {
-                if let Some(suppressed) = BAD_FRAMES.allow() {
-                    warn!(error = %e, suppressed, "bad frame; dropping the connection");
+                match &e {
+                    // A task that does not fit (see `admit_task`): not a bad frame.
+                    Error::Invalid(reason) => info!(%reason, "task refused"),
+                    _ => {
+                        if let Some(suppressed) = BAD_FRAMES.allow() {
+                            warn!(error = %e, suppressed, "bad frame; dropping the connection");
+                        }
+                    }
                 }
                 let _ = tx.send(Reply::Error(WorkerReply::Error(Failure::from_error(&e, None)))).await;
                 break;

@@ -48,6 +48,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{ProgressFn, Requester};
+use crate::store::Store;
 use crate::verify::{NonFinite, Verifier};
 
 /// How long the relay listens for more failure reports after the first.
@@ -167,8 +168,8 @@ fn padded_panel<T: Element>(
 
 /// The operand panel a part names.
 fn part_of<'a, T: Element>(
-    a: &'a Array2<T>,
-    b: &'a Array2<T>,
+    a: &'a Store<T>,
+    b: &'a Store<T>,
     split: Split,
     plan: &RelayPlan,
     part: PartId,
@@ -205,9 +206,9 @@ fn send_order(a_panels: Panels, b_panels: Panels) -> Vec<PartId> {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run<T: Element>(
     requester: &Requester,
-    a: Arc<Array2<T>>,
-    b: Arc<Array2<T>>,
-    c: &Mutex<Array2<T>>,
+    a: Arc<Store<T>>,
+    b: Arc<Store<T>>,
+    c: &Mutex<Store<T>>,
     split: Split,
     peers: &[PeerAddr; 7],
     started: Instant,
@@ -481,12 +482,17 @@ pub(super) async fn run<T: Element>(
     let mut reports: Vec<Report> = Vec::new();
     let mut settle: Option<tokio::time::Instant> = None;
     // Once A and B are out, C is due within twice the time they took plus
-    // the silence timeout: a slot that computes or forwards far slower than
-    // the rest (it still talks, so silence does not catch it) then costs
-    // that, not the whole relay deadline; its quadrants go the direct way.
+    // the silence timeout plus a product's work at the slowest rate
+    // allowed (a job whose products take longer than its blocks take to
+    // send — large n, or peers on one host — is not cut short by it): a
+    // slot that computes or forwards far slower than the rest (it still
+    // talks, so silence does not catch it) then costs that, not the whole
+    // relay deadline; its quadrants go the direct way. Once two quadrants
+    // are in, `quads_due` sets a much nearer due time for the rest.
     let plan_sent = tokio::time::Instant::now();
     let mut sent_at: Option<tokio::time::Instant> = None;
-    let due_after = |at: tokio::time::Instant| c_due(at, at - plan_sent, config.silence_timeout);
+    let work = requester.product_deadline(split).saturating_sub(config.io_timeout);
+    let due_after = |at: tokio::time::Instant| c_due(at, at - plan_sent, config.silence_timeout + work);
     loop {
         let complete = gather.quads.iter().all(|q| !q.arriving());
         if complete && stats.iter().all(Option::is_some) {
@@ -726,9 +732,10 @@ fn second_in(quads: &[QuadState; 4]) -> Option<tokio::time::Instant> {
 }
 
 /// When C is due: A and B were all out at `sent_at`, `took` after the
-/// plans went out; C may take twice that again, plus the silence timeout.
-fn c_due(sent_at: tokio::time::Instant, took: Duration, silence: Duration) -> tokio::time::Instant {
-    sent_at + took * 2 + silence
+/// plans went out; C may take twice that again, plus `slack` (the silence
+/// timeout and a product's work at the slowest rate allowed).
+fn c_due(sent_at: tokio::time::Instant, took: Duration, slack: Duration) -> tokio::time::Instant {
+    sent_at + took * 2 + slack
 }
 
 fn quad_name(q: Quad) -> &'static str {
@@ -748,8 +755,8 @@ fn relay_deadline(requester: &Requester, split: Split) -> Duration {
 async fn write_slot<T: Element>(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Send>,
-    a: &Array2<T>,
-    b: &Array2<T>,
+    a: &Store<T>,
+    b: &Store<T>,
     split: Split,
     plan: &RelayPlan,
     io_timeout: Duration,
@@ -841,7 +848,7 @@ impl<T: Element> Gather<T> {
         slot: usize,
         part: PartId,
         m: septet_common::Matrix,
-        c: &Mutex<Array2<T>>,
+        c: &Mutex<Store<T>>,
     ) -> Result<Option<(Quad, u64)>, String> {
         if Some(m.shape()) != self.plan.part_shape(part) || !self.seen.insert(part.task_id().0) {
             return Err(format!("sent {} of shape {:?} (or twice)", part.name(), m.shape()));
@@ -868,7 +875,10 @@ impl<T: Element> Gather<T> {
                 let take = rows.start.min(real_rows)..rows.end.min(real_rows);
                 if !take.is_empty() && real_cols > 0 {
                     let src = m.slice(s![..take.len(), ..real_cols]);
-                    c.lock().slice_mut(s![row0 + take.start..row0 + take.end, col0..col0 + real_cols]).assign(&src);
+                    c.lock()
+                        .view_mut()
+                        .slice_mut(s![row0 + take.start..row0 + take.end, col0..col0 + real_cols])
+                        .assign(&src);
                 }
                 matmul_into(self.cr[qi].slice_mut(s![rows, ..]), m.view(), self.r.view(), false, faer::Par::Seq)
                     .map_err(|e| e.to_string())?;
@@ -1015,7 +1025,7 @@ mod tests {
     }
 
     #[test]
-    fn c_is_due_twice_the_send_time_plus_the_silence_timeout_after_the_sends() {
+    fn c_is_due_twice_the_send_time_plus_the_slack_after_the_sends() {
         let at = tokio::time::Instant::now();
         let due = c_due(at, Duration::from_secs(3), Duration::from_secs(4));
         assert_eq!(due - at, Duration::from_secs(10));
