@@ -448,18 +448,30 @@ fn workers_serve_only_under_a_valid_ticket_of_their_own() {
         .await
         .unwrap();
         let grant = client.lease(2, false, Some(Duration::from_secs(10)), |_, _, _| {}).await.unwrap();
-        let (p0, p1) = (&grant.peers[0], &grant.peers[1]);
-        assert_ne!(p0.peer_id, p1.peer_id);
-        let (t0, t1) = (p0.ticket.clone().unwrap(), p1.ticket.clone().unwrap());
+        let p0 = &grant.peers[0];
+        let t0 = p0.ticket.clone().unwrap();
+        assert_eq!(t0.peers.len(), 2, "one ticket names both slots: {t0:?}");
+        assert!(grant.peers.iter().all(|p| p.ticket.as_ref() == Some(&t0)));
         let w0: SocketAddr = p0.addr.parse().unwrap();
         // Its own ticket: served.
         assert_eq!(ask_worker(w0, &limits, Some(t0.clone())).await, Ok((3, 3)));
-        // Another peer's ticket.
-        let refused = ask_worker(w0, &limits, Some(t1)).await.unwrap_err();
-        assert!(refused.contains(&format!("is for peer {}", p1.peer_id)), "{refused}");
+        // Another lease's ticket (its slot is on another worker).
+        let mut second = septet_client::tracker::TrackerClient::connect_with(
+            &tracker,
+            septet_common::Role::Client,
+            Duration::from_secs(10),
+            &sec,
+        )
+        .await
+        .unwrap();
+        let elsewhere = second.lease(1, false, Some(Duration::from_secs(10)), |_, _, _| {}).await.unwrap();
+        assert_ne!(elsewhere.peers[0].addr, p0.addr);
+        let refused = ask_worker(w0, &limits, elsewhere.peers[0].ticket.clone()).await.unwrap_err();
+        assert!(refused.contains("names no slot on this worker"), "{refused}");
         // A ticket altered to hold more slots, or to last longer.
+        let more: Vec<_> = t0.peers.iter().map(|&(p, _)| (p, 7)).collect();
         for altered in [
-            septet_common::proto::LeaseTicket { slots: 7, ..t0.clone() },
+            septet_common::proto::LeaseTicket { peers: more, ..t0.clone() },
             septet_common::proto::LeaseTicket { expires_ms: t0.expires_ms + 3_600_000, ..t0.clone() },
         ] {
             let refused = ask_worker(w0, &limits, Some(altered)).await.unwrap_err();

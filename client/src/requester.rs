@@ -526,7 +526,8 @@ impl Tickets {
     fn note(&self, peer: &PeerAddr) {
         let Some(ticket) = &peer.ticket else { return };
         let mut kept = self.0.lock();
-        let newer = |old: &LeaseTicket| (ticket.expires_ms, ticket.slots) >= (old.expires_ms, old.slots);
+        // Later, or as late and naming more slots (a hedge's, a replacement's).
+        let newer = |old: &LeaseTicket| (ticket.expires_ms, ticket.peers.len()) >= (old.expires_ms, old.peers.len());
         if kept.get(&peer.peer_id).is_none_or(newer) {
             kept.insert(peer.peer_id, ticket.clone());
         }

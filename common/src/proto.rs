@@ -144,16 +144,16 @@ pub struct PeerAddr {
     pub ticket: Option<LeaseTicket>,
 }
 
-/// A lease's ticket for one peer: signed by the peer's tracker, checked by
-/// the peer before it serves (see [`crate::ticket`]).
+/// A lease's ticket: signed by its peers' tracker, checked by each peer
+/// before it serves (see [`crate::ticket`]). One ticket (one signature)
+/// covers every peer of the lease at that tracker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseTicket {
-    /// The lease (at the peer's own tracker).
+    /// The lease (at the peers' own tracker).
     pub lease_id: LeaseId,
-    /// The peer, as its own tracker numbers it.
-    pub peer_id: PeerId,
-    /// Slots the lease holds on the peer: its tasks run at most this many at once there.
-    pub slots: u32,
+    /// Each peer of the lease, as its own tracker numbers it, with the
+    /// slots the lease holds on it (its tasks run at most this many at once there).
+    pub peers: Vec<(PeerId, u32)>,
     /// When the lease expires unless renewed, in the tracker's clock
     /// (milliseconds since it started).
     pub expires_ms: u64,

@@ -189,15 +189,18 @@ fn task_id() -> impl Strategy<Value = TaskId> {
 }
 
 fn ticket() -> impl Strategy<Value = LeaseTicket> {
-    (lease_id(), peer_id(), any::<u32>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..70)).prop_map(
-        |(lease_id, peer_id, slots, expires_ms, signature)| LeaseTicket {
+    (
+        lease_id(),
+        prop::collection::vec((peer_id(), any::<u32>()), 0..8),
+        any::<u64>(),
+        prop::collection::vec(any::<u8>(), 0..70),
+    )
+        .prop_map(|(lease_id, peers, expires_ms, signature)| LeaseTicket {
             lease_id,
-            peer_id,
-            slots,
+            peers,
             expires_ms,
             signature,
-        },
-    )
+        })
 }
 
 fn peer_addr() -> impl Strategy<Value = PeerAddr> {

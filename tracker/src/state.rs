@@ -317,7 +317,7 @@ fn lend_slot(
     let Some(slot) = table.choose_except(1, except)?.pop() else { return Ok(None) };
     table.take_slots(std::slice::from_ref(&slot))?;
     lease.slots.push(slot.clone());
-    Ok(Some(ticketed(signer, lease_id, lease, &slot)))
+    Ok(ticketed(signer, lease_id, lease, &[slot]).pop())
 }
 
 /// A live lease.
@@ -398,11 +398,19 @@ struct State {
     signer: TicketSigner,
 }
 
-/// `peer` with a fresh ticket for its slots in `lease` (the number of
-/// times it appears there), valid until the lease expires.
-fn ticketed(signer: &TicketSigner, lease_id: LeaseId, lease: &LeaseRecord, peer: &PeerAddr) -> PeerAddr {
-    let slots = lease.slots.iter().filter(|p| p.peer_id == peer.peer_id).count() as u32;
-    PeerAddr { ticket: Some(signer.sign(lease_id, peer.peer_id, slots, lease.expires_at.into_std())), ..peer.clone() }
+/// `peers` with a fresh ticket of `lease`: every peer it holds with its
+/// slots (the times it appears there), valid until the lease expires. One
+/// signature for all of them.
+fn ticketed(signer: &TicketSigner, lease_id: LeaseId, lease: &LeaseRecord, peers: &[PeerAddr]) -> Vec<PeerAddr> {
+    let mut held: Vec<(PeerId, u32)> = Vec::new();
+    for p in &lease.slots {
+        match held.iter_mut().find(|(id, _)| *id == p.peer_id) {
+            Some((_, n)) => *n += 1,
+            None => held.push((p.peer_id, 1)),
+        }
+    }
+    let ticket = signer.sign(lease_id, held, lease.expires_at.into_std());
+    peers.iter().map(|p| PeerAddr { ticket: Some(ticket.clone()), ..p.clone() }).collect()
 }
 
 impl State {
@@ -523,7 +531,7 @@ impl State {
                 };
                 let lease = LeaseGrant {
                     lease_id,
-                    peers: mine.iter().map(|p| ticketed(&self.signer, lease_id, &record, p)).collect(),
+                    peers: ticketed(&self.signer, lease_id, &record, mine),
                     ttl_ms: ttl.as_millis() as u64,
                     token: token.expose().to_string(),
                 };
@@ -1032,7 +1040,7 @@ impl Tracker {
             let lease = s.leases.get_mut(&lease_id).ok_or(Error::UnknownLease(lease_id))?;
             lease.expires_at = now + ttl;
             let lease = &*lease;
-            Ok((ttl, lease.slots.iter().map(|p| ticketed(&s.signer, lease_id, lease, p)).collect()))
+            Ok((ttl, ticketed(&s.signer, lease_id, lease, &lease.slots)))
         })
     }
 

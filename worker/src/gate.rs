@@ -99,18 +99,17 @@ impl Gate {
             return Ok(Admission { lease: None });
         }
         let now = Instant::now();
-        let tracker_now = {
+        let (slots, tracker_now) = {
             let verifier = self.verifier.read();
             let verifier = verifier.as_ref().ok_or(TicketRefusal::NotRegistered)?;
-            verifier.check(ticket, now)?;
-            verifier.tracker_now_ms(now)
+            (verifier.check(ticket, now)?, verifier.tracker_now_ms(now))
         };
         let mut leases = self.leases.lock();
         // Forget leases past their expiry with nothing running.
         leases.retain(|_, l| {
             l.expires_ms.saturating_add(60_000) > tracker_now || l.semaphore.available_permits() < l.slots as usize
         });
-        let slots = ticket.slots.clamp(1, 1024);
+        let slots = slots.clamp(1, 1024);
         let lease = leases.entry(ticket.lease_id).or_insert_with(|| LeaseSlots {
             semaphore: Arc::new(Semaphore::new(slots as usize)),
             slots,
@@ -138,7 +137,7 @@ mod tests {
         let tracker = TicketSigner::generate(epoch);
         let gate = Gate::new(true);
         let later = epoch + Duration::from_secs(60);
-        let one = tracker.sign(LeaseId(1), PeerId(0), 1, later);
+        let one = tracker.sign(LeaseId(1), vec![(PeerId(0), 1), (PeerId(5), 1)], later);
         assert_eq!(gate.admit(&one).unwrap_err(), TicketRefusal::NotRegistered);
         assert_eq!(gate.without_ticket().unwrap_err(), TicketRefusal::Missing);
         gate.registered(TicketVerifier::new(tracker.public_key(), PeerId(0), 0, epoch));
@@ -148,11 +147,11 @@ mod tests {
         let b = gate.admit(&one).unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(20), b.slot()).await.is_err());
         // ...unless a newer ticket gives the lease a second slot here.
-        let two = tracker.sign(LeaseId(1), PeerId(0), 2, later);
+        let two = tracker.sign(LeaseId(1), vec![(PeerId(0), 2), (PeerId(5), 1)], later);
         let c = gate.admit(&two).unwrap();
         let _second = c.slot().await.unwrap();
         // Another lease has its own slots.
-        let other = gate.admit(&tracker.sign(LeaseId(2), PeerId(0), 1, later)).unwrap();
+        let other = gate.admit(&tracker.sign(LeaseId(2), vec![(PeerId(0), 1)], later)).unwrap();
         let _third = other.slot().await.unwrap();
         drop(held);
         assert!(b.slot().await.is_some());
