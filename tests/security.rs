@@ -439,14 +439,11 @@ fn workers_serve_only_under_a_valid_ticket_of_their_own() {
             let refused = ask_worker(w, &limits, None).await.unwrap_err();
             assert!(refused.contains("lease ticket") && refused.contains("none was presented"), "{w}: {refused}");
         }
-        let mut client = septet_client::tracker::TrackerClient::connect_with(
-            &tracker,
-            septet_common::Role::Client,
-            Duration::from_secs(10),
-            &sec,
-        )
-        .await
-        .unwrap();
+        let timeout = Duration::from_secs(10);
+        let connect = || {
+            septet_client::tracker::TrackerClient::connect_with(&tracker, septet_common::Role::Client, timeout, &sec)
+        };
+        let mut client = connect().await.unwrap();
         let grant = client.lease(2, false, Some(Duration::from_secs(10)), |_, _, _| {}).await.unwrap();
         let p0 = &grant.peers[0];
         let t0 = p0.ticket.clone().unwrap();
@@ -456,14 +453,7 @@ fn workers_serve_only_under_a_valid_ticket_of_their_own() {
         // Its own ticket: served.
         assert_eq!(ask_worker(w0, &limits, Some(t0.clone())).await, Ok((3, 3)));
         // Another lease's ticket (its slot is on another worker).
-        let mut second = septet_client::tracker::TrackerClient::connect_with(
-            &tracker,
-            septet_common::Role::Client,
-            Duration::from_secs(10),
-            &sec,
-        )
-        .await
-        .unwrap();
+        let mut second = connect().await.unwrap();
         let elsewhere = second.lease(1, false, Some(Duration::from_secs(10)), |_, _, _| {}).await.unwrap();
         assert_ne!(elsewhere.peers[0].addr, p0.addr);
         let refused = ask_worker(w0, &limits, elsewhere.peers[0].ticket.clone()).await.unwrap_err();
