@@ -529,13 +529,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             // A blocks frame is admitted (or refused) from its header, even
             // one whose payload is all buffered already.
-            self.blocks_header_len()?;
+            let blocks_len = self.blocks_header_len()?;
             if let Some((frame, used)) = frame::decode(&self.src.buf, self.max_frame_len)? {
                 self.src.buf.advance(used);
                 self.began = (!self.src.buf.is_empty()).then(tokio::time::Instant::now);
                 return Ok(Some(frame));
             }
-            if let Some(len) = self.blocks_header_len()? {
+            if let Some(len) = blocks_len {
                 self.reserve(len).await?;
             }
             if self.start_direct_read()? {
