@@ -535,21 +535,6 @@ fn dial_back(
     })
 }
 
-/// Whether `frame` is a tracker's order to dial a requester back.
-fn is_dial_back(frame: &Result<Option<Frame>>) -> bool {
-    matches!(frame, Ok(Some(Frame::Control(body))) if matches!(body.decode::<WorkerRequest>(), Ok(WorkerRequest::DialBack { .. })))
-}
-
-/// Whether `frame` joins a relayed job that runs here now.
-fn joins_running(frame: &Result<Option<Frame>>, relays: &Relays) -> bool {
-    match frame {
-        Ok(Some(Frame::Control(body))) => {
-            matches!(body.decode::<WorkerRequest>(), Ok(WorkerRequest::Join { job_id, to, .. }) if relays.running(job_id, to))
-        }
-        _ => false,
-    }
-}
-
 /// What every connection of a worker shares: its compute slots, its
 /// relayed jobs, and its door.
 #[derive(Clone)]
@@ -593,41 +578,46 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
             };
         }
     }
+    // The first frame's request, decoded once (anything else is answered
+    // below as the task conversation does).
+    let request = match &first {
+        Ok(Some(Frame::Control(body))) => body.decode::<WorkerRequest>().ok(),
+        _ => None,
+    };
     let admission = match ticket {
         Some(Ok(admission)) => admission,
         // A forward for a job admitted here before its lease lapsed: work
         // admitted under a valid ticket finishes; only new work needs one.
-        Some(Err(TicketRefusal::Expired { .. })) if joins_running(&first, &shared.relays) => Admission::default(),
+        Some(Err(TicketRefusal::Expired { .. })) if matches!(request, Some(WorkerRequest::Join { job_id, to, .. }) if shared.relays.running(job_id, to)) => {
+            Admission::default()
+        }
         Some(Err(refusal)) => return refuse(&mut writer, &refusal, config.io_timeout).await,
         None => match shared.gate.without_ticket() {
             Ok(admission) => admission,
             // A tracker's order to dial back carries no ticket.
-            Err(_) if is_dial_back(&first) => Admission::default(),
+            Err(_) if matches!(request, Some(WorkerRequest::DialBack { .. })) => Admission::default(),
             Err(refusal) => return refuse(&mut writer, &refusal, config.io_timeout).await,
         },
     };
     let Shared { slots, relays, .. } = shared.clone();
-    if let Ok(Some(Frame::Control(body))) = &first {
-        match body.decode::<WorkerRequest>() {
-            Ok(WorkerRequest::Relay(plan)) => {
-                // The relayed job holds one of the lease's slots here throughout.
-                let _lease_slot = admission.slot().await;
-                return relay::lead(plan, reader, writer, config, slots, relays, cancel).await;
-            }
-            Ok(WorkerRequest::Join { job_id, from, to }) => {
-                return relay::follow(job_id, from, to, reader, config, relays).await
-            }
-            Ok(WorkerRequest::DialBack { addr, nonce }) => {
-                let said =
-                    deadline(config.io_timeout, "the tracker to take a reply", writer.send(&WorkerReply::DialingBack));
-                if said.await.is_ok() {
-                    tokio::spawn(dial_back(addr, nonce, config, shared, cancel));
-                }
-                return;
-            }
-            // Anything else is answered below as the task conversation does.
-            _ => {}
+    match request {
+        Some(WorkerRequest::Relay(plan)) => {
+            // The relayed job holds one of the lease's slots here throughout.
+            let _lease_slot = admission.slot().await;
+            return relay::lead(plan, reader, writer, config, slots, relays, cancel).await;
         }
+        Some(WorkerRequest::Join { job_id, from, to }) => {
+            return relay::follow(job_id, from, to, reader, config, relays).await
+        }
+        Some(WorkerRequest::DialBack { addr, nonce }) => {
+            let said =
+                deadline(config.io_timeout, "the tracker to take a reply", writer.send(&WorkerReply::DialingBack));
+            if said.await.is_ok() {
+                tokio::spawn(dial_back(addr, nonce, config, shared, cancel));
+            }
+            return;
+        }
+        _ => {}
     }
     let mut first = Some(first);
     let (tx, rx) = mpsc::channel::<Reply>(config.slots as usize + 1);
