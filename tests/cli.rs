@@ -7,7 +7,7 @@ mod common;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{free_addr, septet_bin, tracker_process, Procs, Scratch};
+use common::{dead_addr, septet_bin, tracker_process, Procs, Scratch};
 use ndarray::Array2;
 use ndarray_npy::{read_npy, write_npy};
 use septet_common::strassen::naive_matmul;
@@ -226,7 +226,8 @@ fn bad_inputs_exit_2_with_one_line_and_lease_nothing() {
     assert!(peers_json(&tracker).iter().all(|r| r["leases_total"] == 0), "nothing was leased");
 
     // An unreachable tracker: one line, exit 1.
-    let dead = free_addr().to_string();
+    let hold = dead_addr();
+    let dead = hold.to_string();
     let out = septet(&["peers", "--tracker", &dead]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
@@ -290,7 +291,8 @@ fn heartbeat_settings_that_would_make_workers_flap_are_refused() {
 
 #[test]
 fn septet_encrypt_is_the_environment_form_of_encrypt() {
-    let dead = free_addr().to_string();
+    let hold = dead_addr();
+    let dead = hold.to_string();
     let multiply = ["multiply", "--tracker", &dead, "--random", "8,8,8"];
     // Without a secret, --encrypt is a usage error: so is SEPTET_ENCRYPT=1.
     for value in ["1", "true", "yes", "on"] {
@@ -364,7 +366,8 @@ fn command_line_errors_are_one_line_that_says_what_to_do() {
     let err = one_error_line(&septet_env(&["peers", "--tracker", "localhost"], &[]), 2);
     assert!(err.contains("expected HOST:PORT") && err.contains("7700"), "{err}");
     // Nobody listening: is the tracker running, and where it listens by default.
-    let dead = free_addr().to_string();
+    let hold = dead_addr();
+    let dead = hold.to_string();
     for args in [&["peers", "--tracker", &dead][..], &["multiply", "--tracker", &dead, "--random", "8,8,8"]] {
         let err = one_error_line(&septet_env(args, &[]), 1);
         assert!(err.contains(&format!("could not reach the tracker at {dead}")), "{err}");

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, septet_bin, tracker_process, tracker_process_logged, Procs, Scratch};
+use common::{dead_addr, septet_bin, tracker_process, tracker_process_logged, Procs, Scratch};
 
 fn septet(args: &[&str]) -> Output {
     Command::new(septet_bin()).args(args).stdin(Stdio::null()).env_remove("SEPTET_SECRET_FILE").output().unwrap()
@@ -187,7 +187,8 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitSta
 
 #[test]
 fn servers_refuse_to_listen_publicly_without_a_secret() {
-    let tracker = free_addr().to_string();
+    let hold = dead_addr();
+    let tracker = hold.to_string();
     for command in [
         vec!["tracker", "--listen", "0.0.0.0:0"],
         vec!["worker", "--listen", "0.0.0.0:0", "--tracker", &tracker],

@@ -159,7 +159,7 @@ impl Drop for Procs {
 /// Starts `septet tracker --listen LISTEN EXTRA..` and returns it with the
 /// address it bound, read from its "listening on" line on stderr — so
 /// `127.0.0.1:0` gives each test a port of its own, with no window in which
-/// another test could take it (as there is between [`free_addr`] and the
+/// another test could take it (as there would be between probing a free port and the
 /// tracker binding it). The rest of its stderr is drained on a thread, so
 /// the tracker never blocks on a full pipe.
 pub fn tracker_process(listen: &str, extra: &[&str]) -> (std::process::Child, SocketAddr) {
@@ -202,8 +202,41 @@ pub fn tracker_process_logged(
     (child, addr.parse().unwrap())
 }
 
-/// An address on loopback that was free a moment ago (for addresses nobody
-/// should listen on; a tracker picks its own with [`tracker_process`]).
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// A loopback address nobody listens on, for as long as the value lives: a
+/// socket is bound to it but never listens, so connections to it are refused
+/// and the kernel gives its port to no other test running alongside (an
+/// address that was merely free a moment ago was once taken by a parallel
+/// test's worker, and a "nobody listening" check met that worker instead).
+pub struct DeadAddr {
+    pub addr: SocketAddr,
+    _socket: std::os::fd::OwnedFd,
+}
+
+impl std::fmt::Display for DeadAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+pub fn dead_addr() -> DeadAddr {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // structures passed are sized as the calls expect.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = OwnedFd::from_raw_fd(fd);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(socket.as_raw_fd(), &sin as *const libc::sockaddr_in as *const libc::sockaddr, len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut len = len;
+        let rc =
+            libc::getsockname(socket.as_raw_fd(), &mut sin as *mut libc::sockaddr_in as *mut libc::sockaddr, &mut len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(sin.sin_port)));
+        DeadAddr { addr, _socket: socket }
+    }
 }
