@@ -522,6 +522,33 @@ fn a_sibling_cut_mid_job_does_not_stop_the_job_and_a_vanished_borrower_loses_its
 #[test]
 fn a_job_borrows_peers_behind_a_nat_through_brokered_links() {
     let Some(mut grid) = NetGrid::new_nat(8, 2, "1gbit") else { return };
+    let summary = borrow_behind_nat(&mut grid);
+    assert_eq!(summary["plan"], "direct", "{summary}");
+    println!("job took {:.2} s, five products on peers behind the NAT", summary["total_s"].as_f64().unwrap());
+    assert_eq!(grid.log("tracker-tr").matches("spliced a brokered link").count(), 0, "the requester can be dialled");
+}
+
+/// Issue 17: both ends behind NATs. The requester sits behind a NAT of its
+/// own, so the workers behind m's NAT cannot dial it back either: each
+/// such link is spliced through n's tracker, which both can reach. The
+/// product is right, every borrowed peer's link went through the splice,
+/// and both trackers end with nothing leased.
+#[test]
+fn links_between_two_nats_are_spliced_through_a_tracker_both_can_reach() {
+    let Some(mut grid) = NetGrid::new_double_nat(8, 2, "1gbit") else { return };
+    let summary = borrow_behind_nat(&mut grid);
+    let tracker_log = grid.log("tracker-tr");
+    let spliced = tracker_log.matches("spliced a brokered link").count();
+    assert!(spliced >= 5, "{spliced} links spliced at n's tracker:\n{tracker_log}");
+    println!("job took {:.2} s, five products on peers behind the other NAT", summary["total_s"].as_f64().unwrap());
+}
+
+/// Starts clusters n (`tr`, w0 and w1) and m (`tm` and w2..w7, behind the
+/// NAT, linking to n), checks that m's tracker cannot be reached from
+/// outside, runs a job from `rq` that borrows five of m's peers, checks
+/// its product and that both trackers end with nothing leased; returns
+/// the job's summary.
+fn borrow_behind_nat(grid: &mut NetGrid) -> Value {
     let n_tracker = grid.tracker_addr_of("tr");
     grid.start_tracker_at("tr", &["--cluster", "n"]);
     grid.start_workers_at(0..2, "tr", &[]);
@@ -529,7 +556,7 @@ fn a_job_borrows_peers_behind_a_nat_through_brokered_links() {
     grid.start_workers_at(2..8, "tm", &[]);
     // The NAT holds: from outside, m's tracker cannot be reached.
     let probe = Command::new("ip")
-        .args(["netns", "exec", &grid.ns("rq"), "timeout", "3", env!("CARGO_BIN_EXE_septet"), "peers", "--tracker"])
+        .args(["netns", "exec", &grid.ns("cl"), "timeout", "3", env!("CARGO_BIN_EXE_septet"), "peers", "--tracker"])
         .arg(grid.tracker_addr_of("tm"))
         .arg("--secret-file")
         .arg(grid.secret())
@@ -541,7 +568,7 @@ fn a_job_borrows_peers_behind_a_nat_through_brokered_links() {
             .is_some_and(|p| p.iter().filter(|r| r["cluster"] == "m").count() == 6)
     };
     assert!(
-        (0..150).any(|_| listed(&grid) || (std::thread::sleep(Duration::from_millis(100)), false).1),
+        (0..150).any(|_| listed(grid) || (std::thread::sleep(Duration::from_millis(100)), false).1),
         "n never listed m's peers; n: {}\nm: {}",
         grid.log("tracker-tr"),
         grid.log("tracker-tm")
@@ -549,7 +576,6 @@ fn a_job_borrows_peers_behind_a_nat_through_brokered_links() {
     let out = grid.run("rq", "multiply", &["--random", "512,512,512", "--check", "--json", "--max-wait", "20"]);
     let summary = json(&out, "septet multiply");
     check_product(&summary);
-    assert_eq!(summary["plan"], "direct", "{summary}");
     let dialled_back = summary["peers"]
         .as_array()
         .unwrap()
@@ -557,7 +583,6 @@ fn a_job_borrows_peers_behind_a_nat_through_brokered_links() {
         .filter(|p| p["addr"].as_str().unwrap().starts_with("dialback:"))
         .count();
     assert_eq!(dialled_back, 5, "{summary}");
-    println!("job took {:.2} s, five products on peers behind the NAT", summary["total_s"].as_f64().unwrap());
     for tracker in ["tr", "tm"] {
         let host = if tracker == "tm" { "tm" } else { "cl" };
         assert!(
@@ -565,4 +590,5 @@ fn a_job_borrows_peers_behind_a_nat_through_brokered_links() {
             "slots still in use at {tracker}"
         );
     }
+    summary
 }

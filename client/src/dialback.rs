@@ -5,6 +5,13 @@
 //! presents the nonce it chose. The handshake is the cluster secret's, end
 //! to end: the trackers that broker the link never see what crosses it.
 //!
+//! When the peer cannot dial the requester either (the requester is
+//! behind a NAT of its own), the link is *spliced*: both dial the
+//! requester's tracker, which joins the two connections byte for byte
+//! (see the tracker's `splice` module); the handshake still runs end to
+//! end through it. After one such failure, the lease's other links are
+//! spliced at once.
+//!
 //! [`TrackerRequest::Broker`]: septet_common::proto::TrackerRequest::Broker
 
 use std::collections::HashMap;
@@ -15,7 +22,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::RngExt;
 use septet_common::conn::ConnLimits;
-use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, WorkerReply, DIAL_BACK};
+use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, SpliceId, WorkerReply, DIAL_BACK};
 use septet_common::secure::Security;
 use septet_common::{deadline, Connection, Error, Result, Role};
 use tokio::net::TcpListener;
@@ -39,6 +46,8 @@ pub(crate) struct Broker {
     addr: SocketAddr,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Connection>>>>,
     accept: tokio::task::JoinHandle<()>,
+    /// A peer could not dial this requester: splice every link.
+    splice: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Broker {
@@ -112,31 +121,81 @@ impl Broker {
             addr,
             pending,
             accept,
+            splice: Default::default(),
         })
     }
 
     /// A connection to `peer`, which dials this requester on its tracker's
-    /// order.
+    /// order — or, if it cannot, dials the requester's tracker, which
+    /// splices it to the requester's own leg.
     pub(crate) async fn connect(&self, peer: &PeerAddr, limits: &ConnLimits) -> Result<Connection> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let name = || format!("the worker at {} (dialling back)", &peer.addr[DIAL_BACK.len()..]);
+        let direct = if self.splice.load(Relaxed) {
+            None
+        } else {
+            match self.dialled_back(peer).await {
+                Ok(conn) => Some(Ok(conn)),
+                Err(e) => {
+                    info!(peer = %peer.addr, error = %e, "the peer could not dial back: splicing the link through the tracker");
+                    self.splice.store(true, Relaxed);
+                    None
+                }
+            }
+        };
+        let out = match direct {
+            Some(out) => out,
+            None => self.spliced(peer).await,
+        };
+        out.map(|mut conn| {
+            conn.reader.set_max_frame_len(limits.max_frame_len);
+            conn.reader.set_stall_timeout(limits.stall_timeout);
+            conn.reader.set_idle_timeout(limits.idle_timeout);
+            conn
+        })
+        .map_err(|e| e.naming(name))
+    }
+
+    /// `peer` dials this requester's listener.
+    async fn dialled_back(&self, peer: &PeerAddr) -> Result<Connection> {
         let nonce: u64 = rand::rng().random();
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(nonce, tx);
         let linked = async {
             let mut tracker =
                 TrackerClient::connect_with(&self.tracker, Role::Client, self.timeout, &self.security).await?;
-            tracker.broker(self.lease_id, peer.peer_id, self.addr.to_string(), nonce, &self.token).await?;
+            tracker.broker(self.lease_id, peer.peer_id, self.addr.to_string(), nonce, &self.token, None).await?;
             deadline(self.timeout, "the peer to dial back", async {
                 rx.await.map_err(|_| Error::Closed("the dial-back listener"))
             })
             .await
         };
-        let out = linked.await.map(|mut conn| {
-            conn.reader.set_max_frame_len(limits.max_frame_len);
-            conn.reader.set_stall_timeout(limits.stall_timeout);
-            conn.reader.set_idle_timeout(limits.idle_timeout);
-            conn
-        });
+        let out = linked.await;
         self.pending.lock().remove(&nonce);
-        out.map_err(|e| e.naming(|| format!("the worker at {} (dialling back)", &peer.addr[DIAL_BACK.len()..])))
+        out
+    }
+
+    /// `peer` and this requester both dial the requester's tracker, which
+    /// joins the two legs of splice `id`; the handshake runs through it.
+    async fn spliced(&self, peer: &PeerAddr) -> Result<Connection> {
+        let (nonce, id): (u64, SpliceId) = (rand::rng().random(), rand::rng().random());
+        let mut tracker =
+            TrackerClient::connect_with(&self.tracker, Role::Client, self.timeout, &self.security).await?;
+        tracker.broker(self.lease_id, peer.peer_id, String::new(), nonce, &self.token, Some(id)).await?;
+        let limits =
+            ConnLimits { handshake_timeout: self.timeout, security: self.security.clone(), ..ConnLimits::default() };
+        let (mut conn, role) = Connection::accept_spliced(&self.tracker, id, limits).await?;
+        if role != Role::Worker {
+            return Err(Error::Invalid(format!("a {role:?} came through the splice, not a worker")));
+        }
+        let hello = deadline(self.timeout, "the worker's hello", conn.reader.read_message::<WorkerReply>("DialedBack"));
+        match hello.await? {
+            WorkerReply::DialedBack { nonce: theirs } if theirs == nonce => {
+                debug!(peer = %peer.addr, "spliced a link through the tracker");
+                Ok(conn)
+            }
+            WorkerReply::DialedBack { .. } => Err(Error::Invalid("the spliced peer presented another nonce".into())),
+            other => Err(Error::Unexpected { expected: "DialedBack", got: format!("{other:?}") }),
+        }
     }
 }

@@ -994,14 +994,68 @@ impl Connection {
     /// [`Error::Io`] if the connection fails.
     pub async fn connect(addr: impl ToSocketAddrs, role: Role, limits: ConnLimits) -> Result<Self> {
         deadline(limits.handshake_timeout, "the connection and handshake", async {
-            let mut stream = TcpStream::connect(addr).await?;
-            // Control messages are tiny request/replies; Nagle would add 40 ms stalls.
-            stream.set_nodelay(true)?;
-            let name = format!("the server at {}", stream.peer_addr()?);
-            let done = secure::client(&mut stream, role, &limits.security, &name).await?;
-            Self::wrap(stream, &limits, done.cipher)
+            let stream = TcpStream::connect(addr).await?;
+            Self::client_side(stream, role, &limits, "the server").await
         })
         .await
+    }
+
+    /// Runs the client side of the handshake as `role` on a stream this
+    /// side connected (a dial back, perhaps through a splicing tracker).
+    ///
+    /// # Errors
+    /// As [`Connection::connect`].
+    pub async fn handshake_as_client(stream: TcpStream, role: Role, limits: ConnLimits) -> Result<Self> {
+        deadline(limits.handshake_timeout, "the handshake", Self::client_side(stream, role, &limits, "the peer")).await
+    }
+
+    /// The client side of the handshake on `stream`, naming the other end
+    /// `who` at its address.
+    async fn client_side(mut stream: TcpStream, role: Role, limits: &ConnLimits, who: &str) -> Result<Self> {
+        // Control messages are tiny request/replies; Nagle would add 40 ms stalls.
+        stream.set_nodelay(true)?;
+        let name = format!("{who} at {}", stream.peer_addr()?);
+        let done = secure::client(&mut stream, role, &limits.security, &name).await?;
+        Self::wrap(stream, limits, done.cipher)
+    }
+
+    /// Connects to the tracker at `addr` that splices link `splice` (see
+    /// [`crate::proto::SPLICE_MAGIC`]) and runs the server side of the
+    /// handshake (this end was to be dialled) with whoever is at the other
+    /// end of the splice: its role comes with the connection.
+    ///
+    /// # Errors
+    /// As [`Connection::accept`].
+    pub async fn accept_spliced(
+        addr: impl ToSocketAddrs,
+        splice: crate::proto::SpliceId,
+        limits: ConnLimits,
+    ) -> Result<(Self, Role)> {
+        deadline(limits.handshake_timeout, "the spliced connection and handshake", async {
+            let mut stream = Self::dial(addr, Some(splice)).await?;
+            let name = format!("the peer spliced through {}", stream.peer_addr()?);
+            let done = secure::server(&mut stream, &limits.security, &name).await?;
+            Ok((Self::wrap(stream, &limits, done.cipher)?, done.role))
+        })
+        .await
+    }
+
+    /// A TCP connection to `addr`, before any handshake; with `splice`,
+    /// `addr` is a splicing tracker, and the connection has asked it for
+    /// that splice.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the connection fails.
+    pub async fn dial(addr: impl ToSocketAddrs, splice: Option<crate::proto::SpliceId>) -> Result<TcpStream> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        if let Some(id) = splice {
+            let mut hello = [0; 20];
+            hello[..4].copy_from_slice(&crate::proto::SPLICE_MAGIC);
+            hello[4..].copy_from_slice(&id);
+            stream.write_all(&hello).await?;
+        }
+        Ok(stream)
     }
 
     /// Runs the server side of the handshake on an accepted stream, within

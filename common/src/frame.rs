@@ -752,6 +752,15 @@ mod tests {
                 addr: "10.0.0.2:4000".into(),
                 nonce: 7,
                 token: None,
+                splice: None,
+            },
+            TrackerRequest::Broker {
+                lease_id: LeaseId(9),
+                peer_id: PeerId(2),
+                addr: String::new(),
+                nonce: 8,
+                token: Some("t".into()),
+                splice: Some([7; 16]),
             },
         ]
     }

@@ -17,14 +17,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::conn::ConnLimits;
-use crate::{Connection, Error, Role};
+use crate::proto::{SpliceId, SPLICE_MAGIC};
+use crate::{deadline, Connection, Error, Role};
 
 /// Refusal warnings logged per window at most.
 pub const LOG_BURST: u32 = 10;
@@ -44,6 +46,45 @@ pub struct ListenConfig {
     pub drain_timeout: Duration,
     /// Told of every connection refused before its handshake completed.
     pub on_refusal: Option<OnRefusal>,
+    /// Takes the connections that ask to be spliced (a tracker's; see
+    /// [`crate::proto::SPLICE_MAGIC`]). Without one, they fail the
+    /// handshake like any other stranger's bytes.
+    pub splicer: Option<Splicer>,
+}
+
+/// Takes a connection that opened with [`crate::proto::SPLICE_MAGIC`] and
+/// the splice id that followed (read off the stream); called on the accept
+/// path, so it must hand the stream on and return.
+#[derive(Clone)]
+pub struct Splicer(pub Arc<dyn Fn(TcpStream, SpliceId) + Send + Sync>);
+
+impl std::fmt::Debug for Splicer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Splicer(..)")
+    }
+}
+
+/// Whether `stream` opens with [`SPLICE_MAGIC`]: then its splice id, read
+/// off it. Otherwise nothing is consumed (the handshake reads the bytes).
+async fn splice_request(stream: &mut TcpStream) -> std::io::Result<Option<SpliceId>> {
+    let mut head = [0u8; 20];
+    loop {
+        let n = stream.peek(&mut head).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let seen = n.min(SPLICE_MAGIC.len());
+        if head[..seen] != SPLICE_MAGIC[..seen] {
+            return Ok(None);
+        }
+        if n == head.len() {
+            break;
+        }
+        // The first bytes came alone: wait a moment for the rest.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stream.read_exact(&mut head).await?;
+    Ok(Some(head[4..].try_into().expect("16 bytes")))
 }
 
 /// Connections in their handshake (not yet authenticated) at once, from
@@ -335,7 +376,33 @@ where
                                 config.refused(Refusal::Flood);
                                 return;
                             }
-                            accepted = Connection::accept(stream, config.limits.clone()) => accepted,
+                            accepted = async {
+                                let mut stream = stream;
+                                if config.splicer.is_some() {
+                                    let asked = deadline(
+                                        config.limits.handshake_timeout,
+                                        "the first bytes",
+                                        async { splice_request(&mut stream).await.map_err(Error::from) },
+                                    );
+                                    match asked.await {
+                                        Ok(Some(id)) => return Ok(Err((stream, id))),
+                                        Ok(None) => {}
+                                        Err(e) => return Err(e),
+                                    }
+                                }
+                                Connection::accept(stream, config.limits.clone()).await.map(Ok)
+                            } => accepted,
+                        };
+                        let accepted = match accepted {
+                            Ok(Err((stream, id))) => {
+                                drop(slot);
+                                if let Some(splicer) = &config.splicer {
+                                    (splicer.0)(stream, id);
+                                }
+                                return;
+                            }
+                            Ok(Ok(conn)) => Ok(conn),
+                            Err(e) => Err(e),
                         };
                         drop(slot);
                         match accepted {
@@ -396,6 +463,7 @@ mod tests {
             max_connections: 2,
             drain_timeout: Duration::from_secs(5),
             on_refusal: Some(OnRefusal(Arc::new(move |why| refusals.lock().push(why)))),
+            splicer: None,
         };
         let stop = CancellationToken::new();
         let s = stop.clone();

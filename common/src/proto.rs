@@ -57,7 +57,22 @@ use crate::{Error, ErrorCode};
 /// `BlockOp::Part` frames. Version 7 added federation: the peer table's
 /// `cluster` column, [`TrackerRequest::Sibling`], [`TrackerRequest::Lend`]
 /// and [`TrackerRequest::ListFederation`], [`TrackerReply::SiblingStatus`].
-pub const PROTOCOL_VERSION: u32 = 8;
+/// Version 8 added lease tickets. Version 9 added spliced links (a
+/// `splice` in [`TrackerRequest::Broker`] and [`WorkerRequest::DialBack`]):
+/// across two NATs, both ends dial a tracker that joins them.
+pub const PROTOCOL_VERSION: u32 = 9;
+
+/// Names one spliced link (see [`SPLICE_MAGIC`]): 128 random bits chosen
+/// by the requester, given to the tracker that joins the link and, through
+/// the trackers, to the peer.
+pub type SpliceId = [u8; 16];
+
+/// The first bytes of a connection that asks a tracker to splice it to
+/// another (instead of a handshake's `SPTT`), followed by the
+/// [`SpliceId`]. The tracker copies bytes between the two legs and
+/// reads none of them: the two ends run the handshake with each other
+/// through it, so with `--encrypt` it cannot read or alter what crosses.
+pub const SPLICE_MAGIC: [u8; 4] = *b"SPLC";
 
 /// Declares a `u64` id newtype: transparent on the wire and in JSON (a bare
 /// number, as before), printed as the bare number.
@@ -425,18 +440,26 @@ pub enum TrackerRequest {
     },
     /// Client (or a sibling tracker, forwarding): peer `peer_id` of lease
     /// `lease_id` cannot be dialled from the requester; have it dial the
-    /// requester's listener `addr` and present `nonce`. Answered `Brokered`.
+    /// requester's listener `addr` and present `nonce`. Answered `Brokered`
+    /// once the peer's dial connected, an error if it could not.
+    ///
+    /// With `splice` (neither end can dial the other), the requester sends
+    /// an empty `addr`: the tracker it asks will join the link, fills in
+    /// its own address as the peer's side reaches it, and expects two legs
+    /// presenting `splice` (see [`SPLICE_MAGIC`]).
     Broker {
         /// The lease.
         lease_id: LeaseId,
         /// The peer.
         peer_id: PeerId,
-        /// The requester's listener.
+        /// The requester's listener, or the splicing tracker.
         addr: String,
         /// What the requester matches the connection with.
         nonce: u64,
         /// As for `Renew`.
         token: Option<String>,
+        /// The spliced link's id, if the link is spliced.
+        splice: Option<SpliceId>,
     },
     /// Sibling tracker: lease `count` slots to a lease of cluster `cluster`.
     /// Queued and granted like a detached `Lease` (`Waiting`, then
@@ -504,13 +527,14 @@ impl fmt::Debug for TrackerRequest {
             }
             TrackerRequest::ListFederation => f.write_str("ListFederation"),
             TrackerRequest::Reverse { cluster } => f.debug_struct("Reverse").field("cluster", cluster).finish(),
-            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token } => f
+            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, splice } => f
                 .debug_struct("Broker")
                 .field("lease_id", lease_id)
                 .field("peer_id", peer_id)
                 .field("addr", addr)
                 .field("nonce", nonce)
                 .field("token", &redacted(token))
+                .field("splice", &splice.is_some())
                 .finish(),
         }
     }
@@ -713,7 +737,7 @@ pub enum WorkerReply {
         /// spreading: the requester trusts this over other reports.
         evidence: bool,
     },
-    /// To `DialBack`: dialling.
+    /// To `DialBack`: dialled (connected; the handshake follows).
     DialingBack,
     /// The first frame on a connection a worker dialled on a `DialBack`
     /// order: which brokered link this is.
@@ -775,12 +799,19 @@ pub enum WorkerRequest {
     /// From the worker's tracker (federation, brokering a link across a
     /// NAT): dial `addr` — a requester that cannot dial this worker — say
     /// [`WorkerReply::DialedBack`] with `nonce` there, and serve that
-    /// connection as if the requester had dialled. Answered `DialingBack`.
+    /// connection as if the requester had dialled. Answered `DialingBack`
+    /// once the dial connected, with an error if it could not.
+    ///
+    /// With `splice`, `addr` is a tracker that joins this connection to
+    /// the requester's: send [`SPLICE_MAGIC`] and the id first, then run
+    /// the handshake with the requester through it.
     DialBack {
-        /// The requester's listener.
+        /// The requester's listener, or the splicing tracker.
         addr: String,
         /// What the requester matches the connection with.
         nonce: u64,
+        /// The spliced link's id, if the link is spliced.
+        splice: Option<SpliceId>,
     },
     /// First on every connection of a requester, or of a peer forwarding
     /// a relayed job's parts: the lease ticket this connection is served

@@ -300,6 +300,17 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
         (text(), text()).prop_map(|(cluster, listen)| TrackerRequest::Sibling { cluster, listen }),
         (any::<u32>(), text()).prop_map(|(count, cluster)| TrackerRequest::Lend { count, cluster }),
         Just(TrackerRequest::ListFederation),
+        text().prop_map(|cluster| TrackerRequest::Reverse { cluster }),
+        (lease_id(), peer_id(), text(), any::<u64>(), tok(), any::<Option<[u8; 16]>>()).prop_map(
+            |(lease_id, peer_id, addr, nonce, token, splice)| TrackerRequest::Broker {
+                lease_id,
+                peer_id,
+                addr,
+                nonce,
+                token,
+                splice
+            }
+        ),
     ]
 }
 
@@ -378,7 +389,11 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
             to
         }),
         proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..6).prop_map(WorkerRequest::Digests),
-        (text(), any::<u64>()).prop_map(|(addr, nonce)| WorkerRequest::DialBack { addr, nonce }),
+        (text(), any::<u64>(), any::<Option<[u8; 16]>>()).prop_map(|(addr, nonce, splice)| WorkerRequest::DialBack {
+            addr,
+            nonce,
+            splice
+        }),
         ticket().prop_map(WorkerRequest::Ticket),
         (
             any::<[u64; 6]>(),

@@ -44,6 +44,10 @@ pub struct NetGrid {
     /// masquerades their outgoing connections and drops new incoming ones.
     nat: Option<usize>,
     net_b: String,
+    /// `rq` sits behind a NAT of its own too (router `rt2`, network
+    /// `net_c`): neither it nor the workers behind `rt` can dial the other.
+    nat_rq: bool,
+    net_c: String,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -190,6 +194,16 @@ impl NetGrid {
         Self::new_with(workers, rate, true, Some(inside))
     }
 
+    /// As [`NetGrid::new_nat`], with `rq` behind a second NAT (router
+    /// `rt2`, same rules): its links to the workers behind the first one
+    /// can only be spliced through a tracker both can reach (`tr`).
+    pub fn new_double_nat(workers: usize, inside: usize, rate: &str) -> Option<NetGrid> {
+        let mut grid = Self::new_nat(workers, inside, rate)?;
+        grid.nat_rq = true;
+        grid.build_second_nat(rate).unwrap_or_else(|e| panic!("building the second NAT: {e}"));
+        Some(grid)
+    }
+
     fn new_with(workers: usize, rate: &str, second: bool, nat: Option<usize>) -> Option<NetGrid> {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
@@ -202,6 +216,7 @@ impl NetGrid {
         sweep_stale();
         let net = format!("10.{}.{}", 200 + pid % 50, (pid / 50 + k as u32) % 250);
         let net_b = format!("172.{}.{}", 16 + pid % 16, (pid / 16 + k as u32) % 250);
+        let net_c = format!("192.168.{}", (pid + k as u32) % 250);
         let dir = std::env::temp_dir().join(format!("septet-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -217,6 +232,8 @@ impl NetGrid {
             second,
             nat,
             net_b,
+            nat_rq: false,
+            net_c,
             _turn: turn,
         };
         // On failure, Drop removes whatever was made.
@@ -269,19 +286,52 @@ impl NetGrid {
     /// route everything through it; outside hosts route the inside network
     /// to it (so a dial inward is dropped silently, as by a real NAT).
     fn build_router(&mut self) -> Result<(), String> {
-        let rt = self.ns("rt");
+        let (net_b, inside): (String, Vec<String>) =
+            (self.net_b.clone(), self.hosts().into_iter().filter(|h| self.inside(h)).collect());
+        self.nat_router("rt", "sw2", &net_b, 254, &inside)
+    }
+
+    /// Moves `rq` behind router `rt2` on network `net_c` (see
+    /// [`NetGrid::new_double_nat`]).
+    fn build_second_nat(&mut self, rate: &str) -> Result<(), String> {
+        let sw = self.ns("sw3");
+        ip(&["netns", "add", &sw])?;
+        self.namespaces.push(sw.clone());
+        ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        // rq leaves the outside network for net_c.
+        let rq = self.ns("rq");
+        ip(&["-n", &rq, "link", "del", "eth0"])?;
+        self.plug("rq", "sw3", "eth0", &self.addr("rq"))?;
+        self.shape("rq", rate);
+        let net_c = self.net_c.clone();
+        self.nat_router("rt2", "sw3", &net_c, 253, &["rq".to_string()])
+    }
+
+    /// Router `name`: `.LAST` on the outside network and on `inside_net`
+    /// (behind switch `inside_switch`, where the `inside` hosts are).
+    fn nat_router(
+        &mut self,
+        name: &str,
+        inside_switch: &str,
+        inside_net: &str,
+        last: u8,
+        inside: &[String],
+    ) -> Result<(), String> {
+        let rt = self.ns(name);
         ip(&["netns", "add", &rt])?;
         self.namespaces.push(rt.clone());
         ip(&["-n", &rt, "link", "set", "lo", "up"])?;
-        let (out_ip, in_ip) = (format!("{}.254", self.net), format!("{}.254", self.net_b));
-        self.plug("rt", "sw", "eth0", &out_ip)?;
-        self.plug("rt", "sw2", "eth1", &in_ip)?;
+        let (out_ip, in_ip) = (format!("{}.{last}", self.net), format!("{inside_net}.{last}"));
+        self.plug(name, "sw", "eth0", &out_ip)?;
+        self.plug(name, inside_switch, "eth1", &in_ip)?;
         run_tool("ip", &["netns", "exec", &rt, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         let rules = format!(
             "table ip septet_nat {{
   chain post {{
     type nat hook postrouting priority 100; policy accept;
-    ip saddr {b}.0/24 oifname \"eth0\" masquerade
+    ip saddr {inside_net}.0/24 oifname \"eth0\" masquerade
   }}
 }}
 table inet septet_fw {{
@@ -290,19 +340,17 @@ table inet septet_fw {{
     iifname \"eth0\" ct state new drop
   }}
 }}
-",
-            b = self.net_b
+"
         );
-        let file = self.dir.join("nat.nft");
+        let file = self.dir.join(format!("{name}.nft"));
         std::fs::write(&file, rules).map_err(|e| e.to_string())?;
         run_tool("ip", &["netns", "exec", &rt, "nft", "-f", file.to_str().unwrap()])?;
-        for host in self.hosts() {
-            let ns = self.ns(&host);
-            if self.inside(&host) {
-                ip(&["-n", &ns, "route", "add", "default", "via", &in_ip])?;
-            } else {
-                ip(&["-n", &ns, "route", "add", &format!("{}.0/24", self.net_b), "via", &out_ip])?;
-            }
+        let outside: Vec<String> = self.hosts().into_iter().filter(|h| self.switch_of(h) == "sw").collect();
+        for host in inside {
+            ip(&["-n", &self.ns(host), "route", "add", "default", "via", &in_ip])?;
+        }
+        for host in outside {
+            ip(&["-n", &self.ns(&host), "route", "add", &format!("{inside_net}.0/24"), "via", &out_ip])?;
         }
         Ok(())
     }
@@ -315,7 +363,14 @@ table inet septet_fw {{
 
     /// The switch `host` hangs off.
     fn switch_of(&self, host: &str) -> String {
-        if self.inside(host) { "sw2" } else { "sw" }.to_string()
+        if self.inside(host) {
+            "sw2"
+        } else if self.nat_rq && host == "rq" {
+            "sw3"
+        } else {
+            "sw"
+        }
+        .to_string()
     }
 
     /// Every host: `tr`, `rq`, `cl`, `w0`...
@@ -347,7 +402,13 @@ table inet septet_fw {{
                 10 + i
             }
         };
-        let net = if self.inside(host) { &self.net_b } else { &self.net };
+        let net = if self.inside(host) {
+            &self.net_b
+        } else if self.nat_rq && host == "rq" {
+            &self.net_c
+        } else {
+            &self.net
+        };
         format!("{net}.{last}")
     }
 

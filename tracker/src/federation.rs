@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
 use septet_common::proto::{
-    LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Reply, TrackerReply, TrackerRequest, DIAL_BACK,
+    LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Reply, SpliceId, TrackerReply, TrackerRequest, DIAL_BACK,
 };
 use septet_common::{Connection, Role};
 use serde::Serialize;
@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::metrics::BrokerOutcome;
 use crate::server::{submit, Submission};
 use crate::state::{Caller, ConnId, Grant, LeaseOutcome, LeaseToken, Op};
 use crate::{Error, Result, Tracker};
@@ -112,6 +113,8 @@ pub(crate) struct Server {
     pub ops: mpsc::WeakUnboundedSender<Submission>,
     pub next_conn: Arc<AtomicU64>,
     pub cancel: CancellationToken,
+    /// The links this tracker splices.
+    pub splices: Arc<crate::splice::Splices>,
 }
 
 /// The part of a federated lease a sibling lent.
@@ -268,6 +271,21 @@ impl Federation {
 
     fn count(&self) -> usize {
         self.siblings.lock().len()
+    }
+
+    /// Where the peer of a `Broker` request dials: the requester's
+    /// listener `addr` as asked, or — for a splice asked of this tracker
+    /// (an empty `addr`) — this tracker, once it expects the splice's legs.
+    /// (An unspecified listen address is completed by the sibling that
+    /// passes the order on, with the address this tracker reached it from.)
+    pub(crate) fn rendezvous(&self, addr: String, splice: Option<SpliceId>) -> Result<String> {
+        let Some(id) = splice else { return Ok(addr) };
+        if !addr.is_empty() {
+            return Ok(addr);
+        }
+        let server = self.server.get().ok_or_else(|| Error::Invalid("this tracker splices no links".into()))?;
+        server.splices.expect(id)?;
+        Ok(server.listen.to_string())
     }
 
     /// Whether a sibling of cluster `cluster`, listening at `listen` and
@@ -793,20 +811,28 @@ impl Federation {
                 };
                 Ok(TrackerReply::HedgeSlot { lease_id, slot })
             }
-            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token } => {
-                match self.holder(lease_id, peer_id, &token_of(&token))? {
-                    Holder::Lender { sibling, lease_id, peer_id, token } => {
-                        let broker = TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token };
-                        match self.call(tracker, sibling, broker, "Brokered").await? {
-                            TrackerReply::Brokered => Ok(TrackerReply::Brokered),
-                            other => Err(Error::Protocol(other.into_error("Brokered"))),
+            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, splice } => {
+                let started = Instant::now();
+                let brokered = async {
+                    let holder = self.holder(lease_id, peer_id, &token_of(&token))?;
+                    let addr = self.rendezvous(addr, splice)?;
+                    match holder {
+                        Holder::Lender { sibling, lease_id, peer_id, token } => {
+                            let broker = TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, splice };
+                            match self.call(tracker, sibling, broker, "Brokered").await? {
+                                TrackerReply::Brokered => Ok(TrackerReply::Brokered),
+                                other => Err(Error::Protocol(other.into_error("Brokered"))),
+                            }
+                        }
+                        Holder::Local { lease_id, peer_id, caller } => {
+                            let worker = tracker.leased_peer(lease_id, peer_id, &caller)?;
+                            dial_back(tracker, &worker, addr, nonce, splice).await
                         }
                     }
-                    Holder::Local { lease_id, peer_id, caller } => {
-                        let worker = tracker.leased_peer(lease_id, peer_id, &caller)?;
-                        dial_back(tracker, &worker, addr, nonce).await
-                    }
-                }
+                };
+                let out = brokered.await;
+                tracker.metrics().brokered(broker_outcome(&out, splice), started.elapsed());
+                out
             }
             TrackerRequest::Speed { lease_id, beaten, proven, token } => {
                 let (local, remote) = self.local_part(lease_id, &token_of(&token))?;
@@ -915,11 +941,28 @@ impl Federation {
     }
 }
 
+/// How a `Broker` request that ended in `out` counts.
+pub(crate) fn broker_outcome<T>(out: &Result<T>, splice: Option<SpliceId>) -> BrokerOutcome {
+    match (out, splice) {
+        (Err(_), _) => BrokerOutcome::Failed,
+        (Ok(_), Some(_)) => BrokerOutcome::Spliced,
+        (Ok(_), None) => BrokerOutcome::DialledBack,
+    }
+}
+
 /// Tells the worker at `worker` (a peer of this tracker's, which it can
-/// dial) to dial the requester listening at `addr` and present `nonce`.
-pub(crate) async fn dial_back(tracker: &Tracker, worker: &str, addr: String, nonce: u64) -> Result<TrackerReply> {
+/// dial) to dial the requester listening at `addr` (or, with `splice`, the
+/// tracker at `addr` that splices the link) and present `nonce`. Answered
+/// once the worker's dial connected.
+pub(crate) async fn dial_back(
+    tracker: &Tracker,
+    worker: &str,
+    addr: String,
+    nonce: u64,
+    splice: Option<SpliceId>,
+) -> Result<TrackerReply> {
     let mut conn = connect(tracker, worker, "the worker").await?;
-    let order = septet_common::proto::WorkerRequest::DialBack { addr, nonce };
+    let order = septet_common::proto::WorkerRequest::DialBack { addr, nonce, splice };
     let reply = conn
         .request::<_, septet_common::proto::WorkerReply>(&order, "DialingBack", tracker.config().io_timeout)
         .await?;

@@ -12,6 +12,7 @@ pub mod federation;
 pub mod http;
 pub mod metrics;
 pub mod server;
+pub mod splice;
 pub mod state;
 pub mod table;
 

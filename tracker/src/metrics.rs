@@ -27,6 +27,11 @@ use crate::table::PeerState;
 pub const LEASE_WAIT_BUCKETS: [f64; 14] =
     [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
+/// Buckets of the brokering time histogram, in seconds: a link brokered
+/// across two trackers on a LAN takes about a millisecond, a dial that
+/// fails up to the dial timeout.
+pub const BROKER_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
 /// A request's kind, as the `kind` label of the request counters: one per
 /// `TrackerRequest` variant, and `malformed` for a frame that is none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +215,36 @@ struct Inner {
     slots_lent: Counter,
     slots_borrowed: Counter,
     borrow_wait: Histogram,
+    /// By [`BrokerOutcome::ALL`].
+    brokered: Vec<Counter>,
+    broker_time: Histogram,
+    splices_active: Gauge,
+    spliced_bytes: Counter,
+}
+
+/// How a brokered link (a `Broker` request this tracker handled) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerOutcome {
+    /// The peer dialled the requester.
+    DialledBack,
+    /// Both ends were told to dial a splicing tracker.
+    Spliced,
+    /// Neither: the peer could not be reached or could not dial.
+    Failed,
+}
+
+impl BrokerOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [BrokerOutcome; 3] = [BrokerOutcome::DialledBack, BrokerOutcome::Spliced, BrokerOutcome::Failed];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerOutcome::DialledBack => "dialled_back",
+            BrokerOutcome::Spliced => "spliced",
+            BrokerOutcome::Failed => "failed",
+        }
+    }
 }
 
 /// `Instant` differences as seconds, never negative.
@@ -311,6 +346,25 @@ impl TrackerMetrics {
             Unit::Seconds,
             borrow_wait.clone(),
         );
+        let brokered = counters(
+            &mut r,
+            "federation_links_brokered",
+            "Brokered links (a peer that cannot be dialled by its requester), by outcome: the peer dialled the \
+             requester back, both ends dialled a splicing tracker, or neither",
+            &label_values("outcome", BrokerOutcome::ALL.map(BrokerOutcome::as_str)),
+        );
+        let broker_time = Histogram::new(BROKER_BUCKETS);
+        r.register_with_unit(
+            "federation_broker",
+            "Time to broker a link: from the Broker request to the peer's dial connecting (through every tracker \
+             on the way)",
+            Unit::Seconds,
+            broker_time.clone(),
+        );
+        let splices_active =
+            gauge(&mut r, "splices_active", "Spliced links this tracker is joining now (both legs connected)");
+        let spliced_bytes =
+            counter(&mut r, "spliced_bytes", "Bytes this tracker copied between the legs of spliced links");
         Self {
             inner: Arc::new(Inner {
                 registry: r,
@@ -336,8 +390,29 @@ impl TrackerMetrics {
                 slots_lent,
                 slots_borrowed,
                 borrow_wait,
+                brokered,
+                broker_time,
+                splices_active,
+                spliced_bytes,
             }),
         }
+    }
+
+    /// A `Broker` request ended with `outcome`, `took` after it arrived.
+    pub fn brokered(&self, outcome: BrokerOutcome, took: Duration) {
+        let i = BrokerOutcome::ALL.iter().position(|&o| o == outcome).expect("every outcome is listed");
+        self.inner.brokered[i].inc();
+        self.inner.broker_time.observe(secs(took));
+    }
+
+    /// A spliced link's legs were joined (+1) or parted (-1).
+    pub fn splice_active(&self, delta: i64) {
+        self.inner.splices_active.inc_by(delta);
+    }
+
+    /// `bytes` crossed a spliced link here.
+    pub fn spliced(&self, bytes: u64) {
+        self.inner.spliced_bytes.inc_by(bytes);
     }
 
     /// `n` sibling trackers answered their last poll.

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use septet_common::conn::{ConnLimits, FrameBudget};
-use septet_common::listener::{self, ListenConfig};
-use septet_common::proto::{Failure, TrackerReply, TrackerRequest};
+use septet_common::listener::{self, ListenConfig, Splicer};
+use septet_common::proto::{Failure, SpliceId, TrackerReply, TrackerRequest};
 use septet_common::{deadline, Connection, Frame, Role};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -62,6 +62,7 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
     // Also without --federate: a sibling behind a NAT may link back.
     side_tasks.spawn(tracker.federation().clone().poll_loop(tracker.clone(), side.clone()));
     info!(addr = %listener.local_addr()?, "tracker listening");
+    let splices = Arc::new(crate::splice::Splices::new(tracker.metrics().clone(), side.clone()));
     let listen = ListenConfig {
         name: "tracker",
         limits: ConnLimits {
@@ -76,6 +77,10 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
         max_connections: config.max_connections,
         drain_timeout: DRAIN_TIMEOUT,
         on_refusal: Some(tracker.metrics().refusal_hook()),
+        splicer: Some(Splicer(Arc::new({
+            let splices = splices.clone();
+            move |stream, id| splices.leg(stream, id)
+        }))),
     };
     let next_conn = Arc::new(AtomicU64::new(0));
     tracker.federation().set_server(crate::federation::Server {
@@ -83,6 +88,7 @@ pub async fn serve(tracker: Tracker, listener: TcpListener, shutdown: impl Futur
         ops: ops.downgrade(),
         next_conn: next_conn.clone(),
         cancel: side.clone(),
+        splices,
     });
     let handler = {
         let (tracker, ops) = (tracker.clone(), ops.clone());
@@ -294,6 +300,16 @@ fn leased(grant: Grant) -> TrackerReply {
 }
 
 /// Who sent a lease request: this connection, with the token it presented.
+/// A splicing tracker's address as a sibling passed it on (`addr`, from
+/// the connection at `peer`): an unspecified IP (a tracker listening on
+/// every interface) becomes the one the sibling reached this tracker from.
+fn spliced_from(addr: String, splice: Option<SpliceId>, peer: SocketAddr) -> String {
+    match addr.parse::<SocketAddr>() {
+        Ok(a) if splice.is_some() && a.ip().is_unspecified() => SocketAddr::new(peer.ip(), a.port()).to_string(),
+        _ => addr,
+    }
+}
+
 fn caller(conn: ConnId, token: Option<String>) -> Caller {
     Caller { conn, token: token.map(LeaseToken::presented) }
 }
@@ -436,11 +452,17 @@ async fn handle(
             }
             Err(e) => Err(e),
         },
-        TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token } => {
-            match tracker.leased_peer(lease_id, peer_id, &caller(conn, token)) {
-                Ok(worker) => crate::federation::dial_back(tracker, &worker, addr, nonce).await,
+        TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, splice } => {
+            let started = std::time::Instant::now();
+            let out = match tracker.leased_peer(lease_id, peer_id, &caller(conn, token)) {
+                Ok(worker) => match federation.rendezvous(spliced_from(addr, splice, peer), splice) {
+                    Ok(addr) => crate::federation::dial_back(tracker, &worker, addr, nonce, splice).await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
-            }
+            };
+            tracker.metrics().brokered(crate::federation::broker_outcome(&out, splice), started.elapsed());
+            out
         }
         TrackerRequest::Reverse { .. } => Err(Error::Invalid("a link back must be the first request".into())),
         TrackerRequest::Sibling { cluster, listen } => tracker.levels().map(|levels| {

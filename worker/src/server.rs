@@ -17,12 +17,12 @@ use septet_common::conn::{ConnLimits, FrameBudget};
 use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
 use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, prefault, recycle_matrix};
-use septet_common::proto::{Failure, TaskId, WorkerReply, WorkerRequest};
+use septet_common::proto::{Failure, SpliceId, TaskId, WorkerReply, WorkerRequest};
 use septet_common::secure::Security;
 use septet_common::ticket::TicketRefusal;
 use septet_common::{deadline, Connection, Dtype, Error, ErrorCode, Frame, FrameWriter, Matrix, Result, Role};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
@@ -245,6 +245,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
         max_connections: config.max_connections,
         drain_timeout: DRAIN_TIMEOUT,
         on_refusal: Some(config.metrics.refusal_hook()),
+        splicer: None,
     };
     let relays = Arc::new(Relays::default());
     let handler = {
@@ -503,11 +504,22 @@ fn conn_limits(config: &WorkerConfig) -> ConnLimits {
 }
 
 /// Dials a requester that cannot dial this worker (on its tracker's
-/// order, `WorkerRequest::DialBack`), says which brokered link this is, and
-/// serves the connection as if the requester had dialled.
+/// order, `WorkerRequest::DialBack`) — directly at `addr`, or with
+/// `splice` through the tracker at `addr` that joins the two — and returns
+/// the connected stream, before any handshake: the tracker is answered
+/// only once the dial connected, so a requester that cannot be reached is
+/// told at once (and may ask for a splice instead).
+async fn dial_out(addr: &str, splice: Option<SpliceId>, config: &WorkerConfig) -> septet_common::Result<TcpStream> {
+    deadline(config.handshake_timeout, "the dial", Connection::dial(addr, splice)).await
+}
+
+/// Runs the handshake on a dialled-back `stream` (see [`dial_out`]), says
+/// which brokered link this is, and serves the connection as if the
+/// requester had dialled.
 /// (A boxed future of a named type: it serves a connection, which may
 /// order another dial back.)
 fn dial_back(
+    stream: TcpStream,
     addr: String,
     nonce: u64,
     config: WorkerConfig,
@@ -516,7 +528,7 @@ fn dial_back(
 ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
         let dialled = async {
-            let mut conn = Connection::connect(&addr, Role::Worker, conn_limits(&config)).await?;
+            let mut conn = Connection::handshake_as_client(stream, Role::Worker, conn_limits(&config)).await?;
             deadline(
                 config.io_timeout,
                 "the requester to take a hello",
@@ -609,11 +621,22 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
         Some(WorkerRequest::Join { job_id, from, to }) => {
             return relay::follow(job_id, from, to, reader, config, relays).await
         }
-        Some(WorkerRequest::DialBack { addr, nonce }) => {
+        Some(WorkerRequest::DialBack { addr, nonce, splice }) => {
+            let stream = match dial_out(&addr, splice, &config).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let message = format!("the worker could not dial {addr}: {e}");
+                    warn!(requester = %addr, error = %e, "could not dial back a requester");
+                    let failure = Failure { code: ErrorCode::Unavailable, message, task_id: None };
+                    let reply = WorkerReply::Error(failure);
+                    let _ = deadline(config.io_timeout, "the tracker to take a reply", writer.send(&reply)).await;
+                    return;
+                }
+            };
             let said =
                 deadline(config.io_timeout, "the tracker to take a reply", writer.send(&WorkerReply::DialingBack));
             if said.await.is_ok() {
-                tokio::spawn(dial_back(addr, nonce, config, shared, cancel));
+                tokio::spawn(dial_back(stream, addr, nonce, config, shared, cancel));
             }
             return;
         }
