@@ -530,13 +530,16 @@ fn a_job_borrows_peers_behind_a_nat_through_brokered_links() {
 
 /// Issue 17: both ends behind NATs. The requester sits behind a NAT of its
 /// own, so the workers behind m's NAT cannot dial it back either: each
-/// such link is spliced through n's tracker, which both can reach. The
-/// product is right, every borrowed peer's link went through the splice,
-/// and both trackers end with nothing leased.
+/// such link is spliced through n's tracker, which both can reach. Every
+/// link is encrypted end to end (the tracker copies records it cannot
+/// read). The product is right, every borrowed peer's link went through
+/// the splice, and both trackers end with nothing leased.
 #[test]
 fn links_between_two_nats_are_spliced_through_a_tracker_both_can_reach() {
     let Some(mut grid) = NetGrid::new_double_nat(8, 2, "1gbit") else { return };
+    grid.encrypt();
     let summary = borrow_behind_nat(&mut grid);
+    assert_eq!(summary["security"], serde_json::json!({"authenticated": true, "encrypted": true}));
     let tracker_log = grid.log("tracker-tr");
     let spliced = tracker_log.matches("spliced a brokered link").count();
     assert!(spliced >= 5, "{spliced} links spliced at n's tracker:\n{tracker_log}");

@@ -48,6 +48,8 @@ pub struct NetGrid {
     /// `net_c`): neither it nor the workers behind `rt` can dial the other.
     nat_rq: bool,
     net_c: String,
+    /// Processes run with `SEPTET_ENCRYPT=1`.
+    encrypt: bool,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -234,6 +236,7 @@ impl NetGrid {
             net_b,
             nat_rq: false,
             net_c,
+            encrypt: false,
             _turn: turn,
         };
         // On failure, Drop removes whatever was made.
@@ -512,7 +515,16 @@ table inet septet_fw {{
     pub fn command(&self, host: &str, sub: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(host), env!("CARGO_BIN_EXE_septet"), sub]).stdin(Stdio::null());
+        if self.encrypt {
+            c.env("SEPTET_ENCRYPT", "1");
+        }
         c
+    }
+
+    /// Every process started from now on encrypts its links
+    /// (`SEPTET_ENCRYPT=1`).
+    pub fn encrypt(&mut self) {
+        self.encrypt = true;
     }
 
     /// `septet SUB --tracker T --secret-file F ARGS...` in `host`'s namespace,
