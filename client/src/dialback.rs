@@ -37,7 +37,7 @@ pub fn dials_back(peer: &PeerAddr) -> bool {
 }
 
 /// A listener for peers that dial back, for one lease.
-pub(crate) struct Broker {
+pub struct Broker {
     tracker: String,
     security: Security,
     timeout: Duration,
@@ -59,7 +59,10 @@ impl Drop for Broker {
 impl Broker {
     /// Listens on the address this host reaches `tracker` from, for the
     /// peers of `grant` that dial back.
-    pub(crate) async fn start(
+    ///
+    /// # Errors
+    /// If `tracker` does not resolve or no listener can be bound.
+    pub async fn start(
         tracker: &str,
         security: &Security,
         limits: ConnLimits,
@@ -128,9 +131,14 @@ impl Broker {
     /// A connection to `peer`, which dials this requester on its tracker's
     /// order — or, if it cannot, dials the requester's tracker, which
     /// splices it to the requester's own leg.
-    pub(crate) async fn connect(&self, peer: &PeerAddr, limits: &ConnLimits) -> Result<Connection> {
+    ///
+    /// # Errors
+    /// The splice's error when neither way links (the tracker refused, the
+    /// peer could not dial its tracker, a handshake failed), naming the peer.
+    pub async fn connect(&self, peer: &PeerAddr, limits: &ConnLimits) -> Result<Connection> {
         use std::sync::atomic::Ordering::Relaxed;
-        let name = || format!("the worker at {} (dialling back)", &peer.addr[DIAL_BACK.len()..]);
+        let name =
+            || format!("the worker at {} (dialling back)", peer.addr.strip_prefix(DIAL_BACK).unwrap_or(&peer.addr));
         let direct = if self.splice.load(Relaxed) {
             None
         } else {
@@ -154,6 +162,13 @@ impl Broker {
             conn
         })
         .map_err(|e| e.naming(name))
+    }
+
+    /// Splices every link from now on, without trying a dial back first
+    /// (for a requester that knows it cannot be dialled, and for the
+    /// brokering benchmark).
+    pub fn splice_always(&self) {
+        self.splice.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `peer` dials this requester's listener.

@@ -728,6 +728,25 @@ impl Federation {
         }
     }
 
+    /// Which sibling cluster lent peer `peer_id` of federated lease
+    /// `lease_id`, and the peer's id there (None: a peer of this cluster):
+    /// the routing-table lookup that every request about one peer of a
+    /// borrowed lease makes (brokering, failure reports, hedges), checked
+    /// against the lease's `token` as they are.
+    ///
+    /// # Errors
+    /// [`Error::NotYourLease`] for an unknown lease or a wrong token,
+    /// [`Error::NotInLease`] for a peer the lease does not hold.
+    pub fn lender_of(&self, lease_id: LeaseId, peer_id: PeerId, token: &str) -> Result<Option<(String, PeerId)>> {
+        let caller = Caller { conn: 0, token: Some(LeaseToken::presented(token.to_string())) };
+        Ok(match self.holder(lease_id, peer_id, &caller)? {
+            Holder::Lender { sibling, peer_id, .. } => {
+                Some((self.sibling(sibling).status.lock().cluster.clone().unwrap_or_default(), peer_id))
+            }
+            Holder::Local { .. } => None,
+        })
+    }
+
     /// The local part's lease and a caller that may act on it.
     fn local_part(&self, lease_id: LeaseId, caller: &Caller) -> Result<(Option<(LeaseId, Caller)>, Part)> {
         let leases = self.leases.lock();
