@@ -716,8 +716,8 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Bounded<A> {
 mod tests {
     use super::*;
     use crate::proto::{
-        Control, Failure, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, TaskId, TrackerReply, TrackerRequest,
-        WorkerReply,
+        Control, Failure, FederationReply, FederationRequest, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, TaskId,
+        TrackerReply, TrackerRequest, WorkerReply,
     };
     use crate::ErrorCode;
     use ndarray::Array2;
@@ -742,10 +742,13 @@ mod tests {
             },
             TrackerRequest::Hedge { lease_id: LeaseId(9), peer_id: PeerId(2), token: token.clone() },
             TrackerRequest::Speed { lease_id: LeaseId(9), beaten: vec![PeerId(2)], proven: vec![PeerId(1)], token },
-            TrackerRequest::Sibling { cluster: "lab".into(), listen: "10.0.0.1:7700".into() },
-            TrackerRequest::Lend { count: 5, cluster: "lab".into() },
+            TrackerRequest::Federation(FederationRequest::Status {
+                cluster: "lab".into(),
+                listen: "10.0.0.1:7700".into(),
+            }),
+            TrackerRequest::Federation(FederationRequest::Lend { count: 5, cluster: "lab".into() }),
             TrackerRequest::ListFederation,
-            TrackerRequest::Reverse { cluster: "dept".into() },
+            TrackerRequest::Federation(FederationRequest::LinkBack { cluster: "dept".into() }),
             TrackerRequest::Broker {
                 lease_id: LeaseId(9),
                 peer_id: PeerId(2),
@@ -808,8 +811,14 @@ mod tests {
                 slot: Some(PeerAddr { peer_id: PeerId(5), addr: "127.0.0.1:9005".into(), ticket: None }),
             },
             TrackerReply::SpeedRecorded { lease_id: LeaseId(9) },
-            TrackerReply::SiblingStatus { cluster: "dept".into(), free: 4, slots: 9, queued: 1, reverse: false },
-            TrackerReply::Reversed,
+            TrackerReply::Federation(FederationReply::Status {
+                cluster: "dept".into(),
+                free: 4,
+                slots: 9,
+                queued: 1,
+                reverse: false,
+            }),
+            TrackerReply::Federation(FederationReply::LinkedBack),
             TrackerReply::Brokered,
         ]
     }

@@ -23,8 +23,9 @@ pub use error::{Error, ErrorCode, Result};
 pub use frame::{BlockOp, Blocks, ControlBody, Frame, DEFAULT_MAX_FRAME_LEN, MAX_CONTROL_FRAME_LEN};
 pub use matrix::{Dtype, Element, Matrix, MatrixView};
 pub use proto::{
-    Control, Failure, JobId, LeaseGrant, LeaseId, PeerAddr, PeerId, RelayStats, Reply, Role, SpliceId, TaskId,
-    TrackerReply, TrackerRequest, WorkerReply, WorkerRequest, PROTOCOL_VERSION, SPLICE_MAGIC,
+    Control, Failure, FederationReply, FederationRequest, JobId, LeaseGrant, LeaseId, PeerAddr, PeerId, RelayStats,
+    Reply, Role, SpliceId, TaskId, TrackerReply, TrackerRequest, WorkerReply, WorkerRequest, PROTOCOL_VERSION,
+    SPLICE_MAGIC,
 };
 pub use time::deadline;
 

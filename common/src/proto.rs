@@ -55,11 +55,13 @@ use crate::{Error, ErrorCode};
 /// table's `slow` column. Version 6 added the relay: [`WorkerRequest`],
 /// [`WorkerReply::RelayDone`] and [`WorkerReply::RelayFailed`], and
 /// `BlockOp::Part` frames. Version 7 added federation: the peer table's
-/// `cluster` column, [`TrackerRequest::Sibling`], [`TrackerRequest::Lend`]
-/// and [`TrackerRequest::ListFederation`], [`TrackerReply::SiblingStatus`].
+/// `cluster` column, sibling status polls, lending, links back (since
+/// version 9, [`FederationRequest`]) and [`TrackerRequest::ListFederation`].
 /// Version 8 added lease tickets. Version 9 added spliced links (a
-/// `splice` in [`TrackerRequest::Broker`] and [`WorkerRequest::DialBack`]):
-/// across two NATs, both ends dial a tracker that joins them.
+/// `splice` in [`TrackerRequest::Broker`] and [`WorkerRequest::DialBack`]:
+/// across two NATs, both ends dial a tracker that joins them) and gave the
+/// trackers' conversation its own types ([`FederationRequest`],
+/// [`FederationReply`]).
 pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Names one spliced link (see [`SPLICE_MAGIC`]): 128 random bits chosen
@@ -420,24 +422,6 @@ pub enum TrackerRequest {
         /// As for `Renew`.
         token: Option<String>,
     },
-    /// Sibling tracker (federation): "I am cluster `cluster`; how are you?"
-    /// Answered with [`TrackerReply::SiblingStatus`]; sent every second or
-    /// so, it is also how a sibling knows the link is up.
-    Sibling {
-        /// The asking tracker's cluster.
-        cluster: String,
-        /// Where the asking tracker listens (an unspecified host: the
-        /// address it asks from). The answering tracker tries to dial it
-        /// once in a while; if it cannot, it asks for a `Reverse` link.
-        listen: String,
-    },
-    /// Sibling tracker that cannot be dialled (behind a NAT): "send me
-    /// your requests on this connection" — after `Reversed`, the roles
-    /// swap: the tracker that accepted it asks, the one that dialled answers.
-    Reverse {
-        /// The dialling tracker's cluster.
-        cluster: String,
-    },
     /// Client (or a sibling tracker, forwarding): peer `peer_id` of lease
     /// `lease_id` cannot be dialled from the requester; have it dial the
     /// requester's listener `addr` and present `nonce`. Answered `Brokered`
@@ -461,19 +445,82 @@ pub enum TrackerRequest {
         /// The spliced link's id, if the link is spliced.
         splice: Option<SpliceId>,
     },
-    /// Sibling tracker: lease `count` slots to a lease of cluster `cluster`.
-    /// Queued and granted like a detached `Lease` (`Waiting`, then
-    /// `Leased`); it ends by `Release` with its token, or at the TTL unless
-    /// renewed — so a lender gets its peers back if the borrower vanishes.
+    /// Client: the peer tables of this cluster and of every sibling that is
+    /// up, each row naming its cluster. Answered with `Peers`.
+    ListFederation,
+    /// Sibling tracker: the trackers' own conversation (see
+    /// [`FederationRequest`]). Answered with [`TrackerReply::Federation`],
+    /// or for `Lend` as a lease is.
+    Federation(FederationRequest),
+}
+
+/// The trackers' own conversation (federation), on a link one sibling
+/// tracker opened to another (or, behind a NAT, linked back). Requests
+/// about a borrowed part of a lease — renew, release, failure reports,
+/// hedges, speed records, brokering — travel on the same link in the
+/// requesters' own words ([`TrackerRequest`]): to the lender, the borrowing
+/// tracker is a requester like any other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FederationRequest {
+    /// "I am cluster `cluster`; how are you?" Answered with
+    /// [`FederationReply::Status`]; sent every second or so, it is also
+    /// how a sibling knows the link is up.
+    Status {
+        /// The asking tracker's cluster.
+        cluster: String,
+        /// Where the asking tracker listens (an unspecified host: the
+        /// address it asks from). The answering tracker tries to dial it
+        /// once in a while; if it cannot, it asks for a `LinkBack`.
+        listen: String,
+    },
+    /// Lease `count` slots to a lease of cluster `cluster`. Queued and
+    /// granted like a detached `Lease` (`Waiting`, then `Leased`); it ends
+    /// by `Release` with its token, or at the TTL unless renewed — so a
+    /// lender gets its peers back if the borrower vanishes.
     Lend {
         /// Slots wanted.
         count: u32,
         /// The borrowing cluster.
         cluster: String,
     },
-    /// Client: the peer tables of this cluster and of every sibling that is
-    /// up, each row naming its cluster. Answered with `Peers`.
-    ListFederation,
+    /// From a tracker that cannot be dialled (behind a NAT), first on a
+    /// link it opened: "send me your requests on this connection" — after
+    /// [`FederationReply::LinkedBack`], the roles swap: the tracker that
+    /// accepted it asks, the one that dialled answers.
+    LinkBack {
+        /// The dialling tracker's cluster.
+        cluster: String,
+    },
+}
+
+/// The answers of [`FederationRequest`] (a `Lend` is answered as a lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FederationReply {
+    /// To `Status`: this tracker's cluster and its free capacity now.
+    Status {
+        /// This tracker's cluster.
+        cluster: String,
+        /// Slots free now (on alive peers, not leased).
+        free: u32,
+        /// Slots on alive peers.
+        slots: u32,
+        /// Lease requests waiting in this tracker's queue.
+        queued: u32,
+        /// This tracker cannot reach the asking one: link back.
+        reverse: bool,
+    },
+    /// To `LinkBack`: from now on this side asks.
+    LinkedBack,
+}
+
+impl FederationRequest {
+    fn kind(&self) -> &'static str {
+        match self {
+            FederationRequest::Status { .. } => "FederationStatus",
+            FederationRequest::Lend { .. } => "Lend",
+            FederationRequest::LinkBack { .. } => "LinkBack",
+        }
+    }
 }
 
 /// Tokens redacted.
@@ -519,14 +566,8 @@ impl fmt::Debug for TrackerRequest {
                 .field("proven", proven)
                 .field("token", &redacted(token))
                 .finish(),
-            TrackerRequest::Sibling { cluster, listen } => {
-                f.debug_struct("Sibling").field("cluster", cluster).field("listen", listen).finish()
-            }
-            TrackerRequest::Lend { count, cluster } => {
-                f.debug_struct("Lend").field("count", count).field("cluster", cluster).finish()
-            }
             TrackerRequest::ListFederation => f.write_str("ListFederation"),
-            TrackerRequest::Reverse { cluster } => f.debug_struct("Reverse").field("cluster", cluster).finish(),
+            TrackerRequest::Federation(r) => f.debug_tuple("Federation").field(r).finish(),
             TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, splice } => f
                 .debug_struct("Broker")
                 .field("lease_id", lease_id)
@@ -553,10 +594,8 @@ impl Control for TrackerRequest {
             TrackerRequest::ReportFailure { .. } => "ReportFailure",
             TrackerRequest::Hedge { .. } => "Hedge",
             TrackerRequest::Speed { .. } => "Speed",
-            TrackerRequest::Sibling { .. } => "Sibling",
-            TrackerRequest::Lend { .. } => "Lend",
             TrackerRequest::ListFederation => "ListFederation",
-            TrackerRequest::Reverse { .. } => "Reverse",
+            TrackerRequest::Federation(r) => r.kind(),
             TrackerRequest::Broker { .. } => "Broker",
         }
     }
@@ -645,23 +684,10 @@ pub enum TrackerReply {
         /// The lease.
         lease_id: LeaseId,
     },
-    /// To `Sibling`: this tracker's cluster and its free capacity now.
-    SiblingStatus {
-        /// This tracker's cluster.
-        cluster: String,
-        /// Slots free now (on alive peers, not leased).
-        free: u32,
-        /// Slots on alive peers.
-        slots: u32,
-        /// Lease requests waiting in this tracker's queue.
-        queued: u32,
-        /// This tracker cannot reach the asking one: open a `Reverse` link.
-        reverse: bool,
-    },
-    /// To `Reverse`: from now on this side asks.
-    Reversed,
     /// To `Broker`: the peer was told to dial.
     Brokered,
+    /// To [`TrackerRequest::Federation`].
+    Federation(FederationReply),
 }
 
 impl Control for TrackerReply {
@@ -679,9 +705,9 @@ impl Control for TrackerReply {
             TrackerReply::FailureRecorded { .. } => "FailureRecorded",
             TrackerReply::HedgeSlot { .. } => "HedgeSlot",
             TrackerReply::SpeedRecorded { .. } => "SpeedRecorded",
-            TrackerReply::SiblingStatus { .. } => "SiblingStatus",
-            TrackerReply::Reversed => "Reversed",
             TrackerReply::Brokered => "Brokered",
+            TrackerReply::Federation(FederationReply::Status { .. }) => "FederationStatus",
+            TrackerReply::Federation(FederationReply::LinkedBack) => "LinkedBack",
         }
     }
 }

@@ -38,8 +38,8 @@ use proptest::sample::{select, Index};
 use proptest::test_runner::{Config, TestRunner};
 use septet_common::frame::{self, KIND_BLOCKS, KIND_CONTROL, LEN_PREFIX};
 use septet_common::proto::{
-    Failure, JobId, LeaseGrant, LeaseId, LeaseTicket, PeerAddr, PeerId, PeerRow, RelayStats, TaskId, TrackerReply,
-    TrackerRequest, WorkerReply, WorkerRequest,
+    Failure, FederationReply, FederationRequest, JobId, LeaseGrant, LeaseId, LeaseTicket, PeerAddr, PeerId, PeerRow,
+    RelayStats, TaskId, TrackerReply, TrackerRequest, WorkerReply, WorkerRequest,
 };
 use septet_common::relay::{RelayPlan, Roles};
 use septet_common::{BlockOp, Blocks, ControlBody, ErrorCode, Frame, FrameReader, Matrix, DEFAULT_MAX_FRAME_LEN};
@@ -297,10 +297,12 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
         }),
         (lease_id(), prop::collection::vec(peer_id(), 0..8), prop::collection::vec(peer_id(), 0..8), tok())
             .prop_map(|(lease_id, beaten, proven, token)| TrackerRequest::Speed { lease_id, beaten, proven, token }),
-        (text(), text()).prop_map(|(cluster, listen)| TrackerRequest::Sibling { cluster, listen }),
-        (any::<u32>(), text()).prop_map(|(count, cluster)| TrackerRequest::Lend { count, cluster }),
+        (text(), text())
+            .prop_map(|(cluster, listen)| TrackerRequest::Federation(FederationRequest::Status { cluster, listen })),
+        (any::<u32>(), text())
+            .prop_map(|(count, cluster)| TrackerRequest::Federation(FederationRequest::Lend { count, cluster })),
         Just(TrackerRequest::ListFederation),
-        text().prop_map(|cluster| TrackerRequest::Reverse { cluster }),
+        text().prop_map(|cluster| TrackerRequest::Federation(FederationRequest::LinkBack { cluster })),
         (lease_id(), peer_id(), text(), any::<u64>(), tok(), any::<Option<[u8; 16]>>()).prop_map(
             |(lease_id, peer_id, addr, nonce, token, splice)| TrackerRequest::Broker {
                 lease_id,
@@ -346,9 +348,9 @@ fn tracker_reply() -> impl Strategy<Value = TrackerReply> {
             .prop_map(|(lease_id, slot)| TrackerReply::HedgeSlot { lease_id, slot }),
         lease_id().prop_map(|lease_id| TrackerReply::SpeedRecorded { lease_id }),
         (text(), any::<(u32, u32, u32, bool)>()).prop_map(|(cluster, (free, slots, queued, reverse))| {
-            TrackerReply::SiblingStatus { cluster, free, slots, queued, reverse }
+            TrackerReply::Federation(FederationReply::Status { cluster, free, slots, queued, reverse })
         }),
-        Just(TrackerReply::Reversed),
+        Just(TrackerReply::Federation(FederationReply::LinkedBack)),
         Just(TrackerReply::Brokered),
     ];
     prop_oneof![sessions, leases]

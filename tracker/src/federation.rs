@@ -2,7 +2,7 @@
 //!
 //! A tracker started with `--federate ADDR,…` keeps a control link to each
 //! sibling tracker and asks it every second how it is
-//! ([`TrackerRequest::Sibling`]: its cluster, free slots, queue). When a
+//! ([`FederationRequest::Status`]: its cluster, free slots, queue). When a
 //! lease asks for more slots than its own cluster has free (and nobody is
 //! queued ahead of it), the tracker takes the free local slots and borrows
 //! the rest from the sibling with the most free slots:
@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
 use septet_common::proto::{
-    LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Reply, SpliceId, TrackerReply, TrackerRequest, DIAL_BACK,
+    FederationReply, FederationRequest, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Reply, SpliceId, TrackerReply,
+    TrackerRequest, DIAL_BACK,
 };
 use septet_common::{Connection, Role};
 use serde::Serialize;
@@ -448,8 +449,8 @@ impl Federation {
             return;
         }
         let listen = self.server.get().map(|s| s.listen.to_string()).unwrap_or_default();
-        let msg = TrackerRequest::Sibling { cluster: self.cluster.clone(), listen };
-        let reply = self.call(tracker, i, msg, "SiblingStatus").await;
+        let msg = TrackerRequest::Federation(FederationRequest::Status { cluster: self.cluster.clone(), listen });
+        let reply = self.call(tracker, i, msg, "FederationStatus").await;
         let mut status = sibling.status.lock();
         if reply.is_ok() {
             sibling.failures.store(0, Ordering::Relaxed);
@@ -457,7 +458,7 @@ impl Federation {
             sibling.failures.fetch_add(1, Ordering::Relaxed);
         }
         match reply {
-            Ok(TrackerReply::SiblingStatus { cluster, free, slots, queued, reverse }) => {
+            Ok(TrackerReply::Federation(FederationReply::Status { cluster, free, slots, queued, reverse })) => {
                 if !status.up {
                     info!(sibling = %status.addr, %cluster, free, "federation: sibling up");
                 }
@@ -546,7 +547,7 @@ impl Federation {
         };
         let sibling = self.sibling(i);
         let addr = sibling.status.lock().addr.clone();
-        let lend = TrackerRequest::Lend { count: need, cluster: self.cluster.clone() };
+        let lend = TrackerRequest::Federation(FederationRequest::Lend { count: need, cluster: self.cluster.clone() });
         let asked = async {
             // A sibling behind a NAT is asked on its link back, held until
             // the grant; any other on a link of the request's own.
@@ -642,10 +643,10 @@ impl Federation {
         tokio::spawn(async move {
             let linked = async {
                 let mut conn = connect(&tracker, &addr, "the sibling tracker").await?;
-                let reverse = TrackerRequest::Reverse { cluster: me.cluster.clone() };
-                match conn.request::<_, TrackerReply>(&reverse, "Reversed", tracker.config().io_timeout).await? {
-                    TrackerReply::Reversed => Ok(conn),
-                    other => Err(Error::Protocol(other.into_error("Reversed"))),
+                let reverse = TrackerRequest::Federation(FederationRequest::LinkBack { cluster: me.cluster.clone() });
+                match conn.request::<_, TrackerReply>(&reverse, "LinkedBack", tracker.config().io_timeout).await? {
+                    TrackerReply::Federation(FederationReply::LinkedBack) => Ok(conn),
+                    other => Err(Error::Protocol(other.into_error("LinkedBack"))),
                 }
             };
             match linked.await {

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use septet_common::listener::{OnRefusal, Refusal};
-use septet_common::proto::TrackerRequest;
+use septet_common::proto::{FederationRequest, TrackerRequest};
 use septet_observe::metrics::{counters, gauges, label_values};
 
 use crate::table::PeerState;
@@ -130,10 +130,10 @@ impl RequestKind {
             TrackerRequest::ReportFailure { .. } => RequestKind::ReportFailure,
             TrackerRequest::Hedge { .. } => RequestKind::Hedge,
             TrackerRequest::Speed { .. } => RequestKind::Speed,
-            TrackerRequest::Sibling { .. } => RequestKind::Sibling,
-            TrackerRequest::Lend { .. } => RequestKind::Lend,
+            TrackerRequest::Federation(FederationRequest::Status { .. }) => RequestKind::Sibling,
+            TrackerRequest::Federation(FederationRequest::Lend { .. }) => RequestKind::Lend,
             TrackerRequest::ListFederation => RequestKind::ListFederation,
-            TrackerRequest::Reverse { .. } => RequestKind::Reverse,
+            TrackerRequest::Federation(FederationRequest::LinkBack { .. }) => RequestKind::Reverse,
             TrackerRequest::Broker { .. } => RequestKind::Broker,
         }
     }
@@ -572,6 +572,10 @@ mod tests {
         m.request(RequestKind::Release, false);
         (m.refusal_hook().0)(Refusal::WrongSecret);
         m.set_levels(&Levels { peers: [7, 1, 2], slots: 8, leases: 1, ..Levels::default() });
+        m.brokered(BrokerOutcome::Spliced, Duration::from_millis(3));
+        m.brokered(BrokerOutcome::Failed, Duration::from_secs(2));
+        m.splice_active(1);
+        m.spliced(4096);
         let t = text(&m);
         for line in [
             "septet_tracker_leases_granted_total 2",
@@ -591,13 +595,20 @@ mod tests {
             "septet_tracker_leases_active 1",
             "# TYPE septet_tracker_leases_granted_total counter",
             "# TYPE septet_tracker_lease_wait_seconds histogram",
+            "septet_tracker_federation_links_brokered_total{outcome=\"spliced\"} 1",
+            "septet_tracker_federation_links_brokered_total{outcome=\"failed\"} 1",
+            "septet_tracker_federation_links_brokered_total{outcome=\"dialled_back\"} 0",
+            "septet_tracker_federation_broker_seconds_bucket{le=\"0.005\"} 1",
+            "septet_tracker_federation_broker_seconds_count 2",
+            "septet_tracker_splices_active 1",
+            "septet_tracker_spliced_bytes_total 4096",
         ] {
             assert!(has(&t, line), "{line} missing from\n{t}");
         }
         // Every family has HELP and TYPE, and only fixed label values.
         let families = t.lines().filter(|l| l.starts_with("# TYPE ")).count();
         assert_eq!(families, t.lines().filter(|l| l.starts_with("# HELP ")).count());
-        assert_eq!(families, 22, "{t}");
+        assert_eq!(families, 26, "{t}");
         assert!(!t.contains(".."), "the registry adds the HELP texts' period: {t}");
         assert_eq!(m.totals().leases_granted, 2);
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use septet_common::conn::{ConnLimits, FrameBudget};
 use septet_common::listener::{self, ListenConfig, Splicer};
-use septet_common::proto::{Failure, SpliceId, TrackerReply, TrackerRequest};
+use septet_common::proto::{Failure, FederationReply, FederationRequest, SpliceId, TrackerReply, TrackerRequest};
 use septet_common::{deadline, Connection, Frame, Role};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -245,9 +245,9 @@ pub(crate) async fn serve_connection(
         }) {
             // A sibling behind a NAT links back: this connection becomes
             // this tracker's link to it (it answers, this side asks).
-            Ok(Some(TrackerRequest::Reverse { cluster })) => {
+            Ok(Some(TrackerRequest::Federation(FederationRequest::LinkBack { cluster }))) => {
                 tracker.metrics().request(RequestKind::Reverse, true);
-                if let Err(e) = send(&mut conn, &TrackerReply::Reversed, &config).await {
+                if let Err(e) = send(&mut conn, &TrackerReply::Federation(FederationReply::LinkedBack), &config).await {
                     debug!(error = %e, "could not accept a link back");
                     break;
                 }
@@ -464,18 +464,20 @@ async fn handle(
             tracker.metrics().brokered(crate::federation::broker_outcome(&out, splice), started.elapsed());
             out
         }
-        TrackerRequest::Reverse { .. } => Err(Error::Invalid("a link back must be the first request".into())),
-        TrackerRequest::Sibling { cluster, listen } => tracker.levels().map(|levels| {
+        TrackerRequest::Federation(FederationRequest::LinkBack { .. }) => {
+            Err(Error::Invalid("a link back must be the first request".into()))
+        }
+        TrackerRequest::Federation(FederationRequest::Status { cluster, listen }) => tracker.levels().map(|levels| {
             debug!(%cluster, "federation: a sibling asks how we are");
-            TrackerReply::SiblingStatus {
+            TrackerReply::Federation(FederationReply::Status {
                 cluster: federation.cluster().to_string(),
                 free: levels.slots_free as u32,
                 slots: levels.slots as u32,
                 queued: levels.queue_length as u32,
                 reverse: federation.wants_reverse(tracker, &cluster, &listen, peer),
-            }
+            })
         }),
-        TrackerRequest::Lease { .. } | TrackerRequest::Lend { .. }
+        TrackerRequest::Lease { .. } | TrackerRequest::Federation(FederationRequest::Lend { .. })
             if waits.ticket.is_some() || waits.borrowing.is_some() =>
         {
             Err(Error::Invalid("this connection already has a lease request waiting".into()))
@@ -490,7 +492,7 @@ async fn handle(
                 None => lease(ops, count, conn, detached, waits).await,
             }
         }
-        TrackerRequest::Lend { count, cluster } => {
+        TrackerRequest::Federation(FederationRequest::Lend { count, cluster }) => {
             info!(%cluster, count, "federation: a sibling borrows slots");
             let reply = lease(ops, count, conn, true, waits).await;
             match &reply {
