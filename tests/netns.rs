@@ -529,14 +529,33 @@ fn a_job_borrows_peers_behind_a_nat_through_brokered_links() {
 }
 
 /// Issue 17: both ends behind NATs. The requester sits behind a NAT of its
-/// own, so the workers behind m's NAT cannot dial it back either: each
-/// such link is spliced through n's tracker, which both can reach. Every
-/// link is encrypted end to end (the tracker copies records it cannot
-/// read). The product is right, every borrowed peer's link went through
-/// the splice, and both trackers end with nothing leased.
+/// own, so the workers behind m's NAT cannot dial it back either. Both
+/// NATs keep a connection's port: each pair meets at n's tracker, which
+/// both can reach, learns the other's public address there, and the two
+/// dial each other at once through both NATs. The product is right, no
+/// link went through a splice, and both trackers end with nothing leased.
 #[test]
-fn links_between_two_nats_are_spliced_through_a_tracker_both_can_reach() {
-    let Some(mut grid) = NetGrid::new_double_nat(8, 2, "1gbit") else { return };
+fn links_between_two_nats_are_punched_through_both() {
+    let Some(mut grid) = NetGrid::new_double_nat(8, 2, "1gbit", false) else { return };
+    let summary = borrow_behind_nat(&mut grid);
+    let tracker_log = grid.log("tracker-tr");
+    let punched = tracker_log.matches("introduced the two ends of a punch").count();
+    assert!(punched >= 5, "{punched} punches introduced at n's tracker:\n{tracker_log}");
+    assert_eq!(tracker_log.matches("spliced a brokered link").count(), 0, "{tracker_log}");
+    let workers = grid.worker_logs();
+    assert!(workers.matches("punched through to a requester").count() >= 5, "{workers}");
+    println!("job took {:.2} s, five products on peers behind the other NAT", summary["total_s"].as_f64().unwrap());
+}
+
+/// As above, with m's NAT picking a random port for every connection (a
+/// "symmetric" NAT), so the addresses the tracker sees are not those the
+/// punch would need: after one failed punch the requester has every link
+/// spliced through n's tracker, encrypted end to end (the tracker copies
+/// records it cannot read). The product is right, every borrowed peer's
+/// link went through the splice, and both trackers end with nothing leased.
+#[test]
+fn links_between_two_nats_are_spliced_when_a_nat_picks_random_ports() {
+    let Some(mut grid) = NetGrid::new_double_nat(8, 2, "1gbit", true) else { return };
     grid.encrypt();
     let summary = borrow_behind_nat(&mut grid);
     assert_eq!(summary["security"], serde_json::json!({"authenticated": true, "encrypted": true}));

@@ -6,11 +6,12 @@
 //! to end: the trackers that broker the link never see what crosses it.
 //!
 //! When the peer cannot dial the requester either (the requester is
-//! behind a NAT of its own), the link is *spliced*: both dial the
-//! requester's tracker, which joins the two connections byte for byte
-//! (see the tracker's `splice` module); the handshake still runs end to
-//! end through it. After one such failure, the lease's other links are
-//! spliced at once.
+//! behind a NAT of its own), both meet at the requester's tracker: first
+//! to learn each other's public address and dial each other at once (a
+//! punch, see `septet_common::punch`), and where that fails to be
+//! *spliced*, the tracker joining the two connections byte for byte. The
+//! handshake runs end to end either way. A way that failed once is not
+//! tried again for the lease's other links.
 //!
 //! [`TrackerRequest::Broker`]: septet_common::proto::TrackerRequest::Broker
 
@@ -22,7 +23,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rand::RngExt;
 use septet_common::conn::ConnLimits;
-use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, SpliceId, WorkerReply, DIAL_BACK};
+use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, Rendezvous, WorkerReply, DIAL_BACK};
+use septet_common::punch;
 use septet_common::secure::Security;
 use septet_common::{deadline, Connection, Error, Result, Role};
 use tokio::net::TcpListener;
@@ -46,8 +48,9 @@ pub struct Broker {
     addr: SocketAddr,
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Connection>>>>,
     accept: tokio::task::JoinHandle<()>,
-    /// A peer could not dial this requester: splice every link.
-    splice: std::sync::atomic::AtomicBool,
+    /// The first way to try (a [`Way`]): ways that failed once for this
+    /// lease are skipped.
+    way: std::sync::atomic::AtomicU8,
 }
 
 impl Drop for Broker {
@@ -124,37 +127,43 @@ impl Broker {
             addr,
             pending,
             accept,
-            splice: Default::default(),
+            way: Default::default(),
         })
     }
 
-    /// A connection to `peer`, which dials this requester on its tracker's
-    /// order — or, if it cannot, dials the requester's tracker, which
-    /// splices it to the requester's own leg.
+    /// A connection to `peer`, made the first way that works of: the peer
+    /// dials this requester on its tracker's order; the two meet at the
+    /// requester's tracker and dial each other at once (a punch through
+    /// both NATs); the two dial the requester's tracker, which splices
+    /// them. A way that failed once for this lease is not tried again.
     ///
     /// # Errors
-    /// The splice's error when neither way links (the tracker refused, the
-    /// peer could not dial its tracker, a handshake failed), naming the peer.
+    /// The last way's error when none links (the tracker refused, the peer
+    /// could not dial its tracker, a handshake failed), naming the peer.
     pub async fn connect(&self, peer: &PeerAddr, limits: &ConnLimits) -> Result<Connection> {
         use std::sync::atomic::Ordering::Relaxed;
         let name =
             || format!("the worker at {} (dialling back)", peer.addr.strip_prefix(DIAL_BACK).unwrap_or(&peer.addr));
-        let direct = if self.splice.load(Relaxed) {
-            None
-        } else {
-            match self.dialled_back(peer).await {
-                Ok(conn) => Some(Ok(conn)),
-                Err(e) => {
-                    info!(peer = %peer.addr, error = %e, "the peer could not dial back: splicing the link through the tracker");
-                    self.splice.store(true, Relaxed);
-                    None
-                }
+        let mut out = Err(Error::Closed("no way to link was tried"));
+        for way in [Way::DialBack, Way::Punch, Way::Splice] {
+            if (way as u8) < self.way.load(Relaxed) {
+                continue;
             }
-        };
-        let out = match direct {
-            Some(out) => out,
-            None => self.spliced(peer).await,
-        };
+            let id = rand::rng().random();
+            out = match way {
+                Way::DialBack => self.dialled_back(peer).await,
+                Way::Punch => self.met(peer, Rendezvous::Punch(id)).await,
+                Way::Splice => self.met(peer, Rendezvous::Splice(id)).await,
+            };
+            match &out {
+                Ok(_) => break,
+                Err(e) if way != Way::Splice => {
+                    info!(peer = %peer.addr, error = %e, "could not link {}: trying the next way", way.name());
+                    self.way.fetch_max(way as u8 + 1, Relaxed);
+                }
+                Err(_) => {}
+            }
+        }
         out.map(|mut conn| {
             conn.reader.set_max_frame_len(limits.max_frame_len);
             conn.reader.set_stall_timeout(limits.stall_timeout);
@@ -164,11 +173,16 @@ impl Broker {
         .map_err(|e| e.naming(name))
     }
 
-    /// Splices every link from now on, without trying a dial back first
-    /// (for a requester that knows it cannot be dialled, and for the
-    /// brokering benchmark).
+    /// Splices every link from now on, without trying a dial back or a
+    /// punch first (for the brokering benchmark).
     pub fn splice_always(&self) {
-        self.splice.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.way.store(Way::Splice as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Punches every link from now on (falling back to a splice), without
+    /// trying a dial back first.
+    pub fn punch_first(&self) {
+        self.way.fetch_max(Way::Punch as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `peer` dials this requester's listener.
@@ -190,27 +204,66 @@ impl Broker {
         out
     }
 
-    /// `peer` and this requester both dial the requester's tracker, which
-    /// joins the two legs of splice `id`; the handshake runs through it.
-    async fn spliced(&self, peer: &PeerAddr) -> Result<Connection> {
-        let (nonce, id): (u64, SpliceId) = (rand::rng().random(), rand::rng().random());
+    /// `peer` and this requester meet at the requester's tracker (`via`):
+    /// for a punch, each learns there where the other came from and both
+    /// dial each other at once; for a splice, the tracker joins the two.
+    /// Either way the handshake is end to end, this side serving.
+    async fn met(&self, peer: &PeerAddr, via: Rendezvous) -> Result<Connection> {
+        let nonce: u64 = rand::rng().random();
         let mut tracker =
             TrackerClient::connect_with(&self.tracker, Role::Client, self.timeout, &self.security).await?;
-        tracker.broker(self.lease_id, peer.peer_id, String::new(), nonce, &self.token, Some(id)).await?;
+        tracker.broker(self.lease_id, peer.peer_id, String::new(), nonce, &self.token, Some(via)).await?;
         let limits =
             ConnLimits { handshake_timeout: self.timeout, security: self.security.clone(), ..ConnLimits::default() };
-        let (mut conn, role) = Connection::accept_spliced(&self.tracker, id, limits).await?;
+        let (mut conn, role) = match via {
+            Rendezvous::Splice(id) => Connection::accept_spliced(&self.tracker, id, limits).await?,
+            Rendezvous::Punch(id) => {
+                let at = tokio::net::lookup_host(&self.tracker)
+                    .await?
+                    .next()
+                    .ok_or_else(|| Error::Invalid(format!("{} resolves to no address", self.tracker)))?;
+                let meeting = punch::Meeting::dial(at, id, self.timeout).await?;
+                let local = meeting.local;
+                let other = meeting.other(PUNCH_WITHIN).await?;
+                let stream = punch::open(local, other, PUNCH_WITHIN).await?;
+                Connection::accept(stream, limits).await?
+            }
+        };
         if role != Role::Worker {
-            return Err(Error::Invalid(format!("a {role:?} came through the splice, not a worker")));
+            return Err(Error::Invalid(format!("a {role:?} answered, not a worker")));
         }
         let hello = deadline(self.timeout, "the worker's hello", conn.reader.read_message::<WorkerReply>("DialedBack"));
         match hello.await? {
             WorkerReply::DialedBack { nonce: theirs } if theirs == nonce => {
-                debug!(peer = %peer.addr, "spliced a link through the tracker");
+                debug!(peer = %peer.addr, way = ?via, "linked through a meeting at the tracker");
                 Ok(conn)
             }
-            WorkerReply::DialedBack { .. } => Err(Error::Invalid("the spliced peer presented another nonce".into())),
+            WorkerReply::DialedBack { .. } => Err(Error::Invalid("the peer presented another nonce".into())),
             other => Err(Error::Unexpected { expected: "DialedBack", got: format!("{other:?}") }),
         }
     }
 }
+
+/// The ways to link to a peer that the requester cannot dial, in the order
+/// they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Way {
+    DialBack = 0,
+    Punch = 1,
+    Splice = 2,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::DialBack => "by a dial back",
+            Way::Punch => "by a punch through both NATs",
+            Way::Splice => "through a splice",
+        }
+    }
+}
+
+/// How long the two ends of a punch have to meet and then to dial each
+/// other through their NATs.
+const PUNCH_WITHIN: Duration = Duration::from_secs(3);

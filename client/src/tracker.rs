@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use septet_common::conn::ConnLimits;
-use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, SpliceId};
+use septet_common::proto::{LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Rendezvous};
 use septet_common::proto::{Reply, TrackerReply, TrackerRequest};
 use septet_common::secure::Security;
 use septet_common::{deadline, Connection, Error, Result, Role};
@@ -175,9 +175,9 @@ impl TrackerClient {
 
     /// Has peer `peer_id` of lease `lease_id` (presenting its token) dial
     /// the listener at `addr` and present `nonce`: a link the requester
-    /// cannot make itself (the peer is behind a NAT). With `splice` (and an
-    /// empty `addr`), the peer dials this tracker instead, which joins its
-    /// connection to the requester's leg presenting the same id.
+    /// cannot make itself (the peer is behind a NAT). With `via` (and an
+    /// empty `addr`), the peer and the requester meet at this tracker
+    /// instead (see [`Rendezvous`]).
     ///
     /// # Errors
     /// [`Error::Remote`] if the tracker refuses or cannot reach the peer.
@@ -188,9 +188,9 @@ impl TrackerClient {
         addr: String,
         nonce: u64,
         token: &str,
-        splice: Option<SpliceId>,
+        via: Option<Rendezvous>,
     ) -> Result<()> {
-        let msg = TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token: Some(token.to_string()), splice };
+        let msg = TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token: Some(token.to_string()), via };
         match self.call(msg, "Brokered").await? {
             TrackerReply::Brokered => Ok(()),
             other => Err(unexpected("Brokered", other)),

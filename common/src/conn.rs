@@ -1032,7 +1032,7 @@ impl Connection {
         limits: ConnLimits,
     ) -> Result<(Self, Role)> {
         deadline(limits.handshake_timeout, "the spliced connection and handshake", async {
-            let mut stream = Self::dial(addr, Some(splice)).await?;
+            let mut stream = Self::dial(addr, Some(crate::proto::Rendezvous::Splice(splice))).await?;
             let name = format!("the peer spliced through {}", stream.peer_addr()?);
             let done = secure::server(&mut stream, &limits.security, &name).await?;
             Ok((Self::wrap(stream, &limits, done.cipher)?, done.role))
@@ -1040,19 +1040,19 @@ impl Connection {
         .await
     }
 
-    /// A TCP connection to `addr`, before any handshake; with `splice`,
-    /// `addr` is a splicing tracker, and the connection has asked it for
-    /// that splice.
+    /// A TCP connection to `addr`, before any handshake; with `via`,
+    /// `addr` is the meeting tracker, and the connection has asked it for
+    /// that rendezvous.
     ///
     /// # Errors
     /// [`Error::Io`] if the connection fails.
-    pub async fn dial(addr: impl ToSocketAddrs, splice: Option<crate::proto::SpliceId>) -> Result<TcpStream> {
+    pub async fn dial(addr: impl ToSocketAddrs, via: Option<crate::proto::Rendezvous>) -> Result<TcpStream> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        if let Some(id) = splice {
+        if let Some(via) = via {
             let mut hello = [0; 20];
-            hello[..4].copy_from_slice(&crate::proto::SPLICE_MAGIC);
-            hello[4..].copy_from_slice(&id);
+            hello[..4].copy_from_slice(&via.magic());
+            hello[4..].copy_from_slice(&via.id());
             stream.write_all(&hello).await?;
         }
         Ok(stream)

@@ -716,8 +716,8 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Bounded<A> {
 mod tests {
     use super::*;
     use crate::proto::{
-        Control, Failure, FederationReply, FederationRequest, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, TaskId,
-        TrackerReply, TrackerRequest, WorkerReply,
+        Control, Failure, FederationReply, FederationRequest, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow,
+        Rendezvous, TaskId, TrackerReply, TrackerRequest, WorkerReply,
     };
     use crate::ErrorCode;
     use ndarray::Array2;
@@ -755,7 +755,7 @@ mod tests {
                 addr: "10.0.0.2:4000".into(),
                 nonce: 7,
                 token: None,
-                splice: None,
+                via: None,
             },
             TrackerRequest::Broker {
                 lease_id: LeaseId(9),
@@ -763,7 +763,15 @@ mod tests {
                 addr: String::new(),
                 nonce: 8,
                 token: Some("t".into()),
-                splice: Some([7; 16]),
+                via: Some(Rendezvous::Splice([7; 16])),
+            },
+            TrackerRequest::Broker {
+                lease_id: LeaseId(9),
+                peer_id: PeerId(2),
+                addr: String::new(),
+                nonce: 9,
+                token: Some("t".into()),
+                via: Some(Rendezvous::Punch([8; 16])),
             },
         ]
     }

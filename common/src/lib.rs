@@ -11,6 +11,7 @@ pub mod frame;
 pub mod listener;
 pub mod matrix;
 pub mod proto;
+pub mod punch;
 pub mod relay;
 pub mod secure;
 pub mod strassen;
@@ -24,8 +25,8 @@ pub use frame::{BlockOp, Blocks, ControlBody, Frame, DEFAULT_MAX_FRAME_LEN, MAX_
 pub use matrix::{Dtype, Element, Matrix, MatrixView};
 pub use proto::{
     Control, Failure, FederationReply, FederationRequest, JobId, LeaseGrant, LeaseId, PeerAddr, PeerId, RelayStats,
-    Reply, Role, SpliceId, TaskId, TrackerReply, TrackerRequest, WorkerReply, WorkerRequest, PROTOCOL_VERSION,
-    SPLICE_MAGIC,
+    Rendezvous, Reply, Role, SpliceId, TaskId, TrackerReply, TrackerRequest, WorkerReply, WorkerRequest,
+    PROTOCOL_VERSION, PUNCH_ADDR_LEN, PUNCH_MAGIC, SPLICE_MAGIC,
 };
 pub use time::deadline;
 

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::conn::ConnLimits;
-use crate::proto::{SpliceId, SPLICE_MAGIC};
+use crate::proto::{Rendezvous, SpliceId, PUNCH_MAGIC, SPLICE_MAGIC};
 use crate::{deadline, Connection, Error, Role};
 
 /// Refusal warnings logged per window at most.
@@ -52,11 +52,11 @@ pub struct ListenConfig {
     pub splicer: Option<Splicer>,
 }
 
-/// Takes a connection that opened with [`crate::proto::SPLICE_MAGIC`] and
-/// the splice id that followed (read off the stream); called on the accept
-/// path, so it must hand the stream on and return.
+/// Takes a connection that opened with a [`Rendezvous`]' magic and id
+/// (read off the stream); called on the accept path, so it must hand the
+/// stream on and return.
 #[derive(Clone)]
-pub struct Splicer(pub Arc<dyn Fn(TcpStream, SpliceId) + Send + Sync>);
+pub struct Splicer(pub Arc<dyn Fn(TcpStream, Rendezvous) + Send + Sync>);
 
 impl std::fmt::Debug for Splicer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,27 +64,29 @@ impl std::fmt::Debug for Splicer {
     }
 }
 
-/// Whether `stream` opens with [`SPLICE_MAGIC`]: then its splice id, read
-/// off it. Otherwise nothing is consumed (the handshake reads the bytes).
-async fn splice_request(stream: &mut TcpStream) -> std::io::Result<Option<SpliceId>> {
+/// Whether `stream` opens with a [`Rendezvous`]' magic: then the
+/// rendezvous, read off it. Otherwise nothing is consumed (the handshake
+/// reads the bytes).
+async fn splice_request(stream: &mut TcpStream) -> std::io::Result<Option<Rendezvous>> {
     let mut head = [0u8; 20];
-    loop {
+    let magic = loop {
         let n = stream.peek(&mut head).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         let seen = n.min(SPLICE_MAGIC.len());
-        if head[..seen] != SPLICE_MAGIC[..seen] {
+        let Some(magic) = [SPLICE_MAGIC, PUNCH_MAGIC].into_iter().find(|m| head[..seen] == m[..seen]) else {
             return Ok(None);
-        }
+        };
         if n == head.len() {
-            break;
+            break magic;
         }
         // The first bytes came alone: wait a moment for the rest.
         tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    };
     stream.read_exact(&mut head).await?;
-    Ok(Some(head[4..].try_into().expect("16 bytes")))
+    let id: SpliceId = head[4..].try_into().expect("16 bytes");
+    Ok(Some(if magic == SPLICE_MAGIC { Rendezvous::Splice(id) } else { Rendezvous::Punch(id) }))
 }
 
 /// Connections in their handshake (not yet authenticated) at once, from

@@ -64,10 +64,51 @@ use crate::{Error, ErrorCode};
 /// [`FederationReply`]).
 pub const PROTOCOL_VERSION: u32 = 9;
 
-/// Names one spliced link (see [`SPLICE_MAGIC`]): 128 random bits chosen
-/// by the requester, given to the tracker that joins the link and, through
-/// the trackers, to the peer.
+/// Names one meeting of a brokered link's two ends at a tracker (see
+/// [`Rendezvous`]): 128 random bits chosen by the requester, given to the
+/// tracker and, through the trackers, to the peer.
 pub type SpliceId = [u8; 16];
+
+/// How the two ends of a brokered link meet when neither can dial the
+/// other: both dial a tracker they can reach, open with the variant's
+/// magic and the id, and then —
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rendezvous {
+    /// — the tracker joins the two connections and copies bytes between
+    /// them ([`SPLICE_MAGIC`]): always works, costs the tracker's links.
+    Splice(SpliceId),
+    /// — the tracker tells each end the address it saw the other's
+    /// connection come from ([`PUNCH_MAGIC`]), and both dial each other at
+    /// once from the ports they reached it from: a TCP simultaneous open,
+    /// through NATs that keep a connection's port for every destination.
+    Punch(SpliceId),
+}
+
+impl Rendezvous {
+    /// The meeting's id.
+    pub fn id(&self) -> SpliceId {
+        match self {
+            Rendezvous::Splice(id) | Rendezvous::Punch(id) => *id,
+        }
+    }
+
+    /// The connection's first four bytes.
+    pub fn magic(&self) -> [u8; 4] {
+        match self {
+            Rendezvous::Splice(_) => SPLICE_MAGIC,
+            Rendezvous::Punch(_) => PUNCH_MAGIC,
+        }
+    }
+}
+
+/// The first bytes of a connection that asks a tracker for the other end's
+/// address in a [`Rendezvous::Punch`], followed by the id. The tracker
+/// answers with [`PUNCH_ADDR_LEN`] bytes (the other end's address as it
+/// saw it: an IPv6 or IPv4-mapped address and a port, big-endian) and
+/// closes.
+pub const PUNCH_MAGIC: [u8; 4] = *b"PNCH";
+/// Bytes of the address a tracker answers a punch with.
+pub const PUNCH_ADDR_LEN: usize = 18;
 
 /// The first bytes of a connection that asks a tracker to splice it to
 /// another (instead of a handshake's `SPTT`), followed by the
@@ -427,10 +468,10 @@ pub enum TrackerRequest {
     /// requester's listener `addr` and present `nonce`. Answered `Brokered`
     /// once the peer's dial connected, an error if it could not.
     ///
-    /// With `splice` (neither end can dial the other), the requester sends
-    /// an empty `addr`: the tracker it asks will join the link, fills in
-    /// its own address as the peer's side reaches it, and expects two legs
-    /// presenting `splice` (see [`SPLICE_MAGIC`]).
+    /// With `via` (neither end can dial the other), the requester sends
+    /// an empty `addr`: the tracker it asks is where the two ends meet; it
+    /// fills in its own address as the peer's side reaches it, and expects
+    /// two connections presenting the id (see [`Rendezvous`]).
     Broker {
         /// The lease.
         lease_id: LeaseId,
@@ -442,8 +483,8 @@ pub enum TrackerRequest {
         nonce: u64,
         /// As for `Renew`.
         token: Option<String>,
-        /// The spliced link's id, if the link is spliced.
-        splice: Option<SpliceId>,
+        /// Where the two ends meet, if neither can dial the other.
+        via: Option<Rendezvous>,
     },
     /// Client: the peer tables of this cluster and of every sibling that is
     /// up, each row naming its cluster. Answered with `Peers`.
@@ -568,14 +609,14 @@ impl fmt::Debug for TrackerRequest {
                 .finish(),
             TrackerRequest::ListFederation => f.write_str("ListFederation"),
             TrackerRequest::Federation(r) => f.debug_tuple("Federation").field(r).finish(),
-            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, splice } => f
+            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, via } => f
                 .debug_struct("Broker")
                 .field("lease_id", lease_id)
                 .field("peer_id", peer_id)
                 .field("addr", addr)
                 .field("nonce", nonce)
                 .field("token", &redacted(token))
-                .field("splice", &splice.is_some())
+                .field("via", &via.map(|v| String::from_utf8_lossy(&v.magic()).into_owned()))
                 .finish(),
         }
     }
@@ -828,16 +869,17 @@ pub enum WorkerRequest {
     /// connection as if the requester had dialled. Answered `DialingBack`
     /// once the dial connected, with an error if it could not.
     ///
-    /// With `splice`, `addr` is a tracker that joins this connection to
-    /// the requester's: send [`SPLICE_MAGIC`] and the id first, then run
-    /// the handshake with the requester through it.
+    /// With `via`, `addr` is the tracker where this worker and the
+    /// requester meet: send the rendezvous' magic and id first; then, for
+    /// a splice, run the handshake with the requester through it, and for
+    /// a punch, dial the address it answers from the same port.
     DialBack {
         /// The requester's listener, or the splicing tracker.
         addr: String,
         /// What the requester matches the connection with.
         nonce: u64,
-        /// The spliced link's id, if the link is spliced.
-        splice: Option<SpliceId>,
+        /// Where the two ends meet, if neither can dial the other.
+        via: Option<Rendezvous>,
     },
     /// First on every connection of a requester, or of a peer forwarding
     /// a relayed job's parts: the lease ticket this connection is served

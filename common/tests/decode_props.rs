@@ -39,7 +39,7 @@ use proptest::test_runner::{Config, TestRunner};
 use septet_common::frame::{self, KIND_BLOCKS, KIND_CONTROL, LEN_PREFIX};
 use septet_common::proto::{
     Failure, FederationReply, FederationRequest, JobId, LeaseGrant, LeaseId, LeaseTicket, PeerAddr, PeerId, PeerRow,
-    RelayStats, TaskId, TrackerReply, TrackerRequest, WorkerReply, WorkerRequest,
+    RelayStats, Rendezvous, TaskId, TrackerReply, TrackerRequest, WorkerReply, WorkerRequest,
 };
 use septet_common::relay::{RelayPlan, Roles};
 use septet_common::{BlockOp, Blocks, ControlBody, ErrorCode, Frame, FrameReader, Matrix, DEFAULT_MAX_FRAME_LEN};
@@ -176,6 +176,13 @@ fn text() -> impl Strategy<Value = String> {
     prop::collection::vec(any::<char>(), 0..8).prop_map(|c| c.into_iter().collect())
 }
 
+fn via() -> impl Strategy<Value = Option<Rendezvous>> {
+    prop::option::of(prop_oneof![
+        any::<[u8; 16]>().prop_map(Rendezvous::Splice),
+        any::<[u8; 16]>().prop_map(Rendezvous::Punch)
+    ])
+}
+
 fn peer_id() -> impl Strategy<Value = PeerId> {
     any::<u64>().prop_map(PeerId)
 }
@@ -303,14 +310,14 @@ fn tracker_request() -> impl Strategy<Value = TrackerRequest> {
             .prop_map(|(count, cluster)| TrackerRequest::Federation(FederationRequest::Lend { count, cluster })),
         Just(TrackerRequest::ListFederation),
         text().prop_map(|cluster| TrackerRequest::Federation(FederationRequest::LinkBack { cluster })),
-        (lease_id(), peer_id(), text(), any::<u64>(), tok(), any::<Option<[u8; 16]>>()).prop_map(
-            |(lease_id, peer_id, addr, nonce, token, splice)| TrackerRequest::Broker {
+        (lease_id(), peer_id(), text(), any::<u64>(), tok(), via()).prop_map(
+            |(lease_id, peer_id, addr, nonce, token, via)| TrackerRequest::Broker {
                 lease_id,
                 peer_id,
                 addr,
                 nonce,
                 token,
-                splice
+                via
             }
         ),
     ]
@@ -391,11 +398,7 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
             to
         }),
         proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..6).prop_map(WorkerRequest::Digests),
-        (text(), any::<u64>(), any::<Option<[u8; 16]>>()).prop_map(|(addr, nonce, splice)| WorkerRequest::DialBack {
-            addr,
-            nonce,
-            splice
-        }),
+        (text(), any::<u64>(), via()).prop_map(|(addr, nonce, via)| WorkerRequest::DialBack { addr, nonce, via }),
         ticket().prop_map(WorkerRequest::Ticket),
         (
             any::<[u64; 6]>(),

@@ -50,6 +50,8 @@ pub struct NetGrid {
     net_c: String,
     /// Processes run with `SEPTET_ENCRYPT=1`.
     encrypt: bool,
+    /// The first NAT maps every connection to a random port.
+    symmetric: bool,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -177,36 +179,43 @@ impl NetGrid {
     /// process. None, after writing one "skipped: TEST: <reason>" line to stderr, where
     /// namespaces are not available (not root, no ip/tc, no netns support).
     pub fn new(workers: usize, rate: &str) -> Option<NetGrid> {
-        Self::new_with(workers, rate, false, None)
+        Self::new_with(workers, rate, false, None, false)
     }
 
     /// As [`NetGrid::new`], plus a host `tm` for a second cluster's tracker.
     pub fn new_federated(workers: usize, rate: &str) -> Option<NetGrid> {
-        Self::new_with(workers, rate, true, None)
+        Self::new_with(workers, rate, true, None, false)
     }
 
     /// As [`NetGrid::new_federated`], with `tm` and the workers from
     /// `inside` on behind a NAT (see the `nat` field); None also where
     /// nft(8) is missing.
     pub fn new_nat(workers: usize, inside: usize, rate: &str) -> Option<NetGrid> {
+        Self::new_nat_with(workers, inside, rate, false)
+    }
+
+    fn new_nat_with(workers: usize, inside: usize, rate: &str, symmetric: bool) -> Option<NetGrid> {
         if Command::new("nft").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
             skipped("needs nft(8) (Debian's nftables) for the NAT");
             return None;
         }
-        Self::new_with(workers, rate, true, Some(inside))
+        Self::new_with(workers, rate, true, Some(inside), symmetric)
     }
 
     /// As [`NetGrid::new_nat`], with `rq` behind a second NAT (router
     /// `rt2`, same rules): its links to the workers behind the first one
-    /// can only be spliced through a tracker both can reach (`tr`).
-    pub fn new_double_nat(workers: usize, inside: usize, rate: &str) -> Option<NetGrid> {
-        let mut grid = Self::new_nat(workers, inside, rate)?;
+    /// can only be made through a tracker both can reach (`tr`). Both NATs
+    /// keep a connection's port for every destination, so the two ends
+    /// can punch through them — unless `symmetric`, when the first NAT
+    /// picks a random port for every connection, as some do.
+    pub fn new_double_nat(workers: usize, inside: usize, rate: &str, symmetric: bool) -> Option<NetGrid> {
+        let mut grid = Self::new_nat_with(workers, inside, rate, symmetric)?;
         grid.nat_rq = true;
         grid.build_second_nat(rate).unwrap_or_else(|e| panic!("building the second NAT: {e}"));
         Some(grid)
     }
 
-    fn new_with(workers: usize, rate: &str, second: bool, nat: Option<usize>) -> Option<NetGrid> {
+    fn new_with(workers: usize, rate: &str, second: bool, nat: Option<usize>, symmetric: bool) -> Option<NetGrid> {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         let k = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -237,6 +246,7 @@ impl NetGrid {
             nat_rq: false,
             net_c,
             encrypt: false,
+            symmetric,
             _turn: turn,
         };
         // On failure, Drop removes whatever was made.
@@ -291,7 +301,7 @@ impl NetGrid {
     fn build_router(&mut self) -> Result<(), String> {
         let (net_b, inside): (String, Vec<String>) =
             (self.net_b.clone(), self.hosts().into_iter().filter(|h| self.inside(h)).collect());
-        self.nat_router("rt", "sw2", &net_b, 254, &inside)
+        self.nat_router("rt", "sw2", &net_b, 254, &inside, self.symmetric)
     }
 
     /// Moves `rq` behind router `rt2` on network `net_c` (see
@@ -309,11 +319,15 @@ impl NetGrid {
         self.plug("rq", "sw3", "eth0", &self.addr("rq"))?;
         self.shape("rq", rate);
         let net_c = self.net_c.clone();
-        self.nat_router("rt2", "sw3", &net_c, 253, &["rq".to_string()])
+        self.nat_router("rt2", "sw3", &net_c, 253, &["rq".to_string()], false)
     }
 
     /// Router `name`: `.LAST` on the outside network and on `inside_net`
-    /// (behind switch `inside_switch`, where the `inside` hosts are).
+    /// (behind switch `inside_switch`, where the `inside` hosts are). Like
+    /// most NATs, it drops connections from outside — to the inside and to
+    /// itself — unless they answer one from inside; it keeps a
+    /// connection's source port where it can, or with `random` maps every
+    /// connection to a random one (a "symmetric" NAT).
     fn nat_router(
         &mut self,
         name: &str,
@@ -321,6 +335,7 @@ impl NetGrid {
         inside_net: &str,
         last: u8,
         inside: &[String],
+        random: bool,
     ) -> Result<(), String> {
         let rt = self.ns(name);
         ip(&["netns", "add", &rt])?;
@@ -334,7 +349,7 @@ impl NetGrid {
             "table ip septet_nat {{
   chain post {{
     type nat hook postrouting priority 100; policy accept;
-    ip saddr {inside_net}.0/24 oifname \"eth0\" masquerade
+    ip saddr {inside_net}.0/24 oifname \"eth0\" masquerade{random}
   }}
 }}
 table inet septet_fw {{
@@ -342,8 +357,13 @@ table inet septet_fw {{
     type filter hook forward priority 0; policy accept;
     iifname \"eth0\" ct state new drop
   }}
+  chain to_me {{
+    type filter hook input priority 0; policy accept;
+    iifname \"eth0\" ct state new drop
+  }}
 }}
-"
+",
+            random = if random { " random" } else { "" }
         );
         let file = self.dir.join(format!("{name}.nft"));
         std::fs::write(&file, rules).map_err(|e| e.to_string())?;

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use septet_common::conn::ConnLimits;
 use septet_common::proto::{
-    FederationReply, FederationRequest, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Reply, SpliceId, TrackerReply,
-    TrackerRequest, DIAL_BACK,
+    FederationReply, FederationRequest, LeaseGrant, LeaseId, PeerAddr, PeerId, PeerRow, Rendezvous, Reply,
+    TrackerReply, TrackerRequest, DIAL_BACK,
 };
 use septet_common::{Connection, Role};
 use serde::Serialize;
@@ -275,17 +275,17 @@ impl Federation {
     }
 
     /// Where the peer of a `Broker` request dials: the requester's
-    /// listener `addr` as asked, or — for a splice asked of this tracker
-    /// (an empty `addr`) — this tracker, once it expects the splice's legs.
+    /// listener `addr` as asked, or — for a meeting asked of this tracker
+    /// (an empty `addr`) — this tracker, once it expects the two legs.
     /// (An unspecified listen address is completed by the sibling that
     /// passes the order on, with the address this tracker reached it from.)
-    pub(crate) fn rendezvous(&self, addr: String, splice: Option<SpliceId>) -> Result<String> {
-        let Some(id) = splice else { return Ok(addr) };
+    pub(crate) fn rendezvous(&self, addr: String, via: Option<Rendezvous>) -> Result<String> {
+        let Some(via) = via else { return Ok(addr) };
         if !addr.is_empty() {
             return Ok(addr);
         }
-        let server = self.server.get().ok_or_else(|| Error::Invalid("this tracker splices no links".into()))?;
-        server.splices.expect(id)?;
+        let server = self.server.get().ok_or_else(|| Error::Invalid("this tracker brokers no meetings".into()))?;
+        server.splices.expect(via)?;
         Ok(server.listen.to_string())
     }
 
@@ -831,14 +831,14 @@ impl Federation {
                 };
                 Ok(TrackerReply::HedgeSlot { lease_id, slot })
             }
-            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, splice } => {
+            TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, via } => {
                 let started = Instant::now();
                 let brokered = async {
                     let holder = self.holder(lease_id, peer_id, &token_of(&token))?;
-                    let addr = self.rendezvous(addr, splice)?;
+                    let addr = self.rendezvous(addr, via)?;
                     match holder {
                         Holder::Lender { sibling, lease_id, peer_id, token } => {
-                            let broker = TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, splice };
+                            let broker = TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, via };
                             match self.call(tracker, sibling, broker, "Brokered").await? {
                                 TrackerReply::Brokered => Ok(TrackerReply::Brokered),
                                 other => Err(Error::Protocol(other.into_error("Brokered"))),
@@ -846,12 +846,12 @@ impl Federation {
                         }
                         Holder::Local { lease_id, peer_id, caller } => {
                             let worker = tracker.leased_peer(lease_id, peer_id, &caller)?;
-                            dial_back(tracker, &worker, addr, nonce, splice).await
+                            dial_back(tracker, &worker, addr, nonce, via).await
                         }
                     }
                 };
                 let out = brokered.await;
-                tracker.metrics().brokered(broker_outcome(&out, splice), started.elapsed());
+                tracker.metrics().brokered(broker_outcome(&out, via), started.elapsed());
                 out
             }
             TrackerRequest::Speed { lease_id, beaten, proven, token } => {
@@ -962,27 +962,28 @@ impl Federation {
 }
 
 /// How a `Broker` request that ended in `out` counts.
-pub(crate) fn broker_outcome<T>(out: &Result<T>, splice: Option<SpliceId>) -> BrokerOutcome {
-    match (out, splice) {
+pub(crate) fn broker_outcome<T>(out: &Result<T>, via: Option<Rendezvous>) -> BrokerOutcome {
+    match (out, via) {
         (Err(_), _) => BrokerOutcome::Failed,
-        (Ok(_), Some(_)) => BrokerOutcome::Spliced,
+        (Ok(_), Some(Rendezvous::Splice(_))) => BrokerOutcome::Spliced,
+        (Ok(_), Some(Rendezvous::Punch(_))) => BrokerOutcome::Punched,
         (Ok(_), None) => BrokerOutcome::DialledBack,
     }
 }
 
 /// Tells the worker at `worker` (a peer of this tracker's, which it can
-/// dial) to dial the requester listening at `addr` (or, with `splice`, the
-/// tracker at `addr` that splices the link) and present `nonce`. Answered
+/// dial) to dial the requester listening at `addr` (or, with `via`, the
+/// tracker at `addr` where the two meet) and present `nonce`. Answered
 /// once the worker's dial connected.
 pub(crate) async fn dial_back(
     tracker: &Tracker,
     worker: &str,
     addr: String,
     nonce: u64,
-    splice: Option<SpliceId>,
+    via: Option<Rendezvous>,
 ) -> Result<TrackerReply> {
     let mut conn = connect(tracker, worker, "the worker").await?;
-    let order = septet_common::proto::WorkerRequest::DialBack { addr, nonce, splice };
+    let order = septet_common::proto::WorkerRequest::DialBack { addr, nonce, via };
     let reply = conn
         .request::<_, septet_common::proto::WorkerReply>(&order, "DialingBack", tracker.config().io_timeout)
         .await?;

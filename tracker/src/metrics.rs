@@ -227,6 +227,10 @@ struct Inner {
 pub enum BrokerOutcome {
     /// The peer dialled the requester.
     DialledBack,
+    /// Both ends were told to meet at a tracker, to dial each other at
+    /// once from there (a punch; whether the simultaneous open then worked
+    /// only the two ends know).
+    Punched,
     /// Both ends were told to dial a splicing tracker.
     Spliced,
     /// Neither: the peer could not be reached or could not dial.
@@ -235,12 +239,14 @@ pub enum BrokerOutcome {
 
 impl BrokerOutcome {
     /// Every outcome, in label order.
-    pub const ALL: [BrokerOutcome; 3] = [BrokerOutcome::DialledBack, BrokerOutcome::Spliced, BrokerOutcome::Failed];
+    pub const ALL: [BrokerOutcome; 4] =
+        [BrokerOutcome::DialledBack, BrokerOutcome::Punched, BrokerOutcome::Spliced, BrokerOutcome::Failed];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             BrokerOutcome::DialledBack => "dialled_back",
+            BrokerOutcome::Punched => "punched",
             BrokerOutcome::Spliced => "spliced",
             BrokerOutcome::Failed => "failed",
         }
@@ -350,7 +356,8 @@ impl TrackerMetrics {
             &mut r,
             "federation_links_brokered",
             "Brokered links (a peer that cannot be dialled by its requester), by outcome: the peer dialled the \
-             requester back, both ends dialled a splicing tracker, or neither",
+             requester back, both ends met at a tracker to dial each other at once (punched) or to be joined \
+             by it (spliced), or none of these",
             &label_values("outcome", BrokerOutcome::ALL.map(BrokerOutcome::as_str)),
         );
         let broker_time = Histogram::new(BROKER_BUCKETS);

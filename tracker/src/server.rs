@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use septet_common::conn::{ConnLimits, FrameBudget};
 use septet_common::listener::{self, ListenConfig, Splicer};
-use septet_common::proto::{Failure, FederationReply, FederationRequest, SpliceId, TrackerReply, TrackerRequest};
+use septet_common::proto::{Failure, FederationReply, FederationRequest, Rendezvous, TrackerReply, TrackerRequest};
 use septet_common::{deadline, Connection, Frame, Role};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -300,12 +300,12 @@ fn leased(grant: Grant) -> TrackerReply {
 }
 
 /// Who sent a lease request: this connection, with the token it presented.
-/// A splicing tracker's address as a sibling passed it on (`addr`, from
+/// A meeting tracker's address as a sibling passed it on (`addr`, from
 /// the connection at `peer`): an unspecified IP (a tracker listening on
 /// every interface) becomes the one the sibling reached this tracker from.
-fn spliced_from(addr: String, splice: Option<SpliceId>, peer: SocketAddr) -> String {
+fn spliced_from(addr: String, via: Option<Rendezvous>, peer: SocketAddr) -> String {
     match addr.parse::<SocketAddr>() {
-        Ok(a) if splice.is_some() && a.ip().is_unspecified() => SocketAddr::new(peer.ip(), a.port()).to_string(),
+        Ok(a) if via.is_some() && a.ip().is_unspecified() => SocketAddr::new(peer.ip(), a.port()).to_string(),
         _ => addr,
     }
 }
@@ -452,16 +452,16 @@ async fn handle(
             }
             Err(e) => Err(e),
         },
-        TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, splice } => {
+        TrackerRequest::Broker { lease_id, peer_id, addr, nonce, token, via } => {
             let started = std::time::Instant::now();
             let out = match tracker.leased_peer(lease_id, peer_id, &caller(conn, token)) {
-                Ok(worker) => match federation.rendezvous(spliced_from(addr, splice, peer), splice) {
-                    Ok(addr) => crate::federation::dial_back(tracker, &worker, addr, nonce, splice).await,
+                Ok(worker) => match federation.rendezvous(spliced_from(addr, via, peer), via) {
+                    Ok(addr) => crate::federation::dial_back(tracker, &worker, addr, nonce, via).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
             };
-            tracker.metrics().brokered(crate::federation::broker_outcome(&out, splice), started.elapsed());
+            tracker.metrics().brokered(crate::federation::broker_outcome(&out, via), started.elapsed());
             out
         }
         TrackerRequest::Federation(FederationRequest::LinkBack { .. }) => {

@@ -1,6 +1,9 @@
-//! Spliced links: when neither end of a brokered link can dial the other
-//! (a requester and a lent peer, each behind its own NAT), both dial this
-//! tracker and it joins the two connections byte for byte.
+//! Meetings at this tracker, for brokered links neither end of which can
+//! dial the other (a requester and a lent peer, each behind its own NAT):
+//! both dial this tracker, and it either tells each the address it saw the
+//! other come from, so they can dial each other at once (a punch, see
+//! `septet_common::punch`), or — where that fails — joins the two
+//! connections byte for byte (a splice).
 //!
 //! ```text
 //!  requester ──SPLC id──▶ tracker ◀──SPLC id── peer      (both dial out through their NATs)
@@ -15,10 +18,11 @@
 //! neither read nor alter what crosses. What it costs: every byte crosses
 //! the tracker's links twice, which is why it is the last resort.
 //!
-//! A splice's life, as a small state machine:
+//! A meeting's life, as a small state machine:
 //! `Expected` (asked for) → `Parked` (one leg in, waiting for the other)
-//! → joined (removed from the table; the copy runs) — or gone when it
-//! expires unjoined.
+//! → joined (removed from the table; the addresses are sent, or the copy
+//! runs) — or gone when it expires unjoined. A leg of the other kind than
+//! the meeting asked for is dropped.
 //!
 //! [`SPLICE_MAGIC`]: septet_common::SPLICE_MAGIC
 
@@ -26,7 +30,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use septet_common::SpliceId;
+use septet_common::proto::{Rendezvous, SpliceId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -47,18 +51,24 @@ pub const JOIN_WITHIN: Duration = Duration::from_secs(30);
 /// end too (a leg that vanished silently never sends its end).
 pub const LINGER: Duration = Duration::from_secs(10);
 
-/// Where a splice is, before it is joined.
+/// Where a meeting is, before it is joined.
 enum Pending {
     /// Asked for; no leg yet.
-    Expected { until: Instant },
+    Expected { until: Instant, via: Rendezvous },
     /// One leg in; the other goes to this sender.
-    Parked { until: Instant, partner: oneshot::Sender<TcpStream> },
+    Parked { until: Instant, via: Rendezvous, partner: oneshot::Sender<TcpStream> },
 }
 
 impl Pending {
     fn until(&self) -> Instant {
         match self {
-            Pending::Expected { until } | Pending::Parked { until, .. } => *until,
+            Pending::Expected { until, .. } | Pending::Parked { until, .. } => *until,
+        }
+    }
+
+    fn via(&self) -> Rendezvous {
+        match self {
+            Pending::Expected { via, .. } | Pending::Parked { via, .. } => *via,
         }
     }
 }
@@ -66,7 +76,8 @@ impl Pending {
 /// What to do with a leg that arrived (the pure part of [`Splices::leg`]).
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
-    /// No such splice (never asked for, expired, or joined already).
+    /// No such meeting (never asked for, expired, joined already, or of
+    /// the other kind).
     Drop,
     /// The first leg: wait for the other.
     Park,
@@ -94,12 +105,13 @@ impl Splices {
         Self { pending: Mutex::default(), active: Default::default(), metrics, cancel }
     }
 
-    /// A lease holder asked for splice `id`: its legs are taken for
+    /// A lease holder asked for meeting `via`: its legs are taken for
     /// [`JOIN_WITHIN`].
     ///
     /// # Errors
-    /// [`Error::Invalid`] if `id` is taken, or too many splices wait or run.
-    pub fn expect(&self, id: SpliceId) -> Result<()> {
+    /// [`Error::Invalid`] if its id is taken, or too many wait or run.
+    pub fn expect(&self, via: Rendezvous) -> Result<()> {
+        let id = via.id();
         let now = Instant::now();
         let mut pending = self.pending.lock();
         pending.retain(|_, p| p.until() > now);
@@ -113,34 +125,35 @@ impl Splices {
         if pending.contains_key(&id) {
             return Err(Error::Invalid("that splice id is taken".into()));
         }
-        pending.insert(id, Pending::Expected { until: now + JOIN_WITHIN });
+        pending.insert(id, Pending::Expected { until: now + JOIN_WITHIN, via });
         Ok(())
     }
 
     /// Decides what a leg for `id` does, and updates the table.
     fn step(
         &self,
-        id: SpliceId,
+        via: Rendezvous,
         now: Instant,
     ) -> (Step, Option<oneshot::Sender<TcpStream>>, Option<oneshot::Receiver<TcpStream>>) {
+        let id = via.id();
         let mut pending = self.pending.lock();
         match pending.remove(&id) {
-            Some(p) if p.until() <= now => (Step::Drop, None, None),
+            Some(p) if p.until() <= now || p.via() != via => (Step::Drop, None, None),
             None => (Step::Drop, None, None),
-            Some(Pending::Expected { until }) => {
+            Some(Pending::Expected { until, via }) => {
                 let (tx, rx) = oneshot::channel();
-                pending.insert(id, Pending::Parked { until, partner: tx });
+                pending.insert(id, Pending::Parked { until, via, partner: tx });
                 (Step::Park, None, Some(rx))
             }
             Some(Pending::Parked { partner, .. }) => (Step::Join, Some(partner), None),
         }
     }
 
-    /// A connection that asked for splice `id` (from the listener): parked
-    /// until its partner comes, handed to it, or dropped.
-    pub fn leg(self: &std::sync::Arc<Self>, stream: TcpStream, id: SpliceId) {
-        let from = stream.peer_addr().ok();
-        match self.step(id, Instant::now()) {
+    /// A connection that asked for meeting `via` (from the listener):
+    /// parked until its partner comes, handed to it, or dropped.
+    pub fn leg(self: &std::sync::Arc<Self>, stream: TcpStream, via: Rendezvous) {
+        let (from, id) = (stream.peer_addr().ok(), via.id());
+        match self.step(via, Instant::now()) {
             (Step::Drop, ..) => debug!(?from, "dropped a splice leg nobody asked for"),
             (Step::Join, Some(partner), _) => {
                 if partner.send(stream).is_err() {
@@ -162,7 +175,10 @@ impl Splices {
                             Err(_) => return,
                         },
                     };
-                    splices.join(stream, other).await;
+                    match via {
+                        Rendezvous::Splice(_) => splices.join(stream, other).await,
+                        Rendezvous::Punch(_) => introduce(stream, other).await,
+                    }
                 });
             }
             _ => unreachable!("step returns a sender with Join and a receiver with Park"),
@@ -197,6 +213,22 @@ impl Splices {
     #[cfg(test)]
     fn waiting(&self) -> usize {
         self.pending.lock().len()
+    }
+}
+
+/// Tells each end of a punch the address the other's connection came
+/// from, then closes both.
+async fn introduce(mut a: TcpStream, mut b: TcpStream) {
+    let (Ok(from_a), Ok(from_b)) = (a.peer_addr(), b.peer_addr()) else { return };
+    let told = async {
+        a.write_all(&septet_common::punch::encode_addr(from_b)).await?;
+        b.write_all(&septet_common::punch::encode_addr(from_a)).await?;
+        a.shutdown().await?;
+        b.shutdown().await
+    };
+    match tokio::time::timeout(LINGER, told).await {
+        Ok(Ok(())) => info!(%from_a, %from_b, "introduced the two ends of a punch"),
+        _ => debug!(%from_a, %from_b, "could not introduce the two ends of a punch"),
     }
 }
 
@@ -247,14 +279,19 @@ mod tests {
     fn a_leg_is_parked_then_joined_and_unknown_or_expired_ones_dropped() {
         let s = splices();
         let now = Instant::now();
-        assert_eq!(s.step([1; 16], now).0, Step::Drop, "never asked for");
-        s.expect([1; 16]).unwrap();
-        assert!(s.expect([1; 16]).is_err(), "an id is taken once");
-        assert_eq!(s.step([1; 16], now).0, Step::Park);
-        assert_eq!(s.step([1; 16], now).0, Step::Join);
-        assert_eq!(s.step([1; 16], now).0, Step::Drop, "joined: a third leg finds nothing");
-        s.expect([2; 16]).unwrap();
-        assert_eq!(s.step([2; 16], now + JOIN_WITHIN + Duration::from_secs(1)).0, Step::Drop, "expired");
+        let one = Rendezvous::Splice([1; 16]);
+        assert_eq!(s.step(one, now).0, Step::Drop, "never asked for");
+        s.expect(one).unwrap();
+        assert!(s.expect(Rendezvous::Punch([1; 16])).is_err(), "an id is taken once");
+        assert_eq!(s.step(one, now).0, Step::Park);
+        assert_eq!(s.step(one, now).0, Step::Join);
+        assert_eq!(s.step(one, now).0, Step::Drop, "joined: a third leg finds nothing");
+        let two = Rendezvous::Splice([2; 16]);
+        s.expect(two).unwrap();
+        assert_eq!(s.step(two, now + JOIN_WITHIN + Duration::from_secs(1)).0, Step::Drop, "expired");
+        let three = Rendezvous::Punch([3; 16]);
+        s.expect(three).unwrap();
+        assert_eq!(s.step(Rendezvous::Splice([3; 16]), now).0, Step::Drop, "a splice leg for a punch");
         assert_eq!(s.waiting(), 0);
     }
 
@@ -264,20 +301,21 @@ mod tests {
         for i in 0..MAX_PENDING {
             let mut id = [0; 16];
             id[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            s.expect(id).unwrap();
+            s.expect(Rendezvous::Splice(id)).unwrap();
         }
-        let err = s.expect([0xff; 16]).unwrap_err().to_string();
+        let err = s.expect(Rendezvous::Splice([0xff; 16])).unwrap_err().to_string();
         assert!(err.contains("try again later"), "{err}");
     }
 
     #[tokio::test]
     async fn joined_legs_carry_bytes_both_ways_and_end_together() {
         let s = splices();
-        s.expect([3; 16]).unwrap();
+        let via = Rendezvous::Splice([3; 16]);
+        s.expect(via).unwrap();
         let (mut a, a_far) = pair().await;
         let (mut b, b_far) = pair().await;
-        s.leg(a_far, [3; 16]);
-        s.leg(b_far, [3; 16]);
+        s.leg(a_far, via);
+        s.leg(b_far, via);
         a.write_all(b"from a").await.unwrap();
         let mut got = [0; 6];
         b.read_exact(&mut got).await.unwrap();
@@ -292,10 +330,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_end_of_a_punch_is_told_where_the_other_came_from() {
+        let s = splices();
+        let via = Rendezvous::Punch([4; 16]);
+        s.expect(via).unwrap();
+        let (mut a, a_far) = pair().await;
+        let (mut b, b_far) = pair().await;
+        let (a_local, b_local) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        s.leg(a_far, via);
+        s.leg(b_far, via);
+        let mut told = [0; septet_common::PUNCH_ADDR_LEN];
+        a.read_exact(&mut told).await.unwrap();
+        assert_eq!(septet_common::punch::decode_addr(&told), b_local);
+        b.read_exact(&mut told).await.unwrap();
+        assert_eq!(septet_common::punch::decode_addr(&told), a_local);
+        assert_eq!(a.read(&mut told).await.unwrap(), 0, "then closed");
+    }
+
+    #[tokio::test]
     async fn a_leg_with_an_unknown_id_is_closed() {
         let s = splices();
         let (mut a, a_far) = pair().await;
-        s.leg(a_far, [9; 16]);
+        s.leg(a_far, Rendezvous::Splice([9; 16]));
         let mut got = [0; 1];
         let n = tokio::time::timeout(Duration::from_secs(5), a.read(&mut got)).await.unwrap().unwrap_or(0);
         assert_eq!(n, 0);

@@ -17,7 +17,8 @@ use septet_common::conn::{ConnLimits, FrameBudget};
 use septet_common::frame::{BlockOp, Blocks, DEFAULT_MAX_FRAME_LEN};
 use septet_common::listener::{self, ListenConfig};
 use septet_common::matrix::{matmul_dyn, parallelism, prefault, recycle_matrix};
-use septet_common::proto::{Failure, SpliceId, TaskId, WorkerReply, WorkerRequest};
+use septet_common::proto::{Failure, Rendezvous, TaskId, WorkerReply, WorkerRequest};
+use septet_common::punch;
 use septet_common::secure::Security;
 use septet_common::ticket::TicketRefusal;
 use septet_common::{deadline, Connection, Dtype, Error, ErrorCode, Frame, FrameWriter, Matrix, Result, Role};
@@ -503,23 +504,49 @@ fn conn_limits(config: &WorkerConfig) -> ConnLimits {
     }
 }
 
-/// Dials a requester that cannot dial this worker (on its tracker's
-/// order, `WorkerRequest::DialBack`) — directly at `addr`, or with
-/// `splice` through the tracker at `addr` that joins the two — and returns
-/// the connected stream, before any handshake: the tracker is answered
-/// only once the dial connected, so a requester that cannot be reached is
-/// told at once (and may ask for a splice instead).
-async fn dial_out(addr: &str, splice: Option<SpliceId>, config: &WorkerConfig) -> septet_common::Result<TcpStream> {
-    deadline(config.handshake_timeout, "the dial", Connection::dial(addr, splice)).await
+/// A dial on a tracker's `DialBack` order, connected and not yet shaken
+/// hands on.
+enum Dialled {
+    /// To the requester, or to a tracker that splices it to the requester.
+    Stream(TcpStream),
+    /// To the tracker where this worker and the requester meet to punch:
+    /// the requester's address comes next.
+    Meeting(punch::Meeting),
 }
 
-/// Runs the handshake on a dialled-back `stream` (see [`dial_out`]), says
-/// which brokered link this is, and serves the connection as if the
-/// requester had dialled.
+/// How long the two ends of a punch have to meet and then to dial each
+/// other through their NATs.
+const PUNCH_WITHIN: Duration = Duration::from_secs(3);
+
+/// Dials a requester that cannot dial this worker (on its tracker's
+/// order, `WorkerRequest::DialBack`) — directly at `addr`, or with `via`
+/// the tracker at `addr` where the two meet — before any handshake: the
+/// tracker is answered only once the dial connected, so a requester that
+/// cannot be reached is told at once (and may ask for a meeting instead).
+async fn dial_out(addr: &str, via: Option<Rendezvous>, config: &WorkerConfig) -> septet_common::Result<Dialled> {
+    deadline(config.handshake_timeout, "the dial", async {
+        match via {
+            Some(Rendezvous::Punch(id)) => {
+                let tracker = tokio::net::lookup_host(addr)
+                    .await?
+                    .next()
+                    .ok_or_else(|| Error::Invalid(format!("{addr} resolves to no address")))?;
+                Ok(Dialled::Meeting(punch::Meeting::dial(tracker, id, config.handshake_timeout).await?))
+            }
+            via => Ok(Dialled::Stream(Connection::dial(addr, via).await?)),
+        }
+    })
+    .await
+}
+
+/// Finishes a dial (see [`dial_out`]): for a punch, learns the requester's
+/// address and dials it from the meeting's port as it dials this worker;
+/// then runs the handshake, says which brokered link this is, and serves
+/// the connection as if the requester had dialled.
 /// (A boxed future of a named type: it serves a connection, which may
 /// order another dial back.)
 fn dial_back(
-    stream: TcpStream,
+    dialled: Dialled,
     addr: String,
     nonce: u64,
     config: WorkerConfig,
@@ -528,6 +555,16 @@ fn dial_back(
 ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
     Box::pin(async move {
         let dialled = async {
+            let stream = match dialled {
+                Dialled::Stream(stream) => stream,
+                Dialled::Meeting(meeting) => {
+                    let local = meeting.local;
+                    let other = meeting.other(PUNCH_WITHIN).await?;
+                    let stream = punch::open(local, other, PUNCH_WITHIN).await?;
+                    info!(requester = %other, "punched through to a requester behind a NAT");
+                    stream
+                }
+            };
             let mut conn = Connection::handshake_as_client(stream, Role::Worker, conn_limits(&config)).await?;
             deadline(
                 config.io_timeout,
@@ -621,9 +658,9 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
         Some(WorkerRequest::Join { job_id, from, to }) => {
             return relay::follow(job_id, from, to, reader, config, relays).await
         }
-        Some(WorkerRequest::DialBack { addr, nonce, splice }) => {
-            let stream = match dial_out(&addr, splice, &config).await {
-                Ok(stream) => stream,
+        Some(WorkerRequest::DialBack { addr, nonce, via }) => {
+            let dialled = match dial_out(&addr, via, &config).await {
+                Ok(dialled) => dialled,
                 Err(e) => {
                     let message = format!("the worker could not dial {addr}: {e}");
                     warn!(requester = %addr, error = %e, "could not dial back a requester");
@@ -636,7 +673,7 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
             let said =
                 deadline(config.io_timeout, "the tracker to take a reply", writer.send(&WorkerReply::DialingBack));
             if said.await.is_ok() {
-                tokio::spawn(dial_back(stream, addr, nonce, config, shared, cancel));
+                tokio::spawn(dial_back(dialled, addr, nonce, config, shared, cancel));
             }
             return;
         }
