@@ -1186,33 +1186,48 @@ impl Requester {
         c: Store<T>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> (Result<Store<T>>, JobReport) {
-        assert_eq!(c.dim(), (a.nrows(), b.ncols()), "C is A's rows × B's columns");
-        let started = Instant::now();
-        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
-        let c = self.multiply_into(a, b, c, progress, started, &mut report).await;
-        report.finish(&c, started);
-        (c, report)
+        self.multiply_stored_with(None, a, b, c, progress).await
     }
 
-    async fn multiply_into<T: Element>(
+    /// [`Requester::multiply_stored`] on `held`, or on a lease taken for
+    /// the job and released after it.
+    async fn multiply_stored_with<T: Element>(
         &self,
+        held: Option<&HeldLease>,
         a: Arc<Store<T>>,
         b: Arc<Store<T>>,
         c: Store<T>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
-        started: Instant,
-        report: &mut JobReport,
-    ) -> Result<Store<T>> {
-        let Some(split) = self.split(a.dim(), b.dim())? else { return Ok(c) };
-        let progress: ProgressFn = Arc::new(progress);
-        let lease = self.take_lease(&progress).await?;
-        report.lease_id = lease.grant.lease_id;
-        report.lease_wait_s = started.elapsed().as_secs_f64();
-        let result = self.run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, report).await;
-        if let Err(e) = lease.keeper.release().await {
-            report.failures.push(format!("release of lease {}: {e}", lease.grant.lease_id));
+    ) -> (Result<Store<T>>, JobReport) {
+        assert_eq!(c.dim(), (a.nrows(), b.ncols()), "C is A's rows × B's columns");
+        let started = Instant::now();
+        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
+        if let Some(lease) = held {
+            report.lease_id = lease.grant.lease_id;
         }
-        result
+        let job = async {
+            let Some(split) = self.split(a.dim(), b.dim())? else { return Ok(c) };
+            let progress: ProgressFn = Arc::new(progress);
+            let (peers, keeper) = match held {
+                Some(lease) => (&lease.peers, &lease.keeper),
+                None => {
+                    let lease = self.take_lease(&progress).await?;
+                    report.lease_id = lease.grant.lease_id;
+                    report.lease_wait_s = started.elapsed().as_secs_f64();
+                    let result = self
+                        .run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, &mut report)
+                        .await;
+                    if let Err(e) = lease.keeper.release().await {
+                        report.failures.push(format!("release of lease {}: {e}", lease.grant.lease_id));
+                    }
+                    return result;
+                }
+            };
+            self.run_job(a, b, c, split, peers, keeper, &progress, started, &mut report).await
+        };
+        let c = job.await;
+        report.finish(&c, started);
+        (c, report)
     }
 
     /// The job's split, or `None` when there is nothing to distribute (the
@@ -1312,23 +1327,25 @@ impl Requester {
         b: Arc<Array2<T>>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> (Result<Array2<T>>, JobReport) {
-        let started = Instant::now();
-        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
-        report.lease_id = lease.grant.lease_id;
-        let c = match self.split(a.dim(), b.dim()) {
-            Ok(Some(split)) => {
-                let progress: ProgressFn = Arc::new(progress);
-                let c = Store::zeros((a.nrows(), b.ncols()));
-                let (a, b) = (Arc::new(Store::from(a)), Arc::new(Store::from(b)));
-                self.run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, &mut report)
-                    .await
-                    .map(Store::into_owned)
-            }
-            Ok(None) => Ok(Array2::zeros((a.nrows(), b.ncols()))),
-            Err(e) => Err(e),
-        };
-        report.finish(&c, started);
-        (c, report)
+        let c = Store::zeros((a.nrows(), b.ncols()));
+        let (c, report) = self.multiply_stored_on(lease, Arc::new(a.into()), Arc::new(b.into()), c, progress).await;
+        (c.map(Store::into_owned), report)
+    }
+
+    /// [`Requester::multiply_stored`] on a lease already held: the lease is
+    /// kept when the job ends, however it ends.
+    ///
+    /// # Panics
+    /// If C's shape is not A's rows × B's columns.
+    pub async fn multiply_stored_on<T: Element>(
+        &self,
+        lease: &HeldLease,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+    ) -> (Result<Store<T>>, JobReport) {
+        self.multiply_stored_with(Some(lease), a, b, c, progress).await
     }
 
     #[allow(clippy::too_many_arguments)]
