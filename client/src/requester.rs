@@ -481,8 +481,8 @@ pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 /// Commands to the task that holds the lease.
 enum KeeperCmd {
     Release(oneshot::Sender<septet_common::Result<()>>),
-    /// Peers beaten by hedges and peers that delivered first: told the
-    /// tracker just before the release.
+    /// One job's peers beaten by hedges and peers that delivered first:
+    /// every job's are told the tracker together, just before the release.
     Speed {
         beaten: Vec<PeerId>,
         proven: Vec<PeerId>,
@@ -499,6 +499,41 @@ enum KeeperCmd {
         replace: bool,
         reply: oneshot::Sender<septet_common::Result<Option<PeerAddr>>>,
     },
+}
+
+/// The verdicts of a lease's jobs on its peers, kept for the release: the
+/// tracker takes one speed report per lease, so a lease held across jobs
+/// reports every job's at once.
+#[derive(Debug, Default)]
+struct Verdicts {
+    /// Beaten by a hedge in some job.
+    beaten: Vec<PeerId>,
+    /// Delivered first in some job.
+    proven: Vec<PeerId>,
+    /// Whether any job reported (an unused lease reports nothing).
+    any: bool,
+}
+
+impl Verdicts {
+    /// Adds one job's verdicts; each peer is named once.
+    fn add(&mut self, beaten: Vec<PeerId>, proven: Vec<PeerId>) {
+        self.any = true;
+        for (kept, ids) in [(&mut self.beaten, beaten), (&mut self.proven, proven)] {
+            for id in ids {
+                if !kept.contains(&id) {
+                    kept.push(id);
+                }
+            }
+        }
+    }
+
+    /// (beaten, proven) for the tracker, if any job reported: a peer beaten
+    /// in one job and proven in another counts as beaten, as within a job.
+    fn take(&mut self) -> Option<(Vec<PeerId>, Vec<PeerId>)> {
+        let Verdicts { beaten, mut proven, any } = std::mem::take(self);
+        proven.retain(|p| !beaten.contains(p));
+        any.then_some((beaten, proven))
+    }
 }
 
 /// Handle on the task that keeps a lease: it renews the lease at half its
@@ -566,7 +601,7 @@ impl LeaseKeeper {
         let kept = tickets.clone();
         let every = (Duration::from_millis(grant.ttl_ms) / 2).max(Duration::from_millis(10));
         tokio::spawn(async move {
-            let mut speed = None;
+            let mut speed = Verdicts::default();
             let (mut lost, mut renew_failed) = (false, None::<String>);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let usable = |slot: septet_common::Result<Option<PeerAddr>>| {
@@ -608,7 +643,7 @@ impl LeaseKeeper {
                         Some(KeeperCmd::Hedge { peer_id, reply }) => {
                             let _ = reply.send(usable(client.hedge(lease_id, peer_id).await));
                         }
-                        Some(KeeperCmd::Speed { beaten, proven }) => speed = Some((beaten, proven)),
+                        Some(KeeperCmd::Speed { beaten, proven }) => speed.add(beaten, proven),
                         Some(KeeperCmd::Release(reply)) => {
                             if let Some((beaten, proven)) = speed.take() {
                                 if let Err(e) = client.record_speed(lease_id, beaten, proven).await {
@@ -1680,6 +1715,22 @@ impl Requester {
 mod tests {
     use super::*;
     use septet_common::Matrix;
+
+    /// A held lease's jobs: each job's verdicts reach the release, not only
+    /// the last job's; a peer beaten in any job is reported beaten.
+    #[test]
+    fn every_jobs_verdicts_are_reported_at_release() {
+        let id = PeerId;
+        let mut v = Verdicts::default();
+        assert_eq!(v.take(), None, "an unused lease reports nothing");
+        v.add(vec![id(3)], vec![id(1), id(2)]);
+        v.add(vec![], vec![id(1), id(4)]);
+        v.add(vec![id(2)], vec![id(5)]);
+        assert_eq!(v.take(), Some((vec![id(3), id(2)], vec![id(1), id(4), id(5)])));
+        assert_eq!(v.take(), None, "taken once");
+        v.add(vec![], vec![]);
+        assert_eq!(v.take(), Some((vec![], vec![])), "a job with no verdicts still reports");
+    }
 
     /// M·R formed block by block, whatever the read sizes, equals the one-shot
     /// product; frames that are not one product of the right shape and dtype
