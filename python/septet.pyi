@@ -34,8 +34,13 @@ def matmul(
     """``a @ b`` computed on the grid whose tracker is at ``tracker`` (host:port).
 
     ``a`` and ``b`` are 2-D float64 or float32 arrays of one dtype, in any
-    layout (C, Fortran, strided); the result is a C-ordered array of that
-    dtype. Seven slots are leased for the call and released after it.
+    layout (C, Fortran, strided). C-contiguous operands are read in place,
+    not copied; when both are Fortran-ordered the grid computes
+    ``(b.T @ a.T)`` from them in place and the result is Fortran-ordered
+    (else C-ordered); an operand in another layout is copied once (the
+    smaller one when the two orders differ). The result is the array the
+    grid's answer was written into, not a copy. Seven slots are leased for
+    the call and released after it.
 
     Raises ``ValueError`` for bad input (not 2-D, mismatched shapes, other
     dtypes, NaN or ±inf unless ``verify=False``, a report path in a missing
@@ -79,7 +84,9 @@ class Grid:
         installed, else a pandas DataFrame (ImportError if neither is)."""
     @property
     def last_job(self) -> Optional[Dict[str, Any]]:
-        """The last job's summary: the fields ``septet multiply --json`` prints."""
+        """The last job's summary: the fields ``septet multiply --json`` prints,
+        and ``operand_copies`` (0, 1 or 2: operands copied because of their
+        layout) and ``transposed`` (whether it ran as ``(b.T @ a.T).T``)."""
     def close(self) -> None:
         """Releases the lease held; later calls raise GridError."""
     def __enter__(self) -> "Grid": ...

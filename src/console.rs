@@ -4,7 +4,9 @@
 //!
 //! This module owns the console: reading commands (a line editor with
 //! history, Ctrl-R and completion on a terminal; plain lines otherwise, for
-//! scripts and tests), the session's named matrices, and the answers. The
+//! scripts and tests), the session's named matrices, and the answers. On a
+//! terminal the history is kept in a file across sessions (see
+//! [`history_path`]); piped input never reads or writes it. The
 //! worker is `septet_worker::run`, started by the CLI beside it; jobs and
 //! leases are the client's [`Requester`] and [`HeldLease`].
 //!
@@ -638,7 +640,7 @@ enum Reader {
 impl Reader {
     fn start(names: Arc<Mutex<Vec<String>>>) -> Self {
         if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-            if let Some(editor) = editor::start(names) {
+            if let Some(editor) = editor::start(names, history_path()) {
                 return editor;
             }
         }
@@ -672,9 +674,62 @@ impl Reader {
     }
 }
 
+/// Where a terminal console keeps its history:
+/// `$XDG_STATE_HOME/septet/history`, or `~/.local/state/septet/history`
+/// (the XDG default) when XDG_STATE_HOME is unset or not absolute; `None`
+/// without a home either.
+fn history_path() -> Option<PathBuf> {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .and_then(absolute)
+        .or_else(|| std::env::var_os("HOME").and_then(absolute).map(|h| h.join(".local/state")))?;
+    Some(state.join("septet").join("history"))
+}
+
+/// The history's lines, oldest first (none if there is no file yet).
+fn load_history(path: &std::path::Path) -> std::io::Result<Vec<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the history, one line per entry, to `path`, readable by its
+/// owner only (0600, its directory 0700 when created here): commands can
+/// name files and hosts. Written to a temporary file and renamed, so a
+/// crash mid-write leaves the old history.
+fn save_history<'a>(path: &std::path::Path, lines: impl Iterator<Item = &'a String>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut text = String::new();
+    for line in lines.filter(|l| !l.contains('\n')) {
+        text.push_str(line);
+        text.push('\n');
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    // The mode applies only to a file created now, not to one left behind.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
 /// The terminal's line editor: rustyline, with history (Ctrl-R searches
 /// it) and completion of commands and matrix names.
 mod editor {
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     use parking_lot::Mutex;
@@ -722,10 +777,23 @@ mod editor {
     impl Helper for Complete {}
 
     /// Starts the editor's thread; `None` if the terminal cannot host one.
-    pub(super) fn start(names: Arc<Mutex<Vec<String>>>) -> Option<Reader> {
+    /// The history is loaded from `history` (if given and present) and
+    /// saved to it after every line read, so that it survives however the
+    /// console ends.
+    pub(super) fn start(names: Arc<Mutex<Vec<String>>>, history: Option<PathBuf>) -> Option<Reader> {
         let config = rustyline::Config::builder().max_history_size(HISTORY).ok()?.auto_add_history(true).build();
         let mut editor: Editor<Complete, rustyline::history::DefaultHistory> = Editor::with_config(config).ok()?;
         editor.set_helper(Some(Complete { names }));
+        if let Some(path) = &history {
+            match super::load_history(path) {
+                Ok(lines) => {
+                    for line in lines {
+                        let _ = editor.add_history_entry(line);
+                    }
+                }
+                Err(e) => eprintln!("(could not read the history in {}: {e})", path.display()),
+            }
+        }
         let (ask, asked) = std::sync::mpsc::channel::<()>();
         let (tx, lines) = mpsc::channel(1);
         std::thread::Builder::new()
@@ -741,6 +809,11 @@ mod editor {
                             Input::Eof
                         }
                     };
+                    if let (Some(path), Input::Line(_)) = (&history, &input) {
+                        if let Err(e) = super::save_history(path, editor.history().into_iter()) {
+                            eprintln!("(could not save the history to {}: {e})", path.display());
+                        }
+                    }
                     if tx.blocking_send(input).is_err() {
                         break;
                     }
@@ -748,5 +821,34 @@ mod editor {
             })
             .ok()?;
         Some(Reader::Editor { ask, lines })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_is_saved_for_its_owner_only_and_loaded_back() {
+        let dir = std::env::temp_dir().join(format!("septet-history-{}", std::process::id()));
+        let path = dir.join("septet").join("history");
+        assert_eq!(load_history(&path).unwrap(), Vec::<String>::new(), "no file yet: no history");
+        let lines: Vec<String> = ["make A 4x4", "multiply A A into C", "two\nlines", "quit"].map(String::from).into();
+        save_history(&path, lines.iter()).unwrap();
+        assert_eq!(load_history(&path).unwrap(), ["make A 4x4", "multiply A A into C", "quit"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(mode(path.parent().unwrap()), 0o700);
+            // A file left readable by others is made private when saved again.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            save_history(&path, lines[..1].iter()).unwrap();
+            assert_eq!(mode(&path), 0o600);
+        }
+        assert_eq!(load_history(&path).unwrap(), ["make A 4x4"]);
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file is left");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -71,14 +71,11 @@ struct Peer {
 
 impl Peer {
     fn start(tracker: &str, secret: &str, extra: &[&str]) -> Peer {
-        let mut child = Command::new(septet_bin())
-            .args(["peer", "--tracker", tracker, "--secret-file", secret, "--threads", "1", "--warm-up", "0"])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        Peer::spawn(peer_command(tracker, secret, extra))
+    }
+
+    fn spawn(mut command: Command) -> Peer {
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let lines = |r: Box<dyn std::io::Read + Send>| {
             let (tx, rx) = channel();
             std::thread::spawn(move || {
@@ -165,6 +162,15 @@ impl Drop for Peer {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `septet peer` on the grid at `tracker`, with one slot.
+fn peer_command(tracker: &str, secret: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(septet_bin());
+    command
+        .args(["peer", "--tracker", tracker, "--secret-file", secret, "--threads", "1", "--warm-up", "0"])
+        .args(extra);
+    command
 }
 
 /// Small integers, so every product is exact.
@@ -373,4 +379,141 @@ fn a_lease_the_grid_cannot_serve_says_why_while_it_waits() {
     peer.interrupt();
     peer.expect_err("interrupted while waiting for a lease; left the queue");
     peer.finish(true);
+}
+
+/// A command's output on a pseudo-terminal, as it comes (echo, prompts and
+/// escape sequences included).
+struct Terminal {
+    child: Child,
+    stdin: ChildStdin,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    /// How much of `output` has been matched.
+    read: usize,
+}
+
+impl Terminal {
+    /// `command` on a pseudo-terminal that script(1) makes; `None` without script.
+    fn start(command: &Command) -> Option<Terminal> {
+        let mut line = format!("{:?}", command.get_program());
+        for arg in command.get_args() {
+            line.push(' ');
+            line.push_str(&format!("{arg:?}"));
+        }
+        let mut script = Command::new("script");
+        script.args(["-qfec", &line, "/dev/null"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        for (key, value) in command.get_envs() {
+            if let Some(value) = value {
+                script.env(key, value);
+            }
+        }
+        let mut child = script.env("TERM", "xterm").spawn().ok()?;
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut out = child.stdout.take().unwrap();
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut out, &mut buf) {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let stdin = child.stdin.take().unwrap();
+        Some(Terminal { child, stdin, output, read: 0 })
+    }
+
+    /// Waits for `want` after what was matched before.
+    fn expect(&mut self, want: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let output = self.output.lock().unwrap();
+                if let Some(at) = output[self.read..].find(want) {
+                    self.read += at + want.len();
+                    return;
+                }
+                assert!(Instant::now() < deadline, "no {want:?} in:\n{output}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Types `keys` (a line ends with `\r`, as Enter sends it).
+    fn type_keys(&mut self, keys: &str) {
+        self.stdin.write_all(keys.as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn wait(mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit {status}:\n{}", self.output.lock().unwrap());
+                return;
+            }
+            assert!(Instant::now() < deadline, "did not exit:\n{}", self.output.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Piped stdin never reads or writes a history; on a terminal the console
+/// loads `$XDG_STATE_HOME/septet/history` at start and saves it (0600) as
+/// it goes, so the next session recalls the last one's commands.
+#[test]
+fn history_is_kept_on_a_terminal_and_never_for_piped_input() {
+    let dir = Scratch::new("console-history");
+    let (_procs, tracker, secret) = grid(dir.dir(), 0);
+    let state = dir.path("state");
+    let history = state.join("septet").join("history");
+    let command = || {
+        let mut command = peer_command(&tracker, &secret, &[]);
+        command.env("XDG_STATE_HOME", &state).env("HOME", dir.dir());
+        command
+    };
+
+    let mut peer = Peer::spawn(command());
+    peer.send("status");
+    peer.expect_out("products served");
+    peer.finish(true);
+    assert!(!state.exists(), "piped input wrote a history");
+
+    let Some(mut term) = Terminal::start(&command()) else {
+        eprintln!("skipped the terminal half: script(1) is not installed (util-linux)");
+        return;
+    };
+    term.expect("septet> ");
+    term.type_keys("make A 2x3\r");
+    term.expect("A = random 2×3");
+    term.expect("septet> ");
+    term.type_keys("status\r");
+    term.expect("products served");
+    term.expect("septet> ");
+    term.type_keys("quit\r");
+    term.wait();
+    let saved = std::fs::read_to_string(&history).unwrap();
+    assert_eq!(saved.lines().collect::<Vec<_>>(), ["make A 2x3", "status", "quit"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&history).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    // The next session starts with it: two steps up is `status`.
+    let mut term = Terminal::start(&command()).unwrap();
+    term.expect("septet> ");
+    term.type_keys("\x1b[A\x1b[A\r");
+    term.expect("products served");
+    term.expect("septet> ");
+    term.type_keys("quit\r");
+    term.wait();
+    let saved = std::fs::read_to_string(&history).unwrap();
+    assert_eq!(saved.lines().collect::<Vec<_>>(), ["make A 2x3", "status", "quit", "status", "quit"]);
 }

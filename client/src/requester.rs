@@ -481,8 +481,8 @@ pub type Result<T, E = RequestError> = std::result::Result<T, E>;
 /// Commands to the task that holds the lease.
 enum KeeperCmd {
     Release(oneshot::Sender<septet_common::Result<()>>),
-    /// Peers beaten by hedges and peers that delivered first: told the
-    /// tracker just before the release.
+    /// One job's peers beaten by hedges and peers that delivered first:
+    /// every job's are told the tracker together, just before the release.
     Speed {
         beaten: Vec<PeerId>,
         proven: Vec<PeerId>,
@@ -499,6 +499,41 @@ enum KeeperCmd {
         replace: bool,
         reply: oneshot::Sender<septet_common::Result<Option<PeerAddr>>>,
     },
+}
+
+/// The verdicts of a lease's jobs on its peers, kept for the release: the
+/// tracker takes one speed report per lease, so a lease held across jobs
+/// reports every job's at once.
+#[derive(Debug, Default)]
+struct Verdicts {
+    /// Beaten by a hedge in some job.
+    beaten: Vec<PeerId>,
+    /// Delivered first in some job.
+    proven: Vec<PeerId>,
+    /// Whether any job reported (an unused lease reports nothing).
+    any: bool,
+}
+
+impl Verdicts {
+    /// Adds one job's verdicts; each peer is named once.
+    fn add(&mut self, beaten: Vec<PeerId>, proven: Vec<PeerId>) {
+        self.any = true;
+        for (kept, ids) in [(&mut self.beaten, beaten), (&mut self.proven, proven)] {
+            for id in ids {
+                if !kept.contains(&id) {
+                    kept.push(id);
+                }
+            }
+        }
+    }
+
+    /// (beaten, proven) for the tracker, if any job reported: a peer beaten
+    /// in one job and proven in another counts as beaten, as within a job.
+    fn take(&mut self) -> Option<(Vec<PeerId>, Vec<PeerId>)> {
+        let Verdicts { beaten, mut proven, any } = std::mem::take(self);
+        proven.retain(|p| !beaten.contains(p));
+        any.then_some((beaten, proven))
+    }
 }
 
 /// Handle on the task that keeps a lease: it renews the lease at half its
@@ -566,7 +601,7 @@ impl LeaseKeeper {
         let kept = tickets.clone();
         let every = (Duration::from_millis(grant.ttl_ms) / 2).max(Duration::from_millis(10));
         tokio::spawn(async move {
-            let mut speed = None;
+            let mut speed = Verdicts::default();
             let (mut lost, mut renew_failed) = (false, None::<String>);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let usable = |slot: septet_common::Result<Option<PeerAddr>>| {
@@ -608,7 +643,7 @@ impl LeaseKeeper {
                         Some(KeeperCmd::Hedge { peer_id, reply }) => {
                             let _ = reply.send(usable(client.hedge(lease_id, peer_id).await));
                         }
-                        Some(KeeperCmd::Speed { beaten, proven }) => speed = Some((beaten, proven)),
+                        Some(KeeperCmd::Speed { beaten, proven }) => speed.add(beaten, proven),
                         Some(KeeperCmd::Release(reply)) => {
                             if let Some((beaten, proven)) = speed.take() {
                                 if let Err(e) = client.record_speed(lease_id, beaten, proven).await {
@@ -1186,33 +1221,48 @@ impl Requester {
         c: Store<T>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> (Result<Store<T>>, JobReport) {
-        assert_eq!(c.dim(), (a.nrows(), b.ncols()), "C is A's rows × B's columns");
-        let started = Instant::now();
-        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
-        let c = self.multiply_into(a, b, c, progress, started, &mut report).await;
-        report.finish(&c, started);
-        (c, report)
+        self.multiply_stored_with(None, a, b, c, progress).await
     }
 
-    async fn multiply_into<T: Element>(
+    /// [`Requester::multiply_stored`] on `held`, or on a lease taken for
+    /// the job and released after it.
+    async fn multiply_stored_with<T: Element>(
         &self,
+        held: Option<&HeldLease>,
         a: Arc<Store<T>>,
         b: Arc<Store<T>>,
         c: Store<T>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
-        started: Instant,
-        report: &mut JobReport,
-    ) -> Result<Store<T>> {
-        let Some(split) = self.split(a.dim(), b.dim())? else { return Ok(c) };
-        let progress: ProgressFn = Arc::new(progress);
-        let lease = self.take_lease(&progress).await?;
-        report.lease_id = lease.grant.lease_id;
-        report.lease_wait_s = started.elapsed().as_secs_f64();
-        let result = self.run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, report).await;
-        if let Err(e) = lease.keeper.release().await {
-            report.failures.push(format!("release of lease {}: {e}", lease.grant.lease_id));
+    ) -> (Result<Store<T>>, JobReport) {
+        assert_eq!(c.dim(), (a.nrows(), b.ncols()), "C is A's rows × B's columns");
+        let started = Instant::now();
+        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
+        if let Some(lease) = held {
+            report.lease_id = lease.grant.lease_id;
         }
-        result
+        let job = async {
+            let Some(split) = self.split(a.dim(), b.dim())? else { return Ok(c) };
+            let progress: ProgressFn = Arc::new(progress);
+            let (peers, keeper) = match held {
+                Some(lease) => (&lease.peers, &lease.keeper),
+                None => {
+                    let lease = self.take_lease(&progress).await?;
+                    report.lease_id = lease.grant.lease_id;
+                    report.lease_wait_s = started.elapsed().as_secs_f64();
+                    let result = self
+                        .run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, &mut report)
+                        .await;
+                    if let Err(e) = lease.keeper.release().await {
+                        report.failures.push(format!("release of lease {}: {e}", lease.grant.lease_id));
+                    }
+                    return result;
+                }
+            };
+            self.run_job(a, b, c, split, peers, keeper, &progress, started, &mut report).await
+        };
+        let c = job.await;
+        report.finish(&c, started);
+        (c, report)
     }
 
     /// The job's split, or `None` when there is nothing to distribute (the
@@ -1312,23 +1362,25 @@ impl Requester {
         b: Arc<Array2<T>>,
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> (Result<Array2<T>>, JobReport) {
-        let started = Instant::now();
-        let mut report = JobReport::empty::<T>(a.dim(), b.dim());
-        report.lease_id = lease.grant.lease_id;
-        let c = match self.split(a.dim(), b.dim()) {
-            Ok(Some(split)) => {
-                let progress: ProgressFn = Arc::new(progress);
-                let c = Store::zeros((a.nrows(), b.ncols()));
-                let (a, b) = (Arc::new(Store::from(a)), Arc::new(Store::from(b)));
-                self.run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, &mut report)
-                    .await
-                    .map(Store::into_owned)
-            }
-            Ok(None) => Ok(Array2::zeros((a.nrows(), b.ncols()))),
-            Err(e) => Err(e),
-        };
-        report.finish(&c, started);
-        (c, report)
+        let c = Store::zeros((a.nrows(), b.ncols()));
+        let (c, report) = self.multiply_stored_on(lease, Arc::new(a.into()), Arc::new(b.into()), c, progress).await;
+        (c.map(Store::into_owned), report)
+    }
+
+    /// [`Requester::multiply_stored`] on a lease already held: the lease is
+    /// kept when the job ends, however it ends.
+    ///
+    /// # Panics
+    /// If C's shape is not A's rows × B's columns.
+    pub async fn multiply_stored_on<T: Element>(
+        &self,
+        lease: &HeldLease,
+        a: Arc<Store<T>>,
+        b: Arc<Store<T>>,
+        c: Store<T>,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+    ) -> (Result<Store<T>>, JobReport) {
+        self.multiply_stored_with(Some(lease), a, b, c, progress).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1663,6 +1715,22 @@ impl Requester {
 mod tests {
     use super::*;
     use septet_common::Matrix;
+
+    /// A held lease's jobs: each job's verdicts reach the release, not only
+    /// the last job's; a peer beaten in any job is reported beaten.
+    #[test]
+    fn every_jobs_verdicts_are_reported_at_release() {
+        let id = PeerId;
+        let mut v = Verdicts::default();
+        assert_eq!(v.take(), None, "an unused lease reports nothing");
+        v.add(vec![id(3)], vec![id(1), id(2)]);
+        v.add(vec![], vec![id(1), id(4)]);
+        v.add(vec![id(2)], vec![id(5)]);
+        assert_eq!(v.take(), Some((vec![id(3), id(2)], vec![id(1), id(4), id(5)])));
+        assert_eq!(v.take(), None, "taken once");
+        v.add(vec![], vec![]);
+        assert_eq!(v.take(), Some((vec![], vec![])), "a job with no verdicts still reports");
+    }
 
     /// M·R formed block by block, whatever the read sizes, equals the one-shot
     /// product; frames that are not one product of the right shape and dtype

@@ -15,6 +15,10 @@
 //! written panel by panel in four places at once; a mapping serves all of
 //! them with the code that serves an in-memory array, and the page cache
 //! does the read-ahead and write-back that chunked I/O would do by hand.
+//!
+//! A borrowed matrix ([`Store::borrowed`]) is someone else's memory — a
+//! NumPy array's buffer, read in place — kept alive by an owner value the
+//! store drops last; the caller promises that nobody writes it meanwhile.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -36,7 +40,23 @@ enum Inner<T> {
     Mapped(Mmap, usize),
     /// Writable, mapped from a file at `offset` (changes go to the file).
     MappedMut(MmapMut, usize),
+    /// Read-only, someone else's row-major elements (see [`Store::borrowed`]).
+    Borrowed(Borrowed<T>),
 }
+
+/// Elements lent by the caller of [`Store::borrowed`], and what keeps them.
+struct Borrowed<T> {
+    ptr: *const T,
+    /// Dropped after `ptr`'s last use: the store is dropped whole.
+    _owner: Box<dyn Send + Sync>,
+}
+
+// SAFETY: the elements are only read, from any thread (the contract of
+// `Store::borrowed`: valid and unwritten while the store lives); `T` is a
+// float, itself `Send + Sync`, and the owner is `Send + Sync` by its type.
+unsafe impl<T: Send + Sync> Send for Borrowed<T> {}
+// SAFETY: as for `Send`: shared access is reads only.
+unsafe impl<T: Send + Sync> Sync for Borrowed<T> {}
 
 /// A row-major `rows × cols` matrix of `T`, in memory or in a file.
 pub struct Store<T> {
@@ -50,6 +70,7 @@ impl<T> std::fmt::Debug for Store<T> {
         let kind = match self.inner {
             Inner::Shared(_) | Inner::Owned(_) => "memory",
             Inner::Mapped(..) | Inner::MappedMut(..) => "mapped",
+            Inner::Borrowed(_) => "borrowed",
         };
         f.debug_struct("Store").field("shape", &self.shape).field("kind", &kind).finish()
     }
@@ -84,6 +105,21 @@ impl<T: Element> Store<T> {
     /// A zeroed matrix in memory.
     pub fn zeros(shape: (usize, usize)) -> Self {
         Store::from(septet_common::matrix::alloc_zeroed::<T>(shape))
+    }
+
+    /// The `shape` matrix of row-major elements at `ptr`, read in place (no
+    /// copy); `owner` is kept until the store is dropped, after every read.
+    ///
+    /// # Safety
+    /// `ptr` must be aligned for `T` and point to `shape.0 × shape.1`
+    /// initialised elements, row after row, that stay allocated and that
+    /// nobody writes for as long as the store lives (however long a job
+    /// keeps it: tasks hold it by `Arc`). Making that hold is the caller's:
+    /// `owner` can keep the memory allocated, and the caller must not let
+    /// it be written before it sees the owner dropped.
+    pub unsafe fn borrowed(ptr: *const T, shape: (usize, usize), owner: Box<dyn Send + Sync>) -> Self {
+        debug_assert!(ptr.is_aligned(), "borrowed elements are aligned");
+        Store { inner: Inner::Borrowed(Borrowed { ptr, _owner: owner }), shape, _t: PhantomData }
     }
 
     /// Maps the `shape` matrix at `offset` in the file at `path`, read-only.
@@ -177,6 +213,12 @@ impl<T: Element> Store<T> {
             Inner::Owned(a) => return a.view(),
             Inner::Mapped(m, o) => (&m[..], *o),
             Inner::MappedMut(m, o) => (&m[..], *o),
+            Inner::Borrowed(b) => {
+                // SAFETY: `Store::borrowed`'s contract: `len` aligned,
+                // initialised elements that nobody writes while we live.
+                let data = unsafe { std::slice::from_raw_parts(b.ptr, self.shape.0 * self.shape.1) };
+                return ArrayView2::from_shape(self.shape, data).expect("the length matches the shape");
+            }
         };
         let len = self.shape.0 * self.shape.1;
         // SAFETY: `open`/`map_new` checked that the map holds `len` elements
@@ -188,13 +230,15 @@ impl<T: Element> Store<T> {
     /// The elements, writable.
     ///
     /// # Panics
-    /// On a read-only mapping or a shared array: a job writes only the C it
+    /// On a read-only mapping, a shared or a borrowed array: a job writes only the C it
     /// created, never its inputs.
     pub fn view_mut(&mut self) -> ArrayViewMut2<'_, T> {
         let (bytes, offset) = match &mut self.inner {
             Inner::Owned(a) => return a.view_mut(),
             Inner::MappedMut(m, o) => (&mut m[..], *o),
-            Inner::Shared(_) | Inner::Mapped(..) => panic!("a job writes only the C it created"),
+            Inner::Shared(_) | Inner::Mapped(..) | Inner::Borrowed(_) => {
+                panic!("a job writes only the C it created")
+            }
         };
         let len = self.shape.0 * self.shape.1;
         // SAFETY: as in `view`, and the map is exclusively borrowed.
@@ -265,5 +309,25 @@ mod tests {
         assert_eq!(s.view().sum(), 48.0);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "scratch files are unlinked at once");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_borrowed_matrix_is_read_in_place_and_drops_its_owner_last() {
+        let data: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // SAFETY: `data` outlives the store (dropped below, before `data`)
+        // and is not written meanwhile.
+        let s = Arc::new(unsafe { Store::borrowed(data.as_ptr(), (3, 4), Box::new(tx)) });
+        assert_eq!(s.view().as_ptr(), data.as_ptr(), "no copy");
+        assert_eq!(s.view()[[2, 1]], 9.0);
+        assert_eq!(format!("{s:?}"), "Store { shape: (3, 4), kind: \"borrowed\" }");
+        let reader = {
+            let s = s.clone();
+            std::thread::spawn(move || s.view().sum())
+        };
+        assert_eq!(reader.join().unwrap(), 66.0);
+        assert!(rx.try_recv().is_err(), "the owner lives while the store does");
+        drop(s);
+        assert_eq!(rx.recv(), Err(std::sync::mpsc::RecvError), "dropping the store drops the owner");
     }
 }

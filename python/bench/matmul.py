@@ -3,9 +3,13 @@
 Starts a tracker and seven workers (the `septet` binary given, with a fresh
 secret), then times, for random n×n float64 inputs:
   numpy     numpy.matmul(a, b) in this process
-  python    septet.matmul(a, b, tracker=..., secret_file=...)
+  python    septet.matmul(a, b, tracker=..., secret_file=...)  (C-ordered: no copy)
+  python-F  the same on Fortran-ordered copies of a and b (no copy either)
   cli       np.save(A, B); `septet multiply --a --b --out`; np.load(C)
-Each is run --repeat times; the median and the best are printed.
+Each is run --repeat times (results checked against numpy's, untimed);
+the median and the best are printed, the median's ratio to numpy's, and
+how many operands septet copied. The load average printed is the
+machine's, this run's own processes included.
 
     python python/bench/matmul.py --bin target/release/septet --n 4096
 """
@@ -42,12 +46,15 @@ def grid(bin_path, secret):
     return procs, addr
 
 
-def timed(f, repeat):
+def timed(f, repeat, check=None):
+    """Median and best time of f(); check(result), if given, runs untimed."""
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        f()
+        result = f()
         times.append(time.perf_counter() - t)
+        if check:
+            check(result)
     return statistics.median(times), min(times)
 
 
@@ -57,6 +64,7 @@ def main():
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
+    load = os.getloadavg()
     rng = np.random.default_rng(1)
     a, b = rng.uniform(-1, 1, (args.n, args.n)), rng.uniform(-1, 1, (args.n, args.n))
     with tempfile.TemporaryDirectory() as d:
@@ -75,14 +83,30 @@ def main():
                         raise
                     time.sleep(1)
             reference = np.matmul(a, b)
-            results = {}
+            results, copies = {}, {}
             results["numpy"] = timed(lambda: np.matmul(a, b), args.repeat)
+            # What lending A and B in place saves: one copy of each.
+            copy_s = timed(lambda: (a.copy(), b.copy()), args.repeat)[0]
 
-            def python():
-                c = septet.matmul(a, b, tracker=tracker, secret_file=secret)
+            def check(c):
                 assert np.abs(c - reference).max() <= 1e-9 * np.abs(reference).max()
 
-            results["python"] = timed(python, args.repeat)
+            results["python"] = timed(lambda: septet.matmul(a, b, tracker=tracker, secret_file=secret), args.repeat, check)
+            fa, fb = np.asfortranarray(a), np.asfortranarray(b)
+
+            def check_f(c):
+                assert c.flags["F_CONTIGUOUS"]
+                check(c)
+
+            results["python-F"] = timed(
+                lambda: septet.matmul(fa, fb, tracker=tracker, secret_file=secret), args.repeat, check_f
+            )
+            # What the calls copied (the timed ones are septet.matmul, which
+            # keeps no summary; a Grid's call is the same job).
+            with septet.Grid(tracker, secret_file=secret) as g:
+                for name, (x, y) in {"python": (a, b), "python-F": (fa, fb)}.items():
+                    g.matmul(x, y)
+                    copies[name] = g.last_job["operand_copies"]
             pa, pb, pc = (os.path.join(d, x) for x in ("A.npy", "B.npy", "C.npy"))
 
             def cli():
@@ -93,19 +117,21 @@ def main():
                      "--a", pa, "--b", pb, "--out", pc],
                     check=True, capture_output=True,
                 )
-                c = np.load(pc)
-                assert np.abs(c - reference).max() <= 1e-9 * np.abs(reference).max()
+                return np.load(pc)
 
-            results["cli"] = timed(cli, args.repeat)
+            results["cli"] = timed(cli, args.repeat, check)
         finally:
             for proc in procs:
                 proc.terminate()
             for proc in procs:
                 proc.wait()
     print(f"n={args.n} float64, {args.repeat} runs each, 7 workers + requester on this machine ({os.cpu_count()} cores)")
-    print(f"{'':8} {'median s':>9} {'best s':>8} {'GFLOP/s':>8}")
+    print(f"a copy of A and B (what septet.matmul does not make): {copy_s * 1e3:.0f} ms (median)")
+    print(f"load average before the runs: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: {os.getloadavg()[0]:.2f}")
+    print(f"{'':8} {'median s':>9} {'best s':>8} {'GFLOP/s':>8} {'× numpy':>8}  operands copied")
     for name, (median, best) in results.items():
-        print(f"{name:8} {median:9.3f} {best:8.3f} {2 * args.n**3 / median / 1e9:8.1f}")
+        ratio = median / results["numpy"][0]
+        print(f"{name:8} {median:9.3f} {best:8.3f} {2 * args.n**3 / median / 1e9:8.1f} {ratio:8.2f}  {copies.get(name, '')}")
     return 0
 
 

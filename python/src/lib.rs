@@ -12,11 +12,12 @@
 //! tracker connection, so the tracker ends a lease taken for the call)
 //! and is raised once the job has stopped.
 //!
-//! Memory: the requester owns its operands (`Arc<Array2<T>>`), so A and B
-//! are copied once into C-ordered arrays, without the GIL (a C-contiguous
-//! input is one `memcpy`; Fortran-ordered or strided input is gathered in
-//! the same pass). C is handed to NumPy as the Rust allocation itself: no
-//! copy.
+//! Memory: A and B are read where NumPy holds them when their layout
+//! allows — a C-contiguous array as it is, two Fortran-ordered ones as the
+//! row-major Aᵀ and Bᵀ of Cᵀ = Bᵀ·Aᵀ (see [`Orientation`]) — and an
+//! operand in any other layout is copied once, without the GIL;
+//! `last_job["operand_copies"]` counts the copies. C is handed to NumPy
+//! as the Rust allocation itself (Fortran-ordered after Cᵀ): no copy.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,10 +25,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView2};
-use numpy::{IntoPyArray, PyArray2, PyArrayMethods};
+use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyReadonlyArray2};
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
-use septet_client::{HeldLease, JobReport, Requester, RequesterConfig, TrackerClient, DEFAULT_REQUEST_TIMEOUT};
+use septet_client::{HeldLease, JobReport, Requester, RequesterConfig, Store, TrackerClient, DEFAULT_REQUEST_TIMEOUT};
 use septet_common::secure::{Secret, Security};
 use septet_common::{Element, Role};
 
@@ -154,12 +155,6 @@ fn check_report_path(path: &std::path::Path) -> PyResult<()> {
     Ok(())
 }
 
-/// A and B as the requester takes them, of one dtype.
-enum Operands {
-    F64(Arc<Array2<f64>>, Arc<Array2<f64>>),
-    F32(Arc<Array2<f32>>, Arc<Array2<f32>>),
-}
-
 /// `x` as a 2-D NumPy array (array-likes go through `numpy.asarray`, which
 /// does not copy an ndarray).
 fn as_ndarray<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -172,35 +167,200 @@ fn as_ndarray<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, name: &str) -> PyResu
     Ok(array)
 }
 
-/// Copies a 2-D NumPy array of `T` into a C-ordered `Array2` without the
-/// GIL, refusing NaN and ±inf when `finite` (their products cannot be
-/// verified).
-fn owned<T: Element + numpy::Element>(
-    py: Python<'_>,
-    array: &Bound<'_, PyArray2<T>>,
-    name: &str,
-    finite: bool,
-) -> PyResult<Arc<Array2<T>>> {
-    let readonly = array.try_readonly().map_err(|e| PyValueError::new_err(format!("{name}: {e}")))?;
-    let view: ArrayView2<'_, T> = readonly.as_array();
-    let (copy, bad) = py.detach(|| {
-        let copy = if view.is_standard_layout() { view.to_owned() } else { view.as_standard_layout().into_owned() };
-        let bad = if finite {
-            copy.indexed_iter().find(|(_, v)| !v.to_f64().is_finite()).map(|((i, j), v)| (i, j, v.to_f64()))
-        } else {
-            None
-        };
-        (copy, bad)
-    });
-    if let Some((i, j, v)) = bad {
-        return Err(PyValueError::new_err(format!(
-            "{name}[{i}, {j}] is {v}: NaN and ±inf cannot be verified (pass verify=False to multiply them unchecked)"
-        )));
-    }
-    Ok(Arc::new(copy))
+/// How a call hands its operands to the requester.
+///
+/// The requester reads row-major operands. A C-contiguous array is one
+/// already, and is lent in place ([`Store::borrowed`]). A Fortran-ordered
+/// array is the row-major transpose of itself, so when that saves copying
+/// the call computes Cᵀ = Bᵀ·Aᵀ instead, from Bᵀ and Aᵀ as they lie, and
+/// Cᵀ's row-major elements are C in Fortran order. An operand that does
+/// not fit the orientation chosen (strided, or in the other order than its
+/// partner) is copied once, without the GIL; an unaligned one is copied
+/// by NumPy first (see [`operands`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Orientation {
+    /// C = A·B from A and B.
+    Direct,
+    /// Cᵀ = Bᵀ·Aᵀ from Bᵀ and Aᵀ.
+    Transposed,
 }
 
-fn operands(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>, verify: bool) -> PyResult<Operands> {
+impl Orientation {
+    /// The caller's C from the job's product: Cᵀ's row-major elements are
+    /// C in Fortran order, so this is a view, not a copy.
+    fn c_of<T>(self, product: Array2<T>) -> Array2<T> {
+        match self {
+            Orientation::Direct => product,
+            Orientation::Transposed => product.reversed_axes(),
+        }
+    }
+}
+
+/// The layouts an operand can be lent in without a copy.
+#[derive(Clone, Copy)]
+struct Layout {
+    c: bool,
+    f: bool,
+    elements: usize,
+}
+
+impl Layout {
+    fn of<T>(view: &ArrayView2<'_, T>) -> Layout {
+        // Empty arrays and unaligned buffers (numpy.frombuffer at an odd
+        // offset) are copied: a Rust slice needs an aligned, non-null start.
+        let lendable = !view.is_empty() && view.as_ptr().is_aligned();
+        Layout {
+            c: lendable && view.is_standard_layout(),
+            f: lendable && view.t().is_standard_layout(),
+            elements: view.len(),
+        }
+    }
+}
+
+/// The orientation that copies fewer elements (direct when equal).
+fn orientation(a: Layout, b: Layout) -> Orientation {
+    let copied = |fits: fn(&Layout) -> bool| [a, b].iter().filter(|x| !fits(x)).map(|x| x.elements).sum::<usize>();
+    if copied(|x| x.f) < copied(|x| x.c) {
+        Orientation::Transposed
+    } else {
+        Orientation::Direct
+    }
+}
+
+/// The first non-finite element of `view`, as (row, column, value).
+fn first_non_finite<T: Element>(view: ArrayView2<'_, T>) -> Option<(usize, usize, f64)> {
+    let finite = |v: &T| v.to_f64().is_finite();
+    let all = match view.as_slice_memory_order() {
+        Some(s) => s.iter().all(finite),
+        None => view.iter().all(finite),
+    };
+    if all {
+        return None;
+    }
+    view.indexed_iter().find(|(_, v)| !finite(v)).map(|((i, j), v)| (i, j, v.to_f64()))
+}
+
+/// A and B as the requester takes them (in the call's orientation).
+struct Inputs<T> {
+    a: Arc<Store<T>>,
+    b: Arc<Store<T>>,
+    orientation: Orientation,
+    /// Operands copied (0, 1 or 2); the others are lent in place.
+    copies: u8,
+}
+
+/// The inputs of one call, of one dtype.
+enum Operands {
+    F64(Inputs<f64>),
+    F32(Inputs<f32>),
+}
+
+/// The NumPy arrays a call lends, borrowed (rust-numpy's shared borrow)
+/// until every store that reads them has been dropped.
+#[allow(dead_code, reason = "held only to be dropped: that ends the borrows")]
+enum Borrows<'py> {
+    F64(Vec<PyReadonlyArray2<'py, f64>>),
+    F32(Vec<PyReadonlyArray2<'py, f32>>),
+}
+
+/// The calling side of a call's lent operands.
+struct Lending<'py> {
+    /// Disconnected once every lent store is dropped: each holds a sender
+    /// as its owner.
+    dropped: std::sync::mpsc::Receiver<()>,
+    borrows: Borrows<'py>,
+}
+
+impl Lending<'_> {
+    /// Waits, without the GIL, until the job has dropped every lent
+    /// operand, then ends the borrows. A job's tasks hold its operands by
+    /// `Arc`, and some can outlive the job's future by a moment (a task
+    /// aborted on Ctrl-C or timeout finishes its current step; a
+    /// verification on a blocking thread runs to its end): until they let
+    /// go, the arrays must stay allocated and borrowed.
+    fn settle(self, py: Python<'_>) {
+        let Lending { dropped, borrows } = self;
+        // Err(RecvError) once every sender is gone; nothing is ever sent.
+        py.detach(move || while dropped.recv().is_ok() {});
+        drop(borrows);
+    }
+}
+
+/// A's and B's stores in `orientation`: each lent in place when its layout
+/// allows, else copied (row-major, without the GIL). NaN and ±inf are
+/// refused when `finite` (their products cannot be verified), named at
+/// their place in the caller's array.
+fn lend<'py, T: Element + numpy::Element>(
+    py: Python<'py>,
+    arrays: [&Bound<'py, PyArray2<T>>; 2],
+    finite: bool,
+    lent: &std::sync::mpsc::Sender<()>,
+) -> PyResult<(Inputs<T>, Vec<PyReadonlyArray2<'py, T>>)> {
+    let mut borrows = Vec::with_capacity(2);
+    for (array, name) in arrays.into_iter().zip(["a", "b"]) {
+        borrows.push(array.try_readonly().map_err(|e| PyValueError::new_err(format!("{name}: {e}")))?);
+    }
+    let views = [borrows[0].as_array(), borrows[1].as_array()];
+    let orientation = orientation(Layout::of(&views[0]), Layout::of(&views[1]));
+    let mut stores = Vec::with_capacity(2);
+    let mut copies = 0;
+    for (view, name) in views.into_iter().zip(["a", "b"]) {
+        // The operand as the requester reads it: A or Aᵀ (B or Bᵀ).
+        let operand = match orientation {
+            Orientation::Direct => view,
+            Orientation::Transposed => view.t(),
+        };
+        let layout = Layout::of(&operand);
+        let (store, bad) = py.detach(|| {
+            let bad = if finite { first_non_finite(view) } else { None };
+            if bad.is_some() {
+                return (None, bad);
+            }
+            let store = if layout.c {
+                // SAFETY: `operand` is standard layout (row-major,
+                // contiguous) and aligned, so its `len` elements from
+                // `as_ptr` are the matrix. They stay allocated and
+                // unwritten by Rust code while the store lives: the
+                // caller keeps the array alive and its rust-numpy shared
+                // borrow held until `Lending::settle` has seen every
+                // store's owner (a clone of `lent`) dropped (see `Session::matmul`).
+                // The borrow does not stop Python code on another thread
+                // from writing the array meanwhile (rust-numpy leaves
+                // Python to its author): that races with the job as it
+                // would with `numpy.matmul`, which also reads without the
+                // GIL, and is documented as the caller's to avoid. The
+                // job only reads the elements as floats (no pointer or
+                // length comes from them), so such a race can spoil the
+                // product, not the process's memory.
+                unsafe { Store::borrowed(operand.as_ptr(), operand.dim(), Box::new(lent.clone())) }
+            } else {
+                Store::from(operand.as_standard_layout().into_owned())
+            };
+            (Some(store), None)
+        });
+        if let Some((i, j, v)) = bad {
+            return Err(PyValueError::new_err(format!(
+                "{name}[{i}, {j}] is {v}: NaN and ±inf cannot be verified (pass verify=False to multiply them unchecked)"
+            )));
+        }
+        copies += u8::from(!layout.c);
+        stores.push(Arc::new(store.expect("no store only when refused")));
+    }
+    let [a, b]: [Arc<Store<T>>; 2] = stores.try_into().expect("two operands");
+    let (a, b) = match orientation {
+        Orientation::Direct => (a, b),
+        Orientation::Transposed => (b, a),
+    };
+    Ok((Inputs { a, b, orientation, copies }, borrows))
+}
+
+/// Checks A and B and lends them to the job: see [`Orientation`].
+fn operands<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    verify: bool,
+) -> PyResult<(Operands, Lending<'py>)> {
     let (a, b) = (as_ndarray(py, a, "a")?, as_ndarray(py, b, "b")?);
     let dtype = |x: &Bound<'_, PyAny>| -> PyResult<String> { Ok(x.getattr("dtype")?.str()?.to_string()) };
     let (da, db) = (dtype(&a)?, dtype(&b)?);
@@ -224,20 +384,42 @@ fn operands(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>, verify: 
             "a is {da} and b is {db}: both must be float64 or both float32 (convert one with .astype)"
         )));
     }
-    match da.as_str() {
-        "float64" => Ok(Operands::F64(
-            owned(py, a.cast::<PyArray2<f64>>()?, "a", verify)?,
-            owned(py, b.cast::<PyArray2<f64>>()?, "b", verify)?,
-        )),
-        "float32" => Ok(Operands::F32(
-            owned(py, a.cast::<PyArray2<f32>>()?, "a", verify)?,
-            owned(py, b.cast::<PyArray2<f32>>()?, "b", verify)?,
-        )),
-        other => Err(PyValueError::new_err(format!("a and b are {other}: septet multiplies float64 or float32"))),
+    // Unaligned elements (numpy.frombuffer at an odd offset) cannot be
+    // viewed from Rust at all: NumPy copies them first, into an aligned
+    // array of the same order. Rare enough to do with the GIL.
+    let mut realigned = 0;
+    let (a, b) = {
+        let mut aligned = |x: Bound<'py, PyAny>| -> PyResult<Bound<'py, PyAny>> {
+            if x.getattr("flags")?.getattr("aligned")?.extract()? {
+                return Ok(x);
+            }
+            realigned += 1;
+            py.import("numpy")?.call_method1("array", (x,))
+        };
+        (aligned(a)?, aligned(b)?)
+    };
+    let (lent, dropped) = std::sync::mpsc::channel();
+    let (mut operands, borrows) = match da.as_str() {
+        "float64" => {
+            let (inputs, borrows) = lend(py, [a.cast::<PyArray2<f64>>()?, b.cast::<PyArray2<f64>>()?], verify, &lent)?;
+            (Operands::F64(inputs), Borrows::F64(borrows))
+        }
+        "float32" => {
+            let (inputs, borrows) = lend(py, [a.cast::<PyArray2<f32>>()?, b.cast::<PyArray2<f32>>()?], verify, &lent)?;
+            (Operands::F32(inputs), Borrows::F32(borrows))
+        }
+        other => {
+            return Err(PyValueError::new_err(format!("a and b are {other}: septet multiplies float64 or float32")))
+        }
+    };
+    match &mut operands {
+        Operands::F64(i) => i.copies += realigned,
+        Operands::F32(i) => i.copies += realigned,
     }
+    Ok((operands, Lending { dropped, borrows }))
 }
 
-/// One job's result before it becomes a NumPy array.
+/// One job's result before it becomes a NumPy array, and how it was made.
 enum Product {
     F64(Array2<f64>),
     F32(Array2<f32>),
@@ -314,50 +496,33 @@ impl Session {
         if let Some(path) = &report {
             check_report_path(path)?;
         }
-        let inputs = operands(py, a, b, opts.verify)?;
-        let requester = self.requester(opts.verify);
-        let lease = self.held();
-        let security = self.target.security.clone();
-        let lease_jobs = self.lease_jobs.clone();
-        let job = async move {
-            let run = async {
-                let _turn = match lease {
-                    Some(_) => Some(lease_jobs.lock_owned().await),
-                    None => None,
-                };
-                match inputs {
-                    Operands::F64(a, b) => {
-                        let (c, r) = multiply(&requester, lease.as_deref(), a, b).await;
-                        (c.map(Product::F64), r)
-                    }
-                    Operands::F32(a, b) => {
-                        let (c, r) = multiply(&requester, lease.as_deref(), a, b).await;
-                        (c.map(Product::F32), r)
-                    }
-                }
-            };
-            match opts.timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| limit),
-                None => Ok(run.await),
-            }
+        let (inputs, lending) = operands(py, a, b, opts.verify)?;
+        let (orientation, copies) = match &inputs {
+            Operands::F64(i) => (i.orientation, i.copies),
+            Operands::F32(i) => (i.orientation, i.copies),
         };
-        let started = Instant::now();
-        let (c, mut job_report) = match wait(py, job)? {
-            Ok(done) => done,
-            Err(limit) => {
-                return Err(GridError::new_err(format!(
-                    "the job did not finish within timeout={:.3} s (stopped after {:.3} s; its lease was released)",
-                    limit.as_secs_f64(),
-                    started.elapsed().as_secs_f64()
-                )))
-            }
-        };
+        let done = self.run(py, inputs, opts);
+        // However the job ended: the arrays stay borrowed until it has let
+        // go of them.
+        lending.settle(py);
+        let (c, mut job_report) = done?;
+        if orientation == Orientation::Transposed {
+            // The grid multiplied Bᵀ·Aᵀ: the caller's C is m×n all the same.
+            std::mem::swap(&mut job_report.m, &mut job_report.n);
+        }
         septet::report::exclude_lease_wait(&mut job_report);
-        let json = summary(&job_report, &security);
+        let security = &self.target.security;
+        let mut json = summary(&job_report, security);
+        json["operand_copies"] = copies.into();
+        json["transposed"] = (orientation == Orientation::Transposed).into();
         *self.last_job.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
         if let Some(path) = &report {
+            let inputs = match orientation {
+                Orientation::Direct => "NumPy arrays (Python)",
+                Orientation::Transposed => "NumPy arrays (Python), multiplied as Cᵀ = Bᵀ·Aᵀ (Fortran-ordered)",
+            };
             let context = septet::report::Context {
-                inputs: "NumPy arrays (Python)".into(),
+                inputs: inputs.into(),
                 check: None,
                 authenticated: security.secret.is_some(),
                 encrypted: security.encrypt,
@@ -370,8 +535,51 @@ impl Session {
         }
         let c = c.map_err(|e| grid_error(anyhow::Error::new(e).context("while multiplying on the grid")))?;
         Ok(match c {
-            Product::F64(c) => c.into_pyarray(py).into_any(),
-            Product::F32(c) => c.into_pyarray(py).into_any(),
+            Product::F64(c) => orientation.c_of(c).into_pyarray(py).into_any(),
+            Product::F32(c) => orientation.c_of(c).into_pyarray(py).into_any(),
+        })
+    }
+
+    /// Runs the job on `inputs` (on the held lease, if any) and waits for
+    /// it without the GIL.
+    fn run(
+        &self,
+        py: Python<'_>,
+        inputs: Operands,
+        opts: CallOptions,
+    ) -> PyResult<(septet_client::requester::Result<Product>, JobReport)> {
+        let requester = self.requester(opts.verify);
+        let lease = self.held();
+        let lease_jobs = self.lease_jobs.clone();
+        let job = async move {
+            let run = async {
+                let _turn = match lease {
+                    Some(_) => Some(lease_jobs.lock_owned().await),
+                    None => None,
+                };
+                match inputs {
+                    Operands::F64(i) => {
+                        let (c, r) = multiply(&requester, lease.as_deref(), i.a, i.b).await;
+                        (c.map(Product::F64), r)
+                    }
+                    Operands::F32(i) => {
+                        let (c, r) = multiply(&requester, lease.as_deref(), i.a, i.b).await;
+                        (c.map(Product::F32), r)
+                    }
+                }
+            };
+            match opts.timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| limit),
+                None => Ok(run.await),
+            }
+        };
+        let started = Instant::now();
+        wait(py, job)?.map_err(|limit| {
+            GridError::new_err(format!(
+                "the job did not finish within timeout={:.3} s (stopped after {:.3} s; its lease was released)",
+                limit.as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            ))
         })
     }
 
@@ -447,16 +655,19 @@ impl Session {
     }
 }
 
+/// C = A·B (row-major stores) on `lease`, or on a lease taken for the job.
 async fn multiply<T: Element>(
     requester: &Requester,
     lease: Option<&HeldLease>,
-    a: Arc<Array2<T>>,
-    b: Arc<Array2<T>>,
+    a: Arc<Store<T>>,
+    b: Arc<Store<T>>,
 ) -> (septet_client::requester::Result<Array2<T>>, JobReport) {
-    match lease {
-        Some(lease) => requester.multiply_on(lease, a, b, |_| {}).await,
-        None => requester.multiply_reporting(a, b, |_| {}).await,
-    }
+    let c = Store::zeros((a.nrows(), b.ncols()));
+    let (c, report) = match lease {
+        Some(lease) => requester.multiply_stored_on(lease, a, b, c, |_| {}).await,
+        None => requester.multiply_stored(a, b, c, |_| {}).await,
+    };
+    (c.map(Store::into_owned), report)
 }
 
 /// A connection to a septet grid (a tracker and its workers).

@@ -71,6 +71,81 @@ def test_any_layout(local, layout):
     np.testing.assert_array_equal(np.asarray(b), before[1])
 
 
+# (a, b) of each layout; what the call should copy, whether it multiplies
+# Cᵀ = Bᵀ·Aᵀ, and C's order. Mixed layouts copy the smaller operand.
+LAYOUTS = {
+    "C·C": (lambda a, b: (a, b), 0, False, "C"),
+    "F·F": (lambda a, b: (np.asfortranarray(a), np.asfortranarray(b)), 0, True, "F"),
+    "transposed views": (lambda a, b: (np.ascontiguousarray(a.T).T, np.ascontiguousarray(b.T).T), 0, True, "F"),
+    "C·F, B smaller": (lambda a, b: (a, np.asfortranarray(b[:, :40])), 1, False, "C"),
+    "F·C, B smaller": (lambda a, b: (np.asfortranarray(a), b[:, :40]), 1, True, "F"),
+    "F·C, A smaller": (lambda a, b: (np.asfortranarray(a[:30]), b), 1, False, "C"),
+    "strided·C": (lambda a, b: (a[:, ::2], b[:60]), 1, False, "C"),
+    "strided·F": (lambda a, b: (a[::2], np.asfortranarray(b)), 1, True, "F"),
+    "strided·strided": (lambda a, b: (a[::-1, ::2], b[::2, ::-1]), 2, False, "C"),
+    "unaligned·C": (lambda a, b: (unaligned(a), b), 1, False, "C"),
+}
+
+
+def unaligned(x):
+    """x's elements at an address that is not a multiple of their size."""
+    buf = np.zeros(x.nbytes + 1, dtype=np.uint8)
+    y = np.frombuffer(buf[1:].data, dtype=x.dtype).reshape(x.shape)
+    y[...] = x
+    assert not y.flags["ALIGNED"]
+    return y
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_operands_are_lent_in_place_unless_their_layout_demands_a_copy(local, layout, dtype):
+    make, copies, transposed, order = LAYOUTS[layout]
+    r = rng()
+    a, b = make(r.uniform(-1, 1, (150, 120)).astype(dtype), r.uniform(-1, 1, (120, 110)).astype(dtype))
+    before = (a.copy(), b.copy())
+    c = local.matmul(a, b)
+    assert c.dtype == dtype and c.shape == (a.shape[0], b.shape[1])
+    assert close(c, a.astype(np.float64) @ b.astype(np.float64), dtype)
+    job = local.last_job
+    assert (job["operand_copies"], job["transposed"]) == (copies, transposed), job
+    assert (job["m"], job["k"], job["n"]) == (a.shape[0], a.shape[1], b.shape[1]), "the caller's shapes"
+    assert c.flags["C_CONTIGUOUS" if order == "C" else "F_CONTIGUOUS"]
+    # Handed over as the Rust allocation, in either order.
+    assert not c.flags["OWNDATA"] and c.flags["WRITEABLE"]
+    np.testing.assert_array_equal(a, before[0], "inputs are not modified")
+    np.testing.assert_array_equal(b, before[1])
+    # The borrow ended with the call: the caller can write its arrays again.
+    if a.flags["WRITEABLE"]:
+        a[0, 0] = 7.0
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_large_contiguous_operands_are_not_copied(local, order):
+    # 32 MiB each: a copy would show as operand_copies, and as ~20 ms a copy.
+    r = rng()
+    a = np.asarray(r.uniform(-1, 1, (2048, 2048)), order=order)
+    b = np.asarray(r.uniform(-1, 1, (2048, 2048)), order=order)
+    c = local.matmul(a, b)
+    job = local.last_job
+    assert job["operand_copies"] == 0 and job["transposed"] == (order == "F")
+    assert c.flags[order + "_CONTIGUOUS"] and not c.flags["OWNDATA"]
+    rows = r.choice(2048, 8, replace=False)
+    assert close(c[rows], a[rows] @ b, np.float64)
+
+
+def test_held_lease_lends_operands_too(local):
+    a = np.asfortranarray(rng().uniform(-1, 1, (64, 48)))
+    b = np.asfortranarray(rng().uniform(-1, 1, (48, 40)))
+    local.lease()
+    try:
+        c = local.matmul(a, b)
+        assert local.last_job["operand_copies"] == 0 and local.last_job["transposed"] is True
+        assert local.last_job["lease_id"] == local.lease_id
+        assert close(c, a @ b, np.float64) and c.flags["F_CONTIGUOUS"]
+    finally:
+        local.release()
+
+
 def test_result_is_handed_over_without_a_copy(local):
     c = local.matmul(np.ones((64, 32)), np.ones((32, 16)))
     # NumPy does not own the data: it is the Rust allocation, kept alive by c's base.
