@@ -201,8 +201,15 @@ struct MultiplyArgs {
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
     /// Also compute the product locally and print the max relative error.
+    /// When C would take more than 512 MiB, only 64 rows spread over C are
+    /// computed locally and compared (the full reference would need C's
+    /// size again in memory).
     #[arg(long)]
     check: bool,
+    /// With --check: compare this many sampled rows of C (0: all of C,
+    /// whatever its size).
+    #[arg(long, value_name = "N", requires = "check", hide = true)]
+    check_rows: Option<usize>,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -708,6 +715,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
     }
     let mut opts = JobOptions {
         check: args.check,
+        check_rows: args.check_rows,
         json: args.json,
         out: args.out,
         seed: None,
@@ -854,6 +862,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         });
         let opts = JobOptions {
             check: true,
+            check_rows: Some(0),
             json: args.json,
             out: None,
             seed: Some(args.seed),

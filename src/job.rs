@@ -38,7 +38,17 @@ pub struct JobOptions {
     /// generated into scratch files, and C goes into `out` (or a scratch
     /// file) as it arrives. `multiply` sets it; `demo` does not.
     pub out_of_core: bool,
+    /// With `check`: compare this many rows of C spread over it (0: all of
+    /// C); by default all of C when it takes at most [`FULL_CHECK_BYTES`],
+    /// else [`SAMPLED_ROWS`].
+    pub check_rows: Option<usize>,
 }
+
+/// The largest C whose `--check` computes the whole product locally (the
+/// reference takes C's size again in memory).
+pub const FULL_CHECK_BYTES: usize = 512 << 20;
+/// Rows of C a `--check` of a larger C compares.
+pub const SAMPLED_ROWS: usize = 64;
 
 /// Refuses a path for an output (`what`: "the report", "C") whose
 /// directory does not exist, or that is a directory, before anything is
@@ -131,12 +141,15 @@ pub fn write_report(path: &std::path::Path, html: &str) -> Result<()> {
 /// The local reference product.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
-    /// max |C − C_ref| / max |C_ref|.
+    /// max |C − C_ref| / max |C_ref|, over the rows compared.
     pub max_rel_error: f64,
-    /// Seconds of the single-process faer product.
+    /// Seconds of the single-process faer product (of the rows compared).
     pub local_s: f64,
-    /// The grid job's time (the lease wait left out) over local time.
+    /// The grid job's time (the lease wait left out) over local time —
+    /// with sampled rows, over the local time scaled to all of C.
     pub grid_over_local: f64,
+    /// Rows of C compared: all of them, or a sample spread over C.
+    pub rows: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -336,21 +349,27 @@ where
     };
 
     let check = if opts.check {
-        let (a, b) = (a.clone(), b.clone());
-        let (reference, local_s) = tokio::task::spawn_blocking(move || {
-            let t = Instant::now();
-            let r = matmul(a.view(), b.view(), parallelism(0));
-            (r, t.elapsed().as_secs_f64())
+        let m = shape.0;
+        let rows = match opts.check_rows {
+            Some(0) => m,
+            Some(r) => r.min(m),
+            None if m.saturating_mul(shape.1).saturating_mul(T::DTYPE.size()) <= FULL_CHECK_BYTES => m,
+            None => SAMPLED_ROWS.min(m),
+        };
+        let (a, b, c) = (a.clone(), b.clone(), c);
+        let (c, checked) = tokio::task::spawn_blocking(move || {
+            let checked = compare_rows(&a, &b, &c, rows);
+            (c, checked)
         })
         .await?;
-        let reference = reference.context("while computing the local reference product")?;
-        let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.to_f64().abs())).max(f64::MIN_POSITIVE);
-        let err = c.view().iter().zip(&reference).fold(0.0f64, |m, (x, y)| m.max((x.to_f64() - y.to_f64()).abs()));
-        let grid_over_local = septet::report::job_s(&report) / local_s.max(1e-9);
-        Some(Check { max_rel_error: err / scale, local_s, grid_over_local })
+        let (max_rel_error, local_s) = checked.context("while computing the local reference product")?;
+        let full_local_s = local_s * m as f64 / rows.max(1) as f64;
+        let grid_over_local = septet::report::job_s(&report) / full_local_s.max(1e-9);
+        (Some(Check { max_rel_error, local_s, grid_over_local, rows }), c)
     } else {
-        None
+        (None, c)
     };
+    let (check, c) = check;
     if let (Some(path), Some(partial)) = (&opts.out, &partial) {
         c.flush().with_context(|| format!("while writing {}", partial.display()))?;
         drop(c);
@@ -389,6 +408,33 @@ where
         );
     }
     Ok(())
+}
+
+/// Computes `rows` rows of A·B locally — all of them, or rows spread
+/// evenly over C — and compares them with C's: the max relative error
+/// (over the largest reference element) and the local product's seconds.
+/// A sample takes its rows of A (rows × k) and one product with B, so its
+/// memory is the sample's, whatever C's size.
+fn compare_rows<T: Element>(a: &Store<T>, b: &Store<T>, c: &Store<T>, rows: usize) -> Result<(f64, f64)> {
+    let m = a.nrows();
+    let (a_view, c_view) = (a.view(), c.view());
+    let picked: Vec<usize> = if rows >= m { (0..m).collect() } else { (0..rows).map(|i| i * m / rows).collect() };
+    let t = Instant::now();
+    let reference = if picked.len() == m {
+        matmul(a_view, b.view(), parallelism(0))?
+    } else {
+        let sample = a_view.select(ndarray::Axis(0), &picked);
+        matmul(sample.view(), b.view(), parallelism(0))?
+    };
+    let local_s = t.elapsed().as_secs_f64();
+    let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.to_f64().abs())).max(f64::MIN_POSITIVE);
+    let mut err = 0.0f64;
+    for (r, &i) in picked.iter().enumerate() {
+        for (x, y) in c_view.row(i).iter().zip(reference.row(r)) {
+            err = err.max((x.to_f64() - y.to_f64()).abs());
+        }
+    }
+    Ok((err / scale, local_s))
 }
 
 fn print_summary(s: &Summary<'_>) {
@@ -473,10 +519,18 @@ fn print_summary(s: &Summary<'_>) {
         println!("  inputs      random, seed {seed}");
     }
     if let Some(c) = &s.check {
-        println!(
-            "  check       max relative error {:.2e}; local faer product {:.3} s; grid/local {:.2}× (job time ÷ local time)",
-            c.max_rel_error, c.local_s, c.grid_over_local
-        );
+        if c.rows == s.report.m {
+            println!(
+                "  check       max relative error {:.2e}; local faer product {:.3} s; grid/local {:.2}× (job time ÷ local time)",
+                c.max_rel_error, c.local_s, c.grid_over_local
+            );
+        } else {
+            println!(
+                "  check       max relative error {:.2e} over {} rows spread over C; their local product {:.3} s; \
+                 grid/local about {:.2}× (job time ÷ local time scaled to all rows)",
+                c.max_rel_error, c.rows, c.local_s, c.grid_over_local
+            );
+        }
     }
     if let Some(out) = &s.out {
         println!("  wrote       {out}");

@@ -152,6 +152,29 @@ fn multiply_reads_npy_files_and_writes_the_product() {
     assert_eq!(summary["peers"].as_array().unwrap().len(), 7);
     let c: Array2<f64> = read_npy(&pc).unwrap();
     assert_eq!(c, naive_matmul(a.view(), b.view()));
+    assert_eq!(summary["check"]["rows"], 37, "a small C is checked whole");
+    // A check of sampled rows (the way a C over 512 MiB is checked): 8 of
+    // the 37 rows, spread over C, computed locally and compared.
+    let out = septet(&[
+        "multiply",
+        "--tracker",
+        &tracker,
+        "--a",
+        pa.to_str().unwrap(),
+        "--b",
+        pb.to_str().unwrap(),
+        "--check",
+        "--check-rows",
+        "8",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sampled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = &sampled["check"];
+    assert_eq!((check["rows"].clone(), check["max_rel_error"].clone()), (8.into(), 0.0.into()), "{sampled}");
+    let scaled = check["local_s"].as_f64().unwrap() * 37.0 / 8.0;
+    let ratio = sampled["job_s"].as_f64().unwrap() / scaled;
+    assert!((check["grid_over_local"].as_f64().unwrap() - ratio).abs() <= 1e-9 * ratio, "{sampled}");
 
     // The job report: one self-contained HTML file with a timeline of the seven products.
     let report = tmp("report.html");
