@@ -132,19 +132,8 @@ fn multiply_reads_npy_files_and_writes_the_product() {
     let (pa, pb, pc) = (tmp("a.npy"), tmp("b.npy"), tmp("c.npy"));
     write_npy(&pa, &a).unwrap();
     write_npy(&pb, &b).unwrap();
-    let out = septet(&[
-        "multiply",
-        "--tracker",
-        &tracker,
-        "--a",
-        pa.to_str().unwrap(),
-        "--b",
-        pb.to_str().unwrap(),
-        "--out",
-        pc.to_str().unwrap(),
-        "--check",
-        "--json",
-    ]);
+    let files = ["multiply", "--tracker", &tracker, "--a", pa.to_str().unwrap(), "--b", pb.to_str().unwrap()];
+    let out = septet(&[&files[..], &["--out", pc.to_str().unwrap(), "--check", "--json"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["check"]["max_rel_error"], 0.0);
@@ -155,19 +144,7 @@ fn multiply_reads_npy_files_and_writes_the_product() {
     assert_eq!(summary["check"]["rows"], 37, "a small C is checked whole");
     // A check of sampled rows (the way a C over 512 MiB is checked): 8 of
     // the 37 rows, spread over C, computed locally and compared.
-    let out = septet(&[
-        "multiply",
-        "--tracker",
-        &tracker,
-        "--a",
-        pa.to_str().unwrap(),
-        "--b",
-        pb.to_str().unwrap(),
-        "--check",
-        "--check-rows",
-        "8",
-        "--json",
-    ]);
+    let out = septet(&[&files[..], &["--check", "--check-rows", "8", "--json"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let sampled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let check = &sampled["check"];
