@@ -316,9 +316,12 @@ fn crafted_bytes_and_idle_connections_leave_the_grid_serving() {
         for _ in 0..20 {
             idle.push(TcpStream::connect(server).unwrap());
         }
-        for junk in
-            [vec![1, 0, 0, 0, 2], vec![0xff; 44], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), vec![0; 1 << 20]]
-        {
+        // Meeting hellos (a tracker's splices and punches) with ids nobody
+        // asked for, cut short, or stalled after the magic's first bytes.
+        let meetings = [[&b"SPLC"[..], &[7; 16]].concat(), [&b"PNCH"[..], &[9; 40]].concat(), b"SPLC\x01".to_vec()];
+        let other =
+            [vec![1, 0, 0, 0, 2], vec![0xff; 44], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), vec![0; 1 << 20]];
+        for junk in other.into_iter().chain(meetings).chain([b"SP".to_vec()]) {
             let mut s = TcpStream::connect(server).unwrap();
             let _ = s.write_all(&junk);
             outsiders.push(s);
