@@ -261,3 +261,74 @@ async fn a_cluster_name_is_checked() {
     let c = TrackerClient::connect("127.0.0.1:1", Role::Client, Duration::from_secs(1)).await;
     assert!(c.is_err());
 }
+
+/// Brokered links over loopback (no NAT here, so each way is asked for
+/// directly): a borrowed peer dials the requester back, and another is
+/// spliced to it through n's tracker. Each link carries a product under
+/// the lease's ticket; n's tracker counts the links by outcome in its
+/// metrics and on its status page. (A punch needs two NATs: the namespace
+/// tests make one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn borrowed_peers_are_linked_by_dial_back_and_by_splice_and_the_tracker_counts_them() {
+    use septet_client::dialback::Broker;
+    use septet_common::conn::ConnLimits;
+    use septet_common::frame::BlockOp;
+    use septet_common::proto::{WorkerReply, WorkerRequest};
+    use septet_common::{Frame, Matrix, MatrixView, TaskId};
+
+    tokio::time::timeout(LIMIT, async {
+        let (n, m) = clusters(0, 2, TrackerConfig::default()).await;
+        let mut c = client(n.0.addr).await;
+        let grant = c.lease(2, false, None, |_, _, _| {}).await.unwrap();
+        let limits = ConnLimits::default();
+        let broker =
+            Broker::start(&n.0.addr.to_string(), &Default::default(), limits.clone(), LIMIT, &grant).await.unwrap();
+        let (x, y) = (ints(5, 4, 1), ints(4, 3, 2));
+        for (i, peer) in grant.peers.iter().enumerate() {
+            if i == 1 {
+                broker.splice_always();
+            }
+            let mut conn = broker.connect(peer, &limits).await.unwrap();
+            conn.writer.send(&WorkerRequest::Ticket(peer.ticket.clone().unwrap())).await.unwrap();
+            let task = TaskId(i as u64 + 1);
+            conn.writer
+                .send_blocks(task, BlockOp::Multiply, &[MatrixView::F64(x.view()), MatrixView::F64(y.view())])
+                .await
+                .unwrap();
+            let product = loop {
+                match conn.reader.read_frame().await.unwrap().expect("a product") {
+                    Frame::Blocks(b) if b.task_id == task => break b,
+                    Frame::Control(body) => assert!(matches!(
+                        body.decode::<WorkerReply>().unwrap(),
+                        WorkerReply::Working | WorkerReply::Computed { .. }
+                    )),
+                    other => panic!("unexpected {other:?}"),
+                }
+            };
+            assert!(matches!(&product.mats[0], Matrix::F64(p) if *p == naive_matmul(x.view(), y.view())));
+        }
+        // Outcomes: dialled back, punched, spliced, failed.
+        assert_eq!(n.1.metrics().brokered_counts(), [1, 0, 1, 0]);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = listener.local_addr().unwrap();
+        let config = septet_observe::HttpConfig { name: "tracker", ..Default::default() };
+        tokio::spawn(septet_tracker::http::run(listener, n.1.clone(), config, stop.clone().cancelled_owned()));
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        let json: serde_json::Value = serde_json::from_str(&body[body.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        assert_eq!(
+            json["federation"]["links_brokered"],
+            serde_json::json!({"dialled_back": 1, "punched": 0, "spliced": 1, "failed": 0})
+        );
+        stop.cancel();
+        c.release(grant.lease_id).await.unwrap();
+        drop(broker);
+        end(n, m).await;
+    })
+    .await
+    .unwrap();
+}

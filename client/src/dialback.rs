@@ -174,15 +174,9 @@ impl Broker {
     }
 
     /// Splices every link from now on, without trying a dial back or a
-    /// punch first (for the brokering benchmark).
+    /// punch first (for the brokering benchmark and tests).
     pub fn splice_always(&self) {
         self.way.store(Way::Splice as u8, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Punches every link from now on (falling back to a splice), without
-    /// trying a dial back first.
-    pub fn punch_first(&self) {
-        self.way.fetch_max(Way::Punch as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `peer` dials this requester's listener.

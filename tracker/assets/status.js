@@ -168,6 +168,11 @@ function render(s) {
   }), 6, "no sibling tracker (start with --federate ADDR to borrow slots from other clusters)");
   $("fed-summary").textContent = "cluster " + F.cluster + " · " + num(F.leases) + (F.leases === 1 ? " lease" : " leases") + " borrowing · " +
     num(F.slots_borrowed) + " slots borrowed, " + num(F.slots_lent) + " lent in all";
+  const L = F.links_brokered;
+  if (L.dialled_back + L.punched + L.spliced + L.failed > 0) {
+    $("fed-summary").textContent += " · links brokered: " + num(L.dialled_back) + " dialled back, " + num(L.punched) +
+      " punched, " + num(L.spliced) + " spliced, " + num(L.failed) + " failed";
+  }
 }
 
 function setLive(ok, text) {

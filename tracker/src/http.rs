@@ -210,6 +210,10 @@ fn build_status(page: &Page) -> crate::Result<String> {
             leases: page.tracker.federation().leases(),
             slots_lent: snap.totals.slots_lent,
             slots_borrowed: snap.totals.slots_borrowed,
+            links_brokered: {
+                let [dialled_back, punched, spliced, failed] = page.tracker.metrics().brokered_counts();
+                LinksBrokered { dialled_back, punched, spliced, failed }
+            },
         },
     };
     serde_json::to_string(&status).map_err(|e| crate::Error::Internal(format!("encoding the status: {e}")))
@@ -258,6 +262,17 @@ struct FederationView {
     leases: usize,
     slots_lent: u64,
     slots_borrowed: u64,
+    /// Links this tracker brokered (a peer its requester cannot dial), by outcome.
+    links_brokered: LinksBrokered,
+}
+
+/// Brokered links by outcome (see [`crate::metrics::BrokerOutcome`]).
+#[derive(Serialize)]
+struct LinksBrokered {
+    dialled_back: u64,
+    punched: u64,
+    spliced: u64,
+    failed: u64,
 }
 
 /// A peer row as the page shows it.

@@ -412,6 +412,11 @@ impl TrackerMetrics {
         self.inner.broker_time.observe(secs(took));
     }
 
+    /// Brokered links so far, by outcome, in [`BrokerOutcome::ALL`]'s order.
+    pub fn brokered_counts(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.inner.brokered[i].get())
+    }
+
     /// A spliced link's legs were joined (+1) or parted (-1).
     pub fn splice_active(&self, delta: i64) {
         self.inner.splices_active.inc_by(delta);
