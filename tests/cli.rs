@@ -142,6 +142,9 @@ fn multiply_reads_npy_files_and_writes_the_product() {
     let c: Array2<f64> = read_npy(&pc).unwrap();
     assert_eq!(c, naive_matmul(a.view(), b.view()));
     assert_eq!(summary["check"]["rows"], 37, "a small C is checked whole");
+    // The lease ticket (a bearer credential) stays out of the output.
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(!json.contains("ticket") && !json.contains("signature"), "{json}");
     // A check of sampled rows (the way a C over 512 MiB is checked): 8 of
     // the 37 rows, spread over C, computed locally and compared.
     let out = septet(&[&files[..], &["--check", "--check-rows", "8", "--json"]].concat());

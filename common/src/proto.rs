@@ -202,6 +202,23 @@ pub struct PeerAddr {
     pub ticket: Option<LeaseTicket>,
 }
 
+impl PeerAddr {
+    /// Serializes a peer as its id and address only, for reports and JSON
+    /// output (`#[serde(serialize_with = "PeerAddr::without_ticket")]`):
+    /// its lease ticket is a bearer credential until it expires, and does
+    /// not belong in a file or a log. (The wire form keeps the ticket.)
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn without_ticket<S: serde::Serializer>(peer: &PeerAddr, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("PeerAddr", 2)?;
+        out.serialize_field("peer_id", &peer.peer_id)?;
+        out.serialize_field("addr", &peer.addr)?;
+        out.end()
+    }
+}
+
 /// A lease's ticket: signed by its peers' tracker, checked by each peer
 /// before it serves (see [`crate::ticket`]). One ticket (one signature)
 /// covers every peer of the lease at that tracker.

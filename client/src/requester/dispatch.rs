@@ -282,8 +282,10 @@ pub struct HedgeReport {
     /// "M1".."M7".
     pub product: &'static str,
     /// The peer whose attempt lagged.
+    #[serde(serialize_with = "PeerAddr::without_ticket")]
     pub slow_peer: PeerAddr,
     /// Where the copy went.
+    #[serde(serialize_with = "PeerAddr::without_ticket")]
     pub hedge_peer: PeerAddr,
     /// Why the product was hedged.
     pub reason: String,
@@ -301,6 +303,7 @@ pub struct AttemptReport {
     /// "M1".."M7".
     pub product: &'static str,
     /// The peer it ran on.
+    #[serde(serialize_with = "PeerAddr::without_ticket")]
     pub peer: PeerAddr,
     /// `first`, `redo` (after a failure), `hedge` (a second copy of a
     /// lagging product), or `relay` (a slot of a relayed job: its

@@ -62,6 +62,7 @@ pub struct SlotReport {
     /// "M1".."M7".
     pub product: &'static str,
     /// The peer.
+    #[serde(serialize_with = "PeerAddr::without_ticket")]
     pub peer: PeerAddr,
     /// Quadrants of A and B it held and forwarded.
     pub holds: Vec<String>,
