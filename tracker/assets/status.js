@@ -168,10 +168,10 @@ function render(s) {
   }), 6, "no sibling tracker (start with --federate ADDR to borrow slots from other clusters)");
   $("fed-summary").textContent = "cluster " + F.cluster + " · " + num(F.leases) + (F.leases === 1 ? " lease" : " leases") + " borrowing · " +
     num(F.slots_borrowed) + " slots borrowed, " + num(F.slots_lent) + " lent in all";
-  const L = F.links_brokered;
-  if (L.dialled_back + L.punched + L.spliced + L.failed > 0) {
-    $("fed-summary").textContent += " · links brokered: " + num(L.dialled_back) + " dialled back, " + num(L.punched) +
-      " punched, " + num(L.spliced) + " spliced, " + num(L.failed) + " failed";
+  const B = F.links_brokered;
+  if (B.dialled_back + B.punched + B.spliced + B.failed > 0) {
+    $("fed-summary").textContent += " · links brokered: " + num(B.dialled_back) + " dialled back, " + num(B.punched) +
+      " punched, " + num(B.spliced) + " spliced, " + num(B.failed) + " failed";
   }
 }
 
