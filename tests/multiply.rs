@@ -181,9 +181,9 @@ async fn a_worker_answers_mismatched_operands_with_an_error_and_keeps_serving() 
 
 #[tokio::test]
 async fn an_unreachable_tracker_is_a_clear_error() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    // Nobody listens there for the whole test (see `dead_addr`).
+    let dead = dead_addr();
+    let addr = dead.addr;
     let req = Requester::new(RequesterConfig { tracker: addr.to_string(), ..Default::default() });
     let err = req.multiply(Arc::new(ints(2, 2, 0)), Arc::new(ints(2, 2, 0)), |_| {}).await.unwrap_err();
     assert!(matches!(err, RequestError::Tracker { source: Error::Io(_), .. }), "{err}");
