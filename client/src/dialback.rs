@@ -212,11 +212,7 @@ impl Broker {
         let (mut conn, role) = match via {
             Rendezvous::Splice(id) => Connection::accept_spliced(&self.tracker, id, limits).await?,
             Rendezvous::Punch(id) => {
-                let at = tokio::net::lookup_host(&self.tracker)
-                    .await?
-                    .next()
-                    .ok_or_else(|| Error::Invalid(format!("{} resolves to no address", self.tracker)))?;
-                let meeting = punch::Meeting::dial(at, id, self.timeout).await?;
+                let meeting = punch::Meeting::dial(&self.tracker, id, self.timeout).await?;
                 let local = meeting.local;
                 let other = meeting.other(PUNCH_WITHIN).await?;
                 let stream = punch::open(local, other, PUNCH_WITHIN).await?;

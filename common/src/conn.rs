@@ -1050,10 +1050,7 @@ impl Connection {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         if let Some(via) = via {
-            let mut hello = [0; 20];
-            hello[..4].copy_from_slice(&via.magic());
-            hello[4..].copy_from_slice(&via.id());
-            stream.write_all(&hello).await?;
+            stream.write_all(&via.hello()).await?;
         }
         Ok(stream)
     }

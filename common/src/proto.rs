@@ -99,6 +99,14 @@ impl Rendezvous {
             Rendezvous::Punch(_) => PUNCH_MAGIC,
         }
     }
+
+    /// The connection's first twenty bytes: the magic, then the id.
+    pub fn hello(&self) -> [u8; 20] {
+        let mut hello = [0; 20];
+        hello[..4].copy_from_slice(&self.magic());
+        hello[4..].copy_from_slice(&self.id());
+        hello
+    }
 }
 
 /// The first bytes of a connection that asks a tracker for the other end's

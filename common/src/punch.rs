@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::proto::{SpliceId, PUNCH_ADDR_LEN, PUNCH_MAGIC};
+use crate::proto::{Rendezvous, SpliceId, PUNCH_ADDR_LEN};
 use crate::{deadline, Error, Result};
 
 /// The pause between two attempts of the simultaneous open: an attempt
@@ -50,20 +50,21 @@ pub struct Meeting {
 }
 
 impl Meeting {
-    /// Dials the tracker at `tracker` for punch `id` from a shareable
-    /// port (within `within`).
+    /// Dials the tracker at `tracker` (`host:port`) for punch `id` from a
+    /// shareable port (within `within`).
     ///
     /// # Errors
-    /// If the tracker cannot be reached in time.
-    pub async fn dial(tracker: SocketAddr, id: SpliceId, within: Duration) -> Result<Self> {
+    /// If `tracker` does not resolve or cannot be reached in time.
+    pub async fn dial(tracker: &str, id: SpliceId, within: Duration) -> Result<Self> {
+        let tracker = tokio::net::lookup_host(tracker)
+            .await?
+            .next()
+            .ok_or_else(|| Error::Invalid(format!("{tracker} resolves to no address")))?;
         let any = if tracker.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::from(Ipv6Addr::UNSPECIFIED) };
         let socket = shared_socket(SocketAddr::new(any, 0))?;
         let mut stream = deadline(within, "the meeting tracker", async { Ok(socket.connect(tracker).await?) }).await?;
         let local = stream.local_addr()?;
-        let mut hello = [0; 20];
-        hello[..4].copy_from_slice(&PUNCH_MAGIC);
-        hello[4..].copy_from_slice(&id);
-        stream.write_all(&hello).await?;
+        stream.write_all(&Rendezvous::Punch(id).hello()).await?;
         Ok(Self { stream, local })
     }
 

@@ -527,11 +527,7 @@ async fn dial_out(addr: &str, via: Option<Rendezvous>, config: &WorkerConfig) ->
     deadline(config.handshake_timeout, "the dial", async {
         match via {
             Some(Rendezvous::Punch(id)) => {
-                let tracker = tokio::net::lookup_host(addr)
-                    .await?
-                    .next()
-                    .ok_or_else(|| Error::Invalid(format!("{addr} resolves to no address")))?;
-                Ok(Dialled::Meeting(punch::Meeting::dial(tracker, id, config.handshake_timeout).await?))
+                Ok(Dialled::Meeting(punch::Meeting::dial(addr, id, config.handshake_timeout).await?))
             }
             via => Ok(Dialled::Stream(Connection::dial(addr, via).await?)),
         }
