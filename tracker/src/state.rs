@@ -1498,6 +1498,73 @@ mod tests {
         t.check_invariants().unwrap();
     }
 
+    /// Distinct peers of `grants`, and how many slots they hold in all.
+    fn distinct_peers<'a>(grants: impl IntoIterator<Item = &'a LeaseGrant>) -> (usize, usize) {
+        let mut peers: Vec<PeerId> = grants.into_iter().flat_map(|g| g.peers.iter().map(|p| p.peer_id)).collect();
+        let slots = peers.len();
+        peers.sort_unstable();
+        peers.dedup();
+        (peers.len(), slots)
+    }
+
+    #[tokio::test]
+    async fn a_large_request_at_the_front_is_never_overtaken_by_later_small_ones() {
+        // 56 one-slot peers, all held by eight leases of 7; a lease of 49
+        // waits at the front, and leases of 7 keep coming (more than
+        // LONG_QUEUE of them). Were a small request served whenever 7 slots
+        // are free (barging), the 49 would wait as long as they keep coming.
+        let t = tracker_with(56, 1);
+        let mut holders: VecDeque<Grant> = (1..=8).map(|conn| granted(t.lease(7, conn, false).unwrap())).collect();
+        let mut big = queued(t.lease(49, 9, false).unwrap());
+        assert_eq!((big.position, big.free), (1, 0));
+        let mut conns = 100..;
+        let mut small: Vec<Ticket> =
+            (0..70).map(|_| queued(t.lease(7, conns.next().unwrap(), false).unwrap())).collect();
+        for (i, s) in small.iter().enumerate() {
+            assert_eq!(s.position, i as u32 + 2, "behind the 49");
+        }
+        for released in 1..=7u32 {
+            t.release(holders.pop_front().unwrap().lease_id).unwrap();
+            let newcomer = queued(t.lease(7, conns.next().unwrap(), false).unwrap());
+            if released < 7 {
+                assert!(big.grant.try_recv().is_err(), "49 do not fit in {}", 7 * released);
+                // It would fit in the free slots, yet queues behind everyone.
+                assert_eq!((newcomer.position, newcomer.free), (small.len() as u32 + 2, 7 * released));
+            } else {
+                // The 49 took the slots freed: the newcomer is behind the small ones.
+                assert_eq!((newcomer.position, newcomer.free), (small.len() as u32 + 1, 0));
+            }
+            for (i, s) in small.iter_mut().enumerate() {
+                assert!(s.grant.try_recv().is_err(), "small request {i} overtook the 49 after {released} releases");
+            }
+            small.push(newcomer);
+            t.check_invariants().unwrap();
+        }
+        let big = big.grant.try_recv().expect("the 49 are served once 49 slots are free");
+        let last = holders.pop_front().unwrap();
+        assert_eq!(distinct_peers([&big.lease, &last.lease]), (56, 56), "no slot in two leases");
+        assert!(holders.is_empty() && last.lease_id < big.lease_id);
+        assert_eq!(t.stats().unwrap(), Stats { free: 0, leases: 2, waiting: 77 });
+        // Now the small ones, front first, as slots free: 7, then 49.
+        t.release(last.lease_id).unwrap();
+        t.release(big.lease_id).unwrap();
+        let mut served = Vec::new();
+        for (i, s) in small.iter_mut().enumerate() {
+            match s.grant.try_recv() {
+                Ok(g) => {
+                    assert!(i < 8, "small request {i} served before those ahead of it");
+                    served.push(g);
+                }
+                Err(_) => assert!(i >= 8, "small request {i} not served with {} slots free", 56 - 7 * i),
+            }
+        }
+        let ids: Vec<LeaseId> = served.iter().map(|g| g.lease_id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]) && ids[0] > big.lease_id, "granted in queue order: {ids:?}");
+        assert_eq!(distinct_peers(served.iter().map(|g| &g.lease)), (56, 56));
+        assert_eq!(t.stats().unwrap(), Stats { free: 0, leases: 8, waiting: 69 });
+        t.check_invariants().unwrap();
+    }
+
     #[tokio::test]
     async fn disconnect_ends_attached_leases_and_queued_requests_but_not_detached_ones() {
         let t = tracker_with(4, 2);
