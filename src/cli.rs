@@ -245,6 +245,13 @@ struct MultiplyArgs {
     /// and tests that compare the plans.
     #[arg(long, hide = true, default_value = "auto")]
     plan: Plan,
+    /// Levels of Strassen's step across peers: 1 leases seven slots, one
+    /// per product; 2 leases forty-nine, and each of the seven products is
+    /// itself split in seven, computed by seven slots that its first-level
+    /// slot requests it from, checks, and sends on (A and B still cross
+    /// this host's link once, C once).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    depth: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -258,9 +265,14 @@ struct DemoArgs {
     /// Size of the random square matrices.
     #[arg(long, default_value_t = 2048)]
     n: usize,
-    /// Workers to start (each with one slot; at least seven).
-    #[arg(long, default_value_t = 7)]
-    workers: u32,
+    /// Workers to start, each with one slot: at least 7^depth (the
+    /// default).
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Levels of Strassen's step across the workers: 1 (seven workers) or
+    /// 2 (forty-nine; see `septet multiply --help`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    depth: u8,
     /// Element type.
     #[arg(long, value_enum, default_value_t = DtypeArg::F64)]
     dtype: DtypeArg,
@@ -705,6 +717,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         max_hedges: args.max_hedges,
         security: args.security.security()?,
         plan: args.plan,
+        depth: args.depth,
         ..RequesterConfig::default()
     });
     if let Some(path) = &args.report {
@@ -818,10 +831,12 @@ fn numpy_name(dtype: Dtype) -> &'static str {
 }
 
 async fn demo(args: DemoArgs) -> Result<()> {
-    if args.workers < PEERS_PER_LEASE {
+    let least = PEERS_PER_LEASE.pow(u32::from(args.depth));
+    let workers = args.workers.unwrap_or(least);
+    if workers < least {
         bail!(
-            "the demo needs at least {PEERS_PER_LEASE} workers, one per Strassen product (got --workers {})",
-            args.workers
+            "the demo at --depth {} needs at least {least} workers, one per Strassen product (got --workers {workers})",
+            args.depth
         );
     }
     anyhow::ensure!(args.n > 0, "--n must be positive");
@@ -833,7 +848,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     // Even on loopback the demo's grid authenticates every connection, with
     // a secret made for this run that never leaves the process.
     let security = Security::with_secret(Secret::generate(), args.encrypt);
-    let grid = LocalGrid::start_with(args.workers, security.clone()).await?;
+    let grid = LocalGrid::start_with(workers, security.clone()).await?;
     let tracker_addr = grid.tracker();
     let stop_http = CancellationToken::new();
     let state = grid.tracker_state().clone();
@@ -848,8 +863,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let result = async {
         let http_task = http_task?;
         eprintln!(
-            "demo: tracker on {tracker_addr}, {} workers on loopback; multiplying two random {n}×{n} {} matrices (seed {})",
-            args.workers,
+            "demo: tracker on {tracker_addr}, {workers} workers on loopback; multiplying two random {n}×{n} {} matrices (seed {})",
             args.dtype.dtype(),
             args.seed,
             n = args.n
@@ -858,6 +872,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             tracker: tracker_addr.to_string(),
             verify: args.verify == OnOff::On,
             security,
+            depth: args.depth,
             ..RequesterConfig::default()
         });
         let opts = JobOptions {

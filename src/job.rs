@@ -488,6 +488,36 @@ fn print_summary(s: &Summary<'_>) {
                 sl.to_requester as f64 / 1e6,
                 sl.compute_s
             );
+            // Two levels: the slot's group, product j of its split named
+            // M3.5 (the slot's bytes above include the group's).
+            if let Some(d) = &sl.delegated {
+                for (j, sub) in d.slots.iter().enumerate() {
+                    println!(
+                        "  {:<6} {:>3}  {:<22} {:<19} {:>9.1} {:>9.1} {:>19} {:>10.3}",
+                        format!("{}.{}", sl.product, j + 1),
+                        sub.peer_id,
+                        sub.addr,
+                        if sub.done { "" } else { "did not finish" },
+                        sub.bytes_in as f64 / 1e6,
+                        sub.bytes_out as f64 / 1e6,
+                        "",
+                        sub.compute_us as f64 / 1e6
+                    );
+                }
+                if !d.computed_here.is_empty() {
+                    let quads: Vec<String> = d
+                        .computed_here
+                        .iter()
+                        .map(|&q| ["C11", "C12", "C21", "C22"][usize::from(q) % 4].to_string())
+                        .collect();
+                    println!(
+                        "  {:<6} computed {} of its product itself: {}",
+                        sl.product,
+                        quads.join(","),
+                        d.failure.as_deref().unwrap_or("its group did not deliver them")
+                    );
+                }
+            }
         }
     }
     println!("  retries     {}", r.retries);

@@ -87,6 +87,11 @@ pub struct RequesterConfig {
     /// Peers whose slots the job never uses (a peer's own, for its own
     /// jobs): a slot on one of them in the grant is swapped for another.
     pub avoid: Vec<PeerId>,
+    /// Levels of Strassen's step across peers: 1 (seven peers), or 2
+    /// (forty-nine: each of the seven products is itself split in seven,
+    /// computed by seven peers its slot requests it from). Leases take
+    /// 7^depth slots.
+    pub depth: u8,
 }
 
 /// How a job moves its blocks.
@@ -162,6 +167,7 @@ impl Default for RequesterConfig {
             max_hedges: 2,
             plan: Plan::Auto,
             avoid: Vec::new(),
+            depth: 1,
         }
     }
 }
@@ -287,6 +293,9 @@ pub struct JobReport {
     pub plan: &'static str,
     /// The relay: its slots' roles, bytes and times.
     pub relay: Option<relay::RelayReport>,
+    /// Levels of Strassen's step across peers: 1 (seven peers) or 2
+    /// (forty-nine; each slot's group is in `relay.slots[i].delegated`).
+    pub depth: u8,
 }
 
 impl JobReport {
@@ -315,6 +324,7 @@ impl JobReport {
             failures: Vec::new(),
             plan: "direct",
             relay: None,
+            depth: 1,
         }
     }
 
@@ -337,7 +347,11 @@ impl JobReport {
 /// and the tracker ends the lease.
 pub struct HeldLease {
     grant: LeaseGrant,
+    /// The seven slots of the first level.
     peers: [PeerAddr; 7],
+    /// Two levels: slot i's seven peers (`groups[i][0]` is slot i's own,
+    /// unless a swap moved slot i elsewhere). Empty for one level.
+    groups: Vec<[PeerAddr; 7]>,
     keeper: LeaseKeeper,
 }
 
@@ -353,7 +367,17 @@ impl HeldLease {
         self.grant.lease_id
     }
 
-    /// The seven slots jobs on this lease use, slot i computing M(i+1).
+    /// Levels of the jobs this lease runs (1 or 2).
+    pub fn depth(&self) -> u8 {
+        if self.groups.is_empty() {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// The seven slots jobs on this lease use, slot i computing M(i+1)
+    /// (two levels deep: having it computed by its group).
     pub fn peers(&self) -> &[PeerAddr; 7] {
         &self.peers
     }
@@ -429,6 +453,11 @@ pub enum RequestError {
         /// Peers asked for.
         wanted: u32,
     },
+    /// The job cannot run at the depth asked for (an unknown depth, or
+    /// two levels with the direct plan or on peers that cannot reach each
+    /// other); nothing was sent.
+    #[error("{0}")]
+    Depth(String),
     /// Every slot free beside the lease is on a peer the job must avoid
     /// ([`RequesterConfig::avoid`]: a peer's own slots); the lease was released.
     #[error("lease {lease_id} was given a slot of peer {peer_id}, which this job avoids (its own), and no other slot is free")]
@@ -1243,14 +1272,25 @@ impl Requester {
         let job = async {
             let Some(split) = self.split(a.dim(), b.dim())? else { return Ok(c) };
             let progress: ProgressFn = Arc::new(progress);
-            let (peers, keeper) = match held {
-                Some(lease) => (&lease.peers, &lease.keeper),
+            let (peers, groups, keeper) = match held {
+                Some(lease) => (&lease.peers, &lease.groups, &lease.keeper),
                 None => {
                     let lease = self.take_lease(&progress).await?;
                     report.lease_id = lease.grant.lease_id;
                     report.lease_wait_s = started.elapsed().as_secs_f64();
                     let result = self
-                        .run_job(a, b, c, split, &lease.peers, &lease.keeper, &progress, started, &mut report)
+                        .run_job(
+                            a,
+                            b,
+                            c,
+                            split,
+                            &lease.peers,
+                            &lease.groups,
+                            &lease.keeper,
+                            &progress,
+                            started,
+                            &mut report,
+                        )
                         .await;
                     if let Err(e) = lease.keeper.release().await {
                         report.failures.push(format!("release of lease {}: {e}", lease.grant.lease_id));
@@ -1258,7 +1298,7 @@ impl Requester {
                     return result;
                 }
             };
-            self.run_job(a, b, c, split, peers, keeper, &progress, started, &mut report).await
+            self.run_job(a, b, c, split, peers, groups, keeper, &progress, started, &mut report).await
         };
         let c = job.await;
         report.finish(&c, started);
@@ -1272,10 +1312,15 @@ impl Requester {
         Ok((split.m != 0 && split.n != 0 && split.k != 0).then_some(split))
     }
 
-    /// Leases seven slots and starts the task that keeps the lease; slots
-    /// on [`RequesterConfig::avoid`] peers are swapped for others.
+    /// Leases 7^depth slots and starts the task that keeps the lease;
+    /// slots on [`RequesterConfig::avoid`] peers are swapped for others.
     async fn take_lease(&self, progress: &ProgressFn) -> Result<HeldLease> {
         let tracker_err = |source| RequestError::Tracker { addr: self.config.tracker.clone(), source };
+        let depth = self.config.depth;
+        if !(1..=2).contains(&depth) {
+            return Err(RequestError::Depth(format!("depth {depth}: septet runs jobs one or two levels deep")));
+        }
+        let count = PEERS_PER_LEASE.pow(u32::from(depth));
         let mut tracker = TrackerClient::connect_with(
             &self.config.tracker,
             Role::Client,
@@ -1286,7 +1331,7 @@ impl Requester {
         .map_err(tracker_err)?;
         let p = progress.clone();
         let grant = tracker
-            .lease(PEERS_PER_LEASE, false, self.config.max_lease_wait, move |position, free, needed| {
+            .lease(count, false, self.config.max_lease_wait, move |position, free, needed| {
                 p(Progress::Waiting { position, free, needed })
             })
             .await
@@ -1296,44 +1341,49 @@ impl Requester {
             LeaseKeeper::spawn(tracker, &grant, self.config.avoid.clone()).with_broker(&self.config, &grant).await?;
         // A short grant would leave products with no peer: refuse it (and
         // release it) rather than index past its end.
-        let Some(peers) =
-            grant.peers.get(..PEERS_PER_LEASE as usize).and_then(|p| <&[PeerAddr; 7]>::try_from(p).ok().cloned())
-        else {
+        let Some(mut slots) = grant.peers.get(..count as usize).map(<[PeerAddr]>::to_vec) else {
             let _ = keeper.release().await;
-            return Err(RequestError::ShortGrant {
-                lease_id: grant.lease_id,
-                got: grant.peers.len(),
-                wanted: PEERS_PER_LEASE,
-            });
+            return Err(RequestError::ShortGrant { lease_id: grant.lease_id, got: grant.peers.len(), wanted: count });
         };
-        let mut lease = HeldLease { grant, peers, keeper };
-        if let Err(e) = self.avoid_own(&mut lease).await {
-            let _ = lease.keeper.clone().release().await;
+        if let Err(e) = self.avoid_own(&keeper, grant.lease_id, &mut slots).await {
+            let _ = keeper.clone().release().await;
             return Err(e);
         }
-        Ok(lease)
+        // Two levels: group i is the grant's i-th run of seven, and its
+        // first slot is slot i of the first level — it hands its lease slot
+        // on to its group's first sub-slot (itself) once its operands are
+        // formed, so 49 slots hold the 56 roles.
+        let groups: Vec<[PeerAddr; 7]> = if depth == 2 {
+            slots.chunks_exact(7).map(|g| std::array::from_fn(|j| g[j].clone())).collect()
+        } else {
+            Vec::new()
+        };
+        let peers: [PeerAddr; 7] = if depth == 2 {
+            std::array::from_fn(|i| groups[i][0].clone())
+        } else {
+            std::array::from_fn(|i| slots[i].clone())
+        };
+        Ok(HeldLease { grant, peers, groups, keeper })
     }
 
     /// Swaps each slot on an avoided peer for a free slot elsewhere, lent
     /// into the lease by the tracker (as for a hedge); the avoided slot
     /// stays in the lease, idle, until it is released.
-    async fn avoid_own(&self, lease: &mut HeldLease) -> Result<()> {
-        for i in 0..lease.peers.len() {
-            let avoided = lease.peers[i].peer_id;
+    async fn avoid_own(&self, keeper: &LeaseKeeper, lease_id: LeaseId, slots: &mut [PeerAddr]) -> Result<()> {
+        for slot in slots.iter_mut() {
+            let avoided = slot.peer_id;
             if !self.config.avoid.contains(&avoided) {
                 continue;
             }
-            let lease_id = lease.grant.lease_id;
             let tracker_err = |source| RequestError::Tracker { addr: self.config.tracker.clone(), source };
             let (reply, rx) = oneshot::channel();
-            lease
-                .keeper
+            keeper
                 .tx
                 .send(KeeperCmd::Hedge { peer_id: avoided, reply })
                 .await
                 .map_err(|_| tracker_err(Error::Closed("the lease keeper")))?;
             match rx.await.map_err(|_| tracker_err(Error::Closed("the lease keeper")))? {
-                Ok(Some(slot)) => lease.peers[i] = slot,
+                Ok(Some(lent)) => *slot = lent,
                 Ok(None) => return Err(RequestError::OnlyAvoided { lease_id, peer_id: avoided }),
                 Err(e) => return Err(tracker_err(e)),
             }
@@ -1391,14 +1441,33 @@ impl Requester {
         c: Store<T>,
         split: Split,
         peers: &[PeerAddr; 7],
+        groups: &[[PeerAddr; 7]],
         keeper: &LeaseKeeper,
         progress: &ProgressFn,
         started: Instant,
         report: &mut JobReport,
     ) -> Result<Store<T>> {
-        let relays = self.config.plan.relays_job(peers, c.is_mapped());
+        // Two levels always relay: the slots request their products from
+        // their groups (the checks below refuse what cannot).
+        let relays = !groups.is_empty() || self.config.plan.relays_job(peers, c.is_mapped());
+        report.depth = if groups.is_empty() { 1 } else { 2 };
+        if !groups.is_empty() {
+            let all = groups.iter().flatten();
+            if self.config.plan == Plan::Direct || !all.clone().all(|p| !crate::dialback::dials_back(p)) {
+                return Err(RequestError::Depth(
+                    "a job two levels deep relays (its slots request their products from their groups), so it \
+                     cannot run with --plan direct or on peers that must dial back"
+                        .into(),
+                ));
+            }
+        }
         let need = if relays {
-            septet_common::relay::slot_bytes(split, T::DTYPE)
+            let own = septet_common::relay::slot_bytes(split, T::DTYPE);
+            if groups.is_empty() {
+                own
+            } else {
+                own.zip(septet_common::relay::delegate_bytes(split, T::DTYPE)).and_then(|(a, b)| a.checked_add(b))
+            }
         } else {
             septet_common::relay::task_bytes(split, T::DTYPE)
         };
@@ -1431,7 +1500,8 @@ impl Requester {
         let t = Instant::now();
         // A held lease's tickets from its grant may be old: the renewals' are not.
         let peers = &peers.clone().map(|p| keeper.tickets.fresh(&p));
-        let outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, started, progress).await;
+        let groups: Vec<[PeerAddr; 7]> = groups.iter().map(|g| g.clone().map(|p| keeper.tickets.fresh(&p))).collect();
+        let outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, &groups, started, progress).await;
         report.bytes_sent += outcome.bytes_sent;
         report.bytes_received += outcome.bytes_received;
         report.connect_s = (outcome.report.plan_sent_s - report.lease_wait_s).max(0.0);
@@ -1482,6 +1552,28 @@ impl Requester {
         if let Some(failure) = &outcome.report.failure {
             report.failures.push(format!("relay: {failure}"));
         }
+        // Two levels: what each group did. Its slot checked its sub-slots'
+        // work and computed what they failed at; those at fault are
+        // reported to the tracker here (the lease is this requester's).
+        let mut sub_blamed: Vec<PeerId> = Vec::new();
+        for sl in &outcome.report.slots {
+            let Some(d) = &sl.delegated else { continue };
+            let name = sl.product;
+            if let Some(f) = &d.failure {
+                report.failures.push(format!("{name}'s group: {f}"));
+            }
+            for (j, why) in &d.blamed {
+                let Some(sub) = d.slots.get(usize::from(*j)) else { continue };
+                report.failures.push(format!("{name}.{} (peer {}, {}): {why}", j + 1, sub.peer_id, sub.addr));
+                sub_blamed.push(sub.peer_id);
+                let (keeper, peer_id, why) = (keeper.clone(), sub.peer_id, format!("relay, second level: {why}"));
+                tokio::spawn(async move {
+                    if let Err(e) = keeper.report(peer_id, why, false).await {
+                        warn!(error = %e, "could not report a failed peer to the tracker");
+                    }
+                });
+            }
+        }
         report.relay = Some(outcome.report);
         if let Some((slot, cause)) = outcome.unverifiable {
             return Err(RequestError::Unverifiable {
@@ -1517,6 +1609,13 @@ impl Requester {
                 (None, true) => first[i] = Some(peer.clone()),
                 (None, false) => spare.push(peer.clone()),
                 (Some(_), _) => {}
+            }
+        }
+        // Two levels: the groups' other slots are spares too (the direct
+        // plan runs one level deep), but not those a group found at fault.
+        for p in groups.iter().flat_map(|g| g.iter().skip(1)) {
+            if !sub_blamed.contains(&p.peer_id) {
+                spare.push(p.clone());
             }
         }
         // A blamed peer whose product is needed is reported as the redo of

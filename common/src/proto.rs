@@ -61,8 +61,9 @@ use crate::{Error, ErrorCode};
 /// `splice` in [`TrackerRequest::Broker`] and [`WorkerRequest::DialBack`]:
 /// across two NATs, both ends dial a tracker that joins them) and gave the
 /// trackers' conversation its own types ([`FederationRequest`],
-/// [`FederationReply`]).
-pub const PROTOCOL_VERSION: u32 = 9;
+/// [`FederationReply`]). Version 10 added two-level jobs: a relay plan's
+/// `delegate` and [`RelayStats::delegated`].
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Names one meeting of a brokered link's two ends at a tracker (see
 /// [`Rendezvous`]): 128 random bits chosen by the requester, given to the
@@ -861,6 +862,49 @@ pub struct RelayStats {
     pub reduce_start_us: u64,
     /// It sent its last part.
     pub done_us: u64,
+    /// A slot that delegated its product (a two-level job): how that went.
+    pub delegated: Option<Delegated>,
+}
+
+/// How a slot of a two-level job had its product computed by seven peers
+/// of its own, as a relayed job it requested (see
+/// [`crate::relay::RelayPlan::delegate`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegated {
+    /// The seven sub-slots, in order (sub-slot j computed product j+1 of
+    /// this slot's split).
+    pub slots: Vec<SubSlot>,
+    /// Quadrants of the product (0..4, C11..C22 of the sub-job) this slot
+    /// computed itself because the sub-job did not deliver them verified.
+    pub computed_here: Vec<u8>,
+    /// Sub-slots at fault, with why (caught by the sub-job's checks, or
+    /// gone).
+    pub blamed: Vec<(u8, String)>,
+    /// Why the sub-job did not deliver everything, if it did not.
+    pub failure: Option<String>,
+    /// Bytes this slot sent to the sub-slots and received from them.
+    pub bytes_sent: u64,
+    /// (See `bytes_sent`.)
+    pub bytes_received: u64,
+    /// Microseconds from the sub-job's start to the product whole.
+    pub took_us: u64,
+}
+
+/// One sub-slot of a delegated product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubSlot {
+    /// The peer.
+    pub peer_id: PeerId,
+    /// Its compute listener.
+    pub addr: String,
+    /// Bytes it received, from the delegating slot and other sub-slots.
+    pub bytes_in: u64,
+    /// Bytes it sent.
+    pub bytes_out: u64,
+    /// Microseconds it computed.
+    pub compute_us: u64,
+    /// It finished all its roles.
+    pub done: bool,
 }
 
 /// Control messages to a worker for the relay (a requester's job plan and

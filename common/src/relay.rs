@@ -445,6 +445,12 @@ pub struct RelayPlan {
     /// Each slot's lease ticket (as `peers`): a slot forwarding parts to
     /// another presents the receiver's.
     pub tickets: Vec<Option<crate::proto::LeaseTicket>>,
+    /// Empty: slot `you` computes its product itself. Otherwise (a job
+    /// two levels deep) seven peers of the same lease that compute it: the
+    /// slot forms its operands X and Y whole and requests X·Y from them as
+    /// a relayed job of its own — it is their requester, checks what they
+    /// send, and computes itself whatever they fail to deliver.
+    pub delegate: Vec<crate::proto::PeerAddr>,
 }
 
 impl RelayPlan {
@@ -481,7 +487,11 @@ impl RelayPlan {
     /// (its operands, Y, its product's panels in flight, its C quadrants,
     /// and the quadrants it forwards).
     pub fn bytes_needed(&self) -> Option<u64> {
-        slot_bytes(self.split(), self.dtype)
+        let own = slot_bytes(self.split(), self.dtype)?;
+        if self.delegate.is_empty() {
+            return Some(own);
+        }
+        own.checked_add(delegate_bytes(self.split(), self.dtype)?)
     }
 
     /// Checks the plan before anything is allocated for it.
@@ -493,12 +503,17 @@ impl RelayPlan {
     /// needing more than `max_bytes` in all.
     pub fn validate(&self, max_frame_len: usize, max_bytes: u64) -> Result<()> {
         let invalid = |what: String| Err(Error::Invalid(format!("relay plan: {what}")));
-        if self.peers.len() != SLOTS || self.tickets.len() != SLOTS || self.you as usize >= SLOTS {
+        if self.peers.len() != SLOTS
+            || self.tickets.len() != SLOTS
+            || self.you as usize >= SLOTS
+            || !(self.delegate.is_empty() || self.delegate.len() == SLOTS)
+        {
             return invalid(format!(
-                "{} slots ({} tickets), this one {}",
+                "{} slots ({} tickets), this one {}, delegating to {}",
                 self.peers.len(),
                 self.tickets.len(),
-                self.you
+                self.you,
+                self.delegate.len()
             ));
         }
         if self.m == 0 || self.k == 0 || self.n == 0 || self.a_panel == 0 || self.b_panel == 0 {
@@ -543,6 +558,15 @@ pub fn slot_bytes(split: Split, dtype: crate::Dtype) -> Option<u64> {
     );
     // Two quadrants of A, two of B, Y, the product, up to two C quadrants.
     a.checked_mul(2)?.checked_add(b.checked_mul(3)?)?.checked_add(c.checked_mul(3)?)
+}
+
+/// Bytes a slot that delegates its product needs beyond [`slot_bytes`]:
+/// its left operand X whole (Y is counted already) and the product whole,
+/// which its sub-job's C fills.
+pub fn delegate_bytes(split: Split, dtype: crate::Dtype) -> Option<u64> {
+    let (mh, kh, nh) = split.half();
+    let w = dtype.size() as u64;
+    (mh as u64).checked_mul((kh as u64).checked_add(nh as u64)?)?.checked_mul(w)
 }
 
 /// Bytes a worker needs for one direct-plan task of a `split` job of
@@ -677,6 +701,7 @@ mod tests {
             roles,
             you: 0,
             tickets: vec![None; 7],
+            delegate: Vec::new(),
         };
         plan.validate(1 << 20, 1 << 30).unwrap();
         let mut bad = plan.clone();

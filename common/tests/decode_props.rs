@@ -38,8 +38,8 @@ use proptest::sample::{select, Index};
 use proptest::test_runner::{Config, TestRunner};
 use septet_common::frame::{self, KIND_BLOCKS, KIND_CONTROL, LEN_PREFIX};
 use septet_common::proto::{
-    Failure, FederationReply, FederationRequest, JobId, LeaseGrant, LeaseId, LeaseTicket, PeerAddr, PeerId, PeerRow,
-    RelayStats, Rendezvous, TaskId, TrackerReply, TrackerRequest, WorkerReply, WorkerRequest,
+    Delegated, Failure, FederationReply, FederationRequest, JobId, LeaseGrant, LeaseId, LeaseTicket, PeerAddr, PeerId,
+    PeerRow, RelayStats, Rendezvous, SubSlot, TaskId, TrackerReply, TrackerRequest, WorkerReply, WorkerRequest,
 };
 use septet_common::relay::{RelayPlan, Roles};
 use septet_common::{BlockOp, Blocks, ControlBody, ErrorCode, Frame, FrameReader, Matrix, DEFAULT_MAX_FRAME_LEN};
@@ -373,20 +373,52 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
         any::<u64>().prop_map(|nonce| WorkerReply::DialedBack { nonce }),
         (proptest::option::of(any::<u8>()), text(), any::<bool>())
             .prop_map(|(blame, message, evidence)| WorkerReply::RelayFailed { blame, message, evidence }),
-        (any::<u8>(), proptest::collection::vec(any::<u64>(), 0..9), any::<[u64; 4]>()).prop_map(|(slot, bytes, t)| {
-            WorkerReply::RelayDone(RelayStats {
-                slot,
-                bytes_in: bytes.clone(),
-                bytes_out: bytes,
-                inputs_done_us: t[0],
-                compute_start_us: t[1],
-                compute_end_us: t[2],
-                compute_us: t[3],
-                reduce_start_us: t[0],
-                done_us: t[1],
-            })
-        }),
+        (any::<u8>(), proptest::collection::vec(any::<u64>(), 0..9), any::<[u64; 4]>(), prop::option::of(delegated()))
+            .prop_map(|(slot, bytes, t, delegated)| {
+                WorkerReply::RelayDone(RelayStats {
+                    slot,
+                    bytes_in: bytes.clone(),
+                    bytes_out: bytes,
+                    inputs_done_us: t[0],
+                    compute_start_us: t[1],
+                    compute_end_us: t[2],
+                    compute_us: t[3],
+                    reduce_start_us: t[0],
+                    done_us: t[1],
+                    delegated,
+                })
+            }),
     ]
+}
+
+/// A delegated product's report, with arbitrary fields.
+fn delegated() -> impl Strategy<Value = Delegated> {
+    (
+        proptest::collection::vec(
+            (peer_id(), text(), any::<[u64; 3]>(), any::<bool>()).prop_map(|(peer_id, addr, x, done)| SubSlot {
+                peer_id,
+                addr,
+                bytes_in: x[0],
+                bytes_out: x[1],
+                compute_us: x[2],
+                done,
+            }),
+            0..8,
+        ),
+        proptest::collection::vec(any::<u8>(), 0..5),
+        proptest::collection::vec((any::<u8>(), text()), 0..3),
+        prop::option::of(text()),
+        any::<[u64; 3]>(),
+    )
+        .prop_map(|(slots, computed_here, blamed, failure, x)| Delegated {
+            slots,
+            computed_here,
+            blamed,
+            failure,
+            bytes_sent: x[0],
+            bytes_received: x[1],
+            took_us: x[2],
+        })
 }
 
 /// Every variant of [`WorkerRequest`], with arbitrary fields.
@@ -407,9 +439,10 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
             any::<[u8; 8]>(),
             any::<[u8; 4]>(),
             any::<bool>(),
-            proptest::collection::vec(prop::option::of(ticket()), 0..8)
+            proptest::collection::vec(prop::option::of(ticket()), 0..8),
+            proptest::collection::vec(peer_addr(), 0..8),
         )
-            .prop_map(|(x, rounds, peers, holders, reducers, f64, tickets)| {
+            .prop_map(|(x, rounds, peers, holders, reducers, f64, tickets, delegate)| {
                 WorkerRequest::Relay(RelayPlan {
                     job_id: JobId(x[0]),
                     dtype: if f64 { septet_common::Dtype::F64 } else { septet_common::Dtype::F32 },
@@ -423,6 +456,7 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
                     roles: Roles { holders, reducers },
                     you: holders[0],
                     tickets,
+                    delegate,
                 })
             }),
     ]

@@ -36,7 +36,7 @@ use septet_common::relay::{self, Block, PartId, RelayPlan, Roles, SLOTS};
 use septet_common::strassen::{Quad, Sign, PRODUCTS};
 use septet_common::{deadline, Connection, Dtype, Element, Frame, FrameReader, FrameWriter, Matrix, Role};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -210,12 +210,14 @@ fn admit(plan: &RelayPlan, me: usize, from: From, part: PartId, data: &Matrix) -
 }
 
 /// Serves a relayed job's requester connection: the plan came first.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn lead(
     plan: RelayPlan,
     mut reader: FrameReader<OwnedReadHalf>,
     writer: FrameWriter<OwnedWriteHalf>,
     config: WorkerConfig,
     slots: Arc<Semaphore>,
+    lease_slot: Option<OwnedSemaphorePermit>,
     relays: Arc<Relays>,
     cancel: CancellationToken,
 ) {
@@ -259,12 +261,12 @@ pub(crate) async fn lead(
             let result = match plan.dtype {
                 Dtype::F64 => {
                     Node::<f64>::new(plan.clone(), started, config.clone(), links)
-                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots)
+                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
                         .await
                 }
                 Dtype::F32 => {
                     Node::<f32>::new(plan.clone(), started, config.clone(), links)
-                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots)
+                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
                         .await
                 }
             };
@@ -464,10 +466,37 @@ fn failed(message: impl Into<String>) -> Failed {
     Failed { blame: None, message: message.into(), evidence: false }
 }
 
-/// Work finished on a blocking thread.
+/// Work finished on a blocking thread (or by this slot's group).
 enum Done<T> {
     Y(Array2<T>),
-    Panel { panel: usize, m: Array2<T>, mr: Array2<T>, took: Duration },
+    Panel {
+        panel: usize,
+        m: Array2<T>,
+        mr: Array2<T>,
+        took: Duration,
+    },
+    /// A slot that delegates: X (all of it) with one more panel's rows formed.
+    XPanel {
+        x: Array2<T>,
+    },
+    /// A slot that delegates: the product, whole, from its group.
+    Whole {
+        m: Array2<T>,
+        mr: Array2<T>,
+        took: Duration,
+        delegated: septet_common::proto::Delegated,
+    },
+}
+
+/// Where a slot that delegates its product stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delegation {
+    /// It computes its product itself.
+    No,
+    /// Forming X, panel by panel as A's come in; `formed` panels so far.
+    Forming { formed: usize },
+    /// X and Y went to the group's sub-job.
+    Running,
 }
 
 /// One C quadrant being reduced here.
@@ -512,6 +541,12 @@ struct Node<T> {
     r: Option<Arc<Array2<T>>>,
     /// Y, while the product's panels need it (dropped after the last).
     y: Option<Arc<Array2<T>>>,
+    /// A slot that delegates: X, while it is formed.
+    x: Option<Array2<T>>,
+    delegation: Delegation,
+    /// Set when the product went to the group: the compute and lease
+    /// slots are handed on (the group's first sub-slot is this worker's).
+    handed_off: bool,
     ready: VecDeque<usize>,
     computing: bool,
     computed: usize,
@@ -556,6 +591,9 @@ impl<T: Element> Node<T> {
             a_missing: vec![product.left.len(); a_panels.count()],
             r: None,
             y: None,
+            x: None,
+            delegation: if plan.delegate.is_empty() { Delegation::No } else { Delegation::Forming { formed: 0 } },
+            handed_off: false,
             ready: VecDeque::new(),
             computing: false,
             computed: 0,
@@ -586,6 +624,7 @@ impl<T: Element> Node<T> {
         out: &mpsc::Sender<Out>,
         cancel: &CancellationToken,
         slots: &Arc<Semaphore>,
+        mut lease_slot: Option<OwnedSemaphorePermit>,
     ) -> Result<RelayStats, Failed> {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Done<T>, String>>();
         // The job's compute slot, taken once there is something to compute
@@ -618,6 +657,12 @@ impl<T: Element> Node<T> {
                     });
                 }
                 self.start_work(&done_tx);
+                if self.handed_off {
+                    // The group computes now; its first sub-slot is this
+                    // worker's and takes these slots.
+                    permit = None;
+                    lease_slot = None;
+                }
             }
             if self.computed == self.a_missing.len() && !self.outboxes.is_empty() {
                 // (Every held quadrant was used, so every forward is queued too.)
@@ -626,7 +671,7 @@ impl<T: Element> Node<T> {
                 self.outboxes.clear();
             }
         }
-        drop(permit);
+        drop((permit, lease_slot));
         let fingerprint = std::mem::replace(&mut self.fingerprint, Array2::zeros((0, 0)));
         let part = PartId { block: Block::Fingerprint(self.me), panel: 0 };
         self.stats.bytes_out[REQUESTER] += relay::part_frame_len(T::DTYPE, fingerprint.dim());
@@ -638,9 +683,11 @@ impl<T: Element> Node<T> {
     /// Whether there is compute to start: Y to form (all of B is in, and
     /// the product is not done), or a panel ready while Y is there.
     fn has_work(&self) -> bool {
-        match &self.y {
-            None => self.b_missing == 0 && self.computed < self.a_missing.len(),
-            Some(_) => !self.ready.is_empty(),
+        match (&self.y, self.delegation) {
+            (_, Delegation::Running) => false,
+            (None, _) => self.b_missing == 0 && self.computed < self.a_missing.len(),
+            (Some(_), Delegation::Forming { formed }) => !self.ready.is_empty() || formed == self.a_missing.len(),
+            (Some(_), Delegation::No) => !self.ready.is_empty(),
         }
     }
 
@@ -848,19 +895,15 @@ impl<T: Element> Node<T> {
             });
             return;
         }
+        if let Delegation::Forming { formed } = self.delegation {
+            return self.delegate_work(formed, &done);
+        }
         let Some(panel) = self.ready.pop_front() else { return };
         self.computing = true;
         if self.stats.compute_start_us == 0 {
             self.stats.compute_start_us = self.now_us();
         }
-        let terms: Vec<(Sign, Arc<Array2<T>>)> = product
-            .left
-            .iter()
-            .map(|&(sign, q)| {
-                let part = PartId { block: Block::A(q), panel: panel as u32 };
-                (sign, self.inputs.remove(&part).expect("a ready panel has its A panels"))
-            })
-            .collect();
+        let terms = self.a_terms(panel);
         let (y, r) = (self.y.clone().expect("Y formed"), self.r.clone());
         tokio::task::spawn_blocking(move || {
             // A slow worker: slow to compute, still talking.
@@ -898,10 +941,118 @@ impl<T: Element> Node<T> {
         });
     }
 
+    /// The A panels a ready `panel` of X is the signed sum of (taken out
+    /// of `inputs`).
+    fn a_terms(&mut self, panel: usize) -> Vec<(Sign, Arc<Array2<T>>)> {
+        PRODUCTS[self.me]
+            .left
+            .iter()
+            .map(|&(sign, q)| {
+                let part = PartId { block: Block::A(q), panel: panel as u32 };
+                (sign, self.inputs.remove(&part).expect("a ready panel has its A panels"))
+            })
+            .collect()
+    }
+
+    /// A slot that delegates: forms the next panel of X's rows, or — X
+    /// whole — hands X·Y to its group.
+    fn delegate_work(&mut self, formed: usize, done: &mpsc::UnboundedSender<Result<Done<T>, String>>) {
+        let done = done.clone();
+        if let Some(panel) = self.ready.pop_front() {
+            self.computing = true;
+            let terms = self.a_terms(panel);
+            let (mh, kh, _) = self.plan.split().half();
+            let x = self.x.take();
+            let rows = self.plan.a_panels().range(panel);
+            tokio::task::spawn_blocking(move || {
+                let mut x = x.unwrap_or_else(|| septet_common::matrix::alloc_zeroed::<T>((mh, kh)));
+                let mut dst = x.slice_mut(s![rows, ..]);
+                for (sign, part) in &terms {
+                    match sign {
+                        Sign::Plus => dst += &**part,
+                        Sign::Minus => dst -= &**part,
+                    }
+                }
+                let _ = done.send(Ok(Done::XPanel { x }));
+            });
+            return;
+        }
+        debug_assert_eq!(formed, self.a_missing.len());
+        self.delegation = Delegation::Running;
+        self.computing = true;
+        self.handed_off = true;
+        self.stats.compute_start_us = self.now_us();
+        let (Some(x), Some(y)) = (self.x.take(), self.y.take()) else {
+            let _ = done.send(Err("X or Y missing when the product was delegated".into()));
+            return;
+        };
+        let y = Arc::try_unwrap(y).unwrap_or_else(|y| Array2::clone(&y));
+        let Ok(group) = <[septet_common::proto::PeerAddr; 7]>::try_from(self.plan.delegate.clone()) else {
+            let _ = done.send(Err("the plan's group is not seven peers".into()));
+            return;
+        };
+        let config = septet_client::RequesterConfig {
+            io_timeout: self.config.io_timeout,
+            security: self.config.security.clone(),
+            verify_rounds: self.plan.rounds as usize,
+            ..Default::default()
+        };
+        let (threads, r) = (self.config.threads, self.r.clone());
+        #[cfg(feature = "fault-injection")]
+        let fault = self.config.fault;
+        info!(job = %self.plan.job_id, slot = self.me, "delegating the product to the group");
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let result = async {
+                #[allow(unused_mut)]
+                let (mut m, delegated) = septet_client::requester::relay::delegate(config, x, y, group, threads)
+                    .await
+                    .map_err(|e| format!("computing the product with the group: {e}"))?;
+                // A liar: a wrong product, and the fingerprint of that wrong product.
+                #[cfg(feature = "fault-injection")]
+                if let Some(crate::server::Fault::Corrupt) = fault {
+                    m.iter_mut().take(1).for_each(|v| *v += T::from_f64(1.0));
+                }
+                let r = r.ok_or("the requester sent no vectors")?;
+                let (m, mr) = tokio::task::spawn_blocking(move || {
+                    let mr = matmul(m.view(), r.view(), parallelism(1)).map_err(|e| e.to_string())?;
+                    Ok::<_, String>((m, mr))
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                Ok(Done::Whole { m, mr, took: t.elapsed(), delegated })
+            };
+            let _ = done.send(result.await);
+        });
+    }
+
     async fn finish_work(&mut self, done: Done<T>, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
         match done {
             Done::Y(y) => {
                 self.y = Some(Arc::new(y));
+            }
+            Done::XPanel { x } => {
+                self.x = Some(x);
+                if let Delegation::Forming { formed } = &mut self.delegation {
+                    *formed += 1;
+                }
+            }
+            Done::Whole { m, mr, took, delegated } => {
+                self.stats.compute_us += took.as_micros() as u64;
+                self.stats.compute_end_us = self.now_us();
+                self.stats.delegated = Some(delegated);
+                self.fingerprint.assign(&mr);
+                let count = self.a_missing.len();
+                self.computed = count;
+                for panel in 0..count {
+                    let rows = self.plan.a_panels().range(panel);
+                    let mp = Arc::new(m.slice(s![rows, ..]).to_owned());
+                    let part = PartId { block: Block::M(self.me), panel: panel as u32 };
+                    for to in self.plan.roles.product_targets(self.me) {
+                        self.send_to(to, part, mp.clone());
+                    }
+                    self.reduce(self.me, panel, &mp, out).await.map_err(failed)?;
+                }
             }
             Done::Panel { panel, m, mr, took } => {
                 self.stats.compute_us += took.as_micros() as u64;

@@ -647,9 +647,10 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
     let Shared { slots, relays, .. } = shared.clone();
     match request {
         Some(WorkerRequest::Relay(plan)) => {
-            // The relayed job holds one of the lease's slots here throughout.
-            let _lease_slot = admission.slot().await;
-            return relay::lead(plan, reader, writer, config, slots, relays, cancel).await;
+            // The relayed job holds one of the lease's slots here throughout
+            // (a slot that delegates its product hands it on to its group).
+            let lease_slot = admission.slot().await;
+            return relay::lead(plan, reader, writer, config, slots, lease_slot, relays, cancel).await;
         }
         Some(WorkerRequest::Join { job_id, from, to }) => {
             return relay::follow(job_id, from, to, reader, config, relays).await

@@ -91,6 +91,10 @@ pub struct SlotReport {
     pub reduce_start_s: Option<f64>,
     /// Done.
     pub done_s: Option<f64>,
+    /// A job two levels deep: how the slot had its product computed by
+    /// seven peers of its own (product j of its split is "M3.5" for slot
+    /// 2's sub-slot 4).
+    pub delegated: Option<septet_common::proto::Delegated>,
 }
 
 /// What the relay phase of a job did.
@@ -203,7 +207,9 @@ fn send_order(a_panels: Panels, b_panels: Panels) -> Vec<PartId> {
 }
 
 /// Runs the relay phase of A·B on the lease's seven `peers`, writing C's
-/// quadrants into `c` as they arrive.
+/// quadrants into `c` as they arrive. `groups` empty: each slot computes
+/// its product; otherwise (two levels) slot i has its product computed by
+/// the seven peers `groups[i]`.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run<T: Element>(
     requester: &Requester,
@@ -212,6 +218,7 @@ pub(super) async fn run<T: Element>(
     c: &Mutex<Store<T>>,
     split: Split,
     peers: &[PeerAddr; 7],
+    groups: &[[PeerAddr; 7]],
     started: Instant,
     progress: &ProgressFn,
 ) -> Outcome {
@@ -238,6 +245,7 @@ pub(super) async fn run<T: Element>(
         roles,
         you: you as u8,
         tickets: peers.iter().map(|p| p.ticket.clone()).collect(),
+        delegate: groups.get(you).map(|g| g.to_vec()).unwrap_or_default(),
     };
     let plan = Arc::new(plan_for(0));
     let verifier = if config.verify {
@@ -657,6 +665,87 @@ pub(super) async fn run<T: Element>(
     outcome
 }
 
+/// What a slot that delegates its product (a job two levels deep) runs:
+/// X·Y as a relayed job on the seven `peers`, with this slot as their
+/// requester — it checks every quadrant of the product as any requester
+/// does — and whatever they do not deliver verified (a peer gone, silent
+/// or lying), it computes itself on `threads` threads. So the product is
+/// right whatever the sub-slots do; what they did is in the returned
+/// [`Delegated`](septet_common::proto::Delegated), for the job's report.
+///
+/// `config` is the sub-job's requester configuration (its tracker is not
+/// used: the peers are already leased, their tickets in `peers`).
+pub async fn delegate<T: Element>(
+    config: super::RequesterConfig,
+    x: Array2<T>,
+    y: Array2<T>,
+    peers: [PeerAddr; 7],
+    threads: usize,
+) -> Result<(Array2<T>, septet_common::proto::Delegated), Error> {
+    use septet_common::proto::{Delegated, SubSlot};
+    let started = Instant::now();
+    let split = Split::of(x.dim(), y.dim())?;
+    let requester = Requester::new(config);
+    let (x, y) = (Arc::new(Store::from(x)), Arc::new(Store::from(y)));
+    let c = Mutex::new(Store::zeros((split.m, split.n)));
+    let quiet: ProgressFn = Arc::new(|_| {});
+    let outcome = run(&requester, x.clone(), y.clone(), &c, split, &peers, &[], started, &quiet).await;
+    let mut c = c.into_inner().into_owned();
+    let missing: Vec<Quad> = Quad::ALL.into_iter().filter(|q| !outcome.verified[q.index()]).collect();
+    if !missing.is_empty() {
+        info!(missing = ?missing.iter().map(|q| q.suffix()).collect::<Vec<_>>(), failure = ?outcome.report.failure, "delegated product: computing what the sub-job did not deliver");
+        let (x, y, todo) = (x.clone(), y.clone(), missing.clone());
+        c = tokio::task::spawn_blocking(move || {
+            let (mh, _, nh) = split.half();
+            for q in todo {
+                let rows = match q {
+                    Quad::Q11 | Quad::Q12 => 0..mh,
+                    _ => mh..split.m,
+                };
+                let cols = match q {
+                    Quad::Q11 | Quad::Q21 => 0..nh,
+                    _ => nh..split.n,
+                };
+                let (xv, yv) = (x.view(), y.view());
+                let out = septet_common::strassen::quadrant_mut(c.view_mut(), q, mh, nh);
+                matmul_into(
+                    out,
+                    xv.slice(s![rows, ..]),
+                    yv.slice(s![.., cols]),
+                    false,
+                    septet_common::matrix::parallelism(threads),
+                )?;
+            }
+            Ok::<_, Error>(c)
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("computing the product panicked: {e}")))??;
+    }
+    let slots = outcome
+        .report
+        .slots
+        .iter()
+        .map(|s| SubSlot {
+            peer_id: s.peer.peer_id,
+            addr: s.peer.addr.clone(),
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            compute_us: (s.compute_s * 1e6) as u64,
+            done: s.done_s.is_some(),
+        })
+        .collect();
+    let delegated = Delegated {
+        slots,
+        computed_here: missing.iter().map(|q| q.index() as u8).collect(),
+        blamed: outcome.blamed.iter().map(|(s, why)| (*s as u8, why.clone())).collect(),
+        failure: outcome.report.failure.clone(),
+        bytes_sent: outcome.bytes_sent,
+        bytes_received: outcome.bytes_received,
+        took_us: started.elapsed().as_micros() as u64,
+    };
+    Ok((c, delegated))
+}
+
 /// A failure the requester heard of during a relayed job.
 #[derive(Debug, Clone)]
 struct Report {
@@ -991,6 +1080,7 @@ fn slot_reports(
                 compute_end_s: at(s.compute_end_us),
                 reduce_start_s: at(s.reduce_start_us),
                 done_s: at(s.done_us),
+                delegated: s.delegated,
             }
         })
         .collect()
