@@ -834,10 +834,11 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let least = PEERS_PER_LEASE.pow(u32::from(args.depth));
     let workers = args.workers.unwrap_or(least);
     if workers < least {
-        bail!(
+        return Err(UsageError(format!(
             "the demo at --depth {} needs at least {least} workers, one per Strassen product (got --workers {workers})",
             args.depth
-        );
+        ))
+        .into());
     }
     anyhow::ensure!(args.n > 0, "--n must be positive");
     if let Some(path) = &args.report {

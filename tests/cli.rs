@@ -468,3 +468,29 @@ fn lease_waits_stay_out_of_the_rates_and_an_unservable_request_says_why() {
     let ratio = job / check["local_s"].as_f64().unwrap();
     assert!((check["grid_over_local"].as_f64().unwrap() - ratio).abs() <= 1e-9 * ratio, "{s}");
 }
+
+/// `demo --depth 2` starts 49 workers, runs one job on all of them (seven
+/// groups of seven) and says so in its JSON; a depth other than 1 or 2, or
+/// too few workers for the depth, is refused before anything starts.
+#[test]
+fn demo_two_levels_deep_runs_on_49_workers() {
+    let out = septet_env(&["demo", "--depth", "2", "--n", "300", "--json"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["depth"], 2, "{summary}");
+    assert_eq!(summary["plan"], "relay", "{summary}");
+    assert!(summary["check"]["max_rel_error"].as_f64().unwrap() < 1e-12, "{summary}");
+    let slots = summary["relay"]["slots"].as_array().unwrap();
+    let mut peers = std::collections::HashSet::new();
+    for s in slots {
+        for sub in s["delegated"]["slots"].as_array().unwrap() {
+            assert_eq!(sub["done"], true, "{s}");
+            peers.insert(sub["peer_id"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(peers.len(), 49, "{summary}");
+    let err = one_error_line(&septet_env(&["demo", "--depth", "2", "--workers", "20"], &[]), 2);
+    assert!(err.contains("at least 49 workers"), "{err}");
+    let out = septet_env(&["demo", "--depth", "3"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

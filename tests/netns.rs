@@ -614,3 +614,48 @@ fn borrow_behind_nat(grid: &mut NetGrid) -> Value {
     }
     summary
 }
+
+/// A job two levels deep on 49 workers, each in its own namespace: one
+/// computes wrong (`--fault=corrupt`) and a worker of the second level in
+/// another group is cut silently once the lease of 49 is granted. The
+/// slots that asked for their products catch both (or the requester does,
+/// if the liar is a first-level slot) and name them, C is right, and no
+/// slot stays leased.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn two_levels_on_49_hosts_survive_a_liar_and_a_silent_cut() {
+    let Some(mut grid) = NetGrid::new(49, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers_with(|i| if i == 5 { vec!["--fault=corrupt".into()] } else { Vec::new() });
+    // A slow requester link: A and B take a few seconds to go out, so the
+    // cut lands before any group has started.
+    grid.shape("rq", "30mbit");
+    let args = ["--depth", "2", "--random", "768,768,768", "--check", "--json", "--max-wait", "30"];
+    let mut job = grid.client("rq", "multiply", &args);
+    let child = job.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(grid.wait_for("cl", Duration::from_secs(30), |p| in_use(p) == 49), "the lease of 49 was not granted");
+    // A fresh grid's slots are granted in peer-id order (fewest in use,
+    // fewest leases, lowest id), so group g is peers 7g..7g+7 and its first
+    // is its first-level slot. Cut a worker of the second level in a group
+    // other than the liar's, so that the liar's group runs and catches it.
+    let peers = grid.peers("cl").unwrap();
+    let id_of = |host: &str| {
+        let ip = format!("{}:", grid.addr(host));
+        peers.iter().find(|p| p["addr"].as_str().unwrap().starts_with(&ip)).unwrap()["peer_id"].as_u64().unwrap()
+    };
+    let liar_group = id_of("w5") / 7;
+    let victim = (0..49).map(|i| format!("w{i}")).find(|h| id_of(h) % 7 == 3 && id_of(h) / 7 != liar_group).unwrap();
+    grid.cut(&victim);
+    let out = child.wait_with_output().unwrap();
+    grid.heal(&victim);
+    let summary = json(&out, "septet multiply --depth 2");
+    check_product(&summary);
+    assert_eq!(summary["depth"], 2, "{summary}");
+    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    for (what, host) in [("the liar", "w5"), ("the cut worker", victim.as_str())] {
+        let at = format!("{}:", grid.addr(host));
+        assert!(failures.iter().any(|f| f.contains(&at)), "{what} at {at} was not named: {failures:?}");
+    }
+    println!("job took {:.2} s ({}); failures: {failures:?}", summary["total_s"].as_f64().unwrap(), summary["plan"]);
+    assert!(grid.wait_for("cl", Duration::from_secs(15), |p| in_use(p) == 0), "slots still in use after the job");
+}

@@ -1565,6 +1565,9 @@ impl Requester {
             for (j, why) in &d.blamed {
                 let Some(sub) = d.slots.get(usize::from(*j)) else { continue };
                 report.failures.push(format!("{name}.{} (peer {}, {}): {why}", j + 1, sub.peer_id, sub.addr));
+                if sub_blamed.contains(&sub.peer_id) {
+                    continue;
+                }
                 sub_blamed.push(sub.peer_id);
                 let (keeper, peer_id, why) = (keeper.clone(), sub.peer_id, format!("relay, second level: {why}"));
                 tokio::spawn(async move {

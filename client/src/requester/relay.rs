@@ -721,17 +721,21 @@ pub async fn delegate<T: Element>(
         .await
         .map_err(|e| Error::Invalid(format!("computing the product panicked: {e}")))??;
     }
-    let slots = outcome
-        .report
-        .slots
+    // Every sub-slot, with what it reported (nothing, if the sub-job
+    // ended before it began: a sub-slot could not take its plan).
+    let slots = peers
         .iter()
-        .map(|s| SubSlot {
-            peer_id: s.peer.peer_id,
-            addr: s.peer.addr.clone(),
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-            compute_us: (s.compute_s * 1e6) as u64,
-            done: s.done_s.is_some(),
+        .enumerate()
+        .map(|(j, p)| {
+            let s = outcome.report.slots.get(j);
+            SubSlot {
+                peer_id: p.peer_id,
+                addr: p.addr.clone(),
+                bytes_in: s.map_or(0, |s| s.bytes_in),
+                bytes_out: s.map_or(0, |s| s.bytes_out),
+                compute_us: s.map_or(0, |s| (s.compute_s * 1e6) as u64),
+                done: s.is_some_and(|s| s.done_s.is_some()),
+            }
         })
         .collect();
     let delegated = Delegated {
