@@ -249,8 +249,9 @@ struct MultiplyArgs {
     /// per product; 2 leases forty-nine, and each of the seven products is
     /// itself split in seven, computed by seven slots that its first-level
     /// slot requests it from, checks, and sends on (A and B still cross
-    /// this host's link once, C once).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    /// this host's link once, C once); auto takes 2 for a job of at least
+    /// 16384³ multiply-adds when 49 peers have a slot free, else 1.
+    #[arg(long, default_value = "1", value_parser = parse_depth, value_name = "1|2|auto")]
     depth: u8,
 }
 
@@ -907,6 +908,16 @@ async fn demo(args: DemoArgs) -> Result<()> {
         eprintln!("demo: tracker and workers shut down cleanly");
     }
     result
+}
+
+/// `--depth`: 1, 2, or auto (0 to the requester).
+fn parse_depth(s: &str) -> std::result::Result<u8, String> {
+    match s {
+        "1" => Ok(1),
+        "2" => Ok(2),
+        "auto" => Ok(0),
+        _ => Err(format!("{s:?} is not a depth: 1, 2 or auto")),
+    }
 }
 
 /// Binds `addr` and says where the `role` listens (port 0 picks one).

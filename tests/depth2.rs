@@ -61,6 +61,19 @@ async fn a_job_two_levels_deep_uses_49_slots_and_moves_a_b_and_c_once() {
         }
         assert_eq!(peers.len(), 49, "every slot of the lease computed a product of the second level");
         assert_eq!(state.stats().unwrap().leases, 0, "nothing left leased");
+        // auto: two levels once the job reaches the threshold (lowered for
+        // the test), with 49 peers free; one level below it.
+        for (min, depth) in [(512, 2), (513, 1)] {
+            let auto = Requester::new(RequesterConfig {
+                tracker: tracker.addr.to_string(),
+                depth: 0,
+                auto_depth2_min: min,
+                ..Default::default()
+            });
+            let (c, report) = auto.multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
+            assert_eq!(c, naive_matmul(a.view(), b.view()));
+            assert_eq!(report.depth, depth, "auto with a threshold of {min} on a 512³ job");
+        }
         // The lease held 49 slots: another job at depth 2 runs on the same grid.
         let (c, report) =
             requester(&tracker).multiply(Arc::new(b.t().to_owned()), Arc::new(a.t().to_owned()), |_| {}).await.unwrap();
@@ -92,6 +105,18 @@ async fn depth_two_refuses_the_direct_plan_and_runs_on_workers_of_seven_slots() 
         let (c, report) = requester(&tracker).multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
         assert_eq!(c, naive_matmul(a.view(), b.view()));
         assert!(report.failures.is_empty(), "{:?}", report.failures);
+        // auto: two levels for a job this large (the threshold lowered for
+        // the test) when 49 peers are free — here only 7 are, so one level.
+        let auto = |min: u64| {
+            Requester::new(RequesterConfig {
+                tracker: tracker.addr.to_string(),
+                depth: 0,
+                auto_depth2_min: min,
+                ..Default::default()
+            })
+        };
+        let (_, report) = auto(64).multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
+        assert_eq!(report.depth, 1, "seven peers of seven slots are not 49 peers");
         // With one worker gone there are 42 slots: a lease of 49 waits in
         // the queue, and a requester that will not wait long is told so.
         let mut workers = workers;

@@ -11,6 +11,6 @@ pub mod store;
 pub mod tracker;
 pub mod verify;
 
-pub use requester::{HeldLease, JobReport, Plan, Progress, RequestError, Requester, RequesterConfig};
+pub use requester::{HeldLease, JobReport, Plan, Progress, RequestError, Requester, RequesterConfig, AUTO_DEPTH2_MIN};
 pub use store::Store;
 pub use tracker::{Registration, TrackerClient, DEFAULT_REQUEST_TIMEOUT};

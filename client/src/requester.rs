@@ -47,6 +47,17 @@ use dispatch::{Dispatch, Failure, Meter, Outcome};
 /// formed blocks.
 const SEND_ORDER: [usize; 7] = [1, 0, 2, 5, 3, 6, 4];
 
+/// The size (cube root of m·k·n) from which `depth` 0 (auto) runs a job
+/// two levels deep when 49 peers are free. Two levels save each slot
+/// 7/32 of (n/2)³·2 flops of compute, and cost each first-level slot's
+/// link its operands and product once more (3·(n/2)² words, not
+/// overlapped with the first level yet): they break even at
+/// n ≈ 3.4·w·R/B for a worker's rate R and link rate B, about 20,000 for
+/// one core of this project's test machine (90 GFLOP/s in faer, f64) on
+/// 1 Gbit/s links. On one host (every worker sharing its cores) two levels
+/// never win: n=4096 on loopback took 1.6× as long as one level.
+pub const AUTO_DEPTH2_MIN: u64 = 16_384;
+
 /// Requester settings.
 #[derive(Debug, Clone)]
 pub struct RequesterConfig {
@@ -90,8 +101,12 @@ pub struct RequesterConfig {
     /// Levels of Strassen's step across peers: 1 (seven peers), or 2
     /// (forty-nine: each of the seven products is itself split in seven,
     /// computed by seven peers its slot requests it from). Leases take
-    /// 7^depth slots.
+    /// 7^depth slots. 0 is `auto`: 2 for a job of at least
+    /// `auto_depth2_min`³ multiply-adds when 49 peers have a slot free at
+    /// the time of asking, else 1 (a lease held ahead of jobs takes 1).
     pub depth: u8,
+    /// See `depth`; [`AUTO_DEPTH2_MIN`] by default.
+    pub auto_depth2_min: u64,
 }
 
 /// How a job moves its blocks.
@@ -168,6 +183,7 @@ impl Default for RequesterConfig {
             plan: Plan::Auto,
             avoid: Vec::new(),
             depth: 1,
+            auto_depth2_min: AUTO_DEPTH2_MIN,
         }
     }
 }
@@ -1275,7 +1291,8 @@ impl Requester {
             let (peers, groups, keeper) = match held {
                 Some(lease) => (&lease.peers, &lease.groups, &lease.keeper),
                 None => {
-                    let lease = self.take_lease(&progress).await?;
+                    let depth = self.depth_for(split).await;
+                    let lease = self.take_lease(&progress, depth).await?;
                     report.lease_id = lease.grant.lease_id;
                     report.lease_wait_s = started.elapsed().as_secs_f64();
                     let result = self
@@ -1314,9 +1331,8 @@ impl Requester {
 
     /// Leases 7^depth slots and starts the task that keeps the lease;
     /// slots on [`RequesterConfig::avoid`] peers are swapped for others.
-    async fn take_lease(&self, progress: &ProgressFn) -> Result<HeldLease> {
+    async fn take_lease(&self, progress: &ProgressFn, depth: u8) -> Result<HeldLease> {
         let tracker_err = |source| RequestError::Tracker { addr: self.config.tracker.clone(), source };
-        let depth = self.config.depth;
         if !(1..=2).contains(&depth) {
             return Err(RequestError::Depth(format!("depth {depth}: septet runs jobs one or two levels deep")));
         }
@@ -1366,6 +1382,44 @@ impl Requester {
         Ok(HeldLease { grant, peers, groups, keeper })
     }
 
+    /// The tracker's peer table, as `septet peers` shows it.
+    async fn peer_table(&self) -> septet_common::Result<Vec<septet_common::proto::PeerRow>> {
+        let mut client = TrackerClient::connect_with(
+            &self.config.tracker,
+            Role::Client,
+            self.config.io_timeout,
+            &self.config.security,
+        )
+        .await?;
+        client.peers().await.map(|(_, rows)| rows)
+    }
+
+    /// The depth a job of `split` runs at: the configured one, or for
+    /// `auto` (0) two levels when the job is large enough
+    /// (`auto_depth2_min`) and 49 peers have a slot free now (a lease of
+    /// 49 would otherwise wait, or stack slots on fewer hosts), else one.
+    async fn depth_for(&self, split: Split) -> u8 {
+        if self.config.depth != 0 {
+            return self.config.depth;
+        }
+        let work = split.m as u128 * split.k as u128 * split.n as u128;
+        if work < u128::from(self.config.auto_depth2_min).pow(3) {
+            return 1;
+        }
+        match self.peer_table().await {
+            Ok(rows) => {
+                let free = rows.iter().filter(|r| r.state == "alive" && r.slow == 0 && r.in_use < r.slots).count();
+                let depth = if free >= 49 { 2 } else { 1 };
+                info!(free_peers = free, depth, "depth auto");
+                depth
+            }
+            Err(e) => {
+                debug!(error = %e, "no peer table to choose the depth by: one level");
+                1
+            }
+        }
+    }
+
     /// Swaps each slot on an avoided peer for a free slot elsewhere, lent
     /// into the lease by the tracker (as for a hedge); the avoided slot
     /// stays in the lease, idle, until it is released.
@@ -1400,7 +1454,8 @@ impl Requester {
     /// [`RequestError::Tracker`] if leasing fails (or `max_lease_wait`
     /// passes), [`RequestError::ShortGrant`], [`RequestError::OnlyAvoided`].
     pub async fn lease(&self, progress: impl Fn(Progress) + Send + Sync + 'static) -> Result<HeldLease> {
-        self.take_lease(&(Arc::new(progress) as ProgressFn)).await
+        let depth = if self.config.depth == 0 { 1 } else { self.config.depth };
+        self.take_lease(&(Arc::new(progress) as ProgressFn), depth).await
     }
 
     /// [`Requester::multiply_reporting`] on a lease already held: the
@@ -1672,18 +1727,8 @@ impl Requester {
     /// their memory are taken to fit: they refuse a task that does not,
     /// before reading it, and the job redoes it elsewhere.
     async fn place(&self, peers: &mut [PeerAddr; 7], need: u64, keeper: &LeaseKeeper) -> Result<()> {
-        let table = async {
-            let mut client = TrackerClient::connect_with(
-                &self.config.tracker,
-                Role::Client,
-                self.config.io_timeout,
-                &self.config.security,
-            )
-            .await?;
-            client.peers().await
-        };
-        let rows = match table.await {
-            Ok((_, rows)) => rows,
+        let rows = match self.peer_table().await {
+            Ok(rows) => rows,
             Err(e) => {
                 debug!(error = %e, "no peer table to place the job by; every peer taken to fit");
                 return Ok(());
