@@ -360,6 +360,9 @@ pub fn render(r: &JobReport, cx: &Context) -> String {
             if relay.quadrants_verified.is_empty() { "none".to_string() } else { relay.quadrants_verified.join(", ") },
             relay.failure.as_ref().map(|f| format!(" The relay stopped: {}; the rest was computed directly.", escape(f))).unwrap_or_default()
         );
+        if relay.slots.iter().any(|s| s.delegated.is_some()) {
+            h.push_str("<p>Two levels deep: each slot had its product computed by the seven peers listed under it (M3.5 is product 5 of M3's split) as a relayed job of its own, checked what they sent, and computed itself whatever they did not deliver. A slot's bytes include its group's; its compute time is the time its group took.</p>");
+        }
         h.push_str("<table><tr><th>slot</th><th>peer</th><th>address</th><th>holds</th><th>reduces</th><th>in MB</th><th>out MB</th><th>from requester MB</th><th>to requester MB</th><th>compute s</th></tr>");
         for sl in &relay.slots {
             let _ = write!(
@@ -376,6 +379,36 @@ pub fn render(r: &JobReport, cx: &Context) -> String {
                 sl.to_requester as f64 / 1e6,
                 sl.compute_s
             );
+            // Two levels: the slot's group under it, product j of its split
+            // as M3.5; the slot's own bytes above include its group's.
+            if let Some(d) = &sl.delegated {
+                for (j, sub) in d.slots.iter().enumerate() {
+                    let blamed = d.blamed.iter().find(|(b, _)| usize::from(*b) == j).map(|(_, why)| why.as_str());
+                    let _ = write!(
+                        h,
+                        "<tr class=\"level2\"><td>&nbsp;&nbsp;{}.{}</td><td>{}</td><td>{}</td><td colspan=\"2\">{}</td><td>{:.1}</td><td>{:.1}</td><td></td><td></td><td>{:.3}</td></tr>",
+                        sl.product,
+                        j + 1,
+                        sub.peer_id,
+                        escape(&sub.addr),
+                        escape(blamed.unwrap_or(if sub.done { "" } else { "did not finish" })),
+                        sub.bytes_in as f64 / 1e6,
+                        sub.bytes_out as f64 / 1e6,
+                        sub.compute_us as f64 / 1e6
+                    );
+                }
+                if !d.computed_here.is_empty() {
+                    let quads: Vec<&str> =
+                        d.computed_here.iter().map(|&q| ["C11", "C12", "C21", "C22"][usize::from(q) % 4]).collect();
+                    let _ = write!(
+                        h,
+                        "<tr class=\"level2\"><td></td><td colspan=\"9\">{} computed {} of its product itself: {}</td></tr>",
+                        sl.product,
+                        quads.join(", "),
+                        escape(d.failure.as_deref().unwrap_or("its group did not deliver them"))
+                    );
+                }
+            }
         }
         h.push_str("</table>\n");
     }
@@ -434,6 +467,7 @@ const STYLE: &str = r#"
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1000px;color:#1d2330;padding:0 16px}
 h1{font-size:22px;margin:0}h2{font-size:16px;margin:28px 0 8px;border-bottom:1px solid #e2e5ea;padding-bottom:4px}
 .sub{color:#667;margin:2px 0 16px}
+tr.level2 td{color:#556;font-size:12px;padding-top:1px;padding-bottom:1px}
 .figures{display:flex;flex-wrap:wrap;gap:10px}
 .fig{background:#f4f6f9;border-radius:6px;padding:8px 14px;min-width:120px}
 .fig .k{color:#667;font-size:12px;text-transform:uppercase;letter-spacing:.04em}.fig .v{font-size:18px;font-weight:600}
