@@ -451,6 +451,9 @@ pub struct RelayPlan {
     /// a relayed job of its own — it is their requester, checks what they
     /// send, and computes itself whatever they fail to deliver.
     pub delegate: Vec<crate::proto::PeerAddr>,
+    /// Milliseconds of silence after which the requester gives a slot up:
+    /// a slot that delegates applies the same to its group.
+    pub silence_ms: u64,
 }
 
 impl RelayPlan {
@@ -702,6 +705,7 @@ mod tests {
             you: 0,
             tickets: vec![None; 7],
             delegate: Vec::new(),
+            silence_ms: 4000,
         };
         plan.validate(1 << 20, 1 << 30).unwrap();
         let mut bad = plan.clone();
@@ -717,6 +721,19 @@ mod tests {
         short.peers.pop();
         assert!(short.validate(1 << 20, 1 << 30).is_err());
         assert!(plan.validate(1 << 20, 1000).is_err(), "more memory than allowed");
+        // A slot that delegates names a group of exactly seven, and needs
+        // room for X and its product besides.
+        let peer =
+            crate::proto::PeerAddr { peer_id: crate::proto::PeerId(1), addr: "127.0.0.1:2".into(), ticket: None };
+        let mut delegating = plan.clone();
+        delegating.delegate = vec![peer; 7];
+        delegating.validate(1 << 20, 1 << 30).unwrap();
+        let (own, more) = (plan.bytes_needed().unwrap(), delegate_bytes(plan.split(), Dtype::F64).unwrap());
+        assert_eq!(delegating.bytes_needed(), Some(own + more));
+        assert_eq!(more, 32 * (32 + 32) * 8);
+        assert!(delegating.validate(1 << 20, own).is_err(), "room for its own blocks only");
+        delegating.delegate.pop();
+        assert!(delegating.validate(1 << 20, 1 << 30).is_err(), "a group of six");
         assert_eq!(plan.part_shape(PartId { block: Block::A(Quad::Q11), panel: 3 }), Some((8, 32)));
         assert_eq!(plan.part_shape(PartId { block: Block::A(Quad::Q11), panel: 4 }), None);
         assert_eq!(plan.part_shape(PartId { block: Block::Fingerprint(2), panel: 0 }), Some((32, 2)));

@@ -457,6 +457,7 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
                     you: holders[0],
                     tickets,
                     delegate,
+                    silence_ms: x[0] ^ x[1],
                 })
             }),
     ]

@@ -993,6 +993,9 @@ impl<T: Element> Node<T> {
         };
         let config = septet_client::RequesterConfig {
             io_timeout: self.config.io_timeout,
+            // The requester's patience with its slots, for this slot's group;
+            // at least a second, whatever the plan says.
+            silence_timeout: Duration::from_millis(self.plan.silence_ms.max(1000)),
             security: self.config.security.clone(),
             verify_rounds: self.plan.rounds as usize,
             ..Default::default()

@@ -246,6 +246,7 @@ pub(super) async fn run<T: Element>(
         you: you as u8,
         tickets: peers.iter().map(|p| p.ticket.clone()).collect(),
         delegate: groups.get(you).map(|g| g.to_vec()).unwrap_or_default(),
+        silence_ms: config.silence_timeout.as_millis() as u64,
     };
     let plan = Arc::new(plan_for(0));
     let verifier = if config.verify {
