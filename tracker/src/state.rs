@@ -341,6 +341,30 @@ struct LeaseRecord {
     speed_recorded: bool,
     /// Slots lent for hedges (at most [`MAX_HEDGES_PER_LEASE`]).
     hedges: u32,
+    /// Slots granted at first.
+    granted: u32,
+    /// Replacements lent, per reported peer: at most one per slot the
+    /// lease holds on that peer, and at most `granted` in all — so a
+    /// holder cannot grow its lease ahead of the queue by reporting one
+    /// peer again and again, or each replacement in turn.
+    replaced: Vec<(PeerId, u32)>,
+}
+
+impl LeaseRecord {
+    /// Whether a failure report against `peer_id` may be given a slot.
+    fn may_replace(&self, peer_id: PeerId) -> bool {
+        let lent: u32 = self.replaced.iter().map(|(_, n)| n).sum();
+        let here = self.replaced.iter().find(|(p, _)| *p == peer_id).map_or(0, |(_, n)| *n);
+        let held = self.slots.iter().filter(|p| p.peer_id == peer_id).count() as u32;
+        lent < self.granted && here < held
+    }
+
+    fn note_replaced(&mut self, peer_id: PeerId) {
+        match self.replaced.iter_mut().find(|(p, _)| *p == peer_id) {
+            Some((_, n)) => *n += 1,
+            None => self.replaced.push((peer_id, 1)),
+        }
+    }
 }
 
 /// Most slots one lease borrows for hedges: a requester hedges each of its
@@ -528,6 +552,8 @@ impl State {
                     reported: Vec::new(),
                     speed_recorded: false,
                     hedges: 0,
+                    granted: waiter.count,
+                    replaced: Vec::new(),
                 };
                 let lease = LeaseGrant {
                     lease_id,
@@ -1069,7 +1095,9 @@ impl Tracker {
     /// Records that a leased peer failed: its `failures` count goes up (once
     /// per lease) and it is suspect (not leased again until it heartbeats
     /// healthily). With `replace`, one more slot joins the lease at once if
-    /// one is free; asking again later polls for one.
+    /// one is free; asking again later polls for one. A lease gets at most
+    /// one replacement per slot it holds on the reported peer, and at most
+    /// as many in all as it was granted slots (`None` past either).
     ///
     /// A replacement does not queue behind waiting requests: it finishes a
     /// job that already holds its other six slots, which frees them sooner.
@@ -1098,10 +1126,14 @@ impl Tracker {
                 self.inner.metrics.failure_reported();
                 lease.reported.push(peer_id);
             }
-            if !replace {
+            if !replace || !lease.may_replace(peer_id) {
                 return Ok(None);
             }
-            lend_slot(&mut s.table, &s.signer, lease_id, lease, None)
+            let slot = lend_slot(&mut s.table, &s.signer, lease_id, lease, None)?;
+            if slot.is_some() {
+                lease.note_replaced(peer_id);
+            }
+            Ok(slot)
         })
     }
 
@@ -1656,6 +1688,34 @@ mod tests {
         assert_eq!(t.stats().unwrap().free, 7, "suspect peer stays out of the pool");
         t.heartbeat(bad).unwrap();
         assert_eq!(t.stats().unwrap().free, 8);
+    }
+
+    #[tokio::test]
+    async fn replacements_are_one_per_failed_slot_and_at_most_the_lease_size_in_all() {
+        let t = tracker_with(40, 1);
+        let lease = granted(t.lease(7, 1, false).unwrap());
+        let first = lease.peers[0].peer_id;
+        let mut reported = t.report_failure(lease.lease_id, first, true).unwrap().expect("slots are free");
+        // Reporting the same one-slot peer again takes nothing more.
+        for _ in 0..5 {
+            assert!(t.report_failure(lease.lease_id, first, true).unwrap().is_none());
+        }
+        // Reporting each replacement in turn takes one more each, up to
+        // seven in all (the lease's size), then nothing.
+        for _ in 1..7 {
+            reported = t.report_failure(lease.lease_id, reported.peer_id, true).unwrap().expect("under the cap");
+        }
+        assert!(t.report_failure(lease.lease_id, reported.peer_id, true).unwrap().is_none(), "past the cap");
+        assert!(t.report_failure(lease.lease_id, lease.peers[3].peer_id, true).unwrap().is_none(), "past the cap");
+        assert_eq!(t.stats().unwrap().free, 40 - 7 - 7);
+        // A peer with three slots in a lease may be replaced three times.
+        let t = tracker_with(4, 3);
+        let lease = granted(t.lease(6, 1, false).unwrap());
+        let many = lease.peers[0].peer_id;
+        let held = lease.peers.iter().filter(|p| p.peer_id == many).count();
+        let lent = (0..5).filter(|_| t.report_failure(lease.lease_id, many, true).unwrap().is_some()).count();
+        assert_eq!(lent, held.min(12 - 6), "one per slot held on it ({held}), while slots are free");
+        t.check_invariants().unwrap();
     }
 
     #[tokio::test]
