@@ -186,3 +186,43 @@ async fn a_lying_slot_at_either_level_is_named_and_c_is_exact() {
     .await
     .expect("the job hung");
 }
+
+/// A worker too small for any share of a 2048³ job two levels deep (4 MiB)
+/// is swapped out of the lease's first level and out of its group before
+/// anything is sent: the job runs on the others with nothing refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_too_small_for_its_share_is_placed_out_at_both_levels() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        // Registered first, so the grant (in peer-id order) makes it the
+        // first slot of the first level and the first of its group.
+        let small = spawn_worker_with(septet_worker::WorkerConfig {
+            tracker: Some(tracker.addr.to_string()),
+            threads: 1,
+            max_memory: Some(4 << 20),
+            ..Default::default()
+        })
+        .await;
+        wait_for_alive_slots(tracker.addr, 1).await;
+        let mut workers = vec![small];
+        workers.extend(spawn_workers(tracker.addr, 50, 1).await);
+        wait_for_alive_slots(tracker.addr, 51).await;
+        let small_addr = workers[0].addr.to_string();
+        let n = 2048;
+        let (a, b) = (ints(n, n, 6), ints(n, n, 7));
+        let (c, report) = requester(&tracker).multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
+        assert_eq!(c, septet_common::matrix::matmul(a.view(), b.view(), faer::Par::Seq).unwrap());
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        let relay = report.relay.as_ref().unwrap();
+        for s in &relay.slots {
+            assert_ne!(s.peer.addr, small_addr, "{} on the small worker", s.product);
+            for sub in &s.delegated.as_ref().unwrap().slots {
+                assert_ne!(sub.addr, small_addr, "a sub-slot of {} on the small worker", s.product);
+            }
+        }
+        assert_eq!(state.stats().unwrap().leases, 0, "nothing left leased");
+        teardown(tracker, workers).await;
+    })
+    .await
+    .expect("the job hung");
+}

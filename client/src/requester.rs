@@ -1529,6 +1529,16 @@ impl Requester {
         let mut placed = peers.clone();
         self.place(&mut placed, need.unwrap_or(u64::MAX), keeper).await?;
         let peers = &placed;
+        // Two levels: each group's slots hold a relayed job of the halves.
+        let mut groups = groups.to_vec();
+        if !groups.is_empty() {
+            let (m, k, n) = split.half();
+            let sub = septet_common::relay::slot_bytes(Split { m, k, n }, T::DTYPE);
+            for group in &mut groups {
+                self.place(group, sub.unwrap_or(u64::MAX), keeper).await?;
+            }
+        }
+        let groups = &groups[..];
         if !relays {
             report.plan = "direct";
             let everything = peers.clone().map(Some);
