@@ -30,6 +30,7 @@ def matmul(
     verify: bool = True,
     timeout: Optional[float] = None,
     report: Optional[_Path] = None,
+    depth: Union[int, str, None] = None,
 ) -> np.ndarray:
     """``a @ b`` computed on the grid whose tracker is at ``tracker`` (host:port).
 
@@ -40,7 +41,10 @@ def matmul(
     (else C-ordered); an operand in another layout is copied once (the
     smaller one when the two orders differ). The result is the array the
     grid's answer was written into, not a copy. Seven slots are leased for
-    the call and released after it.
+    the call and released after it; with ``depth=2``, 49 (each of the seven
+    products split again over a group of seven, as ``septet multiply
+    --depth 2``), and with ``depth="auto"`` 49 for a job of at least
+    16384³ when 49 peers are free, else seven.
 
     Raises ``ValueError`` for bad input (not 2-D, mismatched shapes, other
     dtypes, NaN or ±inf unless ``verify=False``, a report path in a missing
@@ -67,9 +71,11 @@ class Grid:
         verify: bool = True,
         timeout: Optional[float] = None,
         report: Optional[_Path] = None,
+        depth: Union[int, str, None] = None,
     ) -> np.ndarray:
         """``a @ b`` on the grid, on the lease held (see ``lease``) or on one
-        taken for the call. As ``septet.matmul`` otherwise."""
+        taken for the call. As ``septet.matmul`` otherwise; a held lease
+        runs one level, so ``depth`` other than 1 needs none held."""
     def lease(self, count: int = 7, *, max_wait: Optional[float] = None) -> int:
         """Leases seven slots and holds them (renewed) for the following
         calls until ``release``/``close``; returns the lease id. Raises

@@ -126,6 +126,20 @@ impl Target {
 struct CallOptions {
     verify: bool,
     timeout: Option<Duration>,
+    /// 1, 2, or 0 for auto (see `RequesterConfig::depth`).
+    depth: u8,
+}
+
+/// `depth=`: 1, 2 or "auto".
+fn parse_depth(depth: &Bound<'_, PyAny>) -> PyResult<u8> {
+    if let Ok(d) = depth.extract::<u8>() {
+        if d == 1 || d == 2 {
+            return Ok(d);
+        }
+    } else if depth.extract::<String>().is_ok_and(|d| d == "auto") {
+        return Ok(0);
+    }
+    Err(PyValueError::new_err(format!("depth must be 1, 2 or \"auto\", not {depth}")))
 }
 
 fn parse_timeout(timeout: Option<f64>) -> PyResult<Option<Duration>> {
@@ -471,11 +485,12 @@ impl Session {
         Ok(())
     }
 
-    fn requester(&self, verify: bool) -> Requester {
+    fn requester(&self, verify: bool, depth: u8) -> Requester {
         Requester::new(RequesterConfig {
             tracker: self.target.tracker.clone(),
             verify,
             security: self.target.security.clone(),
+            depth,
             ..RequesterConfig::default()
         })
     }
@@ -548,8 +563,13 @@ impl Session {
         inputs: Operands,
         opts: CallOptions,
     ) -> PyResult<(septet_client::requester::Result<Product>, JobReport)> {
-        let requester = self.requester(opts.verify);
+        let requester = self.requester(opts.verify, opts.depth);
         let lease = self.held();
+        if lease.is_some() && opts.depth != 1 {
+            return Err(PyValueError::new_err(
+                "this grid holds a lease of seven slots (one level): release() it for a call with depth=2 or \"auto\"",
+            ));
+        }
         let lease_jobs = self.lease_jobs.clone();
         let job = async move {
             let run = async {
@@ -594,7 +614,7 @@ impl Session {
         if self.held().is_some() {
             return Err(GridError::new_err("this grid already holds a lease: release() it first"));
         }
-        let mut requester = self.requester(true);
+        let mut requester = self.requester(true, 1);
         let max_wait = parse_timeout(max_wait)?;
         let config = RequesterConfig { max_lease_wait: max_wait, ..requester.config().clone() };
         requester = Requester::new(config);
@@ -692,7 +712,8 @@ impl Grid {
 
     /// C = a @ b on the grid (on the lease held, if any; else on a lease
     /// taken for this call and released after it).
-    #[pyo3(signature = (a, b, *, verify=true, timeout=None, report=None))]
+    #[pyo3(signature = (a, b, *, verify=true, timeout=None, report=None, depth=None))]
+    #[allow(clippy::too_many_arguments)]
     fn matmul<'py>(
         &self,
         py: Python<'py>,
@@ -701,8 +722,10 @@ impl Grid {
         verify: bool,
         timeout: Option<f64>,
         report: Option<PathBuf>,
+        depth: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let opts = CallOptions { verify, timeout: parse_timeout(timeout)? };
+        let depth = depth.map(parse_depth).transpose()?.unwrap_or(1);
+        let opts = CallOptions { verify, timeout: parse_timeout(timeout)?, depth };
         self.session.matmul(py, a, b, opts, report)
     }
 
@@ -834,7 +857,7 @@ impl Drop for LocalGrid {
 
 /// C = a @ b on the grid at `tracker`: one lease for the call, released after it.
 #[pyfunction]
-#[pyo3(signature = (a, b, *, tracker, secret_file=None, encrypt=false, verify=true, timeout=None, report=None))]
+#[pyo3(signature = (a, b, *, tracker, secret_file=None, encrypt=false, verify=true, timeout=None, report=None, depth=None))]
 #[allow(clippy::too_many_arguments)]
 fn matmul<'py>(
     py: Python<'py>,
@@ -846,8 +869,10 @@ fn matmul<'py>(
     verify: bool,
     timeout: Option<f64>,
     report: Option<PathBuf>,
+    depth: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let opts = CallOptions { verify, timeout: parse_timeout(timeout)? };
+    let depth = depth.map(parse_depth).transpose()?.unwrap_or(1);
+    let opts = CallOptions { verify, timeout: parse_timeout(timeout)?, depth };
     Session::new(Target::new(py, tracker, secret_file, encrypt)?).matmul(py, a, b, opts, report)
 }
 

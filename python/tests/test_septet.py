@@ -406,3 +406,24 @@ def test_calls_from_several_threads(local, held):
     assert not errors, errors
     for (a, b), c in zip(pairs, results):
         assert close(c, a @ b, np.float64)
+
+
+def test_two_levels_deep_on_49_local_workers():
+    """depth=2 leases 49 slots: each of the seven products is split again
+    and computed by a group of seven; C matches NumPy, the report shows
+    both levels, and a bad depth is refused before anything is leased."""
+    r = rng()
+    a, b = r.uniform(-1, 1, (300, 260)), r.uniform(-1, 1, (260, 280))
+    with septet.LocalGrid(workers=49) as g:
+        c = g.matmul(a, b, depth=2)
+        assert close(c, a @ b, np.float64)
+        job = g.last_job
+        assert job["depth"] == 2 and job["plan"] == "relay" and not job["failures"], job["failures"]
+        groups = [s["delegated"]["slots"] for s in job["relay"]["slots"]]
+        assert len(groups) == 7 and all(len(s) == 7 for s in groups)
+        assert len({sub["peer_id"] for s in groups for sub in s}) == 49
+        assert close(g.matmul(a, b, depth="auto"), a @ b, np.float64)
+        assert g.last_job["depth"] == 1, "auto takes one level below its size threshold"
+        for bad in (0, 3, "two"):
+            with pytest.raises(ValueError, match="depth must be 1, 2"):
+                g.matmul(a, b, depth=bad)
