@@ -424,12 +424,14 @@ async fn write_out(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiv
             Out::Part(part, m) => {
                 let bytes = (m.shape().0 * m.shape().1 * m.dtype().size()) as f64;
                 let limit = config.io_timeout + Duration::from_secs_f64(bytes / MIN_PART_RATE);
-                deadline(
+                let sent = deadline(
                     limit,
                     "the requester to take a part",
                     writer.send_blocks(part.task_id(), BlockOp::Part, &[m.view()]),
                 )
-                .await
+                .await;
+                septet_common::matrix::recycle_matrix(m);
+                sent
             }
             Out::Reply(reply) => {
                 deadline(config.io_timeout, "the requester to take a reply", writer.send(&reply)).await
@@ -517,6 +519,56 @@ type Parked<T> = (usize, Arc<Array2<T>>, [u8; 32]);
 /// A sender to one peer: its queue (parts go out in order).
 type Outbox<T> = mpsc::UnboundedSender<(PartId, Arc<Array2<T>>)>;
 
+/// The large panels this slot received or made, watched until nothing else
+/// holds them (the product has read them, every forward of them is
+/// written), then given back to the worker's pool of buffers
+/// ([`septet_common::matrix::recycle`]): the next part read from a socket,
+/// or product panel computed, then reuses one instead of faulting in and
+/// zeroing fresh pages — which, at n = 4096 on a busy host, cost as much
+/// CPU as moving the bytes.
+struct Recycler<T> {
+    held: Vec<Arc<Array2<T>>>,
+    recycle: fn(Array2<T>),
+}
+
+impl<T: Element> Recycler<T> {
+    fn new() -> Self {
+        Self { held: Vec::new(), recycle: septet_common::matrix::recycle::<T> }
+    }
+}
+
+impl<T> Recycler<T> {
+    /// Watches `data` (once, however often it is passed).
+    fn watch(&mut self, data: &Arc<Array2<T>>) {
+        if !self.held.iter().any(|h| Arc::ptr_eq(h, data)) {
+            self.held.push(data.clone());
+        }
+    }
+
+    /// Recycles every watched panel nothing else holds any more.
+    fn sweep(&mut self) {
+        let mut i = 0;
+        while i < self.held.len() {
+            if Arc::strong_count(&self.held[i]) == 1 {
+                // Only this list holds it (so nobody can take another
+                // reference meanwhile): `try_unwrap` cannot fail here, and
+                // if it did the panel would simply be freed.
+                if let Ok(a) = Arc::try_unwrap(self.held.swap_remove(i)) {
+                    (self.recycle)(a);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+impl<T> Drop for Recycler<T> {
+    fn drop(&mut self) {
+        self.sweep();
+    }
+}
+
 /// One slot's share of a relayed job.
 struct Node<T> {
     plan: Arc<RelayPlan>,
@@ -555,6 +607,8 @@ struct Node<T> {
     outboxes: HashMap<usize, Outbox<T>>,
     /// Links to peers still sending.
     sending: usize,
+    /// Panels to give back to the buffer pool once they are done with.
+    recycler: Recycler<T>,
     received: [usize; SLOTS + 1],
     expected: [usize; SLOTS + 1],
     stats: RelayStats,
@@ -601,6 +655,7 @@ impl<T: Element> Node<T> {
             reductions,
             outboxes: HashMap::new(),
             sending: 0,
+            recycler: Recycler::new(),
             received: [0; SLOTS + 1],
             expected: expected_counts(&plan, me),
             stats: RelayStats {
@@ -702,6 +757,7 @@ impl<T: Element> Node<T> {
     }
 
     async fn take(&mut self, event: Event, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
+        self.recycler.sweep();
         match event {
             Event::Part { from, part, data, digest } => {
                 let index = match from {
@@ -790,7 +846,12 @@ impl<T: Element> Node<T> {
                 Ok(())
             }
             (From::Slot(f), Block::M(i)) => {
-                self.reduce(i, part.panel as usize, &data, out).await.map_err(|e| blame(f, e))
+                self.reduce(i, part.panel as usize, &data, out).await.map_err(|e| blame(f, e))?;
+                // Folded in: its buffer can take the next part.
+                if let Ok(m) = Arc::try_unwrap(data) {
+                    septet_common::matrix::recycle(m);
+                }
+                Ok(())
             }
             (From::Slot(f), _) => {
                 let id = part.task_id().0;
@@ -824,11 +885,17 @@ impl<T: Element> Node<T> {
         if self.stats.inputs_done_us == 0 && self.b_missing == 0 && self.a_missing.iter().all(|&m| m == 0) {
             self.stats.inputs_done_us = self.now_us();
         }
+        self.recycler.watch(&data);
         self.inputs.insert(part, data);
     }
 
     /// Queues `data` for slot `to`, opening the link on first use.
     fn send_to(&mut self, to: usize, part: PartId, data: Arc<Array2<T>>) {
+        // (This slot's product panels are watched from here: what a panel
+        // computed before this one was written from may be free by now, for
+        // the next panel's product.)
+        self.recycler.sweep();
+        self.recycler.watch(&data);
         let config = &self.config;
         let outbox = self.outboxes.entry(to).or_insert_with(|| {
             self.sending += 1;
@@ -1089,10 +1156,23 @@ impl<T: Element> Node<T> {
         let mut complete = Vec::new();
         for (k, red) in self.reductions.iter_mut().enumerate() {
             let Some(&(_, sign)) = red.feeders.iter().find(|(i, _)| *i == product) else { continue };
-            let acc = red.acc[panel].get_or_insert_with(|| Array2::zeros(m.dim()));
-            match sign {
-                Sign::Plus => *acc += m,
-                Sign::Minus => *acc -= m,
+            match &mut red.acc[panel] {
+                Some(acc) => match sign {
+                    Sign::Plus => *acc += m,
+                    Sign::Minus => *acc -= m,
+                },
+                empty @ None => {
+                    // The first product in starts the sum (0 ± m, as adding
+                    // it to zeros would) in a pooled buffer: no zeroing, and
+                    // no fresh pages to fault in.
+                    let mut acc = septet_common::matrix::alloc_uninit::<T>(m.dim());
+                    let zip = ndarray::Zip::from(&mut acc).and(m);
+                    match sign {
+                        Sign::Plus => zip.for_each(|a, &b| *a = T::zero() + b),
+                        Sign::Minus => zip.for_each(|a, &b| *a = T::zero() - b),
+                    }
+                    *empty = Some(acc);
+                }
             }
             red.got[panel] += 1;
             if red.got[panel] == red.feeders.len() {

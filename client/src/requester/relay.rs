@@ -977,6 +977,8 @@ impl<T: Element> Gather<T> {
                 }
                 matmul_into(self.cr[qi].slice_mut(s![rows, ..]), m.view(), self.r.view(), false, faer::Par::Seq)
                     .map_err(|e| e.to_string())?;
+                // Placed and fingerprinted: its buffer can take the next panel read.
+                septet_common::matrix::recycle(m);
                 if left > 1 {
                     self.quads[qi] = QuadState::Arriving { left: left - 1, bytes };
                     return Ok(None);
