@@ -37,6 +37,11 @@
 #              needs for 2·n² words (A and B once), and its bytes in n²·w.
 #              Goals (issue 16): at 200mbit n=2048 relay <= 1.3 x that
 #              bound; at 1gbit n=4096 relay >= 1.4 x faster than direct.
+#   depth      D_N (default 4096) jobs on D_WORKERS (default 49) workers at
+#              RATE, JOBS at --depth 1 and JOBS at --depth 2, interleaved
+#              (one warm-up job each): the medians of the jobs' own time
+#              (job_s), depth 2 / depth 1, and depth 2's bytes in n²·w. No
+#              goal on one host (issue 20): the 49 workers share its cores.
 #
 # Each job is `septet multiply --random N,N,N --json` run from the requester's
 # namespace; one warm-up job per grid is run first and not counted. Every part
@@ -52,7 +57,8 @@
 #   WORKERS      workers per grid (default: 9 for partition, 8 for
 #                straggler/bound); P_WORKERS / S_WORKERS set one grid only
 #   JOBS         jobs of each kind (default 5, --quick 2)
-#   P_N, S_N     matrix sizes (default 4096 and 2048)
+#   P_N, S_N     matrix sizes (default 4096 and 2048); R_N (2048), D_N (4096)
+#   D_WORKERS    workers of the depth grid (default 49)
 #   RATE         every link's rate (default 1gbit; tc units kbit/mbit/gbit)
 #   SLOW_RATE    the straggler's link (default 40mbit)
 #   CUT_DELAY    seconds between seeing the lease and the cut (default 0)
@@ -70,7 +76,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
     -h | --help) usage; exit 0 ;;
-    partition | straggler | bound | relay) PARTS+=("$1") ;;
+    partition | straggler | bound | relay | depth) PARTS+=("$1") ;;
     all) PARTS+=(partition straggler bound) ;;
     *) echo "netbench: unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -87,6 +93,8 @@ else
 fi
 R_N=${R_N:-2048}
 R_WORKERS=${R_WORKERS:-${WORKERS:-8}}
+D_N=${D_N:-4096}
+D_WORKERS=${D_WORKERS:-49}
 P_WORKERS=${P_WORKERS:-${WORKERS:-9}}
 S_WORKERS=${S_WORKERS:-${WORKERS:-8}}
 RATE=${RATE:-1gbit}
@@ -544,6 +552,57 @@ PYEOF
   grid_down
   TOOK[relay]=$(($(secs) - t0))
   echo "  (relay took ${TOOK[relay]} s)"
+fi
+
+# --- 5. depth --------------------------------------------------------------------
+if want depth; then
+  t0=$(secs)
+  mkdir -p "$OUT/depth"
+  echo
+  echo "== depth: n=$D_N, $D_WORKERS workers at $RATE, $JOBS jobs at --depth 1 and $JOBS at --depth 2, interleaved =="
+  if grid_up depth "$D_WORKERS"; then
+    for d in 1 2; do # warm-up, one per depth
+      $G exec rq septet multiply --random "$D_N,$D_N,$D_N" --json --max-wait 60 --depth $d >/dev/null 2>&1
+    done
+    for i in $(seq 1 "$JOBS"); do
+      for d in 1 2; do
+        $G exec rq septet multiply --random "$D_N,$D_N,$D_N" --json --max-wait 60 --depth $d \
+          >"$OUT/depth/d$d-$i.json" 2>"$OUT/depth/d$d-$i.err"
+        echo "  depth $d $i  $(describe depth "d$d-$i")"
+        idle "$D_WORKERS"
+      done
+    done
+    python3 - "$OUT/depth" "$JOBS" "$D_N" <<'PYEOF' | tee -a "$OUT/depth/table.md"
+import json, statistics, sys
+d, jobs, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def load(depth):
+    out = []
+    for i in range(1, jobs + 1):
+        try:
+            out.append(json.load(open(f"{d}/d{depth}-{i}.json")))
+        except Exception:
+            pass
+    return out
+one, two = load(1), load(2)
+if not one or not two:
+    print(f"  depth: {len(one)} jobs at depth 1 and {len(two)} at depth 2 finished; no table")
+    sys.exit(0)
+w = 8.0
+a = statistics.median(j["job_s"] for j in one)
+b = statistics.median(j["job_s"] for j in two)
+sent = statistics.median(j["bytes_sent"] for j in two) / (n * n * w)
+recv = statistics.median(j["bytes_received"] for j in two) / (n * n * w)
+print(f"  depth 1 median {a:.2f} s, depth 2 median {b:.2f} s: depth 2 / depth 1 = {b / a:.2f}x")
+print(f"  depth 2 bytes: sent {sent:.3f} n^2 w, received {recv:.3f} n^2 w; failures {sum(len(j['failures']) for j in two)}")
+PYEOF
+    r=$(sed -n 1p "$OUT/depth/table.md")
+    echo "| depth n=$D_N at $RATE | ${r#  } | (issue 20: no goal on one host) | |" >&3
+  else
+    echo "| depth n=$D_N | grid failed | | ✘ |" >&3
+  fi
+  grid_down
+  TOOK[depth]=$(($(secs) - t0))
+  echo "  (depth took ${TOOK[depth]} s)"
 fi
 
 # --- summary ---------------------------------------------------------------------
