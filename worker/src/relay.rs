@@ -52,10 +52,14 @@ const MIN_PART_RATE: f64 = 1e6;
 /// The relayed jobs running on this worker, by id and slot (a worker with
 /// several slots may hold more than one slot of a job): how a peer's
 /// `Join` finds its job.
-#[derive(Default)]
 pub(crate) struct Relays {
     jobs: Mutex<HashMap<(JobId, u8), Entry>>,
     changed: Notify,
+    /// Slots for what a delegating slot computes itself because its group
+    /// did not deliver it: as many as the worker's own, but apart from
+    /// them — the worker's slots may all be held by slots of the same job
+    /// waiting for that very product to reduce it.
+    fallback: Arc<Semaphore>,
 }
 
 #[derive(Clone)]
@@ -69,6 +73,15 @@ struct Entry {
 const MAX_JOBS: usize = 64;
 
 impl Relays {
+    /// The relayed jobs of a worker with `slots` compute slots.
+    pub(crate) fn new(slots: u32) -> Self {
+        Self {
+            jobs: Mutex::default(),
+            changed: Notify::new(),
+            fallback: Arc::new(Semaphore::new(slots.max(1) as usize)),
+        }
+    }
+
     fn insert(&self, entry: Entry) -> Result<(), String> {
         let mut jobs = self.jobs.lock();
         if jobs.len() >= MAX_JOBS {
@@ -256,18 +269,19 @@ pub(crate) async fn lead(
     info!(job = %plan.job_id, slot = me, product = PRODUCTS[me].name, "relayed job");
     let node = {
         let (plan, out_tx, cancel, config) = (plan.clone(), out_tx.clone(), job_cancel.clone(), config.clone());
+        let fallback = relays.fallback.clone();
         tokio::spawn(async move {
             let (links, links_rx) = mpsc::unbounded_channel();
             let result = match plan.dtype {
                 Dtype::F64 => {
-                    Node::<f64>::new(plan.clone(), started, config.clone(), links)
-                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
-                        .await
+                    let mut node = Node::<f64>::new(plan.clone(), started, config.clone(), links);
+                    node.compute_slots = Some(fallback);
+                    node.run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot).await
                 }
                 Dtype::F32 => {
-                    Node::<f32>::new(plan.clone(), started, config.clone(), links)
-                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
-                        .await
+                    let mut node = Node::<f32>::new(plan.clone(), started, config.clone(), links);
+                    node.compute_slots = Some(fallback);
+                    node.run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot).await
                 }
             };
             let reply = match result {
@@ -599,6 +613,9 @@ struct Node<T> {
     /// Set when the product went to the group: the compute and lease
     /// slots are handed on (the group's first sub-slot is this worker's).
     handed_off: bool,
+    /// What a group fails to deliver is computed here holding one of
+    /// these ([`Relays`]' fallback slots).
+    compute_slots: Option<Arc<Semaphore>>,
     ready: VecDeque<usize>,
     computing: bool,
     computed: usize,
@@ -648,6 +665,7 @@ impl<T: Element> Node<T> {
             x: None,
             delegation: if plan.delegate.is_empty() { Delegation::No } else { Delegation::Forming { formed: 0 } },
             handed_off: false,
+            compute_slots: None,
             ready: VecDeque::new(),
             computing: false,
             computed: 0,
@@ -1067,7 +1085,7 @@ impl<T: Element> Node<T> {
             verify_rounds: self.plan.rounds as usize,
             ..Default::default()
         };
-        let (threads, r) = (self.config.threads, self.r.clone());
+        let (threads, r, slots) = (self.config.threads, self.r.clone(), self.compute_slots.clone());
         #[cfg(feature = "fault-injection")]
         let fault = self.config.fault;
         info!(job = %self.plan.job_id, slot = self.me, "delegating the product to the group");
@@ -1075,7 +1093,7 @@ impl<T: Element> Node<T> {
             let t = Instant::now();
             let result = async {
                 #[allow(unused_mut)]
-                let (mut m, delegated) = septet_client::requester::relay::delegate(config, x, y, group, threads)
+                let (mut m, delegated) = septet_client::requester::relay::delegate(config, x, y, group, threads, slots)
                     .await
                     .map_err(|e| format!("computing the product with the group: {e}"))?;
                 // A liar: a wrong product, and the fingerprint of that wrong product.

@@ -248,7 +248,7 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
         on_refusal: Some(config.metrics.refusal_hook()),
         splicer: None,
     };
-    let relays = Arc::new(Relays::default());
+    let relays = Arc::new(Relays::new(config.slots));
     let handler = {
         let config = config.clone();
         move |conn: Connection, _role: Role, cancel: CancellationToken| {

@@ -675,13 +675,16 @@ pub(super) async fn run<T: Element>(
 /// [`Delegated`](septet_common::proto::Delegated), for the job's report.
 ///
 /// `config` is the sub-job's requester configuration (its tracker is not
-/// used: the peers are already leased, their tickets in `peers`).
+/// used: the peers are already leased, their tickets in `peers`). What it
+/// computes itself it computes holding one of `compute_slots` (a worker's
+/// own slots, which it handed on to its group while the sub-job ran).
 pub async fn delegate<T: Element>(
     config: super::RequesterConfig,
     x: Array2<T>,
     y: Array2<T>,
     peers: [PeerAddr; 7],
     threads: usize,
+    compute_slots: Option<Arc<tokio::sync::Semaphore>>,
 ) -> Result<(Array2<T>, septet_common::proto::Delegated), Error> {
     use septet_common::proto::{Delegated, SubSlot};
     let started = Instant::now();
@@ -696,6 +699,10 @@ pub async fn delegate<T: Element>(
     if !missing.is_empty() {
         info!(missing = ?missing.iter().map(|q| q.suffix()).collect::<Vec<_>>(), failure = ?outcome.report.failure, "delegated product: computing what the sub-job did not deliver");
         let (x, y, todo) = (x.clone(), y.clone(), missing.clone());
+        let _slot = match compute_slots {
+            Some(slots) => Some(slots.acquire_owned().await.map_err(|_| Error::Closed("the worker's compute slots"))?),
+            None => None,
+        };
         c = tokio::task::spawn_blocking(move || {
             let (mh, _, nh) = split.half();
             for q in todo {
