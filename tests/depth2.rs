@@ -101,10 +101,18 @@ async fn depth_two_refuses_the_direct_plan_and_runs_on_workers_of_seven_slots() 
         let err = direct.multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap_err();
         assert!(err.to_string().contains("two levels deep"), "{err}");
         assert_eq!(state.stats().unwrap().leases, 0, "the refused job's lease was released");
-        // Seven workers of seven slots each: groups may share a worker; C is exact.
+        // Seven workers of seven slots each: the first level spans the
+        // seven workers and each group stays on one of them; C is exact.
         let (c, report) = requester(&tracker).multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
         assert_eq!(c, naive_matmul(a.view(), b.view()));
         assert!(report.failures.is_empty(), "{:?}", report.failures);
+        let relay = report.relay.as_ref().unwrap();
+        let first: HashSet<&str> = relay.slots.iter().map(|s| s.peer.addr.as_str()).collect();
+        assert_eq!(first.len(), 7, "the first level on seven workers: {first:?}");
+        for s in &relay.slots {
+            let group: HashSet<&str> = s.delegated.as_ref().unwrap().slots.iter().map(|x| x.addr.as_str()).collect();
+            assert_eq!(group, HashSet::from([s.peer.addr.as_str()]), "{}'s group on its own worker", s.product);
+        }
         // auto: two levels for a job this large (the threshold lowered for
         // the test) when 49 peers are free — here only 7 are, so one level.
         let auto = |min: u64| {

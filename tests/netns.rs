@@ -635,16 +635,17 @@ fn two_levels_on_49_hosts_survive_a_liar_and_a_silent_cut() {
     let child = job.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     assert!(grid.wait_for("cl", Duration::from_secs(30), |p| in_use(p) == 49), "the lease of 49 was not granted");
     // A fresh grid's slots are granted in peer-id order (fewest in use,
-    // fewest leases, lowest id), so group g is peers 7g..7g+7 and its first
-    // is its first-level slot. Cut a worker of the second level in a group
-    // other than the liar's, so that the liar's group runs and catches it.
+    // fewest leases, lowest id), so group g is the peers with id ≡ g (mod 7)
+    // and its first (id g) is its first-level slot. Cut a worker of the
+    // second level in a group other than the liar's, so that the liar's
+    // group runs and catches it.
     let peers = grid.peers("cl").unwrap();
     let id_of = |host: &str| {
         let ip = format!("{}:", grid.addr(host));
         peers.iter().find(|p| p["addr"].as_str().unwrap().starts_with(&ip)).unwrap()["peer_id"].as_u64().unwrap()
     };
-    let liar_group = id_of("w5") / 7;
-    let victim = (0..49).map(|i| format!("w{i}")).find(|h| id_of(h) % 7 == 3 && id_of(h) / 7 != liar_group).unwrap();
+    let liar_group = id_of("w5") % 7;
+    let victim = (0..49).map(|i| format!("w{i}")).find(|h| id_of(h) / 7 == 3 && id_of(h) % 7 != liar_group).unwrap();
     grid.cut(&victim);
     let out = child.wait_with_output().unwrap();
     grid.heal(&victim);

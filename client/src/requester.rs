@@ -1365,12 +1365,15 @@ impl Requester {
             let _ = keeper.clone().release().await;
             return Err(e);
         }
-        // Two levels: group i is the grant's i-th run of seven, and its
-        // first slot is slot i of the first level — it hands its lease slot
-        // on to its group's first sub-slot (itself) once its operands are
-        // formed, so 49 slots hold the 56 roles.
+        // Two levels: group i is every seventh slot of the grant from the
+        // i-th, and its first slot is slot i of the first level — it hands
+        // its lease slot on to its group's first sub-slot (itself) once its
+        // operands are formed, so 49 slots hold the 56 roles. The tracker
+        // grants a host's slots one per round over the hosts, so on seven
+        // hosts of seven slots the first level spans the seven hosts and
+        // each group stays on one (its sub-job's traffic never leaves it).
         let groups: Vec<[PeerAddr; 7]> = if depth == 2 {
-            slots.chunks_exact(7).map(|g| std::array::from_fn(|j| g[j].clone())).collect()
+            (0..7).map(|i| std::array::from_fn(|j| slots[i + 7 * j].clone())).collect()
         } else {
             Vec::new()
         };
