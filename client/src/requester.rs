@@ -734,6 +734,17 @@ impl LeaseKeeper {
         rx.await.map_err(|_| Error::Closed("the lease keeper"))?
     }
 
+    /// Reports `peer_id` failed (no replacement) without waiting for the
+    /// tracker's answer; a failure to report is logged.
+    fn report_in_background(&self, peer_id: PeerId, reason: String) {
+        let keeper = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = keeper.report(peer_id, reason, false).await {
+                warn!(error = %e, "could not report a failed peer to the tracker");
+            }
+        });
+    }
+
     /// Asks for one more slot, off `peer_id`, to hedge its product; the
     /// answer comes on the receiver. `None` if the keeper is busy (ask later).
     fn ask_hedge(&self, peer_id: PeerId) -> Option<oneshot::Receiver<septet_common::Result<Option<PeerAddr>>>> {
@@ -1509,15 +1520,13 @@ impl Requester {
         // their groups (the checks below refuse what cannot).
         let relays = !groups.is_empty() || self.config.plan.relays_job(peers, c.is_mapped());
         report.depth = if groups.is_empty() { 1 } else { 2 };
-        if !groups.is_empty() {
-            let all = groups.iter().flatten();
-            if self.config.plan == Plan::Direct || !all.clone().all(|p| !crate::dialback::dials_back(p)) {
-                return Err(RequestError::Depth(
-                    "a job two levels deep relays (its slots request their products from their groups), so it \
-                     cannot run with --plan direct or on peers that must dial back"
-                        .into(),
-                ));
-            }
+        let dials_back = groups.iter().flatten().any(crate::dialback::dials_back);
+        if !groups.is_empty() && (self.config.plan == Plan::Direct || dials_back) {
+            return Err(RequestError::Depth(
+                "a job two levels deep relays (its slots request their products from their groups), so it cannot \
+                 run with --plan direct or on peers that must dial back"
+                    .into(),
+            ));
         }
         let need = if relays {
             let own = septet_common::relay::slot_bytes(split, T::DTYPE);
@@ -1637,12 +1646,7 @@ impl Requester {
                     continue;
                 }
                 sub_blamed.push(sub.peer_id);
-                let (keeper, peer_id, why) = (keeper.clone(), sub.peer_id, format!("relay, second level: {why}"));
-                tokio::spawn(async move {
-                    if let Err(e) = keeper.report(peer_id, why, false).await {
-                        warn!(error = %e, "could not report a failed peer to the tracker");
-                    }
-                });
+                keeper.report_in_background(sub.peer_id, format!("relay, second level: {why}"));
             }
         }
         report.relay = Some(outcome.report);
@@ -1695,13 +1699,7 @@ impl Requester {
             std::array::from_fn(|i| reasons[i].clone().filter(|_| needed[i]).map(|r| (peers[i].clone(), r)));
         for (i, peer) in peers.iter().enumerate().filter(|&(i, _)| reasons[i].is_some() && !needed[i]) {
             let why = reasons[i].clone().unwrap_or_default();
-            let keeper = keeper.clone();
-            let (peer_id, why) = (peer.peer_id, format!("relay: {why}"));
-            tokio::spawn(async move {
-                if let Err(e) = keeper.report(peer_id, why, false).await {
-                    warn!(error = %e, "could not report a failed peer to the tracker");
-                }
-            });
+            keeper.report_in_background(peer.peer_id, format!("relay: {why}"));
         }
         info!(missing = ?strassen::Quad::ALL.iter().filter(|q| !verified[q.index()]).map(|q| q.suffix()).collect::<Vec<_>>(), "relay incomplete: computing the rest directly");
         let relay_peers = std::mem::take(&mut report.peers);

@@ -274,14 +274,14 @@ pub(crate) async fn lead(
             let (links, links_rx) = mpsc::unbounded_channel();
             let result = match plan.dtype {
                 Dtype::F64 => {
-                    let mut node = Node::<f64>::new(plan.clone(), started, config.clone(), links);
-                    node.compute_slots = Some(fallback);
-                    node.run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot).await
+                    Node::<f64>::new(plan.clone(), started, config.clone(), links, fallback)
+                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
+                        .await
                 }
                 Dtype::F32 => {
-                    let mut node = Node::<f32>::new(plan.clone(), started, config.clone(), links);
-                    node.compute_slots = Some(fallback);
-                    node.run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot).await
+                    Node::<f32>::new(plan.clone(), started, config.clone(), links, fallback)
+                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
+                        .await
                 }
             };
             let reply = match result {
@@ -610,12 +610,9 @@ struct Node<T> {
     /// A slot that delegates: X, while it is formed.
     x: Option<Array2<T>>,
     delegation: Delegation,
-    /// Set when the product went to the group: the compute and lease
-    /// slots are handed on (the group's first sub-slot is this worker's).
-    handed_off: bool,
     /// What a group fails to deliver is computed here holding one of
     /// these ([`Relays`]' fallback slots).
-    compute_slots: Option<Arc<Semaphore>>,
+    fallback: Arc<Semaphore>,
     ready: VecDeque<usize>,
     computing: bool,
     computed: usize,
@@ -632,7 +629,13 @@ struct Node<T> {
 }
 
 impl<T: Element> Node<T> {
-    fn new(plan: Arc<RelayPlan>, started: Instant, config: WorkerConfig, links: mpsc::UnboundedSender<Event>) -> Self {
+    fn new(
+        plan: Arc<RelayPlan>,
+        started: Instant,
+        config: WorkerConfig,
+        links: mpsc::UnboundedSender<Event>,
+        fallback: Arc<Semaphore>,
+    ) -> Self {
         let me = plan.you as usize;
         let product = &PRODUCTS[me];
         let (a_panels, b_panels) = (plan.a_panels(), plan.b_panels());
@@ -664,8 +667,7 @@ impl<T: Element> Node<T> {
             y: None,
             x: None,
             delegation: if plan.delegate.is_empty() { Delegation::No } else { Delegation::Forming { formed: 0 } },
-            handed_off: false,
-            compute_slots: None,
+            fallback,
             ready: VecDeque::new(),
             computing: false,
             computed: 0,
@@ -730,7 +732,7 @@ impl<T: Element> Node<T> {
                     });
                 }
                 self.start_work(&done_tx);
-                if self.handed_off {
+                if self.delegation == Delegation::Running {
                     // The group computes now; its first sub-slot is this
                     // worker's and takes these slots.
                     permit = None;
@@ -1065,7 +1067,6 @@ impl<T: Element> Node<T> {
         debug_assert_eq!(formed, self.a_missing.len());
         self.delegation = Delegation::Running;
         self.computing = true;
-        self.handed_off = true;
         self.stats.compute_start_us = self.now_us();
         let (Some(x), Some(y)) = (self.x.take(), self.y.take()) else {
             let _ = done.send(Err("X or Y missing when the product was delegated".into()));
@@ -1085,7 +1086,7 @@ impl<T: Element> Node<T> {
             verify_rounds: self.plan.rounds as usize,
             ..Default::default()
         };
-        let (threads, r, slots) = (self.config.threads, self.r.clone(), self.compute_slots.clone());
+        let (threads, r, slots) = (self.config.threads, self.r.clone(), Some(self.fallback.clone()));
         #[cfg(feature = "fault-injection")]
         let fault = self.config.fault;
         info!(job = %self.plan.job_id, slot = self.me, "delegating the product to the group");
