@@ -26,7 +26,7 @@ use septet_common::proto::{LeaseGrant, LeaseTicket, PeerAddr, WorkerRequest};
 use septet_common::proto::{LeaseId, PeerId, Reply, TaskId, WorkerReply};
 use septet_common::strassen::{self, Operand, Quad, Sign, Split, PRODUCTS};
 use septet_common::{deadline, Connection, Element, Error, ErrorCode, FrameReader, Role, PEERS_PER_LEASE};
-use septet_common::{FrameWriter, WirePart};
+use septet_common::{FrameInto, FrameWriter, WirePart};
 use serde::Serialize;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -779,25 +779,45 @@ impl LeaseKeeper {
 
 /// An operand as it will be sent: a quadrant of the input used in place, a
 /// sum of two full-size quadrants formed while it is written (never stored
-/// whole), or — only when padding is needed — a materialised array.
+/// whole), or — only when padding is needed — a materialised array (in a
+/// scratch file, for a job out of core).
 enum Formed<T> {
     Quadrant(Quad),
     Sum(Quad, Sign, Quad),
-    Owned(Array2<T>),
+    Owned(Store<T>),
 }
 
 impl<T: Element> Formed<T> {
-    fn form(x: ArrayView2<'_, T>, terms: &[strassen::Term], shape: (usize, usize)) -> Formed<T> {
+    /// `spill`: the directory for an operand that must be materialised,
+    /// if it must not be in memory.
+    fn form(
+        x: ArrayView2<'_, T>,
+        terms: &[strassen::Term],
+        shape: (usize, usize),
+        spill: Option<&std::path::Path>,
+    ) -> std::io::Result<Formed<T>> {
         if let [(Sign::Plus, q1), (sign, q2)] = terms {
             let full = |q: Quad| strassen::quadrant(x, q, shape.0, shape.1).dim() == shape;
             if full(*q1) && full(*q2) {
-                return Formed::Sum(*q1, *sign, *q2);
+                return Ok(Formed::Sum(*q1, *sign, *q2));
             }
         }
-        match strassen::operand(x, terms, shape) {
-            Operand::View(_) => Formed::Quadrant(terms[0].1),
-            Operand::Owned(a) => Formed::Owned(a),
+        if let [(Sign::Plus, q)] = terms {
+            if strassen::quadrant(x, *q, shape.0, shape.1).dim() == shape {
+                return Ok(Formed::Quadrant(*q));
+            }
         }
+        Ok(Formed::Owned(match spill {
+            Some(dir) => {
+                let mut out = Store::scratch(dir, shape)?;
+                strassen::add_terms(out.view_mut(), x, terms);
+                out
+            }
+            None => match strassen::operand(x, terms, shape) {
+                Operand::View(v) => Store::from(v.to_owned()),
+                Operand::Owned(a) => Store::from(a),
+            },
+        }))
     }
 
     /// The operand as a part of a frame; every variant has the padded `shape`.
@@ -815,7 +835,9 @@ impl<T: Element> Formed<T> {
     /// Hands a formed operand's buffer back once it has been sent.
     fn recycle(self) {
         if let Formed::Owned(a) = self {
-            septet_common::matrix::recycle(a);
+            if !a.is_mapped() {
+                septet_common::matrix::recycle(a.into_owned());
+            }
         }
     }
 }
@@ -857,6 +879,20 @@ impl<T: Element> ProductProbe<T> {
         let ready = (filled / (self.shape.1 * std::mem::size_of::<T>())).min(self.shape.0);
         if ready >= self.rows_done + PROBE_ROWS {
             self.form(m.view(), ready);
+        }
+    }
+
+    /// [`ProductProbe::advance`] for a product read into memory of the
+    /// caller's: `done` is its final part so far.
+    fn advance_rows(&mut self, done: &[T]) {
+        let cols = self.shape.1;
+        if cols == 0 {
+            return;
+        }
+        let ready = (done.len() / cols).min(self.shape.0);
+        if ready >= self.rows_done + PROBE_ROWS {
+            let rows = ArrayView2::from_shape((ready, cols), &done[..ready * cols]).expect("ready rows are in done");
+            self.form(rows, ready);
         }
     }
 
@@ -914,6 +950,10 @@ struct Job<T> {
     b: Arc<Store<T>>,
     split: Split,
     c: Mutex<Store<T>>,
+    /// A job out of core: the directory where products and padded
+    /// operands are kept (in scratch files, so that none of them, n²/4
+    /// words each, is ever in the requester's anonymous memory).
+    spill: Option<std::path::PathBuf>,
     receiving: Semaphore,
     reply_deadline: Duration,
     limits: ConnLimits,
@@ -942,6 +982,20 @@ fn panic_text(e: tokio::task::JoinError) -> String {
         .unwrap_or_else(|| "no message".into())
 }
 
+/// A frame where product `i` was expected: another task's, or not a product.
+fn not_the_product(i: usize, op: BlockOp, task_id: TaskId) -> Error {
+    Error::BadFrame(format!("expected the product of task {i}, got {op:?} of task {task_id}"))
+}
+
+/// A control message where a product was expected: the worker's error, or
+/// a protocol error.
+fn refusal(body: septet_common::ControlBody) -> Error {
+    match body.decode::<WorkerReply>() {
+        Ok(reply) => reply.into_error("the product"),
+        Err(e) => e,
+    }
+}
+
 /// A product received, verified and folded into C.
 struct Received {
     bytes: u64,
@@ -958,13 +1012,16 @@ impl<T: Element> Job<T> {
         let job = self.clone();
         tokio::task::spawn_blocking(move || {
             let p = &PRODUCTS[i];
-            (
-                Formed::form(job.a.view(), p.left, job.split.left_shape()),
-                Formed::form(job.b.view(), p.right, job.split.right_shape()),
-            )
+            let spill = job.spill.as_deref();
+            let formed = Formed::form(job.a.view(), p.left, job.split.left_shape(), spill)
+                .and_then(|x| Ok((x, Formed::form(job.b.view(), p.right, job.split.right_shape(), spill)?)));
+            formed.map_err(|e| {
+                let dir = spill.map_or_else(String::new, |d| format!(" in {}", d.display()));
+                Error::Invalid(format!("cannot make a scratch file{dir} for a padded operand: {e}"))
+            })
         })
         .await
-        .map_err(|e| Error::Invalid(format!("forming operands panicked: {e}")))
+        .map_err(|e| Error::Invalid(format!("forming operands panicked: {e}")))?
     }
 
     /// Sends product `i`'s operands; returns the frame's size.
@@ -1056,45 +1113,75 @@ impl<T: Element> Job<T> {
         meter.mark(&meter.receive_start, self.started);
         let t = Instant::now();
         let mut probe = self.check.as_ref().map(|c| (c, ProductProbe::new(c.r.clone(), self.split.product_shape())));
-        let frame = deadline(
-            self.reply_deadline,
-            "a worker's product",
-            reader.read_frame_with(&mut |mats: &[septet_common::Matrix], filled: usize| {
-                meter.received.store(filled as u64, Ordering::Relaxed);
-                if let Some((_, p)) = probe.as_mut() {
-                    p.advance(mats, filled);
-                }
-            }),
-        )
-        .await?;
-        let receive = t.elapsed();
-        let product = match frame {
-            Some(Frame::Blocks(blocks)) if blocks.op == BlockOp::Product && blocks.task_id == TaskId(i as u64) => {
-                blocks
-            }
-            Some(Frame::Blocks(blocks)) => {
-                return Err(Error::BadFrame(format!(
-                    "expected the product of task {i}, got {:?} of task {}",
-                    blocks.op, blocks.task_id
-                ))
-                .into())
-            }
-            Some(Frame::Control(body)) => {
-                let err = match body.decode::<WorkerReply>() {
-                    Ok(reply) => reply.into_error("the product"),
-                    Err(e) => e,
+        let (rows, cols) = self.split.product_shape();
+        let m: Store<T> = match &self.spill {
+            // Out of core: straight into a scratch file, never whole in memory.
+            Some(dir) => {
+                let mut store = Store::<T>::scratch(dir, (rows, cols)).map_err(|e| {
+                    Failure::Local(format!("cannot make a scratch file in {} for a product: {e}", dir.display()))
+                })?;
+                let accept = |h: &BlocksHeader| {
+                    if h.op != BlockOp::Product || h.task_id != TaskId(i as u64) {
+                        return Err(not_the_product(i, h.op, h.task_id));
+                    }
+                    if h.shapes != [(rows, cols)] {
+                        return Err(Error::BadFrame(format!("expected one {rows}×{cols} product, got {:?}", h.shapes)));
+                    }
+                    Ok(())
                 };
-                return Err(err.into());
+                let mut view = store.view_mut();
+                let dst = view.as_slice_mut().expect("a scratch store is contiguous");
+                let frame = deadline(
+                    self.reply_deadline,
+                    "a worker's product",
+                    reader.read_frame_into(dst, &accept, &mut |done: &[T]| {
+                        meter.received.store(std::mem::size_of_val(done) as u64, Ordering::Relaxed);
+                        if let Some((_, p)) = probe.as_mut() {
+                            p.advance_rows(done);
+                        }
+                    }),
+                )
+                .await?;
+                match frame {
+                    Some(FrameInto::Blocks(_)) => store,
+                    Some(FrameInto::Control(body)) => return Err(refusal(body).into()),
+                    None => return Err(Error::Closed("the product").into()),
+                }
             }
-            None => return Err(Error::Closed("the product").into()),
+            None => {
+                let frame = deadline(
+                    self.reply_deadline,
+                    "a worker's product",
+                    reader.read_frame_with(&mut |mats: &[septet_common::Matrix], filled: usize| {
+                        meter.received.store(filled as u64, Ordering::Relaxed);
+                        if let Some((_, p)) = probe.as_mut() {
+                            p.advance(mats, filled);
+                        }
+                    }),
+                )
+                .await?;
+                let product = match frame {
+                    Some(Frame::Blocks(blocks))
+                        if blocks.op == BlockOp::Product && blocks.task_id == TaskId(i as u64) =>
+                    {
+                        blocks
+                    }
+                    Some(Frame::Blocks(blocks)) => return Err(not_the_product(i, blocks.op, blocks.task_id).into()),
+                    Some(Frame::Control(body)) => return Err(refusal(body).into()),
+                    None => return Err(Error::Closed("the product").into()),
+                };
+                let [m] = <[septet_common::Matrix; 1]>::try_from(product.mats)
+                    .map_err(|_| Error::BadFrame("a product frame must hold one matrix".into()))?;
+                let (shape, dtype) = (m.shape(), m.dtype());
+                let m = T::from_matrix(m).map_err(|_| Error::DtypeMismatch { left: T::DTYPE, right: dtype })?;
+                if shape != (rows, cols) {
+                    return Err(Error::ShapeMismatch { left: shape, right: (rows, cols) }.into());
+                }
+                Store::from(m)
+            }
         };
-        let [m] = <[septet_common::Matrix; 1]>::try_from(product.mats)
-            .map_err(|_| Error::BadFrame("a product frame must hold one matrix".into()))?;
-        let (shape, dtype) = (m.shape(), m.dtype());
-        let m = T::from_matrix(m).map_err(|_| Error::DtypeMismatch { left: T::DTYPE, right: dtype })?;
-        if shape != self.split.product_shape() {
-            return Err(Error::ShapeMismatch { left: shape, right: self.split.product_shape() }.into());
-        }
+        let receive = t.elapsed();
+        let (shape, dtype) = (m.dim(), T::DTYPE);
         let header = BlocksHeader { task_id: TaskId(i as u64), op: BlockOp::Product, dtype, shapes: vec![shape] };
         let computed =
             septet_common::frame::encode_control(&WorkerReply::Computed { task_id: TaskId(i as u64), compute_us })?;
@@ -1123,7 +1210,7 @@ impl<T: Element> Job<T> {
                     // Every element finite but M·r not: only a product far
                     // larger than A·B allows overflows so; it is wrong.
                     Err(CheckError::NonFinite { cause: NonFinite::Product, .. })
-                        if m.iter().all(|v| v.to_f64().is_finite()) =>
+                        if m.view().iter().all(|v| v.to_f64().is_finite()) =>
                     {
                         return Err(Failure::Peer(Error::Verification(format!(
                             "{}: M·r overflows although every element is finite",
@@ -1143,7 +1230,9 @@ impl<T: Element> Job<T> {
                 strassen::accumulate(c.view_mut(), m.view(), &PRODUCTS[i], job.split)?;
                 job.folded[i].store(true, Ordering::Release);
             }
-            septet_common::matrix::recycle(m);
+            if !m.is_mapped() {
+                septet_common::matrix::recycle(m.into_owned());
+            }
             Ok::<_, Failure>(took)
         })
         .await
@@ -1844,6 +1933,7 @@ impl Requester {
             split,
             // A job out of core holds one product at a time (a quarter of C).
             receiving: Semaphore::new(if c.is_mapped() { 1 } else { self.config.max_receiving.max(1) }),
+            spill: c.is_mapped().then(std::env::temp_dir),
             c: Mutex::new(c),
             reply_deadline: self.product_deadline(split),
             limits: limits.clone(),

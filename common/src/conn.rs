@@ -385,6 +385,15 @@ pub struct FrameReader<R> {
     admit: Option<Admit>,
 }
 
+/// A frame read by [`FrameReader::read_frame_into`].
+#[derive(Debug)]
+pub enum FrameInto {
+    /// A control message, not yet decoded.
+    Control(frame::ControlBody),
+    /// A blocks frame, whose payload is now in the caller's memory.
+    Blocks(BlocksHeader),
+}
+
 /// A check of a blocks frame's header, made before anything is reserved
 /// or allocated for its payload (see [`FrameReader::set_admit`]).
 #[derive(Clone)]
@@ -541,15 +550,96 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.start_direct_read()? {
                 continue;
             }
-            let declared = frame::parse_prefix(&self.src.buf, self.max_frame_len)?.map_or(0, |(len, _)| len);
-            self.check_frame_deadline(declared)?;
-            if self.src.fill().await? == 0 {
-                return if self.src.buf.is_empty() { Ok(None) } else { Err(Error::ClosedMidFrame) };
-            }
-            if self.began.is_none() {
-                self.began = Some(tokio::time::Instant::now());
+            if !self.fill_more().await? {
+                return Ok(None);
             }
         }
+    }
+
+    /// Reads the next frame like [`FrameReader::read_frame_with`], except
+    /// that a blocks frame's payload goes into `dst`, memory the caller
+    /// owns (a file-backed map, so that a large product never sits in the
+    /// process's anonymous memory), not into matrices of its own. The
+    /// frame's header is shown to `accept` first, and is refused with
+    /// `accept`'s error, or when its payload is not exactly `dst`'s length,
+    /// before a byte of payload is read (as is one of another dtype).
+    /// `progress(done)` is called with the part of `dst` that is final so
+    /// far, each time it grows.
+    ///
+    /// Not cancel-safe inside a payload: a caller that gives up on a frame
+    /// half read (a timeout) must drop the reader with it.
+    ///
+    /// # Errors
+    /// As [`FrameReader::read_frame`], and `accept`'s.
+    pub async fn read_frame_into<T: Element>(
+        &mut self,
+        dst: &mut [T],
+        accept: &(dyn Fn(&BlocksHeader) -> Result<()> + Send + Sync),
+        progress: &mut (dyn FnMut(&[T]) + Send),
+    ) -> Result<Option<FrameInto>> {
+        if self.pending.is_some() {
+            return Err(Error::Invalid("a frame is half read into matrices".into()));
+        }
+        loop {
+            let blocks_len = self.blocks_header_len()?;
+            if blocks_len.is_none() {
+                if let Some((frame, used)) = frame::decode(&self.src.buf, self.max_frame_len)? {
+                    self.src.buf.advance(used);
+                    self.began = (!self.src.buf.is_empty()).then(tokio::time::Instant::now);
+                    return Ok(Some(match frame {
+                        Frame::Control(body) => FrameInto::Control(body),
+                        // (Only a blocks frame of no header at all could
+                        // decode here; there is none.)
+                        Frame::Blocks(b) => {
+                            return Err(Error::BadFrame(format!("{:?} blocks of no header", b.op)));
+                        }
+                    }));
+                }
+            }
+            if let Some(len) = blocks_len {
+                let buf = &self.src.buf;
+                let header = frame::parse_blocks_header(&buf[LEN_PREFIX + 1..], len)?.expect("parsed above");
+                accept(&header)?;
+                let want = std::mem::size_of_val(dst);
+                if header.dtype != T::DTYPE || header.payload_len() != Some(want) {
+                    return Err(Error::BadFrame(format!(
+                        "a payload of {} {} bytes where {want} {} bytes were expected",
+                        header.payload_len().map_or("too many".into(), |n| n.to_string()),
+                        header.dtype,
+                        T::DTYPE,
+                    )));
+                }
+                self.reserve(len).await?;
+                self.src.buf.advance(LEN_PREFIX + 1 + header.encoded_len());
+                let mut filled = 0;
+                while filled < want {
+                    filled += self.src.read_payload(&mut frame::as_bytes_mut(dst)[filled..]).await?;
+                    progress(&dst[..filled / std::mem::size_of::<T>()]);
+                    self.check_frame_deadline(len)?;
+                }
+                self.src.set_low_water(1);
+                self.reserved = None;
+                self.began = (!self.src.buf.is_empty()).then(tokio::time::Instant::now);
+                return Ok(Some(FrameInto::Blocks(header)));
+            }
+            if !self.fill_more().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads more of a frame that is not whole yet (within its deadline):
+    /// `false` on a clean close between frames.
+    async fn fill_more(&mut self) -> Result<bool> {
+        let declared = frame::parse_prefix(&self.src.buf, self.max_frame_len)?.map_or(0, |(len, _)| len);
+        self.check_frame_deadline(declared)?;
+        if self.src.fill().await? == 0 {
+            return if self.src.buf.is_empty() { Ok(false) } else { Err(Error::ClosedMidFrame) };
+        }
+        if self.began.is_none() {
+            self.began = Some(tokio::time::Instant::now());
+        }
+        Ok(true)
     }
 
     /// The payload length of a blocks frame whose header is buffered.
@@ -1264,6 +1354,68 @@ mod tests {
             assert!(conn.reader.read_frame().await.unwrap().is_none());
             assert_eq!(conn.reader.closed_cleanly(), Some(clean));
         }
+    }
+
+    /// A blocks frame read into the caller's memory lands there exactly,
+    /// over plain and encrypted connections, with control frames read as
+    /// usual around it; a frame `accept` refuses, or whose payload is not
+    /// the destination's length, is refused before its payload is read.
+    #[tokio::test]
+    async fn a_payload_read_into_the_callers_memory_lands_there_or_is_refused_unread() {
+        for security in [Security::default(), Security::with_secret(crate::secure::Secret::generate(), true)] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let limits = ConnLimits { max_frame_len: 64 << 20, security, ..ConnLimits::default() };
+            let client_limits = limits.clone();
+            // 1.5 MiB and a few bytes: several records and reads.
+            let m = Array2::from_shape_fn((3, (1 << 16) + 5), |(i, j)| (i * 100_003 + j) as f64);
+            let sent = m.clone();
+            let sender = tokio::spawn(async move {
+                let mut conn = Connection::connect(addr, Role::Client, client_limits).await.unwrap();
+                conn.writer.send(&TrackerRequest::ListPeers).await.unwrap();
+                conn.writer.send_blocks(TaskId(0), BlockOp::Product, &[MatrixView::F64(sent.view())]).await.unwrap();
+                // (The reader hangs up on this one.)
+                let _ = conn.writer.send_blocks(TaskId(1), BlockOp::Product, &[MatrixView::F64(sent.view())]).await;
+            });
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut conn, _) = Connection::accept(stream, limits).await.unwrap();
+            let mut dst = vec![0f64; m.len()];
+            let accept = |h: &BlocksHeader| {
+                if h.task_id == TaskId(1) {
+                    return Err(Error::Invalid("not task 1".into()));
+                }
+                Ok(())
+            };
+            let mut seen = Vec::new();
+            let mut progress = |done: &[f64]| seen.push(done.len());
+            match conn.reader.read_frame_into(&mut dst, &accept, &mut progress).await.unwrap() {
+                Some(FrameInto::Control(body)) => {
+                    assert_eq!(body.decode::<TrackerRequest>().unwrap(), TrackerRequest::ListPeers);
+                }
+                other => panic!("expected the control frame, got {other:?}"),
+            }
+            match conn.reader.read_frame_into(&mut dst, &accept, &mut progress).await.unwrap() {
+                Some(FrameInto::Blocks(h)) => {
+                    assert_eq!((h.task_id, h.op, h.shapes.clone()), (TaskId(0), BlockOp::Product, vec![m.dim()]));
+                }
+                other => panic!("expected blocks, got {other:?}"),
+            }
+            assert!(dst == m.as_slice().unwrap(), "the payload landed intact");
+            assert!(seen.windows(2).all(|w| w[0] < w[1]) && seen.last() == Some(&dst.len()), "{seen:?}");
+            let refused = conn.reader.read_frame_into(&mut dst, &accept, &mut |_| {}).await.unwrap_err();
+            assert!(refused.to_string().contains("not task 1"), "{refused}");
+            drop(conn);
+            sender.await.unwrap();
+        }
+        // A payload of another length: refused from its header.
+        let (a, b) = duplex(1 << 16);
+        let mut writer = FrameWriter::new(a);
+        let small = Array2::<f64>::zeros((2, 3));
+        writer.send_blocks(TaskId(0), BlockOp::Product, &[MatrixView::F64(small.view())]).await.unwrap();
+        let mut reader = FrameReader::new(b, 1 << 20);
+        let mut dst = vec![0f64; 2 * 2];
+        let refused = reader.read_frame_into(&mut dst, &|_| Ok(()), &mut |_| {}).await.unwrap_err();
+        assert!(refused.to_string().contains("48 f64 bytes where 32 f64 bytes were expected"), "{refused}");
     }
 
     async fn payload_tails_arrive(security: Security) {

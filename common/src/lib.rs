@@ -19,7 +19,7 @@ pub mod ticket;
 
 pub mod time;
 
-pub use conn::{Connection, FrameReader, FrameWriter, WirePart};
+pub use conn::{Connection, FrameInto, FrameReader, FrameWriter, WirePart};
 pub use error::{Error, ErrorCode, Result};
 pub use frame::{BlockOp, Blocks, ControlBody, Frame, DEFAULT_MAX_FRAME_LEN, MAX_CONTROL_FRAME_LEN};
 pub use matrix::{Dtype, Element, Matrix, MatrixView};

@@ -262,18 +262,27 @@ pub fn operand<'a, T: Element>(x: ArrayView2<'a, T>, terms: &[Term], shape: (usi
         // Padding: the short quadrants leave zeros in the rest.
         _ => {
             let mut out = alloc_zeroed::<T>(shape);
-            for (sign, q) in quads {
-                let (r, c) = q.dim();
-                let mut corner = out.slice_mut(s![..r, ..c]);
-                match sign {
-                    Plus => corner += &q,
-                    Minus => corner -= &q,
-                }
-            }
+            add_terms(out.view_mut(), x, terms);
             out
         }
     };
     Operand::Owned(out)
+}
+
+/// Adds the signed quadrants `terms` of `x` into the top-left corners of
+/// `out` (an operand of the padded shape, zeroed: short quadrants leave
+/// zeros in the rest). `out` may be anywhere, e.g. a file-backed map.
+pub fn add_terms<T: Element>(mut out: ArrayViewMut2<'_, T>, x: ArrayView2<'_, T>, terms: &[Term]) {
+    let (rows, cols) = out.dim();
+    for &(sign, q) in terms {
+        let q = quadrant(x, q, rows, cols);
+        let (r, c) = q.dim();
+        let mut corner = out.slice_mut(s![..r, ..c]);
+        match sign {
+            Plus => corner += &q,
+            Minus => corner -= &q,
+        }
+    }
 }
 
 /// The left and right operands of `product` for A·B.
