@@ -253,6 +253,13 @@ struct MultiplyArgs {
     /// 16384³ multiply-adds when 49 peers have a slot free, else 1.
     #[arg(long, default_value = "1", value_parser = parse_depth, value_name = "1|2|auto")]
     depth: u8,
+    /// For a job out of core (--a and --b files, or --random): a product
+    /// larger than this many MiB is read into a scratch file in $TMPDIR
+    /// rather than memory, as is any operand that needs padding, so that
+    /// this host's memory use stays below about this much whatever the
+    /// matrices' size. Lower it on a host short of memory.
+    #[arg(long, default_value_t = (septet_client::requester::SPILL_ABOVE >> 20) as u64, value_name = "MIB")]
+    spill_above: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -719,6 +726,7 @@ async fn multiply(args: MultiplyArgs) -> Result<()> {
         security: args.security.security()?,
         plan: args.plan,
         depth: args.depth,
+        spill_above: usize::try_from(args.spill_above.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
         ..RequesterConfig::default()
     });
     if let Some(path) = &args.report {

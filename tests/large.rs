@@ -126,14 +126,15 @@ fn a_file_to_file_job_keeps_a_b_and_c_out_of_the_requesters_memory() {
 }
 
 /// The direct plan out of core (which the relay falls back on) holds no
-/// product and no operand in memory either: products are read straight
-/// into scratch files, and the padded operands of an odd n (every one of
-/// the fourteen here) are formed in them. Before, this job's requester
-/// peaked at about 100 MiB of anonymous memory (release build).
+/// product over `--spill-above` and no padded operand in memory: such
+/// products are read straight into scratch files, and the padded operands
+/// of an odd n (every one of the fourteen here) are formed in them. Before,
+/// this job's requester peaked at about 100 MiB of anonymous memory
+/// (release build).
 #[test]
 fn the_direct_plan_out_of_core_keeps_products_and_padded_operands_out_of_memory() {
     let n = 2047;
-    let (summary, peak_kib) = file_to_file(n, 21, &[PLAIN; 7], &["--plan", "direct"]);
+    let (summary, peak_kib) = file_to_file(n, 21, &[PLAIN; 7], &["--plan", "direct", "--spill-above", "1"]);
     assert_eq!(summary["plan"], "direct");
     let product_kib = (n.div_ceil(2).pow(2) * 8 / 1024) as u64;
     println!("requester peak RssAnon {peak_kib} KiB; one product is {product_kib} KiB");
@@ -146,7 +147,8 @@ fn the_direct_plan_out_of_core_keeps_products_and_padded_operands_out_of_memory(
 #[test]
 fn a_liars_product_out_of_core_is_refused_from_its_scratch_file_and_redone() {
     let liar: &[&str] = &["--fault=corrupt"];
-    let (summary, _) = file_to_file(511, 22, &[liar, PLAIN, PLAIN, PLAIN, PLAIN, PLAIN, PLAIN], &["--plan", "direct"]);
+    let workers = [liar, PLAIN, PLAIN, PLAIN, PLAIN, PLAIN, PLAIN];
+    let (summary, _) = file_to_file(511, 22, &workers, &["--plan", "direct", "--spill-above", "0"]);
     assert_eq!(summary["plan"], "direct");
     let failures = summary["failures"].as_array().unwrap();
     assert!(failures.iter().any(|f| f.as_str().unwrap().contains("failed verification")), "{summary}");

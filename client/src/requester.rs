@@ -72,6 +72,12 @@ pub struct RequesterConfig {
     pub min_worker_gflops: f64,
     /// Products received and accumulated at once (bounds memory).
     pub max_receiving: usize,
+    /// A job out of core (C in a file) reads a product larger than this
+    /// many bytes into a scratch file rather than memory (one in memory
+    /// at a time otherwise: the buffer pool's reuse makes that faster), and
+    /// forms any padded operand in one: the requester's anonymous memory
+    /// stays below this plus O(n), whatever n is.
+    pub spill_above: usize,
     /// Check every product with Freivalds' test before using it.
     pub verify: bool,
     /// Random vectors per Freivalds check.
@@ -173,6 +179,7 @@ impl Default for RequesterConfig {
             max_lease_wait: None,
             min_worker_gflops: 0.5,
             max_receiving: 2,
+            spill_above: SPILL_ABOVE,
             verify: true,
             verify_rounds: 2,
             max_attempts: 4,
@@ -844,6 +851,10 @@ impl<T: Element> Formed<T> {
 
 type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
+/// [`RequesterConfig::spill_above`]'s default: 64 MiB (an f64 product
+/// of a job over n ≈ 5,800).
+pub const SPILL_ABOVE: usize = 64 << 20;
+
 /// Rows of a product's M·R formed at a time while it arrives.
 const PROBE_ROWS: usize = 64;
 
@@ -950,10 +961,12 @@ struct Job<T> {
     b: Arc<Store<T>>,
     split: Split,
     c: Mutex<Store<T>>,
-    /// A job out of core: the directory where products and padded
-    /// operands are kept (in scratch files, so that none of them, n²/4
-    /// words each, is ever in the requester's anonymous memory).
+    /// A job out of core: the directory where padded operands, and
+    /// products over [`Job::spill_above`] bytes, are kept (in scratch
+    /// files, so that no n²/4-word block of a large job is ever in the
+    /// requester's anonymous memory).
     spill: Option<std::path::PathBuf>,
+    spill_above: usize,
     receiving: Semaphore,
     reply_deadline: Duration,
     limits: ConnLimits,
@@ -1114,8 +1127,10 @@ impl<T: Element> Job<T> {
         let t = Instant::now();
         let mut probe = self.check.as_ref().map(|c| (c, ProductProbe::new(c.r.clone(), self.split.product_shape())));
         let (rows, cols) = self.split.product_shape();
-        let m: Store<T> = match &self.spill {
-            // Out of core: straight into a scratch file, never whole in memory.
+        let spill = self.spill.as_ref().filter(|_| rows * cols * std::mem::size_of::<T>() > self.spill_above);
+        let m: Store<T> = match spill {
+            // A large product out of core: straight into a scratch file,
+            // never whole in memory.
             Some(dir) => {
                 let mut store = Store::<T>::scratch(dir, (rows, cols)).map_err(|e| {
                     Failure::Local(format!("cannot make a scratch file in {} for a product: {e}", dir.display()))
@@ -1934,6 +1949,7 @@ impl Requester {
             // A job out of core holds one product at a time (a quarter of C).
             receiving: Semaphore::new(if c.is_mapped() { 1 } else { self.config.max_receiving.max(1) }),
             spill: c.is_mapped().then(std::env::temp_dir),
+            spill_above: self.config.spill_above,
             c: Mutex::new(c),
             reply_deadline: self.product_deadline(split),
             limits: limits.clone(),
