@@ -520,6 +520,18 @@ fn print_summary(s: &Summary<'_>) {
             }
         }
     }
+    for g in &r.regrouped {
+        let peers: Vec<String> = g.peers.iter().map(|p| p.peer_id.to_string()).collect();
+        println!(
+            "  regrouped   {} over peers {}: {} in {:.2} s ({:.1} MB out, {:.1} MB in)",
+            g.product,
+            peers.join(","),
+            g.failure.as_deref().map_or("verified".to_string(), |f| format!("failed ({f}); computed the direct way")),
+            g.took_s,
+            g.bytes_sent as f64 / 1e6,
+            g.bytes_received as f64 / 1e6
+        );
+    }
     println!("  retries     {}", r.retries);
     if r.hedges.is_empty() {
         println!("  hedges      none");

@@ -431,6 +431,24 @@ pub fn render(r: &JobReport, cx: &Context) -> String {
     }
     h.push_str("</table>\n");
 
+    if !r.regrouped.is_empty() {
+        h.push_str("<h2>Regrouped</h2>\n<p>Products whose share of C the relay did not deliver, computed again each over seven slots.</p>\n<table><tr><th>product</th><th>peers</th><th>outcome</th><th>s</th><th>MB out</th><th>MB in</th></tr>");
+        for g in &r.regrouped {
+            let peers: Vec<String> = g.peers.iter().map(|p| p.peer_id.to_string()).collect();
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.1}</td><td>{:.1}</td></tr>",
+                g.product,
+                peers.join(", "),
+                escape(g.failure.as_deref().unwrap_or("verified")),
+                g.took_s,
+                g.bytes_sent as f64 / 1e6,
+                g.bytes_received as f64 / 1e6
+            );
+        }
+        h.push_str("</table>\n");
+    }
+
     if !r.hedges.is_empty() {
         h.push_str("<h2>Hedges</h2>\n<table><tr><th>product</th><th>at s</th><th>slow peer</th><th>copy on</th><th>why</th><th>copy used</th></tr>");
         for x in &r.hedges {

@@ -27,6 +27,25 @@ fn requester(tracker: &Server) -> Requester {
     Requester::new(RequesterConfig { tracker: tracker.addr.to_string(), max_hedges: 0, depth: 2, ..Default::default() })
 }
 
+/// 49 one-slot workers joined one at a time, so that their peer ids —
+/// the order a fresh grid's grant follows — are their indices; the
+/// `liar`-th has `fault`.
+#[cfg(feature = "fault-injection")]
+async fn workers_with_a_liar(tracker: &Server, liar: usize, fault: septet_worker::Fault) -> Vec<Server> {
+    let mut workers = Vec::new();
+    for i in 0..49 {
+        let config = septet_worker::WorkerConfig {
+            tracker: Some(tracker.addr.to_string()),
+            threads: 1,
+            fault: (i == liar).then_some(fault),
+            ..Default::default()
+        };
+        workers.push(spawn_worker_with(config).await);
+        wait_for_alive_slots(tracker.addr, i as u32 + 1).await;
+    }
+    workers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_two_levels_deep_uses_49_slots_and_moves_a_b_and_c_once() {
     tokio::time::timeout(LIMIT, async {
@@ -145,26 +164,63 @@ async fn depth_two_refuses_the_direct_plan_and_runs_on_workers_of_seven_slots() 
     .expect("the job hung");
 }
 
-/// One of 49 workers returns wrong products. Wherever the lease puts it —
-/// in a group, where the slot that asked for its product catches it, or as
-/// a first-level slot, where the requester does as well — it is named, and
-/// C is exact.
+/// A first-level slot that lies when it reduces C (`corrupt-reduce` on the
+/// worker the grant puts first at C11's reducer: on a fresh grid slots go
+/// out by peer id): the requester traces the wrong quadrant to it, and each
+/// product feeding that quadrant is computed again over seven healthy
+/// slots of the lease, as a group would — not whole on one slot. C is
+/// exact, the liar is named and in no regrouped product, nothing stays
+/// leased.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_a_first_level_liar_spoilt_are_regrouped_over_seven_slots_each() {
+    tokio::time::timeout(LIMIT, async {
+        let (a, b) = (ints(260, 250, 4), ints(250, 270, 6));
+        let split = septet_common::strassen::Split::of(a.dim(), b.dim()).unwrap();
+        let reducer = usize::from(septet_common::relay::Roles::choose(split).reducers[0]);
+        let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+        let workers = workers_with_a_liar(&tracker, reducer, septet_worker::Fault::CorruptReduce).await;
+        let liar = format!("{}", workers[reducer].addr);
+        let (c, report) = requester(&tracker).multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();
+        assert_eq!(c, naive_matmul(a.view(), b.view()));
+        let relay = report.relay.as_ref().unwrap();
+        assert_eq!(relay.slots[reducer].peer.addr, liar, "the grant did not put the liar at slot {reducer}");
+        assert!(report.failures.iter().any(|f| f.contains(&liar)), "{:?}", report.failures);
+        assert_eq!(report.plan, "relay+regroup", "{:?}", report.failures);
+        // C11 = M1 + M4 − M5 + M7: four products, each over its own seven slots.
+        let products: Vec<&str> = report.regrouped.iter().map(|g| g.product).collect();
+        assert_eq!(products, ["M1", "M4", "M5", "M7"], "{:?}", report.regrouped);
+        let mut used = HashSet::new();
+        for g in &report.regrouped {
+            assert!(g.verified && g.failure.is_none(), "{g:?}");
+            assert_eq!(g.peers.len(), 7);
+            assert!(g.peers.iter().all(|p| p.addr != liar), "the liar was given work again: {g:?}");
+            for p in &g.peers {
+                assert!(used.insert(p.addr.clone()), "{} in two regrouped products", p.addr);
+            }
+        }
+        assert!(report.attempts.iter().all(|x| x.kind == "relay"), "nothing went the direct way");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["regrouped"].as_array().unwrap().len(), 4, "{json}");
+        assert!(json["regrouped"][0]["peers"][0].get("ticket").is_none(), "tickets stay out of reports: {json}");
+        println!("failures: {:?}; regrouped: {}", report.failures, json["regrouped"]);
+        assert_eq!(state.stats().unwrap().leases, 0, "nothing left leased");
+        teardown(tracker, workers).await;
+    })
+    .await
+    .expect("the job hung");
+}
+
+/// One of 49 workers returns wrong products: peer 10, which a fresh grid's
+/// grant puts in slot 3's group, where the slot that asked for its product
+/// catches it (had it led, the requester would have). It is named, and C
+/// is exact. (A first-level liar: the next test.)
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_slot_at_either_level_is_named_and_c_is_exact() {
     tokio::time::timeout(LIMIT, async {
         let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
-        let mut workers = Vec::new();
-        for i in 0..49 {
-            let config = septet_worker::WorkerConfig {
-                tracker: Some(tracker.addr.to_string()),
-                threads: 1,
-                fault: (i == 10).then_some(septet_worker::Fault::Corrupt),
-                ..Default::default()
-            };
-            workers.push(spawn_worker_with(config).await);
-        }
-        wait_for_alive_slots(tracker.addr, 49).await;
+        let workers = workers_with_a_liar(&tracker, 10, septet_worker::Fault::Corrupt).await;
         let liar = format!("{}", workers[10].addr);
         let (a, b) = (ints(200, 180, 3), ints(180, 190, 5));
         let (c, report) = requester(&tracker).multiply(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await.unwrap();

@@ -312,10 +312,15 @@ pub struct JobReport {
     pub failures: Vec<String>,
     /// `relay` (A and B out once, C back once), `direct` (each product's
     /// operands sent to its peer), or `relay+direct` (the relay delivered
-    /// part of C; the rest was computed directly).
+    /// part of C; the rest was computed directly); two levels deep,
+    /// `relay+regroup` (the rest was computed over seven slots a product,
+    /// see `regrouped`) or `relay+regroup+direct`.
     pub plan: &'static str,
     /// The relay: its slots' roles, bytes and times.
     pub relay: Option<relay::RelayReport>,
+    /// Two levels: products whose quadrants the relay did not deliver,
+    /// computed again each over seven healthy slots of the lease.
+    pub regrouped: Vec<Regrouped>,
     /// Levels of Strassen's step across peers: 1 (seven peers) or 2
     /// (forty-nine; each slot's group is in `relay.slots[i].delegated`).
     pub depth: u8,
@@ -347,6 +352,7 @@ impl JobReport {
             failures: Vec::new(),
             plan: "direct",
             relay: None,
+            regrouped: Vec::new(),
             depth: 1,
         }
     }
@@ -1301,6 +1307,85 @@ impl<T: Element> Job<T> {
     }
 }
 
+/// Peers for a report: ids and addresses, never their tickets.
+fn without_tickets<S: serde::Serializer>(peers: &[PeerAddr], s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    struct Bare<'a>(&'a PeerAddr);
+    impl Serialize for Bare<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            PeerAddr::without_ticket(self.0, s)
+        }
+    }
+    let mut seq = s.serialize_seq(Some(peers.len()))?;
+    for p in peers {
+        seq.serialize_element(&Bare(p))?;
+    }
+    seq.end()
+}
+
+/// Product `i` of A·B relayed over `group`: its operands formed here (in
+/// scratch files under `spill`, if given), sent once, the product back
+/// once and checked by quadrant. The product, if every quadrant passed,
+/// and what the relay said.
+#[allow(clippy::too_many_arguments)]
+async fn regroup_one<T: Element>(
+    requester: &Requester,
+    a: Arc<Store<T>>,
+    b: Arc<Store<T>>,
+    split: Split,
+    i: usize,
+    group: &[PeerAddr; 7],
+    spill: Option<std::path::PathBuf>,
+    started: Instant,
+) -> std::result::Result<(Option<Store<T>>, relay::Outcome), String> {
+    let make = move |shape: (usize, usize)| match &spill {
+        Some(dir) => {
+            Store::scratch(dir, shape).map_err(|e| format!("cannot make a scratch file in {}: {e}", dir.display()))
+        }
+        None => Ok(Store::zeros(shape)),
+    };
+    let (xs, ys) = (split.left_shape(), split.right_shape());
+    let form = make.clone();
+    let (x, y) = tokio::task::spawn_blocking(move || {
+        let p = &PRODUCTS[i];
+        let (mut x, mut y) = (form(xs)?, form(ys)?);
+        strassen::add_terms(x.view_mut(), a.view(), p.left);
+        strassen::add_terms(y.view_mut(), b.view(), p.right);
+        Ok::<_, String>((x, y))
+    })
+    .await
+    .map_err(|e| format!("forming the operands panicked: {e}"))??;
+    let sub = Split::of(xs, ys).map_err(|e| e.to_string())?;
+    let m = Mutex::new(make(split.product_shape())?);
+    let quiet: ProgressFn = Arc::new(|_| {});
+    let outcome = relay::run(requester, Arc::new(x), Arc::new(y), &m, sub, group, &[], started, &quiet).await;
+    let whole = outcome.verified.iter().all(|&v| v) && outcome.unverifiable.is_none();
+    Ok((whole.then(|| m.into_inner()), outcome))
+}
+
+/// A product of a two-level job computed again after the relay did not
+/// deliver its share of C: split in seven over seven healthy slots of the
+/// lease and relayed (the requester forms its operands and sends them
+/// once, and gets the product back once), as its first-level slot's group
+/// would have.
+#[derive(Debug, Clone, Serialize)]
+pub struct Regrouped {
+    /// M1..M7.
+    pub product: &'static str,
+    /// The seven slots' peers.
+    #[serde(serialize_with = "without_tickets")]
+    pub peers: Vec<PeerAddr>,
+    /// Every quadrant of the product came back and passed its check
+    /// (otherwise it was computed the direct way).
+    pub verified: bool,
+    /// Why not, if not.
+    pub failure: Option<String>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Seconds from its start to its end.
+    pub took_s: f64,
+}
+
 /// Multiplies matrices on the grid.
 #[derive(Debug, Clone)]
 pub struct Requester {
@@ -1790,8 +1875,9 @@ impl Requester {
                 (Some(_), _) => {}
             }
         }
-        // Two levels: the groups' other slots are spares too (the direct
-        // plan runs one level deep), but not those a group found at fault.
+        // Two levels: the groups' other slots are spares too (for the
+        // regroups below, and the direct plan), but not those a group
+        // found at fault.
         for p in groups.iter().flat_map(|g| g.iter().skip(1)) {
             if !sub_blamed.contains(&p.peer_id) {
                 spare.push(p.clone());
@@ -1805,20 +1891,50 @@ impl Requester {
             let why = reasons[i].clone().unwrap_or_default();
             keeper.report_in_background(peer.peer_id, format!("relay: {why}"));
         }
-        info!(missing = ?strassen::Quad::ALL.iter().filter(|q| !verified[q.index()]).map(|q| q.suffix()).collect::<Vec<_>>(), "relay incomplete: computing the rest directly");
+        info!(missing = ?strassen::Quad::ALL.iter().filter(|q| !verified[q.index()]).map(|q| q.suffix()).collect::<Vec<_>>(), "relay incomplete: computing the rest");
         let relay_peers = std::mem::take(&mut report.peers);
-        // The direct plan adds products into a C of its own (quadrants the
-        // relay delivered get products added too): in a scratch file when C
-        // is in one.
-        let scratch = if out_of_core {
+        // The products needed are added into a C of their own (quadrants
+        // the relay delivered get products added too): in a scratch file
+        // when C is in one.
+        let mut scratch = if out_of_core {
             Store::scratch(&std::env::temp_dir(), (split.m, split.n))
                 .map_err(|e| RequestError::Internal(format!("cannot make a scratch file for C: {e}")))?
         } else {
             Store::zeros((split.m, split.n))
         };
-        let scratch = self
-            .run_direct(a, b, scratch, split, &first, spare, needed, &blamed_peers, keeper, progress, started, report)
-            .await?;
+        // Two levels: each over seven healthy slots, as its group would
+        // have; what that does not deliver, and everything one level deep,
+        // the direct way.
+        if !groups.is_empty() {
+            let done = self.regroup(&a, &b, &mut scratch, split, needed, &mut spare, keeper, started, report).await?;
+            for i in (0..7).filter(|&i| done[i]) {
+                needed[i] = false;
+                if let Some((peer, why)) = &blamed_peers[i] {
+                    keeper.report_in_background(peer.peer_id, format!("relay: {why}"));
+                }
+                spare.extend(first[i].take());
+            }
+            report.plan = if needed.contains(&true) { "relay+regroup+direct" } else { "relay+regroup" };
+        }
+        let scratch = if needed.contains(&true) {
+            self.run_direct(
+                a,
+                b,
+                scratch,
+                split,
+                &first,
+                spare,
+                needed,
+                &blamed_peers,
+                keeper,
+                progress,
+                started,
+                report,
+            )
+            .await?
+        } else {
+            scratch
+        };
         let mut direct_peers = std::mem::replace(&mut report.peers, relay_peers);
         direct_peers.retain(|p| PRODUCTS.iter().position(|q| q.name == p.product).is_some_and(|i| needed[i]));
         for p in direct_peers {
@@ -1832,6 +1948,81 @@ impl Requester {
             strassen::quadrant_mut(c.view_mut(), q, mh, nh).assign(&strassen::quadrant(scratch.view(), q, mh, nh));
         }
         Ok(c)
+    }
+
+    /// Two levels: computes each product in `todo` the way its group would
+    /// have, split in seven over seven slots taken from `spare` and relayed
+    /// (all at once, on disjoint slots, while seven are left), and adds
+    /// each that comes back whole and checked into `c`. Returns which were;
+    /// the rest are left to the direct plan. The slots go back to `spare`
+    /// unless they were found at fault, which are reported to the tracker.
+    #[allow(clippy::too_many_arguments)]
+    async fn regroup<T: Element>(
+        &self,
+        a: &Arc<Store<T>>,
+        b: &Arc<Store<T>>,
+        c: &mut Store<T>,
+        split: Split,
+        todo: [bool; 7],
+        spare: &mut Vec<PeerAddr>,
+        keeper: &LeaseKeeper,
+        started: Instant,
+        report: &mut JobReport,
+    ) -> Result<[bool; 7]> {
+        let spill = c.is_mapped().then(std::env::temp_dir);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in (0..7).filter(|&i| todo[i]) {
+            if spare.len() < 7 {
+                break;
+            }
+            let group: [PeerAddr; 7] = spare.drain(..7).collect::<Vec<_>>().try_into().expect("seven drained");
+            let (requester, a, b, spill) = (self.clone(), a.clone(), b.clone(), spill.clone());
+            tasks.spawn(async move {
+                let t = Instant::now();
+                let outcome = regroup_one(&requester, a, b, split, i, &group, spill, started).await;
+                (i, group, outcome, t.elapsed())
+            });
+        }
+        let mut done = [false; 7];
+        while let Some(joined) = tasks.join_next().await {
+            let (i, group, outcome, took) =
+                joined.map_err(|e| RequestError::Internal(format!("a regrouped product panicked: {e}")))?;
+            let name = PRODUCTS[i].name;
+            let (product, failure, blamed, bytes) = match outcome {
+                Ok((product, o)) => (product, o.report.failure, o.blamed, (o.bytes_sent, o.bytes_received)),
+                Err(e) => (None, Some(e), Vec::new(), (0, 0)),
+            };
+            for (slot, why) in &blamed {
+                let peer = &group[*slot];
+                report
+                    .failures
+                    .push(format!("{name} regrouped, slot {slot} ({}, peer {}): {why}", peer.addr, peer.peer_id));
+                keeper.report_in_background(peer.peer_id, format!("relay, regrouped: {why}"));
+            }
+            spare.extend(
+                group.iter().enumerate().filter(|(j, _)| !blamed.iter().any(|(s, _)| s == j)).map(|(_, p)| p.clone()),
+            );
+            if let Some(m) = &product {
+                strassen::accumulate(c.view_mut(), m.view(), &PRODUCTS[i], split)
+                    .map_err(|e| RequestError::Internal(format!("adding regrouped {name} into C: {e}")))?;
+                done[i] = true;
+            } else if let Some(f) = &failure {
+                report.failures.push(format!("{name} regrouped: {f}"));
+            }
+            report.bytes_sent += bytes.0;
+            report.bytes_received += bytes.1;
+            report.regrouped.push(Regrouped {
+                product: name,
+                peers: group.iter().map(|p| PeerAddr { ticket: None, ..p.clone() }).collect(),
+                verified: product.is_some(),
+                failure,
+                bytes_sent: bytes.0,
+                bytes_received: bytes.1,
+                took_s: took.as_secs_f64(),
+            });
+        }
+        report.regrouped.sort_by_key(|r| r.product);
+        Ok(done)
     }
 
     /// Swaps each slot whose peer cannot hold `need` bytes (its memory, as
