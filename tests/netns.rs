@@ -615,6 +615,51 @@ fn borrow_behind_nat(grid: &mut NetGrid) -> Value {
     summary
 }
 
+/// Runs a job two levels deep (768³, `--check`) from `rq` on `grid`'s 49
+/// workers, with `rq`'s link at 30 Mbit/s so that A and B take a few
+/// seconds to go out, and once the lease of 49 is granted cuts the worker
+/// `victim` picks, silently, before any group has started. `victim` is
+/// given each host's peer id: a fresh grid's slots are granted in peer-id
+/// order (fewest in use, fewest leases, lowest id), so group g is the
+/// peers with id ≡ g (mod 7) and its first (id g) is its first-level
+/// slot. The job's summary (its C checked) and the victim's host.
+fn two_levels_with_a_cut(
+    grid: &mut NetGrid,
+    victim: impl Fn(&dyn Fn(&str) -> u64) -> String,
+) -> (serde_json::Value, String) {
+    grid.shape("rq", "30mbit");
+    let args = ["--depth", "2", "--random", "768,768,768", "--check", "--json", "--max-wait", "30"];
+    let mut job = grid.client("rq", "multiply", &args);
+    let child = job.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(grid.wait_for("cl", Duration::from_secs(30), |p| in_use(p) == 49), "the lease of 49 was not granted");
+    let peers = grid.peers("cl").unwrap();
+    let id_of = |host: &str| {
+        let ip = format!("{}:", grid.addr(host));
+        peers.iter().find(|p| p["addr"].as_str().unwrap().starts_with(&ip)).unwrap()["peer_id"].as_u64().unwrap()
+    };
+    let victim = victim(&id_of);
+    grid.cut(&victim);
+    let out = child.wait_with_output().unwrap();
+    grid.heal(&victim);
+    let summary = json(&out, "septet multiply --depth 2");
+    check_product(&summary);
+    assert_eq!(summary["depth"], 2, "{summary}");
+    let at = format!("{}:", grid.addr(&victim));
+    let failures = summary["failures"].as_array().unwrap();
+    assert!(
+        failures.iter().any(|f| f.as_str().unwrap().contains(&at)),
+        "the cut worker at {at} was not named: {summary}"
+    );
+    println!(
+        "job took {:.2} s ({}); failures: {}",
+        summary["total_s"].as_f64().unwrap(),
+        summary["plan"],
+        summary["failures"]
+    );
+    assert!(grid.wait_for("cl", Duration::from_secs(15), |p| in_use(p) == 0), "slots still in use after the job");
+    (summary, victim)
+}
+
 /// A job two levels deep on 49 workers, each in its own namespace: one
 /// computes wrong (`--fault=corrupt`) and a worker of the second level in
 /// another group is cut silently once the lease of 49 is granted. The
@@ -627,36 +672,39 @@ fn two_levels_on_49_hosts_survive_a_liar_and_a_silent_cut() {
     let Some(mut grid) = NetGrid::new(49, "1gbit") else { return };
     grid.start_tracker(&[]);
     grid.start_workers_with(|i| if i == 5 { vec!["--fault=corrupt".into()] } else { Vec::new() });
-    // A slow requester link: A and B take a few seconds to go out, so the
-    // cut lands before any group has started.
-    grid.shape("rq", "30mbit");
-    let args = ["--depth", "2", "--random", "768,768,768", "--check", "--json", "--max-wait", "30"];
-    let mut job = grid.client("rq", "multiply", &args);
-    let child = job.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    assert!(grid.wait_for("cl", Duration::from_secs(30), |p| in_use(p) == 49), "the lease of 49 was not granted");
-    // A fresh grid's slots are granted in peer-id order (fewest in use,
-    // fewest leases, lowest id), so group g is the peers with id ≡ g (mod 7)
-    // and its first (id g) is its first-level slot. Cut a worker of the
-    // second level in a group other than the liar's, so that the liar's
-    // group runs and catches it.
-    let peers = grid.peers("cl").unwrap();
-    let id_of = |host: &str| {
-        let ip = format!("{}:", grid.addr(host));
-        peers.iter().find(|p| p["addr"].as_str().unwrap().starts_with(&ip)).unwrap()["peer_id"].as_u64().unwrap()
-    };
-    let liar_group = id_of("w5") % 7;
-    let victim = (0..49).map(|i| format!("w{i}")).find(|h| id_of(h) / 7 == 3 && id_of(h) % 7 != liar_group).unwrap();
-    grid.cut(&victim);
-    let out = child.wait_with_output().unwrap();
-    grid.heal(&victim);
-    let summary = json(&out, "septet multiply --depth 2");
-    check_product(&summary);
-    assert_eq!(summary["depth"], 2, "{summary}");
-    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
-    for (what, host) in [("the liar", "w5"), ("the cut worker", victim.as_str())] {
-        let at = format!("{}:", grid.addr(host));
-        assert!(failures.iter().any(|f| f.contains(&at)), "{what} at {at} was not named: {failures:?}");
+    // A worker of the second level in a group other than the liar's, so
+    // that the liar's group runs and catches it.
+    let (summary, _) = two_levels_with_a_cut(&mut grid, |id_of| {
+        let liar_group = id_of("w5") % 7;
+        (0..49).map(|i| format!("w{i}")).find(|h| id_of(h) / 7 == 3 && id_of(h) % 7 != liar_group).unwrap()
+    });
+    let at = format!("{}:", grid.addr("w5"));
+    assert!(summary["failures"].to_string().contains(&at), "the liar at {at} was not named: {summary}");
+}
+
+/// A job two levels deep on 49 namespaces whose first-level slot 2 (peer
+/// 2, M3's) is cut silently before its group starts: the requester names
+/// it, and the products feeding the quadrants it spoilt are regrouped —
+/// each relayed again over seven healthy slots, none of them the cut
+/// worker — C is right, and no slot stays leased.
+#[test]
+fn two_levels_on_49_hosts_regroup_what_a_cut_first_level_slot_spoilt() {
+    let Some(mut grid) = NetGrid::new(49, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers(&[]);
+    let (summary, victim) =
+        two_levels_with_a_cut(&mut grid, |id_of| (0..49).map(|i| format!("w{i}")).find(|h| id_of(h) == 2).unwrap());
+    let plan = summary["plan"].as_str().unwrap();
+    assert!(plan.starts_with("relay+regroup"), "{summary}");
+    let regrouped = summary["regrouped"].as_array().unwrap();
+    assert!(regrouped.iter().any(|g| g["verified"] == true), "{summary}");
+    let at = format!("{}:", grid.addr(&victim));
+    for g in regrouped {
+        let peers = g["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 7, "{g}");
+        assert!(
+            peers.iter().all(|p| !p["addr"].as_str().unwrap().starts_with(&at)),
+            "the cut worker was regrouped: {g}"
+        );
     }
-    println!("job took {:.2} s ({}); failures: {failures:?}", summary["total_s"].as_f64().unwrap(), summary["plan"]);
-    assert!(grid.wait_for("cl", Duration::from_secs(15), |p| in_use(p) == 0), "slots still in use after the job");
 }
