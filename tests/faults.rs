@@ -236,6 +236,36 @@ async fn killing_a_worker_mid_multiply_still_gives_the_right_answer() {
     .unwrap();
 }
 
+/// A product whose peer failed, on a grid with no slot free beside the
+/// lease, waits for a peer of the lease to finish its own product (here,
+/// long after the replacement wait) and is redone there: the job
+/// finishes rather than failing because the tracker had no spare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redo_waits_for_a_peer_of_the_lease_while_others_still_compute() {
+    tokio::time::timeout(LIMIT, async {
+        let (mut procs, tracker) = start_tracker().await;
+        let liar: &[&str] = &["--fault=corrupt"];
+        let slow: &[&str] = &["--fault=delay=1.5"];
+        start_workers(&mut procs, tracker, &[liar, slow, slow, slow, slow, slow, slow]).await;
+        let req = Requester::new(RequesterConfig {
+            tracker: tracker.to_string(),
+            replacement_wait: Duration::from_millis(300),
+            max_hedges: 0,
+            plan: Plan::Direct,
+            ..RequesterConfig::default()
+        });
+        let (a, b) = (ints(40, 30, 0), ints(30, 50, 1));
+        let (result, report) = req.multiply_reporting(Arc::new(a.clone()), Arc::new(b.clone()), |_| {}).await;
+        let c = result.unwrap_or_else(|e| panic!("{e}: {:?}", report.failures));
+        assert_eq!(c, naive_matmul(a.view(), b.view()));
+        assert_eq!(report.retries, 1, "{:?}", report.failures);
+        assert!(report.failures.iter().any(|f| f.contains("verification")), "{:?}", report.failures);
+        assert_nothing_leased(tracker).await;
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_replacement_in_time_is_a_clear_error_and_releases_the_lease() {
     tokio::time::timeout(LIMIT, async {

@@ -367,6 +367,9 @@ pub(super) struct Dispatch<'a, T> {
     redo: VecDeque<Redo>,
     /// Last time the tracker was asked for a slot (replacement or hedge).
     asked_tracker: Option<Instant>,
+    /// Last time a product waiting for a peer saw another attempt still
+    /// running (whose peer may yet free up for it).
+    busy_at: Instant,
     /// The tracker's answer to the ask in flight: a slot it grants joins
     /// `idle`, whatever it was asked for.
     pending: Option<oneshot::Receiver<septet_common::Result<Option<PeerAddr>>>>,
@@ -399,6 +402,7 @@ impl<'a, T: Element> Dispatch<'a, T> {
             idle: Vec::new(),
             redo: VecDeque::new(),
             asked_tracker: None,
+            busy_at: Instant::now(),
             pending: None,
             sends: Vec::new(),
             receives: Vec::new(),
@@ -553,7 +557,11 @@ impl<'a, T: Element> Dispatch<'a, T> {
     /// Gives what waits for a peer to our idle peers (own peers whose
     /// product is in, or slots the tracker granted); if none is idle, asks
     /// the tracker for a replacement without waiting for its answer. Fails
-    /// the job once a product waited too long.
+    /// the job once a product has waited the replacement wait with no
+    /// other attempt running: while one runs, its peer may free up (each
+    /// attempt has its own deadline, so this wait has one too) — a grid
+    /// whose every slot is in this lease then still finishes, later,
+    /// rather than failing because the tracker had none.
     fn hand_out_redos(&mut self, report: &mut JobReport) -> Result<()> {
         while let Some(r) = self.redo.front() {
             let Some(peer) = self.idle.pop() else {
@@ -576,7 +584,10 @@ impl<'a, T: Element> Dispatch<'a, T> {
             self.start(i, peer, Kind::Redo);
         }
         if let Some(r) = self.redo.front() {
-            if r.since.elapsed() >= self.requester.config.replacement_wait {
+            if self.running.values().any(|run| run.product != r.product) {
+                self.busy_at = Instant::now();
+            }
+            if r.since.elapsed().min(self.busy_at.elapsed()) >= self.requester.config.replacement_wait {
                 let r = self.redo.pop_front().expect("not empty");
                 self.products[r.product].state = State::Failed;
                 return Err(RequestError::NoReplacement {
