@@ -358,7 +358,18 @@ pub fn render(r: &JobReport, cx: &Context) -> String {
             relay.a_panel_rows,
             relay.b_panel_rows,
             if relay.quadrants_verified.is_empty() { "none".to_string() } else { relay.quadrants_verified.join(", ") },
-            relay.failure.as_ref().map(|f| format!(" The relay stopped: {}; the rest was computed directly.", escape(f))).unwrap_or_default()
+            relay
+                .failure
+                .as_ref()
+                .map(|f| {
+                    let how = match r.plan {
+                        "relay+regroup" => "regrouped (each product it needed over seven slots)",
+                        "relay+regroup+direct" => "regrouped (each product it needed over seven slots) or computed directly",
+                        _ => "computed directly",
+                    };
+                    format!(" The relay stopped: {}; the rest was {how}.", escape(f))
+                })
+                .unwrap_or_default()
         );
         if relay.slots.iter().any(|s| s.delegated.is_some()) {
             h.push_str("<p>Two levels deep: each slot had its product computed by the seven peers listed under it (M3.5 is product 5 of M3's split) as a relayed job of its own, checked what they sent, and computed itself whatever they did not deliver. A slot's bytes include its group's; its compute time is the time its group took.</p>");

@@ -199,7 +199,11 @@ async fn products_a_first_level_liar_spoilt_are_regrouped_over_seven_slots_each(
                 assert!(used.insert(p.addr.clone()), "{} in two regrouped products", p.addr);
             }
         }
-        assert!(report.attempts.iter().all(|x| x.kind == "relay"), "nothing went the direct way");
+        assert!(
+            report.attempts.iter().all(|x| x.kind == "relay" || x.kind == "regroup"),
+            "nothing went the direct way"
+        );
+        assert_eq!(report.attempts.iter().filter(|x| x.kind == "regroup" && x.outcome == "verified").count(), 4);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["regrouped"].as_array().unwrap().len(), 4, "{json}");
         assert!(json["regrouped"][0]["peers"][0].get("ticket").is_none(), "tickets stay out of reports: {json}");

@@ -1794,10 +1794,16 @@ impl Requester {
         // The timeline: one row per slot, its operands arriving (until it
         // could start computing), computing, and passing its product on
         // and C back.
-        for sl in &outcome.report.slots {
-            let (ok, error) = match (&outcome.report.failure, sl.done_s) {
+        for (slot, sl) in outcome.report.slots.iter().enumerate() {
+            // A slot that finished and is not to blame did its part (its
+            // fingerprint passed), whatever became of the relay.
+            let blamed = outcome.blamed.iter().find(|(s, _)| *s == slot).map(|(_, why)| why.clone());
+            let (ok, error) = match (blamed, sl.done_s) {
                 (None, Some(_)) => ("verified", None),
-                (failure, _) => ("failed", Some(failure.clone().unwrap_or_else(|| "did not finish".into()))),
+                (Some(why), _) => ("failed", Some(why)),
+                (None, None) => {
+                    ("failed", Some(outcome.report.failure.clone().unwrap_or_else(|| "did not finish".into())))
+                }
             };
             report.attempts.push(AttemptReport {
                 product: sl.product,
@@ -1978,14 +1984,14 @@ impl Requester {
             let group: [PeerAddr; 7] = spare.drain(..7).collect::<Vec<_>>().try_into().expect("seven drained");
             let (requester, a, b, spill) = (self.clone(), a.clone(), b.clone(), spill.clone());
             tasks.spawn(async move {
-                let t = Instant::now();
+                let at = started.elapsed();
                 let outcome = regroup_one(&requester, a, b, split, i, &group, spill, started).await;
-                (i, group, outcome, t.elapsed())
+                (i, group, outcome, at, started.elapsed())
             });
         }
         let mut done = [false; 7];
         while let Some(joined) = tasks.join_next().await {
-            let (i, group, outcome, took) =
+            let (i, group, outcome, at, end) =
                 joined.map_err(|e| RequestError::Internal(format!("a regrouped product panicked: {e}")))?;
             let name = PRODUCTS[i].name;
             let (product, failure, blamed, bytes) = match outcome {
@@ -2011,6 +2017,21 @@ impl Requester {
             }
             report.bytes_sent += bytes.0;
             report.bytes_received += bytes.1;
+            // On the timeline: one bar a product, from forming its operands
+            // to its last quadrant checked.
+            report.attempts.push(AttemptReport {
+                product: name,
+                peer: PeerAddr { ticket: None, ..group[0].clone() },
+                kind: "regroup",
+                started_s: at.as_secs_f64(),
+                send_start_s: None,
+                sent_s: Some(at.as_secs_f64()),
+                computed_s: None,
+                receive_start_s: None,
+                ended_s: end.as_secs_f64(),
+                outcome: if product.is_some() { "verified" } else { "failed" },
+                error: failure.clone(),
+            });
             report.regrouped.push(Regrouped {
                 product: name,
                 peers: group.iter().map(|p| PeerAddr { ticket: None, ..p.clone() }).collect(),
@@ -2018,7 +2039,7 @@ impl Requester {
                 failure,
                 bytes_sent: bytes.0,
                 bytes_received: bytes.1,
-                took_s: took.as_secs_f64(),
+                took_s: (end - at).as_secs_f64(),
             });
         }
         report.regrouped.sort_by_key(|r| r.product);

@@ -309,7 +309,8 @@ pub struct AttemptReport {
     /// lagging product), or `relay` (a slot of a relayed job: its
     /// operands arriving until it could compute — shown as the send —,
     /// computing, then its product passed on and C sent back — shown as
-    /// the receive).
+    /// the receive), or `regroup` (two levels: a product relayed again
+    /// over seven slots, the first named; one bar, shown as compute).
     pub kind: &'static str,
     /// When it began (connecting to the peer).
     pub started_s: f64,
