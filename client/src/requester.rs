@@ -1981,7 +1981,14 @@ impl Requester {
             if spare.len() < 7 {
                 break;
             }
-            let group: [PeerAddr; 7] = spare.drain(..7).collect::<Vec<_>>().try_into().expect("seven drained");
+            // With their newest tickets: the lease may have been renewed
+            // since the relay began.
+            let group: [PeerAddr; 7] = spare
+                .drain(..7)
+                .map(|p| keeper.tickets.fresh(&p))
+                .collect::<Vec<_>>()
+                .try_into()
+                .expect("seven drained");
             let (requester, a, b, spill) = (self.clone(), a.clone(), b.clone(), spill.clone());
             tasks.spawn(async move {
                 let at = started.elapsed();
