@@ -538,7 +538,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             // A blocks frame is admitted (or refused) from its header, even
             // one whose payload is all buffered already.
-            let blocks_len = self.blocks_header_len()?;
+            let blocks_len = self.blocks_header()?.map(|(len, _)| len);
             if let Some((frame, used)) = frame::decode(&self.src.buf, self.max_frame_len)? {
                 self.src.buf.advance(used);
                 self.began = (!self.src.buf.is_empty()).then(tokio::time::Instant::now);
@@ -581,8 +581,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Err(Error::Invalid("a frame is half read into matrices".into()));
         }
         loop {
-            let blocks_len = self.blocks_header_len()?;
-            if blocks_len.is_none() {
+            let blocks = self.blocks_header()?;
+            if blocks.is_none() {
                 if let Some((frame, used)) = frame::decode(&self.src.buf, self.max_frame_len)? {
                     self.src.buf.advance(used);
                     self.began = (!self.src.buf.is_empty()).then(tokio::time::Instant::now);
@@ -596,9 +596,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     }));
                 }
             }
-            if let Some(len) = blocks_len {
-                let buf = &self.src.buf;
-                let header = frame::parse_blocks_header(&buf[LEN_PREFIX + 1..], len)?.expect("parsed above");
+            if let Some((len, header)) = blocks {
                 accept(&header)?;
                 let want = std::mem::size_of_val(dst);
                 if header.dtype != T::DTYPE || header.payload_len() != Some(want) {
@@ -642,8 +640,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(true)
     }
 
-    /// The payload length of a blocks frame whose header is buffered.
-    fn blocks_header_len(&self) -> Result<Option<usize>> {
+    /// The frame length and header of a blocks frame whose header is
+    /// buffered (admitted, or refused with the admit check's error).
+    fn blocks_header(&self) -> Result<Option<(usize, BlocksHeader)>> {
         let buf = &self.src.buf;
         let Some((len, KIND_BLOCKS)) = frame::parse_prefix(buf, self.max_frame_len)? else {
             return Ok(None);
@@ -652,7 +651,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if let Some(Admit(admit)) = &self.admit {
             admit(&header)?;
         }
-        Ok(Some(len))
+        Ok(Some((len, header)))
     }
 
     /// Once a blocks header is buffered, allocates the matrices and moves the
