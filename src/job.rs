@@ -312,9 +312,8 @@ where
     let partial = opts.out.as_deref().map(partial_path);
     let c = match &partial {
         Some(path) => crate::npy::create_output::<T>(path, shape)?,
-        None if opts.out_of_core => Store::scratch(&std::env::temp_dir(), shape)
+        None => Store::zeroed_in(opts.out_of_core.then(std::env::temp_dir).as_deref(), shape)
             .with_context(|| format!("while making a scratch file for C in {}", std::env::temp_dir().display()))?,
-        None => Store::zeros(shape),
     };
     let (bar, on_progress) = progress(requester);
     let (result, mut report) = requester.multiply_stored(a.clone(), b.clone(), c, on_progress).await;

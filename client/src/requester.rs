@@ -24,7 +24,7 @@ use septet_common::conn::ConnLimits;
 use septet_common::frame::{BlockOp, BlocksHeader, Frame};
 use septet_common::proto::{LeaseGrant, LeaseTicket, PeerAddr, WorkerRequest};
 use septet_common::proto::{LeaseId, PeerId, Reply, TaskId, WorkerReply};
-use septet_common::strassen::{self, Operand, Quad, Sign, Split, PRODUCTS};
+use septet_common::strassen::{self, Quad, Sign, Split, PRODUCTS};
 use septet_common::{deadline, Connection, Element, Error, ErrorCode, FrameReader, Role, PEERS_PER_LEASE};
 use septet_common::{FrameInto, FrameWriter, WirePart};
 use serde::Serialize;
@@ -820,17 +820,9 @@ impl<T: Element> Formed<T> {
                 return Ok(Formed::Quadrant(*q));
             }
         }
-        Ok(Formed::Owned(match spill {
-            Some(dir) => {
-                let mut out = Store::scratch(dir, shape)?;
-                strassen::add_terms(out.view_mut(), x, terms);
-                out
-            }
-            None => match strassen::operand(x, terms, shape) {
-                Operand::View(v) => Store::from(v.to_owned()),
-                Operand::Owned(a) => Store::from(a),
-            },
-        }))
+        let mut out = Store::zeroed_in(spill, shape)?;
+        strassen::add_terms(out.view_mut(), x, terms);
+        Ok(Formed::Owned(out))
     }
 
     /// The operand as a part of a frame; every variant has the padded `shape`.
@@ -1338,11 +1330,11 @@ async fn regroup_one<T: Element>(
     spill: Option<std::path::PathBuf>,
     started: Instant,
 ) -> std::result::Result<(Option<Store<T>>, relay::Outcome), String> {
-    let make = move |shape: (usize, usize)| match &spill {
-        Some(dir) => {
-            Store::scratch(dir, shape).map_err(|e| format!("cannot make a scratch file in {}: {e}", dir.display()))
-        }
-        None => Ok(Store::zeros(shape)),
+    let make = move |shape: (usize, usize)| {
+        Store::zeroed_in(spill.as_deref(), shape).map_err(|e| {
+            let dir = spill.as_ref().map_or_else(String::new, |d| format!(" in {}", d.display()));
+            format!("cannot make a scratch file{dir}: {e}")
+        })
     };
     let (xs, ys) = (split.left_shape(), split.right_shape());
     let form = make.clone();
@@ -1902,12 +1894,8 @@ impl Requester {
         // The products needed are added into a C of their own (quadrants
         // the relay delivered get products added too): in a scratch file
         // when C is in one.
-        let mut scratch = if out_of_core {
-            Store::scratch(&std::env::temp_dir(), (split.m, split.n))
-                .map_err(|e| RequestError::Internal(format!("cannot make a scratch file for C: {e}")))?
-        } else {
-            Store::zeros((split.m, split.n))
-        };
+        let mut scratch = Store::zeroed_in(out_of_core.then(std::env::temp_dir).as_deref(), (split.m, split.n))
+            .map_err(|e| RequestError::Internal(format!("cannot make a scratch file for C: {e}")))?;
         // Two levels: each over seven healthy slots, as its group would
         // have; what that does not deliver, and everything one level deep,
         // the direct way.

@@ -172,6 +172,18 @@ impl<T: Element> Store<T> {
         Self::map_new(&file, 0, shape)
     }
 
+    /// A zeroed `shape` matrix: a [`Store::scratch`] file in `dir` if one
+    /// is given (a job out of core), else in memory.
+    ///
+    /// # Errors
+    /// As [`Store::scratch`].
+    pub fn zeroed_in(dir: Option<&Path>, shape: (usize, usize)) -> std::io::Result<Self> {
+        match dir {
+            Some(dir) => Self::scratch(dir, shape),
+            None => Ok(Self::zeros(shape)),
+        }
+    }
+
     fn map_new(file: &File, offset: usize, shape: (usize, usize)) -> std::io::Result<Self> {
         check_aligned::<T>(offset)?;
         let len = data_len::<T>(shape)?;
