@@ -151,6 +151,10 @@ def load(path):
     except (OSError, ValueError):
         return None
 
+def runs(d, prefix, jobs):
+    # The JSON of jobs d/PREFIX1.json .. d/PREFIXjobs.json that finished.
+    return [j for j in (load("%s/%s%d.json" % (d, prefix, i)) for i in range(1, jobs + 1)) if j]
+
 def fmt(x):
     return "%.2f" % x
 
@@ -306,6 +310,42 @@ elif cmd == "bound":
           % (fmt(h), "%.3f" % b, rate, bps, r, mark(r <= 1.25)))
     os.write(3, ("| link bound n=%s, %s workers: healthy vs bytes_sent / %s | %s s vs %.3f s (%.2f\u00d7) | \u2264 1.25\u00d7 | %s |\n"
                  % (n, w, rate, fmt(h), b, r, mark(r <= 1.25))).encode())
+
+elif cmd == "relay-table":
+    # DIR JOBS N RATE: the relayed and direct jobs' medians, bytes, and
+    # times over the link bound (2 n^2 w at RATE).
+    d, jobs, n, rate = a[0], int(a[1]), int(a[2]), a[3]
+    relay, direct = runs(d, "relay", jobs), runs(d, "direct", jobs)
+    if not relay or not direct:
+        print(f"  relay: {len(relay)} relayed and {len(direct)} direct jobs finished; no table")
+        sys.exit(0)
+    w = 8.0
+    bound = 2 * n * n * w / rate_bytes(rate)
+    r = statistics.median(j["total_s"] for j in relay)
+    dd = statistics.median(j["total_s"] for j in direct)
+    plans = sorted({j["plan"] for j in relay})
+    sent = statistics.median(j["bytes_sent"] for j in relay) / (n * n * w)
+    recv = statistics.median(j["bytes_received"] for j in relay) / (n * n * w)
+    dsent = statistics.median(j["bytes_sent"] for j in direct) / (n * n * w)
+    print(f"  relay median {r:.2f} s, direct median {dd:.2f} s: relay {dd / r:.2f}x faster; plans {plans}")
+    print(f"  relay / (2 n^2 w at {rate} = {bound:.2f} s) = {r / bound:.2f}x; direct / that bound = {dd / bound:.2f}x")
+    print(f"  relay bytes: sent {sent:.3f} n^2 w, received {recv:.3f} n^2 w (direct sent {dsent:.3f} n^2 w)")
+
+elif cmd == "depth-table":
+    # DIR JOBS N: depth 1 against depth 2, medians of the jobs' own time,
+    # and depth 2's bytes.
+    d, jobs, n = a[0], int(a[1]), int(a[2])
+    one, two = runs(d, "d1-", jobs), runs(d, "d2-", jobs)
+    if not one or not two:
+        print(f"  depth: {len(one)} jobs at depth 1 and {len(two)} at depth 2 finished; no table")
+        sys.exit(0)
+    w = 8.0
+    m1 = statistics.median(j["job_s"] for j in one)
+    m2 = statistics.median(j["job_s"] for j in two)
+    sent = statistics.median(j["bytes_sent"] for j in two) / (n * n * w)
+    recv = statistics.median(j["bytes_received"] for j in two) / (n * n * w)
+    print(f"  depth 1 median {m1:.2f} s, depth 2 median {m2:.2f} s: depth 2 / depth 1 = {m2 / m1:.2f}x")
+    print(f"  depth 2 bytes: sent {sent:.3f} n^2 w, received {recv:.3f} n^2 w; failures {sum(len(j['failures']) for j in two)}")
 EOF
 py() { python3 -c "$PY" "$@"; }
 
@@ -515,35 +555,7 @@ if want relay; then
         idle "$R_WORKERS"
       done
     done
-    python3 - "$OUT/relay" "$JOBS" "$R_N" "$RATE" <<'PYEOF' | tee -a "$OUT/relay/table.md"
-import json, statistics, sys, re
-d, jobs, n, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-m = re.fullmatch(r"(\d+(?:\.\d+)?)(k|m|g)bit", rate)
-bps = float(m.group(1)) * {"k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
-def load(plan):
-    out = []
-    for i in range(1, jobs + 1):
-        try:
-            out.append(json.load(open(f"{d}/{plan}{i}.json")))
-        except Exception:
-            pass
-    return out
-relay, direct = load("relay"), load("direct")
-if not relay or not direct:
-    print(f"  relay: {len(relay)} relayed and {len(direct)} direct jobs finished; no table")
-    sys.exit(0)
-w = 8.0
-bound = 2 * n * n * w * 8 / bps
-r = statistics.median(j["total_s"] for j in relay)
-dd = statistics.median(j["total_s"] for j in direct)
-plans = sorted({j["plan"] for j in relay})
-sent = statistics.median(j["bytes_sent"] for j in relay) / (n * n * w)
-recv = statistics.median(j["bytes_received"] for j in relay) / (n * n * w)
-dsent = statistics.median(j["bytes_sent"] for j in direct) / (n * n * w)
-print(f"  relay median {r:.2f} s, direct median {dd:.2f} s: relay {dd / r:.2f}x faster; plans {plans}")
-print(f"  relay / (2 n^2 w at {rate} = {bound:.2f} s) = {r / bound:.2f}x; direct / that bound = {dd / bound:.2f}x")
-print(f"  relay bytes: sent {sent:.3f} n^2 w, received {recv:.3f} n^2 w (direct sent {dsent:.3f} n^2 w)")
-PYEOF
+    py relay-table "$OUT/relay" "$JOBS" "$R_N" "$RATE" | tee -a "$OUT/relay/table.md"
     r=$(sed -n 1p "$OUT/relay/table.md")
     echo "| relay n=$R_N at $RATE | ${r#  } | see issue 16 | |" >&3
   else
@@ -572,29 +584,7 @@ if want depth; then
         idle "$D_WORKERS"
       done
     done
-    python3 - "$OUT/depth" "$JOBS" "$D_N" <<'PYEOF' | tee -a "$OUT/depth/table.md"
-import json, statistics, sys
-d, jobs, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def load(depth):
-    out = []
-    for i in range(1, jobs + 1):
-        try:
-            out.append(json.load(open(f"{d}/d{depth}-{i}.json")))
-        except Exception:
-            pass
-    return out
-one, two = load(1), load(2)
-if not one or not two:
-    print(f"  depth: {len(one)} jobs at depth 1 and {len(two)} at depth 2 finished; no table")
-    sys.exit(0)
-w = 8.0
-a = statistics.median(j["job_s"] for j in one)
-b = statistics.median(j["job_s"] for j in two)
-sent = statistics.median(j["bytes_sent"] for j in two) / (n * n * w)
-recv = statistics.median(j["bytes_received"] for j in two) / (n * n * w)
-print(f"  depth 1 median {a:.2f} s, depth 2 median {b:.2f} s: depth 2 / depth 1 = {b / a:.2f}x")
-print(f"  depth 2 bytes: sent {sent:.3f} n^2 w, received {recv:.3f} n^2 w; failures {sum(len(j['failures']) for j in two)}")
-PYEOF
+    py depth-table "$OUT/depth" "$JOBS" "$D_N" | tee -a "$OUT/depth/table.md"
     r=$(sed -n 1p "$OUT/depth/table.md")
     echo "| depth n=$D_N at $RATE | ${r#  } | (issue 20: no goal on one host) | |" >&3
   else
