@@ -968,14 +968,13 @@ impl<T: Element> Node<T> {
                 })
                 .collect();
             tokio::task::spawn_blocking(move || {
-                let mut y = septet_common::matrix::alloc_zeroed::<T>((kh, nh));
-                for (sign, panels) in terms {
+                // A pooled buffer, its rows written once by the first term:
+                // neither zeroed first nor faulted in afresh each job.
+                let mut y = septet_common::matrix::alloc_uninit::<T>((kh, nh));
+                for (t, (sign, panels)) in terms.into_iter().enumerate() {
                     for (p, part) in panels.iter().enumerate() {
-                        let mut rows = y.slice_mut(s![b_panels.range(p), ..]);
-                        match sign {
-                            Sign::Plus => rows += &**part,
-                            Sign::Minus => rows -= &**part,
-                        }
+                        let rows = y.slice_mut(s![b_panels.range(p), ..]);
+                        accumulate(rows, sign, part, t == 0);
                     }
                 }
                 let _ = done.send(Ok(Done::Y(y)));
@@ -1000,21 +999,26 @@ impl<T: Element> Node<T> {
             }
             let t = Instant::now();
             let result = (|| {
-                let x = match terms.as_slice() {
-                    [(Sign::Plus, only)] => Array2::clone(only),
+                // X's panel: the A panel itself when X is one quadrant,
+                // else the signed sum in a pooled buffer, given back once
+                // the product has read it.
+                let sum = match terms.as_slice() {
+                    [(Sign::Plus, _)] => None,
                     _ => {
-                        let mut x = Array2::<T>::zeros(terms[0].1.dim());
-                        for (sign, part) in &terms {
-                            match sign {
-                                Sign::Plus => x += &**part,
-                                Sign::Minus => x -= &**part,
-                            }
+                        let mut x = septet_common::matrix::alloc_uninit::<T>(terms[0].1.dim());
+                        for (t, (sign, part)) in terms.iter().enumerate() {
+                            accumulate(x.view_mut(), *sign, part, t == 0);
                         }
-                        x
+                        Some(x)
                     }
                 };
+                let x = sum.as_ref().map_or_else(|| terms[0].1.view(), |x| x.view());
                 #[allow(unused_mut)]
-                let mut m = matmul(x.view(), y.view(), parallelism(threads)).map_err(|e| e.to_string())?;
+                let mut m = matmul(x, y.view(), parallelism(threads)).map_err(|e| e.to_string())?;
+                drop(terms);
+                if let Some(x) = sum {
+                    septet_common::matrix::recycle(x);
+                }
                 // A liar: a wrong product, and the fingerprint of that wrong product.
                 #[cfg(feature = "fault-injection")]
                 if let Some(crate::server::Fault::Corrupt) = fault {
@@ -1118,7 +1122,10 @@ impl<T: Element> Node<T> {
     async fn finish_work(&mut self, done: Done<T>, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
         match done {
             Done::Y(y) => {
-                self.y = Some(Arc::new(y));
+                // Given back to the pool once the last panel is computed.
+                let y = Arc::new(y);
+                self.recycler.watch(&y);
+                self.y = Some(y);
             }
             Done::XPanel { x } => {
                 self.x = Some(x);
@@ -1176,20 +1183,12 @@ impl<T: Element> Node<T> {
         for (k, red) in self.reductions.iter_mut().enumerate() {
             let Some(&(_, sign)) = red.feeders.iter().find(|(i, _)| *i == product) else { continue };
             match &mut red.acc[panel] {
-                Some(acc) => match sign {
-                    Sign::Plus => *acc += m,
-                    Sign::Minus => *acc -= m,
-                },
+                Some(acc) => accumulate(acc.view_mut(), sign, m, false),
                 empty @ None => {
-                    // The first product in starts the sum (0 ± m, as adding
-                    // it to zeros would) in a pooled buffer: no zeroing, and
-                    // no fresh pages to fault in.
+                    // The first product in starts the sum in a pooled
+                    // buffer: no zeroing, and no fresh pages to fault in.
                     let mut acc = septet_common::matrix::alloc_uninit::<T>(m.dim());
-                    let zip = ndarray::Zip::from(&mut acc).and(m);
-                    match sign {
-                        Sign::Plus => zip.for_each(|a, &b| *a = T::zero() + b),
-                        Sign::Minus => zip.for_each(|a, &b| *a = T::zero() - b),
-                    }
+                    accumulate(acc.view_mut(), sign, m, true);
                     *empty = Some(acc);
                 }
             }
@@ -1256,6 +1255,17 @@ async fn send_parts<T: Element>(
     }
     let _ = conn.writer.shutdown().await;
     Ok(bytes)
+}
+
+/// `dst ±= src`, or `dst = ±src` for the `first` term (whatever `dst`
+/// held before: a pooled buffer's old values).
+fn accumulate<T: Element>(mut dst: ndarray::ArrayViewMut2<'_, T>, sign: Sign, src: &Array2<T>, first: bool) {
+    match (first, sign) {
+        (true, Sign::Plus) => ndarray::Zip::from(&mut dst).and(src).for_each(|a, &b| *a = T::zero() + b),
+        (true, Sign::Minus) => ndarray::Zip::from(&mut dst).and(src).for_each(|a, &b| *a = T::zero() - b),
+        (false, Sign::Plus) => dst += src,
+        (false, Sign::Minus) => dst -= src,
+    }
 }
 
 /// Checks that a forwarded part hashed to the requester's digest.
