@@ -194,29 +194,42 @@ fn a_straggler_is_hedged_and_put_on_probation() {
     grid.start_tracker(&[]);
     grid.start_workers(&[]);
     grid.shape("w0", "10mbit");
-    let slow_ip = grid.addr("w0");
     // 1024³: 4.2 MB of operands per product, 3.4 s for w0's, ~35 ms for the others'.
-    // Hedging is the direct plan's (the relay has none yet).
+    // The direct plan's hedging (the relay's: a_relay_slot_behind_a_slow_link_...).
     let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "direct"];
     let out = grid.run("rq", "multiply", &args);
     let summary = json(&out, "septet multiply");
     check_product(&summary);
-    let hedges = summary["hedges"].as_array().unwrap();
-    assert_eq!(hedges.len(), 1, "{summary}");
-    let hedge = &hedges[0];
-    let slow_addr = hedge["slow_peer"]["addr"].as_str().unwrap();
-    assert_eq!(slow_addr.rsplit_once(':').unwrap().0, slow_ip, "{hedge}");
-    assert_eq!(hedge["winner"], "hedge", "{hedge}");
-    assert!(hedge["reason"].as_str().unwrap().starts_with("sending"), "{hedge}");
+    let (slow_addr, hedge) = one_hedge_of(&grid, &summary, "w0", "sending");
+    let slow_addr = slow_addr.as_str();
     assert_eq!(summary["retries"], 0, "{summary}");
     assert!(
         summary["peers"].as_array().unwrap().iter().all(|p| p["addr"] != slow_addr),
         "the slow copy was used: {summary}"
     );
     println!("job took {:.2} s; hedge: {hedge}", summary["total_s"].as_f64().unwrap());
+    only_on_probation(&grid, slow_addr);
+}
+
+/// The job's one hedge, checked: of `slow_host`'s product, for a reason
+/// that starts with `reason`, the hedge's copy used. The slow peer's
+/// address, and the hedge.
+fn one_hedge_of(grid: &NetGrid, summary: &Value, slow_host: &str, reason: &str) -> (String, Value) {
+    let hedges = summary["hedges"].as_array().unwrap();
+    assert_eq!(hedges.len(), 1, "{summary}");
+    let hedge = hedges[0].clone();
+    let slow_addr = hedge["slow_peer"]["addr"].as_str().unwrap().to_string();
+    assert_eq!(slow_addr.rsplit_once(':').unwrap().0, grid.addr(slow_host), "{hedge}");
+    assert_eq!(hedge["winner"], "hedge", "{hedge}");
+    assert!(hedge["reason"].as_str().unwrap().starts_with(reason), "{hedge}");
+    (slow_addr, hedge)
+}
+
+/// Once the job is over nothing stays leased, and the tracker has put the
+/// peer at `slow_addr`, and only it, on probation.
+fn only_on_probation(grid: &NetGrid, slow_addr: &str) {
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
-    let peers = grid.peers("cl").unwrap();
-    for p in &peers {
+    for p in &grid.peers("cl").unwrap() {
         let want = u64::from(p["addr"] == slow_addr);
         assert_eq!(p["slow"].as_u64(), Some(want), "{p}");
     }
@@ -313,6 +326,43 @@ fn a_straggling_forwarder_costs_the_relay_seconds_not_its_deadline() {
     // the product deadline plus A, B and C at 5 MB/s (well over 20 s).
     assert!(total < 20.0, "took {total:.2} s: {summary}");
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
+
+/// A relayed job with one of its seven slots behind a 10 Mbit/s link and a
+/// spare worker in the grid: the requester sees that slot take its panels
+/// at a small fraction of the others' pace (by what the slot acknowledged,
+/// not what its socket buffered), gives the relay up within moments, and
+/// relays again with the spare in the slow slot's place. C is right, the
+/// report names the slow worker as hedged (the hedge used), the tracker
+/// puts it on probation, and nothing stays leased.
+#[test]
+fn a_relay_slot_behind_a_slow_link_is_hedged_by_relaying_again_with_a_spare() {
+    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    // w0..w6 register first and are leased (fewest leases, lowest ids);
+    // w7 is the spare.
+    grid.start_workers_at(0..7, "tr", &[]);
+    grid.start_workers_at(7..8, "tr", &[]);
+    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 8), "the spare did not register");
+    grid.shape("w3", "10mbit");
+    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
+    let out = grid.run("rq", "multiply", &args);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    assert_eq!(summary["plan"], "relay", "{summary}");
+    let (slow_addr, hedge) = one_hedge_of(&grid, &summary, "w3", "slow: its link took");
+    let slow_addr = slow_addr.as_str();
+    let slots = summary["relay"]["slots"].as_array().unwrap();
+    assert!(slots.iter().all(|s| s["peer"]["addr"] != slow_addr), "the slow slot stayed in the relay: {summary}");
+    // Both relays on the timeline; of the first, the slow slot failed
+    // (the others were cancelled, or finished their part).
+    let rows: Vec<&Value> = summary["attempts"].as_array().unwrap().iter().filter(|a| a["kind"] == "relay").collect();
+    assert_eq!(rows.len(), 14, "{summary}");
+    let failed: Vec<&&Value> = rows.iter().filter(|a| a["outcome"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{summary}");
+    assert_eq!(failed[0]["peer"]["addr"], slow_addr, "{summary}");
+    println!("job took {:.2} s; hedge: {hedge}", summary["total_s"].as_f64().unwrap());
+    only_on_probation(&grid, slow_addr);
 }
 
 /// A relayed job whose C11 reducer is cut silently once it has reduced and

@@ -765,6 +765,19 @@ impl LeaseKeeper {
         self.tx.try_send(KeeperCmd::Hedge { peer_id, reply }).ok().map(|()| rx)
     }
 
+    /// One more slot of the lease, off `peer_id` (which is slow), if the
+    /// tracker has one free now.
+    async fn hedge_slot(&self, peer_id: PeerId) -> Option<PeerAddr> {
+        match self.ask_hedge(peer_id)?.await {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not ask the tracker for another slot");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Reports `peer_id` failed and asks for a replacement slot; the answer
     /// comes on the receiver. `None` if the keeper is busy (ask later).
     fn ask_replacement(
@@ -1299,6 +1312,42 @@ impl<T: Element> Job<T> {
     }
 }
 
+/// A relay's rows on the job's timeline: one per slot, its operands
+/// arriving (until it could start computing), computing, and passing its
+/// product on and C back. A slot blamed failed; one that finished did its
+/// part (its fingerprint passed), whatever became of the relay; one that
+/// did neither ends as `unfinished` ("failed", or "cancelled" when the
+/// relay was given up for another slot's sake and run again).
+fn relay_attempts(outcome: &relay::Outcome, unfinished: &'static str, started: Instant) -> Vec<AttemptReport> {
+    let relay = &outcome.report;
+    relay
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(slot, sl)| {
+            let blamed = outcome.blamed.iter().find(|(s, _)| *s == slot).map(|(_, why)| why.clone());
+            let (ok, error) = match (blamed, sl.done_s) {
+                (None, Some(_)) => ("verified", None),
+                (Some(why), _) => ("failed", Some(why)),
+                (None, None) => (unfinished, Some(relay.failure.clone().unwrap_or_else(|| "did not finish".into()))),
+            };
+            AttemptReport {
+                product: sl.product,
+                peer: sl.peer.clone(),
+                kind: "relay",
+                started_s: relay.plan_sent_s,
+                send_start_s: Some(relay.plan_sent_s),
+                sent_s: sl.compute_start_s,
+                computed_s: sl.compute_end_s,
+                receive_start_s: sl.compute_end_s,
+                ended_s: sl.done_s.unwrap_or(started.elapsed().as_secs_f64()),
+                outcome: ok,
+                error,
+            }
+        })
+        .collect()
+}
+
 /// Peers for a report: ids and addresses, never their tickets.
 fn without_tickets<S: serde::Serializer>(peers: &[PeerAddr], s: S) -> std::result::Result<S::Ok, S::Error> {
     use serde::ser::SerializeSeq;
@@ -1759,12 +1808,53 @@ impl Requester {
         // A held lease's tickets from its grant may be old: the renewals' are not.
         let peers = &peers.clone().map(|p| keeper.tickets.fresh(&p));
         let groups: Vec<[PeerAddr; 7]> = groups.iter().map(|g| g.clone().map(|p| keeper.tickets.fresh(&p))).collect();
-        let outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, &groups, started, progress).await;
+        let mut outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, &groups, started, progress).await;
+        // A slot whose link was far too slow to take its panels ended the
+        // relay early: relay once more, with a fresh slot in its place, if
+        // the tracker has one at once (else the direct way below, as for
+        // any failure). Two levels deep, the groups' slots cannot move.
+        let replaced: [PeerAddr; 7];
+        let mut peers = peers;
+        if let Some(slot) = outcome.slow.filter(|_| groups.is_empty()) {
+            let why = outcome.blamed.first().map(|(_, w)| w.clone()).unwrap_or_default();
+            let at_s = started.elapsed().as_secs_f64();
+            if let Some(spare) = keeper.hedge_slot(peers[slot].peer_id).await {
+                info!(slot, slow = %peers[slot].addr, spare = %spare.addr, %why, "relay: relaying again without a slow slot");
+                report.bytes_sent += outcome.bytes_sent;
+                report.bytes_received += outcome.bytes_received;
+                report.verify_s += outcome.verify_s;
+                report.attempts.extend(relay_attempts(&outcome, "cancelled", started));
+                report
+                    .failures
+                    .push(format!("relay: slot {slot} ({}, peer {}): {why}", peers[slot].addr, peers[slot].peer_id));
+                // Slow, not failed: the tracker hears it as of a hedged
+                // peer (probation), not as a failure.
+                keeper.note_speed(vec![peers[slot].peer_id], Vec::new()).await;
+                report.hedges.push(HedgeReport {
+                    product: PRODUCTS[slot].name,
+                    slow_peer: peers[slot].clone(),
+                    hedge_peer: spare.clone(),
+                    reason: why,
+                    at_s,
+                    winner: "none",
+                });
+                replaced = {
+                    let mut r = peers.clone();
+                    r[slot] = keeper.tickets.fresh(&spare);
+                    r
+                };
+                peers = &replaced;
+                outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, &[], started, progress).await;
+                if outcome.verified.iter().all(|&v| v) {
+                    report.hedges.last_mut().expect("pushed above").winner = "hedge";
+                }
+            }
+        }
         report.bytes_sent += outcome.bytes_sent;
         report.bytes_received += outcome.bytes_received;
         report.connect_s = (outcome.report.plan_sent_s - report.lease_wait_s).max(0.0);
         report.verified = self.config.verify;
-        report.verify_s = outcome.verify_s;
+        report.verify_s += outcome.verify_s;
         report.verify_critical_s = outcome.verify_critical_s;
         report.peers = outcome
             .report
@@ -1783,34 +1873,7 @@ impl Requester {
                 hedged: false,
             })
             .collect();
-        // The timeline: one row per slot, its operands arriving (until it
-        // could start computing), computing, and passing its product on
-        // and C back.
-        for (slot, sl) in outcome.report.slots.iter().enumerate() {
-            // A slot that finished and is not to blame did its part (its
-            // fingerprint passed), whatever became of the relay.
-            let blamed = outcome.blamed.iter().find(|(s, _)| *s == slot).map(|(_, why)| why.clone());
-            let (ok, error) = match (blamed, sl.done_s) {
-                (None, Some(_)) => ("verified", None),
-                (Some(why), _) => ("failed", Some(why)),
-                (None, None) => {
-                    ("failed", Some(outcome.report.failure.clone().unwrap_or_else(|| "did not finish".into())))
-                }
-            };
-            report.attempts.push(AttemptReport {
-                product: sl.product,
-                peer: sl.peer.clone(),
-                kind: "relay",
-                started_s: outcome.report.plan_sent_s,
-                send_start_s: Some(outcome.report.plan_sent_s),
-                sent_s: sl.compute_start_s,
-                computed_s: sl.compute_end_s,
-                receive_start_s: sl.compute_end_s,
-                ended_s: sl.done_s.unwrap_or(started.elapsed().as_secs_f64()),
-                outcome: ok,
-                error,
-            });
-        }
+        report.attempts.extend(relay_attempts(&outcome, "failed", started));
         let verified = outcome.verified;
         let blamed = outcome.blamed.clone();
         if let Some(failure) = &outcome.report.failure {

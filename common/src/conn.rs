@@ -724,6 +724,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.meter = meter;
     }
 
+    /// The stream frames are written to.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
     /// `write_all`, counting into the meter as the stream takes the bytes.
     async fn write_metered(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         let Some(meter) = &self.meter else { return self.inner.write_all(bytes).await };
@@ -1190,6 +1195,39 @@ impl Connection {
     }
 }
 
+/// How many bytes the peer of TCP socket `fd` has acknowledged so far
+/// (Linux's `TCP_INFO`, `tcpi_bytes_acked`): what really reached it, where
+/// a writer's own count also holds what waits in the socket's buffers.
+/// `None` where the kernel does not say.
+pub fn bytes_acked(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcp_info is plain integers, for which all zeros is a value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `fd` is a live descriptor for the borrow; the kernel
+        // writes at most `len` bytes into `info`, which has that many.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        // An older kernel fills less of the struct: the field must be in it.
+        let has = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
+        (rc == 0 && len as usize >= has).then_some(info.tcpi_bytes_acked)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1610,5 +1648,36 @@ mod tests {
         assert!(matches!(got, Err(Error::Timeout { .. })), "{got:?}");
         assert!(got.unwrap_err().to_string().contains("went silent"));
         assert!(started.elapsed() >= Duration::from_secs(4));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn bytes_acked_counts_what_the_peer_took_not_what_waits_in_buffers() {
+        use std::os::fd::AsFd;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut tx = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut rx, _) = listener.accept().await.unwrap();
+        let before = bytes_acked(tx.as_fd()).expect("Linux reports TCP_INFO");
+        // Nobody reads: the receiver's window and the sender's buffer fill,
+        // and the writer stalls with bytes written but not acknowledged.
+        let chunk = vec![7u8; 1 << 20];
+        let mut written = 0u64;
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), tx.write(&chunk)).await {
+            written += n as u64;
+        }
+        let stalled = bytes_acked(tx.as_fd()).unwrap() - before;
+        assert!(stalled < written, "acknowledged {stalled} of {written} written while nothing was read");
+        // Once everything is read, every byte is acknowledged.
+        let mut sink = vec![0u8; 1 << 20];
+        let mut read = 0u64;
+        while read < written {
+            read += rx.read(&mut sink).await.unwrap() as u64;
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while bytes_acked(tx.as_fd()).unwrap() - before < written {
+            assert!(std::time::Instant::now() < until, "the acknowledgements never came");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

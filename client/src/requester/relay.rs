@@ -28,6 +28,7 @@
 //! plan (`dispatch`), on the lease's peers that were not blamed.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +54,17 @@ use crate::verify::{NonFinite, Verifier};
 
 /// How long the relay listens for more failure reports after the first.
 const SETTLE: Duration = Duration::from_millis(300);
+/// A slot whose link takes the requester's parts at less than 1/this of
+/// the median pace of the others' is slow ...
+const SLOW_FEED_FACTOR: f64 = 3.0;
+/// ... judged once its parts have been going out for this long ...
+const FEED_OBSERVED: Duration = Duration::from_millis(250);
+/// ... and only while what it still has to take would need this long.
+const FEED_MARGIN: Duration = Duration::from_millis(300);
+/// A slot's panels have begun to go out once its socket took this much.
+const FEED_STARTED: u64 = 64 << 10;
+/// How often the gather loop looks at the feeds.
+const FEED_TICK: Duration = Duration::from_millis(50);
 
 /// What the job report shows of one slot of a relayed job.
 #[derive(Debug, Clone, Serialize)]
@@ -129,6 +141,9 @@ pub(super) struct Outcome {
     /// Seconds of checking after C was in.
     pub verify_critical_s: f64,
     pub report: RelayReport,
+    /// The relay ended because this slot's link was slow, and nobody else
+    /// is to blame: the job can relay again with another peer in its place.
+    pub slow: Option<usize>,
 }
 
 /// What the reader of one slot's link hears.
@@ -142,6 +157,8 @@ enum Heard {
     /// may have closed after saying why it gave up (blaming another), and
     /// the reader ends either way.
     WriteFailed(usize, String),
+    /// Every part for the slot is written.
+    Written(usize),
 }
 
 /// What a slot's writer sends.
@@ -275,6 +292,7 @@ pub(super) async fn run<T: Element>(
         verify_s: 0.0,
         verify_critical_s: 0.0,
         report: report.clone(),
+        slow: None,
     };
     let c_part_len = relay::part_frame_len(T::DTYPE, (a_panels.per, nh));
     let limits = ConnLimits {
@@ -299,11 +317,15 @@ pub(super) async fn run<T: Element>(
                     .map_err(|e| e.naming(|| format!("the worker at {addr}")))?;
                 let meter = Arc::new(AtomicU64::new(0));
                 conn.writer.set_meter(Some(meter.clone()));
+                // A second descriptor of the socket, to ask the kernel how
+                // much of what was written the slot has taken (dropped
+                // before the links are closed, so it never holds one open).
+                let fd = conn.writer.get_ref().as_ref().as_fd().try_clone_to_owned().ok();
                 super::present(&mut conn.writer, ticket).await?;
                 conn.writer.send(&WorkerRequest::Relay(plan)).await?;
                 let part = PartId { block: Block::Vectors, panel: 0 };
                 conn.writer.send_blocks(part.task_id(), BlockOp::Part, &[T::view(r_pub.view())]).await?;
-                Ok::<_, Error>((conn, meter))
+                Ok::<_, Error>((conn, meter, fd))
             };
             (slot, conn.await)
         });
@@ -328,12 +350,14 @@ pub(super) async fn run<T: Element>(
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     let mut meters = Vec::new();
+    let mut fds = Vec::new();
     for (slot, result) in connected.into_iter().enumerate() {
         match result {
-            Ok((conn, meter)) => {
+            Ok((conn, meter, fd)) => {
                 readers.push(Some(conn.reader));
                 writers.push(Some(conn.writer));
                 meters.push(meter);
+                fds.push(fd);
             }
             Err(e) => {
                 warn!(slot, peer = %peers[slot].addr, error = %e, "a slot could not take its plan");
@@ -354,6 +378,26 @@ pub(super) async fn run<T: Element>(
         .collect();
     info!(%job_id, a_panel = a_panels.per, b_panel = b_panels.per, reducers = %reducers.join(" "), "relay: plans out");
 
+    // What each slot is to be sent (its quadrants' panels), and what its
+    // link had taken before them: the gather loop watches the rest go.
+    let mut held = [0u64; SLOTS];
+    for part in send_order(a_panels, b_panels) {
+        let x = part.block.input_index().expect("only quadrants are sent");
+        let shape = plan.part_shape(part).expect("the plan's own parts");
+        held[roles.holders[x] as usize] += relay::part_frame_len(T::DTYPE, shape);
+    }
+    // What reached the slot, as its acknowledgements say (else what was
+    // written to its socket: that also counts what waits in the socket's
+    // buffers, megabytes that hide a slow link for a while).
+    let delivered = |s: usize| {
+        fds[s]
+            .as_ref()
+            .and_then(|fd| septet_common::conn::bytes_acked(fd.as_fd()))
+            .unwrap_or_else(|| meters[s].load(Ordering::Relaxed))
+    };
+    let base: Vec<u64> = (0..SLOTS).map(delivered).collect();
+    let base_written: Vec<u64> = meters.iter().map(|m| m.load(Ordering::Relaxed)).collect();
+
     // 2. The writers, and the sequencer that feeds them in send order.
     let (heard_tx, mut heard_rx) = mpsc::unbounded_channel::<Heard>();
     let mut send_txs = Vec::new();
@@ -365,8 +409,14 @@ pub(super) async fn run<T: Element>(
         let writer = writer.expect("every slot connected");
         let io_timeout = config.io_timeout;
         tasks.spawn(async move {
-            if let Err(e) = write_slot(writer, rx, &a, &b, split, &plan, io_timeout).await {
-                let _ = heard.send(Heard::WriteFailed(slot, format!("sending to it failed: {e}")));
+            match write_slot(writer, rx, &a, &b, split, &plan, io_timeout).await {
+                Ok(writer) => {
+                    let _ = heard.send(Heard::Written(slot));
+                    // Keep the write side open: closing it would end the job on the slot.
+                    std::future::pending::<()>().await;
+                    drop(writer);
+                }
+                Err(e) => drop(heard.send(Heard::WriteFailed(slot, format!("sending to it failed: {e}")))),
             }
         });
     }
@@ -503,6 +553,12 @@ pub(super) async fn run<T: Element>(
     let mut sent_at: Option<tokio::time::Instant> = None;
     let work = requester.product_deadline(split).saturating_sub(config.io_timeout);
     let due_after = |at: tokio::time::Instant| c_due(at, at - plan_sent, config.silence_timeout + work);
+    // Each slot's parts: when the first went out, when the last was written.
+    let mut first_out: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
+    let mut written: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
+    let mut slow: Option<usize> = None;
+    let mut feed_tick = tokio::time::interval(FEED_TICK);
+    feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let complete = gather.quads.iter().all(|q| !q.arriving());
         if complete && stats.iter().all(Option::is_some) {
@@ -522,6 +578,43 @@ pub(super) async fn run<T: Element>(
             // Wakes the loop when A and B are all out, to set the due time.
             Ok(at) = &mut sent_rx, if sent_at.is_none() => {
                 sent_at = Some(at);
+                continue;
+            }
+            // A slot whose link takes its parts far slower than the others
+            // hold up every product that needs what it forwards: the relay
+            // ends at once, and its product goes to another peer the
+            // direct way (with the rest of what is missing).
+            _ = feed_tick.tick(), if reports.is_empty() && written.iter().any(Option::is_none) => {
+                let now = tokio::time::Instant::now();
+                let feeds: Vec<Feed> = (0..SLOTS)
+                    .map(|s| {
+                        let sent = delivered(s).saturating_sub(base[s]);
+                        // Its panels have begun to go: its socket took the
+                        // start of one (what it took before may be digests
+                        // alone, sent ahead of its panels).
+                        let wrote = meters[s].load(Ordering::Relaxed).saturating_sub(base_written[s]);
+                        if wrote >= FEED_STARTED.min(held[s]) && first_out[s].is_none() {
+                            first_out[s] = Some(now);
+                        }
+                        if sent >= held[s] && written[s].is_none() {
+                            written[s] = Some(now);
+                        }
+                        Feed {
+                            held: held[s],
+                            written: sent.min(held[s]),
+                            going: first_out[s].map(|f| written[s].unwrap_or(now).saturating_duration_since(f)),
+                            done: written[s].is_some(),
+                        }
+                    })
+                    .collect();
+                if let Some((slot, why)) = slow_feed(&feeds) {
+                    warn!(slot, peer = %peers[slot].addr, %why, "relay: a slow slot");
+                    let summary = format!("slot {slot} is slow: {why}");
+                    reports.push(Report { at_fault: slot, by: None, summary, why: format!("slow: {why}"), evidence: false });
+                    // Seen here, not reported by a slot: no other word to wait for.
+                    settle = Some(now);
+                    slow = Some(slot);
+                }
                 continue;
             }
             _ = tokio::time::sleep_until(wait_until) => {
@@ -572,6 +665,13 @@ pub(super) async fn run<T: Element>(
                 let summary = format!("slot {slot} gave up: {message}");
                 reports.push(Report { at_fault, by: Some(slot), summary, why: message, evidence });
             }
+            // (With acknowledgements to go by, the feed is done once they
+            // cover it, not once the socket took the last byte.)
+            Heard::Written(slot) => {
+                if fds[slot].is_none() {
+                    written[slot] = Some(tokio::time::Instant::now());
+                }
+            }
             Heard::WriteFailed(slot, why) => {
                 debug!(slot, %why, "relay: a send failed; waiting for the slot's last word")
             }
@@ -603,6 +703,7 @@ pub(super) async fn run<T: Element>(
         }
     }
     // Closing the links ends the job on every slot, however far it got.
+    drop(fds);
     tasks.shutdown().await;
     outcome.bytes_sent = meters.iter().map(|m| m.load(Ordering::Relaxed)).sum();
     outcome.bytes_received = received.load(Ordering::Relaxed);
@@ -656,6 +757,7 @@ pub(super) async fn run<T: Element>(
         }
     }
     outcome.verified = gather.quads.map(|q| q == QuadState::Verified);
+    outcome.slow = slow.filter(|&s| outcome.unverifiable.is_none() && outcome.blamed.iter().all(|(b, _)| *b == s));
     outcome.verify_critical_s = checking.elapsed().as_secs_f64();
     outcome.verify_s += outcome.verify_critical_s;
     report.quadrants_verified =
@@ -805,6 +907,60 @@ fn culprits(q: Quad, reducer: usize, fingerprint_wrong: impl Fn(usize) -> bool) 
     }
 }
 
+/// The requester's sends to one slot, as the gather loop sees them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Feed {
+    /// Bytes of the panels it holds.
+    held: u64,
+    /// Of which its link has taken so far.
+    written: u64,
+    /// How long they have been going out (until the last was written);
+    /// None before the first.
+    going: Option<Duration>,
+    /// Every one written.
+    done: bool,
+}
+
+/// The slot whose link takes its panels at less than 1/[`SLOW_FEED_FACTOR`]
+/// the median pace of the others' (at least three under way), once they
+/// have been going out for [`FEED_OBSERVED`], if what it has left would
+/// take it more than [`FEED_MARGIN`]; with why. A slow requester link slows
+/// every feed alike, and none is slow; a slot that is merely fed later
+/// (its quadrant later in the send order) is judged from its first byte.
+fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
+    // (A feed done between two looks took at most one tick.)
+    let pace = |f: &Feed| {
+        let going = f.going?;
+        let going = if f.done { going.max(FEED_TICK) } else { going };
+        (!going.is_zero()).then(|| f.written as f64 / going.as_secs_f64())
+    };
+    feeds.iter().enumerate().find_map(|(slot, f)| {
+        let going = f.going.filter(|&g| !f.done && g >= FEED_OBSERVED)?;
+        let mut others: Vec<f64> =
+            feeds.iter().enumerate().filter(|&(o, _)| o != slot).filter_map(|(_, o)| pace(o)).collect();
+        if others.len() < 3 {
+            return None;
+        }
+        others.sort_by(f64::total_cmp);
+        let median = others[others.len() / 2];
+        let rate = pace(f)?;
+        let left = f.held.saturating_sub(f.written) as f64;
+        let needs = if rate > 0.0 { left / rate } else { f64::INFINITY };
+        (rate < median / SLOW_FEED_FACTOR && needs > FEED_MARGIN.as_secs_f64())
+            .then(|| {
+                format!(
+                    "its link took {:.0}% of its {:.1} MB in {:.2} s ({:.1} MB/s, the other slots' median {:.1} MB/s)",
+                    100.0 * f.written as f64 / f.held.max(1) as f64,
+                    f.held as f64 / 1e6,
+                    going.as_secs_f64(),
+                    rate / 1e6,
+                    median / 1e6
+                )
+            })
+            .map(|why| (slot, why))
+    })
+}
+
 /// When the C quadrants still missing are due, once two are in: twice the
 /// time the second took, plus a second. The quadrants come back within
 /// moments of each other when every slot keeps pace (their last panels
@@ -862,7 +1018,7 @@ async fn write_slot<T: Element>(
     split: Split,
     plan: &RelayPlan,
     io_timeout: Duration,
-) -> septet_common::Result<()> {
+) -> septet_common::Result<FrameWriter<OwnedWriteHalf>> {
     while let Some(send) = rx.recv().await {
         match send {
             Send::Digests(d) => {
@@ -881,9 +1037,7 @@ async fn write_slot<T: Element>(
             }
         }
     }
-    // Keep the write side open: closing it would end the job on the slot.
-    std::future::pending::<()>().await;
-    Ok(())
+    Ok(writer)
 }
 
 /// Where one C quadrant of a relayed job stands: what the gather loop
@@ -1127,6 +1281,52 @@ mod tests {
         assert_eq!(believed(&[r(3, None, false), r(3, Some(1), false)]), [0]);
         // Two slots that blame each other: the first report.
         assert_eq!(believed(&[r(1, Some(4), false), r(4, Some(1), false)]), [0]);
+    }
+
+    fn feed(held: u64, written: u64, going_ms: Option<u64>, done: bool) -> Feed {
+        Feed { held, written, going: going_ms.map(Duration::from_millis), done }
+    }
+
+    #[test]
+    fn a_feed_far_slower_than_the_others_is_slow_once_observed_long_enough() {
+        let mb = 1_000_000;
+        let healthy = [feed(8 * mb, 8 * mb, Some(250), true), feed(8 * mb, 6 * mb, Some(200), false)];
+        let slow = |written, ms| {
+            let mut f = vec![feed(8 * mb, written, Some(ms), false)];
+            f.extend(healthy.iter().copied().cycle().take(4));
+            f
+        };
+        // 1 MB in 300 ms against 30-odd MB/s: slow, and it says how slow.
+        let (slot, why) = slow_feed(&slow(mb, 300)).expect("slow");
+        assert_eq!(slot, 0);
+        assert!(why.contains("12% of its 8.0 MB in 0.30 s (3.3 MB/s"), "{why}");
+        // Nothing at all reached it: slow too.
+        assert_eq!(slow_feed(&slow(0, 300)).map(|s| s.0), Some(0));
+        // Not yet observed long enough.
+        assert_eq!(slow_feed(&slow(mb, 200)), None);
+        // Only a little behind the others' pace (a third of it or more).
+        assert_eq!(slow_feed(&slow(7 * mb / 2, 300)), None);
+        // Nearly done: what it has left takes less than the margin.
+        assert_eq!(slow_feed(&[&[feed(8 * mb, 7 * mb, Some(2000), false)][..], &slow(mb, 300)[1..]].concat()), None);
+    }
+
+    #[test]
+    fn feeds_slow_alike_or_not_yet_begun_are_not_slow() {
+        let mb = 1_000_000;
+        // The requester's own link is slow: every feed crawls, none is slow.
+        let crawling: Vec<Feed> = (0..7).map(|_| feed(8 * mb, mb / 2, Some(1000), false)).collect();
+        assert_eq!(slow_feed(&crawling), None);
+        // Fewer than three others under way: nothing to compare with.
+        let lonely =
+            [feed(8 * mb, 0, Some(1000), false), feed(8 * mb, 8 * mb, Some(100), true), feed(8 * mb, 0, None, false)];
+        assert_eq!(slow_feed(&lonely), None);
+        // Feeds done within one look are as fast as one tick allows, not
+        // infinitely fast, and are compared like the rest.
+        let mut quick: Vec<Feed> = (0..6).map(|_| feed(2 * mb, 2 * mb, Some(0), true)).collect();
+        quick.push(feed(2 * mb, 0, Some(500), false));
+        assert_eq!(slow_feed(&quick).map(|s| s.0), Some(6));
+        quick[6].written = mb + mb / 2;
+        assert_eq!(slow_feed(&quick), None);
     }
 
     #[test]
