@@ -923,7 +923,8 @@ struct Feed {
 
 /// The slot whose link takes its panels at less than 1/[`SLOW_FEED_FACTOR`]
 /// the median pace of the others' (at least three under way), once they
-/// have been going out for [`FEED_OBSERVED`], if what it has left would
+/// have been going out for [`FEED_OBSERVED`] and as long as the feeds
+/// already done took (their median), if what it has left would
 /// take it more than [`FEED_MARGIN`]; with why. A slow requester link slows
 /// every feed alike, and none is slow; a slot that is merely fed later
 /// (its quadrant later in the send order) is judged from its first byte.
@@ -934,8 +935,15 @@ fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
         let going = if f.done { going.max(FEED_TICK) } else { going };
         (!going.is_zero()).then(|| f.written as f64 / going.as_secs_f64())
     };
+    // Judged only once it has gone out as long as the feeds done took (a
+    // median), so that on a busy requester link a feed whose connection
+    // is still in TCP's slow start, behind queues the others filled, is
+    // not taken for slow.
+    let mut took: Vec<Duration> = feeds.iter().filter(|f| f.done).filter_map(|f| f.going).collect();
+    took.sort_unstable();
+    let observed = FEED_OBSERVED.max(*took.get(took.len() / 2)?);
     feeds.iter().enumerate().find_map(|(slot, f)| {
-        let going = f.going.filter(|&g| !f.done && g >= FEED_OBSERVED)?;
+        let going = f.going.filter(|&g| !f.done && g >= observed)?;
         let mut others: Vec<f64> =
             feeds.iter().enumerate().filter(|&(o, _)| o != slot).filter_map(|(_, o)| pace(o)).collect();
         if others.len() < 3 {
@@ -1308,6 +1316,21 @@ mod tests {
         assert_eq!(slow_feed(&slow(7 * mb / 2, 300)), None);
         // Nearly done: what it has left takes less than the margin.
         assert_eq!(slow_feed(&[&[feed(8 * mb, 7 * mb, Some(2000), false)][..], &slow(mb, 300)[1..]].concat()), None);
+    }
+
+    #[test]
+    fn a_feed_is_judged_only_once_it_has_gone_out_as_long_as_the_done_ones_took() {
+        let mb = 1_000_000;
+        // On a 200 Mbit/s requester link the B holders' feeds took 1.3 s.
+        let mut feeds: Vec<Feed> = (0..4).map(|_| feed(8 * mb, 8 * mb, Some(1300), true)).collect();
+        feeds.push(feed(8 * mb, mb / 10, Some(500), false));
+        feeds.push(feed(8 * mb, 2 * mb, Some(500), false));
+        assert_eq!(slow_feed(&feeds), None);
+        feeds[4].going = Some(Duration::from_millis(1400));
+        assert_eq!(slow_feed(&feeds).map(|s| s.0), Some(4));
+        // None done yet: nothing to judge by.
+        feeds.iter_mut().take(4).for_each(|f| f.done = false);
+        assert_eq!(slow_feed(&feeds), None);
     }
 
     #[test]
