@@ -237,7 +237,9 @@ struct MultiplyArgs {
     /// far slower than the job's others (or that is still computing long
     /// after the rest are in) gets a second copy on a spare slot, and the
     /// first copy verified is used. Each hedge costs one more product of
-    /// work; 0 turns hedging off.
+    /// work. A relayed job hedges once at most: a slot whose link takes
+    /// its panels far slower than the others' is replaced by a spare slot
+    /// and the job relayed again. 0 turns hedging off.
     #[arg(long, default_value_t = 2, value_name = "N")]
     max_hedges: u32,
     /// auto (relay unless every peer is on this host's loopback), relay,

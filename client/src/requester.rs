@@ -1399,7 +1399,7 @@ async fn regroup_one<T: Element>(
     let sub = Split::of(xs, ys).map_err(|e| e.to_string())?;
     let m = Mutex::new(make(split.product_shape())?);
     let quiet: ProgressFn = Arc::new(|_| {});
-    let outcome = relay::run(requester, Arc::new(x), Arc::new(y), &m, sub, group, &[], started, &quiet).await;
+    let outcome = relay::run(requester, Arc::new(x), Arc::new(y), &m, sub, group, &[], started, &quiet, false).await;
     let whole = outcome.verified.iter().all(|&v| v) && outcome.unverifiable.is_none();
     Ok((whole.then(|| m.into_inner()), outcome))
 }
@@ -1808,14 +1808,17 @@ impl Requester {
         // A held lease's tickets from its grant may be old: the renewals' are not.
         let peers = &peers.clone().map(|p| keeper.tickets.fresh(&p));
         let groups: Vec<[PeerAddr; 7]> = groups.iter().map(|g| g.clone().map(|p| keeper.tickets.fresh(&p))).collect();
-        let mut outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, &groups, started, progress).await;
-        // A slot whose link was far too slow to take its panels ended the
+        // A slot whose link is far too slow to take its panels ends the
         // relay early: relay once more, with a fresh slot in its place, if
         // the tracker has one at once (else the direct way below, as for
-        // any failure). Two levels deep, the groups' slots cannot move.
+        // any failure). Not two levels deep, where the groups' slots cannot
+        // move, nor with hedging off; and a job relays again only once.
+        let hedges = groups.is_empty() && self.config.max_hedges > 0;
+        let mut outcome =
+            relay::run(self, a.clone(), b.clone(), &c, split, peers, &groups, started, progress, hedges).await;
         let replaced: [PeerAddr; 7];
         let mut peers = peers;
-        if let Some(slot) = outcome.slow.filter(|_| groups.is_empty()) {
+        if let Some(slot) = outcome.slow {
             let why = outcome.blamed.first().map(|(_, w)| w.clone()).unwrap_or_default();
             let at_s = started.elapsed().as_secs_f64();
             if let Some(spare) = keeper.hedge_slot(peers[slot].peer_id).await {
@@ -1844,7 +1847,7 @@ impl Requester {
                     r
                 };
                 peers = &replaced;
-                outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, &[], started, progress).await;
+                outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, &[], started, progress, false).await;
                 if outcome.verified.iter().all(|&v| v) {
                     report.hedges.last_mut().expect("pushed above").winner = "hedge";
                 }

@@ -226,7 +226,9 @@ fn send_order(a_panels: Panels, b_panels: Panels) -> Vec<PartId> {
 /// Runs the relay phase of A·B on the lease's seven `peers`, writing C's
 /// quadrants into `c` as they arrive. `groups` empty: each slot computes
 /// its product; otherwise (two levels) slot i has its product computed by
-/// the seven peers `groups[i]`.
+/// the seven peers `groups[i]`. `watch_feeds`: end the relay as soon as a
+/// slot takes its panels far slower than the others ([`slow_feed`]), for a
+/// caller that will relay again without it ([`Outcome::slow`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run<T: Element>(
     requester: &Requester,
@@ -238,6 +240,7 @@ pub(super) async fn run<T: Element>(
     groups: &[[PeerAddr; 7]],
     started: Instant,
     progress: &ProgressFn,
+    watch_feeds: bool,
 ) -> Outcome {
     let config = &requester.config;
     let (mh, kh, nh) = split.half();
@@ -584,7 +587,7 @@ pub(super) async fn run<T: Element>(
             // hold up every product that needs what it forwards: the relay
             // ends at once, and its product goes to another peer the
             // direct way (with the rest of what is missing).
-            _ = feed_tick.tick(), if reports.is_empty() && written.iter().any(Option::is_none) => {
+            _ = feed_tick.tick(), if watch_feeds && reports.is_empty() && written.iter().any(Option::is_none) => {
                 let now = tokio::time::Instant::now();
                 let feeds: Vec<Feed> = (0..SLOTS)
                     .map(|s| {
@@ -795,7 +798,7 @@ pub async fn delegate<T: Element>(
     let (x, y) = (Arc::new(Store::from(x)), Arc::new(Store::from(y)));
     let c = Mutex::new(Store::zeros((split.m, split.n)));
     let quiet: ProgressFn = Arc::new(|_| {});
-    let outcome = run(&requester, x.clone(), y.clone(), &c, split, &peers, &[], started, &quiet).await;
+    let outcome = run(&requester, x.clone(), y.clone(), &c, split, &peers, &[], started, &quiet, false).await;
     let mut c = c.into_inner().into_owned();
     let missing: Vec<Quad> = Quad::ALL.into_iter().filter(|q| !outcome.verified[q.index()]).collect();
     if !missing.is_empty() {
