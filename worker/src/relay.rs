@@ -971,10 +971,10 @@ impl<T: Element> Node<T> {
                 // A pooled buffer, its rows written once by the first term:
                 // neither zeroed first nor faulted in afresh each job.
                 let mut y = septet_common::matrix::alloc_uninit::<T>((kh, nh));
-                for (t, (sign, panels)) in terms.into_iter().enumerate() {
+                for (i, (sign, panels)) in terms.into_iter().enumerate() {
                     for (p, part) in panels.iter().enumerate() {
                         let rows = y.slice_mut(s![b_panels.range(p), ..]);
-                        accumulate(rows, sign, part, t == 0);
+                        accumulate(rows, sign, part, i == 0);
                     }
                 }
                 let _ = done.send(Ok(Done::Y(y)));
@@ -1006,8 +1006,8 @@ impl<T: Element> Node<T> {
                     [(Sign::Plus, _)] => None,
                     _ => {
                         let mut x = septet_common::matrix::alloc_uninit::<T>(terms[0].1.dim());
-                        for (t, (sign, part)) in terms.iter().enumerate() {
-                            accumulate(x.view_mut(), *sign, part, t == 0);
+                        for (i, (sign, part)) in terms.iter().enumerate() {
+                            accumulate(x.view_mut(), *sign, part, i == 0);
                         }
                         Some(x)
                     }

@@ -556,9 +556,10 @@ pub(super) async fn run<T: Element>(
     let mut sent_at: Option<tokio::time::Instant> = None;
     let work = requester.product_deadline(split).saturating_sub(config.io_timeout);
     let due_after = |at: tokio::time::Instant| c_due(at, at - plan_sent, config.silence_timeout + work);
-    // Each slot's parts: when the first went out, when the last was written.
+    // Each slot's panels: when the first began to go out, when all had
+    // reached it.
     let mut first_out: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
-    let mut written: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
+    let mut fed_at: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
     let mut slow: Option<usize> = None;
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -583,11 +584,11 @@ pub(super) async fn run<T: Element>(
                 sent_at = Some(at);
                 continue;
             }
-            // A slot whose link takes its parts far slower than the others
-            // hold up every product that needs what it forwards: the relay
-            // ends at once, and its product goes to another peer the
-            // direct way (with the rest of what is missing).
-            _ = feed_tick.tick(), if watch_feeds && reports.is_empty() && written.iter().any(Option::is_none) => {
+            // A slot whose link takes its panels far slower than the
+            // others' would hold up every product that needs what it
+            // forwards: the relay ends at once (the caller relays again
+            // with a spare in its place, see `Outcome::slow`).
+            _ = feed_tick.tick(), if watch_feeds && reports.is_empty() && fed_at.iter().any(Option::is_none) => {
                 let now = tokio::time::Instant::now();
                 let feeds: Vec<Feed> = (0..SLOTS)
                     .map(|s| {
@@ -599,14 +600,14 @@ pub(super) async fn run<T: Element>(
                         if wrote >= FEED_STARTED.min(held[s]) && first_out[s].is_none() {
                             first_out[s] = Some(now);
                         }
-                        if sent >= held[s] && written[s].is_none() {
-                            written[s] = Some(now);
+                        if sent >= held[s] && fed_at[s].is_none() {
+                            fed_at[s] = Some(now);
                         }
                         Feed {
                             held: held[s],
                             written: sent.min(held[s]),
-                            going: first_out[s].map(|f| written[s].unwrap_or(now).saturating_duration_since(f)),
-                            done: written[s].is_some(),
+                            going: first_out[s].map(|f| fed_at[s].unwrap_or(now).saturating_duration_since(f)),
+                            done: fed_at[s].is_some(),
                         }
                     })
                     .collect();
@@ -672,7 +673,7 @@ pub(super) async fn run<T: Element>(
             // cover it, not once the socket took the last byte.)
             Heard::Written(slot) => {
                 if fds[slot].is_none() {
-                    written[slot] = Some(tokio::time::Instant::now());
+                    fed_at[slot] = Some(tokio::time::Instant::now());
                 }
             }
             Heard::WriteFailed(slot, why) => {
@@ -917,10 +918,10 @@ struct Feed {
     held: u64,
     /// Of which its link has taken so far.
     written: u64,
-    /// How long they have been going out (until the last was written);
-    /// None before the first.
+    /// How long they have been going out (until the last reached it);
+    /// None before the first began to.
     going: Option<Duration>,
-    /// Every one written.
+    /// Every one reached it.
     done: bool,
 }
 
@@ -930,11 +931,13 @@ struct Feed {
 /// already done took (their median), if what it has left would
 /// take it more than [`FEED_MARGIN`]; with why. A slow requester link slows
 /// every feed alike, and none is slow; a slot that is merely fed later
-/// (its quadrant later in the send order) is judged from its first byte.
+/// (its quadrant later in the send order) is judged from when its first
+/// panel began to go out.
 fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
-    // (A feed done between two looks took at most one tick.)
+    // (A feed done between two looks took at most one tick; a slot that
+    // holds nothing has no pace.)
     let pace = |f: &Feed| {
-        let going = f.going?;
+        let going = f.going.filter(|_| f.held > 0)?;
         let going = if f.done { going.max(FEED_TICK) } else { going };
         (!going.is_zero()).then(|| f.written as f64 / going.as_secs_f64())
     };
@@ -942,7 +945,7 @@ fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
     // median), so that on a busy requester link a feed whose connection
     // is still in TCP's slow start, behind queues the others filled, is
     // not taken for slow.
-    let mut took: Vec<Duration> = feeds.iter().filter(|f| f.done).filter_map(|f| f.going).collect();
+    let mut took: Vec<Duration> = feeds.iter().filter(|f| f.done && f.held > 0).filter_map(|f| f.going).collect();
     took.sort_unstable();
     let observed = FEED_OBSERVED.max(*took.get(took.len() / 2)?);
     feeds.iter().enumerate().find_map(|(slot, f)| {
