@@ -152,11 +152,14 @@ impl Plan {
             _ if peers.iter().any(crate::dialback::dials_back) => false,
             Plan::Relay => true,
             Plan::Direct => false,
-            Plan::Auto => {
-                !peers.iter().all(|p| p.addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback()))
-            }
+            Plan::Auto => !all_loopback(peers),
         }
     }
+}
+
+/// Whether every one of `peers` is on this host's loopback interface.
+fn all_loopback(peers: &[PeerAddr]) -> bool {
+    peers.iter().all(|p| p.addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback()))
 }
 
 impl std::str::FromStr for Plan {
@@ -1812,8 +1815,10 @@ impl Requester {
         // relay early: relay once more, with a fresh slot in its place, if
         // the tracker has one at once (else the direct way below, as for
         // any failure). Not two levels deep, where the groups' slots cannot
-        // move, nor with hedging off; and a job relays again only once.
-        let hedges = groups.is_empty() && self.config.max_hedges > 0;
+        // move, nor with hedging off, nor on loopback (no link there to be
+        // slow: a peer slow there is starved of CPU, which the overdue
+        // rules catch); and a job relays again only once.
+        let hedges = groups.is_empty() && self.config.max_hedges > 0 && !all_loopback(peers);
         let mut outcome =
             relay::run(self, a.clone(), b.clone(), &c, split, peers, &groups, started, progress, hedges).await;
         let replaced: [PeerAddr; 7];
