@@ -1402,7 +1402,7 @@ async fn regroup_one<T: Element>(
     let sub = Split::of(xs, ys).map_err(|e| e.to_string())?;
     let m = Mutex::new(make(split.product_shape())?);
     let quiet: ProgressFn = Arc::new(|_| {});
-    let outcome = relay::run(requester, Arc::new(x), Arc::new(y), &m, sub, group, &[], started, &quiet, false).await;
+    let outcome = relay::run(requester, Arc::new(x), Arc::new(y), &m, sub, group, &[], started, &quiet, None).await;
     let whole = outcome.verified.iter().all(|&v| v) && outcome.unverifiable.is_none();
     Ok((whole.then(|| m.into_inner()), outcome))
 }
@@ -1819,43 +1819,52 @@ impl Requester {
         // slow: a peer slow there is starved of CPU, which the overdue
         // rules catch); and a job relays again only once.
         let hedges = groups.is_empty() && self.config.max_hedges > 0 && !all_loopback(peers);
-        let mut outcome =
-            relay::run(self, a.clone(), b.clone(), &c, split, peers, &groups, started, progress, hedges).await;
+        let mut outcome = relay::run(
+            self,
+            a.clone(),
+            b.clone(),
+            &c,
+            split,
+            peers,
+            &groups,
+            started,
+            progress,
+            hedges.then_some(keeper),
+        )
+        .await;
         let replaced: [PeerAddr; 7];
         let mut peers = peers;
-        if let Some(slot) = outcome.slow {
+        if let (Some(slot), Some(spare)) = (outcome.slow, outcome.spare.clone()) {
             let why = outcome.blamed.first().map(|(_, w)| w.clone()).unwrap_or_default();
             let at_s = started.elapsed().as_secs_f64();
-            if let Some(spare) = keeper.hedge_slot(peers[slot].peer_id).await {
-                info!(slot, slow = %peers[slot].addr, spare = %spare.addr, %why, "relay: relaying again without a slow slot");
-                report.bytes_sent += outcome.bytes_sent;
-                report.bytes_received += outcome.bytes_received;
-                report.verify_s += outcome.verify_s;
-                report.attempts.extend(relay_attempts(&outcome, "cancelled", started));
-                report
-                    .failures
-                    .push(format!("relay: slot {slot} ({}, peer {}): {why}", peers[slot].addr, peers[slot].peer_id));
-                // Slow, not failed: the tracker hears it as of a hedged
-                // peer (probation), not as a failure.
-                keeper.note_speed(vec![peers[slot].peer_id], Vec::new()).await;
-                report.hedges.push(HedgeReport {
-                    product: PRODUCTS[slot].name,
-                    slow_peer: peers[slot].clone(),
-                    hedge_peer: spare.clone(),
-                    reason: why,
-                    at_s,
-                    winner: "none",
-                });
-                replaced = {
-                    let mut r = peers.clone();
-                    r[slot] = keeper.tickets.fresh(&spare);
-                    r
-                };
-                peers = &replaced;
-                outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, &[], started, progress, false).await;
-                if outcome.verified.iter().all(|&v| v) {
-                    report.hedges.last_mut().expect("pushed above").winner = "hedge";
-                }
+            info!(slot, slow = %peers[slot].addr, spare = %spare.addr, %why, "relay: relaying again without a slow slot");
+            report.bytes_sent += outcome.bytes_sent;
+            report.bytes_received += outcome.bytes_received;
+            report.verify_s += outcome.verify_s;
+            report.attempts.extend(relay_attempts(&outcome, "cancelled", started));
+            report
+                .failures
+                .push(format!("relay: slot {slot} ({}, peer {}): {why}", peers[slot].addr, peers[slot].peer_id));
+            // Slow, not failed: the tracker hears it as of a hedged
+            // peer (probation), not as a failure.
+            keeper.note_speed(vec![peers[slot].peer_id], Vec::new()).await;
+            report.hedges.push(HedgeReport {
+                product: PRODUCTS[slot].name,
+                slow_peer: peers[slot].clone(),
+                hedge_peer: spare.clone(),
+                reason: why,
+                at_s,
+                winner: "none",
+            });
+            replaced = {
+                let mut r = peers.clone();
+                r[slot] = keeper.tickets.fresh(&spare);
+                r
+            };
+            peers = &replaced;
+            outcome = relay::run(self, a.clone(), b.clone(), &c, split, peers, &[], started, progress, None).await;
+            if outcome.verified.iter().all(|&v| v) {
+                report.hedges.last_mut().expect("pushed above").winner = "hedge";
             }
         }
         report.bytes_sent += outcome.bytes_sent;

@@ -142,8 +142,10 @@ pub(super) struct Outcome {
     pub verify_critical_s: f64,
     pub report: RelayReport,
     /// The relay ended because this slot's link was slow, and nobody else
-    /// is to blame: the job can relay again with another peer in its place.
+    /// is to blame: the job can relay again with `spare` in its place.
     pub slow: Option<usize>,
+    /// The slot the tracker lent the lease for the slow one.
+    pub spare: Option<PeerAddr>,
 }
 
 /// What the reader of one slot's link hears.
@@ -226,9 +228,13 @@ fn send_order(a_panels: Panels, b_panels: Panels) -> Vec<PartId> {
 /// Runs the relay phase of A·B on the lease's seven `peers`, writing C's
 /// quadrants into `c` as they arrive. `groups` empty: each slot computes
 /// its product; otherwise (two levels) slot i has its product computed by
-/// the seven peers `groups[i]`. `watch_feeds`: end the relay as soon as a
-/// slot takes its panels far slower than the others ([`slow_feed`]), for a
-/// caller that will relay again without it ([`Outcome::slow`]).
+/// the seven peers `groups[i]`. `hedge`: the lease's keeper, to watch the
+/// feeds with: a slot that takes its panels far slower than the others
+/// ([`slow_feed`]) ends the relay at once if the tracker lends a slot in
+/// its place ([`Outcome::slow`]); with none free the relay goes on, as
+/// if nothing had been seen (ending it would only push every product onto
+/// the direct fallback, and on a slow requester link TCP's unfairness can
+/// make a healthy slot look slow).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run<T: Element>(
     requester: &Requester,
@@ -240,7 +246,7 @@ pub(super) async fn run<T: Element>(
     groups: &[[PeerAddr; 7]],
     started: Instant,
     progress: &ProgressFn,
-    watch_feeds: bool,
+    hedge: Option<&super::LeaseKeeper>,
 ) -> Outcome {
     let config = &requester.config;
     let (mh, kh, nh) = split.half();
@@ -296,6 +302,7 @@ pub(super) async fn run<T: Element>(
         verify_critical_s: 0.0,
         report: report.clone(),
         slow: None,
+        spare: None,
     };
     let c_part_len = relay::part_frame_len(T::DTYPE, (a_panels.per, nh));
     let limits = ConnLimits {
@@ -561,6 +568,7 @@ pub(super) async fn run<T: Element>(
     let mut first_out: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
     let mut fed_at: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
     let mut slow: Option<usize> = None;
+    let mut watching = hedge.is_some();
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -588,7 +596,7 @@ pub(super) async fn run<T: Element>(
             // others' would hold up every product that needs what it
             // forwards: the relay ends at once (the caller relays again
             // with a spare in its place, see `Outcome::slow`).
-            _ = feed_tick.tick(), if watch_feeds && reports.is_empty() && fed_at.iter().any(Option::is_none) => {
+            _ = feed_tick.tick(), if watching && reports.is_empty() && fed_at.iter().any(Option::is_none) => {
                 let now = tokio::time::Instant::now();
                 let feeds: Vec<Feed> = (0..SLOTS)
                     .map(|s| {
@@ -613,6 +621,16 @@ pub(super) async fn run<T: Element>(
                     .collect();
                 if let Some((slot, why)) = slow_feed(&feeds) {
                     warn!(slot, peer = %peers[slot].addr, %why, "relay: a slow slot");
+                    // One look only: a slot for it, or the relay goes on.
+                    watching = false;
+                    let Some(spare) = (match hedge {
+                        Some(keeper) => keeper.hedge_slot(peers[slot].peer_id).await,
+                        None => None,
+                    }) else {
+                        info!(slot, "relay: no slot free to take a slow slot's place; the relay goes on");
+                        continue;
+                    };
+                    outcome.spare = Some(spare);
                     let summary = format!("slot {slot} is slow: {why}");
                     reports.push(Report { at_fault: slot, by: None, summary, why: format!("slow: {why}"), evidence: false });
                     // Seen here, not reported by a slot: no other word to wait for.
@@ -799,7 +817,7 @@ pub async fn delegate<T: Element>(
     let (x, y) = (Arc::new(Store::from(x)), Arc::new(Store::from(y)));
     let c = Mutex::new(Store::zeros((split.m, split.n)));
     let quiet: ProgressFn = Arc::new(|_| {});
-    let outcome = run(&requester, x.clone(), y.clone(), &c, split, &peers, &[], started, &quiet, false).await;
+    let outcome = run(&requester, x.clone(), y.clone(), &c, split, &peers, &[], started, &quiet, None).await;
     let mut c = c.into_inner().into_owned();
     let missing: Vec<Quad> = Quad::ALL.into_iter().filter(|q| !outcome.verified[q.index()]).collect();
     if !missing.is_empty() {
