@@ -1195,11 +1195,22 @@ impl Connection {
     }
 }
 
-/// How many bytes the peer of TCP socket `fd` has acknowledged so far
-/// (Linux's `TCP_INFO`, `tcpi_bytes_acked`): what really reached it, where
-/// a writer's own count also holds what waits in the socket's buffers.
-/// `None` where the kernel does not say.
-pub fn bytes_acked(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+/// What the kernel says of a TCP socket's sending side (Linux's `TCP_INFO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendInfo {
+    /// Bytes the peer has acknowledged (`tcpi_bytes_acked`): what really
+    /// reached it, where a writer's own count also holds what waits in the
+    /// socket's buffers.
+    pub bytes_acked: u64,
+    /// The smoothed round-trip time (`tcpi_rtt`): it grows with the queue
+    /// in front of the connection's bottleneck, so a flow behind a slow
+    /// link of its own shows a longer one than flows that share the
+    /// sender's.
+    pub rtt: Duration,
+}
+
+/// [`SendInfo`] for TCP socket `fd`; `None` where the kernel does not say.
+pub fn send_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<SendInfo> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -1219,7 +1230,10 @@ pub fn bytes_acked(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
         };
         // An older kernel fills less of the struct: the field must be in it.
         let has = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + std::mem::size_of::<u64>();
-        (rc == 0 && len as usize >= has).then_some(info.tcpi_bytes_acked)
+        (rc == 0 && len as usize >= has).then(|| SendInfo {
+            bytes_acked: info.tcpi_bytes_acked,
+            rtt: Duration::from_micros(u64::from(info.tcpi_rtt)),
+        })
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -1652,12 +1666,15 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn bytes_acked_counts_what_the_peer_took_not_what_waits_in_buffers() {
+    async fn acknowledged_bytes_count_what_the_peer_took_not_what_waits_in_buffers() {
         use std::os::fd::AsFd;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut tx = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (mut rx, _) = listener.accept().await.unwrap();
+        fn bytes_acked(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+            send_info(fd).map(|i| i.bytes_acked)
+        }
         let before = bytes_acked(tx.as_fd()).expect("Linux reports TCP_INFO");
         // Nobody reads: the receiver's window and the sender's buffer fill,
         // and the writer stalls with bytes written but not acknowledged.
@@ -1679,5 +1696,7 @@ mod tests {
             assert!(std::time::Instant::now() < until, "the acknowledgements never came");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Data went both ways and back: the kernel has timed a round trip.
+        assert!(send_info(tx.as_fd()).unwrap().rtt > Duration::ZERO);
     }
 }

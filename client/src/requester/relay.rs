@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use ndarray::{s, Array2, ArrayView2};
 use parking_lot::Mutex;
 use rand::RngExt;
-use septet_common::conn::ConnLimits;
+use septet_common::conn::{ConnLimits, SendInfo};
 use septet_common::frame::BlockOp;
 use septet_common::matrix::matmul_into;
 use septet_common::proto::{JobId, PeerAddr, RelayStats, WorkerReply, WorkerRequest};
@@ -65,6 +65,10 @@ const FEED_MARGIN: Duration = Duration::from_millis(300);
 const FEED_STARTED: u64 = 64 << 10;
 /// How often the gather loop looks at the feeds.
 const FEED_TICK: Duration = Duration::from_millis(50);
+/// How much longer than the others' round trip a slow feed's must be: its
+/// flow queues behind a slow link of its own, not only behind the
+/// requester's (see [`slow_feed`]).
+const SLOW_RTT_FACTOR: f64 = 2.0;
 
 /// What the job report shows of one slot of a relayed job.
 #[derive(Debug, Clone, Serialize)]
@@ -399,13 +403,10 @@ pub(super) async fn run<T: Element>(
     // What reached the slot, as its acknowledgements say (else what was
     // written to its socket: that also counts what waits in the socket's
     // buffers, megabytes that hide a slow link for a while).
-    let delivered = |s: usize| {
-        fds[s]
-            .as_ref()
-            .and_then(|fd| septet_common::conn::bytes_acked(fd.as_fd()))
-            .unwrap_or_else(|| meters[s].load(Ordering::Relaxed))
-    };
-    let base: Vec<u64> = (0..SLOTS).map(delivered).collect();
+    let info = |s: usize| fds[s].as_ref().and_then(|fd| septet_common::conn::send_info(fd.as_fd()));
+    let delivered =
+        |s: usize, info: Option<SendInfo>| info.map_or_else(|| meters[s].load(Ordering::Relaxed), |i| i.bytes_acked);
+    let base: Vec<u64> = (0..SLOTS).map(|s| delivered(s, info(s))).collect();
     let base_written: Vec<u64> = meters.iter().map(|m| m.load(Ordering::Relaxed)).collect();
 
     // 2. The writers, and the sequencer that feeds them in send order.
@@ -600,7 +601,8 @@ pub(super) async fn run<T: Element>(
                 let now = tokio::time::Instant::now();
                 let feeds: Vec<Feed> = (0..SLOTS)
                     .map(|s| {
-                        let sent = delivered(s).saturating_sub(base[s]);
+                        let kernel = info(s);
+                        let sent = delivered(s, kernel).saturating_sub(base[s]);
                         // Its panels have begun to go: its socket took the
                         // start of one (what it took before may be digests
                         // alone, sent ahead of its panels).
@@ -616,6 +618,7 @@ pub(super) async fn run<T: Element>(
                             written: sent.min(held[s]),
                             going: first_out[s].map(|f| fed_at[s].unwrap_or(now).saturating_duration_since(f)),
                             done: fed_at[s].is_some(),
+                            rtt: kernel.map(|i| i.rtt).filter(|r| !r.is_zero()),
                         }
                     })
                     .collect();
@@ -941,16 +944,22 @@ struct Feed {
     going: Option<Duration>,
     /// Every one reached it.
     done: bool,
+    /// The connection's smoothed round-trip time, where the kernel says.
+    rtt: Option<Duration>,
 }
 
 /// The slot whose link takes its panels at less than 1/[`SLOW_FEED_FACTOR`]
 /// the median pace of the others' (at least three under way), once they
 /// have been going out for [`FEED_OBSERVED`] and as long as the feeds
 /// already done took (their median), if what it has left would
-/// take it more than [`FEED_MARGIN`]; with why. A slow requester link slows
-/// every feed alike, and none is slow; a slot that is merely fed later
-/// (its quadrant later in the send order) is judged from when its first
-/// panel began to go out.
+/// take it more than [`FEED_MARGIN`], and if its round trip is at least
+/// [`SLOW_RTT_FACTOR`] times the others' median (where the kernel says);
+/// with why. A slow requester link slows every feed alike, and none is
+/// slow; a slot that is merely fed later (its quadrant later in the send
+/// order) is judged from when its first panel began to go out. A slow link
+/// of the slot's own queues its flow alone and lengthens its round trip;
+/// a congested requester link, where TCP may starve one flow of several
+/// for a while, queues them all alike.
 fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
     // (A feed done between two looks took at most one tick; a slot that
     // holds nothing has no pace.)
@@ -978,10 +987,21 @@ fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
         let rate = pace(f)?;
         let left = f.held.saturating_sub(f.written) as f64;
         let needs = if rate > 0.0 { left / rate } else { f64::INFINITY };
-        (rate < median / SLOW_FEED_FACTOR && needs > FEED_MARGIN.as_secs_f64())
+        let mut rtts: Vec<Duration> =
+            feeds.iter().enumerate().filter(|&(o, g)| o != slot && g.going.is_some()).filter_map(|(_, g)| g.rtt).collect();
+        rtts.sort_unstable();
+        let rtt = match (f.rtt, rtts.get(rtts.len() / 2)) {
+            (Some(own), Some(&median)) if rtts.len() >= 3 => Some((own, median)),
+            _ => None,
+        };
+        let queued_alone = rtt.is_none_or(|(own, median)| own.as_secs_f64() >= SLOW_RTT_FACTOR * median.as_secs_f64());
+        (rate < median / SLOW_FEED_FACTOR && needs > FEED_MARGIN.as_secs_f64() && queued_alone)
             .then(|| {
+                let trip = rtt.map_or(String::new(), |(own, median)| {
+                    format!("; round trip {:.0} ms, the others' {:.0} ms", own.as_secs_f64() * 1e3, median.as_secs_f64() * 1e3)
+                });
                 format!(
-                    "its link took {:.0}% of its {:.1} MB in {:.2} s ({:.1} MB/s, the other slots' median {:.1} MB/s)",
+                    "its link took {:.0}% of its {:.1} MB in {:.2} s ({:.1} MB/s, the other slots' median {:.1} MB/s{trip})",
                     100.0 * f.written as f64 / f.held.max(1) as f64,
                     f.held as f64 / 1e6,
                     going.as_secs_f64(),
@@ -1316,7 +1336,27 @@ mod tests {
     }
 
     fn feed(held: u64, written: u64, going_ms: Option<u64>, done: bool) -> Feed {
-        Feed { held, written, going: going_ms.map(Duration::from_millis), done }
+        Feed { held, written, going: going_ms.map(Duration::from_millis), done, rtt: None }
+    }
+
+    #[test]
+    fn a_feed_slow_behind_the_requesters_own_queue_is_not_slow() {
+        let mb = 1_000_000;
+        let ms = |ms| Some(Duration::from_millis(ms));
+        let mut feeds = vec![feed(8 * mb, mb / 4, Some(1000), false)];
+        feeds.extend((0..6).map(|_| feed(8 * mb, 8 * mb, Some(800), true)));
+        feeds.iter_mut().for_each(|f| f.rtt = ms(50));
+        // Starved at a bottleneck it shares with the others (its round
+        // trip is theirs): not slow.
+        assert_eq!(slow_feed(&feeds), None);
+        // Queued alone behind a slow link of its own: slow, and it says so.
+        feeds[0].rtt = ms(120);
+        let (slot, why) = slow_feed(&feeds).expect("slow");
+        assert_eq!(slot, 0);
+        assert!(why.contains("round trip 120 ms, the others' 50 ms"), "{why}");
+        // Where the kernel does not time round trips, pace alone decides.
+        feeds[0].rtt = None;
+        assert_eq!(slow_feed(&feeds).map(|s| s.0), Some(0));
     }
 
     #[test]
