@@ -365,6 +365,35 @@ fn a_relay_slot_behind_a_slow_link_is_hedged_by_relaying_again_with_a_spare() {
     only_on_probation(&grid, slow_addr);
 }
 
+/// Relayed jobs behind a congested requester link (30 Mbit/s, workers at
+/// 1 Gbit/s), with a spare free: TCP, unfair at the shared bottleneck,
+/// starves one slot's flow for a while, so by pace alone a healthy slot
+/// looks slow (5 of 8 such jobs were relayed again before round trips were
+/// compared). Its round trip is the others', so no slot is taken for slow:
+/// each job is one relay, with no hedge, and C is right.
+#[test]
+fn a_congested_requester_link_takes_no_healthy_slot_for_slow() {
+    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers(&[]);
+    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 8), "the workers did not register");
+    grid.shape("rq", "30mbit");
+    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
+    for job in 0..3 {
+        let out = grid.run("rq", "multiply", &args);
+        let summary = json(&out, "septet multiply");
+        check_product(&summary);
+        assert_eq!(summary["plan"], "relay", "job {job}: {summary}");
+        assert_eq!(
+            summary["hedges"].as_array().unwrap().len(),
+            0,
+            "job {job}: a healthy slot taken for slow: {summary}"
+        );
+        let relays = summary["attempts"].as_array().unwrap().iter().filter(|a| a["kind"] == "relay").count();
+        assert_eq!(relays, 7, "job {job}: relayed more than once: {summary}");
+    }
+}
+
 /// A relayed job whose C11 reducer is cut silently once it has reduced and
 /// sent back its first panel of C11 (so the products have reached it): the
 /// slots feeding it stall and say so, or C11 falls overdue once two other
