@@ -991,14 +991,14 @@ fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
             feeds.iter().enumerate().filter(|&(o, g)| o != slot && g.going.is_some()).filter_map(|(_, g)| g.rtt).collect();
         rtts.sort_unstable();
         let rtt = match (f.rtt, rtts.get(rtts.len() / 2)) {
-            (Some(own), Some(&median)) if rtts.len() >= 3 => Some((own, median)),
+            (Some(own), Some(&theirs)) if rtts.len() >= 3 => Some((own, theirs)),
             _ => None,
         };
-        let queued_alone = rtt.is_none_or(|(own, median)| own.as_secs_f64() >= SLOW_RTT_FACTOR * median.as_secs_f64());
+        let queued_alone = rtt.is_none_or(|(own, theirs)| own.as_secs_f64() >= SLOW_RTT_FACTOR * theirs.as_secs_f64());
         (rate < median / SLOW_FEED_FACTOR && needs > FEED_MARGIN.as_secs_f64() && queued_alone)
             .then(|| {
-                let trip = rtt.map_or(String::new(), |(own, median)| {
-                    format!("; round trip {:.0} ms, the others' {:.0} ms", own.as_secs_f64() * 1e3, median.as_secs_f64() * 1e3)
+                let trip = rtt.map_or(String::new(), |(own, theirs)| {
+                    format!("; round trip {:.0} ms, the others' {:.0} ms", own.as_secs_f64() * 1e3, theirs.as_secs_f64() * 1e3)
                 });
                 format!(
                     "its link took {:.0}% of its {:.1} MB in {:.2} s ({:.1} MB/s, the other slots' median {:.1} MB/s{trip})",
