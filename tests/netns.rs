@@ -369,7 +369,8 @@ fn a_relay_slot_behind_a_slow_link_is_hedged_by_relaying_again_with_a_spare() {
 /// 1 Gbit/s), with a spare free: TCP, unfair at the shared bottleneck,
 /// starves one slot's flow for a while, so by pace alone a healthy slot
 /// looks slow (5 of 8 such jobs were relayed again before round trips were
-/// compared). Its round trip is the others', so no slot is taken for slow:
+/// compared). Its round trip is no longer than the others' (every flow
+/// waits in the requester's queue), so no slot is taken for slow:
 /// each job is one relay, with no hedge, and C is right.
 #[test]
 fn a_congested_requester_link_takes_no_healthy_slot_for_slow() {
