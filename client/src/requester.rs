@@ -1834,7 +1834,7 @@ impl Requester {
         .await;
         let replaced: [PeerAddr; 7];
         let mut peers = peers;
-        if let (Some(slot), Some(spare)) = (outcome.slow, outcome.spare.clone()) {
+        if let Some((slot, spare)) = outcome.slow.take() {
             let why = outcome.blamed.first().map(|(_, w)| w.clone()).unwrap_or_default();
             let at_s = started.elapsed().as_secs_f64();
             info!(slot, slow = %peers[slot].addr, spare = %spare.addr, %why, "relay: relaying again without a slow slot");

@@ -146,10 +146,9 @@ pub(super) struct Outcome {
     pub verify_critical_s: f64,
     pub report: RelayReport,
     /// The relay ended because this slot's link was slow, and nobody else
-    /// is to blame: the job can relay again with `spare` in its place.
-    pub slow: Option<usize>,
-    /// The slot the tracker lent the lease for the slow one.
-    pub spare: Option<PeerAddr>,
+    /// is to blame: the job can relay again with the slot the tracker lent
+    /// the lease for it in its place.
+    pub slow: Option<(usize, PeerAddr)>,
 }
 
 /// What the reader of one slot's link hears.
@@ -306,7 +305,6 @@ pub(super) async fn run<T: Element>(
         verify_critical_s: 0.0,
         report: report.clone(),
         slow: None,
-        spare: None,
     };
     let c_part_len = relay::part_frame_len(T::DTYPE, (a_panels.per, nh));
     let limits = ConnLimits {
@@ -568,7 +566,7 @@ pub(super) async fn run<T: Element>(
     // reached it.
     let mut first_out: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
     let mut fed_at: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
-    let mut slow: Option<usize> = None;
+    let mut slow: Option<(usize, PeerAddr)> = None;
     let mut watching = hedge.is_some();
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -633,12 +631,11 @@ pub(super) async fn run<T: Element>(
                         info!(slot, "relay: no slot free to take a slow slot's place; the relay goes on");
                         continue;
                     };
-                    outcome.spare = Some(spare);
                     let summary = format!("slot {slot} is slow: {why}");
                     reports.push(Report { at_fault: slot, by: None, summary, why: format!("slow: {why}"), evidence: false });
                     // Seen here, not reported by a slot: no other word to wait for.
                     settle = Some(now);
-                    slow = Some(slot);
+                    slow = Some((slot, spare));
                 }
                 continue;
             }
@@ -782,7 +779,7 @@ pub(super) async fn run<T: Element>(
         }
     }
     outcome.verified = gather.quads.map(|q| q == QuadState::Verified);
-    outcome.slow = slow.filter(|&s| outcome.unverifiable.is_none() && outcome.blamed.iter().all(|(b, _)| *b == s));
+    outcome.slow = slow.filter(|(s, _)| outcome.unverifiable.is_none() && outcome.blamed.iter().all(|(b, _)| b == s));
     outcome.verify_critical_s = checking.elapsed().as_secs_f64();
     outcome.verify_s += outcome.verify_critical_s;
     report.quadrants_verified =
