@@ -37,6 +37,11 @@
 #              needs for 2·n² words (A and B once), and its bytes in n²·w.
 #              Goals (issue 16): at 200mbit n=2048 relay <= 1.3 x that
 #              bound; at 1gbit n=4096 relay >= 1.4 x faster than direct.
+#   first      F_N (default 4096) jobs on F_WORKERS (default 8) workers at
+#              RATE: JOBS fresh grids, two jobs on each (plan auto: the relay
+#              here), nothing run before them: the first job's time over
+#              the second's, per grid and their median. Goal (issue 16):
+#              <= 1.2x. The workers warm up as by default (--warm-up 4096).
 #   depth      D_N (default 4096) jobs on D_WORKERS (default 49) workers at
 #              RATE, JOBS at --depth 1 and JOBS at --depth 2, interleaved
 #              (one warm-up job each): the medians of the jobs' own time
@@ -57,7 +62,8 @@
 #   WORKERS      workers per grid (default: 9 for partition, 8 for
 #                straggler/bound); P_WORKERS / S_WORKERS set one grid only
 #   JOBS         jobs of each kind (default 5, --quick 2)
-#   P_N, S_N     matrix sizes (default 4096 and 2048); R_N (2048), D_N (4096)
+#   P_N, S_N     matrix sizes (default 4096 and 2048); R_N (2048), D_N (4096),
+#                F_N (4096)
 #   D_WORKERS    workers of the depth grid (default 49)
 #   RATE         every link's rate (default 1gbit; tc units kbit/mbit/gbit)
 #   SLOW_RATE    the straggler's link (default 40mbit)
@@ -76,7 +82,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
     -h | --help) usage; exit 0 ;;
-    partition | straggler | bound | relay | depth) PARTS+=("$1") ;;
+    partition | straggler | bound | relay | first | depth) PARTS+=("$1") ;;
     all) PARTS+=(partition straggler bound) ;;
     *) echo "netbench: unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -94,6 +100,8 @@ fi
 R_N=${R_N:-2048}
 R_WORKERS=${R_WORKERS:-${WORKERS:-8}}
 D_N=${D_N:-4096}
+F_N=${F_N:-4096}
+F_WORKERS=${F_WORKERS:-${WORKERS:-8}}
 D_WORKERS=${D_WORKERS:-49}
 P_WORKERS=${P_WORKERS:-${WORKERS:-9}}
 S_WORKERS=${S_WORKERS:-${WORKERS:-8}}
@@ -331,6 +339,22 @@ elif cmd == "relay-table":
     print(f"  relay / (2 n^2 w at {rate} = {bound:.2f} s) = {r / bound:.2f}x; direct / that bound = {dd / bound:.2f}x")
     print(f"  relay bytes: sent {sent:.3f} n^2 w, received {recv:.3f} n^2 w (direct sent {dsent:.3f} n^2 w)")
 
+elif cmd == "first-table":
+    # DIR GRIDS: per fresh grid, its first job's total_s over its second's.
+    d, grids = a[0], int(a[1])
+    ratios = []
+    for g in range(1, grids + 1):
+        one, two = load(f"{d}/g{g}-1.json"), load(f"{d}/g{g}-2.json")
+        if one and two:
+            ratios.append(one["total_s"] / two["total_s"])
+            print(f"  grid {g}: first {one['total_s']:.2f} s, second {two['total_s']:.2f} s: {ratios[-1]:.2f}x"
+                  f" (plans {one['plan']}, {two['plan']})")
+    if not ratios:
+        print("  first: no grid ran both jobs; no table")
+        sys.exit(0)
+    m = statistics.median(ratios)
+    print(f"  first / second job, median of {len(ratios)} grids: {m:.2f}x (worst {max(ratios):.2f}x) {mark(m <= 1.2)}")
+
 elif cmd == "depth-table":
     # DIR JOBS N: depth 1 against depth 2, medians of the jobs' own time,
     # and depth 2's bytes.
@@ -566,7 +590,33 @@ if want relay; then
   echo "  (relay took ${TOOK[relay]} s)"
 fi
 
-# --- 5. depth --------------------------------------------------------------------
+# --- 5. first jobs -------------------------------------------------------------
+if want first; then
+  t0=$(secs)
+  mkdir -p "$OUT/first"
+  echo
+  echo "== first jobs: n=$F_N, $F_WORKERS workers at $RATE, $JOBS fresh grids, two jobs each =="
+  for g in $(seq 1 "$JOBS"); do
+    if grid_up first "$F_WORKERS"; then
+      for i in 1 2; do
+        $G exec rq septet multiply --random "$F_N,$F_N,$F_N" --json --max-wait 20 \
+          >"$OUT/first/g$g-$i.json" 2>"$OUT/first/g$g-$i.err"
+        echo "  grid $g job $i  $(describe first "g$g-$i")"
+        idle "$F_WORKERS"
+      done
+    else
+      echo "  grid $g failed"
+    fi
+    grid_down
+  done
+  py first-table "$OUT/first" "$JOBS" | tee -a "$OUT/first/table.md"
+  r=$(tail -n 1 "$OUT/first/table.md")
+  echo "| first ÷ second job n=$F_N at $RATE | ${r#  } | ≤ 1.2× | |" >&3
+  TOOK[first]=$(($(secs) - t0))
+  echo "  (first took ${TOOK[first]} s)"
+fi
+
+# --- 6. depth --------------------------------------------------------------------
 if want depth; then
   t0=$(secs)
   mkdir -p "$OUT/depth"

@@ -446,9 +446,9 @@ struct WorkerArgs {
     /// before it is read. Default: the host's MemAvailable at start.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_memory: Option<u64>,
-    /// Before registering, fault in the memory of jobs up to N×N·N×N f64
-    /// (three (N/2)² blocks per slot: 96 MiB a slot at 4096) so the first
-    /// job runs as fast as later ones; 0: none.
+    /// Before registering, fault in the memory of jobs up to N×N·N×N f64,
+    /// direct or relayed (240 MiB a slot at 4096, within --max-memory), so
+    /// the first job runs as fast as later ones; 0: none.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     warm_up: usize,
     #[command(flatten)]

@@ -1302,7 +1302,7 @@ fn accumulate<T: Element>(mut dst: ndarray::ArrayViewMut2<'_, T>, sign: Sign, sr
 
 /// Most panels of a product computed in one call: as many as make 512
 /// rows, and a quarter of the panels at most, so C still flows back early.
-fn batch_panels(panels: relay::Panels) -> usize {
+pub(crate) fn batch_panels(panels: relay::Panels) -> usize {
     (512 / panels.per.max(1)).clamp(1, (panels.count() / 4).max(1))
 }
 

@@ -54,9 +54,10 @@ pub struct WorkerConfig {
     /// faer threads per product; 0 uses every thread of the rayon pool.
     pub threads: usize,
     /// Before registering, set aside page-faulted buffers for the blocks of
-    /// f64 jobs up to `warm_up`×`warm_up`·`warm_up`×`warm_up` (three
-    /// ⌈warm_up/2⌉² blocks per slot: 96 MiB a slot at 4096), so the first
-    /// job does not fault them in while it runs; 0 sets none aside.
+    /// f64 jobs up to `warm_up`×`warm_up`·`warm_up`×`warm_up`, in the shapes
+    /// either plan holds them in ([`WorkerConfig::warm_up_buffers`]: 240 MiB
+    /// a slot at 4096), so the first job does not fault them in while it
+    /// runs; 0 sets none aside.
     pub warm_up: usize,
     /// Largest frame accepted (a task carries two operands).
     pub max_frame_len: usize,
@@ -187,6 +188,35 @@ impl WorkerConfig {
         let task = len.checked_mul(2 * std::mem::size_of::<f64>())?;
         (task <= self.max_frame_len).then_some(len)
     }
+
+    /// What [`WorkerConfig::warm_up`] sets aside for each slot, as
+    /// (elements, buffers), in the order it is set aside: a direct task's
+    /// three blocks (its operands and product); the panels a relayed job's
+    /// slot holds at once — its two quadrants of A and two of B arrive,
+    /// are forwarded and are computed with a panel at a time, and a slow
+    /// product keeps them waiting (40–65 panels were faulted in by each
+    /// slot of a first relayed n=4096 job without these); and the two
+    /// buffers of a batched product call (its operand's rows and the
+    /// product's). Each shape is served by the pool's smallest buffer that
+    /// holds it, so without the panels a relay's first panels took the
+    /// direct task's blocks. Capped by the slot's memory
+    /// ([`WorkerConfig::slot_memory`]): the shapes that do not fit are left out.
+    pub fn warm_up_buffers(&self) -> Vec<(usize, usize)> {
+        let Some(block) = self.warm_up_block().filter(|_| self.warm_up > 0) else { return Vec::new() };
+        let half = self.warm_up.div_ceil(2);
+        let panels = septet_common::relay::Panels::choose(half, half, Dtype::F64);
+        let panel = panels.per * half;
+        let wanted = [(block, 3), (panel, 4 * panels.count()), (relay::batch_panels(panels) * panel, 2)];
+        let budget = self.slot_memory();
+        let mut used = 0u64;
+        wanted
+            .into_iter()
+            .take_while(|&(len, count)| {
+                used = used.saturating_add((len * count * std::mem::size_of::<f64>()) as u64);
+                used <= budget
+            })
+            .collect()
+    }
 }
 
 /// Default [`WorkerConfig::progress_interval`]: requesters give a worker
@@ -275,14 +305,23 @@ pub async fn run(listener: TcpListener, config: WorkerConfig, shutdown: impl Fut
 /// Sets aside the buffers of [`WorkerConfig::warm_up`]: before the worker
 /// registers, so the tracker lends no slot of it while it is busy with this.
 async fn warm_up(config: &WorkerConfig) {
-    let Some(len) = config.warm_up_block().filter(|_| config.warm_up > 0) else { return };
-    let count = 3 * config.slots as usize;
+    let buffers = config.warm_up_buffers();
+    if buffers.is_empty() {
+        return;
+    }
+    let slots = config.slots as usize;
     let started = std::time::Instant::now();
-    match tokio::task::spawn_blocking(move || prefault::<f64>(len, count)).await {
-        Ok(made) => info!(
+    let set_aside = move || {
+        buffers.iter().fold((0, 0), |(made, bytes), &(len, count)| {
+            let n = prefault::<f64>(len, count * slots);
+            (made + n, bytes + n * len * std::mem::size_of::<f64>())
+        })
+    };
+    match tokio::task::spawn_blocking(set_aside).await {
+        Ok((made, bytes)) => info!(
             n = config.warm_up,
             buffers = made,
-            mib = (made * len * std::mem::size_of::<f64>()) >> 20,
+            mib = bytes >> 20,
             ms = started.elapsed().as_millis() as u64,
             "memory for the first jobs set aside"
         ),
@@ -807,6 +846,30 @@ mod tests {
         assert!(config(4096, 64 << 20).validate().is_ok());
         assert!(matches!(config(4096, (64 << 20) - 1).validate(), Err(Error::Invalid(_))));
         assert!(matches!(config(usize::MAX, DEFAULT_MAX_FRAME_LEN).validate(), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn a_warm_up_sets_aside_both_plans_shapes_within_the_slots_memory() {
+        let config = |warm_up, max_memory: u64| WorkerConfig {
+            warm_up,
+            slots: 2,
+            max_memory: Some(max_memory),
+            ..WorkerConfig::default()
+        };
+        let mib = |buffers: &[(usize, usize)]| buffers.iter().map(|(len, count)| len * count * 8).sum::<usize>() >> 20;
+        // n=4096: three 2048² blocks, 64 panels of 128 rows, two 512-row batches.
+        let all = config(4096, 8 << 30).warm_up_buffers();
+        assert_eq!(all, [(2048 * 2048, 3), (128 * 2048, 64), (512 * 2048, 2)]);
+        assert_eq!(mib(&all), 240);
+        // A slot's share of 230 MiB holds the direct task's blocks and the
+        // panels (224 MiB), not the batches too; of 200 MiB only the blocks.
+        assert_eq!(config(4096, 460 << 20).warm_up_buffers(), all[..2]);
+        assert_eq!(config(4096, 400 << 20).warm_up_buffers(), all[..1]);
+        assert!(config(4096, 100 << 20).warm_up_buffers().is_empty());
+        assert!(config(0, 8 << 30).warm_up_buffers().is_empty());
+        // Small jobs: panels of 8 rows of 64 (under the pool's 1 MiB, so
+        // `prefault` makes none), batches of a quarter of them.
+        assert_eq!(config(128, 8 << 30).warm_up_buffers(), [(64 * 64, 3), (4 * 64, 64), (16 * 64, 2)]);
     }
 
     /// A client pipelines four tasks whose products are far larger than the
