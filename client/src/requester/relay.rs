@@ -57,8 +57,13 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// A slot whose link takes the requester's parts at less than 1/this of
 /// the median pace of the others' is slow ...
 const SLOW_FEED_FACTOR: f64 = 3.0;
-/// ... judged once its parts have been going out for this long ...
+/// ... judged once its parts have been going out for this long (and as
+/// long as the feeds already done took) ...
 const FEED_OBSERVED: Duration = Duration::from_millis(250);
+/// ... or for only this long where the kernel times the round trips of it
+/// and of three or more others: its round trip then tells a slow link of
+/// its own from a queue it shares with them (see [`slow_feed`]).
+const FEED_OBSERVED_TIMED: Duration = Duration::from_millis(120);
 /// ... and only while what it still has to take would need this long.
 const FEED_MARGIN: Duration = Duration::from_millis(300);
 /// A slot's panels have begun to go out once its socket took this much.
@@ -946,12 +951,14 @@ struct Feed {
 }
 
 /// The slot whose link takes its panels at less than 1/[`SLOW_FEED_FACTOR`]
-/// the median pace of the others' (at least three under way), once they
-/// have been going out for [`FEED_OBSERVED`] and as long as the feeds
-/// already done took (their median), if what it has left would
-/// take it more than [`FEED_MARGIN`], and if its round trip is at least
-/// [`SLOW_RTT_FACTOR`] times the others' median (where the kernel says);
-/// with why. A slow requester link slows every feed alike, and none is
+/// the median pace of the others' (at least three under way), if what it
+/// has left would take it more than [`FEED_MARGIN`]; with why. Where the
+/// kernel times its round trip and three or more others', that round trip
+/// must also be at least [`SLOW_RTT_FACTOR`] times the others' median, and
+/// the slot is judged once its panels have been going out for
+/// [`FEED_OBSERVED_TIMED`]; elsewhere, by pace alone, only once they have
+/// been going out for [`FEED_OBSERVED`] and as long as the feeds already
+/// done took (their median). A slow requester link slows every feed alike, and none is
 /// slow; a slot that is merely fed later (its quadrant later in the send
 /// order) is judged from when its first panel began to go out. A slow link
 /// of the slot's own queues its flow alone and lengthens its round trip;
@@ -965,14 +972,23 @@ fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
         let going = if f.done { going.max(FEED_TICK) } else { going };
         (!going.is_zero()).then(|| f.written as f64 / going.as_secs_f64())
     };
-    // Judged only once it has gone out as long as the feeds done took (a
-    // median), so that on a busy requester link a feed whose connection
-    // is still in TCP's slow start, behind queues the others filled, is
-    // not taken for slow.
+    // By pace alone, judged only once it has gone out as long as the
+    // feeds done took (a median), so that on a busy requester link a feed
+    // whose connection is still in TCP's slow start, behind queues the
+    // others filled, is not taken for slow. Its round trip, where known,
+    // tells that case apart sooner: it waits in the same queue as theirs.
     let mut took: Vec<Duration> = feeds.iter().filter(|f| f.done && f.held > 0).filter_map(|f| f.going).collect();
     took.sort_unstable();
-    let observed = FEED_OBSERVED.max(*took.get(took.len() / 2)?);
+    let paced = took.get(took.len() / 2).map(|&t| FEED_OBSERVED.max(t));
     feeds.iter().enumerate().find_map(|(slot, f)| {
+        let mut rtts: Vec<Duration> =
+            feeds.iter().enumerate().filter(|&(o, g)| o != slot && g.going.is_some()).filter_map(|(_, g)| g.rtt).collect();
+        rtts.sort_unstable();
+        let rtt = match (f.rtt, rtts.get(rtts.len() / 2)) {
+            (Some(own), Some(&theirs)) if rtts.len() >= 3 => Some((own, theirs)),
+            _ => None,
+        };
+        let observed = if rtt.is_some() { FEED_OBSERVED_TIMED } else { paced? };
         let going = f.going.filter(|&g| !f.done && g >= observed)?;
         let mut others: Vec<f64> =
             feeds.iter().enumerate().filter(|&(o, _)| o != slot).filter_map(|(_, o)| pace(o)).collect();
@@ -984,13 +1000,6 @@ fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
         let rate = pace(f)?;
         let left = f.held.saturating_sub(f.written) as f64;
         let needs = if rate > 0.0 { left / rate } else { f64::INFINITY };
-        let mut rtts: Vec<Duration> =
-            feeds.iter().enumerate().filter(|&(o, g)| o != slot && g.going.is_some()).filter_map(|(_, g)| g.rtt).collect();
-        rtts.sort_unstable();
-        let rtt = match (f.rtt, rtts.get(rtts.len() / 2)) {
-            (Some(own), Some(&theirs)) if rtts.len() >= 3 => Some((own, theirs)),
-            _ => None,
-        };
         let queued_alone = rtt.is_none_or(|(own, theirs)| own.as_secs_f64() >= SLOW_RTT_FACTOR * theirs.as_secs_f64());
         (rate < median / SLOW_FEED_FACTOR && needs > FEED_MARGIN.as_secs_f64() && queued_alone)
             .then(|| {
@@ -1391,6 +1400,35 @@ mod tests {
         assert_eq!(slow_feed(&feeds).map(|s| s.0), Some(4));
         // None done yet: nothing to judge by.
         feeds.iter_mut().take(4).for_each(|f| f.done = false);
+        assert_eq!(slow_feed(&feeds), None);
+    }
+
+    #[test]
+    fn a_feed_whose_round_trip_is_timed_is_judged_sooner_and_without_a_done_feed() {
+        let mb = 1_000_000;
+        let ms = |ms| Some(Duration::from_millis(ms));
+        // 150 ms into the B quadrants' feeds, none done yet: the slow
+        // one's link has taken 1 MB, the others 5 MB each.
+        let mut feeds = vec![feed(8 * mb, mb, Some(150), false)];
+        feeds.extend((0..4).map(|_| feed(8 * mb, 5 * mb, Some(150), false)));
+        // By pace alone, nothing is judged before a feed is done.
+        assert_eq!(slow_feed(&feeds), None);
+        // Round trips timed, its own far the longest: slow at once.
+        feeds.iter_mut().for_each(|f| f.rtt = ms(8));
+        feeds[0].rtt = ms(50);
+        let (slot, why) = slow_feed(&feeds).expect("slow");
+        assert_eq!(slot, 0);
+        assert!(why.contains("in 0.15 s") && why.contains("round trip 50 ms, the others' 8 ms"), "{why}");
+        // Its round trip no longer than theirs: a queue they share, not slow.
+        feeds[0].rtt = ms(9);
+        assert_eq!(slow_feed(&feeds), None);
+        // Timed, but not yet going out for FEED_OBSERVED_TIMED.
+        feeds[0].rtt = ms(50);
+        feeds[0].going = ms(100);
+        assert_eq!(slow_feed(&feeds), None);
+        // Fewer than three others timed: pace alone, which waits.
+        feeds.iter_mut().skip(2).for_each(|f| f.rtt = None);
+        feeds[0].going = ms(150);
         assert_eq!(slow_feed(&feeds), None);
     }
 
