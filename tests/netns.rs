@@ -365,6 +365,40 @@ fn a_relay_slot_behind_a_slow_link_is_hedged_by_relaying_again_with_a_spare() {
     only_on_probation(&grid, slow_addr);
 }
 
+/// A relayed job with one of its seven slots slow to compute (a fault
+/// that sleeps 0.3 s a panel: its product takes seconds, the others' a
+/// fraction of one) and a spare worker in the grid: once the quadrants of
+/// C it does not feed are all in while those it feeds have a quarter of
+/// their panels or less, the requester relays again with the spare in its
+/// place, rather than wait for the overdue rule and compute those
+/// quadrants the direct way. C is right, the report names the slow worker
+/// as hedged (the hedge used), it alone goes on probation, nothing stays
+/// leased.
+#[test]
+fn a_relay_slot_slow_to_compute_is_hedged_by_relaying_again_with_a_spare() {
+    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    // w0 registers first and is leased first: slot 0 (M1, which feeds C11
+    // and C22 and reduces neither); w7 is the spare.
+    grid.start_workers_at(0..1, "tr", &["--fault=delay=0.3"]);
+    grid.start_workers_at(1..7, "tr", &[]);
+    grid.start_workers_at(7..8, "tr", &[]);
+    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 8), "the spare did not register");
+    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
+    let out = grid.run("rq", "multiply", &args);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    assert_eq!(summary["plan"], "relay", "{summary}");
+    let (slow_addr, hedge) = one_hedge_of(&grid, &summary, "w0", "slow: its product M1 is behind: C11, C22 had");
+    let slots = summary["relay"]["slots"].as_array().unwrap();
+    assert!(
+        slots.iter().all(|s| s["peer"]["addr"] != slow_addr.as_str()),
+        "the slow slot stayed in the relay: {summary}"
+    );
+    println!("job took {:.2} s; hedge: {hedge}", summary["total_s"].as_f64().unwrap());
+    only_on_probation(&grid, &slow_addr);
+}
+
 /// Relayed jobs behind a congested requester link (30 Mbit/s, workers at
 /// 1 Gbit/s), with a spare free: TCP, unfair at the shared bottleneck,
 /// starves one slot's flow for a while, so by pace alone a healthy slot
@@ -751,7 +785,15 @@ fn two_levels_with_a_cut(
 fn two_levels_on_49_hosts_survive_a_liar_and_a_silent_cut() {
     let Some(mut grid) = NetGrid::new(49, "1gbit") else { return };
     grid.start_tracker(&[]);
-    grid.start_workers_with(|i| if i == 5 { vec!["--fault=corrupt".into()] } else { Vec::new() });
+    // 768³ jobs: no warm-up (49 workers setting aside 240 MiB each on one
+    // two-core host took over 20 s to register).
+    grid.start_workers_with(|i| {
+        let mut args = vec!["--warm-up".to_string(), "0".to_string()];
+        if i == 5 {
+            args.push("--fault=corrupt".into());
+        }
+        args
+    });
     // A worker of the second level in a group other than the liar's, so
     // that the liar's group runs and catches it.
     let (summary, _) = two_levels_with_a_cut(&mut grid, |id_of| {
@@ -771,7 +813,8 @@ fn two_levels_on_49_hosts_survive_a_liar_and_a_silent_cut() {
 fn two_levels_on_49_hosts_regroup_what_a_cut_first_level_slot_spoilt() {
     let Some(mut grid) = NetGrid::new(49, "1gbit") else { return };
     grid.start_tracker(&[]);
-    grid.start_workers(&[]);
+    // 768³ jobs: no warm-up (see above).
+    grid.start_workers(&["--warm-up", "0"]);
     let (summary, victim) =
         two_levels_with_a_cut(&mut grid, |id_of| (0..49).map(|i| format!("w{i}")).find(|h| id_of(h) == 2).unwrap());
     let plan = summary["plan"].as_str().unwrap();

@@ -65,6 +65,9 @@ const FEED_OBSERVED: Duration = Duration::from_millis(250);
 /// its own from a queue it shares with them (see [`slow_feed`]).
 const FEED_OBSERVED_TIMED: Duration = Duration::from_millis(120);
 /// ... and only while what it still has to take would need this long.
+/// A slot whose product's quadrants of C have at most 1/this of their
+/// panels back while the others are all in is slow ([`slow_product`]).
+const SLOW_PRODUCT_FACTOR: usize = 4;
 const FEED_MARGIN: Duration = Duration::from_millis(300);
 /// A slot's panels have begun to go out once its socket took this much.
 const FEED_STARTED: u64 = 64 << 10;
@@ -573,6 +576,7 @@ pub(super) async fn run<T: Element>(
     let mut fed_at: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
     let mut slow: Option<(usize, PeerAddr)> = None;
     let mut watching = hedge.is_some();
+    let mut watching_products = hedge.is_some();
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -626,21 +630,14 @@ pub(super) async fn run<T: Element>(
                     })
                     .collect();
                 if let Some((slot, why)) = slow_feed(&feeds) {
-                    warn!(slot, peer = %peers[slot].addr, %why, "relay: a slow slot");
                     // One look only: a slot for it, or the relay goes on.
                     watching = false;
-                    let Some(spare) = (match hedge {
-                        Some(keeper) => keeper.hedge_slot(peers[slot].peer_id).await,
-                        None => None,
-                    }) else {
-                        info!(slot, "relay: no slot free to take a slow slot's place; the relay goes on");
-                        continue;
-                    };
-                    let summary = format!("slot {slot} is slow: {why}");
-                    reports.push(Report { at_fault: slot, by: None, summary, why: format!("slow: {why}"), evidence: false });
-                    // Seen here, not reported by a slot: no other word to wait for.
-                    settle = Some(now);
-                    slow = Some((slot, spare));
+                    if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
+                        reports.push(Report::slow(slot, &why));
+                        // Seen here, not reported by a slot: no other word to wait for.
+                        settle = Some(now);
+                        slow = Some((slot, spare));
+                    }
                 }
                 continue;
             }
@@ -684,6 +681,24 @@ pub(super) async fn run<T: Element>(
                     }
                 }
                 debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
+                // A product far behind the others' holds up the quadrants
+                // it feeds: relayed again with a spare, as a slow feed is.
+                if watching_products && reports.is_empty() && slow.is_none() {
+                    let panels = gather.plan.a_panels().count();
+                    let got = gather.quads.each_ref().map(|q| match q {
+                        QuadState::Arriving { left, .. } => panels.saturating_sub(*left),
+                        _ => panels,
+                    });
+                    let done = std::array::from_fn(|s| stats[s].is_some());
+                    if let Some((slot, why)) = slow_product(got, panels, done, gather.plan.roles.reducers) {
+                        watching_products = false;
+                        if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
+                            reports.push(Report::slow(slot, &why));
+                            settle = Some(tokio::time::Instant::now());
+                            slow = Some((slot, spare));
+                        }
+                    }
+                }
             }
             Heard::Done(slot, s) => stats[slot] = Some(s),
             Heard::Failed(slot, blame, message, evidence) => {
@@ -903,6 +918,14 @@ struct Report {
     evidence: bool,
 }
 
+impl Report {
+    /// The requester saw `slot` slow ([`slow_feed`], [`slow_product`]).
+    fn slow(slot: usize, why: &str) -> Self {
+        let summary = format!("slot {slot} is slow: {why}");
+        Report { at_fault: slot, by: None, summary, why: format!("slow: {why}"), evidence: false }
+    }
+}
+
 /// Which of the `reports` to believe (indices, first one first).
 ///
 /// One slot's failure spreads: a slot that gives up closes its links, and
@@ -1017,6 +1040,66 @@ fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
             })
             .map(|why| (slot, why))
     })
+}
+
+/// A slot seen to be slow ([`slow_feed`], [`slow_product`]): one more slot
+/// of the lease to take its place, if the tracker lends one now (else the
+/// relay goes on).
+async fn spare_for(
+    hedge: Option<&super::LeaseKeeper>,
+    peers: &[PeerAddr; 7],
+    slot: usize,
+    why: &str,
+) -> Option<PeerAddr> {
+    warn!(slot, peer = %peers[slot].addr, %why, "relay: a slow slot");
+    let spare = match hedge {
+        Some(keeper) => keeper.hedge_slot(peers[slot].peer_id).await,
+        None => None,
+    };
+    if spare.is_none() {
+        info!(slot, "relay: no slot free to take a slow slot's place; the relay goes on");
+    }
+    spare
+}
+
+/// The slot whose product holds C up: every quadrant of C it feeds has at
+/// most 1/[`SLOW_PRODUCT_FACTOR`] of its panels back (`got`, of `panels`
+/// each) while every other quadrant is all in, its own report is not in
+/// (`done`: a slot reports once its work is all sent), and it reduces
+/// none of those quadrants; with why. Its product then has three
+/// quarters or more still to compute, which would take it three times as
+/// long as the part it did, and relaying again takes about as long as the
+/// others took for everything. Each product feeds a set of quadrants of
+/// its own, so the lagging set names one slot. What it does not catch is
+/// left to the overdue rules ([`quads_due`]): a slot slow at reducing or
+/// only a little behind, and a requester link that starves the C of some
+/// reducers (their quadrants lag, but the slot the set names has sent
+/// all its work and reported; a slot that reduces a quadrant it lags
+/// could be that starved reducer, so it is not judged).
+fn slow_product(got: [usize; 4], panels: usize, done: [bool; SLOTS], reducers: [u8; 4]) -> Option<(usize, String)> {
+    if panels < 8 {
+        return None;
+    }
+    let lagging: Vec<Quad> = Quad::ALL.into_iter().filter(|q| got[q.index()] * SLOW_PRODUCT_FACTOR <= panels).collect();
+    let complete: Vec<Quad> = Quad::ALL.into_iter().filter(|q| got[q.index()] >= panels).collect();
+    if lagging.is_empty() || lagging.len() + complete.len() < 4 {
+        return None;
+    }
+    let slot = (0..SLOTS).find(|&i| {
+        let feeds: Vec<Quad> = Quad::ALL.into_iter().filter(|&q| relay::feeders(q).any(|(s, _)| s == i)).collect();
+        feeds == lagging && !done[i] && lagging.iter().all(|q| reducers[q.index()] as usize != i)
+    })?;
+    let names = |qs: &[Quad]| qs.iter().map(|&q| quad_name(q)).collect::<Vec<_>>().join(", ");
+    let counts = lagging.iter().map(|q| got[q.index()].to_string()).collect::<Vec<_>>().join(" and ");
+    Some((
+        slot,
+        format!(
+            "its product {} is behind: {} had {counts} of {panels} panels back when {} were all in",
+            septet_common::strassen::PRODUCTS[slot].name,
+            names(&lagging),
+            names(&complete)
+        ),
+    ))
 }
 
 /// When the C quadrants still missing are due, once two are in: twice the
@@ -1430,6 +1513,40 @@ mod tests {
         feeds.iter_mut().skip(2).for_each(|f| f.rtt = None);
         feeds[0].going = ms(150);
         assert_eq!(slow_feed(&feeds), None);
+    }
+
+    #[test]
+    fn a_product_far_behind_is_named_by_the_quadrants_it_feeds() {
+        // C11 reduced by slot 3, C12 by 4, C21 by 1, C22 by 2; nobody done.
+        let (reducers, none) = ([3, 4, 1, 2], [false; SLOTS]);
+        // C12 and C21 in, C11 and C22 (M1's) at 3 and 2 of 16: M1.
+        let (slot, why) = slow_product([3, 16, 16, 2], 16, none, reducers).expect("slow");
+        assert_eq!(slot, 0);
+        assert_eq!(why, "its product M1 is behind: C11, C22 had 3 and 2 of 16 panels back when C12, C21 were all in");
+        // A quarter of the panels is a quarter: judged; more is not.
+        assert_eq!(slow_product([4, 16, 16, 2], 16, none, reducers).map(|s| s.0), Some(0));
+        assert_eq!(slow_product([5, 16, 16, 2], 16, none, reducers), None);
+        // A quadrant neither in nor far behind: nothing to judge by yet.
+        assert_eq!(slow_product([3, 10, 16, 2], 16, none, reducers), None);
+        // One quadrant behind: M6 feeds C22 alone, M7 C11 alone.
+        assert_eq!(slow_product([16, 16, 16, 1], 16, none, reducers).map(|s| s.0), Some(5));
+        assert_eq!(slow_product([0, 16, 16, 16], 16, none, reducers).map(|s| s.0), Some(6));
+        // No product feeds C12 alone (M3 and M5 feed another quadrant too).
+        assert_eq!(slow_product([16, 1, 16, 16], 16, none, reducers), None);
+        // Too few panels to tell a quarter from noise.
+        assert_eq!(slow_product([1, 4, 4, 0], 4, none, reducers), None);
+    }
+
+    #[test]
+    fn quadrants_lagging_behind_a_slot_that_sent_its_work_or_reduces_them_name_nobody() {
+        let reducers = [3, 4, 1, 2];
+        // M1 has reported (all its panels sent): its quadrants lag
+        // because their reducers' C waits on the requester's link.
+        let mut done = [false; SLOTS];
+        done[0] = true;
+        assert_eq!(slow_product([3, 16, 16, 2], 16, done, reducers), None);
+        // M1 reduces C22 itself: it could be that starved reducer.
+        assert_eq!(slow_product([3, 16, 16, 2], 16, [false; SLOTS], [3, 4, 1, 0]), None);
     }
 
     #[test]
