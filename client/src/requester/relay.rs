@@ -65,10 +65,10 @@ const FEED_OBSERVED: Duration = Duration::from_millis(250);
 /// its own from a queue it shares with them (see [`slow_feed`]).
 const FEED_OBSERVED_TIMED: Duration = Duration::from_millis(120);
 /// ... and only while what it still has to take would need this long.
+const FEED_MARGIN: Duration = Duration::from_millis(300);
 /// A slot whose product's quadrants of C have at most 1/this of their
 /// panels back while the others are all in is slow ([`slow_product`]).
 const SLOW_PRODUCT_FACTOR: usize = 4;
-const FEED_MARGIN: Duration = Duration::from_millis(300);
 /// A slot's panels have begun to go out once its socket took this much.
 const FEED_STARTED: u64 = 64 << 10;
 /// How often the gather loop looks at the feeds.
