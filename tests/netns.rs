@@ -379,7 +379,8 @@ fn a_relay_slot_slow_to_compute_is_hedged_by_relaying_again_with_a_spare() {
     let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
     grid.start_tracker(&[]);
     // w0 registers first and is leased first: slot 0 (M1, which feeds C11
-    // and C22 and reduces neither); w7 is the spare.
+    // and C22 and reduces neither). One of the others is the spare (which
+    // one does not matter).
     grid.start_workers_at(0..1, "tr", &["--fault=delay=0.3"]);
     grid.start_workers_at(1..7, "tr", &[]);
     grid.start_workers_at(7..8, "tr", &[]);
