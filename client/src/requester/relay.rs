@@ -153,9 +153,9 @@ pub(super) struct Outcome {
     /// Seconds of checking after C was in.
     pub verify_critical_s: f64,
     pub report: RelayReport,
-    /// The relay ended because this slot's link was slow, and nobody else
-    /// is to blame: the job can relay again with the slot the tracker lent
-    /// the lease for it in its place.
+    /// The relay ended because this slot was slow (its link, or its
+    /// product), and nobody else is to blame: the job can relay again with
+    /// the slot the tracker lent the lease for it in its place.
     pub slow: Option<(usize, PeerAddr)>,
 }
 
@@ -1086,8 +1086,11 @@ fn slow_product(got: [usize; 4], panels: usize, done: [bool; SLOTS], reducers: [
         return None;
     }
     let slot = (0..SLOTS).find(|&i| {
-        let feeds: Vec<Quad> = Quad::ALL.into_iter().filter(|&q| relay::feeders(q).any(|(s, _)| s == i)).collect();
-        feeds == lagging && !done[i] && lagging.iter().all(|q| reducers[q.index()] as usize != i)
+        let feeds = &septet_common::strassen::PRODUCTS[i].into;
+        feeds.len() == lagging.len()
+            && feeds.iter().all(|(_, q)| lagging.contains(q))
+            && !done[i]
+            && lagging.iter().all(|q| reducers[q.index()] as usize != i)
     })?;
     let names = |qs: &[Quad]| qs.iter().map(|&q| quad_name(q)).collect::<Vec<_>>().join(", ");
     let counts = lagging.iter().map(|q| got[q.index()].to_string()).collect::<Vec<_>>().join(" and ");
