@@ -367,30 +367,52 @@ fn a_relay_slot_behind_a_slow_link_is_hedged_by_relaying_again_with_a_spare() {
 
 /// A relayed job with one of its seven slots slow to compute (a fault
 /// that sleeps 0.3 s a panel: its product takes seconds, the others' a
-/// fraction of one) and a spare worker in the grid: once the quadrants of
-/// C it does not feed are all in while those it feeds have a quarter of
-/// their panels or less, the requester relays again with the spare in its
-/// place, rather than wait for the overdue rule and compute those
+/// fraction of one) and a spare worker in the grid: once the others have
+/// computed all their panels while it has a quarter of its own or less,
+/// by its progress reports, the requester relays again with the spare in
+/// its place, rather than wait for the overdue rule and compute its
 /// quadrants the direct way. C is right, the report names the slow worker
 /// as hedged (the hedge used), it alone goes on probation, nothing stays
 /// leased.
 #[test]
 fn a_relay_slot_slow_to_compute_is_hedged_by_relaying_again_with_a_spare() {
+    // Slot 0 computes M1, which feeds C11 and C22 and reduces neither.
+    slot_slow_to_compute(0, "M1");
+}
+
+/// As above, with the slow slot one that reduces a quadrant of C (slot 2
+/// computes M3, which feeds C12 and C22 and reduces one of them): its
+/// quadrant lags whether it computes slowly or its link to the requester
+/// is starved, so only its own fresh progress reports tell.
+#[test]
+fn a_reducing_relay_slot_slow_to_compute_is_hedged_too() {
+    slot_slow_to_compute(2, "M3");
+}
+
+/// A grid of 8 whose worker `slot` (leased `slot`-th, as it registered)
+/// is slow to compute; one relayed job, hedged.
+fn slot_slow_to_compute(slot: usize, product: &str) {
     let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
     grid.start_tracker(&[]);
-    // w0 registers first and is leased first: slot 0 (M1, which feeds C11
-    // and C22 and reduces neither). One of the others is the spare (which
-    // one does not matter).
-    grid.start_workers_at(0..1, "tr", &["--fault=delay=0.3"]);
-    grid.start_workers_at(1..7, "tr", &[]);
-    grid.start_workers_at(7..8, "tr", &[]);
-    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 8), "the spare did not register");
+    // Registered in order, so leased in order; the spare is one of the
+    // last (which one does not matter).
+    let registered = |grid: &NetGrid, n: usize| grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == n);
+    if slot > 0 {
+        grid.start_workers_at(0..slot, "tr", &[]);
+        assert!(registered(&grid, slot), "the first {slot} workers did not register");
+    }
+    grid.start_workers_at(slot..slot + 1, "tr", &["--fault=delay=0.3"]);
+    assert!(registered(&grid, slot + 1), "the slow worker did not register");
+    grid.start_workers_at(slot + 1..8, "tr", &[]);
+    assert!(registered(&grid, 8), "the spare did not register");
     let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
     let out = grid.run("rq", "multiply", &args);
     let summary = json(&out, "septet multiply");
     check_product(&summary);
     assert_eq!(summary["plan"], "relay", "{summary}");
-    let (slow_addr, hedge) = one_hedge_of(&grid, &summary, "w0", "slow: its product M1 is behind: C11, C22 had");
+    let slow_host = format!("w{slot}");
+    let reason = format!("slow: its product {product} is behind:");
+    let (slow_addr, hedge) = one_hedge_of(&grid, &summary, &slow_host, &reason);
     let slots = summary["relay"]["slots"].as_array().unwrap();
     assert!(
         slots.iter().all(|s| s["peer"]["addr"] != slow_addr.as_str()),

@@ -25,7 +25,7 @@
 //!                          quadrants it holds) and WorkerRequest::Digests
 //! worker → requester       BlockOp::Part frames (C panels it reduced, its fingerprint),
 //!                          then WorkerReply::RelayDone; or WorkerReply::RelayFailed;
-//!                          WorkerReply::Working as above
+//!                          WorkerReply::RelayProgress whenever quiet for 0.1 s
 //! worker → worker          WorkerRequest::Join, then BlockOp::Part frames (forwarded
 //!                          quadrant panels, product panels); no replies
 //! ```
@@ -62,8 +62,9 @@ use crate::{Error, ErrorCode};
 /// across two NATs, both ends dial a tracker that joins them) and gave the
 /// trackers' conversation its own types ([`FederationRequest`],
 /// [`FederationReply`]). Version 10 added two-level jobs: a relay plan's
-/// `delegate` and [`RelayStats::delegated`].
-pub const PROTOCOL_VERSION: u32 = 10;
+/// `delegate` and [`RelayStats::delegated`]. Version 11 added
+/// [`WorkerReply::RelayProgress`].
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Names one meeting of a brokered link's two ends at a tracker (see
 /// [`Rendezvous`]): 128 random bits chosen by the requester, given to the
@@ -838,6 +839,20 @@ pub enum WorkerReply {
         /// The order's nonce.
         nonce: u64,
     },
+    /// Relay: how far this slot's product has got, sent in place of
+    /// `Working` whenever the slot has written nothing else for a tenth of
+    /// a second. The requester tells a slot slow to compute from one whose
+    /// link is slow by it (a report stuck behind parts is old when it
+    /// arrives, and `at_us` says so).
+    RelayProgress {
+        /// Panels of the product whose operands are all in (none before
+        /// all of B is).
+        inputs: u32,
+        /// Panels of the product computed.
+        computed: u32,
+        /// When, in microseconds since the slot received the plan.
+        at_us: u64,
+    },
 }
 
 /// What one slot of a relayed job moved and when, as it reports it.
@@ -977,6 +992,7 @@ impl Control for WorkerReply {
             WorkerReply::Working => "Working",
             WorkerReply::RelayDone(_) => "RelayDone",
             WorkerReply::RelayFailed { .. } => "RelayFailed",
+            WorkerReply::RelayProgress { .. } => "RelayProgress",
             WorkerReply::DialingBack => "DialingBack",
             WorkerReply::DialedBack { .. } => "DialedBack",
         }

@@ -5,8 +5,10 @@
 //!   the public vectors R, the panels of the quadrants this slot holds and
 //!   the digests of the panels it will receive by forward. It carries back
 //!   this slot's C panels (if it reduces), its product's fingerprint M·R,
-//!   and `RelayDone` — or `RelayFailed` naming the slot at fault. When it
-//!   closes, the job ends here, whatever state it is in.
+//!   and `RelayDone` — or `RelayFailed` naming the slot at fault — and,
+//!   whenever it has been quiet for a tenth of a second, `RelayProgress`
+//!   (how far the product has got). When it closes, the job ends here,
+//!   whatever state it is in.
 //! - Each peer that sends this slot parts opens a connection of its own
 //!   (`WorkerRequest::Join`); this slot opens one to each peer it sends to.
 //!
@@ -23,6 +25,7 @@
 //! but not make the node hold more than the plan's blocks.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +47,12 @@ use crate::server::WorkerConfig;
 
 /// Index of the requester in [`RelayStats`]' byte counts.
 const REQUESTER: usize = SLOTS;
+
+/// How long the requester link may be quiet before the slot reports its
+/// progress: often enough that the requester sees a slot slow to compute
+/// within a few tenths of a second, and that a report is fresh when it
+/// arrives unless the link held it back.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Slowest rate, in bytes per second, at which a peer must take a part
 /// (beyond the I/O timeout) before the link is given up.
@@ -236,9 +245,10 @@ pub(crate) async fn lead(
 ) {
     let started = Instant::now();
     let (out_tx, out_rx) = mpsc::channel::<Out>(4);
+    let progress = Arc::new(AtomicU64::new(0));
     let writer_task = {
-        let config = config.clone();
-        tokio::spawn(async move { write_out(writer, out_rx, &config).await })
+        let (config, progress) = (config.clone(), progress.clone());
+        tokio::spawn(async move { write_out(writer, out_rx, &config, &progress, started).await })
     };
     let max_bytes = (config.max_frame_len as u64).saturating_mul(8);
     let slot_memory = config.slot_memory();
@@ -274,12 +284,12 @@ pub(crate) async fn lead(
             let (links, links_rx) = mpsc::unbounded_channel();
             let result = match plan.dtype {
                 Dtype::F64 => {
-                    Node::<f64>::new(plan.clone(), started, config.clone(), links, fallback)
+                    Node::<f64>::new(plan.clone(), started, config.clone(), links, fallback, progress)
                         .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
                         .await
                 }
                 Dtype::F32 => {
-                    Node::<f32>::new(plan.clone(), started, config.clone(), links, fallback)
+                    Node::<f32>::new(plan.clone(), started, config.clone(), links, fallback, progress)
                         .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
                         .await
                 }
@@ -415,10 +425,18 @@ pub(crate) async fn follow(
     let _ = tokio::time::timeout(config.io_timeout, drain).await;
 }
 
-/// The requester link's writer: parts and replies in order, and `Working`
-/// whenever it has been quiet for the progress interval.
-async fn write_out(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Out>, config: &WorkerConfig) {
-    let mut quiet = tokio::time::interval(config.progress_interval);
+/// The requester link's writer: parts and replies in order, and
+/// `RelayProgress` (the node's last [`Node::publish`]) whenever it has been
+/// quiet for [`PROGRESS_EVERY`] (or the worker's progress interval, if
+/// shorter).
+async fn write_out(
+    mut writer: FrameWriter<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Out>,
+    config: &WorkerConfig,
+    progress: &AtomicU64,
+    started: Instant,
+) {
+    let mut quiet = tokio::time::interval(config.progress_interval.min(PROGRESS_EVERY));
     quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     quiet.tick().await;
     loop {
@@ -428,7 +446,13 @@ async fn write_out(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiv
                 None => return,
             },
             _ = quiet.tick() => {
-                if deadline(config.io_timeout, "the requester to take a progress frame", writer.send(&WorkerReply::Working)).await.is_err() {
+                let now = progress.load(Ordering::Relaxed);
+                let report = WorkerReply::RelayProgress {
+                    inputs: (now >> 32) as u32,
+                    computed: now as u32,
+                    at_us: started.elapsed().as_micros() as u64,
+                };
+                if deadline(config.io_timeout, "the requester to take a progress frame", writer.send(&report)).await.is_err() {
                     return;
                 }
                 continue;
@@ -626,6 +650,9 @@ struct Node<T> {
     received: [usize; SLOTS + 1],
     expected: [usize; SLOTS + 1],
     stats: RelayStats,
+    /// Panels with their operands in (high half) and computed (low half),
+    /// for the requester link's progress reports.
+    progress: Arc<AtomicU64>,
 }
 
 impl<T: Element> Node<T> {
@@ -635,6 +662,7 @@ impl<T: Element> Node<T> {
         config: WorkerConfig,
         links: mpsc::UnboundedSender<Event>,
         fallback: Arc<Semaphore>,
+        progress: Arc<AtomicU64>,
     ) -> Self {
         let me = plan.you as usize;
         let product = &PRODUCTS[me];
@@ -676,6 +704,7 @@ impl<T: Element> Node<T> {
             outboxes: HashMap::new(),
             sending: 0,
             recycler: Recycler::new(),
+            progress,
             received: [0; SLOTS + 1],
             expected: expected_counts(&plan, me),
             stats: RelayStats {
@@ -739,6 +768,7 @@ impl<T: Element> Node<T> {
                     lease_slot = None;
                 }
             }
+            self.publish();
             if self.computed == self.a_missing.len() && !self.outboxes.is_empty() {
                 // (Every held quadrant was used, so every forward is queued too.)
                 // Everything this slot sends to peers is queued: let each
@@ -753,6 +783,12 @@ impl<T: Element> Node<T> {
         self.stats.done_us = self.now_us();
         out.send(Out::Part(part, T::into_matrix(fingerprint))).await.map_err(|_| closed())?;
         Ok(self.stats)
+    }
+
+    /// Makes how far the product has got the next progress report's.
+    fn publish(&self) {
+        let inputs = if self.b_missing == 0 { self.a_missing.iter().filter(|&&m| m == 0).count() } else { 0 };
+        self.progress.store((inputs as u64) << 32 | self.computed as u64, Ordering::Relaxed);
     }
 
     /// Whether there is compute to start: Y to form (all of B is in, and

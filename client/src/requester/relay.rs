@@ -66,9 +66,12 @@ const FEED_OBSERVED: Duration = Duration::from_millis(250);
 const FEED_OBSERVED_TIMED: Duration = Duration::from_millis(120);
 /// ... and only while what it still has to take would need this long.
 const FEED_MARGIN: Duration = Duration::from_millis(300);
-/// A slot whose product's quadrants of C have at most 1/this of their
-/// panels back while the others are all in is slow ([`slow_product`]).
+/// A slot that has computed at most 1/this of its product's panels while
+/// the others have computed all of theirs is slow ([`slow_product`]).
 const SLOW_PRODUCT_FACTOR: usize = 4;
+/// A slot's progress report older than this (by its own clock) says
+/// nothing of how it computes: its link held it back ([`slow_product`]).
+const PROGRESS_FRESH: Duration = Duration::from_millis(300);
 /// A slot's panels have begun to go out once its socket took this much.
 const FEED_STARTED: u64 = 64 << 10;
 /// How often the gather loop looks at the feeds.
@@ -166,6 +169,9 @@ enum Heard {
     /// The slot gave up: whom it blames, why, and whether on evidence.
     Failed(usize, Option<u8>, String, bool),
     Lost(usize, String),
+    /// The slot's progress report: panels with operands in, computed, and
+    /// when (microseconds since it received the plan).
+    Progress(usize, u32, u32, u64),
     /// Sending to the slot failed. Its reader has the last word: the slot
     /// may have closed after saying why it gave up (blaming another), and
     /// the reader ends either way.
@@ -325,6 +331,9 @@ pub(super) async fn run<T: Element>(
     };
 
     // 1. Connect and hand out the plan and R, to all seven at once.
+    // (Each slot's clock, in its progress reports, starts when its plan
+    // arrives: after this.)
+    let plans_from = tokio::time::Instant::now();
     let r_pub = Arc::new(r_pub);
     let mut connecting = tokio::task::JoinSet::new();
     for (slot, peer) in peers.iter().enumerate() {
@@ -523,6 +532,9 @@ pub(super) async fn run<T: Element>(
                         received.fetch_add(body.as_bytes().len() as u64 + 5, Ordering::Relaxed);
                         match body.decode::<WorkerReply>() {
                             Ok(WorkerReply::Working) => continue,
+                            Ok(WorkerReply::RelayProgress { inputs, computed, at_us }) => {
+                                Heard::Progress(slot, inputs, computed, at_us)
+                            }
                             Ok(WorkerReply::RelayDone(stats)) => Heard::Done(slot, stats),
                             Ok(WorkerReply::RelayFailed { blame, message, evidence }) => {
                                 Heard::Failed(slot, blame, message, evidence)
@@ -538,7 +550,7 @@ pub(super) async fn run<T: Element>(
                     Ok(None) => Heard::Lost(slot, "closed the connection".into()),
                     Err(e) => Heard::Lost(slot, e.to_string()),
                 };
-                let last = !matches!(event, Heard::Part(..));
+                let last = !matches!(event, Heard::Part(..) | Heard::Progress(..));
                 if heard.send(event).is_err() || last {
                     return;
                 }
@@ -576,7 +588,10 @@ pub(super) async fn run<T: Element>(
     let mut fed_at: [Option<tokio::time::Instant>; SLOTS] = [None; SLOTS];
     let mut slow: Option<(usize, PeerAddr)> = None;
     let mut watching = hedge.is_some();
-    let mut watching_products = hedge.is_some();
+    // (A slot that delegates has its product back whole, at the end: its
+    // progress says nothing before.)
+    let mut watching_products = hedge.is_some() && groups.is_empty();
+    let mut progress_of: [Option<SlotProgress>; SLOTS] = [None; SLOTS];
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -681,16 +696,18 @@ pub(super) async fn run<T: Element>(
                     }
                 }
                 debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
+            }
+            Heard::Progress(slot, inputs, computed, at_us) => {
+                // (The slot's clock started when the plan reached it, after
+                // `plans_from`: the age is, if anything, overstated.)
+                let age = plans_from.elapsed().saturating_sub(Duration::from_micros(at_us));
+                progress_of[slot] = Some(SlotProgress { inputs: inputs as usize, computed: computed as usize, age });
                 // A product far behind the others' holds up the quadrants
                 // it feeds: relayed again with a spare, as a slow feed is.
                 if watching_products && reports.is_empty() && slow.is_none() {
                     let panels = gather.plan.a_panels().count();
-                    let got = gather.quads.each_ref().map(|q| match q {
-                        QuadState::Arriving { left, .. } => panels.saturating_sub(*left),
-                        _ => panels,
-                    });
                     let done = std::array::from_fn(|s| stats[s].is_some());
-                    if let Some((slot, why)) = slow_product(got, panels, done, gather.plan.roles.reducers) {
+                    if let Some((slot, why)) = slow_product(&progress_of, panels, done) {
                         watching_products = false;
                         if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
                             reports.push(Report::slow(slot, &why));
@@ -1062,47 +1079,55 @@ async fn spare_for(
     spare
 }
 
-/// The slot whose product holds C up: every quadrant of C it feeds has at
-/// most 1/[`SLOW_PRODUCT_FACTOR`] of its panels back (`got`, of `panels`
-/// each) while every other quadrant is all in, its own report is not in
-/// (`done`: a slot reports once its work is all sent), and it reduces
-/// none of those quadrants; with why. Its product then has three
-/// quarters or more still to compute, which would take it three times as
-/// long as the part it did, and relaying again takes about as long as the
-/// others took for everything. Each product feeds a set of quadrants of
-/// its own, so the lagging set names one slot. What it does not catch is
-/// left to the overdue rules ([`quads_due`]): a slot slow at reducing or
-/// only a little behind, and a requester link that starves the C of some
-/// reducers (their quadrants lag, but the slot the set names has sent
-/// all its work and reported; a slot that reduces a quadrant it lags
-/// could be that starved reducer, so it is not judged).
-fn slow_product(got: [usize; 4], panels: usize, done: [bool; SLOTS], reducers: [u8; 4]) -> Option<(usize, String)> {
-    if panels < 8 {
+/// A slot's last progress report ([`WorkerReply::RelayProgress`]).
+#[derive(Debug, Clone, Copy)]
+struct SlotProgress {
+    /// Panels of its product with their operands in.
+    inputs: usize,
+    /// Panels computed.
+    computed: usize,
+    /// How long ago the slot wrote the report.
+    age: Duration,
+}
+
+/// The slot slow to compute, with why: it has computed at most
+/// 1/[`SLOW_PRODUCT_FACTOR`] of its product's `panels` though it has the
+/// operands of half of them or more, every other slot has computed all of
+/// its own (`progress`) or reported (`done`), and its report is fresh
+/// ([`PROGRESS_FRESH`]). Its product then has three quarters or more
+/// still to compute, which would take it three times as long as the part
+/// it did, and relaying again takes about as long as the others took for
+/// everything. A fresh report tells slow compute from a slow link: a
+/// report arrives old when the link held it back behind the slot's C
+/// panels (a reducer starved on a congested requester link), and a slot
+/// short of operands waits for a feed or a forward, which the feed rule
+/// ([`slow_feed`]) and the overdue rules ([`quads_due`]) judge.
+fn slow_product(
+    progress: &[Option<SlotProgress>; SLOTS],
+    panels: usize,
+    done: [bool; SLOTS],
+) -> Option<(usize, String)> {
+    if panels < 4 {
         return None;
     }
-    let lagging: Vec<Quad> = Quad::ALL.into_iter().filter(|q| got[q.index()] * SLOW_PRODUCT_FACTOR <= panels).collect();
-    let complete: Vec<Quad> = Quad::ALL.into_iter().filter(|q| got[q.index()] >= panels).collect();
-    if lagging.is_empty() || lagging.len() + complete.len() < 4 {
+    let finished = |t: usize| done[t] || progress[t].is_some_and(|p| p.computed >= panels);
+    let slot = (0..SLOTS).find(|&s| !finished(s))?;
+    if (0..SLOTS).any(|t| t != slot && !finished(t)) {
         return None;
     }
-    let slot = (0..SLOTS).find(|&i| {
-        let feeds = &septet_common::strassen::PRODUCTS[i].into;
-        feeds.len() == lagging.len()
-            && feeds.iter().all(|(_, q)| lagging.contains(q))
-            && !done[i]
-            && lagging.iter().all(|q| reducers[q.index()] as usize != i)
-    })?;
-    let names = |qs: &[Quad]| qs.iter().map(|&q| quad_name(q)).collect::<Vec<_>>().join(", ");
-    let counts = lagging.iter().map(|q| got[q.index()].to_string()).collect::<Vec<_>>().join(" and ");
-    Some((
-        slot,
-        format!(
-            "its product {} is behind: {} had {counts} of {panels} panels back when {} were all in",
-            septet_common::strassen::PRODUCTS[slot].name,
-            names(&lagging),
-            names(&complete)
-        ),
-    ))
+    let p = progress[slot]?;
+    let behind = p.computed * SLOW_PRODUCT_FACTOR <= panels && p.inputs * 2 >= panels && p.inputs > p.computed;
+    (behind && p.age <= PROGRESS_FRESH).then(|| {
+        (
+            slot,
+            format!(
+                "its product {} is behind: {} of {panels} panels computed ({} with their operands in) when the others had computed all theirs",
+                septet_common::strassen::PRODUCTS[slot].name,
+                p.computed,
+                p.inputs
+            ),
+        )
+    })
 }
 
 /// When the C quadrants still missing are due, once two are in: twice the
@@ -1518,38 +1543,65 @@ mod tests {
         assert_eq!(slow_feed(&feeds), None);
     }
 
-    #[test]
-    fn a_product_far_behind_is_named_by_the_quadrants_it_feeds() {
-        // C11 reduced by slot 3, C12 by 4, C21 by 1, C22 by 2; nobody done.
-        let (reducers, none) = ([3, 4, 1, 2], [false; SLOTS]);
-        // C12 and C21 in, C11 and C22 (M1's) at 3 and 2 of 16: M1.
-        let (slot, why) = slow_product([3, 16, 16, 2], 16, none, reducers).expect("slow");
-        assert_eq!(slot, 0);
-        assert_eq!(why, "its product M1 is behind: C11, C22 had 3 and 2 of 16 panels back when C12, C21 were all in");
-        // A quarter of the panels is a quarter: judged; more is not.
-        assert_eq!(slow_product([4, 16, 16, 2], 16, none, reducers).map(|s| s.0), Some(0));
-        assert_eq!(slow_product([5, 16, 16, 2], 16, none, reducers), None);
-        // A quadrant neither in nor far behind: nothing to judge by yet.
-        assert_eq!(slow_product([3, 10, 16, 2], 16, none, reducers), None);
-        // One quadrant behind: M6 feeds C22 alone, M7 C11 alone.
-        assert_eq!(slow_product([16, 16, 16, 1], 16, none, reducers).map(|s| s.0), Some(5));
-        assert_eq!(slow_product([0, 16, 16, 16], 16, none, reducers).map(|s| s.0), Some(6));
-        // No product feeds C12 alone (M3 and M5 feed another quadrant too).
-        assert_eq!(slow_product([16, 1, 16, 16], 16, none, reducers), None);
-        // Too few panels to tell a quarter from noise.
-        assert_eq!(slow_product([1, 4, 4, 0], 4, none, reducers), None);
+    fn progress(computed: usize, inputs: usize, age_ms: u64) -> Option<SlotProgress> {
+        Some(SlotProgress { inputs, computed, age: Duration::from_millis(age_ms) })
     }
 
     #[test]
-    fn quadrants_lagging_behind_a_slot_that_sent_its_work_or_reduces_them_name_nobody() {
-        let reducers = [3, 4, 1, 2];
-        // M1 has reported (all its panels sent): its quadrants lag
-        // because their reducers' C waits on the requester's link.
-        let mut done = [false; SLOTS];
+    fn a_slot_far_behind_in_computing_its_product_is_slow_whatever_its_roles() {
+        // Slot 2 (M3, which reduces a quadrant) has computed 3 of 16
+        // panels with all 16's operands in; the others computed all.
+        let mut all = [progress(16, 16, 40); SLOTS];
+        all[2] = progress(3, 16, 50);
+        let none = [false; SLOTS];
+        let (slot, why) = slow_product(&all, 16, none).expect("slow");
+        assert_eq!(slot, 2);
+        assert_eq!(
+            why,
+            "its product M3 is behind: 3 of 16 panels computed (16 with their operands in) when the others had computed all theirs"
+        );
+        // A quarter is a quarter: judged; more is not.
+        all[2] = progress(4, 16, 50);
+        assert_eq!(slow_product(&all, 16, none).map(|s| s.0), Some(2));
+        all[2] = progress(5, 16, 50);
+        assert_eq!(slow_product(&all, 16, none), None);
+        // Others that reported count as having computed all, with or
+        // without a progress report.
+        all[2] = progress(0, 8, 50);
+        all[0] = None;
+        let mut done = none;
         done[0] = true;
-        assert_eq!(slow_product([3, 16, 16, 2], 16, done, reducers), None);
-        // M1 reduces C22 itself: it could be that starved reducer.
-        assert_eq!(slow_product([3, 16, 16, 2], 16, [false; SLOTS], [3, 4, 1, 0]), None);
+        assert_eq!(slow_product(&all, 16, done).map(|s| s.0), Some(2));
+        // Too few panels to tell a quarter from noise.
+        assert_eq!(slow_product(&[progress(0, 3, 10); SLOTS], 3, none), None);
+    }
+
+    #[test]
+    fn a_slot_behind_for_want_of_operands_or_by_an_old_report_or_not_alone_is_not_slow() {
+        let none = [false; SLOTS];
+        let mut all = [progress(16, 16, 40); SLOTS];
+        // Fewer than half its panels' operands in: a feed or a forward
+        // holds it up, which other rules judge.
+        all[4] = progress(1, 7, 50);
+        assert_eq!(slow_product(&all, 16, none), None);
+        // Nothing it could compute and has not.
+        all[4] = progress(8, 8, 50);
+        assert_eq!(slow_product(&all, 16, none), None);
+        // Its report is old: the link held it back (a reducer whose C
+        // panels wait on a congested requester link), or it went quiet.
+        all[4] = progress(1, 16, 301);
+        assert_eq!(slow_product(&all, 16, none), None);
+        all[4] = progress(1, 16, 300);
+        assert_eq!(slow_product(&all, 16, none).map(|s| s.0), Some(4));
+        // Another slot has not computed all its panels yet.
+        all[6] = progress(15, 16, 10);
+        assert_eq!(slow_product(&all, 16, none), None);
+        // No report from it yet.
+        all[6] = progress(16, 16, 10);
+        all[4] = None;
+        assert_eq!(slow_product(&all, 16, none), None);
+        // Every slot done: nobody is behind.
+        assert_eq!(slow_product(&[progress(16, 16, 10); SLOTS], 16, none), None);
     }
 
     #[test]
