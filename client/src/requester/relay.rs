@@ -26,6 +26,13 @@
 //! Whatever fails, the job goes on: the quadrants of C that arrived and
 //! passed are kept, and the caller computes the others through the direct
 //! plan (`dispatch`), on the lease's peers that were not blamed.
+//!
+//! Slow slots (where the lease can lend a spare): a slot that takes its
+//! panels far slower than the others ([`slow_feed`]), that takes the
+//! forwards of a quadrant of B far slower than the other slots that need
+//! it ([`slow_receiver`]), or whose product is far behind by its own
+//! progress reports ([`slow_product`]) is replaced: the job is relayed
+//! again with a spare in its place.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
