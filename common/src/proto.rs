@@ -839,21 +839,17 @@ pub enum WorkerReply {
         /// The order's nonce.
         nonce: u64,
     },
-    /// Relay: how far this slot has got, sent in place of `Working`
-    /// whenever the slot has written nothing else for a tenth of a second.
-    /// The requester tells by it a slot slow to compute from one whose
-    /// link is slow (a report stuck behind parts is old when it arrives,
-    /// and `at_us` says so), and a slot whose forwards arrive far slower
-    /// than the same quadrant's at the other slots that need it.
+    /// Relay: how far this slot's product has got, sent in place of
+    /// `Working` whenever the slot has written nothing else for a tenth of
+    /// a second. The requester tells a slot slow to compute from one whose
+    /// link is slow by it (a report stuck behind parts is old when it
+    /// arrives, and `at_us` says so).
     RelayProgress {
         /// Panels of the product whose operands are all in (none before
         /// all of B is).
         inputs: u32,
         /// Panels of the product computed.
         computed: u32,
-        /// Panels of each quadrant (A11, A12, A21, A22, B11, B12, B21,
-        /// B22) arrived, from the requester or by forward.
-        arrived: [u32; 8],
         /// When, in microseconds since the slot received the plan.
         at_us: u64,
     },

@@ -25,7 +25,7 @@
 //! but not make the node hold more than the plan's blocks.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -245,7 +245,7 @@ pub(crate) async fn lead(
 ) {
     let started = Instant::now();
     let (out_tx, out_rx) = mpsc::channel::<Out>(4);
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(AtomicU64::new(0));
     let writer_task = {
         let (config, progress) = (config.clone(), progress.clone());
         tokio::spawn(async move { write_out(writer, out_rx, &config, &progress, started).await })
@@ -433,7 +433,7 @@ async fn write_out(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Out>,
     config: &WorkerConfig,
-    progress: &Progress,
+    progress: &AtomicU64,
     started: Instant,
 ) {
     let mut quiet = tokio::time::interval(config.progress_interval.min(PROGRESS_EVERY));
@@ -446,11 +446,10 @@ async fn write_out(
                 None => return,
             },
             _ = quiet.tick() => {
-                let now = progress.product.load(Ordering::Relaxed);
+                let now = progress.load(Ordering::Relaxed);
                 let report = WorkerReply::RelayProgress {
                     inputs: (now >> 32) as u32,
                     computed: now as u32,
-                    arrived: progress.arrived.each_ref().map(|a| a.load(Ordering::Relaxed)),
                     at_us: started.elapsed().as_micros() as u64,
                 };
                 if deadline(config.io_timeout, "the requester to take a progress frame", writer.send(&report)).await.is_err() {
@@ -651,19 +650,9 @@ struct Node<T> {
     received: [usize; SLOTS + 1],
     expected: [usize; SLOTS + 1],
     stats: RelayStats,
-    /// What the requester link's progress reports say.
-    progress: Arc<Progress>,
-}
-
-/// How far a slot has got, as its progress reports say
-/// ([`WorkerReply::RelayProgress`]).
-#[derive(Default)]
-struct Progress {
-    /// Panels of the product with their operands in (high half) and
-    /// computed (low half).
-    product: AtomicU64,
-    /// Panels of each quadrant arrived (A11..A22, then B11..B22).
-    arrived: [AtomicU32; 8],
+    /// Panels with their operands in (high half) and computed (low half),
+    /// for the requester link's progress reports.
+    progress: Arc<AtomicU64>,
 }
 
 impl<T: Element> Node<T> {
@@ -673,7 +662,7 @@ impl<T: Element> Node<T> {
         config: WorkerConfig,
         links: mpsc::UnboundedSender<Event>,
         fallback: Arc<Semaphore>,
-        progress: Arc<Progress>,
+        progress: Arc<AtomicU64>,
     ) -> Self {
         let me = plan.you as usize;
         let product = &PRODUCTS[me];
@@ -799,7 +788,7 @@ impl<T: Element> Node<T> {
     /// Makes how far the product has got the next progress report's.
     fn publish(&self) {
         let inputs = if self.b_missing == 0 { self.a_missing.iter().filter(|&&m| m == 0).count() } else { 0 };
-        self.progress.product.store((inputs as u64) << 32 | self.computed as u64, Ordering::Relaxed);
+        self.progress.store((inputs as u64) << 32 | self.computed as u64, Ordering::Relaxed);
     }
 
     /// Whether there is compute to start: Y to form (all of B is in, and
@@ -837,9 +826,6 @@ impl<T: Element> Node<T> {
                     return Err(Failed { message: format!("{} arrived twice", part.name()), ..culprit() });
                 }
                 self.received[index] += 1;
-                if let Some(input) = part.block.input_index() {
-                    self.progress.arrived[input].fetch_add(1, Ordering::Relaxed);
-                }
                 let data = T::from_matrix(data)
                     .map_err(|_| Failed { message: "a part of the wrong dtype".into(), ..culprit() })?;
                 self.stats.bytes_in[index] += relay::part_frame_len(T::DTYPE, data.dim());

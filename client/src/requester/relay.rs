@@ -28,11 +28,9 @@
 //! plan (`dispatch`), on the lease's peers that were not blamed.
 //!
 //! Slow slots (where the lease can lend a spare): a slot that takes its
-//! panels far slower than the others ([`slow_feed`]), that takes the
-//! forwards of a quadrant of B far slower than the other slots that need
-//! it ([`slow_receiver`]), or whose product is far behind by its own
-//! progress reports ([`slow_product`]) is replaced: the job is relayed
-//! again with a spare in its place.
+//! panels far slower than the others ([`slow_feed`]), or whose product is
+//! far behind by its own progress reports ([`slow_product`]), is
+//! replaced: the job is relayed again with a spare in its place.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -176,10 +174,9 @@ enum Heard {
     /// The slot gave up: whom it blames, why, and whether on evidence.
     Failed(usize, Option<u8>, String, bool),
     Lost(usize, String),
-    /// The slot's progress report: panels with operands in, computed,
-    /// arrived of each quadrant, and when (microseconds since it received
-    /// the plan).
-    Progress(usize, u32, u32, [u32; 8], u64),
+    /// The slot's progress report: panels with operands in, computed, and
+    /// when (microseconds since it received the plan).
+    Progress(usize, u32, u32, u64),
     /// Sending to the slot failed. Its reader has the last word: the slot
     /// may have closed after saying why it gave up (blaming another), and
     /// the reader ends either way.
@@ -540,8 +537,8 @@ pub(super) async fn run<T: Element>(
                         received.fetch_add(body.as_bytes().len() as u64 + 5, Ordering::Relaxed);
                         match body.decode::<WorkerReply>() {
                             Ok(WorkerReply::Working) => continue,
-                            Ok(WorkerReply::RelayProgress { inputs, computed, arrived, at_us }) => {
-                                Heard::Progress(slot, inputs, computed, arrived, at_us)
+                            Ok(WorkerReply::RelayProgress { inputs, computed, at_us }) => {
+                                Heard::Progress(slot, inputs, computed, at_us)
                             }
                             Ok(WorkerReply::RelayDone(stats)) => Heard::Done(slot, stats),
                             Ok(WorkerReply::RelayFailed { blame, message, evidence }) => {
@@ -705,27 +702,11 @@ pub(super) async fn run<T: Element>(
                 }
                 debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
             }
-            Heard::Progress(slot, inputs, computed, arrived, at_us) => {
+            Heard::Progress(slot, inputs, computed, at_us) => {
                 // (The slot's clock started when the plan reached it, after
                 // `plans_from`: the age is, if anything, overstated.)
                 let age = plans_from.elapsed().saturating_sub(Duration::from_micros(at_us));
-                let arrived = arrived.map(|a| a as usize);
-                progress_of[slot] =
-                    Some(SlotProgress { inputs: inputs as usize, computed: computed as usize, arrived, age });
-                // A slot whose forwards of B come far slower than the same
-                // quadrant's to the others: its link is slow. (Its own feed
-                // may not have begun: a slot holding only A is fed after B.)
-                if watching && reports.is_empty() && slow.is_none() {
-                    let panels = gather.plan.b_panels().count();
-                    if let Some((slot, why)) = slow_receiver(&progress_of, gather.plan.roles.holders, panels) {
-                        watching = false;
-                        if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
-                            reports.push(Report::slow(slot, &why));
-                            settle = Some(tokio::time::Instant::now());
-                            slow = Some((slot, spare));
-                        }
-                    }
-                }
+                progress_of[slot] = Some(SlotProgress { inputs: inputs as usize, computed: computed as usize, age });
                 // A product far behind the others' holds up the quadrants
                 // it feeds: relayed again with a spare, as a slow feed is.
                 if watching_products && reports.is_empty() && slow.is_none() {
@@ -1110,8 +1091,6 @@ struct SlotProgress {
     inputs: usize,
     /// Panels computed.
     computed: usize,
-    /// Panels of each quadrant arrived (A11..A22, B11..B22).
-    arrived: [usize; 8],
     /// How long ago the slot wrote the report.
     age: Duration,
 }
@@ -1154,42 +1133,6 @@ fn slow_product(
             ),
         )
     })
-}
-
-/// The slot whose link is slow by the forwards it takes, with why: of a
-/// quadrant of B (`panels` panels) that slots other than its holder
-/// need, the slot has at most 1/[`SLOW_PRODUCT_FACTOR`] of what another
-/// such slot has, and that one has half or more; the slot's report is
-/// fresh ([`PROGRESS_FRESH`]: a stale one understates it). The holder
-/// forwards the quadrant to each of them as its panels arrive, over its
-/// one link, so they take it at one pace unless one's own link is slower.
-/// A slot holding only quadrants of A is fed once B is out: this names it
-/// while B is still going out ([`slow_feed`] names a slot by its feed). A
-/// slow holder slows all its receivers alike, so none of them is named.
-fn slow_receiver(progress: &[Option<SlotProgress>; SLOTS], holders: [u8; 8], panels: usize) -> Option<(usize, String)> {
-    if panels < 4 {
-        return None;
-    }
-    for (input, &holder) in holders.iter().enumerate().skip(4) {
-        let receivers: Vec<usize> = relay::users(input).map(|(s, _)| s).filter(|&s| s != holder as usize).collect();
-        for &s in &receivers {
-            let Some(p) = progress[s].filter(|p| p.age <= PROGRESS_FRESH) else { continue };
-            let lead =
-                receivers.iter().filter(|&&t| t != s).filter_map(|&t| progress[t]).map(|t| t.arrived[input]).max();
-            let Some(lead) = lead.filter(|&l| l * 2 >= panels) else { continue };
-            if p.arrived[input] * SLOW_PRODUCT_FACTOR <= lead {
-                let name = Block::B(Quad::ALL[input - 4]).name();
-                return Some((
-                    s,
-                    format!(
-                        "its link took {} of {name}'s {panels} panels by forward while another slot that needs it took {lead}",
-                        p.arrived[input]
-                    ),
-                ));
-            }
-        }
-    }
-    None
 }
 
 /// When the C quadrants still missing are due, once two are in: twice the
@@ -1606,49 +1549,7 @@ mod tests {
     }
 
     fn progress(computed: usize, inputs: usize, age_ms: u64) -> Option<SlotProgress> {
-        Some(SlotProgress { inputs, computed, arrived: [0; 8], age: Duration::from_millis(age_ms) })
-    }
-
-    /// Every slot's report fresh, with `b` panels of each quadrant of B
-    /// arrived, but slot `s`'s `b11` of B11.
-    fn arrivals(b: usize, s: usize, b11: usize, age_ms: u64) -> [Option<SlotProgress>; SLOTS] {
-        let mut all = [progress(0, 0, 20); SLOTS];
-        for p in all.iter_mut().flatten() {
-            p.arrived = [0, 0, 0, 0, b, b, b, b];
-        }
-        let p = all[s].as_mut().unwrap();
-        p.arrived[4] = b11;
-        p.age = Duration::from_millis(age_ms);
-        all
-    }
-
-    #[test]
-    fn a_slot_whose_forwards_of_b_come_far_slower_than_the_others_is_slow() {
-        // M4 (slot 3) holds B11 and forwards it to M1, M2 and M6; M1 holds
-        // B22; M3 holds B12, M7 B21.
-        let holders = [4, 4, 1, 6, 3, 2, 6, 0];
-        // M2 (slot 1, which holds only A) has none of B11's 8 panels when
-        // M1 and M6 have 4.
-        let (slot, why) = slow_receiver(&arrivals(4, 1, 0, 50), holders, 8).expect("slow");
-        assert_eq!(slot, 1);
-        assert_eq!(why, "its link took 0 of B11's 8 panels by forward while another slot that needs it took 4");
-        // A quarter of the others' is a quarter: judged; more is not.
-        assert_eq!(slow_receiver(&arrivals(4, 1, 1, 50), holders, 8).map(|s| s.0), Some(1));
-        assert_eq!(slow_receiver(&arrivals(4, 1, 2, 50), holders, 8), None);
-        // The others have less than half of it: too soon to tell.
-        assert_eq!(slow_receiver(&arrivals(3, 1, 0, 50), holders, 8), None);
-        // Its report is old: it understates what arrived.
-        assert_eq!(slow_receiver(&arrivals(4, 1, 0, 301), holders, 8), None);
-        // The holder is fed by the requester, not by forward: the feed
-        // rule judges it.
-        assert_eq!(slow_receiver(&arrivals(8, 3, 0, 50), holders, 8), None);
-        // A quadrant only one slot takes by forward (B12 here: M3 holds
-        // it, M6 takes it) has nothing to compare with.
-        let mut all = arrivals(8, 1, 8, 50);
-        all[5].as_mut().unwrap().arrived[5] = 0;
-        assert_eq!(slow_receiver(&all, holders, 8), None);
-        // Too few panels to tell.
-        assert_eq!(slow_receiver(&arrivals(2, 1, 0, 50), holders, 3), None);
+        Some(SlotProgress { inputs, computed, age: Duration::from_millis(age_ms) })
     }
 
     #[test]
