@@ -377,7 +377,7 @@ fn a_relay_slot_behind_a_slow_link_is_hedged_by_relaying_again_with_a_spare() {
 #[test]
 fn a_relay_slot_slow_to_compute_is_hedged_by_relaying_again_with_a_spare() {
     // Slot 0 computes M1, which feeds C11 and C22 and reduces neither.
-    slot_slow_to_compute(0, "M1");
+    slow_slot(0, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M1 is behind:"]);
 }
 
 /// As above, with the slow slot one that reduces a quadrant of C (slot 2
@@ -386,12 +386,38 @@ fn a_relay_slot_slow_to_compute_is_hedged_by_relaying_again_with_a_spare() {
 /// is starved, so only its own fresh progress reports tell.
 #[test]
 fn a_reducing_relay_slot_slow_to_compute_is_hedged_too() {
-    slot_slow_to_compute(2, "M3");
+    slow_slot(2, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M3 is behind:"]);
+}
+
+/// A relayed job (n=2048) whose slot 1 (M2, which holds only A21 and so
+/// is fed only once B is out) is behind a 10 Mbit/s link: the forwards of
+/// B11 reach it far slower than they reach M1 and M6, which need B11 too,
+/// so it is named by them while B is still going out, and hedged.
+#[test]
+fn a_relay_slot_holding_only_a_behind_a_slow_link_is_named_by_its_forwards() {
+    slow_slot(
+        1,
+        &[],
+        |grid, host| grid.shape(host, "10mbit"),
+        2048,
+        &["slow: its link took", "of B11's", "by forward"],
+    );
+}
+
+/// A relayed job whose slot 0 (M1, which holds B22 and forwards it to M3,
+/// M5 and M7) sends at 10 Mbit/s and takes at 1 Gbit/s: the requester's
+/// feed reaches it at the others' pace, but its forwards reach all three
+/// far slower than it took B22, so it is named as slow to send, and hedged.
+#[test]
+fn a_relay_slot_slow_only_to_send_is_named_by_the_forwards_it_makes() {
+    slow_slot(0, &[], |grid, host| grid.shape_up_shallow(host, "10mbit"), 1024, &["slow: its link sent", "of B22's"]);
 }
 
 /// A grid of 8 whose worker `slot` (leased `slot`-th, as it registered)
-/// is slow to compute; one relayed job, hedged.
-fn slot_slow_to_compute(slot: usize, product: &str) {
+/// starts with `args` and has its link shaped by `shape`; one relayed job
+/// of `n`×`n`, hedged for a reason that starts with `reason[0]` and has
+/// the rest of `reason` in it.
+fn slow_slot(slot: usize, args: &[&str], shape: impl Fn(&NetGrid, &str), n: usize, reason: &[&str]) {
     let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
     grid.start_tracker(&[]);
     // Registered in order, so leased in order; the spare is one of the
@@ -401,18 +427,21 @@ fn slot_slow_to_compute(slot: usize, product: &str) {
         grid.start_workers_at(0..slot, "tr", &[]);
         assert!(registered(&grid, slot), "the first {slot} workers did not register");
     }
-    grid.start_workers_at(slot..slot + 1, "tr", &["--fault=delay=0.3"]);
+    grid.start_workers_at(slot..slot + 1, "tr", args);
     assert!(registered(&grid, slot + 1), "the slow worker did not register");
     grid.start_workers_at(slot + 1..8, "tr", &[]);
     assert!(registered(&grid, 8), "the spare did not register");
-    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
+    let slow_host = format!("w{slot}");
+    shape(&grid, &slow_host);
+    let shape = format!("{n},{n},{n}");
+    let args = ["--random", &shape, "--check", "--json", "--max-wait", "20", "--plan", "relay"];
     let out = grid.run("rq", "multiply", &args);
     let summary = json(&out, "septet multiply");
     check_product(&summary);
     assert_eq!(summary["plan"], "relay", "{summary}");
-    let slow_host = format!("w{slot}");
-    let reason = format!("slow: its product {product} is behind:");
-    let (slow_addr, hedge) = one_hedge_of(&grid, &summary, &slow_host, &reason);
+    let (slow_addr, hedge) = one_hedge_of(&grid, &summary, &slow_host, reason[0]);
+    let why = hedge["reason"].as_str().unwrap();
+    assert!(reason.iter().all(|r| why.contains(r)), "{hedge}");
     let slots = summary["relay"]["slots"].as_array().unwrap();
     assert!(
         slots.iter().all(|s| s["peer"]["addr"] != slow_addr.as_str()),

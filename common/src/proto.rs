@@ -25,7 +25,7 @@
 //!                          quadrants it holds) and WorkerRequest::Digests
 //! worker → requester       BlockOp::Part frames (C panels it reduced, its fingerprint),
 //!                          then WorkerReply::RelayDone; or WorkerReply::RelayFailed;
-//!                          WorkerReply::RelayProgress whenever quiet for 0.1 s
+//!                          WorkerReply::RelayProgress every 0.05 s between them
 //! worker → worker          WorkerRequest::Join, then BlockOp::Part frames (forwarded
 //!                          quadrant panels, product panels); no replies
 //! ```
@@ -63,8 +63,8 @@ use crate::{Error, ErrorCode};
 /// trackers' conversation its own types ([`FederationRequest`],
 /// [`FederationReply`]). Version 10 added two-level jobs: a relay plan's
 /// `delegate` and [`RelayStats::delegated`]. Version 11 added
-/// [`WorkerReply::RelayProgress`].
-pub const PROTOCOL_VERSION: u32 = 11;
+/// [`WorkerReply::RelayProgress`]; version 12 its `arrived` panels.
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// Names one meeting of a brokered link's two ends at a tracker (see
 /// [`Rendezvous`]): 128 random bits chosen by the requester, given to the
@@ -839,17 +839,23 @@ pub enum WorkerReply {
         /// The order's nonce.
         nonce: u64,
     },
-    /// Relay: how far this slot's product has got, sent in place of
-    /// `Working` whenever the slot has written nothing else for a tenth of
-    /// a second. The requester tells a slot slow to compute from one whose
-    /// link is slow by it (a report stuck behind parts is old when it
-    /// arrives, and `at_us` says so).
+    /// Relay: how far this slot has got, sent in place of `Working` every
+    /// twentieth of a second, between the other frames the slot writes.
+    /// The requester tells by it a slot slow to compute from one whose
+    /// link is slow (a report stuck behind parts is old when it arrives,
+    /// and `at_us` says so), a slot whose forwards of B arrive far slower
+    /// than the same quadrant's at the other slots that need it, and a
+    /// holder whose forwards reach all of them far slower than it took
+    /// the quadrant.
     RelayProgress {
         /// Panels of the product whose operands are all in (none before
         /// all of B is).
         inputs: u32,
         /// Panels of the product computed.
         computed: u32,
+        /// Panels of each quadrant (A11, A12, A21, A22, B11, B12, B21,
+        /// B22) arrived, from the requester or by forward.
+        arrived: [u32; 8],
         /// When, in microseconds since the slot received the plan.
         at_us: u64,
     },

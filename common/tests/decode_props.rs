@@ -371,10 +371,8 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
         Just(WorkerReply::Working),
         Just(WorkerReply::DialingBack),
         any::<u64>().prop_map(|nonce| WorkerReply::DialedBack { nonce }),
-        any::<(u32, u32, u64)>().prop_map(|(inputs, computed, at_us)| WorkerReply::RelayProgress {
-            inputs,
-            computed,
-            at_us
+        any::<(u32, u32, [u32; 8], u64)>().prop_map(|(inputs, computed, arrived, at_us)| {
+            WorkerReply::RelayProgress { inputs, computed, arrived, at_us }
         }),
         (proptest::option::of(any::<u8>()), text(), any::<bool>())
             .prop_map(|(blame, message, evidence)| WorkerReply::RelayFailed { blame, message, evidence }),

@@ -640,12 +640,25 @@ table inet septet_fw {{
 
     /// Shapes `host`'s link to `rate` in both directions (tbf on both ends).
     pub fn shape(&self, host: &str, rate: &str) {
-        for (ns, dev) in [(self.ns(&self.switch_of(host)), format!("v-{host}")), (self.ns(host), "eth0".to_string())] {
+        self.shape_links(host, rate, true, "256kb", "50ms");
+    }
+
+    /// Shapes what `host` sends alone (its uplink) to `rate`, with a
+    /// shallow buffer (16 KiB and 2 ms: its flows lose packets rather
+    /// than queue behind each other, so what it receives is acknowledged
+    /// as fast as ever).
+    pub fn shape_up_shallow(&self, host: &str, rate: &str) {
+        self.shape_links(host, rate, false, "16kb", "2ms");
+    }
+
+    fn shape_links(&self, host: &str, rate: &str, down_too: bool, burst: &str, latency: &str) {
+        let down = down_too.then(|| (self.ns(&self.switch_of(host)), format!("v-{host}")));
+        for (ns, dev) in down.into_iter().chain([(self.ns(host), "eth0".to_string())]) {
             run_tool(
                 "ip",
                 &[
                     "netns", "exec", &ns, "tc", "qdisc", "replace", "dev", &dev, "root", "tbf", "rate", rate, "burst",
-                    "256kb", "latency", "50ms",
+                    burst, "latency", latency,
                 ],
             )
             .unwrap();

@@ -6,8 +6,8 @@
 //!   the digests of the panels it will receive by forward. It carries back
 //!   this slot's C panels (if it reduces), its product's fingerprint M·R,
 //!   and `RelayDone` — or `RelayFailed` naming the slot at fault — and,
-//!   whenever it has been quiet for a tenth of a second, `RelayProgress`
-//!   (how far the product has got). When it closes, the job ends here,
+//!   every twentieth of a second, `RelayProgress` (how far the product has
+//!   got, and what has arrived of each quadrant). When it closes, the job ends here,
 //!   whatever state it is in.
 //! - Each peer that sends this slot parts opens a connection of its own
 //!   (`WorkerRequest::Join`); this slot opens one to each peer it sends to.
@@ -25,7 +25,7 @@
 //! but not make the node hold more than the plan's blocks.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,11 +48,12 @@ use crate::server::WorkerConfig;
 /// Index of the requester in [`RelayStats`]' byte counts.
 const REQUESTER: usize = SLOTS;
 
-/// How long the requester link may be quiet before the slot reports its
-/// progress: often enough that the requester sees a slot slow to compute
-/// within a few tenths of a second, and that a report is fresh when it
-/// arrives unless the link held it back.
-const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// How often the slot reports its progress on the requester link: often
+/// enough that the requester sees a slot slow to compute or slow to take
+/// (or send) forwards within a few tenths of a second, and times the
+/// first forwards to a twentieth of a second; and that a report is fresh
+/// when it arrives unless the link held it back.
+const PROGRESS_EVERY: Duration = Duration::from_millis(50);
 
 /// Slowest rate, in bytes per second, at which a peer must take a part
 /// (beyond the I/O timeout) before the link is given up.
@@ -245,7 +246,7 @@ pub(crate) async fn lead(
 ) {
     let started = Instant::now();
     let (out_tx, out_rx) = mpsc::channel::<Out>(4);
-    let progress = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Progress::default());
     let writer_task = {
         let (config, progress) = (config.clone(), progress.clone());
         tokio::spawn(async move { write_out(writer, out_rx, &config, &progress, started).await })
@@ -426,14 +427,14 @@ pub(crate) async fn follow(
 }
 
 /// The requester link's writer: parts and replies in order, and
-/// `RelayProgress` (the node's last [`Node::publish`]) whenever it has been
-/// quiet for [`PROGRESS_EVERY`] (or the worker's progress interval, if
-/// shorter).
+/// `RelayProgress` (the node's last [`Node::publish`]) every
+/// [`PROGRESS_EVERY`] (or the worker's progress interval, if shorter),
+/// between them.
 async fn write_out(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Out>,
     config: &WorkerConfig,
-    progress: &AtomicU64,
+    progress: &Progress,
     started: Instant,
 ) {
     let mut quiet = tokio::time::interval(config.progress_interval.min(PROGRESS_EVERY));
@@ -446,10 +447,11 @@ async fn write_out(
                 None => return,
             },
             _ = quiet.tick() => {
-                let now = progress.load(Ordering::Relaxed);
+                let now = progress.product.load(Ordering::Relaxed);
                 let report = WorkerReply::RelayProgress {
                     inputs: (now >> 32) as u32,
                     computed: now as u32,
+                    arrived: progress.arrived.each_ref().map(|a| a.load(Ordering::Relaxed)),
                     at_us: started.elapsed().as_micros() as u64,
                 };
                 if deadline(config.io_timeout, "the requester to take a progress frame", writer.send(&report)).await.is_err() {
@@ -650,9 +652,19 @@ struct Node<T> {
     received: [usize; SLOTS + 1],
     expected: [usize; SLOTS + 1],
     stats: RelayStats,
-    /// Panels with their operands in (high half) and computed (low half),
-    /// for the requester link's progress reports.
-    progress: Arc<AtomicU64>,
+    /// What the requester link's progress reports say.
+    progress: Arc<Progress>,
+}
+
+/// How far a slot has got, as its progress reports say
+/// ([`WorkerReply::RelayProgress`]).
+#[derive(Default)]
+struct Progress {
+    /// Panels of the product with their operands in (high half) and
+    /// computed (low half).
+    product: AtomicU64,
+    /// Panels of each quadrant arrived (A11..A22, then B11..B22).
+    arrived: [AtomicU32; 8],
 }
 
 impl<T: Element> Node<T> {
@@ -662,7 +674,7 @@ impl<T: Element> Node<T> {
         config: WorkerConfig,
         links: mpsc::UnboundedSender<Event>,
         fallback: Arc<Semaphore>,
-        progress: Arc<AtomicU64>,
+        progress: Arc<Progress>,
     ) -> Self {
         let me = plan.you as usize;
         let product = &PRODUCTS[me];
@@ -788,7 +800,7 @@ impl<T: Element> Node<T> {
     /// Makes how far the product has got the next progress report's.
     fn publish(&self) {
         let inputs = if self.b_missing == 0 { self.a_missing.iter().filter(|&&m| m == 0).count() } else { 0 };
-        self.progress.store((inputs as u64) << 32 | self.computed as u64, Ordering::Relaxed);
+        self.progress.product.store((inputs as u64) << 32 | self.computed as u64, Ordering::Relaxed);
     }
 
     /// Whether there is compute to start: Y to form (all of B is in, and
@@ -826,6 +838,9 @@ impl<T: Element> Node<T> {
                     return Err(Failed { message: format!("{} arrived twice", part.name()), ..culprit() });
                 }
                 self.received[index] += 1;
+                if let Some(input) = part.block.input_index() {
+                    self.progress.arrived[input].fetch_add(1, Ordering::Relaxed);
+                }
                 let data = T::from_matrix(data)
                     .map_err(|_| Failed { message: "a part of the wrong dtype".into(), ..culprit() })?;
                 self.stats.bytes_in[index] += relay::part_frame_len(T::DTYPE, data.dim());

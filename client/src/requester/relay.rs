@@ -28,9 +28,12 @@
 //! plan (`dispatch`), on the lease's peers that were not blamed.
 //!
 //! Slow slots (where the lease can lend a spare): a slot that takes its
-//! panels far slower than the others ([`slow_feed`]), or whose product is
-//! far behind by its own progress reports ([`slow_product`]), is
-//! replaced: the job is relayed again with a spare in its place.
+//! panels far slower than the others ([`slow_feed`]), or, by the slots'
+//! progress reports, takes the forwards of a quadrant of B far slower
+//! than the other slots that need it ([`slow_receiver`]), or forwards one
+//! to all of them far slower than it took it ([`slow_sender`]), or whose
+//! product is far behind ([`slow_product`]), is replaced: the job is
+//! relayed again with a spare in its place.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -74,6 +77,12 @@ const FEED_MARGIN: Duration = Duration::from_millis(300);
 /// A slot that has computed at most 1/this of its product's panels while
 /// the others have computed all of theirs is slow ([`slow_product`]).
 const SLOW_PRODUCT_FACTOR: usize = 4;
+/// A slot that takes a quadrant of B by forward at 1/this of the pace of
+/// another that needs it is slow ([`slow_receiver`]) ...
+const SLOW_RECEIVE_FACTOR: f64 = 4.0;
+/// ... once this long has passed since the first panel reached any of
+/// them (a link that opened late takes what it missed at once).
+const RECEIVE_OBSERVED: Duration = Duration::from_millis(200);
 /// A slot's progress report older than this (by its own clock) says
 /// nothing of how it computes: its link held it back ([`slow_product`]).
 const PROGRESS_FRESH: Duration = Duration::from_millis(300);
@@ -174,9 +183,10 @@ enum Heard {
     /// The slot gave up: whom it blames, why, and whether on evidence.
     Failed(usize, Option<u8>, String, bool),
     Lost(usize, String),
-    /// The slot's progress report: panels with operands in, computed, and
-    /// when (microseconds since it received the plan).
-    Progress(usize, u32, u32, u64),
+    /// The slot's progress report: panels with operands in, computed,
+    /// arrived of each quadrant, and when (microseconds since it received
+    /// the plan).
+    Progress(usize, u32, u32, [u32; 8], u64),
     /// Sending to the slot failed. Its reader has the last word: the slot
     /// may have closed after saying why it gave up (blaming another), and
     /// the reader ends either way.
@@ -537,8 +547,8 @@ pub(super) async fn run<T: Element>(
                         received.fetch_add(body.as_bytes().len() as u64 + 5, Ordering::Relaxed);
                         match body.decode::<WorkerReply>() {
                             Ok(WorkerReply::Working) => continue,
-                            Ok(WorkerReply::RelayProgress { inputs, computed, at_us }) => {
-                                Heard::Progress(slot, inputs, computed, at_us)
+                            Ok(WorkerReply::RelayProgress { inputs, computed, arrived, at_us }) => {
+                                Heard::Progress(slot, inputs, computed, arrived, at_us)
                             }
                             Ok(WorkerReply::RelayDone(stats)) => Heard::Done(slot, stats),
                             Ok(WorkerReply::RelayFailed { blame, message, evidence }) => {
@@ -597,6 +607,10 @@ pub(super) async fn run<T: Element>(
     // progress says nothing before.)
     let mut watching_products = hedge.is_some() && groups.is_empty();
     let mut progress_of: [Option<SlotProgress>; SLOTS] = [None; SLOTS];
+    // Each slot's clock against the requester's: the least delay seen
+    // between the plans going out and one of its reports arriving, less
+    // the report's own time (its plan's way there, mostly).
+    let mut clock_of: [Option<Duration>; SLOTS] = [None; SLOTS];
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -702,11 +716,34 @@ pub(super) async fn run<T: Element>(
                 }
                 debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
             }
-            Heard::Progress(slot, inputs, computed, at_us) => {
+            Heard::Progress(slot, inputs, computed, arrived, at_us) => {
                 // (The slot's clock started when the plan reached it, after
                 // `plans_from`: the age is, if anything, overstated.)
                 let age = plans_from.elapsed().saturating_sub(Duration::from_micros(at_us));
-                progress_of[slot] = Some(SlotProgress { inputs: inputs as usize, computed: computed as usize, age });
+                let offset = *clock_of[slot].insert(clock_of[slot].map_or(age, |o| o.min(age)));
+                let at = Duration::from_micros(at_us) + offset;
+                let report = ProgressReport { inputs, computed, arrived, at, age, plan_in: offset };
+                progress_of[slot] =
+                    Some(SlotProgress::after(progress_of[slot], report, gather.plan.b_panels().count()));
+                // A slot whose forwards of B come far slower than the same
+                // quadrant's to the others: its link is slow. (Its own feed
+                // may not have begun: a slot holding only A is fed after B.)
+                // A holder whose forwards reach all of them far slower than
+                // it took the quadrant: its link is slow to send.
+                if watching && reports.is_empty() && slow.is_none() {
+                    let panels = gather.plan.b_panels().count();
+                    let holders = gather.plan.roles.holders;
+                    let seen = slow_receiver(&progress_of, holders, panels)
+                        .or_else(|| slow_sender(&progress_of, holders, panels));
+                    if let Some((slot, why)) = seen {
+                        watching = false;
+                        if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
+                            reports.push(Report::slow(slot, &why));
+                            settle = Some(tokio::time::Instant::now());
+                            slow = Some((slot, spare));
+                        }
+                    }
+                }
                 // A product far behind the others' holds up the quadrants
                 // it feeds: relayed again with a spare, as a slow feed is.
                 if watching_products && reports.is_empty() && slow.is_none() {
@@ -1084,15 +1121,70 @@ async fn spare_for(
     spare
 }
 
-/// A slot's last progress report ([`WorkerReply::RelayProgress`]).
+/// One progress report of a slot ([`WorkerReply::RelayProgress`]), as
+/// the requester takes it.
+#[derive(Debug, Clone, Copy)]
+struct ProgressReport {
+    inputs: u32,
+    computed: u32,
+    arrived: [u32; 8],
+    /// When the slot wrote it, since the plans went out (by the slot's
+    /// clock, set by the least delay seen of its reports).
+    at: Duration,
+    /// How long ago the slot wrote it, by its clock alone (overstated by
+    /// its plan's way there).
+    age: Duration,
+    /// When its plan reached it (its clock's start), since the plans went
+    /// out.
+    plan_in: Duration,
+}
+
+/// What a slot's progress reports have said so far.
 #[derive(Debug, Clone, Copy)]
 struct SlotProgress {
     /// Panels of its product with their operands in.
     inputs: usize,
     /// Panels computed.
     computed: usize,
-    /// How long ago the slot wrote the report.
+    /// How long ago the slot wrote the last report.
     age: Duration,
+    /// When it wrote the last report, since the plans went out.
+    at: Duration,
+    /// When its plan reached it, as far as its reports tell.
+    plan_in: Duration,
+    /// Panels of each quadrant (A11..A22, B11..B22) arrived.
+    arrived: [usize; 8],
+    /// When a report first showed a panel of each quadrant of B arrived
+    /// (index as `arrived`) ...
+    first: [Option<Duration>; 8],
+    /// ... and all `b_panels` of them.
+    all: [Option<Duration>; 8],
+}
+
+impl SlotProgress {
+    /// What the reports say once `report` is in, after `before`.
+    fn after(before: Option<SlotProgress>, report: ProgressReport, b_panels: usize) -> SlotProgress {
+        let arrived = report.arrived.map(|a| a as usize);
+        let (mut first, mut all) = before.map_or(([None; 8], [None; 8]), |b| (b.first, b.all));
+        for q in 4..8 {
+            if arrived[q] > 0 {
+                first[q].get_or_insert(report.at);
+            }
+            if arrived[q] >= b_panels {
+                all[q].get_or_insert(report.at);
+            }
+        }
+        SlotProgress {
+            inputs: report.inputs as usize,
+            computed: report.computed as usize,
+            age: report.age,
+            at: report.at,
+            plan_in: report.plan_in,
+            arrived,
+            first,
+            all,
+        }
+    }
 }
 
 /// The slot slow to compute, with why: it has computed at most
@@ -1132,6 +1224,114 @@ fn slow_product(
                 p.inputs
             ),
         )
+    })
+}
+
+/// The slot whose link is slow by the forwards of B it takes, with why.
+///
+/// Each quadrant of B goes from its holder to the other slots that need
+/// it (every product needs B11 or B22), over the holder's one link and at
+/// one pace, as its panels arrive. A slot is slow when its fresh report
+/// ([`PROGRESS_FRESH`]) shows it taking such a quadrant at 1/
+/// [`SLOW_RECEIVE_FACTOR`] of the pace of another slot that has half of it
+/// or more, both paces timed from the first panel any of them was seen to
+/// have; once [`RECEIVE_OBSERVED`] has passed since, and while what the
+/// slot still has to take would need it more than [`FEED_MARGIN`].
+///
+/// Paces over a span, not counts at one moment: on a loaded machine a
+/// healthy slot's link may open a tenth of a second after the others', or
+/// its plan arrive late, and it then has one panel where they have all;
+/// it takes the rest at once. A slot holding only quadrants of A is fed
+/// once B is out: this names it while B is still going out
+/// ([`slow_feed`] names a slot by its feed). A slow holder slows all its
+/// receivers alike, so none of them is named.
+fn slow_receiver(progress: &[Option<SlotProgress>; SLOTS], holders: [u8; 8], panels: usize) -> Option<(usize, String)> {
+    if panels < 4 {
+        return None;
+    }
+    for (input, &holder) in holders.iter().enumerate().skip(4) {
+        let receivers: Vec<usize> = relay::users(input).map(|(s, _)| s).filter(|&s| s != holder as usize).collect();
+        let Some(start) = receivers.iter().filter_map(|&r| progress[r]?.first[input]).min() else { continue };
+        for &s in &receivers {
+            let Some(p) = progress[s].filter(|p| p.age <= PROGRESS_FRESH) else { continue };
+            // (Nothing comes to a slot before its plan: one that arrived
+            // late is timed from then.)
+            let (have, span) = (p.arrived[input], p.at.saturating_sub(start.max(p.plan_in)));
+            if have >= panels || span < RECEIVE_OBSERVED {
+                continue;
+            }
+            // (A report every twentieth of a second or so: one that shows
+            // a quadrant all in may have come up to then after it was.)
+            let lead = receivers
+                .iter()
+                .filter(|&&t| t != s)
+                .filter_map(|&t| progress[t])
+                .filter(|t| t.arrived[input] * 2 >= panels)
+                .map(|t| {
+                    let took = t.all[input].unwrap_or(t.at).saturating_sub(start).max(FEED_TICK);
+                    t.arrived[input] as f64 / took.as_secs_f64()
+                })
+                .max_by(f64::total_cmp);
+            let Some(lead) = lead else { continue };
+            let pace = have as f64 / span.as_secs_f64();
+            let needs = if have > 0 { (panels - have) as f64 / pace } else { f64::INFINITY };
+            if pace * SLOW_RECEIVE_FACTOR <= lead && needs > FEED_MARGIN.as_secs_f64() {
+                let name = Block::B(Quad::ALL[input - 4]).name();
+                return Some((
+                    s,
+                    format!(
+                        "its link took {have} of {name}'s {panels} panels by forward in {:.2} s ({pace:.0} a second; another slot that needs it, {lead:.0})",
+                        span.as_secs_f64()
+                    ),
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The holder slow to send by the forwards it makes, with why: of a
+/// quadrant of B that two or more other slots need, it has half or more
+/// (by its report, fresh or not: a report held back behind its forwards
+/// tells what it had then), and every one of them, by its fresh report,
+/// takes it at 1/[`SLOW_RECEIVE_FACTOR`] of the pace at which the holder
+/// had it or less, once [`RECEIVE_OBSERVED`] has passed since the first
+/// panel reached the holder, and while what they still have to take would
+/// need them more than [`FEED_MARGIN`]. Its link takes the requester's
+/// feed at the others' pace (the feed rule, [`slow_feed`], sees nothing
+/// wrong) but sends slowly: every slot waiting on its forwards waits.
+fn slow_sender(progress: &[Option<SlotProgress>; SLOTS], holders: [u8; 8], panels: usize) -> Option<(usize, String)> {
+    if panels < 4 {
+        return None;
+    }
+    holders.iter().enumerate().skip(4).find_map(|(input, &holder)| {
+        let holder = holder as usize;
+        let receivers: Vec<usize> = relay::users(input).map(|(s, _)| s).filter(|&s| s != holder).collect();
+        let h = progress[holder]?;
+        let (start, has) = (h.first[input]?, h.arrived[input]);
+        if receivers.len() < 2 || has * 2 < panels {
+            return None;
+        }
+        let own = has as f64 / h.all[input].unwrap_or(h.at).saturating_sub(start).max(FEED_TICK).as_secs_f64();
+        let mut most = 0;
+        for &r in &receivers {
+            let p = progress[r].filter(|p| p.age <= PROGRESS_FRESH)?;
+            let (got, span) = (p.arrived[input], p.at.saturating_sub(start));
+            let pace = got as f64 / span.as_secs_f64();
+            let needs = if got > 0 { (panels - got) as f64 / pace } else { f64::INFINITY };
+            if got >= panels || span < RECEIVE_OBSERVED || pace * SLOW_RECEIVE_FACTOR > own || needs <= FEED_MARGIN.as_secs_f64() {
+                return None;
+            }
+            most = most.max(got);
+        }
+        let name = Block::B(Quad::ALL[input - 4]).name();
+        Some((
+            holder,
+            format!(
+                "its link sent {most} of {name}'s {panels} panels or fewer to each of the {} slots that need it, which it took at {own:.0} a second",
+                receivers.len()
+            ),
+        ))
     })
 }
 
@@ -1549,7 +1749,156 @@ mod tests {
     }
 
     fn progress(computed: usize, inputs: usize, age_ms: u64) -> Option<SlotProgress> {
-        Some(SlotProgress { inputs, computed, age: Duration::from_millis(age_ms) })
+        let b = [0, 0, 0, 0, 16, 16, 16, 16];
+        let report = ProgressReport {
+            inputs: inputs as u32,
+            computed: computed as u32,
+            arrived: b,
+            at: Duration::from_millis(300),
+            age: Duration::from_millis(age_ms),
+            plan_in: Duration::from_millis(2),
+        };
+        Some(SlotProgress::after(None, report, 16))
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    /// Every slot's reports at `at_ms`: each quadrant of B's 16 panels
+    /// first seen 20 ms after the plans went out, all of them by `all_ms`;
+    /// but slot `s` has `b11` of B11's (the first seen at 40 ms), and its
+    /// report is `age_ms` old.
+    fn receiving(s: usize, b11: usize, at_ms: u64, all_ms: u64, age_ms: u64) -> [Option<SlotProgress>; SLOTS] {
+        let mut all = [None; SLOTS];
+        for (t, p) in all.iter_mut().enumerate() {
+            let report = |at: u64, got: u32, age: u64| ProgressReport {
+                inputs: 0,
+                computed: 0,
+                arrived: [0, 0, 0, 0, got, got, got, got],
+                at: MS(at),
+                age: MS(age),
+                plan_in: MS(2),
+            };
+            let mut q = SlotProgress::after(None, report(20, 1, 20), 16);
+            q = SlotProgress::after(Some(q), report(all_ms, 16, 20), 16);
+            q = SlotProgress::after(Some(q), report(at_ms, 16, if t == s { age_ms } else { 20 }), 16);
+            if t == s {
+                q.arrived[4] = b11;
+                q.first[4] = (b11 > 0).then_some(MS(40));
+                q.all[4] = None;
+            }
+            *p = Some(q);
+        }
+        all
+    }
+
+    #[test]
+    fn a_slot_far_slower_than_the_others_to_take_a_quadrant_of_b_by_forward_is_slow() {
+        // M4 (slot 3) holds B11 and forwards it to M1, M2 and M6 (slots
+        // 0, 1, 5); M1 holds B22, M3 B12, M7 B21.
+        let holders = [4, 4, 1, 6, 3, 2, 6, 0];
+        // M2 (slot 1, which holds only A) has 2 of B11's 16 panels 0.28 s
+        // after the first reached any of them; the others had all 80 ms
+        // after (200 a second, their reports' spacing allowed for).
+        let (slot, why) = slow_receiver(&receiving(1, 2, 300, 100, 50), holders, 16).expect("slow");
+        assert_eq!(slot, 1);
+        assert_eq!(
+            why,
+            "its link took 2 of B11's 16 panels by forward in 0.28 s (7 a second; another slot that needs it, 200)"
+        );
+        // Too soon to tell a slow link from one that opened late: it takes
+        // what it missed at once.
+        assert_eq!(slow_receiver(&receiving(1, 1, 210, 100, 50), holders, 16), None);
+        assert_eq!(slow_receiver(&receiving(1, 1, 220, 100, 50), holders, 16).map(|s| s.0), Some(1));
+        // Its plan reached it late: it is timed from then.
+        let mut late = receiving(1, 2, 300, 100, 50);
+        late[1].as_mut().unwrap().plan_in = MS(120);
+        assert_eq!(slow_receiver(&late, holders, 16), None);
+        late[1].as_mut().unwrap().at = MS(330);
+        assert_eq!(slow_receiver(&late, holders, 16).map(|s| s.0), Some(1));
+        // A quarter of the leader's pace is slow; a little more is not.
+        assert_eq!(slow_receiver(&receiving(1, 3, 300, 300, 50), holders, 16).map(|s| s.0), Some(1));
+        assert_eq!(slow_receiver(&receiving(1, 5, 300, 300, 50), holders, 16), None);
+        // Nearly all in: what is left takes it no time.
+        assert_eq!(slow_receiver(&receiving(1, 15, 300, 100, 50), holders, 16), None);
+        // Its report is old: it understates what arrived.
+        assert_eq!(slow_receiver(&receiving(1, 2, 300, 100, 301), holders, 16), None);
+        // The holder is fed by the requester, not by forward: the feed
+        // rule judges it.
+        assert_eq!(slow_receiver(&receiving(3, 0, 300, 100, 50), holders, 16), None);
+        // The others have less than half of it: its holder is slow, or
+        // the requester's link; too soon to tell a slot from the rest.
+        let mut slow_holder = receiving(1, 2, 300, 100, 50);
+        for t in [0, 5] {
+            let p = slow_holder[t].as_mut().unwrap();
+            (p.arrived[4], p.all[4]) = (7, None);
+        }
+        assert_eq!(slow_receiver(&slow_holder, holders, 16), None);
+        // Too few panels to tell.
+        assert_eq!(slow_receiver(&receiving(1, 0, 300, 100, 50), holders, 3), None);
+    }
+
+    #[test]
+    fn a_holder_whose_forwards_reach_every_slot_that_needs_them_far_slower_than_it_took_them_is_slow() {
+        let holders = [4, 4, 1, 6, 3, 2, 6, 0];
+        // M4 (slot 3) had all of B11 80 ms after its first panel (200 a
+        // second); M1, M2 and M6 have 2, 3 and 2 of it 0.28 s after.
+        let behind = |got: [usize; 3], age_ms: u64| {
+            let mut all = receiving(3, 16, 300, 100, 50);
+            let h = all[3].as_mut().unwrap();
+            (h.first[4], h.all[4]) = (Some(MS(20)), Some(MS(100)));
+            for (r, g) in [0, 1, 5].into_iter().zip(got) {
+                let p = all[r].as_mut().unwrap();
+                (p.arrived[4], p.all[4], p.age) = (g, None, MS(age_ms));
+            }
+            all
+        };
+        let (slot, why) = slow_sender(&behind([2, 3, 2], 50), holders, 16).expect("slow");
+        assert_eq!(slot, 3);
+        assert_eq!(
+            why,
+            "its link sent 3 of B11's 16 panels or fewer to each of the 3 slots that need it, which it took at 200 a second"
+        );
+        // The receivers are no slower than each other: slow_receiver names none.
+        assert_eq!(slow_receiver(&behind([2, 3, 2], 50), holders, 16), None);
+        // One of them keeps up: its own link is fine, and so the holder's.
+        assert_eq!(slow_sender(&behind([2, 16, 2], 50), holders, 16), None);
+        assert_eq!(slow_sender(&behind([2, 14, 2], 50), holders, 16), None);
+        // A receiver's report is old: it may have caught up since.
+        assert_eq!(slow_sender(&behind([2, 3, 2], 301), holders, 16), None);
+        // The holder itself has less than half: its feed is slow, or the
+        // requester's link (the feed rule's to judge).
+        let mut fed_slowly = behind([2, 3, 2], 50);
+        let h = fed_slowly[3].as_mut().unwrap();
+        (h.arrived[4], h.all[4]) = (7, None);
+        assert_eq!(slow_sender(&fed_slowly, holders, 16), None);
+        // Too soon to tell.
+        let mut soon = behind([0, 0, 0], 50);
+        soon.iter_mut().flatten().for_each(|p| p.at = MS(200));
+        assert_eq!(slow_sender(&soon, holders, 16), None);
+        // B12 and B21 go to one slot each: a slow receiver or a slow
+        // holder, no telling which.
+        let mut one = receiving(2, 16, 300, 100, 50);
+        let p = one[5].as_mut().unwrap();
+        (p.arrived[5], p.all[5]) = (0, None);
+        assert_eq!(slow_sender(&one, holders, 16), None);
+    }
+
+    #[test]
+    fn progress_reports_keep_when_each_quadrant_of_b_was_first_seen_and_all_in() {
+        let report = |at: u64, arrived: [u32; 8]| ProgressReport {
+            inputs: 0,
+            computed: 0,
+            arrived,
+            at: MS(at),
+            age: MS(5),
+            plan_in: MS(2),
+        };
+        let p = SlotProgress::after(None, report(100, [3, 0, 0, 0, 0, 2, 0, 0]), 4);
+        let p = SlotProgress::after(Some(p), report(200, [4, 0, 0, 0, 1, 4, 0, 0]), 4);
+        let p = SlotProgress::after(Some(p), report(300, [4, 0, 0, 0, 4, 4, 0, 0]), 4);
+        assert_eq!(p.first, [None, None, None, None, Some(MS(200)), Some(MS(100)), None, None]);
+        assert_eq!(p.all, [None, None, None, None, Some(MS(300)), Some(MS(200)), None, None]);
+        assert_eq!((p.arrived[0], p.at), (4, MS(300)));
     }
 
     #[test]
