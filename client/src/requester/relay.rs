@@ -1317,9 +1317,12 @@ fn slow_sender(progress: &[Option<SlotProgress>; SLOTS], holders: [u8; 8], panel
         for &r in &receivers {
             let p = progress[r].filter(|p| p.age <= PROGRESS_FRESH)?;
             let (got, span) = (p.arrived[input], p.at.saturating_sub(start));
+            if got >= panels || span < RECEIVE_OBSERVED {
+                return None;
+            }
             let pace = got as f64 / span.as_secs_f64();
             let needs = if got > 0 { (panels - got) as f64 / pace } else { f64::INFINITY };
-            if got >= panels || span < RECEIVE_OBSERVED || pace * SLOW_RECEIVE_FACTOR > own || needs <= FEED_MARGIN.as_secs_f64() {
+            if pace * SLOW_RECEIVE_FACTOR > own || needs <= FEED_MARGIN.as_secs_f64() {
                 return None;
             }
             most = most.max(got);
@@ -1820,6 +1823,8 @@ mod tests {
         assert_eq!(slow_receiver(&receiving(1, 5, 300, 300, 50), holders, 16), None);
         // Nearly all in: what is left takes it no time.
         assert_eq!(slow_receiver(&receiving(1, 15, 300, 100, 50), holders, 16), None);
+        // (A report of more panels than there are is taken as all in.)
+        assert_eq!(slow_receiver(&receiving(1, u32::MAX as usize, 300, 100, 50), holders, 16), None);
         // Its report is old: it understates what arrived.
         assert_eq!(slow_receiver(&receiving(1, 2, 300, 100, 301), holders, 16), None);
         // The holder is fed by the requester, not by forward: the feed
@@ -1862,6 +1867,8 @@ mod tests {
         assert_eq!(slow_receiver(&behind([2, 3, 2], 50), holders, 16), None);
         // One of them keeps up: its own link is fine, and so the holder's.
         assert_eq!(slow_sender(&behind([2, 16, 2], 50), holders, 16), None);
+        // (One that claims more panels than there are is taken as done.)
+        assert_eq!(slow_sender(&behind([2, u32::MAX as usize, 2], 50), holders, 16), None);
         assert_eq!(slow_sender(&behind([2, 14, 2], 50), holders, 16), None);
         // A receiver's report is old: it may have caught up since.
         assert_eq!(slow_sender(&behind([2, 3, 2], 301), holders, 16), None);
