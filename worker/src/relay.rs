@@ -7,8 +7,8 @@
 //!   this slot's C panels (if it reduces), its product's fingerprint M·R,
 //!   and `RelayDone` — or `RelayFailed` naming the slot at fault — and,
 //!   every twentieth of a second, `RelayProgress` (how far the product has
-//!   got, and what has arrived of each quadrant). When it closes, the job ends here,
-//!   whatever state it is in.
+//!   got, and what has arrived of each quadrant). When it closes, the job
+//!   ends here, whatever state it is in.
 //! - Each peer that sends this slot parts opens a connection of its own
 //!   (`WorkerRequest::Join`); this slot opens one to each peer it sends to.
 //!

@@ -1235,7 +1235,8 @@ fn slow_product(
 /// ([`PROGRESS_FRESH`]) shows it taking such a quadrant at 1/
 /// [`SLOW_RECEIVE_FACTOR`] of the pace of another slot that has half of it
 /// or more, both paces timed from the first panel any of them was seen to
-/// have; once [`RECEIVE_OBSERVED`] has passed since, and while what the
+/// have (the slot's from its plan, if that reached it later); once
+/// [`RECEIVE_OBSERVED`] has passed since, and while what the
 /// slot still has to take would need it more than [`FEED_MARGIN`].
 ///
 /// Paces over a span, not counts at one moment: on a loaded machine a
@@ -1296,7 +1297,8 @@ fn slow_receiver(progress: &[Option<SlotProgress>; SLOTS], holders: [u8; 8], pan
 /// tells what it had then), and every one of them, by its fresh report,
 /// takes it at 1/[`SLOW_RECEIVE_FACTOR`] of the pace at which the holder
 /// had it or less, once [`RECEIVE_OBSERVED`] has passed since the first
-/// panel reached the holder, and while what they still have to take would
+/// panel reached the holder (or since its plan reached the slot, if
+/// later), and while what they still have to take would
 /// need them more than [`FEED_MARGIN`]. Its link takes the requester's
 /// feed at the others' pace (the feed rule, [`slow_feed`], sees nothing
 /// wrong) but sends slowly: every slot waiting on its forwards waits.
@@ -1316,7 +1318,7 @@ fn slow_sender(progress: &[Option<SlotProgress>; SLOTS], holders: [u8; 8], panel
         let mut most = 0;
         for &r in &receivers {
             let p = progress[r].filter(|p| p.age <= PROGRESS_FRESH)?;
-            let (got, span) = (p.arrived[input], p.at.saturating_sub(start));
+            let (got, span) = (p.arrived[input], p.at.saturating_sub(start.max(p.plan_in)));
             if got >= panels || span < RECEIVE_OBSERVED {
                 return None;
             }
