@@ -607,10 +607,7 @@ pub(super) async fn run<T: Element>(
     // progress says nothing before.)
     let mut watching_products = hedge.is_some() && groups.is_empty();
     let mut progress_of: [Option<SlotProgress>; SLOTS] = [None; SLOTS];
-    // Each slot's clock against the requester's: the least delay seen
-    // between the plans going out and one of its reports arriving, less
-    // the report's own time (its plan's way there, mostly).
-    let mut clock_of: [Option<Duration>; SLOTS] = [None; SLOTS];
+    let b_panels = gather.plan.b_panels().count();
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -720,21 +717,23 @@ pub(super) async fn run<T: Element>(
                 // (The slot's clock started when the plan reached it, after
                 // `plans_from`: the age is, if anything, overstated.)
                 let age = plans_from.elapsed().saturating_sub(Duration::from_micros(at_us));
-                let offset = *clock_of[slot].insert(clock_of[slot].map_or(age, |o| o.min(age)));
-                let at = Duration::from_micros(at_us) + offset;
-                let report = ProgressReport { inputs, computed, arrived, at, age, plan_in: offset };
-                progress_of[slot] =
-                    Some(SlotProgress::after(progress_of[slot], report, gather.plan.b_panels().count()));
+                // Its clock against the requester's: the least delay seen
+                // between the plans going out and one of its reports
+                // arriving, less the report's own time (its plan's way
+                // there, mostly).
+                let plan_in = progress_of[slot].map_or(age, |p| p.plan_in.min(age));
+                let at = Duration::from_micros(at_us) + plan_in;
+                let report = ProgressReport { inputs, computed, arrived, at, age, plan_in };
+                progress_of[slot] = Some(SlotProgress::after(progress_of[slot], report, b_panels));
                 // A slot whose forwards of B come far slower than the same
                 // quadrant's to the others: its link is slow. (Its own feed
                 // may not have begun: a slot holding only A is fed after B.)
                 // A holder whose forwards reach all of them far slower than
                 // it took the quadrant: its link is slow to send.
                 if watching && reports.is_empty() && slow.is_none() {
-                    let panels = gather.plan.b_panels().count();
                     let holders = gather.plan.roles.holders;
-                    let seen = slow_receiver(&progress_of, holders, panels)
-                        .or_else(|| slow_sender(&progress_of, holders, panels));
+                    let seen = slow_receiver(&progress_of, holders, b_panels)
+                        .or_else(|| slow_sender(&progress_of, holders, b_panels));
                     if let Some((slot, why)) = seen {
                         watching = false;
                         if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
@@ -1185,6 +1184,51 @@ impl SlotProgress {
             all,
         }
     }
+
+    /// Panels of quadrant `q` a second since `start`, up to when a report
+    /// showed them all in (or its last report). (A report every twentieth
+    /// of a second or so: one that shows a quadrant all in may have come
+    /// up to then after it was.)
+    fn pace_since(&self, q: usize, start: Duration) -> f64 {
+        let took = self.all[q].unwrap_or(self.at).saturating_sub(start).max(FEED_TICK);
+        self.arrived[q] as f64 / took.as_secs_f64()
+    }
+
+    /// How this slot, still taking quadrant `q` (of `panels` panels) by
+    /// forward, takes it, by its fresh report ([`PROGRESS_FRESH`]): timed
+    /// from `start` or, if that reached it later, its plan (nothing comes
+    /// to a slot before), once [`RECEIVE_OBSERVED`] has passed.
+    fn taking(&self, q: usize, start: Duration, panels: usize) -> Option<Taking> {
+        let (have, span) = (self.arrived[q], self.at.saturating_sub(start.max(self.plan_in)));
+        (self.age <= PROGRESS_FRESH && have < panels && span >= RECEIVE_OBSERVED).then(|| Taking {
+            have,
+            span,
+            pace: have as f64 / span.as_secs_f64(),
+            left: panels - have,
+        })
+    }
+}
+
+/// How a slot takes a quadrant by forward ([`SlotProgress::taking`]).
+#[derive(Debug, Clone, Copy)]
+struct Taking {
+    /// Panels in.
+    have: usize,
+    /// Over how long.
+    span: Duration,
+    /// Panels a second.
+    pace: f64,
+    /// Panels still to come.
+    left: usize,
+}
+
+impl Taking {
+    /// At 1/[`SLOW_RECEIVE_FACTOR`] of `pace` or less, with what is left
+    /// needing it more than [`FEED_MARGIN`] at its own.
+    fn far_slower_than(&self, pace: f64) -> bool {
+        let needs = if self.have > 0 { self.left as f64 / self.pace } else { f64::INFINITY };
+        self.pace * SLOW_RECEIVE_FACTOR <= pace && needs > FEED_MARGIN.as_secs_f64()
+    }
 }
 
 /// The slot slow to compute, with why: it has computed at most
@@ -1254,35 +1298,24 @@ fn slow_receiver(progress: &[Option<SlotProgress>; SLOTS], holders: [u8; 8], pan
         let receivers: Vec<usize> = relay::users(input).map(|(s, _)| s).filter(|&s| s != holder as usize).collect();
         let Some(start) = receivers.iter().filter_map(|&r| progress[r]?.first[input]).min() else { continue };
         for &s in &receivers {
-            let Some(p) = progress[s].filter(|p| p.age <= PROGRESS_FRESH) else { continue };
-            // (Nothing comes to a slot before its plan: one that arrived
-            // late is timed from then.)
-            let (have, span) = (p.arrived[input], p.at.saturating_sub(start.max(p.plan_in)));
-            if have >= panels || span < RECEIVE_OBSERVED {
-                continue;
-            }
-            // (A report every twentieth of a second or so: one that shows
-            // a quadrant all in may have come up to then after it was.)
+            let Some(t) = progress[s].and_then(|p| p.taking(input, start, panels)) else { continue };
             let lead = receivers
                 .iter()
-                .filter(|&&t| t != s)
-                .filter_map(|&t| progress[t])
-                .filter(|t| t.arrived[input] * 2 >= panels)
-                .map(|t| {
-                    let took = t.all[input].unwrap_or(t.at).saturating_sub(start).max(FEED_TICK);
-                    t.arrived[input] as f64 / took.as_secs_f64()
-                })
+                .filter(|&&o| o != s)
+                .filter_map(|&o| progress[o])
+                .filter(|o| o.arrived[input] * 2 >= panels)
+                .map(|o| o.pace_since(input, start))
                 .max_by(f64::total_cmp);
             let Some(lead) = lead else { continue };
-            let pace = have as f64 / span.as_secs_f64();
-            let needs = if have > 0 { (panels - have) as f64 / pace } else { f64::INFINITY };
-            if pace * SLOW_RECEIVE_FACTOR <= lead && needs > FEED_MARGIN.as_secs_f64() {
+            if t.far_slower_than(lead) {
                 let name = Block::B(Quad::ALL[input - 4]).name();
                 return Some((
                     s,
                     format!(
-                        "its link took {have} of {name}'s {panels} panels by forward in {:.2} s ({pace:.0} a second; another slot that needs it, {lead:.0})",
-                        span.as_secs_f64()
+                        "its link took {} of {name}'s {panels} panels by forward in {:.2} s ({:.0} a second; another slot that needs it, {lead:.0})",
+                        t.have,
+                        t.span.as_secs_f64(),
+                        t.pace
                     ),
                 ));
             }
@@ -1314,20 +1347,11 @@ fn slow_sender(progress: &[Option<SlotProgress>; SLOTS], holders: [u8; 8], panel
         if receivers.len() < 2 || has * 2 < panels {
             return None;
         }
-        let own = has as f64 / h.all[input].unwrap_or(h.at).saturating_sub(start).max(FEED_TICK).as_secs_f64();
+        let own = h.pace_since(input, start);
         let mut most = 0;
         for &r in &receivers {
-            let p = progress[r].filter(|p| p.age <= PROGRESS_FRESH)?;
-            let (got, span) = (p.arrived[input], p.at.saturating_sub(start.max(p.plan_in)));
-            if got >= panels || span < RECEIVE_OBSERVED {
-                return None;
-            }
-            let pace = got as f64 / span.as_secs_f64();
-            let needs = if got > 0 { (panels - got) as f64 / pace } else { f64::INFINITY };
-            if pace * SLOW_RECEIVE_FACTOR > own || needs <= FEED_MARGIN.as_secs_f64() {
-                return None;
-            }
-            most = most.max(got);
+            let t = progress[r]?.taking(input, start, panels).filter(|t| t.far_slower_than(own))?;
+            most = most.max(t.have);
         }
         let name = Block::B(Quad::ALL[input - 4]).name();
         Some((
