@@ -433,8 +433,8 @@ fn slow_slot(slot: usize, args: &[&str], shape: impl Fn(&NetGrid, &str), n: usiz
     assert!(registered(&grid, 8), "the spare did not register");
     let slow_host = format!("w{slot}");
     shape(&grid, &slow_host);
-    let shape = format!("{n},{n},{n}");
-    let args = ["--random", &shape, "--check", "--json", "--max-wait", "20", "--plan", "relay"];
+    let dims = format!("{n},{n},{n}");
+    let args = ["--random", &dims, "--check", "--json", "--max-wait", "20", "--plan", "relay"];
     let out = grid.run("rq", "multiply", &args);
     let summary = json(&out, "septet multiply");
     check_product(&summary);
