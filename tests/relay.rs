@@ -322,3 +322,77 @@ async fn two_slots_of_one_job_on_one_worker_relay() {
     .await
     .expect("the job hung");
 }
+
+/// A requester that falls silent mid-relay — its host hangs, or its link
+/// is cut without a reset — does not keep its slots' compute slots until
+/// the kernel gives the connections up (some fifteen minutes): every slot
+/// ends its share once the requester has said nothing for its patience
+/// (twice the requester's silence timeout, and at least the worker's I/O
+/// timeout: 2 s here). The requester is a real `septet multiply` process,
+/// stopped with SIGSTOP as soon as its plans are out: its kernel still
+/// acknowledges every byte, so only the missing keep-alives can tell.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_end_a_relayed_job_whose_requester_falls_silent() {
+    use std::io::BufRead;
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, _state) = spawn_tracker(TrackerConfig::default()).await;
+        let metrics: Vec<septet_worker::WorkerMetrics> = (0..7).map(|_| Default::default()).collect();
+        let mut workers = Vec::new();
+        for (i, m) in metrics.iter().enumerate() {
+            let config = septet_worker::WorkerConfig {
+                tracker: Some(tracker.addr.to_string()),
+                threads: 1,
+                io_timeout: Duration::from_secs(2),
+                metrics: m.clone(),
+                // One slot slow to compute: the job is still running when
+                // its requester stops, however loaded the machine.
+                fault: (i == 0).then_some(septet_worker::Fault::Delay(Duration::from_millis(500))),
+                ..Default::default()
+            };
+            workers.push(spawn_worker_with(config).await);
+        }
+        wait_for_alive_slots(tracker.addr, 7).await;
+        let (child, stderr) = with_stderr(
+            std::process::Command::new(septet_bin())
+                .args(["multiply", "--tracker", &tracker.addr.to_string(), "--random", "512,512,512"])
+                .args(["--plan", "relay", "--silence-timeout", "1", "--max-hedges", "0"])
+                .env("RUST_LOG", "septet_client=info"),
+        );
+        let procs = Procs(vec![child]);
+        let pid = procs.0[0].id() as libc::pid_t;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("relay: plans out") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .expect("the requester never sent its plans");
+        // SAFETY: signalling our own child, which `procs` has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        // Each slot's share ends, as a failure (its product never went
+        // anywhere), within seconds: patience 2 s, then the node's close.
+        let failed = |m: &septet_worker::WorkerMetrics| {
+            let (text, _) = septet_observe::encode_metrics(m.registry(), false).unwrap();
+            text.lines().any(|l| l == "septet_worker_products_total{dtype=\"f64\",outcome=\"error\"} 1")
+        };
+        let since = std::time::Instant::now();
+        while !metrics.iter().all(failed) {
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "slots still holding the job of a silent requester: {} of 7 ended",
+                metrics.iter().filter(|m| failed(m)).count()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(procs);
+        teardown(tracker, workers).await;
+    })
+    .await
+    .expect("the test hung");
+}

@@ -1908,7 +1908,12 @@ impl Requester {
             }
             for (j, why) in &d.blamed {
                 let Some(sub) = d.slots.get(usize::from(*j)) else { continue };
-                report.failures.push(format!("{name}.{} (peer {}, {}): {why}", j + 1, sub.peer_id, sub.addr));
+                report.failures.push(format!(
+                    "{name}.{} (peer {}, {}): {why}",
+                    usize::from(*j) + 1,
+                    sub.peer_id,
+                    sub.addr
+                ));
                 if sub_blamed.contains(&sub.peer_id) {
                     continue;
                 }

@@ -22,7 +22,8 @@
 //!
 //! relay (crate::relay):
 //! requester → worker       WorkerRequest::Relay(plan), then BlockOp::Part frames (R, the
-//!                          quadrants it holds) and WorkerRequest::Digests
+//!                          quadrants it holds) and WorkerRequest::Digests; WorkerRequest::Alive
+//!                          whenever it has sent nothing for a second
 //! worker → requester       BlockOp::Part frames (C panels it reduced, its fingerprint),
 //!                          then WorkerReply::RelayDone; or WorkerReply::RelayFailed;
 //!                          WorkerReply::RelayProgress every 0.05 s between them
@@ -64,7 +65,8 @@ use crate::{Error, ErrorCode};
 /// [`FederationReply`]). Version 10 added two-level jobs: a relay plan's
 /// `delegate` and [`RelayStats::delegated`]. Version 11 added
 /// [`WorkerReply::RelayProgress`]; version 12 its `arrived` panels.
-pub const PROTOCOL_VERSION: u32 = 12;
+/// Version 13 added [`WorkerRequest::Alive`].
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// Names one meeting of a brokered link's two ends at a tracker (see
 /// [`Rendezvous`]): 128 random bits chosen by the requester, given to the
@@ -953,6 +955,14 @@ pub enum WorkerRequest {
     /// From the requester: BLAKE3 digests of parts this slot receives by
     /// forward (part task id, digest).
     Digests(Vec<(u64, [u8; 32])>),
+    /// From the requester of a relayed job, on its link to a slot, when it
+    /// has sent nothing else for [`crate::relay::ALIVE_EVERY`]: it is still
+    /// there. A slot that hears nothing at all from its requester for
+    /// longer than its patience ends the job, freeing what it holds (a
+    /// requester whose host died or whose process hangs would otherwise
+    /// keep a compute slot until the kernel gives the connection up,
+    /// some fifteen minutes).
+    Alive,
     /// From the worker's tracker (federation, brokering a link across a
     /// NAT): dial `addr` — a requester that cannot dial this worker — say
     /// [`WorkerReply::DialedBack`] with `nonce` there, and serve that
@@ -984,6 +994,7 @@ impl Control for WorkerRequest {
             WorkerRequest::Relay(_) => "Relay",
             WorkerRequest::Join { .. } => "Join",
             WorkerRequest::Digests(_) => "Digests",
+            WorkerRequest::Alive => "Alive",
             WorkerRequest::DialBack { .. } => "DialBack",
             WorkerRequest::Ticket(_) => "Ticket",
         }

@@ -44,6 +44,16 @@ use crate::{Dtype, Error, Result, PEERS_PER_LEASE};
 /// Slots in a relayed job: one per product.
 pub const SLOTS: usize = PEERS_PER_LEASE as usize;
 
+/// How often a relayed job's requester says [`crate::WorkerRequest::Alive`]
+/// on a slot's link when it has sent nothing else meanwhile.
+pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Most panels a quadrant of a relayed job is sent in: a slot keeps a few
+/// words of bookkeeping per panel, and a plan that cut a quadrant into
+/// single rows would make that outgrow the blocks themselves.
+/// [`Panels::choose`] makes larger panels sooner than more of them.
+pub const MAX_PANELS: usize = 4096;
+
 /// A block of a relayed job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Block {
@@ -164,10 +174,11 @@ pub struct Panels {
 impl Panels {
     /// Panels for `rows` rows of `cols` columns of `dtype`: about 16 of
     /// them (so C can flow back while A still goes out), each at most
-    /// 8 MiB (so a forward starts soon after its panel arrived).
+    /// 8 MiB (so a forward starts soon after its panel arrived) unless
+    /// that would take more than [`MAX_PANELS`].
     pub fn choose(rows: usize, cols: usize, dtype: Dtype) -> Panels {
         let cap = ((8 << 20) / (cols.max(1) * dtype.size())).max(1);
-        Panels { rows, per: rows.div_ceil(16).clamp(1, cap) }
+        Panels { rows, per: rows.div_ceil(16).clamp(1, cap).max(rows.div_ceil(MAX_PANELS)) }
     }
 
     /// How many panels.
@@ -502,8 +513,8 @@ impl RelayPlan {
     /// # Errors
     /// [`Error::Invalid`] for a plan with the wrong number of slots, a slot
     /// out of range, roles out of place, an empty dimension, panels of 0
-    /// rows, no vectors, a part larger than `max_frame_len`, or blocks
-    /// needing more than `max_bytes` in all.
+    /// rows or more than [`MAX_PANELS`] of them, no vectors, a part larger
+    /// than `max_frame_len`, or blocks needing more than `max_bytes` in all.
     pub fn validate(&self, max_frame_len: usize, max_bytes: u64) -> Result<()> {
         let invalid = |what: String| Err(Error::Invalid(format!("relay plan: {what}")));
         if self.peers.len() != SLOTS
@@ -524,6 +535,10 @@ impl RelayPlan {
         }
         if self.rounds == 0 || self.rounds > 16 {
             return invalid(format!("{} vectors", self.rounds));
+        }
+        let counts = (self.a_panels().count(), self.b_panels().count());
+        if counts.0 > MAX_PANELS || counts.1 > MAX_PANELS {
+            return invalid(format!("{} and {} panels a quadrant (at most {MAX_PANELS})", counts.0, counts.1));
         }
         self.roles.validate()?;
         let fits = |rows: u64, cols: u64| {
@@ -656,6 +671,11 @@ mod tests {
         // Wide rows: panels stay within 8 MiB.
         let p = Panels::choose(8192, 8192, Dtype::F64);
         assert!(p.per * 8192 * 8 <= 8 << 20 && p.count() >= 16);
+        // Unless that takes more than MAX_PANELS: then they grow instead.
+        for (rows, cols) in [(1 << 20, 1 << 20), (MAX_PANELS + 1, 1 << 21), (1 << 30, 1)] {
+            let p = Panels::choose(rows, cols, Dtype::F64);
+            assert!(p.count() <= MAX_PANELS && p.count() * p.per >= rows, "{rows}x{cols}: {p:?}");
+        }
     }
 
     #[test]
@@ -721,6 +741,18 @@ mod tests {
         short.peers.pop();
         assert!(short.validate(1 << 20, 1 << 30).is_err());
         assert!(plan.validate(1 << 20, 1000).is_err(), "more memory than allowed");
+        // Bookkeeping per panel stays bounded by MAX_PANELS, not by rows:
+        // one-row panels of a tall quadrant are refused before anything is
+        // allocated for them (a peer's plan must not buy 136 bytes a row).
+        let mut thin = plan.clone();
+        (thin.m, thin.k, thin.n, thin.a_panel) = (2 * MAX_PANELS as u64 + 2, 2, 2, 1);
+        let err = thin.validate(1 << 20, 1 << 30).unwrap_err().to_string();
+        assert!(err.contains("panels a quadrant"), "{err}");
+        thin.a_panel = 2;
+        thin.validate(1 << 20, 1 << 30).unwrap();
+        (thin.m, thin.k, thin.b_panel) = (2, 2 * MAX_PANELS as u64 + 2, 1);
+        let err = thin.validate(1 << 20, 1 << 30).unwrap_err().to_string();
+        assert!(err.contains("panels a quadrant"), "{err}");
         // A slot that delegates names a group of exactly seven, and needs
         // room for X and its product besides.
         let peer =

@@ -433,6 +433,7 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
             to
         }),
         proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..6).prop_map(WorkerRequest::Digests),
+        Just(WorkerRequest::Alive),
         (text(), any::<u64>(), via()).prop_map(|(addr, nonce, via)| WorkerRequest::DialBack { addr, nonce, via }),
         ticket().prop_map(WorkerRequest::Ticket),
         (

@@ -156,6 +156,19 @@ impl Drop for Procs {
     }
 }
 
+/// Spawns `command` with no stdin or stdout, and its stderr piped: the
+/// child, and its stderr to read.
+pub fn with_stderr(command: &mut std::process::Command) -> (std::process::Child, std::process::ChildStderr) {
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    (child, stderr)
+}
+
 /// Starts `septet tracker --listen LISTEN EXTRA..` and returns it with the
 /// address it bound, read from its "listening on" line on stderr — so
 /// `127.0.0.1:0` gives each test a port of its own, with no window in which
@@ -174,15 +187,9 @@ pub fn tracker_process_logged(
 ) -> (std::process::Child, SocketAddr) {
     use std::io::{BufRead, Write};
     let mut log = log.map(|p| std::fs::File::create(p).unwrap());
-    let mut child = std::process::Command::new(septet_bin())
-        .args(["tracker", "--listen", listen])
-        .args(extra)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut command = std::process::Command::new(septet_bin());
+    command.args(["tracker", "--listen", listen]).args(extra);
+    let (child, stderr) = with_stderr(&mut command);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);

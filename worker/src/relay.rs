@@ -77,6 +77,10 @@ struct Entry {
     plan: Arc<RelayPlan>,
     inbox: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
+    /// The slots that have joined (bit `from`): each sends on one link,
+    /// so a second `Join` from the same slot is refused — every link may
+    /// bring the plan's parts, and two would queue twice that.
+    joined: Arc<std::sync::atomic::AtomicU8>,
 }
 
 /// Jobs a worker runs at once, beyond which a plan is refused.
@@ -247,13 +251,19 @@ pub(crate) async fn lead(
     let started = Instant::now();
     let (out_tx, out_rx) = mpsc::channel::<Out>(4);
     let progress = Arc::new(Progress::default());
+    let job_cancel = cancel.child_token();
     let writer_task = {
-        let (config, progress) = (config.clone(), progress.clone());
-        tokio::spawn(async move { write_out(writer, out_rx, &config, &progress, started).await })
+        let (config, progress, job_cancel) = (config.clone(), progress.clone(), job_cancel.clone());
+        tokio::spawn(async move {
+            // A requester that no longer takes what this slot writes is
+            // gone: end the job rather than wait on its reads.
+            if !write_out(writer, out_rx, &config, &progress, started).await {
+                job_cancel.cancel();
+            }
+        })
     };
     let max_bytes = (config.max_frame_len as u64).saturating_mul(8);
     let slot_memory = config.slot_memory();
-    let job_cancel = cancel.child_token();
     let (inbox, inbox_rx) = mpsc::unbounded_channel();
     let plan = Arc::new(plan);
     let admitted = plan
@@ -268,7 +278,14 @@ pub(crate) async fn lead(
                 slot_memory >> 20
             )),
         })
-        .and_then(|()| relays.insert(Entry { plan: plan.clone(), inbox: inbox.clone(), cancel: job_cancel.clone() }));
+        .and_then(|()| {
+            relays.insert(Entry {
+                plan: plan.clone(),
+                inbox: inbox.clone(),
+                cancel: job_cancel.clone(),
+                joined: Default::default(),
+            })
+        });
     if let Err(message) = admitted {
         warn!(%message, "relay plan refused");
         let _ = out_tx.send(Out::Reply(WorkerReply::RelayFailed { blame: None, message, evidence: false })).await;
@@ -318,7 +335,13 @@ pub(crate) async fn lead(
         })
     };
     let counts = expected_counts(&plan, me);
-    let mut parts = 0;
+    let (mut parts, mut digests) = (0, 0);
+    let most_digests = 4 * (plan.a_panels().count() + plan.b_panels().count());
+    // The requester says something at least every ALIVE_EVERY; past this
+    // much silence between its frames it is gone (its host died, its link
+    // was cut without a reset, its process hangs), and the job ends here.
+    let patience = requester_patience(plan.silence_ms, config.io_timeout);
+    reader.set_idle_timeout(Some(patience));
     tokio::pin!(node);
     loop {
         let frame = tokio::select! {
@@ -338,9 +361,19 @@ pub(crate) async fn lead(
                 Event::Part { from: From::Requester, part, data, digest: None }
             }
             Ok(Some(Frame::Control(body))) => match body.decode::<WorkerRequest>() {
-                Ok(WorkerRequest::Digests(d)) if d.len() <= 4096 => Event::Digests(d),
+                // Counted here as well as by the node: what waits in its
+                // inbox is bounded by the plan, not by the requester.
+                Ok(WorkerRequest::Digests(d)) if digests + d.len() <= most_digests => {
+                    digests += d.len();
+                    Event::Digests(d)
+                }
+                Ok(WorkerRequest::Alive) => continue,
                 _ => break,
             },
+            Err(e) => {
+                info!(job = %plan.job_id, error = %e, "the requester's link failed; ending the relayed job");
+                break;
+            }
             // The requester closed (it has C, or gave up), or broke the protocol.
             _ => break,
         };
@@ -380,6 +413,10 @@ pub(crate) async fn follow(
     };
     let (plan, me, from) = (&entry.plan, entry.plan.you as usize, from as usize);
     if from >= SLOTS || from == me {
+        return;
+    }
+    if entry.joined.fetch_or(1 << from, Ordering::Relaxed) & (1 << from) != 0 {
+        debug!(%job_id, from, to, "a second link from the same slot; refused");
         return;
     }
     let expected = expected_counts(plan, me)[from];
@@ -426,17 +463,29 @@ pub(crate) async fn follow(
     let _ = tokio::time::timeout(config.io_timeout, drain).await;
 }
 
+/// How long a slot waits between frames of its requester before it takes
+/// the requester for gone: twice the requester's own silence timeout (it
+/// says [`WorkerRequest::Alive`] every [`relay::ALIVE_EVERY`] when it has
+/// nothing else to send), and never less than this worker's I/O timeout —
+/// nor more than a minute, whatever the plan says.
+fn requester_patience(silence_ms: u64, io_timeout: Duration) -> Duration {
+    Duration::from_millis(silence_ms.min(30_000) * 2)
+        .max(io_timeout)
+        .min(Duration::from_secs(60))
+        .max(relay::ALIVE_EVERY * 2)
+}
+
 /// The requester link's writer: parts and replies in order, and
 /// `RelayProgress` (the node's last [`Node::publish`]) every
 /// [`PROGRESS_EVERY`] (or the worker's progress interval, if shorter),
-/// between them.
+/// between them. False if a write failed or timed out.
 async fn write_out(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Out>,
     config: &WorkerConfig,
     progress: &Progress,
     started: Instant,
-) {
+) -> bool {
     let mut quiet = tokio::time::interval(config.progress_interval.min(PROGRESS_EVERY));
     quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     quiet.tick().await;
@@ -444,7 +493,7 @@ async fn write_out(
         let out = tokio::select! {
             out = rx.recv() => match out {
                 Some(out) => out,
-                None => return,
+                None => return true,
             },
             _ = quiet.tick() => {
                 let now = progress.product.load(Ordering::Relaxed);
@@ -455,7 +504,7 @@ async fn write_out(
                     at_us: started.elapsed().as_micros() as u64,
                 };
                 if deadline(config.io_timeout, "the requester to take a progress frame", writer.send(&report)).await.is_err() {
-                    return;
+                    return false;
                 }
                 continue;
             }
@@ -479,7 +528,7 @@ async fn write_out(
         };
         if let Err(e) = sent {
             debug!(error = %e, "could not write to the requester; closing");
-            return;
+            return false;
         }
         quiet.reset();
     }
@@ -1370,4 +1419,22 @@ fn verify(from: usize, part: PartId, got: &[u8; 32], digest: &[u8; 32]) -> Resul
 
 fn closed() -> Failed {
     failed("the requester's link closed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_waits_for_its_requester_twice_its_silence_timeout_within_bounds() {
+        let secs = Duration::from_secs;
+        // The defaults: 4 s of silence, a 10 s I/O timeout.
+        assert_eq!(requester_patience(4000, secs(10)), secs(10));
+        assert_eq!(requester_patience(8000, secs(10)), secs(16));
+        // Whatever the plan says: never past a minute, never below two
+        // keep-alives' spacing.
+        assert_eq!(requester_patience(u64::MAX, secs(10)), secs(60));
+        assert_eq!(requester_patience(0, Duration::ZERO), relay::ALIVE_EVERY * 2);
+        assert_eq!(requester_patience(0, secs(3600)), secs(60));
+    }
 }

@@ -47,7 +47,7 @@ use rand::RngExt;
 use septet_common::conn::{ConnLimits, SendInfo};
 use septet_common::frame::BlockOp;
 use septet_common::matrix::matmul_into;
-use septet_common::proto::{JobId, PeerAddr, RelayStats, WorkerReply, WorkerRequest};
+use septet_common::proto::{sanitized, Delegated, JobId, PeerAddr, RelayStats, WorkerReply, WorkerRequest};
 use septet_common::relay::{self, Block, Panels, PartId, RelayPlan, Roles, SLOTS};
 use septet_common::strassen::{quadrant, Quad, Split};
 use septet_common::{deadline, Connection, Element, Error, Frame, FrameWriter, Role};
@@ -451,11 +451,17 @@ pub(super) async fn run<T: Element>(
         let io_timeout = config.io_timeout;
         tasks.spawn(async move {
             match write_slot(writer, rx, &a, &b, split, &plan, io_timeout).await {
-                Ok(writer) => {
+                Ok(mut writer) => {
                     let _ = heard.send(Heard::Written(slot));
-                    // Keep the write side open: closing it would end the job on the slot.
-                    std::future::pending::<()>().await;
-                    drop(writer);
+                    // Keep the write side open (closing it would end the job
+                    // on the slot), and say now and then that we are here.
+                    loop {
+                        tokio::time::sleep(relay::ALIVE_EVERY).await;
+                        if alive(&mut writer, io_timeout).await.is_err() {
+                            // The reader hears why; the link stays as it is.
+                            std::future::pending::<()>().await;
+                        }
+                    }
                 }
                 Err(e) => drop(heard.send(Heard::WriteFailed(slot, format!("sending to it failed: {e}")))),
             }
@@ -551,10 +557,11 @@ pub(super) async fn run<T: Element>(
                                 Heard::Progress(slot, inputs, computed, arrived, at_us)
                             }
                             Ok(WorkerReply::RelayDone(stats)) => Heard::Done(slot, stats),
+                            // (Its words are shown and logged: sanitized.)
                             Ok(WorkerReply::RelayFailed { blame, message, evidence }) => {
-                                Heard::Failed(slot, blame, message, evidence)
+                                Heard::Failed(slot, blame, sanitized(&message), evidence)
                             }
-                            Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, f.message, false),
+                            Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, sanitized(&f.message), false),
                             Ok(other) => {
                                 Heard::Lost(slot, format!("sent {}", septet_common::proto::Control::kind(&other)))
                             }
@@ -584,6 +591,9 @@ pub(super) async fn run<T: Element>(
     // Failures heard (blamed slot, summary, why, on evidence), and when
     // to stop listening for more.
     let mut reports: Vec<Report> = Vec::new();
+    // Slots caught sending off the plan: one report each, whatever else
+    // they send (a flood of bad parts must not flood the reports).
+    let mut caught = [false; SLOTS];
     let mut settle: Option<tokio::time::Instant> = None;
     // Once A and B are out, C is due within twice the time they took plus
     // the silence timeout plus a product's work at the slowest rate
@@ -701,12 +711,14 @@ pub(super) async fn run<T: Element>(
         };
         let Some(heard) = heard else { break };
         match heard {
+            Heard::Part(slot, _, _) if caught[slot] => {}
             Heard::Part(slot, part, m) => {
                 let t = Instant::now();
                 match gather.take(slot, part, m, c) {
                     Ok(Some((q, bytes))) => progress(super::Progress::Received { product: quad_name(q), bytes }),
                     Ok(None) => {}
                     Err(why) => {
+                        caught[slot] = true;
                         let summary = format!("slot {slot}: {why}");
                         reports.push(Report { at_fault: slot, by: None, summary, why, evidence: true });
                     }
@@ -863,7 +875,7 @@ pub(super) async fn run<T: Element>(
     report.quadrants_verified =
         Quad::ALL.iter().filter(|q| outcome.verified[q.index()]).map(|q| quad_name(*q).into()).collect();
     report.failure = failure;
-    report.slots = slot_reports(&plan, peers, &stats, &meters, report.plan_sent_s);
+    report.slots = slot_reports(&plan, peers, groups, &stats, &meters, report.plan_sent_s);
     outcome.report = report;
     outcome
 }
@@ -888,7 +900,7 @@ pub async fn delegate<T: Element>(
     threads: usize,
     compute_slots: Option<Arc<tokio::sync::Semaphore>>,
 ) -> Result<(Array2<T>, septet_common::proto::Delegated), Error> {
-    use septet_common::proto::{Delegated, SubSlot};
+    use septet_common::proto::SubSlot;
     let started = Instant::now();
     let split = Split::of(x.dim(), y.dim())?;
     let requester = Requester::new(config);
@@ -1422,7 +1434,19 @@ async fn write_slot<T: Element>(
     plan: &RelayPlan,
     io_timeout: Duration,
 ) -> septet_common::Result<FrameWriter<OwnedWriteHalf>> {
-    while let Some(send) = rx.recv().await {
+    loop {
+        let send = tokio::select! {
+            send = rx.recv() => match send {
+                Some(send) => send,
+                None => break,
+            },
+            // Nothing to send for a while (the other slots' parts go
+            // first): say so, or the slot takes the requester for gone.
+            () = tokio::time::sleep(relay::ALIVE_EVERY) => {
+                alive(&mut writer, io_timeout).await?;
+                continue;
+            }
+        };
         match send {
             Send::Digests(d) => {
                 deadline(io_timeout, "a slot to take digests", writer.send(&WorkerRequest::Digests(d))).await?
@@ -1441,6 +1465,36 @@ async fn write_slot<T: Element>(
         }
     }
     Ok(writer)
+}
+
+/// A slot's account of the group it delegated to, as far as the requester
+/// takes it: only from a slot it gave a group, naming that group's peers
+/// (not whichever the slot names: they are reported to the tracker if
+/// blamed), one blame per sub-slot, quadrants 0..4 once each, its words
+/// sanitized.
+fn own_group(mut d: Delegated, group: Option<&[PeerAddr; 7]>) -> Option<Delegated> {
+    let group = group?;
+    d.failure = d.failure.as_deref().map(sanitized);
+    d.slots.truncate(SLOTS);
+    for (sub, peer) in d.slots.iter_mut().zip(group) {
+        sub.peer_id = peer.peer_id;
+        sub.addr.clone_from(&peer.addr);
+    }
+    let (subs, mut blamed) = (d.slots.len(), [false; SLOTS]);
+    d.blamed.retain(|&(j, _)| {
+        let j = usize::from(j);
+        j < subs && !std::mem::replace(&mut blamed[j], true)
+    });
+    d.blamed.iter_mut().for_each(|(_, why)| *why = sanitized(why));
+    d.computed_here.sort_unstable();
+    d.computed_here.dedup();
+    d.computed_here.retain(|&q| q < 4);
+    Some(d)
+}
+
+/// Tells a slot the requester is still there ([`WorkerRequest::Alive`]).
+async fn alive(writer: &mut FrameWriter<OwnedWriteHalf>, io_timeout: Duration) -> septet_common::Result<()> {
+    deadline(io_timeout, "a slot to take a keep-alive", writer.send(&WorkerRequest::Alive)).await
 }
 
 /// Where one C quadrant of a relayed job stands: what the gather loop
@@ -1478,7 +1532,9 @@ struct Gather<T> {
     cr: Vec<Array2<T>>,
     /// Where each quadrant stands.
     quads: [QuadState; 4],
-    seen: std::collections::HashSet<u64>,
+    /// (slot, part) pairs taken: by sender, so that a part another slot
+    /// sent off the plan does not make the real sender's look like a repeat.
+    seen: std::collections::HashSet<(usize, u64)>,
     fingerprints: HashMap<usize, Array2<T>>,
     /// All the job's vectors, public and secret.
     r: Array2<T>,
@@ -1509,7 +1565,7 @@ impl<T: Element> Gather<T> {
         m: septet_common::Matrix,
         c: &Mutex<Store<T>>,
     ) -> Result<Option<(Quad, u64)>, String> {
-        if Some(m.shape()) != self.plan.part_shape(part) || !self.seen.insert(part.task_id().0) {
+        if Some(m.shape()) != self.plan.part_shape(part) || !self.seen.insert((slot, part.task_id().0)) {
             return Err(format!("sent {} of shape {:?} (or twice)", part.name(), m.shape()));
         }
         let m = T::from_matrix(m).map_err(|_| "sent a part of the wrong dtype".to_string())?;
@@ -1623,6 +1679,7 @@ fn compare<T: Element>(got: ArrayView2<'_, T>, want: ArrayView2<'_, T>, toleranc
 fn slot_reports(
     plan: &RelayPlan,
     peers: &[PeerAddr; 7],
+    groups: &[[PeerAddr; 7]],
     stats: &[Option<RelayStats>],
     meters: &[Arc<AtomicU64>],
     plan_sent_s: f64,
@@ -1631,7 +1688,8 @@ fn slot_reports(
     (0..SLOTS)
         .map(|slot| {
             let s = stats[slot].clone().unwrap_or_default();
-            let sum = |v: &[u64]| v.iter().sum::<u64>();
+            // (Saturating: the counts are the slot's word.)
+            let sum = |v: &[u64]| v.iter().fold(0u64, |a, &b| a.saturating_add(b));
             SlotReport {
                 slot,
                 product: septet_common::strassen::PRODUCTS[slot].name,
@@ -1651,7 +1709,7 @@ fn slot_reports(
                 compute_end_s: at(s.compute_end_us),
                 reduce_start_s: at(s.reduce_start_us),
                 done_s: at(s.done_us),
-                delegated: s.delegated,
+                delegated: s.delegated.and_then(|d| own_group(d, groups.get(slot))),
             }
         })
         .collect()
@@ -1669,6 +1727,71 @@ mod tests {
         assert_eq!(culprits(Quad::Q11, 3, |i| i == 0 || i == 4), [0, 4]);
         // A wrong fingerprint of a product that does not feed C12 (M3 + M5) blames nobody there.
         assert_eq!(culprits(Quad::Q12, 4, |i| i == 0), [4]);
+    }
+
+    #[test]
+    fn a_part_sent_off_the_plan_does_not_make_the_real_senders_look_repeated() {
+        let split = Split::of((8, 8), (8, 8)).unwrap();
+        let roles = Roles::choose(split);
+        let plan = Arc::new(RelayPlan {
+            job_id: JobId(1),
+            dtype: septet_common::Dtype::F64,
+            m: 8,
+            k: 8,
+            n: 8,
+            a_panel: 2,
+            b_panel: 2,
+            rounds: 1,
+            peers: vec!["127.0.0.1:1".into(); SLOTS],
+            roles,
+            you: 0,
+            tickets: vec![None; SLOTS],
+            delegate: Vec::new(),
+            silence_ms: 4000,
+        });
+        let mut gather = Gather::<f64>::new(&plan, split, Verifier::<f64>::draw(split, 2));
+        let c = Mutex::new(Store::<f64>::zeros((8, 8)));
+        let reducer = roles.reducers[Quad::Q11.index()] as usize;
+        let other = (reducer + 1) % SLOTS;
+        let part = PartId { block: Block::C(Quad::Q11), panel: 0 };
+        let panel = || septet_common::Matrix::F64(Array2::from_elem((2, 4), 1.0));
+        let err = gather.take(other, part, panel(), &c).unwrap_err();
+        assert!(err.contains("not its to send"), "{err}");
+        // The reducer's own panel is taken; the same panel from it again is not.
+        assert_eq!(gather.take(reducer, part, panel(), &c), Ok(None));
+        assert!(gather.take(reducer, part, panel(), &c).unwrap_err().contains("twice"));
+        assert_eq!(c.lock().view()[[1, 3]], 1.0);
+    }
+
+    #[test]
+    fn a_slots_account_of_its_group_names_the_group_it_was_given_once_each() {
+        use septet_common::proto::SubSlot;
+        let peer = |i: u64| PeerAddr { peer_id: septet_common::PeerId(i), addr: format!("10.0.0.{i}:1"), ticket: None };
+        let group: [PeerAddr; 7] = std::array::from_fn(|i| peer(100 + i as u64));
+        let sub = |i: u64| SubSlot {
+            peer_id: septet_common::PeerId(i),
+            addr: "1.2.3.4:5".into(),
+            bytes_in: 0,
+            bytes_out: 0,
+            compute_us: 0,
+            done: true,
+        };
+        // 300 sub-slots naming other peers, and blame of sub-slots 0, 255 and 0 again.
+        let told = Delegated {
+            slots: (0..300).map(sub).collect(),
+            computed_here: vec![3, 9, 3, 0],
+            blamed: vec![(0, "a".into()), (255, "b".into()), (0, "c".into()), (6, "d\u{1b}[2J".into())],
+            failure: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            took_us: 0,
+        };
+        assert_eq!(own_group(told.clone(), None), None, "no group was given");
+        let d = own_group(told, Some(&group)).unwrap();
+        assert_eq!(d.slots.len(), 7);
+        assert!(d.slots.iter().zip(&group).all(|(s, p)| s.peer_id == p.peer_id && s.addr == p.addr));
+        assert_eq!(d.blamed, [(0, "a".to_string()), (6, "d\\u{1b}[2J".to_string())], "one each, escaped");
+        assert_eq!(d.computed_here, [0, 3]);
     }
 
     #[test]
