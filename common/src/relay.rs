@@ -468,6 +468,30 @@ pub struct RelayPlan {
 }
 
 impl RelayPlan {
+    /// A plan for a `size`³ f64 job in panels of `panel` rows, two
+    /// vectors, seven loopback peers without tickets, seen by slot 0: for
+    /// the tests of the crates that speak the relay.
+    #[doc(hidden)]
+    pub fn example(size: u64, panel: u64) -> RelayPlan {
+        let s = size as usize;
+        RelayPlan {
+            job_id: JobId(1),
+            dtype: Dtype::F64,
+            m: size,
+            k: size,
+            n: size,
+            a_panel: panel,
+            b_panel: panel,
+            rounds: 2,
+            peers: vec!["127.0.0.1:1".into(); SLOTS],
+            roles: Roles::choose(Split::of((s, s), (s, s)).expect("a square job")),
+            you: 0,
+            tickets: vec![None; SLOTS],
+            delegate: Vec::new(),
+            silence_ms: 4000,
+        }
+    }
+
     /// The job's split.
     pub fn split(&self) -> Split {
         Split { m: self.m as usize, k: self.k as usize, n: self.n as usize }
@@ -709,24 +733,7 @@ mod tests {
 
     #[test]
     fn misplaced_roles_and_oversized_plans_are_refused() {
-        let split = Split::of((64, 64), (64, 64)).unwrap();
-        let roles = Roles::choose(split);
-        let plan = RelayPlan {
-            job_id: JobId(1),
-            dtype: Dtype::F64,
-            m: 64,
-            k: 64,
-            n: 64,
-            a_panel: 8,
-            b_panel: 8,
-            rounds: 2,
-            peers: vec!["127.0.0.1:1".into(); 7],
-            roles,
-            you: 0,
-            tickets: vec![None; 7],
-            delegate: Vec::new(),
-            silence_ms: 4000,
-        };
+        let plan = RelayPlan::example(64, 8);
         plan.validate(1 << 20, 1 << 30).unwrap();
         let mut bad = plan.clone();
         bad.roles.holders[0] = 1; // M2 does not read A11

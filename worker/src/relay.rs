@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use ndarray::{s, Array2};
 use parking_lot::Mutex;
-use septet_common::conn::ConnLimits;
-use septet_common::frame::BlockOp;
+use septet_common::conn::{Admit, ConnLimits};
+use septet_common::frame::{BlockOp, BlocksHeader};
 use septet_common::matrix::{matmul, parallelism};
 use septet_common::proto::{JobId, LeaseTicket, RelayStats, WorkerReply, WorkerRequest};
 use septet_common::relay::{self, Block, PartId, RelayPlan, Roles, SLOTS};
@@ -220,20 +220,46 @@ fn may_send(plan: &RelayPlan, me: usize, from: From, part: PartId) -> bool {
 /// Checks a part against the plan before it is queued: the sender's, of
 /// the plan's shape and dtype.
 fn admit(plan: &RelayPlan, me: usize, from: From, part: PartId, data: &Matrix) -> Result<(), String> {
+    admit_as(plan, me, from, part, data.dtype(), data.shape())
+}
+
+/// [`admit`] of a part declared as a `dtype` `shape` matrix.
+fn admit_as(
+    plan: &RelayPlan,
+    me: usize,
+    from: From,
+    part: PartId,
+    dtype: Dtype,
+    shape: (usize, usize),
+) -> Result<(), String> {
     if !may_send(plan, me, from, part) {
         return Err(format!("sent {}, which the plan does not have it send here", part.name()));
     }
-    if data.dtype() != plan.dtype || Some(data.shape()) != plan.part_shape(part) {
+    if dtype != plan.dtype || Some(shape) != plan.part_shape(part) {
         return Err(format!(
             "sent {} as a {} {:?}, not the plan's {} {:?}",
             part.name(),
-            data.dtype(),
-            data.shape(),
+            dtype,
+            shape,
             plan.dtype,
             plan.part_shape(part)
         ));
     }
     Ok(())
+}
+
+/// Refuses, from its header alone, a blocks frame on a relay link that is
+/// not a part `from` may send slot `me` by `plan`, in the plan's shape and
+/// dtype: nothing is allocated for it, nor read.
+fn admit_header(plan: Arc<RelayPlan>, me: usize, from: From) -> Admit {
+    Admit(Arc::new(move |header: &BlocksHeader| {
+        let refuse = |why: String| Err(septet_common::Error::Invalid(why));
+        let (BlockOp::Part, [shape]) = (header.op, &header.shapes[..]) else {
+            return refuse(format!("sent a {:?} frame of {} blocks, not a part", header.op, header.shapes.len()));
+        };
+        let part = PartId::from_task_id(header.task_id).map_err(|e| septet_common::Error::Invalid(e.to_string()))?;
+        admit_as(&plan, me, from, part, header.dtype, *shape).or_else(refuse)
+    }))
 }
 
 /// Serves a relayed job's requester connection: the plan came first.
@@ -295,6 +321,7 @@ pub(crate) async fn lead(
     }
     let me = plan.you as usize;
     info!(job = %plan.job_id, slot = me, product = PRODUCTS[me].name, "relayed job");
+    reader.set_admit(Some(admit_header(plan.clone(), me, From::Requester)));
     let node = {
         let (plan, out_tx, cancel, config) = (plan.clone(), out_tx.clone(), job_cancel.clone(), config.clone());
         let fallback = relays.fallback.clone();
@@ -420,6 +447,7 @@ pub(crate) async fn follow(
         return;
     }
     let expected = expected_counts(plan, me)[from];
+    reader.set_admit(Some(admit_header(plan.clone(), me, From::Slot(from))));
     let mut parts = 0;
     let event = loop {
         let frame = tokio::select! {
@@ -449,6 +477,8 @@ pub(crate) async fn follow(
                 break Some(Event::Caught { slot: from, error: "sent something other than the plan's parts".into() })
             }
             Ok(None) => return drop(entry.inbox.send(Event::Closed { slot: from })),
+            // A part off the plan, refused from its header (`admit_header`).
+            Err(septet_common::Error::Invalid(error)) => break Some(Event::Caught { slot: from, error }),
             Err(e) => return drop(entry.inbox.send(Event::Link { slot: from, error: e.to_string() })),
         }
     };
@@ -1424,6 +1454,37 @@ fn closed() -> Failed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_off_the_plan_are_refused_from_their_headers() {
+        let plan = Arc::new(RelayPlan::example(64, 8));
+        let roles = plan.roles;
+        // Slot 0 computes M1 = (A11 + A22)(B11 + B22); A11's holder sends it A11's panels.
+        let holder = roles.holders[0] as usize;
+        let a11 = PartId { block: Block::A(Quad::Q11), panel: 3 };
+        let header = |part: PartId, dtype, shapes: Vec<(usize, usize)>| BlocksHeader {
+            task_id: part.task_id(),
+            op: BlockOp::Part,
+            dtype,
+            shapes,
+        };
+        let check = |from, h: &BlocksHeader| (admit_header(plan.clone(), 0, from).0)(h);
+        let from = if holder == 0 { From::Requester } else { From::Slot(holder) };
+        check(from, &header(a11, Dtype::F64, vec![(8, 32)])).unwrap();
+        // Declared a gigabyte: refused before anything is allocated.
+        assert!(check(from, &header(a11, Dtype::F64, vec![(1 << 14, 1 << 13)])).is_err());
+        assert!(check(from, &header(a11, Dtype::F32, vec![(8, 32)])).is_err());
+        assert!(check(from, &header(a11, Dtype::F64, vec![(8, 32), (8, 32)])).is_err());
+        let past = PartId { block: Block::A(Quad::Q11), panel: 4 };
+        assert!(check(from, &header(past, Dtype::F64, vec![(8, 32)])).is_err(), "A has 4 panels");
+        // From a slot that does not hold A11.
+        let other = (0..SLOTS).find(|&s| s != 0 && s != holder).unwrap();
+        assert!(check(From::Slot(other), &header(a11, Dtype::F64, vec![(8, 32)])).is_err());
+        // Not a part at all.
+        let mut task = header(a11, Dtype::F64, vec![(8, 32)]);
+        task.op = BlockOp::Multiply;
+        assert!(check(from, &task).is_err());
+    }
 
     #[test]
     fn a_slot_waits_for_its_requester_twice_its_silence_timeout_within_bounds() {

@@ -1731,24 +1731,8 @@ mod tests {
 
     #[test]
     fn a_part_sent_off_the_plan_does_not_make_the_real_senders_look_repeated() {
-        let split = Split::of((8, 8), (8, 8)).unwrap();
-        let roles = Roles::choose(split);
-        let plan = Arc::new(RelayPlan {
-            job_id: JobId(1),
-            dtype: septet_common::Dtype::F64,
-            m: 8,
-            k: 8,
-            n: 8,
-            a_panel: 2,
-            b_panel: 2,
-            rounds: 1,
-            peers: vec!["127.0.0.1:1".into(); SLOTS],
-            roles,
-            you: 0,
-            tickets: vec![None; SLOTS],
-            delegate: Vec::new(),
-            silence_ms: 4000,
-        });
+        let plan = Arc::new(RelayPlan::example(8, 2));
+        let (split, roles) = (plan.split(), plan.roles);
         let mut gather = Gather::<f64>::new(&plan, split, Verifier::<f64>::draw(split, 2));
         let c = Mutex::new(Store::<f64>::zeros((8, 8)));
         let reducer = roles.reducers[Quad::Q11.index()] as usize;
