@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 use ndarray::{s, Array2, ArrayView2};
 use parking_lot::Mutex;
 use rand::RngExt;
-use septet_common::conn::{ConnLimits, SendInfo};
-use septet_common::frame::BlockOp;
+use septet_common::conn::{Admit, ConnLimits, SendInfo};
+use septet_common::frame::{BlockOp, BlocksHeader};
 use septet_common::matrix::matmul_into;
 use septet_common::proto::{sanitized, Delegated, JobId, PeerAddr, RelayStats, WorkerReply, WorkerRequest};
 use septet_common::relay::{self, Block, Panels, PartId, RelayPlan, Roles, SLOTS};
@@ -183,6 +183,8 @@ enum Heard {
     /// The slot gave up: whom it blames, why, and whether on evidence.
     Failed(usize, Option<u8>, String, bool),
     Lost(usize, String),
+    /// The slot sent a part off the plan, refused from its header.
+    OffPlan(usize, String),
     /// The slot's progress report: panels with operands in, computed,
     /// arrived of each quadrant, and when (microseconds since it received
     /// the plan).
@@ -537,6 +539,7 @@ pub(super) async fn run<T: Element>(
     let received = Arc::new(AtomicU64::new(0));
     for (slot, reader) in readers.into_iter().enumerate() {
         let mut reader = reader.expect("every slot connected");
+        reader.set_admit(Some(admit_from(plan.clone(), slot)));
         let (heard, received) = (heard_tx.clone(), received.clone());
         tasks.spawn(async move {
             loop {
@@ -570,6 +573,7 @@ pub(super) async fn run<T: Element>(
                     }
                     Ok(Some(Frame::Blocks(_))) => Heard::Lost(slot, "sent blocks that are not a part".into()),
                     Ok(None) => Heard::Lost(slot, "closed the connection".into()),
+                    Err(Error::Invalid(why)) => Heard::OffPlan(slot, why),
                     Err(e) => Heard::Lost(slot, e.to_string()),
                 };
                 let last = !matches!(event, Heard::Part(..) | Heard::Progress(..));
@@ -711,7 +715,12 @@ pub(super) async fn run<T: Element>(
         };
         let Some(heard) = heard else { break };
         match heard {
-            Heard::Part(slot, _, _) if caught[slot] => {}
+            Heard::Part(slot, _, _) | Heard::OffPlan(slot, _) if caught[slot] => {}
+            Heard::OffPlan(slot, why) => {
+                caught[slot] = true;
+                let summary = format!("slot {slot}: {why}");
+                reports.push(Report { at_fault: slot, by: None, summary, why, evidence: true });
+            }
             Heard::Part(slot, part, m) => {
                 let t = Instant::now();
                 match gather.take(slot, part, m, c) {
@@ -1492,6 +1501,41 @@ fn own_group(mut d: Delegated, group: Option<&[PeerAddr; 7]>) -> Option<Delegate
     Some(d)
 }
 
+/// Refuses, from its header alone, a blocks frame from `slot` that is not
+/// a part it may send the requester by `plan` — a panel of the C quadrant
+/// it reduces, or its own fingerprint — in the plan's shape and dtype:
+/// nothing is allocated for it, nor read. ([`Gather::take`] checks the
+/// rest: each part once, in its quadrant's turn.)
+fn admit_from(plan: Arc<RelayPlan>, slot: usize) -> Admit {
+    Admit(Arc::new(move |header: &BlocksHeader| {
+        let refuse = |why: String| Err(Error::Invalid(why));
+        let (BlockOp::Part, [shape]) = (header.op, &header.shapes[..]) else {
+            return refuse(format!("sent a {:?} frame of {} blocks, not a part", header.op, header.shapes.len()));
+        };
+        let Ok(part) = PartId::from_task_id(header.task_id) else {
+            return refuse(format!("sent a part whose id {} names no block", header.task_id));
+        };
+        let its = match part.block {
+            Block::C(q) => plan.roles.reducers[q.index()] as usize == slot,
+            Block::Fingerprint(i) => i == slot,
+            _ => false,
+        };
+        if !its {
+            return refuse(format!("sent {}, which is not its to send", part.name()));
+        }
+        if header.dtype != plan.dtype || Some(*shape) != plan.part_shape(part) {
+            return refuse(format!(
+                "sent {} as a {} {shape:?}, not the plan's {} {:?}",
+                part.name(),
+                header.dtype,
+                plan.dtype,
+                plan.part_shape(part)
+            ));
+        }
+        Ok(())
+    }))
+}
+
 /// Tells a slot the requester is still there ([`WorkerRequest::Alive`]).
 async fn alive(writer: &mut FrameWriter<OwnedWriteHalf>, io_timeout: Duration) -> septet_common::Result<()> {
     deadline(io_timeout, "a slot to take a keep-alive", writer.send(&WorkerRequest::Alive)).await
@@ -1745,6 +1789,35 @@ mod tests {
         assert_eq!(gather.take(reducer, part, panel(), &c), Ok(None));
         assert!(gather.take(reducer, part, panel(), &c).unwrap_err().contains("twice"));
         assert_eq!(c.lock().view()[[1, 3]], 1.0);
+    }
+
+    #[test]
+    fn a_slot_may_send_the_requester_only_its_own_c_panels_and_fingerprint() {
+        let plan = Arc::new(RelayPlan::example(8, 2));
+        let reducer = plan.roles.reducers[Quad::Q12.index()] as usize;
+        let other = (reducer + 1) % SLOTS;
+        let header = |block, panel, dtype, shapes: Vec<(usize, usize)>| BlocksHeader {
+            task_id: PartId { block, panel }.task_id(),
+            op: BlockOp::Part,
+            dtype,
+            shapes,
+        };
+        let check = |slot, h: &BlocksHeader| (admit_from(plan.clone(), slot).0)(h);
+        let f64 = septet_common::Dtype::F64;
+        check(reducer, &header(Block::C(Quad::Q12), 1, f64, vec![(2, 4)])).unwrap();
+        check(other, &header(Block::Fingerprint(other), 0, f64, vec![(4, 2)])).unwrap();
+        for (slot, h) in [
+            (other, header(Block::C(Quad::Q12), 1, f64, vec![(2, 4)])),
+            (reducer, header(Block::C(Quad::Q12), 1, f64, vec![(1 << 15, 1 << 15)])),
+            (reducer, header(Block::C(Quad::Q12), 2, f64, vec![(2, 4)])),
+            (reducer, header(Block::C(Quad::Q12), 1, septet_common::Dtype::F32, vec![(2, 4)])),
+            (reducer, header(Block::C(Quad::Q12), 1, f64, vec![(2, 4), (2, 4)])),
+            (reducer, header(Block::Fingerprint(other), 0, f64, vec![(4, 2)])),
+            (reducer, header(Block::A(Quad::Q11), 0, f64, vec![(2, 4)])),
+        ] {
+            let refused = check(slot, &h).unwrap_err();
+            assert!(matches!(refused, Error::Invalid(_)), "{h:?}: {refused}");
+        }
     }
 
     #[test]
