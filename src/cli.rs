@@ -230,7 +230,8 @@ struct MultiplyArgs {
     peer_timeout: f64,
     /// Seconds without a byte from a worker (which says `Working` every
     /// second) before it counts as gone — dead, or cut off silently — and
-    /// its product goes to another peer.
+    /// its product goes to another peer. The slots of a relayed job wait
+    /// twice this (at least 10 s, at most 60 s) for a word from us.
     #[arg(long, default_value_t = 4.0, value_name = "SECS")]
     silence_timeout: f64,
     /// Most products a job hedges: a product whose send or receive runs

@@ -398,7 +398,7 @@ pub(crate) async fn lead(
                 _ => break,
             },
             Err(e) => {
-                info!(job = %plan.job_id, error = %e, "the requester's link failed; ending the relayed job");
+                info!(job = %plan.job_id, error = %e, "the requester's link failed, or it broke the plan; ending the relayed job");
                 break;
             }
             // The requester closed (it has C, or gave up), or broke the protocol.
