@@ -37,6 +37,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::frame::{BlockOp, BlocksHeader};
 use crate::proto::{JobId, TaskId};
 use crate::strassen::{Quad, Sign, Split, PRODUCTS};
 use crate::{Dtype, Error, Result, PEERS_PER_LEASE};
@@ -519,6 +520,31 @@ impl RelayPlan {
             Block::Fingerprint(_) => (panel == 0).then_some((mh, self.rounds as usize)),
             Block::Vectors => (panel == 0).then_some((nh, self.rounds as usize)),
         }
+    }
+
+    /// The part a blocks frame's `header` declares, if it is one part of
+    /// this plan, in the plan's dtype and shape (who may send it where is
+    /// each end's to judge): what a relay link's reader admits a frame by,
+    /// before anything is allocated for it.
+    ///
+    /// # Errors
+    /// Why not, as "sent …" (said of the sender).
+    pub fn part_of(&self, header: &BlocksHeader) -> std::result::Result<PartId, String> {
+        let (BlockOp::Part, [shape]) = (header.op, &header.shapes[..]) else {
+            return Err(format!("sent a {:?} frame of {} blocks, not a part", header.op, header.shapes.len()));
+        };
+        let part = PartId::from_task_id(header.task_id)
+            .map_err(|_| format!("sent a part whose id {} names no block", header.task_id))?;
+        if header.dtype != self.dtype || Some(*shape) != self.part_shape(part) {
+            return Err(format!(
+                "sent {} as a {} {shape:?}, not the plan's {} {:?}",
+                part.name(),
+                header.dtype,
+                self.dtype,
+                self.part_shape(part)
+            ));
+        }
+        Ok(part)
     }
 
     /// Bytes a slot needs to hold the job's blocks at once, at most

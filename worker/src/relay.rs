@@ -217,48 +217,18 @@ fn may_send(plan: &RelayPlan, me: usize, from: From, part: PartId) -> bool {
     }
 }
 
-/// Checks a part against the plan before it is queued: the sender's, of
-/// the plan's shape and dtype.
-fn admit(plan: &RelayPlan, me: usize, from: From, part: PartId, data: &Matrix) -> Result<(), String> {
-    admit_as(plan, me, from, part, data.dtype(), data.shape())
-}
-
-/// [`admit`] of a part declared as a `dtype` `shape` matrix.
-fn admit_as(
-    plan: &RelayPlan,
-    me: usize,
-    from: From,
-    part: PartId,
-    dtype: Dtype,
-    shape: (usize, usize),
-) -> Result<(), String> {
-    if !may_send(plan, me, from, part) {
-        return Err(format!("sent {}, which the plan does not have it send here", part.name()));
-    }
-    if dtype != plan.dtype || Some(shape) != plan.part_shape(part) {
-        return Err(format!(
-            "sent {} as a {} {:?}, not the plan's {} {:?}",
-            part.name(),
-            dtype,
-            shape,
-            plan.dtype,
-            plan.part_shape(part)
-        ));
-    }
-    Ok(())
-}
-
 /// Refuses, from its header alone, a blocks frame on a relay link that is
 /// not a part `from` may send slot `me` by `plan`, in the plan's shape and
-/// dtype: nothing is allocated for it, nor read.
+/// dtype: nothing is allocated for it, nor read. (The reader applies it
+/// to every blocks frame, so what it returns is admitted.)
 fn admit_header(plan: Arc<RelayPlan>, me: usize, from: From) -> Admit {
     Admit(Arc::new(move |header: &BlocksHeader| {
-        let refuse = |why: String| Err(septet_common::Error::Invalid(why));
-        let (BlockOp::Part, [shape]) = (header.op, &header.shapes[..]) else {
-            return refuse(format!("sent a {:?} frame of {} blocks, not a part", header.op, header.shapes.len()));
-        };
-        let part = PartId::from_task_id(header.task_id).map_err(|e| septet_common::Error::Invalid(e.to_string()))?;
-        admit_as(&plan, me, from, part, header.dtype, *shape).or_else(refuse)
+        let part = plan.part_of(header).map_err(septet_common::Error::Invalid)?;
+        if !may_send(&plan, me, from, part) {
+            let why = format!("sent {}, which the plan does not have it send here", part.name());
+            return Err(septet_common::Error::Invalid(why));
+        }
+        Ok(())
     }))
 }
 
@@ -379,12 +349,9 @@ pub(crate) async fn lead(
         let event = match frame {
             Ok(Some(Frame::Blocks(b))) if b.op == BlockOp::Part && parts < counts[REQUESTER] => {
                 parts += 1;
+                // (Admitted from its header: `admit_header`.)
                 let Ok(part) = PartId::from_task_id(b.task_id) else { break };
                 let Some(data) = b.mats.into_iter().next() else { break };
-                if let Err(e) = admit(&plan, me, From::Requester, part, &data) {
-                    debug!(error = %e, "the requester broke the plan");
-                    break;
-                }
                 Event::Part { from: From::Requester, part, data, digest: None }
             }
             Ok(Some(Frame::Control(body))) => match body.decode::<WorkerRequest>() {
@@ -461,10 +428,8 @@ pub(crate) async fn follow(
                     Ok(p) => p,
                     Err(e) => break Some(Event::Caught { slot: from, error: e.to_string() }),
                 };
+                // (Admitted from its header: `admit_header`.)
                 let Some(data) = b.mats.into_iter().next() else { break Some(Event::Closed { slot: from }) };
-                if let Err(error) = admit(plan, me, From::Slot(from), part, &data) {
-                    break Some(Event::Caught { slot: from, error });
-                }
                 let digest = part.block.input_index().map(|_| match &data {
                     Matrix::F64(x) => relay::digest(x.view()),
                     Matrix::F32(x) => relay::digest(x.view()),

@@ -715,22 +715,14 @@ pub(super) async fn run<T: Element>(
         };
         let Some(heard) = heard else { break };
         match heard {
-            Heard::Part(slot, _, _) | Heard::OffPlan(slot, _) if caught[slot] => {}
-            Heard::OffPlan(slot, why) => {
-                caught[slot] = true;
-                let summary = format!("slot {slot}: {why}");
-                reports.push(Report { at_fault: slot, by: None, summary, why, evidence: true });
-            }
+            Heard::Part(slot, _, _) if caught[slot] => {}
+            Heard::OffPlan(slot, why) => off_plan(&mut caught, &mut reports, slot, why),
             Heard::Part(slot, part, m) => {
                 let t = Instant::now();
                 match gather.take(slot, part, m, c) {
                     Ok(Some((q, bytes))) => progress(super::Progress::Received { product: quad_name(q), bytes }),
                     Ok(None) => {}
-                    Err(why) => {
-                        caught[slot] = true;
-                        let summary = format!("slot {slot}: {why}");
-                        reports.push(Report { at_fault: slot, by: None, summary, why, evidence: true });
-                    }
+                    Err(why) => off_plan(&mut caught, &mut reports, slot, why),
                 }
                 debug!(slot, part = %part.name(), took = ?t.elapsed(), "part in");
             }
@@ -1508,32 +1500,26 @@ fn own_group(mut d: Delegated, group: Option<&[PeerAddr; 7]>) -> Option<Delegate
 /// rest: each part once, in its quadrant's turn.)
 fn admit_from(plan: Arc<RelayPlan>, slot: usize) -> Admit {
     Admit(Arc::new(move |header: &BlocksHeader| {
-        let refuse = |why: String| Err(Error::Invalid(why));
-        let (BlockOp::Part, [shape]) = (header.op, &header.shapes[..]) else {
-            return refuse(format!("sent a {:?} frame of {} blocks, not a part", header.op, header.shapes.len()));
-        };
-        let Ok(part) = PartId::from_task_id(header.task_id) else {
-            return refuse(format!("sent a part whose id {} names no block", header.task_id));
-        };
+        let part = plan.part_of(header).map_err(Error::Invalid)?;
         let its = match part.block {
             Block::C(q) => plan.roles.reducers[q.index()] as usize == slot,
             Block::Fingerprint(i) => i == slot,
             _ => false,
         };
         if !its {
-            return refuse(format!("sent {}, which is not its to send", part.name()));
-        }
-        if header.dtype != plan.dtype || Some(*shape) != plan.part_shape(part) {
-            return refuse(format!(
-                "sent {} as a {} {shape:?}, not the plan's {} {:?}",
-                part.name(),
-                header.dtype,
-                plan.dtype,
-                plan.part_shape(part)
-            ));
+            return Err(Error::Invalid(format!("sent {}, which is not its to send", part.name())));
         }
         Ok(())
     }))
+}
+
+/// `slot` sent a part off the plan (`why`): one report on evidence against
+/// it, the first time (what it sends after is not looked at).
+fn off_plan(caught: &mut [bool; SLOTS], reports: &mut Vec<Report>, slot: usize, why: String) {
+    if !std::mem::replace(&mut caught[slot], true) {
+        let summary = format!("slot {slot}: {why}");
+        reports.push(Report { at_fault: slot, by: None, summary, why, evidence: true });
+    }
 }
 
 /// Tells a slot the requester is still there ([`WorkerRequest::Alive`]).
