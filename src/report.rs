@@ -221,6 +221,7 @@ fn timeline(r: &JobReport) -> String {
                 let text = match (other, a.kind) {
                     ("cancelled", "hedge") => "cancelled: the first copy won".to_string(),
                     ("cancelled", _) => "cancelled: the hedge won".to_string(),
+                    ("moved", _) => "moved to a spare".to_string(),
                     (other, _) => other.to_string(),
                 };
                 let _ = write!(

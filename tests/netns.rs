@@ -331,12 +331,14 @@ fn a_straggling_forwarder_costs_the_relay_seconds_not_its_deadline() {
 /// A relayed job with one of its seven slots behind a 10 Mbit/s link and a
 /// spare worker in the grid: the requester sees that slot take its panels
 /// at a small fraction of the others' pace (by what the slot acknowledged,
-/// not what its socket buffered), gives the relay up within moments, and
-/// relays again with the spare in the slow slot's place. C is right, the
-/// report names the slow worker as hedged (the hedge used), the tracker
-/// puts it on probation, and nothing stays leased.
+/// not what its socket buffered) within moments, and moves its roles to
+/// the spare mid-relay: the other slots take its parts from the spare, the
+/// requester feeds the spare the slot's operands, and the relay goes on.
+/// C is right, the report shows the move and names the slow worker as
+/// hedged (the hedge used), the tracker puts it on probation, and nothing
+/// stays leased.
 #[test]
-fn a_relay_slot_behind_a_slow_link_is_hedged_by_relaying_again_with_a_spare() {
+fn a_relay_slot_behind_a_slow_link_has_its_roles_moved_to_a_spare_mid_relay() {
     let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
     grid.start_tracker(&[]);
     // w0..w6 register first and are leased (fewest leases, lowest ids);
@@ -352,17 +354,30 @@ fn a_relay_slot_behind_a_slow_link_is_hedged_by_relaying_again_with_a_spare() {
     assert_eq!(summary["plan"], "relay", "{summary}");
     let (slow_addr, hedge) = one_hedge_of(&grid, &summary, "w3", "slow: its link took");
     let slow_addr = slow_addr.as_str();
-    let slots = summary["relay"]["slots"].as_array().unwrap();
-    assert!(slots.iter().all(|s| s["peer"]["addr"] != slow_addr), "the slow slot stayed in the relay: {summary}");
-    // Both relays on the timeline; of the first, the slow slot failed
-    // (the others were cancelled, or finished their part).
-    let rows: Vec<&Value> = summary["attempts"].as_array().unwrap().iter().filter(|a| a["kind"] == "relay").collect();
-    assert_eq!(rows.len(), 14, "{summary}");
-    let failed: Vec<&&Value> = rows.iter().filter(|a| a["outcome"] == "failed").collect();
-    assert_eq!(failed.len(), 1, "{summary}");
-    assert_eq!(failed[0]["peer"]["addr"], slow_addr, "{summary}");
+    moved_within_the_relay(&summary, slow_addr, &hedge);
     println!("job took {:.2} s; hedge: {hedge}", summary["total_s"].as_f64().unwrap());
     only_on_probation(&grid, slow_addr);
+}
+
+/// Checks that the slot at `slow_addr` had its roles moved to the spare of
+/// `hedge` within the one relay: the report's move names both, the slots
+/// show the spare in its place, and the timeline has one relay row a
+/// slot, all verified, and one for the slow peer, moved.
+fn moved_within_the_relay(summary: &Value, slow_addr: &str, hedge: &Value) {
+    let moved = &summary["relay"]["moved"];
+    assert_eq!(moved["from"]["addr"], slow_addr, "{summary}");
+    assert_eq!(moved["to"], hedge["hedge_peer"], "{summary}");
+    let slot = moved["slot"].as_u64().unwrap() as usize;
+    let slots = summary["relay"]["slots"].as_array().unwrap();
+    assert_eq!(slots[slot]["peer"], hedge["hedge_peer"], "{summary}");
+    assert!(slots.iter().all(|s| s["peer"]["addr"] != slow_addr), "the slow slot stayed in the relay: {summary}");
+    let rows: Vec<&Value> = summary["attempts"].as_array().unwrap().iter().filter(|a| a["kind"] == "relay").collect();
+    assert_eq!(rows.len(), 8, "{summary}");
+    let verified = rows.iter().filter(|a| a["outcome"] == "verified").count();
+    assert_eq!(verified, 7, "{summary}");
+    let gone: Vec<&&Value> = rows.iter().filter(|a| a["outcome"] == "moved").collect();
+    assert_eq!(gone.len(), 1, "{summary}");
+    assert_eq!(gone[0]["peer"]["addr"], slow_addr, "{summary}");
 }
 
 /// A relayed job with one of its seven slots slow to compute (a fault
@@ -377,7 +392,7 @@ fn a_relay_slot_behind_a_slow_link_is_hedged_by_relaying_again_with_a_spare() {
 #[test]
 fn a_relay_slot_slow_to_compute_is_hedged_by_relaying_again_with_a_spare() {
     // Slot 0 computes M1, which feeds C11 and C22 and reduces neither.
-    slow_slot(0, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M1 is behind:"]);
+    slow_slot(0, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M1 is behind:"], false);
 }
 
 /// As above, with the slow slot one that reduces a quadrant of C (slot 2
@@ -386,13 +401,14 @@ fn a_relay_slot_slow_to_compute_is_hedged_by_relaying_again_with_a_spare() {
 /// is starved, so only its own fresh progress reports tell.
 #[test]
 fn a_reducing_relay_slot_slow_to_compute_is_hedged_too() {
-    slow_slot(2, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M3 is behind:"]);
+    slow_slot(2, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M3 is behind:"], false);
 }
 
 /// A relayed job (n=2048) whose slot 1 (M2, which holds only A21 and so
 /// is fed only once B is out) is behind a 10 Mbit/s link: the forwards of
 /// B11 reach it far slower than they reach M1 and M6, which need B11 too,
-/// so it is named by them while B is still going out, and hedged.
+/// so it is named by them while B is still going out, and its roles move
+/// to the spare.
 #[test]
 fn a_relay_slot_holding_only_a_behind_a_slow_link_is_named_by_its_forwards() {
     slow_slot(
@@ -401,23 +417,28 @@ fn a_relay_slot_holding_only_a_behind_a_slow_link_is_named_by_its_forwards() {
         |grid, host| grid.shape(host, "10mbit"),
         2048,
         &["slow: its link took", "of B11's", "by forward"],
+        true,
     );
 }
 
 /// A relayed job whose slot 0 (M1, which holds B22 and forwards it to M3,
 /// M5 and M7) sends at 10 Mbit/s and takes at 1 Gbit/s: the requester's
 /// feed reaches it at the others' pace, but its forwards reach all three
-/// far slower than it took B22, so it is named as slow to send, and hedged.
+/// far slower than it took B22, so it is named as slow to send, and its
+/// roles move to the spare (the spare forwards B22 in its place).
 #[test]
 fn a_relay_slot_slow_only_to_send_is_named_by_the_forwards_it_makes() {
-    slow_slot(0, &[], |grid, host| grid.shape_up_shallow(host, "10mbit"), 1024, &["slow: its link sent", "of B22's"]);
+    let shape = |grid: &NetGrid, host: &str| grid.shape_up_shallow(host, "10mbit");
+    slow_slot(0, &[], shape, 1024, &["slow: its link sent", "of B22's"], true);
 }
 
 /// A grid of 8 whose worker `slot` (leased `slot`-th, as it registered)
 /// starts with `args` and has its link shaped by `shape`; one relayed job
 /// of `n`×`n`, hedged for a reason that starts with `reason[0]` and has
-/// the rest of `reason` in it.
-fn slow_slot(slot: usize, args: &[&str], shape: impl Fn(&NetGrid, &str), n: usize, reason: &[&str]) {
+/// the rest of `reason` in it: by moving the slot's roles to the spare
+/// mid-relay if `moved` (named before any product moved), else by
+/// relaying again.
+fn slow_slot(slot: usize, args: &[&str], shape: impl Fn(&NetGrid, &str), n: usize, reason: &[&str], moved: bool) {
     let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
     grid.start_tracker(&[]);
     // Registered in order, so leased in order; the spare is one of the
@@ -447,6 +468,13 @@ fn slow_slot(slot: usize, args: &[&str], shape: impl Fn(&NetGrid, &str), n: usiz
         slots.iter().all(|s| s["peer"]["addr"] != slow_addr.as_str()),
         "the slow slot stayed in the relay: {summary}"
     );
+    if moved {
+        moved_within_the_relay(&summary, &slow_addr, &hedge);
+    } else {
+        assert!(summary["relay"]["moved"].is_null(), "{summary}");
+        let relays = summary["attempts"].as_array().unwrap().iter().filter(|a| a["kind"] == "relay").count();
+        assert_eq!(relays, 14, "not relayed again: {summary}");
+    }
     println!("job took {:.2} s; hedge: {hedge}", summary["total_s"].as_f64().unwrap());
     only_on_probation(&grid, &slow_addr);
 }

@@ -1323,11 +1323,22 @@ impl<T: Element> Job<T> {
 /// relay was given up for another slot's sake and run again).
 fn relay_attempts(outcome: &relay::Outcome, unfinished: &'static str, started: Instant) -> Vec<AttemptReport> {
     let relay = &outcome.report;
-    relay
-        .slots
-        .iter()
-        .enumerate()
-        .map(|(slot, sl)| {
+    // A slot whose roles moved: its old peer's row ends when the spare took over.
+    let moved = relay.moved.iter().map(|mv| AttemptReport {
+        product: mv.product,
+        peer: mv.from.clone(),
+        kind: "relay",
+        started_s: relay.plan_sent_s,
+        send_start_s: Some(relay.plan_sent_s),
+        sent_s: None,
+        computed_s: None,
+        receive_start_s: None,
+        ended_s: mv.at_s,
+        outcome: "moved",
+        error: Some(mv.reason.clone()),
+    });
+    moved
+        .chain(relay.slots.iter().enumerate().map(|(slot, sl)| {
             let blamed = outcome.blamed.iter().find(|(s, _)| *s == slot).map(|(_, why)| why.clone());
             let (ok, error) = match (blamed, sl.done_s) {
                 (None, Some(_)) => ("verified", None),
@@ -1347,7 +1358,7 @@ fn relay_attempts(outcome: &relay::Outcome, unfinished: &'static str, started: I
                 outcome: ok,
                 error,
             }
-        })
+        }))
         .collect()
 }
 
@@ -1834,6 +1845,28 @@ impl Requester {
         .await;
         let replaced: [PeerAddr; 7];
         let mut peers = peers;
+        // A slow slot whose roles moved to a spare mid-relay: a hedge, as
+        // below, but within the one relay; the spare holds the slot from
+        // here on (for what the direct way may still need).
+        let moved_to: [PeerAddr; 7];
+        if let Some(mv) = outcome.report.moved.clone() {
+            keeper.note_speed(vec![mv.from.peer_id], Vec::new()).await;
+            let won = outcome.verified.iter().all(|&v| v);
+            report.hedges.push(HedgeReport {
+                product: PRODUCTS[mv.slot].name,
+                slow_peer: mv.from,
+                hedge_peer: mv.to.clone(),
+                reason: mv.reason,
+                at_s: mv.at_s,
+                winner: if won { "hedge" } else { "none" },
+            });
+            moved_to = {
+                let mut r = peers.clone();
+                r[mv.slot] = keeper.tickets.fresh(&mv.to);
+                r
+            };
+            peers = &moved_to;
+        }
         if let Some((slot, spare)) = outcome.slow.take() {
             let why = outcome.blamed.first().map(|(_, w)| w.clone()).unwrap_or_default();
             let at_s = started.elapsed().as_secs_f64();

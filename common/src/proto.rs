@@ -65,8 +65,10 @@ use crate::{Error, ErrorCode};
 /// [`FederationReply`]). Version 10 added two-level jobs: a relay plan's
 /// `delegate` and [`RelayStats::delegated`]. Version 11 added
 /// [`WorkerReply::RelayProgress`]; version 12 its `arrived` panels.
-/// Version 13 added [`WorkerRequest::Alive`].
-pub const PROTOCOL_VERSION: u32 = 13;
+/// Version 13 added [`WorkerRequest::Alive`]. Version 14 added moving a
+/// slot's roles mid-relay: [`WorkerRequest::Moved`],
+/// [`WorkerReply::MovedAck`], a `Join`'s `generation` and a relay plan's.
+pub const PROTOCOL_VERSION: u32 = 14;
 
 /// Names one meeting of a brokered link's two ends at a tracker (see
 /// [`Rendezvous`]): 128 random bits chosen by the requester, given to the
@@ -861,6 +863,15 @@ pub enum WorkerReply {
         /// When, in microseconds since the slot received the plan.
         at_us: u64,
     },
+    /// Relay: to [`WorkerRequest::Moved`]: the slot takes parts from the
+    /// moved slot's new peer only (and sends it what the slot is owed),
+    /// or, with `refused`, why it cannot (the move did not happen here).
+    MovedAck {
+        /// The slot that moved.
+        slot: u8,
+        /// Why not, if not.
+        refused: Option<String>,
+    },
 }
 
 /// What one slot of a relayed job moved and when, as it reports it.
@@ -951,6 +962,10 @@ pub enum WorkerRequest {
         from: u8,
         /// The receiving slot.
         to: u8,
+        /// The sending slot's generation: 0, or how many times its roles
+        /// have moved to another peer ([`WorkerRequest::Moved`]). A
+        /// receiver takes parts only from the slot's current generation.
+        generation: u8,
     },
     /// From the requester: BLAKE3 digests of parts this slot receives by
     /// forward (part task id, digest).
@@ -986,6 +1001,22 @@ pub enum WorkerRequest {
     /// under (for the receiving worker). Not answered; a refused ticket is
     /// answered with an error, and the connection closes.
     Ticket(LeaseTicket),
+    /// From the requester of a relayed job: slot `slot`'s roles move to
+    /// the peer at `addr` (slot `slot`'s next generation), mid-relay. The
+    /// receiving slot stops forwarding to it (the requester feeds the new
+    /// peer its operands itself), sets aside what the old peer sends from
+    /// now on, takes the slot's parts from the new peer, and sends it its
+    /// product if the slot reduces it. Answered [`WorkerReply::MovedAck`]
+    /// — refused if a product panel has already gone to the slot or come
+    /// from it, which the new peer could not make up for.
+    Moved {
+        /// The slot whose roles move.
+        slot: u8,
+        /// The new peer's compute listener.
+        addr: String,
+        /// The new peer's lease ticket, for the links to it.
+        ticket: Option<LeaseTicket>,
+    },
 }
 
 impl Control for WorkerRequest {
@@ -997,6 +1028,7 @@ impl Control for WorkerRequest {
             WorkerRequest::Alive => "Alive",
             WorkerRequest::DialBack { .. } => "DialBack",
             WorkerRequest::Ticket(_) => "Ticket",
+            WorkerRequest::Moved { .. } => "Moved",
         }
     }
 }
@@ -1012,6 +1044,7 @@ impl Control for WorkerReply {
             WorkerReply::RelayProgress { .. } => "RelayProgress",
             WorkerReply::DialingBack => "DialingBack",
             WorkerReply::DialedBack { .. } => "DialedBack",
+            WorkerReply::MovedAck { .. } => "MovedAck",
         }
     }
 }

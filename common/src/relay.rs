@@ -466,6 +466,12 @@ pub struct RelayPlan {
     /// Milliseconds of silence after which the requester gives a slot up:
     /// a slot that delegates applies the same to its group.
     pub silence_ms: u64,
+    /// 0, or (the slot's roles moved here mid-relay from a slow peer,
+    /// [`crate::proto::WorkerRequest::Moved`]) how many times they have
+    /// moved: the requester then sends this slot every panel of the
+    /// quadrants it uses as well as those it holds (the others no longer
+    /// forward to it), and its links to peers say this generation.
+    pub generation: u8,
 }
 
 impl RelayPlan {
@@ -490,6 +496,7 @@ impl RelayPlan {
             tickets: vec![None; SLOTS],
             delegate: Vec::new(),
             silence_ms: 4000,
+            generation: 0,
         }
     }
 

@@ -376,6 +376,7 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
         }),
         (proptest::option::of(any::<u8>()), text(), any::<bool>())
             .prop_map(|(blame, message, evidence)| WorkerReply::RelayFailed { blame, message, evidence }),
+        (any::<u8>(), proptest::option::of(text())).prop_map(|(slot, refused)| WorkerReply::MovedAck { slot, refused }),
         (any::<u8>(), proptest::collection::vec(any::<u64>(), 0..9), any::<[u64; 4]>(), prop::option::of(delegated()))
             .prop_map(|(slot, bytes, t, delegated)| {
                 WorkerReply::RelayDone(RelayStats {
@@ -427,10 +428,13 @@ fn delegated() -> impl Strategy<Value = Delegated> {
 /// Every variant of [`WorkerRequest`], with arbitrary fields.
 fn worker_request() -> impl Strategy<Value = WorkerRequest> {
     prop_oneof![
-        (any::<u64>(), any::<u8>(), any::<u8>()).prop_map(|(job, from, to)| WorkerRequest::Join {
-            job_id: JobId(job),
-            from,
-            to
+        (any::<u64>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(job, from, to, generation)| {
+            WorkerRequest::Join { job_id: JobId(job), from, to, generation }
+        }),
+        (any::<u8>(), text(), prop::option::of(ticket())).prop_map(|(slot, addr, ticket)| WorkerRequest::Moved {
+            slot,
+            addr,
+            ticket
         }),
         proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..6).prop_map(WorkerRequest::Digests),
         Just(WorkerRequest::Alive),
@@ -462,6 +466,7 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
                     tickets,
                     delegate,
                     silence_ms: x[0] ^ x[1],
+                    generation: reducers[0],
                 })
             }),
     ]

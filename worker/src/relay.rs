@@ -25,7 +25,7 @@
 //! but not make the node hold more than the plan's blocks.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,8 +79,12 @@ struct Entry {
     cancel: CancellationToken,
     /// The slots that have joined (bit `from`): each sends on one link,
     /// so a second `Join` from the same slot is refused — every link may
-    /// bring the plan's parts, and two would queue twice that.
-    joined: Arc<std::sync::atomic::AtomicU8>,
+    /// bring the plan's parts, and two would queue twice that. (A slot
+    /// whose roles moved may join once more, as its next generation.)
+    joined: Arc<AtomicU8>,
+    /// Each slot's generation (how often its roles moved): a `Join` must
+    /// say its slot's current one.
+    generations: Arc<[AtomicU8; SLOTS]>,
 }
 
 /// Jobs a worker runs at once, beyond which a plan is refused.
@@ -143,12 +147,15 @@ enum From {
     Slot(usize),
 }
 
-/// What the node hears.
+/// What the node hears. What concerns a peer's link says the generation
+/// of the slot at its other end ([`WorkerRequest::Moved`]): the node sets
+/// aside what comes from, or concerns, a generation that has moved on.
 enum Event {
     /// A part, with its digest when it is a forwarded quadrant panel
     /// (hashed by the link's reader, so the node's loop never waits on it).
     Part {
         from: From,
+        generation: u8,
         part: PartId,
         data: Matrix,
         digest: Option<[u8; 32]>,
@@ -157,21 +164,31 @@ enum Event {
     /// `slot` sent something the plan does not allow.
     Caught {
         slot: usize,
+        generation: u8,
         error: String,
     },
     /// A link to or from `slot` failed.
     Link {
         slot: usize,
+        generation: u8,
         error: String,
     },
-    /// A peer's link closed cleanly after `parts` parts.
+    /// A peer's link closed cleanly.
     Closed {
         slot: usize,
+        generation: u8,
     },
     /// A link to `slot` delivered everything: `bytes` written.
     Sent {
         slot: usize,
+        generation: u8,
         bytes: u64,
+    },
+    /// The requester moved `slot`'s roles to the peer at `addr`.
+    Moved {
+        slot: usize,
+        addr: String,
+        ticket: Option<LeaseTicket>,
     },
 }
 
@@ -192,7 +209,9 @@ fn expected_counts(plan: &RelayPlan, me: usize) -> [usize; SLOTS + 1] {
         if holder == me {
             counts[REQUESTER] += panels(x);
         } else if relay::users(x).any(|(u, _)| u == me) {
-            counts[holder] += panels(x);
+            // (A slot whose roles moved here is fed all it uses by the requester.)
+            let from = if plan.generation > 0 { REQUESTER } else { holder };
+            counts[from] += panels(x);
         }
     }
     counts[REQUESTER] += 1; // R
@@ -207,13 +226,16 @@ fn expected_counts(plan: &RelayPlan, me: usize) -> [usize; SLOTS + 1] {
 /// Whether `from` may send `part` to slot `me`, by `plan`.
 fn may_send(plan: &RelayPlan, me: usize, from: From, part: PartId) -> bool {
     let roles = &plan.roles;
+    let uses = |x: usize| relay::users(x).any(|(u, _)| u == me);
     match (from, part.block) {
         (From::Requester, Block::Vectors) => true,
-        (From::Requester, b) => b.input_index().is_some_and(|x| roles.holders[x] as usize == me),
+        (From::Requester, b) => {
+            b.input_index().is_some_and(|x| roles.holders[x] as usize == me || (plan.generation > 0 && uses(x)))
+        }
         (From::Slot(f), Block::M(i)) => i == f && f != me && roles.product_targets(f).contains(&me),
         (From::Slot(f), b) => b
             .input_index()
-            .is_some_and(|x| roles.holders[x] as usize == f && f != me && relay::users(x).any(|(u, _)| u == me)),
+            .is_some_and(|x| roles.holders[x] as usize == f && f != me && plan.generation == 0 && uses(x)),
     }
 }
 
@@ -262,6 +284,7 @@ pub(crate) async fn lead(
     let slot_memory = config.slot_memory();
     let (inbox, inbox_rx) = mpsc::unbounded_channel();
     let plan = Arc::new(plan);
+    let (joined, generations) = (Arc::new(AtomicU8::new(0)), Arc::new(std::array::from_fn(|_| AtomicU8::new(0))));
     let admitted = plan
         .validate(config.max_frame_len, max_bytes)
         .map_err(|e| e.to_string())
@@ -279,7 +302,8 @@ pub(crate) async fn lead(
                 plan: plan.clone(),
                 inbox: inbox.clone(),
                 cancel: job_cancel.clone(),
-                joined: Default::default(),
+                joined: joined.clone(),
+                generations: generations.clone(),
             })
         });
     if let Err(message) = admitted {
@@ -295,16 +319,17 @@ pub(crate) async fn lead(
     let node = {
         let (plan, out_tx, cancel, config) = (plan.clone(), out_tx.clone(), job_cancel.clone(), config.clone());
         let fallback = relays.fallback.clone();
+        let peers = Peers { joined, generations };
         tokio::spawn(async move {
             let (links, links_rx) = mpsc::unbounded_channel();
             let result = match plan.dtype {
                 Dtype::F64 => {
-                    Node::<f64>::new(plan.clone(), started, config.clone(), links, fallback, progress)
+                    Node::<f64>::new(plan.clone(), started, config.clone(), links, fallback, progress, peers)
                         .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
                         .await
                 }
                 Dtype::F32 => {
-                    Node::<f32>::new(plan.clone(), started, config.clone(), links, fallback, progress)
+                    Node::<f32>::new(plan.clone(), started, config.clone(), links, fallback, progress, peers)
                         .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
                         .await
                 }
@@ -352,7 +377,7 @@ pub(crate) async fn lead(
                 // (Admitted from its header: `admit_header`.)
                 let Ok(part) = PartId::from_task_id(b.task_id) else { break };
                 let Some(data) = b.mats.into_iter().next() else { break };
-                Event::Part { from: From::Requester, part, data, digest: None }
+                Event::Part { from: From::Requester, generation: 0, part, data, digest: None }
             }
             Ok(Some(Frame::Control(body))) => match body.decode::<WorkerRequest>() {
                 // Counted here as well as by the node: what waits in its
@@ -362,6 +387,9 @@ pub(crate) async fn lead(
                     Event::Digests(d)
                 }
                 Ok(WorkerRequest::Alive) => continue,
+                Ok(WorkerRequest::Moved { slot, addr, ticket }) => {
+                    Event::Moved { slot: usize::from(slot), addr, ticket }
+                }
                 _ => break,
             },
             Err(e) => {
@@ -395,8 +423,7 @@ pub(crate) async fn lead(
 /// Serves a peer's connection to a relayed job: parts from slot `from`.
 pub(crate) async fn follow(
     job_id: JobId,
-    from: u8,
-    to: u8,
+    (from, to, generation): (u8, u8, u8),
     mut reader: FrameReader<OwnedReadHalf>,
     config: WorkerConfig,
     relays: Arc<Relays>,
@@ -409,7 +436,11 @@ pub(crate) async fn follow(
     if from >= SLOTS || from == me {
         return;
     }
-    if entry.joined.fetch_or(1 << from, Ordering::Relaxed) & (1 << from) != 0 {
+    if entry.generations[from].load(Ordering::SeqCst) != generation {
+        debug!(%job_id, from, to, generation, "a link from a slot's other generation; refused");
+        return;
+    }
+    if entry.joined.fetch_or(1 << from, Ordering::SeqCst) & (1 << from) != 0 {
         debug!(%job_id, from, to, "a second link from the same slot; refused");
         return;
     }
@@ -426,25 +457,31 @@ pub(crate) async fn follow(
                 parts += 1;
                 let part = match PartId::from_task_id(b.task_id) {
                     Ok(p) => p,
-                    Err(e) => break Some(Event::Caught { slot: from, error: e.to_string() }),
+                    Err(e) => break Some(Event::Caught { slot: from, generation, error: e.to_string() }),
                 };
                 // (Admitted from its header: `admit_header`.)
-                let Some(data) = b.mats.into_iter().next() else { break Some(Event::Closed { slot: from }) };
+                let Some(data) = b.mats.into_iter().next() else {
+                    break Some(Event::Closed { slot: from, generation });
+                };
                 let digest = part.block.input_index().map(|_| match &data {
                     Matrix::F64(x) => relay::digest(x.view()),
                     Matrix::F32(x) => relay::digest(x.view()),
                 });
-                if entry.inbox.send(Event::Part { from: From::Slot(from), part, data, digest }).is_err() {
+                let event = Event::Part { from: From::Slot(from), generation, part, data, digest };
+                if entry.inbox.send(event).is_err() {
                     break None;
                 }
             }
             Ok(Some(_)) => {
-                break Some(Event::Caught { slot: from, error: "sent something other than the plan's parts".into() })
+                let error = "sent something other than the plan's parts".into();
+                break Some(Event::Caught { slot: from, generation, error });
             }
-            Ok(None) => return drop(entry.inbox.send(Event::Closed { slot: from })),
+            Ok(None) => return drop(entry.inbox.send(Event::Closed { slot: from, generation })),
             // A part off the plan, refused from its header (`admit_header`).
-            Err(septet_common::Error::Invalid(error)) => break Some(Event::Caught { slot: from, error }),
-            Err(e) => return drop(entry.inbox.send(Event::Link { slot: from, error: e.to_string() })),
+            Err(septet_common::Error::Invalid(error)) => break Some(Event::Caught { slot: from, generation, error }),
+            Err(e) => {
+                return drop(entry.inbox.send(Event::Link { slot: from, generation, error: e.to_string() }));
+            }
         }
     };
     if let Some(event) = event {
@@ -600,8 +637,11 @@ struct Reduction<T> {
 /// the digest of what arrived.
 type Parked<T> = (usize, Arc<Array2<T>>, [u8; 32]);
 
+/// A part queued for a peer.
+type Queued<T> = (PartId, Arc<Array2<T>>);
+
 /// A sender to one peer: its queue (parts go out in order).
-type Outbox<T> = mpsc::UnboundedSender<(PartId, Arc<Array2<T>>)>;
+type Outbox<T> = mpsc::UnboundedSender<Queued<T>>;
 
 /// The large panels this slot received or made, watched until nothing else
 /// holds them (the product has read them, every forward of them is
@@ -653,6 +693,12 @@ impl<T> Drop for Recycler<T> {
     }
 }
 
+/// What a job's peer links check a `Join` against (see [`Entry`]).
+struct Peers {
+    joined: Arc<AtomicU8>,
+    generations: Arc<[AtomicU8; SLOTS]>,
+}
+
 /// One slot's share of a relayed job.
 struct Node<T> {
     plan: Arc<RelayPlan>,
@@ -661,8 +707,19 @@ struct Node<T> {
     config: WorkerConfig,
     /// Where the links to peers report how they ended.
     links: mpsc::UnboundedSender<Event>,
-    /// (sender, part) pairs received: each part comes once.
-    seen: std::collections::HashSet<(usize, u64)>,
+    /// (sender, its generation, part) received: each part comes once
+    /// from each generation of its sender.
+    seen: std::collections::HashSet<(usize, u8, u64)>,
+    /// Operand panels taken (used, or parked for their digest): a slot
+    /// whose roles moved sends again what its last generation had sent.
+    taken: std::collections::HashSet<PartId>,
+    /// Each slot's generation, as this node knows it, and what peers'
+    /// links check a `Join` against.
+    generation: [u8; SLOTS],
+    peers: Peers,
+    /// Product panels taken from each slot: a move of the slot is refused
+    /// once any came (the new peer's would be repeats, and unchecked).
+    m_from: [usize; SLOTS],
     /// Digests of parts that arrive by forward, by part task id.
     digests: HashMap<u64, [u8; 32]>,
     /// Forwarded parts waiting for the requester's digest: sender, part,
@@ -689,8 +746,15 @@ struct Node<T> {
     fingerprint: Array2<T>,
     reductions: Vec<Reduction<T>>,
     outboxes: HashMap<usize, Outbox<T>>,
-    /// Links to peers still sending.
-    sending: usize,
+    /// Links to peers still sending, by receiving slot.
+    sending: std::collections::HashSet<usize>,
+    /// Links to the old peers of slots whose roles moved (see `moved`).
+    retired: Vec<Outbox<T>>,
+    /// This slot's product panels sent to each reducer, kept until the job
+    /// ends (within the product this slot holds anyway, by the plan's
+    /// bytes): a reducer whose roles move gets them again, from here.
+    /// (Dropped before `recycler`, which then gives them back.)
+    kept: HashMap<usize, Vec<Queued<T>>>,
     /// Panels to give back to the buffer pool once they are done with.
     recycler: Recycler<T>,
     received: [usize; SLOTS + 1],
@@ -719,6 +783,7 @@ impl<T: Element> Node<T> {
         links: mpsc::UnboundedSender<Event>,
         fallback: Arc<Semaphore>,
         progress: Arc<Progress>,
+        peers: Peers,
     ) -> Self {
         let me = plan.you as usize;
         let product = &PRODUCTS[me];
@@ -742,6 +807,11 @@ impl<T: Element> Node<T> {
             config,
             links,
             seen: std::collections::HashSet::new(),
+            taken: std::collections::HashSet::new(),
+            generation: [0; SLOTS],
+            peers,
+            m_from: [0; SLOTS],
+            kept: HashMap::new(),
             digests: HashMap::new(),
             parked: HashMap::new(),
             inputs: HashMap::new(),
@@ -758,7 +828,8 @@ impl<T: Element> Node<T> {
             fingerprint: Array2::zeros((mh, plan.rounds as usize)),
             reductions,
             outboxes: HashMap::new(),
-            sending: 0,
+            sending: std::collections::HashSet::new(),
+            retired: Vec::new(),
             recycler: Recycler::new(),
             progress,
             received: [0; SLOTS + 1],
@@ -864,24 +935,52 @@ impl<T: Element> Node<T> {
         self.computed == self.a_missing.len()
             && self.reductions.iter().all(|r| r.sent == r.acc.len())
             && self.outboxes.is_empty()
-            && self.sending == 0
+            && self.sending.is_empty()
             && self.received == self.expected
+    }
+
+    /// Whether `event` comes from (or concerns) a generation of a slot
+    /// that has since moved: it is set aside.
+    fn stale(&self, event: &Event) -> bool {
+        let (slot, generation) = match *event {
+            Event::Part { from: From::Slot(slot), generation, .. }
+            | Event::Caught { slot, generation, .. }
+            | Event::Link { slot, generation, .. }
+            | Event::Closed { slot, generation }
+            | Event::Sent { slot, generation, .. } => (slot, generation),
+            _ => return false,
+        };
+        generation != self.generation[slot]
     }
 
     async fn take(&mut self, event: Event, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
         self.recycler.sweep();
+        if self.stale(&event) {
+            if let Event::Sent { slot, bytes, .. } = event {
+                self.stats.bytes_out[slot] += bytes;
+            }
+            return Ok(());
+        }
         match event {
-            Event::Part { from, part, data, digest } => {
+            Event::Part { from, generation, part, data, digest } => {
                 let index = match from {
                     From::Requester => REQUESTER,
                     From::Slot(s) => s,
                 };
                 let culprit =
                     || Failed { blame: (index < SLOTS).then_some(index), message: String::new(), evidence: true };
-                if !self.seen.insert((index, part.task_id().0)) {
+                if !self.seen.insert((index, generation, part.task_id().0)) {
                     return Err(Failed { message: format!("{} arrived twice", part.name()), ..culprit() });
                 }
                 self.received[index] += 1;
+                if let Block::M(_) = part.block {
+                    self.m_from[index.min(SLOTS - 1)] += 1;
+                }
+                if generation > 0 && part.block.input_index().is_some() && self.taken.contains(&part) {
+                    // The slot's last generation sent it before it moved.
+                    self.stats.bytes_in[index] += relay::part_frame_len(T::DTYPE, data.shape());
+                    return Ok(());
+                }
                 if let Some(input) = part.block.input_index() {
                     self.progress.arrived[input].fetch_add(1, Ordering::Relaxed);
                 }
@@ -907,9 +1006,9 @@ impl<T: Element> Node<T> {
                 }
                 Ok(())
             }
-            Event::Link { slot, error } => Err(blame(slot, format!("the link with slot {slot} failed: {error}"))),
-            Event::Caught { slot, error } => Err(caught(slot, format!("slot {slot} {error}"))),
-            Event::Closed { slot } => {
+            Event::Link { slot, error, .. } => Err(blame(slot, format!("the link with slot {slot} failed: {error}"))),
+            Event::Caught { slot, error, .. } => Err(caught(slot, format!("slot {slot} {error}"))),
+            Event::Closed { slot, .. } => {
                 if self.received[slot] < self.expected[slot] {
                     return Err(blame(
                         slot,
@@ -921,12 +1020,63 @@ impl<T: Element> Node<T> {
                 }
                 Ok(())
             }
-            Event::Sent { slot, bytes } => {
+            Event::Sent { slot, bytes, .. } => {
                 self.stats.bytes_out[slot] += bytes;
-                self.sending -= 1;
+                self.sending.remove(&slot);
                 Ok(())
             }
+            Event::Moved { slot, addr, ticket } => {
+                let refused = self.moved(slot, addr, ticket);
+                if let Some(why) = &refused {
+                    info!(job = %self.plan.job_id, slot, %why, "refused to move a slot's roles");
+                }
+                let reply = WorkerReply::MovedAck { slot: slot.min(255) as u8, refused };
+                out.send(Out::Reply(reply)).await.map_err(|_| closed())
+            }
         }
+    }
+
+    /// Moves slot `slot`'s roles to the peer at `addr`, as far as this
+    /// slot is concerned (see [`WorkerRequest::Moved`]), or says why not.
+    fn moved(&mut self, slot: usize, addr: String, ticket: Option<LeaseTicket>) -> Option<String> {
+        if slot >= SLOTS || slot == self.me {
+            return Some(format!("slot {slot} is not another slot of the job"));
+        }
+        if self.m_from[slot] > 0 {
+            return Some(format!("{} panels of its product have come from slot {slot}", self.m_from[slot]));
+        }
+        let Some(next) = self.generation[slot].checked_add(1) else {
+            return Some(format!("slot {slot} has moved too often"));
+        };
+        // From now on only the new peer's link is taken from, once. The
+        // link to the old one, if any, gets nothing more (it forwarded
+        // operands, which the requester now sends the new peer itself),
+        // but stays open, unwaited for, until this node ends: closing it
+        // would make the old peer fail and, through its links, the slots
+        // that have not yet heard of the move — the requester drops it
+        // once every slot has.
+        self.generation[slot] = next;
+        self.peers.generations[slot].store(next, Ordering::SeqCst);
+        self.peers.joined.fetch_and(!(1u8 << slot), Ordering::SeqCst);
+        self.received[slot] = 0;
+        if let Some(outbox) = self.outboxes.remove(&slot) {
+            self.retired.push(outbox);
+        }
+        self.sending.remove(&slot);
+        let mut plan = RelayPlan::clone(&self.plan);
+        plan.peers[slot] = addr;
+        if let Some(t) = plan.tickets.get_mut(slot) {
+            *t = ticket;
+        }
+        self.plan = Arc::new(plan);
+        // The product panels the old peer was sent (all, whether or not
+        // they reached it) go to the new one.
+        let again = self.kept.remove(&slot).unwrap_or_default();
+        info!(job = %self.plan.job_id, slot, to = %self.plan.peers[slot], again = again.len(), "a slot's roles moved");
+        for (part, data) in again {
+            self.send_to(slot, part, data);
+        }
+        None
     }
 
     async fn take_part(
@@ -943,10 +1093,13 @@ impl<T: Element> Node<T> {
                 Ok(())
             }
             (From::Requester, _) => {
-                // A held quadrant: pass it on, and use it.
+                // A held quadrant: pass it on, and use it. (A slot whose
+                // roles moved here is also sent what it would have had by
+                // forward: that it only uses.)
                 let x = part.block.input_index().expect("admitted: a quadrant");
+                let held = self.plan.roles.holders[x] as usize == self.me;
                 for (user, _) in relay::users(x) {
-                    if user != self.me {
+                    if held && user != self.me {
                         #[cfg(feature = "fault-injection")]
                         if let Some(crate::server::Fault::CorruptForward) = self.config.fault {
                             let mut bad = Array2::clone(&data);
@@ -957,6 +1110,7 @@ impl<T: Element> Node<T> {
                         self.send_to(user, part, data.clone());
                     }
                 }
+                self.taken.insert(part);
                 self.use_input(part, data);
                 Ok(())
             }
@@ -969,6 +1123,7 @@ impl<T: Element> Node<T> {
                 Ok(())
             }
             (From::Slot(f), _) => {
+                self.taken.insert(part);
                 let id = part.task_id().0;
                 let got = got.unwrap_or_else(|| relay::digest(data.view()));
                 match self.digests.get(&id) {
@@ -1006,17 +1161,24 @@ impl<T: Element> Node<T> {
 
     /// Queues `data` for slot `to`, opening the link on first use.
     fn send_to(&mut self, to: usize, part: PartId, data: Arc<Array2<T>>) {
+        if self.generation[to] > 0 && part.block.input_index().is_some() {
+            // Its roles moved: the requester sends the new peer its operands.
+            return;
+        }
+        if let Block::M(_) = part.block {
+            self.kept.entry(to).or_default().push((part, data.clone()));
+        }
         // (This slot's product panels are watched from here: what a panel
         // computed before this one was written from may be free by now, for
         // the next panel's product.)
         self.recycler.sweep();
         self.recycler.watch(&data);
-        let config = &self.config;
-        let outbox = self.outboxes.entry(to).or_insert_with(|| {
-            self.sending += 1;
+        if !self.outboxes.contains_key(&to) {
+            let config = &self.config;
             let (tx, rx) = mpsc::unbounded_channel();
-            let (addr, job_id, me, links) =
-                (self.plan.peers[to].clone(), self.plan.job_id, self.me as u8, self.links.clone());
+            let (addr, job_id, links) = (self.plan.peers[to].clone(), self.plan.job_id, self.links.clone());
+            // The link says this slot's generation; its events, the receiver's.
+            let (ends, generation) = ((self.me as u8, to as u8, self.plan.generation), self.generation[to]);
             let ticket = self.plan.tickets.get(to).cloned().flatten();
             let limits = ConnLimits {
                 handshake_timeout: config.handshake_timeout,
@@ -1025,17 +1187,20 @@ impl<T: Element> Node<T> {
             };
             let io_timeout = config.io_timeout;
             tokio::spawn(async move {
-                let event = match send_parts::<T>(&addr, job_id, (me, to as u8), ticket, rx, limits, io_timeout).await {
-                    Ok(bytes) => Event::Sent { slot: to, bytes },
-                    Err(e) => Event::Link { slot: to, error: e.to_string() },
+                let event = match send_parts::<T>(&addr, job_id, ends, ticket, rx, limits, io_timeout).await {
+                    Ok(bytes) => Event::Sent { slot: to, generation, bytes },
+                    Err(e) => Event::Link { slot: to, generation, error: e.to_string() },
                 };
                 let _ = links.send(event);
             });
-            tx
-        });
+            self.sending.insert(to);
+            self.outboxes.insert(to, tx);
+        }
         // The link's task holds the receiver until it fails; a failure
         // arrives as an event.
-        let _ = outbox.send((part, data));
+        if let Some(outbox) = self.outboxes.get(&to) {
+            let _ = outbox.send((part, data));
+        }
     }
 
     fn start_work(&mut self, done: &mpsc::UnboundedSender<Result<Done<T>, String>>) {
@@ -1351,7 +1516,7 @@ impl<T: Element> Node<T> {
 async fn send_parts<T: Element>(
     addr: &str,
     job_id: JobId,
-    (me, to): (u8, u8),
+    (me, to, generation): (u8, u8, u8),
     ticket: Option<LeaseTicket>,
     mut rx: mpsc::UnboundedReceiver<(PartId, Arc<Array2<T>>)>,
     limits: ConnLimits,
@@ -1360,7 +1525,7 @@ async fn send_parts<T: Element>(
     let mut conn = Connection::connect(addr, Role::Client, limits)
         .await
         .map_err(|e| e.naming(|| format!("the peer at {addr}")))?;
-    let join = WorkerRequest::Join { job_id, from: me, to };
+    let join = WorkerRequest::Join { job_id, from: me, to, generation };
     deadline(io_timeout, "a peer to take a Join", async {
         if let Some(ticket) = ticket {
             conn.writer.send(&WorkerRequest::Ticket(ticket)).await?;

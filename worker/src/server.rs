@@ -691,8 +691,8 @@ async fn serve_connection(conn: Connection, config: WorkerConfig, shared: Shared
             let lease_slot = admission.slot().await;
             return relay::lead(plan, reader, writer, config, slots, lease_slot, relays, cancel).await;
         }
-        Some(WorkerRequest::Join { job_id, from, to }) => {
-            return relay::follow(job_id, from, to, reader, config, relays).await
+        Some(WorkerRequest::Join { job_id, from, to, generation }) => {
+            return relay::follow(job_id, (from, to, generation), reader, config, relays).await
         }
         Some(WorkerRequest::DialBack { addr, nonce, via }) => {
             let dialled = match dial_out(&addr, via, &config).await {

@@ -50,9 +50,9 @@ use septet_common::matrix::matmul_into;
 use septet_common::proto::{sanitized, Delegated, JobId, PeerAddr, RelayStats, WorkerReply, WorkerRequest};
 use septet_common::relay::{self, Block, Panels, PartId, RelayPlan, Roles, SLOTS};
 use septet_common::strassen::{quadrant, Quad, Split};
-use septet_common::{deadline, Connection, Element, Error, Frame, FrameWriter, Role};
+use septet_common::{deadline, Connection, Element, Error, Frame, FrameReader, FrameWriter, Role};
 use serde::Serialize;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -153,6 +153,28 @@ pub struct RelayReport {
     pub slots: Vec<SlotReport>,
     /// Why the relay did not deliver all of C, if it did not.
     pub failure: Option<String>,
+    /// A slow slot whose roles moved to a spare mid-relay (`slots` shows
+    /// the spare in its place).
+    pub moved: Option<MovedSlot>,
+}
+
+/// A slot whose roles moved to a spare mid-relay.
+#[derive(Debug, Clone, Serialize)]
+pub struct MovedSlot {
+    /// The slot (0..7).
+    pub slot: usize,
+    /// Its product, "M1".."M7".
+    pub product: &'static str,
+    /// The slow peer.
+    #[serde(serialize_with = "PeerAddr::without_ticket")]
+    pub from: PeerAddr,
+    /// The spare.
+    #[serde(serialize_with = "PeerAddr::without_ticket")]
+    pub to: PeerAddr,
+    /// Why the slot was taken for slow.
+    pub reason: String,
+    /// When the spare took over, seconds since the job started.
+    pub at_s: f64,
 }
 
 /// The outcome of the relay phase.
@@ -195,6 +217,26 @@ enum Heard {
     WriteFailed(usize, String),
     /// Every part for the slot is written.
     Written(usize),
+    /// The slot (first) took slot (second)'s move to a spare, or refused
+    /// it, saying why ([`WorkerReply::MovedAck`]).
+    MovedAck(usize, usize, Option<String>),
+}
+
+impl Heard {
+    /// The slot whose link said it.
+    fn slot(&self) -> usize {
+        match *self {
+            Heard::Part(s, ..)
+            | Heard::Done(s, _)
+            | Heard::Failed(s, ..)
+            | Heard::Lost(s, _)
+            | Heard::OffPlan(s, _)
+            | Heard::Progress(s, ..)
+            | Heard::WriteFailed(s, _)
+            | Heard::Written(s)
+            | Heard::MovedAck(s, ..) => s,
+        }
+    }
 }
 
 /// What a slot's writer sends.
@@ -307,6 +349,7 @@ pub(super) async fn run<T: Element>(
         tickets: peers.iter().map(|p| p.ticket.clone()).collect(),
         delegate: groups.get(you).map(|g| g.to_vec()).unwrap_or_default(),
         silence_ms: config.silence_timeout.as_millis() as u64,
+        generation: 0,
     };
     let plan = Arc::new(plan_for(0));
     let verifier = if config.verify {
@@ -325,6 +368,7 @@ pub(super) async fn run<T: Element>(
         quadrants_verified: Vec::new(),
         slots: Vec::new(),
         failure: None,
+        moved: None,
     };
     let mut outcome = Outcome {
         verified: [false; 4],
@@ -442,32 +486,22 @@ pub(super) async fn run<T: Element>(
     let base_written: Vec<u64> = meters.iter().map(|m| m.load(Ordering::Relaxed)).collect();
 
     // 2. The writers, and the sequencer that feeds them in send order.
-    let (heard_tx, mut heard_rx) = mpsc::unbounded_channel::<Heard>();
+    // What a slot's link says, with the slot's generation: what the old
+    // peer of a slot whose roles moved still says is set aside.
+    let (heard_tx, mut heard_rx) = mpsc::unbounded_channel::<(u8, Heard)>();
     let mut send_txs = Vec::new();
+    // Each slot's control messages (`Moved`), and its link's tasks.
+    let mut ctl_txs = Vec::new();
+    let mut links: Vec<Vec<tokio::task::AbortHandle>> = vec![Vec::new(); SLOTS];
     let mut tasks = tokio::task::JoinSet::new();
     for (slot, writer) in writers.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Send>(2);
         send_txs.push(tx);
-        let (a, b, plan, heard) = (a.clone(), b.clone(), plan.clone(), heard_tx.clone());
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        ctl_txs.push(ctl_tx);
         let writer = writer.expect("every slot connected");
-        let io_timeout = config.io_timeout;
-        tasks.spawn(async move {
-            match write_slot(writer, rx, &a, &b, split, &plan, io_timeout).await {
-                Ok(mut writer) => {
-                    let _ = heard.send(Heard::Written(slot));
-                    // Keep the write side open (closing it would end the job
-                    // on the slot), and say now and then that we are here.
-                    loop {
-                        tokio::time::sleep(relay::ALIVE_EVERY).await;
-                        if alive(&mut writer, io_timeout).await.is_err() {
-                            // The reader hears why; the link stays as it is.
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                }
-                Err(e) => drop(heard.send(Heard::WriteFailed(slot, format!("sending to it failed: {e}")))),
-            }
-        });
+        let feed = Feeding { slot, generation: 0, a: a.clone(), b: b.clone(), split, plan: plan.clone() };
+        links[slot].push(tasks.spawn(feed_slot(feed, writer, rx, ctl_rx, config.io_timeout, heard_tx.clone())));
     }
     let (sent_tx, mut sent_rx) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
     {
@@ -478,7 +512,10 @@ pub(super) async fn run<T: Element>(
             // writer cannot take yet waits in that slot's backlog (its own
             // order kept) while the others' parts go on.
             let mut backlog: Vec<std::collections::VecDeque<Send>> = (0..SLOTS).map(|_| Default::default()).collect();
-            let flush = |backlog: &mut Vec<std::collections::VecDeque<Send>>| -> Result<bool, ()> {
+            // A writer that closed: its slot's roles moved (the new peer is
+            // fed apart), or the relay is over (all closed).
+            let mut closed = [false; SLOTS];
+            let mut flush = |backlog: &mut Vec<std::collections::VecDeque<Send>>| -> Result<bool, ()> {
                 let mut moved = false;
                 for (slot, queue) in backlog.iter_mut().enumerate() {
                     while let Some(next) = queue.pop_front() {
@@ -488,9 +525,15 @@ pub(super) async fn run<T: Element>(
                                 queue.push_front(back);
                                 break;
                             }
-                            Err(mpsc::error::TrySendError::Closed(_)) => return Err(()),
+                            Err(mpsc::error::TrySendError::Closed(_)) => {
+                                closed[slot] = true;
+                                queue.clear();
+                            }
                         }
                     }
+                }
+                if closed.iter().all(|&c| c) {
+                    return Err(());
                 }
                 Ok(moved)
             };
@@ -538,52 +581,11 @@ pub(super) async fn run<T: Element>(
     // 3. The readers.
     let received = Arc::new(AtomicU64::new(0));
     for (slot, reader) in readers.into_iter().enumerate() {
-        let mut reader = reader.expect("every slot connected");
-        reader.set_admit(Some(admit_from(plan.clone(), slot)));
-        let (heard, received) = (heard_tx.clone(), received.clone());
-        tasks.spawn(async move {
-            loop {
-                let event = match reader.read_frame().await {
-                    Ok(Some(Frame::Blocks(blk))) if blk.op == BlockOp::Part => {
-                        let shape = blk.mats.first().map(|m| m.shape()).unwrap_or((0, 0));
-                        received.fetch_add(relay::part_frame_len(T::DTYPE, shape), Ordering::Relaxed);
-                        match (PartId::from_task_id(blk.task_id), blk.mats.into_iter().next()) {
-                            (Ok(part), Some(m)) => Heard::Part(slot, part, m),
-                            _ => Heard::Lost(slot, "sent a malformed part".into()),
-                        }
-                    }
-                    Ok(Some(Frame::Control(body))) => {
-                        received.fetch_add(body.as_bytes().len() as u64 + 5, Ordering::Relaxed);
-                        match body.decode::<WorkerReply>() {
-                            Ok(WorkerReply::Working) => continue,
-                            Ok(WorkerReply::RelayProgress { inputs, computed, arrived, at_us }) => {
-                                Heard::Progress(slot, inputs, computed, arrived, at_us)
-                            }
-                            Ok(WorkerReply::RelayDone(stats)) => Heard::Done(slot, stats),
-                            // (Its words are shown and logged: sanitized.)
-                            Ok(WorkerReply::RelayFailed { blame, message, evidence }) => {
-                                Heard::Failed(slot, blame, sanitized(&message), evidence)
-                            }
-                            Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, sanitized(&f.message), false),
-                            Ok(other) => {
-                                Heard::Lost(slot, format!("sent {}", septet_common::proto::Control::kind(&other)))
-                            }
-                            Err(e) => Heard::Lost(slot, e.to_string()),
-                        }
-                    }
-                    Ok(Some(Frame::Blocks(_))) => Heard::Lost(slot, "sent blocks that are not a part".into()),
-                    Ok(None) => Heard::Lost(slot, "closed the connection".into()),
-                    Err(Error::Invalid(why)) => Heard::OffPlan(slot, why),
-                    Err(e) => Heard::Lost(slot, e.to_string()),
-                };
-                let last = !matches!(event, Heard::Part(..) | Heard::Progress(..));
-                if heard.send(event).is_err() || last {
-                    return;
-                }
-            }
-        });
+        let reader = reader.expect("every slot connected");
+        let (heard, received, plan) = (heard_tx.clone(), received.clone(), plan.clone());
+        links[slot].push(tasks.spawn(read_slot::<T>(slot, 0, reader, plan, heard, received)));
     }
-    drop(heard_tx);
+    // (`heard_tx` stays: a spare taking a slow slot's roles gets links too.)
 
     // 4. Gather C.
     let mut gather = Gather::<T>::new(&plan, split, r_all);
@@ -624,7 +626,48 @@ pub(super) async fn run<T: Element>(
     let b_panels = gather.plan.b_panels().count();
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A slot named slow, with the spare lent for it, and whether its roles
+    // may move to the spare mid-relay (else the relay ends, and the caller
+    // relays again with the spare in its place).
+    let mut named: Option<(usize, String, PeerAddr, bool)> = None;
+    // Each slot's generation: 1 once its roles moved (what its old peer
+    // says from then on is set aside).
+    let mut generation = [0u8; SLOTS];
+    let mut moving: Option<Moving> = None;
+    let mut moved: Option<MovedSlot> = None;
+    let mut peers_now = peers.clone();
+    let mut spare_meter: Option<Arc<AtomicU64>> = None;
+    // When the sequencer had handed out every part, and whether a spare
+    // is still being fed: A and B are out once both are done.
+    let mut seq_sent: Option<tokio::time::Instant> = None;
+    let mut spare_feeding = false;
     loop {
+        if let Some((slot, why, spare, movable)) = named.take() {
+            let now = tokio::time::Instant::now();
+            // A slot already done has no part in a move, unless it sent the
+            // slot its product (which went with it). (A slot that took
+            // some of the slot's product refuses the move, and what the
+            // slot sent of C is looked at once all have answered.)
+            let done = |j: usize| stats[j].is_some();
+            let owed = (0..SLOTS).any(|j| done(j) && gather.plan.roles.product_targets(j).contains(&slot));
+            if movable && !owed {
+                let (addr, ticket) = (spare.addr.clone(), spare.ticket.clone());
+                for (_, ctl) in ctl_txs.iter().enumerate().filter(|&(j, _)| j != slot) {
+                    let _ =
+                        ctl.send(WorkerRequest::Moved { slot: slot as u8, addr: addr.clone(), ticket: ticket.clone() });
+                }
+                generation[slot] += 1;
+                watching_products = false;
+                info!(slot, slow = %peers[slot].addr, spare = %spare.addr, "relay: moving a slow slot's roles to a spare");
+                let acks = std::array::from_fn(done);
+                moving = Some(Moving { slot, spare, why, acks, until: now + MOVE_PATIENCE });
+            } else {
+                reports.push(Report::slow(slot, &why));
+                // Seen here, not reported by a slot: no other word to wait for.
+                settle = Some(now);
+                slow = Some((slot, spare));
+            }
+        }
         let complete = gather.quads.iter().all(|q| !q.arriving());
         if complete && stats.iter().all(Option::is_some) {
             break;
@@ -641,8 +684,18 @@ pub(super) async fn run<T: Element>(
         let heard = tokio::select! {
             heard = heard_rx.recv() => heard,
             // Wakes the loop when A and B are all out, to set the due time.
-            Ok(at) = &mut sent_rx, if sent_at.is_none() => {
-                sent_at = Some(at);
+            Ok(at) = &mut sent_rx, if seq_sent.is_none() => {
+                seq_sent = Some(at);
+                if !spare_feeding {
+                    sent_at = Some(at);
+                }
+                continue;
+            }
+            // The slots did not all take a move in time: relay again.
+            _ = tokio::time::sleep_until(moving.as_ref().map_or(until, |m| m.until)), if moving.is_some() => {
+                let m = moving.take().expect("moving");
+                warn!(slot = m.slot, "relay: not every slot answered the move in time; relaying again");
+                named = Some((m.slot, m.why, m.spare, false));
                 continue;
             }
             // A slot whose link takes its panels far slower than the
@@ -678,10 +731,7 @@ pub(super) async fn run<T: Element>(
                     // One look only: a slot for it, or the relay goes on.
                     watching = false;
                     if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
-                        reports.push(Report::slow(slot, &why));
-                        // Seen here, not reported by a slot: no other word to wait for.
-                        settle = Some(now);
-                        slow = Some((slot, spare));
+                        named = Some((slot, why, spare, true));
                     }
                 }
                 continue;
@@ -713,7 +763,10 @@ pub(super) async fn run<T: Element>(
                 break;
             }
         };
-        let Some(heard) = heard else { break };
+        let Some((said_by, heard)) = heard else { break };
+        if said_by != generation[heard.slot()] {
+            continue;
+        }
         match heard {
             Heard::Part(slot, _, _) if caught[slot] => {}
             Heard::OffPlan(slot, why) => off_plan(&mut caught, &mut reports, slot, why),
@@ -750,28 +803,43 @@ pub(super) async fn run<T: Element>(
                     if let Some((slot, why)) = seen {
                         watching = false;
                         if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
-                            reports.push(Report::slow(slot, &why));
-                            settle = Some(tokio::time::Instant::now());
-                            slow = Some((slot, spare));
+                            named = Some((slot, why, spare, true));
                         }
                     }
                 }
                 // A product far behind the others' holds up the quadrants
                 // it feeds: relayed again with a spare, as a slow feed is.
-                if watching_products && reports.is_empty() && slow.is_none() {
+                if watching_products && reports.is_empty() && slow.is_none() && named.is_none() {
                     let panels = gather.plan.a_panels().count();
                     let done = std::array::from_fn(|s| stats[s].is_some());
                     if let Some((slot, why)) = slow_product(&progress_of, panels, done) {
                         watching_products = false;
                         if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
-                            reports.push(Report::slow(slot, &why));
-                            settle = Some(tokio::time::Instant::now());
-                            slow = Some((slot, spare));
+                            // (Its products have moved: it cannot.)
+                            named = Some((slot, why, spare, false));
                         }
                     }
                 }
             }
-            Heard::Done(slot, s) => stats[slot] = Some(s),
+            Heard::Done(slot, s) => {
+                stats[slot] = Some(s);
+                // Done before it heard of a move: it has no part in it,
+                // unless its product went to the slot (and so only to the
+                // old peer).
+                if let Some(m) = moving.as_mut().filter(|m| m.slot != slot && !m.acks[slot]) {
+                    if gather.plan.roles.product_targets(slot).contains(&m.slot) {
+                        let m = moving.take().expect("moving");
+                        info!(
+                            slot = m.slot,
+                            done = slot,
+                            "relay: a slot finished before it could move; relaying again"
+                        );
+                        named = Some((m.slot, m.why, m.spare, false));
+                    } else {
+                        m.acks[slot] = true;
+                    }
+                }
+            }
             Heard::Failed(slot, blame, message, evidence) => {
                 let at_fault = blame.map(usize::from).filter(|&b| b < SLOTS).unwrap_or(slot);
                 warn!(slot, blame = at_fault, %message, evidence, "relay: a slot gave up");
@@ -784,6 +852,23 @@ pub(super) async fn run<T: Element>(
                 if fds[slot].is_none() {
                     fed_at[slot] = Some(tokio::time::Instant::now());
                 }
+                if generation[slot] > 0 && spare_feeding {
+                    // The spare has its operands: A and B are out once the
+                    // others' are too.
+                    spare_feeding = false;
+                    sent_at = seq_sent.map(|t| t.max(tokio::time::Instant::now()));
+                }
+            }
+            Heard::MovedAck(from, which, refused) => {
+                let Some(m) = moving.as_mut().filter(|m| m.slot == which && from != which) else { continue };
+                match refused {
+                    None => m.acks[from] = true,
+                    Some(why) => {
+                        let m = moving.take().expect("moving");
+                        info!(slot = m.slot, by = from, %why, "relay: a slot refused the move; relaying again");
+                        named = Some((m.slot, m.why, m.spare, false));
+                    }
+                }
             }
             Heard::WriteFailed(slot, why) => {
                 debug!(slot, %why, "relay: a send failed; waiting for the slot's last word")
@@ -794,6 +879,57 @@ pub(super) async fn run<T: Element>(
                     let summary = format!("slot {slot}: {why}");
                     reports.push(Report { at_fault: slot, by: None, summary, why, evidence: false });
                 }
+            }
+        }
+        if moving.as_ref().is_some_and(|m| (0..SLOTS).all(|j| j == m.slot || m.acks[j])) {
+            let Moving { slot, spare, why, .. } = moving.take().expect("moving");
+            if gather.seen.iter().any(|&(sender, _)| sender == slot) {
+                info!(slot, "relay: the slot sent part of C before it could move; relaying again");
+                named = Some((slot, why, spare, false));
+            } else {
+                // Every other slot takes the slot's parts from the spare
+                // only: drop the old peer (its job ends as its link
+                // closes) and hand the spare the slot's plan and operands.
+                for link in links[slot].drain(..) {
+                    link.abort();
+                }
+                let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+                ctl_txs[slot] = ctl_tx;
+                let meter = Arc::new(AtomicU64::new(0));
+                spare_meter = Some(meter.clone());
+                (stats[slot], progress_of[slot], caught[slot]) = (None, None, false);
+                let mut spare_plan = plan_for(slot);
+                spare_plan.peers[slot].clone_from(&spare.addr);
+                spare_plan.tickets[slot].clone_from(&spare.ticket);
+                spare_plan.generation = generation[slot];
+                let feed = Feeding {
+                    slot,
+                    generation: generation[slot],
+                    a: a.clone(),
+                    b: b.clone(),
+                    split,
+                    plan: plan.clone(),
+                };
+                let over = TakeOver {
+                    plan: spare_plan,
+                    spare: spare.clone(),
+                    limits: limits.clone(),
+                    r: r_pub.clone(),
+                    meter,
+                };
+                let (heard, received) = (heard_tx.clone(), received.clone());
+                links[slot].push(tasks.spawn(take_over(feed, over, ctl_rx, config.io_timeout, heard, received)));
+                (spare_feeding, sent_at) = (true, None);
+                info!(slot, spare = %spare.addr, "relay: a slow slot's roles moved to a spare");
+                moved = Some(MovedSlot {
+                    slot,
+                    product: septet_common::strassen::PRODUCTS[slot].name,
+                    from: peers[slot].clone(),
+                    to: spare.clone(),
+                    reason: format!("slow: {why}"),
+                    at_s: started.elapsed().as_secs_f64(),
+                });
+                peers_now[slot] = spare;
             }
         }
         // The first failure ends the relay, after a moment to hear the
@@ -818,7 +954,7 @@ pub(super) async fn run<T: Element>(
     // Closing the links ends the job on every slot, however far it got.
     drop(fds);
     tasks.shutdown().await;
-    outcome.bytes_sent = meters.iter().map(|m| m.load(Ordering::Relaxed)).sum();
+    outcome.bytes_sent = meters.iter().chain(&spare_meter).map(|m| m.load(Ordering::Relaxed)).sum();
     outcome.bytes_received = received.load(Ordering::Relaxed);
 
     // 5. Check what came back.
@@ -876,7 +1012,12 @@ pub(super) async fn run<T: Element>(
     report.quadrants_verified =
         Quad::ALL.iter().filter(|q| outcome.verified[q.index()]).map(|q| quad_name(*q).into()).collect();
     report.failure = failure;
-    report.slots = slot_reports(&plan, peers, groups, &stats, &meters, report.plan_sent_s);
+    // (A slot whose roles moved is its spare's, from the spare's feed.)
+    if let (Some(mv), Some(meter)) = (&moved, spare_meter) {
+        meters[mv.slot] = meter;
+    }
+    report.slots = slot_reports(&plan, &peers_now, groups, &stats, &meters, report.plan_sent_s);
+    report.moved = moved;
     outcome.report = report;
     outcome
 }
@@ -1424,23 +1565,201 @@ fn relay_deadline(requester: &Requester, split: Split) -> Duration {
     requester.product_deadline(split) + Duration::from_secs_f64(bytes / 5e6)
 }
 
+/// A move of a slow slot's roles to a spare, under way: the other slots
+/// have been told ([`WorkerRequest::Moved`]); once each has taken it
+/// (`acks`), the spare gets the slot's plan and operands. A slot that
+/// refuses, or `until` passing, ends the relay as before.
+struct Moving {
+    slot: usize,
+    spare: PeerAddr,
+    why: String,
+    acks: [bool; SLOTS],
+    until: tokio::time::Instant,
+}
+
+/// How long the other slots have to take a move: they answer at once
+/// (a move is only tried before any product panel has gone out, while
+/// their links to the requester carry little).
+const MOVE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// What a spare taking a slow slot's roles is handed: the slot's plan
+/// (its own address in it, `generation` 1), and R.
+struct TakeOver<T> {
+    plan: RelayPlan,
+    spare: PeerAddr,
+    limits: ConnLimits,
+    r: Arc<Array2<T>>,
+    meter: Arc<AtomicU64>,
+}
+
+/// Connects to the spare taking slot `feed.slot`'s roles, hands it the
+/// slot's plan and R, and then every panel of each quadrant the slot
+/// uses, in send order (the other slots no longer forward to it; it
+/// forwards what it holds); its link is then served as any slot's.
+async fn take_over<T: Element>(
+    feed: Feeding<T>,
+    over: TakeOver<T>,
+    ctl: mpsc::UnboundedReceiver<WorkerRequest>,
+    io_timeout: Duration,
+    heard: mpsc::UnboundedSender<(u8, Heard)>,
+    received: Arc<AtomicU64>,
+) {
+    let (slot, generation) = (feed.slot, feed.generation);
+    let TakeOver { plan, spare, limits, r, meter } = over;
+    let addr = spare.addr.clone();
+    let conn = async {
+        let mut conn = Connection::connect(&addr, Role::Client, limits)
+            .await
+            .map_err(|e| e.naming(|| format!("the worker at {addr}")))?;
+        conn.writer.set_meter(Some(meter));
+        super::present(&mut conn.writer, spare.ticket.clone()).await?;
+        conn.writer.send(&WorkerRequest::Relay(plan)).await?;
+        let part = PartId { block: Block::Vectors, panel: 0 };
+        conn.writer.send_blocks(part.task_id(), BlockOp::Part, &[T::view(r.view())]).await?;
+        Ok::<_, Error>(conn)
+    };
+    let conn = match deadline(io_timeout, "the spare to take its plan", conn).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let why = format!("the spare at {addr} could not take the slot's plan: {e}");
+            let _ = heard.send((generation, Heard::Lost(slot, why)));
+            return;
+        }
+    };
+    // (Aborted with this task.)
+    let mut inner = tokio::task::JoinSet::new();
+    inner.spawn(read_slot::<T>(slot, generation, conn.reader, feed.plan.clone(), heard.clone(), received));
+    let uses = |p: &PartId| p.block.input_index().is_some_and(|x| relay::users(x).any(|(u, _)| u == slot));
+    let parts: Vec<PartId> =
+        send_order(feed.plan.a_panels(), feed.plan.b_panels()).into_iter().filter(|p| uses(p)).collect();
+    let (tx, rx) = mpsc::channel::<Send>(2);
+    inner.spawn(async move {
+        for part in parts {
+            if tx.send(Send::Part(part)).await.is_err() {
+                return;
+            }
+        }
+    });
+    feed_slot(feed, conn.writer, rx, ctl, io_timeout, heard).await;
+}
+
+/// What one slot's writer sends from: the slot, its generation (0, or 1
+/// for a spare its roles moved to), the inputs and the plan.
+struct Feeding<T> {
+    slot: usize,
+    generation: u8,
+    a: Arc<Store<T>>,
+    b: Arc<Store<T>>,
+    split: Split,
+    plan: Arc<RelayPlan>,
+}
+
+/// A slot's link's writer: what `rx` hands it (see [`write_slot`]) and
+/// the control messages `ctl` does, then — keeping the write side open,
+/// since closing it ends the job on the slot — `Alive` now and then, and
+/// control messages, until the relay drops it.
+async fn feed_slot<T: Element>(
+    feed: Feeding<T>,
+    writer: FrameWriter<OwnedWriteHalf>,
+    rx: mpsc::Receiver<Send>,
+    mut ctl: mpsc::UnboundedReceiver<WorkerRequest>,
+    io_timeout: Duration,
+    heard: mpsc::UnboundedSender<(u8, Heard)>,
+) {
+    let (slot, generation) = (feed.slot, feed.generation);
+    match write_slot(writer, rx, &mut ctl, &feed, io_timeout).await {
+        Ok(mut writer) => {
+            let _ = heard.send((generation, Heard::Written(slot)));
+            loop {
+                let said = tokio::select! {
+                    () = tokio::time::sleep(relay::ALIVE_EVERY) => alive(&mut writer, io_timeout).await,
+                    Some(request) = ctl.recv() => {
+                        deadline(io_timeout, "a slot to take a control message", writer.send(&request)).await
+                    }
+                };
+                if said.is_err() {
+                    // The reader hears why; the link stays as it is.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        Err(e) => drop(heard.send((generation, Heard::WriteFailed(slot, format!("sending to it failed: {e}"))))),
+    }
+}
+
+/// A slot's link's reader: what the slot says, as [`Heard`], until the
+/// link ends (its last word, a failure, is heard too).
+async fn read_slot<T: Element>(
+    slot: usize,
+    generation: u8,
+    mut reader: FrameReader<OwnedReadHalf>,
+    plan: Arc<RelayPlan>,
+    heard: mpsc::UnboundedSender<(u8, Heard)>,
+    received: Arc<AtomicU64>,
+) {
+    reader.set_admit(Some(admit_from(plan, slot)));
+    loop {
+        let event = match reader.read_frame().await {
+            Ok(Some(Frame::Blocks(blk))) if blk.op == BlockOp::Part => {
+                let shape = blk.mats.first().map(|m| m.shape()).unwrap_or((0, 0));
+                received.fetch_add(relay::part_frame_len(T::DTYPE, shape), Ordering::Relaxed);
+                match (PartId::from_task_id(blk.task_id), blk.mats.into_iter().next()) {
+                    (Ok(part), Some(m)) => Heard::Part(slot, part, m),
+                    _ => Heard::Lost(slot, "sent a malformed part".into()),
+                }
+            }
+            Ok(Some(Frame::Control(body))) => {
+                received.fetch_add(body.as_bytes().len() as u64 + 5, Ordering::Relaxed);
+                match body.decode::<WorkerReply>() {
+                    Ok(WorkerReply::Working) => continue,
+                    Ok(WorkerReply::RelayProgress { inputs, computed, arrived, at_us }) => {
+                        Heard::Progress(slot, inputs, computed, arrived, at_us)
+                    }
+                    Ok(WorkerReply::RelayDone(stats)) => Heard::Done(slot, stats),
+                    // (Its words are shown and logged: sanitized.)
+                    Ok(WorkerReply::RelayFailed { blame, message, evidence }) => {
+                        Heard::Failed(slot, blame, sanitized(&message), evidence)
+                    }
+                    Ok(WorkerReply::MovedAck { slot: moved, refused }) => {
+                        Heard::MovedAck(slot, usize::from(moved), refused.as_deref().map(sanitized))
+                    }
+                    Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, sanitized(&f.message), false),
+                    Ok(other) => Heard::Lost(slot, format!("sent {}", septet_common::proto::Control::kind(&other))),
+                    Err(e) => Heard::Lost(slot, e.to_string()),
+                }
+            }
+            Ok(Some(Frame::Blocks(_))) => Heard::Lost(slot, "sent blocks that are not a part".into()),
+            Ok(None) => Heard::Lost(slot, "closed the connection".into()),
+            Err(Error::Invalid(why)) => Heard::OffPlan(slot, why),
+            Err(e) => Heard::Lost(slot, e.to_string()),
+        };
+        let last = !matches!(event, Heard::Part(..) | Heard::Progress(..) | Heard::MovedAck(..));
+        if heard.send((generation, event)).is_err() || last {
+            return;
+        }
+    }
+}
+
 /// Writes what the sequencer hands this slot: its held panels and the
 /// digests of what it receives by forward.
 async fn write_slot<T: Element>(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Send>,
-    a: &Store<T>,
-    b: &Store<T>,
-    split: Split,
-    plan: &RelayPlan,
+    ctl: &mut mpsc::UnboundedReceiver<WorkerRequest>,
+    feed: &Feeding<T>,
     io_timeout: Duration,
 ) -> septet_common::Result<FrameWriter<OwnedWriteHalf>> {
+    let Feeding { a, b, split, plan, .. } = feed;
     loop {
         let send = tokio::select! {
             send = rx.recv() => match send {
                 Some(send) => send,
                 None => break,
             },
+            Some(request) = ctl.recv() => {
+                deadline(io_timeout, "a slot to take a control message", writer.send(&request)).await?;
+                continue;
+            }
             // Nothing to send for a while (the other slots' parts go
             // first): say so, or the slot takes the requester for gone.
             () = tokio::time::sleep(relay::ALIVE_EVERY) => {
@@ -1453,7 +1772,7 @@ async fn write_slot<T: Element>(
                 deadline(io_timeout, "a slot to take digests", writer.send(&WorkerRequest::Digests(d))).await?
             }
             Send::Part(part) => {
-                let data = part_of(a, b, split, plan, part);
+                let data = part_of(a, b, *split, plan, part);
                 let len = relay::part_frame_len(T::DTYPE, data.view().dim());
                 let limit = io_timeout + Duration::from_secs_f64(len as f64 / 1e6);
                 deadline(
