@@ -23,10 +23,12 @@
 //! relay (crate::relay):
 //! requester → worker       WorkerRequest::Relay(plan), then BlockOp::Part frames (R, the
 //!                          quadrants it holds) and WorkerRequest::Digests; WorkerRequest::Alive
-//!                          whenever it has sent nothing for a second
+//!                          whenever it has sent nothing for a second; WorkerRequest::Moved
+//!                          when another slot's roles move to a spare
 //! worker → requester       BlockOp::Part frames (C panels it reduced, its fingerprint),
 //!                          then WorkerReply::RelayDone; or WorkerReply::RelayFailed;
-//!                          WorkerReply::RelayProgress every 0.05 s between them
+//!                          WorkerReply::RelayProgress every 0.05 s between them;
+//!                          WorkerReply::MovedAck to each Moved
 //! worker → worker          WorkerRequest::Join, then BlockOp::Part frames (forwarded
 //!                          quadrant panels, product panels); no replies
 //! ```

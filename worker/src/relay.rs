@@ -1616,6 +1616,127 @@ mod tests {
         assert!(check(from, &task).is_err());
     }
 
+    /// A slot of `plan` that uses a quadrant it does not hold, the
+    /// quadrant, its holder, and the quadrant's first panel.
+    fn forwarded_to(plan: &RelayPlan) -> (usize, usize, usize, PartId) {
+        let roles = plan.roles;
+        let (me, x) = (0..SLOTS)
+            .flat_map(|me| (0..8).map(move |x| (me, x)))
+            .find(|&(me, x)| roles.holders[x] as usize != me && relay::users(x).any(|(u, _)| u == me))
+            .unwrap();
+        let block = if x < 4 { Block::A(Quad::ALL[x]) } else { Block::B(Quad::ALL[x - 4]) };
+        (me, x, roles.holders[x] as usize, PartId { block, panel: 0 })
+    }
+
+    #[test]
+    fn a_slot_whose_roles_moved_here_is_fed_all_it_uses_by_the_requester() {
+        let mut plan = RelayPlan::example(64, 8);
+        let (me, x, holder, part) = forwarded_to(&plan);
+        plan.you = me as u8;
+        let first = expected_counts(&plan, me);
+        assert!(may_send(&plan, me, From::Slot(holder), part));
+        assert!(!may_send(&plan, me, From::Requester, part));
+        plan.generation = 1;
+        let moved = expected_counts(&plan, me);
+        assert!(may_send(&plan, me, From::Requester, part));
+        assert!(!may_send(&plan, me, From::Slot(holder), part), "nobody forwards to a moved slot");
+        // What came by forward now comes from the requester; products as before.
+        let panels = if x < 4 { plan.a_panels().count() } else { plan.b_panels().count() };
+        assert!(moved[holder] <= first[holder] - panels, "{first:?} {moved:?}");
+        assert!(moved[REQUESTER] >= first[REQUESTER] + panels, "{first:?} {moved:?}");
+        assert_eq!(moved.iter().sum::<usize>(), first.iter().sum::<usize>());
+        for from in (0..SLOTS).filter(|&f| f != me) {
+            let products = if plan.roles.product_targets(from).contains(&me) { plan.a_panels().count() } else { 0 };
+            assert_eq!(moved[from], products, "slot {from}: {first:?} {moved:?}");
+        }
+    }
+
+    /// A node of slot `me` of `plan`, its links' events dropped.
+    fn node(mut plan: RelayPlan, me: usize) -> Node<f64> {
+        plan.you = me as u8;
+        let (links, _) = mpsc::unbounded_channel();
+        let peers = Peers {
+            joined: Arc::new(AtomicU8::new(0xff)),
+            generations: Arc::new(std::array::from_fn(|_| AtomicU8::new(0))),
+        };
+        let config = WorkerConfig::default();
+        Node::new(Arc::new(plan), Instant::now(), config, links, Arc::new(Semaphore::new(1)), Arc::default(), peers)
+    }
+
+    fn part_data(plan: &RelayPlan, part: PartId) -> Matrix {
+        Matrix::F64(Array2::zeros(plan.part_shape(part).unwrap()))
+    }
+
+    #[tokio::test]
+    async fn a_move_sets_the_old_peer_aside_and_resends_the_new_one_what_the_slot_was_owed() {
+        let plan = RelayPlan::example(64, 8);
+        // A slot that sends its product to another (the reducer that moves).
+        let me = (0..SLOTS).find(|&s| !plan.roles.product_targets(s).is_empty()).unwrap();
+        let to = plan.roles.product_targets(me)[0];
+        let mut node = node(plan.clone(), me);
+        let panel = PartId { block: Block::M(me), panel: 0 };
+        node.send_to(to, panel, Arc::new(Array2::zeros(plan.part_shape(panel).unwrap())));
+        assert_eq!(node.moved(to, "127.0.0.1:2".into(), None), None);
+        assert_eq!(node.generation[to], 1);
+        assert_eq!(node.peers.generations[to].load(Ordering::SeqCst), 1);
+        assert_eq!(node.peers.joined.load(Ordering::SeqCst) & (1 << to), 0, "the new peer may join");
+        assert_eq!(node.plan.peers[to], "127.0.0.1:2");
+        // Its product panel is queued for the new peer, on a new link.
+        assert_eq!(node.kept[&to].len(), 1);
+        assert!(node.sending.contains(&to) && node.retired.len() == 1);
+        // What the old peer's links bring or say is set aside.
+        assert!(node.stale(&Event::Closed { slot: to, generation: 0 }));
+        assert!(!node.stale(&Event::Closed { slot: to, generation: 1 }));
+        // Not itself, not a slot past the job's, not one whose product came in.
+        assert!(node.moved(me, "127.0.0.1:3".into(), None).is_some());
+        assert!(node.moved(SLOTS, "127.0.0.1:3".into(), None).is_some());
+        let other = (0..SLOTS).find(|&s| s != me && s != to).unwrap();
+        node.m_from[other] = 1;
+        assert!(node.moved(other, "127.0.0.1:3".into(), None).is_some());
+        assert_eq!(node.generation[other], 0);
+    }
+
+    #[tokio::test]
+    async fn a_panel_the_old_peer_forwarded_is_a_repeat_from_the_new_one_not_a_fault() {
+        let plan = RelayPlan::example(64, 8);
+        let (me, _, holder, part) = forwarded_to(&plan);
+        let mut node = node(plan.clone(), me);
+        let (out, _rx) = mpsc::channel(16);
+        let digest = relay::digest(Array2::<f64>::zeros(plan.part_shape(part).unwrap()).view());
+        node.take(Event::Digests(vec![(part.task_id().0, digest)]), &out).await.ok().unwrap();
+        let missing = |n: &Node<f64>| (n.b_missing, n.a_missing.iter().sum::<usize>());
+        let before = missing(&node);
+        let from_old = Event::Part {
+            from: From::Slot(holder),
+            generation: 0,
+            part,
+            data: part_data(&plan, part),
+            digest: Some(digest),
+        };
+        node.take(from_old, &out).await.ok().unwrap();
+        let used = missing(&node);
+        assert_ne!(used, before);
+        assert_eq!(node.moved(holder, "127.0.0.1:2".into(), None), None);
+        let from_new = |data| Event::Part { from: From::Slot(holder), generation: 1, part, data, digest: Some(digest) };
+        node.take(from_new(part_data(&plan, part)), &out).await.ok().unwrap();
+        assert_eq!(missing(&node), used, "used once");
+        assert_eq!(node.received[holder], 1);
+        // The new peer sending it twice is a fault.
+        let again = node.take(from_new(part_data(&plan, part)), &out).await;
+        assert!(again.is_err_and(|f| f.blame == Some(holder)));
+        // And the old peer's late parts are set aside.
+        let late = PartId { panel: 1, ..part };
+        let old = Event::Part {
+            from: From::Slot(holder),
+            generation: 0,
+            part: late,
+            data: part_data(&plan, late),
+            digest: None,
+        };
+        node.take(old, &out).await.ok().unwrap();
+        assert_eq!(node.received[holder], 1);
+    }
+
     #[test]
     fn a_slot_waits_for_its_requester_twice_its_silence_timeout_within_bounds() {
         let secs = Duration::from_secs;

@@ -648,9 +648,8 @@ pub(super) async fn run<T: Element>(
             // slot its product (which went with it). (A slot that took
             // some of the slot's product refuses the move, and what the
             // slot sent of C is looked at once all have answered.)
-            let done = |j: usize| stats[j].is_some();
-            let owed = (0..SLOTS).any(|j| done(j) && gather.plan.roles.product_targets(j).contains(&slot));
-            if movable && !owed {
+            let done = std::array::from_fn(|j| stats[j].is_some());
+            if movable && Moving::owed(slot, done, &gather.plan.roles).is_none() {
                 let (addr, ticket) = (spare.addr.clone(), spare.ticket.clone());
                 for (_, ctl) in ctl_txs.iter().enumerate().filter(|&(j, _)| j != slot) {
                     let _ =
@@ -659,8 +658,7 @@ pub(super) async fn run<T: Element>(
                 generation[slot] += 1;
                 watching_products = false;
                 info!(slot, slow = %peers[slot].addr, spare = %spare.addr, "relay: moving a slow slot's roles to a spare");
-                let acks = std::array::from_fn(done);
-                moving = Some(Moving { slot, spare, why, acks, until: now + MOVE_PATIENCE });
+                moving = Some(Moving { slot, spare, why, acks: done, until: now + MOVE_PATIENCE });
             } else {
                 reports.push(Report::slow(slot, &why));
                 // Seen here, not reported by a slot: no other word to wait for.
@@ -823,21 +821,11 @@ pub(super) async fn run<T: Element>(
             }
             Heard::Done(slot, s) => {
                 stats[slot] = Some(s);
-                // Done before it heard of a move: it has no part in it,
-                // unless its product went to the slot (and so only to the
-                // old peer).
-                if let Some(m) = moving.as_mut().filter(|m| m.slot != slot && !m.acks[slot]) {
-                    if gather.plan.roles.product_targets(slot).contains(&m.slot) {
-                        let m = moving.take().expect("moving");
-                        info!(
-                            slot = m.slot,
-                            done = slot,
-                            "relay: a slot finished before it could move; relaying again"
-                        );
-                        named = Some((m.slot, m.why, m.spare, false));
-                    } else {
-                        m.acks[slot] = true;
-                    }
+                let which = moving.as_ref().map_or(slot, |m| m.slot);
+                if let Some(why) = moving.as_mut().and_then(|m| m.heard(slot, which, Word::Done, &gather.plan.roles)) {
+                    let m = moving.take().expect("moving");
+                    info!(slot = m.slot, by = slot, %why, "relay: the move is off; relaying again");
+                    named = Some((m.slot, m.why, m.spare, false));
                 }
             }
             Heard::Failed(slot, blame, message, evidence) => {
@@ -860,14 +848,11 @@ pub(super) async fn run<T: Element>(
                 }
             }
             Heard::MovedAck(from, which, refused) => {
-                let Some(m) = moving.as_mut().filter(|m| m.slot == which && from != which) else { continue };
-                match refused {
-                    None => m.acks[from] = true,
-                    Some(why) => {
-                        let m = moving.take().expect("moving");
-                        info!(slot = m.slot, by = from, %why, "relay: a slot refused the move; relaying again");
-                        named = Some((m.slot, m.why, m.spare, false));
-                    }
+                let word = refused.map_or(Word::Took, Word::Refused);
+                if let Some(why) = moving.as_mut().and_then(|m| m.heard(from, which, word, &gather.plan.roles)) {
+                    let m = moving.take().expect("moving");
+                    info!(slot = m.slot, by = from, %why, "relay: the move is off; relaying again");
+                    named = Some((m.slot, m.why, m.spare, false));
                 }
             }
             Heard::WriteFailed(slot, why) => {
@@ -881,7 +866,7 @@ pub(super) async fn run<T: Element>(
                 }
             }
         }
-        if moving.as_ref().is_some_and(|m| (0..SLOTS).all(|j| j == m.slot || m.acks[j])) {
+        if moving.as_ref().is_some_and(Moving::answered) {
             let Moving { slot, spare, why, .. } = moving.take().expect("moving");
             if gather.seen.iter().any(|&(sender, _)| sender == slot) {
                 info!(slot, "relay: the slot sent part of C before it could move; relaying again");
@@ -1577,6 +1562,52 @@ struct Moving {
     until: tokio::time::Instant,
 }
 
+/// What a slot says of a move under way.
+#[derive(Debug)]
+enum Word {
+    /// It took the move ([`WorkerReply::MovedAck`]).
+    Took,
+    /// It refused it, saying why.
+    Refused(String),
+    /// It finished its roles (before it heard of the move, or after it
+    /// took it).
+    Done,
+}
+
+impl Moving {
+    /// The slot already done (in `done`) whose product went to `slot`, if
+    /// any: it went to the old peer only, and a done slot no longer has
+    /// it to send the spare, so the roles cannot move.
+    fn owed(slot: usize, done: [bool; SLOTS], roles: &Roles) -> Option<usize> {
+        (0..SLOTS).find(|&j| j != slot && done[j] && roles.product_targets(j).contains(&slot))
+    }
+
+    /// Takes slot `from`'s `word` about the move of slot `which`: why the
+    /// move is off, if it is. (Words about another move, or from the
+    /// moving slot itself, are not this move's.)
+    fn heard(&mut self, from: usize, which: usize, word: Word, roles: &Roles) -> Option<String> {
+        if which != self.slot || from == self.slot || from >= SLOTS {
+            return None;
+        }
+        match word {
+            Word::Took => self.acks[from] = true,
+            Word::Refused(why) => return Some(format!("slot {from} refused it: {why}")),
+            // Done after it took the move: its product went to the spare.
+            Word::Done if self.acks[from] => {}
+            Word::Done => match Moving::owed(self.slot, std::array::from_fn(|j| j == from), roles) {
+                Some(_) => return Some(format!("slot {from} finished, its product sent to the old peer")),
+                None => self.acks[from] = true,
+            },
+        }
+        None
+    }
+
+    /// Every other slot has taken the move (or had no part in it).
+    fn answered(&self) -> bool {
+        (0..SLOTS).all(|j| j == self.slot || self.acks[j])
+    }
+}
+
 /// How long the other slots have to take a move: they answer at once
 /// (a move is only tried before any product panel has gone out, while
 /// their links to the requester carry little).
@@ -2067,6 +2098,44 @@ fn slot_reports(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_move_goes_ahead_once_every_other_slot_took_it_or_had_no_part_in_it() {
+        let roles = Roles::choose(Split::of((64, 64), (64, 64)).unwrap());
+        // A reducer that another slot sends its product to, and a slot that does not.
+        let slot = (0..SLOTS).find(|&s| (0..SLOTS).any(|j| j != s && roles.product_targets(j).contains(&s))).unwrap();
+        let feeder = (0..SLOTS).find(|&j| j != slot && roles.product_targets(j).contains(&slot)).unwrap();
+        let bystander = (0..SLOTS).find(|&j| j != slot && !roles.product_targets(j).contains(&slot)).unwrap();
+        let spare = PeerAddr { peer_id: septet_common::proto::PeerId(9), addr: "10.0.0.9:1".into(), ticket: None };
+        let start = || Moving {
+            slot,
+            spare: spare.clone(),
+            why: "slow".into(),
+            acks: [false; SLOTS],
+            until: tokio::time::Instant::now(),
+        };
+        // A slot done with its product sent to the old peer: no move.
+        assert_eq!(Moving::owed(slot, std::array::from_fn(|j| j == feeder), &roles), Some(feeder));
+        assert_eq!(Moving::owed(slot, std::array::from_fn(|j| j == bystander), &roles), None);
+        let mut m = start();
+        for j in (0..SLOTS).filter(|&j| j != slot && j != bystander) {
+            assert!(!m.answered());
+            assert_eq!(m.heard(j, slot, Word::Took, &roles), None);
+            // Not this move's words.
+            assert_eq!(m.heard(j, (slot + 1) % SLOTS, Word::Refused("no".into()), &roles), None);
+            assert_eq!(m.heard(slot, slot, Word::Refused("no".into()), &roles), None);
+        }
+        assert!(!m.answered());
+        // Done, owing the slot nothing: as good as taken.
+        assert_eq!(m.heard(bystander, slot, Word::Done, &roles), None);
+        assert!(m.answered());
+        // Done after taking the move: fine; done before it, owing the slot its product: off.
+        assert_eq!(m.heard(feeder, slot, Word::Done, &roles), None);
+        let mut m = start();
+        assert!(m.heard(feeder, slot, Word::Done, &roles).is_some_and(|why| why.contains("old peer")));
+        let mut m = start();
+        assert!(m.heard(bystander, slot, Word::Refused("took its product".into()), &roles).is_some());
+    }
 
     #[test]
     fn a_failed_quadrant_is_blamed_on_wrong_fingerprints_else_on_its_reducer() {
