@@ -472,6 +472,9 @@ pub struct RelayPlan {
     /// quadrants it uses as well as those it holds (the others no longer
     /// forward to it), and its links to peers say this generation.
     pub generation: u8,
+    /// Bit j: slot j had finished all its roles when this plan was made
+    /// (a slot whose roles moved here mid-relay forwards it nothing).
+    pub done: u8,
 }
 
 impl RelayPlan {
@@ -497,6 +500,7 @@ impl RelayPlan {
             delegate: Vec::new(),
             silence_ms: 4000,
             generation: 0,
+            done: 0,
         }
     }
 

@@ -467,6 +467,7 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
                     delegate,
                     silence_ms: x[0] ^ x[1],
                     generation: reducers[0],
+                    done: reducers[1],
                 })
             }),
     ]

@@ -1161,6 +1161,10 @@ impl<T: Element> Node<T> {
 
     /// Queues `data` for slot `to`, opening the link on first use.
     fn send_to(&mut self, to: usize, part: PartId, data: Arc<Array2<T>>) {
+        if self.plan.done & (1 << to) != 0 {
+            // Done before this slot's roles moved here: it has all it needs.
+            return;
+        }
         if self.generation[to] > 0 && part.block.input_index().is_some() {
             // Its roles moved: the requester sends the new peer its operands.
             return;

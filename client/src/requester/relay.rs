@@ -350,6 +350,7 @@ pub(super) async fn run<T: Element>(
         delegate: groups.get(you).map(|g| g.to_vec()).unwrap_or_default(),
         silence_ms: config.silence_timeout.as_millis() as u64,
         generation: 0,
+        done: 0,
     };
     let plan = Arc::new(plan_for(0));
     let verifier = if config.verify {
@@ -813,8 +814,9 @@ pub(super) async fn run<T: Element>(
                     if let Some((slot, why)) = slow_product(&progress_of, panels, done) {
                         watching_products = false;
                         if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
-                            // (Its products have moved: it cannot.)
-                            named = Some((slot, why, spare, false));
+                            // (Its roles move only if nothing it computed has
+                            // left it, and no slot done sent it its product.)
+                            named = Some((slot, why, spare, true));
                         }
                     }
                 }
@@ -887,6 +889,8 @@ pub(super) async fn run<T: Element>(
                 spare_plan.peers[slot].clone_from(&spare.addr);
                 spare_plan.tickets[slot].clone_from(&spare.ticket);
                 spare_plan.generation = generation[slot];
+                // (A slot done has every panel it needs: nothing to forward it.)
+                spare_plan.done = (0..SLOTS).filter(|&j| stats[j].is_some()).fold(0, |b, j| b | 1 << j);
                 let feed = Feeding {
                     slot,
                     generation: generation[slot],
