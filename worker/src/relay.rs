@@ -55,6 +55,9 @@ const REQUESTER: usize = SLOTS;
 /// when it arrives unless the link held it back.
 const PROGRESS_EVERY: Duration = Duration::from_millis(50);
 
+/// How often one slot's roles may move in a job.
+const MOST_MOVES: u8 = 1;
+
 /// Slowest rate, in bytes per second, at which a peer must take a part
 /// (beyond the I/O timeout) before the link is given up.
 const MIN_PART_RATE: f64 = 1e6;
@@ -1045,9 +1048,12 @@ impl<T: Element> Node<T> {
         if self.m_from[slot] > 0 {
             return Some(format!("{} panels of its product have come from slot {slot}", self.m_from[slot]));
         }
-        let Some(next) = self.generation[slot].checked_add(1) else {
-            return Some(format!("slot {slot} has moved too often"));
-        };
+        // Once a job (the requester hedges a relay once): a requester that
+        // asks more must not have this slot send its product again and again.
+        if self.generation[slot] >= MOST_MOVES {
+            return Some(format!("slot {slot} has moved already"));
+        }
+        let next = self.generation[slot] + 1;
         // From now on only the new peer's link is taken from, once. The
         // link to the old one, if any, gets nothing more (it forwarded
         // operands, which the requester now sends the new peer itself),
@@ -1698,6 +1704,9 @@ mod tests {
         node.m_from[other] = 1;
         assert!(node.moved(other, "127.0.0.1:3".into(), None).is_some());
         assert_eq!(node.generation[other], 0);
+        // A slot moves once.
+        assert!(node.moved(to, "127.0.0.1:4".into(), None).is_some_and(|why| why.contains("already")));
+        assert_eq!(node.plan.peers[to], "127.0.0.1:2");
     }
 
     #[tokio::test]
