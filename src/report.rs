@@ -372,6 +372,20 @@ pub fn render(r: &JobReport, cx: &Context) -> String {
                 })
                 .unwrap_or_default()
         );
+        if let Some(mv) = &relay.moved {
+            let _ = write!(
+                h,
+                "<p>{}'s roles moved mid-relay, at {:.3} s, from peer {} ({}) to peer {} ({}): {}. The other slots took its parts from the new peer, and the requester sent the new peer the quadrants {} uses.</p>",
+                mv.product,
+                mv.at_s,
+                mv.from.peer_id,
+                escape(&mv.from.addr),
+                mv.to.peer_id,
+                escape(&mv.to.addr),
+                escape(&mv.reason),
+                mv.product
+            );
+        }
         if relay.slots.iter().any(|s| s.delegated.is_some()) {
             h.push_str("<p>Two levels deep: each slot had its product computed by the seven peers listed under it (M3.5 is product 5 of M3's split) as a relayed job of its own, checked what they sent, and computed itself whatever they did not deliver. A slot's bytes include its group's; its compute time is the time its group took.</p>");
         }

@@ -1345,12 +1345,14 @@ fn relay_attempts(outcome: &relay::Outcome, unfinished: &'static str, started: I
                 (Some(why), _) => ("failed", Some(why)),
                 (None, None) => (unfinished, Some(relay.failure.clone().unwrap_or_else(|| "did not finish".into()))),
             };
+            // (A spare that took a slot's roles got its plan at the move.)
+            let plan_in = relay.moved.as_ref().filter(|mv| mv.slot == slot).map_or(relay.plan_sent_s, |mv| mv.at_s);
             AttemptReport {
                 product: sl.product,
                 peer: sl.peer.clone(),
                 kind: "relay",
-                started_s: relay.plan_sent_s,
-                send_start_s: Some(relay.plan_sent_s),
+                started_s: plan_in,
+                send_start_s: Some(plan_in),
                 sent_s: sl.compute_start_s,
                 computed_s: sl.compute_end_s,
                 receive_start_s: sl.compute_end_s,

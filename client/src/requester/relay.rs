@@ -120,7 +120,8 @@ pub struct SlotReport {
     /// Seconds it computed.
     pub compute_s: f64,
     /// Seconds since the start of the job (its plan was sent at
-    /// `plan_sent_s`; the slot's own clock runs from its arrival): its
+    /// `plan_sent_s`, or a spare's at `moved.at_s`; the slot's own clock
+    /// runs from its arrival): its
     /// last operand panel arrived, it began and ended computing, it sent
     /// its first C panel, it was done. `None`: it did not get there.
     pub inputs_done_s: Option<f64>,
@@ -1005,7 +1006,10 @@ pub(super) async fn run<T: Element>(
     if let (Some(mv), Some(meter)) = (&moved, spare_meter) {
         meters[mv.slot] = meter;
     }
-    report.slots = slot_reports(&plan, &peers_now, groups, &stats, &meters, report.plan_sent_s);
+    // (Each slot's clock starts when its plan reaches it: the spare's, at the move.)
+    let plans_sent: [f64; SLOTS] =
+        std::array::from_fn(|j| moved.as_ref().filter(|mv| mv.slot == j).map_or(report.plan_sent_s, |mv| mv.at_s));
+    report.slots = slot_reports(&plan, &peers_now, groups, &stats, &meters, plans_sent);
     report.moved = moved;
     outcome.report = report;
     outcome
@@ -2066,11 +2070,11 @@ fn slot_reports(
     groups: &[[PeerAddr; 7]],
     stats: &[Option<RelayStats>],
     meters: &[Arc<AtomicU64>],
-    plan_sent_s: f64,
+    plans_sent: [f64; SLOTS],
 ) -> Vec<SlotReport> {
-    let at = |us: u64| (us > 0).then(|| plan_sent_s + us as f64 / 1e6);
     (0..SLOTS)
         .map(|slot| {
+            let at = |us: u64| (us > 0).then(|| plans_sent[slot] + us as f64 / 1e6);
             let s = stats[slot].clone().unwrap_or_default();
             // (Saturating: the counts are the slot's word.)
             let sum = |v: &[u64]| v.iter().fold(0u64, |a, &b| a.saturating_add(b));
