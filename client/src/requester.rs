@@ -1859,7 +1859,7 @@ impl Requester {
                 slow_peer: mv.from,
                 hedge_peer: mv.to.clone(),
                 reason: mv.reason,
-                at_s: mv.at_s,
+                at_s: mv.named_s,
                 winner: if won { "hedge" } else { "none" },
             });
             moved_to = {

@@ -25,7 +25,7 @@
 //! but not make the node hold more than the plan's blocks.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,14 +80,22 @@ struct Entry {
     plan: Arc<RelayPlan>,
     inbox: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
+    /// Who may still join: see [`Joins`].
+    joins: Arc<Mutex<Joins>>,
+}
+
+/// The links peers have opened to a job's slot, checked and changed under
+/// one lock (a move and a `Join` must not interleave).
+#[derive(Default)]
+struct Joins {
     /// The slots that have joined (bit `from`): each sends on one link,
     /// so a second `Join` from the same slot is refused — every link may
     /// bring the plan's parts, and two would queue twice that. (A slot
     /// whose roles moved may join once more, as its next generation.)
-    joined: Arc<AtomicU8>,
+    joined: u8,
     /// Each slot's generation (how often its roles moved): a `Join` must
     /// say its slot's current one.
-    generations: Arc<[AtomicU8; SLOTS]>,
+    generations: [u8; SLOTS],
 }
 
 /// Jobs a worker runs at once, beyond which a plan is refused.
@@ -287,7 +295,7 @@ pub(crate) async fn lead(
     let slot_memory = config.slot_memory();
     let (inbox, inbox_rx) = mpsc::unbounded_channel();
     let plan = Arc::new(plan);
-    let (joined, generations) = (Arc::new(AtomicU8::new(0)), Arc::new(std::array::from_fn(|_| AtomicU8::new(0))));
+    let joins = Arc::new(Mutex::new(Joins::default()));
     let admitted = plan
         .validate(config.max_frame_len, max_bytes)
         .map_err(|e| e.to_string())
@@ -305,8 +313,7 @@ pub(crate) async fn lead(
                 plan: plan.clone(),
                 inbox: inbox.clone(),
                 cancel: job_cancel.clone(),
-                joined: joined.clone(),
-                generations: generations.clone(),
+                joins: joins.clone(),
             })
         });
     if let Err(message) = admitted {
@@ -322,7 +329,7 @@ pub(crate) async fn lead(
     let node = {
         let (plan, out_tx, cancel, config) = (plan.clone(), out_tx.clone(), job_cancel.clone(), config.clone());
         let fallback = relays.fallback.clone();
-        let peers = Peers { joined, generations };
+        let peers = joins;
         tokio::spawn(async move {
             let (links, links_rx) = mpsc::unbounded_channel();
             let result = match plan.dtype {
@@ -360,7 +367,7 @@ pub(crate) async fn lead(
         })
     };
     let counts = expected_counts(&plan, me);
-    let (mut parts, mut digests) = (0, 0);
+    let (mut parts, mut digests, mut moves) = (0, 0, 0);
     let most_digests = 4 * (plan.a_panels().count() + plan.b_panels().count());
     // The requester says something at least every ALIVE_EVERY; past this
     // much silence between its frames it is gone (its host died, its link
@@ -390,7 +397,10 @@ pub(crate) async fn lead(
                     Event::Digests(d)
                 }
                 Ok(WorkerRequest::Alive) => continue,
-                Ok(WorkerRequest::Moved { slot, addr, ticket }) => {
+                // At most one per other slot and move: each is answered, and
+                // what waits in the inbox stays bounded.
+                Ok(WorkerRequest::Moved { slot, addr, ticket }) if moves < (SLOTS - 1) * MOST_MOVES as usize => {
+                    moves += 1;
                     Event::Moved { slot: usize::from(slot), addr, ticket }
                 }
                 _ => break,
@@ -439,12 +449,24 @@ pub(crate) async fn follow(
     if from >= SLOTS || from == me {
         return;
     }
-    if entry.generations[from].load(Ordering::SeqCst) != generation {
-        debug!(%job_id, from, to, generation, "a link from a slot's other generation; refused");
-        return;
-    }
-    if entry.joined.fetch_or(1 << from, Ordering::SeqCst) & (1 << from) != 0 {
-        debug!(%job_id, from, to, "a second link from the same slot; refused");
+    let refused = {
+        let mut joins = entry.joins.lock();
+        if joins.generations[from] != generation {
+            Some("a link from a slot's other generation (its roles moved)")
+        } else if joins.joined & (1 << from) != 0 {
+            Some("a second link from the same slot")
+        } else {
+            joins.joined |= 1 << from;
+            None
+        }
+    };
+    if let Some(why) = refused {
+        debug!(%job_id, from, to, generation, why, "refused a peer's link");
+        // Taken and set aside, not reset: the old peer of a slot that
+        // moved must not fail (and spread its failure to slots that have
+        // not yet heard of the move) before the requester drops it.
+        let drain = async { while let Ok(Some(_)) = reader.read_frame().await {} };
+        let _ = tokio::time::timeout(config.io_timeout, drain).await;
         return;
     }
     let expected = expected_counts(plan, me)[from];
@@ -697,10 +719,7 @@ impl<T> Drop for Recycler<T> {
 }
 
 /// What a job's peer links check a `Join` against (see [`Entry`]).
-struct Peers {
-    joined: Arc<AtomicU8>,
-    generations: Arc<[AtomicU8; SLOTS]>,
-}
+type Peers = Arc<Mutex<Joins>>;
 
 /// One slot's share of a relayed job.
 struct Node<T> {
@@ -1062,8 +1081,21 @@ impl<T: Element> Node<T> {
         // that have not yet heard of the move — the requester drops it
         // once every slot has.
         self.generation[slot] = next;
-        self.peers.generations[slot].store(next, Ordering::SeqCst);
-        self.peers.joined.fetch_and(!(1u8 << slot), Ordering::SeqCst);
+        {
+            let mut joins = self.peers.lock();
+            joins.generations[slot] = next;
+            joins.joined &= !(1u8 << slot);
+        }
+        // What the old peer forwarded and waits for its digest is set
+        // aside too: the new peer sends it again (a corrupt copy from the
+        // old peer must not fail the job once a good one is on its way).
+        let old: Vec<u64> = self.parked.iter().filter(|(_, (from, ..))| *from == slot).map(|(&id, _)| id).collect();
+        for id in old {
+            self.parked.remove(&id);
+            if let Ok(part) = PartId::from_task_id(septet_common::TaskId(id)) {
+                self.taken.remove(&part);
+            }
+        }
         self.received[slot] = 0;
         if let Some(outbox) = self.outboxes.remove(&slot) {
             self.retired.push(outbox);
@@ -1665,10 +1697,7 @@ mod tests {
     fn node(mut plan: RelayPlan, me: usize) -> Node<f64> {
         plan.you = me as u8;
         let (links, _) = mpsc::unbounded_channel();
-        let peers = Peers {
-            joined: Arc::new(AtomicU8::new(0xff)),
-            generations: Arc::new(std::array::from_fn(|_| AtomicU8::new(0))),
-        };
+        let peers = Arc::new(Mutex::new(Joins { joined: 0xff, generations: [0; SLOTS] }));
         let config = WorkerConfig::default();
         Node::new(Arc::new(plan), Instant::now(), config, links, Arc::new(Semaphore::new(1)), Arc::default(), peers)
     }
@@ -1688,8 +1717,8 @@ mod tests {
         node.send_to(to, panel, Arc::new(Array2::zeros(plan.part_shape(panel).unwrap())));
         assert_eq!(node.moved(to, "127.0.0.1:2".into(), None), None);
         assert_eq!(node.generation[to], 1);
-        assert_eq!(node.peers.generations[to].load(Ordering::SeqCst), 1);
-        assert_eq!(node.peers.joined.load(Ordering::SeqCst) & (1 << to), 0, "the new peer may join");
+        assert_eq!(node.peers.lock().generations[to], 1);
+        assert_eq!(node.peers.lock().joined & (1 << to), 0, "the new peer may join");
         assert_eq!(node.plan.peers[to], "127.0.0.1:2");
         // Its product panel is queued for the new peer, on a new link.
         assert_eq!(node.kept[&to].len(), 1);
@@ -1729,11 +1758,35 @@ mod tests {
         node.take(from_old, &out).await.ok().unwrap();
         let used = missing(&node);
         assert_ne!(used, before);
+        // A corrupt panel from the old peer, waiting for its digest.
+        let next = PartId { panel: 1, ..part };
+        let bad = Array2::<f64>::ones(plan.part_shape(next).unwrap());
+        let bad_digest = relay::digest(bad.view());
+        let corrupt = Event::Part {
+            from: From::Slot(holder),
+            generation: 0,
+            part: next,
+            data: Matrix::F64(bad),
+            digest: Some(bad_digest),
+        };
+        node.take(corrupt, &out).await.ok().unwrap();
         assert_eq!(node.moved(holder, "127.0.0.1:2".into(), None), None);
+        // Set aside by the move: the new peer's good copy is used, and the digest fails nobody.
+        let good = Event::Part {
+            from: From::Slot(holder),
+            generation: 1,
+            part: next,
+            data: part_data(&plan, next),
+            digest: Some(digest),
+        };
+        node.take(good, &out).await.ok().unwrap();
+        node.take(Event::Digests(vec![(next.task_id().0, digest)]), &out).await.ok().unwrap();
+        let used = missing(&node);
+        assert_eq!(node.received[holder], 1);
         let from_new = |data| Event::Part { from: From::Slot(holder), generation: 1, part, data, digest: Some(digest) };
         node.take(from_new(part_data(&plan, part)), &out).await.ok().unwrap();
         assert_eq!(missing(&node), used, "used once");
-        assert_eq!(node.received[holder], 1);
+        assert_eq!(node.received[holder], 2);
         // The new peer sending it twice is a fault.
         let again = node.take(from_new(part_data(&plan, part)), &out).await;
         assert!(again.is_err_and(|f| f.blame == Some(holder)));
@@ -1747,7 +1800,7 @@ mod tests {
             digest: None,
         };
         node.take(old, &out).await.ok().unwrap();
-        assert_eq!(node.received[holder], 1);
+        assert_eq!(node.received[holder], 2);
     }
 
     #[test]

@@ -174,8 +174,15 @@ pub struct MovedSlot {
     pub to: PeerAddr,
     /// Why the slot was taken for slow.
     pub reason: String,
-    /// When the spare took over, seconds since the job started.
+    /// When the other slots were told of the move, seconds since the job
+    /// started.
+    pub named_s: f64,
+    /// When they had all taken it and the spare was handed the slot's
+    /// plan.
     pub at_s: f64,
+    /// Bytes the requester had sent the slow peer (the slot's row in
+    /// `slots` counts the spare's).
+    pub from_requester: u64,
 }
 
 /// The outcome of the relay phase.
@@ -643,8 +650,11 @@ pub(super) async fn run<T: Element>(
     // is still being fed: A and B are out once both are done.
     let mut seq_sent: Option<tokio::time::Instant> = None;
     let mut spare_feeding = false;
+    let mut named_at = 0.0;
     loop {
-        if let Some((slot, why, spare, movable)) = named.take() {
+        // (One hedge a relay: a naming while a move is under way, or after
+        // one, is set aside.)
+        if let Some((slot, why, spare, movable)) = named.take().filter(|_| moving.is_none() && moved.is_none()) {
             let now = tokio::time::Instant::now();
             // A slot already done has no part in a move, unless it sent the
             // slot its product (which went with it). (A slot that took
@@ -658,7 +668,8 @@ pub(super) async fn run<T: Element>(
                         ctl.send(WorkerRequest::Moved { slot: slot as u8, addr: addr.clone(), ticket: ticket.clone() });
                 }
                 generation[slot] += 1;
-                watching_products = false;
+                (watching, watching_products) = (false, false);
+                named_at = started.elapsed().as_secs_f64();
                 info!(slot, slow = %peers[slot].addr, spare = %spare.addr, "relay: moving a slow slot's roles to a spare");
                 moving = Some(Moving { slot, spare, why, acks: done, until: now + MOVE_PATIENCE });
             } else {
@@ -677,8 +688,11 @@ pub(super) async fn run<T: Element>(
             // within moments, or not at all.
             grace = Some(tokio::time::Instant::now() + Duration::from_secs(1));
         }
-        // Once two quadrants are in, the others are due too (see `quads_due`).
-        let behind = quads_due(plan_sent, &gather.quads);
+        // Once two quadrants are in, the others are due too (see `quads_due`)
+        // — but not once a slot moved: its spare is fed from the move on,
+        // and the quadrants it reduces or feeds come that much later (the
+        // due time after A and B are out, the spare's feed included, holds).
+        let behind = if moving.is_none() && moved.is_none() { quads_due(plan_sent, &gather.quads) } else { None };
         let due = [sent_at.map(due_after), behind].into_iter().flatten().min();
         let wait_until = settle.or(grace).or(due).map_or(until, |g| g.min(until));
         let heard = tokio::select! {
@@ -917,7 +931,9 @@ pub(super) async fn run<T: Element>(
                     from: peers[slot].clone(),
                     to: spare.clone(),
                     reason: format!("slow: {why}"),
+                    named_s: named_at,
                     at_s: started.elapsed().as_secs_f64(),
+                    from_requester: meters[slot].load(Ordering::Relaxed),
                 });
                 peers_now[slot] = spare;
             }
