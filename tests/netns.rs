@@ -492,6 +492,67 @@ fn slow_slot(
     only_on_probation(&grid, &slow_addr);
 }
 
+/// A relayed job whose first slot (M1: it reduces nothing) dies mid-relay,
+/// its process killed while B is still going out, with a spare free: the
+/// requester's link to it breaks (and the slots linked to it hold rather
+/// than give up, saying so), so its roles move to the spare within the one
+/// relay. C is right, the dead worker is named in the failures and
+/// reported, the spare took its place, nothing stays leased.
+#[test]
+fn a_relay_slot_that_dies_mid_relay_has_its_roles_moved_to_a_spare() {
+    lost_slot(|grid| grid.kill("w0"), "lost: ");
+}
+
+/// The same with the slot cut off silently (no reset, no FIN): the
+/// requester's silence timeout tells, and the slot moves.
+#[test]
+fn a_relay_slot_cut_off_silently_mid_relay_has_its_roles_moved_to_a_spare() {
+    lost_slot(|grid| grid.cut("w0"), "lost: ");
+}
+
+fn lost_slot(lose: impl Fn(&mut NetGrid), reason: &str) {
+    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    // Registered in order, so leased in order: w0 is slot 0; the spare is
+    // one of the last.
+    grid.start_workers_at(0..1, "tr", &[]);
+    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 1), "w0 did not register");
+    grid.start_workers_at(1..8, "tr", &[]);
+    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 8), "the spare did not register");
+    // A slow requester link, so the job lasts seconds (16 MB out at 30 Mbit/s).
+    grid.shape("rq", "30mbit");
+    let log_path = grid.dir().join("requester.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
+    let mut job = grid.client("rq", "multiply", &args);
+    job.env("RUST_LOG", "septet_client=info").stdout(std::process::Stdio::piped()).stderr(log);
+    let child = job.spawn().unwrap();
+    let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !read().contains("relay: plans out") {
+        assert!(std::time::Instant::now() < until, "no relay plan in the requester's log:\n{}", read());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // B is going out (8 MB, two seconds): nothing is computed yet.
+    std::thread::sleep(Duration::from_millis(300));
+    lose(&mut grid);
+    let out = child.wait_with_output().unwrap();
+    grid.heal("w0");
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    assert_eq!(summary["plan"], "relay", "{summary}\n{}", read());
+    let lost_addr = summary["relay"]["moved"]["from"]["addr"].as_str().unwrap_or_default().to_string();
+    assert_eq!(lost_addr.rsplit_once(':').map(|a| a.0), Some(grid.addr("w0").as_str()), "{summary}\n{}", read());
+    let hedges = summary["hedges"].as_array().unwrap();
+    assert_eq!(hedges.len(), 1, "{summary}");
+    assert!(hedges[0]["reason"].as_str().unwrap().starts_with(reason), "{summary}");
+    moved_within_the_relay(&summary, &lost_addr, &hedges[0]);
+    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(failures.iter().any(|f| f.contains(&lost_addr) && f.contains("moved")), "{failures:?}");
+    println!("job took {:.2} s; moved: {}", summary["total_s"].as_f64().unwrap(), summary["relay"]["moved"]);
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
+
 /// Relayed jobs behind a congested requester link (30 Mbit/s, workers at
 /// 1 Gbit/s), with a spare free: TCP, unfair at the shared bottleneck,
 /// starves one slot's flow for a while, so by pace alone a healthy slot

@@ -1847,12 +1847,21 @@ impl Requester {
         .await;
         let replaced: [PeerAddr; 7];
         let mut peers = peers;
-        // A slow slot whose roles moved to a spare mid-relay: a hedge, as
+        // A slow or lost slot whose roles moved to a spare mid-relay: a hedge, as
         // below, but within the one relay; the spare holds the slot from
         // here on (for what the direct way may still need).
         let moved_to: [PeerAddr; 7];
         if let Some(mv) = outcome.report.moved.clone() {
-            keeper.note_speed(vec![mv.from.peer_id], Vec::new()).await;
+            if mv.lost {
+                // Gone, not slow: the tracker hears it as a failure.
+                report.failures.push(format!(
+                    "relay: slot {} ({}, peer {}): {}; its roles moved to {}",
+                    mv.slot, mv.from.addr, mv.from.peer_id, mv.reason, mv.to.addr
+                ));
+                keeper.report_in_background(mv.from.peer_id, format!("relay: {}", mv.reason));
+            } else {
+                keeper.note_speed(vec![mv.from.peer_id], Vec::new()).await;
+            }
             let won = outcome.verified.iter().all(|&v| v);
             report.hedges.push(HedgeReport {
                 product: PRODUCTS[mv.slot].name,

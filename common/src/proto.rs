@@ -28,7 +28,9 @@
 //! worker → requester       BlockOp::Part frames (C panels it reduced, its fingerprint),
 //!                          then WorkerReply::RelayDone; or WorkerReply::RelayFailed;
 //!                          WorkerReply::RelayProgress every 0.05 s between them;
-//!                          WorkerReply::MovedAck to each Moved
+//!                          WorkerReply::MovedAck to each Moved; WorkerReply::RelayLost
+//!                          when its link with another slot broke (it holds, and the
+//!                          requester moves that slot or ends the job)
 //! worker → worker          WorkerRequest::Join, then BlockOp::Part frames (forwarded
 //!                          quadrant panels, product panels); no replies
 //! ```
@@ -70,7 +72,9 @@ use crate::{Error, ErrorCode};
 /// Version 13 added [`WorkerRequest::Alive`]. Version 14 added moving a
 /// slot's roles mid-relay: [`WorkerRequest::Moved`],
 /// [`WorkerReply::MovedAck`], a `Join`'s `generation` and a relay plan's.
-pub const PROTOCOL_VERSION: u32 = 14;
+/// Version 15 added [`WorkerReply::RelayLost`]: a slot whose link with
+/// another broke holds, rather than give up, until the requester decides.
+pub const PROTOCOL_VERSION: u32 = 15;
 
 /// Names one meeting of a brokered link's two ends at a tracker (see
 /// [`Rendezvous`]): 128 random bits chosen by the requester, given to the
@@ -874,6 +878,20 @@ pub enum WorkerReply {
         /// Why not, if not.
         refused: Option<String>,
     },
+    /// Relay: the slot's link with slot `slot` broke (it failed, or closed
+    /// before the plan's parts were through). The slot holds — it goes on
+    /// with everything else, and gives up only if neither a
+    /// [`WorkerRequest::Moved`] for `slot` nor the end of the job comes
+    /// within its patience — so that the requester, which tells a dead
+    /// peer from a broken link between two live ones by its own link to
+    /// each, can move `slot`'s roles to a spare. Sent once per slot and
+    /// generation.
+    RelayLost {
+        /// The slot whose link broke.
+        slot: u8,
+        /// How it broke.
+        message: String,
+    },
 }
 
 /// What one slot of a relayed job moved and when, as it reports it.
@@ -1047,6 +1065,7 @@ impl Control for WorkerReply {
             WorkerReply::DialingBack => "DialingBack",
             WorkerReply::DialedBack { .. } => "DialedBack",
             WorkerReply::MovedAck { .. } => "MovedAck",
+            WorkerReply::RelayLost { .. } => "RelayLost",
         }
     }
 }

@@ -777,6 +777,13 @@ struct Node<T> {
     /// bytes): a reducer whose roles move gets them again, from here.
     /// (Dropped before `recycler`, which then gives them back.)
     kept: HashMap<usize, Vec<Queued<T>>>,
+    /// Slots whose link with this one broke, told to the requester
+    /// ([`WorkerReply::RelayLost`]): until when this node holds for a
+    /// move of the slot's roles, and the failure it ends with if none
+    /// comes.
+    lost: [Option<(tokio::time::Instant, Failed)>; SLOTS],
+    /// How long it holds.
+    hold: Duration,
     /// Panels to give back to the buffer pool once they are done with.
     recycler: Recycler<T>,
     received: [usize; SLOTS + 1],
@@ -823,6 +830,7 @@ impl<T: Element> Node<T> {
             })
             .collect();
         let (mh, _, _) = plan.split().half();
+        let hold = requester_patience(plan.silence_ms, config.io_timeout);
         Self {
             me,
             started,
@@ -834,6 +842,8 @@ impl<T: Element> Node<T> {
             peers,
             m_from: [0; SLOTS],
             kept: HashMap::new(),
+            lost: Default::default(),
+            hold,
             digests: HashMap::new(),
             parked: HashMap::new(),
             inputs: HashMap::new(),
@@ -884,8 +894,16 @@ impl<T: Element> Node<T> {
         // (forwarding goes on without it).
         let mut permit = None;
         while !self.finished() {
+            let holding = self.lost.iter().flatten().map(|(until, _)| *until).min();
             tokio::select! {
                 _ = cancel.cancelled() => return Err(failed("the job was cancelled")),
+                // No move came for a slot whose link broke: give up as
+                // without the hold.
+                _ = tokio::time::sleep_until(holding.unwrap_or_else(tokio::time::Instant::now)), if holding.is_some() => {
+                    let first = (0..SLOTS).filter(|&j| self.lost[j].is_some()).min_by_key(|&j| self.lost[j].as_ref().map(|l| l.0));
+                    let (_, failure) = first.and_then(|j| self.lost[j].take()).expect("holding for a slot");
+                    return Err(failure);
+                }
                 event = inbox.recv() => match event {
                     Some(event) => self.take(event, out).await?,
                     None => return Err(failed("the job's connections closed")),
@@ -1028,17 +1046,17 @@ impl<T: Element> Node<T> {
                 }
                 Ok(())
             }
-            Event::Link { slot, error, .. } => Err(blame(slot, format!("the link with slot {slot} failed: {error}"))),
+            Event::Link { slot, error, .. } => {
+                self.hold(slot, blame(slot, format!("the link with slot {slot} failed: {error}")), out).await
+            }
             Event::Caught { slot, error, .. } => Err(caught(slot, format!("slot {slot} {error}"))),
             Event::Closed { slot, .. } => {
                 if self.received[slot] < self.expected[slot] {
-                    return Err(blame(
-                        slot,
-                        format!(
-                            "slot {slot} closed its link after {} of {} parts",
-                            self.received[slot], self.expected[slot]
-                        ),
-                    ));
+                    let why = format!(
+                        "slot {slot} closed its link after {} of {} parts",
+                        self.received[slot], self.expected[slot]
+                    );
+                    return self.hold(slot, blame(slot, why), out).await;
                 }
                 Ok(())
             }
@@ -1058,6 +1076,26 @@ impl<T: Element> Node<T> {
         }
     }
 
+    /// The link with `slot` broke (`failure`, blaming it): rather than give
+    /// up, tell the requester and hold — everything else goes on — until
+    /// it moves the slot's roles to a spare ([`Node::moved`]), ends the
+    /// job, or `hold` passes (then `failure` ends the job here, as it
+    /// would have at once before). The requester's own link to each slot
+    /// tells it a dead peer from a broken link between two live ones. A
+    /// slot that moved already moves no more: nothing to hold for.
+    async fn hold(&mut self, slot: usize, failure: Failed, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
+        if slot >= SLOTS || slot == self.me || self.generation[slot] >= MOST_MOVES {
+            return Err(failure);
+        }
+        if self.lost[slot].is_some() {
+            return Ok(());
+        }
+        info!(job = %self.plan.job_id, slot, why = %failure.message, "lost a slot's link; holding for the requester");
+        let reply = WorkerReply::RelayLost { slot: slot as u8, message: failure.message.clone() };
+        self.lost[slot] = Some((tokio::time::Instant::now() + self.hold, failure));
+        out.send(Out::Reply(reply)).await.map_err(|_| closed())
+    }
+
     /// Moves slot `slot`'s roles to the peer at `addr`, as far as this
     /// slot is concerned (see [`WorkerRequest::Moved`]), or says why not.
     fn moved(&mut self, slot: usize, addr: String, ticket: Option<LeaseTicket>) -> Option<String> {
@@ -1073,6 +1111,7 @@ impl<T: Element> Node<T> {
             return Some(format!("slot {slot} has moved already"));
         }
         let next = self.generation[slot] + 1;
+        self.lost[slot] = None;
         // From now on only the new peer's link is taken from, once. The
         // link to the old one, if any, gets nothing more (it forwarded
         // operands, which the requester now sends the new peer itself),
@@ -1736,6 +1775,49 @@ mod tests {
         // A slot moves once.
         assert!(node.moved(to, "127.0.0.1:4".into(), None).is_some_and(|why| why.contains("already")));
         assert_eq!(node.plan.peers[to], "127.0.0.1:2");
+    }
+
+    /// A node whose link with a slot breaks says so once and holds; a move
+    /// of that slot ends the hold; a break with the slot's new peer (it
+    /// moved once already) fails the job at once; and a hold no move ends
+    /// fails the job, blaming the slot, once the node's patience is out.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_holds_for_a_move_when_a_link_to_another_slot_breaks() {
+        let plan = RelayPlan::example(64, 8);
+        let (me, lost) = (0, 1);
+        let mut n = node(plan.clone(), me);
+        let (out, mut said) = mpsc::channel(16);
+        let broke = |generation| Event::Link { slot: lost, generation, error: "reset".into() };
+        assert!(n.take(broke(0), &out).await.is_ok(), "gave up at once");
+        let closed = Event::Closed { slot: lost, generation: 0 };
+        assert!(n.take(closed, &out).await.is_ok());
+        match said.try_recv() {
+            Ok(Out::Reply(WorkerReply::RelayLost { slot, message })) => {
+                assert_eq!(usize::from(slot), lost);
+                assert!(message.contains("reset"), "{message}");
+            }
+            _ => panic!("no RelayLost"),
+        }
+        assert!(said.try_recv().is_err(), "said twice");
+        assert!(n.lost[lost].is_some());
+        assert_eq!(n.moved(lost, "127.0.0.1:2".into(), None), None);
+        assert!(n.lost[lost].is_none(), "still holding after the move");
+        let failed = n.take(broke(1), &out).await.err().expect("a second break is not held");
+        assert_eq!(failed.blame, Some(lost));
+
+        // No move comes: the job fails here, blaming the slot, after the hold.
+        let n = node(plan.clone(), me);
+        let hold = n.hold;
+        let (inbox, inbox_rx) = mpsc::unbounded_channel();
+        let (_links, links_rx) = mpsc::unbounded_channel();
+        inbox.send(broke(0)).unwrap();
+        let (cancel, slots) = (CancellationToken::new(), Arc::new(Semaphore::new(1)));
+        let start = tokio::time::Instant::now();
+        let failed = n.run(inbox_rx, links_rx, &out, &cancel, &slots, None).await.err().expect("failed");
+        assert_eq!(failed.blame, Some(lost));
+        assert!(failed.message.contains("reset"), "{}", failed.message);
+        assert!(start.elapsed() >= hold, "gave up after {:?}, before its patience ({hold:?})", start.elapsed());
+        drop(inbox);
     }
 
     #[tokio::test]

@@ -62,6 +62,11 @@ use crate::verify::{NonFinite, Verifier};
 
 /// How long the relay listens for more failure reports after the first.
 const SETTLE: Duration = Duration::from_millis(300);
+/// A slot that lost its link with another holds for a move: the requester
+/// waits its own silence timeout, and this much more, for its own link to
+/// the other to fail too (then the other moves) before it takes the lost
+/// link for a failure that ends the relay.
+const SUSPECT_SLACK: Duration = Duration::from_secs(1);
 /// A slot whose link takes the requester's parts at less than 1/this of
 /// the median pace of the others' is slow ...
 const SLOW_FEED_FACTOR: f64 = 3.0;
@@ -154,7 +159,7 @@ pub struct RelayReport {
     pub slots: Vec<SlotReport>,
     /// Why the relay did not deliver all of C, if it did not.
     pub failure: Option<String>,
-    /// A slow slot whose roles moved to a spare mid-relay (`slots` shows
+    /// A slow or lost slot whose roles moved to a spare mid-relay (`slots` shows
     /// the spare in its place).
     pub moved: Option<MovedSlot>,
 }
@@ -166,13 +171,13 @@ pub struct MovedSlot {
     pub slot: usize,
     /// Its product, "M1".."M7".
     pub product: &'static str,
-    /// The slow peer.
+    /// The slow or lost peer.
     #[serde(serialize_with = "PeerAddr::without_ticket")]
     pub from: PeerAddr,
     /// The spare.
     #[serde(serialize_with = "PeerAddr::without_ticket")]
     pub to: PeerAddr,
-    /// Why the slot was taken for slow.
+    /// Why it moved: "slow: …" or "lost: …".
     pub reason: String,
     /// When the other slots were told of the move, seconds since the job
     /// started.
@@ -183,6 +188,9 @@ pub struct MovedSlot {
     /// Bytes the requester had sent the slow peer (the slot's row in
     /// `slots` counts the spare's).
     pub from_requester: u64,
+    /// The peer was lost (its link to the requester failed: it died, went
+    /// silent or broke the protocol), not slow.
+    pub lost: bool,
 }
 
 /// The outcome of the relay phase.
@@ -228,6 +236,9 @@ enum Heard {
     /// The slot (first) took slot (second)'s move to a spare, or refused
     /// it, saying why ([`WorkerReply::MovedAck`]).
     MovedAck(usize, usize, Option<String>),
+    /// The slot (first) lost its link with slot (second), saying how, and
+    /// holds for a move ([`WorkerReply::RelayLost`]).
+    PeerLost(usize, usize, String),
 }
 
 impl Heard {
@@ -242,7 +253,8 @@ impl Heard {
             | Heard::Progress(s, ..)
             | Heard::WriteFailed(s, _)
             | Heard::Written(s)
-            | Heard::MovedAck(s, ..) => s,
+            | Heard::MovedAck(s, ..)
+            | Heard::PeerLost(s, ..) => s,
         }
     }
 }
@@ -635,10 +647,12 @@ pub(super) async fn run<T: Element>(
     let b_panels = gather.plan.b_panels().count();
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A slot named slow, with the spare lent for it, and whether its roles
-    // may move to the spare mid-relay (else the relay ends, and the caller
-    // relays again with the spare in its place).
-    let mut named: Option<(usize, String, PeerAddr, bool)> = None;
+    // A slot named slow or lost, with the spare lent for it.
+    let mut named: Option<Named> = None;
+    // Slots another slot lost its link with, while the requester's own
+    // link to them still holds: the failure reported, if the requester's
+    // link does not fail (then the slot moves) by when it is due.
+    let mut suspects: [Option<(tokio::time::Instant, Report)>; SLOTS] = Default::default();
     // Each slot's generation: 1 once its roles moved (what its old peer
     // says from then on is set aside).
     let mut generation = [0u8; SLOTS];
@@ -654,14 +668,19 @@ pub(super) async fn run<T: Element>(
     loop {
         // (One hedge a relay: a naming while a move is under way, or after
         // one, is set aside.)
-        if let Some((slot, why, spare, movable)) = named.take().filter(|_| moving.is_none() && moved.is_none()) {
+        if let Some(Named { slot, why, spare, movable, lost }) =
+            named.take().filter(|_| moving.is_none() && moved.is_none())
+        {
             let now = tokio::time::Instant::now();
             // A slot already done has no part in a move, unless it sent the
             // slot its product (which went with it). (A slot that took
-            // some of the slot's product refuses the move, and what the
-            // slot sent of C is looked at once all have answered.)
+            // some of the slot's product refuses the move; a slot that
+            // sent part of C cannot move, looked at again once all have
+            // answered.)
             let done = std::array::from_fn(|j| stats[j].is_some());
-            if movable && Moving::owed(slot, done, &gather.plan.roles).is_none() {
+            let sent_c = gather.seen.iter().any(|&(sender, _)| sender == slot);
+            suspects[slot] = None;
+            if movable && !sent_c && Moving::owed(slot, done, &gather.plan.roles).is_none() {
                 let (addr, ticket) = (spare.addr.clone(), spare.ticket.clone());
                 for (_, ctl) in ctl_txs.iter().enumerate().filter(|&(j, _)| j != slot) {
                     let _ =
@@ -670,8 +689,15 @@ pub(super) async fn run<T: Element>(
                 generation[slot] += 1;
                 (watching, watching_products) = (false, false);
                 named_at = started.elapsed().as_secs_f64();
-                info!(slot, slow = %peers[slot].addr, spare = %spare.addr, "relay: moving a slow slot's roles to a spare");
-                moving = Some(Moving { slot, spare, why, acks: done, until: now + MOVE_PATIENCE });
+                let kind = if lost { "lost" } else { "slow" };
+                info!(slot, kind, peer = %peers[slot].addr, spare = %spare.addr, "relay: moving a slot's roles to a spare");
+                moving = Some(Moving { slot, spare, why, lost, acks: done, until: now + MOVE_PATIENCE });
+            } else if lost {
+                // As any failure: the relay ends, and what is missing is
+                // computed the direct way.
+                let summary = format!("slot {slot}: {why}");
+                reports.push(Report { at_fault: slot, by: None, summary, why, evidence: false });
+                settle = Some(now);
             } else {
                 reports.push(Report::slow(slot, &why));
                 // Seen here, not reported by a slot: no other word to wait for.
@@ -695,8 +721,21 @@ pub(super) async fn run<T: Element>(
         let behind = if moving.is_none() && moved.is_none() { quads_due(plan_sent, &gather.quads) } else { None };
         let due = [sent_at.map(due_after), behind].into_iter().flatten().min();
         let wait_until = settle.or(grace).or(due).map_or(until, |g| g.min(until));
+        let suspect_due = suspects.iter().flatten().map(|(at, _)| *at).min();
         let heard = tokio::select! {
             heard = heard_rx.recv() => heard,
+            // A slot lost its link with another, whose link to the
+            // requester still holds: the failure stands.
+            _ = tokio::time::sleep_until(suspect_due.unwrap_or(until)), if suspect_due.is_some() => {
+                let now = tokio::time::Instant::now();
+                for suspect in suspects.iter_mut().filter(|s| s.as_ref().is_some_and(|(at, _)| *at <= now)) {
+                    let (_, report) = suspect.take().expect("due");
+                    info!(slot = report.at_fault, by = ?report.by, "relay: the requester's link to the slot holds; the lost link ends the relay");
+                    reports.push(report);
+                }
+                settle.get_or_insert(now + SETTLE);
+                continue;
+            }
             // Wakes the loop when A and B are all out, to set the due time.
             Ok(at) = &mut sent_rx, if seq_sent.is_none() => {
                 seq_sent = Some(at);
@@ -709,7 +748,7 @@ pub(super) async fn run<T: Element>(
             _ = tokio::time::sleep_until(moving.as_ref().map_or(until, |m| m.until)), if moving.is_some() => {
                 let m = moving.take().expect("moving");
                 warn!(slot = m.slot, "relay: not every slot answered the move in time; relaying again");
-                named = Some((m.slot, m.why, m.spare, false));
+                named = Some(m.off());
                 continue;
             }
             // A slot whose link takes its panels far slower than the
@@ -745,7 +784,7 @@ pub(super) async fn run<T: Element>(
                     // One look only: a slot for it, or the relay goes on.
                     watching = false;
                     if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
-                        named = Some((slot, why, spare, true));
+                        named = Some(Named::slow(slot, why, spare));
                     }
                 }
                 continue;
@@ -817,7 +856,7 @@ pub(super) async fn run<T: Element>(
                     if let Some((slot, why)) = seen {
                         watching = false;
                         if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
-                            named = Some((slot, why, spare, true));
+                            named = Some(Named::slow(slot, why, spare));
                         }
                     }
                 }
@@ -831,7 +870,7 @@ pub(super) async fn run<T: Element>(
                         if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
                             // (Its roles move only if nothing it computed has
                             // left it, and no slot done sent it its product.)
-                            named = Some((slot, why, spare, true));
+                            named = Some(Named::slow(slot, why, spare));
                         }
                     }
                 }
@@ -842,7 +881,7 @@ pub(super) async fn run<T: Element>(
                 if let Some(why) = moving.as_mut().and_then(|m| m.heard(slot, which, Word::Done, &gather.plan.roles)) {
                     let m = moving.take().expect("moving");
                     info!(slot = m.slot, by = slot, %why, "relay: the move is off; relaying again");
-                    named = Some((m.slot, m.why, m.spare, false));
+                    named = Some(m.off());
                 }
             }
             Heard::Failed(slot, blame, message, evidence) => {
@@ -869,7 +908,7 @@ pub(super) async fn run<T: Element>(
                 if let Some(why) = moving.as_mut().and_then(|m| m.heard(from, which, word, &gather.plan.roles)) {
                     let m = moving.take().expect("moving");
                     info!(slot = m.slot, by = from, %why, "relay: the move is off; relaying again");
-                    named = Some((m.slot, m.why, m.spare, false));
+                    named = Some(m.off());
                 }
             }
             Heard::WriteFailed(slot, why) => {
@@ -878,17 +917,56 @@ pub(super) async fn run<T: Element>(
             Heard::Lost(slot, why) => {
                 if stats[slot].is_none() {
                     warn!(slot, %why, "relay: lost a slot");
-                    let summary = format!("slot {slot}: {why}");
-                    reports.push(Report { at_fault: slot, by: None, summary, why, evidence: false });
+                    // Its roles move to a spare, if the lease lends one and
+                    // nothing else has gone wrong (one move a relay).
+                    let may_move =
+                        reports.is_empty() && named.is_none() && moving.is_none() && moved.is_none() && slow.is_none();
+                    let spare = if may_move { spare_for(hedge, peers, slot, &why).await } else { None };
+                    match spare {
+                        Some(spare) => named = Some(Named { slot, why, spare, movable: true, lost: true }),
+                        None => {
+                            suspects[slot] = None;
+                            let summary = format!("slot {slot}: {why}");
+                            reports.push(Report { at_fault: slot, by: None, summary, why, evidence: false });
+                        }
+                    }
+                }
+            }
+            Heard::PeerLost(by, lost, why) => {
+                let moving_it = [moving.as_ref().map(|m| m.slot), moved.as_ref().map(|m| m.slot)];
+                if lost >= SLOTS || lost == by {
+                    off_plan(&mut caught, &mut reports, by, format!("said it lost its link with slot {lost}"));
+                } else if moving_it.contains(&Some(lost)) || named.as_ref().is_some_and(|n| n.slot == lost) {
+                    // Of its old peer, said before the slot heard of the move.
+                } else {
+                    warn!(slot = by, lost, %why, "relay: a slot lost its link with another");
+                    let summary = format!("slot {by} lost its link with slot {lost}: {why}");
+                    let report = Report { at_fault: lost, by: Some(by), summary, why, evidence: false };
+                    // The slot holds: if the requester's own link to `lost`
+                    // fails too within its silence timeout, `lost` is gone
+                    // and moves (`Heard::Lost`); if not, the two cannot
+                    // reach each other, and the relay ends as it did.
+                    let may_move = hedge.is_some()
+                        && reports.is_empty()
+                        && moving.is_none()
+                        && moved.is_none()
+                        && stats[lost].is_none();
+                    if may_move {
+                        let due = tokio::time::Instant::now() + config.silence_timeout + SUSPECT_SLACK;
+                        suspects[lost].get_or_insert((due, report));
+                    } else {
+                        reports.push(report);
+                    }
                 }
             }
         }
         if moving.as_ref().is_some_and(Moving::answered) {
-            let Moving { slot, spare, why, .. } = moving.take().expect("moving");
-            if gather.seen.iter().any(|&(sender, _)| sender == slot) {
-                info!(slot, "relay: the slot sent part of C before it could move; relaying again");
-                named = Some((slot, why, spare, false));
+            let m = moving.take().expect("moving");
+            if gather.seen.iter().any(|&(sender, _)| sender == m.slot) {
+                info!(slot = m.slot, "relay: the slot sent part of C before it could move; the move is off");
+                named = Some(m.off());
             } else {
+                let Moving { slot, spare, why, lost, .. } = m;
                 // Every other slot takes the slot's parts from the spare
                 // only: drop the old peer (its job ends as its link
                 // closes) and hand the spare the slot's plan and operands.
@@ -924,13 +1002,14 @@ pub(super) async fn run<T: Element>(
                 let (heard, received) = (heard_tx.clone(), received.clone());
                 links[slot].push(tasks.spawn(take_over(feed, over, ctl_rx, config.io_timeout, heard, received)));
                 (spare_feeding, sent_at) = (true, None);
-                info!(slot, spare = %spare.addr, "relay: a slow slot's roles moved to a spare");
+                info!(slot, lost, spare = %spare.addr, "relay: a slot's roles moved to a spare");
                 moved = Some(MovedSlot {
                     slot,
                     product: septet_common::strassen::PRODUCTS[slot].name,
                     from: peers[slot].clone(),
                     to: spare.clone(),
-                    reason: format!("slow: {why}"),
+                    reason: format!("{}: {why}", if lost { "lost" } else { "slow" }),
+                    lost,
                     named_s: named_at,
                     at_s: started.elapsed().as_secs_f64(),
                     from_requester: meters[slot].load(Ordering::Relaxed),
@@ -1263,22 +1342,21 @@ fn slow_feed(feeds: &[Feed]) -> Option<(usize, String)> {
     })
 }
 
-/// A slot seen to be slow ([`slow_feed`], [`slow_product`]): one more slot
-/// of the lease to take its place, if the tracker lends one now (else the
-/// relay goes on).
+/// A slot seen to be slow ([`slow_feed`], [`slow_product`]) or lost: one
+/// more slot of the lease to take its place, if the tracker lends one now.
 async fn spare_for(
     hedge: Option<&super::LeaseKeeper>,
     peers: &[PeerAddr; 7],
     slot: usize,
     why: &str,
 ) -> Option<PeerAddr> {
-    warn!(slot, peer = %peers[slot].addr, %why, "relay: a slow slot");
+    warn!(slot, peer = %peers[slot].addr, %why, "relay: a slot to replace");
     let spare = match hedge {
         Some(keeper) => keeper.hedge_slot(peers[slot].peer_id).await,
         None => None,
     };
     if spare.is_none() {
-        info!(slot, "relay: no slot free to take a slow slot's place; the relay goes on");
+        info!(slot, "relay: no slot free to take the slot's place");
     }
     spare
 }
@@ -1574,7 +1652,26 @@ fn relay_deadline(requester: &Requester, split: Split) -> Duration {
     requester.product_deadline(split) + Duration::from_secs_f64(bytes / 5e6)
 }
 
-/// A move of a slow slot's roles to a spare, under way: the other slots
+/// A slot named slow, or lost (its link to the requester failed), with
+/// the spare lent for it, and whether its roles may move to the spare
+/// mid-relay (else a slow slot's relay ends, and the caller relays again
+/// with the spare in its place; a lost slot's relay ends as on any
+/// failure).
+struct Named {
+    slot: usize,
+    why: String,
+    spare: PeerAddr,
+    movable: bool,
+    lost: bool,
+}
+
+impl Named {
+    fn slow(slot: usize, why: String, spare: PeerAddr) -> Self {
+        Named { slot, why, spare, movable: true, lost: false }
+    }
+}
+
+/// A move of a slow or lost slot's roles to a spare, under way: the other slots
 /// have been told ([`WorkerRequest::Moved`]); once each has taken it
 /// (`acks`), the spare gets the slot's plan and operands. A slot that
 /// refuses, or `until` passing, ends the relay as before.
@@ -1582,6 +1679,8 @@ struct Moving {
     slot: usize,
     spare: PeerAddr,
     why: String,
+    /// The slot was lost, not slow.
+    lost: bool,
     acks: [bool; SLOTS],
     until: tokio::time::Instant,
 }
@@ -1629,6 +1728,11 @@ impl Moving {
     /// Every other slot has taken the move (or had no part in it).
     fn answered(&self) -> bool {
         (0..SLOTS).all(|j| j == self.slot || self.acks[j])
+    }
+
+    /// The move is off: the slot as named, not to be moved.
+    fn off(self) -> Named {
+        Named { slot: self.slot, why: self.why, spare: self.spare, movable: false, lost: self.lost }
     }
 }
 
@@ -1753,6 +1857,9 @@ async fn read_slot<T: Element>(
     received: Arc<AtomicU64>,
 ) {
     reader.set_admit(Some(admit_from(plan, slot)));
+    // A slot says `RelayLost` once per other slot and generation: more is
+    // a slot flooding the requester.
+    let mut lost_said = 0;
     loop {
         let event = match reader.read_frame().await {
             Ok(Some(Frame::Blocks(blk))) if blk.op == BlockOp::Part => {
@@ -1778,6 +1885,10 @@ async fn read_slot<T: Element>(
                     Ok(WorkerReply::MovedAck { slot: moved, refused }) => {
                         Heard::MovedAck(slot, usize::from(moved), refused.as_deref().map(sanitized))
                     }
+                    Ok(WorkerReply::RelayLost { slot: lost, message }) if lost_said < 2 * SLOTS => {
+                        lost_said += 1;
+                        Heard::PeerLost(slot, usize::from(lost), sanitized(&message))
+                    }
                     Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, sanitized(&f.message), false),
                     Ok(other) => Heard::Lost(slot, format!("sent {}", septet_common::proto::Control::kind(&other))),
                     Err(e) => Heard::Lost(slot, e.to_string()),
@@ -1788,7 +1899,7 @@ async fn read_slot<T: Element>(
             Err(Error::Invalid(why)) => Heard::OffPlan(slot, why),
             Err(e) => Heard::Lost(slot, e.to_string()),
         };
-        let last = !matches!(event, Heard::Part(..) | Heard::Progress(..) | Heard::MovedAck(..));
+        let last = !matches!(event, Heard::Part(..) | Heard::Progress(..) | Heard::MovedAck(..) | Heard::PeerLost(..));
         if heard.send((generation, event)).is_err() || last {
             return;
         }
@@ -2135,6 +2246,7 @@ mod tests {
             slot,
             spare: spare.clone(),
             why: "slow".into(),
+            lost: false,
             acks: [false; SLOTS],
             until: tokio::time::Instant::now(),
         };
