@@ -303,6 +303,39 @@ fn a_lying_forwarder_is_named_and_the_job_is_still_right() {
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
 }
 
+/// The same liar (`--fault=corrupt-forward`, registered first, so slot 0)
+/// with a spare free: the slots it forwards to catch it by the
+/// requester's digests and hold rather than give up, and its roles move to
+/// the spare within the one relay (the spare forwards again what it held;
+/// the corrupt panels were never used). C is right, the liar is named and
+/// reported, nothing stays leased.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_lying_forwarder_with_a_spare_free_has_its_roles_moved() {
+    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    grid.start_workers_at(0..1, "tr", &["--fault=corrupt-forward"]);
+    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 1), "w0 did not register");
+    grid.start_workers_at(1..8, "tr", &[]);
+    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 8), "the spare did not register");
+    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
+    let out = grid.run("rq", "multiply", &args);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    assert_eq!(summary["plan"], "relay", "{summary}\n{}", grid.worker_logs());
+    let liar = summary["relay"]["moved"]["from"]["addr"].as_str().unwrap_or_default().to_string();
+    assert_eq!(liar.rsplit_once(':').map(|a| a.0), Some(grid.addr("w0").as_str()), "{summary}");
+    let hedges = summary["hedges"].as_array().unwrap();
+    assert_eq!(hedges.len(), 1, "{summary}");
+    let reason = hedges[0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("caught: ") && reason.contains("digest"), "{summary}");
+    moved_within_the_relay(&summary, &liar, &hedges[0]);
+    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(failures.iter().any(|f| f.contains(&liar) && f.contains("moved")), "{failures:?}");
+    println!("job took {:.2} s; moved: {}", summary["total_s"].as_f64().unwrap(), summary["relay"]["moved"]);
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
+
 /// A relayed job with one of exactly seven workers behind a 20 Mbit/s link
 /// (it holds a quadrant, forwards it and needs others): the requester's
 /// sends go on past it, and either the relay finishes late or, once the

@@ -879,7 +879,9 @@ pub enum WorkerReply {
         refused: Option<String>,
     },
     /// Relay: the slot's link with slot `slot` broke (it failed, or closed
-    /// before the plan's parts were through). The slot holds — it goes on
+    /// before the plan's parts were through), or `slot` was caught sending
+    /// what it should not (`evidence`: a forwarded panel that fails the
+    /// requester's digest, a part off the plan). The slot holds — it goes on
     /// with everything else, and gives up only if neither a
     /// [`WorkerRequest::Moved`] for `slot` nor the end of the job comes
     /// within its patience — so that the requester, which tells a dead
@@ -889,8 +891,10 @@ pub enum WorkerReply {
     RelayLost {
         /// The slot whose link broke.
         slot: u8,
-        /// How it broke.
+        /// How it broke, or what the slot sent.
         message: String,
+        /// Caught by what it sent, not merely by a link that broke.
+        evidence: bool,
     },
 }
 

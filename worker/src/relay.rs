@@ -905,11 +905,17 @@ impl<T: Element> Node<T> {
                     return Err(failure);
                 }
                 event = inbox.recv() => match event {
-                    Some(event) => self.take(event, out).await?,
+                    Some(event) => {
+                        if let Err(failure) = self.take(event, out).await {
+                            self.caught_out(failure, out).await?;
+                        }
+                    }
                     None => return Err(failed("the job's connections closed")),
                 },
                 event = links_rx.recv() => if let Some(event) = event {
-                    self.take(event, out).await?;
+                    if let Err(failure) = self.take(event, out).await {
+                        self.caught_out(failure, out).await?;
+                    }
                 },
                 done = done_rx.recv() => match done {
                     Some(Ok(done)) => {
@@ -1035,16 +1041,25 @@ impl<T: Element> Node<T> {
                 if self.digests.len() + list.len() > most {
                     return Err(failed(format!("the requester sent more than {most} digests")));
                 }
+                // (Every digest is kept, past a panel that fails its own:
+                // the job may go on, the forwarder's roles moved.)
+                let mut wrong = Ok(());
                 for (id, digest) in list {
                     if let Some((from, data, got)) = self.parked.remove(&id) {
                         let part =
                             PartId::from_task_id(septet_common::TaskId(id)).expect("parked parts have valid ids");
-                        verify(from, part, &got, &digest)?;
-                        self.use_input(part, data);
+                        match verify(from, part, &got, &digest) {
+                            Ok(()) => self.use_input(part, data),
+                            Err(e) => {
+                                // Not taken: a good copy is still to come.
+                                self.taken.remove(&part);
+                                wrong = wrong.and(Err(e));
+                            }
+                        }
                     }
                     self.digests.insert(id, digest);
                 }
-                Ok(())
+                wrong
             }
             Event::Link { slot, error, .. } => {
                 self.hold(slot, blame(slot, format!("the link with slot {slot} failed: {error}")), out).await
@@ -1076,6 +1091,17 @@ impl<T: Element> Node<T> {
         }
     }
 
+    /// A slot was caught sending what it should not (`failure`, on
+    /// evidence: a panel that fails the requester's digest, a part off the
+    /// plan): hold for its roles to move, as for a broken link. Any other
+    /// failure ends the job here.
+    async fn caught_out(&mut self, failure: Failed, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
+        match failure.blame {
+            Some(slot) if failure.evidence => self.hold(slot, failure, out).await,
+            _ => Err(failure),
+        }
+    }
+
     /// The link with `slot` broke (`failure`, blaming it): rather than give
     /// up, tell the requester and hold — everything else goes on — until
     /// it moves the slot's roles to a spare ([`Node::moved`]), ends the
@@ -1087,11 +1113,13 @@ impl<T: Element> Node<T> {
         if slot >= SLOTS || slot == self.me || self.generation[slot] >= MOST_MOVES {
             return Err(failure);
         }
-        if self.lost[slot].is_some() {
+        // (Said once a slot, unless evidence comes after a broken link.)
+        if self.lost[slot].as_ref().is_some_and(|(_, held)| held.evidence || !failure.evidence) {
             return Ok(());
         }
-        info!(job = %self.plan.job_id, slot, why = %failure.message, "lost a slot's link; holding for the requester");
-        let reply = WorkerReply::RelayLost { slot: slot as u8, message: failure.message.clone() };
+        info!(job = %self.plan.job_id, slot, why = %failure.message, "holding for the requester to move a slot");
+        let (message, evidence) = (failure.message.clone(), failure.evidence);
+        let reply = WorkerReply::RelayLost { slot: slot as u8, message, evidence };
         self.lost[slot] = Some((tokio::time::Instant::now() + self.hold, failure));
         out.send(Out::Reply(reply)).await.map_err(|_| closed())
     }
@@ -1205,7 +1233,10 @@ impl<T: Element> Node<T> {
                 let got = got.unwrap_or_else(|| relay::digest(data.view()));
                 match self.digests.get(&id) {
                     Some(digest) => {
-                        verify(f, part, &got, digest)?;
+                        if let Err(e) = verify(f, part, &got, digest) {
+                            self.taken.remove(&part);
+                            return Err(e);
+                        }
                         self.use_input(part, data);
                     }
                     None => {
@@ -1792,7 +1823,7 @@ mod tests {
         let closed = Event::Closed { slot: lost, generation: 0 };
         assert!(n.take(closed, &out).await.is_ok());
         match said.try_recv() {
-            Ok(Out::Reply(WorkerReply::RelayLost { slot, message })) => {
+            Ok(Out::Reply(WorkerReply::RelayLost { slot, message, evidence: false })) => {
                 assert_eq!(usize::from(slot), lost);
                 assert!(message.contains("reset"), "{message}");
             }
@@ -1818,6 +1849,55 @@ mod tests {
         assert!(failed.message.contains("reset"), "{}", failed.message);
         assert!(start.elapsed() >= hold, "gave up after {:?}, before its patience ({hold:?})", start.elapsed());
         drop(inbox);
+    }
+
+    /// A forwarder caught by its panel's digest: the node holds for a move
+    /// (saying so, on evidence) rather than give up, and the panel is not
+    /// taken, so the good copy from the forwarder's new peer is used.
+    #[tokio::test]
+    async fn a_forwarder_caught_lying_is_held_for_and_its_spare_s_copy_used() {
+        let plan = RelayPlan::example(64, 8);
+        let (me, _, holder, part) = forwarded_to(&plan);
+        let mut n = node(plan.clone(), me);
+        let (out, mut said) = mpsc::channel(16);
+        let good = Array2::<f64>::zeros(plan.part_shape(part).unwrap());
+        let digest = relay::digest(good.view());
+        n.take(Event::Digests(vec![(part.task_id().0, digest)]), &out).await.ok().unwrap();
+        let missing = |n: &Node<f64>| (n.b_missing, n.a_missing.iter().sum::<usize>());
+        let before = missing(&n);
+        let bad = Array2::<f64>::ones(plan.part_shape(part).unwrap());
+        let bad_digest = relay::digest(bad.view());
+        let lie = Event::Part {
+            from: From::Slot(holder),
+            generation: 0,
+            part,
+            data: Matrix::F64(bad),
+            digest: Some(bad_digest),
+        };
+        let failure = n.take(lie, &out).await.err().expect("caught");
+        assert!(failure.evidence && failure.blame == Some(holder));
+        assert!(n.caught_out(failure, &out).await.is_ok(), "gave up at once");
+        match said.try_recv() {
+            Ok(Out::Reply(WorkerReply::RelayLost { slot, evidence: true, message })) => {
+                assert_eq!(usize::from(slot), holder);
+                assert!(message.contains("digest"), "{message}");
+            }
+            _ => panic!("no RelayLost on evidence"),
+        }
+        assert!(!n.taken.contains(&part) && missing(&n) == before);
+        assert_eq!(n.moved(holder, "127.0.0.1:2".into(), None), None);
+        let copy = Event::Part {
+            from: From::Slot(holder),
+            generation: 1,
+            part,
+            data: Matrix::F64(good),
+            digest: Some(digest),
+        };
+        n.take(copy, &out).await.ok().unwrap();
+        assert_ne!(missing(&n), before, "the good copy was not used");
+        // Failures without evidence against a slot are not held here.
+        let other = failed("the requester sent too much");
+        assert!(n.caught_out(other, &out).await.is_err());
     }
 
     #[tokio::test]

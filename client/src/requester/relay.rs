@@ -177,7 +177,7 @@ pub struct MovedSlot {
     /// The spare.
     #[serde(serialize_with = "PeerAddr::without_ticket")]
     pub to: PeerAddr,
-    /// Why it moved: "slow: …" or "lost: …".
+    /// Why it moved: "slow: …", "lost: …" or "caught: …".
     pub reason: String,
     /// When the other slots were told of the move, seconds since the job
     /// started.
@@ -188,8 +188,8 @@ pub struct MovedSlot {
     /// Bytes the requester had sent the slow peer (the slot's row in
     /// `slots` counts the spare's).
     pub from_requester: u64,
-    /// The peer was lost (its link to the requester failed: it died, went
-    /// silent or broke the protocol), not slow.
+    /// The peer failed, not slow: its link to the requester broke or fell
+    /// silent, or another slot caught it sending what it should not.
     pub lost: bool,
 }
 
@@ -236,9 +236,10 @@ enum Heard {
     /// The slot (first) took slot (second)'s move to a spare, or refused
     /// it, saying why ([`WorkerReply::MovedAck`]).
     MovedAck(usize, usize, Option<String>),
-    /// The slot (first) lost its link with slot (second), saying how, and
-    /// holds for a move ([`WorkerReply::RelayLost`]).
-    PeerLost(usize, usize, String),
+    /// The slot (first) lost its link with slot (second), or caught it
+    /// (on evidence, the last field), saying how, and holds for a move
+    /// ([`WorkerReply::RelayLost`]).
+    PeerLost(usize, usize, String, bool),
 }
 
 impl Heard {
@@ -668,7 +669,7 @@ pub(super) async fn run<T: Element>(
     loop {
         // (One hedge a relay: a naming while a move is under way, or after
         // one, is set aside.)
-        if let Some(Named { slot, why, spare, movable, lost }) =
+        if let Some(Named { slot, why, spare, movable, kind }) =
             named.take().filter(|_| moving.is_none() && moved.is_none())
         {
             let now = tokio::time::Instant::now();
@@ -689,14 +690,14 @@ pub(super) async fn run<T: Element>(
                 generation[slot] += 1;
                 (watching, watching_products) = (false, false);
                 named_at = started.elapsed().as_secs_f64();
-                let kind = if lost { "lost" } else { "slow" };
-                info!(slot, kind, peer = %peers[slot].addr, spare = %spare.addr, "relay: moving a slot's roles to a spare");
-                moving = Some(Moving { slot, spare, why, lost, acks: done, until: now + MOVE_PATIENCE });
-            } else if lost {
+                info!(slot, kind = kind.name(), peer = %peers[slot].addr, spare = %spare.addr, "relay: moving a slot's roles to a spare");
+                moving = Some(Moving { slot, spare, why, kind, acks: done, until: now + MOVE_PATIENCE });
+            } else if kind != Kind::Slow {
                 // As any failure: the relay ends, and what is missing is
                 // computed the direct way.
                 let summary = format!("slot {slot}: {why}");
-                reports.push(Report { at_fault: slot, by: None, summary, why, evidence: false });
+                let evidence = kind == Kind::Caught;
+                reports.push(Report { at_fault: slot, by: None, summary, why, evidence });
                 settle = Some(now);
             } else {
                 reports.push(Report::slow(slot, &why));
@@ -923,7 +924,7 @@ pub(super) async fn run<T: Element>(
                         reports.is_empty() && named.is_none() && moving.is_none() && moved.is_none() && slow.is_none();
                     let spare = if may_move { spare_for(hedge, peers, slot, &why).await } else { None };
                     match spare {
-                        Some(spare) => named = Some(Named { slot, why, spare, movable: true, lost: true }),
+                        Some(spare) => named = Some(Named { slot, why, spare, movable: true, kind: Kind::Lost }),
                         None => {
                             suspects[slot] = None;
                             let summary = format!("slot {slot}: {why}");
@@ -932,12 +933,34 @@ pub(super) async fn run<T: Element>(
                     }
                 }
             }
-            Heard::PeerLost(by, lost, why) => {
+            Heard::PeerLost(by, lost, why, evidence) => {
                 let moving_it = [moving.as_ref().map(|m| m.slot), moved.as_ref().map(|m| m.slot)];
                 if lost >= SLOTS || lost == by {
                     off_plan(&mut caught, &mut reports, by, format!("said it lost its link with slot {lost}"));
                 } else if moving_it.contains(&Some(lost)) || named.as_ref().is_some_and(|n| n.slot == lost) {
                     // Of its old peer, said before the slot heard of the move.
+                } else if evidence {
+                    // Caught by what it sent (the requester's own digests
+                    // say so): its roles move, if the lease lends a spare.
+                    warn!(slot = by, caught = lost, %why, "relay: a slot caught another");
+                    let may_move = reports.is_empty()
+                        && named.is_none()
+                        && moving.is_none()
+                        && moved.is_none()
+                        && slow.is_none()
+                        && stats[lost].is_none();
+                    let spare = if may_move { spare_for(hedge, peers, lost, &why).await } else { None };
+                    match spare {
+                        Some(spare) => {
+                            suspects[lost] = None;
+                            let why = format!("{why} (slot {by} caught it)");
+                            named = Some(Named { slot: lost, why, spare, movable: true, kind: Kind::Caught });
+                        }
+                        None => {
+                            let summary = format!("slot {by} caught slot {lost}: {why}");
+                            reports.push(Report { at_fault: lost, by: Some(by), summary, why, evidence: true });
+                        }
+                    }
                 } else {
                     warn!(slot = by, lost, %why, "relay: a slot lost its link with another");
                     let summary = format!("slot {by} lost its link with slot {lost}: {why}");
@@ -966,7 +989,7 @@ pub(super) async fn run<T: Element>(
                 info!(slot = m.slot, "relay: the slot sent part of C before it could move; the move is off");
                 named = Some(m.off());
             } else {
-                let Moving { slot, spare, why, lost, .. } = m;
+                let Moving { slot, spare, why, kind, .. } = m;
                 // Every other slot takes the slot's parts from the spare
                 // only: drop the old peer (its job ends as its link
                 // closes) and hand the spare the slot's plan and operands.
@@ -1002,14 +1025,14 @@ pub(super) async fn run<T: Element>(
                 let (heard, received) = (heard_tx.clone(), received.clone());
                 links[slot].push(tasks.spawn(take_over(feed, over, ctl_rx, config.io_timeout, heard, received)));
                 (spare_feeding, sent_at) = (true, None);
-                info!(slot, lost, spare = %spare.addr, "relay: a slot's roles moved to a spare");
+                info!(slot, kind = kind.name(), spare = %spare.addr, "relay: a slot's roles moved to a spare");
                 moved = Some(MovedSlot {
                     slot,
                     product: septet_common::strassen::PRODUCTS[slot].name,
                     from: peers[slot].clone(),
                     to: spare.clone(),
-                    reason: format!("{}: {why}", if lost { "lost" } else { "slow" }),
-                    lost,
+                    reason: format!("{}: {why}", kind.name()),
+                    lost: kind != Kind::Slow,
                     named_s: named_at,
                     at_s: started.elapsed().as_secs_f64(),
                     from_requester: meters[slot].load(Ordering::Relaxed),
@@ -1662,12 +1685,35 @@ struct Named {
     why: String,
     spare: PeerAddr,
     movable: bool,
-    lost: bool,
+    kind: Kind,
 }
 
 impl Named {
     fn slow(slot: usize, why: String, spare: PeerAddr) -> Self {
-        Named { slot, why, spare, movable: true, lost: false }
+        Named { slot, why, spare, movable: true, kind: Kind::Slow }
+    }
+}
+
+/// Why a slot is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Far slower than the others (it goes on probation).
+    Slow,
+    /// Its link to the requester broke or fell silent (it is reported
+    /// failed).
+    Lost,
+    /// Another slot caught it sending what it should not (a panel that
+    /// fails the requester's digest, a part off the plan; reported failed).
+    Caught,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Slow => "slow",
+            Kind::Lost => "lost",
+            Kind::Caught => "caught",
+        }
     }
 }
 
@@ -1679,8 +1725,7 @@ struct Moving {
     slot: usize,
     spare: PeerAddr,
     why: String,
-    /// The slot was lost, not slow.
-    lost: bool,
+    kind: Kind,
     acks: [bool; SLOTS],
     until: tokio::time::Instant,
 }
@@ -1732,7 +1777,7 @@ impl Moving {
 
     /// The move is off: the slot as named, not to be moved.
     fn off(self) -> Named {
-        Named { slot: self.slot, why: self.why, spare: self.spare, movable: false, lost: self.lost }
+        Named { slot: self.slot, why: self.why, spare: self.spare, movable: false, kind: self.kind }
     }
 }
 
@@ -1885,9 +1930,9 @@ async fn read_slot<T: Element>(
                     Ok(WorkerReply::MovedAck { slot: moved, refused }) => {
                         Heard::MovedAck(slot, usize::from(moved), refused.as_deref().map(sanitized))
                     }
-                    Ok(WorkerReply::RelayLost { slot: lost, message }) if lost_said < 2 * SLOTS => {
+                    Ok(WorkerReply::RelayLost { slot: lost, message, evidence }) if lost_said < 2 * SLOTS => {
                         lost_said += 1;
-                        Heard::PeerLost(slot, usize::from(lost), sanitized(&message))
+                        Heard::PeerLost(slot, usize::from(lost), sanitized(&message), evidence)
                     }
                     Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, sanitized(&f.message), false),
                     Ok(other) => Heard::Lost(slot, format!("sent {}", septet_common::proto::Control::kind(&other))),
@@ -2246,7 +2291,7 @@ mod tests {
             slot,
             spare: spare.clone(),
             why: "slow".into(),
-            lost: false,
+            kind: Kind::Slow,
             acks: [false; SLOTS],
             until: tokio::time::Instant::now(),
         };
