@@ -920,9 +920,9 @@ pub(super) async fn run<T: Element>(
                     warn!(slot, %why, "relay: lost a slot");
                     // Its roles move to a spare, if the lease lends one and
                     // nothing else has gone wrong (one move a relay).
-                    let may_move =
+                    let free =
                         reports.is_empty() && named.is_none() && moving.is_none() && moved.is_none() && slow.is_none();
-                    let spare = if may_move { spare_for(hedge, peers, slot, &why).await } else { None };
+                    let spare = if free { spare_for(hedge, peers, slot, &why).await } else { None };
                     match spare {
                         Some(spare) => named = Some(Named { slot, why, spare, movable: true, kind: Kind::Lost }),
                         None => {
@@ -934,51 +934,41 @@ pub(super) async fn run<T: Element>(
                 }
             }
             Heard::PeerLost(by, lost, why, evidence) => {
-                let moving_it = [moving.as_ref().map(|m| m.slot), moved.as_ref().map(|m| m.slot)];
-                if lost >= SLOTS || lost == by {
-                    off_plan(&mut caught, &mut reports, by, format!("said it lost its link with slot {lost}"));
-                } else if moving_it.contains(&Some(lost)) || named.as_ref().is_some_and(|n| n.slot == lost) {
-                    // Of its old peer, said before the slot heard of the move.
-                } else if evidence {
-                    // Caught by what it sent (the requester's own digests
-                    // say so): its roles move, if the lease lends a spare.
-                    warn!(slot = by, caught = lost, %why, "relay: a slot caught another");
-                    let may_move = reports.is_empty()
-                        && named.is_none()
-                        && moving.is_none()
-                        && moved.is_none()
-                        && slow.is_none()
-                        && stats[lost].is_none();
-                    let spare = if may_move { spare_for(hedge, peers, lost, &why).await } else { None };
-                    match spare {
-                        Some(spare) => {
-                            suspects[lost] = None;
-                            let why = format!("{why} (slot {by} caught it)");
-                            named = Some(Named { slot: lost, why, spare, movable: true, kind: Kind::Caught });
-                        }
-                        None => {
-                            let summary = format!("slot {by} caught slot {lost}: {why}");
-                            reports.push(Report { at_fault: lost, by: Some(by), summary, why, evidence: true });
+                let replacing =
+                    [named.as_ref().map(|n| n.slot), moving.as_ref().map(|m| m.slot), moved.as_ref().map(|m| m.slot)];
+                let free = hedge.is_some()
+                    && reports.is_empty()
+                    && replacing.iter().all(Option::is_none)
+                    && slow.is_none()
+                    && stats.get(lost).is_some_and(Option::is_none);
+                let (word, caught_or_lost) =
+                    if evidence { ("caught", "caught") } else { ("lost its link with", "lost") };
+                let summary = format!("slot {by} {word} slot {lost}: {why}");
+                let report = Report { at_fault: lost, by: Some(by), summary, why: why.clone(), evidence };
+                match on_peer_lost(by, lost, evidence, &replacing, free) {
+                    OnPeerLost::OffPlan => {
+                        off_plan(&mut caught, &mut reports, by, format!("said it {word} slot {lost}"));
+                    }
+                    OnPeerLost::Moot => {}
+                    OnPeerLost::End => {
+                        warn!(slot = by, lost, %why, caught_or_lost, "relay: a slot lost or caught another");
+                        reports.push(report);
+                    }
+                    OnPeerLost::Replace => {
+                        warn!(slot = by, caught = lost, %why, "relay: a slot caught another");
+                        match spare_for(hedge, peers, lost, &why).await {
+                            Some(spare) => {
+                                suspects[lost] = None;
+                                let why = format!("{why} (slot {by} caught it)");
+                                named = Some(Named { slot: lost, why, spare, movable: true, kind: Kind::Caught });
+                            }
+                            None => reports.push(report),
                         }
                     }
-                } else {
-                    warn!(slot = by, lost, %why, "relay: a slot lost its link with another");
-                    let summary = format!("slot {by} lost its link with slot {lost}: {why}");
-                    let report = Report { at_fault: lost, by: Some(by), summary, why, evidence: false };
-                    // The slot holds: if the requester's own link to `lost`
-                    // fails too within its silence timeout, `lost` is gone
-                    // and moves (`Heard::Lost`); if not, the two cannot
-                    // reach each other, and the relay ends as it did.
-                    let may_move = hedge.is_some()
-                        && reports.is_empty()
-                        && moving.is_none()
-                        && moved.is_none()
-                        && stats[lost].is_none();
-                    if may_move {
+                    OnPeerLost::Suspect => {
+                        warn!(slot = by, lost, %why, "relay: a slot lost its link with another");
                         let due = tokio::time::Instant::now() + config.silence_timeout + SUSPECT_SLACK;
                         suspects[lost].get_or_insert((due, report));
-                    } else {
-                        reports.push(report);
                     }
                 }
             }
@@ -1781,6 +1771,42 @@ impl Moving {
     }
 }
 
+/// What the requester does when slot `by` says it lost its link with
+/// slot `lost`, or (on `evidence`) caught it sending what it should not
+/// ([`Heard::PeerLost`]; the slot holds meanwhile).
+#[derive(Debug, PartialEq, Eq)]
+enum OnPeerLost {
+    /// No such slot, or itself: the word breaks the protocol.
+    OffPlan,
+    /// `lost` is being replaced already: the word is of its old peer.
+    Moot,
+    /// The report ends the relay (as every failure did before moves).
+    End,
+    /// Replace `lost` now (with a spare, if the lease lends one; else End).
+    Replace,
+    /// Wait for the requester's own link to `lost`: if it fails too within
+    /// the silence timeout, `lost` is gone and moves; if it holds, the two
+    /// cannot reach each other, and the report ends the relay.
+    Suspect,
+}
+
+/// Decides [`OnPeerLost`]. `replacing`: the slots named, moving or moved
+/// (one replacement a relay). `free`: the lease may lend a spare, nothing
+/// else has gone wrong, nothing is being replaced, and `lost` is not done.
+fn on_peer_lost(by: usize, lost: usize, evidence: bool, replacing: &[Option<usize>], free: bool) -> OnPeerLost {
+    if lost >= SLOTS || lost == by {
+        OnPeerLost::OffPlan
+    } else if replacing.contains(&Some(lost)) {
+        OnPeerLost::Moot
+    } else if !free {
+        OnPeerLost::End
+    } else if evidence {
+        OnPeerLost::Replace
+    } else {
+        OnPeerLost::Suspect
+    }
+}
+
 /// How long the other slots have to take a move: they answer at once
 /// (a move is only tried before any product panel has gone out, while
 /// their links to the requester carry little).
@@ -2316,6 +2342,29 @@ mod tests {
         assert!(m.heard(feeder, slot, Word::Done, &roles).is_some_and(|why| why.contains("old peer")));
         let mut m = start();
         assert!(m.heard(bystander, slot, Word::Refused("took its product".into()), &roles).is_some());
+    }
+
+    #[test]
+    fn a_slot_lost_by_another_is_replaced_on_evidence_else_waited_for_and_never_twice() {
+        use OnPeerLost::*;
+        let none = [None, None, None];
+        // Free to replace: on evidence at once; a broken link waits for the requester's own.
+        assert_eq!(on_peer_lost(1, 2, true, &none, true), Replace);
+        assert_eq!(on_peer_lost(1, 2, false, &none, true), Suspect);
+        // Not free (no spare, another failure, another move, or the slot done): as before.
+        assert_eq!(on_peer_lost(1, 2, true, &none, false), End);
+        assert_eq!(on_peer_lost(1, 2, false, &none, false), End);
+        // Of a slot being replaced: its old peer's, whichever stage.
+        for stage in 0..3 {
+            let mut replacing = none;
+            replacing[stage] = Some(2);
+            assert_eq!(on_peer_lost(1, 2, true, &replacing, false), Moot);
+            assert_eq!(on_peer_lost(1, 2, false, &replacing, true), Moot);
+        }
+        // A slot naming itself, or no slot of the job.
+        assert_eq!(on_peer_lost(3, 3, true, &none, true), OffPlan);
+        assert_eq!(on_peer_lost(3, SLOTS, false, &none, true), OffPlan);
+        assert_eq!(on_peer_lost(3, 255, false, &[None, Some(255), None], true), OffPlan);
     }
 
     #[test]
