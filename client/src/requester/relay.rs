@@ -1989,14 +1989,17 @@ async fn write_slot<T: Element>(
     let Feeding { a, b, split, plan, .. } = feed;
     loop {
         let send = tokio::select! {
-            send = rx.recv() => match send {
-                Some(send) => send,
-                None => break,
-            },
+            // A move (`Moved`) goes ahead of the parts still to write: the
+            // other slots answer it sooner.
+            biased;
             Some(request) = ctl.recv() => {
                 deadline(io_timeout, "a slot to take a control message", writer.send(&request)).await?;
                 continue;
             }
+            send = rx.recv() => match send {
+                Some(send) => send,
+                None => break,
+            },
             // Nothing to send for a while (the other slots' parts go
             // first): say so, or the slot takes the requester for gone.
             () = tokio::time::sleep(relay::ALIVE_EVERY) => {
