@@ -536,11 +536,13 @@ fn a_relay_slot_that_dies_mid_relay_has_its_roles_moved_to_a_spare() {
     lost_slot(|grid| grid.kill("w0"), "lost: ");
 }
 
-/// The same with the slot cut off silently (no reset, no FIN): the
-/// requester's silence timeout tells, and the slot moves.
+/// The same with the slot cut off silently (no reset, no FIN): its host
+/// acknowledges nothing the requester sends it (it is sent `Alive` at
+/// least every second), which tells before the silence timeout, and the
+/// slot moves.
 #[test]
 fn a_relay_slot_cut_off_silently_mid_relay_has_its_roles_moved_to_a_spare() {
-    lost_slot(|grid| grid.cut("w0"), "lost: ");
+    lost_slot(|grid| grid.cut("w0"), "lost: its host acknowledged nothing sent to it");
 }
 
 fn lost_slot(lose: impl Fn(&mut NetGrid), reason: &str) {

@@ -1207,6 +1207,26 @@ pub struct SendInfo {
     /// link of its own shows a longer one than flows that share the
     /// sender's.
     pub rtt: Duration,
+    /// Segments sent and not yet acknowledged (`tcpi_unacked`). A peer that
+    /// stops reading closes its window and acknowledges what it buffered,
+    /// so this is none once its buffers are full.
+    pub unacked: u32,
+    /// Time since the last acknowledgement arrived (`tcpi_last_ack_recv`):
+    /// with segments unacknowledged, a time far past the round trip means
+    /// the peer's host no longer answers at all (it died, or its link was
+    /// cut), however busy or slow its process.
+    pub since_ack: Duration,
+}
+
+impl SendInfo {
+    /// The peer's host has answered nothing for `limit` (and for twenty
+    /// round trips) while segments wait for its acknowledgement: it is
+    /// unreachable. A live peer's kernel acknowledges what arrives whether
+    /// or not its process reads, and a slow link still delivers something
+    /// within a few round trips.
+    pub fn unreachable(&self, limit: Duration) -> bool {
+        self.unacked > 0 && self.since_ack >= limit && self.since_ack >= self.rtt * 20
+    }
 }
 
 /// [`SendInfo`] for TCP socket `fd`; `None` where the kernel does not say.
@@ -1233,6 +1253,8 @@ pub fn send_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<SendInfo> {
         (rc == 0 && len as usize >= has).then(|| SendInfo {
             bytes_acked: info.tcpi_bytes_acked,
             rtt: Duration::from_micros(u64::from(info.tcpi_rtt)),
+            unacked: info.tcpi_unacked,
+            since_ack: Duration::from_millis(u64::from(info.tcpi_last_ack_recv)),
         })
     }
     #[cfg(not(target_os = "linux"))]
@@ -1685,6 +1707,11 @@ mod tests {
         }
         let stalled = bytes_acked(tx.as_fd()).unwrap() - before;
         assert!(stalled < written, "acknowledged {stalled} of {written} written while nothing was read");
+        // A peer that does not read is not unreachable: its kernel took and
+        // acknowledged what fits in its buffers, and closed its window.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let info = send_info(tx.as_fd()).unwrap();
+        assert!(!info.unreachable(Duration::from_millis(200)), "{info:?}");
         // Once everything is read, every byte is acknowledged.
         let mut sink = vec![0u8; 1 << 20];
         let mut read = 0u64;

@@ -67,6 +67,14 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// the other to fail too (then the other moves) before it takes the lost
 /// link for a failure that ends the relay.
 const SUSPECT_SLACK: Duration = Duration::from_secs(1);
+/// A slot whose host has acknowledged nothing the requester sent it for
+/// this long (and twenty round trips), with segments waiting, is lost at
+/// once, not after the silence timeout: a live host's kernel acknowledges
+/// what arrives however busy its process ([`SendInfo::unreachable`]).
+const UNREACHED: Duration = Duration::from_millis(1500);
+/// How often the gather loop asks the kernel whether the slots' hosts
+/// still answer.
+const REACH_TICK: Duration = Duration::from_millis(250);
 /// A slot whose link takes the requester's parts at less than 1/this of
 /// the median pace of the others' is slow ...
 const SLOW_FEED_FACTOR: f64 = 3.0;
@@ -648,6 +656,10 @@ pub(super) async fn run<T: Element>(
     let b_panels = gather.plan.b_panels().count();
     let mut feed_tick = tokio::time::interval(FEED_TICK);
     feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reach_tick = tokio::time::interval(REACH_TICK);
+    reach_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Slots (of their present generation) already heard lost: once each.
+    let mut lost_heard = [false; SLOTS];
     // A slot named slow or lost, with the spare lent for it.
     let mut named: Option<Named> = None;
     // Slots another slot lost its link with, while the requester's own
@@ -790,6 +802,23 @@ pub(super) async fn run<T: Element>(
                 }
                 continue;
             }
+            // A slot whose host no longer answers at all (a cut link, a dead
+            // host) is lost now, not once its link has been silent for the
+            // silence timeout. (Of the first generation only: the kernel is
+            // asked about the links the relay opened.)
+            _ = reach_tick.tick() => {
+                for s in (0..SLOTS).filter(|&s| stats[s].is_none() && generation[s] == 0 && !lost_heard[s]) {
+                    if let Some(i) = info(s).filter(|i| i.unreachable(UNREACHED)) {
+                        let why = format!(
+                            "its host acknowledged nothing sent to it for {:.1} s (round trip {} ms): unreachable",
+                            i.since_ack.as_secs_f64(),
+                            i.rtt.as_millis()
+                        );
+                        let _ = heard_tx.send((0, Heard::Lost(s, why)));
+                    }
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(wait_until) => {
                 if grace.is_none() && reports.is_empty() {
                     let late: Vec<String> = Quad::ALL
@@ -916,7 +945,7 @@ pub(super) async fn run<T: Element>(
                 debug!(slot, %why, "relay: a send failed; waiting for the slot's last word")
             }
             Heard::Lost(slot, why) => {
-                if stats[slot].is_none() {
+                if stats[slot].is_none() && !std::mem::replace(&mut lost_heard[slot], true) {
                     warn!(slot, %why, "relay: lost a slot");
                     // Its roles move to a spare, if the lease lends one and
                     // nothing else has gone wrong (one move a relay).
@@ -980,6 +1009,7 @@ pub(super) async fn run<T: Element>(
                 named = Some(m.off());
             } else {
                 let Moving { slot, spare, why, kind, .. } = m;
+                lost_heard[slot] = false;
                 // Every other slot takes the slot's parts from the spare
                 // only: drop the old peer (its job ends as its link
                 // closes) and hand the spare the slot's plan and operands.
