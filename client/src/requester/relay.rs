@@ -68,10 +68,12 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// link for a failure that ends the relay.
 const SUSPECT_SLACK: Duration = Duration::from_secs(1);
 /// A slot whose host has acknowledged nothing the requester sent it for
-/// this long (and twenty round trips), with segments waiting, is lost at
-/// once, not after the silence timeout: a live host's kernel acknowledges
-/// what arrives however busy its process ([`SendInfo::unreachable`]).
-const UNREACHED: Duration = Duration::from_millis(1500);
+/// this long (and twenty round trips), with the same segments waiting all
+/// along, is lost at once, not after the silence timeout: a live host's
+/// kernel acknowledges what arrives however busy its process
+/// ([`SendInfo::unreachable`]). Two seconds outlast three losses in a
+/// row of one segment (retransmitted after 0.2, 0.4 and 0.8 s).
+const UNREACHED: Duration = Duration::from_secs(2);
 /// How often the gather loop asks the kernel whether the slots' hosts
 /// still answer.
 const REACH_TICK: Duration = Duration::from_millis(250);
@@ -660,6 +662,12 @@ pub(super) async fn run<T: Element>(
     reach_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Slots (of their present generation) already heard lost: once each.
     let mut lost_heard = [false; SLOTS];
+    // Since when segments have waited on each slot's link with its
+    // acknowledged bytes unchanged (what they were then).
+    let mut unanswered: [Option<(tokio::time::Instant, u64)>; SLOTS] = [None; SLOTS];
+    // The slot each slot has accused on evidence: one a relay, so that a
+    // lying slot cannot get every other one replaced and reported.
+    let mut accused: [Option<usize>; SLOTS] = [None; SLOTS];
     // A slot named slow or lost, with the spare lent for it.
     let mut named: Option<Named> = None;
     // Slots another slot lost its link with, while the requester's own
@@ -710,7 +718,8 @@ pub(super) async fn run<T: Element>(
                 let summary = format!("slot {slot}: {why}");
                 let evidence = kind == Kind::Caught;
                 reports.push(Report { at_fault: slot, by: None, summary, why, evidence });
-                settle = Some(now);
+                // (Other slots' words on it may still come: hear them.)
+                settle.get_or_insert(now + SETTLE);
             } else {
                 reports.push(Report::slow(slot, &why));
                 // Seen here, not reported by a slot: no other word to wait for.
@@ -807,8 +816,12 @@ pub(super) async fn run<T: Element>(
             // silence timeout. (Of the first generation only: the kernel is
             // asked about the links the relay opened.)
             _ = reach_tick.tick() => {
+                let now = tokio::time::Instant::now();
                 for s in (0..SLOTS).filter(|&s| stats[s].is_none() && generation[s] == 0 && !lost_heard[s]) {
-                    if let Some(i) = info(s).filter(|i| i.unreachable(UNREACHED)) {
+                    let Some(i) = info(s) else { continue };
+                    unanswered[s] = waiting_since(unanswered[s], i, now);
+                    let stuck = unanswered[s].is_some_and(|(since, _)| now - since >= UNREACHED);
+                    if stuck && i.unreachable(UNREACHED) {
                         let why = format!(
                             "its host acknowledged nothing sent to it for {:.1} s (round trip {} ms): unreachable",
                             i.since_ack.as_secs_f64(),
@@ -916,6 +929,8 @@ pub(super) async fn run<T: Element>(
             }
             Heard::Failed(slot, blame, message, evidence) => {
                 let at_fault = blame.map(usize::from).filter(|&b| b < SLOTS).unwrap_or(slot);
+                // (A slot's evidence is believed against one slot a relay.)
+                let evidence = evidence && accused[slot].is_none_or(|a| a == at_fault && generation[a] == 0);
                 warn!(slot, blame = at_fault, %message, evidence, "relay: a slot gave up");
                 let summary = format!("slot {slot} gave up: {message}");
                 reports.push(Report { at_fault, by: Some(slot), summary, why: message, evidence });
@@ -949,8 +964,15 @@ pub(super) async fn run<T: Element>(
                     warn!(slot, %why, "relay: lost a slot");
                     // Its roles move to a spare, if the lease lends one and
                     // nothing else has gone wrong (one move a relay).
-                    let free =
-                        reports.is_empty() && named.is_none() && moving.is_none() && moved.is_none() && slow.is_none();
+                    // (Nor asked of the tracker where the move could not be
+                    // made anyway: a spare would be spent for nothing.)
+                    let done = std::array::from_fn(|j| stats[j].is_some());
+                    let free = reports.is_empty()
+                        && named.is_none()
+                        && moving.is_none()
+                        && moved.is_none()
+                        && slow.is_none()
+                        && gather.may_move(slot, done);
                     let spare = if free { spare_for(hedge, peers, slot, &why).await } else { None };
                     match spare {
                         Some(spare) => named = Some(Named { slot, why, spare, movable: true, kind: Kind::Lost }),
@@ -962,14 +984,22 @@ pub(super) async fn run<T: Element>(
                     }
                 }
             }
+            Heard::PeerLost(by, lost, why, evidence) if evidence && accused[by].is_some() => {
+                debug!(slot = by, lost, %why, "relay: a second accusation on evidence from one slot, set aside");
+            }
             Heard::PeerLost(by, lost, why, evidence) => {
+                if evidence {
+                    accused[by] = Some(lost);
+                }
                 let replacing =
                     [named.as_ref().map(|n| n.slot), moving.as_ref().map(|m| m.slot), moved.as_ref().map(|m| m.slot)];
+                let done = std::array::from_fn(|j| stats[j].is_some());
                 let free = hedge.is_some()
                     && reports.is_empty()
                     && replacing.iter().all(Option::is_none)
                     && slow.is_none()
-                    && stats.get(lost).is_some_and(Option::is_none);
+                    && stats.get(lost).is_some_and(Option::is_none)
+                    && gather.may_move(lost, done);
                 let (word, caught_or_lost) =
                     if evidence { ("caught", "caught") } else { ("lost its link with", "lost") };
                 let summary = format!("slot {by} {word} slot {lost}: {why}");
@@ -1801,6 +1831,23 @@ impl Moving {
     }
 }
 
+/// Since when (and at what acknowledged count) segments have waited on a
+/// link with nothing more acknowledged, from the last look `before` and
+/// the kernel's word now: none when nothing waits or the count moved on.
+fn waiting_since(
+    before: Option<(tokio::time::Instant, u64)>,
+    now_info: SendInfo,
+    now: tokio::time::Instant,
+) -> Option<(tokio::time::Instant, u64)> {
+    if now_info.unacked == 0 {
+        return None;
+    }
+    match before {
+        Some((since, acked)) if acked == now_info.bytes_acked => Some((since, acked)),
+        _ => Some((now, now_info.bytes_acked)),
+    }
+}
+
 /// What the requester does when slot `by` says it lost its link with
 /// slot `lost`, or (on `evidence`) caught it sending what it should not
 /// ([`Heard::PeerLost`]; the slot holds meanwhile).
@@ -2236,6 +2283,17 @@ impl<T: Element> Gather<T> {
     /// Checks C quadrant `q`: C_q·r against Σ ±X_i·(Y_i·r) over the
     /// products feeding it, for every column of r (public and secret),
     /// within the sum of the products' tolerances.
+    /// Whether slot `slot`'s roles could move now, as far as C and the
+    /// slots `done` say: C is not all in, no part of it came from the
+    /// slot, and no slot done sent the slot its product
+    /// ([`Moving::owed`]). (The other slots have their own say.)
+    fn may_move(&self, slot: usize, done: [bool; SLOTS]) -> bool {
+        slot < SLOTS
+            && self.quads.iter().any(QuadState::arriving)
+            && !self.seen.iter().any(|&(sender, _)| sender == slot)
+            && Moving::owed(slot, done, &self.plan.roles).is_none()
+    }
+
     fn check(&self, q: Quad, v: &Verifier<T>) -> Result<(), Check> {
         let cr = &self.cr[q.index()];
         let mut expected = Array2::<T>::zeros(cr.dim());
@@ -2375,6 +2433,26 @@ mod tests {
         assert!(m.heard(feeder, slot, Word::Done, &roles).is_some_and(|why| why.contains("old peer")));
         let mut m = start();
         assert!(m.heard(bystander, slot, Word::Refused("took its product".into()), &roles).is_some());
+    }
+
+    #[test]
+    fn a_link_waits_unanswered_only_while_the_same_segments_wait() {
+        let t0 = tokio::time::Instant::now();
+        let later = t0 + Duration::from_secs(3);
+        let info = |unacked, bytes_acked| SendInfo {
+            bytes_acked,
+            rtt: Duration::from_millis(1),
+            unacked,
+            since_ack: Duration::from_secs(3),
+        };
+        assert_eq!(waiting_since(None, info(0, 10), t0), None);
+        let first = waiting_since(None, info(2, 10), t0);
+        assert_eq!(first, Some((t0, 10)));
+        // Nothing more acknowledged: it has waited since then.
+        assert_eq!(waiting_since(first, info(3, 10), later), Some((t0, 10)));
+        // An acknowledgement came meanwhile (whatever was sent since): the wait starts again.
+        assert_eq!(waiting_since(first, info(1, 11), later), Some((later, 11)));
+        assert_eq!(waiting_since(first, info(0, 10), later), None);
     }
 
     #[test]
