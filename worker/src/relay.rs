@@ -1833,7 +1833,7 @@ mod tests {
         assert!(n.lost[lost].is_some());
         assert_eq!(n.moved(lost, "127.0.0.1:2".into(), None), None);
         assert!(n.lost[lost].is_none(), "still holding after the move");
-        let failed = n.take(broke(1), &out).await.err().expect("a second break is not held");
+        let failed = n.take(broke(1), &out).await.expect_err("a second break is not held");
         assert_eq!(failed.blame, Some(lost));
 
         // No move comes: the job fails here, blaming the slot, after the hold.
@@ -1844,7 +1844,7 @@ mod tests {
         inbox.send(broke(0)).unwrap();
         let (cancel, slots) = (CancellationToken::new(), Arc::new(Semaphore::new(1)));
         let start = tokio::time::Instant::now();
-        let failed = n.run(inbox_rx, links_rx, &out, &cancel, &slots, None).await.err().expect("failed");
+        let failed = n.run(inbox_rx, links_rx, &out, &cancel, &slots, None).await.expect_err("failed");
         assert_eq!(failed.blame, Some(lost));
         assert!(failed.message.contains("reset"), "{}", failed.message);
         assert!(start.elapsed() >= hold, "gave up after {:?}, before its patience ({hold:?})", start.elapsed());
@@ -1874,7 +1874,7 @@ mod tests {
             data: Matrix::F64(bad),
             digest: Some(bad_digest),
         };
-        let failure = n.take(lie, &out).await.err().expect("caught");
+        let failure = n.take(lie, &out).await.expect_err("caught");
         assert!(failure.evidence && failure.blame == Some(holder));
         assert!(n.caught_out(failure, &out).await.is_ok(), "gave up at once");
         match said.try_recv() {
