@@ -894,14 +894,14 @@ impl<T: Element> Node<T> {
         // (forwarding goes on without it).
         let mut permit = None;
         while !self.finished() {
-            let holding = self.lost.iter().flatten().map(|(until, _)| *until).min();
+            // (The hold that ends first, and for which slot.)
+            let holding = (0..SLOTS).filter_map(|j| self.lost[j].as_ref().map(|(until, _)| (*until, j))).min();
             tokio::select! {
                 _ = cancel.cancelled() => return Err(failed("the job was cancelled")),
                 // No move came for a slot whose link broke: give up as
                 // without the hold.
-                _ = tokio::time::sleep_until(holding.unwrap_or_else(tokio::time::Instant::now)), if holding.is_some() => {
-                    let first = (0..SLOTS).filter(|&j| self.lost[j].is_some()).min_by_key(|&j| self.lost[j].as_ref().map(|l| l.0));
-                    let (_, failure) = first.and_then(|j| self.lost[j].take()).expect("holding for a slot");
+                _ = tokio::time::sleep_until(holding.map_or_else(tokio::time::Instant::now, |(until, _)| until)), if holding.is_some() => {
+                    let (_, failure) = holding.and_then(|(_, j)| self.lost[j].take()).expect("holding for a slot");
                     return Err(failure);
                 }
                 event = inbox.recv() => match event {
@@ -1048,14 +1048,7 @@ impl<T: Element> Node<T> {
                     if let Some((from, data, got)) = self.parked.remove(&id) {
                         let part =
                             PartId::from_task_id(septet_common::TaskId(id)).expect("parked parts have valid ids");
-                        match verify(from, part, &got, &digest) {
-                            Ok(()) => self.use_input(part, data),
-                            Err(e) => {
-                                // Not taken: a good copy is still to come.
-                                self.taken.remove(&part);
-                                wrong = wrong.and(Err(e));
-                            }
-                        }
+                        wrong = wrong.and(self.use_verified(from, part, data, &got, &digest));
                     }
                     self.digests.insert(id, digest);
                 }
@@ -1232,13 +1225,7 @@ impl<T: Element> Node<T> {
                 let id = part.task_id().0;
                 let got = got.unwrap_or_else(|| relay::digest(data.view()));
                 match self.digests.get(&id) {
-                    Some(digest) => {
-                        if let Err(e) = verify(f, part, &got, digest) {
-                            self.taken.remove(&part);
-                            return Err(e);
-                        }
-                        self.use_input(part, data);
-                    }
+                    Some(&digest) => self.use_verified(f, part, data, &got, &digest)?,
                     None => {
                         self.parked.insert(id, (f, data, got));
                     }
@@ -1246,6 +1233,25 @@ impl<T: Element> Node<T> {
                 Ok(())
             }
         }
+    }
+
+    /// Uses forwarded panel `part` from slot `from` if its digest `got`
+    /// is the requester's `digest`; if not, it is not taken (a good copy
+    /// may still come, from the forwarder's new peer) and `from` is caught.
+    fn use_verified(
+        &mut self,
+        from: usize,
+        part: PartId,
+        data: Arc<Array2<T>>,
+        got: &[u8; 32],
+        digest: &[u8; 32],
+    ) -> Result<(), Failed> {
+        if let Err(e) = verify(from, part, got, digest) {
+            self.taken.remove(&part);
+            return Err(e);
+        }
+        self.use_input(part, data);
+        Ok(())
     }
 
     /// A verified operand panel this slot's product reads.

@@ -699,9 +699,8 @@ pub(super) async fn run<T: Element>(
             // sent part of C cannot move, looked at again once all have
             // answered.)
             let done = std::array::from_fn(|j| stats[j].is_some());
-            let sent_c = gather.seen.iter().any(|&(sender, _)| sender == slot);
             suspects[slot] = None;
-            if movable && !sent_c && Moving::owed(slot, done, &gather.plan.roles).is_none() {
+            if movable && !gather.sent_c(slot) && Moving::owed(slot, done, &gather.plan.roles).is_none() {
                 let (addr, ticket) = (spare.addr.clone(), spare.ticket.clone());
                 for (_, ctl) in ctl_txs.iter().enumerate().filter(|&(j, _)| j != slot) {
                     let _ =
@@ -715,9 +714,7 @@ pub(super) async fn run<T: Element>(
             } else if kind != Kind::Slow {
                 // As any failure: the relay ends, and what is missing is
                 // computed the direct way.
-                let summary = format!("slot {slot}: {why}");
-                let evidence = kind == Kind::Caught;
-                reports.push(Report { at_fault: slot, by: None, summary, why, evidence });
+                reports.push(Report::lost(slot, why, kind == Kind::Caught));
                 // (Other slots' words on it may still come: hear them.)
                 settle.get_or_insert(now + SETTLE);
             } else {
@@ -978,8 +975,7 @@ pub(super) async fn run<T: Element>(
                         Some(spare) => named = Some(Named { slot, why, spare, movable: true, kind: Kind::Lost }),
                         None => {
                             suspects[slot] = None;
-                            let summary = format!("slot {slot}: {why}");
-                            reports.push(Report { at_fault: slot, by: None, summary, why, evidence: false });
+                            reports.push(Report::lost(slot, why, false));
                         }
                     }
                 }
@@ -1000,8 +996,7 @@ pub(super) async fn run<T: Element>(
                     && slow.is_none()
                     && stats.get(lost).is_some_and(Option::is_none)
                     && gather.may_move(lost, done);
-                let (word, caught_or_lost) =
-                    if evidence { ("caught", "caught") } else { ("lost its link with", "lost") };
+                let word = if evidence { "caught" } else { "lost its link with" };
                 let summary = format!("slot {by} {word} slot {lost}: {why}");
                 let report = Report { at_fault: lost, by: Some(by), summary, why: why.clone(), evidence };
                 match on_peer_lost(by, lost, evidence, &replacing, free) {
@@ -1010,7 +1005,7 @@ pub(super) async fn run<T: Element>(
                     }
                     OnPeerLost::Moot => {}
                     OnPeerLost::End => {
-                        warn!(slot = by, lost, %why, caught_or_lost, "relay: a slot lost or caught another");
+                        warn!(slot = by, lost, %why, evidence, "relay: a slot lost or caught another");
                         reports.push(report);
                     }
                     OnPeerLost::Replace => {
@@ -1034,7 +1029,7 @@ pub(super) async fn run<T: Element>(
         }
         if moving.as_ref().is_some_and(Moving::answered) {
             let m = moving.take().expect("moving");
-            if gather.seen.iter().any(|&(sender, _)| sender == m.slot) {
+            if gather.sent_c(m.slot) {
                 info!(slot = m.slot, "relay: the slot sent part of C before it could move; the move is off");
                 named = Some(m.off());
             } else {
@@ -1292,6 +1287,12 @@ struct Report {
 }
 
 impl Report {
+    /// The requester lost `slot` (its link), or a slot caught it
+    /// (`evidence`), and it did not move.
+    fn lost(slot: usize, why: String, evidence: bool) -> Self {
+        Report { at_fault: slot, by: None, summary: format!("slot {slot}: {why}"), why, evidence }
+    }
+
     /// The requester saw `slot` slow ([`slow_feed`], [`slow_product`]).
     fn slow(slot: usize, why: &str) -> Self {
         let summary = format!("slot {slot} is slow: {why}");
@@ -2280,9 +2281,11 @@ impl<T: Element> Gather<T> {
         }
     }
 
-    /// Checks C quadrant `q`: C_q·r against Σ ±X_i·(Y_i·r) over the
-    /// products feeding it, for every column of r (public and secret),
-    /// within the sum of the products' tolerances.
+    /// Whether part of C came from slot `slot`.
+    fn sent_c(&self, slot: usize) -> bool {
+        self.seen.iter().any(|&(sender, _)| sender == slot)
+    }
+
     /// Whether slot `slot`'s roles could move now, as far as C and the
     /// slots `done` say: C is not all in, no part of it came from the
     /// slot, and no slot done sent the slot its product
@@ -2290,10 +2293,13 @@ impl<T: Element> Gather<T> {
     fn may_move(&self, slot: usize, done: [bool; SLOTS]) -> bool {
         slot < SLOTS
             && self.quads.iter().any(QuadState::arriving)
-            && !self.seen.iter().any(|&(sender, _)| sender == slot)
+            && !self.sent_c(slot)
             && Moving::owed(slot, done, &self.plan.roles).is_none()
     }
 
+    /// Checks C quadrant `q`: C_q·r against Σ ±X_i·(Y_i·r) over the
+    /// products feeding it, for every column of r (public and secret),
+    /// within the sum of the products' tolerances.
     fn check(&self, q: Quad, v: &Verifier<T>) -> Result<(), Check> {
         let cr = &self.cr[q.index()];
         let mut expected = Array2::<T>::zeros(cr.dim());
