@@ -710,7 +710,14 @@ pub(super) async fn run<T: Element>(
                 (watching, watching_products) = (false, false);
                 named_at = started.elapsed().as_secs_f64();
                 info!(slot, kind = kind.name(), peer = %peers[slot].addr, spare = %spare.addr, "relay: moving a slot's roles to a spare");
-                moving = Some(Moving { slot, spare, why, kind, acks: done, until: now + MOVE_PATIENCE });
+                moving = Some(Moving {
+                    slot,
+                    spare,
+                    why,
+                    kind,
+                    acks: done,
+                    until: now + MOVE_PATIENCE.max(config.silence_timeout),
+                });
             } else if kind != Kind::Slow {
                 // As any failure: the relay ends, and what is missing is
                 // computed the direct way.
@@ -1885,9 +1892,11 @@ fn on_peer_lost(by: usize, lost: usize, evidence: bool, replacing: &[Option<usiz
     }
 }
 
-/// How long the other slots have to take a move: they answer at once
-/// (a move is only tried before any product panel has gone out, while
-/// their links to the requester carry little).
+/// How long, at least, the other slots have to take a move: they answer
+/// at once, but `Moved` reaches them behind what the requester's sockets
+/// already hold (seconds behind a congested requester link: 1.0-2.0 s at
+/// 30 Mbit/s in the namespace tests), so the patience is also never
+/// shorter than the silence timeout, within which any slot's word is due.
 const MOVE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What a spare taking a slow slot's roles is handed: the slot's plan
