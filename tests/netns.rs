@@ -619,21 +619,63 @@ fn a_congested_requester_link_takes_no_healthy_slot_for_slow() {
 }
 
 /// A relayed job whose C11 reducer is cut silently once it has reduced and
-/// sent back its first panel of C11 (so the products have reached it): the
-/// slots feeding it stall and say so, or C11 falls overdue once two other
-/// quadrants are in, and C11 is computed the direct way on the others.
-/// C is right, the cut peer is named, nothing stays leased.
+/// sent back its first panel of C11 (so the products have reached it), on
+/// a grid of exactly seven: no spare, so the slots feeding it stall and
+/// say so, or C11 falls overdue once two other quadrants are in, and C11
+/// is computed the direct way on the others. C is right, the cut peer is
+/// named, nothing stays leased.
 #[test]
 fn a_reducer_cut_after_its_products_arrived_is_replaced_by_the_direct_way() {
-    let Some(mut grid) = NetGrid::new(7, "1gbit") else { return };
+    let Some((grid, summary, addr)) = reducer_cut(7) else { return };
+    assert_eq!(summary["plan"], "relay+direct", "{summary}");
+    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(failures.iter().any(|f| f.contains(&addr) || f.contains("C11")), "{addr} / C11 not named: {failures:?}");
+    let verified = summary["relay"]["quadrants_verified"].as_array().unwrap();
+    assert!(!verified.iter().any(|q| q == "C11"), "C11 credited to the relay: {summary}");
+    assert!(
+        summary["peers"].as_array().unwrap().iter().all(|p| p["addr"] != addr.as_str()),
+        "a direct product was credited to the cut reducer: {summary}"
+    );
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
+
+/// The same with a spare in the grid: the slots feeding the reducer have
+/// finished, but keep the product panels they sent it until the job ends,
+/// so its roles move to the spare within the one relay — the spare is fed
+/// the reducer's own operands, gets the products again from the slots that
+/// sent them, and sends C11 whole, the panel already in set aside. C is
+/// right, the cut peer is named, moved and reported, nothing stays leased.
+#[test]
+fn a_reducer_cut_after_its_products_arrived_has_its_roles_moved_to_a_spare() {
+    let Some((grid, summary, addr)) = reducer_cut(8) else { return };
+    assert_eq!(summary["plan"], "relay", "{summary}");
+    let hedges = summary["hedges"].as_array().unwrap();
+    assert_eq!(hedges.len(), 1, "{summary}");
+    assert!(hedges[0]["reason"].as_str().unwrap().starts_with("lost: "), "{summary}");
+    moved_within_the_relay(&summary, &addr, &hedges[0]);
+    let verified = summary["relay"]["quadrants_verified"].as_array().unwrap();
+    assert_eq!(verified.len(), 4, "{summary}");
+    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(failures.iter().any(|f| f.contains(&addr) && f.contains("moved")), "{failures:?}");
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
+
+/// Runs a relayed job (n=1024, requester link at 30 Mbit/s) on `workers`
+/// workers and cuts C11's reducer silently once its first panel of C11 is
+/// back: the grid, the job's summary (C checked right) and the cut peer's
+/// address.
+fn reducer_cut(workers: usize) -> Option<(NetGrid, Value, String)> {
+    let mut grid = NetGrid::new(workers, "1gbit")?;
     grid.start_tracker(&[]);
     grid.start_workers(&[]);
+    let all = workers;
+    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == all), "the workers did not register");
     // A slow requester link, so the job lasts seconds (16 MB out at 30 Mbit/s).
     grid.shape("rq", "30mbit");
     let log_path = grid.dir().join("requester.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut job =
-        grid.client("rq", "multiply", &["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20"]);
+    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
+    let mut job = grid.client("rq", "multiply", &args);
     job.env("RUST_LOG", "septet_client=debug").stdout(std::process::Stdio::piped()).stderr(log);
     let child = job.spawn().unwrap();
     let read = || std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -655,7 +697,7 @@ fn a_reducer_cut_after_its_products_arrived_is_replaced_by_the_direct_way() {
     .unwrap_or_else(|| panic!("no relay plan in the requester's log:\n{}", read()));
     let (slot, addr) = reducer.split_once('@').unwrap();
     let victim_ip = addr.rsplit_once(':').unwrap().0;
-    let victim = (0..7).map(|i| format!("w{i}")).find(|h| grid.addr(h) == victim_ip).unwrap();
+    let victim = (0..workers).map(|i| format!("w{i}")).find(|h| grid.addr(h) == victim_ip).unwrap();
     let first_panel = format!("slot={slot} part=C11[0]");
     found(&|l: &str| l.contains(&first_panel).then(String::new))
         .unwrap_or_else(|| panic!("C11[0] never came back from slot {slot}:\n{}", read()));
@@ -664,20 +706,15 @@ fn a_reducer_cut_after_its_products_arrived_is_replaced_by_the_direct_way() {
     grid.heal(&victim);
     let summary = json(&out, "septet multiply");
     check_product(&summary);
-    assert_eq!(summary["plan"], "relay+direct", "{summary}\n{}", read());
-    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
-    assert!(failures.iter().any(|f| f.contains(addr) || f.contains("C11")), "{addr} / C11 not named: {failures:?}");
-    let verified = summary["relay"]["quadrants_verified"].as_array().unwrap();
-    assert!(!verified.iter().any(|q| q == "C11"), "C11 credited to the relay: {summary}");
-    assert!(
-        summary["peers"].as_array().unwrap().iter().all(|p| p["addr"] != addr),
-        "a direct product was credited to the cut reducer: {summary}"
-    );
     println!(
-        "job took {:.2} s with {victim} (C11's reducer) cut; failures: {failures:?}",
-        summary["total_s"].as_f64().unwrap()
+        "job took {:.2} s with {victim} (C11's reducer) cut; plan {}; moved: {}; failures: {}",
+        summary["total_s"].as_f64().unwrap(),
+        summary["plan"],
+        summary["relay"]["moved"],
+        summary["failures"]
     );
-    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+    let addr = addr.to_string();
+    Some((grid, summary, addr))
 }
 
 /// The relay across namespaces where every worker lies when it reduces

@@ -74,7 +74,12 @@ use crate::{Error, ErrorCode};
 /// [`WorkerReply::MovedAck`], a `Join`'s `generation` and a relay plan's.
 /// Version 15 added [`WorkerReply::RelayLost`]: a slot whose link with
 /// another broke holds, rather than give up, until the requester decides.
-pub const PROTOCOL_VERSION: u32 = 15;
+/// Version 16: a slot done keeps its link to the requester, and the
+/// product panels it sent, until the requester closes it, answering
+/// `Moved` (a reducer may move after its feeders finished); a slot's
+/// product panels may come again from a moved slot's new peer, and the
+/// copies of those already in are set aside.
+pub const PROTOCOL_VERSION: u32 = 16;
 
 /// Names one meeting of a brokered link's two ends at a tracker (see
 /// [`Rendezvous`]): 128 random bits chosen by the requester, given to the
@@ -1029,10 +1034,12 @@ pub enum WorkerRequest {
     /// the peer at `addr` (slot `slot`'s next generation), mid-relay. The
     /// receiving slot stops forwarding to it (the requester feeds the new
     /// peer its operands itself), sets aside what the old peer sends from
-    /// now on, takes the slot's parts from the new peer, and sends it its
-    /// product if the slot reduces it. Answered [`WorkerReply::MovedAck`]
-    /// — refused if a product panel has already gone to the slot or come
-    /// from it, which the new peer could not make up for.
+    /// now on, takes the slot's parts from the new peer (setting aside
+    /// copies of product panels the old one sent), and sends it again the
+    /// product panels the old one was sent, if the slot reduces its
+    /// product — also once it is done with its own roles, until the
+    /// requester closes its link. Answered [`WorkerReply::MovedAck`];
+    /// refused for a slot that has moved already, or is not another slot.
     Moved {
         /// The slot whose roles move.
         slot: u8,

@@ -332,38 +332,19 @@ pub(crate) async fn lead(
         let peers = joins;
         tokio::spawn(async move {
             let (links, links_rx) = mpsc::unbounded_channel();
-            let result = match plan.dtype {
+            let job = Job { out: out_tx, cancel, slots, lease_slot };
+            match plan.dtype {
                 Dtype::F64 => {
-                    Node::<f64>::new(plan.clone(), started, config.clone(), links, fallback, progress, peers)
-                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
-                        .await
+                    let node =
+                        Node::<f64>::new(plan.clone(), started, config.clone(), links, fallback, progress, peers);
+                    serve(node, inbox_rx, links_rx, job).await
                 }
                 Dtype::F32 => {
-                    Node::<f32>::new(plan.clone(), started, config.clone(), links, fallback, progress, peers)
-                        .run(inbox_rx, links_rx, &out_tx, &cancel, &slots, lease_slot)
-                        .await
+                    let node =
+                        Node::<f32>::new(plan.clone(), started, config.clone(), links, fallback, progress, peers);
+                    serve(node, inbox_rx, links_rx, job).await
                 }
-            };
-            let reply = match result {
-                Ok(stats) => {
-                    let took = Duration::from_micros(stats.compute_us);
-                    let (bytes_in, bytes_out) = (stats.bytes_in.iter().sum(), stats.bytes_out.iter().sum());
-                    config.metrics.relay_done(plan.dtype, true, took, bytes_in, bytes_out);
-                    WorkerReply::RelayDone(stats)
-                }
-                Err(Failed { blame, message, evidence }) => {
-                    config.metrics.relay_done(plan.dtype, false, Duration::ZERO, 0, 0);
-                    if cancel.is_cancelled() {
-                        // The requester left: it has C, or it gave up on the
-                        // job because of another slot; nothing is wrong here.
-                        info!(job = %plan.job_id, %message, "relayed job ended by the requester");
-                    } else {
-                        warn!(job = %plan.job_id, blame = ?blame, %message, "relayed job failed");
-                    }
-                    WorkerReply::RelayFailed { blame: blame.map(|b| b as u8), message, evidence }
-                }
-            };
-            let _ = out_tx.send(Out::Reply(reply)).await;
+            }
         })
     };
     let counts = expected_counts(&plan, me);
@@ -431,6 +412,53 @@ pub(crate) async fn lead(
     // the requester as a failed send before it has read why.
     let drain = async { while let Ok(Some(_)) = reader.read_frame().await {} };
     let _ = tokio::time::timeout(config.io_timeout, drain).await;
+}
+
+/// What a node's task is given besides its node: the requester link's
+/// outbox, the job's cancellation, the worker's compute slots and the
+/// lease's slot this job holds.
+struct Job {
+    out: mpsc::Sender<Out>,
+    cancel: CancellationToken,
+    slots: Arc<Semaphore>,
+    lease_slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Runs `node` to its end and says how it went (`RelayDone`, or
+/// `RelayFailed` naming whom it blames); then, done, keeps its product
+/// panels for the requester's word until the requester closes the link:
+/// a slot they went to may still move ([`Node::linger`]).
+async fn serve<T: Element>(
+    mut node: Node<T>,
+    mut inbox: mpsc::UnboundedReceiver<Event>,
+    mut links_rx: mpsc::UnboundedReceiver<Event>,
+    job: Job,
+) {
+    let Job { out, cancel, slots, lease_slot } = job;
+    let result = node.run(&mut inbox, &mut links_rx, &out, &cancel, &slots, lease_slot).await;
+    let (plan, config) = (node.plan.clone(), node.config.clone());
+    let reply = match &result {
+        Ok(stats) => {
+            let took = Duration::from_micros(stats.compute_us);
+            let (bytes_in, bytes_out) = (stats.bytes_in.iter().sum(), stats.bytes_out.iter().sum());
+            config.metrics.relay_done(plan.dtype, true, took, bytes_in, bytes_out);
+            WorkerReply::RelayDone(stats.clone())
+        }
+        Err(Failed { blame, message, evidence }) => {
+            config.metrics.relay_done(plan.dtype, false, Duration::ZERO, 0, 0);
+            if cancel.is_cancelled() {
+                // The requester left: it has C, or it gave up on the
+                // job because of another slot; nothing is wrong here.
+                info!(job = %plan.job_id, %message, "relayed job ended by the requester");
+            } else {
+                warn!(job = %plan.job_id, blame = ?blame, %message, "relayed job failed");
+            }
+            WorkerReply::RelayFailed { blame: blame.map(|b| b as u8), message: message.clone(), evidence: *evidence }
+        }
+    };
+    if out.send(Out::Reply(reply)).await.is_ok() && result.is_ok() {
+        node.linger(inbox, links_rx, &out, &cancel).await;
+    }
 }
 
 /// Serves a peer's connection to a relayed job: parts from slot `from`.
@@ -592,6 +620,7 @@ async fn write_out(
 }
 
 /// Why the node gave up, and whom it blames.
+#[derive(Debug)]
 struct Failed {
     blame: Option<usize>,
     message: String,
@@ -739,9 +768,11 @@ struct Node<T> {
     /// links check a `Join` against.
     generation: [u8; SLOTS],
     peers: Peers,
-    /// Product panels taken from each slot: a move of the slot is refused
-    /// once any came (the new peer's would be repeats, and unchecked).
-    m_from: [usize; SLOTS],
+    /// Product panels of other slots folded into this slot's C quadrants:
+    /// a slot whose roles moved sends its whole product again, and what
+    /// its old peer sent before is not folded in twice (C is checked
+    /// whole by the requester, whichever peer each panel came from).
+    folded: std::collections::HashSet<PartId>,
     /// Digests of parts that arrive by forward, by part task id.
     digests: HashMap<u64, [u8; 32]>,
     /// Forwarded parts waiting for the requester's digest: sender, part,
@@ -840,7 +871,7 @@ impl<T: Element> Node<T> {
             taken: std::collections::HashSet::new(),
             generation: [0; SLOTS],
             peers,
-            m_from: [0; SLOTS],
+            folded: std::collections::HashSet::new(),
             kept: HashMap::new(),
             lost: Default::default(),
             hold,
@@ -881,9 +912,9 @@ impl<T: Element> Node<T> {
     }
 
     async fn run(
-        mut self,
-        mut inbox: mpsc::UnboundedReceiver<Event>,
-        mut links_rx: mpsc::UnboundedReceiver<Event>,
+        &mut self,
+        inbox: &mut mpsc::UnboundedReceiver<Event>,
+        links_rx: &mut mpsc::UnboundedReceiver<Event>,
         out: &mpsc::Sender<Out>,
         cancel: &CancellationToken,
         slots: &Arc<Semaphore>,
@@ -955,7 +986,51 @@ impl<T: Element> Node<T> {
         self.stats.bytes_out[REQUESTER] += relay::part_frame_len(T::DTYPE, fingerprint.dim());
         self.stats.done_us = self.now_us();
         out.send(Out::Part(part, T::into_matrix(fingerprint))).await.map_err(|_| closed())?;
-        Ok(self.stats)
+        Ok(self.stats.clone())
+    }
+
+    /// Done: keeps the product panels sent to each reducer (`kept`) until
+    /// the requester closes the link (`cancel`), so that a reducer whose
+    /// roles move after this slot finished — lost, or caught summing wrong
+    /// — still gets them, from here ([`Node::moved`]). It answers each
+    /// `Moved` and sends the new peer what the old one was sent; nothing
+    /// else is taken. It computes nothing more and holds no compute slot.
+    async fn linger(
+        &mut self,
+        mut inbox: mpsc::UnboundedReceiver<Event>,
+        mut links_rx: mpsc::UnboundedReceiver<Event>,
+        out: &mpsc::Sender<Out>,
+        cancel: &CancellationToken,
+    ) {
+        // Only the kept product panels are still needed.
+        self.inputs.clear();
+        self.parked.clear();
+        self.y = None;
+        self.x = None;
+        self.reductions.iter_mut().for_each(|r| r.acc.iter_mut().for_each(|a| *a = None));
+        self.recycler.sweep();
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => return,
+                event = inbox.recv() => event,
+                Some(event) = links_rx.recv() => Some(event),
+            };
+            match event {
+                None => return,
+                Some(event @ (Event::Moved { .. } | Event::Sent { .. })) => {
+                    if self.take(event, out).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Event::Link { slot, error, .. }) => {
+                    // The new peer will miss panels and say so; nothing is
+                    // left to fail here.
+                    info!(job = %self.plan.job_id, slot, %error, "a link to a moved slot failed after this slot was done");
+                }
+                // Parts sent after the end (a spare's repeats) and the like.
+                Some(_) => {}
+            }
+        }
     }
 
     /// Makes how far the product has got the next progress report's.
@@ -1019,10 +1094,11 @@ impl<T: Element> Node<T> {
                     return Err(Failed { message: format!("{} arrived twice", part.name()), ..culprit() });
                 }
                 self.received[index] += 1;
-                if let Block::M(_) = part.block {
-                    self.m_from[index.min(SLOTS - 1)] += 1;
-                }
-                if generation > 0 && part.block.input_index().is_some() && self.taken.contains(&part) {
+                let repeat = match part.block {
+                    Block::M(_) => self.folded.contains(&part),
+                    _ => part.block.input_index().is_some() && self.taken.contains(&part),
+                };
+                if generation > 0 && repeat {
                     // The slot's last generation sent it before it moved.
                     self.stats.bytes_in[index] += relay::part_frame_len(T::DTYPE, data.shape());
                     return Ok(());
@@ -1123,9 +1199,6 @@ impl<T: Element> Node<T> {
         if slot >= SLOTS || slot == self.me {
             return Some(format!("slot {slot} is not another slot of the job"));
         }
-        if self.m_from[slot] > 0 {
-            return Some(format!("{} panels of its product have come from slot {slot}", self.m_from[slot]));
-        }
         // Once a job (the requester hedges a relay once): a requester that
         // asks more must not have this slot send its product again and again.
         if self.generation[slot] >= MOST_MOVES {
@@ -1213,6 +1286,7 @@ impl<T: Element> Node<T> {
                 Ok(())
             }
             (From::Slot(f), Block::M(i)) => {
+                self.folded.insert(part);
                 self.reduce(i, part.panel as usize, &data, out).await.map_err(|e| blame(f, e))?;
                 // Folded in: its buffer can take the next part.
                 if let Ok(m) = Arc::try_unwrap(data) {
@@ -1802,16 +1876,42 @@ mod tests {
         // What the old peer's links bring or say is set aside.
         assert!(node.stale(&Event::Closed { slot: to, generation: 0 }));
         assert!(!node.stale(&Event::Closed { slot: to, generation: 1 }));
-        // Not itself, not a slot past the job's, not one whose product came in.
+        // Not itself, not a slot past the job's.
         assert!(node.moved(me, "127.0.0.1:3".into(), None).is_some());
         assert!(node.moved(SLOTS, "127.0.0.1:3".into(), None).is_some());
-        let other = (0..SLOTS).find(|&s| s != me && s != to).unwrap();
-        node.m_from[other] = 1;
-        assert!(node.moved(other, "127.0.0.1:3".into(), None).is_some());
-        assert_eq!(node.generation[other], 0);
         // A slot moves once.
         assert!(node.moved(to, "127.0.0.1:4".into(), None).is_some_and(|why| why.contains("already")));
         assert_eq!(node.plan.peers[to], "127.0.0.1:2");
+    }
+
+    /// A reducer takes each product panel once: a feeder whose roles moved
+    /// after some of its product came in sends it all again, and what came
+    /// before is set aside, not folded in twice (nor taken for a repeat
+    /// off the plan).
+    #[tokio::test]
+    async fn a_moved_feeders_product_panels_already_folded_in_are_set_aside() {
+        let plan = RelayPlan::example(64, 8);
+        let me = plan.roles.reducers[0] as usize;
+        let feeder = relay::feeders(Quad::Q11).map(|(i, _)| i).find(|&i| i != me).unwrap();
+        let mut n = node(plan.clone(), me);
+        let (out, _said) = mpsc::channel(64);
+        let m = |panel| PartId { block: Block::M(feeder), panel };
+        let part = |generation, panel| Event::Part {
+            from: From::Slot(feeder),
+            generation,
+            part: m(panel),
+            data: part_data(&plan, m(panel)),
+            digest: None,
+        };
+        let got = |n: &Node<f64>, panel: usize| n.reductions.iter().find(|r| r.quad == Quad::Q11).unwrap().got[panel];
+        n.take(part(0, 0), &out).await.expect("the old peer's panel 0");
+        assert_eq!(got(&n, 0), 1);
+        assert_eq!(n.moved(feeder, "127.0.0.1:2".into(), None), None);
+        n.take(part(1, 0), &out).await.expect("the new peer's panel 0: a repeat, set aside");
+        assert_eq!(got(&n, 0), 1, "panel 0 folded in twice");
+        n.take(part(1, 1), &out).await.expect("the new peer's panel 1");
+        assert_eq!(got(&n, 1), 1);
+        n.take(part(1, 1), &out).await.expect_err("the same generation's panel twice is off the plan");
     }
 
     /// A node whose link with a slot breaks says so once and holds; a move
@@ -1850,7 +1950,9 @@ mod tests {
         inbox.send(broke(0)).unwrap();
         let (cancel, slots) = (CancellationToken::new(), Arc::new(Semaphore::new(1)));
         let start = tokio::time::Instant::now();
-        let failed = n.run(inbox_rx, links_rx, &out, &cancel, &slots, None).await.expect_err("failed");
+        let (mut inbox_rx, mut links_rx) = (inbox_rx, links_rx);
+        let mut n = n;
+        let failed = n.run(&mut inbox_rx, &mut links_rx, &out, &cancel, &slots, None).await.expect_err("failed");
         assert_eq!(failed.blame, Some(lost));
         assert!(failed.message.contains("reset"), "{}", failed.message);
         assert!(start.elapsed() >= hold, "gave up after {:?}, before its patience ({hold:?})", start.elapsed());

@@ -693,14 +693,10 @@ pub(super) async fn run<T: Element>(
             named.take().filter(|_| moving.is_none() && moved.is_none())
         {
             let now = tokio::time::Instant::now();
-            // A slot already done has no part in a move, unless it sent the
-            // slot its product (which went with it). (A slot that took
-            // some of the slot's product refuses the move; a slot that
-            // sent part of C cannot move, looked at again once all have
-            // answered.)
-            let done = std::array::from_fn(|j| stats[j].is_some());
+            // Every other slot, done or not, takes the move: a slot done
+            // keeps the product panels it sent the slot, for the spare.
             suspects[slot] = None;
-            if movable && !gather.sent_c(slot) && Moving::owed(slot, done, &gather.plan.roles).is_none() {
+            if movable && gather.may_move(slot) {
                 let (addr, ticket) = (spare.addr.clone(), spare.ticket.clone());
                 for (_, ctl) in ctl_txs.iter().enumerate().filter(|&(j, _)| j != slot) {
                     let _ =
@@ -715,7 +711,7 @@ pub(super) async fn run<T: Element>(
                     spare,
                     why,
                     kind,
-                    acks: done,
+                    acks: [false; SLOTS],
                     until: now + MOVE_PATIENCE.max(config.silence_timeout),
                 });
             } else if kind != Kind::Slow {
@@ -922,15 +918,7 @@ pub(super) async fn run<T: Element>(
                     }
                 }
             }
-            Heard::Done(slot, s) => {
-                stats[slot] = Some(s);
-                let which = moving.as_ref().map_or(slot, |m| m.slot);
-                if let Some(why) = moving.as_mut().and_then(|m| m.heard(slot, which, Word::Done, &gather.plan.roles)) {
-                    let m = moving.take().expect("moving");
-                    info!(slot = m.slot, by = slot, %why, "relay: the move is off; relaying again");
-                    named = Some(m.off());
-                }
-            }
+            Heard::Done(slot, s) => stats[slot] = Some(s),
             Heard::Failed(slot, blame, message, evidence) => {
                 let at_fault = blame.map(usize::from).filter(|&b| b < SLOTS).unwrap_or(slot);
                 // (A slot's evidence is believed against one slot a relay.)
@@ -963,20 +951,30 @@ pub(super) async fn run<T: Element>(
             Heard::WriteFailed(slot, why) => {
                 debug!(slot, %why, "relay: a send failed; waiting for the slot's last word")
             }
+            // A slot done, lost: it has nothing more to send, unless a
+            // move needs the product it kept.
+            Heard::Lost(slot, why) if stats[slot].is_some() => {
+                let which = moving.as_ref().map_or(slot, |m| m.slot);
+                if let Some(off) = moving.as_mut().and_then(|m| m.heard(slot, which, Word::Gone, &gather.plan.roles)) {
+                    let m = moving.take().expect("moving");
+                    info!(slot = m.slot, by = slot, why = %off, "relay: the move is off; relaying again");
+                    named = Some(m.off());
+                }
+                debug!(slot, %why, "relay: a slot done is gone");
+            }
             Heard::Lost(slot, why) => {
-                if stats[slot].is_none() && !std::mem::replace(&mut lost_heard[slot], true) {
+                if !std::mem::replace(&mut lost_heard[slot], true) {
                     warn!(slot, %why, "relay: lost a slot");
                     // Its roles move to a spare, if the lease lends one and
                     // nothing else has gone wrong (one move a relay).
                     // (Nor asked of the tracker where the move could not be
                     // made anyway: a spare would be spent for nothing.)
-                    let done = std::array::from_fn(|j| stats[j].is_some());
                     let free = reports.is_empty()
                         && named.is_none()
                         && moving.is_none()
                         && moved.is_none()
                         && slow.is_none()
-                        && gather.may_move(slot, done);
+                        && gather.may_move(slot);
                     let spare = if free { spare_for(hedge, peers, slot, &why).await } else { None };
                     match spare {
                         Some(spare) => named = Some(Named { slot, why, spare, movable: true, kind: Kind::Lost }),
@@ -996,13 +994,12 @@ pub(super) async fn run<T: Element>(
                 }
                 let replacing =
                     [named.as_ref().map(|n| n.slot), moving.as_ref().map(|m| m.slot), moved.as_ref().map(|m| m.slot)];
-                let done = std::array::from_fn(|j| stats[j].is_some());
                 let free = hedge.is_some()
                     && reports.is_empty()
                     && replacing.iter().all(Option::is_none)
                     && slow.is_none()
                     && stats.get(lost).is_some_and(Option::is_none)
-                    && gather.may_move(lost, done);
+                    && gather.may_move(lost);
                 let word = if evidence { "caught" } else { "lost its link with" };
                 let summary = format!("slot {by} {word} slot {lost}: {why}");
                 let report = Report { at_fault: lost, by: Some(by), summary, why: why.clone(), evidence };
@@ -1036,11 +1033,14 @@ pub(super) async fn run<T: Element>(
         }
         if moving.as_ref().is_some_and(Moving::answered) {
             let m = moving.take().expect("moving");
-            if gather.sent_c(m.slot) {
-                info!(slot = m.slot, "relay: the slot sent part of C before it could move; the move is off");
+            if !gather.may_move(m.slot) {
+                info!(slot = m.slot, "relay: C came in whole before the slot could move; the move is off");
                 named = Some(m.off());
             } else {
                 let Moving { slot, spare, why, kind, .. } = m;
+                // What C the old peer sent stays; the spare's copies of it
+                // are set aside.
+                gather.moved(slot);
                 lost_heard[slot] = false;
                 // Every other slot takes the slot's parts from the spare
                 // only: drop the old peer (its job ends as its link
@@ -1157,7 +1157,8 @@ pub(super) async fn run<T: Element>(
                 // The products' fingerprints say who: a wrong one names its
                 // slot; if all are right, the reducer summed wrong.
                 let reducer = plan.roles.reducers[qi] as usize;
-                for slot in culprits(q, reducer, |i| gather.fingerprint_wrong(i, v, rounds)) {
+                let moved_slot = moved.as_ref().map(|mv| mv.slot);
+                for slot in culprits(q, reducer, moved_slot, |i| gather.fingerprint_wrong(i, v, rounds)) {
                     outcome.blamed.push((slot, format!("C{} failed its check: {why}", q.suffix())));
                 }
                 failure.get_or_insert(format!("C{} failed its check", q.suffix()));
@@ -1328,13 +1329,19 @@ fn believed(reports: &[Report]) -> Vec<usize> {
 /// Who is to blame when C quadrant `q` fails its check: the slots feeding
 /// it whose fingerprints are wrong; if none is, its reducer (the products
 /// it was sent agree with what their slots fingerprinted, as far as the
-/// public vectors tell, so the sum is what is wrong).
-fn culprits(q: Quad, reducer: usize, fingerprint_wrong: impl Fn(usize) -> bool) -> Vec<usize> {
+/// public vectors tell, so the sum is what is wrong) — unless a slot that
+/// moved had a hand in it (`moved`): then part of the quadrant, or of a
+/// product in it, came from an old peer no fingerprint speaks for, and
+/// nobody more is blamed (the old peer is named already).
+fn culprits(q: Quad, reducer: usize, moved: Option<usize>, fingerprint_wrong: impl Fn(usize) -> bool) -> Vec<usize> {
     let wrong: Vec<usize> = relay::feeders(q).map(|(i, _)| i).filter(|&i| fingerprint_wrong(i)).collect();
-    if wrong.is_empty() {
-        vec![reducer]
-    } else {
+    let had_a_hand = moved.is_some_and(|m| m == reducer || relay::feeders(q).any(|(i, _)| i == m));
+    if !wrong.is_empty() {
         wrong
+    } else if had_a_hand {
+        Vec::new()
+    } else {
+        vec![reducer]
     }
 }
 
@@ -1795,19 +1802,12 @@ enum Word {
     Took,
     /// It refused it, saying why.
     Refused(String),
-    /// It finished its roles (before it heard of the move, or after it
-    /// took it).
-    Done,
+    /// Its link broke after it had finished its roles: it has nothing to
+    /// say, and no product to send the spare.
+    Gone,
 }
 
 impl Moving {
-    /// The slot already done (in `done`) whose product went to `slot`, if
-    /// any: it went to the old peer only, and a done slot no longer has
-    /// it to send the spare, so the roles cannot move.
-    fn owed(slot: usize, done: [bool; SLOTS], roles: &Roles) -> Option<usize> {
-        (0..SLOTS).find(|&j| j != slot && done[j] && roles.product_targets(j).contains(&slot))
-    }
-
     /// Takes slot `from`'s `word` about the move of slot `which`: why the
     /// move is off, if it is. (Words about another move, or from the
     /// moving slot itself, are not this move's.)
@@ -1818,12 +1818,12 @@ impl Moving {
         match word {
             Word::Took => self.acks[from] = true,
             Word::Refused(why) => return Some(format!("slot {from} refused it: {why}")),
-            // Done after it took the move: its product went to the spare.
-            Word::Done if self.acks[from] => {}
-            Word::Done => match Moving::owed(self.slot, std::array::from_fn(|j| j == from), roles) {
-                Some(_) => return Some(format!("slot {from} finished, its product sent to the old peer")),
-                None => self.acks[from] = true,
-            },
+            // Gone after it took the move: its product went to the spare.
+            Word::Gone if self.acks[from] => {}
+            Word::Gone if roles.product_targets(from).contains(&self.slot) => {
+                return Some(format!("slot {from}, done, is gone with the product it owes the slot"))
+            }
+            Word::Gone => self.acks[from] = true,
         }
         None
     }
@@ -2057,7 +2057,8 @@ async fn read_slot<T: Element>(
             Err(Error::Invalid(why)) => Heard::OffPlan(slot, why),
             Err(e) => Heard::Lost(slot, e.to_string()),
         };
-        let last = !matches!(event, Heard::Part(..) | Heard::Progress(..) | Heard::MovedAck(..) | Heard::PeerLost(..));
+        // (A slot done keeps its link, and answers moves, until the relay drops it.)
+        let last = matches!(event, Heard::Failed(..) | Heard::Lost(..) | Heard::OffPlan(..));
         if heard.send((generation, event)).is_err() || last {
             return;
         }
@@ -2208,9 +2209,15 @@ struct Gather<T> {
     cr: Vec<Array2<T>>,
     /// Where each quadrant stands.
     quads: [QuadState; 4],
-    /// (slot, part) pairs taken: by sender, so that a part another slot
-    /// sent off the plan does not make the real sender's look like a repeat.
-    seen: std::collections::HashSet<(usize, u64)>,
+    /// (slot, its generation, part) taken: by sender, so that a part
+    /// another slot sent off the plan does not make the real sender's look
+    /// like a repeat.
+    seen: std::collections::HashSet<(usize, u8, u64)>,
+    /// Each slot's generation: 1 once its roles moved ([`Gather::moved`]).
+    generation: [u8; SLOTS],
+    /// C panels placed (part ids): a moved reducer's spare sends its
+    /// quadrants whole, and what its old peer sent first is kept.
+    placed: std::collections::HashSet<u64>,
     fingerprints: HashMap<usize, Array2<T>>,
     /// All the job's vectors, public and secret.
     r: Array2<T>,
@@ -2227,6 +2234,8 @@ impl<T: Element> Gather<T> {
             cr: (0..4).map(|_| Array2::zeros((mh, columns))).collect(),
             quads: [QuadState::Arriving { left: panels, bytes: 0 }; 4],
             seen: Default::default(),
+            generation: [0; SLOTS],
+            placed: Default::default(),
             fingerprints: HashMap::new(),
             r,
         }
@@ -2241,8 +2250,13 @@ impl<T: Element> Gather<T> {
         m: septet_common::Matrix,
         c: &Mutex<Store<T>>,
     ) -> Result<Option<(Quad, u64)>, String> {
-        if Some(m.shape()) != self.plan.part_shape(part) || !self.seen.insert((slot, part.task_id().0)) {
+        let id = part.task_id().0;
+        if Some(m.shape()) != self.plan.part_shape(part) || !self.seen.insert((slot, self.generation[slot], id)) {
             return Err(format!("sent {} of shape {:?} (or twice)", part.name(), m.shape()));
+        }
+        if self.generation[slot] > 0 && self.placed.contains(&id) {
+            // The spare's copy of a panel the slot's old peer sent.
+            return Ok(None);
         }
         let m = T::from_matrix(m).map_err(|_| "sent a part of the wrong dtype".to_string())?;
         match part.block {
@@ -2263,6 +2277,7 @@ impl<T: Element> Gather<T> {
                 };
                 let real_rows = (self.split.m.saturating_sub(row0)).min(mh);
                 let real_cols = (self.split.n.saturating_sub(col0)).min(nh);
+                self.placed.insert(id);
                 let take = rows.start.min(real_rows)..rows.end.min(real_rows);
                 if !take.is_empty() && real_cols > 0 {
                     let src = m.slice(s![..take.len(), ..real_cols]);
@@ -2290,20 +2305,18 @@ impl<T: Element> Gather<T> {
         }
     }
 
-    /// Whether part of C came from slot `slot`.
-    fn sent_c(&self, slot: usize) -> bool {
-        self.seen.iter().any(|&(sender, _)| sender == slot)
+    /// Whether slot `slot`'s roles could move now, as far as C says: it
+    /// is not all in, and the slot has not moved already. (Slots done
+    /// keep the product panels they sent it; the other slots have their
+    /// own say.)
+    fn may_move(&self, slot: usize) -> bool {
+        slot < SLOTS && self.generation[slot] == 0 && self.quads.iter().any(QuadState::arriving)
     }
 
-    /// Whether slot `slot`'s roles could move now, as far as C and the
-    /// slots `done` say: C is not all in, no part of it came from the
-    /// slot, and no slot done sent the slot its product
-    /// ([`Moving::owed`]). (The other slots have their own say.)
-    fn may_move(&self, slot: usize, done: [bool; SLOTS]) -> bool {
-        slot < SLOTS
-            && self.quads.iter().any(QuadState::arriving)
-            && !self.sent_c(slot)
-            && Moving::owed(slot, done, &self.plan.roles).is_none()
+    /// Slot `slot`'s roles moved: what it sends from now on is its spare's
+    /// (C panels its old peer sent are kept, the spare's copies set aside).
+    fn moved(&mut self, slot: usize) {
+        self.generation[slot] += 1;
     }
 
     /// Checks C quadrant `q`: C_q·r against Σ ±X_i·(Y_i·r) over the
@@ -2412,7 +2425,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_move_goes_ahead_once_every_other_slot_took_it_or_had_no_part_in_it() {
+    fn a_move_goes_ahead_once_every_other_slot_took_it_or_is_gone_owing_it_nothing() {
         let roles = Roles::choose(Split::of((64, 64), (64, 64)).unwrap());
         // A reducer that another slot sends its product to, and a slot that does not.
         let slot = (0..SLOTS).find(|&s| (0..SLOTS).any(|j| j != s && roles.product_targets(j).contains(&s))).unwrap();
@@ -2427,9 +2440,6 @@ mod tests {
             acks: [false; SLOTS],
             until: tokio::time::Instant::now(),
         };
-        // A slot done with its product sent to the old peer: no move.
-        assert_eq!(Moving::owed(slot, std::array::from_fn(|j| j == feeder), &roles), Some(feeder));
-        assert_eq!(Moving::owed(slot, std::array::from_fn(|j| j == bystander), &roles), None);
         let mut m = start();
         for j in (0..SLOTS).filter(|&j| j != slot && j != bystander) {
             assert!(!m.answered());
@@ -2439,13 +2449,13 @@ mod tests {
             assert_eq!(m.heard(slot, slot, Word::Refused("no".into()), &roles), None);
         }
         assert!(!m.answered());
-        // Done, owing the slot nothing: as good as taken.
-        assert_eq!(m.heard(bystander, slot, Word::Done, &roles), None);
+        // Done and gone, owing the slot nothing: as good as taken.
+        assert_eq!(m.heard(bystander, slot, Word::Gone, &roles), None);
         assert!(m.answered());
-        // Done after taking the move: fine; done before it, owing the slot its product: off.
-        assert_eq!(m.heard(feeder, slot, Word::Done, &roles), None);
+        // Gone after taking the move: fine; gone before, with the product it owes the slot: off.
+        assert_eq!(m.heard(feeder, slot, Word::Gone, &roles), None);
         let mut m = start();
-        assert!(m.heard(feeder, slot, Word::Done, &roles).is_some_and(|why| why.contains("old peer")));
+        assert!(m.heard(feeder, slot, Word::Gone, &roles).is_some_and(|why| why.contains("owes")));
         let mut m = start();
         assert!(m.heard(bystander, slot, Word::Refused("took its product".into()), &roles).is_some());
     }
@@ -2496,11 +2506,17 @@ mod tests {
     #[test]
     fn a_failed_quadrant_is_blamed_on_wrong_fingerprints_else_on_its_reducer() {
         // C11 = M1 + M4 − M5 + M7 (slots 0, 3, 4, 6), reduced by slot 3.
-        assert_eq!(culprits(Quad::Q11, 3, |_| false), [3]);
-        assert_eq!(culprits(Quad::Q11, 3, |i| i == 6), [6]);
-        assert_eq!(culprits(Quad::Q11, 3, |i| i == 0 || i == 4), [0, 4]);
+        assert_eq!(culprits(Quad::Q11, 3, None, |_| false), [3]);
+        assert_eq!(culprits(Quad::Q11, 3, None, |i| i == 6), [6]);
+        assert_eq!(culprits(Quad::Q11, 3, None, |i| i == 0 || i == 4), [0, 4]);
         // A wrong fingerprint of a product that does not feed C12 (M3 + M5) blames nobody there.
-        assert_eq!(culprits(Quad::Q12, 4, |i| i == 0), [4]);
+        assert_eq!(culprits(Quad::Q12, 4, None, |i| i == 0), [4]);
+        // A slot that moved fed it, or reduced it: its old peer's panels may be the wrong ones.
+        assert_eq!(culprits(Quad::Q11, 3, Some(6), |_| false), Vec::<usize>::new());
+        assert_eq!(culprits(Quad::Q11, 3, Some(3), |_| false), Vec::<usize>::new());
+        assert_eq!(culprits(Quad::Q11, 3, Some(6), |i| i == 0), [0]);
+        // One that had no hand in it does not excuse its reducer.
+        assert_eq!(culprits(Quad::Q11, 3, Some(1), |_| false), [3]);
     }
 
     #[test]
