@@ -747,6 +747,48 @@ fn lying_reducers_are_named_and_the_job_is_still_right() {
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
 }
 
+/// One worker lies when it reduces (`--fault=corrupt-reduce`; it computes
+/// its product honestly), with a spare in the grid: the requester checks
+/// each quadrant of C as soon as it and its products' fingerprints are in,
+/// finds the liar's quadrant wrong with every product right, and moves
+/// the liar's roles to the spare within the one relay — the slots feeding
+/// it still keep their product panels — which sends the quadrant again.
+/// C is right, every quadrant verified in the relay, the liar named and
+/// moved ("caught: C.. failed its check"), nothing left leased.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_reducer_that_sums_wrong_with_a_spare_free_has_its_roles_moved() {
+    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+    grid.start_tracker(&[]);
+    // Registered in order, so leased in order: w3 is slot 3, which reduces
+    // C11 in a square job of this size (checked below).
+    for (range, args) in [(0..3, &[][..]), (3..4, &["--fault=corrupt-reduce"][..]), (4..8, &[][..])] {
+        let all = range.end;
+        grid.start_workers_at(range, "tr", args);
+        assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == all), "the workers did not register");
+    }
+    let liar = grid.addr("w3");
+    let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
+    let out = grid.run("rq", "multiply", &args);
+    let summary = json(&out, "septet multiply");
+    check_product(&summary);
+    let slots = summary["relay"]["slots"].as_array().unwrap();
+    assert!(!slots[3]["reduces"].as_array().unwrap().is_empty(), "slot 3 reduces nothing here: {summary}");
+    assert_eq!(summary["plan"], "relay", "{summary}");
+    let lied = summary["relay"]["moved"]["from"]["addr"].as_str().unwrap_or_default().to_string();
+    assert_eq!(lied.rsplit_once(':').map(|a| a.0), Some(liar.as_str()), "{summary}");
+    let hedges = summary["hedges"].as_array().unwrap();
+    assert_eq!(hedges.len(), 1, "{summary}");
+    let reason = hedges[0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("caught: C") && reason.contains("failed its check"), "{summary}");
+    moved_within_the_relay(&summary, &lied, &hedges[0]);
+    assert_eq!(summary["relay"]["quadrants_verified"].as_array().unwrap().len(), 4, "{summary}");
+    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(failures.iter().any(|f| f.contains(&lied) && f.contains("moved")), "{failures:?}");
+    println!("job took {:.2} s; moved: {}", summary["total_s"].as_f64().unwrap(), summary["relay"]["moved"]);
+    assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+}
+
 /// Two clusters on separate hosts: cluster n (tracker `tr`, workers w0 and
 /// w1) federated with cluster m (tracker `tm`, workers w2..w7). A job from
 /// `rq` at n's tracker borrows five of m's peers: the product is right,

@@ -686,7 +686,53 @@ pub(super) async fn run<T: Element>(
     let mut seq_sent: Option<tokio::time::Instant> = None;
     let mut spare_feeding = false;
     let mut named_at = 0.0;
+    // The check prepared (`verifier`, once it is done), and the quadrants
+    // looked at with it during the relay.
+    let mut verifier = verifier;
+    let mut prepared = None;
+    let mut checked = [false; 4];
+    // How long the loop waited for the check with all of C in (time the
+    // check costs the job, as the wait for it after the relay is).
+    let mut waited_for_check = Duration::ZERO;
     loop {
+        // A quadrant in, with its feeders' fingerprints, is checked at
+        // once: one that fails by its reducer's sum alone (every product
+        // in it as fingerprinted) has the reducer's roles move to a spare,
+        // as a slot caught lying does — the slots feeding it still keep
+        // their product panels — and the quadrant comes again from the
+        // spare. (Any other failure is left to the check after the relay.)
+        if let (Some(Ok(Ok((v, _)))), Some(_)) = (&prepared, hedge) {
+            for q in Quad::ALL {
+                let (qi, reducer) = (q.index(), plan.roles.reducers[q.index()] as usize);
+                let fingerprinted = relay::feeders(q).all(|(i, _)| gather.fingerprints.contains_key(&i));
+                if checked[qi] || !matches!(gather.quads[qi], QuadState::In { .. }) || !fingerprinted {
+                    continue;
+                }
+                checked[qi] = true;
+                let Err(Check::Wrong(why)) = gather.check(q, v) else { continue };
+                let free = reports.is_empty()
+                    && named.is_none()
+                    && moving.is_none()
+                    && moved.is_none()
+                    && slow.is_none()
+                    && gather.generation[reducer] == 0;
+                if !free || culprits(q, reducer, None, |i| gather.fingerprint_wrong(i, v, rounds)) != [reducer] {
+                    continue;
+                }
+                let why = format!("C{} failed its check: {why}", q.suffix());
+                warn!(slot = reducer, %why, "relay: a reducer summed wrong");
+                if let Some(spare) = spare_for(hedge, peers, reducer, &why).await {
+                    // (Its other quadrant too, if it reduces two and that one is wrong.)
+                    for other in Quad::ALL.into_iter().filter(|o| plan.roles.reducers[o.index()] as usize == reducer) {
+                        if other == q || gather.check(other, v).is_err() {
+                            checked[other.index()] = true;
+                            gather.redo(other);
+                        }
+                    }
+                    named = Some(Named { slot: reducer, why, spare, movable: true, kind: Kind::Caught });
+                }
+            }
+        }
         // (One hedge a relay: a naming while a move is under way, or after
         // one, is set aside.)
         if let Some(Named { slot, why, spare, movable, kind }) =
@@ -729,6 +775,15 @@ pub(super) async fn run<T: Element>(
         }
         let complete = gather.quads.iter().all(|q| !q.arriving());
         if complete && stats.iter().all(Option::is_some) {
+            // (C is in: the check, prepared meanwhile, is awaited here
+            // rather than after the relay, so a wrong sum can still move.)
+            if let (Some(preparing), None, Some(_)) = (verifier.as_mut(), &prepared, hedge) {
+                let t = Instant::now();
+                prepared = Some(preparing.await);
+                waited_for_check = t.elapsed();
+                verifier = None;
+                continue;
+            }
             break;
         }
         if complete && grace.is_none() {
@@ -746,6 +801,12 @@ pub(super) async fn run<T: Element>(
         let suspect_due = suspects.iter().flatten().map(|(at, _)| *at).min();
         let heard = tokio::select! {
             heard = heard_rx.recv() => heard,
+            // The check is prepared: quadrants in are checked at the top.
+            done = async { verifier.as_mut().expect("preparing").await }, if verifier.is_some() && prepared.is_none() => {
+                prepared = Some(done);
+                verifier = None;
+                continue;
+            }
             // A slot lost its link with another, whose link to the
             // requester still holds: the failure stands.
             _ = tokio::time::sleep_until(suspect_due.unwrap_or(until)), if suspect_due.is_some() => {
@@ -1119,8 +1180,13 @@ pub(super) async fn run<T: Element>(
 
     // 5. Check what came back.
     let checking = Instant::now();
-    let verifier = match verifier {
-        Some(v) => match v.await {
+    let prepared = match (prepared, verifier) {
+        (Some(done), _) => Some(done),
+        (None, Some(v)) => Some(v.await),
+        (None, None) => None,
+    };
+    let verifier = match prepared {
+        Some(done) => match done {
             Ok(Ok((v, prepared))) => {
                 outcome.verify_s += prepared.as_secs_f64();
                 Some(v)
@@ -1168,7 +1234,7 @@ pub(super) async fn run<T: Element>(
     }
     outcome.verified = gather.quads.map(|q| q == QuadState::Verified);
     outcome.slow = slow.filter(|(s, _)| outcome.unverifiable.is_none() && outcome.blamed.iter().all(|(b, _)| b == s));
-    outcome.verify_critical_s = checking.elapsed().as_secs_f64();
+    outcome.verify_critical_s = (checking.elapsed() + waited_for_check).as_secs_f64();
     outcome.verify_s += outcome.verify_critical_s;
     report.quadrants_verified =
         Quad::ALL.iter().filter(|q| outcome.verified[q.index()]).map(|q| quad_name(*q).into()).collect();
@@ -2311,6 +2377,17 @@ impl<T: Element> Gather<T> {
     /// own say.)
     fn may_move(&self, slot: usize) -> bool {
         slot < SLOTS && self.generation[slot] == 0 && self.quads.iter().any(QuadState::arriving)
+    }
+
+    /// Quadrant `q` failed its check by its reducer's sum: it comes again,
+    /// whole, from the reducer's spare.
+    fn redo(&mut self, q: Quad) {
+        let panels = self.plan.a_panels().count();
+        self.quads[q.index()] = QuadState::Arriving { left: panels, bytes: 0 };
+        for panel in 0..panels {
+            self.placed.remove(&PartId { block: Block::C(q), panel: panel as u32 }.task_id().0);
+        }
+        self.cr[q.index()].fill(T::zero());
     }
 
     /// Slot `slot`'s roles moved: what it sends from now on is its spare's
