@@ -279,6 +279,8 @@ pub(crate) async fn lead(
 ) {
     let started = Instant::now();
     let (out_tx, out_rx) = mpsc::channel::<Out>(4);
+    // Answers that must not wait behind C panels (see `write_out`).
+    let (urgent_tx, urgent_rx) = mpsc::unbounded_channel::<WorkerReply>();
     let progress = Arc::new(Progress::default());
     let job_cancel = cancel.child_token();
     let writer_task = {
@@ -286,7 +288,7 @@ pub(crate) async fn lead(
         tokio::spawn(async move {
             // A requester that no longer takes what this slot writes is
             // gone: end the job rather than wait on its reads.
-            if !write_out(writer, out_rx, &config, &progress, started).await {
+            if !write_out(writer, out_rx, urgent_rx, &config, &progress, started).await {
                 job_cancel.cancel();
             }
         })
@@ -332,7 +334,7 @@ pub(crate) async fn lead(
         let peers = joins;
         tokio::spawn(async move {
             let (links, links_rx) = mpsc::unbounded_channel();
-            let job = Job { out: out_tx, cancel, slots, lease_slot };
+            let job = Job { out: out_tx, urgent: urgent_tx, cancel, slots, lease_slot };
             match plan.dtype {
                 Dtype::F64 => {
                     let node =
@@ -419,6 +421,7 @@ pub(crate) async fn lead(
 /// lease's slot this job holds.
 struct Job {
     out: mpsc::Sender<Out>,
+    urgent: mpsc::UnboundedSender<WorkerReply>,
     cancel: CancellationToken,
     slots: Arc<Semaphore>,
     lease_slot: Option<OwnedSemaphorePermit>,
@@ -434,7 +437,8 @@ async fn serve<T: Element>(
     mut links_rx: mpsc::UnboundedReceiver<Event>,
     job: Job,
 ) {
-    let Job { out, cancel, slots, lease_slot } = job;
+    let Job { out, urgent, cancel, slots, lease_slot } = job;
+    node.urgent = Some(urgent);
     let result = node.run(&mut inbox, &mut links_rx, &out, &cancel, &slots, lease_slot).await;
     let (plan, config) = (node.plan.clone(), node.config.clone());
     let reply = match &result {
@@ -563,10 +567,14 @@ fn requester_patience(silence_ms: u64, io_timeout: Duration) -> Duration {
 /// The requester link's writer: parts and replies in order, and
 /// `RelayProgress` (the node's last [`Node::publish`]) every
 /// [`PROGRESS_EVERY`] (or the worker's progress interval, if shorter),
-/// between them. False if a write failed or timed out.
+/// between them; an `urgent` answer (`MovedAck`, `RelayLost`: at most one
+/// per other slot and move) goes ahead of parts not yet written — a move's
+/// patience must not be spent behind this slot's C panels on a slow link.
+/// False if a write failed or timed out.
 async fn write_out(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Out>,
+    mut urgent: mpsc::UnboundedReceiver<WorkerReply>,
     config: &WorkerConfig,
     progress: &Progress,
     started: Instant,
@@ -576,6 +584,8 @@ async fn write_out(
     quiet.tick().await;
     loop {
         let out = tokio::select! {
+            biased;
+            Some(reply) = urgent.recv() => Out::Reply(reply),
             out = rx.recv() => match out {
                 Some(out) => out,
                 None => return true,
@@ -822,6 +832,9 @@ struct Node<T> {
     stats: RelayStats,
     /// What the requester link's progress reports say.
     progress: Arc<Progress>,
+    /// Where answers that go ahead of queued parts are sent (`write_out`);
+    /// without, they queue with the parts.
+    urgent: Option<mpsc::UnboundedSender<WorkerReply>>,
 }
 
 /// How far a slot has got, as its progress reports say
@@ -895,6 +908,7 @@ impl<T: Element> Node<T> {
             retired: Vec::new(),
             recycler: Recycler::new(),
             progress,
+            urgent: None,
             received: [0; SLOTS + 1],
             expected: expected_counts(&plan, me),
             stats: RelayStats {
@@ -1155,7 +1169,7 @@ impl<T: Element> Node<T> {
                     info!(job = %self.plan.job_id, slot, %why, "refused to move a slot's roles");
                 }
                 let reply = WorkerReply::MovedAck { slot: slot.min(255) as u8, refused };
-                out.send(Out::Reply(reply)).await.map_err(|_| closed())
+                self.say(reply, out).await
             }
         }
     }
@@ -1190,7 +1204,16 @@ impl<T: Element> Node<T> {
         let (message, evidence) = (failure.message.clone(), failure.evidence);
         let reply = WorkerReply::RelayLost { slot: slot as u8, message, evidence };
         self.lost[slot] = Some((tokio::time::Instant::now() + self.hold, failure));
-        out.send(Out::Reply(reply)).await.map_err(|_| closed())
+        self.say(reply, out).await
+    }
+
+    /// Sends the requester `reply` ahead of the parts queued for it, if
+    /// the link's writer takes urgent answers.
+    async fn say(&self, reply: WorkerReply, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
+        match &self.urgent {
+            Some(urgent) => urgent.send(reply).map_err(|_| closed()),
+            None => out.send(Out::Reply(reply)).await.map_err(|_| closed()),
+        }
     }
 
     /// Moves slot `slot`'s roles to the peer at `addr`, as far as this
@@ -1882,6 +1905,41 @@ mod tests {
         // A slot moves once.
         assert!(node.moved(to, "127.0.0.1:4".into(), None).is_some_and(|why| why.contains("already")));
         assert_eq!(node.plan.peers[to], "127.0.0.1:2");
+    }
+
+    /// The requester link's writer sends an answer to a move ahead of the
+    /// C panels already queued for the requester.
+    #[tokio::test]
+    async fn a_moves_answer_goes_ahead_of_queued_c_panels() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (_, write_half) = client.unwrap().into_split();
+        let (read_half, _keep) = accepted.unwrap().0.into_split();
+        let (tx, rx) = mpsc::channel(4);
+        let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
+        let plan = RelayPlan::example(64, 8);
+        for panel in 0..3 {
+            let part = PartId { block: Block::C(Quad::Q11), panel };
+            tx.send(Out::Part(part, part_data(&plan, part))).await.unwrap();
+        }
+        urgent_tx.send(WorkerReply::MovedAck { slot: 2, refused: None }).unwrap();
+        drop((tx, urgent_tx));
+        let config = WorkerConfig::default();
+        let writer = FrameWriter::new(write_half);
+        assert!(write_out(writer, rx, urgent_rx, &config, &Progress::default(), Instant::now()).await);
+        let mut reader = FrameReader::new(read_half, 1 << 20);
+        let mut order = Vec::new();
+        while let Ok(Some(frame)) = reader.read_frame().await {
+            order.push(match frame {
+                Frame::Control(body) => match body.decode::<WorkerReply>() {
+                    Ok(WorkerReply::MovedAck { .. }) => "ack",
+                    _ => "other",
+                },
+                Frame::Blocks(_) => "part",
+            });
+        }
+        assert_eq!(order, ["ack", "part", "part", "part"]);
     }
 
     /// A reducer takes each product panel once: a feeder whose roles moved
