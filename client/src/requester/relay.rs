@@ -672,8 +672,9 @@ pub(super) async fn run<T: Element>(
     let mut named: Option<Named> = None;
     // Slots another slot lost its link with, while the requester's own
     // link to them still holds: the failure reported, if the requester's
-    // link does not fail (then the slot moves) by when it is due.
-    let mut suspects: [Option<(tokio::time::Instant, Report)>; SLOTS] = Default::default();
+    // link does not fail (then the slot moves, to the spare lent for it
+    // already) by when it is due.
+    let mut suspects: [Option<(tokio::time::Instant, Report, PeerAddr)>; SLOTS] = Default::default();
     // Each slot's generation: 1 once its roles moved (what its old peer
     // says from then on is set aside).
     let mut generation = [0u8; SLOTS];
@@ -798,7 +799,7 @@ pub(super) async fn run<T: Element>(
         let behind = if moving.is_none() && moved.is_none() { quads_due(plan_sent, &gather.quads) } else { None };
         let due = [sent_at.map(due_after), behind].into_iter().flatten().min();
         let wait_until = settle.or(grace).or(due).map_or(until, |g| g.min(until));
-        let suspect_due = suspects.iter().flatten().map(|(at, _)| *at).min();
+        let suspect_due = suspects.iter().flatten().map(|(at, ..)| *at).min();
         let heard = tokio::select! {
             heard = heard_rx.recv() => heard,
             // The check is prepared: quadrants in are checked at the top.
@@ -811,8 +812,8 @@ pub(super) async fn run<T: Element>(
             // requester still holds: the failure stands.
             _ = tokio::time::sleep_until(suspect_due.unwrap_or(until)), if suspect_due.is_some() => {
                 let now = tokio::time::Instant::now();
-                for suspect in suspects.iter_mut().filter(|s| s.as_ref().is_some_and(|(at, _)| *at <= now)) {
-                    let (_, report) = suspect.take().expect("due");
+                for suspect in suspects.iter_mut().filter(|s| s.as_ref().is_some_and(|(at, ..)| *at <= now)) {
+                    let (_, report, _) = suspect.take().expect("due");
                     info!(slot = report.at_fault, by = ?report.by, "relay: the requester's link to the slot holds; the lost link ends the relay");
                     reports.push(report);
                 }
@@ -1036,13 +1037,16 @@ pub(super) async fn run<T: Element>(
                         && moved.is_none()
                         && slow.is_none()
                         && gather.may_move(slot);
-                    let spare = if free { spare_for(hedge, peers, slot, &why).await } else { None };
+                    // (A slot another had lost already has its spare.)
+                    let held = suspects[slot].take().map(|(.., spare)| spare);
+                    let spare = match (free, held) {
+                        (false, _) => None,
+                        (true, Some(spare)) => Some(spare),
+                        (true, None) => spare_for(hedge, peers, slot, &why).await,
+                    };
                     match spare {
                         Some(spare) => named = Some(Named { slot, why, spare, movable: true, kind: Kind::Lost }),
-                        None => {
-                            suspects[slot] = None;
-                            reports.push(Report::lost(slot, why, false));
-                        }
+                        None => reports.push(Report::lost(slot, why, false)),
                     }
                 }
             }
@@ -1084,11 +1088,18 @@ pub(super) async fn run<T: Element>(
                             None => reports.push(report),
                         }
                     }
-                    OnPeerLost::Suspect => {
-                        warn!(slot = by, lost, %why, "relay: a slot lost its link with another");
-                        let due = tokio::time::Instant::now() + config.silence_timeout + SUSPECT_SLACK;
-                        suspects[lost].get_or_insert((due, report));
-                    }
+                    OnPeerLost::Suspect if suspects[lost].is_some() => {}
+                    // Worth waiting for the requester's own link to tell
+                    // only if the slot could move: with no spare lent, the
+                    // relay ends either way, so it ends now.
+                    OnPeerLost::Suspect => match spare_for(hedge, peers, lost, &why).await {
+                        Some(spare) => {
+                            warn!(slot = by, lost, %why, "relay: a slot lost its link with another");
+                            let due = tokio::time::Instant::now() + config.silence_timeout + SUSPECT_SLACK;
+                            suspects[lost] = Some((due, report, spare));
+                        }
+                        None => reports.push(report),
+                    },
                 }
             }
         }
