@@ -11,7 +11,10 @@
 #              (as the tracker's peer table shows it) is cut silently (link
 #              down, no reset) CUT_DELAY s (default 0) after the lease is seen,
 #              and healed after the job. Goal: cut median <= 1.3 x healthy
-#              median + 5 s.
+#              median + 5 s. With CUT_ROLE=reducer the worker cut is C11's
+#              reducer instead, CUT_DELAY s after the requester logs its
+#              relay plan (so while C flows back, with a delay of a few
+#              seconds at n=4096).
 #   straggler  n=2048 jobs on WORKERS (default 8) workers at RATE: JOBS healthy
 #              jobs, then JOBS jobs with ONE worker's link shaped to SLOW_RATE
 #              (40mbit). Before each slowed job a worker the tracker will lease
@@ -67,7 +70,9 @@
 #   D_WORKERS    workers of the depth grid (default 49)
 #   RATE         every link's rate (default 1gbit; tc units kbit/mbit/gbit)
 #   SLOW_RATE    the straggler's link (default 40mbit)
-#   CUT_DELAY    seconds between seeing the lease and the cut (default 0)
+#   CUT_DELAY    seconds between seeing the lease (or the plan) and the cut
+#                (default 0)
+#   CUT_ROLE     any (default: a leased worker) or reducer (C11's reducer)
 #   OUT          where job JSON and logs go (default /tmp/septet-netbench.PID)
 #
 # Needs root, bash, ip(8), tc(8) (tbf; netem is not used) and python3.
@@ -108,6 +113,8 @@ S_WORKERS=${S_WORKERS:-${WORKERS:-8}}
 RATE=${RATE:-1gbit}
 SLOW_RATE=${SLOW_RATE:-40mbit}
 CUT_DELAY=${CUT_DELAY:-0}
+CUT_ROLE=${CUT_ROLE:-any}
+[[ $CUT_ROLE == any || $CUT_ROLE == reducer ]] || { echo "netbench: CUT_ROLE is any or reducer" >&2; exit 2; }
 OUT=${OUT:-/tmp/septet-netbench.$$}
 LEASE=7 # slots per multiply lease
 
@@ -124,7 +131,7 @@ OUT=$(cd "$OUT" && pwd)
 # JSON and the statistics. Peer tables are read from the spare client's
 # namespace ("cl") through netgrid.sh exec.
 read -r -d '' PY <<'EOF'
-import json, os, statistics, subprocess, sys, time
+import json, os, re, statistics, subprocess, sys, time
 
 def peers(rd):
     cmd = ["scripts/netgrid.sh", "--run-dir", rd, "exec", "cl", "septet", "peers", "--json"]
@@ -213,6 +220,24 @@ elif cmd == "lease-watch":
         used = [p["addr"] for p in ps if p["in_use"] > 0]
         if used:
             print("%.6f" % time.time(), " ".join(used))
+            sys.exit(0)
+        time.sleep(0.01)
+    sys.exit(1)
+
+elif cmd == "plan-reducer":
+    # ERR JOB_PID TIMEOUT: wait until the job's log shows its relay plan;
+    # print the time it was seen and C11's reducer's address. Exit 1 if the
+    # job ended (or TIMEOUT passed) first.
+    err, pid, timeout = a[0], int(a[1]), float(a[2])
+    end = time.time() + timeout
+    while running(pid) and time.time() < end:
+        try:
+            text = open(err, errors="replace").read()
+        except OSError:
+            text = ""
+        m = re.search(r"relay: plans out.*?C11=slot\d+@(\S+)", text)
+        if m:
+            print("%.6f" % time.time(), m.group(1))
             sys.exit(0)
         time.sleep(0.01)
     sys.exit(1)
@@ -451,7 +476,13 @@ if want partition; then
   t0=$(secs)
   mkdir -p "$OUT/partition"
   echo
-  echo "== partition: n=$P_N f64, $P_WORKERS workers at $RATE; a leased worker cut ${CUT_DELAY}s after the lease is seen, healed after the job =="
+  if [[ $CUT_ROLE == reducer ]]; then
+    # (The plan's roles are in the requester's log, at info.)
+    export RUST_LOG=septet_client=info
+    echo "== partition: n=$P_N f64, $P_WORKERS workers at $RATE; C11's reducer cut ${CUT_DELAY}s after the plan is out, healed after the job =="
+  else
+    echo "== partition: n=$P_N f64, $P_WORKERS workers at $RATE; a leased worker cut ${CUT_DELAY}s after the lease is seen, healed after the job =="
+  fi
   if grid_up partition "$P_WORKERS"; then
     job partition warmup "$P_N"
     echo "  warm-up   $(describe partition warmup) (not counted)"
@@ -466,7 +497,12 @@ if want partition; then
       s=$EPOCHREALTIME
       job partition "cut$i" "$P_N" &
       JOB_PID=$!
-      if used=$(py lease-watch "$RD" "$JOB_PID" 30); then
+      if [[ $CUT_ROLE == reducer ]]; then
+        used=$(py plan-reducer "$OUT/partition/cut$i.err" "$JOB_PID" 30)
+      else
+        used=$(py lease-watch "$RD" "$JOB_PID" 30)
+      fi
+      if [[ -n $used ]]; then
         seen_t=${used%% *}
         victim=${used##* }
         sleep "$CUT_DELAY"
