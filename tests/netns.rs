@@ -651,12 +651,18 @@ fn a_reducer_cut_after_its_products_arrived_has_its_roles_moved_to_a_spare() {
     assert_eq!(summary["plan"], "relay", "{summary}");
     let hedges = summary["hedges"].as_array().unwrap();
     assert_eq!(hedges.len(), 1, "{summary}");
-    assert!(hedges[0]["reason"].as_str().unwrap().starts_with("lost: "), "{summary}");
+    // Lost, by its silence; or, where its last progress report showed its
+    // product behind the others' (it reduces, and computes M4 too), named
+    // slow by that first — a move all the same.
+    let reason = hedges[0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("lost: ") || reason.starts_with("slow: its product"), "{summary}");
     moved_within_the_relay(&summary, &addr, &hedges[0]);
     let verified = summary["relay"]["quadrants_verified"].as_array().unwrap();
     assert_eq!(verified.len(), 4, "{summary}");
-    let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
-    assert!(failures.iter().any(|f| f.contains(&addr) && f.contains("moved")), "{failures:?}");
+    if reason.starts_with("lost: ") {
+        let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        assert!(failures.iter().any(|f| f.contains(&addr) && f.contains("moved")), "{failures:?}");
+    }
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
 }
 
