@@ -758,7 +758,8 @@ fn lying_reducers_are_named_and_the_job_is_still_right() {
 /// each quadrant of C as soon as it and its products' fingerprints are in,
 /// finds the liar's quadrant wrong with every product right, and moves
 /// the liar's roles to the spare within the one relay — the slots feeding
-/// it still keep their product panels — which sends the quadrant again.
+/// it still keep their product panels — which sends the quadrant again
+/// (behind a 30 Mbit/s requester link, so the spare's feed takes seconds).
 /// C is right, every quadrant verified in the relay, the liar named and
 /// moved ("caught: C.. failed its check"), nothing left leased.
 #[cfg(feature = "fault-injection")]
@@ -774,6 +775,9 @@ fn a_reducer_that_sums_wrong_with_a_spare_free_has_its_roles_moved() {
         assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == all), "the workers did not register");
     }
     let liar = grid.addr("w3");
+    // A slow requester link: the spare's feed (four quadrants, 8 MB) takes
+    // seconds, longer than the grace C's last stats have once C is in.
+    grid.shape("rq", "30mbit");
     let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
     let out = grid.run("rq", "multiply", &args);
     let summary = json(&out, "septet multiply");

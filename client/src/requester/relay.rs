@@ -730,6 +730,8 @@ pub(super) async fn run<T: Element>(
                             gather.redo(other);
                         }
                     }
+                    // C is not all in any more: no grace for the last stats.
+                    grace = None;
                     named = Some(Named { slot: reducer, why, spare, movable: true, kind: Kind::Caught });
                 }
             }
