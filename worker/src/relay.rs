@@ -832,6 +832,9 @@ struct Node<T> {
     stats: RelayStats,
     /// What the requester link's progress reports say.
     progress: Arc<Progress>,
+    /// C panels complete, waiting for the requester link's writer to take
+    /// them ([`Node::reduce`]).
+    c_waiting: VecDeque<Out>,
     /// Where answers that go ahead of queued parts are sent (`write_out`);
     /// without, they queue with the parts.
     urgent: Option<mpsc::UnboundedSender<WorkerReply>>,
@@ -909,6 +912,7 @@ impl<T: Element> Node<T> {
             recycler: Recycler::new(),
             progress,
             urgent: None,
+            c_waiting: VecDeque::new(),
             received: [0; SLOTS + 1],
             expected: expected_counts(&plan, me),
             stats: RelayStats {
@@ -962,10 +966,15 @@ impl<T: Element> Node<T> {
                         self.caught_out(failure, out).await?;
                     }
                 },
+                // A C panel to the requester, as soon as its writer has room.
+                permit = out.reserve(), if !self.c_waiting.is_empty() => {
+                    let permit = permit.map_err(|_| closed())?;
+                    permit.send(self.c_waiting.pop_front().expect("a C panel waits"));
+                }
                 done = done_rx.recv() => match done {
                     Some(Ok(done)) => {
                         self.computing = false;
-                        self.finish_work(done, out).await?;
+                        self.finish_work(done);
                     }
                     Some(Err(e)) => return Err(failed(e)),
                     None => {}
@@ -1069,6 +1078,7 @@ impl<T: Element> Node<T> {
     fn finished(&self) -> bool {
         self.computed == self.a_missing.len()
             && self.reductions.iter().all(|r| r.sent == r.acc.len())
+            && self.c_waiting.is_empty()
             && self.outboxes.is_empty()
             && self.sending.is_empty()
             && self.received == self.expected
@@ -1123,7 +1133,7 @@ impl<T: Element> Node<T> {
                 let data = T::from_matrix(data)
                     .map_err(|_| Failed { message: "a part of the wrong dtype".into(), ..culprit() })?;
                 self.stats.bytes_in[index] += relay::part_frame_len(T::DTYPE, data.dim());
-                self.take_part(from, part, Arc::new(data), digest, out).await
+                self.take_part(from, part, Arc::new(data), digest)
             }
             Event::Digests(list) => {
                 // At most one per panel of each of the eight quadrants.
@@ -1273,13 +1283,12 @@ impl<T: Element> Node<T> {
         None
     }
 
-    async fn take_part(
+    fn take_part(
         &mut self,
         from: From,
         part: PartId,
         data: Arc<Array2<T>>,
         got: Option<[u8; 32]>,
-        out: &mpsc::Sender<Out>,
     ) -> Result<(), Failed> {
         match (from, part.block) {
             (From::Requester, Block::Vectors) => {
@@ -1308,9 +1317,9 @@ impl<T: Element> Node<T> {
                 self.use_input(part, data);
                 Ok(())
             }
-            (From::Slot(f), Block::M(i)) => {
+            (From::Slot(_), Block::M(i)) => {
                 self.folded.insert(part);
-                self.reduce(i, part.panel as usize, &data, out).await.map_err(|e| blame(f, e))?;
+                self.reduce(i, part.panel as usize, &data);
                 // Folded in: its buffer can take the next part.
                 if let Ok(m) = Arc::try_unwrap(data) {
                     septet_common::matrix::recycle(m);
@@ -1624,7 +1633,7 @@ impl<T: Element> Node<T> {
         });
     }
 
-    async fn finish_work(&mut self, done: Done<T>, out: &mpsc::Sender<Out>) -> Result<(), Failed> {
+    fn finish_work(&mut self, done: Done<T>) {
         match done {
             Done::Y(y) => {
                 // Given back to the pool once the last panel is computed.
@@ -1652,7 +1661,7 @@ impl<T: Element> Node<T> {
                     for to in self.plan.roles.product_targets(self.me) {
                         self.send_to(to, part, mp.clone());
                     }
-                    self.reduce(self.me, panel, &mp, out).await.map_err(failed)?;
+                    self.reduce(self.me, panel, &mp);
                 }
             }
             Done::Panels { parts, took } => {
@@ -1670,22 +1679,18 @@ impl<T: Element> Node<T> {
                     for to in self.plan.roles.product_targets(self.me) {
                         self.send_to(to, part, m.clone());
                     }
-                    self.reduce(self.me, panel, &m, out).await.map_err(failed)?;
+                    self.reduce(self.me, panel, &m);
                 }
             }
         }
-        Ok(())
     }
 
     /// Folds panel `panel` of product `product` into each C quadrant this
-    /// slot reduces that it feeds; sends each C panel that is complete.
-    async fn reduce(
-        &mut self,
-        product: usize,
-        panel: usize,
-        m: &Array2<T>,
-        out: &mpsc::Sender<Out>,
-    ) -> Result<(), String> {
+    /// slot reduces that it feeds; queues each C panel that is complete for
+    /// the requester (`c_waiting`: the node goes on computing while a
+    /// congested requester link takes them, within the C quadrants the
+    /// plan counts).
+    fn reduce(&mut self, product: usize, panel: usize, m: &Array2<T>) {
         let mut complete = Vec::new();
         for (k, red) in self.reductions.iter_mut().enumerate() {
             let Some(&(_, sign)) = red.feeders.iter().find(|(i, _)| *i == product) else { continue };
@@ -1718,11 +1723,8 @@ impl<T: Element> Node<T> {
                 self.stats.reduce_start_us = (self.started.elapsed().as_micros() as u64).max(1);
             }
             self.stats.bytes_out[REQUESTER] += relay::part_frame_len(T::DTYPE, c.dim());
-            out.send(Out::Part(part, T::into_matrix(c)))
-                .await
-                .map_err(|_| "the requester's link closed".to_string())?;
+            self.c_waiting.push_back(Out::Part(part, T::into_matrix(c)));
         }
-        Ok(())
     }
 }
 
@@ -1905,6 +1907,38 @@ mod tests {
         // A slot moves once.
         assert!(node.moved(to, "127.0.0.1:4".into(), None).is_some_and(|why| why.contains("already")));
         assert_eq!(node.plan.peers[to], "127.0.0.1:2");
+    }
+
+    /// A reducer whose requester link takes nothing (its writer's channel
+    /// full) still takes product panels and completes C panels: they wait
+    /// in `c_waiting`, and the node is never held up on that link.
+    #[tokio::test]
+    async fn a_reducer_goes_on_while_its_requester_link_takes_no_c_panels() {
+        let plan = RelayPlan::example(64, 8);
+        let me = plan.roles.reducers[0] as usize;
+        let mut n = node(plan.clone(), me);
+        let (out, _full) = mpsc::channel(1);
+        out.send(Out::Reply(WorkerReply::Working)).await.unwrap();
+        for panel in 0..3u32 {
+            for (i, _) in relay::feeders(Quad::Q11) {
+                let m = PartId { block: Block::M(i), panel };
+                if i == me {
+                    n.reduce(me, panel as usize, &Array2::zeros(plan.part_shape(m).unwrap()));
+                    continue;
+                }
+                let event = Event::Part {
+                    from: From::Slot(i),
+                    generation: 0,
+                    part: m,
+                    data: part_data(&plan, m),
+                    digest: None,
+                };
+                let took = tokio::time::timeout(Duration::from_secs(5), n.take(event, &out)).await;
+                assert!(took.expect("held up by the requester's link").is_ok());
+            }
+        }
+        assert_eq!(n.c_waiting.len(), 3);
+        assert!(!n.finished(), "finished with C panels still to send");
     }
 
     /// The requester link's writer sends an answer to a move ahead of the
