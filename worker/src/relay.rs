@@ -1881,6 +1881,11 @@ mod tests {
         Matrix::F64(Array2::zeros(plan.part_shape(part).unwrap()))
     }
 
+    /// `part` (zeros) from slot `from`'s `generation`, as its link brings it.
+    fn from_slot(plan: &RelayPlan, from: usize, generation: u8, part: PartId) -> Event {
+        Event::Part { from: From::Slot(from), generation, part, data: part_data(plan, part), digest: None }
+    }
+
     #[tokio::test]
     async fn a_move_sets_the_old_peer_aside_and_resends_the_new_one_what_the_slot_was_owed() {
         let plan = RelayPlan::example(64, 8);
@@ -1926,13 +1931,7 @@ mod tests {
                     n.reduce(me, panel as usize, &Array2::zeros(plan.part_shape(m).unwrap()));
                     continue;
                 }
-                let event = Event::Part {
-                    from: From::Slot(i),
-                    generation: 0,
-                    part: m,
-                    data: part_data(&plan, m),
-                    digest: None,
-                };
+                let event = from_slot(&plan, i, 0, m);
                 let took = tokio::time::timeout(Duration::from_secs(5), n.take(event, &out)).await;
                 assert!(took.expect("held up by the requester's link").is_ok());
             }
@@ -1988,13 +1987,7 @@ mod tests {
         let mut n = node(plan.clone(), me);
         let (out, _said) = mpsc::channel(64);
         let m = |panel| PartId { block: Block::M(feeder), panel };
-        let part = |generation, panel| Event::Part {
-            from: From::Slot(feeder),
-            generation,
-            part: m(panel),
-            data: part_data(&plan, m(panel)),
-            digest: None,
-        };
+        let part = |generation, panel| from_slot(&plan, feeder, generation, m(panel));
         let got = |n: &Node<f64>, panel: usize| n.reductions.iter().find(|r| r.quad == Quad::Q11).unwrap().got[panel];
         n.take(part(0, 0), &out).await.expect("the old peer's panel 0");
         assert_eq!(got(&n, 0), 1);
@@ -2154,13 +2147,7 @@ mod tests {
         assert!(again.is_err_and(|f| f.blame == Some(holder)));
         // And the old peer's late parts are set aside.
         let late = PartId { panel: 1, ..part };
-        let old = Event::Part {
-            from: From::Slot(holder),
-            generation: 0,
-            part: late,
-            data: part_data(&plan, late),
-            digest: None,
-        };
+        let old = from_slot(&plan, holder, 0, late);
         node.take(old, &out).await.ok().unwrap();
         assert_eq!(node.received[holder], 2);
     }
