@@ -594,8 +594,7 @@ fn lost_slot(lose: impl Fn(&mut NetGrid), reason: &str) {
 /// looks slow (5 of 8 such jobs were relayed again before round trips were
 /// compared). Its round trip is no longer than the others' (every flow
 /// waits in the requester's queue), so no slot's feed is taken for slow:
-/// each job is one relay, C is right (a rare product named slow moves
-/// within it: see below).
+/// each job is one relay, C is right.
 #[test]
 fn a_congested_requester_link_takes_no_healthy_slot_for_slow() {
     let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
@@ -609,20 +608,14 @@ fn a_congested_requester_link_takes_no_healthy_slot_for_slow() {
         let summary = json(&out, "septet multiply");
         check_product(&summary);
         assert_eq!(summary["plan"], "relay", "job {job}: {summary}");
-        // No healthy slot's feed or forwards is taken for slow. (Its
-        // product may be, rarely: C11's reducer has been seen with its
-        // product far behind behind this link — twice in about forty jobs,
-        // cause not found; see docs/relay.md. It then moves, within the
-        // one relay.)
-        let hedges = summary["hedges"].as_array().unwrap();
-        assert!(hedges.len() <= 1, "job {job}: {summary}");
-        for h in hedges {
-            let why = h["reason"].as_str().unwrap();
-            assert!(why.starts_with("slow: its product"), "job {job}: a healthy slot taken for slow: {summary}");
-            println!("job {job}: a product named slow and moved: {why}");
-        }
+        // No healthy slot is taken for slow: not by its feed or its
+        // forwards, nor a reducer by its product (a reducer streaming C
+        // sends no progress report meanwhile; until session 22 its last
+        // one was judged fresh long after it came, about one job in
+        // twenty to forty; see docs/relay.md).
+        assert_eq!(summary["hedges"], serde_json::json!([]), "job {job}: a healthy slot taken for slow: {summary}");
         let relays = summary["attempts"].as_array().unwrap().iter().filter(|a| a["kind"] == "relay").count();
-        assert_eq!(relays, 7 + hedges.len(), "job {job}: relayed more than once: {summary}");
+        assert_eq!(relays, 7, "job {job}: relayed more than once: {summary}");
     }
 }
 
@@ -659,9 +652,11 @@ fn a_reducer_cut_after_its_products_arrived_has_its_roles_moved_to_a_spare() {
     assert_eq!(summary["plan"], "relay", "{summary}");
     let hedges = summary["hedges"].as_array().unwrap();
     assert_eq!(hedges.len(), 1, "{summary}");
-    // Lost, by its silence; or, where its last progress report showed its
-    // product behind the others' (it reduces, and computes M4 too), named
-    // slow by that first — a move all the same.
+    // Lost, by its silence; or, where its last progress report, written
+    // within 0.3 s of the cut, showed its product behind the others' (it
+    // reduces, and computes M4 too), named slow by that first — a move
+    // all the same. (Seen once, in session 21, when a report's age was
+    // taken on arrival: see docs/relay.md.)
     let reason = hedges[0]["reason"].as_str().unwrap();
     assert!(reason.starts_with("lost: ") || reason.starts_with("slow: its product"), "{summary}");
     moved_within_the_relay(&summary, &addr, &hedges[0]);
