@@ -98,8 +98,9 @@ const SLOW_RECEIVE_FACTOR: f64 = 4.0;
 /// ... once this long has passed since the first panel reached any of
 /// them (a link that opened late takes what it missed at once).
 const RECEIVE_OBSERVED: Duration = Duration::from_millis(200);
-/// A slot's progress report older than this (by its own clock) says
-/// nothing of how it computes: its link held it back ([`slow_product`]).
+/// A slot's last progress report older than this (by its own clock) when
+/// a rule reads it says nothing of how it computes now: its link held it
+/// back, or it has sent none since ([`SlotProgress::as_of`]).
 const PROGRESS_FRESH: Duration = Duration::from_millis(300);
 /// A slot's panels have begun to go out once its socket took this much.
 const FEED_STARTED: u64 = 64 << 10;
@@ -1664,11 +1665,13 @@ impl Taking {
 /// ([`PROGRESS_FRESH`]). Its product then has three quarters or more
 /// still to compute, which would take it three times as long as the part
 /// it did, and relaying again takes about as long as the others took for
-/// everything. A fresh report tells slow compute from a slow link: a
-/// report arrives old when the link held it back behind the slot's C
-/// panels (a reducer starved on a congested requester link), and a slot
-/// short of operands waits for a feed or a forward, which the feed rule
-/// ([`slow_feed`]) and the overdue rules ([`quads_due`]) judge.
+/// everything. A fresh report (as of now: `progress` is aged by
+/// [`SlotProgress::as_of`]) tells slow compute from a quiet writer: a
+/// reducer streaming C panels behind a congested requester link sends no
+/// report meanwhile, and its last one says nothing of what it computed
+/// since. A slot short of operands waits for a feed or a forward, which
+/// the feed rule ([`slow_feed`]) and the overdue rules ([`quads_due`])
+/// judge.
 fn slow_product(
     progress: &[Option<SlotProgress>; SLOTS],
     panels: usize,
