@@ -48,7 +48,8 @@ enum Command {
     ///
     /// Columns: slots and in_use (slots leased now), leases_total (slots
     /// handed out over the peer's life), failures reported against it, slow
-    /// (> 0: on probation after hedges beat it), joined_at and last_seen in
+    /// (> 0: on probation after hedges beat it; a peer on probation or with
+    /// failures is leased after the others), joined_at and last_seen in
     /// milliseconds since the tracker started, state (alive, suspect after
     /// half the heartbeat timeout without a heartbeat, gone), cluster.
     Peers(PeersArgs),
@@ -1239,7 +1240,7 @@ fn parse_size(text: &str) -> std::result::Result<u64, String> {
 /// The line under `septet peers`' table: what its numbers count.
 const PEER_UNITS: &str = "memory_mib: MiB the worker's tasks may use, all slots together (--max-memory); \
                           joined_at, last_seen: milliseconds since the tracker started; in_use: slots leased now; \
-                          slow > 0: on probation";
+                          slow > 0: on probation; on probation or failures > 0: leased after the others";
 
 /// The peer table's columns, in `PeerRow`'s order (the CSV header).
 const PEER_COLUMNS: [&str; 12] = [

@@ -18,8 +18,9 @@ const PEER_ID_BITS: u32 = 20;
 /// Where `in_use` starts in the ranking key (above 32 bits of `leases_total`;
 /// 11 bits hold any `in_use` plus extra slots of a peer of up to 1,024 slots).
 const IN_USE_SHIFT: u32 = 52;
-/// The ranking key's top bit: set for a peer on probation (`slow` > 0),
-/// which ranks it after every peer that is not.
+/// The ranking key's top bit: set for a peer on probation (`slow` > 0) or
+/// with a failure against it (`failures` > 0), which ranks it after every
+/// peer that is neither.
 const PROBATION_BIT: u64 = 1 << 63;
 /// Most `slow` strikes a peer collects: a peer beaten by many hedges proves
 /// itself again after at most this many products delivered first.
@@ -402,8 +403,13 @@ impl PeerTable {
     }
 
     /// Chooses `count` slots: alive peers with free slots, peers not on
-    /// probation (`slow` = 0) first, then least `in_use`, then least
-    /// `leases_total`, then lowest id. A peer with several
+    /// probation (`slow` = 0) and never reported failed (`failures` = 0)
+    /// first, then least `in_use`, then least `leases_total`, then lowest
+    /// id. (A failed peer is suspect, and not leased at all, until it
+    /// heartbeats again; a heartbeat says it is up, not that its work is
+    /// right, so a peer caught computing wrong — or dead once — is leased
+    /// after the others from then on, as a slow one is: still leased when
+    /// the grid has no other slot free.) A peer with several
     /// free slots may be chosen several times; its n-th extra slot ranks as
     /// if its `in_use` were already n higher, so load spreads round the grid.
     /// Returns fewer than `count` only if fewer slots are free — then every
@@ -441,18 +447,12 @@ impl PeerTable {
             arity::binary_elementwise_values(self.u32s("in_use")?, self.u64s("leases_total")?, |u: u32, t: u64| {
                 (u64::from(u) << IN_USE_SHIFT) | (t.min(LEASES_KEY_MAX) << PEER_ID_BITS)
             });
+        // Ranked after every other peer: on probation (slow strikes) or
+        // with failures (non-zero either way, so their bits or'd).
+        let last: UInt32Chunked =
+            arity::binary_elementwise_values(self.u32s("slow")?, self.u32s("failures")?, |s: u32, f: u32| s | f);
         let rank: UInt64Chunked =
-            arity::binary_elementwise_values(
-                &rank,
-                self.u32s("slow")?,
-                |r: u64, s: u32| {
-                    if s > 0 {
-                        r | PROBATION_BIT
-                    } else {
-                        r
-                    }
-                },
-            );
+            arity::binary_elementwise_values(&rank, &last, |r: u64, l: u32| if l > 0 { r | PROBATION_BIT } else { r });
         // Max-heap of the best (smallest) keys so far, with their free slots.
         let mut best = std::collections::BinaryHeap::with_capacity(count.min(self.len()) + 1);
         for (row, (rank, free)) in rank.into_no_null_iter().zip(free.into_no_null_iter()).enumerate() {
@@ -667,6 +667,26 @@ mod tests {
         assert_eq!(ids(&t.choose(2).unwrap()), vec![1, 2]);
         t.record_failure(1).unwrap();
         assert_eq!(ids(&t.choose(2).unwrap()), vec![2, 0], "suspect peers are not leased");
+    }
+
+    #[test]
+    fn a_peer_reported_failed_ranks_last_once_it_heartbeats_again() {
+        let mut t = PeerTable::new();
+        for a in ["a", "b", "c"] {
+            t.register(a, 1, 0).unwrap();
+        }
+        // b and c have a lease behind them, a none, so a would come first.
+        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new(), ticket: None };
+        t.take_slots(&[peer(1), peer(2)]).unwrap();
+        t.return_slots(&[peer(1), peer(2)]).unwrap();
+        assert_eq!(ids(&t.choose(3).unwrap()), vec![0, 1, 2]);
+        t.record_failure(0).unwrap();
+        assert_eq!(ids(&t.choose(3).unwrap()), vec![1, 2], "suspect: not leased");
+        // Up again (a heartbeat): that says nothing of whether its
+        // products are right.
+        t.heartbeat(0, 1).unwrap();
+        assert_eq!(ids(&t.choose(3).unwrap()), vec![1, 2, 0], "leased last, but still leased");
+        assert_eq!(ids(&t.choose(1).unwrap()), vec![1]);
     }
 
     #[test]
