@@ -83,6 +83,33 @@ async fn a_relayed_job_sends_a_and_b_once_and_receives_c_once() {
     .expect("the job hung");
 }
 
+/// A peer on probation (a slow strike, as a hedge that beat it gives) that
+/// does its part of a relayed job that verifies has the strike taken off,
+/// as a product it delivers in the direct plan does: a grid that only
+/// relays no longer keeps a peer on probation for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_job_that_verifies_takes_a_slow_strike_off_its_peers() {
+    tokio::time::timeout(LIMIT, async {
+        let (tracker, state, workers) = grid_of(7).await;
+        // A strike, as a hedge that beat the peer gives.
+        let mut holder = client(tracker.addr).await;
+        let held = holder.lease(7, false, None, |_, _, _| {}).await.unwrap();
+        let struck = held.peers[3].peer_id;
+        holder.record_speed(held.lease_id, vec![struck], Vec::new()).await.unwrap();
+        holder.release(held.lease_id).await.unwrap();
+        let slow = || state.peers().unwrap().1.iter().map(|r| r.slow).collect::<Vec<_>>();
+        assert_eq!(slow().iter().sum::<u32>(), 1, "{:?}", slow());
+        let n = 256;
+        let (_, report) =
+            requester(&tracker).multiply(Arc::new(ints(n, n, 1)), Arc::new(ints(n, n, 2)), |_| {}).await.unwrap();
+        assert_eq!(report.plan, "relay", "{:?}", report.failures);
+        assert_eq!(slow(), vec![0; 7], "the strike is still on");
+        teardown(tracker, workers).await;
+    })
+    .await
+    .expect("the job hung");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_shapes_and_f32_relay_exactly() {
     tokio::time::timeout(LIMIT, async {

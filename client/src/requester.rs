@@ -1823,6 +1823,7 @@ impl Requester {
         let t = Instant::now();
         // A held lease's tickets from its grant may be old: the renewals' are not.
         let peers = &peers.clone().map(|p| keeper.tickets.fresh(&p));
+        let leased: [PeerId; 7] = peers.clone().map(|p| p.peer_id);
         let groups: Vec<[PeerAddr; 7]> = groups.iter().map(|g| g.clone().map(|p| keeper.tickets.fresh(&p))).collect();
         // A slot whose link is far too slow to take its panels ends the
         // relay early: relay once more, with a fresh slot in its place, if
@@ -1910,6 +1911,23 @@ impl Requester {
             if outcome.verified.iter().all(|&v| v) {
                 report.hedges.last_mut().expect("pushed above").winner = "hedge";
             }
+        }
+        // A relay whose quadrants all verified: each slot done on the peer
+        // the lease gave it (not a spare's) proves that peer, as a product
+        // delivered does in the direct plan — a slow strike comes off, if
+        // it has any (a peer both beaten and proven counts as beaten).
+        // Without this a peer on probation stayed there in a grid that
+        // only relays.
+        if outcome.verified.iter().all(|&v| v) {
+            let proven = outcome
+                .report
+                .slots
+                .iter()
+                .zip(leased)
+                .filter(|(s, leased)| s.done_s.is_some() && s.peer.peer_id == *leased)
+                .map(|(_, leased)| leased)
+                .collect();
+            keeper.note_speed(Vec::new(), proven).await;
         }
         report.bytes_sent += outcome.bytes_sent;
         report.bytes_received += outcome.bytes_received;

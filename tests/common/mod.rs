@@ -79,6 +79,15 @@ pub async fn spawn_workers(tracker: SocketAddr, n: usize, slots: u32) -> Vec<Ser
     out
 }
 
+/// A tracker with `n` one-slot workers, all alive; its state for the
+/// test to read.
+pub async fn grid_of(n: usize) -> (Server, Tracker, Vec<Server>) {
+    let (tracker, state) = spawn_tracker(TrackerConfig::default()).await;
+    let workers = spawn_workers(tracker.addr, n, 1).await;
+    wait_for_alive_slots(tracker.addr, n as u32).await;
+    (tracker, state, workers)
+}
+
 /// A client connection to the tracker.
 pub async fn client(tracker: SocketAddr) -> TrackerClient {
     TrackerClient::connect(tracker, Role::Client, Duration::from_secs(5)).await.unwrap()
