@@ -635,6 +635,20 @@ mod tests {
         peers.iter().map(|p| p.peer_id.0).collect()
     }
 
+    /// Peer `id` as a lease names it (the table goes by id alone).
+    fn peer(id: u64) -> PeerAddr {
+        PeerAddr { peer_id: PeerId(id), addr: String::new(), ticket: None }
+    }
+
+    /// A table of peers a, b and c (ids 0, 1, 2), one slot each.
+    fn three_one_slot_peers() -> PeerTable {
+        let mut t = PeerTable::new();
+        for a in ["a", "b", "c"] {
+            t.register(a, 1, 0).unwrap();
+        }
+        t
+    }
+
     #[test]
     fn registration_appends_rows_and_revives_by_address() {
         let mut t = PeerTable::new();
@@ -671,12 +685,8 @@ mod tests {
 
     #[test]
     fn a_peer_reported_failed_ranks_last_once_it_heartbeats_again() {
-        let mut t = PeerTable::new();
-        for a in ["a", "b", "c"] {
-            t.register(a, 1, 0).unwrap();
-        }
+        let mut t = three_one_slot_peers();
         // b and c have a lease behind them, a none, so a would come first.
-        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new(), ticket: None };
         t.take_slots(&[peer(1), peer(2)]).unwrap();
         t.return_slots(&[peer(1), peer(2)]).unwrap();
         assert_eq!(ids(&t.choose(3).unwrap()), vec![0, 1, 2]);
@@ -691,11 +701,7 @@ mod tests {
 
     #[test]
     fn peers_beaten_by_hedges_rank_last_until_they_prove_fast_again() {
-        let mut t = PeerTable::new();
-        for a in ["a", "b", "c"] {
-            t.register(a, 1, 0).unwrap();
-        }
-        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new(), ticket: None };
+        let mut t = three_one_slot_peers();
         assert_eq!(ids(&t.choose(3).unwrap()), vec![0, 1, 2]);
         t.record_speed(&[peer(0), peer(0)], &[peer(1)]).unwrap();
         assert_eq!(t.rows().unwrap().iter().map(|r| r.slow).collect::<Vec<_>>(), vec![2, 0, 0]);
@@ -761,7 +767,6 @@ mod tests {
         t.take_slots(&t.choose(3).unwrap()).unwrap();
         t.set_state(1, PeerState::Suspect).unwrap();
         t.set_state(2, PeerState::Gone).unwrap();
-        let peer = |id: u64| PeerAddr { peer_id: PeerId(id), addr: String::new(), ticket: None };
         t.record_speed(&[peer(0), peer(2)], &[]).unwrap();
         let s = t.summary().unwrap();
         assert_eq!(s, Summary { peers: [2, 1, 1], on_probation: 1, slots: 6, slots_in_use: 3 });
