@@ -312,9 +312,34 @@ fn a_lying_forwarder_is_named_and_the_job_is_still_right() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_lying_forwarder_with_a_spare_free_has_its_roles_moved() {
+    a_liar_with_a_spare_free_has_its_roles_moved("--fault=corrupt-forward", "digest");
+}
+
+/// A worker that computes wrong (`--fault=corrupt`, registered first, so
+/// slot 0: M1, which feeds C11 and C22) with a spare free: the reducers it
+/// sends its product to check each panel against the requester's X·(Y·s)
+/// for a secret s of their own before folding it in, catch it at its
+/// first panel and hold; its roles move to the spare within the one
+/// relay, and the spare's product is folded in instead. Only that work is
+/// done again: C is right, every quadrant verified in the relay, the liar
+/// named and moved, nothing left leased. (Before, the liar's panels were
+/// folded in, its two quadrants failed, and all seven products went again
+/// the direct way.)
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_slot_that_computes_wrong_with_a_spare_free_has_its_roles_moved() {
+    a_liar_with_a_spare_free_has_its_roles_moved("--fault=corrupt", "failed its check");
+}
+
+/// Eight workers, the first registered (so slot 0) lying as `fault` says:
+/// a relayed n=1024 job moves its roles to the spare within the one
+/// relay, caught by what `caught_by` names; C is right, every quadrant
+/// verified in the relay, the liar named and moved, nothing left leased.
+#[cfg(feature = "fault-injection")]
+fn a_liar_with_a_spare_free_has_its_roles_moved(fault: &str, caught_by: &str) {
     let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
     grid.start_tracker(&[]);
-    grid.start_workers_at(0..1, "tr", &["--fault=corrupt-forward"]);
+    grid.start_workers_at(0..1, "tr", &[fault]);
     assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 1), "w0 did not register");
     grid.start_workers_at(1..8, "tr", &[]);
     assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 8), "the spare did not register");
@@ -328,8 +353,9 @@ fn a_lying_forwarder_with_a_spare_free_has_its_roles_moved() {
     let hedges = summary["hedges"].as_array().unwrap();
     assert_eq!(hedges.len(), 1, "{summary}");
     let reason = hedges[0]["reason"].as_str().unwrap();
-    assert!(reason.starts_with("caught: ") && reason.contains("digest"), "{summary}");
+    assert!(reason.starts_with("caught: ") && reason.contains(caught_by), "{summary}");
     moved_within_the_relay(&summary, &liar, &hedges[0]);
+    assert_eq!(summary["relay"]["quadrants_verified"].as_array().unwrap().len(), 4, "{summary}");
     let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     assert!(failures.iter().any(|f| f.contains(&liar) && f.contains("moved")), "{failures:?}");
     println!("job took {:.2} s; moved: {}", summary["total_s"].as_f64().unwrap(), summary["relay"]["moved"]);

@@ -200,9 +200,14 @@ async fn reducers_that_lie_are_named_and_their_quadrants_redone() {
     .expect("the job hung");
 }
 
+/// A slot that computes wrong (`--fault=corrupt`): a reducer it sends its
+/// product to checks each panel against the requester's X·(Y·s) for its
+/// own secret s before folding it in, catches it and names it; the relay
+/// ends (loopback: no spare is lent), and its product is computed again
+/// elsewhere. C is right.
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_that_computes_wrong_is_named_by_its_fingerprint() {
+async fn a_slot_that_computes_wrong_is_caught_by_a_reducers_check_and_named() {
     tokio::time::timeout(LIMIT, async {
         let (report, liars) = job_with_liars(septet_worker::Fault::Corrupt, 1).await;
         assert_eq!(report.plan, "relay+direct");
@@ -210,6 +215,11 @@ async fn a_slot_that_computes_wrong_is_named_by_its_fingerprint() {
         let blamed: Vec<&String> =
             report.failures.iter().filter(|f| f.starts_with("slot ") && f.contains("failed its check")).collect();
         assert!(!blamed.is_empty() && blamed.iter().all(|f| f.contains(&named)), "{named}: {:?}", report.failures);
+        // A reducer caught it by a panel of its product, before folding
+        // that in (on loopback, with no spare, the relay then ends).
+        let relay = report.relay.as_ref().unwrap();
+        let ended = relay.failure.as_deref().unwrap_or_default();
+        assert!(ended.contains("caught slot") && ended.contains("failed its check"), "{relay:?}");
         // Its product was computed by someone else.
         assert!(report.retries >= 1);
     })

@@ -24,7 +24,8 @@
 //! requester → worker       WorkerRequest::Relay(plan), then BlockOp::Part frames (R, the
 //!                          quadrants it holds) and WorkerRequest::Digests; WorkerRequest::Alive
 //!                          whenever it has sent nothing for a second; WorkerRequest::Moved
-//!                          when another slot's roles move to a spare
+//!                          when another slot's roles move to a spare; to a reducer,
+//!                          WorkerRequest::Checks then its Expect parts
 //! worker → requester       BlockOp::Part frames (C panels it reduced, its fingerprint),
 //!                          then WorkerReply::RelayDone; or WorkerReply::RelayFailed;
 //!                          WorkerReply::RelayProgress every 0.05 s between them;
@@ -78,8 +79,11 @@ use crate::{Error, ErrorCode};
 /// product panels it sent, until the requester closes it, answering
 /// `Moved` (a reducer may move after its feeders finished); a slot's
 /// product panels may come again from a moved slot's new peer, and the
-/// copies of those already in are set aside.
-pub const PROTOCOL_VERSION: u32 = 16;
+/// copies of those already in are set aside. Version 17: a reducer checks
+/// the product panels other slots send it before it folds them in
+/// ([`WorkerRequest::Checks`], a relay plan's `checks`), and a slot that
+/// sends one that fails is caught.
+pub const PROTOCOL_VERSION: u32 = 17;
 
 /// Names one meeting of a brokered link's two ends at a tracker (see
 /// [`Rendezvous`]): 128 random bits chosen by the requester, given to the
@@ -976,7 +980,7 @@ pub struct SubSlot {
 ///
 /// Variants are only ever appended within a protocol version, as for
 /// [`TrackerRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkerRequest {
     /// From a requester: this connection carries a relayed job with this
     /// plan; its parts follow.
@@ -1048,6 +1052,20 @@ pub enum WorkerRequest {
         /// The new peer's lease ticket, for the links to it.
         ticket: Option<LeaseTicket>,
     },
+    /// From the requester of a relayed job, to a slot whose plan says
+    /// `checks` and that is sent products by other slots: how it checks
+    /// them before it folds them in. Each X·(Y·s) follows as a part
+    /// ([`crate::relay::Block::Expect`]). A tolerance that is not finite
+    /// (A or B holds NaN or ±inf, or values so large that the bound
+    /// overflows) checks nothing: that product's panels are folded in as
+    /// they come, and the requester's own check of C decides.
+    Checks {
+        /// The seed of the slot's secret vector s ([`crate::relay::key`]).
+        seed: [u8; 32],
+        /// The tolerance on |M·s − X·(Y·s)| for each product it is sent
+        /// ([`crate::relay::RelayPlan::checked_products`], in that order).
+        tolerance: Vec<f64>,
+    },
 }
 
 impl Control for WorkerRequest {
@@ -1060,6 +1078,7 @@ impl Control for WorkerRequest {
             WorkerRequest::DialBack { .. } => "DialBack",
             WorkerRequest::Ticket(_) => "Ticket",
             WorkerRequest::Moved { .. } => "Moved",
+            WorkerRequest::Checks { .. } => "Checks",
         }
     }
 }

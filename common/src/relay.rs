@@ -45,6 +45,13 @@ use crate::{Dtype, Error, Result, PEERS_PER_LEASE};
 /// Slots in a relayed job: one per product.
 pub const SLOTS: usize = PEERS_PER_LEASE as usize;
 
+/// Columns of a reducer's secret vector ([`key`]). One is enough
+/// for a check that only decides whether a panel is folded in: with
+/// entries ±U(½, 1), a single wrong element off by more than twice the
+/// tolerance always shows, and C itself is still checked whole by the
+/// requester with vectors nobody else sees.
+pub const KEY_COLUMNS: usize = 1;
+
 /// How often a relayed job's requester says [`crate::WorkerRequest::Alive`]
 /// on a slot's link when it has sent nothing else meanwhile.
 pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -71,6 +78,10 @@ pub enum Block {
     Fingerprint(usize),
     /// The job's public vectors R (⌈n/2⌉×rounds), from the requester.
     Vectors,
+    /// X(i+1)·(Y(i+1)·s) for a reducer's secret vector s ([`key`];
+    /// ⌈m/2⌉×[`KEY_COLUMNS`]), from the requester: what product
+    /// M(i+1)·s must come to, row by row.
+    Expect(usize),
 }
 
 impl Block {
@@ -82,6 +93,7 @@ impl Block {
             Block::C(q) => 15 + q.index() as u8,
             Block::Fingerprint(i) => 19 + i as u8,
             Block::Vectors => 26,
+            Block::Expect(i) => 27 + i as u8,
         }
     }
 
@@ -93,11 +105,12 @@ impl Block {
             15..19 => Block::C(Quad::ALL[code as usize - 15]),
             19..26 => Block::Fingerprint(code as usize - 19),
             26 => Block::Vectors,
+            27..34 => Block::Expect(code as usize - 27),
             _ => return None,
         })
     }
 
-    /// "A11", "M3", "C22", "M3·R" or "R".
+    /// "A11", "M3", "C22", "M3·R", "R" or "M3·s".
     pub fn name(self) -> String {
         match self {
             Block::A(q) => format!("A{}", q.suffix()),
@@ -106,6 +119,7 @@ impl Block {
             Block::C(q) => format!("C{}", q.suffix()),
             Block::Fingerprint(i) => format!("{}·R", PRODUCTS[i].name),
             Block::Vectors => "R".into(),
+            Block::Expect(i) => format!("{}·s", PRODUCTS[i].name),
         }
     }
 
@@ -475,6 +489,15 @@ pub struct RelayPlan {
     /// Bit j: slot j had finished all its roles when this plan was made
     /// (a slot whose roles moved here mid-relay forwards it nothing).
     pub done: u8,
+    /// The slot checks every product panel another slot sends it before
+    /// it folds the panel into C: once the requester has formed them it
+    /// sends [`crate::proto::WorkerRequest::Checks`] (the seed of the
+    /// slot's secret vector s, [`key`]), then X·(Y·s) for each product it
+    /// is sent ([`Block::Expect`], [`RelayPlan::checked_products`]);
+    /// until then such panels wait. A panel whose M·s is off is not
+    /// folded in, and its sender is caught (the requester moves its roles
+    /// to a spare, whose copy of the panel is folded in instead).
+    pub checks: bool,
 }
 
 impl RelayPlan {
@@ -501,6 +524,7 @@ impl RelayPlan {
             silence_ms: 4000,
             generation: 0,
             done: 0,
+            checks: true,
         }
     }
 
@@ -530,6 +554,7 @@ impl RelayPlan {
             Block::M(_) | Block::C(_) => Some((rows_in(self.a_panels())?, nh)),
             Block::Fingerprint(_) => (panel == 0).then_some((mh, self.rounds as usize)),
             Block::Vectors => (panel == 0).then_some((nh, self.rounds as usize)),
+            Block::Expect(_) => (panel == 0).then_some((mh, KEY_COLUMNS)),
         }
     }
 
@@ -556,6 +581,16 @@ impl RelayPlan {
             ));
         }
         Ok(part)
+    }
+
+    /// The products other slots send slot `slot` to fold into the C
+    /// quadrants it reduces (each once, in slot order): what it is sent
+    /// checks for ([`RelayPlan::checks`]).
+    pub fn checked_products(&self, slot: usize) -> Vec<usize> {
+        if !self.checks {
+            return Vec::new();
+        }
+        (0..SLOTS).filter(|&f| f != slot && self.roles.product_targets(f).contains(&slot)).collect()
     }
 
     /// Bytes a slot needs to hold the job's blocks at once, at most
@@ -657,6 +692,24 @@ pub fn task_bytes(split: Split, dtype: crate::Dtype) -> Option<u64> {
     e(xr, xc)?.checked_add(e(yr, yc)?)?.checked_add(e(pr, pc)?)?.checked_mul(w)
 }
 
+/// A reducer's secret vector s (`rows`×[`KEY_COLUMNS`]), from its 32-byte
+/// `seed` ([`crate::proto::WorkerRequest::Checks`]): entries ±U(½, 1), as
+/// the requester's other vectors, from BLAKE3's output stream keyed by
+/// the seed (specified, so both ends form the same s whatever their
+/// builds; sending the seed rather than s saves ⌈n/2⌉ words a reducer on
+/// the requester's link).
+pub fn key<T: crate::Element>(seed: &[u8; 32], rows: usize) -> ndarray::Array2<T> {
+    let mut stream = blake3::Hasher::new_keyed(seed).finalize_xof();
+    let mut word = [0u8; 8];
+    ndarray::Array2::from_shape_simple_fn((rows, KEY_COLUMNS), || {
+        stream.fill(&mut word);
+        let bits = u64::from_le_bytes(word);
+        // 53 random bits for the size in [½, 1], the lowest for the sign.
+        let size = 0.5 + 0.5 * ((bits >> 11) as f64 / (1u64 << 53) as f64);
+        T::from_f64(if bits & 1 == 1 { -size } else { size })
+    })
+}
+
 /// Element-by-element digest of a block panel (BLAKE3 over its bytes in
 /// row-major order, little-endian), whatever its strides.
 pub fn digest<T: crate::Element>(x: ndarray::ArrayView2<'_, T>) -> [u8; 32] {
@@ -708,7 +761,7 @@ mod tests {
         let blocks = Quad::ALL
             .iter()
             .flat_map(|&q| [Block::A(q), Block::B(q), Block::C(q)])
-            .chain((0..7).flat_map(|i| [Block::M(i), Block::Fingerprint(i)]))
+            .chain((0..7).flat_map(|i| [Block::M(i), Block::Fingerprint(i), Block::Expect(i)]))
             .chain([Block::Vectors]);
         for block in blocks {
             for panel in [0, 1, 15, u32::MAX] {
@@ -716,9 +769,23 @@ mod tests {
                 assert_eq!(PartId::from_task_id(part.task_id()).unwrap(), part);
             }
         }
-        for code in [27u64, 255, 1 << 20] {
+        for code in [34u64, 255, 1 << 20] {
             assert!(matches!(PartId::from_task_id(TaskId(code << 32)), Err(Error::BadFrame(_))));
         }
+    }
+
+    /// Both ends form a reducer's secret vector from its seed alike, in
+    /// either dtype: entries ±U(½, 1), of both signs, different seeds
+    /// giving different vectors.
+    #[test]
+    fn a_key_is_formed_from_its_seed_alike_at_both_ends() {
+        let (a, b) = (key::<f64>(&[1; 32], 300), key::<f64>(&[1; 32], 300));
+        assert_eq!(a, b);
+        assert_eq!(a.dim(), (300, KEY_COLUMNS));
+        assert!(a.iter().all(|v| (0.5..=1.0).contains(&v.abs())));
+        assert!(a.iter().any(|v| *v < 0.0) && a.iter().any(|v| *v > 0.0));
+        assert_ne!(a, key::<f64>(&[2; 32], 300));
+        assert_eq!(key::<f32>(&[1; 32], 300), a.mapv(|v| v as f32));
     }
 
     #[test]

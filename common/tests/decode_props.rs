@@ -473,8 +473,18 @@ fn worker_request() -> impl Strategy<Value = WorkerRequest> {
                     silence_ms: x[0] ^ x[1],
                     generation: reducers[0],
                     done: reducers[1],
+                    checks: reducers[2] % 2 == 0,
                 })
             }),
+        // (Any tolerance but NaN, which is not equal to itself.)
+        (
+            any::<[u8; 32]>(),
+            proptest::collection::vec(
+                proptest::num::f64::NORMAL | proptest::num::f64::INFINITE | proptest::num::f64::ZERO,
+                0..8
+            )
+        )
+            .prop_map(|(seed, tolerance)| WorkerRequest::Checks { seed, tolerance }),
     ]
 }
 

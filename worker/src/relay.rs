@@ -18,8 +18,12 @@
 //! requester sent; Y (the sum of this product's B quadrants) is formed once
 //! they are all in, then each panel of the product is computed as soon as
 //! its A panels are in, sent to the reducers and folded into the product's
-//! fingerprint; a reducer sends each panel of its C quadrant once all the
-//! products feeding it have arrived. Every part a connection brings is
+//! fingerprint; a reducer folds each product panel another slot sends it
+//! into its C quadrant only once it passes the requester's check (M·s
+//! against X·(Y·s) for a secret s the requester sends this slot alone, so
+//! a slot that computes wrong is caught before its panel is used), and
+//! sends each panel of its C quadrant once all the products feeding it
+//! have arrived. Every part a connection brings is
 //! checked against the plan — the sender must be the slot the plan says,
 //! the shape the plan's, each part once — so a peer can make the job fail,
 //! but not make the node hold more than the plan's blocks.
@@ -172,6 +176,12 @@ enum Event {
         digest: Option<[u8; 32]>,
     },
     Digests(Vec<(u64, [u8; 32])>),
+    /// How this slot checks the products it is sent
+    /// ([`WorkerRequest::Checks`]).
+    Checks {
+        seed: [u8; 32],
+        tolerance: Vec<f64>,
+    },
     /// `slot` sent something the plan does not allow.
     Caught {
         slot: usize,
@@ -226,6 +236,8 @@ fn expected_counts(plan: &RelayPlan, me: usize) -> [usize; SLOTS + 1] {
         }
     }
     counts[REQUESTER] += 1; // R
+    let checked = plan.checked_products(me).len();
+    counts[REQUESTER] += checked; // X·(Y·s) for each
     for (from, count) in counts.iter_mut().enumerate().take(SLOTS) {
         if from != me && roles.product_targets(from).contains(&me) {
             *count += plan.a_panels().count();
@@ -240,6 +252,7 @@ fn may_send(plan: &RelayPlan, me: usize, from: From, part: PartId) -> bool {
     let uses = |x: usize| relay::users(x).any(|(u, _)| u == me);
     match (from, part.block) {
         (From::Requester, Block::Vectors) => true,
+        (From::Requester, Block::Expect(i)) => plan.checked_products(me).contains(&i),
         (From::Requester, b) => {
             b.input_index().is_some_and(|x| roles.holders[x] as usize == me || (plan.generation > 0 && uses(x)))
         }
@@ -350,7 +363,7 @@ pub(crate) async fn lead(
         })
     };
     let counts = expected_counts(&plan, me);
-    let (mut parts, mut digests, mut moves) = (0, 0, 0);
+    let (mut parts, mut digests, mut moves, mut checks) = (0, 0, 0, false);
     let most_digests = 4 * (plan.a_panels().count() + plan.b_panels().count());
     // The requester says something at least every ALIVE_EVERY; past this
     // much silence between its frames it is gone (its host died, its link
@@ -380,6 +393,9 @@ pub(crate) async fn lead(
                     Event::Digests(d)
                 }
                 Ok(WorkerRequest::Alive) => continue,
+                Ok(WorkerRequest::Checks { seed, tolerance }) if !std::mem::replace(&mut checks, true) => {
+                    Event::Checks { seed, tolerance }
+                }
                 // At most one per other slot and move: each is answered, and
                 // what waits in the inbox stays bounded.
                 Ok(WorkerRequest::Moved { slot, addr, ticket }) if moves < (SLOTS - 1) * MOST_MOVES as usize => {
@@ -788,6 +804,9 @@ struct Node<T> {
     /// Forwarded parts waiting for the requester's digest: sender, part,
     /// and the digest of what arrived.
     parked: HashMap<u64, Parked<T>>,
+    /// The requester's checks of the product panels other slots send
+    /// this slot, and the panels waiting for them.
+    checks: Checks<T>,
     /// Verified operand panels this slot uses.
     inputs: HashMap<PartId, Arc<Array2<T>>>,
     /// B panels still missing before Y can be formed.
@@ -851,6 +870,81 @@ struct Progress {
     arrived: [AtomicU32; 8],
 }
 
+/// The requester's checks of the product panels other slots send a
+/// reducer ([`RelayPlan::checks`]): a panel of M_i is folded in only if
+/// M_i·s is X_i·(Y_i·s) within the tolerance, row by row, for the secret
+/// vector s the requester sends this slot alone (the slot that computed
+/// M_i never sees it, so it cannot make a wrong panel pass).
+struct Checks<T> {
+    /// The products checked ([`RelayPlan::checked_products`]).
+    products: Vec<usize>,
+    /// Their tolerances, as [`WorkerRequest::Checks`] said.
+    tolerance: Option<Vec<f64>>,
+    key: Option<Array2<T>>,
+    expect: HashMap<usize, Arc<Array2<T>>>,
+    /// Product panels that came before the checks: sender, part, panel.
+    /// (At most the products the plan has this slot sent, and they come
+    /// only as fast as the slots compute them, once B is in; the
+    /// requester forms the checks while B goes out.)
+    waiting: Vec<(usize, PartId, Arc<Array2<T>>)>,
+}
+
+impl<T: Element> Checks<T> {
+    fn new(products: Vec<usize>) -> Self {
+        Self { products, tolerance: None, key: None, expect: HashMap::new(), waiting: Vec::new() }
+    }
+
+    /// Whether product panels can be checked (or nothing is to be).
+    fn ready(&self) -> bool {
+        self.products.is_empty()
+            || (self.tolerance.is_some() && self.key.is_some() && self.expect.len() == self.products.len())
+    }
+
+    /// Checks panel `part` (rows `rows` of its product) from slot `from`.
+    /// Where a tolerance, the expected rows or the panel's own M·s are not
+    /// finite, nothing can be told: it passes, for the requester's own
+    /// check of C to decide (as it does for the product's fingerprint).
+    fn check(&self, from: usize, part: PartId, rows: std::ops::Range<usize>, m: &Array2<T>) -> Result<(), Failed> {
+        let Block::M(i) = part.block else { return Ok(()) };
+        let (Some(k), Some(tolerance), Some(key), Some(expect)) =
+            (self.products.iter().position(|&p| p == i), &self.tolerance, &self.key, self.expect.get(&i))
+        else {
+            return Ok(());
+        };
+        let (tolerance, first) = (tolerance[k], rows.start);
+        let want = expect.slice(s![rows, ..]);
+        let got = match matmul(m.view(), key.view(), parallelism(1)) {
+            Ok(got) if got.dim() == want.dim() => got,
+            _ => return Err(caught(from, format!("{} from slot {from} is not the plan's shape", part.name()))),
+        };
+        if !tolerance.is_finite() {
+            return Ok(());
+        }
+        let mut worst = (0.0f64, 0);
+        for (((row, _), g), w) in got.indexed_iter().zip(want.iter()) {
+            let (g, w) = (g.to_f64(), w.to_f64());
+            if !g.is_finite() || !w.is_finite() {
+                return Ok(());
+            }
+            if (g - w).abs() > worst.0 {
+                worst = ((g - w).abs(), row);
+            }
+        }
+        if worst.0 > tolerance {
+            return Err(caught(
+                from,
+                format!(
+                    "{} from slot {from} failed its check: |M·s − X·(Y·s)| is {:.3e} in row {} (tolerance {tolerance:.3e})",
+                    part.name(),
+                    worst.0,
+                    first + worst.1,
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl<T: Element> Node<T> {
     fn new(
         plan: Arc<RelayPlan>,
@@ -893,6 +987,7 @@ impl<T: Element> Node<T> {
             hold,
             digests: HashMap::new(),
             parked: HashMap::new(),
+            checks: Checks::new(plan.checked_products(me)),
             inputs: HashMap::new(),
             b_missing: product.right.len() * b_panels.count(),
             a_missing: vec![product.left.len(); a_panels.count()],
@@ -1028,6 +1123,7 @@ impl<T: Element> Node<T> {
         // Only the kept product panels are still needed.
         self.inputs.clear();
         self.parked.clear();
+        self.checks.waiting.clear();
         self.y = None;
         self.x = None;
         self.reductions.iter_mut().for_each(|r| r.acc.iter_mut().for_each(|a| *a = None));
@@ -1154,6 +1250,18 @@ impl<T: Element> Node<T> {
                 }
                 wrong
             }
+            Event::Checks { seed, tolerance } => {
+                if tolerance.len() != self.checks.products.len() || self.checks.tolerance.is_some() {
+                    return Err(failed(format!(
+                        "the requester sent {} tolerances for the {} products this slot is sent",
+                        tolerance.len(),
+                        self.checks.products.len()
+                    )));
+                }
+                self.checks.tolerance = Some(tolerance);
+                self.checks.key = Some(relay::key(&seed, self.plan.split().half().2));
+                self.fold_checked()
+            }
             Event::Link { slot, error, .. } => {
                 self.hold(slot, blame(slot, format!("the link with slot {slot} failed: {error}")), out).await
             }
@@ -1262,6 +1370,9 @@ impl<T: Element> Node<T> {
                 self.taken.remove(&part);
             }
         }
+        // Product panels of the old peer's still waiting for the checks:
+        // the new peer sends its whole product.
+        self.checks.waiting.retain(|(from, ..)| *from != slot);
         self.received[slot] = 0;
         if let Some(outbox) = self.outboxes.remove(&slot) {
             self.retired.push(outbox);
@@ -1295,6 +1406,10 @@ impl<T: Element> Node<T> {
                 self.r = Some(data);
                 Ok(())
             }
+            (From::Requester, Block::Expect(i)) => {
+                self.checks.expect.insert(i, data);
+                self.fold_checked()
+            }
             (From::Requester, _) => {
                 // A held quadrant: pass it on, and use it. (A slot whose
                 // roles moved here is also sent what it would have had by
@@ -1317,14 +1432,12 @@ impl<T: Element> Node<T> {
                 self.use_input(part, data);
                 Ok(())
             }
-            (From::Slot(_), Block::M(i)) => {
-                self.folded.insert(part);
-                self.reduce(i, part.panel as usize, &data);
-                // Folded in: its buffer can take the next part.
-                if let Ok(m) = Arc::try_unwrap(data) {
-                    septet_common::matrix::recycle(m);
+            (From::Slot(f), Block::M(_)) => {
+                if !self.checks.ready() {
+                    self.checks.waiting.push((f, part, data));
+                    return Ok(());
                 }
-                Ok(())
+                self.fold_product(f, part, data)
             }
             (From::Slot(f), _) => {
                 self.taken.insert(part);
@@ -1339,6 +1452,37 @@ impl<T: Element> Node<T> {
                 Ok(())
             }
         }
+    }
+
+    /// Folds product panel `part` from slot `from` into this slot's C
+    /// quadrants if it passes the requester's check; if not, it is not
+    /// folded in (a good copy may still come, from the sender's new peer)
+    /// and `from` is caught.
+    fn fold_product(&mut self, from: usize, part: PartId, data: Arc<Array2<T>>) -> Result<(), Failed> {
+        let Block::M(i) = part.block else { return Ok(()) };
+        let rows = self.plan.a_panels().range(part.panel as usize);
+        self.checks.check(from, part, rows, &data)?;
+        self.folded.insert(part);
+        self.reduce(i, part.panel as usize, &data);
+        // Folded in: its buffer can take the next part.
+        if let Ok(m) = Arc::try_unwrap(data) {
+            septet_common::matrix::recycle(m);
+        }
+        Ok(())
+    }
+
+    /// Once the requester's checks are all in, folds in the product
+    /// panels that waited for them (the first that fails is the error;
+    /// the others are still looked at, and folded in if they pass).
+    fn fold_checked(&mut self) -> Result<(), Failed> {
+        if !self.checks.ready() {
+            return Ok(());
+        }
+        let mut wrong = Ok(());
+        for (from, part, data) in std::mem::take(&mut self.checks.waiting) {
+            wrong = wrong.and(self.fold_product(from, part, data));
+        }
+        wrong
     }
 
     /// Uses forwarded panel `part` from slot `from` if its digest `got`
@@ -1881,6 +2025,21 @@ mod tests {
         Matrix::F64(Array2::zeros(plan.part_shape(part).unwrap()))
     }
 
+    /// Gives node `n` the requester's checks of the products it is sent
+    /// (`tolerance` each), and X·(Y·s) = 0 for each (the products of the
+    /// tests are zeros).
+    async fn give_checks(n: &mut Node<f64>, tolerance: f64, out: &mpsc::Sender<Out>) {
+        let plan = n.plan.clone();
+        let products = plan.checked_products(n.me);
+        let checks = Event::Checks { seed: [7; 32], tolerance: vec![tolerance; products.len()] };
+        n.take(checks, out).await.unwrap();
+        for i in products {
+            let part = PartId { block: Block::Expect(i), panel: 0 };
+            let data = part_data(&plan, part);
+            n.take(Event::Part { from: From::Requester, generation: 0, part, data, digest: None }, out).await.unwrap();
+        }
+    }
+
     /// `part` (zeros) from slot `from`'s `generation`, as its link brings it.
     fn from_slot(plan: &RelayPlan, from: usize, generation: u8, part: PartId) -> Event {
         Event::Part { from: From::Slot(from), generation, part, data: part_data(plan, part), digest: None }
@@ -1923,6 +2082,7 @@ mod tests {
         let me = plan.roles.reducers[0] as usize;
         let mut n = node(plan.clone(), me);
         let (out, _full) = mpsc::channel(1);
+        give_checks(&mut n, 1e-9, &out).await;
         out.send(Out::Reply(WorkerReply::Working)).await.unwrap();
         for panel in 0..3u32 {
             for (i, _) in relay::feeders(Quad::Q11) {
@@ -1986,6 +2146,7 @@ mod tests {
         let feeder = relay::feeders(Quad::Q11).map(|(i, _)| i).find(|&i| i != me).unwrap();
         let mut n = node(plan.clone(), me);
         let (out, _said) = mpsc::channel(64);
+        give_checks(&mut n, 1e-9, &out).await;
         let m = |panel| PartId { block: Block::M(feeder), panel };
         let part = |generation, panel| from_slot(&plan, feeder, generation, m(panel));
         let got = |n: &Node<f64>, panel: usize| n.reductions.iter().find(|r| r.quad == Quad::Q11).unwrap().got[panel];
@@ -1997,6 +2158,59 @@ mod tests {
         n.take(part(1, 1), &out).await.expect("the new peer's panel 1");
         assert_eq!(got(&n, 1), 1);
         n.take(part(1, 1), &out).await.expect_err("the same generation's panel twice is off the plan");
+    }
+
+    /// A reducer folds in a product panel another slot sends only once it
+    /// passes the requester's check: one that comes before the checks
+    /// waits for them; one whose M·s is off is not folded in and its
+    /// sender is caught (the node holds for it, saying so on evidence);
+    /// the moved sender's new peer's copy is folded in instead, and what
+    /// the old peer sent that passed is not folded in twice.
+    #[tokio::test]
+    async fn a_product_panel_that_fails_the_requesters_check_is_not_folded_in_and_its_sender_is_caught() {
+        let plan = RelayPlan::example(64, 8);
+        let me = plan.roles.reducers[0] as usize;
+        let feeder = relay::feeders(Quad::Q11).map(|(i, _)| i).find(|&i| i != me).unwrap();
+        assert!(plan.checked_products(me).contains(&feeder));
+        let mut n = node(plan.clone(), me);
+        let (out, mut said) = mpsc::channel(64);
+        let got = |n: &Node<f64>, panel: usize| n.reductions.iter().find(|r| r.quad == Quad::Q11).unwrap().got[panel];
+        let m = |panel| PartId { block: Block::M(feeder), panel };
+        let wrong = |generation, panel: u32| {
+            let mut data = Array2::<f64>::zeros(plan.part_shape(m(panel)).unwrap());
+            data[(1, 2)] = 0.5;
+            Event::Part { from: From::Slot(feeder), generation, part: m(panel), data: Matrix::F64(data), digest: None }
+        };
+        // Before the checks: it waits.
+        n.take(from_slot(&plan, feeder, 0, m(0)), &out).await.unwrap();
+        assert_eq!(got(&n, 0), 0, "folded in before it could be checked");
+        give_checks(&mut n, 1e-9, &out).await;
+        assert_eq!(got(&n, 0), 1, "a right panel that waited is folded in once the checks come");
+        // Off by 0.5 in one element: M·s is off by at least 0.25 in that row.
+        let failure = n.take(wrong(0, 1), &out).await.expect_err("a wrong panel passed");
+        assert_eq!((failure.blame, failure.evidence), (Some(feeder), true));
+        assert!(
+            failure.message.contains("failed its check") && failure.message.contains("row 9"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(got(&n, 1), 0, "a wrong panel was folded in");
+        n.caught_out(failure, &out).await.unwrap();
+        let lost = said.recv().await.unwrap();
+        assert!(
+            matches!(lost, Out::Reply(WorkerReply::RelayLost { slot, evidence: true, .. }) if slot as usize == feeder)
+        );
+        // Its spare's copies: panel 1 folded in, panel 0 (in already) set aside.
+        assert_eq!(n.moved(feeder, "127.0.0.1:2".into(), None), None);
+        n.take(from_slot(&plan, feeder, 1, m(1)), &out).await.unwrap();
+        n.take(from_slot(&plan, feeder, 1, m(0)), &out).await.unwrap();
+        assert_eq!((got(&n, 0), got(&n, 1)), (1, 1));
+        // Where the check cannot tell (an infinite tolerance: A or B not
+        // finite), a panel is folded in as it comes.
+        let mut blind = node(plan.clone(), me);
+        give_checks(&mut blind, f64::INFINITY, &out).await;
+        blind.take(wrong(0, 0), &out).await.unwrap();
+        assert_eq!(got(&blind, 0), 1);
     }
 
     /// A node whose link with a slot breaks says so once and holds; a move

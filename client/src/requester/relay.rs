@@ -363,8 +363,17 @@ pub(super) async fn run<T: Element>(
     let a_panels = Panels::choose(mh, kh.max(nh), T::DTYPE);
     let b_panels = Panels::choose(kh, nh, T::DTYPE);
     let job_id = JobId(rand::rng().random());
-    // R: the first `rounds` columns are sent to the slots, the rest never leave.
-    let r_all = Verifier::<T>::draw(split, 2 * rounds);
+    // R: the first `rounds` columns are sent to the slots, the next
+    // `rounds` never leave, and the last are each quadrant's reducer's
+    // secret vector s, which only that reducer is given (as the seed it is
+    // formed from), to check the products it is sent (`slot_checks`).
+    let seeds: [[u8; 32]; 4] = std::array::from_fn(|_| rand::rng().random());
+    let r_all = {
+        let mut columns = vec![Verifier::<T>::draw(split, 2 * rounds)];
+        columns.extend(seeds.iter().map(|seed| relay::key::<T>(seed, nh)));
+        let views: Vec<_> = columns.iter().map(|c| c.view()).collect();
+        ndarray::concatenate(ndarray::Axis(1), &views).expect("columns of one height")
+    };
     let r_pub = r_all.slice(s![.., ..rounds]).to_owned();
     let plan_for = |you: usize| RelayPlan {
         job_id,
@@ -383,6 +392,7 @@ pub(super) async fn run<T: Element>(
         silence_ms: config.silence_timeout.as_millis() as u64,
         generation: 0,
         done: 0,
+        checks: config.verify,
     };
     let plan = Arc::new(plan_for(0));
     let verifier = if config.verify {
@@ -524,7 +534,7 @@ pub(super) async fn run<T: Element>(
     let (heard_tx, mut heard_rx) = mpsc::unbounded_channel::<(u8, Heard)>();
     let mut send_txs = Vec::new();
     // Each slot's control messages (`Moved`), and its link's tasks.
-    let mut ctl_txs = Vec::new();
+    let mut ctl_txs: Vec<mpsc::UnboundedSender<Ctl<T>>> = Vec::new();
     let mut links: Vec<Vec<tokio::task::AbortHandle>> = vec![Vec::new(); SLOTS];
     let mut tasks = tokio::task::JoinSet::new();
     for (slot, writer) in writers.into_iter().enumerate() {
@@ -621,7 +631,10 @@ pub(super) async fn run<T: Element>(
     // (`heard_tx` stays: a spare taking a slow slot's roles gets links too.)
 
     // 4. Gather C.
-    let mut gather = Gather::<T>::new(&plan, split, r_all);
+    let mut gather = Gather::<T>::new(&plan, split, r_all.slice(s![.., ..2 * rounds]).to_owned());
+    // Each slot's checks of the products it is sent, once formed (and
+    // sent; a spare taking a slot's roles is sent the slot's).
+    let mut checks: Option<Vec<Option<Arc<SlotChecks<T>>>>> = None;
     let limit = relay_deadline(requester, split);
     let until = tokio::time::Instant::now() + limit;
     let mut stats: Vec<Option<RelayStats>> = vec![None; SLOTS];
@@ -749,8 +762,8 @@ pub(super) async fn run<T: Element>(
             if movable && gather.may_move(slot) {
                 let (addr, ticket) = (spare.addr.clone(), spare.ticket.clone());
                 for (_, ctl) in ctl_txs.iter().enumerate().filter(|&(j, _)| j != slot) {
-                    let _ =
-                        ctl.send(WorkerRequest::Moved { slot: slot as u8, addr: addr.clone(), ticket: ticket.clone() });
+                    let moved = WorkerRequest::Moved { slot: slot as u8, addr: addr.clone(), ticket: ticket.clone() };
+                    let _ = ctl.send(Ctl::Say(moved));
                 }
                 generation[slot] += 1;
                 (watching, watching_products) = (false, false);
@@ -807,6 +820,19 @@ pub(super) async fn run<T: Element>(
             heard = heard_rx.recv() => heard,
             // The check is prepared: quadrants in are checked at the top.
             done = async { verifier.as_mut().expect("preparing").await }, if verifier.is_some() && prepared.is_none() => {
+                // The reducers' checks go out at once: product panels
+                // wait for them.
+                let v = match &done {
+                    Ok(Ok((v, _))) => Some(v),
+                    _ => None,
+                };
+                let formed: Vec<_> = (0..SLOTS).map(|j| slot_checks(v, &seeds, &plan, j, rounds)).collect();
+                for (ctl, c) in ctl_txs.iter().zip(&formed) {
+                    if let Some(c) = c {
+                        let _ = ctl.send(Ctl::Checks(c.clone()));
+                    }
+                }
+                checks = Some(formed);
                 prepared = Some(done);
                 verifier = None;
                 continue;
@@ -1128,6 +1154,10 @@ pub(super) async fn run<T: Element>(
                     link.abort();
                 }
                 let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+                // (After its plan: `take_over` hands it that first.)
+                if let Some(c) = checks.as_ref().and_then(|c| c[slot].clone()) {
+                    let _ = ctl_tx.send(Ctl::Checks(c));
+                }
                 ctl_txs[slot] = ctl_tx;
                 let meter = Arc::new(AtomicU64::new(0));
                 spare_meter = Some(meter.clone());
@@ -1186,7 +1216,8 @@ pub(super) async fn run<T: Element>(
     }
     for i in chosen {
         let Report { at_fault, why, .. } = &reports[i];
-        if !outcome.blamed.iter().any(|(s, w)| s == at_fault && w == why) {
+        // (Once each: two reducers may catch one slot.)
+        if !outcome.blamed.iter().any(|(s, _)| s == at_fault) {
             outcome.blamed.push((*at_fault, why.clone()));
         }
     }
@@ -2016,7 +2047,7 @@ struct TakeOver<T> {
 async fn take_over<T: Element>(
     feed: Feeding<T>,
     over: TakeOver<T>,
-    ctl: mpsc::UnboundedReceiver<WorkerRequest>,
+    ctl: mpsc::UnboundedReceiver<Ctl<T>>,
     io_timeout: Duration,
     heard: mpsc::UnboundedSender<(u8, Heard)>,
     received: Arc<AtomicU64>,
@@ -2079,7 +2110,7 @@ async fn feed_slot<T: Element>(
     feed: Feeding<T>,
     writer: FrameWriter<OwnedWriteHalf>,
     rx: mpsc::Receiver<Send>,
-    mut ctl: mpsc::UnboundedReceiver<WorkerRequest>,
+    mut ctl: mpsc::UnboundedReceiver<Ctl<T>>,
     io_timeout: Duration,
     heard: mpsc::UnboundedSender<(u8, Heard)>,
 ) {
@@ -2090,9 +2121,7 @@ async fn feed_slot<T: Element>(
             loop {
                 let said = tokio::select! {
                     () = tokio::time::sleep(relay::ALIVE_EVERY) => alive(&mut writer, io_timeout).await,
-                    Some(request) = ctl.recv() => {
-                        deadline(io_timeout, "a slot to take a control message", writer.send(&request)).await
-                    }
+                    Some(ctl) = ctl.recv() => say(&mut writer, ctl, io_timeout).await,
                 };
                 if said.is_err() {
                     // The reader hears why; the link stays as it is.
@@ -2170,7 +2199,7 @@ async fn read_slot<T: Element>(
 async fn write_slot<T: Element>(
     mut writer: FrameWriter<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Send>,
-    ctl: &mut mpsc::UnboundedReceiver<WorkerRequest>,
+    ctl: &mut mpsc::UnboundedReceiver<Ctl<T>>,
     feed: &Feeding<T>,
     io_timeout: Duration,
 ) -> septet_common::Result<FrameWriter<OwnedWriteHalf>> {
@@ -2180,8 +2209,8 @@ async fn write_slot<T: Element>(
             // A move (`Moved`) goes ahead of the parts still to write: the
             // other slots answer it sooner.
             biased;
-            Some(request) = ctl.recv() => {
-                deadline(io_timeout, "a slot to take a control message", writer.send(&request)).await?;
+            Some(ctl) = ctl.recv() => {
+                say(&mut writer, ctl, io_timeout).await?;
                 continue;
             }
             send = rx.recv() => match send {
@@ -2267,6 +2296,75 @@ fn off_plan(caught: &mut [bool; SLOTS], reports: &mut Vec<Report>, slot: usize, 
         let summary = format!("slot {slot}: {why}");
         reports.push(Report { at_fault: slot, by: None, summary, why, evidence: true });
     }
+}
+
+/// What goes to a slot ahead of the parts still to write.
+enum Ctl<T> {
+    /// A control message (`Moved`).
+    Say(WorkerRequest),
+    /// The checks of the products it is sent.
+    Checks(Arc<SlotChecks<T>>),
+}
+
+/// Writes `ctl` to a slot.
+async fn say<T: Element>(
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    ctl: Ctl<T>,
+    io_timeout: Duration,
+) -> septet_common::Result<()> {
+    deadline(io_timeout, "a slot to take a control message", async {
+        match ctl {
+            Ctl::Say(request) => writer.send(&request).await,
+            Ctl::Checks(c) => {
+                writer.send(&WorkerRequest::Checks { seed: c.seed, tolerance: c.tolerance.clone() }).await?;
+                for (i, e) in &c.expect {
+                    let part = PartId { block: Block::Expect(*i), panel: 0 };
+                    writer.send_blocks(part.task_id(), BlockOp::Part, &[T::view(e.view())]).await?;
+                }
+                Ok(())
+            }
+        }
+    })
+    .await
+}
+
+/// What a reducer checks the product panels it is sent with
+/// ([`RelayPlan::checks`]): the seed of its secret vector s, and for each
+/// product it is sent X·(Y·s) and the tolerance.
+struct SlotChecks<T> {
+    seed: [u8; 32],
+    tolerance: Vec<f64>,
+    expect: Vec<(usize, Array2<T>)>,
+}
+
+/// Slot `slot`'s checks, from the prepared check `v` (the columns of R
+/// past `2·rounds` are the reducers' secret vectors, one per quadrant,
+/// formed from `seeds`; a slot that reduces two uses its first one's):
+/// `None` for a slot sent no product. Without a check (it could not be
+/// prepared) the tolerances are infinite, and the slot folds in what it
+/// is sent as it comes.
+fn slot_checks<T: Element>(
+    v: Option<&Verifier<T>>,
+    seeds: &[[u8; 32]; 4],
+    plan: &RelayPlan,
+    slot: usize,
+    rounds: usize,
+) -> Option<Arc<SlotChecks<T>>> {
+    let products = plan.checked_products(slot);
+    let q = plan.roles.reduced_by(slot).first()?.index();
+    if products.is_empty() {
+        return None;
+    }
+    let cols = 2 * rounds + q * relay::KEY_COLUMNS..2 * rounds + (q + 1) * relay::KEY_COLUMNS;
+    let (mh, _, _) = plan.split().half();
+    let (tolerance, expect) = products
+        .iter()
+        .map(|&i| match v {
+            Some(v) => (v.tolerance(i), (i, v.expected(i).slice(s![.., cols.clone()]).to_owned())),
+            None => (f64::INFINITY, (i, Array2::zeros((mh, relay::KEY_COLUMNS)))),
+        })
+        .unzip();
+    Some(Arc::new(SlotChecks { seed: seeds[q], tolerance, expect }))
 }
 
 /// Tells a slot the requester is still there ([`WorkerRequest::Alive`]).
@@ -2428,6 +2526,8 @@ impl<T: Element> Gather<T> {
     /// (C panels its old peer sent are kept, the spare's copies set aside).
     fn moved(&mut self, slot: usize) {
         self.generation[slot] += 1;
+        // (Its new peer's fingerprint speaks for the product now.)
+        self.fingerprints.remove(&slot);
     }
 
     /// Checks C quadrant `q`: C_q·r against Σ ±X_i·(Y_i·r) over the
@@ -2438,9 +2538,12 @@ impl<T: Element> Gather<T> {
         let mut expected = Array2::<T>::zeros(cr.dim());
         let mut tolerance = 0.0;
         for (i, sign) in relay::feeders(q) {
+            // (Its columns of R: the reducers' own vectors are left out.)
+            let want = v.expected(i);
+            let want = want.slice(s![.., ..cr.ncols()]);
             match sign {
-                septet_common::strassen::Sign::Plus => expected += &v.expected(i),
-                septet_common::strassen::Sign::Minus => expected -= &v.expected(i),
+                septet_common::strassen::Sign::Plus => expected += &want,
+                septet_common::strassen::Sign::Minus => expected -= &want,
             }
             tolerance += v.tolerance(i);
         }
