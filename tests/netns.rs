@@ -360,6 +360,10 @@ fn a_liar_with_a_spare_free_has_its_roles_moved(fault: &str, caught_by: &str) {
     assert!(failures.iter().any(|f| f.contains(&liar) && f.contains("moved")), "{failures:?}");
     println!("job took {:.2} s; moved: {}", summary["total_s"].as_f64().unwrap(), summary["relay"]["moved"]);
     assert!(grid.wait_for("cl", Duration::from_secs(10), |p| in_use(p) == 0), "slots still in use after the job");
+    // The tracker heard it (it leases it last from now on): the report
+    // goes ahead of the release, which ends the job soon after the move.
+    let reported = |p: &[Value]| p.iter().any(|r| r["addr"] == liar.as_str() && r["failures"].as_u64() >= Some(1));
+    assert!(grid.wait_for("cl", Duration::from_secs(10), reported), "the liar at {liar} was not reported");
 }
 
 /// A relayed job with one of exactly seven workers behind a 20 Mbit/s link

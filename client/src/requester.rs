@@ -751,12 +751,34 @@ impl LeaseKeeper {
     }
 
     /// Reports `peer_id` failed (no replacement) without waiting for the
-    /// tracker's answer; a failure to report is logged.
+    /// tracker's answer; a failure to report is logged. The report is
+    /// queued at once where the keeper has room (it nearly always has), so
+    /// it goes ahead of the verdicts and the release the job sends after
+    /// it: queued from a task of its own, it could come after the release,
+    /// when the tracker no longer takes reports on the lease (a relayed
+    /// job that moved a liar within the relay ends soon after, and its
+    /// liar went unreported and was leased first again).
     fn report_in_background(&self, peer_id: PeerId, reason: String) {
-        let keeper = self.clone();
+        let (reply, rx) = oneshot::channel();
+        let queued = match self.tx.try_send(KeeperCmd::Report { peer_id, reason, replace: false, reply }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(cmd)) => Some(cmd),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                warn!("could not report a failed peer to the tracker: the lease keeper is closed");
+                return;
+            }
+        };
+        let tx = self.tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = keeper.report(peer_id, reason, false).await {
-                warn!(error = %e, "could not report a failed peer to the tracker");
+            if let Some(cmd) = queued {
+                if tx.send(cmd).await.is_err() {
+                    return warn!("could not report a failed peer to the tracker: the lease keeper is closed");
+                }
+            }
+            match rx.await {
+                Ok(Err(e)) => warn!(error = %e, "could not report a failed peer to the tracker"),
+                Ok(Ok(_)) => {}
+                Err(_) => warn!("could not report a failed peer to the tracker: the lease keeper is closed"),
             }
         });
     }
