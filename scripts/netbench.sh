@@ -45,6 +45,15 @@
 #              here), nothing run before them: the first job's time over
 #              the second's, per grid and their median. Goal (issue 16):
 #              <= 1.2x. The workers warm up as by default (--warm-up 4096).
+#   liar       L_N (default 4096) jobs on L_WORKERS (default 8) workers at
+#              RATE (the binary built with --features fault-injection):
+#              JOBS rounds, each restarting w0 with --fault=corrupt (it
+#              registers afresh, so it is leased first), then one job with
+#              it and one healthy job after (the tracker now leases it
+#              last). A round whose liar was not leased is shown but not
+#              counted. The medians, liar ÷ healthy, and how the liar
+#              jobs ended (plan, move). No goal; issue 16 asks that only
+#              the liar's work is done again.
 #   depth      D_N (default 4096) jobs on D_WORKERS (default 49) workers at
 #              RATE, JOBS at --depth 1 and JOBS at --depth 2, interleaved
 #              (one warm-up job each): the medians of the jobs' own time
@@ -66,7 +75,7 @@
 #                straggler/bound); P_WORKERS / S_WORKERS set one grid only
 #   JOBS         jobs of each kind (default 5, --quick 2)
 #   P_N, S_N     matrix sizes (default 4096 and 2048); R_N (2048), D_N (4096),
-#                F_N (4096)
+#                F_N (4096), L_N (4096)
 #   D_WORKERS    workers of the depth grid (default 49)
 #   RATE         every link's rate (default 1gbit; tc units kbit/mbit/gbit)
 #   SLOW_RATE    the straggler's link (default 40mbit)
@@ -87,7 +96,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
     -h | --help) usage; exit 0 ;;
-    partition | straggler | bound | relay | first | depth) PARTS+=("$1") ;;
+    partition | straggler | bound | relay | first | depth | liar) PARTS+=("$1") ;;
     all) PARTS+=(partition straggler bound) ;;
     *) echo "netbench: unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -107,6 +116,8 @@ R_WORKERS=${R_WORKERS:-${WORKERS:-8}}
 D_N=${D_N:-4096}
 F_N=${F_N:-4096}
 F_WORKERS=${F_WORKERS:-${WORKERS:-8}}
+L_N=${L_N:-4096}
+L_WORKERS=${L_WORKERS:-${WORKERS:-8}}
 D_WORKERS=${D_WORKERS:-49}
 P_WORKERS=${P_WORKERS:-${WORKERS:-9}}
 S_WORKERS=${S_WORKERS:-${WORKERS:-8}}
@@ -364,6 +375,37 @@ elif cmd == "relay-table":
     print(f"  relay / (2 n^2 w at {rate} = {bound:.2f} s) = {r / bound:.2f}x; direct / that bound = {dd / bound:.2f}x")
     print(f"  relay bytes: sent {sent:.3f} n^2 w, received {recv:.3f} n^2 w (direct sent {dsent:.3f} n^2 w)")
 
+elif cmd == "fresh-at":
+    # RD IP OLD TIMEOUT: the address of the peer at IP that registered
+    # after peer id OLD (-1: any), once it is alive and no other peer at IP
+    # is ("" if none within TIMEOUT s).
+    rd, ip, old, timeout = a[0], a[1], int(a[2]), float(a[3])
+    end = time.time() + timeout
+    while time.time() < end:
+        at = [p for p in (peers(rd) or []) if p["addr"].split(":")[0] == ip and p["state"] == "alive"]
+        if len(at) == 1 and at[0]["peer_id"] > old:
+            print(at[0]["addr"], at[0]["peer_id"])
+            sys.exit(0)
+        time.sleep(0.2)
+    print("")
+
+elif cmd == "liar-table":
+    # DIR JOBS N: the liar jobs that counted (liarI.json with a COUNTED
+    # file beside) against the healthy jobs after them.
+    d, jobs, n = a[0], int(a[1]), int(a[2])
+    counted = [i for i in range(1, jobs + 1) if os.path.exists(f"{d}/liar{i}.counted")]
+    liar = [j for j in (load(f"{d}/liar{i}.json") for i in counted) if j]
+    healthy = runs(d, "healthy", jobs)
+    if not liar or not healthy:
+        print(f"  liar: {len(liar)} counted liar jobs and {len(healthy)} healthy jobs finished; no table")
+        sys.exit(0)
+    lm = statistics.median(j["total_s"] for j in liar)
+    hm = statistics.median(j["total_s"] for j in healthy)
+    how = sorted({j["plan"] + (", moved" if (j.get("relay") or {}).get("moved") else "") for j in liar})
+    sent = statistics.median(j["bytes_sent"] for j in liar) / (n * n * 8.0)
+    print(f"  liar median {lm:.2f} s ({len(liar)} jobs: {', '.join(fmt(j['total_s']) for j in liar)}), "
+          f"healthy median {hm:.2f} s: liar / healthy = {lm / hm:.2f}x; liar jobs {how}, sent {sent:.3f} n^2 w")
+
 elif cmd == "first-table":
     # DIR GRIDS: per fresh grid, its first job's total_s over its second's.
     d, grids = a[0], int(a[1])
@@ -457,6 +499,22 @@ idle() {
   msg=$(py wait-idle "$RD" "$1" 30) || echo "  (warning: $msg)"
 }
 secs() { echo "${EPOCHREALTIME%.*}"; }
+# table_row PART CMD LABEL GOAL ARGS...: the part's table (py CMD
+# OUT/PART ARGS...), kept in OUT/PART/table.md, and its first line as the
+# part's row of the summary.
+table_row() {
+  local part=$1 cmd=$2 label=$3 goal=$4 r
+  shift 4
+  py "$cmd" "$OUT/$part" "$@" | tee -a "$OUT/$part/table.md"
+  r=$(sed -n 1p "$OUT/$part/table.md")
+  echo "| $label | ${r#  } | $goal | |" >&3
+}
+# part_done PART T0: take the part's grid down and say how long it took.
+part_done() {
+  grid_down
+  TOOK[$1]=$(($(secs) - $2))
+  echo "  ($1 took ${TOOK[$1]} s)"
+}
 # host_of ADDR: netgrid's host name for a worker address (w<last octet - 10>).
 host_of() { local a=${1%:*}; echo "w$((${a##*.} - 10))"; }
 
@@ -615,15 +673,11 @@ if want relay; then
         idle "$R_WORKERS"
       done
     done
-    py relay-table "$OUT/relay" "$JOBS" "$R_N" "$RATE" | tee -a "$OUT/relay/table.md"
-    r=$(sed -n 1p "$OUT/relay/table.md")
-    echo "| relay n=$R_N at $RATE | ${r#  } | see issue 16 | |" >&3
+    table_row relay relay-table "relay n=$R_N at $RATE" "see issue 16" "$JOBS" "$R_N" "$RATE"
   else
     echo "| relay n=$R_N | grid failed | | ✘ |" >&3
   fi
-  grid_down
-  TOOK[relay]=$(($(secs) - t0))
-  echo "  (relay took ${TOOK[relay]} s)"
+  part_done relay "$t0"
 fi
 
 # --- 5. first jobs -------------------------------------------------------------
@@ -652,7 +706,46 @@ if want first; then
   echo "  (first took ${TOOK[first]} s)"
 fi
 
-# --- 6. depth --------------------------------------------------------------------
+# --- 6. a liar ------------------------------------------------------------------
+if want liar; then
+  t0=$(secs)
+  mkdir -p "$OUT/liar"
+  echo
+  echo "== liar: n=$L_N, $L_WORKERS workers at $RATE; $JOBS rounds: w0 restarted with --fault=corrupt, a job with it, a healthy job after =="
+  if ! "$SEPTET_BIN" worker --fault=corrupt --help >/dev/null 2>&1; then
+    echo "  $SEPTET_BIN has no --fault (build with --features fault-injection); skipped"
+    echo "| liar n=$L_N | no fault injection in the binary | | ✘ |" >&3
+  elif grid_up liar "$L_WORKERS"; then
+    job liar warmup "$L_N"
+    echo "  warm-up   $(describe liar warmup) (not counted)"
+    w0_ip=$($G status | awk '$1=="w0"{print $3}')
+    old_id=-1
+    for i in $(seq 1 "$JOBS"); do
+      $G restart w0 --fault=corrupt >/dev/null
+      read -r liar_addr old_id < <(py fresh-at "$RD" "$w0_ip" "$old_id" 20)
+      [[ -n $liar_addr ]] || { echo "  liar $i    the restarted w0 did not register; skipped"; old_id=-1; continue; }
+      idle "$L_WORKERS"
+      job liar "liar$i" "$L_N"
+      where=$(py in-report "$OUT/liar/liar$i.json" "$liar_addr")
+      if [[ -n $where ]]; then
+        touch "$OUT/liar/liar$i.counted"
+        echo "  liar $i    $(describe liar "liar$i"); the liar: $where"
+      else
+        echo "  liar $i    $(describe liar "liar$i"); the liar ($liar_addr) was not leased — not counted"
+      fi
+      idle "$L_WORKERS"
+      job liar "healthy$i" "$L_N"
+      echo "  healthy $i $(describe liar "healthy$i")"
+      idle "$L_WORKERS"
+    done
+    table_row liar liar-table "liar n=$L_N at $RATE" "(issue 16: only its work again)" "$JOBS" "$L_N"
+  else
+    echo "| liar n=$L_N | grid failed | | ✘ |" >&3
+  fi
+  part_done liar "$t0"
+fi
+
+# --- 7. depth --------------------------------------------------------------------
 if want depth; then
   t0=$(secs)
   mkdir -p "$OUT/depth"
@@ -672,15 +765,11 @@ if want depth; then
         idle "$D_WORKERS"
       done
     done
-    py depth-table "$OUT/depth" "$JOBS" "$D_N" | tee -a "$OUT/depth/table.md"
-    r=$(sed -n 1p "$OUT/depth/table.md")
-    echo "| depth n=$D_N at $RATE | ${r#  } | (issue 20: no goal on one host) | |" >&3
+    table_row depth depth-table "depth n=$D_N at $RATE" "(issue 20: no goal on one host)" "$JOBS" "$D_N"
   else
     echo "| depth n=$D_N | grid failed | | ✘ |" >&3
   fi
-  grid_down
-  TOOK[depth]=$(($(secs) - t0))
-  echo "  (depth took ${TOOK[depth]} s)"
+  part_done depth "$t0"
 fi
 
 # --- summary ---------------------------------------------------------------------

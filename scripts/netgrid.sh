@@ -19,6 +19,10 @@ Commands:
   cut HOST              Take HOST's link down (its switch-side veth).
   heal HOST             Bring HOST's link back up.
   shape HOST RATE       Reshape HOST's link (both ends) to RATE, e.g. 40mbit.
+  restart wN [ARGS...]  Stop worker wN and start it again with ARGS added
+                        to its command line (e.g. --fault=corrupt, with a
+                        binary built with the fault-injection feature). It
+                        registers afresh: a new peer id, no leases yet.
   exec HOST CMD...      Run CMD inside HOST's namespace. The environment has
                         SEPTET_TRACKER and SEPTET_SECRET_FILE set, and
                         SEPTET_BIN (the septet binary), so e.g.
@@ -250,6 +254,28 @@ cmd_shape() {
   echo "netgrid: $1 link shaped to $2"
 }
 
+cmd_restart() {
+  [[ $# -ge 1 && $1 == w[0-9]* ]] || die "restart needs a worker, wN"
+  load
+  local host=$1 pid
+  shift
+  addr_of "$host" >/dev/null
+  if [[ -f $RUN_DIR/$host.pid ]]; then
+    pid=$(cat "$RUN_DIR/$host.pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    # (Its listener and slots go with it; wait for the process, not a timer.)
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  local -a wargs
+  read -r -a wargs <<<"${NETGRID_WORKER_ARGS:---threads 1}"
+  setsid ip netns exec "$(ns_of "$host")" "$SEPTET_BIN" worker --tracker "$TRACKER" \
+    --listen "$(addr_of "$host"):0" --secret-file "$SECRET" "${wargs[@]}" "$@" \
+    >>"$RUN_DIR/$host.log" 2>&1 &
+  echo $! >"$RUN_DIR/$host.pid"
+  echo "netgrid: $host restarted${*:+ with $*}"
+}
+
 cmd_exec() {
   [[ $# -ge 2 ]] || die "exec needs HOST CMD..."
   load
@@ -286,6 +312,7 @@ case $CMD in
     link_set "$1" up
     ;;
   shape) cmd_shape "$@" ;;
+  restart) cmd_restart "$@" ;;
   exec) cmd_exec "$@" ;;
   status) cmd_status ;;
   *)

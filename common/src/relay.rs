@@ -30,8 +30,11 @@
 //! Every part the requester sends travels with a BLAKE3 digest sent to each
 //! slot that will receive it by forward (over the requester's own link to
 //! that slot), so a forwarder that alters a block is caught by the slot it
-//! forwarded to, and named. How products and C are checked is the
-//! requester's business (`septet_client::requester::relay`).
+//! forwarded to, and named. A reducer folds a product panel another slot
+//! sends it into C only once it passes the requester's check
+//! ([`RelayPlan::checks`]), so a slot that computes wrong is caught by the
+//! reducer, and named, before its panel is used. How C itself is checked
+//! is the requester's business (`septet_client::requester::relay`).
 
 use std::ops::Range;
 

@@ -16,10 +16,15 @@
 //! every C quadrant q against Σ ±X_i·(Y_i·r) over the products feeding it
 //! for all the columns (the [`Verifier`] forms X_i·(Y_i·r) from A and B
 //! while the blocks travel) — Freivalds' test on C, quadrant by quadrant.
-//! A quadrant that fails is blamed on the slots whose fingerprints failed,
-//! or, if every one passed, on its reducer (a slot that fakes its
-//! fingerprint and sends its reducer a wrong product gets the reducer
-//! blamed instead; C is still never accepted wrong). A slot that forwards
+//! Each reducer also checks every product panel another slot sends it
+//! before folding it in, against X_i·(Y_i·s) for a vector s of its own
+//! (one more column of the same pass; only its seed goes to that reducer,
+//! [`slot_checks`]): a slot that computes wrong is caught at its first
+//! panel, by a vector it never sees, and its roles move to a spare within
+//! the relay like a lying forwarder's. A quadrant that fails is blamed on
+//! the slots whose fingerprints failed, or, if every one passed, on its
+//! reducer (a reducer's own product is checked only by its fingerprint and
+//! the quadrant's check; C is never accepted wrong). A slot that forwards
 //! a wrong panel is named by the slot that received it (digest), a slot
 //! that breaks off or goes silent by whoever saw it.
 //!
