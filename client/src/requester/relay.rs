@@ -711,9 +711,6 @@ pub(super) async fn run<T: Element>(
     let mut verifier = verifier;
     let mut prepared = None;
     let mut checked = [false; 4];
-    // How long the loop waited for the check with all of C in (time the
-    // check costs the job, as the wait for it after the relay is).
-    let mut waited_for_check = Duration::ZERO;
     loop {
         // A quadrant in, with its feeders' fingerprints, is checked at
         // once: one that fails by its reducer's sum alone (every product
@@ -730,12 +727,10 @@ pub(super) async fn run<T: Element>(
                 }
                 checked[qi] = true;
                 let Err(Check::Wrong(why)) = gather.check(q, v) else { continue };
-                let free = reports.is_empty()
-                    && named.is_none()
-                    && moving.is_none()
-                    && moved.is_none()
-                    && slow.is_none()
-                    && gather.generation[reducer] == 0;
+                // (Not `may_move`: C may be all in here, and the quadrant
+                // is redone.)
+                let free =
+                    nothing_under_way(&reports, &named, &moving, &moved, &slow) && gather.generation[reducer] == 0;
                 if !free || culprits(q, reducer, None, |i| gather.fingerprint_wrong(i, v, rounds)) != [reducer] {
                     continue;
                 }
@@ -797,15 +792,9 @@ pub(super) async fn run<T: Element>(
         }
         let complete = gather.quads.iter().all(|q| !q.arriving());
         if complete && stats.iter().all(Option::is_some) {
-            // (C is in: the check, prepared meanwhile, is awaited here
-            // rather than after the relay, so a wrong sum can still move.)
-            if let (Some(preparing), None, Some(_)) = (verifier.as_mut(), &prepared, hedge) {
-                let t = Instant::now();
-                prepared = Some(preparing.await);
-                waited_for_check = t.elapsed();
-                verifier = None;
-                continue;
-            }
+            // (The check was prepared before any of C could be: the
+            // reducers fold nothing in before their checks, which go out
+            // when it is.)
             break;
         }
         if complete && grace.is_none() {
@@ -1069,12 +1058,7 @@ pub(super) async fn run<T: Element>(
                     // nothing else has gone wrong (one move a relay).
                     // (Nor asked of the tracker where the move could not be
                     // made anyway: a spare would be spent for nothing.)
-                    let free = reports.is_empty()
-                        && named.is_none()
-                        && moving.is_none()
-                        && moved.is_none()
-                        && slow.is_none()
-                        && gather.may_move(slot);
+                    let free = nothing_under_way(&reports, &named, &moving, &moved, &slow) && gather.may_move(slot);
                     // (A slot another had lost already has its spare.)
                     let held = suspects[slot].take().map(|(.., spare)| spare);
                     let spare = match (free, held) {
@@ -1098,15 +1082,13 @@ pub(super) async fn run<T: Element>(
                 let replacing =
                     [named.as_ref().map(|n| n.slot), moving.as_ref().map(|m| m.slot), moved.as_ref().map(|m| m.slot)];
                 let free = hedge.is_some()
-                    && reports.is_empty()
-                    && replacing.iter().all(Option::is_none)
-                    && slow.is_none()
-                    && stats.get(lost).is_some_and(Option::is_none)
+                    && nothing_under_way(&reports, &named, &moving, &moved, &slow)
                     && gather.may_move(lost);
+                let done = stats.get(lost).is_some_and(Option::is_some);
                 let word = if evidence { "caught" } else { "lost its link with" };
                 let summary = format!("slot {by} {word} slot {lost}: {why}");
                 let report = Report { at_fault: lost, by: Some(by), summary, why: why.clone(), evidence };
-                match on_peer_lost(by, lost, evidence, &replacing, free) {
+                match on_peer_lost(by, lost, evidence, &replacing, free, done) {
                     OnPeerLost::OffPlan => {
                         off_plan(&mut caught, &mut reports, by, format!("said it {word} slot {lost}"));
                     }
@@ -1288,7 +1270,7 @@ pub(super) async fn run<T: Element>(
     }
     outcome.verified = gather.quads.map(|q| q == QuadState::Verified);
     outcome.slow = slow.filter(|(s, _)| outcome.unverifiable.is_none() && outcome.blamed.iter().all(|(b, _)| b == s));
-    outcome.verify_critical_s = (checking.elapsed() + waited_for_check).as_secs_f64();
+    outcome.verify_critical_s = checking.elapsed().as_secs_f64();
     outcome.verify_s += outcome.verify_critical_s;
     report.quadrants_verified =
         Quad::ALL.iter().filter(|q| outcome.verified[q.index()]).map(|q| quad_name(*q).into()).collect();
@@ -2011,15 +1993,39 @@ enum OnPeerLost {
     Suspect,
 }
 
+/// Whether nothing else is under way in the relay — no failure heard, no
+/// slot named, moving or moved (one move a relay), none found slow — so a
+/// slot may be replaced now.
+fn nothing_under_way(
+    reports: &[Report],
+    named: &Option<Named>,
+    moving: &Option<Moving>,
+    moved: &Option<MovedSlot>,
+    slow: &Option<(usize, PeerAddr)>,
+) -> bool {
+    reports.is_empty() && named.is_none() && moving.is_none() && moved.is_none() && slow.is_none()
+}
+
 /// Decides [`OnPeerLost`]. `replacing`: the slots named, moving or moved
 /// (one replacement a relay). `free`: the lease may lend a spare, nothing
-/// else has gone wrong, nothing is being replaced, and `lost` is not done.
-fn on_peer_lost(by: usize, lost: usize, evidence: bool, replacing: &[Option<usize>], free: bool) -> OnPeerLost {
+/// else has gone wrong, nothing is being replaced. `done`: `lost` said it
+/// is done. A slot done is replaced only on evidence: a reducer may catch
+/// it by a product panel after it finished (its panels waited for the
+/// checks), and its spare computes the product again; a done slot's
+/// links closing is no news.
+fn on_peer_lost(
+    by: usize,
+    lost: usize,
+    evidence: bool,
+    replacing: &[Option<usize>],
+    free: bool,
+    done: bool,
+) -> OnPeerLost {
     if lost >= SLOTS || lost == by {
         OnPeerLost::OffPlan
     } else if replacing.contains(&Some(lost)) {
         OnPeerLost::Moot
-    } else if !free {
+    } else if !free || (done && !evidence) {
         OnPeerLost::End
     } else if evidence {
         OnPeerLost::Replace
@@ -2704,22 +2710,26 @@ mod tests {
         use OnPeerLost::*;
         let none = [None, None, None];
         // Free to replace: on evidence at once; a broken link waits for the requester's own.
-        assert_eq!(on_peer_lost(1, 2, true, &none, true), Replace);
-        assert_eq!(on_peer_lost(1, 2, false, &none, true), Suspect);
-        // Not free (no spare, another failure, another move, or the slot done): as before.
-        assert_eq!(on_peer_lost(1, 2, true, &none, false), End);
-        assert_eq!(on_peer_lost(1, 2, false, &none, false), End);
+        assert_eq!(on_peer_lost(1, 2, true, &none, true, false), Replace);
+        assert_eq!(on_peer_lost(1, 2, false, &none, true, false), Suspect);
+        // A slot done: caught (a wrong product panel that waited for the
+        // checks), replaced; a broken link with it is no news.
+        assert_eq!(on_peer_lost(1, 2, true, &none, true, true), Replace);
+        assert_eq!(on_peer_lost(1, 2, false, &none, true, true), End);
+        // Not free (no spare, another failure, another move): as before.
+        assert_eq!(on_peer_lost(1, 2, true, &none, false, false), End);
+        assert_eq!(on_peer_lost(1, 2, false, &none, false, false), End);
         // Of a slot being replaced: its old peer's, whichever stage.
         for stage in 0..3 {
             let mut replacing = none;
             replacing[stage] = Some(2);
-            assert_eq!(on_peer_lost(1, 2, true, &replacing, false), Moot);
-            assert_eq!(on_peer_lost(1, 2, false, &replacing, true), Moot);
+            assert_eq!(on_peer_lost(1, 2, true, &replacing, false, false), Moot);
+            assert_eq!(on_peer_lost(1, 2, false, &replacing, true, true), Moot);
         }
         // A slot naming itself, or no slot of the job.
-        assert_eq!(on_peer_lost(3, 3, true, &none, true), OffPlan);
-        assert_eq!(on_peer_lost(3, SLOTS, false, &none, true), OffPlan);
-        assert_eq!(on_peer_lost(3, 255, false, &[None, Some(255), None], true), OffPlan);
+        assert_eq!(on_peer_lost(3, 3, true, &none, true, false), OffPlan);
+        assert_eq!(on_peer_lost(3, SLOTS, false, &none, true, false), OffPlan);
+        assert_eq!(on_peer_lost(3, 255, false, &[None, Some(255), None], true, false), OffPlan);
     }
 
     #[test]
