@@ -312,7 +312,7 @@ fn a_lying_forwarder_is_named_and_the_job_is_still_right() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_lying_forwarder_with_a_spare_free_has_its_roles_moved() {
-    a_liar_with_a_spare_free_has_its_roles_moved("--fault=corrupt-forward", "digest");
+    a_liars_roles_move(8, "--fault=corrupt-forward", "digest");
 }
 
 /// A worker that computes wrong (`--fault=corrupt`, registered first, so
@@ -328,21 +328,34 @@ fn a_lying_forwarder_with_a_spare_free_has_its_roles_moved() {
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_slot_that_computes_wrong_with_a_spare_free_has_its_roles_moved() {
-    a_liar_with_a_spare_free_has_its_roles_moved("--fault=corrupt", "failed its check");
+    a_liars_roles_move(8, "--fault=corrupt", "failed its check");
 }
 
-/// Eight workers, the first registered (so slot 0) lying as `fault` says:
-/// a relayed n=1024 job moves its roles to the spare within the one
-/// relay, caught by what `caught_by` names; C is right, every quadrant
-/// verified in the relay, the liar named and moved, nothing left leased.
+/// The same liar on a grid of exactly seven, so no spare is free: the
+/// slots it sends its product to hold while the others finish, and its
+/// roles move to the peer of the first slot done (a worker of the job's
+/// own lease, whose compute slot that slot gave back), which computes the
+/// product again. Still one relay, every quadrant verified in it; before,
+/// the relay ended and what it had not delivered went the direct way.
 #[cfg(feature = "fault-injection")]
-fn a_liar_with_a_spare_free_has_its_roles_moved(fault: &str, caught_by: &str) {
-    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+#[test]
+fn a_slot_that_computes_wrong_on_a_grid_of_seven_moves_to_a_slot_done() {
+    a_liars_roles_move(7, "--fault=corrupt", "failed its check");
+}
+
+/// `workers` workers, the first registered (so slot 0) lying as `fault`
+/// says: a relayed n=1024 job moves its roles within the one relay — to
+/// the spare with eight, to the peer of a slot done with seven — caught by
+/// what `caught_by` names; C is right, every quadrant verified in the
+/// relay, the liar named, moved and reported, nothing left leased.
+#[cfg(feature = "fault-injection")]
+fn a_liars_roles_move(workers: usize, fault: &str, caught_by: &str) {
+    let Some(mut grid) = NetGrid::new(workers, "1gbit") else { return };
     grid.start_tracker(&[]);
     grid.start_workers_at(0..1, "tr", &[fault]);
     assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 1), "w0 did not register");
-    grid.start_workers_at(1..8, "tr", &[]);
-    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == 8), "the spare did not register");
+    grid.start_workers_at(1..workers, "tr", &[]);
+    assert!(grid.wait_for("tr", Duration::from_secs(20), |p| p.len() == workers), "the workers did not register");
     let args = ["--random", "1024,1024,1024", "--check", "--json", "--max-wait", "20", "--plan", "relay"];
     let out = grid.run("rq", "multiply", &args);
     let summary = json(&out, "septet multiply");
@@ -355,6 +368,12 @@ fn a_liar_with_a_spare_free_has_its_roles_moved(fault: &str, caught_by: &str) {
     let reason = hedges[0]["reason"].as_str().unwrap();
     assert!(reason.starts_with("caught: ") && reason.contains(caught_by), "{summary}");
     moved_within_the_relay(&summary, &liar, &hedges[0]);
+    if workers == 7 {
+        // The spare is a peer of the job: it holds the moved slot and its own.
+        let spare = &summary["relay"]["moved"]["to"];
+        let slots = summary["relay"]["slots"].as_array().unwrap();
+        assert_eq!(slots.iter().filter(|s| s["peer"] == *spare).count(), 2, "{summary}");
+    }
     assert_eq!(summary["relay"]["quadrants_verified"].as_array().unwrap().len(), 4, "{summary}");
     let failures: Vec<&str> = summary["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     assert!(failures.iter().any(|f| f.contains(&liar) && f.contains("moved")), "{failures:?}");

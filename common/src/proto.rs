@@ -904,6 +904,10 @@ pub enum WorkerReply {
         message: String,
         /// Caught by what it sent, not merely by a link that broke.
         evidence: bool,
+        /// Caught by a panel of its product that failed this slot's check
+        /// ([`crate::relay::RelayPlan::checks`]): what it forwards is not
+        /// in question, so the other slots can finish without it.
+        wrong_product: bool,
     },
 }
 

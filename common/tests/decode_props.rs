@@ -377,10 +377,8 @@ fn worker_reply() -> impl Strategy<Value = WorkerReply> {
         (proptest::option::of(any::<u8>()), text(), any::<bool>())
             .prop_map(|(blame, message, evidence)| WorkerReply::RelayFailed { blame, message, evidence }),
         (any::<u8>(), proptest::option::of(text())).prop_map(|(slot, refused)| WorkerReply::MovedAck { slot, refused }),
-        (any::<u8>(), text(), any::<bool>()).prop_map(|(slot, message, evidence)| WorkerReply::RelayLost {
-            slot,
-            message,
-            evidence
+        (any::<u8>(), text(), any::<bool>(), any::<bool>()).prop_map(|(slot, message, evidence, wrong_product)| {
+            WorkerReply::RelayLost { slot, message, evidence, wrong_product }
         }),
         (any::<u8>(), proptest::collection::vec(any::<u64>(), 0..9), any::<[u64; 4]>(), prop::option::of(delegated()))
             .prop_map(|(slot, bytes, t, delegated)| {

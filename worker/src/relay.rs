@@ -464,7 +464,7 @@ async fn serve<T: Element>(
             config.metrics.relay_done(plan.dtype, true, took, bytes_in, bytes_out);
             WorkerReply::RelayDone(stats.clone())
         }
-        Err(Failed { blame, message, evidence }) => {
+        Err(Failed { blame, message, evidence, .. }) => {
             config.metrics.relay_done(plan.dtype, false, Duration::ZERO, 0, 0);
             if cancel.is_cancelled() {
                 // The requester left: it has C, or it gave up on the
@@ -652,21 +652,23 @@ struct Failed {
     message: String,
     /// `blame` was caught by what it sent (see `WorkerReply::RelayFailed`).
     evidence: bool,
+    /// By a product panel that failed its check (`WorkerReply::RelayLost`).
+    wrong_product: bool,
 }
 
 /// `slot` is at fault: its link broke.
 fn blame(slot: usize, message: String) -> Failed {
-    Failed { blame: Some(slot), message, evidence: false }
+    Failed { blame: Some(slot), message, evidence: false, wrong_product: false }
 }
 
 /// `slot` is at fault: it sent something wrong.
 fn caught(slot: usize, message: String) -> Failed {
-    Failed { blame: Some(slot), message, evidence: true }
+    Failed { blame: Some(slot), message, evidence: true, wrong_product: false }
 }
 
 /// Nobody is known to be at fault.
 fn failed(message: impl Into<String>) -> Failed {
-    Failed { blame: None, message: message.into(), evidence: false }
+    Failed { blame: None, message: message.into(), evidence: false, wrong_product: false }
 }
 
 /// Work finished on a blocking thread (or by this slot's group).
@@ -931,15 +933,18 @@ impl<T: Element> Checks<T> {
             }
         }
         if worst.0 > tolerance {
-            return Err(caught(
-                from,
-                format!(
+            return Err(Failed {
+                wrong_product: true,
+                ..caught(
+                    from,
+                    format!(
                     "{} from slot {from} failed its check: |M·s − X·(Y·s)| is {:.3e} in row {} (tolerance {tolerance:.3e})",
                     part.name(),
                     worst.0,
                     first + worst.1,
                 ),
-            ));
+                )
+            });
         }
         Ok(())
     }
@@ -1208,8 +1213,12 @@ impl<T: Element> Node<T> {
                     From::Requester => REQUESTER,
                     From::Slot(s) => s,
                 };
-                let culprit =
-                    || Failed { blame: (index < SLOTS).then_some(index), message: String::new(), evidence: true };
+                let culprit = || Failed {
+                    blame: (index < SLOTS).then_some(index),
+                    message: String::new(),
+                    evidence: true,
+                    wrong_product: false,
+                };
                 if !self.seen.insert((index, generation, part.task_id().0)) {
                     return Err(Failed { message: format!("{} arrived twice", part.name()), ..culprit() });
                 }
@@ -1319,8 +1328,8 @@ impl<T: Element> Node<T> {
             return Ok(());
         }
         info!(job = %self.plan.job_id, slot, why = %failure.message, "holding for the requester to move a slot");
-        let (message, evidence) = (failure.message.clone(), failure.evidence);
-        let reply = WorkerReply::RelayLost { slot: slot as u8, message, evidence };
+        let (message, evidence, wrong_product) = (failure.message.clone(), failure.evidence, failure.wrong_product);
+        let reply = WorkerReply::RelayLost { slot: slot as u8, message, evidence, wrong_product };
         self.lost[slot] = Some((tokio::time::Instant::now() + self.hold, failure));
         self.say(reply, out).await
     }
@@ -2198,7 +2207,7 @@ mod tests {
         n.caught_out(failure, &out).await.unwrap();
         let lost = said.recv().await.unwrap();
         assert!(
-            matches!(lost, Out::Reply(WorkerReply::RelayLost { slot, evidence: true, .. }) if slot as usize == feeder)
+            matches!(lost, Out::Reply(WorkerReply::RelayLost { slot, evidence: true, wrong_product: true, .. }) if slot as usize == feeder)
         );
         // Its spare's copies: panel 1 folded in, panel 0 (in already) set aside.
         assert_eq!(n.moved(feeder, "127.0.0.1:2".into(), None), None);
@@ -2228,7 +2237,7 @@ mod tests {
         let closed = Event::Closed { slot: lost, generation: 0 };
         assert!(n.take(closed, &out).await.is_ok());
         match said.try_recv() {
-            Ok(Out::Reply(WorkerReply::RelayLost { slot, message, evidence: false })) => {
+            Ok(Out::Reply(WorkerReply::RelayLost { slot, message, evidence: false, wrong_product: false })) => {
                 assert_eq!(usize::from(slot), lost);
                 assert!(message.contains("reset"), "{message}");
             }
@@ -2285,7 +2294,7 @@ mod tests {
         assert!(failure.evidence && failure.blame == Some(holder));
         assert!(n.caught_out(failure, &out).await.is_ok(), "gave up at once");
         match said.try_recv() {
-            Ok(Out::Reply(WorkerReply::RelayLost { slot, evidence: true, message })) => {
+            Ok(Out::Reply(WorkerReply::RelayLost { slot, evidence: true, message, wrong_product: false })) => {
                 assert_eq!(usize::from(slot), holder);
                 assert!(message.contains("digest"), "{message}");
             }

@@ -253,9 +253,10 @@ enum Heard {
     /// it, saying why ([`WorkerReply::MovedAck`]).
     MovedAck(usize, usize, Option<String>),
     /// The slot (first) lost its link with slot (second), or caught it
-    /// (on evidence, the last field), saying how, and holds for a move
+    /// (on evidence, the fourth field; by a panel of its product, the
+    /// fifth), saying how, and holds for a move
     /// ([`WorkerReply::RelayLost`]).
-    PeerLost(usize, usize, String, bool),
+    PeerLost(usize, usize, String, bool, bool),
 }
 
 impl Heard {
@@ -699,6 +700,9 @@ pub(super) async fn run<T: Element>(
     let mut generation = [0u8; SLOTS];
     let mut moving: Option<Moving> = None;
     let mut moved: Option<MovedSlot> = None;
+    // A slot caught with no spare lent, waiting for a slot of the job to be
+    // done, whose peer then takes its roles.
+    let mut awaiting: Option<Awaiting> = None;
     let mut peers_now = peers.clone();
     let mut spare_meter: Option<Arc<AtomicU64>> = None;
     // When the sequencer had handed out every part, and whether a spare
@@ -729,8 +733,8 @@ pub(super) async fn run<T: Element>(
                 let Err(Check::Wrong(why)) = gather.check(q, v) else { continue };
                 // (Not `may_move`: C may be all in here, and the quadrant
                 // is redone.)
-                let free =
-                    nothing_under_way(&reports, &named, &moving, &moved, &slow) && gather.generation[reducer] == 0;
+                let free = nothing_under_way(&reports, &named, &moving, &moved, &slow, &awaiting)
+                    && gather.generation[reducer] == 0;
                 if !free || culprits(q, reducer, None, |i| gather.fingerprint_wrong(i, v, rounds)) != [reducer] {
                     continue;
                 }
@@ -806,7 +810,11 @@ pub(super) async fn run<T: Element>(
         // — but not once a slot moved: its spare is fed from the move on,
         // and the quadrants it reduces or feeds come that much later (the
         // due time after A and B are out, the spare's feed included, holds).
-        let behind = if moving.is_none() && moved.is_none() { quads_due(plan_sent, &gather.quads) } else { None };
+        let behind = if moving.is_none() && moved.is_none() && awaiting.is_none() {
+            quads_due(plan_sent, &gather.quads)
+        } else {
+            None
+        };
         let due = [sent_at.map(due_after), behind].into_iter().flatten().min();
         let wait_until = settle.or(grace).or(due).map_or(until, |g| g.min(until));
         let suspect_due = suspects.iter().flatten().map(|(at, ..)| *at).min();
@@ -862,7 +870,7 @@ pub(super) async fn run<T: Element>(
             // others' would hold up every product that needs what it
             // forwards: the relay ends at once (the caller relays again
             // with a spare in its place, see `Outcome::slow`).
-            _ = feed_tick.tick(), if watching && reports.is_empty() && fed_at.iter().any(Option::is_none) => {
+            _ = feed_tick.tick(), if watching && reports.is_empty() && awaiting.is_none() && fed_at.iter().any(Option::is_none) => {
                 let now = tokio::time::Instant::now();
                 let feeds: Vec<Feed> = (0..SLOTS)
                     .map(|s| {
@@ -981,7 +989,7 @@ pub(super) async fn run<T: Element>(
                 // reports stopped (a reducer's writer busy with C panels
                 // on a congested link sends none) is judged by an old one.
                 let now_progress = SlotProgress::as_of(&progress_of, plans_from.elapsed());
-                if watching && reports.is_empty() && slow.is_none() {
+                if watching && reports.is_empty() && slow.is_none() && awaiting.is_none() {
                     let holders = gather.plan.roles.holders;
                     let seen = slow_receiver(&now_progress, holders, b_panels)
                         .or_else(|| slow_sender(&now_progress, holders, b_panels));
@@ -994,7 +1002,7 @@ pub(super) async fn run<T: Element>(
                 }
                 // A product far behind the others' holds up the quadrants
                 // it feeds: relayed again with a spare, as a slow feed is.
-                if watching_products && reports.is_empty() && slow.is_none() && named.is_none() {
+                if watching_products && reports.is_empty() && slow.is_none() && named.is_none() && awaiting.is_none() {
                     let panels = gather.plan.a_panels().count();
                     let done = std::array::from_fn(|s| stats[s].is_some());
                     if let Some((slot, why)) = slow_product(&now_progress, panels, done) {
@@ -1007,7 +1015,15 @@ pub(super) async fn run<T: Element>(
                     }
                 }
             }
-            Heard::Done(slot, s) => stats[slot] = Some(s),
+            Heard::Done(slot, s) => {
+                stats[slot] = Some(s);
+                // A caught slot waiting for a slot to be done: this one's
+                // peer takes its roles.
+                if let Some(w) = awaiting.take_if(|w| done_peer(&stats, &peers_now, w.slot).is_some()) {
+                    let spare = done_peer(&stats, &peers_now, w.slot).expect("a slot done");
+                    named = Some(Named { slot: w.slot, why: w.why, spare, movable: true, kind: Kind::Caught });
+                }
+            }
             Heard::Failed(slot, blame, message, evidence) => {
                 let at_fault = blame.map(usize::from).filter(|&b| b < SLOTS).unwrap_or(slot);
                 // (A slot's evidence is believed against one slot a relay.)
@@ -1058,7 +1074,8 @@ pub(super) async fn run<T: Element>(
                     // nothing else has gone wrong (one move a relay).
                     // (Nor asked of the tracker where the move could not be
                     // made anyway: a spare would be spent for nothing.)
-                    let free = nothing_under_way(&reports, &named, &moving, &moved, &slow) && gather.may_move(slot);
+                    let free =
+                        nothing_under_way(&reports, &named, &moving, &moved, &slow, &awaiting) && gather.may_move(slot);
                     // (A slot another had lost already has its spare.)
                     let held = suspects[slot].take().map(|(.., spare)| spare);
                     let spare = match (free, held) {
@@ -1072,17 +1089,21 @@ pub(super) async fn run<T: Element>(
                     }
                 }
             }
-            Heard::PeerLost(by, lost, why, evidence) if evidence && accused[by].is_some() => {
+            Heard::PeerLost(by, lost, why, evidence, _) if evidence && accused[by].is_some() => {
                 debug!(slot = by, lost, %why, "relay: a second accusation on evidence from one slot, set aside");
             }
-            Heard::PeerLost(by, lost, why, evidence) => {
+            Heard::PeerLost(by, lost, why, evidence, wrong_product) => {
                 if evidence {
                     accused[by] = Some(lost);
                 }
-                let replacing =
-                    [named.as_ref().map(|n| n.slot), moving.as_ref().map(|m| m.slot), moved.as_ref().map(|m| m.slot)];
+                let replacing = [
+                    named.as_ref().map(|n| n.slot),
+                    moving.as_ref().map(|m| m.slot),
+                    moved.as_ref().map(|m| m.slot),
+                    awaiting.as_ref().map(|w| w.slot),
+                ];
                 let free = hedge.is_some()
-                    && nothing_under_way(&reports, &named, &moving, &moved, &slow)
+                    && nothing_under_way(&reports, &named, &moving, &moved, &slow, &awaiting)
                     && gather.may_move(lost);
                 let done = stats.get(lost).is_some_and(Option::is_some);
                 let word = if evidence { "caught" } else { "lost its link with" };
@@ -1099,11 +1120,27 @@ pub(super) async fn run<T: Element>(
                     }
                     OnPeerLost::Replace => {
                         warn!(slot = by, caught = lost, %why, "relay: a slot caught another");
-                        match spare_for(hedge, peers, lost, &why).await {
+                        suspects[lost] = None;
+                        let why = format!("{why} (slot {by} caught it)");
+                        // A spare the tracker lends, or else the peer of a
+                        // slot of the job that is done (the slots holding
+                        // for the caught one wait meanwhile).
+                        let lent = match spare_for(hedge, peers, lost, &why).await {
+                            Some(spare) => Some(spare),
+                            None => done_peer(&stats, &peers_now, lost),
+                        };
+                        match lent {
                             Some(spare) => {
-                                suspects[lost] = None;
-                                let why = format!("{why} (slot {by} caught it)");
-                                named = Some(Named { slot: lost, why, spare, movable: true, kind: Kind::Caught });
+                                named = Some(Named { slot: lost, why, spare, movable: true, kind: Kind::Caught })
+                            }
+                            // A wrong product: the others can finish
+                            // without it, and the first done lends its
+                            // peer. (A slot caught forwarding a wrong
+                            // panel holds up every slot that needs it:
+                            // none may finish, and the relay ends.)
+                            None if wrong_product => {
+                                info!(slot = lost, "relay: no slot free; its roles move to the first slot done");
+                                awaiting = Some(Awaiting { slot: lost, why, report });
                             }
                             None => reports.push(report),
                         }
@@ -1196,6 +1233,11 @@ pub(super) async fn run<T: Element>(
         if !reports.is_empty() && settle.is_none() {
             settle = Some(tokio::time::Instant::now() + SETTLE);
         }
+    }
+    // (A caught slot still waiting for a slot to be done: the relay ended
+    // first, and the report stands.)
+    if let Some(w) = awaiting.take() {
+        reports.push(w.report);
     }
     let chosen = believed(&reports);
     if let Some(&first) = chosen.first() {
@@ -1994,7 +2036,8 @@ enum OnPeerLost {
 }
 
 /// Whether nothing else is under way in the relay — no failure heard, no
-/// slot named, moving or moved (one move a relay), none found slow — so a
+/// slot named, moving, moved or waiting to move (one move a relay), none
+/// found slow — so a
 /// slot may be replaced now.
 fn nothing_under_way(
     reports: &[Report],
@@ -2002,8 +2045,34 @@ fn nothing_under_way(
     moving: &Option<Moving>,
     moved: &Option<MovedSlot>,
     slow: &Option<(usize, PeerAddr)>,
+    awaiting: &Option<Awaiting>,
 ) -> bool {
-    reports.is_empty() && named.is_none() && moving.is_none() && moved.is_none() && slow.is_none()
+    reports.is_empty() && named.is_none() && moving.is_none() && moved.is_none() && slow.is_none() && awaiting.is_none()
+}
+
+/// A slot caught with no spare lent ([`done_peer`] had none yet): the
+/// first slot done lends its peer. The slots that caught it hold
+/// meanwhile, for as long as their patience lasts (twice the requester's
+/// silence timeout, at least the worker's I/O timeout); the rest of the
+/// relay goes on.
+struct Awaiting {
+    slot: usize,
+    why: String,
+    /// What ends the relay if it ends first.
+    report: Report,
+}
+
+/// The peer of a slot done with all its roles that can take slot `slot`'s
+/// (the first such, by slot): a peer of the job's own lease, as the direct
+/// plan's redos use, when the tracker lends no spare. Not `slot`'s own
+/// peer (a worker holding two slots of the job), nor a slot not done: its
+/// peer's compute slot is its own. A done slot holds no compute slot (it
+/// only keeps its product panels), so its worker takes a second slot of
+/// the job under the lease's ticket.
+fn done_peer(stats: &[Option<RelayStats>], peers: &[PeerAddr; 7], slot: usize) -> Option<PeerAddr> {
+    (0..SLOTS)
+        .find(|&j| j != slot && stats[j].is_some() && peers[j].peer_id != peers[slot].peer_id)
+        .map(|j| peers[j].clone())
 }
 
 /// Decides [`OnPeerLost`]. `replacing`: the slots named, moving or moved
@@ -2183,9 +2252,17 @@ async fn read_slot<T: Element>(
                     Ok(WorkerReply::MovedAck { slot: moved, refused }) => {
                         Heard::MovedAck(slot, usize::from(moved), refused.as_deref().map(sanitized))
                     }
-                    Ok(WorkerReply::RelayLost { slot: lost, message, evidence }) if lost_said < 2 * SLOTS => {
+                    Ok(WorkerReply::RelayLost { slot: lost, message, evidence, wrong_product })
+                        if lost_said < 2 * SLOTS =>
+                    {
                         lost_said += 1;
-                        Heard::PeerLost(slot, usize::from(lost), sanitized(&message), evidence)
+                        Heard::PeerLost(
+                            slot,
+                            usize::from(lost),
+                            sanitized(&message),
+                            evidence,
+                            evidence && wrong_product,
+                        )
                     }
                     Ok(WorkerReply::Error(f)) => Heard::Failed(slot, None, sanitized(&f.message), false),
                     Ok(other) => Heard::Lost(slot, format!("sent {}", septet_common::proto::Control::kind(&other))),
