@@ -1081,7 +1081,13 @@ pub(super) async fn run<T: Element>(
                     let spare = match (free, held) {
                         (false, _) => None,
                         (true, Some(spare)) => Some(spare),
-                        (true, None) => spare_for(hedge, peers, slot, &why).await,
+                        // (Or the peer of a slot done: a slot lost late —
+                        // a reducer whose feeders finished — moves on a
+                        // grid with no slot free too.)
+                        (true, None) => match spare_for(hedge, peers, slot, &why).await {
+                            Some(spare) => Some(spare),
+                            None => done_peer(&stats, &peers_now, slot),
+                        },
                     };
                     match spare {
                         Some(spare) => named = Some(Named { slot, why, spare, movable: true, kind: Kind::Lost }),
