@@ -2043,8 +2043,7 @@ enum OnPeerLost {
 
 /// Whether nothing else is under way in the relay — no failure heard, no
 /// slot named, moving, moved or waiting to move (one move a relay), none
-/// found slow — so a
-/// slot may be replaced now.
+/// found slow — so a slot may be replaced now.
 fn nothing_under_way(
     reports: &[Report],
     named: &Option<Named>,
