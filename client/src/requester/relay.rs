@@ -107,6 +107,9 @@ const RECEIVE_OBSERVED: Duration = Duration::from_millis(200);
 /// a rule reads it says nothing of how it computes now: its link held it
 /// back, or it has sent none since ([`SlotProgress::as_of`]).
 const PROGRESS_FRESH: Duration = Duration::from_millis(300);
+/// A slot slow to compute ([`slow_product`]) has had half its product's
+/// operands in for at least this long, by its own reports.
+const OPERANDS_SETTLED: Duration = Duration::from_millis(300);
 /// A slot's panels have begun to go out once its socket took this much.
 const FEED_STARTED: u64 = 64 << 10;
 /// How often the gather loop looks at the feeds.
@@ -979,7 +982,8 @@ pub(super) async fn run<T: Element>(
                 let plan_in = progress_of[slot].map_or(age, |p| p.plan_in.min(age));
                 let at = Duration::from_micros(at_us) + plan_in;
                 let report = ProgressReport { inputs, computed, arrived, at, age, plan_in };
-                progress_of[slot] = Some(SlotProgress::after(progress_of[slot], report, b_panels));
+                let a_panels = gather.plan.a_panels().count();
+                progress_of[slot] = Some(SlotProgress::after(progress_of[slot], report, b_panels, a_panels));
                 // A slot whose forwards of B come far slower than the same
                 // quadrant's to the others: its link is slow. (Its own feed
                 // may not have begun: a slot holding only A is fed after B.)
@@ -1637,12 +1641,16 @@ struct SlotProgress {
     first: [Option<Duration>; 8],
     /// ... and all `b_panels` of them.
     all: [Option<Duration>; 8],
+    /// When a report first showed half its product's panels or more with
+    /// their operands in.
+    half_in: Option<Duration>,
 }
 
 impl SlotProgress {
     /// What the reports say once `report` is in, after `before`.
-    fn after(before: Option<SlotProgress>, report: ProgressReport, b_panels: usize) -> SlotProgress {
+    fn after(before: Option<SlotProgress>, report: ProgressReport, b_panels: usize, panels: usize) -> SlotProgress {
         let arrived = report.arrived.map(|a| a as usize);
+        let half_in = before.and_then(|b| b.half_in).or(((report.inputs as usize) * 2 >= panels).then_some(report.at));
         let (mut first, mut all) = before.map_or(([None; 8], [None; 8]), |b| (b.first, b.all));
         for q in 4..8 {
             if arrived[q] > 0 {
@@ -1661,6 +1669,7 @@ impl SlotProgress {
             arrived,
             first,
             all,
+            half_in,
         }
     }
 
@@ -1753,7 +1762,12 @@ fn slow_product(
     }
     let p = progress[slot]?;
     let behind = p.computed * SLOW_PRODUCT_FACTOR <= panels && p.inputs * 2 >= panels && p.inputs > p.computed;
-    (behind && p.age <= PROGRESS_FRESH).then(|| {
+    // (Its operands must have been in a while: a slot whose last forward
+    // came late, in a burst, is starved, not slow — seen in a debug build
+    // behind a 30 Mbit/s requester link, named 0.2 s after its operands
+    // came.)
+    let settled = p.half_in.is_some_and(|h| p.at.saturating_sub(h) >= OPERANDS_SETTLED);
+    (behind && settled && p.age <= PROGRESS_FRESH).then(|| {
         (
             slot,
             format!(
@@ -3024,7 +3038,9 @@ mod tests {
             age: Duration::from_millis(age_ms),
             plan_in: Duration::from_millis(2),
         };
-        Some(SlotProgress::after(None, report, 16))
+        // (Its operands in since its first report, at 0 ms.)
+        let first = ProgressReport { at: Duration::ZERO, ..report };
+        Some(SlotProgress::after(Some(SlotProgress::after(None, first, 16, 16)), report, 16, 16))
     }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -3044,9 +3060,9 @@ mod tests {
                 age: MS(age),
                 plan_in: MS(2),
             };
-            let mut q = SlotProgress::after(None, report(20, 1, 20), 16);
-            q = SlotProgress::after(Some(q), report(all_ms, 16, 20), 16);
-            q = SlotProgress::after(Some(q), report(at_ms, 16, if t == s { age_ms } else { 20 }), 16);
+            let mut q = SlotProgress::after(None, report(20, 1, 20), 16, 16);
+            q = SlotProgress::after(Some(q), report(all_ms, 16, 20), 16, 16);
+            q = SlotProgress::after(Some(q), report(at_ms, 16, if t == s { age_ms } else { 20 }), 16, 16);
             if t == s {
                 q.arrived[4] = b11;
                 q.first[4] = (b11 > 0).then_some(MS(40));
@@ -3163,9 +3179,9 @@ mod tests {
             age: MS(5),
             plan_in: MS(2),
         };
-        let p = SlotProgress::after(None, report(100, [3, 0, 0, 0, 0, 2, 0, 0]), 4);
-        let p = SlotProgress::after(Some(p), report(200, [4, 0, 0, 0, 1, 4, 0, 0]), 4);
-        let p = SlotProgress::after(Some(p), report(300, [4, 0, 0, 0, 4, 4, 0, 0]), 4);
+        let p = SlotProgress::after(None, report(100, [3, 0, 0, 0, 0, 2, 0, 0]), 4, 16);
+        let p = SlotProgress::after(Some(p), report(200, [4, 0, 0, 0, 1, 4, 0, 0]), 4, 16);
+        let p = SlotProgress::after(Some(p), report(300, [4, 0, 0, 0, 4, 4, 0, 0]), 4, 16);
         assert_eq!(p.first, [None, None, None, None, Some(MS(200)), Some(MS(100)), None, None]);
         assert_eq!(p.all, [None, None, None, None, Some(MS(300)), Some(MS(200)), None, None]);
         assert_eq!((p.arrived[0], p.at), (4, MS(300)));
@@ -3211,6 +3227,24 @@ mod tests {
         // Nothing it could compute and has not.
         all[4] = progress(8, 8, 50);
         assert_eq!(slow_product(&all, 16, none), None);
+        // Its operands came only just now (a late forward, in a burst):
+        // starved, not slow, until they have been in for 0.3 s.
+        let burst = |first_ms: u64| {
+            let report = |at_ms, inputs| ProgressReport {
+                inputs,
+                computed: 0,
+                arrived: [0, 0, 0, 0, 16, 16, 16, 16],
+                at: MS(at_ms),
+                age: MS(10),
+                plan_in: MS(2),
+            };
+            let before = SlotProgress::after(None, report(first_ms, 16), 16, 16);
+            Some(SlotProgress::after(Some(before), report(500, 16), 16, 16))
+        };
+        all[4] = burst(300);
+        assert_eq!(slow_product(&all, 16, none), None);
+        all[4] = burst(200);
+        assert_eq!(slow_product(&all, 16, none).map(|s| s.0), Some(4));
         // Its report is old: the link held it back (a reducer whose C
         // panels wait on a congested requester link), or it went quiet.
         all[4] = progress(1, 16, 301);
