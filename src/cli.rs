@@ -934,7 +934,7 @@ fn parse_depth(s: &str) -> std::result::Result<u8, String> {
 
 /// Binds `addr` and says where the `role` listens (port 0 picks one).
 async fn listen(addr: &str, role: &str) -> Result<TcpListener> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("could not listen on {addr}"))?;
+    let listener = septet_common::listener::bind(addr).await.with_context(|| format!("could not listen on {addr}"))?;
     eprintln!("septet {role} listening on {}", listener.local_addr()?);
     Ok(listener)
 }
@@ -1118,8 +1118,9 @@ async fn peer(args: PeerArgs) -> Result<()> {
     let args_w = &args.worker;
     let config = worker_config(args_w, "peer").await?;
     let http = bind_http(args_w.http.as_deref(), args_w.http_public, "worker").await?;
-    let listener =
-        TcpListener::bind(&args_w.listen).await.with_context(|| format!("could not listen on {}", args_w.listen))?;
+    let listener = septet_common::listener::bind(&args_w.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args_w.listen))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let metrics = config.metrics.clone();

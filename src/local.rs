@@ -11,7 +11,6 @@ use septet_common::secure::Security;
 use septet_common::Role;
 use septet_tracker::TrackerConfig;
 use septet_worker::WorkerConfig;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +47,8 @@ impl LocalGrid {
     /// # Errors
     /// As [`LocalGrid::start`].
     pub async fn start_with(workers: u32, security: Security) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind the local tracker")?;
+        let listener =
+            septet_common::listener::bind("127.0.0.1:0").await.context("could not bind the local tracker")?;
         let tracker = listener.local_addr()?;
         let (stop_workers, stop_tracker) = (CancellationToken::new(), CancellationToken::new());
         let s = stop_tracker.clone();
@@ -68,7 +68,8 @@ impl LocalGrid {
         let started =
             async {
                 for _ in 0..workers {
-                    let listener = TcpListener::bind("127.0.0.1:0").await.context("could not bind a local worker")?;
+                    let listener =
+                        septet_common::listener::bind("127.0.0.1:0").await.context("could not bind a local worker")?;
                     let config = WorkerConfig {
                         tracker: Some(tracker.to_string()),
                         security: security.clone(),

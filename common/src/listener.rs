@@ -89,6 +89,39 @@ async fn splice_request(stream: &mut TcpStream) -> std::io::Result<Option<Rendez
     Ok(Some(if magic == SPLICE_MAGIC { Rendezvous::Splice(id) } else { Rendezvous::Punch(id) }))
 }
 
+/// The accept queue asked of the kernel for a server's listener (the
+/// kernel caps it at `net.core.somaxconn`, 4096 by default since Linux
+/// 5.4). Connections the kernel has completed wait there until the accept
+/// loop takes them; when it is full the kernel drops new ones' packets and
+/// their clients retry after a second. The default of the libraries (128)
+/// is filled by any burst of connections from outside, so an honest peer
+/// met a one-second stall under a flood the handshake budget below
+/// otherwise turns away at once.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a server's listener on `addr` (the first of its addresses that
+/// binds) with an accept queue of [`LISTEN_BACKLOG`] and, as the standard
+/// library does on Unix, `SO_REUSEADDR`, so a restarted server can bind the
+/// port its last run left in `TIME_WAIT`.
+///
+/// # Errors
+/// The last address's error, or `InvalidInput` if `addr` resolves to none.
+pub async fn bind(addr: impl tokio::net::ToSocketAddrs) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolved to no address to listen on")
+    }))
+}
+
 /// Connections in their handshake (not yet authenticated) at once, from
 /// everyone: past it, the oldest is dropped to make room — an honest
 /// handshake takes milliseconds, so the oldest is almost always an idle
@@ -451,6 +484,35 @@ mod tests {
         // A new window reports what the last one left out.
         limit.state.lock().0 = Instant::now().checked_sub(LOG_WINDOW).unwrap();
         assert_eq!(limit.allow(), Some(100 - LOG_BURST as u64));
+    }
+
+    /// Connections that the accept loop has not taken yet wait in the
+    /// kernel's queue, not dropped: 600 of them all connect at once (with
+    /// the libraries' backlog of 128 the 130th would wait for the first
+    /// to be accepted, forever here).
+    #[tokio::test]
+    async fn a_listener_queues_hundreds_of_connections_before_it_accepts() {
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(LISTEN_BACKLOG);
+        let count = 600.min(cap.min(LISTEN_BACKLOG) as usize);
+        assert!(count > 200, "net.core.somaxconn is {cap}: raise it to test the accept queue");
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::with_capacity(count);
+        for i in 0..count {
+            let connected = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await;
+            let stream = connected.unwrap_or_else(|_| panic!("connection {i} was not queued")).unwrap();
+            held.push(stream);
+        }
+        // And the loop takes them all, in order.
+        for _ in 0..count {
+            let (stream, _) = listener.accept().await.unwrap();
+            assert!(held.iter().any(|s| s.local_addr().unwrap() == stream.peer_addr().unwrap()));
+        }
+        // A name that is not an address is an error, not a panic.
+        assert!(bind("not an address").await.is_err());
     }
 
     #[tokio::test]
