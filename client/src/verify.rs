@@ -74,6 +74,56 @@ pub enum NonFinite {
     Product,
 }
 
+/// How a check's `got` (a product times the check's vectors) differs from
+/// what the requester expects: [`compare`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Compare {
+    /// Non-finite values make it undecidable.
+    NonFinite(NonFinite),
+    /// Off by more than the tolerance: the worst |got − want| and its row
+    /// (infinite for shapes that differ).
+    Off {
+        /// The worst absolute difference.
+        worst: f64,
+        /// Its row in `got`.
+        row: usize,
+    },
+}
+
+/// Compares `got` with `want` elementwise within `tolerance`: the one rule
+/// for every check of a product, the requester's ([`Verifier`], its relay)
+/// and a reducer's of the panels it is sent.
+///
+/// # Errors
+/// [`Compare::NonFinite`] when the tolerance or `want` is not finite
+/// ([`NonFinite::Inputs`]) or `got` is not ([`NonFinite::Product`]);
+/// [`Compare::Off`] when the shapes differ or a difference passes the
+/// tolerance.
+pub fn compare<T: Element>(got: ArrayView2<'_, T>, want: ArrayView2<'_, T>, tolerance: f64) -> Result<(), Compare> {
+    if got.dim() != want.dim() {
+        return Err(Compare::Off { worst: f64::INFINITY, row: 0 });
+    }
+    if !tolerance.is_finite() || want.iter().any(|x| !x.to_f64().is_finite()) {
+        return Err(Compare::NonFinite(NonFinite::Inputs));
+    }
+    if got.iter().any(|x| !x.to_f64().is_finite()) {
+        return Err(Compare::NonFinite(NonFinite::Product));
+    }
+    let mut worst = (0.0f64, 0);
+    for (((row, _), g), w) in got.indexed_iter().zip(want.iter()) {
+        let d = (g.to_f64() - w.to_f64()).abs();
+        if d > worst.0 || d.is_nan() {
+            worst = (d, row);
+        }
+    }
+    // Both sides are finite, so the difference is too (or +inf when it
+    // overflows, which is far above any finite tolerance).
+    if worst.0.is_nan() || worst.0 > tolerance {
+        return Err(Compare::Off { worst: worst.0, row: worst.1 });
+    }
+    Ok(())
+}
+
 /// Safety factor on the rounding bound.
 const SAFETY: f64 = 4.0;
 const QUADS: [Quad; 4] = [Quad::Q11, Quad::Q12, Quad::Q21, Quad::Q22];
@@ -263,31 +313,14 @@ impl<T: Element> Verifier<T> {
         if mr.dim() != self.expected[i].dim() {
             return Err(Error::ShapeMismatch { left: mr.dim(), right: self.expected[i].dim() }.into());
         }
-        let non_finite = |cause| CheckError::NonFinite { product: PRODUCTS[i].name, cause };
-        if !self.tolerance[i].is_finite() || self.expected[i].iter().any(|v| !v.to_f64().is_finite()) {
-            return Err(non_finite(NonFinite::Inputs));
-        }
-        if mr.iter().any(|v| !v.to_f64().is_finite()) {
-            return Err(non_finite(NonFinite::Product));
-        }
-        let (worst, at) = mr
-            .iter()
-            .zip(self.expected[i].iter())
-            .enumerate()
-            .map(|(j, (got, want))| ((got.to_f64() - want.to_f64()).abs(), j))
-            .fold((0.0f64, 0), |acc, x| if x.0 > acc.0 { x } else { acc });
-        // Both sides are finite, so the residual is too (or +inf when their
-        // difference overflows, which is far above any finite tolerance).
-        if worst.is_nan() || worst > self.tolerance[i] {
-            return Err(Error::Verification(format!(
-                "{}: |M·r − X·(Y·r)| is {worst:.3e} in row {} (tolerance {:.3e})",
-                PRODUCTS[i].name,
-                at / self.r.ncols(),
-                self.tolerance[i]
+        compare(mr, self.expected[i].view(), self.tolerance[i]).map_err(|e| match e {
+            Compare::NonFinite(cause) => CheckError::NonFinite { product: PRODUCTS[i].name, cause },
+            Compare::Off { worst, row } => Error::Verification(format!(
+                "{}: |M·r − X·(Y·r)| is {worst:.3e} in row {row} (tolerance {:.3e})",
+                PRODUCTS[i].name, self.tolerance[i]
             ))
-            .into());
-        }
-        Ok(())
+            .into(),
+        })
     }
 }
 
@@ -336,6 +369,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn compare_names_the_worst_row_and_tells_undecidable_from_wrong() {
+        let want = ndarray::array![[1.0f64, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        let mut got = want.clone();
+        assert_eq!(compare(got.view(), want.view(), 0.0), Ok(()));
+        got[[1, 0]] += 0.5;
+        got[[2, 1]] -= 0.25;
+        assert_eq!(compare(got.view(), want.view(), 0.5), Ok(()));
+        assert_eq!(compare(got.view(), want.view(), 0.4), Err(Compare::Off { worst: 0.5, row: 1 }));
+        let short = want.slice(ndarray::s![..2, ..]);
+        assert_eq!(compare(short, want.view(), 1.0), Err(Compare::Off { worst: f64::INFINITY, row: 0 }));
+        assert_eq!(compare(want.view(), want.view(), f64::INFINITY), Err(Compare::NonFinite(NonFinite::Inputs)));
+        got[[0, 0]] = f64::NAN;
+        assert_eq!(compare(got.view(), want.view(), 1.0), Err(Compare::NonFinite(NonFinite::Product)));
+        assert_eq!(compare(want.view(), got.view(), 1.0), Err(Compare::NonFinite(NonFinite::Inputs)));
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use ndarray::{s, Array2};
 use parking_lot::Mutex;
+use septet_client::verify::{compare, Compare};
 use septet_common::conn::{Admit, ConnLimits};
 use septet_common::frame::{BlockOp, BlocksHeader};
 use septet_common::matrix::{matmul, parallelism};
@@ -914,39 +915,23 @@ impl<T: Element> Checks<T> {
             return Ok(());
         };
         let (tolerance, first) = (tolerance[k], rows.start);
-        let want = expect.slice(s![rows, ..]);
-        let got = match matmul(m.view(), key.view(), parallelism(1)) {
-            Ok(got) if got.dim() == want.dim() => got,
-            _ => return Err(caught(from, format!("{} from slot {from} is not the plan's shape", part.name()))),
-        };
-        if !tolerance.is_finite() {
-            return Ok(());
-        }
-        let mut worst = (0.0f64, 0);
-        for (((row, _), g), w) in got.indexed_iter().zip(want.iter()) {
-            let (g, w) = (g.to_f64(), w.to_f64());
-            if !g.is_finite() || !w.is_finite() {
-                return Ok(());
-            }
-            if (g - w).abs() > worst.0 {
-                worst = ((g - w).abs(), row);
-            }
-        }
-        if worst.0 > tolerance {
-            return Err(Failed {
+        // (The panel's shape was admitted from its header as the plan's.)
+        let got = matmul(m.view(), key.view(), parallelism(1))
+            .map_err(|e| caught(from, format!("{} from slot {from}: {e}", part.name())))?;
+        match compare(got.view(), expect.slice(s![rows, ..]), tolerance) {
+            Ok(()) | Err(Compare::NonFinite(_)) => Ok(()),
+            Err(Compare::Off { worst, row }) => Err(Failed {
                 wrong_product: true,
                 ..caught(
                     from,
                     format!(
-                    "{} from slot {from} failed its check: |M·s − X·(Y·s)| is {:.3e} in row {} (tolerance {tolerance:.3e})",
-                    part.name(),
-                    worst.0,
-                    first + worst.1,
-                ),
+                        "{} from slot {from} failed its check: |M·s − X·(Y·s)| is {worst:.3e} in row {} (tolerance {tolerance:.3e})",
+                        part.name(),
+                        first + row,
+                    ),
                 )
-            });
+            }),
         }
-        Ok(())
     }
 }
 

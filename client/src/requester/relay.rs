@@ -63,7 +63,7 @@ use tracing::{debug, info, warn};
 
 use super::{ProgressFn, Requester};
 use crate::store::Store;
-use crate::verify::{NonFinite, Verifier};
+use crate::verify::{compare, Compare, NonFinite, Verifier};
 
 /// How long the relay listens for more failure reports after the first.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -1023,8 +1023,8 @@ pub(super) async fn run<T: Element>(
                 stats[slot] = Some(s);
                 // A caught slot waiting for a slot to be done: this one's
                 // peer takes its roles.
-                if let Some(w) = awaiting.take_if(|w| done_peer(&stats, &peers_now, w.slot).is_some()) {
-                    let spare = done_peer(&stats, &peers_now, w.slot).expect("a slot done");
+                if let Some(spare) = awaiting.as_ref().and_then(|w| done_peer(&stats, &peers_now, w.slot)) {
+                    let w = awaiting.take().expect("awaiting");
                     named = Some(Named { slot: w.slot, why: w.why, spare, movable: true, kind: Kind::Caught });
                 }
             }
@@ -1088,10 +1088,7 @@ pub(super) async fn run<T: Element>(
                         // (Or the peer of a slot done: a slot lost late —
                         // a reducer whose feeders finished — moves on a
                         // grid with no slot free too.)
-                        (true, None) => match spare_for(hedge, peers, slot, &why).await {
-                            Some(spare) => Some(spare),
-                            None => done_peer(&stats, &peers_now, slot),
-                        },
+                        (true, None) => spare_or_done_peer(hedge, peers, slot, &why, &stats, &peers_now).await,
                     };
                     match spare {
                         Some(spare) => named = Some(Named { slot, why, spare, movable: true, kind: Kind::Lost }),
@@ -1135,11 +1132,7 @@ pub(super) async fn run<T: Element>(
                         // A spare the tracker lends, or else the peer of a
                         // slot of the job that is done (the slots holding
                         // for the caught one wait meanwhile).
-                        let lent = match spare_for(hedge, peers, lost, &why).await {
-                            Some(spare) => Some(spare),
-                            None => done_peer(&stats, &peers_now, lost),
-                        };
-                        match lent {
+                        match spare_or_done_peer(hedge, peers, lost, &why, &stats, &peers_now).await {
                             Some(spare) => {
                                 named = Some(Named { slot: lost, why, spare, movable: true, kind: Kind::Caught })
                             }
@@ -1601,6 +1594,23 @@ async fn spare_for(
         info!(slot, "relay: no slot free to take the slot's place");
     }
     spare
+}
+
+/// A peer to take slot `slot`'s roles: a spare the tracker lends, else
+/// the peer of a slot of the job that is done ([`done_peer`]; `peers_now`:
+/// each slot's peer after any move).
+async fn spare_or_done_peer(
+    hedge: Option<&super::LeaseKeeper>,
+    peers: &[PeerAddr; 7],
+    slot: usize,
+    why: &str,
+    stats: &[Option<RelayStats>],
+    peers_now: &[PeerAddr; 7],
+) -> Option<PeerAddr> {
+    match spare_for(hedge, peers, slot, why).await {
+        Some(spare) => Some(spare),
+        None => done_peer(stats, peers_now, slot),
+    }
 }
 
 /// One progress report of a slot ([`WorkerReply::RelayProgress`]), as
@@ -2671,35 +2681,6 @@ impl<T: Element> Gather<T> {
         let expected = v.expected(i);
         compare(fp.view(), expected.slice(s![.., ..rounds]), v.tolerance(i)).is_err()
     }
-}
-
-enum Compare {
-    NonFinite(NonFinite),
-    Off { worst: f64, row: usize },
-}
-
-/// Compares `got` with `want` elementwise within `tolerance`.
-fn compare<T: Element>(got: ArrayView2<'_, T>, want: ArrayView2<'_, T>, tolerance: f64) -> Result<(), Compare> {
-    if got.dim() != want.dim() {
-        return Err(Compare::Off { worst: f64::INFINITY, row: 0 });
-    }
-    if !tolerance.is_finite() || want.iter().any(|x| !x.to_f64().is_finite()) {
-        return Err(Compare::NonFinite(NonFinite::Inputs));
-    }
-    if got.iter().any(|x| !x.to_f64().is_finite()) {
-        return Err(Compare::NonFinite(NonFinite::Product));
-    }
-    let mut worst = (0.0f64, 0);
-    for (((row, _), g), w) in got.indexed_iter().zip(want.iter()) {
-        let d = (g.to_f64() - w.to_f64()).abs();
-        if d > worst.0 || d.is_nan() {
-            worst = (d, row);
-        }
-    }
-    if worst.0.is_nan() || worst.0 > tolerance {
-        return Err(Compare::Off { worst: worst.0, row: worst.1 });
-    }
-    Ok(())
 }
 
 fn slot_reports(
