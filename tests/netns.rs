@@ -475,7 +475,7 @@ fn moved_within_the_relay(summary: &Value, slow_addr: &str, hedge: &Value) {
 #[test]
 fn a_relay_slot_slow_to_compute_has_its_roles_moved_to_a_spare() {
     // Slot 0 computes M1, which feeds C11 and C22 and reduces neither.
-    slow_slot(0, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M1 is behind:"], Some(true));
+    slow_slot(8, 0, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M1 is behind:"], Some(true));
 }
 
 /// As above, with the slow slot one that reduces a quadrant of C (slot 2
@@ -487,7 +487,20 @@ fn a_relay_slot_slow_to_compute_has_its_roles_moved_to_a_spare() {
 /// spare their products (before protocol 16 such a job was relayed again).
 #[test]
 fn a_reducing_relay_slot_slow_to_compute_has_its_roles_moved_too() {
-    slow_slot(2, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M3 is behind:"], Some(true));
+    slow_slot(8, 2, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M3 is behind:"], Some(true));
+}
+
+/// As [`a_relay_slot_slow_to_compute_has_its_roles_moved_to_a_spare`] on
+/// a grid of exactly seven: no spare at the tracker, so the peer of a slot
+/// done (one of the lease's own, its product sent) takes the slow slot's
+/// roles. Before, the relay waited for the overdue rule and computed C11's
+/// four products the direct way (1.8 s here, against 0.35 s healthy).
+#[test]
+fn a_relay_slot_slow_to_compute_on_a_grid_of_seven_moves_to_a_slot_done() {
+    slow_slot(7, 0, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M1 is behind:"], Some(true));
+    // A slow reducer (M3, reducing C12 or C22) moves there too: its
+    // feeders, done, send the slot done's peer their product panels.
+    slow_slot(7, 2, &["--fault=delay=0.3"], |_, _| {}, 1024, &["slow: its product M3 is behind:"], Some(true));
 }
 
 /// A relayed job (n=2048) whose slot 1 (M2, which holds only A21 and so
@@ -498,6 +511,7 @@ fn a_reducing_relay_slot_slow_to_compute_has_its_roles_moved_too() {
 #[test]
 fn a_relay_slot_holding_only_a_behind_a_slow_link_is_named_by_its_forwards() {
     slow_slot(
+        8,
         1,
         &[],
         |grid, host| grid.shape(host, "10mbit"),
@@ -515,16 +529,18 @@ fn a_relay_slot_holding_only_a_behind_a_slow_link_is_named_by_its_forwards() {
 #[test]
 fn a_relay_slot_slow_only_to_send_is_named_by_the_forwards_it_makes() {
     let shape = |grid: &NetGrid, host: &str| grid.shape_up_shallow(host, "10mbit");
-    slow_slot(0, &[], shape, 1024, &["slow: its link sent", "of B22's"], Some(true));
+    slow_slot(8, 0, &[], shape, 1024, &["slow: its link sent", "of B22's"], Some(true));
 }
 
-/// A grid of 8 whose worker `slot` (leased `slot`-th, as it registered)
-/// starts with `args` and has its link shaped by `shape`; one relayed job
-/// of `n`×`n`, hedged for a reason that starts with `reason[0]` and has
-/// the rest of `reason` in it: by moving the slot's roles to the spare
+/// A grid of `workers` (8: one spare; 7: none, a slot done lends its
+/// peer) whose worker `slot` (leased `slot`-th, as it registered) starts
+/// with `args` and has its link shaped by `shape`; one relayed job of
+/// `n`×`n`, hedged for a reason that starts with `reason[0]` and has the
+/// rest of `reason` in it: by moving the slot's roles to the spare
 /// mid-relay if `moved` is true, by relaying again if false, either way
 /// if `None`.
 fn slow_slot(
+    workers: usize,
     slot: usize,
     args: &[&str],
     shape: impl Fn(&NetGrid, &str),
@@ -532,7 +548,7 @@ fn slow_slot(
     reason: &[&str],
     moved: Option<bool>,
 ) {
-    let Some(mut grid) = NetGrid::new(8, "1gbit") else { return };
+    let Some(mut grid) = NetGrid::new(workers, "1gbit") else { return };
     grid.start_tracker(&[]);
     // Registered in order, so leased in order; the spare is one of the
     // last (which one does not matter).
@@ -543,8 +559,8 @@ fn slow_slot(
     }
     grid.start_workers_at(slot..slot + 1, "tr", args);
     assert!(registered(&grid, slot + 1), "the slow worker did not register");
-    grid.start_workers_at(slot + 1..8, "tr", &[]);
-    assert!(registered(&grid, 8), "the spare did not register");
+    grid.start_workers_at(slot + 1..workers, "tr", &[]);
+    assert!(registered(&grid, workers), "the last workers did not register");
     let slow_host = format!("w{slot}");
     shape(&grid, &slow_host);
     let dims = format!("{n},{n},{n}");

@@ -707,6 +707,8 @@ pub(super) async fn run<T: Element>(
     // done, whose peer then takes its roles.
     let mut awaiting: Option<Awaiting> = None;
     let mut peers_now = peers.clone();
+    // A slow product with no spare lent and no slot done yet ([`slow_product`]).
+    let mut slow_waiting: Option<(usize, String)> = None;
     let mut spare_meter: Option<Arc<AtomicU64>> = None;
     // When the sequencer had handed out every part, and whether a spare
     // is still being fed: A and B are out once both are done.
@@ -790,6 +792,12 @@ pub(super) async fn run<T: Element>(
                 reports.push(Report::lost(slot, why, kind == Kind::Caught));
                 // (Other slots' words on it may still come: hear them.)
                 settle.get_or_insert(now + SETTLE);
+            } else if peers_now.contains(&spare) {
+                // A slow slot that cannot move, and its spare the peer of a
+                // slot done: that peer holds a slot of the job already, so
+                // the job is not relayed again with it. The slow slot goes
+                // on (the overdue rule still ends the relay if it must).
+                info!(slot, spare = %spare.addr, "relay: the slow slot cannot move; it stays");
             } else {
                 reports.push(Report::slow(slot, &why));
                 // Seen here, not reported by a slot: no other word to wait for.
@@ -1011,7 +1019,21 @@ pub(super) async fn run<T: Element>(
                     let done = std::array::from_fn(|s| stats[s].is_some());
                     if let Some((slot, why)) = slow_product(&now_progress, panels, done) {
                         watching_products = false;
-                        if let Some(spare) = spare_for(hedge, peers, slot, &why).await {
+                        // (With no slot free at the tracker, the peer of a
+                        // slot done, as for a slot caught: on a grid of
+                        // exactly seven the slow product moves too.)
+                        let spare = match spare_for(hedge, peers, slot, &why).await {
+                            None if hedge.is_some() => {
+                                let spare = done_peer(&stats, &peers_now, slot);
+                                if spare.is_none() {
+                                    // (None done yet: the first to be lends it.)
+                                    slow_waiting = Some((slot, why.clone()));
+                                }
+                                spare
+                            }
+                            spare => spare,
+                        };
+                        if let Some(spare) = spare {
                             // (Its roles move only if nothing it computed has
                             // left it, and no slot done sent it its product.)
                             named = Some(Named::slow(slot, why, spare));
@@ -1026,6 +1048,17 @@ pub(super) async fn run<T: Element>(
                 if let Some(spare) = awaiting.as_ref().and_then(|w| done_peer(&stats, &peers_now, w.slot)) {
                     let w = awaiting.take().expect("awaiting");
                     named = Some(Named { slot: w.slot, why: w.why, spare, movable: true, kind: Kind::Caught });
+                }
+                // A slow product named when no slot was done: this one's
+                // peer takes its roles, if it is still behind and nothing
+                // else went wrong meanwhile.
+                if let Some((slow_slot, why)) = slow_waiting.take() {
+                    let free = nothing_under_way(&reports, &named, &moving, &moved, &slow, &awaiting);
+                    if let Some(spare) =
+                        done_peer(&stats, &peers_now, slow_slot).filter(|_| free && stats[slow_slot].is_none())
+                    {
+                        named = Some(Named::slow(slow_slot, why, spare));
+                    }
                 }
             }
             Heard::Failed(slot, blame, message, evidence) => {
