@@ -1022,17 +1022,11 @@ pub(super) async fn run<T: Element>(
                         // (With no slot free at the tracker, the peer of a
                         // slot done, as for a slot caught: on a grid of
                         // exactly seven the slow product moves too.)
-                        let spare = match spare_for(hedge, peers, slot, &why).await {
-                            None if hedge.is_some() => {
-                                let spare = done_peer(&stats, &peers_now, slot);
-                                if spare.is_none() {
-                                    // (None done yet: the first to be lends it.)
-                                    slow_waiting = Some((slot, why.clone()));
-                                }
-                                spare
-                            }
-                            spare => spare,
-                        };
+                        let spare = spare_or_done_peer(hedge, peers, slot, &why, &stats, &peers_now).await;
+                        if spare.is_none() && hedge.is_some() {
+                            // (No slot done yet: the first to be lends its peer.)
+                            slow_waiting = Some((slot, why.clone()));
+                        }
                         if let Some(spare) = spare {
                             // (Its roles move only if nothing it computed has
                             // left it, and no slot done sent it its product.)
@@ -1631,7 +1625,8 @@ async fn spare_for(
 
 /// A peer to take slot `slot`'s roles: a spare the tracker lends, else
 /// the peer of a slot of the job that is done ([`done_peer`]; `peers_now`:
-/// each slot's peer after any move).
+/// each slot's peer after any move). Neither where the relay may not
+/// hedge (`hedge` is `None`: two levels, hedging off, or all on loopback).
 async fn spare_or_done_peer(
     hedge: Option<&super::LeaseKeeper>,
     peers: &[PeerAddr; 7],
@@ -1641,8 +1636,8 @@ async fn spare_or_done_peer(
     peers_now: &[PeerAddr; 7],
 ) -> Option<PeerAddr> {
     match spare_for(hedge, peers, slot, why).await {
-        Some(spare) => Some(spare),
-        None => done_peer(stats, peers_now, slot),
+        None if hedge.is_some() => done_peer(stats, peers_now, slot),
+        spare => spare,
     }
 }
 
